@@ -1,0 +1,65 @@
+# derbus — two commands: `make run` starts the platform, `make test` runs the whole suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
+export UV_LINK_MODE := copy
+
+.PHONY: help run test deps system-deps venv lint format typecheck unit integration topics bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when missing (Debian)
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || missing="$$missing victoria-metrics"; \
+	command -v mbpoll >/dev/null || missing="$$missing mbpoll"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing \
+	    || echo "warning: could not install$$missing (make run falls back to amqtt; tests will fail clearly)"; \
+	fi
+
+$(UV):
+	@command -v uv >/dev/null || (python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv)
+
+venv: $(UV)  ## create .venv with the whole workspace from uv.lock
+	@$(UV) sync --frozen --all-packages --quiet
+
+deps: system-deps venv  ## everything `make run` and `make test` need
+
+run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops)
+	@$(UV) run --frozen --no-sync derbus up
+
+topics: venv  ## write docs/topics.md from the catalogue
+	@$(UV) run --frozen --no-sync derbus topics --output docs/topics.md
+
+lint: venv  ## ruff check + ruff format --check
+	@$(UV) run --frozen --no-sync ruff check .
+	@$(UV) run --frozen --no-sync ruff format --check .
+
+format: venv  ## apply ruff format and fixes
+	@$(UV) run --frozen --no-sync ruff format .
+	@$(UV) run --frozen --no-sync ruff check --fix .
+
+typecheck: venv  ## mypy --strict on libs/ and services/
+	@$(UV) run --frozen --no-sync mypy libs/common/src $(wildcard services/*/src)
+
+unit: venv  ## unit tests only (no network)
+	@$(UV) run --frozen --no-sync pytest -q -m "not integration"
+
+integration: deps  ## integration tests against real Mosquitto, PostgreSQL, Modbus, VictoriaMetrics
+	@$(UV) run --frozen --no-sync pytest -q -m integration
+
+test: deps lint typecheck  ## install what is missing, lint, type-check, then every test
+	@$(UV) run --frozen --no-sync pytest -q
+
+bench: deps  ## run the benchmarks (tables on stdout; see BENCHMARKS.md)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(UV) run --frozen --no-sync python $$b || exit 1; done
+
+clean:  ## remove caches and run folders
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache run

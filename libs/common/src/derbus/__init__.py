@@ -1,0 +1,1 @@
+"""derbus: the shared library of the derbus DER platform."""

@@ -1,0 +1,141 @@
+"""The `Bus` protocol every transport implements, and the pieces both implementations share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from paho.mqtt.client import topic_matches_sub
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A message as it arrives: topic, raw payload bytes, QoS and retain flag."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+MessageCallback = Callable[[RawMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Will:
+    """The last will the broker publishes when the client vanishes without saying goodbye."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT wildcard matching (paho's own), accepting shared subscriptions `$share/g/…`."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        if len(parts) < 3:
+            return False
+        topic_filter = parts[2]
+    return bool(topic_matches_sub(topic_filter, topic))
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """A publish/subscribe bus with MQTT semantics (wildcards, QoS, retain, last will)."""
+
+    @property
+    def connected(self) -> bool:
+        """True while connected and all subscriptions are acknowledged."""
+        ...
+
+    def set_will(self, will: Will) -> None:
+        """Set the last will; call before `connect`."""
+        ...
+
+    async def connect(self) -> None:
+        """Connect (with bounded retries); raises BusError when it cannot."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect cleanly (no last will) and stop delivering."""
+        ...
+
+    async def subscribe(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
+        """Subscribe and return once the broker acknowledged; callbacks run on the event loop."""
+        ...
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish a payload; QoS 1 messages are queued while disconnected and sent later."""
+        ...
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait until every message received so far has been handled."""
+        ...
+
+
+@dataclass
+class _Subscription:
+    topic_filter: str
+    qos: int
+    callback: MessageCallback
+
+
+@dataclass
+class Dispatcher:
+    """Delivers received messages, in arrival order, to every matching subscription callback.
+
+    `after` (optional) runs once a message has been handled by all callbacks — the MQTT bus
+    uses it to acknowledge deliveries manually.
+    """
+
+    subscriptions: list[_Subscription] = field(default_factory=list)
+    queue: asyncio.Queue[tuple[RawMessage, Callable[[], None] | None]] | None = None
+    task: asyncio.Task[None] | None = None
+
+    def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
+        self.subscriptions.append(_Subscription(topic_filter, qos, callback))
+
+    def start(self) -> None:
+        if self.task is None:
+            self.queue = asyncio.Queue()
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="bus-dispatch")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    def put(self, message: RawMessage, after: Callable[[], None] | None = None) -> None:
+        if self.queue is None:
+            raise RuntimeError("dispatcher not started")
+        self.queue.put_nowait((message, after))
+
+    async def join(self, timeout_s: float) -> None:
+        if self.queue is not None:
+            await asyncio.wait_for(self.queue.join(), timeout_s)
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        while True:
+            message, after = await self.queue.get()
+            try:
+                for sub in list(self.subscriptions):
+                    if filter_matches(sub.topic_filter, message.topic):
+                        try:
+                            await sub.callback(message)
+                        except Exception:  # the bus never dies of a callback
+                            log.exception("bus callback failed on %s", message.topic)
+                if after is not None:
+                    after()
+            finally:
+                self.queue.task_done()

@@ -1,0 +1,298 @@
+"""`MqttBus`: paho-mqtt 2 (callback API v2) behind the `Bus` protocol.
+
+Bounded connect retries with backoff, automatic reconnect that re-subscribes, last will,
+TCP_NODELAY on the socket, optional manual acknowledgement of QoS 1 deliveries (a message is
+acknowledged to the broker only after every handler has finished with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import ssl
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from derbus.bus.base import Dispatcher, MessageCallback, RawMessage, Will
+from derbus.errors import BusError
+from derbus.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+class MqttBus:
+    """A bus on a real MQTT broker.
+
+    Args:
+        settings: broker connection settings.
+        client_id: overrides `settings.client_id`; a fixed id keeps the session (and QoS 1
+            messages queued for it) across reconnects and broker restarts.
+        manual_ack: acknowledge QoS 1 deliveries only after the handlers ran.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str | None = None,
+        manual_ack: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id or settings.client_id or ""
+        self._persistent = bool(self.client_id)
+        self._manual_ack = manual_ack
+        self._dispatcher = Dispatcher()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._subs: dict[str, int] = {}
+        self._pending_subacks: dict[int, asyncio.Future[None]] = {}
+        self._acked: set[str] = set()
+        self._lock = threading.Lock()
+        self._transport_up = False
+        self._connack: asyncio.Event | None = None
+        self._will: Will | None = None
+        self._client: mqtt.Client | None = None
+        self.reconnects = 0
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        with self._lock:
+            return self._transport_up and all(f in self._acked for f in self._subs)
+
+    def set_will(self, will: Will) -> None:
+        self._will = will
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=not self._persistent,
+            protocol=mqtt.MQTTv311,
+            manual_ack=self._manual_ack,
+        )
+        if s.username:
+            client.username_pw_set(
+                s.username, s.password.get_secret_value() if s.password else None
+            )
+        if s.tls:
+            client.tls_set(ca_certs=s.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if self._will is not None:
+            client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        client.reconnect_delay_set(
+            min_delay=max(1, round(s.reconnect_min_delay_s)),
+            max_delay=max(1, round(s.reconnect_max_delay_s)),
+        )
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        return client
+
+    async def connect(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._connack = asyncio.Event()
+        self._dispatcher.start()
+        self._client = client = self._make_client()
+        s = self.settings
+        delay = s.reconnect_min_delay_s
+        last_error: Exception | None = None
+        for attempt in range(s.connect_retries + 1):
+            try:
+                await asyncio.to_thread(client.connect, s.host, s.port, s.keepalive_s)
+                break
+            except (OSError, ssl.SSLError) as err:
+                last_error = err
+                log.warning(
+                    "MQTT connect to %s:%s failed (attempt %d): %s",
+                    s.host,
+                    s.port,
+                    attempt + 1,
+                    err,
+                )
+                if attempt < s.connect_retries:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, s.reconnect_max_delay_s)
+        else:
+            await self._dispatcher.stop()
+            raise BusError(
+                f"cannot connect to MQTT broker {s.host}:{s.port} after "
+                f"{s.connect_retries + 1} attempts: {last_error}"
+            ) from last_error
+        client.loop_start()
+        try:
+            await asyncio.wait_for(self._connack.wait(), timeout=max(5.0, s.keepalive_s))
+        except TimeoutError as err:
+            client.loop_stop()
+            await self._dispatcher.stop()
+            raise BusError(f"no CONNACK from {s.host}:{s.port}") from err
+
+    async def close(self) -> None:
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+        with self._lock:
+            self._transport_up = False
+        await self._dispatcher.stop()
+
+    async def abort(self) -> None:
+        """Drop the connection without DISCONNECT, as a crash would: the broker sends the will."""
+        client = self._client
+        if client is None:
+            return
+        sock = client.socket()
+        client.on_disconnect = None
+        client.on_connect = None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        await asyncio.to_thread(client.loop_stop)
+        with self._lock:
+            self._transport_up = False
+        await self._dispatcher.stop()
+
+    # --- pub/sub ------------------------------------------------------------------------------
+    async def subscribe(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
+        if self._client is None or self._loop is None:
+            raise BusError("subscribe before connect")
+        self._dispatcher.add(topic_filter, qos, callback)
+        with self._lock:
+            self._subs[topic_filter] = qos
+        fut = self._send_subscribe(topic_filter, qos)
+        if fut is not None:
+            try:
+                await asyncio.wait_for(fut, timeout=10.0)
+            except TimeoutError as err:
+                raise BusError(f"no SUBACK for {topic_filter}") from err
+
+    def _send_subscribe(self, topic_filter: str, qos: int) -> asyncio.Future[None] | None:
+        assert self._client is not None
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        with self._lock:
+            rc, mid = self._client.subscribe(topic_filter, qos)
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                # Not connected now: the reconnect handler subscribes again.
+                return None
+            self._pending_subacks[mid] = fut
+            fut.add_done_callback(functools.partial(self._on_suback_done, topic_filter))
+        return fut
+
+    def _on_suback_done(self, topic_filter: str, fut: asyncio.Future[None]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        with self._lock:
+            self._acked.add(topic_filter)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        if self._client is None:
+            raise BusError(f"publish on {topic} before connect")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise BusError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
+        if info.rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:
+            log.debug("QoS 0 message on %s dropped while disconnected", topic)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        await self._dispatcher.join(timeout_s)
+
+    # --- paho callbacks (network thread) -------------------------------------------------------
+    def _call(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT connection refused: %s", reason_code)
+            return
+        with self._lock:
+            was_up_before = self._connack is not None and self._connack.is_set()
+            self._transport_up = True
+            self._acked.clear()
+            subs = dict(self._subs)
+        if was_up_before:
+            self.reconnects += 1
+            log.info("MQTT reconnected; re-subscribing %d filters", len(subs))
+        for topic_filter, qos in subs.items():
+            self._call(self._resubscribe, topic_filter, qos)
+        if self._connack is not None:
+            self._call(self._connack.set)
+
+    def _resubscribe(self, topic_filter: str, qos: int) -> None:
+        self._send_subscribe(topic_filter, qos)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Any,
+    ) -> None:
+        with self._lock:
+            self._transport_up = False
+            self._acked.clear()
+        if reason_code.value != 0:
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        with self._lock:
+            fut = self._pending_subacks.pop(mid, None)
+        if fut is None:
+            return
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if failed:
+            self._call(_set_exception, fut, BusError(f"subscription refused: {failed[0]}"))
+        else:
+            self._call(_set_result, fut)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        raw = RawMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        after = None
+        if self._manual_ack and msg.qos > 0:
+            mid, qos = msg.mid, msg.qos
+
+            def after() -> None:
+                client.ack(mid, qos)
+
+        self._call(self._dispatcher.put, raw, after)
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,94 @@
+"""The `derbus` command: topic catalogue, live watch, and `up` (the whole platform, no Docker)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from derbus import topics
+from derbus.bus.mqtt import MqttBus
+from derbus.settings import MqttSettings
+
+app = typer.Typer(help="derbus: distributed energy resources on a bus.", no_args_is_help=True)
+
+
+@app.command("topics")
+def topics_cmd(
+    markdown: Annotated[bool, typer.Option(help="print the Markdown catalogue")] = False,
+    output: Annotated[Path | None, typer.Option(help="write the Markdown catalogue here")] = None,
+    root: Annotated[str, typer.Option(help="topic root")] = topics.DEFAULT_ROOT,
+) -> None:
+    """List the topic catalogue (or write it as Markdown)."""
+    text = topics.catalogue_markdown(root)
+    if output is not None:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
+        return
+    if markdown:
+        typer.echo(text, nl=False)
+        return
+    for spec in topics.CATALOGUE:
+        flags = f"qos{spec.qos}{' retained' if spec.retain else ''}"
+        typer.echo(f"{spec.filter(root=root):55s} {spec.model.__name__:18s} {flags}")
+
+
+@app.command()
+def watch(
+    host: Annotated[str, typer.Option(envvar="MQTT_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="MQTT_PORT")] = 1883,
+    root: Annotated[str, typer.Option(envvar="MQTT_ROOT")] = topics.DEFAULT_ROOT,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+) -> None:
+    """Live table of every site's PCC power, PV, battery SoC and the service statuses."""
+    from derbus.watch import watch as run_watch
+
+    settings = MqttSettings(host=host, port=port, root=root)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_watch(MqttBus(settings), root, duration))
+
+
+@app.command()
+def up(
+    repo: Annotated[Path, typer.Option(help="repository root")] = Path(),
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="broker port (default 1883 or a free one)")
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option(help="start only these services")] = None,
+    watch_after: Annotated[
+        bool, typer.Option("--watch/--no-watch", help="show derbus watch")
+    ] = True,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+) -> None:
+    """Start a broker and every service as its own process; Ctrl-C stops them all."""
+    import time
+
+    from derbus.launcher import discover_services, wait_ready
+    from derbus.launcher import up as start
+    from derbus.watch import watch as run_watch
+
+    platform = start(repo.resolve(), mqtt_port, only)
+    try:
+        status = wait_ready(platform, 30.0)
+        ports = {s.name: s.api_port for s in discover_services(platform.repo)}
+        for name, ok in status.items():
+            mark = "ready" if ok else "NOT READY (see log)"
+            typer.echo(f"  {name:22s} http://127.0.0.1:{ports[name]}/docs  {mark}")
+        if not all(status.values()):
+            typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
+        if watch_after:
+            settings = MqttSettings(host="127.0.0.1", port=platform.mqtt_port)
+            asyncio.run(run_watch(MqttBus(settings), settings.root, duration))
+        elif duration is not None:
+            time.sleep(duration)
+        else:
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopping…")
+    finally:
+        platform.stop()
+        typer.echo(f"stopped; logs in {platform.run_dir}")

@@ -1,0 +1,171 @@
+"""`derbus up` (what `make run` calls): a broker and every service as its own process, no Docker.
+
+The broker is a local `mosquitto` when installed, else the pure-Python `amqtt` broker. Each
+service folder with a `[tool.derbus]` table and a `__main__` is started with `python -m <name>`,
+its API port and data folder set through its own env prefix, its log in the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from derbus.testing.servers import find_binary, free_port, mosquitto_conf, port_open
+
+EMBEDDED_ORDER = (
+    "edge_simulator",
+    "meter_gateway",
+    "cloud_sync",
+    "feature_engineering",
+    "forecaster",
+    "peak_shaving",
+    "load_manager",
+    "voltage_coordinator",
+)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A runnable service found in the tree."""
+
+    name: str
+    env_prefix: str
+    api_port: int
+    path: Path
+
+
+def discover_services(repo: Path) -> list[ServiceSpec]:
+    """Services under `repo/services` that have a `[tool.derbus]` table and a `__main__`."""
+    found = []
+    for pyproject in sorted((repo / "services").glob("*/pyproject.toml")):
+        data = tomllib.loads(pyproject.read_text())
+        meta = data.get("tool", {}).get("derbus")
+        name = pyproject.parent.name
+        if not meta or not (pyproject.parent / "src" / name / "__main__.py").exists():
+            continue
+        found.append(ServiceSpec(name, meta["env_prefix"], int(meta["api_port"]), pyproject.parent))
+    order = {n: i for i, n in enumerate(EMBEDDED_ORDER)}
+    return sorted(found, key=lambda s: order.get(s.name, 99))
+
+
+@dataclass
+class Platform:
+    """The processes `derbus up` started, stopped by PID on exit."""
+
+    repo: Path
+    run_dir: Path
+    mqtt_port: int
+    procs: dict[str, subprocess.Popen[bytes]]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every child (services first, broker last), then SIGKILL stragglers."""
+        names = [n for n in self.procs if n != "broker"] + (
+            ["broker"] if "broker" in self.procs else []
+        )
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            if name != "broker":
+                continue
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            proc = self.procs[name]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+def start_broker(run_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start mosquitto (or amqtt when mosquitto is missing) on 127.0.0.1:port."""
+    data = run_dir / "broker"
+    data.mkdir(parents=True, exist_ok=True)
+    log = (run_dir / "broker.log").open("wb")
+    binary = find_binary("mosquitto")
+    if binary:
+        conf = data / "mosquitto.conf"
+        conf.write_text(mosquitto_conf(port, data))
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        kind = "mosquitto"
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "derbus.embedded_broker", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        kind = "amqtt (embedded)"
+    deadline = time.monotonic() + 20
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{kind} broker did not start; see {run_dir / 'broker.log'}")
+        time.sleep(0.1)
+    return proc, kind
+
+
+def ready(port: int) -> bool:
+    """Whether a service API on localhost:port answers /readyz with 200."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def up(repo: Path, mqtt_port: int | None = None, only: list[str] | None = None) -> Platform:
+    """Start the broker and the services; returns once they were launched (not yet ready)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = repo / "run" / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = mqtt_port or (1883 if not port_open("127.0.0.1", 1883) else free_port())
+    broker, kind = start_broker(run_dir, port)
+    print(f"broker: {kind} on 127.0.0.1:{port}  (logs in {run_dir})")
+    procs: dict[str, subprocess.Popen[bytes]] = {"broker": broker}
+    platform = Platform(repo, run_dir, port, procs)
+    for spec in discover_services(repo):
+        if only and spec.name not in only:
+            continue
+        env = dict(os.environ)
+        env.update(
+            {
+                "MQTT_HOST": "127.0.0.1",
+                "MQTT_PORT": str(port),
+                f"{spec.env_prefix}API_PORT": str(spec.api_port),
+                f"{spec.env_prefix}DATA_DIR": str(run_dir / spec.name),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        log = (run_dir / f"{spec.name}.log").open("wb")
+        procs[spec.name] = subprocess.Popen(
+            [sys.executable, "-m", spec.name],
+            cwd=repo,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return platform
+
+
+def wait_ready(platform: Platform, timeout_s: float = 30.0) -> dict[str, bool]:
+    """Poll every service's /readyz until all answer or the timeout passes."""
+    specs = {s.name: s for s in discover_services(platform.repo)}
+    names = [n for n in platform.procs if n != "broker"]
+    status = dict.fromkeys(names, False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not all(status.values()):
+        for name in names:
+            if not status[name]:
+                status[name] = ready(specs[name].api_port)
+        time.sleep(0.25)
+    return status

@@ -1,0 +1,138 @@
+"""Settings shared by every service: `MQTT_*`, `SITE_*` and the per-service base (pydantic-settings).
+
+Settings are built only in a service's `__main__` via `load_settings`, which stops the process
+with the offending field named when a value is invalid.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from derbus.errors import ConfigError
+from derbus.topics import DEFAULT_ROOT, validate_id
+
+
+class MqttSettings(BaseSettings):
+    """Broker connection, shared by every service (`MQTT_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MQTT_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="broker host")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port")
+    username: str | None = Field(default=None, description="broker user name")
+    password: SecretStr | None = Field(default=None, description="broker password (secret)")
+    tls: bool = Field(default=False, description="connect with TLS")
+    ca_file: str | None = Field(default=None, description="CA bundle for TLS")
+    client_id: str | None = Field(
+        default=None, description="fixed client id; with it the session persists across restarts"
+    )
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s")
+    root: str = Field(
+        default=DEFAULT_ROOT, description="topic root (see derbus.topics.DEFAULT_ROOT)"
+    )
+    connect_retries: int = Field(default=10, ge=0, description="connect attempts at start-up")
+    reconnect_min_delay_s: float = Field(default=0.2, gt=0, description="first reconnect backoff")
+    reconnect_max_delay_s: float = Field(default=10.0, gt=0, description="longest backoff")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        if not value or value.endswith("/") or any(c in value for c in "+#"):
+            raise ValueError("topic root must be non-empty, without trailing / or wildcards")
+        return value
+
+
+class SiteSettings(BaseSettings):
+    """The site a service instance looks after by default (`SITE_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SITE_", extra="ignore")
+
+    id: str = Field(default="site-1", description="site id (a topic level)")
+    latitude: float = Field(default=41.39, ge=-90, le=90, description="degrees north")
+    longitude: float = Field(default=2.17, ge=-180, le=180, description="degrees east")
+    timezone: str = Field(default="Europe/Madrid", description="IANA time zone for tariffs")
+    country: str = Field(default="ES", min_length=2, max_length=2, description="ISO country code")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_id("site id", value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as err:
+            raise ValueError(f"unknown time zone {value!r}") from err
+        return value
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings. Subclasses set `env_prefix` and add their fields.
+
+    `mutable_fields` names the fields `PUT /config` may change at run time.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", validate_default=True)
+    mutable_fields: ClassVar[frozenset[str]] = frozenset()
+
+    api_host: str = Field(default="127.0.0.1", description="API listen address")
+    api_port: int = Field(default=8100, ge=0, le=65535, description="API port (0 = any free)")
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token required by state-changing REST calls"
+    )
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    data_dir: Path = Field(
+        default=Path("var"), description="folder for the service's state (outbox, models, plans)"
+    )
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    site: SiteSettings = Field(default_factory=SiteSettings)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per invalid field, naming the field (and its environment variable)."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(settings)"
+        env = (prefix + "_".join(str(p) for p in e["loc"])).upper() if prefix else ""
+        where = f"{loc} ({env})" if env else loc
+        lines.append(f"invalid setting {where}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def _prefix_of(cls: type[BaseSettings], title: str) -> str:
+    """The env prefix of the (possibly nested) settings model an error is about."""
+    if title == cls.__name__:
+        return str(cls.model_config.get("env_prefix", ""))
+    for field in cls.model_fields.values():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseSettings) and kind.__name__ == title:
+            return str(kind.model_config.get("env_prefix", ""))
+    return str(cls.model_config.get("env_prefix", ""))
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment (and overrides) or raise ConfigError naming the field."""
+    try:
+        return cls(**overrides)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, _prefix_of(cls, err.title))) from err
+
+
+def load_settings_or_exit(cls: type[S], **overrides: Any) -> S:
+    """`load_settings` for `__main__`: print the named field and exit with status 2."""
+    try:
+        return load_settings(cls, **overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err

@@ -1,0 +1,274 @@
+"""Real servers for tests: Mosquitto and PostgreSQL started on free loopback ports, stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOSQUITTO_CONF = """\
+# derbus test broker: explicit queue limits (the default 1000 silently drops bursts)
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location {data}/
+autosave_interval 1
+max_queued_messages 1000000
+max_queued_bytes 0
+max_inflight_messages 0
+set_tcp_nodelay true
+user {user}
+log_dest file {data}/mosquitto.log
+log_type error
+log_type warning
+log_type notice
+"""
+
+
+def mosquitto_conf(port: int, data_dir: Path) -> str:
+    """A broker config on 127.0.0.1:port keeping its files in `data_dir` (as the current user)."""
+    return MOSQUITTO_CONF.format(port=port, data=data_dir, user=getpass.getuser())
+
+
+class ComponentUnavailableError(RuntimeError):
+    """A real component (broker, database, server) cannot be found or started here."""
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
+    """Locate an executable on PATH or in `extra_dirs` (e.g. /usr/sbin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in (*extra_dirs, "/usr/sbin", "/usr/local/sbin", "/sbin"):
+        candidate = Path(d) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _wait_port(
+    host: str, port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise ComponentUnavailableError(
+                f"{what} exited with status {proc.returncode} at start-up"
+            )
+        time.sleep(0.05)
+    raise ComponentUnavailableError(
+        f"{what} did not listen on {host}:{port} within {timeout:.0f} s"
+    )
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
+@dataclass
+class MosquittoServer:
+    """A Mosquitto broker process of our own on a free port, with persistence (restartable)."""
+
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="derbus-mosq-")))
+    extra_conf: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """mqtt://host:port."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> MosquittoServer:
+        """Start the broker (raises ComponentUnavailableError with the reason)."""
+        binary = find_binary("mosquitto")
+        if binary is None:
+            raise ComponentUnavailableError(
+                "mosquitto is not installed (the Makefile installs it: `make deps` / apt-get install mosquitto)"
+            )
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text(mosquitto_conf(self.port, self.data_dir) + self.extra_conf)
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _wait_port(self.host, self.port, 10.0, "mosquitto", self.proc)
+        return self
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM: it saves its persistence file first)."""
+        _stop_process(self.proc)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Kill the broker hard (SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data directory."""
+        self.stop()
+        deadline = time.monotonic() + 10
+        while port_open(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop and remove the data directory."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _pg_bin_dir() -> Path | None:
+    for pg_ctl in (
+        shutil.which("pg_ctl"),
+        *sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True),
+    ):
+        if pg_ctl and Path(pg_ctl).exists():
+            real = Path(pg_ctl).resolve()
+            if (real.parent / "initdb").exists():
+                return real.parent
+    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (cand / "initdb").exists():
+            return cand
+    return None
+
+
+@dataclass
+class PostgresServer:
+    """A temporary PostgreSQL cluster of our own on a free port (initdb + pg_ctl), restartable.
+
+    As root it runs as the `postgres` system user (PostgreSQL refuses to run as root).
+    """
+
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="derbus-pg-")))
+    started: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def url(self) -> str:
+        """postgresql://postgres@host:port/postgres."""
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+    def _run(self, args: list[str], timeout: float = 120) -> None:
+        cmd = args
+        if os.geteuid() == 0:
+            runuser = find_binary("runuser")
+            if runuser is None:
+                raise ComponentUnavailableError(
+                    "running as root and no `runuser` to drop to postgres"
+                )
+            cmd = [runuser, "-u", "postgres", "--", *args]
+        result = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise ComponentUnavailableError(
+                f"{Path(args[0]).name} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+
+    def start(self) -> PostgresServer:
+        """initdb (first time) and start the server."""
+        bin_dir = _pg_bin_dir()
+        if bin_dir is None:
+            raise ComponentUnavailableError(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found; the Makefile installs postgresql"
+            )
+        if os.geteuid() == 0:
+            shutil.chown(self.base_dir, user="postgres", group="postgres")
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                       "--auth=trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
+        opts = f"-c listen_addresses={self.host} -c port={self.port} -c unix_socket_directories={self.base_dir} -c fsync=off"
+        self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-l",
+                   str(self.base_dir / "pg.log"), "-w", "-t", "60", "start"])  # fmt: skip
+        self.started = True
+        _wait_port(self.host, self.port, 30.0, "postgres", None)
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast` or `immediate`)."""
+        if not self.started:
+            return
+        bin_dir = _pg_bin_dir()
+        assert bin_dir is not None
+        self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"])
+        self.started = False
+
+    def cleanup(self) -> None:
+        """Stop and remove the cluster."""
+        with contextlib.suppress(ComponentUnavailableError):
+            self.stop("immediate")
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+def create_database(admin_url: str, prefix: str = "derbus_test") -> str:
+    """Create a fresh database on a server and return its URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    """Drop a database created by `create_database` (terminating its connections)."""
+    import psycopg
+
+    name = url.rpartition("/")[2].split("?")[0]
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_accepts(url: str) -> bool:
+    """Whether a PostgreSQL server at `url` accepts a connection."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False

@@ -1,0 +1,117 @@
+"""One contract, two buses: InMemoryBus and MqttBus on a real Mosquitto behave the same."""
+
+from __future__ import annotations
+
+from typing import Any as Harness
+
+from derbus import topics
+from derbus.bus import RawMessage, Will
+from derbus.testing import wait_for
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[RawMessage] = []
+
+    async def __call__(self, message: RawMessage) -> None:
+        self.items.append(message)
+
+    def payloads(self) -> list[bytes]:
+        return [m.payload for m in self.items]
+
+    def topics(self) -> set[str]:
+        return {m.topic for m in self.items}
+
+
+async def test_wildcard_delivery(harness: Harness) -> None:
+    sub, pub = harness.client(), harness.client()
+    await sub.connect()
+    await pub.connect()
+    inbox_plus, inbox_hash = Inbox(), Inbox()
+    await sub.subscribe(topics.METER.filter(root=harness.root), 1, inbox_plus)
+    await sub.subscribe(topics.category_filter("telemetry", harness.root), 1, inbox_hash)
+    t1 = topics.METER.topic("s1", "pcc", harness.root)
+    t2 = topics.METER.topic("s2", "sub", harness.root)
+    t3 = topics.PV.topic("s1", "pv1", harness.root)
+    t4 = topics.SETPOINT.topic("s1", "bat", harness.root)
+    for t in (t1, t2, t3, t4):
+        await pub.publish(t, t.encode(), qos=1)
+    await wait_for(lambda: len(inbox_hash.items) == 3 and len(inbox_plus.items) == 2, 10)
+    assert inbox_plus.topics() == {t1, t2}
+    assert inbox_hash.topics() == {t1, t2, t3}
+    await sub.close()
+    await pub.close()
+
+
+async def test_retained_message_reaches_a_later_subscriber(harness: Harness) -> None:
+    pub = harness.client()
+    await pub.connect()
+    topic = topics.BATTERY.topic("s1", "bat", harness.root)
+    await pub.publish(topic, b"first", qos=1, retain=True)
+    await pub.publish(topic, b"latest", qos=1, retain=True)
+    late = harness.client()
+    await late.connect()
+    inbox = Inbox()
+    await late.subscribe(topics.BATTERY.filter(root=harness.root), 1, inbox)
+    await wait_for(lambda: inbox.payloads() == [b"latest"], 10)
+    assert inbox.items[0].retain is True
+    await pub.close()
+    await late.close()
+
+
+async def test_last_will_on_unclean_disconnect(harness: Harness) -> None:
+    watcher = harness.client()
+    await watcher.connect()
+    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "victim", harness.root)
+    inbox = Inbox()
+    await watcher.subscribe(will_topic, 1, inbox)
+    victim = harness.client()
+    victim.set_will(Will(will_topic, b"offline", qos=1, retain=True))
+    await victim.connect()
+    await victim.abort()  # type: ignore[attr-defined]
+    await wait_for(lambda: b"offline" in inbox.payloads(), 15, message="last will")
+    await watcher.close()
+
+
+async def test_clean_close_sends_no_will(harness: Harness) -> None:
+    watcher = harness.client()
+    await watcher.connect()
+    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "polite", harness.root)
+    inbox = Inbox()
+    await watcher.subscribe(will_topic, 1, inbox)
+    polite = harness.client()
+    polite.set_will(Will(will_topic, b"offline", qos=1, retain=False))
+    await polite.connect()
+    await polite.publish(will_topic, b"bye", qos=1)
+    await polite.close()
+    await wait_for(lambda: b"bye" in inbox.payloads(), 10)
+    await watcher.drain()
+    assert b"offline" not in inbox.payloads()
+    await watcher.close()
+
+
+async def test_qos1_delivery_across_broker_restart_with_resubscribe(harness: Harness) -> None:
+    sub = harness.client(persistent=True)
+    pub = harness.client(persistent=True)
+    await sub.connect()
+    await pub.connect()
+    inbox = Inbox()
+    topic = topics.METER.topic("s1", "pcc", harness.root)
+    await sub.subscribe(topics.METER.filter(root=harness.root), 1, inbox)
+    await pub.publish(topic, b"before", qos=1)
+    await wait_for(lambda: inbox.payloads() == [b"before"], 10)
+
+    harness.stop_broker()
+    await wait_for(lambda: not sub.connected, 15, message="subscriber to notice the outage")
+    await pub.publish(topic, b"during", qos=1)  # queued by the client while the broker is down
+    harness.start_broker()
+
+    await wait_for(lambda: sub.connected, 30, message="reconnect and re-subscribe")
+    await wait_for(
+        lambda: b"during" in inbox.payloads(), 30, message="QoS 1 message sent during outage"
+    )
+    await pub.publish(topic, b"after", qos=1)
+    await wait_for(lambda: b"after" in inbox.payloads(), 15, message="delivery after re-subscribe")
+    assert inbox.payloads().count(b"during") >= 1
+    await sub.close()
+    await pub.close()

@@ -1,0 +1,120 @@
+"""The service runtime on both buses: typed handlers, dead letters, degraded on errors, tasks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from derbus import topics
+from derbus.errors import ConfigError
+from derbus.messages import DeadLetter, MeterReading, ServiceStatus
+from derbus.service import Context, Service
+from derbus.testing import BusRecorder, wait_for
+from derbus.testing.example import EchoSettings, build_echo
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def reading(p_kw: float) -> bytes:
+    return MeterReading(ts=T0, source="t", p_kw=p_kw).to_json_bytes()
+
+
+async def test_handler_receives_validated_model_and_ids(harness: Any) -> None:
+    service = build_echo(EchoSettings(mqtt={"root": harness.root}), harness.client())
+    await service.start()
+    pub = harness.client()
+    await pub.connect()
+    await pub.publish(topics.METER.topic("s9", "pcc", harness.root), reading(7.5))
+    await wait_for(lambda: service.state["over"] == [("s9", "pcc", 7.5)], 10)
+    await service.stop()
+    await pub.close()
+
+
+async def test_malformed_payload_is_dead_lettered_and_consumption_continues(harness: Any) -> None:
+    service = build_echo(EchoSettings(mqtt={"root": harness.root}), harness.client())
+    await service.start()
+    pub = harness.client()
+    await pub.connect()
+    letters: BusRecorder[DeadLetter] = BusRecorder(topics.DEAD_LETTER, harness.root)
+    await letters.attach(pub)
+    topic = topics.METER.topic("s1", "pcc", harness.root)
+    await pub.publish(topic, b"{not json")
+    await pub.publish(topic, b'{"ts": "2026-06-01T12:00:00", "source": "x", "p_kw": 1}')  # naive ts
+    await pub.publish(topic, reading(9.0))
+    await wait_for(lambda: len(service.state["over"]) == 1, 10)
+    got = await letters.wait(2)
+    assert {d.original_topic for d in got} == {topic}
+    assert any("timezone-aware" in d.error for d in got)
+    assert got[0].payload == "{not json"
+    invalid = service.metrics.registry.get_sample_value(
+        "derbus_messages_invalid_total", {"topic": "telemetry.meter"}
+    )
+    assert invalid == 2
+    await service.stop()
+    await pub.close()
+
+
+async def test_handler_exception_degrades_then_recovers(harness: Any) -> None:
+    service = build_echo(EchoSettings(mqtt={"root": harness.root}), harness.client())
+    await service.start()
+    pub = harness.client()
+    await pub.connect()
+    statuses: BusRecorder[ServiceStatus] = BusRecorder(topics.SERVICE_STATUS, harness.root)
+    await statuses.attach(pub)
+    topic = topics.METER.topic("s1", "pcc", harness.root)
+    await pub.publish(topic, reading(13))
+    await wait_for(lambda: any(s.state == "degraded" for s in statuses.values), 10)
+    assert "unlucky reading" in (service.status().reason or "")
+    await pub.publish(topic, reading(6))
+    await wait_for(lambda: service.state["over"] == [("s1", "pcc", 6.0)], 10)
+    await wait_for(lambda: statuses.values[-1].state == "online", 10)
+    assert (
+        service.metrics.registry.get_sample_value(
+            "derbus_handler_errors_total", {"handler": "on_meter"}
+        )
+        == 1
+    )
+    await service.stop()
+    await pub.close()
+
+
+async def test_periodic_task_runs_and_failure_degrades(harness: Any) -> None:
+    service = Service("ticker", EchoSettings(mqtt={"root": harness.root}), harness.client())
+    calls: list[int] = []
+
+    @service.every(0.01)
+    def tick(ctx: Context) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("third tick fails")
+
+    await service.start()
+    await wait_for(lambda: len(calls) >= 5, 10)
+    assert service.status().state == "online"  # recovered on the next good tick
+    assert (
+        service.metrics.registry.get_sample_value(
+            "derbus_handler_errors_total", {"handler": "tick"}
+        )
+        == 1
+    )
+    await service.stop()
+
+
+async def test_update_config_validates_and_names_the_field() -> None:
+    from derbus.bus import InMemoryBus
+
+    service = build_echo(EchoSettings(), InMemoryBus())
+    new = await service.update_config({"limit_kw": 9.0})
+    assert new.limit_kw == 9.0
+    with pytest.raises(ConfigError, match="limit_kw") as info:
+        await service.update_config({"limit_kw": -1})
+    assert info.value.fields == ("limit_kw",)
+    with pytest.raises(ConfigError, match="floor_kw must be below"):
+        await service.update_config({"floor_kw": 10.0})
+    assert service.settings.floor_kw == -5.0, "a refused change leaves the settings as they were"
+    with pytest.raises(ConfigError, match="api_port: field cannot be changed"):
+        await service.update_config({"api_port": 9})
+    with pytest.raises(ConfigError, match="nonsense: unknown field"):
+        await service.update_config({"nonsense": 1})

@@ -1,0 +1,1 @@
+"""derbus cloud_sync service."""

@@ -1,0 +1,1 @@
+"""derbus edge_simulator service."""

@@ -1,0 +1,1 @@
+"""derbus feature_engineering service."""

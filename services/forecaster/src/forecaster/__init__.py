@@ -1,0 +1,1 @@
+"""derbus forecaster service."""

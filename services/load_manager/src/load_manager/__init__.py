@@ -1,0 +1,1 @@
+"""derbus load_manager service."""

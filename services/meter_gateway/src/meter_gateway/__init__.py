@@ -1,0 +1,1 @@
+"""derbus meter_gateway service."""

@@ -1,0 +1,1 @@
+"""derbus peak_shaving service."""

@@ -1,0 +1,1 @@
+"""derbus voltage_coordinator service."""
