@@ -18,12 +18,12 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
 def test_the_eight_services_exist() -> None:
-    assert SERVICES == sorted(
+    assert sorted(
         [
             "edge_simulator", "meter_gateway", "cloud_sync", "feature_engineering",
             "forecaster", "peak_shaving", "load_manager", "voltage_coordinator",
         ]
-    )  # fmt: skip
+    ) == SERVICES  # fmt: skip
 
 
 def test_repository_layout() -> None:
@@ -53,7 +53,9 @@ def test_compose_entry_with_readyz_healthcheck(name: str) -> None:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_env_prefix_matches_settings(name: str) -> None:
-    meta = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())["tool"]["derbus"]
+    meta = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())["tool"][
+        "derbus"
+    ]
     module = importlib.import_module(f"{name}.settings")
     classes = [
         c for _, c in inspect.getmembers(module, inspect.isclass)
