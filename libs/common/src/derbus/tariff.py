@@ -32,6 +32,9 @@ class TouWindow(BaseModel):
         return self
 
 
+_DEFAULT_PRICES: dict[TouPeriod, float] = {"off_peak": 0.09, "shoulder": 0.16, "peak": 0.27}
+
+
 def _default_windows() -> list[TouWindow]:
     return [
         TouWindow(period="shoulder", start_hour=8, end_hour=10),
@@ -53,7 +56,7 @@ class Tariff(BaseModel):
 
     timezone: str = "Europe/Madrid"
     prices_per_kwh: dict[TouPeriod, float] = Field(
-        default_factory=lambda: {"off_peak": 0.09, "shoulder": 0.16, "peak": 0.27}
+        default_factory=lambda: _DEFAULT_PRICES.copy()
     )
     windows: list[TouWindow] = Field(default_factory=_default_windows)
     feed_in_per_kwh: float = Field(default=0.05, description="export remuneration")
