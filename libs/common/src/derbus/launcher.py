@@ -146,6 +146,8 @@ def up(repo: Path, mqtt_port: int | None = None, only: list[str] | None = None) 
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # one embedded cloud database shared by cloud_sync, feature_engineering and forecaster
+        env.setdefault("DATABASE_URL", f"sqlite:///{run_dir / 'cloud.db'}")
         log = (run_dir / f"{spec.name}.log").open("wb")
         procs[spec.name] = subprocess.Popen(
             [sys.executable, "-m", spec.name],

@@ -74,6 +74,32 @@ class SiteSettings(BaseSettings):
         return value
 
 
+class DatabaseSettings(BaseSettings):
+    """The cloud database, shared by cloud_sync, feature_engineering and forecaster (no prefix).
+
+    `DATABASE_URL` (Postgres / Supabase's database URL, or sqlite:///file) wins; else
+    `SUPABASE_URL` + `SUPABASE_KEY` (REST); else an embedded SQLite file in the data folder.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None, description="DATABASE_URL: postgresql://… or sqlite:///path (secret)"
+    )
+    supabase_url: str | None = Field(default=None, description="SUPABASE_URL for the REST API")
+    supabase_key: SecretStr | None = Field(default=None, description="SUPABASE_KEY (secret)")
+
+    def sqlalchemy_url(self, data_dir: Path) -> str:
+        """A SQLAlchemy URL: DATABASE_URL with the psycopg driver, or the embedded SQLite file."""
+        if self.database_url is None:
+            return f"sqlite:///{(data_dir / 'cloud.db').resolve()}"
+        url = self.database_url.get_secret_value()
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
 class ServiceSettings(BaseSettings):
     """Base of every service's settings. Subclasses set `env_prefix` and add their fields.
 

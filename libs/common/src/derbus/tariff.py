@@ -55,9 +55,7 @@ class Tariff(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     timezone: str = "Europe/Madrid"
-    prices_per_kwh: dict[TouPeriod, float] = Field(
-        default_factory=lambda: _DEFAULT_PRICES.copy()
-    )
+    prices_per_kwh: dict[TouPeriod, float] = Field(default_factory=lambda: _DEFAULT_PRICES.copy())
     windows: list[TouWindow] = Field(default_factory=_default_windows)
     feed_in_per_kwh: float = Field(default=0.05, description="export remuneration")
     demand_charge_per_kw: float = Field(default=8.0, ge=0, description="per kW of monthly peak")
