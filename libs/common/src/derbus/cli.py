@@ -62,6 +62,9 @@ def up(
         bool, typer.Option("--watch/--no-watch", help="show derbus watch")
     ] = True,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    check: Annotated[
+        bool, typer.Option(help="exit once every API answers /readyz (status 1 if not within 30 s)")
+    ] = False,
 ) -> None:
     """Start a broker and every service as its own process; Ctrl-C stops them all."""
     import time
@@ -79,7 +82,11 @@ def up(
             typer.echo(f"  {name:22s} http://127.0.0.1:{ports[name]}/docs  {mark}")
         if not all(status.values()):
             typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
-        if watch_after:
+        if check:
+            if not status or not all(status.values()):
+                raise typer.Exit(1)
+            typer.echo(f"all {len(status)} services ready")
+        elif watch_after:
             settings = MqttSettings(host="127.0.0.1", port=platform.mqtt_port)
             asyncio.run(run_watch(MqttBus(settings), settings.root, duration))
         elif duration is not None:
@@ -92,3 +99,7 @@ def up(
     finally:
         platform.stop()
         typer.echo(f"stopped; logs in {platform.run_dir}")
+
+
+if __name__ == "__main__":
+    app()
