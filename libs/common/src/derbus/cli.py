@@ -1,4 +1,4 @@
-"""The `derbus` command: topic catalogue, live watch, and `up` (the whole platform, no Docker)."""
+"""The `derbus` command: topic catalogue, broker ACL, live watch, and `up` (the platform, no Docker)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,52 @@ def topics_cmd(
     for spec in topics.CATALOGUE:
         flags = f"qos{spec.qos}{' retained' if spec.retain else ''}"
         typer.echo(f"{spec.filter(root=root):55s} {spec.model.__name__:18s} {flags}")
+
+
+@app.command("acl")
+def acl_cmd(
+    root: Annotated[str, typer.Option(envvar="MQTT_ROOT", help="topic root")] = topics.DEFAULT_ROOT,
+    out_dir: Annotated[Path, typer.Option(help="where to write acl and passwd")] = Path(
+        "deploy/mosquitto"
+    ),
+    env_file: Annotated[
+        Path, typer.Option(help="passwords: this file, overlaid by the environment")
+    ] = Path(".env"),
+    generate_missing: Annotated[
+        bool, typer.Option(help="append a random value to env-file for every missing secret")
+    ] = False,
+    acl_only: Annotated[
+        bool, typer.Option(help="write only the ACL (no passwords needed)")
+    ] = False,
+) -> None:
+    """Write the broker ACL and password file (per-service users) from the topic catalogue."""
+    from derbus import acl
+    from derbus.errors import ConfigError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "acl").write_text(acl.acl_text(root))
+    typer.echo(f"wrote {out_dir / 'acl'} (root {root})")
+    if acl_only:
+        return
+    if generate_missing:
+        names = [*acl.required_password_vars(), *acl.DEPLOYMENT_SECRETS]
+        added = acl.fill_env_file(env_file, names, acl.load_env(None))
+        if added:
+            typer.echo(f"generated {len(added)} secrets in {env_file}: {', '.join(added)}")
+    passwords, missing = acl.collect_passwords(acl.load_env(env_file), acl.broker_users())
+    if missing:
+        typer.echo(
+            f"error: missing broker passwords {', '.join(missing)} (set them in {env_file} or the"
+            " environment, or pass --generate-missing)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        acl.write_password_file(out_dir / "passwd", passwords)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    typer.echo(f"wrote {out_dir / 'passwd'} ({len(passwords)} users)")
 
 
 @app.command()

@@ -18,7 +18,7 @@ from pathlib import Path
 MOSQUITTO_CONF = """\
 # derbus test broker: explicit queue limits (the default 1000 silently drops bursts)
 listener {port} 127.0.0.1
-allow_anonymous true
+allow_anonymous {anonymous}
 persistence true
 persistence_location {data}/
 autosave_interval 1
@@ -34,9 +34,17 @@ log_type notice
 """
 
 
-def mosquitto_conf(port: int, data_dir: Path) -> str:
-    """A broker config on 127.0.0.1:port keeping its files in `data_dir` (as the current user)."""
-    return MOSQUITTO_CONF.format(port=port, data=data_dir, user=getpass.getuser())
+def mosquitto_conf(port: int, data_dir: Path, allow_anonymous: bool = True) -> str:
+    """A broker config on 127.0.0.1:port keeping its files in `data_dir` (as the current user).
+
+    With `allow_anonymous=False` a client must log in (add `password_file`/`acl_file` lines).
+    """
+    return MOSQUITTO_CONF.format(
+        port=port,
+        data=data_dir,
+        user=getpass.getuser(),
+        anonymous="true" if allow_anonymous else "false",
+    )
 
 
 class ComponentUnavailableError(RuntimeError):
@@ -107,6 +115,7 @@ class MosquittoServer:
     host: str = "127.0.0.1"
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="derbus-mosq-")))
     extra_conf: str = ""
+    allow_anonymous: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -122,7 +131,9 @@ class MosquittoServer:
                 "mosquitto is not installed (the Makefile installs it: `make deps` / apt-get install mosquitto)"
             )
         conf = self.data_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(self.port, self.data_dir) + self.extra_conf)
+        conf.write_text(
+            mosquitto_conf(self.port, self.data_dir, self.allow_anonymous) + self.extra_conf
+        )
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

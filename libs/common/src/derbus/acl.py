@@ -1,0 +1,229 @@
+"""Broker security from the topic catalogue: per-service MQTT users, the Mosquitto ACL and password file.
+
+Each service connects with its own user (named like the service). It may write only the topics
+whose catalogue spec lists it as a publisher, and read only those listing it as a subscriber.
+`"*"` in a spec's publishers means every service, each on its OWN device level only (its status
+and dead letters, `{root}/platform/status/<service>/…`). The `scada` user is an external SCADA:
+it reads everything under the root and writes the specs listing `"scada"` (setpoints, jobs). The
+`healthcheck` user may only read `$SYS/broker/uptime` (the compose healthcheck).
+
+Mosquitto 2.0 ACL syntax: `user <name>` starts a block; `topic read|write|readwrite <filter>`
+lines follow. With MQTT 3.1.1 a forbidden publish is dropped silently, and a forbidden
+subscription is granted but nothing is delivered on it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from derbus import topics
+from derbus.errors import ConfigError
+from derbus.topics import PLATFORM_SITE, TopicSpec
+
+Access = Literal["read", "write", "readwrite"]
+
+PLATFORM_SERVICES: tuple[str, ...] = (
+    "edge_simulator",
+    "meter_gateway",
+    "cloud_sync",
+    "feature_engineering",
+    "forecaster",
+    "peak_shaving",
+    "load_manager",
+    "voltage_coordinator",
+)
+"""The services of the platform; each gets a broker user even when the catalogue omits it."""
+
+EVERY_SERVICE = "*"
+SCADA_USER = "scada"
+HEALTHCHECK_USER = "healthcheck"
+HEALTHCHECK_TOPIC = "$SYS/broker/uptime"
+
+#: Secrets of a deployment besides the MQTT passwords (the compose file requires them).
+DEPLOYMENT_SECRETS: tuple[str, ...] = (
+    "API_TOKEN",
+    "INFLUXDB_TOKEN",
+    "INFLUXDB_ADMIN_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+
+
+@dataclass(frozen=True)
+class AclRule:
+    """One `topic <access> <filter>` line of a user's block."""
+
+    access: Access
+    topic: str
+
+
+def password_env_var(user: str) -> str:
+    """The environment variable holding a broker user's password, e.g. `MQTT_PASSWORD_SCADA`."""
+    return f"MQTT_PASSWORD_{user.upper()}"
+
+
+def broker_users(catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE) -> list[str]:
+    """Every broker user: the platform services, any other service named by the catalogue,
+    the SCADA and the healthcheck user."""
+    named: set[str] = set()
+    for spec in catalogue:
+        named.update(spec.publishers)
+        named.update(spec.subscribers)
+    named -= {EVERY_SERVICE, SCADA_USER}
+    services = [*PLATFORM_SERVICES, *sorted(named - set(PLATFORM_SERVICES))]
+    return [*services, SCADA_USER, HEALTHCHECK_USER]
+
+
+def _merge(rules: dict[str, set[str]], topic: str, access: str) -> None:
+    rules.setdefault(topic, set()).add(access)
+
+
+def user_rules(
+    user: str,
+    root: str = topics.DEFAULT_ROOT,
+    catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE,
+) -> list[AclRule]:
+    """The ACL lines of one user under a topic root (sorted, read+write merged into readwrite).
+
+    Args:
+        user: a service name, `scada` or `healthcheck`.
+        root: the topic root the deployment runs under (`MQTT_ROOT`).
+        catalogue: the topic specs (the real catalogue by default).
+    """
+    if user == HEALTHCHECK_USER:
+        return [AclRule("read", HEALTHCHECK_TOPIC)]
+    wanted: dict[str, set[str]] = {}
+    if user == SCADA_USER:
+        _merge(wanted, topics.all_topics_filter(root), "read")
+    for spec in catalogue:
+        if user in spec.publishers:
+            _merge(wanted, spec.filter(root=root), "write")
+        elif EVERY_SERVICE in spec.publishers and user != SCADA_USER:
+            _merge(wanted, spec.filter(PLATFORM_SITE, user, root=root), "write")
+        if user in spec.subscribers and user != SCADA_USER:
+            _merge(wanted, spec.filter(root=root), "read")
+    out = []
+    for topic, kinds in sorted(wanted.items()):
+        access: Access = (
+            "readwrite" if kinds == {"read", "write"} else ("read" if "read" in kinds else "write")
+        )
+        out.append(AclRule(access, topic))
+    return out
+
+
+def acl_text(
+    root: str = topics.DEFAULT_ROOT,
+    catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE,
+) -> str:
+    """The whole Mosquitto ACL file for a topic root."""
+    specs = tuple(catalogue)
+    lines = [
+        "# derbus broker ACL, generated from derbus.topics.CATALOGUE by `derbus acl` — do not edit.",
+        f"# Topic root: {root}. Regenerate after a catalogue change or for another root:",
+        f"#   derbus acl --root {root} --acl-only",
+        "# Anonymous clients are refused by mosquitto.conf (allow_anonymous false).",
+    ]
+    for user in broker_users(specs):
+        lines += ["", f"user {user}"]
+        lines += [f"topic {r.access} {r.topic}" for r in user_rules(user, root, specs)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def required_password_vars(catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE) -> list[str]:
+    """The environment variables holding every broker user's password."""
+    return [password_env_var(u) for u in broker_users(catalogue)]
+
+
+def collect_passwords(
+    env: Mapping[str, str | None], users: Iterable[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Passwords by user from an environment mapping, and the variables that are missing."""
+    found: dict[str, str] = {}
+    missing: list[str] = []
+    for user in users:
+        value = env.get(password_env_var(user))
+        if value:
+            found[user] = value
+        else:
+            missing.append(password_env_var(user))
+    return found, missing
+
+
+def new_secret() -> str:
+    """A fresh random secret (URL-safe, 32 characters)."""
+    return secrets.token_urlsafe(24)
+
+
+def fill_env_file(path: Path, names: Iterable[str], env: Mapping[str, str | None]) -> list[str]:
+    """Append a generated value for every name neither `env` nor the file defines.
+
+    The file is created with mode 0600 when missing. Returns the names that were generated.
+    """
+    from dotenv import dotenv_values
+
+    existing = dotenv_values(path) if path.exists() else {}
+    added = [n for n in names if not (env.get(n) or existing.get(n))]
+    if not added:
+        return []
+    if not path.exists():
+        path.touch(mode=0o600)
+    text = path.read_text()
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "# generated by `derbus acl --generate-missing`\n"
+    text += "".join(f"{n}={new_secret()}\n" for n in added)
+    path.write_text(text)
+    return added
+
+
+def load_env(path: Path | None) -> dict[str, str | None]:
+    """The process environment overlaid on an optional .env file (the environment wins)."""
+    from dotenv import dotenv_values
+
+    merged: dict[str, str | None] = dict(dotenv_values(path)) if path and path.exists() else {}
+    merged.update(os.environ)
+    return merged
+
+
+def write_password_file(path: Path, passwords: Mapping[str, str]) -> None:
+    """Write a Mosquitto password file (PBKDF2-SHA512 hashes) with `mosquitto_passwd`.
+
+    The plain `user:password` lines are written to a private temporary file and hashed in place
+    with `mosquitto_passwd -U`, so no password appears on a command line. The result is mode
+    0644: it holds only salted hashes, and the broker container reads it as its own user.
+    """
+    binary = shutil.which("mosquitto_passwd")
+    if binary is None:
+        raise ConfigError(
+            "mosquitto_passwd not found: install mosquitto (apt-get install mosquitto)",
+            ("mosquitto_passwd",),
+        )
+    for user, password in passwords.items():
+        if ":" in user or "\n" in password or "\n" in user:
+            raise ConfigError(f"broker user {user!r}: name has ':' or a line break", (user,))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".passwd-", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"{u}:{p}\n" for u, p in passwords.items())
+        result = subprocess.run([binary, "-U", str(tmp)], capture_output=True, check=False)
+        if result.returncode != 0:
+            raise ConfigError(
+                f"mosquitto_passwd failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace').strip()}",
+                ("mosquitto_passwd",),
+            )
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,244 @@
+"""The broker ACL generated from the catalogue: who may write and read what (no broker needed)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.client import topic_matches_sub
+
+from derbus import acl, topics
+from derbus.bus.memory import InMemoryBus
+from derbus.settings import ServiceSettings
+from derbus.topics import PLATFORM_SITE, TopicSpec
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = "der/v1"
+SERVICES = acl.PLATFORM_SERVICES
+
+
+def may(user: str, access: str, topic: str, root: str = ROOT) -> bool:
+    """Evaluate the generated ACL as Mosquitto does: any matching line with the access grants it."""
+    return any(
+        access in rule.access and topic_matches_sub(rule.topic, topic)
+        for rule in acl.user_rules(user, root)
+    )
+
+
+def own_or_other(spec: TopicSpec[Any], user: str) -> str:
+    """A concrete topic of the spec; for platform-wide specs, on the user's own device level."""
+    if acl.EVERY_SERVICE in spec.publishers:
+        return spec.topic(PLATFORM_SITE, user, root=ROOT)
+    return spec.topic("site-1", "battery", root=ROOT)
+
+
+@pytest.mark.parametrize("user", [*SERVICES, acl.SCADA_USER])
+@pytest.mark.parametrize("spec", topics.CATALOGUE, ids=lambda s: s.key)
+def test_a_user_writes_exactly_the_specs_it_publishes(spec: TopicSpec[Any], user: str) -> None:
+    expected = user in spec.publishers or (
+        acl.EVERY_SERVICE in spec.publishers and user != acl.SCADA_USER
+    )
+    assert may(user, "write", own_or_other(spec, user)) is expected
+
+
+@pytest.mark.parametrize("user", SERVICES)
+@pytest.mark.parametrize("spec", topics.CATALOGUE, ids=lambda s: s.key)
+def test_a_service_reads_exactly_the_specs_it_subscribes(spec: TopicSpec[Any], user: str) -> None:
+    assert may(user, "read", own_or_other(spec, user)) is (user in spec.subscribers)
+
+
+@pytest.mark.parametrize("user", SERVICES)
+def test_status_and_dead_letters_only_on_the_services_own_device_level(user: str) -> None:
+    other = next(s for s in SERVICES if s != user)
+    for spec in (topics.SERVICE_STATUS, topics.DEAD_LETTER):
+        assert may(user, "write", spec.topic(PLATFORM_SITE, user, root=ROOT))
+        assert not may(user, "write", spec.topic(PLATFORM_SITE, other, root=ROOT))
+        assert not may(user, "write", spec.topic("site-1", user, root=ROOT))
+
+
+def test_scada_reads_everything_and_writes_only_commands() -> None:
+    for spec in topics.CATALOGUE:
+        assert may("scada", "read", spec.topic("site-7", "pv", root=ROOT))
+    writable = {
+        s.key for s in topics.CATALOGUE if may("scada", "write", s.topic("s", "d", root=ROOT))
+    }
+    assert writable == {"control.set", "control.job"}
+
+
+def test_healthcheck_user_reads_only_the_broker_uptime() -> None:
+    assert acl.user_rules("healthcheck") == [acl.AclRule("read", "$SYS/broker/uptime")]
+    assert not may("healthcheck", "read", topics.METER.topic("site-1", "pcc", root=ROOT))
+
+
+def test_rules_follow_the_topic_root() -> None:
+    root = "acme/der"
+    rules = acl.user_rules("peak_shaving", root)
+    assert rules
+    assert all(r.topic.startswith(root + "/") for r in rules)
+    assert may("peak_shaving", "write", topics.SETPOINT.topic("s", "battery", root=root), root)
+    assert not may("peak_shaving", "write", topics.SETPOINT.topic("s", "battery", root=ROOT), root)
+
+
+def test_acl_text_has_one_block_per_user_and_valid_lines() -> None:
+    text = acl.acl_text("der/v1")
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("user ")]
+    assert users == acl.broker_users()
+    assert len(users) == len(set(users))
+    for line in text.splitlines():
+        if line and not line.startswith(("#", "user ")):
+            kind, access, topic = line.split(" ")
+            assert kind == "topic"
+            assert access in ("read", "write", "readwrite")
+            assert topic.startswith(("der/v1/", "$SYS/"))
+
+
+def test_the_committed_acl_matches_the_catalogue() -> None:
+    committed = (REPO / "deploy/mosquitto/acl").read_text()
+    assert committed == acl.acl_text(topics.DEFAULT_ROOT), (
+        "deploy/mosquitto/acl is stale: run `derbus acl --acl-only`"
+    )
+
+
+def test_passwords_are_collected_by_user_and_missing_ones_named() -> None:
+    env = {"MQTT_PASSWORD_SCADA": "s3cret", "MQTT_PASSWORD_FORECASTER": ""}
+    found, missing = acl.collect_passwords(env, ["scada", "forecaster"])
+    assert found == {"scada": "s3cret"}
+    assert missing == ["MQTT_PASSWORD_FORECASTER"]
+
+
+def test_fill_env_file_generates_only_missing_secrets(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("API_TOKEN=keep-me\n")
+    added = acl.fill_env_file(
+        env_file, ["API_TOKEN", "MQTT_PASSWORD_SCADA", "FROM_ENV"], {"FROM_ENV": "x"}
+    )
+    assert added == ["MQTT_PASSWORD_SCADA"]
+    values = acl.load_env(env_file)
+    assert values["API_TOKEN"] == "keep-me"
+    assert len(values["MQTT_PASSWORD_SCADA"] or "") >= 24
+    assert acl.fill_env_file(env_file, ["API_TOKEN", "MQTT_PASSWORD_SCADA"], {}) == []
+
+
+def test_password_file_holds_hashes_not_passwords(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    acl.write_password_file(path, {"scada": "plain-text-pw", "forecaster": "another-pw"})
+    text = path.read_text()
+    assert "plain-text-pw" not in text
+    assert "another-pw" not in text
+    users = [line.split(":", 1)[0] for line in text.splitlines()]
+    assert users == ["scada", "forecaster"]
+    assert all(line.split(":", 1)[1].startswith("$7$") for line in text.splitlines())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".passwd-")]
+
+
+# --- what the services' code really publishes and subscribes ---------------------------------------
+
+
+def _spec_names_in_calls(tree: ast.AST, method: str) -> set[str]:
+    """Catalogue names used as first argument of `<x>.<method>(topics.NAME, …)` calls."""
+    found = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == method
+            and node.args
+        ):
+            first = node.args[0]
+            if isinstance(first, ast.Attribute) and isinstance(first.value, ast.Name):
+                if first.value.id == "topics":
+                    found.add(first.attr)
+            elif isinstance(first, ast.Name) and isinstance(
+                getattr(topics, first.id, None), TopicSpec
+            ):
+                found.add(first.id)
+    return found
+
+
+def _source_usage(service: str) -> tuple[set[str], set[str], set[str]]:
+    """(published, subscribed, declared) catalogue keys found in a service's source."""
+    published: set[str] = set()
+    subscribed: set[str] = set()
+    declared: set[str] = set()
+    for path in (REPO / "services" / service / "src").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for name in _spec_names_in_calls(tree, "publish"):
+            published.add(getattr(topics, name).key)
+        for name in _spec_names_in_calls(tree, "on"):
+            subscribed.add(getattr(topics, name).key)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "declare_publishes"
+            ):
+                for arg in node.args:
+                    if isinstance(arg, ast.Attribute) and arg.attr in vars(topics):
+                        declared.add(getattr(topics, arg.attr).key)
+    return published, subscribed, declared
+
+
+def _writable(service: str) -> set[str]:
+    return {s.key for s in topics.CATALOGUE if may(service, "write", own_or_other(s, service))}
+
+
+def _readable(service: str) -> set[str]:
+    return {s.key for s in topics.CATALOGUE if may(service, "read", own_or_other(s, service))}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_source_publishes_only_what_its_acl_allows(service: str) -> None:
+    published, subscribed, declared = _source_usage(service)
+    forbidden = (published | declared) - _writable(service)
+    assert not forbidden, (
+        f"{service} publishes {sorted(forbidden)} but the catalogue does not list it as a "
+        "publisher, so the broker ACL drops those messages: add it to the spec's publishers"
+    )
+    unreadable = subscribed - _readable(service)
+    assert not unreadable, (
+        f"{service} subscribes {sorted(unreadable)} but is not a listed subscriber, so the broker "
+        "delivers nothing: add it to the spec's subscribers"
+    )
+
+
+def _built_service(service: str, tmp_path: Path) -> Any:
+    module = importlib.import_module(f"{service}.service")
+    settings_module = importlib.import_module(f"{service}.settings")
+    settings_cls = next(
+        c for _, c in inspect.getmembers(settings_module, inspect.isclass)
+        if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
+    )  # fmt: skip
+    settings = settings_cls(data_dir=tmp_path)
+    return module.build_service(settings, InMemoryBus())
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_declared_publishes_are_allowed(
+    service: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not (REPO / "services" / service / "src" / service / "service.py").exists():
+        pytest.fail(f"services/{service} has no service.py yet (the ACL cannot be checked)")
+    for key in [k for k in os.environ if k.startswith(("MQTT_", "SITE_"))]:
+        monkeypatch.delenv(key)
+    built = _built_service(service, tmp_path)
+    forbidden = built.published_specs - _writable(service)
+    assert not forbidden, f"{service} declares publishes {sorted(forbidden)} its ACL forbids"
+    unreadable = {s["key"] for s in built.subscriptions()} - _readable(service)
+    assert not unreadable, f"{service} subscribes {sorted(unreadable)} its ACL cannot deliver"
+
+
+def test_the_source_scan_sees_publish_and_subscribe_calls() -> None:
+    tree = ast.parse(
+        "@service.on(topics.METER)\n"
+        "async def h(msg, ctx):\n"
+        "    await ctx.publish(topics.SETPOINT, cmd, device_id='battery')\n"
+        "    await service.publish(PV_CURTAILMENT, m, site_id='f', device_id='c')\n"
+    )
+    assert _spec_names_in_calls(tree, "publish") == {"SETPOINT", "PV_CURTAILMENT"}
+    assert _spec_names_in_calls(tree, "on") == {"METER"}
+    assert "grid.pv_curtailment" not in _writable("forecaster")
