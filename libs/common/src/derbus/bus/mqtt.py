@@ -56,6 +56,7 @@ class MqttBus:
         self._transport_up = False
         self._connack: asyncio.Event | None = None
         self._will: Will | None = None
+        self._refused: str | None = None
         self._client: mqtt.Client | None = None
         self.reconnects = 0
 
@@ -102,6 +103,7 @@ class MqttBus:
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._connack = asyncio.Event()
+        self._refused = None
         self._dispatcher.start()
         self._client = client = self._make_client()
         s = self.settings
@@ -136,6 +138,14 @@ class MqttBus:
             client.loop_stop()
             await self._dispatcher.stop()
             raise BusError(f"no CONNACK from {s.host}:{s.port}") from err
+        if self._refused is not None:
+            # A refused CONNACK (bad credentials, not authorised) fails fast instead of retrying.
+            client.loop_stop()
+            await self._dispatcher.stop()
+            raise BusError(
+                f"MQTT broker {s.host}:{s.port} refused the connection of user "
+                f"{s.username!r}: {self._refused}"
+            )
 
     async def close(self) -> None:
         client = self._client
@@ -227,6 +237,10 @@ class MqttBus:
     ) -> None:
         if reason_code.is_failure:
             log.error("MQTT connection refused: %s", reason_code)
+            connack = self._connack
+            if connack is not None and not connack.is_set():
+                self._refused = str(reason_code)
+                self._call(connack.set)
             return
         with self._lock:
             was_up_before = self._connack is not None and self._connack.is_set()

@@ -1,0 +1,507 @@
+"""Security against real components: a Mosquitto with the generated users and ACL, REST tokens."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from derbus import acl, topics
+from derbus.bus import InMemoryBus
+from derbus.bus.base import RawMessage
+from derbus.bus.mqtt import MqttBus
+from derbus.errors import BusError
+from derbus.http import TokenDep, make_app
+from derbus.messages import MeterReading, SetpointCommand, TimeSeries
+from derbus.messages.control import Priority
+from derbus.service import Service
+from derbus.settings import DatabaseSettings, MqttSettings, ServiceSettings
+from derbus.testing import ComponentUnavailableError, MosquittoServer, free_port, wait_for
+from derbus.testing.example import EchoSettings, build_echo
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class SecuredBroker:
+    """A broker with anonymous access off, the generated password file and ACL for `root`."""
+
+    server: MosquittoServer
+    root: str
+    passwords: dict[str, str]
+
+    def settings(self, user: str | None, password: str | None = None) -> MqttSettings:
+        return MqttSettings(
+            host=self.server.host,
+            port=self.server.port,
+            root=self.root,
+            username=user,
+            password=password if password is not None else self.passwords.get(user or ""),
+            connect_retries=0,
+        )
+
+    def bus(self, user: str | None, password: str | None = None) -> MqttBus:
+        return MqttBus(self.settings(user, password))
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
+    root = f"dertest/{uuid.uuid4().hex[:12]}"
+    passwords = {user: acl.new_secret() for user in acl.broker_users()}
+    acl_file = tmp_path / "acl"
+    acl_file.write_text(acl.acl_text(root))
+    passwd = tmp_path / "passwd"
+    acl.write_password_file(passwd, passwords)
+    server = MosquittoServer(
+        allow_anonymous=False,
+        extra_conf=f"password_file {passwd}\nacl_file {acl_file}\nsys_interval 1\n",
+    )
+    try:
+        server.start()
+    except ComponentUnavailableError as err:
+        server.cleanup()
+        pytest.fail(f"mosquitto is required for the security tests: {err}", pytrace=False)
+    try:
+        yield SecuredBroker(server, root, passwords)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+async def clients(secured_broker: SecuredBroker) -> AsyncIterator[dict[str, MqttBus]]:
+    """One connected bus per platform service and the SCADA, each with its own credentials."""
+    buses = {u: secured_broker.bus(u) for u in [*acl.PLATFORM_SERVICES, acl.SCADA_USER]}
+    for bus in buses.values():
+        await bus.connect()
+    try:
+        yield buses
+    finally:
+        for bus in buses.values():
+            await bus.close()
+
+
+class Inbox:
+    """Everything a bus receives on one filter."""
+
+    def __init__(self) -> None:
+        self.messages: list[RawMessage] = []
+
+    async def __call__(self, message: RawMessage) -> None:
+        self.messages.append(message)
+
+    def topics(self) -> list[str]:
+        return [m.topic for m in self.messages]
+
+
+def setpoint(value_kw: float = 2.0) -> bytes:
+    return SetpointCommand(
+        ts=datetime.now(UTC), source="test", target="battery_p_kw", value=value_kw, unit="kW",
+        ttl_s=60, priority=Priority.SITE_OPTIMISER,
+    ).to_json_bytes()  # fmt: skip
+
+
+def schedule() -> bytes:
+    return TimeSeries(
+        ts=T0, source="test", kind="schedule", quantity="battery_p_kw", issue_time=T0, start=T0,
+        step_s=900, values=[1.0, 0.0],
+    ).to_json_bytes()  # fmt: skip
+
+
+def meter(p_kw: float) -> bytes:
+    return MeterReading(ts=T0, source="test", p_kw=p_kw).to_json_bytes()
+
+
+# --- MQTT: authentication -------------------------------------------------------------------------
+
+
+async def test_anonymous_clients_are_refused(secured_broker: SecuredBroker) -> None:
+    with pytest.raises(BusError, match=r"refused the connection.*[Nn]ot authori"):
+        await secured_broker.bus(None).connect()
+
+
+async def test_a_wrong_password_is_refused_and_never_echoed(
+    secured_broker: SecuredBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-" + acl.new_secret()
+    with pytest.raises(BusError, match="refused") as err:
+        await secured_broker.bus("peak_shaving", wrong).connect()
+    assert wrong not in str(err.value)
+    assert wrong not in caplog.text
+    assert "peak_shaving" in str(err.value)
+
+
+async def test_each_service_logs_in_with_its_own_password(secured_broker: SecuredBroker) -> None:
+    other = secured_broker.passwords["forecaster"]
+    with pytest.raises(BusError, match="refused"):
+        await secured_broker.bus("peak_shaving", other).connect()
+    bus = secured_broker.bus("peak_shaving")
+    await bus.connect()
+    assert bus.connected
+    await bus.close()
+
+
+# --- MQTT: authorisation ----------------------------------------------------------------------------
+
+
+async def test_a_service_publishes_its_own_topics_but_not_another_services_setpoints(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    seen = Inbox()
+    await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+    forbidden = topics.SETPOINT.topic("site-1", "battery", root)
+    allowed = topics.FORECAST.topic("site-1", "load", root)
+    # forecaster may not command a battery: with MQTT 3.1.1 the broker drops it silently. The
+    # allowed message after it on the same connection proves the forbidden one was processed.
+    await clients["forecaster"].publish(forbidden, setpoint(), qos=1)
+    await clients["forecaster"].publish(allowed, schedule(), qos=1)
+    await wait_for(lambda: allowed in seen.topics(), 10, message="the forecaster's own topic")
+    assert forbidden not in seen.topics()
+    # The same setpoint from a listed publisher goes through.
+    await clients["peak_shaving"].publish(forbidden, setpoint(), qos=1)
+    await wait_for(lambda: forbidden in seen.topics(), 10, message="peak_shaving's setpoint")
+
+
+async def test_a_service_cannot_impersonate_another_services_status(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    seen = Inbox()
+    await clients["scada"].subscribe(topics.SERVICE_STATUS.filter(root=root), 1, seen)
+    theirs = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "peak_shaving", root)
+    mine = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "load_manager", root)
+    await clients["load_manager"].publish(theirs, b'{"forged": true}', qos=1)
+    await clients["load_manager"].publish(mine, b'{"own": true}', qos=1)
+    await wait_for(lambda: mine in seen.topics(), 10, message="load_manager's own status")
+    assert theirs not in seen.topics()
+
+
+async def test_a_service_reads_only_what_it_subscribes(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    cloud = Inbox()
+    # cloud_sync may read battery schedules but not setpoints: the subscription is granted,
+    # the broker just never delivers.
+    await clients["cloud_sync"].subscribe(topics.SETPOINT.filter(root=root), 1, cloud)
+    await clients["cloud_sync"].subscribe(topics.BATTERY_SCHEDULE.filter(root=root), 1, cloud)
+    edge = Inbox()
+    await clients["edge_simulator"].subscribe(topics.SETPOINT.filter(root=root), 1, edge)
+    set_topic = topics.SETPOINT.topic("site-1", "battery", root)
+    schedule_topic = topics.BATTERY_SCHEDULE.topic("site-1", "battery", root)
+    await clients["peak_shaving"].publish(set_topic, setpoint(), qos=1)
+    await clients["peak_shaving"].publish(schedule_topic, schedule(), qos=1)
+    await wait_for(lambda: schedule_topic in cloud.topics(), 10, message="schedule at cloud_sync")
+    await wait_for(lambda: set_topic in edge.topics(), 10, message="setpoint at the simulator")
+    assert set_topic not in cloud.topics()
+
+
+async def test_scada_reads_everything_commands_devices_but_cannot_forge_telemetry(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    edge = Inbox()
+    await clients["edge_simulator"].subscribe(topics.SETPOINT.filter(root=root), 1, edge)
+    seen = Inbox()
+    await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+    peak = Inbox()
+    await clients["peak_shaving"].subscribe(topics.METER.filter(root=root), 1, peak)
+    forged = topics.METER.topic("site-1", "pcc", root)
+    command = topics.SETPOINT.topic("site-1", "battery", root)
+    await clients["scada"].publish(forged, meter(99.0), qos=1)
+    await clients["scada"].publish(command, setpoint(-1.0), qos=1)
+    await wait_for(lambda: command in edge.topics(), 10, message="the SCADA setpoint")
+    await clients["edge_simulator"].publish(forged, meter(1.5), qos=1)
+    await wait_for(lambda: forged in seen.topics(), 10, message="the simulator's reading at SCADA")
+    await wait_for(lambda: forged in peak.topics(), 10, message="the simulator's reading")
+    assert [MeterReading.model_validate_json(m.payload).p_kw for m in peak.messages] == [1.5]
+
+
+async def test_a_service_status_and_last_will_pass_the_acl(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    seen = Inbox()
+    await clients["scada"].subscribe(topics.SERVICE_STATUS.filter(root=root), 1, seen)
+    settings = EchoSettings(mqtt=secured_broker.settings("peak_shaving"))
+    bus = MqttBus(settings.mqtt)
+    service = Service("peak_shaving", settings, bus)
+    await service.start()
+    status_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "peak_shaving", root)
+
+    def states() -> list[str]:
+        return [
+            topics.SERVICE_STATUS.model.model_validate_json(m.payload).state
+            for m in seen.messages
+            if m.topic == status_topic
+        ]
+
+    await wait_for(lambda: "online" in states(), 10, message="online status")
+    await bus.abort()  # as a crash: the broker publishes the last will with the user's rights
+    await wait_for(lambda: states()[-1] == "offline", 15, message="the last will")
+
+
+def test_the_compose_healthcheck_user_reads_the_broker_uptime(
+    secured_broker: SecuredBroker,
+) -> None:
+    server = secured_broker.server
+    cmd = ["mosquitto_sub", "-h", server.host, "-p", str(server.port), "-u", "healthcheck",
+           "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"]  # fmt: skip
+    ok = subprocess.run(
+        [*cmd, "-P", secured_broker.passwords["healthcheck"]], capture_output=True,
+        timeout=15, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert b"seconds" in ok.stdout
+    refused = subprocess.run([*cmd, "-P", "wrong"], capture_output=True, timeout=15, check=False)
+    assert refused.returncode != 0
+
+
+# --- MQTT over TLS ----------------------------------------------------------------------------------
+
+
+def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (ca, cert, key)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "derbus test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = (folder / "ca.crt", folder / "server.crt", folder / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+def _tls_listener(conf: Path, port: int, ca: Path, cert: Path, key: Path) -> str:
+    """The shipped config's commented TLS listener block, uncommented and pointed at test files."""
+    lines = conf.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("#listener 8883"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#") or line.startswith("# "):
+            break
+        block.append(line[1:])
+    text = "\n".join(block) + "\n"
+    for old, new in (("8883", f"{port} 127.0.0.1"), ("/mosquitto/config/certs/ca.crt", str(ca)),
+                     ("/mosquitto/config/certs/server.crt", str(cert)),
+                     ("/mosquitto/config/certs/server.key", str(key))):  # fmt: skip
+        assert old in text, f"the shipped TLS listener lacks {old}"
+        text = text.replace(old, new)
+    return text
+
+
+async def test_the_tls_listener_option_accepts_service_credentials(tmp_path: Path) -> None:
+    ca, cert, key = _make_certs(tmp_path)
+    root = f"dertest/{uuid.uuid4().hex[:12]}"
+    passwords = {"scada": acl.new_secret()}
+    (tmp_path / "acl").write_text(acl.acl_text(root))
+    acl.write_password_file(tmp_path / "passwd", passwords)
+    tls_port = free_port()
+    listener = _tls_listener(REPO / "deploy/mosquitto/mosquitto.conf", tls_port, ca, cert, key)
+    server = MosquittoServer(
+        allow_anonymous=False,
+        extra_conf=f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n{listener}",
+    )
+    try:
+        server.start()
+    except ComponentUnavailableError as err:
+        server.cleanup()
+        pytest.fail(f"mosquitto with TLS could not start: {err}", pytrace=False)
+    try:
+        settings = MqttSettings(
+            host="127.0.0.1", port=tls_port, root=root, tls=True, ca_file=str(ca),
+            username="scada", password=passwords["scada"], connect_retries=0,
+        )  # fmt: skip
+        bus = MqttBus(settings)
+        await bus.connect()
+        inbox = Inbox()
+        await bus.subscribe(topics.SETPOINT.filter(root=root), 1, inbox)
+        topic = topics.SETPOINT.topic("site-1", "battery", root)
+        await bus.publish(topic, setpoint(), qos=1)
+        await wait_for(lambda: topic in inbox.topics(), 10, message="a setpoint over TLS")
+        await bus.close()
+        with pytest.raises(BusError):
+            await MqttBus(settings.model_copy(update={"ca_file": None})).connect()
+    finally:
+        server.cleanup()
+
+
+# --- REST: bearer tokens on state-changing endpoints, secrets never shown --------------------------
+
+TOKEN = "rest-token-" + uuid.uuid4().hex
+BROKER_PW = "broker-pw-" + uuid.uuid4().hex
+DB_PW = "db-pw-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def echo_client() -> Iterator[TestClient]:
+    settings = EchoSettings(api_token=TOKEN, mqtt=MqttSettings(username="echo", password=BROKER_PW))
+    service = build_echo(settings, InMemoryBus())
+    router = APIRouter()
+
+    @router.post("/setpoints", status_code=202)
+    def post_setpoint(command: SetpointCommand, _auth: TokenDep) -> dict[str, str]:
+        return {"accepted": command.setpoint_id}
+
+    service.include_router(router)
+    with TestClient(make_app(service)) as client:
+        yield client
+
+
+def _setpoint_json() -> dict[str, Any]:
+    return {"ts": datetime.now(UTC).isoformat(), "source": "scada", "target": "battery_p_kw",
+            "value": 1.0, "unit": "kW", "ttl_s": 60}  # fmt: skip
+
+
+def test_setpoint_needs_the_bearer_token(echo_client: TestClient) -> None:
+    missing = echo_client.post("/setpoints", json=_setpoint_json())
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = echo_client.post(
+        "/setpoints", json=_setpoint_json(), headers={"Authorization": "Bearer nope"}
+    )
+    assert wrong.status_code == 403
+    basic = echo_client.post(
+        "/setpoints", json=_setpoint_json(), headers={"Authorization": f"Basic {TOKEN}"}
+    )
+    assert basic.status_code in (401, 403)
+    right = echo_client.post(
+        "/setpoints", json=_setpoint_json(), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert right.status_code == 202
+    assert right.json()["accepted"]
+
+
+def test_config_change_needs_the_token_health_stays_open(echo_client: TestClient) -> None:
+    assert echo_client.put("/config", json={"limit_kw": 6}).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert echo_client.put("/config", json={"limit_kw": 6}, headers=auth).status_code == 200
+    assert echo_client.get("/healthz").status_code == 200
+    assert echo_client.get("/readyz").status_code == 200
+
+
+def test_config_and_errors_never_show_secrets(
+    echo_client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = echo_client.get("/config").text
+    assert "echo" in body
+    for secret in (TOKEN, BROKER_PW):
+        assert secret not in body
+    refused = echo_client.put(
+        "/config", json={"api_token": "new-" + TOKEN}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert refused.status_code == 422
+    assert TOKEN not in refused.text
+    wrong = echo_client.post(
+        "/setpoints", json=_setpoint_json(), headers={"Authorization": f"Bearer {TOKEN}x"}
+    )
+    assert TOKEN not in wrong.text
+    for secret in (TOKEN, BROKER_PW):
+        assert secret not in caplog.text
+
+
+def test_database_url_password_is_redacted() -> None:
+    class DbSettings(EchoSettings):
+        database: DatabaseSettings
+
+    settings = DbSettings(
+        api_token=TOKEN,
+        database=DatabaseSettings(database_url=f"postgresql://derbus:{DB_PW}@db:5432/derbus"),
+    )
+    service = build_echo(settings, InMemoryBus())
+    with TestClient(make_app(service, manage_lifecycle=False)) as client:
+        body = client.get("/config").text
+    assert DB_PW not in body
+    assert TOKEN not in body
+
+
+# Every committed service: each state-changing route refuses a missing or wrong token.
+
+
+def _build(name: str, tmp_path: Path) -> Service[Any]:
+    if not (REPO / "services" / name / "src" / name / "service.py").exists():
+        pytest.fail(f"services/{name} has no service.py yet: its REST security cannot be checked")
+    module = importlib.import_module(f"{name}.service")
+    settings_module = importlib.import_module(f"{name}.settings")
+    cls = next(
+        c for _, c in inspect.getmembers(settings_module, inspect.isclass)
+        if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
+    )  # fmt: skip
+    settings = cls(
+        data_dir=tmp_path, api_token=TOKEN, mqtt=MqttSettings(username=name, password=BROKER_PW)
+    )
+    service: Service[Any] = module.build_service(settings, InMemoryBus())
+    return service
+
+
+@pytest.mark.parametrize("name", acl.PLATFORM_SERVICES)
+def test_every_state_changing_route_of_a_service_needs_the_token(
+    name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    service = _build(name, tmp_path)
+    app = make_app(service, manage_lifecycle=False)
+    routes = [
+        (method, route.path)
+        for route in app.routes if isinstance(route, APIRoute)
+        for method in route.methods - {"GET", "HEAD", "OPTIONS"}
+    ]  # fmt: skip
+    assert ("PUT", "/config") in routes
+    with TestClient(app) as client:
+        for method, path in routes:
+            url = path.replace("{", "").replace("}", "")  # path parameters become literals
+            missing = client.request(method, url, json={})
+            assert missing.status_code == 401, f"{name}: {method} {path} without a token"
+            wrong = client.request(method, url, json={}, headers={"Authorization": "Bearer x"})
+            assert wrong.status_code == 403, f"{name}: {method} {path} with a wrong token"
+        body = client.get("/config").text
+    assert TOKEN not in body
+    assert BROKER_PW not in body
+    assert TOKEN not in caplog.text
+    assert BROKER_PW not in caplog.text
