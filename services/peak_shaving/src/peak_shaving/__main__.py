@@ -1,0 +1,95 @@
+"""Command line of peak_shaving: `peak-shaving` (or `python -m peak_shaving`) runs the service."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from derbus.bus import MqttBus
+from derbus.runner import serve
+from derbus.settings import load_settings_or_exit
+from peak_shaving.optimizer import EmaInputs, ScheduleOptimizer
+from peak_shaving.service import build_service
+from peak_shaving.settings import Settings
+
+app = typer.Typer(help="derbus peak shaving: PCC limits (PMA) and battery schedule (EMA).")
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    import_limit_kw: Annotated[
+        float | None, typer.Option(help="PCC import limit, kW (PS_IMPORT_LIMIT_KW)")
+    ] = None,
+    export_limit_kw: Annotated[
+        float | None, typer.Option(help="PCC export limit, kW, negative (PS_EXPORT_LIMIT_KW)")
+    ] = None,
+    demand_target_kw: Annotated[
+        float | None, typer.Option(help="15-minute demand target, kW (PS_DEMAND_TARGET_KW)")
+    ] = None,
+    solver: Annotated[
+        str | None, typer.Option(help="EMA solver: ECOS, CLARABEL or HIGHS (PS_SOLVER)")
+    ] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (PS_API_PORT)")] = None,
+) -> None:
+    """Run the service (the default command): API, PMA on every PCC reading, EMA every 15 min."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "import_limit_kw": import_limit_kw,
+            "export_limit_kw": export_limit_kw,
+            "demand_target_kw": demand_target_kw,
+            "solver": solver,
+            "api_port": api_port,
+        }.items()
+        if v is not None
+    }
+    settings = load_settings_or_exit(Settings, **overrides)
+    serve(build_service(settings, MqttBus(settings.mqtt)))
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Validate the settings from the environment and print them (secrets redacted)."""
+    settings = load_settings_or_exit(Settings)
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+@app.command("solve-demo")
+def solve_demo(
+    steps: Annotated[int, typer.Option(help="horizon steps")] = 96,
+) -> None:
+    """Solve one EMA problem on a synthetic day (checks that the solver works here)."""
+    import math
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    settings = load_settings_or_exit(Settings, horizon_steps=steps)
+    net = np.array(
+        [
+            0.8 * settings.import_limit_kw
+            + 0.4 * settings.import_limit_kw * math.sin(2 * math.pi * i / 96)
+            for i in range(steps)
+        ]
+    )
+    optimizer = ScheduleOptimizer(settings)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    schedule = optimizer.solve(
+        EmaInputs(start=start, net_load_kw=net, soc_kwh=0.5 * settings.battery_capacity_kwh,
+                  prior_kw=np.zeros(steps))
+    )  # fmt: skip
+    typer.echo(json.dumps(schedule.meta(), indent=2))
+
+
+def main() -> None:
+    """Console script entry point (`peak-shaving`)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""The Energy Management Application: a battery schedule LP over the outlook, built once in cvxpy.
+
+Signs are load-referenced: net load (load - PV) and PCC power > 0 import; battery > 0 charges.
+The problem is compiled once with cvxpy Parameters (DPP), so a re-solve only updates data. PCC
+limits are soft (a large penalty per kWh beyond them), so a plan always exists and the residual
+violation is reported instead of the problem becoming infeasible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import cvxpy as cp
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from derbus.errors import SolverError
+from derbus.tariff import Tariff
+from peak_shaving.config import SiteConfig
+
+SolverName = Literal["ECOS", "CLARABEL", "HIGHS"]
+FloatArray = NDArray[np.float64]
+_OK_STATUSES = {cp.OPTIMAL, cp.OPTIMAL_INACCURATE}
+
+
+class EmaConfig(SiteConfig):
+    """Declared configuration of the EMA (limits and battery from `SiteConfig`)."""
+
+    horizon_steps: int = Field(default=96, ge=2, le=2880, description="steps in the outlook")
+    step_s: int = Field(default=900, ge=60, le=3600, description="schedule step, s")
+    solver: SolverName = Field(default="ECOS", description="LP solver: ECOS, CLARABEL or HIGHS")
+    solver_time_limit_s: float = Field(
+        default=10.0, gt=0, description="time limit per solve where the solver supports one, s"
+    )
+    violation_penalty_per_kwh: float = Field(
+        default=1000.0, gt=0, description="cost of each kWh beyond a PCC limit (soft limits)"
+    )
+    change_penalty_per_kwh: float = Field(
+        default=0.02, ge=0, description="cost of each kWh changed from the prior schedule (L1)"
+    )
+    wear_cost_per_kwh: float = Field(
+        default=0.01, ge=0, description="battery wear per kWh charged or discharged"
+    )
+    end_soc_penalty_per_kwh: float = Field(
+        default=5.0, ge=0, description="cost of each kWh short of the end-of-horizon SoC target"
+    )
+    reserve_penalty_per_kwh_h: float = Field(
+        default=10.0,
+        ge=0,
+        description="cost of each kWh planned below the reserve, per hour it stays below"
+        " (keep it x horizon hours below the violation penalty)",
+    )
+    energy_cost: bool = Field(
+        default=False, description="add the time-of-use energy cost (tariff) to the objective"
+    )
+    demand_charge: bool = Field(
+        default=False,
+        description="add the tariff's demand charge on the horizon peak above the month's peak",
+    )
+    tariff: Tariff = Field(default_factory=Tariff, description="time-of-use tariff")
+
+
+@dataclass(frozen=True)
+class EmaInputs:
+    """Data of one solve.
+
+    Attributes:
+        start: start of the first step (aware UTC).
+        net_load_kw: forecast load - PV per step, kW (+ import), length = horizon.
+        soc_kwh: stored energy now, kWh.
+        prior_kw: the previous schedule on the same steps, kW (+ charge); zeros when none.
+        peak_floor_kw: 15-minute peak already billed this month, kW (demand charge above it).
+    """
+
+    start: datetime
+    net_load_kw: FloatArray
+    soc_kwh: float
+    prior_kw: FloatArray
+    peak_floor_kw: float = 0.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A solved battery schedule.
+
+    Attributes:
+        start: start of the first step.
+        step_s: step length, s.
+        battery_p_kw: net battery power per step, kW, + charge / - discharge.
+        charge_kw, discharge_kw: the two non-negative parts, kW.
+        soc_kwh: stored energy at each step boundary (horizon + 1 values), kWh.
+        pcc_kw: planned PCC power per step, kW, + import.
+        violation_kw: planned power beyond a PCC limit per step, kW, >= 0.
+        status: the solver's status.
+        objective: total objective value.
+        terms: the objective's terms (violation, change, energy, demand, wear, end_soc, reserve).
+        solve_time_s: wall time of the solve call, s.
+        solver: solver name.
+    """
+
+    start: datetime
+    step_s: int
+    battery_p_kw: FloatArray
+    charge_kw: FloatArray
+    discharge_kw: FloatArray
+    soc_kwh: FloatArray
+    pcc_kw: FloatArray
+    violation_kw: FloatArray
+    status: str
+    objective: float
+    terms: dict[str, float] = field(default_factory=dict)
+    solve_time_s: float = 0.0
+    solver: str = "ECOS"
+
+    @property
+    def violation_kwh(self) -> float:
+        """Planned energy beyond the PCC limits, kWh."""
+        return float(self.violation_kw.sum() * self.step_s / 3600)
+
+    @property
+    def violation_steps(self) -> int:
+        """Steps with a planned violation above 1 W."""
+        return int((self.violation_kw > 1e-3).sum())
+
+    def meta(self) -> dict[str, Any]:
+        """Solve status, objective terms and timing, for the published schedule's `meta`."""
+        return {
+            "status": self.status,
+            "solver": self.solver,
+            "objective": round(self.objective, 6),
+            "terms": {k: round(v, 6) for k, v in self.terms.items()},
+            "solve_time_ms": round(self.solve_time_s * 1000, 3),
+            "violation_kwh": round(self.violation_kwh, 6),
+            "violation_steps": self.violation_steps,
+            "soc_end_kwh": round(float(self.soc_kwh[-1]), 6),
+        }
+
+
+def tariff_prices(
+    tariff: Tariff, start: datetime, steps: int, step_s: int
+) -> tuple[FloatArray, FloatArray]:
+    """Import price and feed-in per step (feed-in capped at the import price), per kWh."""
+    times = [start + timedelta(seconds=i * step_s) for i in range(steps)]
+    price = np.array([tariff.price_at(t) for t in times], dtype=float)
+    feed = np.minimum(np.full(steps, tariff.feed_in_per_kwh), price)
+    return price, feed
+
+
+class ScheduleOptimizer:
+    """The EMA's linear program, compiled once; `solve` only updates its Parameters.
+
+    Variables per step: charge and discharge power (>= 0), PCC import and export (>= 0), the
+    violation beyond each limit (>= 0), the change from the prior schedule split into its
+    non-negative parts; the SoC at each boundary; the horizon peak; the end-SoC shortfall.
+
+    Args:
+        config: the EMA configuration; horizon, step, efficiencies and weights are compiled in
+            (make a new optimiser when they change), limits and battery bounds are data.
+    """
+
+    def __init__(self, config: EmaConfig) -> None:
+        self.config = config
+        n = config.horizon_steps
+        dt_h = config.step_s / 3600
+        eta_c, eta_d = config.charge_efficiency, config.discharge_efficiency
+        self._dt_h = dt_h
+
+        self.p_net = cp.Parameter(n, name="net_load_kw")
+        self.p_prior = cp.Parameter(n, name="prior_kw")
+        self.p_price = cp.Parameter(n, nonneg=True, name="price_per_kwh")
+        self.p_feed = cp.Parameter(n, name="feed_in_per_kwh")
+        self.p_soc0 = cp.Parameter(name="soc0_kwh")
+        self.p_e_lo = cp.Parameter(name="e_min_kwh")
+        self.p_e_hi = cp.Parameter(name="e_max_kwh")
+        self.p_e_reserve = cp.Parameter(name="e_reserve_kwh")
+        self.p_e_end = cp.Parameter(name="e_end_kwh")
+        self.p_ch_max = cp.Parameter(nonneg=True, name="charge_max_kw")
+        self.p_dis_max = cp.Parameter(nonneg=True, name="discharge_max_kw")
+        self.p_imp = cp.Parameter(name="import_cap_kw")
+        self.p_exp = cp.Parameter(name="export_floor_kw")
+        self.p_demand = cp.Parameter(nonneg=True, name="demand_charge_per_kw")
+        self.p_peak_floor = cp.Parameter(name="peak_floor_kw")
+
+        self.ch = cp.Variable(n, nonneg=True, name="charge_kw")
+        self.dis = cp.Variable(n, nonneg=True, name="discharge_kw")
+        self.g_imp = cp.Variable(n, nonneg=True, name="import_kw")
+        self.g_exp = cp.Variable(n, nonneg=True, name="export_kw")
+        self.v_imp = cp.Variable(n, nonneg=True, name="import_violation_kw")
+        self.v_exp = cp.Variable(n, nonneg=True, name="export_violation_kw")
+        self.up = cp.Variable(n, nonneg=True, name="change_up_kw")
+        self.down = cp.Variable(n, nonneg=True, name="change_down_kw")
+        self.reserve_short = cp.Variable(n, nonneg=True, name="reserve_short_kwh")
+        self.soc = cp.Variable(n + 1, name="soc_kwh")
+        self.peak = cp.Variable(name="peak_kw")
+        self.end_short = cp.Variable(nonneg=True, name="end_short_kwh")
+
+        battery = self.ch - self.dis
+        constraints = [
+            self.soc[0] == self.p_soc0,
+            self.soc[1:] == self.soc[:-1] + (eta_c * self.ch - self.dis / eta_d) * dt_h,
+            self.soc[1:] >= self.p_e_lo,
+            self.soc[1:] <= self.p_e_hi,
+            self.soc[1:] + self.reserve_short >= self.p_e_reserve,
+            self.soc[n] + self.end_short >= self.p_e_end,
+            self.ch <= self.p_ch_max,
+            self.dis <= self.p_dis_max,
+            self.g_imp - self.g_exp == self.p_net + battery,
+            self.g_imp - self.v_imp <= self.p_imp,
+            self.g_exp - self.v_exp <= -self.p_exp,
+            battery - self.p_prior == self.up - self.down,
+            self.peak >= self.g_imp,
+            self.peak >= self.p_peak_floor,
+        ]
+        self._terms: dict[str, Any] = {
+            "violation": config.violation_penalty_per_kwh * dt_h * (self.v_imp + self.v_exp).sum(),
+            "change": config.change_penalty_per_kwh * dt_h * (self.up + self.down).sum(),
+            "energy": dt_h * (self.p_price @ self.g_imp - self.p_feed @ self.g_exp),
+            "demand": self.p_demand * self.peak,
+            "wear": config.wear_cost_per_kwh * dt_h * (self.ch + self.dis).sum(),
+            "end_soc": config.end_soc_penalty_per_kwh * self.end_short,
+            "reserve": config.reserve_penalty_per_kwh_h * dt_h * (self.reserve_short).sum(),
+        }
+        objective = cp.Minimize(sum(self._terms.values(), start=cp.Constant(0.0)))
+        self.problem = cp.Problem(objective, constraints)
+        if not self.problem.is_dpp():
+            raise SolverError("the EMA problem is not DPP: re-solves would recompile")
+        self.solves = 0
+
+    def solve(self, inputs: EmaInputs, solver: SolverName | None = None) -> Schedule:
+        """Solve for a battery schedule.
+
+        Args:
+            inputs: the outlook's data (net load, SoC, prior schedule, month peak).
+            solver: override the configured solver.
+
+        Returns:
+            The schedule, with status, objective terms and solve time.
+
+        Raises:
+            SolverError: the solver failed or reported an infeasible / unbounded problem, or the
+                inputs do not fit the compiled horizon.
+        """
+        cfg = self.config
+        n = cfg.horizon_steps
+        name = solver or cfg.solver
+        net = np.asarray(inputs.net_load_kw, dtype=float)
+        prior = np.asarray(inputs.prior_kw, dtype=float)
+        if net.shape != (n,) or prior.shape != (n,):
+            raise SolverError(f"inputs must have {n} steps (got {net.shape}, {prior.shape})")
+        if not (np.isfinite(net).all() and np.isfinite(prior).all()):
+            raise SolverError("inputs contain NaN or infinite values")
+        if not math.isfinite(inputs.soc_kwh):
+            raise SolverError("initial SoC is not finite")
+
+        cap = cfg.battery_capacity_kwh
+        soc0 = inputs.soc_kwh
+        # Bounds widened to include the present SoC, so a battery outside them is not infeasible.
+        self.p_soc0.value = soc0
+        self.p_e_lo.value = min(cfg.soc_min_pct / 100 * cap, soc0)
+        self.p_e_hi.value = max(cfg.soc_max_pct / 100 * cap, soc0)
+        self.p_e_reserve.value = cfg.reserve_pct / 100 * cap
+        self.p_e_end.value = cfg.end_soc_pct / 100 * cap
+        self.p_ch_max.value = cfg.battery_max_charge_kw
+        self.p_dis_max.value = cfg.battery_max_discharge_kw
+        import_cap = cfg.import_limit_kw
+        if cfg.demand_target_kw is not None:
+            import_cap = min(import_cap, max(cfg.demand_target_kw, inputs.peak_floor_kw))
+        self.p_imp.value = import_cap
+        self.p_exp.value = cfg.export_limit_kw
+        self.p_net.value = net
+        self.p_prior.value = prior
+        if cfg.energy_cost:
+            price, feed = tariff_prices(cfg.tariff, inputs.start, n, cfg.step_s)
+        else:
+            price, feed = np.zeros(n), np.zeros(n)
+        self.p_price.value, self.p_feed.value = price, feed
+        self.p_demand.value = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
+        self.p_peak_floor.value = max(inputs.peak_floor_kw, 0.0)
+
+        started = time.perf_counter()
+        try:
+            self.problem.solve(solver=name, **_solver_options(name, cfg.solver_time_limit_s))  # type: ignore[no-untyped-call]
+        except cp.error.SolverError as err:
+            raise SolverError(f"{name} failed: {err}") from err
+        elapsed = time.perf_counter() - started
+        self.solves += 1
+        status = str(self.problem.status)
+        if status not in _OK_STATUSES or self.ch.value is None or self.dis.value is None:
+            raise SolverError(f"{name} returned status {status}")
+        return self._schedule(inputs, status, elapsed, name)
+
+    def _schedule(self, inputs: EmaInputs, status: str, elapsed_s: float, name: str) -> Schedule:
+        cfg = self.config
+        ch = np.maximum(np.asarray(self.ch.value, dtype=float), 0.0)
+        dis = np.maximum(np.asarray(self.dis.value, dtype=float), 0.0)
+        battery = ch - dis
+        net = np.asarray(inputs.net_load_kw, dtype=float)
+        pcc = net + battery
+        import_cap = float(self.p_imp.value)  # type: ignore[arg-type]
+        violation = np.maximum.reduce(
+            [pcc - import_cap, cfg.export_limit_kw - pcc, np.zeros_like(pcc)]
+        )
+        violation[violation < 1e-6] = 0.0
+        terms = {k: float(expr.value) for k, expr in self._terms.items()}
+        return Schedule(
+            start=inputs.start,
+            step_s=cfg.step_s,
+            battery_p_kw=battery,
+            charge_kw=ch,
+            discharge_kw=dis,
+            soc_kwh=np.asarray(self.soc.value, dtype=float),
+            pcc_kw=pcc,
+            violation_kw=violation,
+            status=status,
+            objective=float(self.problem.value),
+            terms=terms,
+            solve_time_s=elapsed_s,
+            solver=name,
+        )
+
+
+def _solver_options(name: str, time_limit_s: float) -> dict[str, Any]:
+    if name == "CLARABEL":
+        return {"time_limit": time_limit_s}
+    if name == "HIGHS":
+        return {"time_limit": time_limit_s}
+    return {"max_iters": 500}
+
+
+def align_series(
+    values: list[float] | FloatArray,
+    series_start: datetime,
+    series_step_s: int,
+    start: datetime,
+    steps: int,
+    step_s: int,
+    fill: Literal["daily", "zero"] = "daily",
+) -> FloatArray:
+    """Values of a regular series on another grid (value of the interval containing each start).
+
+    Args:
+        values: the series' values.
+        series_start: start of its first interval.
+        series_step_s: its step, s.
+        start: start of the wanted grid.
+        steps: number of wanted steps.
+        step_s: the wanted step, s.
+        fill: outside the series, `daily` repeats the value from whole days earlier or later
+            (the last or first value when none), `zero` uses 0 (for schedules: idle).
+
+    Returns:
+        The aligned values.
+    """
+    data = np.asarray(values, dtype=float)
+    count = len(data)
+    offsets = np.array(
+        [(start - series_start).total_seconds() + i * step_s for i in range(steps)], dtype=float
+    )
+    index = np.floor(offsets / series_step_s).astype(int)
+    inside = (index >= 0) & (index < count)
+    out = np.zeros(steps, dtype=float)
+    out[inside] = data[index[inside]]
+    if fill == "zero" or inside.all() or count == 0:
+        return out
+    per_day = 86_400 // series_step_s if 86_400 % series_step_s == 0 else 0
+    for i in np.flatnonzero(~inside):
+        j = int(index[i])
+        if per_day and count >= per_day:
+            j = j - per_day * math.ceil((j - count + 1) / per_day) if j >= count else j
+            j = j + per_day * math.ceil(-j / per_day) if j < 0 else j
+        out[i] = data[min(max(j, 0), count - 1)]
+    return out

@@ -1,0 +1,411 @@
+"""Wiring of peak_shaving: PCC readings → PMA → battery setpoints; forecasts → EMA → schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query
+from prometheus_client import Counter, Gauge, Histogram
+
+from derbus import topics
+from derbus.bus.base import Bus
+from derbus.errors import SolverError
+from derbus.http import TokenDep
+from derbus.messages import (
+    BatteryTelemetry,
+    KpiReport,
+    MeterReading,
+    Priority,
+    SetpointAck,
+    SetpointCommand,
+    TimeSeries,
+    utcnow,
+)
+from derbus.service import Context, Service
+from peak_shaving.controller import PeakShavingController, PmaInputs
+from peak_shaving.optimizer import EmaInputs, Schedule, ScheduleOptimizer, align_series
+from peak_shaving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = "peak_shaving"
+LOAD_TARGET, PV_TARGET = "load", "pv"
+_STRUCTURAL = (
+    "horizon_steps", "step_s", "charge_efficiency", "discharge_efficiency",
+    "violation_penalty_per_kwh", "change_penalty_per_kwh", "wear_cost_per_kwh",
+    "end_soc_penalty_per_kwh", "reserve_penalty_per_kwh_h",
+)  # fmt: skip
+
+
+@dataclass
+class SitePlan:
+    """What the service holds for one site besides the controller's state."""
+
+    battery: BatteryTelemetry | None = None
+    forecasts: dict[str, TimeSeries] = field(default_factory=dict)
+    schedule: TimeSeries | None = None
+    schedule_valid: bool = False
+    last_solution: Schedule | None = None
+    fallback_reason: str | None = None
+
+
+class _Metrics:
+    """The service's own Prometheus series, on the service registry."""
+
+    def __init__(self, service: Service[Settings]) -> None:
+        registry = service.metrics.registry
+        self.decision_s = Histogram(
+            "peak_shaving_decision_seconds",
+            "PMA decision time, reading handled → setpoint handed to the bus",
+            buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
+            registry=registry,
+        )
+        self.time_on_limit = Gauge(
+            "peak_shaving_time_on_limit_seconds", "Time a limit was binding", ["site"],
+            registry=registry,
+        )  # fmt: skip
+        self.limit_events = Gauge(
+            "peak_shaving_limit_events", "Times the PMA went onto a limit", ["site"],
+            registry=registry,
+        )  # fmt: skip
+        self.unfixed_s = Gauge(
+            "peak_shaving_unfixed_violation_seconds",
+            "Time the PCC stayed beyond a hard limit with the battery at its limit", ["site"],
+            registry=registry,
+        )  # fmt: skip
+        self.unfixed_kwh = Gauge(
+            "peak_shaving_unfixed_violation_kwh",
+            "Energy beyond a hard limit the battery could not remove", ["site"],
+            registry=registry,
+        )  # fmt: skip
+        self.month_peak = Gauge(
+            "peak_shaving_month_peak_kw", "Highest 15-minute average import this month", ["site"],
+            registry=registry,
+        )  # fmt: skip
+        self.solves = Counter(
+            "peak_shaving_ema_solves_total", "EMA solves by outcome", ["outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.solve_s = Histogram(
+            "peak_shaving_ema_solve_seconds", "EMA solve wall time",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0), registry=registry,
+        )  # fmt: skip
+        self.acks = Counter(
+            "peak_shaving_setpoint_acks_total", "Battery setpoint acknowledgements", ["status"],
+            registry=registry,
+        )  # fmt: skip
+
+
+class PeakShaving:
+    """The service's state: the controller, the optimiser and per-site plans and readings."""
+
+    def __init__(self, service: Service[Settings]) -> None:
+        self.service = service
+        self.controller = PeakShavingController(service.settings)
+        self.optimizer = ScheduleOptimizer(service.settings)
+        self.sites: dict[str, SitePlan] = {}
+        self.metrics = _Metrics(service)
+        self.started_at = utcnow()
+        self._solve_lock = asyncio.Lock()
+        self._replans: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._failing: dict[str, str] = {}
+
+    @property
+    def settings(self) -> Settings:
+        """The current settings."""
+        return self.service.settings
+
+    def site(self, site_id: str) -> SitePlan:
+        """The plan holder of a site (created on first use)."""
+        plan = self.sites.get(site_id)
+        if plan is None:
+            plan = self.sites[site_id] = SitePlan()
+        return plan
+
+    # --- PMA ---------------------------------------------------------------------------------
+    def decide(self, site_id: str, reading: MeterReading) -> SetpointCommand:
+        """Run the PMA on one PCC reading and return the battery setpoint to publish."""
+        plan = self.site(site_id)
+        battery = plan.battery
+        schedule_kw = None
+        if plan.schedule_valid and plan.schedule is not None:
+            schedule_kw = plan.schedule.value_at(reading.ts)
+        decision = self.controller.step(
+            PmaInputs(
+                site_id=site_id,
+                ts=reading.ts,
+                pcc_p_kw=reading.p_kw,
+                battery_p_kw=battery.p_kw if battery else None,
+                battery_ts=battery.ts if battery else None,
+                soc_pct=battery.soc_pct if battery else None,
+                max_charge_kw=battery.max_charge_kw if battery else None,
+                max_discharge_kw=battery.max_discharge_kw if battery else None,
+                schedule_p_kw=schedule_kw,
+            )
+        )
+        return SetpointCommand(
+            ts=reading.ts,
+            source=NAME,
+            target="battery_p_kw",
+            value=round(decision.battery_p_kw, 4),
+            unit="kW",
+            ttl_s=self.settings.setpoint_ttl_s,
+            priority=Priority.SITE_OPTIMISER,
+        )
+
+    def update_site_metrics(self, site_id: str) -> dict[str, float]:
+        """Refresh the per-site gauges; returns the site's KPIs."""
+        kpis = self.controller.kpis(site_id)
+        m = self.metrics
+        m.time_on_limit.labels(site=site_id).set(kpis["time_on_limit_s"])
+        m.limit_events.labels(site=site_id).set(kpis["limit_events"])
+        m.unfixed_s.labels(site=site_id).set(kpis["unfixed_violation_s"])
+        m.unfixed_kwh.labels(site=site_id).set(kpis["unfixed_violation_kwh"])
+        m.month_peak.labels(site=site_id).set(kpis["month_peak_kw"])
+        return kpis
+
+    # --- EMA ---------------------------------------------------------------------------------
+    def request_replan(self, site_id: str) -> None:
+        """Re-solve a site's schedule in the background (coalesced while one runs)."""
+        running = self._replans.get(site_id)
+        if running is not None and not running.done():
+            self._again.add(site_id)
+            return
+        self._replans[site_id] = asyncio.create_task(
+            self._replan_loop(site_id), name=f"{NAME}:replan:{site_id}"
+        )
+
+    async def _replan_loop(self, site_id: str) -> None:
+        while True:
+            self._again.discard(site_id)
+            await self.replan(site_id)
+            if site_id not in self._again:
+                return
+
+    async def idle(self) -> None:
+        """Wait until no background re-solve is running (tests, shutdown)."""
+        while running := [t for t in self._replans.values() if not t.done()]:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def ema_inputs(self, site_id: str, now: datetime) -> EmaInputs | None:
+        """The EMA's inputs for a site now, or None without a load forecast or battery reading."""
+        cfg = self.settings
+        plan = self.site(site_id)
+        load = plan.forecasts.get(LOAD_TARGET)
+        if load is None or plan.battery is None:
+            return None
+        step = cfg.step_s
+        epoch = int(now.timestamp())
+        start = datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
+        n = cfg.horizon_steps
+        net = align_series(load.values, load.start, load.step_s, start, n, step)
+        pv = plan.forecasts.get(PV_TARGET)
+        if pv is not None:
+            net = net - align_series(pv.values, pv.start, pv.step_s, start, n, step)
+        prior = np.zeros(n)
+        if plan.schedule is not None:
+            s = plan.schedule
+            prior = align_series(s.values, s.start, s.step_s, start, n, step, fill="zero")
+        return EmaInputs(
+            start=start,
+            net_load_kw=net,
+            soc_kwh=plan.battery.soc_pct / 100 * cfg.battery_capacity_kwh,
+            prior_kw=prior,
+            peak_floor_kw=self.controller.month_peak_kw(site_id),
+        )
+
+    async def replan(self, site_id: str) -> None:
+        """Solve a site's schedule and publish it; on failure keep the last one, shifted."""
+        now = utcnow()
+        inputs = self.ema_inputs(site_id, now)
+        if inputs is None:
+            log.debug("no plan for %s yet: needs a load forecast and a battery reading", site_id)
+            return
+        plan = self.site(site_id)
+        try:
+            async with self._solve_lock:  # one compiled problem, one solve at a time
+                solution = await self.service.run_blocking(self.optimizer.solve, inputs)
+        except SolverError as err:
+            self.metrics.solves.labels(outcome="failed").inc()
+            await self._fall_back(site_id, plan, inputs, now, str(err))
+            return
+        self.metrics.solves.labels(outcome="ok").inc()
+        self.metrics.solve_s.observe(solution.solve_time_s)
+        meta = solution.meta() | {
+            "plan_status": "ok",
+            "pcc_kw": [round(v, 3) for v in solution.pcc_kw.tolist()],
+            "soc_kwh": [round(v, 3) for v in solution.soc_kwh.tolist()],
+        }
+        plan.schedule = self._series(inputs.start, solution.battery_p_kw.tolist(), now, meta)
+        plan.schedule_valid, plan.last_solution, plan.fallback_reason = True, solution, None
+        await self.service.publish(
+            topics.BATTERY_SCHEDULE, plan.schedule, site_id=site_id,
+            device_id=self.settings.battery_device_id,
+        )  # fmt: skip
+        if self._failing.pop(site_id, None) is not None:
+            await self._report_failures()
+
+    async def _fall_back(
+        self, site_id: str, plan: SitePlan, inputs: EmaInputs, now: datetime, reason: str
+    ) -> None:
+        """Keep the last valid schedule shifted to now, publish it degraded; PMA limits only."""
+        log.warning("EMA failed for %s: %s; PMA falls back to limits only", site_id, reason)
+        plan.schedule_valid, plan.fallback_reason = False, reason
+        self._failing[site_id] = reason
+        await self._report_failures()
+        meta: dict[str, Any] = {"plan_status": "degraded", "status": "degraded", "reason": reason}
+        values = inputs.prior_kw.tolist()
+        if plan.schedule is not None:
+            meta["shifted_from"] = plan.schedule.start.isoformat()
+        plan.schedule = self._series(inputs.start, values, now, meta)
+        await self.service.publish(
+            topics.BATTERY_SCHEDULE, plan.schedule, site_id=site_id,
+            device_id=self.settings.battery_device_id,
+        )  # fmt: skip
+
+    async def _report_failures(self) -> None:
+        if not self._failing:
+            await self.service.clear_degraded("ema")
+            return
+        first = sorted(self._failing.items())[0]
+        await self.service.set_degraded(
+            "ema",
+            f"{len(self._failing)} site(s) on limits-only fallback ({first[0]}: {first[1]})",
+        )
+
+    def _series(
+        self, start: datetime, values: list[float], now: datetime, meta: dict[str, Any]
+    ) -> TimeSeries:
+        return TimeSeries(
+            ts=now, source=NAME, kind="schedule", quantity="battery_p_kw", unit="kW",
+            issue_time=now, start=start, step_s=self.settings.step_s,
+            values=[round(v, 4) for v in values], model="peak_shaving.ema", meta=meta,
+        )  # fmt: skip
+
+    def apply_config(self, old: Settings, new: Settings) -> None:
+        """Hand new settings to the controller and optimiser (recompiled if structure changed)."""
+        self.controller.config = new
+        if any(getattr(old, k) != getattr(new, k) for k in _STRUCTURAL):
+            self.optimizer = ScheduleOptimizer(new)
+        else:
+            self.optimizer.config = new
+
+
+def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
+    """The peak_shaving service on a bus (MqttBus in production, InMemoryBus in tests).
+
+    `service.state["peak_shaving"]` holds the `PeakShaving` state (controller, optimiser, plans).
+    """
+    service = Service(NAME, settings, bus)
+    ps = PeakShaving(service)
+    service.state[NAME] = ps
+    service.declare_publishes(topics.SETPOINT, topics.BATTERY_SCHEDULE, topics.KPI)
+
+    @service.on(topics.METER, device_id=settings.meter_device_id)
+    async def on_pcc_reading(msg: MeterReading, ctx: Context) -> None:
+        started = asyncio.get_running_loop().time()
+        command = ps.decide(ctx.site_id, msg)
+        await ctx.publish(topics.SETPOINT, command, device_id=ps.settings.battery_device_id)
+        ps.metrics.decision_s.observe(asyncio.get_running_loop().time() - started)
+        ps.update_site_metrics(ctx.site_id)
+
+    @service.on(topics.BATTERY, device_id=settings.battery_device_id)
+    async def on_battery(msg: BatteryTelemetry, ctx: Context) -> None:
+        ps.site(ctx.site_id).battery = msg
+
+    @service.on(topics.FORECAST)
+    async def on_forecast(msg: TimeSeries, ctx: Context) -> None:
+        if ctx.device_id not in (LOAD_TARGET, PV_TARGET):
+            return
+        ps.site(ctx.site_id).forecasts[ctx.device_id] = msg
+        ps.request_replan(ctx.site_id)
+
+    @service.on(topics.BATTERY_SCHEDULE, device_id=settings.battery_device_id)
+    async def on_schedule(msg: TimeSeries, ctx: Context) -> None:
+        plan = ps.site(ctx.site_id)
+        if plan.schedule is None and msg.meta.get("plan_status") == "ok":
+            # our retained schedule from before a restart: the prior for minimal change
+            plan.schedule, plan.schedule_valid = msg, True
+
+    @service.on(topics.SETPOINT_ACK, device_id=settings.battery_device_id)
+    async def on_ack(msg: SetpointAck, ctx: Context) -> None:
+        ps.metrics.acks.labels(status=msg.status).inc()
+        if msg.status == "rejected":
+            log.warning("battery setpoint rejected on %s: %s", ctx.site_id, msg.reason)
+
+    @service.every(lambda: ps.settings.plan_interval_s)
+    async def replan_all(ctx: Context) -> None:
+        for site_id in list(ps.sites):
+            await ps.replan(site_id)
+
+    @service.every(lambda: ps.settings.kpi_interval_s)
+    async def publish_kpis(ctx: Context) -> None:
+        now = utcnow()
+        for site_id in ps.controller.sites():
+            values = ps.update_site_metrics(site_id)
+            solution = ps.site(site_id).last_solution
+            if solution is not None:
+                values["plan_violation_kwh"] = solution.violation_kwh
+                values["plan_solve_ms"] = solution.solve_time_s * 1000
+            values["plan_fallback"] = 1.0 if ps.site(site_id).fallback_reason else 0.0
+            report = KpiReport(
+                ts=now, source=NAME, name="peak_shaving", values=values,
+                period_start=ps.started_at, period_end=now,
+            )  # fmt: skip
+            await ctx.publish(topics.KPI, report, site_id=site_id, device_id=NAME)
+
+    @service.on_config_change
+    async def on_config(old: Settings, new: Settings) -> None:
+        ps.apply_config(old, new)
+        for site_id in list(ps.sites):
+            ps.request_replan(site_id)
+
+    @service.on_shutdown
+    async def stop_replans() -> None:
+        await ps.idle()
+
+    router = APIRouter(tags=["peak_shaving"])
+
+    @router.get("/schedule")
+    def get_schedule(
+        site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
+    ) -> dict[str, Any]:
+        """The current battery schedule of a site, with its solve status and objective terms."""
+        site = site_id or ps.settings.site.id
+        plan = ps.sites.get(site)
+        if plan is None or plan.schedule is None:
+            raise HTTPException(status_code=404, detail=f"no schedule for site {site} yet")
+        body: dict[str, Any] = plan.schedule.model_dump(mode="json")
+        body["site_id"] = site
+        body["followed_by_pma"] = plan.schedule_valid
+        return body
+
+    @router.get("/kpis")
+    def get_kpis(
+        site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
+    ) -> dict[str, Any]:
+        """The PMA's KPIs of a site: time on limit, violations, month peak."""
+        site = site_id or ps.settings.site.id
+        if site not in ps.controller.sites():
+            raise HTTPException(status_code=404, detail=f"no readings for site {site} yet")
+        return {"site_id": site, "values": ps.controller.kpis(site)}
+
+    @router.post("/replan", status_code=202)
+    def post_replan(
+        _auth: TokenDep,
+        site_id: Annotated[str | None, Query(description="site (default: every site)")] = None,
+    ) -> dict[str, list[str]]:
+        """Re-solve the schedule now (in the background)."""
+        sites = [site_id] if site_id else list(ps.sites)
+        for site in sites:
+            ps.request_replan(site)
+        return {"replanning": sites}
+
+    service.include_router(router)
+    return service

@@ -1,0 +1,54 @@
+"""Settings of the peak_shaving service (`PS_*`): the PMA and EMA configuration plus wiring."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from derbus.settings import ServiceSettings
+from derbus.topics import validate_id
+from peak_shaving.controller import PmaConfig
+from peak_shaving.optimizer import EmaConfig
+
+
+class Settings(ServiceSettings, PmaConfig, EmaConfig):
+    """Everything the service reads at start-up; limits, demand target and reserve change live.
+
+    The controller (`PmaConfig`) and optimiser (`EmaConfig`) fields are declared once, in their
+    pure modules; the cross-field checks there name the offending field.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PS_")
+    mutable_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "import_limit_kw",
+            "export_limit_kw",
+            "demand_target_kw",
+            "reserve_pct",
+            "end_soc_pct",
+            "soc_min_pct",
+            "soc_max_pct",
+            "margin_kw",
+            "deadband_kw",
+            "ramp_kw_per_s",
+            "setpoint_ttl_s",
+            "solver",
+            "energy_cost",
+            "demand_charge",
+        }
+    )
+
+    api_port: int = Field(default=8106, ge=0, le=65535, description="API port (0 = any free)")
+    meter_device_id: str = Field(default="pcc", description="device id of the PCC meter")
+    battery_device_id: str = Field(default="battery", description="device id of the battery")
+    plan_interval_s: float = Field(
+        default=900.0, gt=0, description="EMA re-solve period, s (also on every new forecast)"
+    )
+    kpi_interval_s: float = Field(default=60.0, gt=0, description="KPI publish period, s")
+
+    @field_validator("meter_device_id", "battery_device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        return validate_id("device id", value)
