@@ -1,0 +1,121 @@
+"""Settings of cloud_sync (`SYNC_*`, plus `INFLUXDB_*`, `DATABASE_URL`, `SUPABASE_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Self
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from derbus.settings import DatabaseSettings, ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """cloud_sync: telemetry into InfluxDB and, through a durable outbox, into the cloud database.
+
+    The InfluxDB fields accept `SYNC_INFLUXDB_*` first, then the plain `INFLUXDB_*` variables.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SYNC_", populate_by_name=True)
+    mutable_fields: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "interval_seconds", "outbox_max_rows", "outbox_warn_pct", "kpi_interval_s"}
+    )
+
+    api_port: int = Field(default=8103, ge=0, le=65535, description="API port (0 = any free)")
+    database: DatabaseSettings = Field(
+        default_factory=DatabaseSettings,
+        description="cloud database: DATABASE_URL, else SUPABASE_URL + SUPABASE_KEY, else SQLite",
+    )
+    influxdb_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("sync_influxdb_url", "influxdb_url"),
+        description="INFLUXDB_URL, e.g. http://influxdb:8086; unset = no InfluxDB writes",
+    )
+    influxdb_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("sync_influxdb_token", "influxdb_token"),
+        description="INFLUXDB_TOKEN (secret)",
+    )
+    influxdb_org: str = Field(
+        default="derbus",
+        validation_alias=AliasChoices("sync_influxdb_org", "influxdb_org"),
+        description="INFLUXDB_ORG",
+    )
+    influxdb_bucket: str = Field(
+        default="derbus",
+        validation_alias=AliasChoices("sync_influxdb_bucket", "influxdb_bucket"),
+        description="INFLUXDB_BUCKET",
+    )
+    influx_batch_points: int = Field(
+        default=5000, ge=1, le=100_000, description="points per InfluxDB write request"
+    )
+    influx_flush_interval_ms: int = Field(
+        default=1000, ge=10, le=600_000, description="InfluxDB batch flush interval, ms"
+    )
+    batch_size: int = Field(
+        default=5000, ge=1, le=100_000, description="readings per batch sent to the cloud database"
+    )
+    interval_seconds: float = Field(
+        default=5.0, gt=0, le=86_400, description="seconds between forwarding passes"
+    )
+    outbox_max_rows: int = Field(
+        default=10_000_000, ge=1, description="outbox capacity, readings; when full, intake stops"
+    )
+    outbox_warn_pct: float = Field(
+        default=90.0, gt=0, le=100, description="outbox fill level that raises a warning, %"
+    )
+    retry_attempts: int = Field(
+        default=5, ge=1, le=100, description="attempts per batch before the pass gives up"
+    )
+    retry_initial_delay_s: float = Field(
+        default=0.2, gt=0, le=60, description="first retry delay (doubles each attempt), s"
+    )
+    retry_max_delay_s: float = Field(
+        default=10.0, gt=0, le=600, description="longest retry delay, s"
+    )
+    db_connect_timeout_s: int = Field(
+        default=5, ge=1, le=120, description="cloud database connect timeout, s"
+    )
+    client_id: str = Field(
+        default="derbus-cloud-sync",
+        min_length=1,
+        max_length=200,
+        description="MQTT client id; fixed so the broker keeps unacknowledged messages across crashes",
+    )
+    shared_group: str | None = Field(
+        default=None, description="MQTT shared-subscription group for replicas (None = plain)"
+    )
+    kpi_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="seconds between backlog KPI publications"
+    )
+    migrate_on_start: bool = Field(
+        default=True, description="apply the cloud database migrations at start-up"
+    )
+    migrations_dir: Path | None = Field(
+        default=None,
+        description="folder of the Postgres migrations (default: deploy/postgres of the tree)",
+    )
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in "/+#")):
+            raise ValueError("shared_group must be non-empty without / + #")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> Self:
+        if self.retry_initial_delay_s > self.retry_max_delay_s:
+            raise ValueError("retry_initial_delay_s must not exceed retry_max_delay_s")
+        if self.influxdb_url is not None and self.influxdb_token is None:
+            raise ValueError("influxdb_token (INFLUXDB_TOKEN) is required with influxdb_url")
+        db = self.database
+        if db.database_url is None and (db.supabase_url is None) != (db.supabase_key is None):
+            raise ValueError("database: SUPABASE_URL and SUPABASE_KEY must be given together")
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        """The on-disk outbox (SQLite, WAL, synchronous=FULL)."""
+        return self.data_dir / "outbox.db"
