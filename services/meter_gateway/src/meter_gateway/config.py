@@ -115,7 +115,9 @@ class RegisterSpec(_Strict):
     scale_factor_register: int | None = Field(
         default=None, ge=0, le=65535, description="address of an int16 power-of-ten scale factor"
     )
-    unit: str = Field(default="1", description="unit of the scaled value (W, kWh, V, %, …)")
+    unit: str | None = Field(
+        default=None, description="unit of the scaled value (W, kWh, V, %, …); default: the field's"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RegisterSpec:
@@ -123,7 +125,8 @@ class RegisterSpec(_Strict):
             raise ValueError("type string needs `length` (registers)")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
-        unit_factor(self.unit, self.unit)  # raises on an unknown unit
+        if self.unit is not None:
+            unit_factor(self.unit, self.unit)  # raises on an unknown unit
         return self
 
     @property
@@ -194,7 +197,9 @@ class ControlSpec(_Strict):
             raise ValueError("min must not exceed max")
         if self.write is not None:
             try:
-                unit_factor(self.write.unit, SETPOINT_UNITS[self.target])
+                unit_factor(
+                    self.write.unit or SETPOINT_UNITS[self.target], SETPOINT_UNITS[self.target]
+                )
             except ValueError as err:
                 raise ValueError(f"write.unit: {err}") from err
             if self.write.scale_factor_register is not None:
@@ -318,7 +323,7 @@ def _check_point(point: RegisterPoint, allowed: set[str], kind: str, where: str)
             f" (allowed: {', '.join(sorted(allowed))})"
         )
     try:
-        unit_factor(point.unit, field_unit(point.field))
+        unit_factor(point.unit or field_unit(point.field), field_unit(point.field))
     except ValueError as err:
         raise ValueError(f"{where}.unit: {err}") from err
 
@@ -422,7 +427,7 @@ def _describe(err: ValidationError, where: str, raw: Any) -> str:
             loc = loc[2:]
         field = ".".join(str(p) for p in loc if not str(p).startswith(("function-after", "tagged")))
         msg = str(e["msg"]).removeprefix("Value error, ")
-        lines.append(f"{label} field {field or '(device)'}: {msg}")
+        lines.append(f"{label} field {field}: {msg}" if field else f"{label}: {msg}")
     return "; ".join(lines)
 
 

@@ -77,7 +77,8 @@ class RegisterControl:
     def _value_writes(self, value: float) -> list[Write]:
         reg = self.spec.write
         assert reg is not None
-        raw = value * unit_factor(SETPOINT_UNITS[self.target], reg.unit) / reg.scale
+        unit = SETPOINT_UNITS[self.target]
+        raw = value * unit_factor(unit, reg.unit or unit) / reg.scale
         try:
             regs = encode(raw, reg.type, reg.word_order, reg.byte_order, reg.length)
         except ValueError as err:

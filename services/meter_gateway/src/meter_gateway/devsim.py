@@ -11,10 +11,10 @@ from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 from sunspec2.device import Model
 
+from derbus.errors import DeviceError
+from derbus.testing import free_port
 from meter_gateway.registers import DataType, encode
 from meter_gateway.sunspec import SUNS_MARKER, model_points
-
-from derbus.testing import free_port
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -51,7 +51,9 @@ def sunspec_addresses(models: list[int], base: int = 40000) -> dict[int, int]:
     return out
 
 
-def words(value: float, dtype: DataType, word_order: str = "big", byte_order: str = "big") -> list[int]:
+def words(
+    value: float, dtype: DataType, word_order: str = "big", byte_order: str = "big"
+) -> list[int]:
     """Registers holding `value` (shorthand for building images)."""
     return encode(value, dtype, word_order, byte_order)  # type: ignore[arg-type]
 
@@ -90,18 +92,18 @@ class DeviceServer:
         for unit, blocks in self.blocks.items():
             for start, regs in blocks.items():
                 blocks[start] = await self.get(unit, start, len(regs))
-        await self.server.shutdown()
+        await self.server.shutdown()  # type: ignore[no-untyped-call]
         self.server = None
 
     async def get(self, unit: int, address: int, count: int) -> list[int]:
         """Current registers (as a client would read them)."""
         if self.server is None:
-            block = next(
-                (s, r) for s, r in self.blocks[unit].items() if s <= address < s + len(r)
-            )
+            block = next((s, r) for s, r in self.blocks[unit].items() if s <= address < s + len(r))
             offset = address - block[0]
             return block[1][offset : offset + count]
         values = await self.server.context.async_getValues(unit, 3, address, count)
+        if not isinstance(values, list):
+            raise DeviceError(f"unit {unit} has no registers at {address}+{count}: {values}")
         return [int(v) for v in values]
 
     async def set(self, unit: int, address: int, values: list[int]) -> None:
@@ -113,3 +115,47 @@ class DeviceServer:
                     return
             raise KeyError(address)
         await self.server.context.async_setValues(unit, 16, address, values)
+
+
+@dataclass
+class MemoryLink:
+    """A Modbus link to registers in memory per unit id (holding and input share them).
+
+    For unit tests and dry runs: `fail` makes every call raise DeviceError, `frozen`
+    addresses ignore writes (a device refusing silently, which read-back catches).
+    """
+
+    registers: dict[int, dict[int, int]]
+    fail: str | None = None
+    reads: list[tuple[str, int, int]] = field(default_factory=list)
+    writes: list[tuple[int, list[int]]] = field(default_factory=list)
+    frozen: set[int] = field(default_factory=set)
+
+    def load(self, unit: int, start: int, values: list[int]) -> None:
+        """Put registers at `start`."""
+        regs = self.registers.setdefault(unit, {})
+        for i, v in enumerate(values):
+            regs[start + i] = v
+
+    async def read(self, function: str, address: int, count: int, unit_id: int) -> list[int]:
+        """Read; an address never loaded answers illegal data address."""
+        if self.fail:
+            raise DeviceError(self.fail)
+        self.reads.append((function, address, count))
+        regs = self.registers.get(unit_id, {})
+        if any(a not in regs for a in range(address, address + count)):
+            raise DeviceError(f"modbus exception 2 (illegal data address) at {address}+{count}")
+        return [regs[a] for a in range(address, address + count)]
+
+    async def write(self, address: int, registers: list[int], unit_id: int) -> None:
+        """Write (frozen addresses keep their value)."""
+        if self.fail:
+            raise DeviceError(self.fail)
+        self.writes.append((address, list(registers)))
+        regs = self.registers.setdefault(unit_id, {})
+        for i, v in enumerate(registers):
+            if address + i not in self.frozen:
+                regs[address + i] = v
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -82,7 +82,7 @@ def decode_point(
         if not -10 <= sf <= 10:
             return None, Drop(p.field, "invalid", f"scale factor {sf} outside -10..10")
         value *= 10.0**sf
-    value *= unit_factor(p.unit, field_unit(p.field)) * rp.sign
+    value *= unit_factor(p.unit or field_unit(p.field), field_unit(p.field)) * rp.sign
     if not math.isfinite(value):
         return None, Drop(p.field, "not_finite", f"decoded {value}")
     if (p.min is not None and value < p.min) or (p.max is not None and value > p.max):
