@@ -1,0 +1,271 @@
+"""The service on InMemoryBus: setpoints from readings, schedules from forecasts, fallback, API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from derbus import topics
+from derbus.bus import InMemoryBroker, InMemoryBus
+from derbus.errors import SolverError
+from derbus.http import make_app
+from derbus.messages import (
+    BatteryTelemetry,
+    KpiReport,
+    MeterReading,
+    SetpointCommand,
+    TimeSeries,
+    utcnow,
+)
+from derbus.settings import MqttSettings
+from derbus.testing import BusRecorder, wait_for
+from peak_shaving.service import PeakShaving, build_service
+from peak_shaving.settings import Settings
+
+ROOT = "pstest"
+SITE = "site-1"
+
+
+@dataclass
+class Rig:
+    """The service, a probe client and recorders of what the service publishes."""
+
+    ps: PeakShaving
+    probe: InMemoryBus
+    http: httpx.AsyncClient
+    setpoints: BusRecorder[SetpointCommand]
+    schedules: BusRecorder[TimeSeries]
+    kpis: BusRecorder[KpiReport]
+
+    async def send(self, spec: Any, message: Any, device: str, site: str = SITE) -> None:
+        await self.probe.publish(
+            spec.topic(site, device, ROOT), message.to_json_bytes(), retain=spec.retain
+        )
+        await self.probe.drain()
+
+    async def battery(
+        self, p_kw: float = 0.0, soc_pct: float = 50.0, ts: datetime | None = None
+    ) -> None:
+        msg = BatteryTelemetry(ts=ts or utcnow(), source="t", p_kw=p_kw, soc_pct=soc_pct)
+        await self.send(topics.BATTERY, msg, "battery")
+
+    async def meter(self, p_kw: float, ts: datetime | None = None) -> SetpointCommand:
+        count = len(self.setpoints.messages)
+        await self.send(topics.METER, MeterReading(ts=ts or utcnow(), source="t", p_kw=p_kw), "pcc")
+        got = await self.setpoints.wait(count + 1, timeout=5)
+        return got[-1]
+
+
+def interval_start(now: datetime) -> datetime:
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % 900, tz=UTC)
+
+
+def forecast(values: list[float], quantity: str = "load_p_kw") -> TimeSeries:
+    now = utcnow()
+    return TimeSeries(
+        ts=now, source="forecaster", kind="forecast", quantity=quantity, issue_time=now,
+        start=interval_start(now), step_s=900, values=values,
+    )  # fmt: skip
+
+
+def settings(**changes: Any) -> Settings:
+    base: dict[str, Any] = {
+        "mqtt": MqttSettings(root=ROOT), "import_limit_kw": 50.0, "export_limit_kw": -30.0,
+        "api_token": "tok", "horizon_steps": 96,
+    }  # fmt: skip
+    return Settings(**(base | changes))
+
+
+AUTH = {"Authorization": "Bearer tok"}
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    broker = InMemoryBroker()
+    service = build_service(settings(), InMemoryBus(broker))
+    app = make_app(service)
+    probe = InMemoryBus(broker)
+    await probe.connect()
+    setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, ROOT)
+    schedules: BusRecorder[TimeSeries] = BusRecorder(topics.BATTERY_SCHEDULE, ROOT)
+    kpis: BusRecorder[KpiReport] = BusRecorder(topics.KPI, ROOT)
+    for recorder in (setpoints, schedules, kpis):
+        await recorder.attach(probe)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ps") as http:
+            yield Rig(service.state["peak_shaving"], probe, http, setpoints, schedules, kpis)
+    await probe.close()
+
+
+async def test_import_peak_gives_a_discharge_setpoint(rig: Rig) -> None:
+    await rig.battery(0.0)
+    cmd = await rig.meter(80.0)
+    assert cmd.target == "battery_p_kw"
+    assert cmd.unit == "kW"
+    assert cmd.value == pytest.approx(-30.5)  # to 50 kW - 0.5 kW margin
+    assert cmd.priority == "site_optimiser"
+    assert cmd.ttl_s == 10.0
+    topic = rig.setpoints.messages[-1][0]
+    assert topic == topics.SETPOINT.topic(SITE, "battery", ROOT)
+
+
+async def test_forecast_gives_a_retained_schedule_the_pma_follows(rig: Rig) -> None:
+    await rig.battery(0.0, soc_pct=50.0)
+    # a 70 kW evening peak for 2 h at steps 40..47, PV at noon
+    load = [30.0] * 96
+    load[40:48] = [70.0] * 8
+    await rig.send(topics.FORECAST, forecast(load), "load")
+    await rig.send(topics.FORECAST, forecast([0.0] * 90 + [5.0] * 6, "pv_generation_kw"), "pv")
+    await rig.ps.idle()
+    await rig.probe.drain()
+    schedule = rig.schedules.values[-1]
+    assert schedule.kind == "schedule"
+    assert schedule.quantity == "battery_p_kw"
+    assert len(schedule.values) == 96
+    meta = schedule.meta
+    assert meta["status"] == "optimal"
+    assert meta["plan_status"] == "ok"
+    assert meta["violation_kwh"] == pytest.approx(0, abs=1e-3)
+    assert set(meta["terms"]) >= {"violation", "change", "energy", "demand", "wear"}
+    assert meta["solve_time_ms"] > 0
+    # the peak is planned away: 20 kW discharge for 2 h
+    assert schedule.values[40:48] == pytest.approx([-20.0] * 8, abs=1e-2)
+    assert max(meta["pcc_kw"]) <= 50.0 + 1e-3
+    assert topics.BATTERY_SCHEDULE.topic(SITE, "battery", ROOT) in rig.probe.broker.retained
+    # the PMA follows the schedule of the current interval
+    now = utcnow()
+    cmd = await rig.meter(20.0, now)
+    assert cmd.value == pytest.approx(schedule.value_at(now) or 0.0, abs=1e-3)
+    body = (await rig.http.get("/schedule")).json()
+    assert body["followed_by_pma"] is True
+    assert body["values"] == schedule.values
+
+
+async def test_solver_failure_keeps_the_last_schedule_and_falls_back_to_limits(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await rig.battery(0.0, soc_pct=50.0)
+    await rig.send(topics.FORECAST, forecast([60.0] * 4 + [30.0] * 92), "load")
+    await rig.ps.idle()
+    valid = rig.ps.site(SITE).schedule
+    assert valid is not None
+    assert valid.values[0] < 0
+
+    def broken(*args: Any) -> None:
+        raise SolverError("ECOS returned status infeasible")
+
+    monkeypatch.setattr(rig.ps.optimizer, "solve", broken)
+    await rig.ps.replan(SITE)
+    await rig.probe.drain()
+    degraded = rig.schedules.values[-1]
+    assert degraded.meta["plan_status"] == "degraded"
+    assert "infeasible" in degraded.meta["reason"]
+    assert degraded.start == valid.start
+    assert degraded.values == pytest.approx(valid.values)  # the last valid one, shifted to now
+    status = rig.ps.service.status()
+    assert status.state == "degraded"
+    assert "limits-only" in (status.reason or "")
+    # limits only: in limits the battery idles (no schedule following) ...
+    assert (await rig.meter(20.0)).value == 0.0
+    # ... and over the limit it still shaves
+    assert (await rig.meter(70.0)).value == pytest.approx(-20.5)
+    assert (await rig.http.get("/schedule")).json()["followed_by_pma"] is False
+
+    monkeypatch.undo()
+    await rig.ps.replan(SITE)
+    assert rig.ps.service.status().state == "online"
+    assert rig.ps.site(SITE).schedule_valid
+
+
+async def test_shifted_fallback_drops_elapsed_steps() -> None:
+    service = build_service(settings(), InMemoryBus())
+    ps: PeakShaving = service.state["peak_shaving"]
+    plan = ps.site(SITE)
+    plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
+    plan.forecasts["load"] = forecast([30.0] * 96)
+    start = interval_start(utcnow()) - timedelta(minutes=30)
+    plan.schedule = TimeSeries(
+        ts=start, source="peak_shaving", kind="schedule", quantity="battery_p_kw", issue_time=start,
+        start=start, step_s=900, values=[float(i) for i in range(96)],
+    )  # fmt: skip
+    inputs = ps.ema_inputs(SITE, utcnow())
+    assert inputs is not None
+    assert inputs.prior_kw[:3].tolist() == [2.0, 3.0, 4.0]
+    assert inputs.prior_kw[-2:].tolist() == [0.0, 0.0]  # past the old schedule: idle
+
+
+async def test_put_config_validates_cross_fields_and_applies_limits(rig: Rig) -> None:
+    bad = await rig.http.put("/config", json={"export_limit_kw": 60.0}, headers=AUTH)
+    assert bad.status_code == 422
+    assert bad.json()["detail"]["fields"] == ["export_limit_kw"]
+    assert "export_limit_kw" in bad.json()["detail"]["error"]
+    bad = await rig.http.put("/config", json={"reserve_pct": 99.0}, headers=AUTH)
+    assert bad.status_code == 422
+    assert bad.json()["detail"]["fields"] == ["reserve_pct"]
+    bad = await rig.http.put("/config", json={"demand_target_kw": 80.0}, headers=AUTH)
+    assert bad.json()["detail"]["fields"] == ["demand_target_kw"]
+    bad = await rig.http.put("/config", json={"battery_capacity_kwh": -5}, headers=AUTH)
+    assert bad.status_code == 422
+    assert "battery_capacity_kwh" in bad.json()["detail"]["error"]
+    assert (await rig.http.put("/config", json={"import_limit_kw": 40.0})).status_code == 401
+
+    ok = await rig.http.put(
+        "/config", json={"import_limit_kw": 40.0, "reserve_pct": 30.0}, headers=AUTH
+    )
+    assert ok.status_code == 200
+    assert ok.json()["config"]["import_limit_kw"] == 40.0
+    await rig.battery(0.0)
+    assert (await rig.meter(45.0)).value == pytest.approx(-5.5)
+
+
+async def test_kpis_on_the_bus_and_metrics(rig: Rig) -> None:
+    t0 = utcnow()
+    await rig.battery(0.0, soc_pct=6.0, ts=t0)
+    await rig.meter(80.0, t0)
+    await rig.battery(0.0, soc_pct=5.0, ts=t0 + timedelta(seconds=1))
+    cmd = await rig.meter(80.0, t0 + timedelta(seconds=1))  # empty battery: cannot shave
+    assert cmd.value == 0.0
+    await rig.meter(80.0, t0 + timedelta(seconds=2))
+    await rig.ps.service.run_task("publish_kpis")
+    await rig.probe.drain()
+    report = rig.kpis.values[-1]
+    assert rig.kpis.messages[-1][0] == topics.KPI.topic(SITE, "peak_shaving", ROOT)
+    assert report.values["time_on_limit_s"] == pytest.approx(2.0)
+    assert report.values["unfixed_violation_s"] == pytest.approx(1.0)
+    assert report.values["unfixed_violation_kwh"] == pytest.approx(30 / 3600)
+    metrics = (await rig.http.get("/metrics")).text
+    assert 'peak_shaving_unfixed_violation_seconds{site="site-1"} 1.0' in metrics
+    assert "peak_shaving_decision_seconds_count 3.0" in metrics
+    assert (await rig.http.get("/kpis")).json()["values"]["limit_events"] == 1
+
+
+async def test_schedule_404_before_any_plan(rig: Rig) -> None:
+    assert (await rig.http.get("/schedule")).status_code == 404
+    assert (await rig.http.get("/schedule", params={"site_id": "nowhere"})).status_code == 404
+
+
+async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
+    broker = InMemoryBroker()
+    probe = InMemoryBus(broker)
+    await probe.connect()
+    now = utcnow()
+    old = TimeSeries(
+        ts=now, source="peak_shaving", kind="schedule", quantity="battery_p_kw", issue_time=now,
+        start=interval_start(now), step_s=900, values=[-7.0] * 96, meta={"plan_status": "ok"},
+    )  # fmt: skip
+    spec = topics.BATTERY_SCHEDULE
+    await probe.publish(spec.topic(SITE, "battery", ROOT), old.to_json_bytes(), retain=True)
+    service = build_service(settings(), InMemoryBus(broker))
+    await service.start()
+    ps: PeakShaving = service.state["peak_shaving"]
+    await wait_for(lambda: ps.site(SITE).schedule is not None, 5, message="retained schedule")
+    assert ps.site(SITE).schedule_valid
+    await service.stop()
+    await probe.close()
