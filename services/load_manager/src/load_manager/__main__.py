@@ -1,0 +1,95 @@
+"""Command line of load_manager: `load-manager` (or `python -m load_manager`) runs the service."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from derbus.bus import MqttBus
+from derbus.errors import ConfigError
+from derbus.runner import serve
+from derbus.settings import load_settings_or_exit
+from load_manager.cossmic import load_jobs, load_neighbourhood
+from load_manager.service import build_service
+from load_manager.settings import Settings
+
+app = typer.Typer(help="derbus load manager: settlement-period net balancing and deferrable jobs.")
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    rule: Annotated[
+        str | None, typer.Option(help="hysteresis, min_on_time or time_to_consume (LM_RULE)")
+    ] = None,
+    settlement_period_s: Annotated[
+        int | None, typer.Option(help="settlement period, s (LM_SETTLEMENT_PERIOD_S)")
+    ] = None,
+    neighbourhood_file: Annotated[
+        Path | None, typer.Option(help="neighbourhood XML (LM_NEIGHBOURHOOD_FILE)")
+    ] = None,
+    jobs_file: Annotated[
+        Path | None, typer.Option(help="jobs CSV or XML to import (LM_JOBS_FILE)")
+    ] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (LM_API_PORT)")] = None,
+) -> None:
+    """Run the service (the default command): net balancing every cycle, jobs planned and started."""
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "rule": rule,
+            "settlement_period_s": settlement_period_s,
+            "neighbourhood_file": neighbourhood_file,
+            "jobs_file": jobs_file,
+            "api_port": api_port,
+        }.items()
+        if v is not None
+    }
+    settings = load_settings_or_exit(Settings, **overrides)
+    try:
+        service = build_service(settings, MqttBus(settings.mqtt))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    serve(service)
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Validate the settings from the environment and print them (secrets redacted)."""
+    settings = load_settings_or_exit(Settings)
+    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+
+
+@app.command("check-files")
+def check_files(
+    neighbourhood: Annotated[Path | None, typer.Option(help="neighbourhood XML")] = None,
+    jobs: Annotated[Path | None, typer.Option(help="jobs CSV or XML")] = None,
+) -> None:
+    """Validate CoSSMic-style input files and summarise them (exit 2 naming the bad line)."""
+    try:
+        hood = load_neighbourhood(neighbourhood) if neighbourhood else None
+        if hood is not None:
+            typer.echo(f"neighbourhood {hood.neighbourhood_id}: {len(hood.houses)} houses")
+        if jobs is not None:
+            requests = load_jobs(jobs, neighbourhood=hood)
+            energy = sum(r.energy_kwh for r in requests)
+            typer.echo(f"jobs: {len(requests)} ({energy:.2f} kWh)")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def main() -> None:
+    """Console script entry point (`load-manager`)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
