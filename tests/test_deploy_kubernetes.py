@@ -1,0 +1,118 @@
+"""Kubernetes manifests: valid YAML, one Deployment per service with the compose image, port and probes."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from derbus import acl
+
+REPO = Path(__file__).resolve().parents[1]
+K8S = REPO / "deploy" / "kubernetes"
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs.append(doc)
+    return docs
+
+
+def find(kind: str, name: str) -> dict[str, Any]:
+    for doc in documents():
+        if doc["kind"] == kind and doc["metadata"]["name"] == name:
+            return doc
+    raise AssertionError(f"no {kind} {name} in deploy/kubernetes")
+
+
+def container(name: str) -> dict[str, Any]:
+    (found,) = find("Deployment", name.replace("_", "-"))["spec"]["template"]["spec"]["containers"]
+    result: dict[str, Any] = found
+    return result
+
+
+def test_every_manifest_parses_and_is_a_kubernetes_object() -> None:
+    docs = documents()
+    assert docs
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc)
+        assert doc["metadata"]["name"]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+@pytest.mark.parametrize("name", acl.PLATFORM_SERVICES)
+def test_deployment_matches_compose_image_port_and_probes(name: str) -> None:
+    port = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())["tool"][
+        "derbus"
+    ]["api_port"]
+    c = container(name)
+    assert c["image"] == COMPOSE["services"][name]["image"].replace(
+        "${DERBUS_VERSION:-latest}", "latest"
+    )
+    assert c["ports"] == [{"name": "api", "containerPort": port}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+    assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
+    service = find("Service", name.replace("_", "-"))
+    pod_labels = find("Deployment", name.replace("_", "-"))["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["port"] == port
+
+
+@pytest.mark.parametrize("name", acl.PLATFORM_SERVICES)
+def test_deployment_takes_secrets_from_the_secret_only(name: str) -> None:
+    env = {e["name"]: e for e in container(name)["env"]}
+    assert env["MQTT_USERNAME"]["value"] == name
+    assert env["MQTT_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == acl.password_env_var(name)
+    for key, item in env.items():
+        if any(s in key for s in ("PASSWORD", "TOKEN", "DATABASE_URL", "SECRET")):
+            assert "value" not in item, f"{name}: {key} has a literal value"
+            assert item["valueFrom"]["secretKeyRef"]["name"] == "derbus-secrets"
+    pod = find("Deployment", name.replace("_", "-"))["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_persistent_volume_claims_exist_for_what_must_persist() -> None:
+    claims = {d["metadata"]["name"] for d in documents() if d["kind"] == "PersistentVolumeClaim"}
+    for doc in documents():
+        if doc["kind"] != "Deployment":
+            continue
+        for volume in doc["spec"]["template"]["spec"]["volumes"]:
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+    assert {"sync-outbox", "forecaster-models", "mosquitto-data"} <= claims
+
+
+def test_broker_uses_the_generated_acl_and_services_find_it() -> None:
+    broker = find("Deployment", "mosquitto")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in broker["containers"][0]["volumeMounts"]}
+    assert {
+        "/mosquitto/config/acl",
+        "/mosquitto/config/passwd",
+        "/mosquitto/config/mosquitto.conf",
+    } <= mounts
+    config = find("ConfigMap", "derbus-config")["data"]
+    assert config["MQTT_HOST"] == find("Service", "mosquitto")["metadata"]["name"]
+    assert config["MQTT_PORT"] == str(find("Service", "mosquitto")["spec"]["ports"][0]["port"])
+
+
+def test_readme_explains_the_clustered_broker_and_shared_subscriptions() -> None:
+    text = (K8S / "README.md").read_text()
+    assert "$share/" in text
+    assert "EMQX" in text
