@@ -1,0 +1,162 @@
+"""What a step becomes: the nested JSON record per site and the typed telemetry messages."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from derbus import topics
+from derbus.messages import (
+    BatteryTelemetry,
+    LoadTelemetry,
+    Message,
+    MeterReading,
+    PriceTelemetry,
+    PvTelemetry,
+    format_utc,
+)
+from derbus.topics import TopicSpec
+from edge_simulator.fleet import StepResult
+
+DEVICE_PCC = "pcc"
+DEVICE_PV = "pv"
+DEVICE_BATTERY = "battery"
+DEVICE_LOAD = "load"
+DEVICE_EV = "ev"
+DEVICE_LOAD1 = "load1"
+DEVICE_LOAD2 = "load2"
+DEVICE_GRID = "grid"
+
+
+def _r(value: float, digits: int = 4) -> float:
+    return round(float(value), digits)
+
+
+def _opt(value: float) -> float | None:
+    return None if math.isnan(value) else _r(value)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to publish: its catalogue spec, device id and model."""
+
+    spec: TopicSpec[Any]
+    device_id: str
+    message: Message
+
+
+class StepView:
+    """Per-site access to a `StepResult` (arrays converted to Python lists once)."""
+
+    def __init__(self, result: StepResult) -> None:
+        self.result = result
+        self._lists: dict[str, list[float]] = {}
+
+    def __getitem__(self, name: str) -> list[float]:
+        got = self._lists.get(name)
+        if got is None:
+            got = self._lists[name] = getattr(self.result, name).tolist()
+        return got
+
+    def record(self, i: int, site_id: str) -> dict[str, Any]:
+        """The nested JSON record of site `i` (the `--historical` / `--once` output line)."""
+        g = self.__getitem__
+        return {
+            "timestamp": format_utc(self.result.ts),
+            "device_id": site_id,
+            "solar": {
+                "generation_kw": _r(g("pv_generation_kw")[i]),
+                "available_kw": _r(g("pv_available_kw")[i]),
+                "limit_kw": _opt(g("pv_limit_kw")[i]),
+                "irradiance_w_m2": _r(g("irradiance_w_m2")[i], 1),
+                "clear_sky_w_m2": _r(self.result.clear_sky_w_m2, 1),
+                "cloud_cover": _r(g("cloud_cover")[i], 3),
+                "cell_temp_c": _r(g("cell_temp_c")[i], 2),
+                "energy_kwh": _r(g("pv_energy_kwh")[i]),
+            },
+            "battery": {
+                "power_kw": _r(g("battery_p_kw")[i]),
+                "soc_pct": _r(g("battery_soc_pct")[i], 3),
+                "soh_pct": _r(g("battery_soh_pct")[i], 4),
+                "capacity_kwh": _r(g("battery_capacity_kwh")[i]),
+                "max_charge_kw": _r(g("battery_max_charge_kw")[i]),
+                "max_discharge_kw": _r(g("battery_max_discharge_kw")[i]),
+                "voltage_v": _r(g("battery_voltage_v")[i], 2),
+                "temp_c": _r(g("battery_temp_c")[i], 2),
+                "cycles": _r(g("battery_cycles")[i], 5),
+            },
+            "home_load": {
+                "total_kw": _r(g("load_total_kw")[i]),
+                "base_kw": _r(g("base_kw")[i]),
+                "hvac_kw": _r(g("hvac_kw")[i]),
+                "appliances_kw": _r(g("appliance_kw")[i]),
+                "lighting_kw": _r(g("lighting_kw")[i]),
+                "cooking_kw": _r(g("cooking_kw")[i]),
+                "ev_kw": _r(g("ev_kw")[i]),
+                "ev_plugged": bool(g("ev_plugged")[i]),
+                "ev_energy_needed_kwh": _r(g("ev_need_kwh")[i]),
+                "load1_kw": _r(g("load1_kw")[i]),
+                "load2_kw": _r(g("load2_kw")[i]),
+                "outdoor_temp_c": _r(g("outdoor_temp_c")[i], 2),
+            },
+            "grid_price": {
+                "price_per_kwh": _r(g("price_per_kwh")[i], 5),
+                "feed_in_per_kwh": _r(self.result.feed_in_per_kwh, 5),
+                "tou_period": self.result.tou_period,
+                "demand_charge_per_kw": _r(self.result.demand_charge_per_kw, 4),
+                "carbon_g_per_kwh": _r(g("carbon_g_per_kwh")[i], 1),
+            },
+            "net_grid_flow_kw": _r(g("pcc_p_kw")[i]),
+        }
+
+    def messages(self, i: int, source: str) -> list[Outgoing]:
+        """The telemetry messages of site `i` with their device ids (the bus contract)."""
+        g = self.__getitem__
+        ts = self.result.ts
+        pv_limit = g("pv_limit_kw")[i]
+        return [
+            Outgoing(topics.METER, DEVICE_PCC, MeterReading(
+                ts=ts, source=source, p_kw=g("pcc_p_kw")[i], q_kvar=g("pcc_q_kvar")[i],
+                v_l1_v=max(g("pcc_voltage_v")[i], 0.0), f_hz=g("pcc_frequency_hz")[i],
+                e_import_kwh=g("import_kwh")[i], e_export_kwh=g("export_kwh")[i],
+            )),
+            Outgoing(topics.PV, DEVICE_PV, PvTelemetry(
+                ts=ts, source=source, generation_kw=g("pv_generation_kw")[i],
+                available_kw=g("pv_available_kw")[i],
+                limit_kw=None if math.isnan(pv_limit) else pv_limit,
+                e_total_kwh=g("pv_energy_kwh")[i], irradiance_w_m2=g("irradiance_w_m2")[i],
+                temp_c=g("cell_temp_c")[i],
+            )),
+            Outgoing(topics.BATTERY, DEVICE_BATTERY, BatteryTelemetry(
+                ts=ts, source=source, p_kw=g("battery_p_kw")[i],
+                soc_pct=min(max(g("battery_soc_pct")[i], 0.0), 100.0),
+                capacity_kwh=g("battery_capacity_kwh")[i], soh_pct=g("battery_soh_pct")[i],
+                max_charge_kw=g("battery_max_charge_kw")[i],
+                max_discharge_kw=g("battery_max_discharge_kw")[i],
+                voltage_v=g("battery_voltage_v")[i], temp_c=g("battery_temp_c")[i],
+                cycles=g("battery_cycles")[i],
+            )),
+            Outgoing(topics.LOAD, DEVICE_LOAD, LoadTelemetry(
+                ts=ts, source=source, p_kw=g("load_total_kw")[i], kind="total",
+                e_total_kwh=g("load_energy_kwh")[i],
+            )),
+            Outgoing(topics.LOAD, DEVICE_EV, LoadTelemetry(
+                ts=ts, source=source, p_kw=g("ev_kw")[i], kind="ev", on=g("ev_kw")[i] > 0,
+                e_total_kwh=g("ev_energy_kwh")[i],
+            )),
+            Outgoing(topics.LOAD, DEVICE_LOAD1, LoadTelemetry(
+                ts=ts, source=source, p_kw=g("load1_kw")[i], kind="switchable",
+                on=g("load1_on")[i] >= 0.5,
+            )),
+            Outgoing(topics.LOAD, DEVICE_LOAD2, LoadTelemetry(
+                ts=ts, source=source, p_kw=g("load2_kw")[i], kind="switchable",
+                on=g("load2_on")[i] >= 0.5,
+            )),
+            Outgoing(topics.PRICE, DEVICE_GRID, PriceTelemetry(
+                ts=ts, source=source, price_per_kwh=g("price_per_kwh")[i],
+                feed_in_per_kwh=self.result.feed_in_per_kwh, tou_period=self.result.tou_period,
+                demand_charge_per_kw=self.result.demand_charge_per_kw,
+                carbon_g_per_kwh=g("carbon_g_per_kwh")[i],
+            )),
+        ]  # fmt: skip

@@ -1,0 +1,230 @@
+"""Wiring of the edge simulator: steps on a clock, telemetry out, setpoints in, Modbus, InfluxDB."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from derbus import topics
+from derbus.bus.base import Bus
+from derbus.errors import StorageError
+from derbus.messages import SetpointCommand
+from derbus.service import Context, Service
+from derbus.topics import TopicIds
+from edge_simulator.config import SimConfig, load_sim_config
+from edge_simulator.control import CONTROLLABLE, AckOut, Controls
+from edge_simulator.fleet import Fleet, Location, StepResult
+from edge_simulator.output import StepView
+from edge_simulator.replay import load_profile
+from edge_simulator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "edge_simulator"
+POLL_S = 0.02
+"""How often the step task looks for due steps and setpoint kicks, wall seconds."""
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class SimClock:
+    """Simulated time: `start + (wall - wall at creation) * speed`.
+
+    Args:
+        start: the simulated instant at creation (None = the wall time then).
+        speed: simulated seconds per wall second.
+        wall: the wall clock, seconds since the epoch (injectable for tests).
+    """
+
+    start: datetime | None = None
+    speed: float = 1.0
+    wall: Callable[[], float] = time.time
+    _wall0: float = field(init=False)
+    _start: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._wall0 = self.wall()
+        self._start = self.start or datetime.fromtimestamp(self._wall0, UTC)
+
+    def __call__(self) -> datetime:
+        return self._start + timedelta(seconds=(self.wall() - self._wall0) * self.speed)
+
+
+def resolve_config(settings: Settings) -> SimConfig:
+    """The model configuration: the config file (or defaults) with the replay settings applied."""
+    config = load_sim_config(settings.config_file) if settings.config_file else SimConfig()
+    if settings.replay_file is not None:
+        replay = config.replay.model_copy(
+            update={
+                "file": settings.replay_file,
+                "load_column": settings.replay_load_column or config.replay.load_column,
+                "pv_column": settings.replay_pv_column or config.replay.pv_column,
+            }
+        )
+        if not (replay.load_column or replay.pv_column):
+            replay = replay.model_copy(update={"load_column": "h0-a_load_pu"})
+        config = config.model_copy(update={"replay": replay})
+    return config
+
+
+def build_fleet(settings: Settings, config: SimConfig, start: datetime) -> Fleet:
+    """The simulated sites for these settings (location from `SITE_*`)."""
+    site = settings.site
+    replay = config.replay
+    load_profile_ = pv_profile = None
+    if replay.file is not None:
+        if replay.load_column:
+            load_profile_ = load_profile(replay.file, replay.load_column)
+        if replay.pv_column:
+            pv_profile = load_profile(replay.file, replay.pv_column)
+    return Fleet(
+        config=config,
+        location=Location(site.latitude, site.longitude, site.timezone),
+        n_sites=settings.sites,
+        seed=settings.seed,
+        start=start,
+        site_id=site.id,
+        load_profile=load_profile_,
+        pv_profile=pv_profile,
+    )
+
+
+async def publish_acks(service: Service[Any], fleet: Fleet, acks: Iterable[AckOut]) -> None:
+    """Publish setpoint acknowledgements on the bus (site and device of each ack)."""
+    for a in acks:
+        await service.publish(
+            topics.SETPOINT_ACK, a.ack, site_id=fleet.ids[a.site_index], device_id=a.device_id
+        )
+
+
+@dataclass
+class SimState:
+    """The run-time state of the service (what the REST API and the Modbus server read)."""
+
+    fleet: Fleet
+    controls: Controls
+    clock: Clock
+    last: StepResult | None = None
+    view: StepView | None = None
+    steps: int = 0
+    dirty: set[int] = field(default_factory=set)
+    next_due_wall: float = 0.0
+    last_kick_wall: float = 0.0
+    listeners: list[Callable[[StepResult], None]] = field(default_factory=list)
+
+
+def build_service(
+    settings: Settings,
+    bus: Bus,
+    *,
+    clock: Clock | None = None,
+    config: SimConfig | None = None,
+) -> Service[Settings]:
+    """The edge simulator service.
+
+    Args:
+        settings: service settings.
+        bus: the bus to publish on.
+        clock: simulated time source (default: `SimClock(settings.start_time, settings.speed)`).
+        config: model configuration (default: `settings.config_file` or the defaults).
+    """
+    config = config or resolve_config(settings)
+    clock = clock or SimClock(settings.start_time, settings.speed)
+    fleet = build_fleet(settings, config, clock())
+    sim = SimState(fleet, Controls(fleet, SERVICE_NAME), clock)
+    service = Service(SERVICE_NAME, settings, bus)
+    service.state["sim"] = sim
+    service.declare_publishes(
+        topics.METER, topics.PV, topics.BATTERY, topics.LOAD, topics.PRICE, topics.SETPOINT_ACK
+    )
+    influx: list[Any] = []
+
+    async def publish_acks_(acks: Iterable[AckOut]) -> None:
+        await publish_acks(service, fleet, acks)
+
+    async def step(sites: Iterable[int] | None = None) -> StepResult:
+        """Advance the fleet to the clock's now; publish every site's readings (or `sites`)."""
+        now = clock()
+        await publish_acks_(sim.controls.expire(now))
+        result = fleet.step(now, ovr=sim.controls.overrides(now))
+        view = StepView(result)
+        sim.last, sim.view = result, view
+        sim.steps += 1
+        for listener in sim.listeners:
+            listener(result)
+        points = []
+        for i in range(fleet.n_sites) if sites is None else sorted(sites):
+            for out in view.messages(i, SERVICE_NAME):
+                await service.publish(
+                    out.spec, out.message, site_id=fleet.ids[i], device_id=out.device_id
+                )
+                if influx:
+                    points.append((out.spec, TopicIds(fleet.ids[i], out.device_id), out.message))
+        if influx and points:
+            try:
+                await service.run_blocking(influx[0].write, points)
+            except StorageError as err:
+                await service.set_degraded("influxdb", str(err))
+            else:
+                await service.clear_degraded("influxdb")
+        return result
+
+    service.state["step"] = step
+
+    def schedule_next(wall: float) -> None:
+        interval = service.settings.interval_s
+        if service.settings.align_to_clock:
+            sim.next_due_wall = (math.floor(wall / interval) + 1) * interval
+        else:
+            sim.next_due_wall = wall + interval
+
+    @service.on(topics.SETPOINT)
+    async def on_setpoint(cmd: SetpointCommand, ctx: Context) -> None:
+        index = fleet.index.get(ctx.site_id)
+        device = ctx.device_id or ""
+        if index is None or device not in CONTROLLABLE:
+            log.debug("setpoint for %s/%s is not for a simulated device", ctx.site_id, device)
+            return
+        acks = sim.controls.submit(index, device, cmd, clock())
+        await publish_acks_(acks)
+        if acks[0].ack.status == "accepted" and service.settings.publish_on_setpoint:
+            sim.dirty.add(index)
+
+    @service.every(lambda: min(POLL_S, service.settings.interval_s), run_at_start=True)
+    async def tick(_ctx: Context) -> None:
+        wall = time.time()
+        if wall >= sim.next_due_wall:
+            schedule_next(wall)
+            sim.dirty.clear()
+            await step()
+        elif sim.dirty and wall - sim.last_kick_wall >= service.settings.publish_min_gap_s:
+            dirty, sim.dirty = sim.dirty, set()
+            sim.last_kick_wall = wall
+            await step(dirty)
+
+    @service.on_startup
+    async def start_extras() -> None:
+        if settings.enable_influxdb:
+            from edge_simulator.influx import InfluxWriter
+
+            influx.append(InfluxWriter(settings.influxdb))
+        if settings.modbus_port is not None:
+            from edge_simulator.modbus import start_modbus
+
+            service.state["modbus"] = await start_modbus(service, sim)
+
+    @service.on_shutdown
+    async def stop_extras() -> None:
+        server = service.state.pop("modbus", None)
+        if server is not None:
+            await server.shutdown()
+        for writer in influx:
+            writer.close()
+
+    return service

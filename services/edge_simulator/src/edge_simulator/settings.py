@@ -1,0 +1,84 @@
+"""Settings of the edge simulator (`EDGE_*`), plus the InfluxDB connection (`INFLUXDB_*`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from derbus.messages import Priority
+from derbus.settings import ServiceSettings
+
+
+class InfluxSettings(BaseSettings):
+    """InfluxDB 2 connection for the optional direct writes (`INFLUXDB_URL`, …)."""
+
+    model_config = SettingsConfigDict(env_prefix="INFLUXDB_", extra="ignore")
+
+    url: str = Field(default="http://127.0.0.1:8086", description="InfluxDB URL")
+    token: SecretStr | None = Field(default=None, description="API token (secret)")
+    org: str = Field(default="derbus", description="organisation")
+    bucket: str = Field(default="derbus", description="bucket")
+
+
+class Settings(ServiceSettings):
+    """Edge simulator settings. Physical models come from `config_file` (see config.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGE_")
+    mutable_fields: ClassVar[frozenset[str]] = frozenset(
+        {"interval_s", "publish_on_setpoint", "enable_influxdb"}
+    )
+
+    api_port: int = Field(default=8101, ge=0, le=65535, description="API port (0 = any free)")
+    interval_s: float = Field(
+        default=1.0, gt=0, le=86_400, description="wall-clock seconds between published steps"
+    )
+    speed: float = Field(
+        default=1.0, gt=0, le=1_000_000, description="simulated seconds per wall-clock second"
+    )
+    align_to_clock: bool = Field(
+        default=False, description="step on wall-clock multiples of interval_s (--scheduled)"
+    )
+    start_time: datetime | None = Field(
+        default=None, description="simulated start instant (UTC, aware); none = now"
+    )
+    sites: int = Field(default=1, ge=1, le=100_000, description="number of simulated sites")
+    seed: int = Field(default=42, ge=0, description="run seed; site i depends on (seed, i) only")
+    config_file: Path | None = Field(
+        default=None, description="YAML/JSON model configuration (unknown fields refused)"
+    )
+    replay_file: Path | None = Field(default=None, description="CSV of per-unit profiles")
+    replay_load_column: str | None = Field(default=None, description="column replayed as load")
+    replay_pv_column: str | None = Field(default=None, description="column replayed as PV")
+    modbus_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve SunSpec Modbus TCP here (0 = free port)"
+    )
+    modbus_host: str = Field(default="127.0.0.1", description="Modbus TCP listen address")
+    modbus_priority: Priority = Field(
+        default=Priority.MANUAL, description="priority of setpoints written over Modbus"
+    )
+    modbus_default_ttl_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="TTL of a Modbus write when RvrtTms is 0"
+    )
+    publish_on_setpoint: bool = Field(
+        default=True,
+        description="after an accepted setpoint, step and publish that site's readings at once",
+    )
+    publish_min_gap_s: float = Field(
+        default=0.05, gt=0, le=60, description="least wall time between two immediate steps"
+    )
+    enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
+    influxdb: InfluxSettings = Field(default_factory=InfluxSettings)
+
+    @model_validator(mode="after")
+    def _replay(self) -> Self:
+        if (self.replay_load_column or self.replay_pv_column) and self.replay_file is None:
+            raise ValueError("replay_file is required with replay_load_column/replay_pv_column")
+        if self.start_time is not None and self.start_time.tzinfo is None:
+            raise ValueError("start_time must be timezone-aware (e.g. 2026-01-01T00:00:00Z)")
+        if self.enable_influxdb and self.influxdb.token is None:
+            raise ValueError("enable_influxdb needs INFLUXDB_TOKEN")
+        return self

@@ -1,0 +1,100 @@
+"""The service on InMemoryBus: readings on the catalogue topics, the setpoint contract end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from derbus import topics
+from derbus.bus import InMemoryBus
+from derbus.messages import BatteryTelemetry, MeterReading, Priority, SetpointAck, SetpointCommand
+from derbus.testing import BusRecorder, wait_for
+from edge_simulator.service import build_service
+from edge_simulator.settings import Settings
+
+ROOT = "edge-test"
+
+
+def settings(**kw: Any) -> Settings:
+    return Settings(mqtt={"root": ROOT}, interval_s=3600.0, **kw)
+
+
+async def started(clock: Any, **kw: Any) -> tuple[Any, InMemoryBus, dict[str, BusRecorder[Any]]]:
+    bus = InMemoryBus()
+    probe = InMemoryBus(bus.broker)
+    await probe.connect()
+    recs: dict[str, BusRecorder[Any]] = {
+        "battery": BusRecorder(topics.BATTERY, ROOT),
+        "meter": BusRecorder(topics.METER, ROOT),
+        "ack": BusRecorder(topics.SETPOINT_ACK, ROOT),
+        "load": BusRecorder(topics.LOAD, ROOT),
+    }
+    for r in recs.values():
+        await r.attach(probe)
+    service = build_service(settings(**kw), bus, clock=clock)
+    await service.start()
+    await recs["battery"].wait(1)
+    return service, probe, recs
+
+
+def command(value: float, ttl_s: float, clock: Any, **kw: Any) -> bytes:
+    return SetpointCommand(
+        ts=clock(), source="test", target=kw.pop("target", "battery_p_kw"), value=value,
+        unit=kw.pop("unit", "kW"), ttl_s=ttl_s, **kw,
+    ).to_json_bytes()  # fmt: skip
+
+
+async def test_publishes_every_device_of_the_contract(clock: Any) -> None:
+    service, _probe, recs = await started(clock)
+    await recs["meter"].wait(1)
+    devices = {t.split("/")[-2] for t, _ in recs["load"].messages}
+    assert devices == {"load", "ev", "load1", "load2"}
+    meter: MeterReading = recs["meter"].values[0]
+    battery: BatteryTelemetry = recs["battery"].values[0]
+    assert recs["meter"].messages[0][0] == topics.METER.topic("site-1", "pcc", ROOT)
+    load = next(m for t, m in recs["load"].messages if t.endswith("/load/load"))
+    assert meter.p_kw == load.p_kw - service.state["sim"].last.pv_generation_kw[0] + battery.p_kw
+    await service.stop()
+
+
+async def test_battery_setpoint_acked_applied_then_expires(clock: Any) -> None:
+    service, probe, recs = await started(clock)
+    clock.advance(10)
+    topic = topics.SETPOINT.topic("site-1", "battery", ROOT)
+    await probe.publish(topic, command(-3.0, 60, clock, priority=Priority.SITE_OPTIMISER))
+    await wait_for(lambda: len(recs["ack"].values) == 1, 5, message="ack")
+    ack: SetpointAck = recs["ack"].values[0]
+    assert (ack.status, ack.applied_value) == ("accepted", -3.0)
+    await wait_for(lambda: len(recs["battery"].values) >= 2, 5, message="readings after setpoint")
+    after: BatteryTelemetry = recs["battery"].values[-1]
+    assert after.p_kw == -3.0
+    sim = service.state["sim"]
+    assert sim.last.pcc_p_kw[0] == sim.last.load_total_kw[0] - sim.last.pv_generation_kw[0] - 3.0
+    # after the TTL the battery reverts to self-consumption and the expiry is acknowledged
+    clock.advance(61)
+    await service.state["step"]()
+    await wait_for(lambda: any(a.status == "expired" for a in recs["ack"].values), 5)
+    last = sim.last
+    assert last.battery_p_kw[0] != -3.0
+    await service.stop()
+
+
+async def test_out_of_range_and_foreign_setpoints(clock: Any) -> None:
+    service, probe, recs = await started(clock)
+    await probe.publish(topics.SETPOINT.topic("site-1", "battery", ROOT), command(50.0, 60, clock))
+    await wait_for(lambda: len(recs["ack"].values) == 1, 5)
+    ack = recs["ack"].values[0]
+    assert ack.status == "rejected"
+    assert "outside the allowed range" in (ack.reason or "")
+    # a site this simulator does not run, and a device without setpoints: no ack at all
+    await probe.publish(topics.SETPOINT.topic("other", "battery", ROOT), command(1.0, 60, clock))
+    await probe.publish(topics.SETPOINT.topic("site-1", "pcc", ROOT), command(1.0, 60, clock))
+    await probe.publish(
+        topics.SETPOINT.topic("site-1", "load1", ROOT),
+        command(1.0, 60, clock, target="load_on", unit="bool"),
+    )
+    await wait_for(lambda: len(recs["ack"].values) == 2, 5)
+    assert recs["ack"].messages[1][0] == topics.SETPOINT_ACK.topic("site-1", "load1", ROOT)
+    await wait_for(
+        lambda: any(t.endswith("/load1/load") and m.on for t, m in recs["load"].messages), 5
+    )
+    await service.stop()
