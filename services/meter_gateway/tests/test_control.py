@@ -77,7 +77,7 @@ def reg(model: SunSpecModel, name: str) -> int:
 
 def test_storage_control_charge_discharge_zero_and_revert() -> None:
     spec = ControlSpec(target="battery_p_kw", min=-5, max=5)
-    plan = StorageControl(spec, M124, wchamax_w=5000.0, rate_sf=-1)
+    plan = StorageControl(spec, M124, wchamax_w=5000.0, rate_sf=-1, wdischamax_w=4000.0)
     assert plan.refresh_s == 30  # half the default 60 s reversion
     charge = plan.writes(2.5)  # 50 % of WChaMax, sf -1 → raw 500
     assert charge == [
@@ -87,13 +87,18 @@ def test_storage_control_charge_discharge_zero_and_revert() -> None:
     ]
     discharge = plan.writes(-1.0)
     assert discharge[1:] == [
-        Write(reg(M124, "OutWRte"), (200,)),
+        Write(reg(M124, "OutWRte"), (250,)),  # 25 % of the 4 kW discharge rating
         Write(reg(M124, "StorCtl_Mod"), (2,)),
     ]
-    assert plan.writes(0.0)[-1] == Write(reg(M124, "StorCtl_Mod"), (3,))
+    assert plan.writes(0.0)[1:] == [
+        Write(reg(M124, "InWRte"), (0,)),
+        Write(reg(M124, "StorCtl_Mod"), (1,)),
+    ]
     assert plan.revert() == [Write(reg(M124, "StorCtl_Mod"), (0,))]
-    with pytest.raises(SetpointRejectedError, match="exceeds the battery's WChaMax"):
+    with pytest.raises(SetpointRejectedError, match="exceeds the battery's charge rating 5 kW"):
         plan.writes(6.0)
+    with pytest.raises(SetpointRejectedError, match="discharge rating 4 kW"):
+        plan.writes(-4.5)
 
 
 def test_pv_limit_control_pct_and_kw() -> None:

@@ -263,14 +263,17 @@ def _i16(value: float) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class StorageControl:
-    """`battery_p_kw` on SunSpec 124: charge → StorCtl_Mod=1 + InWRte (% of WChaMax),
-    discharge → StorCtl_Mod=2 + OutWRte, zero → both limits at 0; revert → StorCtl_Mod=0.
-    InOutWRte_RvrtTms is written with every value so the device reverts on its own."""
+    """`battery_p_kw` on SunSpec 124: charge (and zero) → StorCtl_Mod=1 (CHARGE) + InWRte in %
+    of WChaMax; discharge → StorCtl_Mod=2 (DISCHARGE) + OutWRte in % of the discharge rating
+    (802 WDisChaRteMax, else WChaMax); revert → StorCtl_Mod=0. Both bits at once are never
+    written (devices refuse it). InOutWRte_RvrtTms goes with every value so the device reverts
+    on its own if the gateway stops refreshing."""
 
     spec: ControlSpec
     model: SunSpecModel
     wchamax_w: float
     rate_sf: int
+    wdischamax_w: float | None = None
 
     @property
     def target(self) -> SetpointTarget:
@@ -293,10 +296,12 @@ class StorageControl:
         return self.spec.refresh_s or self.reversion_s / 2
 
     def _pct_raw(self, p_kw: float) -> tuple[int, ...]:
-        pct = abs(p_kw) * 1000.0 / self.wchamax_w * 100.0
+        rating = self.wchamax_w if p_kw >= 0 else (self.wdischamax_w or self.wchamax_w)
+        pct = abs(p_kw) * 1000.0 / rating * 100.0
         if pct > 100.0 + 1e-9:
+            what = "charge" if p_kw >= 0 else "discharge"
             raise SetpointRejectedError(
-                f"{abs(p_kw):g} kW exceeds the battery's WChaMax {self.wchamax_w / 1000:g} kW"
+                f"{abs(p_kw):g} kW exceeds the battery's {what} rating {rating / 1000:g} kW"
             )
         return _i16(pct / 10.0**self.rate_sf)
 
@@ -304,20 +309,16 @@ class StorageControl:
         """The reversion timer, the rate(s), then the mode bits."""
         m = self.model
         out = [Write(_reg(m, "InOutWRte_RvrtTms"), _u16(self.reversion_s))]
-        if value > 0:
+        if value >= 0:
             out += [
                 Write(_reg(m, "InWRte"), self._pct_raw(value)),
                 Write(_reg(m, "StorCtl_Mod"), (1,)),
             ]
-        elif value < 0:
+        else:
             out += [
                 Write(_reg(m, "OutWRte"), self._pct_raw(value)),
                 Write(_reg(m, "StorCtl_Mod"), (2,)),
             ]
-        else:
-            zero = _i16(0)
-            out += [Write(_reg(m, "InWRte"), zero), Write(_reg(m, "OutWRte"), zero),
-                    Write(_reg(m, "StorCtl_Mod"), (3,))]  # fmt: skip
         return out
 
     def revert(self) -> list[Write]:
@@ -399,8 +400,12 @@ async def build_controls(
             wchamax = scaled(values, 124, "WChaMax")
             if not wchamax or wchamax <= 0:
                 raise DeviceError("SunSpec 124 WChaMax is not implemented or zero")
+            wdischamax = None
+            if 802 in first:
+                battery = await read_model(link, device.unit_id, first[802])
+                wdischamax = scaled(battery, 802, "WDisChaRteMax")
             plans[spec.target] = StorageControl(
-                spec, m124, wchamax, int(values.get("InOutWRte_SF") or 0)
+                spec, m124, wchamax, int(values.get("InOutWRte_SF") or 0), wdischamax
             )
         elif spec.target in ("pv_limit_pct", "pv_limit_kw"):
             m123 = first.get(123)
