@@ -1,0 +1,163 @@
+"""Load manager on a real broker: PV surplus switches a load on within one cycle; a job submitted
+over REST (a real uvicorn server) starts on the bus at its planned time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from derbus import topics
+from derbus.bus import MqttBus
+from derbus.bus.base import RawMessage
+from derbus.http import make_app
+from derbus.messages import MeterReading, SetpointCommand, TimeSeries, utcnow
+from derbus.service import Service
+from derbus.settings import MqttSettings
+from derbus.testing import BusRecorder, free_port, wait_for
+from load_manager.service import build_service
+from load_manager.settings import Settings
+
+pytestmark = pytest.mark.integration
+SITE = "site-1"
+
+
+def cycles_run(service: Service[Settings]) -> float:
+    """How many net-balancing cycles have run (from the service's own handler histogram)."""
+    value = service.metrics.registry.get_sample_value(
+        "derbus_handler_seconds_count", {"handler": "net_balance_cycle"}
+    )
+    return value or 0.0
+
+
+async def test_pv_surplus_switches_a_load_on_within_one_cycle(
+    mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    settings = Settings(
+        mqtt=mqtt_settings, data_dir=tmp_path, cycle_s=1.0, setpoint_ttl_s=30.0,
+        refresh_margin_s=5.0, jobs_enabled=False,
+    )  # fmt: skip
+    service = build_service(settings, MqttBus(mqtt_settings))
+    probe = MqttBus(mqtt_settings)
+    await probe.connect()
+    on_at_cycle: list[float] = []
+
+    async def record(raw: RawMessage) -> None:
+        cmd = SetpointCommand.from_json_bytes(raw.payload)
+        if cmd.value == 1.0:
+            on_at_cycle.append(cycles_run(service))
+
+    await probe.subscribe(topics.SETPOINT.filter(SITE, "load1", mqtt_settings.root), 1, record)
+    setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, mqtt_settings.root)
+    await setpoints.attach(probe, SITE)
+    await service.start()
+    try:
+        # no reading yet: the controller keeps the loads off (stale meter) and says so
+        await wait_for(lambda: len(setpoints.values) >= 2, 10, message="initial off commands")
+        assert all(c.value == 0.0 and c.target == "load_on" for c in setpoints.values)
+        meter_topic = topics.METER.topic(SITE, "pcc", mqtt_settings.root)
+        reading = MeterReading(ts=utcnow(), source="sim", p_kw=-4.0)  # 4 kW exported
+        await probe.publish(meter_topic, reading.to_json_bytes(), qos=1)
+        lm = service.state["lm"]
+        await wait_for(lambda: lm.integrator.last_meter[0] is not None, 10, message="reading in")
+        cycles_when_seen = cycles_run(service)
+        await wait_for(lambda: bool(on_at_cycle), 10, message="load1 switched on")
+        assert on_at_cycle[0] <= cycles_when_seen + 1, "switched on in the first cycle after it"
+        on_cmd = next(c for c in setpoints.values if c.value == 1.0)
+        assert on_cmd.priority == "site_optimiser"
+        assert on_cmd.ttl_s == 30.0
+        assert lm.controller.states["load2"].on is True, "4 - 1.5 kW leaves room for 2 kW"
+    finally:
+        await service.stop()
+        await probe.close()
+
+
+@contextlib.asynccontextmanager
+async def served(service: Service[Settings], port: int) -> AsyncIterator[str]:
+    """The service's API on a real uvicorn server (127.0.0.1, free port), with its lifespan."""
+    config = uvicorn.Config(
+        make_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started, 15, message="uvicorn started")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+async def test_job_submitted_over_rest_starts_at_its_planned_time(
+    mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    step_s = 2  # an accelerated plan: 2-second steps, a 2-minute horizon
+    settings = Settings(
+        mqtt=mqtt_settings, data_dir=tmp_path, api_token="tok", net_balancing_enabled=False,
+        plan_step_s=step_s, plan_horizon_steps=60, dispatch_interval_s=0.1, api_port=free_port(),
+    )  # fmt: skip
+    service = build_service(settings, MqttBus(mqtt_settings))
+    probe = MqttBus(mqtt_settings)
+    await probe.connect()
+    received: list[tuple[datetime, SetpointCommand]] = []
+
+    async def record(raw: RawMessage) -> None:
+        received.append((utcnow(), SetpointCommand.from_json_bytes(raw.payload)))
+
+    await probe.subscribe(topics.SETPOINT.filter(SITE, "dishwasher", mqtt_settings.root), 1, record)
+    # PV forecast: 5 kW only in the step starting 8 s after the current step
+    grid_start = datetime.fromtimestamp(math.floor(utcnow().timestamp() / step_s) * step_s, UTC)
+    values = [0.0] * 60
+    values[4] = 5.0
+    forecast = TimeSeries(
+        ts=grid_start, source="forecaster", kind="forecast", quantity="pv_generation_kw",
+        issue_time=grid_start, start=grid_start, step_s=step_s, values=values,
+    )  # fmt: skip
+    await probe.publish(
+        topics.FORECAST.topic(SITE, "pv", mqtt_settings.root), forecast.to_json_bytes(),
+        qos=1, retain=True,
+    )  # fmt: skip
+    pv_step = grid_start + timedelta(seconds=4 * step_s)
+    try:
+        async with served(service, settings.api_port) as url:
+            lm = service.state["lm"]
+            await wait_for(lambda: (SITE, "pv") in lm.forecasts, 10, message="forecast in")
+            body: dict[str, Any] = {
+                "job_id": "dw-1", "device_id": "dishwasher", "profile_kw": [2.0],
+                "step_s": step_s, "earliest_start": utcnow().isoformat(),
+                "latest_start": (grid_start + timedelta(seconds=40)).isoformat(),
+            }  # fmt: skip
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                refused = await client.post("/jobs", json=body)
+                assert refused.status_code == 401
+                made = await client.post(
+                    "/jobs", json=body, headers={"Authorization": "Bearer tok"}
+                )
+                assert made.status_code == 201, made.text
+                planned = datetime.fromisoformat(
+                    made.json()["planned_start"].replace("Z", "+00:00")
+                )
+                assert planned == pv_step, "placed on the PV step"
+                assert made.json()["pv_kwh"] > 0
+                await wait_for(lambda: bool(received), 20, message="start command on the bus")
+                arrived, cmd = received[0]
+                assert arrived >= planned, "not before its planned time"
+                assert cmd.target == "load_on"
+                assert cmd.value == 1.0
+                assert cmd.ts >= planned
+                assert cmd.ttl_s == step_s
+                status = (await client.get("/jobs/dw-1")).json()["status"]
+                assert status in ("running", "done")
+                plan = (await client.get("/plan")).json()
+                assert [j["job_id"] for j in plan["jobs"]] == ["dw-1"]
+    finally:
+        await probe.publish(topics.FORECAST.topic(SITE, "pv", mqtt_settings.root), b"", retain=True)
+        await probe.close()
