@@ -98,3 +98,19 @@ async def test_out_of_range_and_foreign_setpoints(clock: Any) -> None:
         lambda: any(t.endswith("/load1/load") and m.on for t, m in recs["load"].messages), 5
     )
     await service.stop()
+
+
+async def test_rest_sites_and_state(clock: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from derbus.http import make_app
+
+    service, _probe, _recs = await started(clock, sites=3)
+    client = TestClient(make_app(service, manage_lifecycle=False))
+    sites = client.get("/sites").json()["sites"]
+    assert [s["site_id"] for s in sites] == ["site-0001", "site-0002", "site-0003"]
+    record = client.get("/sites/site-0002").json()
+    assert record["device_id"] == "site-0002"
+    assert set(record) >= {"solar", "battery", "home_load", "grid_price", "net_grid_flow_kw"}
+    assert client.get("/sites/nope").status_code == 404
+    await service.stop()

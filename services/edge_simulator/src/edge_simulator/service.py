@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fastapi import APIRouter, HTTPException
+
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import StorageError
@@ -119,6 +121,42 @@ class SimState:
     listeners: list[Callable[[StepResult], None]] = field(default_factory=list)
 
 
+def _router(sim: SimState) -> APIRouter:
+    router = APIRouter(tags=["sites"])
+    fleet = sim.fleet
+
+    @router.get("/sites")
+    def list_sites() -> dict[str, Any]:
+        """The simulated sites with their ratings, and the simulated time of the last step."""
+        return {
+            "sim_time": sim.last.ts.isoformat() if sim.last else None,
+            "steps": sim.steps,
+            "sites": [
+                {
+                    "site_id": sid,
+                    "pv_capacity_kw": float(fleet.pv_capacity_kw[i]),
+                    "battery_capacity_kwh": float(fleet.battery_capacity_kwh[i]),
+                    "battery_max_charge_kw": float(fleet.battery_max_charge_kw[i]),
+                    "battery_max_discharge_kw": float(fleet.battery_max_discharge_kw[i]),
+                    "modbus_unit": i + 1 if i < 247 else None,
+                }
+                for i, sid in enumerate(fleet.ids)
+            ],
+        }
+
+    @router.get("/sites/{site_id}")
+    def site_state(site_id: str) -> dict[str, Any]:
+        """The latest nested record of a site (404 for an unknown site or before the first step)."""
+        index = fleet.index.get(site_id)
+        if index is None:
+            raise HTTPException(status_code=404, detail=f"unknown site {site_id}")
+        if sim.view is None:
+            raise HTTPException(status_code=404, detail="no step yet")
+        return sim.view.record(index, site_id)
+
+    return router
+
+
 def build_service(
     settings: Settings,
     bus: Bus,
@@ -176,6 +214,7 @@ def build_service(
         return result
 
     service.state["step"] = step
+    service.include_router(_router(sim))
 
     def schedule_next(wall: float) -> None:
         interval = service.settings.interval_s
