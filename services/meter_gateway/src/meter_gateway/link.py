@@ -49,10 +49,18 @@ class PymodbusLink:
     never stall another device's schedule).
     """
 
-    client: Any
+    connection: TcpConnection | SerialConnection
     timeout_s: float
     name: str
+    _client: Any = None
     _connect_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def client(self) -> Any:
+        """The pymodbus client, built on first use (it needs a running event loop)."""
+        if self._client is None:
+            self._client = make_client(self.connection, self.timeout_s)
+        return self._client
 
     async def _ensure_connected(self) -> None:
         if self.client.connected:
@@ -115,8 +123,9 @@ class PymodbusLink:
         )
 
     def close(self) -> None:
-        """Close the client."""
-        self.client.close()
+        """Close the client (if one was built)."""
+        if self._client is not None:
+            self._client.close()
 
 
 def make_client(connection: TcpConnection | SerialConnection, timeout_s: float) -> Any:
@@ -165,7 +174,7 @@ class LinkPool:
                 if isinstance(connection, TcpConnection)
                 else connection.port
             )
-            link = PymodbusLink(make_client(connection, timeout_s), timeout_s, name)
+            link = PymodbusLink(connection, timeout_s, name)
             self.links[key] = link
         return link
 

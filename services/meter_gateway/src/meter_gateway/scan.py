@@ -7,7 +7,7 @@ from typing import Any
 from derbus.errors import ConfigError, DeviceError
 from meter_gateway import sunspec
 from meter_gateway.config import RegisterPoint, TcpConnection
-from meter_gateway.link import ModbusLink, PymodbusLink, make_client
+from meter_gateway.link import ModbusLink, PymodbusLink
 from meter_gateway.readings import ReadPoint, decode_point
 from meter_gateway.registers import ReadBlock, decode, field_unit
 
@@ -25,7 +25,7 @@ def parse_target(target: str) -> tuple[str, int]:
 def tcp_link(host: str, port: int, timeout_s: float) -> PymodbusLink:
     """A link to a Modbus TCP device."""
     connection = TcpConnection(host=host, port=port)
-    return PymodbusLink(make_client(connection, timeout_s), timeout_s, f"{host}:{port}")
+    return PymodbusLink(connection, timeout_s, f"{host}:{port}")
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
