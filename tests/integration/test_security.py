@@ -273,6 +273,60 @@ def test_the_compose_healthcheck_user_reads_the_broker_uptime(
     assert refused.returncode != 0
 
 
+async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: Path) -> None:
+    """deploy/mosquitto/mosquitto.conf as shipped, only its container paths and port moved."""
+    import getpass
+
+    from derbus.testing.servers import _stop_process, _wait_port, find_binary
+
+    root = topics.DEFAULT_ROOT
+    passwords = {u: acl.new_secret() for u in acl.broker_users()}
+    config_dir, data_dir = tmp_path / "config", tmp_path / "data"
+    config_dir.mkdir()
+    data_dir.mkdir()
+    (config_dir / "acl").write_text((REPO / "deploy/mosquitto/acl").read_text())
+    acl.write_password_file(config_dir / "passwd", passwords)
+    port = free_port()
+    text = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    assert "\nlistener 1883\n" in text
+    text = text.replace("\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n")
+    text = text.replace("/mosquitto/config/", f"{config_dir}/").replace(
+        "/mosquitto/data/", f"{data_dir}/"
+    )
+    text += f"user {getpass.getuser()}\n"  # the container runs as `mosquitto`; here as ourselves
+    (config_dir / "mosquitto.conf").write_text(text)
+    binary = find_binary("mosquitto")
+    assert binary, "mosquitto is required (make deps)"
+    proc = subprocess.Popen([binary, "-c", str(config_dir / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        _wait_port("127.0.0.1", port, 10.0, "mosquitto with the shipped config", proc)
+        base = MqttSettings(host="127.0.0.1", port=port, root=root, connect_retries=0)
+
+        def login(user: str) -> MqttSettings:
+            return MqttSettings(host="127.0.0.1", port=port, root=root, connect_retries=0,
+                                username=user, password=passwords[user])  # fmt: skip
+
+        with pytest.raises(BusError, match="refused"):
+            await MqttBus(base).connect()
+        scada = MqttBus(login("scada"))
+        await scada.connect()
+        seen = Inbox()
+        await scada.subscribe(topics.all_topics_filter(root), 1, seen)
+        gateway = MqttBus(login("meter_gateway"))
+        await gateway.connect()
+        forbidden = topics.PRICE.topic("site-1", "grid", root)  # only the simulator prices
+        allowed = topics.METER.topic("site-1", "pcc", root)
+        await gateway.publish(forbidden, meter(1.0), qos=1)
+        await gateway.publish(allowed, meter(2.0), qos=1)
+        await wait_for(lambda: allowed in seen.topics(), 10, message="the gateway's reading")
+        assert forbidden not in seen.topics()
+        await gateway.close()
+        await scada.close()
+    finally:
+        _stop_process(proc)
+
+
 # --- MQTT over TLS ----------------------------------------------------------------------------------
 
 
