@@ -198,11 +198,11 @@ class Outbox:
             return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
 
     def _rollback(self) -> None:
-        if self._db.in_transaction:
-            try:
+        try:
+            if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            except sqlite3.Error as err:  # the connection is broken; the next call reports it
-                log.warning("outbox rollback failed: %s", err)
+        except sqlite3.Error as err:  # the connection is broken; the next call reports it
+            log.warning("outbox rollback failed: %s", err)
 
     def close(self) -> None:
         """Close the file (checkpointing the WAL)."""

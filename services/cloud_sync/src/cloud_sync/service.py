@@ -48,7 +48,7 @@ INFLUX_ONLY: tuple[TopicSpec[Any], ...] = (
 def make_forwarder(current: Callable[[], Settings], outbox: Outbox, store: CloudStore) -> Forwarder:
     """A forwarder reading batch size and outbox limits from `current()` before each use."""
     first = current()
-    return Forwarder(
+    forwarder = Forwarder(
         outbox,
         store,
         batch_size=lambda: current().batch_size,
@@ -58,6 +58,8 @@ def make_forwarder(current: Callable[[], Settings], outbox: Outbox, store: Cloud
         capacity_rows=lambda: current().outbox_max_rows,
         warn_pct=lambda: current().outbox_warn_pct,
     )
+    forwarder.migrated = not first.migrate_on_start
+    return forwarder
 
 
 def open_cloud_store(settings: Settings) -> CloudStore:
