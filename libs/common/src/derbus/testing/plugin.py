@@ -3,6 +3,7 @@
 Broker order: `MQTT_TEST_URL`; a broker already on 127.0.0.1:1883; Debian's `mosquitto` started
 on a free port; testcontainers when a Docker engine answers. PostgreSQL order:
 `POSTGRES_TEST_URL`; a server on 127.0.0.1:5432 (trust auth); a temporary cluster (initdb/pg_ctl).
+VictoriaMetrics (InfluxDB write path): Debian's `victoria-metrics` started on a free port.
 A component that cannot be had FAILS the test with the reason — it never skips.
 """
 
@@ -28,6 +29,7 @@ from derbus.testing.servers import (
     port_open,
     postgres_accepts,
 )
+from derbus.testing.victoria import VictoriaMetricsServer
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,21 @@ def restartable_postgres() -> Iterator[PostgresServer]:
     except ComponentUnavailableError as err:
         server.cleanup()
         _unavailable("a restartable PostgreSQL", str(err))
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics() -> Iterator[VictoriaMetricsServer]:
+    """A real VictoriaMetrics (InfluxDB v2 write API at `.url`, read back with `.export`)."""
+    server = VictoriaMetricsServer()
+    try:
+        server.start()
+    except ComponentUnavailableError as err:
+        server.cleanup()
+        _unavailable("VictoriaMetrics (the InfluxDB write-path server)", str(err))
     try:
         yield server
     finally:
