@@ -559,3 +559,39 @@ def test_every_state_changing_route_of_a_service_needs_the_token(
     assert BROKER_PW not in body
     assert TOKEN not in caplog.text
     assert BROKER_PW not in caplog.text
+
+
+# Every committed service runs under its own broker user and ACL.
+
+
+@pytest.mark.parametrize("name", acl.PLATFORM_SERVICES)
+async def test_each_service_runs_under_its_own_user_and_acl(
+    name: str, secured_broker: SecuredBroker, tmp_path: Path
+) -> None:
+    if not (REPO / "services" / name / "src" / name / "service.py").exists():
+        pytest.fail(f"services/{name} has no service.py yet: it cannot run under the ACL")
+    root = secured_broker.root
+    scada = secured_broker.bus("scada")
+    await scada.connect()
+    seen = Inbox()
+    await scada.subscribe(topics.all_topics_filter(root), 1, seen)
+    module = importlib.import_module(f"{name}.service")
+    settings_module = importlib.import_module(f"{name}.settings")
+    cls = next(
+        c for _, c in inspect.getmembers(settings_module, inspect.isclass)
+        if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
+    )  # fmt: skip
+    settings = cls(data_dir=tmp_path, mqtt=secured_broker.settings(name))
+    service: Service[Any] = module.build_service(settings, MqttBus(settings.mqtt))
+    status = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, name, root)
+    await service.start()
+    try:
+        assert service.ready
+        await wait_for(lambda: status in seen.topics(), 15, message=f"{name}'s online status")
+    finally:
+        await service.stop()
+        await scada.close()
+    published = {
+        spec.key for spec in topics.CATALOGUE for t in seen.topics() if spec.matches(t, root)
+    }
+    assert published, f"{name} published nothing SCADA could see"
