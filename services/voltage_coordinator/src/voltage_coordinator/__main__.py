@@ -1,0 +1,145 @@
+"""`voltage-coordinator`: the coordinator service, its area agents, the feeder simulation, tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from derbus.bus.mqtt import MqttBus
+from derbus.runner import serve
+from derbus.settings import load_settings_or_exit
+from voltage_coordinator.settings import Settings
+
+app = typer.Typer(
+    help="Fair PV curtailment against feeder over-voltage (LinDistFlow, area agents, OpenDSS).",
+    invoke_without_command=True,
+)
+
+DATA = Path("data/ieee123")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return load_settings_or_exit(Settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.callback()
+def run(
+    ctx: typer.Context,
+    mode: Annotated[str | None, typer.Option(help="centralised | distributed | agents")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port")] = None,
+) -> None:
+    """With no command: run the coordinator service (settings from VC_* and MQTT_*)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from voltage_coordinator.service import build_service
+
+    settings = _settings(mode=mode, api_port=api_port)
+    serve(build_service(settings, MqttBus(settings.mqtt)))
+
+
+@app.command("feeder-sim")
+def feeder_sim(
+    api_port: Annotated[int, typer.Option(help="API port of the simulation")] = 8118,
+    interval_s: Annotated[float | None, typer.Option(help="wall seconds per step")] = None,
+    start_step: Annotated[int | None, typer.Option(help="first step of the day")] = None,
+    hold: Annotated[bool, typer.Option(help="stay on the first step")] = False,
+) -> None:
+    """Run the feeder simulation (OpenDSS AC flow) as its own service on the broker."""
+    from voltage_coordinator.sim_service import build_feeder_sim
+
+    settings = _settings(
+        api_port=api_port, sim_interval_s=interval_s, sim_start_step=start_step,
+        sim_hold_step=hold or None,
+    )  # fmt: skip
+    serve(build_feeder_sim(settings, MqttBus(settings.mqtt)))
+
+
+@app.command("area-agent")
+def area_agent(
+    area: Annotated[str, typer.Option(help="area id, e.g. area1")],
+    api_port: Annotated[int, typer.Option(help="API port of this agent (0 = any)")] = 0,
+) -> None:
+    """Run one area agent (for `VC_MODE=agents`) as its own service on the broker."""
+    from voltage_coordinator.agents import build_area_agent
+
+    settings = _settings(api_port=api_port)
+    serve(build_area_agent(settings, MqttBus(settings.mqtt), area))
+
+
+@app.command("convert")
+def convert(
+    output: Annotated[Path, typer.Option(help="feeder JSON to write")],
+    bus_info: Annotated[Path, typer.Option(help="DEC bus_info JSON")] = DATA
+    / "bus_info_ieee123_pri.json",
+    branch_info: Annotated[Path, typer.Option(help="DEC branch_sw_xfmr JSON")] = DATA
+    / "branch_sw_xfmr_ieee123_pri.json",
+    load_shape: Annotated[Path, typer.Option(help="load multipliers, one per line")] = DATA
+    / "loadshape_15min.csv",
+    pv_shape: Annotated[Path, typer.Option(help="PV multipliers, one per line")] = DATA
+    / "pvshape_15min.csv",
+    feeder_id: Annotated[str, typer.Option(help="feeder id (topic site level)")] = "ieee123",
+    source_bus: Annotated[str, typer.Option(help="substation bus")] = "150",
+    source_v_pu: Annotated[float, typer.Option(help="substation voltage, pu")] = 1.0475,
+    open_switch: Annotated[
+        list[str] | None, typer.Option(help="normally-open switch (repeat)")
+    ] = None,
+    area: Annotated[
+        list[str] | None, typer.Option(help="area as id=root_bus (repeat); default IEEE 123's")
+    ] = None,
+) -> None:
+    """Convert DEC-style feeder JSON (bus_info + branch_sw_xfmr) into derbus-feeder/1."""
+    from voltage_coordinator.feeder import convert_dec
+
+    areas = dict(a.split("=", 1) for a in area) if area else None
+    feeder = convert_dec(
+        bus_info, branch_info, load_shape, pv_shape, feeder_id=feeder_id, source_bus=source_bus,
+        source_v_pu=source_v_pu, normally_open=open_switch or ("sw7", "sw8"), areas=areas,
+    )  # fmt: skip
+    output.write_text(feeder.to_json() + "\n")
+    typer.echo(
+        f"wrote {output}: {len(feeder.buses)} buses, {len(feeder.branches)} branches "
+        f"({len(feeder.in_service)} closed), {len(feeder.pvs)} PVs = {feeder.total_pv_kw:.0f} kW, "
+        f"load {feeder.total_load_kw:.1f} kW, {len(feeder.areas)} areas, {feeder.steps} steps"
+    )
+
+
+@app.command("plot")
+def plot(
+    output: Annotated[Path, typer.Option(help="PNG to write")] = Path("voltage_profile.png"),
+    step: Annotated[int, typer.Option(help="step of the day")] = 58,
+) -> None:
+    """Plot one step offline: AC voltages without control and with the AC-checked curtailment."""
+    from voltage_coordinator.acflow import AcFlow
+    from voltage_coordinator.correction import solve_ac_corrected
+    from voltage_coordinator.optimizer import CentralisedSolver, StepInputs
+    from voltage_coordinator.plot import plot_profiles
+
+    settings = _settings()
+    feeder = settings.load_feeder()
+    solver = CentralisedSolver(
+        feeder, settings.fairness, settings.group_by, settings.limits(), settings.cvx_solver
+    )
+    ac = AcFlow(feeder)
+    load = feeder.profiles.load[step]
+    avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
+    before = ac.solve(load, avail)
+    fixed = solve_ac_corrected(solver.solve, ac, solver.tree, StepInputs(load, avail))
+    plot_profiles(
+        solver.tree.nodes, before.vector(solver.tree), fixed.ac.vector(solver.tree), avail,
+        fixed.curtailment.limit_kw, settings.v_max_pu, output,
+        f"{feeder.feeder_id} step {step}: no control max {before.max_pu:.4f} pu, "
+        f"coordinated max {fixed.ac.max_pu:.4f} pu, curtailed {fixed.curtailment.curtailed_kw:.0f} kW",
+        after_label="AC after",
+    )  # fmt: skip
+    typer.echo(f"wrote {output}")
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

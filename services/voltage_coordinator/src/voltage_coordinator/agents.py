@@ -1,0 +1,123 @@
+"""Area agents as services on the bus: the boundary sweep over topics.AREA_EXCHANGE.
+
+A round starts when the coordinator publishes an exchange from `coordinator` naming the feeder
+state to use. Each area then publishes (device level = its area id): iteration 1, its root flows
+(up, once all its children's arrived); iteration 2, its children's root voltages (down, once its
+parent's arrived); iteration 3 (`converged`), the fraction interval its limits allow. Only
+boundary values travel; each agent keeps its own area's model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from derbus import topics
+from derbus.bus.base import Bus
+from derbus.messages import AreaExchange, FeederState, utcnow
+from derbus.service import Context, Service
+from voltage_coordinator.admm import area_specs
+from voltage_coordinator.correction import inputs_from_state
+from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.network import compile_tree
+from voltage_coordinator.settings import Settings
+from voltage_coordinator.sweep import Boundary, SweepAgent
+
+COORDINATOR = "coordinator"
+FEEDER_DEVICE = "feeder"
+_KEEP_STATES = 16
+
+
+@dataclass
+class _AgentRound:
+    round_id: str
+    state_ts_s: float
+    started: bool = False
+    flows: Boundary = field(default_factory=dict)
+    flows_from: set[str] = field(default_factory=set)
+    volts: Boundary | None = None
+    sent_up: bool = False
+    done: bool = False
+
+
+def build_area_agent(
+    settings: Settings, bus: Bus, area_id: str, feeder: Feeder | None = None
+) -> Service[Settings]:
+    """One area agent of the feeder as its own service (status device `vc-<area>`)."""
+    feeder = feeder or settings.load_feeder()
+    specs = {s.id: s for s in area_specs(feeder)}
+    if area_id not in specs:
+        raise ValueError(f"area {area_id!r} not in the feeder (areas: {sorted(specs)})")
+    spec = specs[area_id]
+    owner = feeder.area_of()
+    child_areas = {owner[g] for g in spec.ghosts}
+    agent = SweepAgent(feeder, spec, settings.limits())
+    tree = compile_tree(feeder)
+    service: Service[Settings] = Service(f"vc-{area_id}", settings, bus)
+    service.declare_publishes(topics.AREA_EXCHANGE)
+    states: dict[float, FeederState] = {}
+    current: list[_AgentRound] = []
+    service.state["agent"] = agent
+    service.state["rounds_done"] = 0
+    fid = feeder.feeder_id
+
+    async def send(rnd: _AgentRound, iteration: int, values: Boundary, done: bool) -> None:
+        msg = AreaExchange(
+            ts=utcnow(), source=service.name, area_id=area_id, round_id=rnd.round_id,
+            iteration=iteration, values=values, converged=done,
+        )  # fmt: skip
+        await service.publish(topics.AREA_EXCHANGE, msg, site_id=fid, device_id=area_id)
+
+    def find_state(ts_s: float) -> FeederState | None:
+        for key, state in states.items():
+            if math.isclose(key, ts_s, abs_tol=1e-3):
+                return state
+        return None
+
+    async def progress(rnd: _AgentRound) -> None:
+        if not rnd.started:
+            state = find_state(rnd.state_ts_s)
+            if state is None:
+                return  # the state has not reached this agent yet; on_state resumes
+            agent.set_inputs(inputs_from_state(feeder, tree, state))
+            rnd.started = True
+        if not rnd.sent_up and rnd.flows_from >= child_areas:
+            up = agent.backward(rnd.flows)
+            rnd.sent_up = True
+            if spec.parent is not None:
+                await send(rnd, 1, up, False)
+            else:
+                rnd.volts = {}
+        if rnd.sent_up and rnd.volts is not None and not rnd.done:
+            down, bounds = agent.forward(rnd.volts)
+            rnd.done = True
+            if down:
+                await send(rnd, 2, down, False)
+            await send(rnd, 3, {"c_lo": bounds.c_lo, "c_hi": bounds.c_hi}, True)
+            service.state["rounds_done"] += 1
+
+    @service.on(topics.FEEDER_STATE, site_id=fid, device_id=FEEDER_DEVICE)
+    async def on_state(msg: FeederState, ctx: Context) -> None:
+        states[msg.ts.timestamp()] = msg
+        for key in sorted(states)[:-_KEEP_STATES]:
+            del states[key]
+        if current:
+            await progress(current[0])
+
+    @service.on(topics.AREA_EXCHANGE, site_id=fid)
+    async def on_exchange(msg: AreaExchange, ctx: Context) -> None:
+        if msg.area_id == COORDINATOR:
+            current[:] = [_AgentRound(msg.round_id, msg.values["state_ts_s"])]
+            await progress(current[0])
+            return
+        if not current or msg.round_id != current[0].round_id or msg.area_id == area_id:
+            return
+        rnd = current[0]
+        if msg.iteration == 1 and msg.area_id in child_areas:
+            rnd.flows.update(msg.values)
+            rnd.flows_from.add(msg.area_id)
+        elif msg.iteration == 2 and msg.area_id == spec.parent:
+            rnd.volts = {k: v for k, v in msg.values.items() if f":{spec.root_bus}:" in k}
+        await progress(rnd)
+
+    return service
