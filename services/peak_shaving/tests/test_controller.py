@@ -229,3 +229,32 @@ def test_sites_are_independent() -> None:
     assert (a.battery_p_kw, b.battery_p_kw) == (pytest.approx(-30.5), 0.0)
     assert ctl.sites() == ["s1", "s2"]
     assert ctl.kpis("s2")["limit_events"] == 0
+
+
+def test_battery_read_just_before_the_meter_is_not_stale() -> None:
+    # A gateway polls the battery 20 ms before the meter, a second after the last setpoint:
+    # that reading already shows what the battery does, so it is used as it is.
+    ctl = controller()
+    ctl.step(reading(0, 80))  # setpoint -30.5 at t=0
+    ts = T0 + timedelta(seconds=1)
+    polled = PmaInputs(
+        site_id="s1", ts=ts, pcc_p_kw=60.0, battery_p_kw=-20.0,
+        battery_ts=ts - timedelta(milliseconds=20), soc_pct=50.0,
+    )  # fmt: skip
+    d = ctl.step(polled)
+    assert d.site_p_kw == pytest.approx(80.0)  # the battery only managed -20 kW
+    assert d.battery_p_kw == pytest.approx(-30.5)
+
+
+def test_stale_estimate_respects_what_the_battery_can_do() -> None:
+    # the last setpoint asked -30.5 kW but the battery now reports a 10 kW discharge limit
+    ctl = controller()
+    ctl.step(reading(0, 80))
+    stale = PmaInputs(
+        site_id="s1", ts=T0 + timedelta(seconds=1), pcc_p_kw=70.0, battery_p_kw=0.0,
+        battery_ts=T0, soc_pct=50.0, max_discharge_kw=10.0,
+    )  # fmt: skip
+    d = ctl.step(stale)
+    assert d.site_p_kw == pytest.approx(80.0)
+    assert d.battery_p_kw == pytest.approx(-10.0)
+    assert d.violation_kw == pytest.approx(20.0)

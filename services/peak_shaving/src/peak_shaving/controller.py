@@ -39,10 +39,10 @@ class PmaConfig(SiteConfig):
         default=10.0, gt=0, le=3600, description="TTL of each battery setpoint, s"
     )
     battery_match_s: float = Field(
-        default=0.5,
+        default=0.0,
         ge=0,
-        description="a battery reading this much older than the meter reading counts as stale,"
-        " and the last setpoint stands in for its power, s",
+        description="a battery reading older than the meter reading by more than this, with a"
+        " setpoint sent since, is stale: the setpoint stands in for its power, s",
     )
     max_gap_s: float = Field(
         default=10.0, gt=0, description="longest gap between readings credited to KPIs, s"
@@ -222,9 +222,6 @@ class PeakShavingController:
             dt_s = _clip((inputs.ts - state.last_ts).total_seconds(), 0.0, cfg.max_gap_s)
         self._account(state, inputs, dt_s)
 
-        battery_kw = self._battery_power(state, inputs)
-        site_kw = inputs.pcc_p_kw - battery_kw
-
         # Battery capability now (SoC and reported limits).
         charge_max = cfg.battery_max_charge_kw
         if inputs.max_charge_kw is not None:
@@ -237,6 +234,9 @@ class PeakShavingController:
             charge_max = 0.0
         if soc is not None and soc <= cfg.soc_min_pct:
             discharge_max = 0.0
+
+        battery_kw = self._battery_power(state, inputs, charge_max, discharge_max)
+        site_kw = inputs.pcc_p_kw - battery_kw
 
         # The band of PCC power to keep: export floor .. import ceiling (limit or demand cap).
         floor_kw = cfg.export_limit_kw + cfg.margin_kw
@@ -301,21 +301,24 @@ class PeakShavingController:
         return decision
 
     # --- pieces ----------------------------------------------------------------------------------
-    def _battery_power(self, state: SiteState, inputs: PmaInputs) -> float:
+    def _battery_power(
+        self, state: SiteState, inputs: PmaInputs, charge_max: float, discharge_max: float
+    ) -> float:
         """Battery power now, kW: the reading, or the last setpoint when the reading predates it.
 
         When the meter reading of a cycle arrives before the battery reading of the same cycle,
         the battery reading in hand is one cycle old and misses the setpoint sent since; the
-        setpoint is then the better estimate (the battery follows it).
+        setpoint, within what the battery can do now, is then the better estimate.
         """
         measured, last = inputs.battery_p_kw, state.last_setpoint_kw
+        estimate = _clip(last, -discharge_max, charge_max) if last is not None else None
         if measured is None:
-            return last if last is not None else 0.0
+            return estimate if estimate is not None else 0.0
         battery_ts, last_ts = inputs.battery_ts, state.last_setpoint_ts
-        if last is None or last_ts is None or battery_ts is None:
+        if estimate is None or last_ts is None or battery_ts is None:
             return measured
         stale = battery_ts < inputs.ts - timedelta(seconds=self.config.battery_match_s)
-        return last if stale and last_ts >= battery_ts else measured
+        return estimate if stale and last_ts >= battery_ts else measured
 
     def _account(self, state: SiteState, inputs: PmaInputs, dt_s: float) -> None:
         """Credit the last `dt_s` seconds to KPIs, the demand interval and the rolling window."""

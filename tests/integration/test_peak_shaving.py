@@ -1,0 +1,124 @@
+"""Edge simulator + peak_shaving on the real broker: an import peak is shaved within two readings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from derbus import topics
+from derbus.bus import MqttBus
+from derbus.messages import KpiReport, MeterReading, SetpointAck, SetpointCommand
+from derbus.service import Service
+from derbus.settings import MqttSettings
+from derbus.testing import BusRecorder, wait_for
+from edge_simulator.config import SimConfig
+from edge_simulator.service import SimClock
+from edge_simulator.service import build_service as build_simulator
+from edge_simulator.settings import Settings as SimSettings
+from peak_shaving.service import build_service as build_peak_shaving
+from peak_shaving.settings import Settings as PsSettings
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 1, 12, 19, 0, tzinfo=UTC)  # a winter evening: no PV
+SITE = "site-1"
+LIMIT_KW = 10.0
+BASE_LOAD_KW = 20.0
+
+
+def steady_site() -> SimConfig:
+    """A site drawing a steady 20 kW (no PV at night, no EV, no appliances) with a big battery
+    that stays idle unless told otherwise."""
+    return SimConfig.model_validate(
+        {
+            "home_load": {
+                "base_load_kw": BASE_LOAD_KW, "base_noise": 0.0, "hvac_max_kw": 0.0,
+                "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0,
+            },
+            "ev": {"enabled": False},
+            "battery": {
+                "capacity_kwh": 100.0, "max_charge_kw": 50.0, "max_discharge_kw": 50.0,
+                "initial_soc_pct": 60.0, "self_consumption": False,
+            },
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
+    bus = MqttBus(mqtt_settings)
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
+    mqtt_settings: MqttSettings, probe: MqttBus
+) -> None:
+    root = mqtt_settings.root
+    meter: BusRecorder[MeterReading] = BusRecorder(topics.METER, root)
+    setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, root)
+    acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, root)
+    kpis: BusRecorder[KpiReport] = BusRecorder(topics.KPI, root)
+    await meter.attach(probe, SITE, "pcc")
+    await setpoints.attach(probe, SITE, "battery")
+    await acks.attach(probe, SITE, "battery")
+    await kpis.attach(probe, SITE, "peak_shaving")
+
+    simulator = build_simulator(
+        SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=0.5),
+        MqttBus(mqtt_settings),
+        clock=SimClock(START, speed=1.0),
+        config=steady_site(),
+    )
+    services: list[Service[Any]] = [simulator]
+    await simulator.start()
+    try:
+        # the peak, before any controller runs
+        await meter.wait(2)
+        assert all(r.p_kw > LIMIT_KW + 5 for r in meter.values), meter.values
+
+        ps_settings = PsSettings(
+            mqtt=mqtt_settings, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
+            margin_kw=0.5, kpi_interval_s=0.5,
+        )  # fmt: skip
+        peak_shaving = build_peak_shaving(ps_settings, MqttBus(mqtt_settings))
+        services.append(peak_shaving)
+        await peak_shaving.start()
+
+        first = (await setpoints.wait(1, timeout=15))[0]
+        assert first.source == "peak_shaving"
+        assert first.priority == "site_optimiser"
+        assert first.value == pytest.approx(LIMIT_KW - 0.5 - BASE_LOAD_KW, abs=0.5)
+        await wait_for(
+            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values), 10,
+            message="the simulator's ack of the first setpoint",
+        )  # fmt: skip
+        ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
+        assert ack.status == "accepted", ack
+
+        # the reading the PMA answered, and the readings after it
+        answered = first.ts
+
+        def after() -> list[MeterReading]:
+            return [r for r in meter.values if r.ts > answered]
+
+        await wait_for(lambda: len(after()) >= 4, 15, message="four readings after the setpoint")
+        shaved = [r.p_kw for r in after()]
+        print(f"PCC before: {[r.p_kw for r in meter.values if r.ts <= answered]}, after: {shaved}")
+        assert min(shaved[:2]) <= LIMIT_KW, shaved  # within two readings
+        assert all(p <= LIMIT_KW for p in shaved[2:4]), shaved  # and held there
+        assert max(r.p_kw for r in meter.values if r.ts <= answered) > LIMIT_KW  # it was a peak
+
+        # operators see the time on limit (KPIs on the bus)
+        await wait_for(
+            lambda: any(k.values.get("time_on_limit_s", 0) > 0 for k in kpis.values), 10,
+            message="a KPI report with time on limit",
+        )  # fmt: skip
+        assert kpis.values[-1].values["unfixed_violation_kwh"] == 0.0
+    finally:
+        for service in reversed(services):
+            await service.stop()
