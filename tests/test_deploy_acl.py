@@ -160,13 +160,37 @@ def _spec_names_in_calls(tree: ast.AST, method: str) -> set[str]:
     return found
 
 
-def _source_usage(service: str) -> tuple[set[str], set[str], set[str]]:
-    """(published, subscribed, declared) catalogue keys found in a service's source."""
-    published: set[str] = set()
-    subscribed: set[str] = set()
-    declared: set[str] = set()
-    for path in (REPO / "services" / service / "src").rglob("*.py"):
+def _module_identity(tree: ast.Module, default: str) -> str:
+    """The broker user a module's publishes belong to: the name of the `Service(...)` it builds
+    (a literal or a module-level string constant), else the package's service."""
+    constants = {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets if isinstance(target, ast.Name)
+    }  # fmt: skip
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "Service"
+            and node.args
+        ):
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                return first.value
+            if isinstance(first, ast.Name) and first.id in constants:
+                return constants[first.id]
+    return default
+
+
+def _source_usage(service: str) -> dict[str, tuple[set[str], set[str]]]:
+    """Per broker user found in a service package: (published or declared, subscribed) keys."""
+    usage: dict[str, tuple[set[str], set[str]]] = {}
+    for path in sorted((REPO / "services" / service / "src").rglob("*.py")):
         tree = ast.parse(path.read_text())
+        published, subscribed = usage.setdefault(_module_identity(tree, service), (set(), set()))
         for name in _spec_names_in_calls(tree, "publish"):
             published.add(getattr(topics, name).key)
         for name in _spec_names_in_calls(tree, "on"):
@@ -179,8 +203,8 @@ def _source_usage(service: str) -> tuple[set[str], set[str], set[str]]:
             ):
                 for arg in node.args:
                     if isinstance(arg, ast.Attribute) and arg.attr in vars(topics):
-                        declared.add(getattr(topics, arg.attr).key)
-    return published, subscribed, declared
+                        published.add(getattr(topics, arg.attr).key)
+    return usage
 
 
 def _writable(service: str) -> set[str]:
@@ -193,17 +217,18 @@ def _readable(service: str) -> set[str]:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_source_publishes_only_what_its_acl_allows(service: str) -> None:
-    published, subscribed, declared = _source_usage(service)
-    forbidden = (published | declared) - _writable(service)
-    assert not forbidden, (
-        f"{service} publishes {sorted(forbidden)} but the catalogue does not list it as a "
-        "publisher, so the broker ACL drops those messages: add it to the spec's publishers"
-    )
-    unreadable = subscribed - _readable(service)
-    assert not unreadable, (
-        f"{service} subscribes {sorted(unreadable)} but is not a listed subscriber, so the broker "
-        "delivers nothing: add it to the spec's subscribers"
-    )
+    for user, (published, subscribed) in _source_usage(service).items():
+        forbidden = published - _writable(user)
+        assert not forbidden, (
+            f"{user} (services/{service}) publishes {sorted(forbidden)} but the catalogue does "
+            "not list it as a publisher, so the broker ACL drops those messages: add it to the "
+            "spec's publishers in derbus.topics"
+        )
+        unreadable = subscribed - _readable(user)
+        assert not unreadable, (
+            f"{user} (services/{service}) subscribes {sorted(unreadable)} but is not a listed "
+            "subscriber, so the broker delivers nothing: add it to the spec's subscribers"
+        )
 
 
 def _built_service(service: str, tmp_path: Path) -> Any:
@@ -242,3 +267,9 @@ def test_the_source_scan_sees_publish_and_subscribe_calls() -> None:
     assert _spec_names_in_calls(tree, "publish") == {"SETPOINT", "PV_CURTAILMENT"}
     assert _spec_names_in_calls(tree, "on") == {"METER"}
     assert "grid.pv_curtailment" not in _writable("forecaster")
+
+
+def test_a_module_building_its_own_service_is_its_own_broker_user() -> None:
+    tree = ast.parse('NAME = "feeder_sim"\ndef build(s, bus):\n    return Service(NAME, s, bus)\n')
+    assert _module_identity(tree, "voltage_coordinator") == "feeder_sim"
+    assert _module_identity(ast.parse("x = 1\n"), "voltage_coordinator") == "voltage_coordinator"
