@@ -166,6 +166,12 @@ def dashed(name: str, color: str) -> dict[str, Any]:
     }
 
 
+STAT_LAST = {
+    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+    "textMode": "value_and_name",
+}
+"""Stat panels showing the last value of every field, with its name."""
+
 STATE_MAPPINGS = [
     {
         "type": "value",
@@ -371,10 +377,7 @@ def peak_shaving() -> dict[str, Any]:
             h=5,
             description="From the peak-shaving KPI report: time on limit, limit events, violations "
             "the battery could not fix, this month's peak, whether the EMA fell back.",
-            options={
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "textMode": "value_and_name",
-            },
+            options=STAT_LAST,
         ),
         lay.panel(
             "Battery schedule vs actual",
@@ -540,10 +543,7 @@ def load_manager() -> dict[str, Any]:
             kind="stat",
             w=24,
             h=5,
-            options={
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "textMode": "value_and_name",
-            },
+            options=STAT_LAST,
             description="Settlement-period balance, energy produced / exported / imported, and "
             "self-consumption efficiency from the load manager's KPI reports.",
         ),
@@ -775,10 +775,7 @@ def platform_health() -> dict[str, Any]:
             ],
             kind="stat",
             w=12,
-            options={
-                "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                "textMode": "value_and_name",
-            },
+            options=STAT_LAST,
         ),
     ]
     return dashboard(

@@ -26,20 +26,12 @@ from typing import Any, Literal
 
 from derbus import topics
 from derbus.errors import ConfigError
+from derbus.launcher import EMBEDDED_ORDER
 from derbus.topics import PLATFORM_SITE, TopicSpec
 
 Access = Literal["read", "write", "readwrite"]
 
-PLATFORM_SERVICES: tuple[str, ...] = (
-    "edge_simulator",
-    "meter_gateway",
-    "cloud_sync",
-    "feature_engineering",
-    "forecaster",
-    "peak_shaving",
-    "load_manager",
-    "voltage_coordinator",
-)
+PLATFORM_SERVICES: tuple[str, ...] = EMBEDDED_ORDER
 """The services of the platform; each gets a broker user even when the catalogue omits it."""
 
 EVERY_SERVICE = "*"
