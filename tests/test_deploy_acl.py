@@ -273,3 +273,33 @@ def test_a_module_building_its_own_service_is_its_own_broker_user() -> None:
     tree = ast.parse('NAME = "feeder_sim"\ndef build(s, bus):\n    return Service(NAME, s, bus)\n')
     assert _module_identity(tree, "voltage_coordinator") == "feeder_sim"
     assert _module_identity(ast.parse("x = 1\n"), "voltage_coordinator") == "voltage_coordinator"
+
+
+def test_derbus_acl_command_writes_acl_passwd_and_fills_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from derbus.cli import app
+
+    for key in [k for k in os.environ if k.startswith(("MQTT_", "API_TOKEN"))]:
+        monkeypatch.delenv(key)
+    env_file = tmp_path / ".env"
+    out = tmp_path / "mosquitto"
+    runner = CliRunner()
+    refused = runner.invoke(app, ["acl", "--out-dir", str(out), "--env-file", str(env_file)])
+    assert refused.exit_code == 2
+    assert "MQTT_PASSWORD_SCADA" in refused.output
+    assert not (out / "passwd").exists()
+    args = ["acl", "--out-dir", str(out), "--env-file", str(env_file), "--root", "acme/der"]
+    done = runner.invoke(app, [*args, "--generate-missing"])
+    assert done.exit_code == 0, done.output
+    values = acl.load_env(env_file)
+    for name in (*acl.required_password_vars(), *acl.DEPLOYMENT_SECRETS):
+        secret = values[name]
+        assert secret
+        assert secret not in done.output
+    assert (out / "acl").read_text() == acl.acl_text("acme/der")
+    users = [line.split(":", 1)[0] for line in (out / "passwd").read_text().splitlines()]
+    assert users == acl.broker_users()
+    assert env_file.stat().st_mode & 0o077 == 0
