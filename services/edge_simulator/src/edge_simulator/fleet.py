@@ -25,10 +25,13 @@ from edge_simulator.noise import FloatArray
 from edge_simulator.replay import Profile
 from edge_simulator.sky import SkyModel
 
-# noise streams (one per random quantity, so adding one never shifts the others)
-_S_TEMP, _S_CLOUD, _S_BASE, _S_APP_START, _S_APP_LEN, _S_APP_KW = 1, 2, 3, 4, 5, 6
-_S_PRICE, _S_CARBON, _S_V, _S_F, _S_COOK = 7, 8, 9, 10, 11
-_S_EV_ARR, _S_EV_DEP, _S_EV_GO, _S_EV_E, _S_SIZE = 20, 21, 22, 23, 99
+# noise streams (one per random quantity, so adding one never shifts the others). Per step one
+# block of uniforms is drawn: normal stream k uses rows 2k and 2k+1, then the plain uniforms.
+_N_TEMP, _N_CLOUD, _N_BASE, _N_PRICE, _N_CARBON, _N_V, _N_F = 0, 1, 2, 3, 4, 5, 6
+_U_APP_START, _U_APP_LEN, _U_APP_KW = 14, 15, 16
+_STEP_STREAMS = 17
+# streams keyed by the local day (not the instant)
+_S_EV_ARR, _S_EV_DEP, _S_EV_GO, _S_EV_E, _S_COOK, _S_SIZE = 20, 21, 22, 23, 24, 99
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -203,8 +206,19 @@ class Fleet:
         self.ev_delivered_kwh: FloatArray = np.zeros(n)
         self.counters = {name: np.zeros(n) for name in ("pv", "load", "ev", "import", "export")}
         self.last_ts = self.start
+        self._daily: dict[int, tuple[FloatArray, ...]] = {}
 
     # --- helpers -------------------------------------------------------------------------------
+    def _day_draws(self, day: int, midnight_s: float) -> tuple[FloatArray, ...]:
+        """The per-day draws of `day` (cached): EV plan and cooking factor."""
+        got = self._daily.get(day)
+        if got is None:
+            cook = 0.3 + 0.9 * noise.uniform(self.keys, day, _S_COOK)
+            got = self._daily[day] = (*self._ev_plan(day, midnight_s), cook)
+            if len(self._daily) > 4:
+                del self._daily[min(self._daily)]
+        return got
+
     def _ev_plan(self, day: int, midnight_s: float) -> tuple[FloatArray, ...]:
         """Arrival, departure (epoch s), whether it happens and energy for the session of `day`."""
         ev = self.config.ev
@@ -252,15 +266,22 @@ class Fleet:
         hour = local.hour + local.minute / 60 + (local.second + local.microsecond * 1e-6) / 3600
         doy = local.timetuple().tm_yday
         scale = self.scale
+        u = noise.uniform_block(keys, counter, _STEP_STREAMS)
+
+        def z(k: int) -> FloatArray:
+            return noise.box_muller(u[2 * k], u[2 * k + 1])
+
+        day = local.toordinal()
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        midnight_s = (midnight - _EPOCH).total_seconds()
+        arr_t, _, occ_t, e_t, day_factor = self._day_draws(day, midnight_s)
 
         # weather ---------------------------------------------------------------------------
         w = cfg.weather
         peak_doy = 200 if self.location.latitude >= 0 else 17
         seasonal = w.seasonal_amplitude_c * math.cos(2 * math.pi * (doy - peak_doy) / 365.25)
         daily = w.daily_amplitude_c * math.cos(2 * math.pi * (hour - 15.0) / 24.0)
-        self.temp_dev_c = _ou(
-            self.temp_dev_c, 0.0, 0.5, w.noise_c, dt_h, noise.normal(keys, counter, _S_TEMP)
-        )
+        self.temp_dev_c = _ou(self.temp_dev_c, 0.0, 0.5, w.noise_c, dt_h, z(_N_TEMP))
         t_out = w.annual_mean_c + seasonal + daily + self.temp_dev_c
 
         # solar -----------------------------------------------------------------------------
@@ -268,7 +289,7 @@ class Fleet:
         clear = self.sky.at(now)
         self.cloud = np.clip(
             _ou(self.cloud, s.cloud_mean, s.cloud_reversion_per_h, s.cloud_volatility, dt_h,
-                noise.normal(keys, counter, _S_CLOUD)),
+                z(_N_CLOUD)),
             0.0, s.cloud_max,
         )  # fmt: skip
         clearness = 1.0 - 0.75 * self.cloud**3.4  # Kasten-Czeplak
@@ -294,11 +315,7 @@ class Fleet:
             )
             hvac = appliance = lighting = cooking = np.zeros(n)
         else:
-            base = (
-                h.base_load_kw
-                * scale
-                * np.maximum(0.2, 1.0 + h.base_noise * noise.normal(keys, counter, _S_BASE))
-            )
+            base = h.base_load_kw * scale * np.maximum(0.2, 1.0 + h.base_noise * z(_N_BASE))
             setback = h.night_setback_c if night else 0.0
             need_c = np.maximum(0.0, h.heating_setpoint_c - setback - t_out) + np.maximum(
                 0.0, t_out - h.cooling_setpoint_c - setback
@@ -306,17 +323,15 @@ class Fleet:
             hvac = np.minimum(h.hvac_kw_per_c * need_c, h.hvac_max_kw) * scale
             activity = 1.0 if 7.0 <= hour < 23.0 else 0.1
             p_start = 1.0 - math.exp(-h.appliance_rate_per_h * activity * dt_h)
-            starts = (self.appliance_left_s <= 0) & (
-                noise.uniform(keys, counter, _S_APP_START) < p_start
-            )
+            starts = (self.appliance_left_s <= 0) & (u[_U_APP_START] < p_start)
             self.appliance_left_s = np.where(
                 starts,
-                h.appliance_duration_min * 60 * (0.5 + noise.uniform(keys, counter, _S_APP_LEN)),
+                h.appliance_duration_min * 60 * (0.5 + u[_U_APP_LEN]),
                 self.appliance_left_s,
             )
             self.appliance_p_kw = np.where(
                 starts,
-                h.appliance_kw * scale * (0.6 + 0.8 * noise.uniform(keys, counter, _S_APP_KW)),
+                h.appliance_kw * scale * (0.6 + 0.8 * u[_U_APP_KW]),
                 self.appliance_p_kw,
             )
             appliance = np.where(self.appliance_left_s > 0, self.appliance_p_kw, 0.0)
@@ -324,18 +339,13 @@ class Fleet:
             daylight = np.clip(clear.ghi_w_m2 * clearness / 200.0, 0.0, 1.0)
             lighting = h.lighting_kw * scale * (1.0 - daylight) * (1.0 if awake else 0.05)
             bumps = sum(math.exp(-0.5 * ((hour - hk) / 0.3) ** 2) for hk in h.cooking_hours)
-            day_factor = 0.3 + 0.9 * noise.uniform(keys, local.toordinal(), _S_COOK)
             cooking = h.cooking_kw * scale * day_factor * bumps
 
         # EV: sessions are a pure function of (site, local day); the state is what was delivered
         ev_cfg = cfg.ev
         if ev_cfg.enabled:
-            day = local.toordinal()
-            midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-            midnight_s = (midnight - _EPOCH).total_seconds()
             now_s = (now - _EPOCH).total_seconds()
-            arr_t, _, occ_t, e_t = self._ev_plan(day, midnight_s)
-            _, dep_y, occ_y, e_y = self._ev_plan(day - 1, midnight_s - 86400.0)
+            _, dep_y, occ_y, e_y, _ = self._day_draws(day - 1, midnight_s - 86400.0)
             today = (occ_t > 0) & (now_s >= arr_t)
             yesterday = (occ_y > 0) & (now_s < dep_y)
             session = np.where(today, float(day), np.where(yesterday, float(day - 1), -1.0))
@@ -407,22 +417,22 @@ class Fleet:
         period = self._tariff.period_at(now)
         self.price_dev = _ou(
             self.price_dev, 0.0, gp.reversion_per_h, gp.volatility, dt_h,
-            noise.normal(keys, counter, _S_PRICE),
+            z(_N_PRICE),
         )  # fmt: skip
         price = np.maximum(self._tariff.prices_per_kwh[period] * (1.0 + self.price_dev), 0.0)
         daylight_clear = min(clear.ghi_w_m2 / 800.0, 1.0)
         carbon = np.maximum(
             gp.carbon_base_g_per_kwh * (1.0 - gp.carbon_solar_dip * daylight_clear)
             * (1.0 + (gp.carbon_peak_uplift if period == "peak" else 0.0))
-            * (1.0 + 0.03 * noise.normal(keys, counter, _S_CARBON)),
+            * (1.0 + 0.03 * z(_N_CARBON)),
             0.0,
         )  # fmt: skip
 
         # point of common coupling ------------------------------------------------------------
         pcc = total - generation + p_bat
         q = 0.33 * total - 0.1 * generation
-        v = 230.0 * (1.0 - 0.003 * pcc / scale) + 0.5 * noise.normal(keys, counter, _S_V)
-        f = 50.0 + 0.01 * noise.normal(keys, counter, _S_F)
+        v = 230.0 * (1.0 - 0.003 * pcc / scale) + 0.5 * z(_N_V)
+        f = 50.0 + 0.01 * z(_N_F)
         c = self.counters
         c["pv"] = c["pv"] + generation * dt_h
         c["load"] = c["load"] + total * dt_h

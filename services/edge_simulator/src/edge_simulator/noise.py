@@ -49,3 +49,18 @@ def normal(keys: KeyArray, counter: int, stream: int) -> FloatArray:
     u1 = uniform(keys, counter, 2 * stream)
     u2 = uniform(keys, counter, 2 * stream + 1)
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def uniform_block(keys: KeyArray, counter: int, n_streams: int) -> FloatArray:
+    """Uniform numbers for streams 0..n_streams-1 at once: shape (n_streams, n_sites)."""
+    streams = np.arange(n_streams, dtype=np.uint64)
+    base = np.uint64((counter * _GOLDEN) & _MASK)
+    with np.errstate(over="ignore"):
+        salts = base ^ (streams * np.uint64(0xD1B54A32D192ED03))
+        bits = _mix(keys[None, :] ^ salts[:, None])
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def box_muller(u1: FloatArray, u2: FloatArray) -> FloatArray:
+    """Standard normal numbers from two independent uniform arrays."""
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -16,22 +17,27 @@ from edge_simulator.noise import FloatArray
 
 @dataclass(frozen=True)
 class Profile:
-    """A per-unit profile indexed by seconds since 1 January 00:00 local time.
+    """A per-unit profile indexed by seconds since 1 January 00:00 (local time) of its year.
 
-    The profile's own year does not matter: an instant is mapped to the same local calendar
-    position (seconds into its year), wrapping at the profile's end, then interpolated linearly.
+    The profile's own year does not matter: an instant is mapped to the same local month, day
+    and time of day in the profile's year (29 February to the 28th when that year has none),
+    wrapping at the profile's end, then interpolated linearly.
     """
 
     name: str
+    year: int
     offsets_s: FloatArray
     values: FloatArray
     period_s: float
 
     def at(self, when: datetime, timezone: str) -> float:
         """Per-unit value at an aware instant, for a site in `timezone`."""
-        local = when.astimezone(ZoneInfo(timezone))
-        start = local.replace(month=1, day=1, hour=0, minute=0, second=0, microsecond=0)
-        offset = (local.replace(tzinfo=None) - start.replace(tzinfo=None)).total_seconds()
+        local = when.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
+        day = local.day
+        if local.month == 2 and day == 29 and not calendar.isleap(self.year):
+            day = 28
+        same = local.replace(year=self.year, day=day)
+        offset = (same - datetime(self.year, 1, 1)).total_seconds()
         return float(
             np.interp(offset % self.period_s, self.offsets_s, self.values, period=self.period_s)
         )
@@ -61,4 +67,4 @@ def load_profile(path: Path, column: str) -> Profile:
     offsets = (times - year_start).dt.total_seconds().to_numpy(dtype=float)
     step = float(np.median(np.diff(offsets))) if len(offsets) > 1 else 900.0
     period = float(offsets[-1] + step)
-    return Profile(column, offsets, values, period)
+    return Profile(column, int(year_start.year), offsets, values, period)
