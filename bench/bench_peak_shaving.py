@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -368,6 +369,7 @@ def closed_loop(
     previous_b = 0.0
     schedule: np.ndarray | None = None
     schedule_start: pd.Timestamp | None = None
+    plan_peak: float | None = None
     solve_ms: list[float] = []
     per_interval = 900 // site.step_s
     for k, ts in enumerate(actual.index):
@@ -380,6 +382,7 @@ def closed_loop(
                           soc_kwh=soc_kwh, prior_kw=prior, peak_floor_kw=pma.month_peak_kw("s"))
             )  # fmt: skip
             schedule, schedule_start = sched.battery_p_kw, ts
+            plan_peak = float(sched.pcc_kw.max())
             solve_ms.append(sched.solve_time_s * 1000)
         schedule_kw = None
         if schedule is not None and schedule_start is not None:
@@ -388,7 +391,7 @@ def closed_loop(
         decision = pma.step(
             PmaInputs(site_id="s", ts=when, pcc_p_kw=site_kw[k] + previous_b,
                       battery_p_kw=previous_b, battery_ts=when, soc_pct=100 * soc_kwh / cap,
-                      schedule_p_kw=schedule_kw)
+                      schedule_p_kw=schedule_kw, plan_peak_kw=plan_peak)
         )  # fmt: skip
         # battery model: follows the setpoint within power and stored energy for one step
         b = float(np.clip(decision.battery_p_kw, -site.power_kw, site.power_kw))
@@ -470,6 +473,10 @@ def main() -> None:
     parser.add_argument("--section", default="all", choices=["solve", "latency", "value", "all"])
     parser.add_argument("--month", default="2016-06", help="month of the value evaluation")
     args = parser.parse_args()
+    # a SIGTERM unwinds like Ctrl-C, so the service process of the latency run is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"load average at start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"(1/5/15 min) on {os.cpu_count()} CPUs\n")  # fmt: skip
     if args.section in ("solve", "all"):
         print("### EMA solve time\n")
         print(bench_solve(args.quick), "\n", flush=True)
@@ -479,6 +486,7 @@ def main() -> None:
     if args.section in ("value", "all"):
         print("### Closed-loop value\n")
         print(bench_value(args.quick, args.month), "\n", flush=True)
+    print(f"load average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

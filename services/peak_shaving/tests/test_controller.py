@@ -258,3 +258,20 @@ def test_stale_estimate_respects_what_the_battery_can_do() -> None:
     assert d.site_p_kw == pytest.approx(80.0)
     assert d.battery_p_kw == pytest.approx(-10.0)
     assert d.violation_kw == pytest.approx(20.0)
+
+
+def test_demand_window_holds_the_planned_peak() -> None:
+    # no configured target: the EMA's planned 15-minute peak (35 kW) is the threshold
+    ctl = controller(max_gap_s=900.0)
+    run(
+        ctl,
+        [
+            Cycle(reading(0, 30, plan_peak_kw=35.0), 0.0, "idle"),
+            # 5 min at 30 then 5 min at 45: 22 500 kWs of 31 500 → 9 000 / 300 s = 30 kW cap
+            Cycle(reading(300, 30, plan_peak_kw=35.0), 0.0, "idle"),
+            Cycle(reading(600, 45, plan_peak_kw=35.0), -15.5, "demand"),
+        ],
+    )
+    # a configured target above the planned peak wins (the higher threshold)
+    ctl = controller(max_gap_s=900.0, demand_target_kw=45.0)
+    run(ctl, [Cycle(reading(0, 30, plan_peak_kw=35.0), 0.0), Cycle(reading(300, 44), 0.0, "idle")])

@@ -75,6 +75,8 @@ class PmaInputs:
         max_charge_kw: charge limit the battery reports now, kW (None: the configured rating).
         max_discharge_kw: discharge limit the battery reports now, kW (None: the rating).
         schedule_p_kw: EMA battery power for the current interval, kW (None: limits only).
+        plan_peak_kw: the EMA's planned highest 15-minute import over its outlook, kW; held as
+            a demand threshold like `demand_target_kw` (None: not used).
     """
 
     site_id: str
@@ -86,6 +88,7 @@ class PmaInputs:
     max_charge_kw: float | None = None
     max_discharge_kw: float | None = None
     schedule_p_kw: float | None = None
+    plan_peak_kw: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,7 @@ class PeakShavingController:
         # The band of PCC power to keep: export floor .. import ceiling (limit or demand cap).
         floor_kw = cfg.export_limit_kw + cfg.margin_kw
         ceiling_kw = cfg.import_limit_kw - cfg.margin_kw
-        demand_cap = self._demand_cap(state, inputs.ts)
+        demand_cap = self._demand_cap(state, inputs.ts, inputs.plan_peak_kw)
         demand_binds = demand_cap is not None and demand_cap - cfg.margin_kw < ceiling_kw
         if demand_cap is not None and demand_binds:
             ceiling_kw = max(demand_cap - cfg.margin_kw, 0.0)
@@ -367,12 +370,19 @@ class PeakShavingController:
             state.rolling_import_kws -= e_kws
             state.rolling_s -= span_s
 
-    def _demand_cap(self, state: SiteState, ts: datetime) -> float | None:
-        """Highest PCC import for the rest of the interval that keeps its average at threshold."""
+    def _demand_cap(
+        self, state: SiteState, ts: datetime, plan_peak_kw: float | None
+    ) -> float | None:
+        """Highest PCC import for the rest of the interval that keeps its average at threshold.
+
+        The threshold is the highest of the demand target, the EMA's planned peak and the
+        month's peak so far (shaving below an already-billed peak would waste energy).
+        """
         cfg = self.config
-        if cfg.demand_target_kw is None or state.interval_start is None:
+        asked = [x for x in (cfg.demand_target_kw, plan_peak_kw) if x is not None]
+        if not asked or state.interval_start is None:
             return None
-        threshold = max(cfg.demand_target_kw, state.month_peak_kw)
+        threshold = max(*asked, state.month_peak_kw)
         remaining_s = cfg.demand_interval_s - (ts - state.interval_start).total_seconds()
         budget_kws = threshold * cfg.demand_interval_s - state.interval_import_kws
         return max(budget_kws / max(remaining_s, 1.0), 0.0)

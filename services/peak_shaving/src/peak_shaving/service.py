@@ -133,9 +133,11 @@ class PeakShaving:
         """Run the PMA on one PCC reading and return the battery setpoint to publish."""
         plan = self.site(site_id)
         battery = plan.battery
-        schedule_kw = None
+        schedule_kw = plan_peak = None
         if plan.schedule_valid and plan.schedule is not None:
             schedule_kw = plan.schedule.value_at(reading.ts)
+            if self.settings.demand_charge and plan.last_solution is not None:
+                plan_peak = float(plan.last_solution.pcc_kw.max())
         decision = self.controller.step(
             PmaInputs(
                 site_id=site_id,
@@ -147,6 +149,7 @@ class PeakShaving:
                 max_charge_kw=battery.max_charge_kw if battery else None,
                 max_discharge_kw=battery.max_discharge_kw if battery else None,
                 schedule_p_kw=schedule_kw,
+                plan_peak_kw=plan_peak,
             )
         )
         return SetpointCommand(
