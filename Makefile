@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
 export UV_LINK_MODE := copy
 
-.PHONY: help run test deps system-deps venv lint format typecheck unit integration topics bench clean
+.PHONY: help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -35,8 +35,11 @@ deps: system-deps venv  ## everything `make run` and `make test` need
 run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops)
 	@$(UV) run --frozen --no-sync derbus up
 
-topics: venv  ## write docs/topics.md from the catalogue
+topics: venv  ## write docs/topics.md and the broker ACL (deploy/mosquitto/acl) from the catalogue
 	@$(UV) run --frozen --no-sync derbus topics --output docs/topics.md
+	@$(UV) run --frozen --no-sync derbus acl --acl-only
+
+acl: topics  ## same as `make topics` (the ACL follows the catalogue)
 
 lint: venv  ## ruff check + ruff format --check
 	@$(UV) run --frozen --no-sync ruff check .
