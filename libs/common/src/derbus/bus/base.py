@@ -94,14 +94,26 @@ class Dispatcher:
 
     `after` (optional) runs once a message has been handled by all callbacks — the MQTT bus
     uses it to acknowledge deliveries manually.
+
+    A message no local subscription matches yet is held, not acknowledged, and delivered when a
+    matching subscription is added: a persistent session resumes with the messages queued for it
+    right at CONNECT, before the service has registered its handlers again.
     """
 
     subscriptions: list[_Subscription] = field(default_factory=list)
     queue: asyncio.Queue[tuple[RawMessage, Callable[[], None] | None]] | None = None
     task: asyncio.Task[None] | None = None
+    unmatched: list[tuple[RawMessage, Callable[[], None] | None]] = field(default_factory=list)
+    max_unmatched: int = 100_000
 
     def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
         self.subscriptions.append(_Subscription(topic_filter, qos, callback))
+        held, self.unmatched = self.unmatched, []
+        for message, after in held:
+            if filter_matches(topic_filter, message.topic) and self.queue is not None:
+                self.queue.put_nowait((message, after))
+            else:
+                self.unmatched.append((message, after))
 
     def start(self) -> None:
         if self.task is None:
@@ -129,13 +141,25 @@ class Dispatcher:
         while True:
             message, after = await self.queue.get()
             try:
-                for sub in list(self.subscriptions):
-                    if filter_matches(sub.topic_filter, message.topic):
-                        try:
-                            await sub.callback(message)
-                        except Exception:  # the bus never dies of a callback
-                            log.exception("bus callback failed on %s", message.topic)
+                matched = [
+                    s for s in self.subscriptions if filter_matches(s.topic_filter, message.topic)
+                ]
+                if not matched:
+                    self._hold(message, after)
+                    continue
+                for sub in matched:
+                    try:
+                        await sub.callback(message)
+                    except Exception:  # the bus never dies of a callback
+                        log.exception("bus callback failed on %s", message.topic)
                 if after is not None:
                     after()
             finally:
                 self.queue.task_done()
+
+    def _hold(self, message: RawMessage, after: Callable[[], None] | None) -> None:
+        if len(self.unmatched) >= self.max_unmatched:
+            dropped, _ = self.unmatched.pop(0)  # unacknowledged: the broker sends it again later
+            log.warning("more than %d messages without a subscription; released %s unacknowledged",
+                        self.max_unmatched, dropped.topic)  # fmt: skip
+        self.unmatched.append((message, after))
