@@ -270,13 +270,15 @@ async def test_postgres_outage_loses_and_doubles_nothing(
         )
 
         pg.stop()
-        await publish_all(pub, mqtt_settings.root, during)
-        outage = expected_rows(during)
-        await wait_for(
-            lambda: forwarder.outbox.pending_rows == len(outage), 20, message="outage rows in the outbox"
-        )  # fmt: skip
+        await publish_all(pub, mqtt_settings.root, during[:15])
         await wait_for(
             lambda: "cloud_db" in (service.status().reason or ""), 20, message="degraded: cloud_db"
+        )  # fmt: skip
+        await publish_all(pub, mqtt_settings.root, during[15:])  # intake goes on meanwhile
+        outage = expected_rows(during)
+        await wait_for(
+            lambda: forwarder.outbox.pending_rows == len(outage), 20,
+            message="every outage row in the outbox",
         )  # fmt: skip
         assert forwarder.last_error is not None
 

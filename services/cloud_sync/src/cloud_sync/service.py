@@ -232,7 +232,7 @@ def build_service(
     async def forward(ctx: Context) -> None:
         result = await service.run_blocking(forwarder.drain)
         if result.error:
-            await service.set_degraded("cloud_db", f"{cloud.description}: {result.error}")
+            await service.set_degraded("cloud_db", result.error)
         else:
             await service.clear_degraded("cloud_db")
         await update_fill_status()
