@@ -184,3 +184,16 @@ def test_southern_hemisphere_summer_is_in_january() -> None:
     t_jan = jan.step(datetime(2026, 1, 15, 4, tzinfo=UTC)).outdoor_temp_c[0]
     t_jul = jul.step(datetime(2026, 7, 15, 4, tzinfo=UTC)).outdoor_temp_c[0]
     assert t_jan > t_jul + 8
+
+
+def test_every_message_of_simulated_days_is_valid() -> None:
+    from edge_simulator.output import StepView
+
+    fleet = make_fleet(n_sites=4, config=SimConfig.model_validate({"size_spread": 0.3}))
+    for r in run(fleet, T0, T0 + timedelta(days=2), 1800):
+        view = StepView(r)
+        for i in range(4):
+            fast = view.messages(i, "edge_simulator")
+            checked = view.messages(i, "edge_simulator", validate=True)
+            for a, b in zip(fast, checked, strict=True):
+                assert type(a.message).model_validate_json(a.message.to_json_bytes()) == b.message

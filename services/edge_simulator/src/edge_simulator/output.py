@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from derbus import topics
 from derbus.messages import (
@@ -18,6 +18,8 @@ from derbus.messages import (
 )
 from derbus.topics import TopicSpec
 from edge_simulator.fleet import StepResult
+
+M = TypeVar("M", bound=Message)
 
 DEVICE_PCC = "pcc"
 DEVICE_PV = "pv"
@@ -110,25 +112,34 @@ class StepView:
             "net_grid_flow_kw": _r(g("pcc_p_kw")[i]),
         }
 
-    def messages(self, i: int, source: str) -> list[Outgoing]:
-        """The telemetry messages of site `i` with their device ids (the bus contract)."""
+    def messages(self, i: int, source: str, validate: bool = False) -> list[Outgoing]:
+        """The telemetry messages of site `i` with their device ids (the bus contract).
+
+        The physics only produces valid values (finite, in range: the unit tests validate every
+        message of whole simulated days), so by default the models are built without
+        re-validation (`model_construct`), which is what lets 1,000 sites run at 1 Hz.
+        """
         g = self.__getitem__
+
+        def make(model: type[M], **values: Any) -> M:
+            return model(**values) if validate else cast(M, model.model_construct(**values))
+
         ts = self.result.ts
         pv_limit = g("pv_limit_kw")[i]
         return [
-            Outgoing(topics.METER, DEVICE_PCC, MeterReading(
+            Outgoing(topics.METER, DEVICE_PCC, make(MeterReading,
                 ts=ts, source=source, p_kw=g("pcc_p_kw")[i], q_kvar=g("pcc_q_kvar")[i],
                 v_l1_v=max(g("pcc_voltage_v")[i], 0.0), f_hz=g("pcc_frequency_hz")[i],
                 e_import_kwh=g("import_kwh")[i], e_export_kwh=g("export_kwh")[i],
             )),
-            Outgoing(topics.PV, DEVICE_PV, PvTelemetry(
+            Outgoing(topics.PV, DEVICE_PV, make(PvTelemetry,
                 ts=ts, source=source, generation_kw=g("pv_generation_kw")[i],
                 available_kw=g("pv_available_kw")[i],
                 limit_kw=None if math.isnan(pv_limit) else pv_limit,
                 e_total_kwh=g("pv_energy_kwh")[i], irradiance_w_m2=g("irradiance_w_m2")[i],
                 temp_c=g("cell_temp_c")[i],
             )),
-            Outgoing(topics.BATTERY, DEVICE_BATTERY, BatteryTelemetry(
+            Outgoing(topics.BATTERY, DEVICE_BATTERY, make(BatteryTelemetry,
                 ts=ts, source=source, p_kw=g("battery_p_kw")[i],
                 soc_pct=min(max(g("battery_soc_pct")[i], 0.0), 100.0),
                 capacity_kwh=g("battery_capacity_kwh")[i], soh_pct=g("battery_soh_pct")[i],
@@ -137,23 +148,23 @@ class StepView:
                 voltage_v=g("battery_voltage_v")[i], temp_c=g("battery_temp_c")[i],
                 cycles=g("battery_cycles")[i],
             )),
-            Outgoing(topics.LOAD, DEVICE_LOAD, LoadTelemetry(
+            Outgoing(topics.LOAD, DEVICE_LOAD, make(LoadTelemetry,
                 ts=ts, source=source, p_kw=g("load_total_kw")[i], kind="total",
                 e_total_kwh=g("load_energy_kwh")[i],
             )),
-            Outgoing(topics.LOAD, DEVICE_EV, LoadTelemetry(
+            Outgoing(topics.LOAD, DEVICE_EV, make(LoadTelemetry,
                 ts=ts, source=source, p_kw=g("ev_kw")[i], kind="ev", on=g("ev_kw")[i] > 0,
                 e_total_kwh=g("ev_energy_kwh")[i],
             )),
-            Outgoing(topics.LOAD, DEVICE_LOAD1, LoadTelemetry(
+            Outgoing(topics.LOAD, DEVICE_LOAD1, make(LoadTelemetry,
                 ts=ts, source=source, p_kw=g("load1_kw")[i], kind="switchable",
                 on=g("load1_on")[i] >= 0.5,
             )),
-            Outgoing(topics.LOAD, DEVICE_LOAD2, LoadTelemetry(
+            Outgoing(topics.LOAD, DEVICE_LOAD2, make(LoadTelemetry,
                 ts=ts, source=source, p_kw=g("load2_kw")[i], kind="switchable",
                 on=g("load2_on")[i] >= 0.5,
             )),
-            Outgoing(topics.PRICE, DEVICE_GRID, PriceTelemetry(
+            Outgoing(topics.PRICE, DEVICE_GRID, make(PriceTelemetry,
                 ts=ts, source=source, price_per_kwh=g("price_per_kwh")[i],
                 feed_in_per_kwh=self.result.feed_in_per_kwh, tou_period=self.result.tou_period,
                 demand_charge_per_kw=self.result.demand_charge_per_kw,
