@@ -1,0 +1,79 @@
+"""Closed loop on a real broker: feeder simulation + coordinator + five area agents (separate
+services, each with its own MQTT connection) remove the IEEE 123 peak over-voltage."""
+
+from __future__ import annotations
+
+import pytest
+
+from derbus import topics
+from derbus.bus import MqttBus
+from derbus.messages import FeederState, PvCurtailmentSet, SetpointAck
+from derbus.settings import MqttSettings
+from derbus.testing import BusRecorder, wait_for
+from voltage_coordinator.agents import build_area_agent
+from voltage_coordinator.feeder import bundled_feeder
+from voltage_coordinator.service import build_service
+from voltage_coordinator.settings import Settings
+from voltage_coordinator.sim_service import build_feeder_sim
+
+pytestmark = pytest.mark.integration
+
+MAX_CYCLES = 4
+
+
+def _v_max(state: FeederState) -> float:
+    return max(v for vs in state.v_pu.values() for v in vs if v is not None)
+
+
+async def test_agents_on_the_broker_remove_the_over_voltage(mqtt_settings: MqttSettings) -> None:
+    feeder = bundled_feeder()
+    base = {"mqtt": mqtt_settings.model_dump(), "api_port": 0}
+    sim_settings = Settings(
+        **base, sim_start_step=58, sim_hold_step=True, sim_interval_s=0.5
+    )  # fmt: skip
+    vc_settings = Settings(**base, mode="agents", solve_interval_s=0.3, round_timeout_s=15)
+    sim = build_feeder_sim(sim_settings, MqttBus(mqtt_settings), feeder)
+    coordinator = build_service(vc_settings, MqttBus(mqtt_settings), feeder)
+    agents = [
+        build_area_agent(vc_settings, MqttBus(mqtt_settings), a.id, feeder) for a in feeder.areas
+    ]
+    probe = MqttBus(mqtt_settings)
+    await probe.connect()
+    states: BusRecorder[FeederState] = BusRecorder(topics.FEEDER_STATE, mqtt_settings.root)
+    limits: BusRecorder[PvCurtailmentSet] = BusRecorder(topics.PV_CURTAILMENT, mqtt_settings.root)
+    acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, mqtt_settings.root)
+    for rec in (states, limits, acks):
+        await rec.attach(probe, site_id="ieee123")
+    started = [*agents, coordinator, sim]
+    try:
+        for svc in started:
+            await svc.start()
+        await states.wait(1, timeout=20)
+        assert _v_max(states.values[0]) > 1.07  # the peak step without control
+
+        def fixed() -> bool:
+            return any(
+                _v_max(s) <= 1.05 and s.pv_output_kw != s.pv_available_kw for s in states.values
+            )
+
+        await wait_for(fixed, timeout=45, message="a feeder state inside 1.05 pu")
+        assert 1 <= len(limits.values) <= MAX_CYCLES  # removed within a bounded number of cycles
+        sent = limits.values[0]
+        assert sent.priority.value == "grid_operator"
+        assert sent.ttl_s == vc_settings.setpoint_ttl_s
+        assert limits.messages[0][0] == topics.PV_CURTAILMENT.topic(
+            "ieee123", "coordinator", mqtt_settings.root
+        )
+        fractions = {
+            round(1 - sent.limits_kw[p] / states.values[0].pv_available_kw[p], 4)
+            for p in sent.limits_kw
+        }
+        assert len(fractions) == 1  # one fair fraction for the feeder
+        await acks.wait(1)
+        assert acks.values[0].status == "accepted"
+        assert coordinator.state["coordinator"].decision.method == "agents"
+        assert all(a.state["rounds_done"] >= 1 for a in agents)
+    finally:
+        for svc in reversed(started):
+            await svc.stop()
+        await probe.close()
