@@ -237,7 +237,7 @@ SETPOINT_ACK = TopicSpec(
     1,
     False,
     "Acknowledgement of a setpoint: accepted / rejected with reason / expired / superseded",
-    publishers=("edge_simulator", "meter_gateway"),
+    publishers=("edge_simulator", "meter_gateway", "voltage_coordinator"),
     subscribers=("peak_shaving", "load_manager", "voltage_coordinator", "scada"),
 )
 JOB_REQUEST = TopicSpec(
@@ -260,8 +260,9 @@ FEEDER_STATE = TopicSpec(
     FeederState,
     1,
     True,
-    "Feeder power-flow snapshot (device level = feeder id): bus voltages, PV available/output",
-    publishers=("edge_simulator",),
+    "Feeder power-flow snapshot (site level = feeder id, device `feeder`): bus voltages, PV "
+    "available/output",
+    publishers=("edge_simulator", "voltage_coordinator"),
     subscribers=("voltage_coordinator", "cloud_sync"),
 )
 PV_CURTAILMENT = TopicSpec(
@@ -271,9 +272,10 @@ PV_CURTAILMENT = TopicSpec(
     PvCurtailmentSet,
     1,
     False,
-    "Batch of PV power limits for a feeder (device level = feeder id) with TTL and priority",
+    "Batch of PV power limits for a feeder (site level = feeder id, device `coordinator`) with "
+    "TTL and priority",
     publishers=("voltage_coordinator",),
-    subscribers=("edge_simulator",),
+    subscribers=("edge_simulator", "voltage_coordinator"),
 )
 AREA_EXCHANGE = TopicSpec(
     "grid.area_exchange",
