@@ -393,3 +393,63 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
         if proc.poll() is None:
             proc.terminate()
             proc.wait(15)
+
+
+async def test_edge_simulator_readings_reach_both_stores(
+    tmp_path: Path, mqtt_settings: MqttSettings, postgres_url: str,
+    victoria_metrics: VictoriaMetricsServer,
+) -> None:  # fmt: skip
+    from edge_simulator.service import SimClock
+    from edge_simulator.service import build_service as build_simulator
+    from edge_simulator.settings import Settings as SimSettings
+
+    root = mqtt_settings.root
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    settings = sync_settings(
+        tmp_path, mqtt_settings, postgres_url, influxdb_url=victoria_metrics.url,
+        influxdb_token="test-token", influx_flush_interval_ms=100,
+    )  # fmt: skip
+    async with running(settings) as (_, probe):
+        recorders = [BusRecorder(spec, root) for spec in topics.TELEMETRY]
+        for rec in recorders:
+            await rec.attach(probe)
+        sim_settings = SimSettings(mqtt=mqtt_settings, api_port=0, sites=2, interval_s=0.05)
+        simulator = build_simulator(
+            sim_settings, MqttBus(mqtt_settings), clock=SimClock(start, speed=60)
+        )
+        await simulator.start()
+        await wait_for(lambda: len(recorders[0].messages) >= 10, 20, message="simulated meters")
+        await simulator.stop()
+        await probe.drain()
+        published: Published = []
+        for rec in recorders:
+            for topic, msg in rec.messages:
+                ids = rec.spec.parse(topic, root)
+                assert ids is not None
+                published.append((rec.spec, ids.site_id, ids.device_id, msg))
+        expected = expected_rows(published)
+        sites = {site for _, site, _, _ in published}
+        assert len(sites) == 2
+        await wait_for(
+            lambda: count_rows(postgres_url, sites) >= len(expected), 20, interval=0.1,
+            message=f"{len(expected)} simulated readings in PostgreSQL",
+        )  # fmt: skip
+        assert set(stored_rows(postgres_url, sites)) == expected
+        meter = {
+            (site, int(msg.ts.timestamp() * 1000)): msg.p_kw  # type: ignore[attr-defined]
+            for spec, site, _, msg in published
+            if spec is topics.METER
+        }
+        series = '{__name__="meter_p_kw", site_id=~"' + "|".join(sorted(sites)) + '"}'
+
+        def exported() -> dict[tuple[str, int], float]:
+            return {
+                (s["metric"]["site_id"], ts): v
+                for s in victoria_metrics.export(series)
+                for ts, v in zip(s["timestamps"], s["values"], strict=True)
+            }
+
+        # site ids of the simulator are not unique to this test: check ours are all there
+        await wait_for(lambda: meter.keys() <= exported().keys(), 20, message="meter_p_kw in VM")
+        got = exported()
+        assert {k: got[k] for k in meter} == pytest.approx(meter)
