@@ -9,7 +9,6 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import pandas as pd
 
 from derbus.errors import ConfigError
 from edge_simulator.noise import FloatArray
@@ -49,6 +48,8 @@ def load_profile(path: Path, column: str) -> Profile:
     Raises:
         ConfigError: the file cannot be read, lacks `time` or the column, or has bad values.
     """
+    import pandas as pd  # only replay needs pandas; keep it off the start-up path
+
     try:
         frame = pd.read_csv(path, usecols=lambda c: c in ("time", column))
     except (OSError, ValueError) as err:

@@ -189,6 +189,8 @@ def build_service(
     async def step(sites: Iterable[int] | None = None) -> StepResult:
         """Advance the fleet to the clock's now; publish every site's readings (or `sites`)."""
         now = clock()
+        if sim.steps == 0:  # first pvlib import and day of sky: off the loop, /healthz answers
+            await service.run_blocking(fleet.sky.at, now)
         await publish_acks_(sim.controls.expire(now))
         result = fleet.step(now, ovr=sim.controls.overrides(now))
         view = StepView(result)

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
-import pandas as pd
-import pvlib
 
 from edge_simulator.noise import FloatArray
 
@@ -57,6 +55,10 @@ class SkyModel:
     )
 
     def _compute(self, first: date, n_days: int) -> None:
+        # imported here: pvlib (and pandas) take seconds to import, and the API must be up first
+        import pandas as pd
+        import pvlib
+
         start = pd.Timestamp(first.isoformat(), tz="UTC")
         times = pd.date_range(start, periods=n_days * (_POINTS - 1) + 1, freq=f"{_RES_S}s")
         with warnings.catch_warnings():  # pvlib 0.11 uses pandas' deprecated `dayofyear`
