@@ -43,7 +43,7 @@ class _AgentRound:
 def build_area_agent(
     settings: Settings, bus: Bus, area_id: str, feeder: Feeder | None = None
 ) -> Service[Settings]:
-    """One area agent of the feeder as its own service (status device `vc-<area>`)."""
+    """One area agent of the feeder as its own service (status device `voltage_coordinator-<area>`)."""
     feeder = feeder or settings.load_feeder()
     specs = {s.id: s for s in area_specs(feeder)}
     if area_id not in specs:
@@ -53,7 +53,8 @@ def build_area_agent(
     child_areas = {owner[g] for g in spec.ghosts}
     agent = SweepAgent(feeder, spec, settings.limits())
     tree = compile_tree(feeder)
-    service: Service[Settings] = Service(f"vc-{area_id}", settings, bus)
+    # runs under the package's broker user; status device `voltage_coordinator-<area>`
+    service: Service[Settings] = Service(f"voltage_coordinator-{area_id}", settings, bus)
     service.declare_publishes(topics.AREA_EXCHANGE)
     states: dict[float, FeederState] = {}
     current: list[_AgentRound] = []

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from derbus.messages import FeederState
-from voltage_coordinator.acflow import AcFlow, AcResult
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.network import FloatArray, Tree
 from voltage_coordinator.optimizer import Curtailment, StepInputs, linear_voltages
+
+if TYPE_CHECKING:  # OpenDSS is loaded only where the AC flow is used (keeps start-up fast)
+    from voltage_coordinator.acflow import AcFlow, AcResult
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class Settings(ServiceSettings):
             raise ValueError("v_min_pu must be below v_max_pu - margin_pu")
         if self.fairness == "equal_kw" and self.mode != "centralised":
             raise ValueError("mode: fairness equal_kw is solved centrally only")
+        if self.mode == "agents" and (self.fairness, self.group_by) != ("equal_fraction", "feeder"):
+            raise ValueError("mode: agents needs fairness equal_fraction with group_by feeder")
         return self
 
     def load_feeder(self) -> Feeder:

@@ -12,7 +12,7 @@ from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.simulation import FeederSimulation
 
-NAME = "feeder_sim"
+PACKAGE = "voltage_coordinator"
 FEEDER_DEVICE = "feeder"
 
 
@@ -26,7 +26,8 @@ def build_feeder_sim(
     """
     feeder = feeder or settings.load_feeder()
     sim = FeederSimulation(feeder, settings.sim_start_step, settings.sim_hold_step)
-    service: Service[Settings] = Service(NAME, settings, bus)
+    # runs under the package's broker user; status device `voltage_coordinator-sim`
+    service: Service[Settings] = Service(f"{PACKAGE}-sim", settings, bus)
     service.state["sim"] = sim
     service.declare_publishes(topics.FEEDER_STATE, topics.SETPOINT_ACK)
     lock = asyncio.Lock()

@@ -1,0 +1,74 @@
+"""The coordinator and the feeder simulation wired on an in-memory bus; the REST endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from derbus import topics
+from derbus.bus import InMemoryBroker, InMemoryBus
+from derbus.errors import ConfigError
+from derbus.http import make_app
+from derbus.messages import PvCurtailmentSet
+from derbus.settings import load_settings
+from derbus.testing import BusRecorder, wait_for
+from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.service import build_service
+from voltage_coordinator.settings import Settings
+from voltage_coordinator.sim_service import build_feeder_sim
+
+
+@pytest.mark.parametrize("mode", ["centralised", "distributed"])
+async def test_state_in_limits_out(ieee123: Feeder, mode: str) -> None:
+    broker = InMemoryBroker()
+    settings = Settings(mode=mode, sim_start_step=58, sim_hold_step=True, sim_interval_s=3600)
+    sim = build_feeder_sim(settings, InMemoryBus(broker), ieee123)
+    vc = build_service(settings, InMemoryBus(broker), ieee123)
+    probe = InMemoryBus(broker)
+    await probe.connect()
+    sent: BusRecorder[PvCurtailmentSet] = BusRecorder(topics.PV_CURTAILMENT, settings.mqtt.root)
+    await sent.attach(probe, "ieee123", "coordinator")
+    await vc.start()
+    await sim.start()  # publishes the first state at once
+    await wait_for(lambda: vc.state["coordinator"].latest is not None, 10, message="state")
+    await vc.run_task("solve")
+    await sent.wait(1)
+    assert len(sent.values) == 1
+    batch = sent.values[0]
+    assert batch.priority.value == "grid_operator"
+    assert batch.ttl_s == settings.setpoint_ttl_s
+    state = sim.state["sim"]
+    # the sim applies the limits and re-solves: inside the band
+    await wait_for(lambda: state.last is not None and state.last.max_pu <= 1.05, 10)
+    decision = vc.state["coordinator"].decision
+    assert decision.method == ("centralised" if mode == "centralised" else "distributed-sweep")
+    assert len(set(round(f, 9) for f in decision.curtailment.fraction.values())) == 1
+    await sim.stop()
+    await vc.stop()
+
+
+@pytest.fixture
+def client(ieee123: Feeder) -> Iterator[TestClient]:
+    service = build_service(Settings(), InMemoryBus(), ieee123)
+    with TestClient(make_app(service)) as test_client:
+        yield test_client
+
+
+def test_rest_before_any_state(client: TestClient) -> None:
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/setpoints").json() == {"feeder_id": "ieee123", "published": False}
+    assert "measured_pu" not in client.get("/voltages").json()
+    assert client.get("/plot.png").status_code == 404
+
+
+def test_config_change_and_refusal(client: TestClient) -> None:
+    assert client.put("/config", json={"margin_pu": 0.004}).status_code == 200
+    refused = client.put("/config", json={"v_max_pu": 0.9})
+    assert refused.status_code == 422
+
+
+def test_invalid_settings_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="mode"):
+        load_settings(Settings, mode="agents", group_by="area")
