@@ -184,6 +184,24 @@ async def test_solver_failure_keeps_the_last_schedule_and_falls_back_to_limits(
     assert rig.ps.site(SITE).schedule_valid
 
 
+async def test_ema_plans_on_the_high_load_and_low_pv_quantiles() -> None:
+    service = build_service(settings(), InMemoryBus())
+    ps: PeakShaving = service.state["peak_shaving"]
+    plan = ps.site(SITE)
+    plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
+    load = forecast([30.0] * 96)
+    plan.forecasts["load"] = load.with_changes(quantiles={"p10": [20.0] * 96, "p90": [40.0] * 96})
+    pv = forecast([10.0] * 96, "pv_generation_kw")
+    plan.forecasts["pv"] = pv.with_changes(quantiles={"p10": [4.0] * 96, "p90": [12.0] * 96})
+    inputs = ps.ema_inputs(SITE, utcnow())
+    assert inputs is not None
+    assert inputs.net_load_kw.tolist() == [36.0] * 96  # p90 load - p10 PV
+    plan.forecasts["load"] = load  # no quantiles: the values
+    inputs = ps.ema_inputs(SITE, utcnow())
+    assert inputs is not None
+    assert inputs.net_load_kw.tolist() == [26.0] * 96
+
+
 async def test_shifted_fallback_drops_elapsed_steps() -> None:
     service = build_service(settings(), InMemoryBus())
     ps: PeakShaving = service.state["peak_shaving"]

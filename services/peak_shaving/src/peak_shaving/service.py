@@ -207,10 +207,12 @@ class PeakShaving:
         epoch = int(now.timestamp())
         start = datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
         n = cfg.horizon_steps
-        net = align_series(load.values, load.start, load.step_s, start, n, step)
+        load_kw = _quantile(load, cfg.load_forecast_quantile)
+        net = align_series(load_kw, load.start, load.step_s, start, n, step)
         pv = plan.forecasts.get(PV_TARGET)
         if pv is not None:
-            net = net - align_series(pv.values, pv.start, pv.step_s, start, n, step)
+            pv_kw = _quantile(pv, cfg.pv_forecast_quantile)
+            net = net - align_series(pv_kw, pv.start, pv.step_s, start, n, step)
         prior = np.zeros(n)
         if plan.schedule is not None:
             s = plan.schedule
@@ -298,6 +300,13 @@ class PeakShaving:
             self.optimizer = ScheduleOptimizer(new)
         else:
             self.optimizer.config = new
+
+
+def _quantile(series: TimeSeries, name: str | None) -> list[float]:
+    """A forecast's quantile when it has it, else its values."""
+    if name is not None and series.quantiles and name in series.quantiles:
+        return series.quantiles[name]
+    return series.values
 
 
 def build_service(settings: Settings, bus: Bus) -> Service[Settings]:

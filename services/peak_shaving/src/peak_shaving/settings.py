@@ -47,6 +47,14 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         default=900.0, gt=0, description="EMA re-solve period, s (also on every new forecast)"
     )
     kpi_interval_s: float = Field(default=60.0, gt=0, description="KPI publish period, s")
+    load_forecast_quantile: str | None = Field(
+        default="p90",
+        description="load forecast quantile the EMA plans on (peak shaving plans on the high"
+        " side); the forecast's values when absent or None",
+    )
+    pv_forecast_quantile: str | None = Field(
+        default="p10", description="PV forecast quantile the EMA plans on (the low side)"
+    )
 
     @field_validator("meter_device_id", "battery_device_id")
     @classmethod
