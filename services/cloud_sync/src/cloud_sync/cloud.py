@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cloud_sync.outbox import to_epoch_us
 from derbus.errors import ConfigError, StorageError
 from derbus.messages import format_utc
 from derbus.settings import DatabaseSettings
@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # the supabase client is imported only when used (it is slow 
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 UNIQUE_KEY = ("time", "site_id", "device_id", "metric")
 MIGRATIONS_TABLE = "schema_migrations"
 SQLITE_MIGRATION = "001_readings"
@@ -251,7 +250,7 @@ class SqlCloudStore:
         if self.dialect == "sqlite":
             return [_row_dict(r) for r in rows]
         return {
-            "a_time_us": [_epoch_us(r.time) for r in rows],
+            "a_time_us": [to_epoch_us(r.time) for r in rows],
             "a_site_id": [r.site_id for r in rows],
             "a_device_id": [r.device_id for r in rows],
             "a_metric": [r.metric for r in rows],
@@ -281,11 +280,6 @@ class SqlCloudStore:
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
-
-
-def _epoch_us(when: datetime) -> int:
-    delta = when - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-def _to_us(when: datetime) -> int:
-    delta = when.astimezone(UTC) - _EPOCH
+def to_epoch_us(when: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime (exact)."""
+    delta = when - _EPOCH  # aware minus aware: exact whatever the zone
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -93,7 +94,8 @@ class Outbox:
         if not rows:
             return
         data = [
-            (_to_us(r.time), r.site_id, r.device_id, r.metric, r.value, received_at) for r in rows
+            (to_epoch_us(r.time), r.site_id, r.device_id, r.metric, r.value, received_at)
+            for r in rows
         ]
         with self._lock:
             try:
