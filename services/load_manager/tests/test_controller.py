@@ -6,7 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from load_manager.controller import CycleInputs, NetBalanceController, SetpointRefresher
+from load_manager.controller import (
+    CycleInputs,
+    LoadState,
+    NetBalanceController,
+    SetpointRefresher,
+)
 from load_manager.settings import LoadConfig, Rule
 
 T0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
@@ -62,28 +67,53 @@ def test_min_on_time_holds_then_drops_below_threshold() -> None:
 
 def test_time_to_consume_projects_the_end_of_period() -> None:
     loads = [LoadConfig(device_id="load1", rated_kw=2.0)]
-    ctl = NetBalanceController(loads, rule="time_to_consume", ttc_target_wh=0, ttc_margin_wh=10)
+    ctl = NetBalanceController(loads, rule="time_to_consume", ttc_target_wh=0, ttc_margin_wh=10,
+                               surplus_tau_s=0)  # fmt: skip
     run(ctl, [
-        # 0 Wh, 1 kW surplus, 1 h left: with 2 kW on it would end at -1000 Wh -> off
+        # 0 Wh, 1 kW surplus, 1 h left: with 2 kW on it would end at -1000 Wh -> stays off
         (0, 0, -1.0, (False,)),
-        # 30 min in, 500 Wh banked, 1 kW surplus: 500 + (1-2)*0.5h = 0 >= 0 -> on
+        # 30 min in, 500 Wh banked, 1 kW surplus: 500 + (1-2)*0.5 h = 0 >= 0 -> on
         (1800, 500, -1.0, (True,)),
-        # on: PCC now imports 1 kW; 45 min in, B = 250: 250 - 1*0.25h*1000 = 0 -> keep
+        # on, PCC imports 1 kW, 45 min in, B = 250: without it 250 + 1*0.25 h > 0 -> keep
         (2700, 250, 1.0, (True,)),
-        # surplus dropped (cloud): B=200, import 2 kW, 15 min left: 200-500 = -300 < -10 -> off
-        (2710, 200, 2.0, (False,)),
-        # cloud gone, 3 kW surplus, 10 min left: 200 + (3-2)*1/6 h > 0 -> on
+        # a cloud: PCC imports 2.5 kW with it on (0.5 kW without), 15 min left, B = 200:
+        # without it 200 - 0.5*0.25 h = 75 Wh > -10 -> keep (the period still ends above)
+        (2710, 200, 2.5, (True,)),
+        # the cloud thickens: 1.5 kW import without it: 200 - 1.5*0.25 h = -175 <= -10 -> off
+        (2720, 200, 3.5, (False,)),
+        # the sun is back, 3 kW surplus, 10 min left: 200 + (3-2)*1/6 h > 0 -> on
         (3000, 200, -3.0, (True,)),
     ])  # fmt: skip
 
 
-def test_time_to_consume_switches_off_at_the_new_period_when_surplus_is_short() -> None:
+def test_time_to_consume_runs_first_then_pays_back_in_a_new_period() -> None:
+    # a 2 kW load on at the top of the hour with 1 kW of free surplus (PCC imports 1 kW):
+    # without it the hour would end at +1000 Wh, so it keeps running on borrowed energy and
+    # stops when the remaining surplus exactly pays the debt back (after 30 min: B = -500 Wh)
     loads = [LoadConfig(device_id="load1", rated_kw=2.0)]
-    ctl = NetBalanceController(loads, rule="time_to_consume")
-    run(ctl, [(1800, 500, -1.0, (True,))])
-    # the next hour starts: balance reset to 0, load on importing 1 kW: 0 - 1 kWh -> off
-    inputs = CycleInputs(0.0, 1.0, END + timedelta(hours=1), 13)
-    assert [d.on for d in ctl.step(inputs, END)] == [False]
+    ctl = NetBalanceController(loads, rule="time_to_consume", ttc_margin_wh=0, surplus_tau_s=0)
+    ctl.states["load1"].on = True
+    run(ctl, [
+        (0, 0, 1.0, (True,)),
+        (1200, -333, 1.0, (True,)),     # 20 min: -333 + 1 kW * 40 min = +333 > 0
+        (1800, -500, 1.0, (False,)),    # 30 min: -500 + 1 kW * 30 min = 0 <= 0 -> off
+        (2400, -333, -1.0, (False,)),   # paying back: -333 + (1 - 2) kW * 20 min < 0 -> off
+    ])  # fmt: skip
+    # no free surplus at all at the start of a period: off at once
+    ctl.states["load1"] = LoadState(on=True)
+    assert [d.on for d in ctl.step(CycleInputs(0.0, 2.0, END, 13), T0)] == [False]
+
+
+def test_time_to_consume_smooths_appliance_noise_but_not_its_own_step() -> None:
+    loads = [LoadConfig(device_id="load1", rated_kw=2.0)]
+    ctl = NetBalanceController(loads, rule="time_to_consume", surplus_tau_s=60)
+    run(ctl, [(0, 0, -3.0, (True,))])  # 3 kW free surplus: on
+    # with the load on the PCC shows -1 kW: the free surplus is still 3 kW, nothing changes
+    run(ctl, [(10, 5, -1.0, (True,))])
+    assert ctl._free_kw == pytest.approx(3.0)
+    # a 10 s spike of 4 kW more import moves the smoothed free surplus by 4 * 10/70 only
+    run(ctl, [(20, 8, 3.0, (True,))])
+    assert ctl._free_kw == pytest.approx(3.0 - 4.0 * 10 / 70)
 
 
 def test_priority_gets_the_surplus_first_and_each_load_uses_its_share() -> None:
@@ -91,15 +121,15 @@ def test_priority_gets_the_surplus_first_and_each_load_uses_its_share() -> None:
         LoadConfig(device_id="low", rated_kw=1.0, priority=2),
         LoadConfig(device_id="high", rated_kw=1.0, priority=1),
     ]
-    ctl = NetBalanceController(loads, rule="time_to_consume")
+    ctl = NetBalanceController(loads, rule="time_to_consume", surplus_tau_s=0)
     # 1.5 kW surplus at the start of the hour: room for one 1 kW load only -> the priority one
     run(ctl, [(0, 0, -1.5, (False, True))])
-    # `high` on, PCC still -1.0 kW: room for `low` too
+    # `high` on, the PCC still exports 1.0 kW: room for `low` too
     run(ctl, [(10, 0, -1.0, (True, True))])
-    # PCC +0.5 kW with both on: shed the lowest priority first; that frees 1 kW, so `high`
-    # now runs on a 0.5 kW surplus and stays
-    run(ctl, [(20, 0, 0.5, (False, True))])
-    # PCC +1.5 kW with only `high` on: even alone it ends the hour in debt -> off
+    # PCC +1.5 kW with both on (0.5 kW free): `low` is tested first; without it the PCC would
+    # import 0.5 kW -> off; that frees 1 kW and `high` alone leaves 0.5 kW free -> keeps on
+    run(ctl, [(20, 0, 1.5, (False, True))])
+    # PCC +1.5 kW with `high` alone on: no free surplus -> off too
     run(ctl, [(30, 0, 1.5, (False, False))])
 
 

@@ -7,11 +7,12 @@ rem = time left in the period, h; P = the load's rated power, kW):
 * `min_on_time`: on when B >= on_wh; once on it stays on for `min_on_time_rule_s`, then goes off
   as soon as B < on_wh.
 * `time_to_consume`: project the end-of-period balance from the current power. An off load
-  goes on when the period would still end at or above the target with it running for the rest
-  of the period, B + (s − P)·rem >= target (the surplus banked so far, plus the current one, can
-  run it to the end). An on load goes off when the projection with it running falls below the
-  target by more than a dead band, B + s·rem < target − margin: it would end the period in debt.
-  (See the README for why not the literal "would still end below the target without it".)
+  goes on when the surplus can run it for the rest of the period: B + (s − P)·rem >= target.
+  An on load goes off when the period would still end at or below the target without it:
+  B + (s + P)·rem <= target − margin. Between the two lies a band of P·rem, so a marginal load
+  switches about twice per period: it runs on the banked (or borrowed) energy and stops when the
+  remaining surplus exactly brings the period back to the target. The surplus not caused by our
+  loads (−pcc + rated power of the loads on) is smoothed with `surplus_tau_s`.
 
 Every rule also honours per-load priority (surplus goes to priority 1 first; loads are shed in
 reverse order), allowed local hours, and minimum on / off times. A stale meter switches all off.
@@ -77,6 +78,9 @@ class NetBalanceController:
         min_on_time_rule_s: the `min_on_time` rule's hold time, s.
         ttc_target_wh: `time_to_consume` target end-of-period balance, Wh.
         ttc_margin_wh: `time_to_consume` dead band below the target before switching off, Wh.
+        surplus_tau_s: `time_to_consume` smooths the surplus the loads do not cause
+            (−pcc + rated power of the loads on) with this time constant, s (0 = raw), so that
+            appliance noise does not make loads chatter; the load's own step is not smoothed.
     """
 
     loads: list[LoadConfig]
@@ -84,7 +88,10 @@ class NetBalanceController:
     min_on_time_rule_s: float = 600.0
     ttc_target_wh: float = 0.0
     ttc_margin_wh: float = 10.0
+    surplus_tau_s: float = 60.0
     states: dict[str, LoadState] = field(default_factory=dict)
+    _free_kw: float | None = None
+    _free_at: datetime | None = None
 
     def __post_init__(self) -> None:
         for load in self.loads:
@@ -119,9 +126,9 @@ class NetBalanceController:
             return f"balance {b:.0f} Wh <= off {load.off_wh:g} Wh" if b <= load.off_wh else ""
         if self.rule == "min_on_time":
             return f"balance {b:.0f} Wh < on {load.on_wh:g} Wh" if b < load.on_wh else ""
-        projected = b + surplus_kw * rem_h * 1000.0
-        if projected < self.ttc_target_wh - self.ttc_margin_wh:
-            return f"projected end balance {projected:.0f} Wh below target"
+        without = b + (surplus_kw + load.rated_kw) * rem_h * 1000.0
+        if without <= self.ttc_target_wh - self.ttc_margin_wh:
+            return f"period ends at {without:.0f} Wh even without it"
         return ""
 
     def _wants_on(self, load: LoadConfig, inp: CycleInputs, surplus_kw: float, rem_h: float) -> str:
@@ -143,7 +150,7 @@ class NetBalanceController:
         Returns:
             One decision per load, in configuration order.
         """
-        surplus_kw = -inputs.pcc_p_kw
+        surplus_kw = self._smoothed_surplus(inputs, now)
         rem_h = max(0.0, (inputs.period_end - now).total_seconds()) / 3600.0
         decided: dict[str, Decision] = {}
         switched_off: set[str] = set()
@@ -185,6 +192,20 @@ class NetBalanceController:
             else:
                 decided[load.device_id] = Decision(load.device_id, False, False, "keep off")
         return [decided[load.device_id] for load in self.loads]
+
+    def _smoothed_surplus(self, inputs: CycleInputs, now: datetime) -> float:
+        """Surplus now, kW, with the part not caused by our loads smoothed (first-order lag)."""
+        on_kw = sum(ld.rated_kw for ld in self.loads if self.states[ld.device_id].on)
+        free = -inputs.pcc_p_kw + on_kw
+        if self.rule == "time_to_consume" and self._free_kw is not None and self._free_at:
+            dt = max(0.0, (now - self._free_at).total_seconds())
+            if self.surplus_tau_s > 0:
+                alpha = dt / (self.surplus_tau_s + dt)
+                free = self._free_kw + alpha * (free - self._free_kw)
+        self._free_kw, self._free_at = free, now
+        if not inputs.meter_ok:
+            self._free_kw = self._free_at = None
+        return free - on_kw
 
     # --- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -2,16 +2,17 @@
 
 The problem (steps t of `step_s`, dt = step_s / 3600 h; all powers kW, load-referenced):
 
-* variables: x[j,s] ∈ {0,1} job j starts at step s (its candidate starts); u[j,t] >= 0 PV
-  power allocated to job j at step t; z >= 0 the peak grid import.
+* variables: x[j,s] ∈ {0,1} job j starts at step s (its candidate starts); u[p,t] >= 0 PV
+  power of pool p used by jobs at step t; z >= 0 the peak grid import.
 * each job starts once: Σ_s x[j,s] = 1.
-* a job gets at most its own power from PV: u[j,t] <= P_j[t] = Σ_s x[j,s]·profile_j[t − s].
-* PV is shared, never promised twice: Σ_{j in pool} u[j,t] <= S_pool[t], the PV surplus left
-  after the base load (the whole neighbourhood is one pool with `shared_pv`, else each house).
+* PV is one capacity per pool and step, shared by all its jobs, so it is never promised twice:
+  u[p,t] <= S_p[t], the PV surplus left after the base load (the whole neighbourhood is one
+  pool with `shared_pv`, else each house), and u[p,t] <= Σ_{j in p} P_j[t] with
+  P_j[t] = Σ_s x[j,s]·profile_j[t − s]. Each job's PV energy is its pro-rata share of u.
 * connection limits: for each house b_h + Σ_{j∈h} P_j − pv_h <= L_h, and for the neighbourhood
   Σ_h (b_h − pv_h) + Σ_j P_j <= L_N (jobs may not push a meter past its limit).
-* peak: z >= base_import[t] + Σ_j (P_j[t] − u[j,t]).
-* objective: min Σ_t dt·(1 + cost_weight·price_t)·Σ_j (P_j[t] − u[j,t]) + peak_weight·z
+* peak: z >= base_import[t] + Σ_j P_j[t] − Σ_p u[p,t].
+* objective: min Σ_t dt·(1 + cost_weight·price_t)·(Σ_j P_j[t] − Σ_p u[p,t]) + peak_weight·z
   + ε·Σ s·x[j,s] (grid kWh, its cost, the peak; earlier start breaks ties).
 
 Two baselines share the evaluation: `earliest` (start as early as allowed) and `greedy`
@@ -381,7 +382,7 @@ class _Rows:
         return LinearConstraint(a, np.array(self.lb), np.array(self.ub))
 
 
-def schedule_milp(problem: Problem, time_limit_s: float = 20.0, mip_gap: float = 1e-4) -> Schedule:
+def schedule_milp(problem: Problem, time_limit_s: float = 20.0, mip_gap: float = 0.01) -> Schedule:
     """Optimal starts by mixed-integer programming (HiGHS through scipy.optimize.milp).
 
     Args:
@@ -406,7 +407,6 @@ def schedule_milp(problem: Problem, time_limit_s: float = 20.0, mip_gap: float =
     integrality: list[int] = []
     upper: list[float] = []
     x_idx: dict[tuple[int, int], int] = {}
-    u_idx: dict[tuple[int, int], int] = {}
     cands: dict[int, list[int]] = {}
     for ji, job in enumerate(jobs):
         cands[ji] = problem.candidates(job)
@@ -416,77 +416,65 @@ def schedule_milp(problem: Problem, time_limit_s: float = 20.0, mip_gap: float =
             cost.append(grid_cost + EPS_PER_STEP * s)
             integrality.append(1)
             upper.append(1.0)
-        span_end = max(cands[ji]) + len(job.profile_kw)
-        for t in range(min(cands[ji]), span_end):
-            u_idx[ji, t] = len(cost)
-            cost.append(-weights[t] * dt)
-            integrality.append(0)
-            upper.append(max(job.profile_kw))
+    u_idx: dict[tuple[str, int], int] = {}
+    for pool, surplus in pools.items():
+        for t in range(n):
+            if surplus[t] > 0:
+                u_idx[pool, t] = len(cost)
+                cost.append(-weights[t] * dt)
+                integrality.append(0)
+                upper.append(surplus[t])
     z = len(cost)
     cost.append(problem.peak_weight_per_kw)
     integrality.append(0)
     upper.append(np.inf)
     n_vars = len(cost)
 
-    def power_terms(ji: int, t: int) -> dict[int, float]:
-        """Coefficients of P_j[t] in the x variables."""
-        job = jobs[ji]
-        out: dict[int, float] = {}
+    # P_j[t] as coefficients on the x variables, per step
+    power: list[dict[int, float]] = [{} for _ in range(n)]
+    pool_power: dict[tuple[str, int], dict[int, float]] = {}
+    house_power: dict[tuple[str, int], dict[int, float]] = {}
+    for ji, job in enumerate(jobs):
+        pool = problem.pool_of(job)
         for s in cands[ji]:
-            k = t - s
-            if 0 <= k < len(job.profile_kw) and job.profile_kw[k] != 0:
-                out[x_idx[ji, s]] = job.profile_kw[k]
-        return out
+            for k, p in enumerate(job.profile_kw):
+                if p == 0:
+                    continue
+                col, t = x_idx[ji, s], s + k
+                power[t][col] = p
+                pool_power.setdefault((pool, t), {})[col] = p
+                house_power.setdefault((job.house_id, t), {})[col] = p
 
     rows = _Rows()
-    coefs: dict[int, float]
     for ji in range(len(jobs)):
         rows.add({x_idx[ji, s]: 1.0 for s in cands[ji]}, 1.0, 1.0)
-    for (ji, t), col in u_idx.items():
-        alloc_row = {c: -v for c, v in power_terms(ji, t).items()}
-        alloc_row[col] = 1.0
-        rows.add(alloc_row, -np.inf, 0.0)
-    for pool, surplus in pools.items():
-        for t in range(n):
-            cols = {
-                col: 1.0
-                for (ji, tt), col in u_idx.items()
-                if tt == t and problem.pool_of(jobs[ji]) == pool
-            }
-            if cols:
-                rows.add(cols, -np.inf, surplus[t])
+    for (pool, t), col in u_idx.items():
+        row = {c: -v for c, v in pool_power.get((pool, t), {}).items()}
+        row[col] = 1.0
+        rows.add(row, -np.inf, 0.0)
     for t in range(n):
-        coefs = {z: -1.0}  # peak row
-        for ji in range(len(jobs)):
-            for c, v in power_terms(ji, t).items():
-                coefs[c] = coefs.get(c, 0.0) + v
-            if (ji, t) in u_idx:
-                coefs[u_idx[ji, t]] = -1.0
-        if len(coefs) > 1:
-            rows.add(coefs, -np.inf, -base_import[t])
+        if power[t]:
+            peak_row = dict(power[t])
+            for (_, tt), col in u_idx.items():
+                if tt == t:
+                    peak_row[col] = -1.0
+            peak_row[z] = -1.0
+            rows.add(peak_row, -np.inf, -base_import[t])
     for house in problem.houses:
-        members = [ji for ji, j in enumerate(jobs) if j.house_id == house.house_id]
         for t in range(n):
-            coefs = {}  # house limit row
-            for ji in members:
-                for c, v in power_terms(ji, t).items():
-                    coefs[c] = coefs.get(c, 0.0) + v
+            coefs = house_power.get((house.house_id, t), {})
             room = max(0.0, house.limit_kw + house.pv_kw[t] - house.base_kw[t])
             if coefs and sum(coefs.values()) > room:  # only rows that can bind
                 rows.add(coefs, -np.inf, room)
     if problem.neighbourhood_limit_kw is not None:
         for t in range(n):
-            coefs = {}
-            for ji in range(len(jobs)):
-                for c, v in power_terms(ji, t).items():
-                    coefs[c] = coefs.get(c, 0.0) + v
             room = max(
                 0.0,
                 problem.neighbourhood_limit_kw
                 + sum(h.pv_kw[t] - h.base_kw[t] for h in problem.houses),
             )
-            if coefs and sum(coefs.values()) > room:
-                rows.add(coefs, -np.inf, room)
+            if power[t] and sum(power[t].values()) > room:
+                rows.add(power[t], -np.inf, room)
 
     try:
         result = milp(
@@ -505,13 +493,10 @@ def schedule_milp(problem: Problem, time_limit_s: float = 20.0, mip_gap: float =
     for ji, job in enumerate(jobs):
         values = [float(x[x_idx[ji, s]]) for s in cands[ji]]
         starts[job.job_id] = cands[ji][values.index(max(values))]
-    alloc = {job.job_id: [0.0] * n for job in jobs}
-    for (ji, t), col in u_idx.items():
-        alloc[jobs[ji].job_id][t] = float(max(0.0, x[col]))
     status = "optimal" if result.status == 0 else "time_limit"
     objective = float(result.fun) - EPS_PER_STEP * sum(starts.values())
     return Schedule(
-        "milp", status, _placements(problem, starts, alloc), unschedulable,
+        "milp", status, _placements(problem, starts), unschedulable,
         objective=round(objective, 9), solve_time_s=time.perf_counter() - began,
     )  # fmt: skip
 

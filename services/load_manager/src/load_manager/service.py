@@ -156,6 +156,7 @@ def build_service(
             min_on_time_rule_s=settings.min_on_time_rule_s,
             ttc_target_wh=settings.ttc_target_wh,
             ttc_margin_wh=settings.ttc_margin_wh,
+            surplus_tau_s=settings.ttc_surplus_tau_s,
         ),
         refresher=SetpointRefresher(settings.setpoint_ttl_s, settings.refresh_margin_s),
         kpis=KpiTracker(),
@@ -303,6 +304,7 @@ def build_service(
         st.controller.reconfigure(
             list(new.loads), new.rule, new.min_on_time_rule_s, new.ttc_target_wh, new.ttc_margin_wh
         )
+        st.controller.surplus_tau_s = new.ttc_surplus_tau_s
         st.plan_dirty = True
 
     # --- deferrable jobs -----------------------------------------------------------------------

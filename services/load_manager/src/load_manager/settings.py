@@ -87,7 +87,15 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="LM_", env_nested_delimiter="__")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
-        {"rule", "loads", "ttc_target_wh", "ttc_margin_wh", "min_on_time_rule_s", "job_cost_weight"}
+        {
+            "rule",
+            "loads",
+            "ttc_target_wh",
+            "ttc_margin_wh",
+            "ttc_surplus_tau_s",
+            "min_on_time_rule_s",
+            "job_cost_weight",
+        }
     )
 
     api_port: int = Field(default=8107, ge=0, le=65535, description="API port (0 = any free)")
@@ -112,6 +120,9 @@ class Settings(ServiceSettings):
     )
     ttc_margin_wh: float = Field(
         default=10.0, ge=0, description="time_to_consume: dead band below the target, Wh"
+    )
+    ttc_surplus_tau_s: float = Field(
+        default=60.0, ge=0, description="time_to_consume: smoothing of the free surplus, s"
     )
     meter_stale_s: float = Field(
         default=60.0, gt=0, description="no PCC reading for this long: loads off, degraded"
@@ -138,6 +149,9 @@ class Settings(ServiceSettings):
         default=900.0, gt=0, description="re-plan at least this often (rolling horizon), s"
     )
     solver_time_limit_s: float = Field(default=20.0, gt=0, description="MILP time limit, s")
+    solver_gap: float = Field(
+        default=0.01, gt=0, lt=1, description="MILP relative optimality gap to stop at"
+    )
     shared_pv: bool = Field(
         default=True, description="houses share their PV surplus (neighbourhood) or not"
     )
