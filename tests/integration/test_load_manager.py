@@ -19,15 +19,26 @@ from derbus import topics
 from derbus.bus import MqttBus
 from derbus.bus.base import RawMessage
 from derbus.http import make_app
-from derbus.messages import MeterReading, SetpointCommand, TimeSeries, utcnow
+from derbus.messages import (
+    LoadTelemetry,
+    MeterReading,
+    SetpointAck,
+    SetpointCommand,
+    TimeSeries,
+    utcnow,
+)
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, free_port, wait_for
+from edge_simulator.config import SimConfig
+from edge_simulator.service import build_service as build_edge
+from edge_simulator.settings import Settings as EdgeSettings
 from load_manager.service import build_service
 from load_manager.settings import Settings
 
 pytestmark = pytest.mark.integration
 SITE = "site-1"
+DATA = Path(__file__).resolve().parents[2] / "data" / "profiles" / "simbench_2016_15min.csv"
 
 
 def cycles_run(service: Service[Settings]) -> float:
@@ -38,7 +49,73 @@ def cycles_run(service: Service[Settings]) -> float:
     return value or 0.0
 
 
-async def test_pv_surplus_switches_a_load_on_within_one_cycle(
+def simulated_site(tmp_path: Path, mqtt_settings: MqttSettings) -> Service[Any]:
+    """The edge simulator replaying a sunny SimBench noon (8 kW PV, 3 kW peak household), with
+    no battery self-consumption and no EV so the PV surplus shows at the PCC."""
+    config = SimConfig.model_validate(
+        {
+            "solar": {"capacity_kw": 8.0},
+            "battery": {"self_consumption": False},
+            "ev": {"enabled": False},
+            "switchable": [{"name": "water_heater", "p_kw": 1.5, "on_hours": []},
+                           {"name": "heat_pump", "p_kw": 2.0, "on_hours": []}],
+            "replay": {"file": str(DATA), "load_column": "h0-a_load_pu",
+                       "pv_column": "pv1_pv_pu", "load_peak_kw": 3.0},
+        }
+    )  # fmt: skip
+    settings = EdgeSettings(
+        mqtt=mqtt_settings, data_dir=tmp_path / "edge", interval_s=0.5,
+        start_time=datetime(2016, 6, 9, 10, 0, tzinfo=UTC),  # 12:00 in Madrid
+    )  # fmt: skip
+    return build_edge(settings, MqttBus(mqtt_settings), config=config)
+
+
+async def test_pv_surplus_on_the_simulated_site_switches_a_load_on_within_one_cycle(
+    mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    edge = simulated_site(tmp_path, mqtt_settings)
+    sim_clock = edge.state["sim"].clock
+    settings = Settings(
+        mqtt=mqtt_settings, data_dir=tmp_path / "lm", cycle_s=1.0, setpoint_ttl_s=30.0,
+        refresh_margin_s=5.0, jobs_enabled=False,
+    )  # fmt: skip
+    service = build_service(settings, MqttBus(mqtt_settings), clock=sim_clock)
+    probe = MqttBus(mqtt_settings)
+    await probe.connect()
+    on_at_cycle: list[float] = []
+
+    async def record(raw: RawMessage) -> None:
+        if SetpointCommand.from_json_bytes(raw.payload).value == 1.0:
+            on_at_cycle.append(cycles_run(service))
+
+    await probe.subscribe(topics.SETPOINT.filter(SITE, "load1", mqtt_settings.root), 1, record)
+    acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, mqtt_settings.root)
+    await acks.attach(probe, SITE, "load1")
+    relays: BusRecorder[LoadTelemetry] = BusRecorder(topics.LOAD, mqtt_settings.root)
+    await relays.attach(probe, SITE, "load1")
+    await edge.start()
+    await service.start()
+    try:
+        lm = service.state["lm"]
+        await wait_for(lambda: lm.integrator.last_meter[0] is not None, 15, message="PCC reading")
+        cycles_when_seen = cycles_run(service)
+        surplus_kw = -lm.integrator.last_meter[1]
+        assert surplus_kw > 1.5, f"the simulated noon should export (PCC {-surplus_kw:.2f} kW)"
+        await wait_for(lambda: bool(on_at_cycle), 15, message="load1 switched on")
+        assert on_at_cycle[0] <= cycles_when_seen + 1, "switched on in the first cycle after it"
+        await wait_for(
+            lambda: any(a.status == "accepted" and a.applied_value == 1.0 for a in acks.values),
+            15, message="the simulator accepts load1 on",
+        )  # fmt: skip
+        await wait_for(lambda: any(r.on for r in relays.values), 15, message="relay on")
+        assert next(r for r in relays.values if r.on).p_kw == pytest.approx(1.5)
+    finally:
+        await service.stop()
+        await edge.stop()
+        await probe.close()
+
+
+async def test_pv_surplus_from_bare_meter_readings_switches_both_loads(
     mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     settings = Settings(
@@ -48,14 +125,6 @@ async def test_pv_surplus_switches_a_load_on_within_one_cycle(
     service = build_service(settings, MqttBus(mqtt_settings))
     probe = MqttBus(mqtt_settings)
     await probe.connect()
-    on_at_cycle: list[float] = []
-
-    async def record(raw: RawMessage) -> None:
-        cmd = SetpointCommand.from_json_bytes(raw.payload)
-        if cmd.value == 1.0:
-            on_at_cycle.append(cycles_run(service))
-
-    await probe.subscribe(topics.SETPOINT.filter(SITE, "load1", mqtt_settings.root), 1, record)
     setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, mqtt_settings.root)
     await setpoints.attach(probe, SITE)
     await service.start()
@@ -64,17 +133,13 @@ async def test_pv_surplus_switches_a_load_on_within_one_cycle(
         await wait_for(lambda: len(setpoints.values) >= 2, 10, message="initial off commands")
         assert all(c.value == 0.0 and c.target == "load_on" for c in setpoints.values)
         meter_topic = topics.METER.topic(SITE, "pcc", mqtt_settings.root)
-        reading = MeterReading(ts=utcnow(), source="sim", p_kw=-4.0)  # 4 kW exported
+        reading = MeterReading(ts=utcnow(), source="meter", p_kw=-4.0)  # 4 kW exported
         await probe.publish(meter_topic, reading.to_json_bytes(), qos=1)
         lm = service.state["lm"]
-        await wait_for(lambda: lm.integrator.last_meter[0] is not None, 10, message="reading in")
-        cycles_when_seen = cycles_run(service)
-        await wait_for(lambda: bool(on_at_cycle), 10, message="load1 switched on")
-        assert on_at_cycle[0] <= cycles_when_seen + 1, "switched on in the first cycle after it"
-        on_cmd = next(c for c in setpoints.values if c.value == 1.0)
-        assert on_cmd.priority == "site_optimiser"
-        assert on_cmd.ttl_s == 30.0
-        assert lm.controller.states["load2"].on is True, "4 - 1.5 kW leaves room for 2 kW"
+        await wait_for(lambda: lm.controller.states["load2"].on, 10, message="load2 on")
+        on = [c for c in setpoints.values if c.value == 1.0]
+        assert len(on) == 2, "4 kW of surplus runs 1.5 kW and 2 kW"
+        assert all(c.priority == "site_optimiser" and c.ttl_s == 30.0 for c in on)
     finally:
         await service.stop()
         await probe.close()
