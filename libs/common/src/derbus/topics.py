@@ -299,7 +299,7 @@ SERVICE_STATUS = TopicSpec(
     True,
     "Service status online/degraded/offline (site level = platform, device level = service)",
     publishers=("*",),
-    subscribers=("scada",),
+    subscribers=("scada", "cloud_sync"),
 )
 DEAD_LETTER = TopicSpec(
     "status.dead_letter",
@@ -310,7 +310,7 @@ DEAD_LETTER = TopicSpec(
     False,
     "A payload a service could not decode or validate (device level = service), with the reason",
     publishers=("*",),
-    subscribers=("scada",),
+    subscribers=("scada", "cloud_sync"),
 )
 DEVICE_STATUS = TopicSpec(
     "status.device",
@@ -332,7 +332,7 @@ KPI = TopicSpec(
     True,
     "KPIs of a controller (device level = controller): efficiency, time on limit, backlog…",
     publishers=("peak_shaving", "load_manager", "voltage_coordinator", "cloud_sync"),
-    subscribers=("scada",),
+    subscribers=("scada", "cloud_sync"),
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]
