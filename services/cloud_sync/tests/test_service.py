@@ -7,11 +7,12 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from paho.mqtt.client import topic_matches_sub
 from pydantic import SecretStr
 
 from cloud_sync.service import build_service
 from cloud_sync.settings import Settings
-from derbus import topics
+from derbus import acl, topics
 from derbus.bus import InMemoryBroker, InMemoryBus
 from derbus.http import make_app
 from derbus.messages import (
@@ -218,3 +219,17 @@ async def test_sync_endpoint_needs_the_token_when_one_is_set(settings: Settings,
         ok = await http.post("/sync", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
     await service.stop()
+
+
+def test_every_subscription_is_readable_under_the_generated_broker_acl(
+    settings: Settings, sink: Any
+) -> None:
+    service = build_service(settings, InMemoryBus(), influx=sink)
+    rules = acl.user_rules("cloud_sync", ROOT)
+    keys = {s["key"] for s in service.subscriptions()}
+    assert {"status.kpi", "status.service", "status.dead_letter", "telemetry.meter"} <= keys
+    for key in keys:
+        topic = topics.by_key(key).topic(topics.PLATFORM_SITE, "peak_shaving", ROOT)
+        assert any(
+            "read" in rule.access and topic_matches_sub(rule.topic, topic) for rule in rules
+        ), f"the broker ACL does not let cloud_sync read {key}"
