@@ -42,7 +42,7 @@ def jain(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="every 4th step, short ADMM")
-    parser.add_argument("--margin-pu", type=float, default=0.001, help="coordinator margin, pu")
+    parser.add_argument("--margin-pu", type=float, default=0.0005, help="coordinator margin, pu")
     # --plot "" skips the PNG
     parser.add_argument(
         "--plot", type=Path, default=Path("bench/results/voltage_coordinator_peak.png")

@@ -71,7 +71,7 @@ def build_area_agent(
 
     def find_state(ts_s: float) -> FeederState | None:
         for key, state in states.items():
-            if math.isclose(key, ts_s, abs_tol=1e-3):
+            if math.isclose(key, ts_s, rel_tol=0.0, abs_tol=1e-4):
                 return state
         return None
 
