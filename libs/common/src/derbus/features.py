@@ -32,6 +32,7 @@ import pandas as pd
 import pvlib
 import sqlalchemy as sa
 
+from derbus.settings import SiteSettings
 from derbus.tariff import Tariff
 
 STEP = timedelta(minutes=15)
@@ -142,6 +143,14 @@ class SiteContext:
     latitude: float
     longitude: float
     tariff: Tariff
+
+    @classmethod
+    def of(cls, site: SiteSettings) -> SiteContext:
+        """The context of a configured site, with the shared default tariff in its time zone."""
+        return cls(
+            timezone=site.timezone, country=site.country, latitude=site.latitude,
+            longitude=site.longitude, tariff=Tariff(timezone=site.timezone),
+        )  # fmt: skip
 
 
 # --- the table -----------------------------------------------------------------------------------

@@ -16,8 +16,6 @@ from derbus.errors import StorageError
 from derbus.http import TokenDep
 from derbus.messages import utcnow
 from derbus.service import Context, Service
-from derbus.settings import SiteSettings
-from derbus.tariff import Tariff
 from feature_engineering.pipeline import (
     FeatureStore,
     PassOptions,
@@ -28,14 +26,6 @@ from feature_engineering.pipeline import (
 from feature_engineering.settings import Settings
 
 NAME = "feature_engineering"
-
-
-def site_context(site: SiteSettings) -> fx.SiteContext:
-    """The feature context of a site: time zone, holidays country, location, shared tariff."""
-    return fx.SiteContext(
-        timezone=site.timezone, country=site.country, latitude=site.latitude,
-        longitude=site.longitude, tariff=Tariff(timezone=site.timezone),
-    )  # fmt: skip
 
 
 def pass_options(settings: Settings) -> PassOptions:
@@ -56,7 +46,7 @@ def run_pass(
 ) -> list[SitePassResult]:
     """One incremental pass over the configured site (or every site with readings). Blocking."""
     sites = [settings.site_id] if settings.site_id else store.sites()
-    context = site_context(settings.site)
+    context = fx.SiteContext.of(settings.site)
     options = pass_options(settings)
     return [run_site(store, s, context, options, now, progress) for s in sites]
 

@@ -1,0 +1,121 @@
+"""The day-ahead design matrix: known-ahead features of the target interval plus day-old lags.
+
+Every measured input of a target interval `t` is at least one day old (`t - 1 day` or earlier),
+so for an issue time `T` and every interval of the day ahead (`T <= t < T + 24 h`) it ended by
+`T`: one matrix serves all 96 horizons without leakage. Known-ahead columns (calendar, holidays,
+tariff, clear sky) come from `derbus.features`, the functions that fill the feature table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from derbus import features as fx
+
+DAY = fx.STEPS_PER_DAY
+WEEK = fx.STEPS_PER_WEEK
+
+
+@dataclass(frozen=True)
+class Target:
+    """A forecast target: its feature-table column and its quantity on the bus."""
+
+    name: str
+    column: str
+    quantity: str
+    non_negative: bool = True
+    solar: bool = False
+
+
+TARGETS: dict[str, Target] = {
+    "load": Target("load", "load_kw", "load_p_kw"),
+    "pv": Target("pv", "pv_kw", "pv_generation_kw", solar=True),
+}
+
+CALENDAR = (
+    "hour_of_day", "day_of_week", "is_weekend", "is_holiday", "hour_sin", "hour_cos",
+    "dow_sin", "dow_cos", "doy_sin", "doy_cos", "tou_code", "clearsky_ghi_w_m2",
+    "solar_elevation_deg",
+)  # fmt: skip
+LAGS = ("y_lag_96", "y_lag_192", "y_lag_672", "y_mean_1d", "y_mean_7d", "y_std_1d",
+        "y_tod_mean_7d", "y_tod_std_7d", "y_tow_mean_4w")  # fmt: skip
+NIGHT_ELEVATION_DEG = -8.0
+"""Below this sun elevation PV is taken as zero: models neither train on nor predict it."""
+SOLAR = ("clear_ratio_1d", "clear_ratio_3d", "smart_persistence_1d", "smart_persistence_3d",
+         "clear_persistence")  # fmt: skip
+
+
+def feature_names(target: Target) -> list[str]:
+    """The columns of the design matrix of a target."""
+    return list(CALENDAR + LAGS + (SOLAR if target.solar else ()))
+
+
+def design_matrix(
+    history: pd.Series, times: pd.DatetimeIndex, site: fx.SiteContext, target: Target
+) -> pd.DataFrame:
+    """Features of the target intervals `times` from the target's history.
+
+    Args:
+        history: the target (kW) on the 15-minute UTC grid; NaN where missing. Values at or
+            after an interval `t - 1 day` are never used for `t`.
+        times: target interval starts (UTC, on the grid).
+        site: time zone, holidays country, location and tariff of the site.
+        target: which target (PV adds clear-sky ratio features).
+
+    Returns:
+        One row per time, the columns of `feature_names(target)` (NaN where history is missing).
+    """
+    if len(times) == 0:
+        return pd.DataFrame(columns=feature_names(target), index=times)
+    start = min(times[0], history.index[0] if len(history) else times[0]) - WEEK * 5 * fx.STEP
+    full = pd.date_range(start, times[-1], freq="15min", name="time")
+    y = history.reindex(full).astype(float)
+    ahead = fx.known_ahead_features(full, site)
+    out = pd.DataFrame(index=full)
+    for name in CALENDAR:
+        out[name] = ahead[name].astype(float)
+    out["y_lag_96"] = fx.lag(y, DAY)
+    out["y_lag_192"] = fx.lag(y, 2 * DAY)
+    out["y_lag_672"] = fx.lag(y, WEEK)
+    mean_1d, std_1d = fx.trailing_mean_std(y, DAY)
+    out["y_mean_1d"] = fx.lag(mean_1d, DAY - 1)  # mean of the day ending at t - 1 day
+    out["y_std_1d"] = fx.lag(std_1d, DAY - 1)
+    out["y_mean_7d"] = fx.lag(fx.trailing_mean_std(y, WEEK)[0], DAY - 1)
+    same_time = pd.concat([fx.lag(y, k * DAY) for k in range(1, 8)], axis=1)
+    out["y_tod_mean_7d"] = same_time.mean(axis=1)  # the same time of day, last 7 days
+    out["y_tod_std_7d"] = same_time.std(axis=1, ddof=0)
+    same_week = pd.concat([fx.lag(y, k * WEEK) for k in range(1, 5)], axis=1)
+    out["y_tow_mean_4w"] = same_week.mean(axis=1)  # the same time of week, last 4 weeks
+    if target.solar:
+        clear = ahead["clearsky_ghi_w_m2"].astype(float)
+        day_clear = fx.lag(clear.rolling(DAY, min_periods=1).sum(), DAY)
+        day_y = fx.lag(y.rolling(DAY, min_periods=DAY // 2).sum(), DAY)
+        ratio_1d = day_y / day_clear.where(day_clear > 0)
+        three_clear = fx.lag(clear.rolling(3 * DAY, min_periods=1).sum(), DAY)
+        three_y = fx.lag(y.rolling(3 * DAY, min_periods=DAY).sum(), DAY)
+        ratio_3d = three_y / three_clear.where(three_clear > 0)
+        out["clear_ratio_1d"] = ratio_1d
+        out["clear_ratio_3d"] = ratio_3d
+        out["smart_persistence_1d"] = ratio_1d * clear
+        out["smart_persistence_3d"] = ratio_3d * clear
+        clear_day_ago = fx.lag(clear, DAY)
+        out["clear_persistence"] = (
+            fx.lag(y, DAY) / clear_day_ago.where(clear_day_ago >= fx.MIN_CLEAR_GHI_W_M2) * clear
+        ).where(clear > 0, 0.0)
+    return out.loc[times, feature_names(target)].replace([np.inf, -np.inf], np.nan)
+
+
+def training_rows(x: pd.DataFrame, target: Target) -> np.ndarray:
+    """Rows a model learns from: all for load; for PV only when the sun can be up."""
+    if not target.solar:
+        return np.ones(len(x), dtype=bool)
+    return np.asarray(x["solar_elevation_deg"].to_numpy(dtype=float) > NIGHT_ELEVATION_DEG)
+
+
+def day_ahead_times(issue_time: pd.Timestamp, steps: int = DAY) -> pd.DatetimeIndex:
+    """The intervals of the day ahead of an issue time (floored to the grid)."""
+    start = pd.Timestamp(issue_time).tz_convert("UTC").floor("15min")
+    return pd.date_range(start, periods=steps, freq="15min", name="time")

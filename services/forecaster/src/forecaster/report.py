@@ -1,0 +1,101 @@
+"""The evaluation report: Markdown tables and a PNG of forecast vs actual with its 80 % band."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from forecaster.evaluation import BacktestResult, summary_rows
+
+PLOT = "backtest.png"
+REPORT = "report.md"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def plot(result: BacktestResult, model: str, path: Path, days: int = 7) -> Path:
+    """Forecast (P50) vs actual with the P10-P90 band over the last `days` of the backtest."""
+    frame = result.predictions[result.predictions["model"] == model].sort_values("time")
+    end = frame["time"].max()
+    frame = frame[frame["time"] > end - pd.Timedelta(days=days)]
+    fig, ax = plt.subplots(figsize=(11, 3.8), dpi=100)
+    ax.fill_between(frame["time"], frame["p10"], frame["p90"], color="tab:blue", alpha=0.25,
+                    label="P10-P90")  # fmt: skip
+    ax.plot(frame["time"], frame["p50"], color="tab:blue", linewidth=1.2, label=f"{model} P50")
+    ax.plot(frame["time"], frame["actual"], color="black", linewidth=0.9, label="actual")
+    ax.set_ylabel("kW")
+    ax.set_title(f"{result.target}: day-ahead forecast vs actual (last {days} days of backtest)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown(
+    result: BacktestResult, *, site_id: str, model: str, promoted: bool, reason: str,
+    training: dict[str, Any],
+) -> str:  # fmt: skip
+    """The report text."""
+    lines = [
+        f"# {site_id} / {result.target}: evaluation",
+        "",
+        f"Rolling-origin backtest, day-ahead issues at 00:00 UTC, folds {result.folds}.",
+        f"Training window: {training.get('start')} .. {training.get('end')} "
+        f"({training.get('rows')} intervals).",
+        "",
+        f"Selected model: **{model}**; promoted: **{'yes' if promoted else 'no'}** ({reason}).",
+        "",
+        "| model | MAE kW | RMSE kW | nMAE | skill vs seasonal naive | pinball | 80 % coverage | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary_rows(result):
+        lines.append(
+            f"| {row['model']} | {_fmt(row['mae'])} | {_fmt(row['rmse'])} | {_fmt(row['nmae'])} "
+            f"| {_fmt(row['skill'])} | {_fmt(row['pinball'])} | {_fmt(row['coverage_80'])} "
+            f"| {int(row['n'])} |"
+        )
+    lines += ["", f"## {model} by horizon (hours after issue)", "",
+              "| horizon h | MAE kW | nMAE | 80 % coverage | pinball |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for row in result.by_horizon_h.get(model, []):
+        lines.append(
+            f"| {int(row['horizon_h'])}-{int(row['horizon_h']) + 1} | {_fmt(row['mae'])} "
+            f"| {_fmt(row['nmae'])} | {_fmt(row['coverage_80'])} | {_fmt(row['pinball'])} |"
+        )
+    lines += ["", f"![forecast vs actual]({PLOT})", ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    folder: Path, result: BacktestResult, *, site_id: str, model: str, promoted: bool,
+    reason: str, training: dict[str, Any],
+) -> Path:  # fmt: skip
+    """Write `report.md` and `backtest.png` into a folder (the model's version folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot(result, model, folder / PLOT)
+    path = folder / REPORT
+    path.write_text(
+        markdown(
+            result,
+            site_id=site_id,
+            model=model,
+            promoted=promoted,
+            reason=reason,
+            training=training,
+        )
+    )
+    return path

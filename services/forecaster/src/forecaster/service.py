@@ -1,0 +1,283 @@
+"""Wiring: publish day-ahead forecasts every 15 min (and on demand), retrain on a schedule, REST."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from fastapi import APIRouter, HTTPException
+from prometheus_client import Counter, Gauge
+
+from derbus import features as fx
+from derbus import topics
+from derbus.bus.base import Bus
+from derbus.errors import StorageError
+from derbus.http import TokenDep
+from derbus.messages import utcnow
+from derbus.service import Context, Service
+from forecaster.design import TARGETS, WEEK, Target
+from forecaster.models import Model
+from forecaster.registry import Registry
+from forecaster.serving import Issued, fallback_model, forecast, issue_time_of
+from forecaster.settings import Settings
+from forecaster.store import ForecastStore, guarded
+from forecaster.training import TrainConfig, TrainOutcome, train_target
+
+NAME = "forecaster"
+SERVING_HISTORY = 5 * WEEK * fx.STEP + timedelta(days=1)
+log = logging.getLogger(__name__)
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    """Training knobs from the settings."""
+    return TrainConfig(
+        models=tuple(settings.models), test_fraction=settings.test_size,
+        folds=settings.backtest_folds, max_iter=settings.max_iter, threads=settings.fit_threads,
+        min_train_days=settings.min_train_days,
+    )  # fmt: skip
+
+
+def site_ids(settings: Settings, store: ForecastStore) -> list[str]:
+    """The configured sites, or every site of the feature table."""
+    return list(settings.site_ids) or store.sites()
+
+
+def train_all(
+    settings: Settings,
+    store: ForecastStore,
+    registry: Registry,
+    now: datetime,
+    only_missing: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[TrainOutcome]:
+    """Train every (site, target); with `only_missing`, those without any version. Blocking."""
+    site = fx.SiteContext.of(settings.site)
+    end = issue_time_of(now).to_pydatetime()
+    start = end - timedelta(days=settings.train_history_days)
+    outcomes = []
+    for site_id in site_ids(settings, store):
+        for name in settings.targets:
+            if only_missing and registry.versions(site_id, name):
+                continue
+            target = TARGETS[name]
+            history = store.history(site_id, target.column, start, end)
+            outcomes.append(
+                train_target(
+                    history, site_id, site, target, registry, train_config(settings), now, progress
+                )
+            )
+    return outcomes
+
+
+class Server:
+    """The forecaster's state: the loaded models and the latest issued forecasts per site/target."""
+
+    def __init__(self, settings: Settings, store: ForecastStore, registry: Registry) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.models: dict[tuple[str, str], tuple[str, Model]] = {}
+        self.latest: dict[tuple[str, str], Issued] = {}
+
+    def model_for(
+        self, site_id: str, target: Target, history: pd.Series
+    ) -> tuple[Model, str, str | None]:
+        """The promoted model (cached per version) or the seasonal naive fallback."""
+        version = self.registry.promoted(site_id, target.name)
+        if version is None:
+            site = fx.SiteContext.of(self.settings.site)
+            return fallback_model(history, site, target), "seasonal_naive_day", None
+        cached = self.models.get((site_id, target.name))
+        if cached is None or cached[0] != version.name:
+            cached = (version.name, self.registry.load(version))
+            self.models[(site_id, target.name)] = cached
+        return cached[1], str(version.meta["model"]), version.name
+
+    def issue(self, site_id: str, target_name: str, now: datetime) -> Issued | None:
+        """Forecast the day ahead of `now` and store it; None without recent history. Blocking."""
+        target = TARGETS[target_name]
+        issue_time = issue_time_of(now)
+        start = (issue_time - SERVING_HISTORY).to_pydatetime()
+        history = self.store.history(site_id, target.column, start, issue_time.to_pydatetime())
+        if history.iloc[-WEEK:].notna().sum() < fx.STEPS_PER_DAY:
+            return None  # less than a day of values in the last week: nothing to stand on
+        model, name, version = self.model_for(site_id, target, history)
+        frame = forecast(model, history, issue_time, fx.SiteContext.of(self.settings.site), target)
+        self.store.save_issued(site_id, target_name, issue_time.to_pydatetime(), frame, name,
+                               version)  # fmt: skip
+        issued = Issued(site_id, target, issue_time.to_pydatetime(), frame, name, version)
+        self.latest[(site_id, target_name)] = issued
+        return issued
+
+
+def build_service(
+    settings: Settings,
+    bus: Bus,
+    store: ForecastStore | None = None,
+    registry: Registry | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> Service[Settings]:
+    """The forecaster service."""
+    service = Service(NAME, settings, bus)
+    db = store or ForecastStore(settings.database.sqlalchemy_url(settings.data_dir))
+    server = Server(settings, db, registry or Registry(settings.registry_dir))
+    service.state["server"] = server
+    service.declare_publishes(topics.FORECAST)
+    train_lock = asyncio.Lock()
+    issue_lock = asyncio.Lock()
+    published = Counter(
+        "derbus_forecasts_published_total", "Forecasts published", ["target"],
+        registry=service.metrics.registry,
+    )  # fmt: skip
+    trained = Counter(
+        "derbus_forecaster_trainings_total", "Trainings by outcome", ["target", "promoted"],
+        registry=service.metrics.registry,
+    )  # fmt: skip
+    backtest_mae = Gauge(
+        "derbus_forecaster_backtest_mae_kw", "Backtest MAE of the latest trained model",
+        ["site_id", "target"], registry=service.metrics.registry,
+    )  # fmt: skip
+
+    @service.on_startup
+    async def prepare() -> None:
+        if settings.database.database_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await service.run_blocking(guarded, db.ensure_schema)
+        except StorageError as err:
+            await service.set_degraded("database", str(err))
+
+    async def publish(issued: Issued) -> None:
+        await service.publish(
+            topics.FORECAST, issued.message(now()), site_id=issued.site_id,
+            device_id=issued.target.name,
+        )  # fmt: skip
+        published.labels(target=issued.target.name).inc()
+
+    async def issue(site_id: str, target: str) -> Issued | None:
+        issued: Issued | None = await service.run_blocking(
+            guarded, server.issue, site_id, target, now()
+        )
+        if issued is not None:
+            await publish(issued)
+        return issued
+
+    async def issue_all() -> int:
+        async with issue_lock:
+            try:
+                sites = await service.run_blocking(guarded, site_ids, service.settings, db)
+                count = 0
+                for site_id in sites:
+                    for target in service.settings.targets:
+                        count += (await issue(site_id, target)) is not None
+            except StorageError as err:
+                await service.set_degraded("database", str(err))
+                raise
+            await service.clear_degraded("database")
+        if sites and count == 0:
+            await service.set_degraded("forecast", "no recent history to forecast from")
+        else:
+            await service.clear_degraded("forecast")
+        return count
+
+    async def train(only_missing: bool) -> list[TrainOutcome]:
+        async with train_lock:
+            outcomes: list[TrainOutcome] = await service.run_blocking(
+                guarded, train_all, service.settings, db, server.registry, now(), only_missing
+            )
+        for o in outcomes:
+            trained.labels(target=o.target, promoted=str(o.promoted).lower()).inc()
+            mae = o.metrics.get(o.model or "", {}).get("mae")
+            if mae is not None:
+                backtest_mae.labels(site_id=o.site_id, target=o.target).set(mae)
+            log.info("trained %s/%s: %s", o.site_id, o.target, o.reason)
+        if any(o.promoted for o in outcomes):
+            await issue_all()
+        return outcomes
+
+    @service.every(lambda: service.settings.issue_interval_s, run_at_start=True)
+    async def publish_forecasts(ctx: Context) -> None:
+        await issue_all()
+
+    first_training = {"done": False}
+
+    @service.every(lambda: service.settings.retrain_interval_h * 3600, run_at_start=True)
+    async def retrain(ctx: Context) -> None:
+        if not first_training["done"]:
+            first_training["done"] = True
+            if service.settings.train_at_start:
+                await train(only_missing=True)
+            return
+        await train(only_missing=False)
+
+    router = APIRouter(tags=["forecast"])
+
+    @router.get("/forecast/{site_id}/{target}")
+    async def get_forecast(site_id: str, target: str) -> dict[str, Any]:
+        """The latest day-ahead forecast (made on demand when none was issued yet)."""
+        if target not in TARGETS:
+            raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
+        issued = server.latest.get((site_id, target))
+        if issued is None:
+            issued = await issue(site_id, target)
+        if issued is None:
+            raise HTTPException(status_code=404, detail=f"no recent history for {site_id}/{target}")
+        body: dict[str, Any] = issued.message(now()).model_dump(mode="json")
+        return body
+
+    @router.post("/forecast/{site_id}/{target}")
+    async def post_forecast(site_id: str, target: str, _auth: TokenDep) -> dict[str, Any]:
+        """Issue and publish a forecast now."""
+        if target not in TARGETS:
+            raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
+        issued = await issue(site_id, target)
+        if issued is None:
+            raise HTTPException(status_code=404, detail=f"no recent history for {site_id}/{target}")
+        body: dict[str, Any] = issued.message(now()).model_dump(mode="json")
+        return body
+
+    @router.post("/train")
+    async def post_train(_auth: TokenDep) -> dict[str, Any]:
+        """Retrain every site and target now (backtest, register, promote if better)."""
+        outcomes = await train(only_missing=False)
+        return {"outcomes": [outcome_json(o) for o in outcomes]}
+
+    @router.get("/models")
+    async def get_models() -> dict[str, Any]:
+        """The registry: versions per site and target, the promoted one, their metrics."""
+        return {"models": await service.run_blocking(registry_status, server.registry)}
+
+    service.include_router(router)
+    return service
+
+
+def outcome_json(o: TrainOutcome) -> dict[str, Any]:
+    """A training outcome as JSON."""
+    return {
+        "site_id": o.site_id, "target": o.target, "version": o.version, "model": o.model,
+        "promoted": o.promoted, "reason": o.reason,
+        "metrics": o.metrics.get(o.model or "", {}), "report": str(o.report) if o.report else None,
+    }  # fmt: skip
+
+
+def registry_status(registry: Registry) -> list[dict[str, Any]]:
+    """Every version with its model, window, backtest MAE and whether it is served."""
+    rows = []
+    for site_id, target in registry.sites():
+        promoted = registry.promoted(site_id, target)
+        for v in registry.versions(site_id, target):
+            metrics = v.meta.get("backtest", {}).get("metrics", {})
+            best = metrics.get(v.meta.get("model", ""), {})
+            rows.append({
+                "site_id": site_id, "target": target, "version": v.name,
+                "model": v.meta.get("model"), "trained_at": v.meta.get("trained_at"),
+                "training_window": v.meta.get("training_window"),
+                "mae_kw": best.get("mae"), "skill": best.get("skill"),
+                "coverage_80": best.get("coverage_80"),
+                "served": promoted is not None and promoted.name == v.name,
+            })  # fmt: skip
+    return rows

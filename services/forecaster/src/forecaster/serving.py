@@ -1,0 +1,60 @@
+"""Issue a day-ahead forecast: 96 intervals from the issue time, P10/P50/P90, as a bus message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from derbus import features as fx
+from derbus.messages import TimeSeries
+from forecaster.design import DAY, Target, day_ahead_times, design_matrix, training_rows
+from forecaster.models import Model, finish, seasonal_naive_day
+
+
+@dataclass
+class Issued:
+    """An issued forecast."""
+
+    site_id: str
+    target: Target
+    issue_time: datetime
+    frame: pd.DataFrame  # index: interval starts; columns p10, p50, p90 (kW)
+    model: str
+    version: str | None
+
+    def message(self, ts: datetime, source: str = "forecaster") -> TimeSeries:
+        """The topics.FORECAST payload."""
+        return TimeSeries(
+            ts=ts, source=source, kind="forecast", quantity=self.target.quantity, unit="kW",
+            issue_time=self.issue_time, start=self.frame.index[0].to_pydatetime(),
+            step_s=fx.STEP_S, values=[float(v) for v in self.frame["p50"]],
+            quantiles={k: [float(v) for v in self.frame[k]] for k in ("p10", "p50", "p90")},
+            model=self.model if self.version is None else f"{self.model}@{self.version}",
+            meta={"site_id": self.site_id, "target": self.target.name, "version": self.version,
+                  "horizon_steps": len(self.frame)},
+        )  # fmt: skip
+
+
+def issue_time_of(now: datetime) -> pd.Timestamp:
+    """The issue time of a forecast made at `now`: the start of the current interval."""
+    return pd.Timestamp(now).tz_convert("UTC").floor("15min")
+
+
+def fallback_model(history: pd.Series, site: fx.SiteContext, target: Target) -> Model:
+    """Seasonal naive (a day ago) with bands from its recent residuals, when nothing is promoted."""
+    x = design_matrix(history, history.index, site, target)
+    rows = training_rows(x, target)
+    return seasonal_naive_day().fit(x[rows], history[rows])
+
+
+def forecast(
+    model: Model, history: pd.Series, issue_time: pd.Timestamp, site: fx.SiteContext,
+    target: Target,
+) -> pd.DataFrame:  # fmt: skip
+    """P10/P50/P90 for the 96 intervals from `issue_time`, from history before it only."""
+    known = history[history.index < issue_time]
+    times = day_ahead_times(issue_time, DAY)
+    x = design_matrix(known, times, site, target)
+    return finish(model.predict(x).set_axis(times), x, target)

@@ -1,0 +1,145 @@
+"""The database side: target history from the feature table, issued forecasts kept with their issue time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from derbus import features as fx
+from derbus.errors import StorageError
+
+ISSUED_TABLE = "forecasts_issued"
+T = TypeVar("T")
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime (SQLite returns naive UTC values)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def guarded(fn: Callable[..., T], *args: Any) -> T:
+    """Call `fn`, turning database errors into StorageError."""
+    try:
+        return fn(*args)
+    except sa.exc.SQLAlchemyError as err:
+        raise StorageError(f"cloud database: {type(err).__name__}: {err}".splitlines()[0]) from err
+
+
+def issued_table(metadata: sa.MetaData) -> sa.Table:
+    """Every forecast the service issued, one row per interval, keyed by its issue time."""
+    return sa.Table(
+        ISSUED_TABLE,
+        metadata,
+        sa.Column("site_id", sa.String(100), nullable=False),
+        sa.Column("target", sa.String(20), nullable=False),
+        sa.Column("issue_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("p10", sa.Float, nullable=False),
+        sa.Column("p50", sa.Float, nullable=False),
+        sa.Column("p90", sa.Float, nullable=False),
+        sa.Column("model", sa.String(100), nullable=False),
+        sa.Column("version", sa.String(20), nullable=True),
+        sa.PrimaryKeyConstraint(
+            "site_id", "target", "issue_time", "time", name="forecasts_issued_pkey"
+        ),
+    )
+
+
+class ForecastStore:
+    """Reads the feature table (by its documented columns) and keeps issued forecasts."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.metadata = sa.MetaData()
+        self.features = fx.feature_table(self.metadata)
+        self.issued = issued_table(self.metadata)
+
+    def ensure_schema(self) -> None:
+        """Create the issued-forecasts table (and an empty feature table when none exists yet)."""
+        self.metadata.create_all(self.engine, checkfirst=True)
+
+    def dispose(self) -> None:
+        """Close the connection pool."""
+        self.engine.dispose()
+
+    def sites(self) -> list[str]:
+        """Sites present in the feature table."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(self.features.c.site_id).distinct()).scalars().all()
+        return sorted(rows)
+
+    def history(self, site_id: str, column: str, start: datetime, end: datetime) -> pd.Series:
+        """A target column on the 15-minute grid [start, end) (NaN where missing)."""
+        f = self.features.c
+        query = sa.select(f.time, f[column]).where(
+            f.site_id == site_id, f.time >= as_utc(start), f.time < as_utc(end)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        index = fx.grid(start, end)
+        if not rows:
+            return pd.Series(np.nan, index=index, dtype=float)
+        times = pd.DatetimeIndex([as_utc(t) for t, _ in rows]).tz_convert("UTC")
+        values = pd.Series([np.nan if v is None else float(v) for _, v in rows], index=times)
+        return values[~values.index.duplicated()].reindex(index)
+
+    def bounds(self, site_id: str, column: str) -> tuple[datetime, datetime] | None:
+        """First and last interval with a value of `column`."""
+        f = self.features.c
+        query = sa.select(sa.func.min(f.time), sa.func.max(f.time)).where(
+            f.site_id == site_id, f[column].is_not(None)
+        )
+        with self.engine.connect() as conn:
+            first, last = conn.execute(query).one()
+        return None if first is None else (as_utc(first), as_utc(last))
+
+    def save_issued(
+        self, site_id: str, target: str, issue_time: datetime, frame: pd.DataFrame, model: str,
+        version: str | None,
+    ) -> int:  # fmt: skip
+        """Store an issued forecast (frame indexed by interval start, columns p10/p50/p90)."""
+        rows = [
+            {"site_id": site_id, "target": target, "issue_time": as_utc(issue_time),
+             "time": t.to_pydatetime(), "p10": float(r.p10), "p50": float(r.p50),
+             "p90": float(r.p90), "model": model, "version": version}
+            for t, r in frame.iterrows()
+        ]  # fmt: skip
+        insert: Any = (
+            postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        )
+        stmt = insert(self.issued)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["site_id", "target", "issue_time", "time"],
+            set_={k: stmt.excluded[k] for k in ("p10", "p50", "p90", "model", "version")},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt, rows)
+        return len(rows)
+
+    def issued_accuracy(
+        self, site_id: str, target: str, column: str, since: datetime
+    ) -> dict[str, float]:
+        """MAE and 80 % coverage of the forecasts issued since `since`, against the actuals so far."""
+        i, f = self.issued.c, self.features.c
+        query = (
+            sa.select(i.p10, i.p50, i.p90, f[column])
+            .join(self.features, sa.and_(f.site_id == i.site_id, f.time == i.time))
+            .where(i.site_id == site_id, i.target == target, i.issue_time >= as_utc(since),
+                   f[column].is_not(None))
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return {"n": 0.0}
+        arr = np.asarray(rows, dtype=float)
+        return {
+            "n": float(len(arr)),
+            "mae": float(np.mean(np.abs(arr[:, 3] - arr[:, 1]))),
+            "coverage_80": float(np.mean((arr[:, 3] >= arr[:, 0]) & (arr[:, 3] <= arr[:, 2]))),
+        }
