@@ -261,6 +261,10 @@ async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
     await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
     await rig.pub.drain()
     entry = rig.service.state["lm"].book.entries["ev1"]
+    assert entry.status == "pending", "booked at once, planned by the job cycle"
+    await rig.service.run_task("job_cycle")
+    await rig.pub.drain()
+    entry = rig.service.state["lm"].book.entries["ev1"]
     # 12:00-14:00 local is peak (0.27/kWh); 14:00 local (12:00 UTC) is shoulder: cheaper
     assert entry.status == "planned"
     assert entry.planned_start == T0 + timedelta(hours=2)

@@ -332,12 +332,11 @@ def build_service(
 
     @service.on(topics.JOB_REQUEST)
     async def on_job_request(msg: JobRequest, ctx: Context) -> None:
+        # booked now, planned by the next job cycle (a solve never blocks the bus handlers)
         try:
             book_job(msg)
         except (ConfigError, DuplicateJobError) as err:
             log.warning("job %s refused: %s", msg.job_id, err)
-            return
-        await replan(clock())
 
     async def replan(now: datetime) -> None:
         s = service.settings
@@ -375,13 +374,8 @@ def build_service(
         if not s.jobs_enabled:
             return
         now = clock()
-        stale = st.last_plan_at is None or (now - st.last_plan_at).total_seconds() >= (
-            s.replan_interval_s
-        )
-        if st.plan_dirty or stale:
-            await replan(now)
         started = False
-        for entry in st.book.due(now):
+        for entry in st.book.due(now):  # starts first: a re-plan below may take seconds
             ttl = max(1.0, entry.duration.total_seconds())
             await service.publish(
                 topics.SETPOINT,
@@ -395,6 +389,11 @@ def build_service(
             started = True
         if st.book.advance(now, timedelta(seconds=s.plan_step_s)) or started:
             save_jobs()
+        stale = st.last_plan_at is None or (now - st.last_plan_at).total_seconds() >= (
+            s.replan_interval_s
+        )
+        if st.plan_dirty or stale or started:
+            await replan(now)
         for status in ("pending", "planned", "running", "done", "cancelled", "unschedulable",
                        "missed"):  # fmt: skip
             count = sum(1 for e in st.book.entries.values() if e.status == status)
