@@ -1,0 +1,93 @@
+"""The service on InMemoryBus and SQLite: forecasts published at start, REST, training, registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from fastapi.testclient import TestClient
+
+from derbus import features as fx
+from derbus import topics
+from derbus.bus import InMemoryBus
+from derbus.http import make_app
+from derbus.messages import TimeSeries
+from derbus.settings import MqttSettings, SiteSettings
+from forecaster.service import build_service
+from forecaster.settings import Settings
+from forecaster.store import ForecastStore
+
+
+def fill_features(store: ForecastStore, site_id: str, load: pd.Series, pv: pd.Series) -> None:
+    store.ensure_schema()
+    rows = [
+        {"time": t.to_pydatetime(), "site_id": site_id, "load_kw": float(load[t]),
+         "pv_kw": float(pv.get(t, 0.0)), "computed_at": datetime.now(UTC)}
+        for t in load.index
+    ]  # fmt: skip
+    with store.engine.begin() as conn:
+        conn.execute(store.features.insert(), rows)
+
+
+def test_service_publishes_trains_and_answers(
+    tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
+) -> None:
+    load = load_series(start="2026-04-06", days=30)
+    pv = pv_series(start="2026-04-06", days=30)
+    end = load.index[-1] + fx.STEP
+    settings = Settings(
+        data_dir=tmp_path, api_token="tok", site=SiteSettings(timezone="Europe/Berlin"),
+        mqtt=MqttSettings(root="t/fc"), max_iter=30, backtest_folds=1, train_at_start=False,
+        models=["linear"],
+    )  # fmt: skip
+    store = ForecastStore(settings.database.sqlalchemy_url(tmp_path))
+    fill_features(store, "s1", load, pv)
+    bus = InMemoryBus()
+    service = build_service(settings, bus, store, now=lambda: end.to_pydatetime())
+    with TestClient(make_app(service)) as client:
+        assert client.get("/readyz").status_code == 200
+        body = client.get("/forecast/s1/load").json()
+        assert body["quantity"] == "load_p_kw"
+        assert len(body["values"]) == 96
+        assert body["issue_time"] == end.isoformat().replace("+00:00", "Z")
+        assert body["start"] == body["issue_time"]
+        assert body["model"] == "seasonal_naive_day"  # nothing trained yet: the fallback
+        q = body["quantiles"]
+        assert all(a <= b <= c for a, b, c in zip(q["p10"], q["p50"], q["p90"], strict=True))
+        assert client.get("/forecast/s1/wind").status_code == 404
+        assert client.get("/forecast/nowhere/load").status_code == 404
+
+        assert client.post("/train").status_code == 401
+        trained = client.post("/train", headers={"Authorization": "Bearer tok"}).json()
+        outcomes = {o["target"]: o for o in trained["outcomes"]}
+        assert outcomes["load"]["promoted"], outcomes["load"]["reason"]
+        after = client.get("/forecast/s1/load").json()
+        assert after["model"] == "linear@v0001"
+        pv_body = client.post("/forecast/s1/pv", headers={"Authorization": "Bearer tok"}).json()
+        assert pv_body["quantity"] == "pv_generation_kw"
+        assert min(pv_body["quantiles"]["p10"]) >= 0
+        models = client.get("/models").json()["models"]
+        assert {(m["target"], m["version"]) for m in models} >= {("load", "v0001")}
+        assert "derbus_forecasts_published_total" in client.get("/metrics").text
+
+    forecasts = [m for m in bus.published if topics.FORECAST.matches(m.topic, "t/fc")]
+    assert {m.topic for m in forecasts} == {
+        topics.FORECAST.topic("s1", "load", "t/fc"),
+        topics.FORECAST.topic("s1", "pv", "t/fc"),
+    }
+    assert all(m.retain for m in forecasts)
+    last_load = [m for m in forecasts if m.topic.endswith("/load/day_ahead")][-1]
+    assert TimeSeries.from_json_bytes(last_load.payload).model == "linear@v0001"
+    with store.engine.connect() as conn:
+        issued = conn.execute(store.issued.select()).all()
+    assert {r.issue_time.replace(tzinfo=UTC) for r in issued} == {end.to_pydatetime()}
+    assert len({(r.target, r.time) for r in issued}) == 2 * 96
+
+
+def test_service_is_ready_without_a_database_or_data(tmp_path: Path) -> None:
+    service = build_service(Settings(data_dir=tmp_path / "d"), InMemoryBus())
+    with TestClient(make_app(service)) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/models").json() == {"models": []}
