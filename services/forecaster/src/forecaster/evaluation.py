@@ -73,9 +73,14 @@ class BacktestResult:
     fit_seconds: dict[str, float] = field(default_factory=dict)
 
     def best_learned(self) -> str:
-        """The learned model with the lowest MAE."""
+        """The learned model with the lowest pinball loss.
+
+        The served product is a quantile forecast, so the choice uses the proper score of all
+        three quantiles (a point model with ill-fitting bands loses to a calibrated quantile
+        model of equal MAE); promotion still requires beating seasonal naive in MAE.
+        """
         learned = {m: v for m, v in self.overall.items() if m not in BASELINES}
-        return min(learned, key=lambda m: learned[m]["mae"])
+        return min(learned, key=lambda m: (learned[m]["pinball"], learned[m]["mae"]))
 
     def beats_seasonal_naive(self, model: str) -> bool:
         """Whether `model` has a lower MAE than both seasonal naive baselines."""

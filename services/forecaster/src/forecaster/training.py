@@ -1,6 +1,7 @@
 """Train a site's target: backtest every model, fit the best on the whole window, register it.
 
-The best learned model is promoted (served) only if it beats both seasonal naive baselines on
+The best is the learned model with the lowest pinball loss on the backtest (see
+`BacktestResult.best_learned`). It is promoted (served) only if it beats both seasonal naive baselines on
 the rolling-origin backtest; otherwise the version is kept for inspection and the previous
 promoted version (or the seasonal naive fallback) keeps serving.
 """
