@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -392,22 +392,25 @@ def _map_text(name: str, base_dir: Path | None) -> tuple[str, str]:
     return path.read_text(), str(path)
 
 
-def load_map(name: str, base_dir: Path | None = None) -> MapFile:
-    """Load a register map (shipped name or path); raises ConfigError naming the field."""
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _load_model(kind: type[_M], name: str, base_dir: Path | None) -> _M:
     text, where = _map_text(name, base_dir)
     try:
-        return MapFile.model_validate(_read_yaml(text, where))
+        return kind.model_validate(_read_yaml(text, where))
     except ValidationError as err:
         raise ConfigError(_describe(err, where, None)) from err
+
+
+def load_map(name: str, base_dir: Path | None = None) -> MapFile:
+    """Load a register map (shipped name or path); raises ConfigError naming the field."""
+    return _load_model(MapFile, name, base_dir)
 
 
 def load_sunspec_map(name: str, base_dir: Path | None = None) -> SunSpecMap:
-    """Load a SunSpec field map (shipped name or path)."""
-    text, where = _map_text(name, base_dir)
-    try:
-        return SunSpecMap.model_validate(_read_yaml(text, where))
-    except ValidationError as err:
-        raise ConfigError(_describe(err, where, None)) from err
+    """Load a SunSpec field map (shipped name or path); raises ConfigError naming the field."""
+    return _load_model(SunSpecMap, name, base_dir)
 
 
 def _describe(err: ValidationError, where: str, raw: Any) -> str:

@@ -50,8 +50,8 @@ class ControlPlan(Protocol):
 
 
 @dataclass(frozen=True)
-class RegisterControl:
-    """A control declared in a register map: value register, optional enable and watchdog."""
+class DeclaredControl:
+    """Base of the control plans: the declared spec gives the target and its limits."""
 
     spec: ControlSpec
 
@@ -64,6 +64,11 @@ class RegisterControl:
     def limits(self) -> TargetLimits:
         """The declared range."""
         return TargetLimits(self.spec.min, self.spec.max)
+
+
+@dataclass(frozen=True)
+class RegisterControl(DeclaredControl):
+    """A control declared in a register map: value register, optional enable and watchdog."""
 
     @property
     def refresh_s(self) -> float | None:

@@ -124,6 +124,7 @@ class DeviceRunner:
         self.inbox: asyncio.Queue[Pending] = asyncio.Queue()
         self.wake = asyncio.Event()
         self.last_reading: Telemetry | None = None
+        self._warned: set[tuple[str, str]] = set()
         self.label = device.label
         self.metrics.stale.labels(device=self.label).set(0)
         if not device.sunspec:
@@ -177,11 +178,18 @@ class DeviceRunner:
         message, refused = build_telemetry(
             self.device.kind, values, now, SOURCE, self.device.load_kind
         )
+        warned = self._warned
+        self._warned = set()
         for drop in drops + refused:
             self.metrics.dropped.labels(
                 device=self.label, field=drop.field, reason=drop.reason
             ).inc()
-            log.warning("%s: %s dropped (%s): %s", self.label, drop.field, drop.reason, drop.detail)
+            key = (drop.field, drop.reason)
+            if key not in warned:  # warn once per run of the same drop; the counter counts all
+                log.warning(
+                    "%s: %s dropped (%s): %s", self.label, drop.field, drop.reason, drop.detail
+                )
+            self._warned.add(key)
         if message is not None:
             await self.service.publish(
                 SPECS[self.device.kind], message, site_id=self.device.site_id,

@@ -13,9 +13,8 @@ from sunspec2.device import get_model_def
 
 from derbus.errors import DeviceError, SetpointRejectedError
 from derbus.messages import SetpointTarget
-from derbus.setpoints import TargetLimits
-from meter_gateway.config import ControlSpec, RegisterPoint, ResolvedDevice, required_fields
-from meter_gateway.control import ControlPlan, Write
+from meter_gateway.config import RegisterPoint, ResolvedDevice, required_fields
+from meter_gateway.control import ControlPlan, DeclaredControl, Write
 from meter_gateway.link import ModbusLink
 from meter_gateway.readings import ReadPoint
 from meter_gateway.registers import DataType, encode, field_unit, unit_factor
@@ -262,28 +261,10 @@ def _i16(value: float) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class StorageControl:
-    """`battery_p_kw` on SunSpec 124: charge (and zero) → StorCtl_Mod=1 (CHARGE) + InWRte in %
-    of WChaMax; discharge → StorCtl_Mod=2 (DISCHARGE) + OutWRte in % of the discharge rating
-    (802 WDisChaRteMax, else WChaMax); revert → StorCtl_Mod=0. Both bits at once are never
-    written (devices refuse it). InOutWRte_RvrtTms goes with every value so the device reverts
-    on its own if the gateway stops refreshing."""
+class SunSpecControl(DeclaredControl):
+    """A control on a SunSpec model, with the model's reversion timer (`*_RvrtTms`)."""
 
-    spec: ControlSpec
     model: SunSpecModel
-    wchamax_w: float
-    rate_sf: int
-    wdischamax_w: float | None = None
-
-    @property
-    def target(self) -> SetpointTarget:
-        """`battery_p_kw`."""
-        return self.spec.target
-
-    @property
-    def limits(self) -> TargetLimits:
-        """The declared range."""
-        return TargetLimits(self.spec.min, self.spec.max)
 
     @property
     def reversion_s(self) -> int:
@@ -294,6 +275,19 @@ class StorageControl:
     def refresh_s(self) -> float | None:
         """Rewrite at half the reversion timeout (or as declared)."""
         return self.spec.refresh_s or self.reversion_s / 2
+
+
+@dataclass(frozen=True)
+class StorageControl(SunSpecControl):
+    """`battery_p_kw` on SunSpec 124: charge (and zero) → StorCtl_Mod=1 (CHARGE) + InWRte in %
+    of WChaMax; discharge → StorCtl_Mod=2 (DISCHARGE) + OutWRte in % of the discharge rating
+    (802 WDisChaRteMax, else WChaMax); revert → StorCtl_Mod=0. Both bits at once are never
+    written (devices refuse it). InOutWRte_RvrtTms goes with every value so the device reverts
+    on its own if the gateway stops refreshing."""
+
+    wchamax_w: float
+    rate_sf: int
+    wdischamax_w: float | None = None
 
     def _pct_raw(self, p_kw: float) -> tuple[int, ...]:
         rating = self.wchamax_w if p_kw >= 0 else (self.wdischamax_w or self.wchamax_w)
@@ -327,34 +321,12 @@ class StorageControl:
 
 
 @dataclass(frozen=True)
-class PvLimitControl:
+class PvLimitControl(SunSpecControl):
     """`pv_limit_pct` / `pv_limit_kw` on SunSpec 123: WMaxLimPct + WMaxLim_Ena, with
     WMaxLimPct_RvrtTms; revert → WMaxLim_Ena = 0. kW needs WMax (model 121) or WRtg (120)."""
 
-    spec: ControlSpec
-    model: SunSpecModel
     pct_sf: int
     wmax_w: float | None
-
-    @property
-    def target(self) -> SetpointTarget:
-        """`pv_limit_pct` or `pv_limit_kw`."""
-        return self.spec.target
-
-    @property
-    def limits(self) -> TargetLimits:
-        """The declared range."""
-        return TargetLimits(self.spec.min, self.spec.max)
-
-    @property
-    def reversion_s(self) -> int:
-        """The device watchdog written with each value, s."""
-        return self.spec.reversion.seconds if self.spec.reversion else DEFAULT_REVERSION_S
-
-    @property
-    def refresh_s(self) -> float | None:
-        """Rewrite at half the reversion timeout (or as declared)."""
-        return self.spec.refresh_s or self.reversion_s / 2
 
     def writes(self, value: float) -> list[Write]:
         """The reversion timer, the limit in %, then enable."""
