@@ -256,7 +256,8 @@ class DeviceRunner:
         """Handle setpoints, expiries, refreshes and reverts forever."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.service.settings.control_tick_s)
+                async with asyncio.timeout(self.service.settings.control_tick_s):
+                    await self.wake.wait()
             self.wake.clear()
             await self.control_step()
 

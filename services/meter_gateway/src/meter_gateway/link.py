@@ -69,7 +69,8 @@ class PymodbusLink:
             if self.client.connected:
                 return
             try:
-                ok = await asyncio.wait_for(self.client.connect(), self.timeout_s * 2)
+                async with asyncio.timeout(self.timeout_s * 2):
+                    ok = await self.client.connect()
             except (TimeoutError, OSError, ModbusException) as err:
                 self.client.close()
                 raise DeviceError(f"{self.name}: cannot connect ({err or 'timeout'})") from err
@@ -80,7 +81,10 @@ class PymodbusLink:
     async def _call(self, what: str, coro_fn: Any, **kwargs: Any) -> Any:
         await self._ensure_connected()
         try:
-            response = await asyncio.wait_for(coro_fn(**kwargs), self.timeout_s * 2)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # lands as the request completes, and the poll task would then never stop.
+            async with asyncio.timeout(self.timeout_s * 2):
+                response = await coro_fn(**kwargs)
         except TimeoutError as err:
             self.client.close()
             raise DeviceError(f"{self.name}: {what} timed out") from err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Annotated
@@ -82,11 +81,15 @@ def build_service(
 
     @service.on_shutdown
     async def stop_devices() -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        pending = set(tasks)
+        for _ in range(10):  # a cancellation can be lost in a library call: cancel again
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.error("%d device tasks did not stop", len(pending))
         tasks.clear()
         pool.close()
 
