@@ -420,21 +420,28 @@ async def test_edge_simulator_readings_reach_both_stores(
         await simulator.start()
         await wait_for(lambda: len(recorders[0].messages) >= 10, 20, message="simulated meters")
         await simulator.stop()
-        await probe.drain()
-        published: Published = []
-        for rec in recorders:
-            for topic, msg in rec.messages:
-                ids = rec.spec.parse(topic, root)
-                assert ids is not None
-                published.append((rec.spec, ids.site_id, ids.device_id, msg))
-        expected = expected_rows(published)
-        sites = {site for _, site, _, _ in published}
+
+        def published_now() -> Published:
+            out: Published = []
+            for rec in recorders:
+                for topic, msg in rec.messages:
+                    ids = rec.spec.parse(topic, root)
+                    assert ids is not None
+                    out.append((rec.spec, ids.site_id, ids.device_id, msg))
+            return out
+
+        sites = {site for _, site, _, _ in published_now()}
         assert len(sites) == 2
+        # The probe and cloud_sync receive the simulator's last messages independently: wait until
+        # both have them all, then every stored row must be exactly one published reading.
         await wait_for(
-            lambda: count_rows(postgres_url, sites) >= len(expected), 20, interval=0.1,
-            message=f"{len(expected)} simulated readings in PostgreSQL",
+            lambda: set(stored_rows(postgres_url, sites)) == expected_rows(published_now()), 20,
+            interval=0.2, message="every simulated reading in PostgreSQL, nothing else",
         )  # fmt: skip
-        assert set(stored_rows(postgres_url, sites)) == expected
+        published = published_now()
+        expected = expected_rows(published)
+        rows = stored_rows(postgres_url, sites)
+        assert len(rows) == len(expected), "no reading stored twice"
         meter = {
             (site, int(msg.ts.timestamp() * 1000)): msg.p_kw  # type: ignore[attr-defined]
             for spec, site, _, msg in published
