@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from derbus import topics
 from derbus.bus import InMemoryBroker, InMemoryBus
-from derbus.errors import ConfigError
+from derbus.errors import ConfigError, SolverError
 from derbus.http import make_app
 from derbus.messages import PvCurtailmentSet
 from derbus.settings import load_settings
@@ -50,6 +50,8 @@ async def test_state_in_limits_out(ieee123: Feeder, mode: str) -> None:
     assert len(set(round(f, 9) for f in decision.curtailment.fraction.values())) == 1
     await sim.stop()
     await vc.stop()
+    with pytest.raises(SolverError, match="closed"):  # stop released the engine (after its solve)
+        state.ac.solve(1.0, {})
 
 
 @pytest.fixture

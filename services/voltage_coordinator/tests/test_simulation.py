@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,8 +16,10 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def sim(ieee123: Feeder) -> FeederSimulation:
-    return FeederSimulation(ieee123, start_step=58, hold_step=True)
+def sim(ieee123: Feeder) -> Iterator[FeederSimulation]:
+    simulation = FeederSimulation(ieee123, start_step=58, hold_step=True)
+    yield simulation
+    simulation.close()
 
 
 def test_limits_cap_outputs_until_the_ttl_lapses(sim: FeederSimulation) -> None:

@@ -124,8 +124,11 @@ def plot(
     ac = AcFlow(feeder)
     load = feeder.profiles.load[step]
     avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
-    before = ac.solve(load, avail)
-    fixed = solve_ac_corrected(solver.solve, ac, solver.tree, StepInputs(load, avail))
+    try:
+        before = ac.solve(load, avail)
+        fixed = solve_ac_corrected(solver.solve, ac, solver.tree, StepInputs(load, avail))
+    finally:
+        ac.close()
     plot_profiles(
         solver.tree.nodes, before.vector(solver.tree), fixed.ac.vector(solver.tree), avail,
         fixed.curtailment.limit_kw, settings.v_max_pu, output,

@@ -1,23 +1,74 @@
 """The AC power flow of a feeder: an unbalanced three-phase OpenDSS model (opendssdirect.py).
 
-Each `AcFlow` owns its own DSS engine context, so several can live in one process; one instance
-must not be used from two threads at once. Loads are constant-power; each PV is one constant-power
-generator per phase at unity power factor; regulators are ideal-ish single-phase transformers at
-their fixed taps; the source is a stiff voltage source at `source_v_pu`.
+Threading. The DSS C-API engine is Free Pascal code. Every thread that first enters it runs
+the Pascal runtime's thread set-up, which reads the C environment through the `envp` pointer
+the library captured when it was loaded. glibc moves (reallocates and frees) the environment
+array whenever a variable is added, which Python does freely (`os.environ[...] = ...`, pytest's
+`PYTEST_CURRENT_TEST`, monkeypatch): a thread entering the engine later then reads freed memory
+and the process dies with a segmentation fault. So the engine is loaded with `envp` pointing to
+a copy of the environment that lives as long as the process (`_load_engine`), and each
+`AcFlow` owns one dedicated worker thread that creates its DSS context and runs every call on
+it (`solve` from any thread hands the work to it; `executor` lets async code await it). `close`
+waits for the work in flight, releases the context on that thread and stops the thread.
+
+Model: loads are constant-power; each PV is one constant-power generator per phase at unity
+power factor; regulators are ideal-ish single-phase transformers at their fixed taps; the
+source is a stiff voltage source at `source_v_pu`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import math
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, TypeVar
 
 import numpy as np
-import opendssdirect as dss
 
 from derbus.errors import SolverError
 from voltage_coordinator.feeder import PHASES, Feeder, phase_index
 from voltage_coordinator.network import FloatArray, Tree
+
+T = TypeVar("T")
+
+
+def _load_engine() -> tuple[ModuleType, Any]:
+    """Import opendssdirect while the C `environ` points to a copy that is never freed.
+
+    Returns the module and the pinned copy (keep it referenced for the life of the process).
+    Outside glibc/musl Linux the import is plain.
+    """
+    if not sys.platform.startswith("linux"):
+        return importlib.import_module("opendssdirect"), None
+    libc = ctypes.CDLL(None)
+    environ = ctypes.c_void_p.in_dll(libc, "environ")
+    if environ.value is None:
+        return importlib.import_module("opendssdirect"), None
+    current = ctypes.cast(environ, ctypes.POINTER(ctypes.c_char_p))
+    entries: list[bytes | None] = []
+    while (entry := current[len(entries)]) is not None:
+        entries.append(entry)
+    pinned = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
+    before = environ.value
+    environ.value = ctypes.addressof(pinned)
+    try:
+        module = importlib.import_module("opendssdirect")
+    finally:
+        # nothing changed the environment during the import: give libc its own array back
+        # (the engine keeps `pinned`); otherwise libc has already copied `pinned` to a new one
+        if environ.value == ctypes.addressof(pinned):
+            environ.value = before
+    return module, pinned
+
+
+_DSS, _PINNED_ENVIRON = _load_engine()
+"""The engine module and the environment copy its Pascal runtime reads (process lifetime)."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +106,53 @@ def _lower_triangle(matrix: list[list[float]], keep: list[int]) -> str:
 
 
 class AcFlow:
-    """An OpenDSS model of a feeder, re-solved for each load level and PV outputs."""
+    """An OpenDSS model of a feeder, re-solved for each load level and PV outputs.
+
+    Owns one engine thread (see the module docstring); call `close` when done.
+    """
 
     def __init__(self, feeder: Feeder) -> None:
         self.feeder = feeder
-        self._dss = dss.NewContext()
         self._pv_phases: dict[str, list[tuple[str, float]]] = {}
         self._loads: list[tuple[str, float, float]] = []
+        self._dss: Any = None
+        self._thread_id: int | None = None
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"opendss-{feeder.feeder_id}")
+        """The one thread that owns this instance's DSS context; await work on it from async code."""
+        try:
+            self.executor.submit(self._create).result()
+        except BaseException:
+            self.executor.shutdown(wait=True)
+            raise
+
+    def _create(self) -> None:
+        self._thread_id = threading.get_ident()
+        self._dss = _DSS.NewContext()
         self._build()
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on this instance's engine thread and wait for it (blocking).
+
+        Called on the engine thread itself (e.g. from work already handed to `executor`),
+        `fn` runs directly. Raises SolverError after `close`.
+        """
+        if threading.get_ident() == self._thread_id:
+            return fn(*args)
+        if self._dss is None:
+            raise SolverError("the AC power flow is closed")
+        return self.executor.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Wait for the work in flight, release the DSS context on its thread, stop the thread.
+
+        Idempotent. Must not be called from the engine thread.
+        """
+        if self._dss is not None and threading.get_ident() != self._thread_id:
+            self.executor.submit(self._release).result()
+        self.executor.shutdown(wait=True)
+
+    def _release(self) -> None:
+        self._dss = None
 
     def _cmd(self, text: str) -> None:
         try:
@@ -130,9 +220,15 @@ class AcFlow:
     def solve(self, load_mult: float, pv_output_kw: Mapping[str, float]) -> AcResult:
         """Solve for loads at `load_mult` x nominal and the given PV outputs (kW, generation > 0).
 
-        PVs missing from `pv_output_kw` produce nothing. Raises SolverError when OpenDSS fails.
+        Runs on the engine thread (from any thread; blocking). PVs missing from `pv_output_kw`
+        produce nothing. Raises SolverError when OpenDSS fails or the flow is closed.
         """
+        return self.run(self._solve, load_mult, dict(pv_output_kw))
+
+    def _solve(self, load_mult: float, pv_output_kw: Mapping[str, float]) -> AcResult:
         d = self._dss
+        if d is None:
+            raise SolverError("the AC power flow is closed")
         for name, kw, kvar in self._loads:
             d.Loads.Name(name)
             d.Loads.kW(kw * load_mult)

@@ -35,8 +35,15 @@ def build_feeder_sim(
 
     async def publish_state() -> None:
         async with lock:
-            state = await service.run_blocking(sim.solve, utcnow())
+            # on the AC flow's own engine thread (the only thread that touches its DSS context)
+            loop = asyncio.get_running_loop()
+            state = await loop.run_in_executor(sim.ac.executor, sim.solve, utcnow())
         await service.publish(topics.FEEDER_STATE, state, site_id=fid, device_id=FEEDER_DEVICE)
+
+    @service.on_shutdown
+    async def release_engine() -> None:
+        # after the tasks are cancelled a solve may still run on the engine thread: wait for it
+        await asyncio.to_thread(sim.close)
 
     @service.on(topics.PV_CURTAILMENT, site_id=fid)
     async def on_limits(msg: PvCurtailmentSet, ctx: Context) -> None:

@@ -99,6 +99,10 @@ class FeederSimulation:
             load_p_kw=round(self.feeder.total_load_kw * load_mult, 6),
         )  # fmt: skip
 
+    def close(self) -> None:
+        """Release the AC power flow (waits for a solve in flight; see `AcFlow.close`)."""
+        self.ac.close()
+
     def advance(self) -> None:
         """Move to the next interval (wrapping at the end of the day) unless holding."""
         if not self.hold_step:
