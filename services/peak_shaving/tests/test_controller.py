@@ -80,6 +80,8 @@ def test_single_cycle(
     decision = controller().step(inputs)
     assert decision.battery_p_kw == pytest.approx(setpoint), case
     assert decision.mode == mode, case
+    assert decision.command == (mode != "idle"), case  # idle: nothing is sent
+    assert decision.ttl_s == 10.0, case  # first reading: no interval known, the configured TTL
     assert decision.violation_kw == pytest.approx(violation), case
     assert decision.pcc_expected_kw == pytest.approx(
         inputs.pcc_p_kw - inputs.battery_p_kw + setpoint
@@ -95,6 +97,8 @@ class Cycle:
     mode: str | None = None
     ramp_limited: bool | None = None
     deadband_held: bool | None = None
+    command: bool | None = None
+    ttl_s: float | None = None
 
 
 def run(ctl: PeakShavingController, cycles: list[Cycle]) -> None:
@@ -107,6 +111,10 @@ def run(ctl: PeakShavingController, cycles: list[Cycle]) -> None:
             assert d.ramp_limited == c.ramp_limited, f"cycle {i}: {d}"
         if c.deadband_held is not None:
             assert d.deadband_held == c.deadband_held, f"cycle {i}: {d}"
+        if c.command is not None:
+            assert d.command == c.command, f"cycle {i}: {d}"
+        if c.ttl_s is not None:
+            assert d.ttl_s == pytest.approx(c.ttl_s), f"cycle {i}: {d}"
 
 
 def test_ramp_limits_schedule_following_but_not_limit_enforcement() -> None:
@@ -275,3 +283,55 @@ def test_demand_window_holds_the_planned_peak() -> None:
     # a configured target above the planned peak wins (the higher threshold)
     ctl = controller(max_gap_s=900.0, demand_target_kw=45.0)
     run(ctl, [Cycle(reading(0, 30, plan_peak_kw=35.0), 0.0), Cycle(reading(300, 44), 0.0, "idle")])
+
+
+def test_idle_sends_nothing_and_acting_commands_refresh_before_their_ttl() -> None:
+    # (t, PCC, battery) → command or not; TTL = 3 reading intervals, >= 2 s, <= setpoint_ttl_s
+    ctl = controller(setpoint_ttl_s=10.0)
+    run(
+        ctl,
+        [
+            Cycle(reading(0, 20), 0.0, "idle", command=False, ttl_s=10.0),
+            Cycle(reading(1, 80), -30.5, "import_limit", command=True, ttl_s=3.0),
+            Cycle(reading(2, 49.5, -30.5), -30.5, "import_limit", command=True, ttl_s=3.0),
+            # the peak is over: nothing is sent, the -30.5 kW command lapses within 3 s and
+            # the battery's own default (self-consumption) resumes; no ramp back towards 0
+            Cycle(reading(3, -10.5, -30.5), 0.0, "idle", command=False),
+            # whatever the battery does by itself is left alone while inside the limits
+            Cycle(reading(4, 5.0, -15.0), 0.0, "idle", command=False),
+            Cycle(reading(5, -5.0, 12.0), 0.0, "idle", command=False),
+            # its self-consumption discharge would cross the export limit: commanded again
+            Cycle(reading(6, -35.0, -20.0), -14.5, "export_limit", command=True),
+            # readings 0.5 s apart: the TTL floor (2 s); 20 s apart: the configured TTL (10 s)
+            Cycle(reading(6.5, 80), -30.5, command=True, ttl_s=2.0),
+            Cycle(reading(26.5, 80), -30.5, command=True, ttl_s=10.0),
+        ],
+    )
+    k = ctl.kpis("s1")
+    assert (k["readings"], k["setpoints_sent"]) == (9, 5)
+
+
+def test_a_schedule_is_tracked_even_at_zero() -> None:
+    # a valid schedule holding the battery at 0 kW (saving energy for a later peak) is a
+    # command: the battery's self-consumption would spend that energy
+    run(
+        controller(),
+        [
+            Cycle(reading(0, 20, 5.0, schedule_p_kw=0.0), 0.0, "schedule", command=True),
+            Cycle(reading(1, 20, 0.0, schedule_p_kw=0.0), 0.0, "schedule", command=True),
+            Cycle(reading(2, 20, 0.0), 0.0, "idle", command=False),  # fallback: limits only
+        ],
+    )
+
+
+def test_demand_window_commands_only_while_it_shaves() -> None:
+    ctl = controller(demand_target_kw=40.0, max_gap_s=900.0)
+    run(
+        ctl,
+        [
+            Cycle(reading(0, 30), 0.0, "idle", command=False),
+            Cycle(reading(300, 30), 0.0, "idle", command=False),
+            Cycle(reading(600, 60), -30.5, "demand", command=True),
+            Cycle(reading(900, 40), 0.0, "idle", command=False),  # new interval, within target
+        ],
+    )

@@ -60,6 +60,14 @@ class Rig:
         got = await self.setpoints.wait(count + 1, timeout=5)
         return got[-1]
 
+    async def idle_meter(self, p_kw: float, ts: datetime | None = None) -> None:
+        """A PCC reading the PMA must not answer (drain waits for the service's handler)."""
+        count = len(self.setpoints.messages)
+        readings = self.ps.controller.kpis(SITE)["readings"] if self.ps.controller.sites() else 0
+        await self.send(topics.METER, MeterReading(ts=ts or utcnow(), source="t", p_kw=p_kw), "pcc")
+        assert self.ps.controller.kpis(SITE)["readings"] == readings + 1  # it was handled
+        assert len(self.setpoints.messages) == count, self.setpoints.values[count:]
+
 
 def interval_start(now: datetime) -> datetime:
     epoch = int(now.timestamp())
@@ -114,6 +122,30 @@ async def test_import_peak_gives_a_discharge_setpoint(rig: Rig) -> None:
     assert cmd.ttl_s == 10.0
     topic = rig.setpoints.messages[-1][0]
     assert topic == topics.SETPOINT.topic(SITE, "battery", ROOT)
+
+
+async def test_idle_sends_nothing_and_acting_refreshes_within_the_ttl(rig: Rig) -> None:
+    t0 = utcnow()
+    # no schedule, inside the limits: no setpoint, so the battery's self-consumption is not
+    # overridden
+    await rig.battery(0.0, ts=t0)
+    await rig.idle_meter(20.0, t0)
+    # an import peak: commanded at once, with a TTL of 3 reading intervals (here 1 s → 3 s) ...
+    first = await rig.meter(80.0, t0 + timedelta(seconds=1))
+    assert (first.value, first.ttl_s) == (pytest.approx(-30.5), 3.0)
+    # ... and refreshed on every reading, so the command never lapses while the PMA acts
+    await rig.battery(-30.5, ts=t0 + timedelta(seconds=2))
+    again = await rig.meter(49.5, t0 + timedelta(seconds=2))
+    assert (again.value, again.ttl_s) == (pytest.approx(-30.5), 3.0)
+    # the peak is over: nothing more is sent; the last command lapses within 3 s
+    await rig.battery(-30.5, ts=t0 + timedelta(seconds=3))
+    await rig.idle_meter(-10.5, t0 + timedelta(seconds=3))
+    await rig.battery(0.0, ts=t0 + timedelta(seconds=4))
+    await rig.idle_meter(20.0, t0 + timedelta(seconds=4))
+    # an export peak: commanded again
+    assert (await rig.meter(-45.0, t0 + timedelta(seconds=5))).value == pytest.approx(15.5)
+    kpis = (await rig.http.get("/kpis")).json()["values"]
+    assert (kpis["readings"], kpis["setpoints_sent"]) == (6, 3)
 
 
 async def test_forecast_gives_a_retained_schedule_the_pma_follows(rig: Rig) -> None:
@@ -172,8 +204,8 @@ async def test_solver_failure_keeps_the_last_schedule_and_falls_back_to_limits(
     status = rig.ps.service.status()
     assert status.state == "degraded"
     assert "limits-only" in (status.reason or "")
-    # limits only: in limits the battery idles (no schedule following) ...
-    assert (await rig.meter(20.0)).value == 0.0
+    # limits only: in limits nothing is sent (the battery's own default resumes) ...
+    await rig.idle_meter(20.0)
     # ... and over the limit it still shaves
     assert (await rig.meter(70.0)).value == pytest.approx(-20.5)
     assert (await rig.http.get("/schedule")).json()["followed_by_pma"] is False

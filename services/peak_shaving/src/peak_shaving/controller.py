@@ -19,6 +19,8 @@ from peak_shaving.config import SiteConfig
 
 Mode = Literal["import_limit", "export_limit", "demand", "schedule", "idle"]
 _EPS_KW = 1e-9
+_TTL_READINGS = 3.0  # a command outlives this many reading intervals (two readings may be lost)
+_MIN_TTL_S = 2.0  # but never less than this, s (transport delay, clock skew)
 
 
 class PmaConfig(SiteConfig):
@@ -36,7 +38,12 @@ class PmaConfig(SiteConfig):
         description="fastest schedule-following change, kW/s (limit enforcement is not ramped)",
     )
     setpoint_ttl_s: float = Field(
-        default=10.0, gt=0, le=3600, description="TTL of each battery setpoint, s"
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="longest TTL of a battery setpoint, s; each command lives 3 reading"
+        " intervals (at least 2 s, at most this), so once the PMA stops commanding the"
+        " battery's own default behaviour resumes within that time",
     )
     battery_match_s: float = Field(
         default=0.0,
@@ -103,6 +110,11 @@ class PmaDecision:
         pcc_expected_kw: PCC power once the setpoint applies, kW.
         import_cap_kw: the import ceiling aimed at (limit or demand cap, minus margin), kW.
         violation_kw: how far the expected PCC power stays beyond a hard limit, kW, >= 0.
+        command: a setpoint is to be sent; False when idle (in limits, no demand action, no
+            schedule): nothing is sent, the last command lapses and the device's own default
+            (e.g. self-consumption) resumes. `battery_p_kw` is then 0 (nominal).
+        ttl_s: TTL of the command, s: 3 reading intervals, at least 2 s, at most
+            `setpoint_ttl_s` (commands are refreshed on every reading while the PMA acts).
         ramp_limited: the ramp limit cut the move towards the schedule.
         deadband_held: the previous setpoint was kept (change below the deadband).
     """
@@ -114,6 +126,8 @@ class PmaDecision:
     pcc_expected_kw: float
     import_cap_kw: float
     violation_kw: float
+    command: bool = True
+    ttl_s: float = 10.0
     ramp_limited: bool = False
     deadband_held: bool = False
 
@@ -123,6 +137,7 @@ class SiteKpis:
     """Accumulated figures of one site (time in s, energy in kWh)."""
 
     readings: int = 0
+    commands: int = 0
     time_on_limit_s: float = 0.0
     limit_events: int = 0
     unfixed_violation_s: float = 0.0
@@ -136,6 +151,7 @@ class SiteState:
     """What the controller remembers about one site between cycles."""
 
     last_ts: datetime | None = None
+    reading_interval_s: float | None = None
     last_setpoint_kw: float | None = None
     last_setpoint_ts: datetime | None = None
     last_decision: PmaDecision | None = None
@@ -160,7 +176,8 @@ class PeakShavingController:
     Per cycle: above the import ceiling the battery discharges, below the export floor it
     charges, just enough to bring the PCC back inside with `margin_kw`. Otherwise it follows the
     EMA schedule (ramp-limited, with a deadband), clipped so that following it cannot push the
-    PCC out. The import ceiling is the import limit or, with a demand target, what the rest of the
+    PCC out. With nothing to enforce (inside the limits, no demand action, no schedule) it sends
+    nothing: its last command lapses by its TTL and the battery's own default resumes. The import ceiling is the import limit or, with a demand target, what the rest of the
     clock-aligned demand interval may still import so that its average stays at
     max(target, month's peak so far). SoC limits and the reserve bound what the battery may do.
 
@@ -195,6 +212,7 @@ class PeakShavingController:
         rolling = state.rolling_import_kws / state.rolling_s if state.rolling_s > 0 else 0.0
         values = {
             "readings": float(k.readings),
+            "setpoints_sent": float(k.commands),
             "time_on_limit_s": k.time_on_limit_s,
             "limit_events": float(k.limit_events),
             "unfixed_violation_s": k.unfixed_violation_s,
@@ -204,7 +222,7 @@ class PeakShavingController:
             "month_peak_kw": state.month_peak_kw,
             "rolling_15min_import_kw": rolling,
         }
-        if state.last_decision is not None:
+        if state.last_decision is not None and state.last_decision.command:
             values["battery_setpoint_kw"] = state.last_decision.battery_p_kw
         return values
 
@@ -222,7 +240,10 @@ class PeakShavingController:
         state = self.state(inputs.site_id)
         dt_s = 0.0
         if state.last_ts is not None:
-            dt_s = _clip((inputs.ts - state.last_ts).total_seconds(), 0.0, cfg.max_gap_s)
+            gap_s = (inputs.ts - state.last_ts).total_seconds()
+            if gap_s > 0:
+                state.reading_interval_s = gap_s
+            dt_s = _clip(gap_s, 0.0, cfg.max_gap_s)
         self._account(state, inputs, dt_s)
 
         # Battery capability now (SoC and reported limits).
@@ -252,7 +273,10 @@ class PeakShavingController:
             ceiling_kw = floor_kw = (max(ceiling_kw, cfg.export_limit_kw) + floor_kw) / 2
         low_kw, high_kw = floor_kw - site_kw, ceiling_kw - site_kw
 
-        # What the schedule asks, within the reserve and the battery's capability.
+        # What the schedule asks, within the reserve and the battery's capability. Without a
+        # schedule the PMA asks nothing: 0 kW stands for "the battery adds nothing" when
+        # checking the limits, and is not sent unless a limit needs the battery.
+        scheduled = inputs.schedule_p_kw is not None
         wanted = inputs.schedule_p_kw if inputs.schedule_p_kw is not None else 0.0
         if wanted < 0 and soc is not None and soc <= cfg.reserve_pct:
             wanted = 0.0
@@ -260,16 +284,16 @@ class PeakShavingController:
 
         previous = state.last_setpoint_kw if state.last_setpoint_kw is not None else battery_kw
         ramp_limited = deadband_held = False
-        if state.last_ts is not None:
+        if scheduled and state.last_ts is not None:
             step_kw = cfg.ramp_kw_per_s * max(dt_s, 1e-3)
             ramped = _clip(wanted, previous - step_kw, previous + step_kw)
             ramp_limited = abs(ramped - wanted) > _EPS_KW
             wanted = ramped
-        if abs(wanted - previous) < cfg.deadband_kw and wanted != previous:
+        if scheduled and abs(wanted - previous) < cfg.deadband_kw and wanted != previous:
             wanted, deadband_held = previous, True
 
         # Limits override the schedule, the ramp and the deadband.
-        mode: Mode = "schedule" if inputs.schedule_p_kw is not None else "idle"
+        mode: Mode = "schedule" if scheduled else "idle"
         target = wanted
         if target > high_kw + _EPS_KW:
             target, mode = high_kw, "demand" if demand_binds else "import_limit"
@@ -277,8 +301,20 @@ class PeakShavingController:
         elif target < low_kw - _EPS_KW:
             target, mode = low_kw, "export_limit"
             deadband_held = False
+        elif not scheduled and not low_kw - _EPS_KW <= battery_kw <= high_kw + _EPS_KW:
+            # idle would be fine, but what the battery does now (its own default, or a command
+            # of ours still lapsing) pushes the PCC out: command the nearest power that does not
+            target = _clip(battery_kw, low_kw, high_kw)
+            if battery_kw > high_kw:
+                mode = "demand" if demand_binds else "import_limit"
+            else:
+                mode = "export_limit"
         target = _clip(target, -discharge_max, charge_max)
         on_limit = mode in ("import_limit", "export_limit", "demand")
+        command = mode != "idle"
+        ttl_s = cfg.setpoint_ttl_s
+        if state.reading_interval_s is not None:
+            ttl_s = min(ttl_s, max(_TTL_READINGS * state.reading_interval_s, _MIN_TTL_S))
 
         pcc_kw = site_kw + target
         violation = max(pcc_kw - cfg.import_limit_kw, cfg.export_limit_kw - pcc_kw, 0.0)
@@ -292,14 +328,19 @@ class PeakShavingController:
             pcc_expected_kw=pcc_kw,
             import_cap_kw=ceiling_kw,
             violation_kw=violation,
+            command=command,
+            ttl_s=ttl_s,
             ramp_limited=ramp_limited,
             deadband_held=deadband_held,
         )
         if on_limit and not (state.last_decision and state.last_decision.on_limit):
             state.kpis.limit_events += 1
         state.last_decision = decision
-        state.last_setpoint_kw = target
-        state.last_setpoint_ts = inputs.ts
+        if command:
+            state.kpis.commands += 1
+            state.last_setpoint_kw, state.last_setpoint_ts = target, inputs.ts
+        else:  # the last command lapses; the measured battery power tells what the device does
+            state.last_setpoint_kw = None
         state.last_ts = inputs.ts
         return decision
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import cvxpy as cp
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
@@ -25,7 +24,7 @@ from peak_shaving.config import SiteConfig
 
 SolverName = Literal["ECOS", "CLARABEL", "HIGHS"]
 FloatArray = NDArray[np.float64]
-_OK_STATUSES = {cp.OPTIMAL, cp.OPTIMAL_INACCURATE}
+_OK_STATUSES = {"optimal", "optimal_inaccurate"}  # cvxpy.OPTIMAL, cvxpy.OPTIMAL_INACCURATE
 
 
 class EmaConfig(SiteConfig):
@@ -164,6 +163,8 @@ class ScheduleOptimizer:
     """
 
     def __init__(self, config: EmaConfig) -> None:
+        import cvxpy as cp  # ~2 s to import: only where a problem is built, not at start-up
+
         self.config = config
         n = config.horizon_steps
         dt_h = config.step_s / 3600
@@ -281,6 +282,8 @@ class ScheduleOptimizer:
         self.p_price.value, self.p_feed.value = price, feed
         self.p_demand.value = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
         self.p_peak_floor.value = max(inputs.peak_floor_kw, 0.0)
+
+        import cvxpy as cp  # already imported by __init__: a dictionary look-up
 
         started = time.perf_counter()
         try:

@@ -107,7 +107,8 @@ class PeakShaving:
     def __init__(self, service: Service[Settings]) -> None:
         self.service = service
         self.controller = PeakShavingController(service.settings)
-        self.optimizer = ScheduleOptimizer(service.settings)
+        self._optimizer: ScheduleOptimizer | None = None  # built on first use (cvxpy: ~2 s)
+        self._warm_up: asyncio.Task[None] | None = None
         self.sites: dict[str, SitePlan] = {}
         self.metrics = _Metrics(service)
         self.started_at = utcnow()
@@ -121,6 +122,28 @@ class PeakShaving:
         """The current settings."""
         return self.service.settings
 
+    @property
+    def optimizer(self) -> ScheduleOptimizer:
+        """The EMA's compiled problem, built (and cvxpy imported) on first use."""
+        if self._optimizer is None:
+            self._optimizer = ScheduleOptimizer(self.settings)
+        return self._optimizer
+
+    def _solve(self, inputs: EmaInputs) -> Schedule:
+        return self.optimizer.solve(inputs)
+
+    def warm_up(self) -> None:
+        """Build the optimiser off the event loop after start-up, so /readyz is not held up."""
+
+        async def build() -> None:
+            async with self._solve_lock:
+                try:
+                    await self.service.run_blocking(lambda: self.optimizer)
+                except SolverError as err:  # the first solve builds again and reports it
+                    log.warning("EMA problem could not be built: %s", err)
+
+        self._warm_up = asyncio.create_task(build(), name=f"{NAME}:warm-up")
+
     def site(self, site_id: str) -> SitePlan:
         """The plan holder of a site (created on first use)."""
         plan = self.sites.get(site_id)
@@ -129,8 +152,12 @@ class PeakShaving:
         return plan
 
     # --- PMA ---------------------------------------------------------------------------------
-    def decide(self, site_id: str, reading: MeterReading) -> SetpointCommand:
-        """Run the PMA on one PCC reading and return the battery setpoint to publish."""
+    def decide(self, site_id: str, reading: MeterReading) -> SetpointCommand | None:
+        """Run the PMA on one PCC reading; the battery setpoint to publish, None when idle.
+
+        Idle (inside the limits, no demand action, no schedule to track): nothing is sent, the
+        last command lapses by its TTL and the battery's own default behaviour resumes.
+        """
         plan = self.site(site_id)
         battery = plan.battery
         schedule_kw = plan_peak = None
@@ -152,13 +179,15 @@ class PeakShaving:
                 plan_peak_kw=plan_peak,
             )
         )
+        if not decision.command:
+            return None
         return SetpointCommand(
             ts=reading.ts,
             source=NAME,
             target="battery_p_kw",
             value=round(decision.battery_p_kw, 4),
             unit="kW",
-            ttl_s=self.settings.setpoint_ttl_s,
+            ttl_s=round(decision.ttl_s, 3),
             priority=Priority.SITE_OPTIMISER,
         )
 
@@ -193,6 +222,8 @@ class PeakShaving:
 
     async def idle(self) -> None:
         """Wait until no background re-solve is running (tests, shutdown)."""
+        if self._warm_up is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
         while running := [t for t in self._replans.values() if not t.done()]:
             await asyncio.gather(*running, return_exceptions=True)
 
@@ -235,7 +266,7 @@ class PeakShaving:
         plan = self.site(site_id)
         try:
             async with self._solve_lock:  # one compiled problem, one solve at a time
-                solution = await self.service.run_blocking(self.optimizer.solve, inputs)
+                solution = await self.service.run_blocking(self._solve, inputs)
         except SolverError as err:
             self.metrics.solves.labels(outcome="failed").inc()
             await self._fall_back(site_id, plan, inputs, now, str(err))
@@ -297,9 +328,9 @@ class PeakShaving:
         """Hand new settings to the controller and optimiser (recompiled if structure changed)."""
         self.controller.config = new
         if any(getattr(old, k) != getattr(new, k) for k in _STRUCTURAL):
-            self.optimizer = ScheduleOptimizer(new)
-        else:
-            self.optimizer.config = new
+            self._optimizer = None  # rebuilt by the next solve
+        elif self._optimizer is not None:
+            self._optimizer.config = new
 
 
 def _quantile(series: TimeSeries, name: str | None) -> list[float]:
@@ -323,7 +354,8 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
     async def on_pcc_reading(msg: MeterReading, ctx: Context) -> None:
         started = asyncio.get_running_loop().time()
         command = ps.decide(ctx.site_id, msg)
-        await ctx.publish(topics.SETPOINT, command, device_id=ps.settings.battery_device_id)
+        if command is not None:
+            await ctx.publish(topics.SETPOINT, command, device_id=ps.settings.battery_device_id)
         ps.metrics.decision_s.observe(asyncio.get_running_loop().time() - started)
         ps.update_site_metrics(ctx.site_id)
 
@@ -377,6 +409,10 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
         ps.apply_config(old, new)
         for site_id in list(ps.sites):
             ps.request_replan(site_id)
+
+    @service.on_startup
+    async def warm_up() -> None:
+        ps.warm_up()
 
     @service.on_shutdown
     async def stop_replans() -> None:
