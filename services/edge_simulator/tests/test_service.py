@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from derbus import topics
 from derbus.bus import InMemoryBus
 from derbus.messages import BatteryTelemetry, MeterReading, Priority, SetpointAck, SetpointCommand
@@ -114,3 +117,17 @@ async def test_rest_sites_and_state(clock: Any) -> None:
     assert set(record) >= {"solar", "battery", "home_load", "grid_price", "net_grid_flow_kw"}
     assert client.get("/sites/nope").status_code == 404
     await service.stop()
+
+
+async def test_devices_selection_publishes_only_those(clock: Any) -> None:
+    service, probe, recs = await started(clock, devices="battery,pcc")
+    await recs["meter"].wait(1)
+    await probe.drain()
+    assert recs["load"].messages == []
+    assert service.settings.devices == ["pcc", "battery"]
+    await service.stop()
+
+
+def test_devices_setting_refuses_an_unknown_device() -> None:
+    with pytest.raises(ValidationError, match=r"unknown devices.*heatpump"):
+        settings(devices="pcc,heatpump")

@@ -56,6 +56,7 @@ def cli(
     replay_load_column: Annotated[str | None, typer.Option("--replay-load-column")] = None,
     replay_pv_column: Annotated[str | None, typer.Option("--replay-pv-column")] = None,
     modbus_port: Annotated[int | None, typer.Option("--modbus-port", help="serve SunSpec Modbus TCP")] = None,
+    devices: Annotated[str | None, typer.Option("--devices", help="devices published per site, comma-separated (default all: pcc,pv,battery,load,ev,load1,load2,grid)")] = None,
     enable_influxdb: Annotated[bool, typer.Option("--enable-influxdb", help="also write InfluxDB")] = False,
     influxdb_url: Annotated[str | None, typer.Option("--influxdb-url")] = None,
     influxdb_token: Annotated[str | None, typer.Option("--influxdb-token")] = None,
@@ -77,7 +78,8 @@ def cli(
     for key, value in (("interval_s", interval), ("seed", seed), ("sites", sites),
                        ("speed", speed), ("config_file", config), ("replay_file", replay),
                        ("replay_load_column", replay_load_column),
-                       ("replay_pv_column", replay_pv_column), ("modbus_port", modbus_port)):  # fmt: skip
+                       ("replay_pv_column", replay_pv_column), ("modbus_port", modbus_port),
+                       ("devices", devices)):  # fmt: skip
         if value is not None:
             overrides[key] = value
     if scheduled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -24,12 +25,16 @@ from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
 from edge_simulator.settings import Settings
+from edge_simulator.wire import DEVICES, encode_step
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "edge_simulator"
 POLL_S = 0.02
 """How often the step task looks for due steps and setpoint kicks, wall seconds."""
+
+YIELD_EVERY_SITES = 100
+"""While publishing a step, give the event loop a turn after this many sites."""
 
 Clock = Callable[[], datetime]
 
@@ -186,6 +191,13 @@ def build_service(
     async def publish_acks_(acks: Iterable[AckOut]) -> None:
         await publish_acks(service, fleet, acks)
 
+    devices = [d for d in DEVICES if d.device_id in settings.devices]
+    root = service.root
+    topic_table = [
+        [d.spec.topic(sid, d.device_id, root=root) for sid in fleet.ids] for d in devices
+    ]
+    sent = [service.metrics.messages_out.labels(topic=d.spec.key) for d in devices]
+
     async def step(sites: Iterable[int] | None = None) -> StepResult:
         """Advance the fleet to the clock's now; publish every site's readings (or `sites`)."""
         now = clock()
@@ -198,15 +210,15 @@ def build_service(
         sim.steps += 1
         for listener in sim.listeners:
             listener(result)
-        points = []
-        for i in range(fleet.n_sites) if sites is None else sorted(sites):
-            for out in view.messages(i, SERVICE_NAME):
-                await service.publish(
-                    out.spec, out.message, site_id=fleet.ids[i], device_id=out.device_id
-                )
-                if influx:
-                    points.append((out.spec, TopicIds(fleet.ids[i], out.device_id), out.message))
-        if influx and points:
+        chosen = list(range(fleet.n_sites)) if sites is None else sorted(sites)
+        await publish_step(result, chosen)
+        if influx:
+            points = [
+                (o.spec, TopicIds(fleet.ids[i], o.device_id), o.message)
+                for i in chosen
+                for o in view.messages(i, SERVICE_NAME)
+                if o.device_id in settings.devices
+            ]
             try:
                 await service.run_blocking(influx[0].write, points)
             except StorageError as err:
@@ -214,6 +226,24 @@ def build_service(
             else:
                 await service.clear_degraded("influxdb")
         return result
+
+    async def publish_step(result: StepResult, chosen: list[int]) -> None:
+        """Publish the step's telemetry, site by site (devices in contract order).
+
+        The payloads come from `wire.encode_step` (no pydantic model per message); the bus gets
+        one call per message, and the event loop a turn every `YIELD_EVERY_SITES` sites.
+        """
+        every = None if len(chosen) == fleet.n_sites else chosen
+        payloads = encode_step(result, SERVICE_NAME, devices, every)
+        publish = service.bus.publish
+        specs = [(d.spec.qos, d.spec.retain) for d in devices]
+        for j, i in enumerate(chosen):
+            for k, (qos, retain) in enumerate(specs):
+                await publish(topic_table[k][i], payloads[k][j], qos=qos, retain=retain)
+            if j % YIELD_EVERY_SITES == YIELD_EVERY_SITES - 1:
+                await asyncio.sleep(0)
+        for counter in sent:
+            counter.inc(len(chosen))
 
     service.state["step"] = step
     service.include_router(_router(sim))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from derbus.messages import Priority
 from derbus.settings import ServiceSettings
+
+ALL_DEVICES: tuple[str, ...] = ("pcc", "pv", "battery", "load", "ev", "load1", "load2", "grid")
+"""The device ids a simulated site publishes (the cross-service contract), in publishing order."""
 
 
 class InfluxSettings(BaseSettings):
@@ -70,8 +73,25 @@ class Settings(ServiceSettings):
     publish_min_gap_s: float = Field(
         default=0.05, gt=0, le=60, description="least wall time between two immediate steps"
     )
+    devices: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(ALL_DEVICES),
+        min_length=1,
+        description="devices published per site and step (comma-separated; default all 8)",
+    )
     enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
     influxdb: InfluxSettings = Field(default_factory=InfluxSettings)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        items = [str(v).strip() for v in items if str(v).strip()]
+        unknown = sorted(set(items) - set(ALL_DEVICES))
+        if unknown:
+            raise ValueError(f"unknown devices {unknown}; choose from {', '.join(ALL_DEVICES)}")
+        return [d for d in ALL_DEVICES if d in items]  # publishing order, no duplicates
 
     @model_validator(mode="after")
     def _replay(self) -> Self:
