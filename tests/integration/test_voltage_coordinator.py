@@ -1,5 +1,6 @@
 """Closed loop on a real broker: feeder simulation + coordinator + five area agents (separate
-services, each with its own MQTT connection) remove the IEEE 123 peak over-voltage."""
+services, each with its own MQTT connection) remove the IEEE 123 peak over-voltage, for each
+fairness rule the agents support, at the centralised LP's optimum."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
 from voltage_coordinator.agents import build_area_agent
 from voltage_coordinator.feeder import bundled_feeder
+from voltage_coordinator.optimizer import CentralisedSolver
 from voltage_coordinator.service import build_service
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sim_service import build_feeder_sim
@@ -25,9 +27,20 @@ def _v_max(state: FeederState) -> float:
     return max(v for vs in state.v_pu.values() for v in vs if v is not None)
 
 
-async def test_agents_on_the_broker_remove_the_over_voltage(mqtt_settings: MqttSettings) -> None:
+@pytest.mark.parametrize(
+    ("fairness", "group_by"),
+    [("equal_fraction", "feeder"), ("equal_fraction", "area"), ("none", "feeder")],
+)
+async def test_agents_on_the_broker_remove_the_over_voltage(
+    mqtt_settings: MqttSettings, fairness: str, group_by: str
+) -> None:
     feeder = bundled_feeder()
-    base = {"mqtt": mqtt_settings.model_dump(), "api_port": 0}
+    base = {
+        "mqtt": mqtt_settings.model_dump(),
+        "api_port": 0,
+        "fairness": fairness,
+        "group_by": group_by,
+    }
     sim_settings = Settings(
         **base, sim_start_step=58, sim_hold_step=True, sim_interval_s=0.5
     )  # fmt: skip
@@ -64,11 +77,21 @@ async def test_agents_on_the_broker_remove_the_over_voltage(mqtt_settings: MqttS
         assert limits.messages[0][0] == topics.PV_CURTAILMENT.topic(
             "ieee123", "coordinator", mqtt_settings.root
         )
-        fractions = {
-            round(1 - sent.limits_kw[p] / states.values[0].pv_available_kw[p], 4)
-            for p in sent.limits_kw
-        }
-        assert len(fractions) == 1  # one fair fraction for the feeder
+        avail = states.values[0].pv_available_kw
+        owner = feeder.area_of()
+        per_group: dict[str, set[float]] = {}
+        for pv in feeder.pvs:
+            group = {"feeder": feeder.feeder_id, "area": owner[pv.bus]}[group_by]
+            if fairness == "none":
+                group = pv.id
+            per_group.setdefault(group, set()).add(
+                round(1 - sent.limits_kw[pv.id] / avail[pv.id], 4)
+            )
+        assert all(len(f) == 1 for f in per_group.values())  # one fair fraction per group
+        decision = coordinator.state["coordinator"].decision
+        reference = CentralisedSolver(feeder, fairness, group_by, vc_settings.limits())  # type: ignore[arg-type]
+        optimum = reference.solve(decision.inputs).curtailed_kw
+        assert decision.curtailment.curtailed_kw == pytest.approx(optimum, rel=1e-3)
         await acks.wait(1)
         assert acks.values[0].status == "accepted"
         assert coordinator.state["coordinator"].decision.method == "agents"

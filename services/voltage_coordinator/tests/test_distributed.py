@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from derbus.errors import SolverError
 from voltage_coordinator.admm import (
     AdmmOptions,
     ConsensusState,
@@ -14,7 +15,7 @@ from voltage_coordinator.admm import (
 )
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.optimizer import CentralisedSolver, Limits, StepInputs
-from voltage_coordinator.sweep import Bounds, SweepSolver, combine, interval
+from voltage_coordinator.sweep import Rows, SweepSolver, binding_rows, solve_fractions
 
 LIMITS = Limits(v_max_pu=1.02, v_min_pu=0.9)
 DUO_INPUTS = StepInputs(1.0, {"pv1": 300.0, "pv3": 250.0})
@@ -41,19 +42,48 @@ def test_admm_two_areas_approaches_the_centralised_answer(duo: Feeder) -> None:
     assert not report.converged  # honest: the stopping test has not been met
 
 
-def test_sweep_two_areas_is_exact(duo: Feeder) -> None:
-    ref = CentralisedSolver(duo, limits=LIMITS).solve(DUO_INPUTS)
-    result = SweepSolver(duo, LIMITS).solve(DUO_INPUTS)
-    assert result.curtailed_kw == pytest.approx(ref.curtailed_kw, rel=1e-6)
+RULES = [("equal_fraction", "feeder"), ("equal_fraction", "area"), ("none", "feeder")]
+
+
+@pytest.mark.parametrize(("fairness", "group_by"), RULES)
+def test_sweep_two_areas_reaches_the_centralised_answer(
+    duo: Feeder, fairness: str, group_by: str
+) -> None:
+    ref = CentralisedSolver(duo, fairness, group_by, LIMITS).solve(DUO_INPUTS)  # type: ignore[arg-type]
+    result = SweepSolver(duo, LIMITS, fairness, group_by).solve(DUO_INPUTS)  # type: ignore[arg-type]
+    assert ref.curtailed_kw > 10  # the limit binds
+    assert abs(result.curtailed_kw - ref.curtailed_kw) / ref.curtailed_kw < 1e-6  # aim 1e-3
     assert result.v_lin_max_pu == pytest.approx(1.02, abs=1e-6)
+    assert result.iterations == 3  # up, down, rows: a fixed number of exchanges
 
 
-def test_sweep_ieee123_peak_is_exact(ieee123: Feeder, peak: tuple[float, dict[str, float]]) -> None:
+def test_sweep_rules_differ_as_expected_on_two_areas(duo: Feeder) -> None:
+    by_area = SweepSolver(duo, LIMITS, "equal_fraction", "area").solve(DUO_INPUTS)
+    feeder_wide = SweepSolver(duo, LIMITS).solve(DUO_INPUTS)
+    # only area B's PV raises the binding node: per-area fairness curtails B alone, less in total
+    assert by_area.fraction["pv1"] == pytest.approx(0.0, abs=1e-9)
+    assert by_area.fraction["pv3"] > 0.1
+    assert by_area.curtailed_kw < feeder_wide.curtailed_kw
+    assert set(by_area.group_fraction) == {"A", "B"}
+
+
+@pytest.mark.parametrize(("fairness", "group_by"), RULES)
+def test_sweep_ieee123_peak_equals_the_centralised_lp(
+    ieee123: Feeder, peak: tuple[float, dict[str, float]], fairness: str, group_by: str
+) -> None:
     inputs = StepInputs(*peak)
-    ref = CentralisedSolver(ieee123).solve(inputs)
-    result = SweepSolver(ieee123).solve(inputs)
+    ref = CentralisedSolver(ieee123, fairness, group_by).solve(inputs)  # type: ignore[arg-type]
+    result = SweepSolver(ieee123, None, fairness, group_by).solve(inputs)  # type: ignore[arg-type]
     assert result.curtailed_kw == pytest.approx(ref.curtailed_kw, rel=1e-6)
-    assert len(set(result.fraction.values())) == 1  # one fraction for the feeder
+    assert result.v_lin_max_pu <= 1.05 + 1e-7
+    if fairness == "equal_fraction":
+        owner = ieee123.area_of()
+        bus = {pv.id: pv.bus for pv in ieee123.pvs}
+        per_group: dict[str, set[float]] = {}
+        for pid, f in result.fraction.items():
+            gid = ieee123.feeder_id if group_by == "feeder" else owner[bus[pid]]
+            per_group.setdefault(gid, set()).add(round(f, 9))
+        assert all(len(v) == 1 for v in per_group.values())  # one fraction per group
 
 
 def test_stopping_test_table() -> None:
@@ -82,9 +112,24 @@ def test_consensus_step_residuals_and_penalty_adaptation() -> None:
     assert done
 
 
-def test_interval_and_combine() -> None:
-    # v = 1.1 - 0.2 c <= 1.05  ->  c >= 0.25 ; v >= 0.9 -> c <= 1
-    b = interval(np.array([1.1]), np.array([-0.2]), np.array([1.05]), np.array([0.9]))
-    assert b.c_lo == pytest.approx(0.25)
-    assert b.c_hi == pytest.approx(1.0)
-    assert combine({"A": b, "B": Bounds(0.4, 1.0)}) == pytest.approx(0.4)
+def test_binding_rows_drop_what_cannot_bind() -> None:
+    # v = 1.1 - 0.2 c1 <= 1.05 binds; v = 1.0 - 0.01 c1 never reaches either limit
+    a, b = binding_rows(
+        np.array([1.1, 1.0]), np.array([[-0.2, 0.0], [-0.01, 0.0]]),
+        np.array([1.05, 1.05]), np.array([0.9, 0.9]),
+    )  # fmt: skip
+    assert a.tolist() == [[-0.2, 0.0]]
+    assert b == pytest.approx([-0.05])  # -0.2 c1 <= -0.05 -> c1 >= 0.25
+
+
+def test_solve_fractions_minimum_weighted_curtailment() -> None:
+    # c1 >= 0.25 (area A), c1 + c2 >= 0.5 (area B); c2's power is dearer -> c1 = 0.5, c2 = 0
+    area_a = Rows(np.array([[-1.0, 0.0]]), np.array([-0.25]), np.array([1.0, 0.0]))
+    area_b = Rows(np.array([[-1.0, -1.0]]), np.array([-0.5]), np.array([0.0, 2.0]))
+    got = solve_fractions([area_a, area_b], ["g1", "g2"])
+    assert got == pytest.approx({"g1": 0.5, "g2": 0.0})
+    back = Rows.from_values(area_b.to_values(["g1", "g2"]), ["g1", "g2"])
+    assert back.a.tolist() == area_b.a.tolist()
+    assert back.weight_mw.tolist() == [0.0, 2.0]
+    with pytest.raises(SolverError, match="no curtailment"):
+        solve_fractions([Rows(np.array([[-1.0, 0.0]]), np.array([-2.0]), np.ones(2))], ["g1", "g2"])

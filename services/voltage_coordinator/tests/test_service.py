@@ -76,4 +76,4 @@ def test_config_change_and_refusal(client: TestClient) -> None:
 
 def test_invalid_settings_name_the_field() -> None:
     with pytest.raises(ConfigError, match="mode"):
-        load_settings(Settings, mode="agents", group_by="area")
+        load_settings(Settings, mode="agents", fairness="equal_kw")

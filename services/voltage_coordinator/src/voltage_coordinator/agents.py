@@ -1,10 +1,11 @@
 """Area agents as services on the bus: the boundary sweep over topics.AREA_EXCHANGE.
 
 A round starts when the coordinator publishes an exchange from `coordinator` naming the feeder
-state to use. Each area then publishes (device level = its area id): iteration 1, its root flows
-(up, once all its children's arrived); iteration 2, its children's root voltages (down, once its
-parent's arrived); iteration 3 (`converged`), the fraction interval its limits allow. Only
-boundary values travel; each agent keeps its own area's model.
+state to use and the fairness rule. Each area then publishes (device level = its area id):
+iteration 1, its root flows (up, once all its children's arrived); iteration 2, its children's
+root voltages (down, once its parent's arrived); iteration 3 (`converged`), the rows its limits
+put on the group fractions and its available power per group. All are affine in the group
+fractions (see sweep.py). Only boundary values travel; each agent keeps its own area's model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from voltage_coordinator.correction import inputs_from_state
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.network import compile_tree
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import Boundary, SweepAgent
+from voltage_coordinator.sweep import RULES, Boundary, SweepAgent, group_order
 
 COORDINATOR = "coordinator"
 FEEDER_DEVICE = "feeder"
@@ -32,6 +33,7 @@ _KEEP_STATES = 16
 class _AgentRound:
     round_id: str
     state_ts_s: float
+    agent: SweepAgent
     started: bool = False
     flows: Boundary = field(default_factory=dict)
     flows_from: set[str] = field(default_factory=set)
@@ -51,14 +53,20 @@ def build_area_agent(
     spec = specs[area_id]
     owner = feeder.area_of()
     child_areas = {owner[g] for g in spec.ghosts}
-    agent = SweepAgent(feeder, spec, settings.limits())
+    agents: dict[int, SweepAgent] = {}  # by fairness rule code, built on first use
+
+    def agent_for(rule: int) -> SweepAgent:
+        if rule not in agents:
+            groups, group_ids = group_order(feeder, *RULES[rule])
+            agents[rule] = SweepAgent(feeder, spec, settings.limits(), groups, group_ids)
+        return agents[rule]
+
     tree = compile_tree(feeder)
     # runs under the package's broker user; status device `voltage_coordinator-<area>`
     service: Service[Settings] = Service(f"voltage_coordinator-{area_id}", settings, bus)
     service.declare_publishes(topics.AREA_EXCHANGE)
     states: dict[float, FeederState] = {}
     current: list[_AgentRound] = []
-    service.state["agent"] = agent
     service.state["rounds_done"] = 0
     fid = feeder.feeder_id
 
@@ -80,21 +88,21 @@ def build_area_agent(
             state = find_state(rnd.state_ts_s)
             if state is None:
                 return  # the state has not reached this agent yet; on_state resumes
-            agent.set_inputs(inputs_from_state(feeder, tree, state))
+            rnd.agent.set_inputs(inputs_from_state(feeder, tree, state))
             rnd.started = True
         if not rnd.sent_up and rnd.flows_from >= child_areas:
-            up = agent.backward(rnd.flows)
+            up = rnd.agent.backward(rnd.flows)
             rnd.sent_up = True
             if spec.parent is not None:
                 await send(rnd, 1, up, False)
             else:
                 rnd.volts = {}
         if rnd.sent_up and rnd.volts is not None and not rnd.done:
-            down, bounds = agent.forward(rnd.volts)
+            down, rows = rnd.agent.forward(rnd.volts)
             rnd.done = True
             if down:
                 await send(rnd, 2, down, False)
-            await send(rnd, 3, {"c_lo": bounds.c_lo, "c_hi": bounds.c_hi}, True)
+            await send(rnd, 3, rows.to_values(rnd.agent.group_ids), True)
             service.state["rounds_done"] += 1
 
     @service.on(topics.FEEDER_STATE, site_id=fid, device_id=FEEDER_DEVICE)
@@ -108,7 +116,11 @@ def build_area_agent(
     @service.on(topics.AREA_EXCHANGE, site_id=fid)
     async def on_exchange(msg: AreaExchange, ctx: Context) -> None:
         if msg.area_id == COORDINATOR:
-            current[:] = [_AgentRound(msg.round_id, msg.values["state_ts_s"])]
+            rule = int(msg.values.get("rule", 0))
+            if rule not in RULES:
+                await service.set_degraded("round", f"unknown fairness rule code {rule}")
+                return
+            current[:] = [_AgentRound(msg.round_id, msg.values["state_ts_s"], agent_for(rule))]
             await progress(current[0])
             return
         if not current or msg.round_id != current[0].round_id or msg.area_id == area_id:

@@ -12,7 +12,7 @@ from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.network import compile_tree
 from voltage_coordinator.optimizer import CentralisedSolver, Curtailment, StepInputs
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import SweepSolver, feeder_curtailment
+from voltage_coordinator.sweep import SweepSolver, group_curtailment
 
 NO_CURTAILMENT = 1e-6
 """Fractions below this send the PV's nameplate as limit (i.e. no curtailment)."""
@@ -55,13 +55,13 @@ class Coordinator:
         )
         self.sweep: SweepSolver | None = None
         self.admm: DistributedSolver | None = None
-        if settings.mode != "centralised":
-            if settings.fairness == "equal_fraction" and settings.group_by == "feeder":
-                self.sweep = SweepSolver(self.feeder, limits)
-            else:
-                self.admm = DistributedSolver(
-                    self.feeder, settings.fairness, settings.group_by, limits, settings.admm()
-                )
+        if settings.mode == "distributed" and settings.distributed_method == "admm":
+            self.admm = DistributedSolver(
+                self.feeder, settings.fairness, settings.group_by, limits, settings.admm()
+            )
+        elif settings.mode != "centralised":
+            # exact for every rule but equal_kw (refused by the settings outside centralised)
+            self.sweep = SweepSolver(self.feeder, limits, settings.fairness, settings.group_by)
 
     def inputs(self, state: FeederState) -> StepInputs:
         """Solve inputs (load level, availability, measured AC bias) from a feeder state."""
@@ -81,7 +81,13 @@ class Coordinator:
             result, method = self.centralised.solve(inputs), "centralised"
         return Decision(state.step, inputs, result, limits_to_send(self.feeder, result), method)
 
-    def from_fraction(self, state: FeederState, inputs: StepInputs, c: float) -> Decision:
-        """A decision from a feeder-wide fraction agreed by agents on the bus."""
-        result = feeder_curtailment(self.feeder, self.tree, inputs, c, 0.0, 3)
+    def from_fractions(
+        self, state: FeederState, inputs: StepInputs, fractions: dict[str, float]
+    ) -> Decision:
+        """A decision from the group fractions agreed by the agents on the bus."""
+        if self.sweep is None:
+            raise SolverError("agents mode needs the sweep's fairness groups")
+        result = group_curtailment(
+            self.feeder, self.tree, inputs, self.sweep.groups, fractions, 0.0, 3
+        )
         return Decision(state.step, inputs, result, limits_to_send(self.feeder, result), "agents")

@@ -19,7 +19,7 @@ from derbus.service import Context, Service
 from voltage_coordinator.coordinator import Coordinator, Decision, limits_to_send
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import Bounds, combine
+from voltage_coordinator.sweep import RULE_CODES, Rows, solve_fractions
 
 NAME = "voltage_coordinator"
 COORDINATOR_DEVICE = "coordinator"
@@ -33,7 +33,8 @@ class _Round:
     round_id: str
     state: FeederState
     started_s: float
-    bounds: dict[str, Bounds] = field(default_factory=dict)
+    group_ids: list[str]
+    rows: dict[str, Rows] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,16 +77,21 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
         rnd = st.round
         if rnd is None or msg.round_id != rnd.round_id or not msg.converged:
             return
-        rnd.bounds[msg.area_id] = Bounds(msg.values["c_lo"], msg.values["c_hi"])
-        if set(rnd.bounds) >= set(area_ids):
+        try:
+            rnd.rows[msg.area_id] = Rows.from_values(msg.values, rnd.group_ids)
+        except SolverError as err:
+            await service.set_degraded("agents", f"area {msg.area_id}: {err}")
+            return
+        if set(rnd.rows) >= set(area_ids):
             st.round = None
             inputs = coordinator.inputs(rnd.state)
             try:
-                c = combine(rnd.bounds)
+                fractions = solve_fractions(list(rnd.rows.values()), rnd.group_ids)
+                decision = coordinator.from_fractions(rnd.state, inputs, fractions)
             except SolverError as err:
                 await service.set_degraded("solver", str(err))
                 return
-            await _publish(coordinator.from_fraction(rnd.state, inputs, c), rnd.state)
+            await _publish(decision, rnd.state)
             await service.clear_degraded("agents")
 
     @service.every(lambda: service.settings.solve_interval_s)
@@ -94,7 +100,7 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
         if st.round is not None:
             if time.monotonic() - st.round.started_s < service.settings.round_timeout_s:
                 return
-            missing = sorted(set(area_ids) - set(st.round.bounds))
+            missing = sorted(set(area_ids) - set(st.round.rows))
             await service.set_degraded("agents", f"round timed out; no answer from {missing}")
             fallback = st.round.state
             st.round = None
@@ -104,11 +110,16 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
             return
         st.solved_ts = state.ts
         if service.settings.mode == "agents":
+            sweep = coordinator.sweep
+            if sweep is None:  # agents mode always builds the sweep (see Coordinator.configure)
+                raise SolverError("agents mode without the sweep solver")
             round_id = uuid.uuid4().hex[:12]
-            st.round = _Round(round_id, state, time.monotonic())
+            st.round = _Round(round_id, state, time.monotonic(), list(sweep.group_ids))
+            rule = RULE_CODES[(service.settings.fairness, service.settings.group_by)]
             start = AreaExchange(
                 ts=utcnow(), source=NAME, area_id=COORDINATOR_DEVICE, round_id=round_id,
-                iteration=0, values={"state_ts_s": state.ts.timestamp(), "state_step": state.step},
+                iteration=0,
+                values={"state_ts_s": state.ts.timestamp(), "state_step": state.step, "rule": rule},
             )  # fmt: skip
             await service.publish(
                 topics.AREA_EXCHANGE, start, site_id=fid, device_id=COORDINATOR_DEVICE

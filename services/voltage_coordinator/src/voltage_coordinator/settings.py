@@ -22,7 +22,7 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VC_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {"solve_interval_s", "fairness", "group_by", "margin_pu", "v_max_pu", "setpoint_ttl_s",
-         "mode"}
+         "mode", "distributed_method"}
     )  # fmt: skip
 
     api_port: int = Field(default=8108, ge=0, le=65535, description="API port (0 = any free)")
@@ -31,8 +31,13 @@ class Settings(ServiceSettings):
     )
     mode: Mode = Field(
         default="centralised",
-        description="centralised LP, distributed (ADMM agents in this process) or agents "
-        "(ADMM agents as separate services on the broker)",
+        description="centralised LP, distributed (area agents in this process) or agents "
+        "(area agents as separate services on the broker)",
+    )
+    distributed_method: Literal["sweep", "admm"] = Field(
+        default="sweep",
+        description="distributed mode: exact affine boundary sweep, or consensus ADMM "
+        "(comparison; falls back to the centralised LP when it does not converge)",
     )
     solve_interval_s: float = Field(default=5.0, gt=0, le=3600, description="re-solve cadence, s")
     fairness: Literal["equal_fraction", "equal_kw", "none"] = Field(
@@ -69,8 +74,6 @@ class Settings(ServiceSettings):
             raise ValueError("v_min_pu must be below v_max_pu - margin_pu")
         if self.fairness == "equal_kw" and self.mode != "centralised":
             raise ValueError("mode: fairness equal_kw is solved centrally only")
-        if self.mode == "agents" and (self.fairness, self.group_by) != ("equal_fraction", "feeder"):
-            raise ValueError("mode: agents needs fairness equal_fraction with group_by feeder")
         return self
 
     def load_feeder(self) -> Feeder:
