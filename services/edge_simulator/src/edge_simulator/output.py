@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -48,6 +49,78 @@ class Outgoing:
     message: Message
 
 
+def record(
+    g: Callable[[str], list[float]],
+    i: int,
+    site_id: str,
+    ts_text: str,
+    clear_sky_w_m2: float,
+    feed_in_per_kwh: float,
+    tou_period: str,
+    demand_charge_per_kw: float,
+) -> dict[str, Any]:
+    """The nested JSON record (`--historical` / `--once` line) of entry `i` of the columns `g`.
+
+    Args:
+        g: a `StepResult` field name -> its values as a list (sites of a step, or steps of a
+            site in a backfill).
+        i: the entry.
+        site_id: the record's `device_id`.
+        ts_text: the timestamp, formatted (`format_utc`).
+        clear_sky_w_m2: clear-sky plane-of-array irradiance of the step.
+        feed_in_per_kwh: feed-in tariff.
+        tou_period: time-of-use period of the step.
+        demand_charge_per_kw: demand charge.
+    """
+    return {
+        "timestamp": ts_text,
+        "device_id": site_id,
+        "solar": {
+            "generation_kw": _r(g("pv_generation_kw")[i]),
+            "available_kw": _r(g("pv_available_kw")[i]),
+            "limit_kw": _opt(g("pv_limit_kw")[i]),
+            "irradiance_w_m2": _r(g("irradiance_w_m2")[i], 1),
+            "clear_sky_w_m2": _r(clear_sky_w_m2, 1),
+            "cloud_cover": _r(g("cloud_cover")[i], 3),
+            "cell_temp_c": _r(g("cell_temp_c")[i], 2),
+            "energy_kwh": _r(g("pv_energy_kwh")[i]),
+        },
+        "battery": {
+            "power_kw": _r(g("battery_p_kw")[i]),
+            "soc_pct": _r(g("battery_soc_pct")[i], 3),
+            "soh_pct": _r(g("battery_soh_pct")[i], 4),
+            "capacity_kwh": _r(g("battery_capacity_kwh")[i]),
+            "max_charge_kw": _r(g("battery_max_charge_kw")[i]),
+            "max_discharge_kw": _r(g("battery_max_discharge_kw")[i]),
+            "voltage_v": _r(g("battery_voltage_v")[i], 2),
+            "temp_c": _r(g("battery_temp_c")[i], 2),
+            "cycles": _r(g("battery_cycles")[i], 5),
+        },
+        "home_load": {
+            "total_kw": _r(g("load_total_kw")[i]),
+            "base_kw": _r(g("base_kw")[i]),
+            "hvac_kw": _r(g("hvac_kw")[i]),
+            "appliances_kw": _r(g("appliance_kw")[i]),
+            "lighting_kw": _r(g("lighting_kw")[i]),
+            "cooking_kw": _r(g("cooking_kw")[i]),
+            "ev_kw": _r(g("ev_kw")[i]),
+            "ev_plugged": bool(g("ev_plugged")[i]),
+            "ev_energy_needed_kwh": _r(g("ev_need_kwh")[i]),
+            "load1_kw": _r(g("load1_kw")[i]),
+            "load2_kw": _r(g("load2_kw")[i]),
+            "outdoor_temp_c": _r(g("outdoor_temp_c")[i], 2),
+        },
+        "grid_price": {
+            "price_per_kwh": _r(g("price_per_kwh")[i], 5),
+            "feed_in_per_kwh": _r(feed_in_per_kwh, 5),
+            "tou_period": tou_period,
+            "demand_charge_per_kw": _r(demand_charge_per_kw, 4),
+            "carbon_g_per_kwh": _r(g("carbon_g_per_kwh")[i], 1),
+        },
+        "net_grid_flow_kw": _r(g("pcc_p_kw")[i]),
+    }
+
+
 class StepView:
     """Per-site access to a `StepResult` (arrays converted to Python lists once)."""
 
@@ -63,54 +136,11 @@ class StepView:
 
     def record(self, i: int, site_id: str) -> dict[str, Any]:
         """The nested JSON record of site `i` (the `--historical` / `--once` output line)."""
-        g = self.__getitem__
-        return {
-            "timestamp": format_utc(self.result.ts),
-            "device_id": site_id,
-            "solar": {
-                "generation_kw": _r(g("pv_generation_kw")[i]),
-                "available_kw": _r(g("pv_available_kw")[i]),
-                "limit_kw": _opt(g("pv_limit_kw")[i]),
-                "irradiance_w_m2": _r(g("irradiance_w_m2")[i], 1),
-                "clear_sky_w_m2": _r(self.result.clear_sky_w_m2, 1),
-                "cloud_cover": _r(g("cloud_cover")[i], 3),
-                "cell_temp_c": _r(g("cell_temp_c")[i], 2),
-                "energy_kwh": _r(g("pv_energy_kwh")[i]),
-            },
-            "battery": {
-                "power_kw": _r(g("battery_p_kw")[i]),
-                "soc_pct": _r(g("battery_soc_pct")[i], 3),
-                "soh_pct": _r(g("battery_soh_pct")[i], 4),
-                "capacity_kwh": _r(g("battery_capacity_kwh")[i]),
-                "max_charge_kw": _r(g("battery_max_charge_kw")[i]),
-                "max_discharge_kw": _r(g("battery_max_discharge_kw")[i]),
-                "voltage_v": _r(g("battery_voltage_v")[i], 2),
-                "temp_c": _r(g("battery_temp_c")[i], 2),
-                "cycles": _r(g("battery_cycles")[i], 5),
-            },
-            "home_load": {
-                "total_kw": _r(g("load_total_kw")[i]),
-                "base_kw": _r(g("base_kw")[i]),
-                "hvac_kw": _r(g("hvac_kw")[i]),
-                "appliances_kw": _r(g("appliance_kw")[i]),
-                "lighting_kw": _r(g("lighting_kw")[i]),
-                "cooking_kw": _r(g("cooking_kw")[i]),
-                "ev_kw": _r(g("ev_kw")[i]),
-                "ev_plugged": bool(g("ev_plugged")[i]),
-                "ev_energy_needed_kwh": _r(g("ev_need_kwh")[i]),
-                "load1_kw": _r(g("load1_kw")[i]),
-                "load2_kw": _r(g("load2_kw")[i]),
-                "outdoor_temp_c": _r(g("outdoor_temp_c")[i], 2),
-            },
-            "grid_price": {
-                "price_per_kwh": _r(g("price_per_kwh")[i], 5),
-                "feed_in_per_kwh": _r(self.result.feed_in_per_kwh, 5),
-                "tou_period": self.result.tou_period,
-                "demand_charge_per_kw": _r(self.result.demand_charge_per_kw, 4),
-                "carbon_g_per_kwh": _r(g("carbon_g_per_kwh")[i], 1),
-            },
-            "net_grid_flow_kw": _r(g("pcc_p_kw")[i]),
-        }
+        r = self.result
+        return record(
+            self.__getitem__, i, site_id, format_utc(r.ts), r.clear_sky_w_m2,
+            r.feed_in_per_kwh, r.tou_period, r.demand_charge_per_kw,
+        )  # fmt: skip
 
     def messages(self, i: int, source: str, validate: bool = False) -> list[Outgoing]:
         """The telemetry messages of site `i` with their device ids (the bus contract).
