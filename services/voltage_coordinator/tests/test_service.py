@@ -6,14 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.client import topic_matches_sub
 
-from derbus import topics
+from derbus import acl, topics
 from derbus.bus import InMemoryBroker, InMemoryBus
 from derbus.errors import ConfigError, SolverError
 from derbus.http import make_app
 from derbus.messages import PvCurtailmentSet
 from derbus.settings import load_settings
 from derbus.testing import BusRecorder, wait_for
+from voltage_coordinator.agents import build_area_agent
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.service import build_service
 from voltage_coordinator.settings import Settings
@@ -77,3 +79,48 @@ def test_config_change_and_refusal(client: TestClient) -> None:
 def test_invalid_settings_name_the_field() -> None:
     with pytest.raises(ConfigError, match="mode"):
         load_settings(Settings, mode="agents", fairness="equal_kw")
+
+
+def _may(user: str, access: str, topic: str) -> bool:
+    return any(
+        access in rule.access and topic_matches_sub(rule.topic, topic)
+        for rule in acl.user_rules(user)
+    )
+
+
+def test_sim_and_area_agents_run_as_users_the_generated_acl_allows(ieee123: Feeder) -> None:
+    sim = build_feeder_sim(Settings(), InMemoryBus(), ieee123)
+    sim.state["sim"].close()
+    agent = build_area_agent(Settings(), InMemoryBus(), "area3", ieee123)
+    vc = build_service(Settings(), InMemoryBus(), ieee123)
+    assert (sim.name, agent.name, vc.name) == ("feeder_sim", "voltage_area", "voltage_coordinator")
+    root = topics.DEFAULT_ROOT
+    writes = {
+        sim.name: [
+            topics.FEEDER_STATE.topic("ieee123", "feeder", root),
+            topics.SETPOINT_ACK.topic("ieee123", "feeder", root),
+        ],
+        agent.name: [topics.AREA_EXCHANGE.topic("ieee123", "area3", root)],
+        vc.name: [
+            topics.PV_CURTAILMENT.topic("ieee123", "coordinator", root),
+            topics.AREA_EXCHANGE.topic("ieee123", "coordinator", root),
+        ],
+    }
+    reads = {
+        sim.name: [topics.PV_CURTAILMENT.topic("ieee123", "coordinator", root)],
+        agent.name: [
+            topics.FEEDER_STATE.topic("ieee123", "feeder", root),
+            topics.AREA_EXCHANGE.topic("ieee123", "area1", root),
+        ],
+        vc.name: [
+            topics.FEEDER_STATE.topic("ieee123", "feeder", root),
+            topics.AREA_EXCHANGE.topic("ieee123", "area1", root),
+        ],
+    }
+    for user, names in writes.items():
+        status = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, user, root)
+        assert all(_may(user, "write", t) for t in [*names, status]), user
+    for user, names in reads.items():
+        assert all(_may(user, "read", t) for t in names), user
+    # the simulation does not impersonate the coordinator
+    assert not _may(sim.name, "write", topics.PV_CURTAILMENT.topic("ieee123", "coordinator", root))

@@ -237,7 +237,7 @@ SETPOINT_ACK = TopicSpec(
     1,
     False,
     "Acknowledgement of a setpoint: accepted / rejected with reason / expired / superseded",
-    publishers=("edge_simulator", "meter_gateway", "voltage_coordinator"),
+    publishers=("edge_simulator", "meter_gateway", "feeder_sim"),
     subscribers=("peak_shaving", "load_manager", "voltage_coordinator", "scada"),
 )
 JOB_REQUEST = TopicSpec(
@@ -262,8 +262,8 @@ FEEDER_STATE = TopicSpec(
     True,
     "Feeder power-flow snapshot (site level = feeder id, device `feeder`): bus voltages, PV "
     "available/output",
-    publishers=("edge_simulator", "voltage_coordinator"),
-    subscribers=("voltage_coordinator", "cloud_sync"),
+    publishers=("edge_simulator", "feeder_sim"),
+    subscribers=("voltage_coordinator", "voltage_area", "cloud_sync"),
 )
 PV_CURTAILMENT = TopicSpec(
     "grid.pv_curtailment",
@@ -275,7 +275,7 @@ PV_CURTAILMENT = TopicSpec(
     "Batch of PV power limits for a feeder (site level = feeder id, device `coordinator`) with "
     "TTL and priority",
     publishers=("voltage_coordinator",),
-    subscribers=("edge_simulator", "voltage_coordinator"),
+    subscribers=("edge_simulator", "feeder_sim"),
 )
 AREA_EXCHANGE = TopicSpec(
     "grid.area_exchange",
@@ -285,8 +285,8 @@ AREA_EXCHANGE = TopicSpec(
     1,
     False,
     "Distributed solve: boundary values of an area agent (device level = area id)",
-    publishers=("voltage_coordinator",),
-    subscribers=("voltage_coordinator",),
+    publishers=("voltage_coordinator", "voltage_area"),
+    subscribers=("voltage_coordinator", "voltage_area"),
 )
 
 # --- status ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from voltage_coordinator.network import compile_tree
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sweep import RULES, Boundary, SweepAgent, group_order
 
+NAME = "voltage_area"
 COORDINATOR = "coordinator"
 FEEDER_DEVICE = "feeder"
 _KEEP_STATES = 16
@@ -45,7 +46,12 @@ class _AgentRound:
 def build_area_agent(
     settings: Settings, bus: Bus, area_id: str, feeder: Feeder | None = None
 ) -> Service[Settings]:
-    """One area agent of the feeder as its own service (status device `voltage_coordinator-<area>`)."""
+    """One area agent of the feeder as its own service (`voltage_area`; area id in the exchange).
+
+    Every agent runs as service and broker user `voltage_area` (the ACL grants a service its
+    status on its own name only), so the agents share one status topic; the area id is the
+    device level of their topics.AREA_EXCHANGE messages and the `source` of each message.
+    """
     feeder = feeder or settings.load_feeder()
     specs = {s.id: s for s in area_specs(feeder)}
     if area_id not in specs:
@@ -62,8 +68,7 @@ def build_area_agent(
         return agents[rule]
 
     tree = compile_tree(feeder)
-    # runs under the package's broker user; status device `voltage_coordinator-<area>`
-    service: Service[Settings] = Service(f"voltage_coordinator-{area_id}", settings, bus)
+    service: Service[Settings] = Service(NAME, settings, bus)
     service.declare_publishes(topics.AREA_EXCHANGE)
     states: dict[float, FeederState] = {}
     current: list[_AgentRound] = []
@@ -72,7 +77,7 @@ def build_area_agent(
 
     async def send(rnd: _AgentRound, iteration: int, values: Boundary, done: bool) -> None:
         msg = AreaExchange(
-            ts=utcnow(), source=service.name, area_id=area_id, round_id=rnd.round_id,
+            ts=utcnow(), source=f"{NAME}:{area_id}", area_id=area_id, round_id=rnd.round_id,
             iteration=iteration, values=values, converged=done,
         )  # fmt: skip
         await service.publish(topics.AREA_EXCHANGE, msg, site_id=fid, device_id=area_id)

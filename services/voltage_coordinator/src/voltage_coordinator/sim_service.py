@@ -12,7 +12,7 @@ from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.simulation import FeederSimulation
 
-PACKAGE = "voltage_coordinator"
+NAME = "feeder_sim"
 FEEDER_DEVICE = "feeder"
 
 
@@ -26,8 +26,8 @@ def build_feeder_sim(
     """
     feeder = feeder or settings.load_feeder()
     sim = FeederSimulation(feeder, settings.sim_start_step, settings.sim_hold_step)
-    # runs under the package's broker user; status device `voltage_coordinator-sim`
-    service: Service[Settings] = Service(f"{PACKAGE}-sim", settings, bus)
+    # its own service and broker user (`feeder_sim` in the catalogue and the ACL)
+    service: Service[Settings] = Service(NAME, settings, bus)
     service.state["sim"] = sim
     service.declare_publishes(topics.FEEDER_STATE, topics.SETPOINT_ACK)
     lock = asyncio.Lock()
