@@ -27,11 +27,11 @@ def test_unprefixed_and_prefixed_environment_names(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("SYNC_INTERVAL_SECONDS", "2.5")
     monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db:5432/derbus")
     s = Settings()
-    assert s.influxdb_url == "http://influx:8086"
-    assert s.influxdb_token is not None
-    assert s.influxdb_token.get_secret_value() == "tok"
-    assert s.influxdb_org == "sync-org"  # the prefixed name wins
-    assert s.influxdb_bucket == "b1"
+    assert s.influxdb.url == "http://influx:8086"
+    assert s.influxdb.token is not None
+    assert s.influxdb.token.get_secret_value() == "tok"
+    assert s.influxdb.org == "sync-org"  # the prefixed name wins
+    assert s.influxdb.bucket == "b1"
     assert (s.batch_size, s.interval_seconds) == (250, 2.5)
     assert s.database.sqlalchemy_url(s.data_dir) == "postgresql+psycopg://u:p@db:5432/derbus"
     assert s.api_port == 8103
@@ -42,7 +42,7 @@ def test_unprefixed_and_prefixed_environment_names(monkeypatch: pytest.MonkeyPat
     [
         ({"batch_size": 0}, "batch_size"),
         ({"interval_seconds": -1}, "interval_seconds"),
-        ({"influxdb_url": "http://x:8086"}, "influxdb_token"),
+        ({"influxdb_url": "http://x:8086"}, "INFLUXDB_TOKEN"),
         ({"retry_initial_delay_s": 20, "retry_max_delay_s": 1}, "retry_initial_delay_s"),
         ({"shared_group": "a/b"}, "shared_group"),
     ],

@@ -100,6 +100,31 @@ class DatabaseSettings(BaseSettings):
         return url
 
 
+class InfluxSettings(BaseSettings):
+    """InfluxDB 2 connection (`INFLUXDB_URL`, `_TOKEN`, `_ORG`, `_BUCKET`): cloud_sync, edge_simulator.
+
+    Services that let their own prefix win build it with `InfluxSettings.from_env("SYNC_")`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="INFLUXDB_", extra="ignore")
+
+    url: str | None = Field(
+        default=None, description="InfluxDB URL, e.g. http://influxdb:8086; unset = no InfluxDB"
+    )
+    token: SecretStr | None = Field(default=None, description="API token (secret)")
+    org: str = Field(default="derbus", description="organisation")
+    bucket: str = Field(default="derbus", description="bucket")
+
+    @classmethod
+    def from_env(cls, service_prefix: str = "") -> InfluxSettings:
+        """`INFLUXDB_*`, each overridden by `<service_prefix>INFLUXDB_*` where that one is set."""
+        plain = cls()
+        if not service_prefix:
+            return plain
+        prefixed = cls(_env_prefix=f"{service_prefix}INFLUXDB_")
+        return plain.model_copy(update={k: getattr(prefixed, k) for k in prefixed.model_fields_set})
+
+
 class ServiceSettings(BaseSettings):
     """Base of every service's settings. Subclasses set `env_prefix` and add their fields.
 

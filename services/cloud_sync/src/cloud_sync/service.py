@@ -74,13 +74,14 @@ def open_cloud_store(settings: Settings) -> CloudStore:
 
 def open_influx(settings: Settings) -> InfluxSink | None:
     """The InfluxDB writer, or None when INFLUXDB_URL is not set."""
-    if settings.influxdb_url is None or settings.influxdb_token is None:
+    influx = settings.influxdb
+    if influx.url is None or influx.token is None:
         return None
     return InfluxSink(
-        settings.influxdb_url,
-        settings.influxdb_token.get_secret_value(),
-        settings.influxdb_org,
-        settings.influxdb_bucket,
+        influx.url,
+        influx.token.get_secret_value(),
+        influx.org,
+        influx.bucket,
         batch_points=settings.influx_batch_points,
         flush_interval_ms=settings.influx_flush_interval_ms,
     )

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import DatabaseSettings, ServiceSettings
+from derbus.settings import DatabaseSettings, InfluxSettings, ServiceSettings
+
+_INFLUX_KEYS = ("url", "token", "org", "bucket")
 
 
 class Settings(ServiceSettings):
     """cloud_sync: telemetry into InfluxDB and, through a durable outbox, into the cloud database.
 
-    The InfluxDB fields accept `SYNC_INFLUXDB_*` first, then the plain `INFLUXDB_*` variables.
+    The InfluxDB connection (`derbus.settings.InfluxSettings`) takes `SYNC_INFLUXDB_*` first,
+    then the plain `INFLUXDB_*` variables.
     """
 
     model_config = SettingsConfigDict(env_prefix="SYNC_", populate_by_name=True)
@@ -27,25 +30,9 @@ class Settings(ServiceSettings):
         default_factory=DatabaseSettings,
         description="cloud database: DATABASE_URL, else SUPABASE_URL + SUPABASE_KEY, else SQLite",
     )
-    influxdb_url: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("sync_influxdb_url", "influxdb_url"),
-        description="INFLUXDB_URL, e.g. http://influxdb:8086; unset = no InfluxDB writes",
-    )
-    influxdb_token: SecretStr | None = Field(
-        default=None,
-        validation_alias=AliasChoices("sync_influxdb_token", "influxdb_token"),
-        description="INFLUXDB_TOKEN (secret)",
-    )
-    influxdb_org: str = Field(
-        default="derbus",
-        validation_alias=AliasChoices("sync_influxdb_org", "influxdb_org"),
-        description="INFLUXDB_ORG",
-    )
-    influxdb_bucket: str = Field(
-        default="derbus",
-        validation_alias=AliasChoices("sync_influxdb_bucket", "influxdb_bucket"),
-        description="INFLUXDB_BUCKET",
+    influxdb: InfluxSettings = Field(
+        default_factory=lambda: InfluxSettings.from_env("SYNC_"),
+        description="INFLUXDB_URL/_TOKEN/_ORG/_BUCKET (SYNC_INFLUXDB_* first); no URL = no writes",
     )
     influx_batch_points: int = Field(
         default=5000, ge=1, le=100_000, description="points per InfluxDB write request"
@@ -97,6 +84,19 @@ class Settings(ServiceSettings):
         description="folder of the Postgres migrations (default: deploy/postgres of the tree)",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_influx(cls, data: Any) -> Any:
+        """Fold flat `influxdb_url`/`_token`/`_org`/`_bucket` arguments (CLI) into `influxdb`."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data.pop(f"influxdb_{k}") for k in _INFLUX_KEYS if f"influxdb_{k}" in data}
+        if flat:
+            base = data.get("influxdb") or InfluxSettings.from_env("SYNC_")
+            current = base if isinstance(base, dict) else base.model_dump()
+            data["influxdb"] = InfluxSettings.model_validate({**current, **flat})
+        return data
+
     @field_validator("shared_group")
     @classmethod
     def _group(cls, value: str | None) -> str | None:
@@ -108,8 +108,8 @@ class Settings(ServiceSettings):
     def _cross(self) -> Self:
         if self.retry_initial_delay_s > self.retry_max_delay_s:
             raise ValueError("retry_initial_delay_s must not exceed retry_max_delay_s")
-        if self.influxdb_url is not None and self.influxdb_token is None:
-            raise ValueError("influxdb_token (INFLUXDB_TOKEN) is required with influxdb_url")
+        if self.influxdb.url is not None and self.influxdb.token is None:
+            raise ValueError("influxdb.token (INFLUXDB_TOKEN) is required with influxdb.url")
         db = self.database
         if db.database_url is None and (db.supabase_url is None) != (db.supabase_key is None):
             raise ValueError("database: SUPABASE_URL and SUPABASE_KEY must be given together")

@@ -13,7 +13,7 @@ import typer
 from derbus.bus.mqtt import MqttBus
 from derbus.errors import ConfigError
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import InfluxSettings, load_settings_or_exit
 from edge_simulator.config import SimConfig, dump_sim_config
 from edge_simulator.output import StepView
 from edge_simulator.service import SERVICE_NAME, build_fleet, build_service, resolve_config
@@ -90,10 +90,11 @@ def cli(
                                 ("org", influxdb_org), ("bucket", influxdb_bucket)) if v}  # fmt: skip
     if enable_influxdb:
         overrides["enable_influxdb"] = True
+    if influx:  # flags over the INFLUXDB_* environment
+        overrides["influxdb"] = InfluxSettings.model_validate(
+            {**InfluxSettings().model_dump(), **influx}
+        )
     settings = load_settings_or_exit(Settings, **overrides)
-    if influx:
-        merged = settings.influxdb.model_copy(update=influx)
-        settings = load_settings_or_exit(Settings, **overrides, influxdb=merged)
     try:
         sim_config = resolve_config(settings)
     except ConfigError as err:

@@ -8,11 +8,11 @@ from typing import Any
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from derbus.errors import StorageError
+from derbus.errors import ConfigError, StorageError
 from derbus.messages import Message
+from derbus.settings import InfluxSettings
 from derbus.storage import InfluxPoint, influx_points
 from derbus.topics import TopicIds, TopicSpec
-from edge_simulator.settings import InfluxSettings
 
 
 def to_points(items: Iterable[tuple[TopicSpec[Any], TopicIds, Message]]) -> list[InfluxPoint]:
@@ -39,7 +39,9 @@ class InfluxWriter:
     """Writes points synchronously (call it off the event loop); errors become StorageError."""
 
     def __init__(self, settings: InfluxSettings) -> None:
-        token = settings.token.get_secret_value() if settings.token else ""
+        if settings.url is None or settings.token is None:
+            raise ConfigError("InfluxDB writes need INFLUXDB_URL and INFLUXDB_TOKEN")
+        token = settings.token.get_secret_value()
         self._client: Any = InfluxDBClient(url=settings.url, token=token, org=settings.org)
         self._api: Any = self._client.write_api(write_options=SYNCHRONOUS)
         self._bucket = settings.bucket

@@ -6,25 +6,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from derbus.messages import Priority
-from derbus.settings import ServiceSettings
+from derbus.settings import InfluxSettings, ServiceSettings
 
 ALL_DEVICES: tuple[str, ...] = ("pcc", "pv", "battery", "load", "ev", "load1", "load2", "grid")
 """The device ids a simulated site publishes (the cross-service contract), in publishing order."""
-
-
-class InfluxSettings(BaseSettings):
-    """InfluxDB 2 connection for the optional direct writes (`INFLUXDB_URL`, …)."""
-
-    model_config = SettingsConfigDict(env_prefix="INFLUXDB_", extra="ignore")
-
-    url: str = Field(default="http://127.0.0.1:8086", description="InfluxDB URL")
-    token: SecretStr | None = Field(default=None, description="API token (secret)")
-    org: str = Field(default="derbus", description="organisation")
-    bucket: str = Field(default="derbus", description="bucket")
 
 
 class Settings(ServiceSettings):
@@ -79,7 +68,9 @@ class Settings(ServiceSettings):
         description="devices published per site and step (comma-separated; default all 8)",
     )
     enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
-    influxdb: InfluxSettings = Field(default_factory=InfluxSettings)
+    influxdb: InfluxSettings = Field(
+        default_factory=InfluxSettings, description="INFLUXDB_URL/_TOKEN/_ORG/_BUCKET"
+    )
 
     @field_validator("devices", mode="before")
     @classmethod
@@ -99,6 +90,6 @@ class Settings(ServiceSettings):
             raise ValueError("replay_file is required with replay_load_column/replay_pv_column")
         if self.start_time is not None and self.start_time.tzinfo is None:
             raise ValueError("start_time must be timezone-aware (e.g. 2026-01-01T00:00:00Z)")
-        if self.enable_influxdb and self.influxdb.token is None:
-            raise ValueError("enable_influxdb needs INFLUXDB_TOKEN")
+        if self.enable_influxdb and (self.influxdb.url is None or self.influxdb.token is None):
+            raise ValueError("enable_influxdb needs INFLUXDB_URL and INFLUXDB_TOKEN")
         return self
