@@ -20,7 +20,8 @@ import pandas as pd
 
 from derbus import features as fx
 from derbus.tariff import Tariff
-from forecaster.design import TARGETS, day_ahead_times, design_matrix, training_rows
+from forecaster.catalogue import TARGETS
+from forecaster.design import day_ahead_times, design_matrix, training_rows
 from forecaster.evaluation import backtest
 from forecaster.models import finish, make_model
 

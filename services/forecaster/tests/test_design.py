@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from derbus import features as fx
-from forecaster.design import TARGETS, day_ahead_times, design_matrix, feature_names
+from forecaster.catalogue import TARGETS
+from forecaster.design import day_ahead_times, design_matrix, feature_names
 
 
 def test_lags_on_a_counting_series(site: fx.SiteContext) -> None:

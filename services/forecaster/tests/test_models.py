@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from derbus import features as fx
-from forecaster.design import TARGETS, design_matrix, training_rows
+from forecaster.catalogue import TARGETS
+from forecaster.design import design_matrix, training_rows
 from forecaster.models import finish, make_model, persistence_forecast
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from derbus import features as fx
-from forecaster.design import TARGETS
+from forecaster.catalogue import TARGETS
 from forecaster.evaluation import fold_starts
 from forecaster.registry import Registry
 from forecaster.training import TrainConfig, train_target

@@ -16,7 +16,9 @@ Conventions:
 * Gaps are filled causally: the last value is carried forward for at most `max_fill_steps`
   intervals and flagged (`<x>_filled`); the rest of a longer gap stays missing (NULL).
 
-Needs pandas, numpy, pvlib and holidays (dependencies of the services that import it).
+Needs pandas, numpy, pvlib and holidays (dependencies of the services that import it). They
+are imported inside the functions that use them, so importing this module (the table, the
+column catalogue, `SiteContext`) stays cheap for a service that must be ready within seconds.
 """
 
 from __future__ import annotations
@@ -24,16 +26,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import holidays
-import numpy as np
-import pandas as pd
-import pvlib
 import sqlalchemy as sa
 
 from derbus.settings import SiteSettings
 from derbus.tariff import Tariff
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STEP = timedelta(minutes=15)
 STEP_S = 900
@@ -188,6 +189,8 @@ def feature_table(metadata: sa.MetaData) -> sa.Table:
 
 def grid(start: datetime, end: datetime) -> pd.DatetimeIndex:
     """The 15-minute UTC grid of interval starts in [start, end) (start floored to the grid)."""
+    import pandas as pd
+
     first = pd.Timestamp(start).tz_convert("UTC").floor("15min")
     last = pd.Timestamp(end).tz_convert("UTC")
     return pd.date_range(first, last, freq="15min", inclusive="left", name="time")
@@ -207,6 +210,9 @@ def resample(
     Returns:
         (values, filled): values on the grid (NaN where missing) and a bool "filled" flag.
     """
+    import numpy as np
+    import pandas as pd
+
     if samples.empty:
         empty = pd.Series(np.nan, index=index, dtype=float)
         return empty, pd.Series(False, index=index)
@@ -241,6 +247,10 @@ def calendar_features(index: pd.DatetimeIndex, timezone: str, country: str) -> p
     Holidays are those of `country` (ISO code) judged on the local date, so an interval of a
     holiday's local morning that is still the previous day in UTC counts as a holiday.
     """
+    import holidays
+    import numpy as np
+    import pandas as pd
+
     local = index.tz_convert(timezone)
     hour = local.hour + local.minute / 60.0
     dow = local.day_of_week
@@ -271,6 +281,8 @@ def calendar_features(index: pd.DatetimeIndex, timezone: str, country: str) -> p
 
 def tariff_features(index: pd.DatetimeIndex, tariff: Tariff) -> pd.DataFrame:
     """Tariff import price and time-of-use period of each interval (judged at its start)."""
+    import pandas as pd
+
     periods = [tariff.period_at(t.to_pydatetime()) for t in index]
     return pd.DataFrame(
         {
@@ -284,6 +296,10 @@ def tariff_features(index: pd.DatetimeIndex, tariff: Tariff) -> pd.DataFrame:
 
 def solar_features(index: pd.DatetimeIndex, latitude: float, longitude: float) -> pd.DataFrame:
     """pvlib clear-sky GHI (Ineichen) and sun elevation at each interval's midpoint."""
+    import numpy as np
+    import pandas as pd
+    import pvlib
+
     if len(index) == 0:
         return pd.DataFrame({"clearsky_ghi_w_m2": [], "solar_elevation_deg": []}, index=index)
     location = pvlib.location.Location(latitude, longitude, tz="UTC")
@@ -310,6 +326,8 @@ def clear_sky_index(measured_w_m2: pd.Series, clear_w_m2: pd.Series) -> pd.Serie
 
 def known_ahead_features(index: pd.DatetimeIndex, site: SiteContext) -> pd.DataFrame:
     """Every `known_ahead` column for the intervals of `index` (future ones included)."""
+    import pandas as pd
+
     frame = pd.concat(
         [
             calendar_features(index, site.timezone, site.country),
@@ -341,6 +359,9 @@ def build_features(
     Returns:
         A frame with exactly the columns of FEATURE_COLUMNS, same index.
     """
+    import numpy as np
+    import pandas as pd
+
     index = observed.index
     out = pd.DataFrame(index=index)
     for s in SOURCES:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from derbus import features as fx
 from derbus.errors import StorageError
 from derbus.storage import readings_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,8 @@ def observed_frame(
     samples: pd.DataFrame, index: pd.DatetimeIndex, max_fill_steps: int
 ) -> pd.DataFrame:
     """Readings (columns time, column, value) resampled onto the grid, one column per source."""
+    import pandas as pd
+
     out: dict[str, pd.Series] = {}
     for source in fx.SOURCES:
         rows = samples[samples["column"] == source.column]
@@ -125,6 +129,8 @@ def compute_batch(
     long_window_steps: int,
 ) -> pd.DataFrame:
     """Feature rows for the intervals of `window`, from samples covering history and window."""
+    import pandas as pd
+
     index = fx.grid(history_start, window.end)
     observed = observed_frame(samples, index, max_fill_steps)
     frame = fx.build_features(
@@ -147,7 +153,7 @@ def _records(frame: pd.DataFrame, site_id: str, computed_at: datetime) -> list[d
 
 
 def _sql_value(kind: str, value: Any) -> Any:
-    if value is None or (isinstance(value, float | np.floating) and not math.isfinite(value)):
+    if value is None or (isinstance(value, numbers.Real) and not math.isfinite(value)):
         return None
     if kind == "float":
         return float(value)
@@ -215,6 +221,8 @@ class FeatureStore:
 
     def samples(self, site_id: str, start: datetime, end: datetime) -> pd.DataFrame:
         """Readings of the feature sources in [start, end): columns time, column, value."""
+        import pandas as pd
+
         r = self.readings.c
         wanted = {(s.device_id, s.metric): s.column for s in fx.SOURCES}
         query = sa.select(r.time, r.device_id, r.metric, r.value).where(

@@ -20,10 +20,8 @@ from derbus.logging import configure_logging
 from derbus.messages import utcnow
 from derbus.runner import serve
 from derbus.settings import load_settings_or_exit
-from forecaster.design import TARGETS
-from forecaster.evaluation import summary_rows
+from forecaster.catalogue import TARGETS
 from forecaster.registry import Registry
-from forecaster.report import write_report
 from forecaster.service import (
     build_service,
     outcome_json,
@@ -32,10 +30,8 @@ from forecaster.service import (
     train_all,
     train_config,
 )
-from forecaster.serving import issue_time_of
 from forecaster.settings import Settings
 from forecaster.store import ForecastStore, guarded
-from forecaster.training import enough_history, evaluate
 
 cli = typer.Typer(add_completion=False, help="derbus forecaster: day-ahead load and PV forecasts")
 
@@ -122,6 +118,11 @@ def _one_shot(settings: Settings, *, train: bool, evaluate_only: bool, as_json: 
 def _evaluate(
     settings: Settings, store: ForecastStore, registry: Registry, progress: Any
 ) -> list[dict[str, Any]]:
+    from forecaster.evaluation import summary_rows
+    from forecaster.report import write_report
+    from forecaster.serving import issue_time_of
+    from forecaster.training import enough_history, evaluate
+
     site = fx.SiteContext.of(settings.site)
     end = issue_time_of(utcnow()).to_pydatetime()
     start = end - timedelta(days=settings.train_history_days)

@@ -8,32 +8,15 @@ tariff, clear sky) come from `derbus.features`, the functions that fill the feat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from derbus import features as fx
+from forecaster.catalogue import Target
 
 DAY = fx.STEPS_PER_DAY
 WEEK = fx.STEPS_PER_WEEK
 
-
-@dataclass(frozen=True)
-class Target:
-    """A forecast target: its feature-table column and its quantity on the bus."""
-
-    name: str
-    column: str
-    quantity: str
-    non_negative: bool = True
-    solar: bool = False
-
-
-TARGETS: dict[str, Target] = {
-    "load": Target("load", "load_kw", "load_p_kw"),
-    "pv": Target("pv", "pv_kw", "pv_generation_kw", solar=True),
-}
 
 CALENDAR = (
     "hour_of_day", "day_of_week", "is_weekend", "is_holiday", "hour_sin", "hour_cos",

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from derbus import features as fx
-from forecaster.design import Target, design_matrix, training_rows
+from forecaster.catalogue import BASELINES, Target
+from forecaster.design import design_matrix, training_rows
 from forecaster.models import (
-    BASELINES,
     QUANTILE_KEYS,
     QUANTILES,
     _residual_offsets,

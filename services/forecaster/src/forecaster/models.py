@@ -14,20 +14,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from forecaster.design import Target, training_rows
+from forecaster.catalogue import Target
+from forecaster.design import training_rows
 
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_KEYS = ("p10", "p50", "p90")
 CALIBRATION_FRACTION = 0.2
-BASELINES = ("seasonal_naive_day", "seasonal_naive_week", "persistence")
-LEARNED = ("linear", "gbm", "gbm_quantile")
 
 
 class Model(Protocol):
@@ -138,6 +132,11 @@ class PointModel:
 
 
 def _ridge() -> Any:
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(
         SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
         RidgeCV(alphas=np.logspace(-3, 3, 13)),
@@ -146,6 +145,8 @@ def _ridge() -> Any:
 
 def _hgb(loss: str = "squared_error", quantile: float | None = None, max_iter: int = 300) -> Any:
     def make() -> Any:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
         kwargs: dict[str, Any] = {"loss": loss, "max_iter": max_iter, "learning_rate": 0.05,
                                   "max_leaf_nodes": 31, "min_samples_leaf": 40,
                                   "l2_regularization": 1.0, "random_state": 0}  # fmt: skip

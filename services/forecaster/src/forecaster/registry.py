@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
-
 from derbus.errors import StorageError
 
 META = "meta.json"
@@ -74,6 +72,8 @@ class Registry:
 
     def save(self, path: Path, model: Any, meta: dict[str, Any]) -> Version:
         """Store the fitted model and its metadata in a version folder."""
+        import joblib
+
         try:
             joblib.dump(model, path / MODEL)
             _write_json(path / META, {**meta, "version": path.name})
@@ -98,6 +98,8 @@ class Registry:
 
     def load(self, version: Version) -> Any:
         """The fitted model of a version."""
+        import joblib
+
         try:
             return joblib.load(version.path / MODEL)
         except (OSError, EOFError) as err:

@@ -6,11 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display: files only
-
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from forecaster.evaluation import BacktestResult, summary_rows
@@ -27,6 +22,11 @@ def _fmt(value: Any) -> str:
 
 def plot(result: BacktestResult, model: str, path: Path, days: int = 7) -> Path:
     """Forecast (P50) vs actual with the P10-P90 band over the last `days` of the backtest."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
     frame = result.predictions[result.predictions["model"] == model].sort_values("time")
     end = frame["time"].max()
     frame = frame[frame["time"] > end - pd.Timedelta(days=days)]

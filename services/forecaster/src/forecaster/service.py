@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from fastapi import APIRouter, HTTPException
 from prometheus_client import Counter, Gauge
 
@@ -19,21 +20,30 @@ from derbus.errors import StorageError
 from derbus.http import TokenDep
 from derbus.messages import utcnow
 from derbus.service import Context, Service
-from forecaster.design import TARGETS, WEEK, Target
-from forecaster.models import Model
+from forecaster.catalogue import TARGETS, Target
 from forecaster.registry import Registry
-from forecaster.serving import Issued, fallback_model, forecast, issue_time_of
 from forecaster.settings import Settings
 from forecaster.store import ForecastStore, guarded
-from forecaster.training import TrainConfig, TrainOutcome, train_target
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from forecaster.models import Model
+    from forecaster.serving import Issued
+    from forecaster.training import TrainConfig, TrainOutcome
 
 NAME = "forecaster"
-SERVING_HISTORY = 5 * WEEK * fx.STEP + timedelta(days=1)
+SERVING_HISTORY = 5 * fx.STEPS_PER_WEEK * fx.STEP + timedelta(days=1)
+HEAVY_MODULES = ("forecaster.serving", "forecaster.training")
+"""pandas, scikit-learn, matplotlib, pvlib: imported off the event loop on first use, so the
+service is ready (bus connected, API up) within a second or two of starting."""
 log = logging.getLogger(__name__)
 
 
 def train_config(settings: Settings) -> TrainConfig:
     """Training knobs from the settings."""
+    from forecaster.training import TrainConfig
+
     return TrainConfig(
         models=tuple(settings.models), test_fraction=settings.test_size,
         folds=settings.backtest_folds, max_iter=settings.max_iter, threads=settings.fit_threads,
@@ -55,6 +65,9 @@ def train_all(
     progress: Callable[[str], None] | None = None,
 ) -> list[TrainOutcome]:
     """Train every (site, target); with `only_missing`, those without any version. Blocking."""
+    from forecaster.serving import issue_time_of
+    from forecaster.training import train_target
+
     site = fx.SiteContext.of(settings.site)
     end = issue_time_of(now).to_pydatetime()
     start = end - timedelta(days=settings.train_history_days)
@@ -82,11 +95,24 @@ class Server:
         self.registry = registry
         self.models: dict[tuple[str, str], tuple[str, Model]] = {}
         self.latest: dict[tuple[str, str], Issued] = {}
+        self._importing = threading.Lock()
+
+    def load_modules(self) -> None:
+        """Import the modelling modules once, one thread at a time (blocking: a few seconds).
+
+        Issuing and training both run in worker threads and may start together; importing
+        pandas and scikit-learn from two threads at once can meet half-initialised modules.
+        """
+        with self._importing:
+            for name in HEAVY_MODULES:
+                importlib.import_module(name)
 
     def model_for(
         self, site_id: str, target: Target, history: pd.Series
     ) -> tuple[Model, str, str | None]:
         """The promoted model (cached per version) or the seasonal naive fallback."""
+        from forecaster.serving import fallback_model
+
         version = self.registry.promoted(site_id, target.name)
         if version is None:
             site = fx.SiteContext.of(self.settings.site)
@@ -99,11 +125,14 @@ class Server:
 
     def issue(self, site_id: str, target_name: str, now: datetime) -> Issued | None:
         """Forecast the day ahead of `now` and store it; None without recent history. Blocking."""
+        self.load_modules()
+        from forecaster.serving import Issued, forecast, issue_time_of
+
         target = TARGETS[target_name]
         issue_time = issue_time_of(now)
         start = (issue_time - SERVING_HISTORY).to_pydatetime()
         history = self.store.history(site_id, target.column, start, issue_time.to_pydatetime())
-        if history.iloc[-WEEK:].notna().sum() < fx.STEPS_PER_DAY:
+        if history.iloc[-fx.STEPS_PER_WEEK :].notna().sum() < fx.STEPS_PER_DAY:
             return None  # less than a day of values in the last week: nothing to stand on
         model, name, version = self.model_for(site_id, target, history)
         frame = forecast(model, history, issue_time, fx.SiteContext.of(self.settings.site), target)
@@ -186,6 +215,7 @@ def build_service(
 
     async def train(only_missing: bool) -> list[TrainOutcome]:
         async with train_lock:
+            await service.run_blocking(server.load_modules)
             outcomes: list[TrainOutcome] = await service.run_blocking(
                 guarded, train_all, service.settings, db, server.registry, now(), only_missing
             )

@@ -9,7 +9,8 @@ import pandas as pd
 
 from derbus import features as fx
 from derbus.messages import TimeSeries
-from forecaster.design import DAY, Target, day_ahead_times, design_matrix, training_rows
+from forecaster.catalogue import Target
+from forecaster.design import DAY, day_ahead_times, design_matrix, training_rows
 from forecaster.models import Model, finish, seasonal_naive_day
 
 

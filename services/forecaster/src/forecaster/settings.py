@@ -10,8 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from derbus.settings import DatabaseSettings, ServiceSettings
 from derbus.topics import validate_id
-from forecaster.design import TARGETS
-from forecaster.models import LEARNED
+from forecaster.catalogue import LEARNED, TARGETS
 
 
 class Settings(ServiceSettings):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from derbus import features as fx
 from derbus.errors import StorageError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ISSUED_TABLE = "forecasts_issued"
 T = TypeVar("T")
@@ -76,6 +77,9 @@ class ForecastStore:
 
     def history(self, site_id: str, column: str, start: datetime, end: datetime) -> pd.Series:
         """A target column on the 15-minute grid [start, end) (NaN where missing)."""
+        import numpy as np
+        import pandas as pd
+
         f = self.features.c
         query = sa.select(f.time, f[column]).where(
             f.site_id == site_id, f.time >= as_utc(start), f.time < as_utc(end)
@@ -126,6 +130,8 @@ class ForecastStore:
         self, site_id: str, target: str, column: str, since: datetime
     ) -> dict[str, float]:
         """MAE and 80 % coverage of the forecasts issued since `since`, against the actuals so far."""
+        import numpy as np
+
         i, f = self.issued.c, self.features.c
         query = (
             sa.select(i.p10, i.p50, i.p90, f[column])

@@ -18,7 +18,8 @@ from typing import Any
 import pandas as pd
 
 from derbus import features as fx
-from forecaster.design import Target, design_matrix, feature_names, training_rows
+from forecaster.catalogue import Target
+from forecaster.design import design_matrix, feature_names, training_rows
 from forecaster.evaluation import REFERENCE, BacktestResult, backtest
 from forecaster.models import Model, make_model
 from forecaster.registry import Registry
