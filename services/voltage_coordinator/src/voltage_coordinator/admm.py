@@ -21,7 +21,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-import cvxpy as cp
 import networkx as nx
 import numpy as np
 
@@ -147,6 +146,8 @@ class AreaProblem:
         self.shared_group_ids = [g for g in self.group_ids if g in shared_groups]
         keys.extend(f"c:{g}" for g in self.shared_group_ids)
         self.keys = keys
+        import cvxpy as cp  # heavy (~3 s to load): on the first solver, not at start-up
+
         self.p_load = cp.Parameter(n)
         self.q_load = cp.Parameter(n)
         self.avail = cp.Parameter(len(t.pv_ids), nonneg=True)
@@ -224,6 +225,8 @@ class AreaProblem:
 
     def solve(self, z: Mapping[str, float], u: Mapping[str, float], rho: float) -> dict[str, float]:
         """Local step: minimise curtailment + rho/2 ||W x - z + u||^2; returns W x per key."""
+        import cvxpy as cp
+
         if self.keys:
             half = math.sqrt(rho / 2)
             self.sqrt_half_rho.value = half

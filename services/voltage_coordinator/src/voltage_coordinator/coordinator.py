@@ -50,8 +50,8 @@ class Coordinator:
         """(Re)build the solvers after a settings change."""
         self.settings = settings
         limits = settings.limits()
-        self.centralised = CentralisedSolver(
-            self.feeder, settings.fairness, settings.group_by, limits, settings.cvx_solver
+        self._centralised: CentralisedSolver | None = (
+            None  # built on first use (cvxpy is slow to load)
         )
         self.sweep: SweepSolver | None = None
         self.admm: DistributedSolver | None = None
@@ -62,6 +62,16 @@ class Coordinator:
         elif settings.mode != "centralised":
             # exact for every rule but equal_kw (refused by the settings outside centralised)
             self.sweep = SweepSolver(self.feeder, limits, settings.fairness, settings.group_by)
+
+    @property
+    def centralised(self) -> CentralisedSolver:
+        """The reference LP for the current settings (built, and cvxpy loaded, on first use)."""
+        if self._centralised is None:
+            s = self.settings
+            self._centralised = CentralisedSolver(
+                self.feeder, s.fairness, s.group_by, s.limits(), s.cvx_solver
+            )
+        return self._centralised
 
     def inputs(self, state: FeederState) -> StepInputs:
         """Solve inputs (load level, availability, measured AC bias) from a feeder state."""

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import cvxpy as cp
 import numpy as np
 import numpy.typing as npt
 
@@ -150,6 +149,8 @@ class CentralisedSolver:
         for j, pid in enumerate(t.pv_ids):
             h[j, self.group_ids.index(groups[pid])] = 1.0
         self._h = h
+        import cvxpy as cp  # heavy (~3 s to load): on the first solver, not at start-up
+
         n = t.size
         self.p_load = cp.Parameter(n, name="p_load")
         self.q_load = cp.Parameter(n, name="q_load")
@@ -222,6 +223,8 @@ class CentralisedSolver:
         return self._result(avail, g, saturated, elapsed, iterations)
 
     def _solve_once(self) -> str:
+        import cvxpy as cp
+
         try:
             self.problem.solve(solver=self.solver)  # type: ignore[no-untyped-call]
         except cp.error.SolverError as err:
