@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
 from typing import Any as Harness
 
 from derbus import topics
@@ -115,3 +117,35 @@ async def test_qos1_delivery_across_broker_restart_with_resubscribe(harness: Har
     assert inbox.payloads().count(b"during") >= 1
     await sub.close()
     await pub.close()
+
+
+async def test_publish_applies_back_pressure_while_the_broker_is_down(
+    restartable_broker: Any, topic_root: str
+) -> None:
+    from derbus.bus import MqttBus
+    from derbus.settings import MqttSettings
+
+    settings = MqttSettings(
+        host=restartable_broker.host, port=restartable_broker.port, root=topic_root,
+        reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0, keepalive_s=5,
+    )  # fmt: skip
+    bus = MqttBus(settings, client_id=f"bp-{topic_root[-8:]}", max_outstanding=50)
+    sub = MqttBus(settings, client_id=f"bp-sub-{topic_root[-8:]}")
+    await bus.connect()
+    await sub.connect()
+    inbox = Inbox()
+    await sub.subscribe(topics.METER.filter(root=topic_root), 1, inbox)
+    restartable_broker.stop()
+    await wait_for(lambda: not bus.connected, 15)
+    topic = topics.METER.topic("s1", "pcc", topic_root)
+    for i in range(50):
+        await bus.publish(topic, str(i).encode(), qos=1)
+    assert bus.outstanding == 50
+    blocked = asyncio.ensure_future(bus.publish(topic, b"50", qos=1))
+    done, _ = await asyncio.wait({blocked}, timeout=0.3)  # a chance to (wrongly) go through
+    assert not done, "the 51st publish must wait while 50 are unacknowledged"
+    restartable_broker.start()
+    await asyncio.wait_for(blocked, 30)
+    await wait_for(lambda: len(set(inbox.payloads())) == 51, 30, message="all 51 messages")
+    await bus.close()
+    await sub.close()

@@ -8,6 +8,7 @@ acknowledged to the broker only after every handler has finished with it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -35,6 +36,9 @@ class MqttBus:
         client_id: overrides `settings.client_id`; a fixed id keeps the session (and QoS 1
             messages queued for it) across reconnects and broker restarts.
         manual_ack: acknowledge QoS 1 deliveries only after the handlers ran.
+        max_outstanding: QoS>0 messages published but not yet acknowledged by the broker (or
+            queued while disconnected) above which `publish` waits: back-pressure instead of
+            paho's hard "queue full" error at 65,535 in flight.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class MqttBus:
         settings: MqttSettings,
         client_id: str | None = None,
         manual_ack: bool = False,
+        max_outstanding: int = 20_000,
     ) -> None:
         self.settings = settings
         self.client_id = client_id or settings.client_id or ""
@@ -59,6 +64,8 @@ class MqttBus:
         self._refused: str | None = None
         self._client: mqtt.Client | None = None
         self.reconnects = 0
+        self._max_outstanding = max_outstanding
+        self._in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
 
     # --- state --------------------------------------------------------------------------------
     @property
@@ -208,11 +215,24 @@ class MqttBus:
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if self._client is None:
             raise BusError(f"publish on {topic} before connect")
+        if qos > 0:
+            while self.outstanding >= self._max_outstanding:
+                await asyncio.sleep(0.01)  # back-pressure until the broker acknowledges more
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0 and info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self._in_flight.append(info)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BusError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
         if info.rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:
             log.debug("QoS 0 message on %s dropped while disconnected", topic)
+
+    @property
+    def outstanding(self) -> int:
+        """QoS>0 messages published and not yet acknowledged by the broker (approximate)."""
+        in_flight = self._in_flight
+        while in_flight and _acknowledged(in_flight[0]):
+            in_flight.popleft()
+        return len(in_flight)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         await self._dispatcher.join(timeout_s)
@@ -300,6 +320,13 @@ class MqttBus:
                 client.ack(mid, qos)
 
         self._call(self._dispatcher.put, raw, after)
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
+    # paho's is_published() raises for a message queued while disconnected (rc NO_CONN) even once
+    # it has been sent and acknowledged after the reconnect, so read the flag it maintains.
+    with info._condition:
+        return bool(info._published)
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:
