@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,8 +38,12 @@ class Will:
     retain: bool = True
 
 
+@functools.lru_cache(maxsize=65_536)
 def filter_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT wildcard matching (paho's own), accepting shared subscriptions `$share/g/…`."""
+    """MQTT wildcard matching (paho's own), accepting shared subscriptions `$share/g/…`.
+
+    Cached: the same (filter, topic) pairs recur every step for every site and device.
+    """
     if topic_filter.startswith("$share/"):
         parts = topic_filter.split("/", 2)
         if len(parts) < 3:
