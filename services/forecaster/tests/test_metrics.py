@@ -47,3 +47,15 @@ def test_skill_over_the_reference() -> None:
     assert skill(0.8, 1.0) == pytest.approx(0.2)
     assert skill(1.2, 1.0) == pytest.approx(-0.2)
     assert math.isnan(skill(1.0, 0.0))
+
+
+def test_daylight_coverage_leaves_the_trivial_night_zeros_out() -> None:
+    # two night rows (0 inside [0, 0]) and three daylight rows of which one is covered
+    actual = np.array([0.0, 0.0, 1.0, 5.0, 3.0])
+    pred = frame([0, 0, 0.5, 0.5, 0.5], [0, 0, 1.0, 1.0, 1.0], [0, 0, 2.0, 2.0, 2.0])
+    daylight = np.array([False, False, True, True, True])
+    m = metrics(actual, pred, daylight)
+    assert m["coverage_80"] == pytest.approx(3 / 5)
+    assert m["coverage_80_daylight"] == pytest.approx(1 / 3)
+    assert m["n_daylight"] == 3
+    assert "coverage_80_daylight" not in metrics(actual, pred)

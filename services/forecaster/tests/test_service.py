@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from fastapi.testclient import TestClient
 
 from derbus import features as fx
@@ -91,3 +92,29 @@ def test_service_is_ready_without_a_database_or_data(tmp_path: Path) -> None:
     with TestClient(make_app(service)) as client:
         assert client.get("/readyz").status_code == 200
         assert client.get("/models").json() == {"models": []}
+
+
+def test_accuracy_of_issued_forecasts_over_rest(
+    tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
+) -> None:
+    load = load_series(start="2026-04-06", days=3)
+    pv = pv_series(start="2026-04-06", days=3)
+    end = load.index[-1] + fx.STEP
+    settings = Settings(data_dir=tmp_path, site=SiteSettings(timezone="Europe/Berlin"),
+                        train_at_start=False, issue_interval_s=86_400)  # fmt: skip
+    store = ForecastStore(settings.database.sqlalchemy_url(tmp_path))
+    fill_features(store, "s1", load, pv)
+    day = load.index[-96:]  # the last day, forecast a day earlier: 0.5 kW too high, band ±1 kW
+    p50 = load[day].to_numpy() + 0.5
+    frame = pd.DataFrame({"p10": p50 - 1.0, "p50": p50, "p90": p50 + 1.0}, index=day)
+    store.save_issued("s1", "load", day[0].to_pydatetime(), frame, "test", None)
+    service = build_service(settings, InMemoryBus(), store, now=lambda: end.to_pydatetime())
+    with TestClient(make_app(service)) as client:
+        body = client.get("/forecast/s1/load/accuracy", params={"days": 2}).json()
+        assert body["forecasts"] == 1
+        assert body["n"] == 96
+        assert body["mae"] == pytest.approx(0.5)
+        assert body["coverage_80"] == pytest.approx(1.0)
+        assert "coverage_80_daylight" not in body  # load: every interval counts
+        assert client.get("/forecast/s1/pv/accuracy").json()["n"] == 0  # none issued
+        assert client.get("/forecast/s1/wind/accuracy").status_code == 404

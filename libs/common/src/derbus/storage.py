@@ -17,13 +17,15 @@ from __future__ import annotations
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from derbus import topics
+from derbus.errors import StorageError
 from derbus.messages import (
     DeadLetter,
     FeederState,
@@ -38,6 +40,20 @@ from derbus.topics import TopicIds, TopicSpec
 # --- the cloud database ------------------------------------------------------------------------
 
 READINGS_TABLE = "readings"
+T = TypeVar("T")
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime (SQLite returns naive UTC values)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def guarded(fn: Callable[..., T], *args: Any) -> T:
+    """Call `fn(*args)`, turning database errors (SQLAlchemyError) into StorageError."""
+    try:
+        return fn(*args)
+    except sa.exc.SQLAlchemyError as err:
+        raise StorageError(f"cloud database: {type(err).__name__}: {err}".splitlines()[0]) from err
 
 
 def readings_table(metadata: sa.MetaData) -> sa.Table:

@@ -17,7 +17,8 @@ from derbus.logging import configure_logging
 from derbus.messages import utcnow
 from derbus.runner import serve
 from derbus.settings import load_settings_or_exit
-from feature_engineering.pipeline import FeatureStore, guarded
+from derbus.storage import guarded
+from feature_engineering.pipeline import FeatureStore
 from feature_engineering.service import build_service, run_pass, summary
 from feature_engineering.settings import Settings
 

@@ -7,15 +7,15 @@ import math
 import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from derbus import features as fx
 from derbus.errors import StorageError
-from derbus.storage import readings_table
+from derbus.storage import as_utc, readings_table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,20 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_EXTRA = timedelta(hours=1)
-T = TypeVar("T")
-
-
-def guarded(fn: Callable[..., T], *args: Any) -> T:
-    """Call `fn`, turning database errors into StorageError (the service's boundary)."""
-    try:
-        return fn(*args)
-    except sa.exc.SQLAlchemyError as err:
-        raise StorageError(f"cloud database: {type(err).__name__}: {err}".splitlines()[0]) from err
-
-
-def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime (SQLite returns naive UTC values)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def floor_step(value: datetime) -> datetime:

@@ -16,11 +16,11 @@ from derbus.errors import StorageError
 from derbus.http import TokenDep
 from derbus.messages import utcnow
 from derbus.service import Context, Service
+from derbus.storage import guarded
 from feature_engineering.pipeline import (
     FeatureStore,
     PassOptions,
     SitePassResult,
-    guarded,
     run_site,
 )
 from feature_engineering.settings import Settings

@@ -20,9 +20,11 @@ from derbus.logging import configure_logging
 from derbus.messages import utcnow
 from derbus.runner import serve
 from derbus.settings import load_settings_or_exit
+from derbus.storage import guarded
 from forecaster.catalogue import TARGETS
 from forecaster.registry import Registry
 from forecaster.service import (
+    accuracy_status,
     build_service,
     outcome_json,
     registry_status,
@@ -31,7 +33,7 @@ from forecaster.service import (
     train_config,
 )
 from forecaster.settings import Settings
-from forecaster.store import ForecastStore, guarded
+from forecaster.store import ForecastStore
 
 cli = typer.Typer(add_completion=False, help="derbus forecaster: day-ahead load and PV forecasts")
 
@@ -70,11 +72,17 @@ def run(
     settings = load_settings_or_exit(Settings, **overrides)
     if train or evaluate_ or status:
         configure_logging(settings.log_level, "forecaster")
-        sys.exit(_one_shot(settings, train=train, evaluate_only=evaluate_, as_json=as_json))
+        sys.exit(
+            _one_shot(
+                settings, train=train, evaluate_only=evaluate_, status=status, as_json=as_json
+            )
+        )
     serve(build_service(settings, MqttBus(settings.mqtt)))
 
 
-def _one_shot(settings: Settings, *, train: bool, evaluate_only: bool, as_json: bool) -> int:
+def _one_shot(
+    settings: Settings, *, train: bool, evaluate_only: bool, status: bool, as_json: bool
+) -> int:
     console = Console(stderr=as_json)
     if settings.database.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +106,8 @@ def _one_shot(settings: Settings, *, train: bool, evaluate_only: bool, as_json: 
             if evaluate_only:
                 out["evaluated"] = _evaluate(settings, store, registry, progress)
         out["models"] = registry_status(registry)
+        if status:
+            out["issued_accuracy"] = guarded(accuracy_status, settings, store, utcnow())
     except DerbusError as err:
         console.print(f"error: {err}")
         return 1
@@ -112,6 +122,9 @@ def _one_shot(settings: Settings, *, train: bool, evaluate_only: bool, as_json: 
     for e in out.get("evaluated", []):
         _table(f"{e['site_id']}/{e['target']} backtest ({e['report']})", e["rows"], console)
     _table("model registry", out["models"], console)
+    if "issued_accuracy" in out:
+        _table(f"issued forecasts, last {settings.accuracy_days:g} days", out["issued_accuracy"],
+               console)  # fmt: skip
     return 0
 
 

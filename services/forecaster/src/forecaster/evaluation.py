@@ -23,6 +23,8 @@ from forecaster.models import (
 )
 
 REFERENCE = "seasonal_naive_day"
+DAYLIGHT_ELEVATION_DEG = 0.0
+"""PV coverage is also measured on the intervals with the sun above this elevation only."""
 
 
 def pinball_loss(actual: np.ndarray, predicted: np.ndarray, tau: float) -> float:
@@ -31,29 +33,43 @@ def pinball_loss(actual: np.ndarray, predicted: np.ndarray, tau: float) -> float
     return float(np.mean(np.maximum(tau * diff, (tau - 1) * diff)))
 
 
-def metrics(actual: np.ndarray, pred: pd.DataFrame) -> dict[str, float]:
+def metrics(
+    actual: np.ndarray, pred: pd.DataFrame, daylight: np.ndarray | None = None
+) -> dict[str, float]:
     """MAE, RMSE, nMAE (MAE / mean actual), pinball loss (mean of P10/P50/P90), 80 % coverage.
 
-    Rows with a missing actual or prediction are left out; `n` says how many counted.
+    Rows with a missing actual or prediction are left out; `n` says how many counted. With a
+    `daylight` mask (PV: sun above the horizon) the coverage is also given on those rows only
+    (`coverage_80_daylight`, `n_daylight`): at night forecast and actual are both 0, trivially
+    inside the band, which inflates the coverage of all rows.
     """
     y = np.asarray(actual, dtype=float)
     p = pred[list(QUANTILE_KEYS)].to_numpy(dtype=float)
     ok = np.isfinite(y) & np.isfinite(p).all(axis=1)
     y, p = y[ok], p[ok]
+    out = {"n": 0.0, "mae": float("nan"), "rmse": float("nan"), "nmae": float("nan"),
+           "pinball": float("nan"), "coverage_80": float("nan")}  # fmt: skip
+    if daylight is not None:
+        out |= {"n_daylight": 0.0, "coverage_80_daylight": float("nan")}
     if len(y) == 0:
-        return {"n": 0.0, "mae": float("nan"), "rmse": float("nan"), "nmae": float("nan"),
-                "pinball": float("nan"), "coverage_80": float("nan")}  # fmt: skip
+        return out
     err = y - p[:, 1]
     mean_actual = float(np.mean(np.abs(y)))
     mae = float(np.mean(np.abs(err)))
-    return {
+    inside = (y >= p[:, 0]) & (y <= p[:, 2])
+    out |= {
         "n": float(len(y)),
         "mae": mae,
         "rmse": float(np.sqrt(np.mean(err**2))),
         "nmae": mae / mean_actual if mean_actual > 0 else float("nan"),
         "pinball": float(np.mean([pinball_loss(y, p[:, i], q) for i, q in enumerate(QUANTILES)])),
-        "coverage_80": float(np.mean((y >= p[:, 0]) & (y <= p[:, 2]))),
+        "coverage_80": float(np.mean(inside)),
     }
+    if daylight is not None:
+        day = np.asarray(daylight, dtype=bool)[ok]
+        out["n_daylight"] = float(day.sum())
+        out["coverage_80_daylight"] = float(np.mean(inside[day])) if day.any() else float("nan")
+    return out
 
 
 def skill(mae: float, reference_mae: float) -> float:
@@ -66,7 +82,7 @@ class BacktestResult:
     """Out-of-sample predictions of every model and their metrics."""
 
     target: str
-    predictions: pd.DataFrame  # model, time, step, actual, p10, p50, p90
+    predictions: pd.DataFrame  # model, time, step, actual, p10, p50, p90, daylight
     overall: dict[str, dict[str, float]] = field(default_factory=dict)
     by_horizon_h: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     folds: list[tuple[str, str]] = field(default_factory=list)
@@ -158,6 +174,7 @@ def backtest(
         x_train, y_train = x_all[train], history[train]
         x_test, actual = x_all[test], history[test].to_numpy(dtype=float)
         times = index[test]
+        daylight = x_test["solar_elevation_deg"].to_numpy(dtype=float) > DAYLIGHT_ELEVATION_DEG
         preds: dict[str, pd.DataFrame] = {}
         for name in ("seasonal_naive_day", "seasonal_naive_week", *models):
             began = time.perf_counter()
@@ -174,15 +191,20 @@ def backtest(
             done["model"] = name
             done["actual"] = actual
             done["step"] = ((times - times.floor("1D")) / fx.STEP).astype(int)
+            done["daylight"] = daylight
             rows.append(done.reset_index(names="time"))
     predictions = pd.concat(rows, ignore_index=True)
     result = BacktestResult(target.name, predictions, fit_seconds=fit_seconds)
     result.folds = [(s.isoformat(), e.isoformat()) for s, e in zip(starts, ends, strict=True)]
+
+    def scored(group: pd.DataFrame) -> dict[str, float]:
+        day = group["daylight"].to_numpy(dtype=bool) if target.solar else None
+        return metrics(group["actual"].to_numpy(), group, day)
+
     for name, group in predictions.groupby("model", sort=False):
-        result.overall[str(name)] = metrics(group["actual"].to_numpy(), group)
+        result.overall[str(name)] = scored(group)
         result.by_horizon_h[str(name)] = [
-            {"horizon_h": float(h), **metrics(g["actual"].to_numpy(), g)}
-            for h, g in group.groupby(group["step"] // 4)
+            {"horizon_h": float(h), **scored(g)} for h, g in group.groupby(group["step"] // 4)
         ]
     reference = result.overall[REFERENCE]["mae"]
     for values in result.overall.values():

@@ -60,21 +60,24 @@ def markdown(
         "",
         f"Selected model: **{model}**; promoted: **{'yes' if promoted else 'no'}** ({reason}).",
         "",
-        "| model | MAE kW | RMSE kW | nMAE | skill vs seasonal naive | pinball | 80 % coverage | n |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | MAE kW | RMSE kW | nMAE | skill vs seasonal naive | pinball | 80 % coverage "
+        "| 80 % coverage, daylight | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in summary_rows(result):
         lines.append(
             f"| {row['model']} | {_fmt(row['mae'])} | {_fmt(row['rmse'])} | {_fmt(row['nmae'])} "
             f"| {_fmt(row['skill'])} | {_fmt(row['pinball'])} | {_fmt(row['coverage_80'])} "
-            f"| {int(row['n'])} |"
+            f"| {_fmt(row.get('coverage_80_daylight', '–'))} | {int(row['n'])} |"
         )
     lines += ["", f"## {model} by horizon (hours after issue)", "",
-              "| horizon h | MAE kW | nMAE | 80 % coverage | pinball |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| horizon h | MAE kW | nMAE | 80 % coverage | 80 % coverage, daylight | pinball |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for row in result.by_horizon_h.get(model, []):
         lines.append(
             f"| {int(row['horizon_h'])}-{int(row['horizon_h']) + 1} | {_fmt(row['mae'])} "
-            f"| {_fmt(row['nmae'])} | {_fmt(row['coverage_80'])} | {_fmt(row['pinball'])} |"
+            f"| {_fmt(row['nmae'])} | {_fmt(row['coverage_80'])} "
+            f"| {_fmt(row.get('coverage_80_daylight', '–'))} | {_fmt(row['pinball'])} |"
         )
     lines += ["", f"![forecast vs actual]({PLOT})", ""]
     return "\n".join(lines)

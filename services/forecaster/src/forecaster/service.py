@@ -20,10 +20,11 @@ from derbus.errors import StorageError
 from derbus.http import TokenDep
 from derbus.messages import utcnow
 from derbus.service import Context, Service
+from derbus.storage import guarded
 from forecaster.catalogue import TARGETS, Target
 from forecaster.registry import Registry
 from forecaster.settings import Settings
-from forecaster.store import ForecastStore, guarded
+from forecaster.store import ForecastStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -270,6 +271,21 @@ def build_service(
         body: dict[str, Any] = issued.message(now()).model_dump(mode="json")
         return body
 
+    @router.get("/forecast/{site_id}/{target}/accuracy")
+    async def get_accuracy(site_id: str, target: str, days: float | None = None) -> dict[str, Any]:
+        """How the forecasts issued over the last `days` (default FORECAST_ACCURACY_DAYS) did."""
+        if target not in TARGETS:
+            raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
+        window_d = days if days is not None and days > 0 else service.settings.accuracy_days
+        since = now() - timedelta(days=window_d)
+        try:
+            scores = await service.run_blocking(
+                guarded, issued_accuracy, db, site_id, TARGETS[target], since
+            )
+        except StorageError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from err
+        return {"site_id": site_id, "target": target, "since": since.isoformat(), **scores}
+
     @router.post("/train")
     async def post_train(_auth: TokenDep) -> dict[str, Any]:
         """Retrain every site and target now (backtest, register, promote if better)."""
@@ -283,6 +299,30 @@ def build_service(
 
     service.include_router(router)
     return service
+
+
+def issued_accuracy(
+    store: ForecastStore, site_id: str, target: Target, since: datetime
+) -> dict[str, float]:
+    """Accuracy of a target's forecasts issued since `since` (PV also on daylight). Blocking."""
+    return store.issued_accuracy(site_id, target.name, target.column, since, solar=target.solar)
+
+
+def accuracy_status(
+    settings: Settings, store: ForecastStore, now: datetime
+) -> list[dict[str, Any]]:
+    """Per site and target, the accuracy of the forecasts issued over `accuracy_days`. Blocking."""
+    since = now - timedelta(days=settings.accuracy_days)
+    rows = []
+    for site_id in site_ids(settings, store):
+        for name in settings.targets:
+            scores = issued_accuracy(store, site_id, TARGETS[name], since)
+            rows.append({"site_id": site_id, "target": name, "since": since.isoformat(),
+                         "forecasts": int(scores.get("forecasts", 0)),
+                         "n": int(scores.get("n", 0)), "mae_kw": scores.get("mae"),
+                         "coverage_80": scores.get("coverage_80"),
+                         "coverage_80_daylight": scores.get("coverage_80_daylight")})  # fmt: skip
+    return rows
 
 
 def outcome_json(o: TrainOutcome) -> dict[str, Any]:
@@ -308,6 +348,7 @@ def registry_status(registry: Registry) -> list[dict[str, Any]]:
                 "training_window": v.meta.get("training_window"),
                 "mae_kw": best.get("mae"), "skill": best.get("skill"),
                 "coverage_80": best.get("coverage_80"),
+                "coverage_80_daylight": best.get("coverage_80_daylight"),
                 "served": promoted is not None and promoted.name == v.name,
             })  # fmt: skip
     return rows

@@ -57,6 +57,10 @@ class Settings(ServiceSettings):
         default=14.0, ge=7, le=365, description="history needed before a first training, days"
     )
     max_iter: int = Field(default=200, ge=10, le=2000, description="boosting iterations")
+    accuracy_days: float = Field(
+        default=7.0, gt=0, le=366,
+        description="days of issued forecasts scored by /forecast/{site}/{target}/accuracy and --status",
+    )  # fmt: skip
     fit_threads: int = Field(
         default=1, ge=1, le=64, description="threads per model fit (1 avoids oversubscription)"
     )

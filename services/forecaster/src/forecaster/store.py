@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from derbus import features as fx
-from derbus.errors import StorageError
+from derbus.storage import as_utc
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ISSUED_TABLE = "forecasts_issued"
-T = TypeVar("T")
-
-
-def as_utc(value: datetime) -> datetime:
-    """An aware UTC datetime (SQLite returns naive UTC values)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def guarded(fn: Callable[..., T], *args: Any) -> T:
-    """Call `fn`, turning database errors into StorageError."""
-    try:
-        return fn(*args)
-    except sa.exc.SQLAlchemyError as err:
-        raise StorageError(f"cloud database: {type(err).__name__}: {err}".splitlines()[0]) from err
 
 
 def issued_table(metadata: sa.MetaData) -> sa.Table:
@@ -127,25 +112,33 @@ class ForecastStore:
         return len(rows)
 
     def issued_accuracy(
-        self, site_id: str, target: str, column: str, since: datetime
+        self, site_id: str, target: str, column: str, since: datetime, *, solar: bool = False
     ) -> dict[str, float]:
-        """MAE and 80 % coverage of the forecasts issued since `since`, against the actuals so far."""
+        """How the forecasts issued since `since` did against the actuals known so far.
+
+        Every issued interval with an actual counts once per forecast that covered it (issues
+        every 15 min: an interval counts at up to 96 horizons). Metrics of
+        `evaluation.metrics` (MAE, RMSE, nMAE, pinball, 80 % coverage; for PV, `solar`, also
+        the coverage of daylight intervals) plus `forecasts`, the issues that had actuals.
+        """
         import numpy as np
+        import pandas as pd
+
+        from forecaster.evaluation import DAYLIGHT_ELEVATION_DEG, metrics
 
         i, f = self.issued.c, self.features.c
         query = (
-            sa.select(i.p10, i.p50, i.p90, f[column])
+            sa.select(i.issue_time, i.p10, i.p50, i.p90, f[column], f.solar_elevation_deg)
             .join(self.features, sa.and_(f.site_id == i.site_id, f.time == i.time))
             .where(i.site_id == site_id, i.target == target, i.issue_time >= as_utc(since),
                    f[column].is_not(None))
         )  # fmt: skip
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        if not rows:
-            return {"n": 0.0}
-        arr = np.asarray(rows, dtype=float)
-        return {
-            "n": float(len(arr)),
-            "mae": float(np.mean(np.abs(arr[:, 3] - arr[:, 1]))),
-            "coverage_80": float(np.mean((arr[:, 3] >= arr[:, 0]) & (arr[:, 3] <= arr[:, 2]))),
-        }
+        frame = pd.DataFrame(
+            [r[1:] for r in rows], columns=["p10", "p50", "p90", "actual", "elevation"]
+        ).astype(float)
+        daylight = frame["elevation"].to_numpy() > DAYLIGHT_ELEVATION_DEG if solar else None
+        out = metrics(frame["actual"].to_numpy(), frame, daylight)
+        out["forecasts"] = float(len({r[0] for r in rows}))
+        return {k: v for k, v in out.items() if np.isfinite(v)}
