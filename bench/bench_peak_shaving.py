@@ -42,7 +42,13 @@ from derbus.settings import MqttSettings
 from derbus.tariff import Tariff
 from derbus.testing import MosquittoServer, free_port, port_open
 from peak_shaving.controller import PeakShavingController, PmaConfig, PmaInputs
-from peak_shaving.optimizer import EmaConfig, EmaInputs, Schedule, ScheduleOptimizer
+from peak_shaving.optimizer import (
+    EmaConfig,
+    EmaInputs,
+    Schedule,
+    ScheduleOptimizer,
+    uncertainty_reserve_kwh,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "data" / "profiles" / "simbench_2016_15min.csv"
@@ -310,6 +316,24 @@ def seasonal_naive(
     return np.nan_to_num(load_w * site.load_peak_kw - pv_d * site.pv_kwp)
 
 
+def error_bands(
+    df: pd.DataFrame, site: Site, month: str, conservative: bool, q: float = 0.9, days: int = 28
+) -> dict[Any, np.ndarray]:
+    """Per day of the month, the q-quantile of the forecast's error by time of day (96 values),
+    from the `days` days before it only (actual 15-min profile − the same seasonal-naive rule)."""
+    start = pd.Timestamp(month + "-01", tz="UTC")
+    first = start - pd.Timedelta(days=days)
+    steps = int((start + pd.offsets.MonthBegin(1) - first) / pd.Timedelta(minutes=15))
+    times = pd.date_range(first, periods=steps, freq="15min")
+    true = (df["g1-a_load_pu"].reindex(times).to_numpy() * site.load_peak_kw
+            - df["pv1_pv_pu"].reindex(times).to_numpy() * site.pv_kwp)  # fmt: skip
+    err = (true - seasonal_naive(df, site, first, steps, conservative)).reshape(-1, 96)
+    return {
+        (first + pd.Timedelta(days=d)).date(): np.nanquantile(err[d - days : d], q, axis=0)
+        for d in range(days, len(err))
+    }
+
+
 def ema_config(site: Site, steps: int, demand_target_kw: float | None) -> EmaConfig:
     return EmaConfig(
         horizon_steps=steps, import_limit_kw=site.import_limit_kw,
@@ -363,6 +387,9 @@ def closed_loop(
     demand_target_kw: float | None,
     ema: bool,
     conservative: bool = False,
+    reserve_pct: float = 20.0,
+    bands: dict[Any, np.ndarray] | None = None,
+    label: str = "",
 ) -> Outcome:
     """PMA every `step_s` (and the EMA every 15 min when `ema`) with a battery model."""
     pma = PeakShavingController(
@@ -374,9 +401,10 @@ def closed_loop(
             battery_max_charge_kw=site.power_kw,
             battery_max_discharge_kw=site.power_kw,
             max_gap_s=60.0,
+            reserve_pct=reserve_pct,
         )
     )
-    cfg = ema_config(site, 96, demand_target_kw)
+    cfg = ema_config(site, 96, demand_target_kw).model_copy(update={"reserve_pct": reserve_pct})
     optimizer = ScheduleOptimizer(cfg) if ema else None
     cap, eta = site.capacity_kwh, site.efficiency
     soc_kwh = 0.5 * cap
@@ -385,6 +413,7 @@ def closed_loop(
     pcc = np.zeros(n)
     batt = np.zeros(n)
     previous_b = 0.0
+    command_kw, command_end = 0.0, actual.index[0]
     schedule: np.ndarray | None = None
     schedule_start: pd.Timestamp | None = None
     plan_peak: float | None = None
@@ -395,9 +424,17 @@ def closed_loop(
             prior = np.zeros(96)
             if schedule is not None:
                 prior[:95] = schedule[1:]
+            forecast = seasonal_naive(df, site, ts, 96, conservative)
+            reserve = None
+            if bands is not None:  # keep what shaving the p90 load to the threshold needs
+                tod = ((ts.hour * 60 + ts.minute) // 15 + np.arange(96)) % 96
+                upper = forecast + bands[ts.date()][tod]
+                threshold = pma.month_peak_kw("s") or float(forecast.max())
+                reserve = uncertainty_reserve_kwh(upper, threshold, 900, site.efficiency)
             sched = optimizer.solve(
-                EmaInputs(start=ts.to_pydatetime(), net_load_kw=seasonal_naive(df, site, ts, 96, conservative),
-                          soc_kwh=soc_kwh, prior_kw=prior, peak_floor_kw=pma.month_peak_kw("s"))
+                EmaInputs(start=ts.to_pydatetime(), net_load_kw=forecast,
+                          soc_kwh=soc_kwh, prior_kw=prior, peak_floor_kw=pma.month_peak_kw("s"),
+                          reserve_kwh=reserve)
             )  # fmt: skip
             schedule, schedule_start = sched.battery_p_kw, ts
             plan_peak = float(sched.pcc_kw.max())
@@ -411,8 +448,15 @@ def closed_loop(
                       battery_p_kw=previous_b, battery_ts=when, soc_pct=100 * soc_kwh / cap,
                       schedule_p_kw=schedule_kw, plan_peak_kw=plan_peak)
         )  # fmt: skip
-        # battery model: follows the setpoint within power and stored energy for one step
-        b = float(np.clip(decision.battery_p_kw, -site.power_kw, site.power_kw))
+        # battery model: follows the live setpoint within power and stored energy for one step;
+        # an idle PMA sends nothing: the last command holds until its TTL ends, then the
+        # battery's default here is 0 kW (no self-consumption mode in this model)
+        if decision.command:
+            command_kw = decision.battery_p_kw
+            command_end = ts + pd.Timedelta(seconds=decision.ttl_s)
+        elif ts >= command_end:
+            command_kw = 0.0
+        b = float(np.clip(command_kw, -site.power_kw, site.power_kw))
         dt_h = site.step_s / 3600
         if b > 0:
             b = min(b, (cap - soc_kwh) / (eta * dt_h))
@@ -427,6 +471,7 @@ def closed_loop(
         name = "PMA + EMA, " + ("conservative" if conservative else "seasonal-naive") + " forecast"
     if demand_target_kw:
         name += f", demand target {demand_target_kw:g} kW"
+    name += label
     return Outcome(
         name, pcc, batt, site.step_s, actual.index, len(solve_ms),
         statistics.mean(solve_ms) if solve_ms else 0.0,
@@ -463,6 +508,11 @@ def bench_value(quick: bool, month: str) -> str:
     runs.append(closed_loop(df, actual, site, None, ema=False))
     for conservative in (False, True):
         runs.append(closed_loop(df, actual, site, None, ema=True, conservative=conservative))
+        print(f"  value: {runs[-1].name} done ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+    for conservative in (False, True):  # + a reserve for the p90 of the forecast's past errors
+        bands = error_bands(df, site, month, conservative)
+        runs.append(closed_loop(df, actual, site, None, ema=True, conservative=conservative,
+                                bands=bands, label=", p90-error reserve"))  # fmt: skip
         print(f"  value: {runs[-1].name} done ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
     optimum, pf_s = perfect_foresight(actual, site)
     runs.append(optimum)

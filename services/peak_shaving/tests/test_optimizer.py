@@ -11,7 +11,13 @@ import pytest
 
 from derbus.errors import SolverError
 from derbus.tariff import Tariff, TouWindow
-from peak_shaving.optimizer import EmaConfig, EmaInputs, ScheduleOptimizer, align_series
+from peak_shaving.optimizer import (
+    EmaConfig,
+    EmaInputs,
+    ScheduleOptimizer,
+    align_series,
+    uncertainty_reserve_kwh,
+)
 
 START = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday, 00:00 UTC
 
@@ -180,3 +186,27 @@ def test_align_series() -> None:
     day = list(range(24))
     out = align_series(day, start, 3600, start.replace(hour=23), 3, 3600)
     approx(out, [22, 23, 0])
+
+
+def test_uncertainty_reserve_is_the_energy_the_later_excess_needs() -> None:
+    # p90 net load 12, 8, 15 kW against a 10 kW threshold, 1-hour steps, eta 0.8:
+    # after step 0 the 5 kWh excess of step 2 is still ahead (5 / 0.8 = 6.25 kWh stored)
+    reserve = uncertainty_reserve_kwh(np.array([12.0, 8.0, 15.0]), 10.0, 3600, 0.8)
+    approx(reserve, [6.25, 6.25, 0.0])
+
+
+def test_per_step_reserve_stops_arbitrage_below_it() -> None:
+    # 0.50 then 0.10 per kWh, 5 kWh stored: without a reserve it uses all 5 kWh in the
+    # first hour; with 3 kWh asked after each step it spends only 2 kWh
+    tariff = Tariff(
+        timezone="UTC",
+        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
+        windows=[TouWindow(period="peak", start_hour=0, end_hour=1, weekdays_only=False)],
+        feed_in_per_kwh=0.0,
+    )
+    opt = optimizer(energy_cost=True, tariff=tariff, change_penalty_per_kwh=0.0)
+    approx(opt.solve(inputs([5, 5], soc_kwh=5)).soc_kwh, [5, 0, 0])
+    s = opt.solve(inputs([5, 5], soc_kwh=5, reserve_kwh=np.array([3.0, 3.0])))
+    approx(s.soc_kwh, [5, 3, 3])
+    with pytest.raises(SolverError, match="reserve_kwh"):
+        opt.solve(inputs([5, 5], soc_kwh=5, reserve_kwh=np.array([3.0])))

@@ -319,3 +319,26 @@ async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
     assert ps.site(SITE).schedule_valid
     await service.stop()
     await probe.close()
+
+
+async def test_ema_keeps_the_upper_quantile_excess_in_reserve() -> None:
+    service = build_service(settings(), InMemoryBus())
+    ps: PeakShaving = service.state["peak_shaving"]
+    plan = ps.site(SITE)
+    plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
+    load = forecast([30.0] * 96)
+    p90 = [30.0] * 96
+    p90[95] = 42.0  # the last step may come in 12 kW above the 30 kW planned peak
+    plan.forecasts["load"] = load.with_changes(quantiles={"p50": [30.0] * 96, "p90": p90})
+    inputs = ps.ema_inputs(SITE, utcnow())
+    assert inputs is not None
+    assert inputs.reserve_kwh is not None
+    # threshold = the plan's highest net load (no month peak yet): 42 kW planned on p90 → 0;
+    # planning on p50 instead, 12 kW x 0.25 h / 0.95 is held until the last step
+    assert inputs.reserve_kwh.max() == pytest.approx(0.0)
+    ps.service.settings = settings(load_forecast_quantile="p50")
+    inputs = ps.ema_inputs(SITE, utcnow())
+    assert inputs is not None
+    assert inputs.reserve_kwh is not None
+    assert inputs.reserve_kwh[:95] == pytest.approx([12 * 0.25 / 0.95] * 95)
+    assert inputs.reserve_kwh[95] == 0.0

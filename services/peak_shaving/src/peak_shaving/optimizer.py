@@ -74,6 +74,9 @@ class EmaInputs:
         soc_kwh: stored energy now, kWh.
         prior_kw: the previous schedule on the same steps, kW (+ charge); zeros when none.
         peak_floor_kw: 15-minute peak already billed this month, kW (demand charge above it).
+        reserve_kwh: energy to hold at the end of each step, kWh (soft, like `reserve_pct`);
+            None: `reserve_pct` of the capacity; the higher of the two applies (see
+            `uncertainty_reserve_kwh`).
     """
 
     start: datetime
@@ -81,6 +84,7 @@ class EmaInputs:
     soc_kwh: float
     prior_kw: FloatArray
     peak_floor_kw: float = 0.0
+    reserve_kwh: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,7 @@ class ScheduleOptimizer:
         self.p_soc0 = cp.Parameter(name="soc0_kwh")
         self.p_e_lo = cp.Parameter(name="e_min_kwh")
         self.p_e_hi = cp.Parameter(name="e_max_kwh")
-        self.p_e_reserve = cp.Parameter(name="e_reserve_kwh")
+        self.p_e_reserve = cp.Parameter(n, name="e_reserve_kwh")
         self.p_e_end = cp.Parameter(name="e_end_kwh")
         self.p_ch_max = cp.Parameter(nonneg=True, name="charge_max_kw")
         self.p_dis_max = cp.Parameter(nonneg=True, name="discharge_max_kw")
@@ -264,7 +268,13 @@ class ScheduleOptimizer:
         self.p_soc0.value = soc0
         self.p_e_lo.value = min(cfg.soc_min_pct / 100 * cap, soc0)
         self.p_e_hi.value = max(cfg.soc_max_pct / 100 * cap, soc0)
-        self.p_e_reserve.value = cfg.reserve_pct / 100 * cap
+        reserve = np.full(n, cfg.reserve_pct / 100 * cap)
+        if inputs.reserve_kwh is not None:
+            asked = np.asarray(inputs.reserve_kwh, dtype=float)
+            if asked.shape != (n,) or not np.isfinite(asked).all():
+                raise SolverError(f"reserve_kwh must hold {n} finite values")
+            reserve = np.maximum(reserve, asked)
+        self.p_e_reserve.value = np.minimum(reserve, cfg.soc_max_pct / 100 * cap)
         self.p_e_end.value = cfg.end_soc_pct / 100 * cap
         self.p_ch_max.value = cfg.battery_max_charge_kw
         self.p_dis_max.value = cfg.battery_max_discharge_kw
@@ -378,3 +388,32 @@ def align_series(
             j = j + per_day * math.ceil(-j / per_day) if j < 0 else j
         out[i] = data[min(max(j, 0), count - 1)]
     return out
+
+
+def uncertainty_reserve_kwh(
+    upper_net_kw: FloatArray,
+    threshold_kw: float,
+    step_s: int,
+    discharge_efficiency: float,
+) -> FloatArray:
+    """Energy to keep stored at the end of each step to shave an upper-quantile load.
+
+    The load may come in at its upper quantile instead of the planned value; holding the
+    15-minute import at `threshold_kw` then takes the energy of every later step's excess over
+    it. Keeping that in store (a soft reserve in the EMA) stops the schedule from spending it on
+    energy arbitrage before a high day shows itself.
+
+    Args:
+        upper_net_kw: upper quantile of the net load per step (e.g. p90), kW.
+        threshold_kw: the demand threshold (the month's peak so far or the planned peak), kW.
+        step_s: step length, s.
+        discharge_efficiency: stored→AC, 0..1.
+
+    Returns:
+        Per step, the stored energy needed after it for the steps that follow, kWh.
+    """
+    excess = np.maximum(np.asarray(upper_net_kw, dtype=float) - threshold_kw, 0.0)
+    energy = excess * step_s / 3600 / discharge_efficiency
+    after = np.concatenate([np.cumsum(energy[::-1])[::-1][1:], [0.0]])
+    reserve: FloatArray = after
+    return reserve

@@ -28,7 +28,13 @@ from derbus.messages import (
 )
 from derbus.service import Context, Service
 from peak_shaving.controller import PeakShavingController, PmaInputs
-from peak_shaving.optimizer import EmaInputs, Schedule, ScheduleOptimizer, align_series
+from peak_shaving.optimizer import (
+    EmaInputs,
+    Schedule,
+    ScheduleOptimizer,
+    align_series,
+    uncertainty_reserve_kwh,
+)
 from peak_shaving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -240,10 +246,21 @@ class PeakShaving:
         n = cfg.horizon_steps
         load_kw = _quantile(load, cfg.load_forecast_quantile)
         net = align_series(load_kw, load.start, load.step_s, start, n, step)
+        upper = align_series(
+            _quantile(load, cfg.reserve_load_quantile), load.start, load.step_s, start, n, step
+        )
         pv = plan.forecasts.get(PV_TARGET)
         if pv is not None:
-            pv_kw = _quantile(pv, cfg.pv_forecast_quantile)
-            net = net - align_series(pv_kw, pv.start, pv.step_s, start, n, step)
+            pv_kw = align_series(
+                _quantile(pv, cfg.pv_forecast_quantile), pv.start, pv.step_s, start, n, step
+            )
+            net, upper = net - pv_kw, upper - pv_kw
+        month_peak = self.controller.month_peak_kw(site_id)
+        reserve = None
+        if cfg.reserve_load_quantile is not None:
+            reserve = uncertainty_reserve_kwh(
+                upper, month_peak or float(net.max()), step, cfg.discharge_efficiency
+            )
         prior = np.zeros(n)
         if plan.schedule is not None:
             s = plan.schedule
@@ -253,7 +270,8 @@ class PeakShaving:
             net_load_kw=net,
             soc_kwh=plan.battery.soc_pct / 100 * cfg.battery_capacity_kwh,
             prior_kw=prior,
-            peak_floor_kw=self.controller.month_peak_kw(site_id),
+            peak_floor_kw=month_peak,
+            reserve_kwh=reserve,
         )
 
     async def replan(self, site_id: str) -> None:

@@ -55,6 +55,12 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
     pv_forecast_quantile: str | None = Field(
         default="p10", description="PV forecast quantile the EMA plans on (the low side)"
     )
+    reserve_load_quantile: str | None = Field(
+        default="p90",
+        description="load forecast quantile (with pv_forecast_quantile for PV) whose excess over"
+        " the month's peak so far the EMA keeps in store as a reserve (no arbitrage with it);"
+        " None: only reserve_pct",
+    )
 
     @field_validator("meter_device_id", "battery_device_id")
     @classmethod
