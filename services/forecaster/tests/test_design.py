@@ -61,3 +61,20 @@ def test_pv_clear_sky_ratio_features(
     clear = x["clearsky_ghi_w_m2"]
     assert x["smart_persistence_1d"] == pytest.approx(x["clear_ratio_1d"] * clear)
     assert 0 < x["clear_ratio_1d"] < 5.0 / 1000 * 1.01  # kW per W/m², at most the 5 kWp array
+
+
+def test_same_kind_of_day_lags_skip_weekends_and_holidays(site: fx.SiteContext) -> None:
+    # Berlin, 2026: Fri 1 May is a holiday (Tag der Arbeit); Mon 4 May a workday
+    index = pd.date_range("2026-04-01", "2026-05-08", freq="15min", tz="UTC", inclusive="left")
+    y = pd.Series(np.arange(len(index), dtype=float), index=index)
+    noon = pd.Timestamp("2026-05-04 10:00", tz="UTC")  # Monday, 12:00 local
+    x = design_matrix(y, pd.DatetimeIndex([noon]), site, TARGETS["load"]).iloc[0]
+    n = index.get_loc(noon)
+    assert x["day_kind"] == 0
+    # Sun 3, Sat 2 and the holiday Fri 1 May are skipped: Thu 30 Apr, 4 days earlier
+    assert x["y_same_kind_lag"] == n - 4 * 96
+    assert x["y_same_kind_mean_3"] == pytest.approx(np.mean([n - k * 96 for k in (4, 5, 6)]))
+    holiday = pd.Timestamp("2026-05-01 10:00", tz="UTC")
+    x = design_matrix(y, pd.DatetimeIndex([holiday]), site, TARGETS["load"]).iloc[0]
+    assert x["day_kind"] == 2
+    assert x["y_same_kind_lag"] == index.get_loc(holiday) - 5 * 96  # Sunday 26 April

@@ -118,3 +118,31 @@ def test_accuracy_of_issued_forecasts_over_rest(
         assert "coverage_80_daylight" not in body  # load: every interval counts
         assert client.get("/forecast/s1/pv/accuracy").json()["n"] == 0  # none issued
         assert client.get("/forecast/s1/wind/accuracy").status_code == 404
+
+
+def test_status_prints_the_accuracy_of_issued_forecasts(
+    tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from forecaster.__main__ import cli
+
+    now = datetime.now(UTC)
+    load = load_series(start=(now - pd.Timedelta(days=3)).strftime("%Y-%m-%d"), days=2)
+    store = ForecastStore(Settings(data_dir=tmp_path).database.sqlalchemy_url(tmp_path))
+    fill_features(store, "s1", load, pv_series(days=1))
+    day = load.index[-96:]
+    p50 = load[day].to_numpy() - 0.25
+    frame = pd.DataFrame({"p10": p50 - 1.0, "p50": p50, "p90": p50 + 1.0}, index=day)
+    store.save_issued("s1", "load", day[0].to_pydatetime(), frame, "test", None)
+    store.dispose()
+    env = {"FORECAST_DATA_DIR": str(tmp_path), "FORECAST_TARGETS": '["load"]'}
+    result = CliRunner().invoke(cli, ["--status", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["issued_accuracy"]
+    assert [(r["site_id"], r["target"], r["forecasts"], r["n"]) for r in rows] == [
+        ("s1", "load", 1, 96)
+    ]
+    assert rows[0]["mae_kw"] == pytest.approx(0.25)

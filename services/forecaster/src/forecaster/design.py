@@ -25,6 +25,9 @@ CALENDAR = (
 )  # fmt: skip
 LAGS = ("y_lag_96", "y_lag_192", "y_lag_672", "y_mean_1d", "y_mean_7d", "y_std_1d",
         "y_tod_mean_7d", "y_tod_std_7d", "y_tow_mean_4w")  # fmt: skip
+DAY_KIND = ("day_kind", "y_same_kind_lag", "y_same_kind_mean_3")
+"""Day kind (workday, Saturday, Sunday/holiday) and the load of the latest days of that kind."""
+SAME_KIND_DAYS = 14
 NIGHT_ELEVATION_DEG = -8.0
 """Below this sun elevation PV is taken as zero: models neither train on nor predict it."""
 SOLAR = ("clear_ratio_1d", "clear_ratio_3d", "smart_persistence_1d", "smart_persistence_3d",
@@ -33,7 +36,7 @@ SOLAR = ("clear_ratio_1d", "clear_ratio_3d", "smart_persistence_1d", "smart_pers
 
 def feature_names(target: Target) -> list[str]:
     """The columns of the design matrix of a target."""
-    return list(CALENDAR + LAGS + (SOLAR if target.solar else ()))
+    return list(CALENDAR + LAGS + DAY_KIND + (SOLAR if target.solar else ()))
 
 
 def design_matrix(
@@ -72,6 +75,9 @@ def design_matrix(
     out["y_tod_std_7d"] = same_time.std(axis=1, ddof=0)
     same_week = pd.concat([fx.lag(y, k * WEEK) for k in range(1, 5)], axis=1)
     out["y_tow_mean_4w"] = same_week.mean(axis=1)  # the same time of week, last 4 weeks
+    kind = day_kind(ahead)
+    out["day_kind"] = kind.astype(float)
+    out["y_same_kind_lag"], out["y_same_kind_mean_3"] = same_kind_lags(y, kind)
     if target.solar:
         clear = ahead["clearsky_ghi_w_m2"].astype(float)
         day_clear = fx.lag(clear.rolling(DAY, min_periods=1).sum(), DAY)
@@ -89,6 +95,32 @@ def design_matrix(
             fx.lag(y, DAY) / clear_day_ago.where(clear_day_ago >= fx.MIN_CLEAR_GHI_W_M2) * clear
         ).where(clear > 0, 0.0)
     return out.loc[times, feature_names(target)].replace([np.inf, -np.inf], np.nan)
+
+
+def day_kind(ahead: pd.DataFrame) -> pd.Series:
+    """Kind of local day: 0 workday, 1 Saturday, 2 Sunday or public holiday."""
+    dow = ahead["day_of_week"].to_numpy(dtype=int)
+    holiday = ahead["is_holiday"].to_numpy(dtype=bool)
+    kind = np.where(holiday | (dow == 6), 2, np.where(dow == 5, 1, 0))
+    return pd.Series(kind, index=ahead.index)
+
+
+def same_kind_lags(y: pd.Series, kind: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """The same time of day on the latest earlier days of the same kind (workday, …).
+
+    Looks back 1 to SAME_KIND_DAYS days; the first is the latest such day (a Monday gets
+    Friday's value, the day after a holiday a workday's), the second the mean of up to three.
+    """
+    latest = pd.Series(np.nan, index=y.index)
+    total = pd.Series(0.0, index=y.index)
+    count = pd.Series(0, index=y.index)
+    for k in range(1, SAME_KIND_DAYS + 1):
+        value = fx.lag(y, k * DAY)
+        match = (fx.lag(kind, k * DAY) == kind) & value.notna() & (count < 3)
+        latest = latest.where(latest.notna() | ~match, value)
+        total = total + value.where(match, 0.0)
+        count = count + match.astype(int)
+    return latest, total / count.where(count > 0)
 
 
 def training_rows(x: pd.DataFrame, target: Target) -> np.ndarray:
