@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from derbus.errors import ConfigError
 from derbus.service import Service
+from derbus.settings import redacted
 from derbus.topics import CATALOGUE
 
 _bearer = HTTPBearer(auto_error=False)
@@ -57,23 +58,7 @@ TokenDep = Annotated[None, Depends(require_token)]
 
 def redacted_config(service: Service[Any]) -> dict[str, Any]:
     """The service's settings as JSON, secrets replaced by `**********`."""
-    data: dict[str, Any] = service.settings.model_dump(mode="json")
-    # model_dump(mode="json") already prints SecretStr as "**********"; also hide URLs' passwords.
-    redacted: dict[str, Any] = _redact_urls(data)
-    return redacted
-
-
-def _redact_urls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _redact_urls(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_urls(v) for v in value]
-    if isinstance(value, str) and "://" in value and "@" in value:
-        scheme, rest = value.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:**********@{host}"
-    return value
+    return redacted(service.settings)
 
 
 def make_app(service: Service[Any], *, manage_lifecycle: bool = True) -> FastAPI:

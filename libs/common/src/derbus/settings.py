@@ -172,6 +172,30 @@ def _prefix_of(cls: type[BaseSettings], title: str) -> str:
     return str(cls.model_config.get("env_prefix", ""))
 
 
+def given(**options: Any) -> dict[str, Any]:
+    """The options a user actually gave (not None): command-line flags as settings overrides."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def redacted(settings: BaseSettings) -> dict[str, Any]:
+    """Settings as JSON data with secrets hidden: SecretStr fields and passwords inside URLs."""
+    data: dict[str, Any] = _redact_urls(settings.model_dump(mode="json"))
+    return data
+
+
+def _redact_urls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_urls(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:**********@{host}"
+    return value
+
+
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings from the environment (and overrides) or raise ConfigError naming the field."""
     try:

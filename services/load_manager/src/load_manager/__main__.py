@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from derbus.bus import MqttBus
 from derbus.errors import ConfigError
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import given, load_settings_or_exit, redacted
 from load_manager.cossmic import load_jobs, load_neighbourhood
 from load_manager.service import build_service
 from load_manager.settings import Settings
@@ -40,17 +40,13 @@ def run(
     """Run the service (the default command): net balancing every cycle, jobs planned and started."""
     if ctx.invoked_subcommand is not None:
         return
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "rule": rule,
-            "settlement_period_s": settlement_period_s,
-            "neighbourhood_file": neighbourhood_file,
-            "jobs_file": jobs_file,
-            "api_port": api_port,
-        }.items()
-        if v is not None
-    }
+    overrides = given(
+        rule=rule,
+        settlement_period_s=settlement_period_s,
+        neighbourhood_file=neighbourhood_file,
+        jobs_file=jobs_file,
+        api_port=api_port,
+    )
     settings = load_settings_or_exit(Settings, **overrides)
     try:
         service = build_service(settings, MqttBus(settings.mqtt))
@@ -63,8 +59,7 @@ def run(
 @app.command("check-config")
 def check_config() -> None:
     """Validate the settings from the environment and print them (secrets redacted)."""
-    settings = load_settings_or_exit(Settings)
-    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
 
 
 @app.command("check-files")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from derbus.bus import MqttBus
 from derbus.errors import ConfigError, DeviceError
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import given, load_settings_or_exit
 from meter_gateway.config import load_devices, load_map
 from meter_gateway.scan import parse_target, scan_registers, scan_sunspec, tcp_link
 from meter_gateway.service import build_service
@@ -37,11 +37,7 @@ def run(
     """Run the service (the default command): poll the devices, publish, write setpoints."""
     if ctx.invoked_subcommand is not None:
         return
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {"devices_file": devices_file, "api_port": api_port}.items()
-        if v is not None
-    }
+    overrides = given(devices_file=devices_file, api_port=api_port)
     settings = load_settings_or_exit(Settings, **overrides)
     try:
         service = build_service(settings, MqttBus(settings.mqtt))

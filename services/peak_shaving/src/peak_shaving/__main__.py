@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from derbus.bus import MqttBus
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import given, load_settings_or_exit, redacted
 from peak_shaving.optimizer import EmaInputs, ScheduleOptimizer
 from peak_shaving.service import build_service
 from peak_shaving.settings import Settings
@@ -37,17 +37,13 @@ def run(
     """Run the service (the default command): API, PMA on every PCC reading, EMA every 15 min."""
     if ctx.invoked_subcommand is not None:
         return
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "import_limit_kw": import_limit_kw,
-            "export_limit_kw": export_limit_kw,
-            "demand_target_kw": demand_target_kw,
-            "solver": solver,
-            "api_port": api_port,
-        }.items()
-        if v is not None
-    }
+    overrides = given(
+        import_limit_kw=import_limit_kw,
+        export_limit_kw=export_limit_kw,
+        demand_target_kw=demand_target_kw,
+        solver=solver,
+        api_port=api_port,
+    )
     settings = load_settings_or_exit(Settings, **overrides)
     serve(build_service(settings, MqttBus(settings.mqtt)))
 
@@ -55,8 +51,7 @@ def run(
 @app.command("check-config")
 def check_config() -> None:
     """Validate the settings from the environment and print them (secrets redacted)."""
-    settings = load_settings_or_exit(Settings)
-    typer.echo(json.dumps(settings.model_dump(mode="json"), indent=2))
+    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
 
 
 @app.command("solve-demo")

@@ -9,7 +9,7 @@ import typer
 
 from derbus.bus.mqtt import MqttBus
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import given, load_settings_or_exit
 from voltage_coordinator.settings import Settings
 
 app = typer.Typer(
@@ -21,7 +21,7 @@ DATA = Path("data/ieee123")
 
 
 def _settings(**overrides: Any) -> Settings:
-    return load_settings_or_exit(Settings, **{k: v for k, v in overrides.items() if v is not None})
+    return load_settings_or_exit(Settings, **given(**overrides))
 
 
 @app.callback()
