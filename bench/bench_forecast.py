@@ -77,13 +77,13 @@ def main() -> None:
         ref = "persistence"
         print(
             f"| {name} | {target_name} | {best} | {o[best]['mae']:.3f} "
-            f"| {o['seasonal_naive_day']['mae']:.3f} | {o[best]['skill']:+.1%} "
+            f"| {o['seasonal_naive_day']['mae']:.3f} | {o[best]['skill']:+.2%} "
             f"| {o[ref]['mae']:.3f} | {1 - o[best]['mae'] / o[ref]['mae']:+.1%} "
             f"| {o[best]['coverage_80']:.1%} | {_daylight(o[best])} | {o[best]['pinball']:.3f} "
             f"| {elapsed:.1f} |"
         )
         for model in models:
-            print(f"|   | | {model} | {o[model]['mae']:.3f} | | {o[model]['skill']:+.1%} | | "
+            print(f"|   | | {model} | {o[model]['mae']:.3f} | | {o[model]['skill']:+.2%} | | "
                   f"{1 - o[model]['mae'] / o[ref]['mae']:+.1%} | {o[model]['coverage_80']:.1%} "
                   f"| {_daylight(o[model])} | {o[model]['pinball']:.3f} | {result.fit_seconds.get(model, 0):.1f} |")  # fmt: skip
         # training on the whole year and one day-ahead prediction, as the service does
