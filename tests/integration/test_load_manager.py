@@ -137,8 +137,19 @@ async def test_pv_surplus_from_bare_meter_readings_switches_both_loads(
         await probe.publish(meter_topic, reading.to_json_bytes(), qos=1)
         lm = service.state["lm"]
         await wait_for(lambda: lm.controller.states["load2"].on, 10, message="load2 on")
+        # the controller decided; the two commands reach the probe through the broker
+        await wait_for(
+            lambda: len([c for c in setpoints.values if c.value == 1.0]) >= 2, 10,
+            message="4 kW of surplus runs 1.5 kW and 2 kW: two on commands",
+        )  # fmt: skip
         on = [c for c in setpoints.values if c.value == 1.0]
-        assert len(on) == 2, "4 kW of surplus runs 1.5 kW and 2 kW"
+        devices = {
+            topics.SETPOINT.parse(t, mqtt_settings.root).device_id  # type: ignore[union-attr]
+            for t, c in setpoints.messages
+            if c.value == 1.0
+        }
+        assert devices == {"load1", "load2"}
+        assert len(on) == 2, "exactly the two loads are switched on"
         assert all(c.priority == "site_optimiser" and c.ttl_s == 30.0 for c in on)
     finally:
         await service.stop()
