@@ -145,7 +145,7 @@ def _ridge() -> Any:
 
 def _hgb(loss: str = "squared_error", quantile: float | None = None, max_iter: int = 300) -> Any:
     # 15 leaves, 100 samples per leaf: chosen on a validation quarter (Jul-Sep 2016, SimBench
-    # h0-a and h0-b), never on the held-out last quarter; see bench/results/forecaster.md
+    # h0-a and h0-b), never on the held-out last quarter; see BENCHMARKS.md (forecaster)
     def make() -> Any:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
