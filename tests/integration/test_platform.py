@@ -68,6 +68,7 @@ def test_derbus_up_every_api_ready_within_30_s() -> None:
             str(REPO),
             "--mqtt-port",
             str(free_port()),
+            "--free-ports",  # so a `make run` on 8101… does not collide with the test
             "--check",
         ],
         capture_output=True,
@@ -77,5 +78,6 @@ def test_derbus_up_every_api_ready_within_30_s() -> None:
     )
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ready" in result.stdout
+    ready_lines = [line for line in result.stdout.splitlines() if line.rstrip().endswith(" ready")]
+    assert len(ready_lines) == 8, result.stdout
     assert "NOT READY" not in result.stdout

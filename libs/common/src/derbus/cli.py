@@ -108,6 +108,9 @@ def up(
         bool, typer.Option("--watch/--no-watch", help="show derbus watch")
     ] = True,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    free_ports: Annotated[
+        bool, typer.Option(help="give every API a free port instead of 8101…8108")
+    ] = False,
     check: Annotated[
         bool, typer.Option(help="exit once every API answers /readyz (status 1 if not within 30 s)")
     ] = False,
@@ -115,14 +118,14 @@ def up(
     """Start a broker and every service as its own process; Ctrl-C stops them all."""
     import time
 
-    from derbus.launcher import discover_services, wait_ready
     from derbus.launcher import up as start
+    from derbus.launcher import wait_ready
     from derbus.watch import watch as run_watch
 
-    platform = start(repo.resolve(), mqtt_port, only)
+    platform = start(repo.resolve(), mqtt_port, only, free_ports)
     try:
         status = wait_ready(platform, 30.0)
-        ports = {s.name: s.api_port for s in discover_services(platform.repo)}
+        ports = platform.api_ports
         for name, ok in status.items():
             mark = "ready" if ok else "NOT READY (see log)"
             typer.echo(f"  {name:22s} http://127.0.0.1:{ports[name]}/docs  {mark}")

@@ -66,6 +66,7 @@ class Platform:
     run_dir: Path
     mqtt_port: int
     procs: dict[str, subprocess.Popen[bytes]]
+    api_ports: dict[str, int]
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM every child (services first, broker last), then SIGKILL stragglers."""
@@ -123,8 +124,17 @@ def ready(port: int) -> bool:
         return False
 
 
-def up(repo: Path, mqtt_port: int | None = None, only: list[str] | None = None) -> Platform:
-    """Start the broker and the services; returns once they were launched (not yet ready)."""
+def up(
+    repo: Path,
+    mqtt_port: int | None = None,
+    only: list[str] | None = None,
+    free_ports: bool = False,
+) -> Platform:
+    """Start the broker and the services; returns once they were launched (not yet ready).
+
+    With `free_ports` every API gets a free port instead of its default (8101…), so a second
+    platform (a test run next to `make run`) does not collide.
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = repo / "run" / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,16 +142,18 @@ def up(repo: Path, mqtt_port: int | None = None, only: list[str] | None = None) 
     broker, kind = start_broker(run_dir, port)
     print(f"broker: {kind} on 127.0.0.1:{port}  (logs in {run_dir})")
     procs: dict[str, subprocess.Popen[bytes]] = {"broker": broker}
-    platform = Platform(repo, run_dir, port, procs)
+    platform = Platform(repo, run_dir, port, procs, {})
     for spec in discover_services(repo):
         if only and spec.name not in only:
             continue
+        api_port = free_port() if free_ports else spec.api_port
+        platform.api_ports[spec.name] = api_port
         env = dict(os.environ)
         env.update(
             {
                 "MQTT_HOST": "127.0.0.1",
                 "MQTT_PORT": str(port),
-                f"{spec.env_prefix}API_PORT": str(spec.api_port),
+                f"{spec.env_prefix}API_PORT": str(api_port),
                 f"{spec.env_prefix}DATA_DIR": str(run_dir / spec.name),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -161,13 +173,12 @@ def up(repo: Path, mqtt_port: int | None = None, only: list[str] | None = None) 
 
 def wait_ready(platform: Platform, timeout_s: float = 30.0) -> dict[str, bool]:
     """Poll every service's /readyz until all answer or the timeout passes."""
-    specs = {s.name: s for s in discover_services(platform.repo)}
     names = [n for n in platform.procs if n != "broker"]
     status = dict.fromkeys(names, False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not all(status.values()):
         for name in names:
             if not status[name]:
-                status[name] = ready(specs[name].api_port)
+                status[name] = ready(platform.api_ports[name])
         time.sleep(0.25)
     return status
