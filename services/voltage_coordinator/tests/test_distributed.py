@@ -42,7 +42,13 @@ def test_admm_two_areas_approaches_the_centralised_answer(duo: Feeder) -> None:
     assert not report.converged  # honest: the stopping test has not been met
 
 
-RULES = [("equal_fraction", "feeder"), ("equal_fraction", "area"), ("none", "feeder")]
+RULES = [
+    ("equal_fraction", "feeder"),
+    ("equal_fraction", "area"),
+    ("none", "feeder"),
+    ("equal_kw", "feeder"),
+    ("equal_kw", "area"),
+]
 
 
 @pytest.mark.parametrize(("fairness", "group_by"), RULES)
@@ -55,6 +61,20 @@ def test_sweep_two_areas_reaches_the_centralised_answer(
     assert abs(result.curtailed_kw - ref.curtailed_kw) / ref.curtailed_kw < 1e-6  # aim 1e-3
     assert result.v_lin_max_pu == pytest.approx(1.02, abs=1e-6)
     assert result.iterations == 3  # up, down, rows: a fixed number of exchanges
+    assert result.passes == 1  # equal_kw: no PV has less than the common cut
+
+
+def test_sweep_equal_kw_curtails_small_pvs_fully_in_a_second_pass(duo: Feeder) -> None:
+    """pv1 has less than the common cut: the outer loop curtails it fully and sweeps again."""
+    inputs = StepInputs(1.0, {"pv1": 15.0, "pv3": 250.0})
+    ref = CentralisedSolver(duo, "equal_kw", "feeder", LIMITS).solve(inputs)
+    result = SweepSolver(duo, LIMITS, "equal_kw", "feeder").solve(inputs)
+    assert result.curtailed_kw == pytest.approx(ref.curtailed_kw, rel=1e-6)
+    assert result.fraction["pv1"] == pytest.approx(1.0)
+    assert result.fraction["pv3"] == pytest.approx(ref.fraction["pv3"], abs=1e-6)
+    assert result.passes == 2
+    assert result.iterations == 6  # three exchange rounds per pass
+    assert result.v_lin_max_pu == pytest.approx(1.02, abs=1e-6)
 
 
 def test_sweep_rules_differ_as_expected_on_two_areas(duo: Feeder) -> None:
@@ -74,8 +94,13 @@ def test_sweep_ieee123_peak_equals_the_centralised_lp(
     inputs = StepInputs(*peak)
     ref = CentralisedSolver(ieee123, fairness, group_by).solve(inputs)  # type: ignore[arg-type]
     result = SweepSolver(ieee123, None, fairness, group_by).solve(inputs)  # type: ignore[arg-type]
-    assert result.curtailed_kw == pytest.approx(ref.curtailed_kw, rel=1e-6)
+    assert result.curtailed_kw == pytest.approx(ref.curtailed_kw, rel=1e-6)  # aim 1e-3
     assert result.v_lin_max_pu <= 1.05 + 1e-7
+    if fairness == "equal_kw":
+        # the same PVs curtailed fully, the same common kW for the others, as the reference
+        assert max(abs(result.fraction[p] - ref.fraction[p]) for p in ref.fraction) < 1e-6
+        assert result.passes > 1
+        assert result.iterations == 3 * result.passes
     if fairness == "equal_fraction":
         owner = ieee123.area_of()
         bus = {pv.id: pv.bus for pv in ieee123.pvs}

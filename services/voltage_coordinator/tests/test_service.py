@@ -77,8 +77,9 @@ def test_config_change_and_refusal(client: TestClient) -> None:
 
 
 def test_invalid_settings_name_the_field() -> None:
-    with pytest.raises(ConfigError, match="mode"):
-        load_settings(Settings, mode="agents", fairness="equal_kw")
+    with pytest.raises(ConfigError, match="distributed_method"):
+        load_settings(Settings, mode="distributed", distributed_method="admm", fairness="equal_kw")
+    assert load_settings(Settings, mode="agents", fairness="equal_kw").fairness == "equal_kw"
 
 
 def _may(user: str, access: str, topic: str) -> bool:

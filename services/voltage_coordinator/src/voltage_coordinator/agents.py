@@ -1,8 +1,9 @@
 """Area agents as services on the bus: the boundary sweep over topics.AREA_EXCHANGE.
 
 A round starts when the coordinator publishes an exchange from `coordinator` naming the feeder
-state to use and the fairness rule. Each area then publishes (device level = its area id):
-iteration 1, its root flows (up, once all its children's arrived); iteration 2, its children's
+state to use and the fairness rule (for `equal_kw`, one round per pass of the outer loop, with
+the thresholds `s:<group>` / `k:<group>` of the PVs to curtail fully). Each area then publishes
+(device level = its area id): iteration 1, its root flows (up, once all its children's arrived); iteration 2, its children's
 root voltages (down, once its parent's arrived); iteration 3 (`converged`), the rows its limits
 put on the group fractions and its available power per group. All are affine in the group
 fractions (see sweep.py). Only boundary values travel; each agent keeps its own area's model.
@@ -35,6 +36,7 @@ class _AgentRound:
     round_id: str
     state_ts_s: float
     agent: SweepAgent
+    saturate: Boundary = field(default_factory=dict)
     started: bool = False
     flows: Boundary = field(default_factory=dict)
     flows_from: set[str] = field(default_factory=set)
@@ -64,7 +66,10 @@ def build_area_agent(
     def agent_for(rule: int) -> SweepAgent:
         if rule not in agents:
             groups, group_ids = group_order(feeder, *RULES[rule])
-            agents[rule] = SweepAgent(feeder, spec, settings.limits(), groups, group_ids)
+            fairness = RULES[rule][0]
+            agents[rule] = SweepAgent(
+                feeder, spec, settings.limits(), groups, group_ids, fairness == "equal_kw"
+            )
         return agents[rule]
 
     tree = compile_tree(feeder)
@@ -93,7 +98,7 @@ def build_area_agent(
             state = find_state(rnd.state_ts_s)
             if state is None:
                 return  # the state has not reached this agent yet; on_state resumes
-            rnd.agent.set_inputs(inputs_from_state(feeder, tree, state))
+            rnd.agent.set_inputs(inputs_from_state(feeder, tree, state), rnd.saturate)
             rnd.started = True
         if not rnd.sent_up and rnd.flows_from >= child_areas:
             up = rnd.agent.backward(rnd.flows)
@@ -125,7 +130,10 @@ def build_area_agent(
             if rule not in RULES:
                 await service.set_degraded("round", f"unknown fairness rule code {rule}")
                 return
-            current[:] = [_AgentRound(msg.round_id, msg.values["state_ts_s"], agent_for(rule))]
+            saturate = {k: v for k, v in msg.values.items() if k[:2] in ("s:", "k:")}
+            current[:] = [
+                _AgentRound(msg.round_id, msg.values["state_ts_s"], agent_for(rule), saturate)
+            ]
             await progress(current[0])
             return
         if not current or msg.round_id != current[0].round_id or msg.area_id == area_id:

@@ -12,7 +12,7 @@ from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.network import compile_tree
 from voltage_coordinator.optimizer import CentralisedSolver, Curtailment, StepInputs
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import SweepSolver, group_curtailment
+from voltage_coordinator.sweep import SweepSolver, group_curtailment, kw_curtailment
 
 NO_CURTAILMENT = 1e-6
 """Fractions below this send the PV's nameplate as limit (i.e. no curtailment)."""
@@ -60,7 +60,7 @@ class Coordinator:
                 self.feeder, settings.fairness, settings.group_by, limits, settings.admm()
             )
         elif settings.mode != "centralised":
-            # exact for every rule but equal_kw (refused by the settings outside centralised)
+            # exact for every rule (equal_kw: one sweep per pass of the outer loop)
             self.sweep = SweepSolver(self.feeder, limits, settings.fairness, settings.group_by)
 
     @property
@@ -92,12 +92,31 @@ class Coordinator:
         return Decision(state.step, inputs, result, limits_to_send(self.feeder, result), method)
 
     def from_fractions(
-        self, state: FeederState, inputs: StepInputs, fractions: dict[str, float]
+        self,
+        state: FeederState,
+        inputs: StepInputs,
+        fractions: dict[str, float],
+        saturate: dict[str, float] | None = None,
+        passes: int = 1,
     ) -> Decision:
-        """A decision from the group fractions agreed by the agents on the bus."""
+        """A decision from the group values agreed by the agents on the bus.
+
+        Args:
+            state: the feeder state solved for.
+            inputs: its solve inputs.
+            fractions: per group the fraction, or for `equal_kw` the common cut (MW).
+            saturate: `equal_kw`: the last pass's thresholds of fully curtailed PVs.
+            passes: `equal_kw`: sweeps run.
+        """
         if self.sweep is None:
             raise SolverError("agents mode needs the sweep's fairness groups")
-        result = group_curtailment(
-            self.feeder, self.tree, inputs, self.sweep.groups, fractions, 0.0, 3
-        )
+        if self.sweep.equal_kw:
+            result = kw_curtailment(
+                self.feeder, self.tree, inputs, self.sweep.groups, fractions, saturate or {},
+                0.0, passes,
+            )  # fmt: skip
+        else:
+            result = group_curtailment(
+                self.feeder, self.tree, inputs, self.sweep.groups, fractions, 0.0, 3
+            )
         return Decision(state.step, inputs, result, limits_to_send(self.feeder, result), "agents")

@@ -68,8 +68,9 @@ class Curtailment:
         curtailed_kw: total curtailed power (kW) = the objective.
         v_lin_pu: linear-model voltage magnitudes per node of the full tree (pu).
         solve_s: wall time of the solve (s).
-        iterations: solver or distributed iterations.
+        iterations: solver iterations, or distributed exchange rounds.
         group_fraction: per fairness group, the common fraction (equal_fraction only).
+        passes: distributed sweeps run (`equal_kw`: one per set of fully curtailed PVs).
     """
 
     fraction: dict[str, float]
@@ -80,6 +81,7 @@ class Curtailment:
     solve_s: float
     iterations: int = 0
     group_fraction: dict[str, float] = field(default_factory=dict)
+    passes: int = 1
 
     @property
     def v_lin_max_pu(self) -> float:

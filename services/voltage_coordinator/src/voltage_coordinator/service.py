@@ -19,7 +19,7 @@ from derbus.service import Context, Service
 from voltage_coordinator.coordinator import Coordinator, Decision, limits_to_send
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import RULE_CODES, Rows, solve_fractions
+from voltage_coordinator.sweep import RULE_CODES, Rows, next_pass, solve_fractions
 
 NAME = "voltage_coordinator"
 COORDINATOR_DEVICE = "coordinator"
@@ -35,6 +35,9 @@ class _Round:
     started_s: float
     group_ids: list[str]
     rows: dict[str, Rows] = field(default_factory=dict)
+    saturate: dict[str, float] = field(default_factory=dict)
+    """`equal_kw`: thresholds of the PVs curtailed fully in this pass."""
+    passes: int = 1
 
 
 @dataclass
@@ -85,9 +88,20 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
         if set(rnd.rows) >= set(area_ids):
             st.round = None
             inputs = coordinator.inputs(rnd.state)
+            rows = list(rnd.rows.values())
             try:
-                fractions = solve_fractions(list(rnd.rows.values()), rnd.group_ids)
-                decision = coordinator.from_fractions(rnd.state, inputs, fractions)
+                if coordinator.sweep is not None and coordinator.sweep.equal_kw:
+                    fractions, more = next_pass(rows, rnd.group_ids, rnd.saturate)
+                    if more is not None:
+                        if rnd.passes > len(feeder.pvs):
+                            raise SolverError(f"equal_kw: no fixed point in {rnd.passes} passes")
+                        await _start_round(rnd.state, rnd.started_s, more, rnd.passes + 1)
+                        return
+                else:
+                    fractions = solve_fractions(rows, rnd.group_ids)
+                decision = coordinator.from_fractions(
+                    rnd.state, inputs, fractions, rnd.saturate, rnd.passes
+                )
             except SolverError as err:
                 await service.set_degraded("solver", str(err))
                 return
@@ -110,22 +124,33 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
             return
         st.solved_ts = state.ts
         if service.settings.mode == "agents":
-            sweep = coordinator.sweep
-            if sweep is None:  # agents mode always builds the sweep (see Coordinator.configure)
-                raise SolverError("agents mode without the sweep solver")
-            round_id = uuid.uuid4().hex[:12]
-            st.round = _Round(round_id, state, time.monotonic(), list(sweep.group_ids))
-            rule = RULE_CODES[(service.settings.fairness, service.settings.group_by)]
-            start = AreaExchange(
-                ts=utcnow(), source=NAME, area_id=COORDINATOR_DEVICE, round_id=round_id,
-                iteration=0,
-                values={"state_ts_s": state.ts.timestamp(), "state_step": state.step, "rule": rule},
-            )  # fmt: skip
-            await service.publish(
-                topics.AREA_EXCHANGE, start, site_id=fid, device_id=COORDINATOR_DEVICE
-            )
+            await _start_round(state, time.monotonic(), {}, 1)
             return
         await _solve_here(state, centralised=False)
+
+    async def _start_round(
+        state: FeederState, started_s: float, saturate: dict[str, float], passes: int
+    ) -> None:
+        """Start an agents round (for `equal_kw`, one per pass; the timeout covers them all)."""
+        sweep = coordinator.sweep
+        if sweep is None:  # agents mode always builds the sweep (see Coordinator.configure)
+            raise SolverError("agents mode without the sweep solver")
+        round_id = uuid.uuid4().hex[:12]
+        st.round = _Round(
+            round_id, state, started_s, list(sweep.group_ids), saturate=saturate, passes=passes
+        )
+        rule = RULE_CODES[(service.settings.fairness, service.settings.group_by)]
+        start = AreaExchange(
+            ts=utcnow(), source=NAME, area_id=COORDINATOR_DEVICE, round_id=round_id,
+            iteration=0,
+            values={
+                "state_ts_s": state.ts.timestamp(), "state_step": state.step, "rule": rule,
+                **saturate,
+            },
+        )  # fmt: skip
+        await service.publish(
+            topics.AREA_EXCHANGE, start, site_id=fid, device_id=COORDINATOR_DEVICE
+        )
 
     async def _solve_here(state: FeederState, centralised: bool) -> None:
         try:
@@ -168,6 +193,7 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
                 "v_predicted_max_pu": round(float((cut.v_lin_pu + _bias(decision)).max()), 6),
                 "solve_s": round(cut.solve_s, 6),
                 "iterations": float(cut.iterations),
+                "passes": float(cut.passes),
             },
         )  # fmt: skip
         await service.publish(topics.KPI, kpi, site_id=fid, device_id=NAME)
@@ -190,7 +216,8 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
             "ts": msg.ts.isoformat(), "ttl_s": msg.ttl_s, "priority": msg.priority.value,
             "step": d.step, "method": d.method, "limits_kw": d.limits_kw,
             "fraction": cut.fraction, "group_fraction": cut.group_fraction,
-            "curtailed_kw": cut.curtailed_kw, "iterations": cut.iterations, "solve_s": cut.solve_s,
+            "curtailed_kw": cut.curtailed_kw, "iterations": cut.iterations, "passes": cut.passes,
+            "solve_s": cut.solve_s,
         }  # fmt: skip
 
     @router.get("/voltages")

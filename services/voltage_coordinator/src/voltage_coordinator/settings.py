@@ -72,8 +72,12 @@ class Settings(ServiceSettings):
     def _band(self) -> Settings:
         if self.v_min_pu >= self.v_max_pu - self.margin_pu:
             raise ValueError("v_min_pu must be below v_max_pu - margin_pu")
-        if self.fairness == "equal_kw" and self.mode != "centralised":
-            raise ValueError("mode: fairness equal_kw is solved centrally only")
+        if (
+            self.fairness == "equal_kw"
+            and self.mode == "distributed"
+            and self.distributed_method == "admm"
+        ):
+            raise ValueError("distributed_method: fairness equal_kw needs the sweep, not admm")
         return self
 
     def load_feeder(self) -> Feeder:

@@ -1,8 +1,9 @@
-"""Distributed curtailment by an affine boundary sweep: exact in three exchange rounds.
+"""Distributed curtailment by an affine boundary sweep: exact in three exchange rounds per pass.
 
-Every fairness rule but `equal_kw` curtails each PV by the fraction of its group: one group for
-the feeder, one per area, or one per PV (`none`). LinDistFlow is linear, so with the K group
-fractions c every flow and squared voltage is affine in c. The area agents (a tree, rooted at
+`equal_fraction` and `none` curtail each PV by the fraction of its group: one group for the
+feeder, one per area, or one per PV (`none`). `equal_kw` curtails every PV of a group by the same
+kW (MW in the model) as long as it has that much; LinDistFlow is linear, so with the K group
+values c (fractions, or MW for `equal_kw`) every flow and squared voltage is affine in c. The area agents (a tree, rooted at
 the source's area) therefore solve the LP exactly by exchanging boundary values as affine
 functions of c - no penalty, no iteration count to tune:
 
@@ -17,13 +18,22 @@ functions of c - no penalty, no iteration count to tune:
    areas' rows, 0 <= c <= 1 (HiGHS), which is the centralised LP's optimum.
 
 With one feeder-wide fraction (K = 1) each row is an interval and the LP is a max/min.
+
+`equal_kw` runs the centralised solver's outer loop: a PV whose available power is below its
+group's common cut is curtailed fully and the sweep is run again with it fixed (each pass is one
+sweep). The pass start carries per group the threshold `s:<group>` (MW): a PV with less available
+power, or exactly that much and a feeder index (position in the feeder's PV list) up to
+`k:<group>` (absent: any), is fully curtailed. Each area adds to its rows the smallest available
+power of a PV still shared in each group (`u:<group>`, the bound of that group's cut) and the
+lowest feeder index of a PV with that power (`i:<group>`), so that when no cut meets the limits
+the next pass curtails fully the one PV the centralised solver would (the first smallest).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,6 +60,8 @@ Boundary = dict[str, float]
 
 _ZERO = 1e-15
 _SLACK = 1e-12
+_MIN_AVAILABLE_MW = 1e-6  # as the centralised solver: below this a PV is not curtailed
+_BINDING_MW = 1e-7  # a cut within this of a PV's available power curtails it fully
 
 
 @dataclass(frozen=True)
@@ -59,15 +71,22 @@ class Rows:
     Attributes:
         a: (rows x groups) coefficients.
         b: right-hand sides.
-        weight_mw: per group, the available power in this area (the LP's cost), MW.
+        weight_mw: per group, the LP's cost: the available power in this area (fractions, MW)
+            or the number of PVs still shared (`equal_kw`, MW per MW of cut).
+        upper: per group, the bound of the group's value from this area (`equal_kw`: the
+            smallest available power of a shared PV, MW); None = no bound of its own.
+        upper_index: per group, the lowest feeder index of a shared PV with that power.
     """
 
     a: FloatArray
     b: FloatArray
     weight_mw: FloatArray
+    upper: FloatArray | None = None
+    upper_index: FloatArray | None = None
 
     def to_values(self, group_ids: Sequence[str]) -> Boundary:
-        """Flatten for a bus message: `b:<row>`, `a:<row>:<group>` (non-zero), `w:<group>`."""
+        """Flatten for a bus message: `b:<row>`, `a:<row>:<group>` (non-zero), `w:<group>`,
+        `u:<group>`, `i:<group>` (finite bounds only)."""
         out: Boundary = {}
         for i, (row, rhs) in enumerate(zip(self.a, self.b, strict=True)):
             out[f"b:{i}"] = float(rhs)
@@ -76,6 +95,14 @@ class Rows:
         for gid, w in zip(group_ids, self.weight_mw, strict=True):
             if w > 0:
                 out[f"w:{gid}"] = float(w)
+        if self.upper is not None:
+            for gid, u in zip(group_ids, self.upper, strict=True):
+                if np.isfinite(u):
+                    out[f"u:{gid}"] = float(u)
+        if self.upper_index is not None:
+            for gid, i in zip(group_ids, self.upper_index, strict=True):
+                if np.isfinite(i):
+                    out[f"i:{gid}"] = float(i)
         return out
 
     @classmethod
@@ -86,6 +113,8 @@ class Rows:
         a = np.zeros((m, len(group_ids)))
         b = np.zeros(m)
         w = np.zeros(len(group_ids))
+        u = np.full(len(group_ids), np.inf)
+        ui = np.full(len(group_ids), np.inf)
         try:
             for key, value in values.items():
                 kind, _, rest = key.partition(":")
@@ -96,17 +125,20 @@ class Rows:
                     a[int(row), col[gid]] = value
                 elif kind == "w":
                     w[col[rest]] = value
+                elif kind == "u":
+                    u[col[rest]] = value
+                elif kind == "i":
+                    ui[col[rest]] = value
         except (KeyError, IndexError, ValueError) as err:
             raise SolverError(f"malformed area rows ({key!r}): {err}") from err
-        return cls(a, b, w)
+        bounded = np.isfinite(u).any()
+        return cls(a, b, w, u if bounded else None, ui if bounded else None)
 
 
 def group_order(
     feeder: Feeder, fairness: Fairness, group_by: GroupBy
 ) -> tuple[dict[str, str], list[str]]:
     """Group of each PV and the groups in a fixed order every agent derives alike."""
-    if fairness == "equal_kw":
-        raise SolverError("fairness equal_kw is solved centrally only")
     groups = pv_groups(feeder, fairness, group_by)
     ordered = list(dict.fromkeys(groups[pv.id] for pv in feeder.pvs))
     return groups, ordered
@@ -117,12 +149,16 @@ RULE_CODES: dict[tuple[str, str], int] = {
     ("equal_fraction", "area"): 1,
     ("none", "feeder"): 2,
     ("none", "area"): 2,
+    ("equal_kw", "feeder"): 3,
+    ("equal_kw", "area"): 4,
 }
 """Fairness rule as a number in the agents' round start (exchange values are numbers)."""
 RULES: dict[int, tuple[Fairness, GroupBy]] = {
     0: ("equal_fraction", "feeder"),
     1: ("equal_fraction", "area"),
     2: ("none", "feeder"),
+    3: ("equal_kw", "feeder"),
+    4: ("equal_kw", "area"),
 }
 
 
@@ -135,6 +171,7 @@ class SweepAgent:
         limits: voltage band and margin.
         groups: fairness group of each PV (default: one for the feeder).
         group_ids: the groups in the order shared by every agent.
+        equal_kw: the group values are a common cut in MW (fairness `equal_kw`), not fractions.
     """
 
     def __init__(
@@ -144,8 +181,10 @@ class SweepAgent:
         limits: Limits,
         groups: Mapping[str, str] | None = None,
         group_ids: Sequence[str] | None = None,
+        equal_kw: bool = False,
     ) -> None:
         self.feeder = feeder
+        self.equal_kw = equal_kw
         self.spec = spec
         self.limits = limits
         if groups is None or group_ids is None:
@@ -166,6 +205,18 @@ class SweepAgent:
         self._p1 = np.zeros((t.size, k))
         self._q0 = np.zeros(t.size)
         self._weight = np.zeros(k)
+        self._upper: FloatArray | None = None
+        self._upper_index: FloatArray | None = None
+        position = {pv.id: i for i, pv in enumerate(feeder.pvs)}
+        self._pv_index = np.array([position[pid] for pid in t.pv_ids], dtype=float)
+        # a bound of every group's value the row filter can use before the pass's LP: 1 for a
+        # fraction, the largest nameplate in the group (MW) for a common cut
+        self._box = np.ones(k)
+        if equal_kw:
+            self._box = np.zeros(k)
+            for pv in feeder.pvs:
+                j = col[groups[pv.id]]
+                self._box[j] = max(self._box[j], pv.rating_kw / 1000)
         self._v2max = np.zeros(t.size)
         self._v2min = np.zeros(t.size)
         ghosts = set(spec.ghosts)
@@ -180,15 +231,34 @@ class SweepAgent:
         """Root buses of the child areas (the ghosts)."""
         return list(self.spec.ghosts)
 
-    def set_inputs(self, inputs: StepInputs) -> None:
-        """Net loads affine in c: p = load - gen + gen c per group (MW), and the step's limits."""
+    def set_inputs(self, inputs: StepInputs, saturate: Mapping[str, float] | None = None) -> None:
+        """Net loads affine in c (MW) and the step's limits.
+
+        Fractions: p = load - gen + gen c per group. `equal_kw`: p = load - gen of the PVs
+        still shared + c per shared PV of the group; the PVs `saturate` names (thresholds
+        `s:<group>`, `k:<group>`, see the module docstring) are fully curtailed.
+        """
         t = self.tree
         avail = available_mw(t, inputs.pv_available_kw)
-        gen_by_group = t.pv_share @ (avail[:, None] * self._pv_group)  # (nodes x groups)
-        self._p1 = gen_by_group
-        self._p0 = t.load_mw * inputs.load_mult - gen_by_group.sum(axis=1)
+        load = t.load_mw * inputs.load_mult
+        if self.equal_kw:
+            live, producing = shared_pvs(
+                avail, self._pv_group, self.group_ids, saturate, self._pv_index
+            )
+            self._p1 = t.pv_share @ (live[:, None] * self._pv_group)
+            self._p0 = load - t.pv_share @ (avail * producing)
+            self._weight = live @ self._pv_group
+            shared = np.where((live > 0)[:, None] & (self._pv_group > 0), avail[:, None], np.inf)
+            self._upper = shared.min(axis=0, initial=np.inf)
+            at_min = shared == self._upper[None, :]
+            index = np.where(at_min, self._pv_index[:, None], np.inf)
+            self._upper_index = index.min(axis=0, initial=np.inf)
+        else:
+            gen_by_group = t.pv_share @ (avail[:, None] * self._pv_group)  # (nodes x groups)
+            self._p1 = gen_by_group
+            self._p0 = load - gen_by_group.sum(axis=1)
+            self._weight = avail @ self._pv_group
         self._q0 = t.load_mvar * inputs.load_mult
-        self._weight = avail @ self._pv_group
         bias = np.zeros(t.size)
         if inputs.v_bias_pu is not None:
             bias = np.array([inputs.v_bias_pu[self.full_index[node]] for node in t.nodes])
@@ -240,8 +310,8 @@ class SweepAgent:
                 out[f"v0:{bus}:{ph}"] = float(v0[i])
                 out.update(_sparse(f"v1:{bus}:{ph}", v1[i], self.group_ids))
         own = self._limited
-        rows = binding_rows(v0[own], v1[own], self._v2max[own], self._v2min[own])
-        return out, Rows(rows[0], rows[1], self._weight)
+        rows = binding_rows(v0[own], v1[own], self._v2max[own], self._v2min[own], self._box)
+        return out, Rows(rows[0], rows[1], self._weight, self._upper, self._upper_index)
 
 
 def _sparse(prefix: str, coefficients: FloatArray, group_ids: Sequence[str]) -> Boundary:
@@ -252,31 +322,46 @@ def _sparse(prefix: str, coefficients: FloatArray, group_ids: Sequence[str]) -> 
 
 
 def binding_rows(
-    v0: FloatArray, v1: FloatArray, v2max: FloatArray, v2min: FloatArray
+    v0: FloatArray,
+    v1: FloatArray,
+    v2max: FloatArray,
+    v2min: FloatArray,
+    box: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """Rows A c <= b of v2min <= v0 + V1 c <= v2max that some c in [0, 1]^K can violate.
+    """Rows A c <= b of v2min <= v0 + V1 c <= v2max that some c in [0, box]^K can violate.
 
     Args:
         v0: squared voltages at c = 0 (pu^2), one per node.
-        v1: (nodes x groups) sensitivity of the squared voltages to the fractions.
+        v1: (nodes x groups) sensitivity of the squared voltages to the group values.
         v2max, v2min: squared limits per node.
+        box: per group, an upper bound of its value (default 1: fractions).
     """
     v1 = v1.reshape(len(v0), -1)
+    ub = np.ones(v1.shape[1]) if box is None else box
     upper_b = v2max - v0
-    upper_can_bind = np.clip(v1, 0.0, None).sum(axis=1) > upper_b + _SLACK
+    upper_can_bind = np.clip(v1, 0.0, None) @ ub > upper_b + _SLACK
     lower_b = v0 - v2min
-    lower_can_bind = np.clip(-v1, 0.0, None).sum(axis=1) > lower_b + _SLACK
+    lower_can_bind = np.clip(-v1, 0.0, None) @ ub > lower_b + _SLACK
     a = np.vstack([v1[upper_can_bind], -v1[lower_can_bind]])
     b = np.concatenate([upper_b[upper_can_bind], lower_b[lower_can_bind]])
     return a, b
 
 
-def solve_fractions(rows: Sequence[Rows], group_ids: Sequence[str]) -> dict[str, float]:
-    """The group fractions from every area's rows: min sum w c s.t. A c <= b, 0 <= c <= 1.
+def solve_fractions(
+    rows: Sequence[Rows], group_ids: Sequence[str], cap: float = 1.0
+) -> dict[str, float]:
+    """The group values from every area's rows: min sum w c s.t. A c <= b, 0 <= c <= bounds.
 
-    Raises SolverError when no fractions meet every limit.
+    Args:
+        rows: every area's rows.
+        group_ids: the groups (columns).
+        cap: upper bound of every value (1 for fractions, inf for a common cut in MW); each
+            area's own `upper` bounds tighten it.
+
+    Raises SolverError when no values meet every limit.
     """
     k = len(group_ids)
+    upper = _upper(rows, k, cap)
     weight = np.sum([r.weight_mw for r in rows], axis=0) if rows else np.zeros(k)
     a = np.vstack([r.a.reshape(-1, k) for r in rows]) if rows else np.zeros((0, k))
     b = np.concatenate([r.b for r in rows]) if rows else np.zeros(0)
@@ -284,10 +369,90 @@ def solve_fractions(rows: Sequence[Rows], group_ids: Sequence[str]) -> dict[str,
         return dict.fromkeys(group_ids, 0.0)
     # a tiny cost on groups with no power now keeps their fractions at 0 when they do not matter
     cost = np.where(weight > 0, weight, 1e-9)
-    res = linprog(cost, A_ub=a, b_ub=b, bounds=[(0.0, 1.0)] * k, method="highs")
+    bounds = [(0.0, float(u) if np.isfinite(u) else None) for u in upper]
+    res = linprog(cost, A_ub=a, b_ub=b, bounds=bounds, method="highs")
     if res.status != 0 or res.x is None:
         raise SolverError(f"no curtailment meets the voltage limits ({res.message})")
-    return {g: float(min(1.0, max(0.0, x))) for g, x in zip(group_ids, res.x, strict=True)}
+    return {g: float(min(u, max(0.0, x))) for g, x, u in zip(group_ids, res.x, upper, strict=True)}
+
+
+def _upper(rows: Sequence[Rows], k: int, cap: float) -> FloatArray:
+    upper = np.full(k, cap)
+    for r in rows:
+        if r.upper is not None:
+            upper = np.minimum(upper, r.upper)
+    return upper
+
+
+def shared_pvs(
+    avail: FloatArray,
+    pv_group: FloatArray,
+    group_ids: Sequence[str],
+    saturate: Mapping[str, float] | None,
+    pv_index: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """`equal_kw`: per PV 1.0 if it shares its group's cut, and 1.0 if it produces at all.
+
+    Args:
+        avail: available power per PV, MW.
+        pv_group: (pvs x groups) membership.
+        group_ids: the groups (columns of `pv_group`).
+        saturate: per group `s:<group>` (MW) and `k:<group>`: a PV with less available power,
+            or that much and a feeder index up to `k` (absent: any), is fully curtailed.
+        pv_index: the PVs' feeder indices (positions in the feeder's PV list).
+    """
+    sat = saturate or {}
+    threshold = np.array([sat.get(f"s:{g}", -np.inf) for g in group_ids])
+    last = np.array([sat.get(f"k:{g}", np.inf) for g in group_ids])
+    col = pv_group.argmax(axis=1) if len(group_ids) else np.zeros(len(avail), dtype=int)
+    t = threshold[col] if len(group_ids) else np.full(len(avail), -np.inf)
+    k = last[col] if len(group_ids) else np.full(len(avail), np.inf)
+    saturated = (avail < t) | ((avail == t) & (pv_index <= k))
+    live = (avail > _MIN_AVAILABLE_MW) & ~saturated
+    return live.astype(float), (~saturated).astype(float)
+
+
+def next_pass(
+    rows: Sequence[Rows], group_ids: Sequence[str], saturate: Mapping[str, float]
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """`equal_kw` outer loop step: the pass's common cuts, and the next thresholds if any.
+
+    As the centralised solver: when a group's cut reaches the available power of shared PVs
+    (within 1e-7 MW) those PVs are curtailed fully next pass; when no cut meets the limits the
+    first smallest shared PV of every group is.
+
+    Returns:
+        (cut per group in MW, None when done or the thresholds of the next pass).
+
+    Raises SolverError when no cut meets the limits and no PV is left to curtail fully.
+    """
+    upper = _upper(rows, len(group_ids), np.inf)
+    nxt = dict(saturate)
+    try:
+        cut = solve_fractions(rows, group_ids, cap=np.inf)
+    except SolverError:
+        if not np.isfinite(upper).any():
+            raise
+        for j, (gid, u) in enumerate(zip(group_ids, upper, strict=True)):
+            if np.isfinite(u):
+                first = min(
+                    float(r.upper_index[j])
+                    for r in rows
+                    if r.upper is not None and r.upper_index is not None and r.upper[j] == u
+                )
+                nxt[f"s:{gid}"], nxt[f"k:{gid}"] = float(u), first
+        return dict.fromkeys(group_ids, 0.0), nxt
+    binding = [
+        gid
+        for gid, u in zip(group_ids, upper, strict=True)
+        if np.isfinite(u) and cut[gid] >= u - _BINDING_MW
+    ]
+    if not binding:
+        return cut, None
+    for gid in binding:
+        nxt[f"s:{gid}"] = cut[gid] + _BINDING_MW
+        nxt.pop(f"k:{gid}", None)
+    return cut, nxt
 
 
 class SweepSolver:
@@ -296,8 +461,8 @@ class SweepSolver:
     Args:
         feeder: the feeder with its areas.
         limits: voltage band and margin.
-        fairness: `equal_fraction` or `none`.
-        group_by: `feeder` or `area` (with `equal_fraction`).
+        fairness: `equal_fraction`, `equal_kw` (passes of the sweep) or `none`.
+        group_by: `feeder` or `area` (with `equal_fraction` or `equal_kw`).
     """
 
     def __init__(
@@ -309,10 +474,11 @@ class SweepSolver:
     ) -> None:
         self.feeder = feeder
         self.limits = limits or Limits()
+        self.equal_kw = fairness == "equal_kw"
         self.groups, self.group_ids = group_order(feeder, fairness, group_by)
         self.specs = area_specs(feeder)
         self.agents = {
-            s.id: SweepAgent(feeder, s, self.limits, self.groups, self.group_ids)
+            s.id: SweepAgent(feeder, s, self.limits, self.groups, self.group_ids, self.equal_kw)
             for s in self.specs
         }
         self.tree = compile_tree(feeder)
@@ -320,10 +486,34 @@ class SweepSolver:
         """Boundary values and rows exchanged in the last solve (message size)."""
 
     def solve(self, inputs: StepInputs) -> Curtailment:
-        """Backward sweep, forward sweep, the small LP over the areas' rows."""
+        """Backward sweep, forward sweep, the small LP over the areas' rows (per pass)."""
         started = time.perf_counter()
+        if not self.equal_kw:
+            rows = self._sweep(inputs, None)
+            fractions = solve_fractions(rows, self.group_ids)
+            return group_curtailment(
+                self.feeder, self.tree, inputs, self.groups, fractions,
+                time.perf_counter() - started, 3,
+            )  # fmt: skip
+        saturate: dict[str, float] = {}
+        exchanged = 0
+        for passes in range(1, len(self.feeder.pvs) + 2):
+            rows = self._sweep(inputs, saturate)
+            exchanged += self.last_exchanged
+            cut, more = next_pass(rows, self.group_ids, saturate)
+            if more is None:
+                self.last_exchanged = exchanged
+                return kw_curtailment(
+                    self.feeder, self.tree, inputs, self.groups, cut, saturate,
+                    time.perf_counter() - started, passes,
+                )  # fmt: skip
+            saturate = more
+        raise SolverError(f"equal_kw: no fixed point after {passes} passes")
+
+    def _sweep(self, inputs: StepInputs, saturate: Mapping[str, float] | None) -> list[Rows]:
+        """One sweep (three exchange rounds): every area's rows on the group values."""
         for agent in self.agents.values():
-            agent.set_inputs(inputs)
+            agent.set_inputs(inputs, saturate)
         flows: Boundary = {}
         for spec in reversed(self.specs):
             flows.update(self.agents[spec.id].backward(flows))
@@ -335,11 +525,7 @@ class SweepSolver:
         self.last_exchanged = (
             len(flows) + len(volts) + sum(len(r.to_values(self.group_ids)) for r in rows.values())
         )
-        fractions = solve_fractions(list(rows.values()), self.group_ids)
-        return group_curtailment(
-            self.feeder, self.tree, inputs, self.groups, fractions,
-            time.perf_counter() - started, 3,
-        )  # fmt: skip
+        return list(rows.values())
 
 
 def group_curtailment(
@@ -360,6 +546,39 @@ def group_curtailment(
     per_pv = all(gid == pid for pid, gid in groups.items())  # fairness none: no group to show
     shown = {} if per_pv else dict(fractions)
     return make_curtailment(tree, avail, frac, output, flow.v_pu, elapsed, rounds, shown)
+
+
+def kw_curtailment(
+    feeder: Feeder,
+    tree: Tree,
+    inputs: StepInputs,
+    groups: Mapping[str, str],
+    cut_mw: Mapping[str, float],
+    saturate: Mapping[str, float],
+    elapsed: float,
+    passes: int,
+) -> Curtailment:
+    """A Curtailment from one common cut per group (`equal_kw`, MW) after `passes` sweeps.
+
+    A PV the thresholds `saturate` name is curtailed fully, any other by min(cut, available).
+    The iterations reported are the exchange rounds (three per pass).
+    """
+    avail = available_mw(tree, inputs.pv_available_kw)
+    group_ids = list(dict.fromkeys(groups[pid] for pid in tree.pv_ids))
+    member = np.zeros((len(tree.pv_ids), len(group_ids)))
+    for i, pid in enumerate(tree.pv_ids):
+        member[i, group_ids.index(groups[pid])] = 1.0
+    position = {pv.id: i for i, pv in enumerate(feeder.pvs)}
+    index = np.array([position[pid] for pid in tree.pv_ids], dtype=float)
+    live, producing = shared_pvs(avail, member, group_ids, saturate, index)
+    cut = np.array([cut_mw.get(groups[pid], 0.0) for pid in tree.pv_ids])
+    curtailed = np.where(producing > 0, np.minimum(cut * live, avail), avail)
+    frac = np.divide(curtailed, avail, out=np.zeros_like(avail), where=avail > _MIN_AVAILABLE_MW)
+    output = avail - curtailed
+    p_net = tree.load_mw * inputs.load_mult - tree.pv_share @ output
+    flow = solve_linear(tree, p_net, tree.load_mvar * inputs.load_mult, feeder.source_v_pu**2)
+    result = make_curtailment(tree, avail, frac, output, flow.v_pu, elapsed, 3 * passes, {})
+    return replace(result, passes=passes)
 
 
 def feeder_curtailment(
