@@ -79,5 +79,5 @@ def test_derbus_up_every_api_ready_within_30_s() -> None:
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     ready_lines = [line for line in result.stdout.splitlines() if line.endswith("/docs  ready")]
-    assert len(ready_lines) == 8, result.stdout
+    assert len(ready_lines) == 9, result.stdout  # eight services and the feeder simulation
     assert "NOT READY" not in result.stdout

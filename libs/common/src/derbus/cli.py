@@ -128,7 +128,7 @@ def up(
         ports = platform.api_ports
         for name, ok in status.items():
             mark = "ready" if ok else "NOT READY (see log)"
-            typer.echo(f"  {name:22s} http://127.0.0.1:{ports[name]}/docs  {mark}")
+            typer.echo(f"  {name:32s} http://127.0.0.1:{ports[name]}/docs  {mark}")
         if not all(status.values()):
             typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
         if check:
@@ -147,7 +147,7 @@ def up(
         typer.echo("stopping…")
     finally:
         platform.stop()
-        typer.echo(f"stopped; logs in {platform.run_dir}")
+        typer.echo(f"\nstopped; logs in {platform.run_dir}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +42,8 @@ class ServiceSpec:
     env_prefix: str
     api_port: int
     path: Path
+    companions: dict[str, int] = field(default_factory=dict)
+    """Sub-commands started next to the service (e.g. the feeder simulation), with API ports."""
 
 
 def discover_services(repo: Path) -> list[ServiceSpec]:
@@ -53,7 +55,12 @@ def discover_services(repo: Path) -> list[ServiceSpec]:
         name = pyproject.parent.name
         if not meta or not (pyproject.parent / "src" / name / "__main__.py").exists():
             continue
-        found.append(ServiceSpec(name, meta["env_prefix"], int(meta["api_port"]), pyproject.parent))
+        companions = {str(k): int(v) for k, v in meta.get("companions", {}).items()}
+        found.append(
+            ServiceSpec(
+                name, meta["env_prefix"], int(meta["api_port"]), pyproject.parent, companions
+            )
+        )
     order = {n: i for i, n in enumerate(EMBEDDED_ORDER)}
     return sorted(found, key=lambda s: order.get(s.name, 99))
 
@@ -168,6 +175,24 @@ def up(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        for command, default_port in spec.companions.items():
+            name = f"{spec.name} {command}"
+            platform.api_ports[name] = free_port() if free_ports else default_port
+            log = (run_dir / f"{spec.name}-{command}.log").open("wb")
+            procs[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    spec.name,
+                    command,
+                    "--api-port",
+                    str(platform.api_ports[name]),
+                ],
+                cwd=repo,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
     return platform
 
 

@@ -15,6 +15,7 @@ from derbus import topics
 from derbus.bus.base import Bus, RawMessage
 from derbus.messages import (
     BatteryTelemetry,
+    FeederState,
     MeterReading,
     PriceTelemetry,
     PvTelemetry,
@@ -41,6 +42,7 @@ class WatchState:
     root: str
     sites: dict[str, SiteView] = field(default_factory=dict)
     services: dict[str, ServiceStatus] = field(default_factory=dict)
+    feeders: dict[str, FeederState] = field(default_factory=dict)
     messages: int = 0
     invalid: int = 0
 
@@ -60,6 +62,11 @@ class WatchState:
         if isinstance(message, ServiceStatus):
             self.services[message.service] = message
             return
+        if isinstance(message, FeederState):
+            self.feeders[message.feeder_id] = message
+            return
+        if ids.site_id == topics.PLATFORM_SITE or spec.category == "grid":
+            return  # platform KPIs, dead letters and feeder exchanges are not a site
         site = self.sites.setdefault(ids.site_id, SiteView())
         site.last_seen = time.monotonic()
         if isinstance(message, MeterReading):
@@ -93,9 +100,22 @@ class WatchState:
             s = self.services[name]
             colour = {"online": "green", "degraded": "yellow", "offline": "red"}[s.state]
             services.add_row(name, f"[{colour}]{s.state}[/{colour}]", s.reason or "")
+        feeders = Table(title="feeders", expand=False)
+        for col in ("feeder", "step", "max V pu", "PV available kW", "PV output kW"):
+            feeders.add_column(col, justify="right" if col != "feeder" else "left")
+        for feeder_id in sorted(self.feeders):
+            f = self.feeders[feeder_id]
+            v_max = max(
+                (v for phases in f.v_pu.values() for v in phases if v is not None), default=None
+            )
+            feeders.add_row(
+                feeder_id, str(f.step), _f(v_max, 4), _f(sum(f.pv_available_kw.values()), 0),
+                _f(sum(f.pv_output_kw.values()), 0),
+            )  # fmt: skip
         footer = Table.grid()
         footer.add_row(f"messages: {self.messages}  invalid: {self.invalid}  root: {self.root}")
-        return Group(sites, services, footer)
+        parts = [sites, feeders, services, footer] if self.feeders else [sites, services, footer]
+        return Group(*parts)
 
 
 def _f(value: float | None, digits: int = 2) -> str:
