@@ -1,6 +1,6 @@
 """Closed loop on a real broker: feeder simulation + coordinator + five area agents (separate
 services, each with its own MQTT connection) remove the IEEE 123 peak over-voltage, for each
-fairness rule the agents support, at the centralised LP's optimum."""
+fairness rule (equal_kw: one sweep per pass of its outer loop), at the centralised optimum."""
 
 from __future__ import annotations
 
@@ -29,7 +29,14 @@ def _v_max(state: FeederState) -> float:
 
 @pytest.mark.parametrize(
     ("fairness", "group_by"),
-    [("equal_fraction", "feeder"), ("equal_fraction", "area"), ("none", "feeder")],
+    [
+        ("equal_fraction", "feeder"),
+        ("equal_fraction", "area"),
+        ("none", "feeder"),
+        # equal_kw per feeder takes 78 passes of the outer loop at this step (~10 s on the
+        # broker): covered in process by the unit tests; per area 10 passes here
+        ("equal_kw", "area"),
+    ],
 )
 async def test_agents_on_the_broker_remove_the_over_voltage(
     mqtt_settings: MqttSettings, fairness: str, group_by: str
@@ -84,10 +91,16 @@ async def test_agents_on_the_broker_remove_the_over_voltage(
             group = {"feeder": feeder.feeder_id, "area": owner[pv.bus]}[group_by]
             if fairness == "none":
                 group = pv.id
-            per_group.setdefault(group, set()).add(
-                round(1 - sent.limits_kw[pv.id] / avail[pv.id], 4)
-            )
-        assert all(len(f) == 1 for f in per_group.values())  # one fair fraction per group
+            if fairness != "equal_kw":
+                per_group.setdefault(group, set()).add(
+                    round(1 - sent.limits_kw[pv.id] / avail[pv.id], 4)
+                )
+            elif sent.limits_kw[pv.id] > 1e-3:  # one common kW (the outer loop's passes
+                # curtail some PVs fully, as the centralised water-filling does)
+                per_group.setdefault(group, set()).add(
+                    round(avail[pv.id] - sent.limits_kw[pv.id], 2)
+                )
+        assert all(len(f) == 1 for f in per_group.values())  # one fair fraction / kW per group
         decision = coordinator.state["coordinator"].decision
         reference = CentralisedSolver(feeder, fairness, group_by, vc_settings.limits())  # type: ignore[arg-type]
         optimum = reference.solve(decision.inputs).curtailed_kw
