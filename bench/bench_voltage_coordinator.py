@@ -1,6 +1,6 @@
 """Voltage coordinator over the IEEE 123 day: no control vs the closed loop vs the AC optimum.
 
-Run: .venv/bin/python bench/bench_voltage_coordinator.py [--quick] [--plot PATH]
+Run: .venv/bin/python bench/bench_voltage_coordinator.py [--quick] [--plot PATH] [--rules-only STEP]
 """
 
 from __future__ import annotations
@@ -39,6 +39,45 @@ def jain(values: list[float]) -> float:
     return float(x.sum() ** 2 / (len(x) * (x**2).sum())) if (x**2).sum() > 0 else 1.0
 
 
+def rule_table(feeder: Feeder, step: int) -> StepInputs:
+    """Print the per-rule table: centralised LP vs distributed sweep at one step."""
+    load = feeder.profiles.load[step]
+    avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
+    inputs = StepInputs(load, avail)
+    print("\n## distributed vs centralised per fairness rule (peak step, same inputs, no bias)")
+    print("| rule | centralised kW | centralised time | sweep kW | rel. gap | exchange rounds | "
+          "sweep time | values exchanged |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for fair, group in [
+        ("equal_fraction", "feeder"),
+        ("equal_fraction", "area"),
+        ("none", "feeder"),
+        ("equal_kw", "feeder"),
+        ("equal_kw", "area"),
+    ]:
+        cen_solver = CentralisedSolver(feeder, fair, group, Limits(margin_pu=0.0))  # type: ignore[arg-type]
+        cen = cen_solver.solve(inputs)
+        cen_t = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            cen_solver.solve(inputs)
+            cen_t.append(time.perf_counter() - t0)
+        sweep = SweepSolver(feeder, Limits(margin_pu=0.0), fair, group)  # type: ignore[arg-type]
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            res = sweep.solve(inputs)
+            times.append(time.perf_counter() - t0)
+        gap = abs(res.curtailed_kw - cen.curtailed_kw) / cen.curtailed_kw
+        print(
+            f"| {fair} / {group} | {cen.curtailed_kw:.3f} | {1000 * statistics.median(cen_t):.1f} ms | "
+            f"{res.curtailed_kw:.3f} | {gap:.1e} | {res.iterations} ({res.passes} passes) | "
+            f"{1000 * statistics.median(times):.1f} ms | "
+            f"{sweep.last_exchanged} |"
+        )
+    return inputs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="every 4th step, short ADMM")
@@ -50,8 +89,15 @@ def main() -> None:
     parser.add_argument(
         "--plot", type=Path, default=Path("bench/results/voltage_coordinator_peak.png")
     )
+    parser.add_argument(
+        "--rules-only", type=int, default=None, metavar="STEP",
+        help="only the per-rule distributed vs centralised table at this step",
+    )  # fmt: skip
     args = parser.parse_args()
     feeder = bundled_feeder()
+    if args.rules_only is not None:
+        rule_table(feeder, args.rules_only)
+        return
     ac = AcFlow(feeder)
     settings = Settings(mode="distributed", margin_pu=args.margin_pu)  # the exact boundary sweep
     coordinator = Coordinator(feeder, settings)
@@ -157,37 +203,8 @@ def main() -> None:
         v = peak[key]
         print(f"| {label} | {v:.5f} |" if isinstance(v, float) else f"| {label} | {v} |")
 
-    load = feeder.profiles.load[step]
-    avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
-    inputs = StepInputs(load, avail)
-    print("\n## distributed vs centralised per fairness rule (peak step, same inputs, no bias)")
-    print("| rule | centralised kW | centralised time | sweep kW | rel. gap | exchange rounds | "
-          "sweep time | values exchanged |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for fair, group in [
-        ("equal_fraction", "feeder"),
-        ("equal_fraction", "area"),
-        ("none", "feeder"),
-    ]:
-        cen_solver = CentralisedSolver(feeder, fair, group, Limits(margin_pu=0.0))  # type: ignore[arg-type]
-        cen = cen_solver.solve(inputs)
-        cen_t = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            cen_solver.solve(inputs)
-            cen_t.append(time.perf_counter() - t0)
-        sweep = SweepSolver(feeder, Limits(margin_pu=0.0), fair, group)  # type: ignore[arg-type]
-        times = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            res = sweep.solve(inputs)
-            times.append(time.perf_counter() - t0)
-        gap = abs(res.curtailed_kw - cen.curtailed_kw) / cen.curtailed_kw
-        print(
-            f"| {fair} / {group} | {cen.curtailed_kw:.3f} | {1000 * statistics.median(cen_t):.1f} ms | "
-            f"{res.curtailed_kw:.3f} | {gap:.1e} | 3 | {1000 * statistics.median(times):.1f} ms | "
-            f"{sweep.last_exchanged} |"
-        )
+    inputs = rule_table(feeder, step)
+    load, avail = inputs.load_mult, dict(inputs.pv_available_kw)
     iters = 40 if args.quick else 200
     for fair, group in [("equal_fraction", "feeder"), ("none", "feeder")]:
         cen = CentralisedSolver(feeder, fair, group, Limits(margin_pu=0.0)).solve(inputs)  # type: ignore[arg-type]
