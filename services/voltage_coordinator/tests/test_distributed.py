@@ -13,8 +13,10 @@ from voltage_coordinator.admm import (
     area_specs,
     stopping_test,
 )
+from voltage_coordinator.coordinator import Coordinator
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.optimizer import CentralisedSolver, Limits, StepInputs
+from voltage_coordinator.settings import Settings
 from voltage_coordinator.sweep import Rows, SweepSolver, binding_rows, solve_fractions
 
 LIMITS = Limits(v_max_pu=1.02, v_min_pu=0.9)
@@ -158,3 +160,11 @@ def test_solve_fractions_minimum_weighted_curtailment() -> None:
     assert back.weight_mw.tolist() == [0.0, 2.0]
     with pytest.raises(SolverError, match="no curtailment"):
         solve_fractions([Rows(np.array([[-1.0, 0.0]]), np.array([-2.0]), np.ones(2))], ["g1", "g2"])
+
+
+@pytest.mark.parametrize("mode", ["distributed", "agents"])
+def test_equal_kw_uses_the_sweep_not_the_central_fallback(ieee123: Feeder, mode: str) -> None:
+    coordinator = Coordinator(ieee123, Settings(mode=mode, fairness="equal_kw", group_by="area"))  # type: ignore[arg-type]
+    assert coordinator.sweep is not None
+    assert coordinator.sweep.equal_kw
+    assert coordinator.sweep.group_ids == [a.id for a in ieee123.areas]
