@@ -1,7 +1,8 @@
 # derbus — two commands: `make run` starts the platform, `make test` runs the whole suite.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv on PATH, else the uv module of this python (installed by `make venv` when missing)
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
 export UV_LINK_MODE := copy
 
@@ -24,10 +25,8 @@ system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when mi
 	    || echo "warning: could not install$$missing (make run falls back to amqtt; tests will fail clearly)"; \
 	fi
 
-$(UV):
-	@command -v uv >/dev/null || (python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv)
-
-venv: $(UV)  ## create .venv with the whole workspace from uv.lock
+venv:  ## create .venv with the whole workspace from uv.lock
+	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --all-packages --quiet
 
 deps: system-deps venv  ## everything `make run` and `make test` need
