@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_cloud_sync.py            # 20k messages, 1 million-reading backlog
     .venv/bin/python bench/bench_cloud_sync.py --quick    # 4k messages, 100k-reading backlog
+    .venv/bin/python bench/bench_cloud_sync.py --e2e-only # only the end-to-end table
 
 Everything is real and local: a Mosquitto of our own (explicit queue limits), PostgreSQL
 (127.0.0.1:5432 when it accepts connections, else a temporary cluster) with a fresh database per
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -214,6 +216,9 @@ def table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> N
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument(
+        "--e2e-only", action="store_true", help="only the end-to-end table (no backlog drain)"
+    )
     args = parser.parse_args()
     messages = 4_000 if args.quick else 20_000
     backlog = 100_000 if args.quick else 1_000_000
@@ -236,6 +241,12 @@ async def main() -> None:
                      f"{e2e['messages_per_s']:,.0f}", f"{e2e['readings_per_s']:,.0f}"),
                 ],
             )  # fmt: skip
+            load_1, load_5, _ = os.getloadavg()
+            print(
+                f"load average after the end-to-end runs: {load_1:.1f} (1 min), {load_5:.1f} (5 min)"
+            )
+            if args.e2e_only:
+                return
             drains: list[tuple[str, ...]] = []
             for batch in (1_000, 5_000, 20_000):
                 with fresh_database(admin) as db:

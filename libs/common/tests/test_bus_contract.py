@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 from typing import Any as Harness
 
+import pytest
+
 from derbus import topics
 from derbus.bus import RawMessage, Will
 from derbus.testing import wait_for
@@ -149,3 +151,87 @@ async def test_publish_applies_back_pressure_while_the_broker_is_down(
     await wait_for(lambda: len(set(inbox.payloads())) == 51, 30, message="all 51 messages")
     await bus.close()
     await sub.close()
+
+
+async def test_deferred_ack_in_memory_waits_for_every_callable() -> None:
+    from derbus.bus import InMemoryBroker, InMemoryBus
+
+    broker = InMemoryBroker()
+    sub, pub = InMemoryBus(broker), InMemoryBus(broker)
+    await sub.connect()
+    await pub.connect()
+    acks: dict[bytes, list[Any]] = {}
+
+    async def hold(message: RawMessage) -> None:
+        if message.payload != b"plain":
+            acks.setdefault(message.payload, []).append(sub.defer_ack())
+
+    inbox = Inbox()
+    root = "test/v1"
+    topic = topics.METER.topic("s1", "pcc", root)
+    await sub.subscribe(topics.METER.filter(root=root), 1, hold)
+    await sub.subscribe(topics.METER.filter(root=root), 1, inbox)  # a second, non-deferring one
+    for payload in (b"a", b"plain", b"b"):
+        await pub.publish(topic, payload, qos=1)
+    await pub.drain()
+    assert inbox.payloads() == [b"a", b"plain", b"b"]
+    assert [m.payload for m in sub.unacknowledged] == [b"a", b"b"]  # "plain" acked on return
+    acks[b"b"][0]()
+    acks[b"b"][0]()  # idempotent
+    assert [m.payload for m in sub.unacknowledged] == [b"a"]
+    acks[b"a"][0]()
+    assert sub.unacknowledged == []
+    with pytest.raises(RuntimeError, match="outside a subscription callback"):
+        sub.defer_ack()
+    await sub.close()
+    await pub.close()
+
+
+async def test_deferred_ack_on_mqtt_is_redelivered_after_a_crash_until_acked(
+    mqtt_settings: Any,
+) -> None:
+    """A deferred delivery stays with the broker (persistent session) until its callable ran."""
+    from derbus.bus import MqttBus
+
+    client_id = f"defer-{mqtt_settings.root[-8:]}"
+    topic = topics.METER.topic("s1", "pcc", mqtt_settings.root)
+    pub = MqttBus(mqtt_settings)
+    await pub.connect()
+
+    async def session() -> tuple[MqttBus, Inbox, dict[bytes, Any]]:
+        bus = MqttBus(mqtt_settings, client_id=client_id, manual_ack=True)
+        inbox = Inbox()
+        deferred: dict[bytes, Any] = {}
+
+        async def handle(message: RawMessage) -> None:
+            inbox.items.append(message)
+            if message.payload == b"held":
+                deferred[message.payload] = bus.defer_ack()
+
+        await bus.connect()
+        await bus.subscribe(topics.METER.filter(root=mqtt_settings.root), 1, handle)
+        return bus, inbox, deferred
+
+    first, inbox1, _ = await session()
+    await pub.publish(topic, b"held", qos=1)
+    await pub.publish(topic, b"done", qos=1)
+    await wait_for(lambda: inbox1.payloads() == [b"held", b"done"], 10, message="first delivery")
+    await first.abort()  # crash before the deferred ack ran
+
+    second, inbox2, deferred2 = await session()
+    await pub.publish(topic, b"marker-1", qos=1)
+    await wait_for(lambda: b"marker-1" in inbox2.payloads(), 10, message="marker after restart")
+    assert inbox2.payloads() == [b"held", b"marker-1"]  # "done" was acked, "held" was not
+    deferred2[b"held"]()  # now acknowledge it, then crash again
+    # paho sends its packets in order and the broker handles them in order: once a later
+    # publish of ours is acknowledged, the broker has the PUBACK.
+    await second.publish(topics.PV.topic("s1", "pv", mqtt_settings.root), b"sync", qos=1)
+    await wait_for(lambda: second.outstanding == 0, 10, message="PUBACK flushed")
+    await second.abort()
+
+    third, inbox3, _ = await session()
+    await pub.publish(topic, b"marker-2", qos=1)
+    await wait_for(lambda: b"marker-2" in inbox3.payloads(), 10, message="marker after 2nd restart")
+    assert inbox3.payloads() == [b"marker-2"]
+    await third.close()
+    await pub.close()

@@ -14,6 +14,7 @@ from cloud_sync.service import build_service
 from cloud_sync.settings import Settings
 from derbus import acl, topics
 from derbus.bus import InMemoryBroker, InMemoryBus
+from derbus.errors import StorageError
 from derbus.http import make_app
 from derbus.messages import (
     BatteryTelemetry,
@@ -43,6 +44,16 @@ async def started(settings: Settings, sink: Any) -> tuple[Service[Settings], InM
     publisher = InMemoryBus(broker)
     await publisher.connect()
     return service, publisher
+
+
+async def settle(service: Service[Settings], pub: InMemoryBus) -> None:
+    """Deliver everything published, then commit the group-commit buffer now (no timer wait)."""
+    await pub.drain()
+    await service.state["intake"].flush()
+
+
+def meter_points(sink: Any) -> list[Any]:
+    return [p for p in sink.points if p.measurement == "meter"]
 
 
 def cloud_rows(service: Service[Settings]) -> dict[tuple[str, str, str], float]:
@@ -75,7 +86,7 @@ async def test_every_telemetry_kind_reaches_the_cloud_and_influx(
     ]
     for spec, device, msg in messages:
         await pub.publish(spec.topic("site-1", device, ROOT), msg.to_json_bytes())
-    await pub.drain()
+    await settle(service, pub)
     assert service.state["outbox"].pending_rows == 11
     await service.run_task("forward")
     got = cloud_rows(service)
@@ -105,7 +116,7 @@ async def test_forecasts_kpis_and_statuses_go_to_influx_only(settings: Settings,
     await pub.publish(topics.FORECAST.topic("site-1", "load", ROOT), forecast.to_json_bytes())
     kpi = KpiReport(ts=T0, source="peak_shaving", name="shaving", values={"peak_kw": 4.5})
     await pub.publish(topics.KPI.topic("site-1", "peak_shaving", ROOT), kpi.to_json_bytes())
-    await pub.drain()
+    await settle(service, pub)
     measurements = [p.measurement for p in sink.points]
     assert measurements.count("forecast") == 2
     assert "kpi" in measurements
@@ -125,7 +136,7 @@ async def test_malformed_telemetry_is_dead_lettered_counted_and_the_rest_flows(
     await pub.publish(topic, MeterReading(ts=T0, source="t", p_kw=3.0).to_json_bytes())
     long_id = topics.METER.topic("s" * 101, "pcc", ROOT)
     await pub.publish(long_id, MeterReading(ts=T0, source="t", p_kw=9.0).to_json_bytes())
-    await pub.drain()
+    await settle(service, pub)
     assert [d.original_topic for d in letters.values] == [topic, long_id]
     invalid = service.metrics.registry.get_sample_value(
         "derbus_messages_invalid_total", {"topic": "telemetry.meter"}
@@ -165,6 +176,87 @@ async def test_full_outbox_holds_intake_loudly_and_resumes_after_forwarding(
     await service.stop()
 
 
+async def test_group_commit_acks_only_after_the_batch_is_committed(
+    settings: Settings, sink: Any
+) -> None:
+    service, pub = await started(
+        settings.model_copy(update={"intake_batch_messages": 3, "intake_batch_ms": 60_000.0}), sink
+    )
+    bus = service.bus
+    assert isinstance(bus, InMemoryBus)
+    outbox = service.state["outbox"]
+    append = outbox.append
+    unacked_at_commit: list[int] = []
+
+    def recording_append(rows: Any, received_at: float) -> None:
+        unacked_at_commit.append(len(bus.unacknowledged))
+        append(rows, received_at)
+
+    outbox.append = recording_append
+    topic = topics.METER.topic("site-1", "pcc", ROOT)
+    for i in range(2):
+        await pub.publish(
+            topic, MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0).to_json_bytes()
+        )
+    await pub.drain()
+    assert len(bus.unacknowledged) == 2  # buffered: neither durable nor acknowledged
+    assert outbox.pending_rows == 0
+    assert meter_points(sink) == []  # InfluxDB gets them after the commit too
+    await pub.publish(
+        topic, MeterReading(ts=T0.replace(minute=2), source="t", p_kw=1.0).to_json_bytes()
+    )
+    await pub.drain()  # the third message fills the batch: one transaction, then three acks
+    assert unacked_at_commit == [3]
+    assert outbox.pending_rows == 6
+    assert bus.unacknowledged == []
+    assert len(meter_points(sink)) == 3
+    await service.stop()
+
+
+async def test_group_commit_flushes_after_the_time_limit(settings: Settings, sink: Any) -> None:
+    service, pub = await started(settings.model_copy(update={"intake_batch_ms": 1.0}), sink)
+    bus = service.bus
+    assert isinstance(bus, InMemoryBus)
+    msg = MeterReading(ts=T0, source="t", p_kw=1.0)
+    await pub.publish(topics.METER.topic("site-1", "pcc", ROOT), msg.to_json_bytes())
+    await pub.drain()
+    await wait_for(lambda: service.state["outbox"].pending_rows == 2, 5, message="timer commit")
+    await wait_for(lambda: bus.unacknowledged == [], 5, message="acked after the commit")
+    await service.stop()
+
+
+async def test_a_failing_outbox_commit_acks_nothing_and_degrades(
+    settings: Settings, sink: Any
+) -> None:
+    service, pub = await started(settings.model_copy(update={"intake_batch_ms": 1.0}), sink)
+    bus = service.bus
+    assert isinstance(bus, InMemoryBus)
+    outbox = service.state["outbox"]
+    append = outbox.append
+
+    def broken(rows: Any, received_at: float) -> None:
+        raise StorageError("outbox append failed: disk I/O error")
+
+    outbox.append = broken
+    topic = topics.METER.topic("site-1", "pcc", ROOT)
+    for i in range(3):
+        await pub.publish(
+            topic, MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0).to_json_bytes()
+        )
+    await pub.drain()
+    await wait_for(
+        lambda: "cannot write the outbox" in (service.status().reason or ""), 5, message="degraded"
+    )
+    assert len(bus.unacknowledged) == 3
+    assert outbox.pending_rows == 0
+    assert meter_points(sink) == []
+    outbox.append = append  # the disk is back: the retry commits, then acknowledges
+    await wait_for(lambda: bus.unacknowledged == [], 10, message="acked after the retry")
+    assert outbox.pending_rows == 6
+    await wait_for(lambda: service.status().state == "online", 5, message="online again")
+    await service.stop()
+
+
 async def test_warns_at_the_configured_fill_level(settings: Settings, sink: Any) -> None:
     service, pub = await started(
         settings.model_copy(update={"outbox_max_rows": 10, "outbox_warn_pct": 50.0}), sink
@@ -174,7 +266,7 @@ async def test_warns_at_the_configured_fill_level(settings: Settings, sink: Any)
         await pub.publish(
             topic, MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0).to_json_bytes()
         )
-    await pub.drain()
+    await settle(service, pub)
     assert "above 50 %" in (service.status().reason or "")
     await service.stop()
 
@@ -185,9 +277,9 @@ async def test_kpis_are_published_and_api_shows_the_backlog(settings: Settings, 
     await kpis.attach(pub, site_id=topics.PLATFORM_SITE, device_id="cloud_sync")
     topic = topics.PV.topic("site-1", "pv", ROOT)
     await pub.publish(topic, PvTelemetry(ts=T0, source="t", generation_kw=1.0).to_json_bytes())
-    await pub.drain()
+    await settle(service, pub)
     await service.run_task("report")
-    await pub.drain()
+    await settle(service, pub)
     report = kpis.values[-1]
     assert report.name == "backlog"
     assert report.values["pending_rows"] == 1.0

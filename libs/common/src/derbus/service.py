@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from derbus import topics
-from derbus.bus.base import Bus, RawMessage, Will
+from derbus.bus.base import Ack, Bus, RawMessage, Will
 from derbus.errors import ConfigError
 from derbus.messages import DeadLetter, Message, ServiceState, ServiceStatus, utcnow
 from derbus.settings import ServiceSettings, describe_validation_error
@@ -95,6 +95,15 @@ class Context:
     def device_id(self) -> str | None:
         """Device of the message being handled."""
         return self.ids.device_id if self.ids else None
+
+    def defer_ack(self) -> Ack:
+        """Acknowledge the message being handled only when the returned callable is invoked.
+
+        For handlers that make the message durable later (group commit): the runtime then does
+        not acknowledge it when the handler returns. Call it while handling the message (before
+        the handler returns); invoke the callable on the event loop thread.
+        """
+        return self.service.bus.defer_ack()
 
     async def publish(
         self, spec: TopicSpec[M], message: M, *, site_id: str | None = None, device_id: str

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +18,7 @@ from cloud_sync.backlog import fill_state, has_room
 from cloud_sync.cloud import CloudStore, open_store
 from cloud_sync.forwarder import Forwarder, RetryPolicy
 from cloud_sync.influx import InfluxSink, PointSink
+from cloud_sync.intake import Entry, GroupCommit, fitting
 from cloud_sync.outbox import Outbox
 from cloud_sync.settings import Settings
 from derbus import topics
@@ -43,6 +45,10 @@ INFLUX_ONLY: tuple[TopicSpec[Any], ...] = (
     topics.FEEDER_STATE,
 )
 """Messages written to InfluxDB only (dashboards), not to the cloud database."""
+
+
+def _has_room_in(pending_rows: int, incoming_rows: int, *, max_rows: int) -> bool:
+    return has_room(pending_rows, incoming_rows, max_rows)
 
 
 def make_forwarder(current: Callable[[], Settings], outbox: Outbox, store: CloudStore) -> Forwarder:
@@ -156,7 +162,8 @@ def build_service(
     service.state.update(outbox=outbox, forwarder=forwarder, store=cloud, influx=sink)
     service.metrics.registry.register(BacklogCollector(forwarder, sink))
     service.declare_publishes(topics.KPI, topics.SERVICE_STATUS, topics.DEAD_LETTER)
-    closing = asyncio.Event()
+    stopping = asyncio.Event()  # no new intake
+    closing = asyncio.Event()  # the outbox and the sinks are closing
 
     async def update_fill_status() -> None:
         s = service.settings
@@ -168,25 +175,32 @@ def build_service(
                 "outbox", f"outbox above {s.outbox_warn_pct:g} % of its {s.outbox_max_rows:,} rows"
             )
 
-    async def accept(rows: list[Any]) -> None:
-        """Append durably; while the outbox is full (or failing) hold the message (no ack)."""
+    async def commit(entries: Sequence[Entry]) -> int:
+        """Append the leading entries that fit in one durable transaction; retry until it works.
+
+        While the outbox is full (or failing) nothing is committed, so nothing is acknowledged:
+        the messages wait here, then at the broker. Returns 0 only when the service stops.
+        """
         delay_s = 0.05
-        refused = False
-        while True:
+        while not closing.is_set():
             s = service.settings
-            if not closing.is_set() and has_room(outbox.pending_rows, len(rows), s.outbox_max_rows):
+            room = functools.partial(_has_room_in, max_rows=s.outbox_max_rows)
+            n = fitting(entries, outbox.pending_rows, room)
+            if n:
+                rows = [row for entry in entries[:n] for row in entry.rows]
                 try:
-                    outbox.append(rows, time.time())
+                    await service.run_blocking(outbox.append, rows, time.time())
                 except StorageError as err:
                     await service.set_degraded("outbox", f"cannot write the outbox: {err}")
                 else:
                     forwarder.record_in(len(rows))
                     await update_fill_status()
-                    return
-            elif not closing.is_set():
-                if not refused:
-                    refused = True
-                    forwarder.record_refused()
+                    return n
+            else:
+                for entry in entries:
+                    if not entry.refused:
+                        entry.refused = True
+                        forwarder.record_refused()
                 await service.set_degraded(
                     "outbox",
                     f"outbox FULL ({s.outbox_max_rows:,} rows): intake paused, messages wait at "
@@ -194,6 +208,14 @@ def build_service(
                 )
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 1.0)
+        return 0
+
+    intake = GroupCommit(
+        commit,
+        max_messages=lambda: service.settings.intake_batch_messages,
+        max_wait_s=lambda: service.settings.intake_batch_ms / 1000.0,
+    )
+    service.state["intake"] = intake
 
     def telemetry_handler(spec: TopicSpec[Any]) -> Handler[Any]:
         async def handle(message: Message, ctx: Context) -> None:
@@ -206,9 +228,18 @@ def build_service(
                     raw, spec, f"site_id/device_id longer than {MAX_ID_LENGTH} characters"
                 )
                 return
-            await accept(reading_rows(spec, ids, message))
-            if sink is not None and not closing.is_set():
-                sink.write(influx_points(spec, ids, message))
+            ack = ctx.defer_ack()  # acknowledged once its readings are committed to the outbox
+            if stopping.is_set():
+                return  # never acknowledged: the broker delivers it again after the restart
+            after_commit = None
+            if sink is not None:
+                points = influx_points(spec, ids, message)
+
+                def after_commit() -> None:
+                    if not closing.is_set():
+                        sink.write(points)
+
+            await intake.add(Entry(reading_rows(spec, ids, message), ack, after_commit))
 
         handle.__name__ = f"on_{spec.name}"
         return handle
@@ -264,6 +295,12 @@ def build_service(
 
     @service.on_shutdown
     async def close() -> None:
+        stopping.set()
+        await intake.close()
+        try:  # commit and acknowledge what is buffered; if that cannot finish, the broker re-sends
+            await asyncio.wait_for(intake.flush(), 5.0)
+        except TimeoutError:
+            log.warning("%d buffered messages left unacknowledged at shutdown", intake.buffered)
         closing.set()
         if not await asyncio.to_thread(forwarder.stop, 30.0):
             log.warning("a forwarding pass did not stop within 30 s")

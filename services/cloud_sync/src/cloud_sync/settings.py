@@ -22,7 +22,15 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SYNC_", populate_by_name=True)
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "interval_seconds", "outbox_max_rows", "outbox_warn_pct", "kpi_interval_s"}
+        {
+            "batch_size",
+            "interval_seconds",
+            "outbox_max_rows",
+            "outbox_warn_pct",
+            "kpi_interval_s",
+            "intake_batch_messages",
+            "intake_batch_ms",
+        }
     )
 
     api_port: int = Field(default=8103, ge=0, le=65535, description="API port (0 = any free)")
@@ -46,6 +54,14 @@ class Settings(ServiceSettings):
     interval_seconds: float = Field(
         default=5.0, gt=0, le=86_400, description="seconds between forwarding passes"
     )
+    intake_batch_messages: int = Field(
+        default=500, ge=1, le=100_000,
+        description="messages committed to the outbox together (then acknowledged together)",
+    )  # fmt: skip
+    intake_batch_ms: float = Field(
+        default=50.0, ge=0, le=10_000,
+        description="longest wait of a received message before its outbox commit, ms",
+    )  # fmt: skip
     outbox_max_rows: int = Field(
         default=10_000_000, ge=1, description="outbox capacity, readings; when full, intake stops"
     )

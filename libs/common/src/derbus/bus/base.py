@@ -26,6 +26,8 @@ class RawMessage:
 
 
 MessageCallback = Callable[[RawMessage], Awaitable[None]]
+Ack = Callable[[], None]
+"""Acknowledges one delivery to the broker (idempotent; call it on the event loop thread)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,16 @@ class Bus(Protocol):
         """Wait until every message received so far has been handled."""
         ...
 
+    def defer_ack(self) -> Ack:
+        """Take over the acknowledgement of the message being delivered right now.
+
+        Call it from inside a subscription callback: the message is then acknowledged to the
+        broker only once the returned callable has been invoked (and every callback returned),
+        not when the callbacks return. Idempotent; call it on the event loop thread. A no-op
+        callable when the delivery needs no acknowledgement (QoS 0, automatic acks).
+        """
+        ...
+
 
 @dataclass
 class _Subscription:
@@ -94,11 +106,25 @@ class _Subscription:
 
 
 @dataclass
+class _Delivery:
+    """Acknowledgement bookkeeping of one message: acked when every hold is released."""
+
+    after: Ack | None
+    holds: int = 1  # the dispatcher's own, released once every callback returned
+
+    def release(self) -> None:
+        self.holds -= 1
+        if self.holds == 0 and self.after is not None:
+            self.after()
+
+
+@dataclass
 class Dispatcher:
     """Delivers received messages, in arrival order, to every matching subscription callback.
 
     `after` (optional) runs once a message has been handled by all callbacks — the MQTT bus
-    uses it to acknowledge deliveries manually.
+    uses it to acknowledge deliveries manually. A callback may postpone it with `defer_ack`:
+    `after` then runs once every deferred acknowledgement was invoked (group commit).
 
     A message no local subscription matches yet is held, not acknowledged, and delivered when a
     matching subscription is added: a persistent session resumes with the messages queued for it
@@ -110,6 +136,7 @@ class Dispatcher:
     task: asyncio.Task[None] | None = None
     unmatched: list[tuple[RawMessage, Callable[[], None] | None]] = field(default_factory=list)
     max_unmatched: int = 100_000
+    current: _Delivery | None = None
 
     def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
         self.subscriptions.append(_Subscription(topic_filter, qos, callback))
@@ -137,6 +164,22 @@ class Dispatcher:
             raise RuntimeError("dispatcher not started")
         self.queue.put_nowait((message, after))
 
+    def defer_ack(self) -> Ack:
+        """Postpone the acknowledgement of the message being delivered (see `Bus.defer_ack`)."""
+        delivery = self.current
+        if delivery is None:
+            raise RuntimeError("defer_ack called outside a subscription callback")
+        delivery.holds += 1
+        released = False
+
+        def ack() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                delivery.release()
+
+        return ack
+
     async def join(self, timeout_s: float) -> None:
         if self.queue is not None:
             await asyncio.wait_for(self.queue.join(), timeout_s)
@@ -152,13 +195,16 @@ class Dispatcher:
                 if not matched:
                     self._hold(message, after)
                     continue
-                for sub in matched:
-                    try:
-                        await sub.callback(message)
-                    except Exception:  # the bus never dies of a callback
-                        log.exception("bus callback failed on %s", message.topic)
-                if after is not None:
-                    after()
+                delivery = self.current = _Delivery(after)
+                try:
+                    for sub in matched:
+                        try:
+                            await sub.callback(message)
+                        except Exception:  # the bus never dies of a callback
+                            log.exception("bus callback failed on %s", message.topic)
+                finally:
+                    self.current = None
+                delivery.release()
             finally:
                 self.queue.task_done()
 

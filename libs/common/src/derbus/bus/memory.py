@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
-from derbus.bus.base import Dispatcher, MessageCallback, RawMessage, Will, filter_matches
+from derbus.bus.base import Ack, Dispatcher, MessageCallback, RawMessage, Will, filter_matches
 from derbus.errors import BusNotConnectedError
 
 
@@ -51,10 +52,32 @@ class InMemoryBus:
         self._outbox: list[RawMessage] = []
         self.published: list[RawMessage] = []
         self.reconnects = 0
+        self._unacked: dict[int, RawMessage] = {}
+        self._delivery_ids = itertools.count()
 
     @property
     def connected(self) -> bool:
         return self._connected and self._transport_up
+
+    @property
+    def unacknowledged(self) -> list[RawMessage]:
+        """QoS>0 deliveries not acknowledged yet (handlers still running, or a deferred ack)."""
+        return list(self._unacked.values())
+
+    def defer_ack(self) -> Ack:
+        return self._dispatcher.defer_ack()
+
+    def _tracked(self, message: RawMessage) -> Ack | None:
+        """Record a QoS>0 delivery as unacknowledged; the returned callable acknowledges it."""
+        if message.qos == 0:
+            return None
+        key = next(self._delivery_ids)
+        self._unacked[key] = message
+
+        def ack() -> None:
+            self._unacked.pop(key, None)
+
+        return ack
 
     def set_will(self, will: Will) -> None:
         self._will = will
@@ -101,7 +124,8 @@ class InMemoryBus:
         self._filters.append(topic_filter)
         for topic, message in list(self.broker.retained.items()):
             if filter_matches(topic_filter, topic):
-                self._dispatcher.put(RawMessage(topic, message.payload, message.qos, True))
+                retained = RawMessage(topic, message.payload, message.qos, True)
+                self._dispatcher.put(retained, self._tracked(retained))
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         if not self._connected:
@@ -118,7 +142,7 @@ class InMemoryBus:
         if not self._transport_up:
             return
         if any(filter_matches(f, message.topic) for f in self._filters):
-            self._dispatcher.put(message)
+            self._dispatcher.put(message, self._tracked(message))
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         # Handlers may publish more messages to other clients: join until all queues are quiet.

@@ -2,7 +2,8 @@
 
 Bounded connect retries with backoff, automatic reconnect that re-subscribes, last will,
 TCP_NODELAY on the socket, optional manual acknowledgement of QoS 1 deliveries (a message is
-acknowledged to the broker only after every handler has finished with it).
+acknowledged to the broker only after every handler has finished with it, or later when a handler
+deferred it with `defer_ack`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from derbus.bus.base import Dispatcher, MessageCallback, RawMessage, Will
+from derbus.bus.base import Ack, Dispatcher, MessageCallback, RawMessage, Will
 from derbus.errors import BusError
 from derbus.settings import MqttSettings
 
@@ -64,6 +65,7 @@ class MqttBus:
         self._refused: str | None = None
         self._client: mqtt.Client | None = None
         self.reconnects = 0
+        self._generation = 0  # connections so far: an ack never crosses into a later connection
         self._max_outstanding = max_outstanding
         self._in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
 
@@ -237,6 +239,9 @@ class MqttBus:
     async def drain(self, timeout_s: float = 5.0) -> None:
         await self._dispatcher.join(timeout_s)
 
+    def defer_ack(self) -> Ack:
+        return self._dispatcher.defer_ack()
+
     # --- paho callbacks (network thread) -------------------------------------------------------
     def _call(self, fn: Any, *args: Any) -> None:
         loop = self._loop
@@ -264,6 +269,7 @@ class MqttBus:
             return
         with self._lock:
             was_up_before = self._connack is not None and self._connack.is_set()
+            self._generation += 1
             self._transport_up = True
             self._acked.clear()
             subs = dict(self._subs)
@@ -314,10 +320,17 @@ class MqttBus:
         raw = RawMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
         after = None
         if self._manual_ack and msg.qos > 0:
-            mid, qos = msg.mid, msg.qos
+            mid, qos, generation = msg.mid, msg.qos, self._generation
 
             def after() -> None:
-                client.ack(mid, qos)
+                # paho's ack only queues the PUBACK and wakes its network thread: safe from the
+                # event loop. A (deferred) ack is dropped once the connection it came on is gone:
+                # the broker re-sends that message under the same packet id, and acking the old
+                # copy could acknowledge whatever reuses the id later.
+                with self._lock:
+                    current = self._generation == generation and self._transport_up
+                if current:
+                    client.ack(mid, qos)
 
         self._call(self._dispatcher.put, raw, after)
 
