@@ -64,6 +64,8 @@ def test_env_prefix_matches_settings(name: str) -> None:
     assert classes, f"{name}.settings defines no ServiceSettings subclass"
     for cls in classes:
         assert cls.model_config.get("env_prefix") == meta["env_prefix"], cls
+        # the port in [tool.derbus] (make run, compose) is the one the service defaults to alone
+        assert cls.model_fields["api_port"].default == meta["api_port"], cls
     compose_env = COMPOSE["services"][name]["environment"]
     assert f"{meta['env_prefix']}API_PORT" in compose_env
     assert str(compose_env[f"{meta['env_prefix']}API_PORT"]) == str(meta["api_port"])
