@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,7 +12,7 @@ from derbus import features as fx
 from derbus import topics
 from derbus.bus import MqttBus
 from derbus.http import make_app
-from derbus.messages import TimeSeries, utcnow
+from derbus.messages import TimeSeries
 from derbus.settings import DatabaseSettings, MqttSettings, SiteSettings
 from derbus.testing import BusRecorder, wait_for
 from feature_engineering.pipeline import FeatureStore
@@ -27,14 +27,16 @@ pytestmark = pytest.mark.integration
 
 SITE = SiteSettings(id="fc-site", timezone="Europe/Berlin", country="DE", latitude=52.5,
                     longitude=13.4)  # fmt: skip
-DAYS = 21
+DAYS = 35
+# a fixed instant: what the models learn must not depend on the day the suite runs
+NOW = datetime(2026, 6, 10, 6, 7, tzinfo=UTC)
 
 
 async def test_readings_to_features_to_model_to_forecast(
     postgres_url: str, mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     database = DatabaseSettings(database_url=postgres_url)
-    now = utcnow()
+    now = NOW
     end = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
     frame = synthetic_frame(end - timedelta(days=DAYS), DAYS, fx.SiteContext.of(SITE), seed=11)
 
@@ -61,7 +63,7 @@ async def test_readings_to_features_to_model_to_forecast(
     await listener.connect()
     forecasts: BusRecorder[TimeSeries] = BusRecorder(topics.FORECAST, mqtt_settings.root)
     await forecasts.attach(listener, site_id=SITE.id)
-    service = build_service(settings, MqttBus(settings.mqtt))
+    service = build_service(settings, MqttBus(settings.mqtt), now=lambda: NOW)
     app = make_app(service, manage_lifecycle=False)
     await service.start()
     try:
