@@ -49,7 +49,7 @@ def cycles_run(service: Service[Settings]) -> float:
     return value or 0.0
 
 
-def simulated_site(tmp_path: Path, mqtt_settings: MqttSettings) -> Service[Any]:
+def simulated_site(tmp_path: Path, mqtt_settings: MqttSettings) -> Service[Any, Any]:
     """The edge simulator replaying a sunny SimBench noon (8 kW PV, 3 kW peak household), with
     no battery self-consumption and no EV so the PV surplus shows at the PCC."""
     config = SimConfig.model_validate(

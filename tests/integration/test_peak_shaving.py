@@ -74,7 +74,7 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         clock=SimClock(START, speed=1.0),
         config=steady_site(),
     )
-    services: list[Service[Any]] = [simulator]
+    services: list[Service[Any, Any]] = [simulator]
     await simulator.start()
     try:
         # the peak, before any controller runs

@@ -518,7 +518,7 @@ def test_database_url_password_is_redacted() -> None:
 # Every committed service: each state-changing route refuses a missing or wrong token.
 
 
-def _build(name: str, tmp_path: Path) -> Service[Any]:
+def _build(name: str, tmp_path: Path) -> Service[Any, Any]:
     if not (REPO / "services" / name / "src" / name / "service.py").exists():
         pytest.fail(f"services/{name} has no service.py yet: its REST security cannot be checked")
     module = importlib.import_module(f"{name}.service")
@@ -530,7 +530,7 @@ def _build(name: str, tmp_path: Path) -> Service[Any]:
     settings = cls(
         data_dir=tmp_path, api_token=TOKEN, mqtt=MqttSettings(username=name, password=BROKER_PW)
     )
-    service: Service[Any] = module.build_service(settings, InMemoryBus())
+    service: Service[Any, Any] = module.build_service(settings, InMemoryBus())
     return service
 
 
@@ -582,7 +582,7 @@ async def test_each_service_runs_under_its_own_user_and_acl(
         if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
     )  # fmt: skip
     settings = cls(data_dir=tmp_path, mqtt=secured_broker.settings(name))
-    service: Service[Any] = module.build_service(settings, MqttBus(settings.mqtt))
+    service: Service[Any, Any] = module.build_service(settings, MqttBus(settings.mqtt))
     status = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, name, root)
     await service.start()
     try:

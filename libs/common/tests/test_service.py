@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 
 from derbus import topics
+from derbus.bus import InMemoryBus
 from derbus.errors import ConfigError
 from derbus.messages import DeadLetter, MeterReading, ServiceStatus
 from derbus.service import Context, Service
+from derbus.settings import ServiceSettings
 from derbus.testing import BusRecorder, wait_for
 from derbus.testing.example import EchoSettings, build_echo
 
@@ -118,3 +120,19 @@ async def test_update_config_validates_and_names_the_field() -> None:
         await service.update_config({"api_port": 9})
     with pytest.raises(ConfigError, match="nonsense: unknown field"):
         await service.update_config({"nonsense": 1})
+
+
+def test_service_carries_its_typed_state_object() -> None:
+    """A service's state is the object its builder gives it (typed), not an ad-hoc dict."""
+
+    class Counts:
+        def __init__(self) -> None:
+            self.seen = 0
+
+    counts = Counts()
+    service: Service[ServiceSettings, Counts] = Service(
+        "typed", ServiceSettings(), InMemoryBus(), state=counts
+    )
+    service.state.seen += 1
+    assert service.state is counts
+    assert counts.seen == 1

@@ -26,13 +26,13 @@ from derbus.topics import CATALOGUE
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_service(request: Request) -> Service[Any]:
+def get_service(request: Request) -> Service[Any, Any]:
     """The service behind this app (FastAPI dependency)."""
-    service: Service[Any] = request.app.state.service
+    service: Service[Any, Any] = request.app.state.service
     return service
 
 
-ServiceDep = Annotated[Service[Any], Depends(get_service)]
+ServiceDep = Annotated[Service[Any, Any], Depends(get_service)]
 
 
 def require_token(
@@ -56,12 +56,12 @@ def require_token(
 TokenDep = Annotated[None, Depends(require_token)]
 
 
-def redacted_config(service: Service[Any]) -> dict[str, Any]:
+def redacted_config(service: Service[Any, Any]) -> dict[str, Any]:
     """The service's settings as JSON, secrets replaced by `**********`."""
     return redacted(service.settings)
 
 
-def make_app(service: Service[Any], *, manage_lifecycle: bool = True) -> FastAPI:
+def make_app(service: Service[Any, Any], *, manage_lifecycle: bool = True) -> FastAPI:
     """Build the FastAPI app of a service.
 
     Args:

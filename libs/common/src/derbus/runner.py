@@ -12,7 +12,7 @@ from derbus.logging import configure_logging
 from derbus.service import Service
 
 
-def serve(service: Service[Any], app: FastAPI | None = None) -> None:
+def serve(service: Service[Any, Any], app: FastAPI | None = None) -> None:
     """Serve a service's API and run the service until interrupted (blocking)."""
     settings = service.settings
     configure_logging(settings.log_level, service.name)

@@ -16,11 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from fastapi import APIRouter
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
+from typing_extensions import TypeVar as DefaultTypeVar
 
 from derbus import topics
 from derbus.bus.base import Ack, Bus, RawMessage, Will
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound=ServiceSettings)
 T = TypeVar("T")
+# the service's typed state/decision object; services not yet migrated keep a plain dict
+St = DefaultTypeVar("St", default=dict[str, Any])
 
 Handler = Callable[[M, "Context"], Awaitable[None] | None]
 Task = Callable[["Context"], Awaitable[None] | None]
@@ -82,7 +85,7 @@ class ServiceMetrics:
 class Context:
     """What a handler or task gets besides its message: where it came from and how to publish."""
 
-    service: Service[Any]
+    service: Service[Any, Any]
     topic: str | None = None
     ids: TopicIds | None = None
 
@@ -136,7 +139,7 @@ class _Health:
     started: bool = False
 
 
-class Service(Generic[S]):
+class Service(Generic[S, St]):
     """One derbus service: handlers on topics, periodic tasks, status, metrics, REST routers.
 
     Args:
@@ -144,9 +147,18 @@ class Service(Generic[S]):
         settings: the service's settings (built in `__main__`).
         bus: the bus to run on (`MqttBus` in production, `InMemoryBus` in unit tests).
         version: reported in the status message.
+        state: the service's typed state/decision object (what it remembers between messages
+            and the methods that decide); tests reach it as `service.state`.
     """
 
-    def __init__(self, name: str, settings: S, bus: Bus, version: str = "0.1.0") -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: S,
+        bus: Bus,
+        version: str = "0.1.0",
+        state: St | None = None,
+    ) -> None:
         topics.validate_id("service name", name)
         self.name = name
         self.settings: S = settings
@@ -154,7 +166,7 @@ class Service(Generic[S]):
         self.version = version
         self.metrics = ServiceMetrics(name)
         self.routers: list[APIRouter] = []
-        self.state: dict[str, Any] = {}
+        self.state: St = state if state is not None else cast(St, {})
         self._handlers: list[_HandlerEntry[Any]] = []
         self._tasks: list[_TaskEntry] = []
         self._running: list[asyncio.Task[None]] = []

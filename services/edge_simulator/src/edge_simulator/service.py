@@ -102,7 +102,7 @@ def build_fleet(settings: Settings, config: SimConfig, start: datetime) -> Fleet
     )
 
 
-async def publish_acks(service: Service[Any], fleet: Fleet, acks: Iterable[AckOut]) -> None:
+async def publish_acks(service: Service[Any, Any], fleet: Fleet, acks: Iterable[AckOut]) -> None:
     """Publish setpoint acknowledgements on the bus (site and device of each ack)."""
     for a in acks:
         await service.publish(
