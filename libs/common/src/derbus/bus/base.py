@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -17,12 +18,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RawMessage:
-    """A message as it arrives: topic, raw payload bytes, QoS and retain flag."""
+    """A message as it arrives: topic, raw payload bytes, QoS, retain flag, MQTT 5 properties.
+
+    `expiry_s` is what is left of the sender's message expiry when the message is delivered
+    (None: it never expires, or the broker speaks MQTT 3.1.1). `response_topic` and
+    `correlation_data` are where and with what the sender wants its answer.
+    """
 
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
+    expiry_s: int | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 
 MessageCallback = Callable[[RawMessage], Awaitable[None]]
@@ -32,12 +41,51 @@ Ack = Callable[[], None]
 
 @dataclass(frozen=True)
 class Will:
-    """The last will the broker publishes when the client vanishes without saying goodbye."""
+    """The last will the broker publishes when the client vanishes without saying goodbye.
+
+    `build`, when given, makes the payload for the n-th connection (1, 2, …) at the moment that
+    connection is made, so a will can carry what only then is known (a sequence number that
+    orders it after everything the client publishes on that connection). `delay_s` is MQTT 5's
+    will delay: a client back within it publishes no will.
+    """
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = True
+    delay_s: int = 0
+    build: Callable[[int], bytes] | None = None
+
+    def payload_for(self, connection: int) -> bytes:
+        """The will payload for the n-th connection."""
+        return self.build(connection) if self.build is not None else self.payload
+
+
+ConnectListener = Callable[[int], Awaitable[None]]
+"""Runs on the event loop after the n-th successful connection (n = 1, 2, …), subscriptions renewed."""
+
+
+@dataclass
+class BusStats:
+    """What a bus counts (exported on a service's /metrics)."""
+
+    connections: int = 0
+    """Successful connections so far (the first one included)."""
+    queued: int = 0
+    """QoS>0 publishes not yet acknowledged by the broker, including those held while down."""
+    queue_limit: int = 0
+    """`queued` at which publish waits (back-pressure)."""
+    publish_waits: int = 0
+    """Publishes that had to wait for the queue to shrink."""
+    dropped_qos0: int = 0
+    """QoS 0 publishes dropped because the connection was down (QoS 0 is never queued)."""
+    endpoint: str = ""
+    """host:port of the broker connected now (empty while down)."""
+
+    @property
+    def reconnects(self) -> int:
+        """Connections after the first one."""
+        return max(0, self.connections - 1)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -79,8 +127,32 @@ class Bus(Protocol):
         """Subscribe and return once the broker acknowledged; callbacks run on the event loop."""
         ...
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish a payload; QoS 1 messages are queued while disconnected and sent later."""
+    @property
+    def stats(self) -> BusStats:
+        """Counters: connections, queued QoS 1 publishes, back-pressure waits, QoS 0 drops."""
+        ...
+
+    def add_connect_listener(self, listener: ConnectListener) -> None:
+        """Run `listener(n)` after every successful connection (n = 1, 2, …)."""
+        ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Publish a payload; QoS 1 messages are queued while disconnected and sent later.
+
+        Waits (back-pressure) while `stats.queued` is at `stats.queue_limit`. `expiry_s`
+        (MQTT 5 message expiry) makes the broker drop the message if it could not be delivered
+        within that many seconds; `response_topic` / `correlation_data` travel with it.
+        """
         ...
 
     async def drain(self, timeout_s: float = 5.0) -> None:
@@ -132,20 +204,20 @@ class Dispatcher:
     """
 
     subscriptions: list[_Subscription] = field(default_factory=list)
-    queue: asyncio.Queue[tuple[RawMessage, Callable[[], None] | None]] | None = None
+    queue: asyncio.Queue[_Queued] | None = None
     task: asyncio.Task[None] | None = None
-    unmatched: list[tuple[RawMessage, Callable[[], None] | None]] = field(default_factory=list)
+    unmatched: list[_Queued] = field(default_factory=list)
     max_unmatched: int = 100_000
     current: _Delivery | None = None
 
     def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
         self.subscriptions.append(_Subscription(topic_filter, qos, callback))
         held, self.unmatched = self.unmatched, []
-        for message, after in held:
-            if filter_matches(topic_filter, message.topic) and self.queue is not None:
-                self.queue.put_nowait((message, after))
+        for item in held:
+            if _targets(topic_filter, item) and self.queue is not None:
+                self.queue.put_nowait(item)
             else:
-                self.unmatched.append((message, after))
+                self.unmatched.append(item)
 
     def start(self) -> None:
         if self.task is None:
@@ -159,10 +231,21 @@ class Dispatcher:
                 await self.task
             self.task = None
 
-    def put(self, message: RawMessage, after: Callable[[], None] | None = None) -> None:
+    def put(
+        self,
+        message: RawMessage,
+        after: Callable[[], None] | None = None,
+        filters: frozenset[str] | None = None,
+    ) -> None:
+        """Queue a message for delivery.
+
+        `filters`, when the broker said which subscriptions matched (MQTT 5 subscription
+        identifiers), limits the delivery to the callbacks on those filters: a broker sends one
+        copy per matching subscription, and each copy is for its own subscription only.
+        """
         if self.queue is None:
             raise RuntimeError("dispatcher not started")
-        self.queue.put_nowait((message, after))
+        self.queue.put_nowait((message, after, filters))
 
     def defer_ack(self) -> Ack:
         """Postpone the acknowledgement of the message being delivered (see `Bus.defer_ack`)."""
@@ -187,13 +270,12 @@ class Dispatcher:
     async def _run(self) -> None:
         assert self.queue is not None
         while True:
-            message, after = await self.queue.get()
+            item = await self.queue.get()
+            message, after, _ = item
             try:
-                matched = [
-                    s for s in self.subscriptions if filter_matches(s.topic_filter, message.topic)
-                ]
+                matched = [s for s in self.subscriptions if _targets(s.topic_filter, item)]
                 if not matched:
-                    self._hold(message, after)
+                    self._hold(item)
                     continue
                 delivery = self.current = _Delivery(after)
                 try:
@@ -208,9 +290,70 @@ class Dispatcher:
             finally:
                 self.queue.task_done()
 
-    def _hold(self, message: RawMessage, after: Callable[[], None] | None) -> None:
+    def _hold(self, item: _Queued) -> None:
         if len(self.unmatched) >= self.max_unmatched:
-            dropped, _ = self.unmatched.pop(0)  # unacknowledged: the broker sends it again later
+            dropped = self.unmatched.pop(0)[0]  # unacknowledged: the broker sends it again later
             log.warning("more than %d messages without a subscription; released %s unacknowledged",
                         self.max_unmatched, dropped.topic)  # fmt: skip
-        self.unmatched.append((message, after))
+        self.unmatched.append(item)
+
+
+_Queued = tuple[RawMessage, Callable[[], None] | None, frozenset[str] | None]
+
+
+def _targets(topic_filter: str, item: _Queued) -> bool:
+    message, _, filters = item
+    if filters is not None:
+        return topic_filter in filters
+    return filter_matches(topic_filter, message.topic)
+
+
+@dataclass
+class ConnectHooks:
+    """The connect listeners of one bus, each run as a task on the event loop."""
+
+    listeners: list[ConnectListener] = field(default_factory=list)
+    running: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def add(self, listener: ConnectListener) -> None:
+        self.listeners.append(listener)
+
+    def fire(self, connection: int) -> None:
+        """Start every listener for the n-th connection (call on the event loop thread)."""
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            task = loop.create_task(_logged(listener, connection), name="bus-on-connect")
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def stop(self) -> None:
+        for task in list(self.running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _logged(listener: ConnectListener, connection: int) -> None:
+    try:
+        await listener(connection)
+    except Exception:  # a listener's failure must not take the bus down
+        log.exception("connect listener failed (connection %d)", connection)
+
+
+def subscription_id(topic_filter: str) -> int:
+    """The MQTT 5 subscription identifier of a filter: the same in every process and session.
+
+    Derived from the filter, so messages a persistent session queued under an earlier process's
+    subscription still name the right filter after a restart.
+    """
+    return zlib.crc32(topic_filter.encode()) % 268_435_455 + 1
+
+
+def targets(ids: list[int] | None, known: dict[int, str], topic: str) -> frozenset[str] | None:
+    """The filters a delivered copy is for (its subscription identifiers), None when unknown."""
+    if not ids:
+        return None
+    found = frozenset(
+        known[i] for i in ids if i in known and filter_matches(known[i], topic)
+    )
+    return found or None
