@@ -113,7 +113,7 @@ def harness(request: pytest.FixtureRequest, topic_root: str) -> Iterator[Harness
 
 
 @pytest.fixture(params=["paho", "gmqtt"])
-def mqtt_harness(request: pytest.FixtureRequest, topic_root: str) -> Iterator[MqttHarness]:
+def mqtt_harness(request: pytest.FixtureRequest, topic_root: str) -> MqttHarness:
     """The two buses on a real broker only (features an in-memory broker does not model)."""
     server: MosquittoServer = request.getfixturevalue("restartable_broker")
-    yield MqttHarness(topic_root, server, request.param)
+    return MqttHarness(topic_root, server, request.param)

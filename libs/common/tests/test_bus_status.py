@@ -135,7 +135,8 @@ async def test_status_after_a_broker_restart_orders_after_the_previous_will(
         message="online retained again",
     )  # fmt: skip
     newest = retained.items[-1]
-    assert newest.seq is not None and newest.seq >> 32 == 2  # numbered on the second connection
+    assert newest.seq is not None
+    assert newest.seq >> 32 == 2  # numbered on the second connection
     will_of_first = (1 << 32) | 0xFFFFFFFF
     assert newest.order_key() > (service.incarnation, will_of_first)
     await late.close()

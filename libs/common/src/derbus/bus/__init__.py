@@ -26,6 +26,7 @@ def make_bus(
     *,
     site_id: str | None = None,
     manual_ack: bool = False,
+    client_id: str | None = None,
 ) -> GmqttBus | MqttBus:
     """The bus a service runs on: `settings.client` picks gmqtt (default) or paho.
 
@@ -34,8 +35,9 @@ def make_bus(
         service: service name, part of the derived client id.
         site_id: the site this instance looks after (part of the derived client id).
         manual_ack: acknowledge QoS 1 deliveries only after the handlers ran.
+        client_id: a fixed id instead of the derived one (`settings.client_id` wins over both).
     """
-    client_id = settings.derived_client_id(service, site_id)
+    client_id = settings.client_id or client_id or settings.derived_client_id(service, site_id)
     if settings.client == "paho":
         return MqttBus(settings, client_id=client_id, manual_ack=manual_ack)
     return GmqttBus(settings, client_id=client_id, manual_ack=manual_ack)

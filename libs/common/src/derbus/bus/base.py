@@ -353,7 +353,5 @@ def targets(ids: list[int] | None, known: dict[int, str], topic: str) -> frozens
     """The filters a delivered copy is for (its subscription identifiers), None when unknown."""
     if not ids:
         return None
-    found = frozenset(
-        known[i] for i in ids if i in known and filter_matches(known[i], topic)
-    )
+    found = frozenset(known[i] for i in ids if i in known and filter_matches(known[i], topic))
     return found or None

@@ -121,6 +121,7 @@ class GmqttBus:
         self._closing = False
         self._generation = 0
         self._reconnector: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- state --------------------------------------------------------------------------------
@@ -229,9 +230,12 @@ class GmqttBus:
         try:
             client._connection = await asyncio.wait_for(
                 client._create_connection(
-                    host, port, ssl=client._ssl, clean_session=not self._persistent,
+                    host,
+                    port,
+                    ssl=client._ssl,
+                    clean_session=not self._persistent,
                     keepalive=s.keepalive_s,
-                ),  # fmt: skip
+                ),
                 _ATTEMPT_TIMEOUT_S,
             )
         except (OSError, TimeoutError, ssl.SSLError) as err:
@@ -396,7 +400,9 @@ class GmqttBus:
                 "broker has no session for %s: sending %d unacknowledged messages again",
                 self.client_id or "(clean session)", len(self._storage),
             )  # fmt: skip
-            asyncio.ensure_future(client._resend_qos_messages())
+            task = asyncio.ensure_future(client._resend_qos_messages())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _on_acked(self) -> None:
         if self._pending:
