@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # uv on PATH, else the uv module of this python (installed by `make venv` when missing)
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
+APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll nats-server
 export UV_LINK_MODE := copy
 
 .PHONY: help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
@@ -11,13 +11,14 @@ export UV_LINK_MODE := copy
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when missing (Debian)
+system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll, nats-server when missing (Debian)
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || missing="$$missing victoria-metrics"; \
 	command -v mbpoll >/dev/null || missing="$$missing mbpoll"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -328,6 +328,7 @@ class GmqttBus:
         self._up = False
         await self._hooks.stop()
         await self._dispatcher.stop()
+        await asyncio.sleep(0)  # let gmqtt's connection-lost callbacks finish before the loop ends
 
     async def abort(self) -> None:
         """Drop the connection without DISCONNECT, as a crash would: the broker sends the will."""
@@ -339,6 +340,7 @@ class GmqttBus:
         self._up = False
         await self._hooks.stop()
         await self._dispatcher.stop()
+        await asyncio.sleep(0)
 
     # --- gmqtt callbacks (event loop) ----------------------------------------------------------
     def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:

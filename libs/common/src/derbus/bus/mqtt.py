@@ -229,10 +229,9 @@ class MqttBus:
             return
         self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
         host, port = self._endpoints[self._endpoint_index]
-        try:
-            client.host, client.port = host, port
-        except RuntimeError:
-            log.debug("paho still holds its socket; failover to %s:%s later", host, port)
+        # paho's `host` setter refuses while its state says "connection lost", which is exactly
+        # when its own reconnect is about to use `_host`/`_port`: set those.
+        client._host, client._port = host, port
 
     async def close(self) -> None:
         client = self._client
