@@ -370,7 +370,7 @@ class NatsCluster:
                         free_port(),
                         free_port(),
                         self.base_dir / f"n{i + 1}",
-                    )  # fmt: skip
+                    )
                 )
         for node in self.nodes:
             self.start_node(node, wait=False)
@@ -407,7 +407,7 @@ class NatsCluster:
                 data=node.data_dir,
                 routes=routes,
                 replicas=min(3, len(self.nodes)),
-            )  # fmt: skip
+            )
         )
         node.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-l", str(self.base_dir / f"{node.name}.log")],
