@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Harness(Protocol):
     def stop_broker(self) -> None: ...
     def start_broker(self) -> None: ...
     async def let_time_pass(self, seconds: float) -> None: ...
+    def clock(self) -> float: ...
 
 
 @dataclass
@@ -61,6 +63,9 @@ class MemoryHarness:
     async def let_time_pass(self, seconds: float) -> None:
         """The in-memory broker's clock is injected: move it."""
         self.now_s += seconds
+
+    def clock(self) -> float:
+        return self.now_s
 
 
 @dataclass
@@ -101,6 +106,9 @@ class MqttHarness:
     async def let_time_pass(self, seconds: float) -> None:
         """A real broker's clock cannot be injected: message expiry needs the time to pass."""
         await asyncio.sleep(seconds)
+
+    def clock(self) -> float:
+        return time.monotonic()
 
 
 @pytest.fixture(params=["memory", "paho", "gmqtt"])

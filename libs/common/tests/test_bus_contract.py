@@ -10,7 +10,8 @@ from typing import Any as MqttHarness
 import pytest
 
 from derbus import topics
-from derbus.bus import Bus, RawMessage, Will
+from derbus.bus import Bus, Outcomes, RawMessage, Will
+from derbus.messages import utcnow
 from derbus.testing import wait_for
 
 
@@ -206,15 +207,21 @@ async def test_message_expiry_delivers_the_live_command_and_drops_the_stale_one(
     sender = harness.client()
     await sender.connect()
     answers = Inbox()
+    outcomes = Outcomes(clock=harness.clock)
+
+    async def on_answer(message: RawMessage) -> None:
+        answers.items.append(message)
+        outcomes.answer(message.correlation_data)
+
     reply_to = topics.SETPOINT_ACK.topic("s1", "bat", harness.root)
-    await sender.subscribe(reply_to, 1, answers)
+    await sender.subscribe(reply_to, 1, on_answer)
     topic = topics.SETPOINT.topic("s1", "bat", harness.root)
-    await sender.publish(
-        topic, b"stale", qos=1, expiry_s=1, response_topic=reply_to, correlation_data=b"c-1"
-    )
-    await sender.publish(
-        topic, b"live", qos=1, expiry_s=600, response_topic=reply_to, correlation_data=b"c-2"
-    )
+    for payload, ttl_s, correlation in ((b"stale", 1, b"c-1"), (b"live", 600, b"c-2")):
+        await sender.publish(
+            topic, payload, qos=1, expiry_s=ttl_s, response_topic=reply_to,
+            correlation_data=correlation,
+        )  # fmt: skip
+        outcomes.sent(correlation, ttl_s)
     await wait_for(lambda: sender.stats.queued == 0, 15, message="the broker took both")
     await harness.let_time_pass(2.5)
 
@@ -235,8 +242,39 @@ async def test_message_expiry_delivers_the_live_command_and_drops_the_stale_one(
     assert inbox.items[0].expiry_s is not None
     assert 0 < inbox.items[0].expiry_s <= 600
     assert answers.items[0].correlation_data == b"c-2"
+    assert outcomes.expire() == [b"c-1"]  # the sender learns which expired
+    assert (outcomes.answered, outcomes.pending) == ([b"c-2"], {})
     await back.close()
     await sender.close()
+
+
+async def test_a_service_publishes_setpoints_with_their_ttl_as_message_expiry(
+    harness: Harness,
+) -> None:
+    from derbus.messages import SetpointCommand
+    from derbus.service import Service
+    from derbus.settings import MqttSettings
+    from derbus.testing.example import EchoSettings
+
+    bus = harness.client()
+    service = Service("sender", EchoSettings(mqtt=MqttSettings(root=harness.root)), bus)
+    receiver = harness.client()
+    inbox = Inbox()
+    await bus.connect()
+    await receiver.connect()
+    await receiver.subscribe(topics.SETPOINT.filter(root=harness.root), 1, inbox)
+    command = SetpointCommand(
+        ts=utcnow(), source="test", target="battery_p_kw", value=-3.0, unit="kW", ttl_s=29.5
+    )
+    await service.publish(topics.SETPOINT, command, site_id="s1", device_id="bat")
+    await wait_for(lambda: len(inbox.items) == 1, 10, message="the setpoint")
+    got = inbox.items[0]
+    assert got.expiry_s is not None
+    assert 0 < got.expiry_s <= 30
+    assert got.response_topic == topics.SETPOINT_ACK.topic("s1", "bat", harness.root)
+    assert got.correlation_data == command.setpoint_id.encode()
+    await receiver.close()
+    await bus.close()
 
 
 async def test_shared_subscription_splits_the_messages(harness: Harness) -> None:

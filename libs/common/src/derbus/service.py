@@ -14,6 +14,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ from typing_extensions import TypeVar as DefaultTypeVar
 from derbus import topics
 from derbus.bus.base import Ack, Bus, BusStats, RawMessage, Will
 from derbus.errors import ConfigError
-from derbus.messages import DeadLetter, Message, ServiceState, ServiceStatus, utcnow
+from derbus.messages import (
+    DeadLetter,
+    Message,
+    ServiceState,
+    ServiceStatus,
+    SetpointCommand,
+    utcnow,
+)
 from derbus.messages.status import WILL_SEQ_LOW
 from derbus.settings import ServiceSettings, describe_validation_error
 from derbus.topics import PLATFORM_SITE, TopicIds, TopicSpec
@@ -422,7 +430,17 @@ class Service(Generic[S, St]):
                 f"{spec.key} carries {spec.model.__name__}, not {type(message).__name__}"
             )
         topic = spec.topic(site_id, device_id, root=self.root)
-        await self.bus.publish(topic, message.to_json_bytes(), qos=spec.qos, retain=spec.retain)
+        expiry_s, reply_to, correlation = None, None, None
+        if isinstance(message, SetpointCommand):
+            # MQTT 5: the broker drops a setpoint its receiver could not get within its TTL, and
+            # tells an MQTT 5 receiver where the acknowledgement goes and with what id.
+            expiry_s = max(1, math.ceil(message.ttl_s))
+            reply_to = topics.SETPOINT_ACK.topic(site_id, device_id, root=self.root)
+            correlation = message.setpoint_id.encode()
+        await self.bus.publish(
+            topic, message.to_json_bytes(), qos=spec.qos, retain=spec.retain, expiry_s=expiry_s,
+            response_topic=reply_to, correlation_data=correlation,
+        )  # fmt: skip
         self.metrics.messages_out.labels(topic=spec.key).inc()
         self.published_specs.add(spec.key)
 

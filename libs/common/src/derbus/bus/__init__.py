@@ -17,6 +17,7 @@ from derbus.bus.base import (
 from derbus.bus.gmqtt_bus import GmqttBus
 from derbus.bus.memory import InMemoryBroker, InMemoryBus
 from derbus.bus.mqtt import MqttBus
+from derbus.bus.outcomes import Outcomes
 from derbus.settings import MqttSettings
 
 
@@ -52,6 +53,7 @@ __all__ = [
     "InMemoryBus",
     "MessageCallback",
     "MqttBus",
+    "Outcomes",
     "RawMessage",
     "Will",
     "filter_matches",

@@ -349,9 +349,18 @@ def subscription_id(topic_filter: str) -> int:
     return zlib.crc32(topic_filter.encode()) % 268_435_455 + 1
 
 
-def targets(ids: list[int] | None, known: dict[int, str], topic: str) -> frozenset[str] | None:
-    """The filters a delivered copy is for (its subscription identifiers), None when unknown."""
+def targets(ids: list[int] | None, known: dict[int, frozenset[str]]) -> frozenset[str] | None:
+    """The filters a delivered copy is for (its subscription identifiers), None when unknown.
+
+    `known` maps each identifier of this client to its filter (as a one-element set). An
+    identifier it does not know (a session resumed before the subscriptions were made again)
+    makes the copy go by topic matching instead.
+    """
     if not ids:
         return None
-    found = frozenset(known[i] for i in ids if i in known and filter_matches(known[i], topic))
-    return found or None
+    if len(ids) == 1:
+        return known.get(ids[0])
+    found = [known.get(i) for i in ids]
+    if any(f is None for f in found):
+        return None
+    return frozenset().union(*(f for f in found if f is not None))

@@ -113,7 +113,7 @@ class GmqttBus:
         self._window = 1
         self._space = asyncio.Event()
         self._subs: dict[str, gmqtt.Subscription] = {}
-        self._sub_ids: dict[int, str] = {}  # MQTT 5 subscription identifier → filter
+        self._sub_ids: dict[int, frozenset[str]] = {}  # MQTT 5 subscription identifier → filter
         self._acked: set[str] = set()
         self._suback_waiters: dict[int, tuple[str, asyncio.Future[None]]] = {}
         self._will: Will | None = None
@@ -376,7 +376,7 @@ class GmqttBus:
     def _on_message(
         self, client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> None:
-        found = targets(properties.get("subscription_identifier"), self._sub_ids, topic)
+        found = targets(properties.get("subscription_identifier"), self._sub_ids)
         self._dispatcher.put(_raw(topic, payload, qos, properties), None, found)
 
     def _on_qos1_manual(
@@ -392,7 +392,7 @@ class GmqttBus:
             if handler is not None and self._up and self._generation == generation:
                 handler._send_puback(mid)
 
-        found = targets(properties.get("subscription_identifier"), self._sub_ids, topic)
+        found = targets(properties.get("subscription_identifier"), self._sub_ids)
         self._dispatcher.put(_raw(topic, payload, 1, properties), after, found)
 
     def _resend_after_clean_session(self) -> None:
@@ -429,7 +429,7 @@ class GmqttBus:
             sub = gmqtt.Subscription(topic_filter, qos=qos, subscription_identifier=sub_id)
             self._subs[topic_filter] = sub
             if sub_id is not None:
-                self._sub_ids[sub_id] = topic_filter
+                self._sub_ids[sub_id] = frozenset((topic_filter,))
         fut = self._send_subscribe(topic_filter, sub)
         if fut is not None:
             try:

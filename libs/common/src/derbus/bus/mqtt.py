@@ -82,7 +82,7 @@ class MqttBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[str, int] = {}
         self._sub_ids: dict[str, int] = {}  # MQTT 5 subscription identifier of each filter
-        self._id_filters: dict[int, str] = {}
+        self._id_filters: dict[int, frozenset[str]] = {}
         self._pending_subacks: dict[int, asyncio.Future[None]] = {}
         self._acked: set[str] = set()
         self._lock = threading.Lock()
@@ -273,7 +273,7 @@ class MqttBus:
             if self._v5 and topic_filter not in self._sub_ids:
                 sub_id = subscription_id(topic_filter)
                 self._sub_ids[topic_filter] = sub_id
-                self._id_filters[sub_id] = topic_filter
+                self._id_filters[sub_id] = frozenset((topic_filter,))
         fut = self._send_subscribe(topic_filter, qos)
         if fut is not None:
             try:
@@ -458,7 +458,7 @@ class MqttBus:
                 if current:
                     client.ack(mid, qos)
 
-        found = targets(getattr(props, "SubscriptionIdentifier", None), self._id_filters, msg.topic)
+        found = targets(getattr(props, "SubscriptionIdentifier", None), self._id_filters)
         self._call(self._dispatcher.put, raw, after, found)
 
 
