@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -190,7 +191,6 @@ class _Delivery:
             self.after()
 
 
-@dataclass
 class Dispatcher:
     """Delivers received messages, in arrival order, to every matching subscription callback.
 
@@ -201,27 +201,43 @@ class Dispatcher:
     A message no local subscription matches yet is held, not acknowledged, and delivered when a
     matching subscription is added: a persistent session resumes with the messages queued for it
     right at CONNECT, before the service has registered its handlers again.
+
+    A deque and one wake-up event instead of an `asyncio.Queue`: this runs for every message.
     """
 
-    subscriptions: list[_Subscription] = field(default_factory=list)
-    queue: asyncio.Queue[_Queued] | None = None
-    task: asyncio.Task[None] | None = None
-    unmatched: list[_Queued] = field(default_factory=list)
-    max_unmatched: int = 100_000
-    current: _Delivery | None = None
+    def __init__(self, max_unmatched: int = 100_000) -> None:
+        self.subscriptions: list[_Subscription] = []
+        self.unmatched: list[_Queued] = []
+        self.max_unmatched = max_unmatched
+        self.current: _Delivery | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._items: collections.deque[_Queued] = collections.deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending = 0  # put and not yet handled (or held)
+        self._after: Ack | None = None
+        self._delivering = False
+        self._matches: dict[tuple[str, frozenset[str] | None], list[_Subscription]] = {}
 
     def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
         self.subscriptions.append(_Subscription(topic_filter, qos, callback))
+        self._matches.clear()
         held, self.unmatched = self.unmatched, []
         for item in held:
-            if _targets(topic_filter, item) and self.queue is not None:
-                self.queue.put_nowait(item)
+            if _targets(topic_filter, item) and self.task is not None:
+                self._push(item)
             else:
                 self.unmatched.append(item)
 
     def start(self) -> None:
         if self.task is None:
-            self.queue = asyncio.Queue()
+            # events of the running loop (a bus may be connected again in another loop)
+            self._wake, self._idle = asyncio.Event(), asyncio.Event()
+            if self._items:
+                self._wake.set()
+            if not self._pending:
+                self._idle.set()
             self.task = asyncio.get_running_loop().create_task(self._run(), name="bus-dispatch")
 
     async def stop(self) -> None:
@@ -243,15 +259,29 @@ class Dispatcher:
         identifiers), limits the delivery to the callbacks on those filters: a broker sends one
         copy per matching subscription, and each copy is for its own subscription only.
         """
-        if self.queue is None:
+        if self.task is None:
             raise RuntimeError("dispatcher not started")
-        self.queue.put_nowait((message, after, filters))
+        self._push((message, after, filters))
+
+    def _push(self, item: _Queued) -> None:
+        self._items.append(item)
+        self._pending += 1
+        if self._pending == 1:
+            self._idle.clear()
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting to be handled."""
+        return self._pending == 0
 
     def defer_ack(self) -> Ack:
         """Postpone the acknowledgement of the message being delivered (see `Bus.defer_ack`)."""
+        if not self._delivering:
+            raise RuntimeError("defer_ack called outside a subscription callback")
         delivery = self.current
         if delivery is None:
-            raise RuntimeError("defer_ack called outside a subscription callback")
+            delivery = self.current = _Delivery(self._after)
         delivery.holds += 1
         released = False
 
@@ -264,20 +294,35 @@ class Dispatcher:
         return ack
 
     async def join(self, timeout_s: float) -> None:
-        if self.queue is not None:
-            await asyncio.wait_for(self.queue.join(), timeout_s)
+        if self._pending:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    def _matched(self, item: _Queued) -> list[_Subscription]:
+        key = (item[0].topic, item[2])
+        found = self._matches.get(key)
+        if found is None:
+            if len(self._matches) > 65_536:
+                self._matches.clear()
+            found = self._matches[key] = [
+                s for s in self.subscriptions if _targets(s.topic_filter, item)
+            ]
+        return found
 
     async def _run(self) -> None:
-        assert self.queue is not None
+        items = self._items
         while True:
-            item = await self.queue.get()
+            if not items:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = items.popleft()
             message, after, _ = item
             try:
-                matched = [s for s in self.subscriptions if _targets(s.topic_filter, item)]
+                matched = self._matched(item)
                 if not matched:
                     self._hold(item)
                     continue
-                delivery = self.current = _Delivery(after)
+                self.current, self._after, self._delivering = None, after, True
                 try:
                     for sub in matched:
                         try:
@@ -285,10 +330,15 @@ class Dispatcher:
                         except Exception:  # the bus never dies of a callback
                             log.exception("bus callback failed on %s", message.topic)
                 finally:
-                    self.current = None
-                delivery.release()
+                    delivery, self.current, self._delivering = self.current, None, False
+                if delivery is not None:
+                    delivery.release()
+                elif after is not None:
+                    after()
             finally:
-                self.queue.task_done()
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
 
     def _hold(self, item: _Queued) -> None:
         if len(self.unmatched) >= self.max_unmatched:

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import logging
 import ssl
+import time
 from typing import Any
 
 import gmqtt
@@ -63,6 +64,34 @@ class _Storage(PersistentStorage):  # type: ignore[misc]
 
     def __bool__(self) -> bool:
         return True  # gmqtt takes `persistent_storage or PersistentStorage()`: never falsy
+
+
+class _Corked:
+    """The packets of one connection, gathered and written once per event-loop iteration.
+
+    gmqtt writes each packet (every PUBLISH, every PUBACK) to the socket at once: one `send`
+    system call per packet, most of the time of a busy client. Gathered, a burst goes out in a
+    few calls; a lone message still leaves in the same loop iteration.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.buffer: list[bytes] = []
+        self.loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        connection = self.protocol._connection
+        if connection is not None:
+            connection._last_data_out = time.monotonic()  # gmqtt's keepalive reads it
+        if not self.buffer:
+            self.loop.call_soon(self.flush)
+        self.buffer.append(data)
+
+    def flush(self) -> None:
+        buffer, self.buffer = self.buffer, []
+        transport = self.protocol._transport
+        if buffer and transport is not None and not transport.is_closing():
+            transport.write(b"".join(buffer))
 
 
 class _Client(gmqtt.Client):  # type: ignore[misc]
@@ -112,6 +141,7 @@ class GmqttBus:
         self._pending: collections.deque[gmqtt.Message] = collections.deque()
         self._window = 1
         self._space = asyncio.Event()
+        self._waiting = False  # a publish waits for space (back-pressure)
         self._subs: dict[str, gmqtt.Subscription] = {}
         self._sub_ids: dict[int, frozenset[str]] = {}  # MQTT 5 subscription identifier → filter
         self._acked: set[str] = set()
@@ -122,6 +152,7 @@ class GmqttBus:
         self._generation = 0
         self._reconnector: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
+        self._cork: _Corked | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- state --------------------------------------------------------------------------------
@@ -240,6 +271,9 @@ class GmqttBus:
             )
         except (OSError, TimeoutError, ssl.SSLError) as err:
             return f"{host}:{port}: {err or type(err).__name__}"
+        protocol = client._connection._protocol
+        self._cork = _Corked(protocol)
+        protocol.write_data = self._cork.write
         client._will_message = self._will_message(self._stats.connections + 1)
         await client._connection.auth(
             client._client_id, client._username, client._password,
@@ -323,8 +357,15 @@ class GmqttBus:
         client = self._client
         if client is not None and client._connection is not None:
             client._is_active = False
+            client._connack_received.clear()
+            client._connection_lost.set()
+            connection = client._connection
+            if not connection.is_closing():
+                connection.send_disconnect()
+            if self._cork is not None:
+                self._cork.flush()  # what is gathered (the DISCONNECT last) before the socket closes
             with contextlib.suppress(OSError, ConnectionError):
-                await client._disconnect()
+                await connection.close()
         self._up = False
         await self._hooks.stop()
         await self._dispatcher.stop()
@@ -406,10 +447,10 @@ class GmqttBus:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _on_acked(self) -> None:
+    def _on_acked(self) -> None:  # on every PUBACK: keep it short
         if self._pending:
             self._flush()
-        if self.outstanding < self._stats.queue_limit:
+        if self._waiting and len(self._storage) + len(self._pending) < self._stats.queue_limit:
             self._space.set()
 
     def _flush(self) -> None:
@@ -465,20 +506,29 @@ class GmqttBus:
         if qos == 0 and not self._up:
             self._stats.dropped_qos0 += 1
             return
-        if qos > 0 and self.outstanding >= self._stats.queue_limit:
+        limit = self._stats.queue_limit
+        if qos > 0 and len(self._storage) + len(self._pending) >= limit:
             self._stats.publish_waits += 1
-            while self.outstanding >= self._stats.queue_limit:
-                self._space.clear()
-                await self._space.wait()
-        props: dict[str, Any] = {}
-        if self._v5:
+            self._waiting = True
+            try:
+                while len(self._storage) + len(self._pending) >= limit:
+                    self._space.clear()
+                    await self._space.wait()
+            finally:
+                self._waiting = False
+        if self._v5 and (
+            expiry_s is not None or response_topic is not None or correlation_data is not None
+        ):
+            props: dict[str, Any] = {}
             if expiry_s is not None:
                 props["message_expiry_interval"] = max(1, int(expiry_s))
             if response_topic is not None:
                 props["response_topic"] = response_topic
             if correlation_data is not None:
                 props["correlation_data"] = correlation_data
-        message = gmqtt.Message(topic, payload, qos=qos, retain=retain, **props)
+            message = gmqtt.Message(topic, payload, qos=qos, retain=retain, **props)
+        else:
+            message = gmqtt.Message(topic, payload, qos=qos, retain=retain)
         if qos == 0 or (self._up and not self._pending and len(self._storage) < self._window):
             client.publish(message)
         else:

@@ -331,5 +331,4 @@ class InMemoryBus:
                 return
 
     def _idle(self) -> bool:
-        q = self._dispatcher.queue
-        return q is None or q.empty()
+        return self._dispatcher.idle
