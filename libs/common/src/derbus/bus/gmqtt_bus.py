@@ -131,6 +131,9 @@ class GmqttBus:
         self._persistent = bool(self.client_id) and settings.persistent_session
         self._v5 = settings.protocol == "5"
         self._manual_ack = manual_ack
+        gmqtt_log = logging.getLogger("gmqtt")
+        if gmqtt_log.level == logging.NOTSET:
+            gmqtt_log.setLevel(logging.WARNING)  # it logs every SUBSCRIBE and connection at INFO
         self._endpoints = settings.endpoints()
         self._endpoint_index = 0
         self._dispatcher = Dispatcher()
@@ -301,7 +304,8 @@ class GmqttBus:
         if connack not in done or not self._up:
             with contextlib.suppress(OSError):
                 await client._connection.close()
-            return f"{host}:{port}: no CONNACK"
+            hint = " (a broker without MQTT 5 needs MQTT_PROTOCOL=3.1.1)" if self._v5 else ""
+            return f"{host}:{port}: no CONNACK{hint}"
         return None
 
     def _will_message(self, connection: int) -> gmqtt.Message | None:

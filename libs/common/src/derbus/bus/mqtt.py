@@ -199,7 +199,9 @@ class MqttBus:
         except TimeoutError as err:
             client.loop_stop()
             await self._dispatcher.stop()
-            raise BusError(f"no CONNACK from {self._endpoint_names()}") from err
+            raise BusError(
+                f"no CONNACK from {self._endpoint_names()}{_PROTOCOL_HINT if self._v5 else ''}"
+            ) from err
         if self._refused is not None:
             # A refused CONNACK (bad credentials, not authorised) fails fast instead of retrying.
             client.loop_stop()
@@ -460,6 +462,9 @@ class MqttBus:
 
         found = targets(getattr(props, "SubscriptionIdentifier", None), self._id_filters)
         self._call(self._dispatcher.put, raw, after, found)
+
+
+_PROTOCOL_HINT = " (a broker without MQTT 5, e.g. amqtt or NATS, needs MQTT_PROTOCOL=3.1.1)"
 
 
 def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:
