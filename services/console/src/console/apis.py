@@ -40,6 +40,7 @@ class Apis:
         self.urls = urls
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll is noise
 
     async def open(self) -> None:
         """Create the connection pool."""

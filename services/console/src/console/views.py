@@ -6,6 +6,7 @@ Signs follow derbus (load-referenced): net load and grid power > 0 import, < 0 e
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -15,7 +16,6 @@ from typing import Any, Literal
 
 from derbus.messages import TimeSeries
 from derbus.tariff import Tariff
-import itertools
 
 EPS_KW = 0.05
 """Battery or grid power below this (kW) counts as idle / balanced."""

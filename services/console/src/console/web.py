@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import uuid
@@ -42,6 +43,27 @@ DEFAULT_DEVICE = {"battery_p_kw": "battery", "pv_limit_kw": "pv", "pv_limit_pct"
 PAGES = (("fleet", "Fleet", "/fleet"), ("site", "Site", "/site"),
          ("decisions", "Decisions", "/decisions"), ("planner", "Neighbourhood planner", "/planner"),
          ("feeder", "Feeder", "/feeder"))  # fmt: skip
+
+
+def token_problem(
+    settings: Settings, request: Request, form: dict[str, str]
+) -> tuple[int, str] | None:
+    """Why a state-changing call is refused: (401, missing) or (403, wrong), None when allowed.
+
+    The token comes from the form's `token` field or an `Authorization: Bearer` header.
+    """
+    token = settings.api_token
+    if token is None:
+        return None
+    given = form.get("token", "")
+    header = request.headers.get("authorization", "")
+    if not given and header.lower().startswith("bearer "):
+        given = header[7:]
+    if not given:
+        return 401, "a token is required"
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        return 403, "wrong token"
+    return None
 
 
 def templates() -> Environment:
@@ -119,15 +141,8 @@ class Pages:
         )  # fmt: skip
 
     async def send_setpoint(self, site_id: str, form: dict[str, str]) -> HTMLResponse:
-        """Check the token, validate, publish; the form again with the sent id or the errors."""
+        """Validate and publish (token checked before); the form with the sent id or the errors."""
         errors: dict[str, str] = {}
-        token = self.service.settings.api_token
-        given = form.get("token", "")
-        if token is not None and not hmac.compare_digest(
-            given.encode(), token.get_secret_value().encode()
-        ):
-            errors["token"] = "a token is required" if not given else "wrong token"
-            return self.setpoint_form(site_id, 401 if not given else 403, form=form, errors=errors)
         device = form.get("device_id", "").strip()
         try:
             topics.validate_id("device_id", device)
@@ -229,6 +244,7 @@ class Pages:
         run.update(context.pop("run", {}))
         ctx = dict(
             s=planner.scenario_to_fields(scenario), errors=context.pop("errors", {}),
+            token=context.pop("token", ""),
             saved=planner.saved_names(self.scenario_dir), run=run,
             algorithms=(("milp", "MILP (optimal)"), ("greedy", "greedy"),
                         ("earliest", "earliest start")),
@@ -242,6 +258,7 @@ class Pages:
         """One editor action: add/remove, check, save or run; the editor again, errors placed."""
         action = form.get("action", "check")
         scenario, errors = planner.form_to_scenario(form)
+        render = functools.partial(self.planner, token=form.get("token", ""))
         known = planner.known_fields(form)
         run = {k: form.get(k, "") for k in planner.RUN_FIELDS}
         kind, _, arg = action.partition(":")
@@ -254,7 +271,7 @@ class Pages:
         elif kind == "remove":
             planner.remove(scenario, arg)
         if kind not in ("check", "save", "run") or errors:
-            return self.planner(scenario, 422 if errors else 200, errors=errors, run=run,
+            return render(scenario, 422 if errors else 200, errors=errors, run=run,
                                 fragment=True)  # fmt: skip
         try:
             if kind == "run":
@@ -266,26 +283,26 @@ class Pages:
                 rid = uuid.uuid4().hex[:12]
                 self.results_dir.mkdir(parents=True, exist_ok=True)
                 (self.results_dir / f"{rid}.json").write_text(json.dumps(results))
-                return self.planner(scenario, run=run, results=results, rid=rid,
+                return render(scenario, run=run, results=results, rid=rid,
                                     fragment=True)  # fmt: skip
             await self.apis.request("POST", "load_manager", "/planner/check", scenario)
             if kind == "save":
                 try:
                     planner.save(self.scenario_dir, str(scenario.get("name", "")), scenario)
                 except ValueError as err:
-                    return self.planner(scenario, 422, errors={"name": str(err)}, run=run,
+                    return render(scenario, 422, errors={"name": str(err)}, run=run,
                                         fragment=True)  # fmt: skip
-                return self.planner(scenario, run=run, notice=f"saved as {scenario['name']}",
+                return render(scenario, run=run, notice=f"saved as {scenario['name']}",
                                     fragment=True)  # fmt: skip
-            return self.planner(scenario, run=run, notice="the neighbourhood is valid",
+            return render(scenario, run=run, notice="the neighbourhood is valid",
                                 fragment=True)  # fmt: skip
         except UpstreamError as err:
             if err.status == 422:
                 errors = planner.field_errors(err.detail, known, strip=("scenario",))
                 run_errors = {k: v for k, v in errors.items() if k in planner.RUN_FIELDS}
-                return self.planner(scenario, 422, errors={**errors, **run_errors}, run=run,
+                return render(scenario, 422, errors={**errors, **run_errors}, run=run,
                                     fragment=True)  # fmt: skip
-            return self.planner(scenario, 502, errors={"form": str(err)}, run=run, fragment=True)
+            return render(scenario, 502, errors={"form": str(err)}, run=run, fragment=True)
 
     async def planner_import(self, files: dict[str, list[UploadFile]]) -> HTMLResponse:
         """Import CoSSMic files through the load manager; the editor with the scenario."""
@@ -421,9 +438,12 @@ def router(pages: Pages) -> APIRouter:
     @r.post("/sites/{site_id}/setpoints", response_class=HTMLResponse)
     async def setpoint(site_id: str, request: Request) -> HTMLResponse:
         """Send a setpoint (token required); the form again, its ack filled in as it arrives."""
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        refused = token_problem(pages.service.settings, request, form)
+        if refused is not None:
+            return pages.setpoint_form(site_id, refused[0], form=form, errors={"token": refused[1]})
         if site_id not in state.sites:
             raise HTTPException(status_code=404, detail=f"no site {site_id} seen on the bus")
-        form = {k: str(v) for k, v in (await request.form()).items()}
         return await pages.send_setpoint(site_id, form)
 
     @r.get("/decisions", include_in_schema=False)
@@ -459,12 +479,22 @@ def router(pages: Pages) -> APIRouter:
     async def planner_edit(request: Request) -> HTMLResponse:
         """Add/remove houses, devices and jobs; check, save or run the neighbourhood."""
         form = {k: str(v) for k, v in (await request.form()).items()}
+        refused = token_problem(pages.service.settings, request, form)
+        if refused is not None:
+            scenario, _ = planner.form_to_scenario(form)
+            return pages.planner(scenario, refused[0], errors={"token": refused[1]},
+                                 fragment=True, token=form.get("token", ""))  # fmt: skip
         return await pages.planner_action(form)
 
     @r.post("/planner/import", response_class=HTMLResponse)
     async def planner_import(request: Request) -> HTMLResponse:
         """Import CoSSMic files: neighbourhood XML, jobs CSV/XML, profiles, PV predictions."""
         form = await request.form()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        refused = token_problem(pages.service.settings, request, fields)
+        if refused is not None:
+            return pages.planner(planner.new_scenario(""), refused[0], fragment=True,
+                                 errors={"import_token": refused[1]})  # fmt: skip
         files: dict[str, list[UploadFile]] = {}
         for key, value in form.multi_items():
             if not isinstance(value, str):
