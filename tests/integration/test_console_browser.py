@@ -174,7 +174,11 @@ def check_page(driver: WebDriver, name: str, allowed: str | None = None) -> None
     assert errors_in_console(driver, allowed) == []
     assert serious_violations(driver) == []
     SHOTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1280, min(int(height) + 140, 4000))  # the whole page in one picture
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    driver.set_window_size(1280, 1000)
 
 
 def number(value: str) -> float | None:

@@ -186,12 +186,6 @@ def decide(
     )  # fmt: skip
 
 
-def _span(hours: list[Hour]) -> str:
-    if not hours:
-        return ""
-    return f"{hours[0].start:%H:%M}–{hours[-1].start + timedelta(hours=1):%H:%M}"
-
-
 def _summary(hours: list[Hour], with_battery: float, without: float, planned: bool) -> list[str]:
     stored = sum(h.battery_kw for h in hours if h.battery_kw > EPS_KW)
     used = -sum(h.battery_kw for h in hours if h.battery_kw < -EPS_KW)
@@ -203,10 +197,12 @@ def _summary(hours: list[Hour], with_battery: float, without: float, planned: bo
     elif stored > 0 or used > 0:
         charge = [h for h in hours if h.action == "store"]
         release = [h for h in hours if h.battery_kw < -EPS_KW]
-        lines.append(
-            f"The battery stores {stored:.1f} kWh (first {_span(charge[:1])}) and gives back "
-            f"{used:.1f} kWh (first {_span(release[:1])})."
-        )
+        parts = []
+        if charge:
+            parts.append(f"stores {stored:.1f} kWh (from {charge[0].start:%H:%M})")
+        if release:
+            parts.append(f"gives back {used:.1f} kWh (from {release[0].start:%H:%M})")
+        lines.append(f"The battery {' and '.join(parts)}.")
     else:
         lines.append("The plan keeps the battery idle for the next 24 hours.")
     expensive = max(hours, key=lambda h: h.price_per_kwh)
@@ -246,18 +242,19 @@ def series_columns(
 
 # --- feeder ---------------------------------------------------------------------------------------
 def voltage_colour(v_pu: float | None, low: float = V_LOW_PU, high: float = V_HIGH_PU) -> str:
-    """A colour for a voltage: blue below `low`, green at 1 pu, red above `high` (hex)."""
+    """A colour for a voltage: blue below `low`, green at 1 pu, yellow to orange towards `high`,
+    red above it, grey without a value (hex)."""
     if v_pu is None or not math.isfinite(v_pu):
         return "#9e9e9e"
     if v_pu > high:
         return "#c62828"
     if v_pu < low:
         return "#1565c0"
-    x = (v_pu - low) / (high - low)  # 0..1 across the band, 0.5 at 1 pu
-    stops = [(0.0, (0x42, 0x85, 0xF4)), (0.5, (0x2E, 0x7D, 0x32)), (1.0, (0xEF, 0x6C, 0x00))]
+    stops = [(low, (0x42, 0x85, 0xF4)), (1.0, (0x2E, 0x7D, 0x32)),
+             (1.0 + 0.6 * (high - 1.0), (0xF9, 0xA8, 0x25)), (high, (0xEF, 0x6C, 0x00))]  # fmt: skip
     for (xa, ca), (xb, cb) in itertools.pairwise(stops):
-        if x <= xb:
-            f = (x - xa) / (xb - xa)
+        if v_pu <= xb:
+            f = (v_pu - xa) / (xb - xa)
             r, g, b = (round(a + (c - a) * f) for a, c in zip(ca, cb, strict=True))
             return f"#{r:02x}{g:02x}{b:02x}"
     return "#ef6c00"
