@@ -9,7 +9,7 @@ CONSOLE := services/console
 CONSOLE_VENDOR := $(CONSOLE)/src/console/static/vendor
 export UV_LINK_MODE := copy
 
-.PHONY: console-assets help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
+.PHONY: console-assets console-docs help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -77,6 +77,9 @@ integration: deps  ## integration tests against real Mosquitto, PostgreSQL, Modb
 
 test: deps lint typecheck  ## install what is missing, lint, type-check, then every test
 	@$(UV) run --frozen --no-sync pytest -q
+
+console-docs: deps  ## run the console's browser tests, their screenshots into docs/console (docs/console.md)
+	@DERBUS_SCREENSHOTS=docs/console $(UV) run --frozen --no-sync pytest -q tests/integration/test_console_browser.py
 
 bench: deps  ## run the benchmarks (tables on stdout; see BENCHMARKS.md)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(UV) run --frozen --no-sync python $$b || exit 1; done

@@ -315,6 +315,10 @@ def test_a_two_house_neighbourhood_runs_twice(console: str, browser: WebDriver) 
         cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
         assert cells[-1] == "2", cells  # both jobs placed in each run
         assert cells[2].endswith("%"), cells
+        assert float(cells[3]) > 0, cells  # the jobs' energy is imported or covered by PV
+    starts = browser.find_elements(By.CSS_SELECTOR, "#starts-table tbody tr")
+    energy = [sum(float(c.text) for c in r.find_elements(By.TAG_NAME, "td")[-2:]) for r in starts]
+    assert energy == [pytest.approx(6.3 * 0.25, abs=0.011)] * 2  # the default profile, kWh
     until(browser, "one household's table",
           lambda d: "house-1 in every run" in d.find_element(By.ID, "house-results").text)  # fmt: skip
     link = browser.find_element(By.PARTIAL_LINK_TEXT, "Download CSV").get_attribute("href")

@@ -94,6 +94,9 @@ def form_to_scenario(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
         devices = [d for _, d in sorted(house.pop("devices", {}).items())]
         scenario["houses"].append({**house, "devices": devices})
     scenario["jobs"] = [j for _, j in sorted(tree.get("jobs", {}).items())]
+    for job in scenario["jobs"]:
+        if not job.get("profile_kw"):  # no own profile: the device's
+            job.pop("profile_kw", None)
     return scenario, errors
 
 

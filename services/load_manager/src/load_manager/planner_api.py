@@ -98,7 +98,10 @@ class PlannerJob(BaseModel):
     earliest_start: UtcDatetime
     latest_start: UtcDatetime
     profile_kw: list[Kw] | None = Field(
-        default=None, description="kW per `profile_step_s`; default: the device's profile"
+        default=None,
+        min_length=1,
+        max_length=2_000,
+        description="kW per `profile_step_s`; default: the device's profile",
     )
     profile_step_s: int = Field(default=900, gt=0, le=86_400)
 
