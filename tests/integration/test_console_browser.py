@@ -329,6 +329,32 @@ def test_a_two_house_neighbourhood_runs_twice(console: str, browser: WebDriver) 
     check_page(browser, "planner", allowed=r"status of 422")
 
 
+def test_cossmic_files_import_into_the_editor_and_save(console: str, browser: WebDriver) -> None:
+    examples = REPO / "services" / "load_manager" / "examples"
+    browser.get(f"{console}/planner")
+    old = browser.find_element(By.ID, "planner-editor")
+    form = browser.find_element(By.ID, "import-form")
+    form.find_element(By.NAME, "neighbourhood").send_keys(str(examples / "neighbourhood.xml"))
+    form.find_element(By.NAME, "jobs").send_keys(str(examples / "jobs.csv"))
+    profiles = "\n".join(str(p) for p in sorted((examples / "profiles").glob("*.csv")))
+    form.find_element(By.NAME, "profiles").send_keys(profiles)
+    form.find_element(By.NAME, "token").send_keys(TOKEN)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    until(browser, "the imported neighbourhood", lambda d: _stale(old))
+    assert text(browser, "planner-notice") == "imported demo-street"
+    legends = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "fieldset.house legend")]
+    assert legends == ["House 1: house-1", "House 2: house-2", "House 3: house-3"]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")) == 5
+    browser.find_element(By.ID, "f-token").send_keys(TOKEN)
+    old = browser.find_element(By.ID, "planner-editor")
+    browser.find_element(By.CSS_SELECTOR, "button[value=save]").click()
+    until(browser, "the save", lambda d: _stale(old))
+    assert text(browser, "planner-notice") == "saved as demo-street"
+    browser.get(f"{console}/planner?scenario=demo-street")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")) == 5
+    assert errors_in_console(browser) == []
+
+
 def _stale(element: Any) -> bool:
     try:
         element.is_enabled()
