@@ -103,3 +103,19 @@ def test_the_ieee123_drawing_fits_its_box() -> None:
     assert min(ys) >= 20
     assert max(ys) <= 580
     assert FeederDrawing.load("no-such-feeder") is None
+
+
+def test_dead_letters_are_read_from_a_services_metrics() -> None:
+    from console.apis import invalid_total
+
+    text = (
+        "# HELP derbus_messages_invalid_total Payloads that failed\n"
+        "# TYPE derbus_messages_invalid_total counter\n"
+        'derbus_messages_invalid_total{topic="telemetry.meter"} 3.0\n'
+        'derbus_messages_invalid_total{topic="control.set"} 2.0\n'
+        'derbus_messages_invalid_created{topic="control.set"} 1.7e9\n'
+        "# TYPE derbus_messages_in_total counter\n"
+        'derbus_messages_in_total{topic="telemetry.meter"} 40.0\n'
+    )
+    assert invalid_total(text) == 5.0
+    assert invalid_total("") == 0.0

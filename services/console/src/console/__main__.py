@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +52,11 @@ def run(
     """Serve the console (the default command)."""
     if ctx.invoked_subcommand is not None:
         return
+    vendor = Path(str(resources.files("console") / "static" / "vendor"))
+    if not (vendor / "htmx.min.js").is_file():
+        typer.echo(f"error: the browser assets are missing in {vendor}: run `make console-assets`",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2)
     settings = ensure_token(load_settings_or_exit(Settings, **given(api_port=api_port)))
     serve(build_service(settings, MqttBus(settings.mqtt)))
 
