@@ -419,7 +419,7 @@ def router(pages: Pages) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"no site {site_id} seen on the bus")
         form = bytes(pages.setpoint_form(site_id).body).decode()
         return pages.render("site.html", "site", site_id=site_id, v=view.values(),
-                            log=list(view.log)[:50], form=form, limits=pages.limits(),
+                            log=list(view.log)[:30], form=form, limits=pages.limits(),
                             month_peak_kw=view.month_peak_kw)  # fmt: skip
 
     @r.get("/api/sites/{site_id}/history")

@@ -220,7 +220,7 @@
           body.insertBefore(logRow(e), body.firstChild);
           if (e.kind === "ack") acks[e.setpoint_id] = e;
         }
-        while (body.children.length > 100) body.removeChild(body.lastChild);
+        while (body.children.length > 30) body.removeChild(body.lastChild);
         fillAcks();
       }
       if (ev.plans_changed) loadPlans();
