@@ -88,15 +88,23 @@ async def test_out_of_range_and_foreign_setpoints(clock: Any) -> None:
     ack = recs["ack"].values[0]
     assert ack.status == "rejected"
     assert "outside the allowed range" in (ack.reason or "")
-    # a site this simulator does not run, and a device without setpoints: no ack at all
+    # a site this simulator does not run: left to its receiver, no ack at all
     await probe.publish(topics.SETPOINT.topic("other", "battery", ROOT), command(1.0, 60, clock))
+    # a device of its site that takes no setpoints: rejected as unknown
     await probe.publish(topics.SETPOINT.topic("site-1", "pcc", ROOT), command(1.0, 60, clock))
     await probe.publish(
         topics.SETPOINT.topic("site-1", "load1", ROOT),
         command(1.0, 60, clock, target="load_on", unit="bool"),
     )
-    await wait_for(lambda: len(recs["ack"].values) == 2, 5)
-    assert recs["ack"].messages[1][0] == topics.SETPOINT_ACK.topic("site-1", "load1", ROOT)
+    await wait_for(lambda: len(recs["ack"].values) == 3, 5)
+    assert [t for t, _ in recs["ack"].messages[1:]] == [
+        topics.SETPOINT_ACK.topic("site-1", "pcc", ROOT),
+        topics.SETPOINT_ACK.topic("site-1", "load1", ROOT),
+    ]
+    unknown = recs["ack"].values[1]
+    assert unknown.status == "rejected"
+    assert (unknown.reason or "").startswith("unknown device 'pcc'")
+    assert recs["ack"].values[2].status == "accepted"
     await wait_for(
         lambda: any(t.endswith("/load1/load") and m.on for t, m in recs["load"].messages), 5
     )
