@@ -370,7 +370,19 @@ def test_rest_devices_and_setpoints(links: dict[str, MemoryLink]) -> None:
         assert ok.json()["status"] == "accepted"
         assert links["battery"].registers[2][200] == 1500
         bad = client.post("/devices/battery/setpoints", json={**body, "value": 50}, headers=auth)
-        assert bad.json()["status"] == "rejected"
+        assert (bad.status_code, bad.json()["status"]) == (422, "rejected")
+        low = client.post(
+            "/devices/battery/setpoints", json={**body, "priority": "grid_operator"}, headers=auth
+        )
+        assert low.status_code == 200
+        queued = client.post("/devices/battery/setpoints", json=body, headers=auth)
+        assert (queued.status_code, queued.json()["status"]) == (202, "queued")
+        assert queued.json()["active_setpoint_id"] == low.json()["setpoint_id"]
+        pcc = client.post(
+            "/devices/pcc/setpoints", json={**body, "setpoint_id": "p1"}, headers=auth
+        )
+        assert (pcc.status_code, pcc.json()["status"]) == (422, "rejected")
+        assert "not supported (supported: none)" in pcc.json()["reason"]
         assert client.post("/devices/nope/setpoints", json=body, headers=auth).status_code == 404
         detail = client.get("/devices/battery").json()
         assert detail["controls"]["battery_p_kw"]["applied"] == 1.5
