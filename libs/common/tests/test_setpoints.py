@@ -242,6 +242,7 @@ GOOD = (
         ((b'"ttl_s": 600', b'"ttl_s": 0'), "ttl_s", "Input should be greater than 0"),
         ((b'"ttl_s": 600', b'"ttl_s": 999999'), "ttl_s", "less than or equal to 86400"),
         ((b'"value": -3.0', b'"value": "lots"'), "value", "valid number"),
+        ((b'"value": -3.0', b'"value": NaN'), "value", "finite number"),
         ((b'"target": "battery_p_kw", ', b""), "target", "Field required"),
         ((b'"priority": "manual"', b'"priority": "boss"'), "priority", "Input should be"),
         ((b'"ts": "2026-06-01T12:00:00Z"', b'"ts": "2026-06-01T12:00:00"'), "ts", "timezone-aware"),

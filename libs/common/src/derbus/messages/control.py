@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -81,19 +80,12 @@ class SetpointCommand(Message):
         default_factory=new_setpoint_id, min_length=1, max_length=SETPOINT_ID_MAX_LENGTH
     )
     target: SetpointTarget = Field(description="the quantity being set")
-    value: float = Field(description="the requested value, in `unit`")
+    value: float = Field(allow_inf_nan=False, description="the requested value, in `unit`")
     unit: str = Field(description="unit of `value`; must be the target's unit (kW, %, bool)")
     ttl_s: float = Field(
         gt=0, le=86_400, description="seconds after `ts` at which the device reverts, s"
     )
     priority: Priority = Field(default=Priority.MANUAL)
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("setpoint value must be finite")
-        return value
 
     @field_validator("unit")
     @classmethod
@@ -116,18 +108,13 @@ class SetpointRequest(BaseModel):
     """
 
     target: SetpointTarget
-    value: float = Field(description="the requested value, in the target's unit")
+    value: float = Field(
+        allow_inf_nan=False, description="the requested value, in the target's unit"
+    )
     ttl_s: float = Field(gt=0, le=86_400, description="seconds until the device reverts, s")
     priority: Priority = Priority.MANUAL
     unit: str | None = Field(default=None, description="default: the target's unit")
     setpoint_id: str | None = Field(default=None, min_length=1, max_length=SETPOINT_ID_MAX_LENGTH)
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("setpoint value must be finite")
-        return value
 
     @field_validator("unit")
     @classmethod
