@@ -169,6 +169,7 @@ def test_every_valid_command_gets_one_first_and_one_final_ack() -> None:
         assert sum(s in ("superseded", "expired") for s in statuses) == 1, (sid, statuses)
     assert set(firsts) == {"a", "b", "c", "d", "e", "f"}
     assert a.commands() == []
+    assert a.idle
 
 
 def _cmd(value: float, **kw: object) -> SetpointCommand:

@@ -223,6 +223,11 @@ class SetpointArbiter:
         active = self.active(target, now)
         return active.value if active else default
 
+    @property
+    def idle(self) -> bool:
+        """No setpoint held for any target (the device runs on its own behaviour)."""
+        return not self._live
+
     def commands(self, target: SetpointTarget | None = None) -> list[SetpointCommand]:
         """The setpoints held (in force or queued; of one target or all), not yet expired."""
         targets = [target] if target is not None else list(self._live)

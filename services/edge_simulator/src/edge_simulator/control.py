@@ -112,7 +112,7 @@ class Controls:
         """The values the physics applies now (NaN where the device runs on its own)."""
         ovr = Overrides.none(self.fleet.n_sites)
         for (site, device), arb in self.arbiters.items():
-            if not arb.commands():
+            if arb.idle:
                 continue
             if device == "battery":
                 ovr.battery_p_kw[site] = arb.value("battery_p_kw", now, np.nan)
