@@ -184,6 +184,12 @@ async def test_an_invalid_payload_hook_that_fails_degrades_and_consumption_conti
     await probe.publish(topic, command("fine", 3.0))
     await wait_for(lambda: seen == [3.0], 5)
     assert "hook broke" in service.degraded_reasons["handler:on_cmd:invalid"]
+    assert (
+        service.metrics.registry.get_sample_value(
+            "derbus_handler_errors_total", {"handler": "on_cmd:invalid"}
+        )
+        == 1
+    )
     await service.stop()
     await probe.close()
 

@@ -469,6 +469,8 @@ class Service(Generic[S, St]):
             self.metrics.handler_errors.labels(handler=name).inc()
             log.exception("invalid-payload hook %s failed on %s", name, raw.topic)
             await self.set_degraded(f"handler:{name}", f"{type(hook_err).__name__}: {hook_err}")
+        else:
+            await self.clear_degraded(f"handler:{name}")
 
     async def dead_letter(self, raw: RawMessage, spec: TopicSpec[Any] | None, error: str) -> None:
         """Log, count and republish an invalid payload on the dead-letter topic."""
