@@ -242,7 +242,7 @@ def test_site_page_charts_live_and_a_setpoint_gets_its_ack(
     setpoint_id = span.get_attribute("data-setpoint")
     ack = until(browser, "its ack to arrive",
                 lambda d: (t := text(d, f"ack-{setpoint_id}")) != "waiting…" and t)  # fmt: skip
-    assert ack.split()[0] in ("accepted", "rejected", "superseded"), ack
+    assert ack.split()[0] in ("accepted", "queued", "rejected", "superseded"), ack
     until(browser, "the ack in the log",
           lambda d: setpoint_id[:12] in d.find_element(By.ID, "log-body").text)  # fmt: skip
     check_page(browser, "site", allowed=r"status of 403")
