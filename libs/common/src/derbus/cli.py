@@ -128,7 +128,11 @@ def up(
         ports = platform.api_ports
         for name, ok in status.items():
             mark = "ready" if ok else "NOT READY (see log)"
-            typer.echo(f"  {name:32s} http://127.0.0.1:{ports[name]}/docs  {mark}")
+            page = "/" if name == "console" else "/docs"  # the console's pages, the others' API
+            typer.echo(f"  {name:32s} http://127.0.0.1:{ports[name]}{page}  {mark}")
+            if name == "console":
+                token = platform.run_dir / "console" / "api_token"
+                typer.echo(f"  {'':32s} (setpoint token in {token})")
         if not all(status.values()):
             typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
         if check:
