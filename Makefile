@@ -34,8 +34,9 @@ deps: system-deps venv  ## everything `make run` and `make test` need
 run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops)
 	@$(UV) run --frozen --no-sync derbus up
 
-topics: venv  ## write docs/topics.md and the broker ACL (deploy/mosquitto/acl) from the catalogue
+topics: venv  ## write docs/topics.md, docs/asyncapi.yaml and the broker ACL from the catalogue
 	@$(UV) run --frozen --no-sync derbus topics --output docs/topics.md
+	@$(UV) run --frozen --no-sync derbus asyncapi --output docs/asyncapi.yaml
 	@$(UV) run --frozen --no-sync derbus acl --acl-only
 
 acl: topics  ## same as `make topics` (the ACL follows the catalogue)
