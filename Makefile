@@ -6,7 +6,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
 export UV_LINK_MODE := copy
 
-.PHONY: help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
+.PHONY: help run test deps system-deps venv lint format typecheck unit integration topics acl proto bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -40,6 +40,10 @@ topics: venv  ## write docs/topics.md, docs/asyncapi.yaml and the broker ACL fro
 	@$(UV) run --frozen --no-sync derbus acl --acl-only
 
 acl: topics  ## same as `make topics` (the ACL follows the catalogue)
+
+proto: venv  ## regenerate the Sparkplug B classes from services/scada_bridge/src/scada_bridge/proto
+	@cd services/scada_bridge/src/scada_bridge && ../../../../.venv/bin/python -m grpc_tools.protoc \
+	  -Iproto --python_out=. --pyi_out=. proto/sparkplug_b.proto
 
 lint: venv  ## ruff check + ruff format --check
 	@$(UV) run --frozen --no-sync ruff check .

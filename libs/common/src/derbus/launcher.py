@@ -31,6 +31,7 @@ EMBEDDED_ORDER = (
     "peak_shaving",
     "load_manager",
     "voltage_coordinator",
+    "scada_bridge",
 )
 
 
