@@ -9,7 +9,7 @@ CONSOLE := services/console
 CONSOLE_VENDOR := $(CONSOLE)/src/console/static/vendor
 export UV_LINK_MODE := copy
 
-.PHONY: console-assets console-docs help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
+.PHONY: console-assets console-docs help run test deps system-deps venv lint format typecheck unit integration topics acl proto bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -53,11 +53,16 @@ deps: system-deps venv console-assets  ## everything `make run` and `make test` 
 run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops)
 	@$(UV) run --frozen --no-sync derbus up
 
-topics: venv  ## write docs/topics.md and the broker ACL (deploy/mosquitto/acl) from the catalogue
+topics: venv  ## write docs/topics.md, docs/asyncapi.yaml and the broker ACL from the catalogue
 	@$(UV) run --frozen --no-sync derbus topics --output docs/topics.md
+	@$(UV) run --frozen --no-sync derbus asyncapi --output docs/asyncapi.yaml
 	@$(UV) run --frozen --no-sync derbus acl --acl-only
 
 acl: topics  ## same as `make topics` (the ACL follows the catalogue)
+
+proto: venv  ## regenerate the Sparkplug B classes from services/scada_bridge/src/scada_bridge/proto
+	@cd services/scada_bridge/src/scada_bridge && ../../../../.venv/bin/python -m grpc_tools.protoc \
+	  -Iproto --python_out=. --pyi_out=. proto/sparkplug_b.proto
 
 lint: venv  ## ruff check + ruff format --check
 	@$(UV) run --frozen --no-sync ruff check .

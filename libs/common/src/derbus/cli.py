@@ -36,6 +36,22 @@ def topics_cmd(
         typer.echo(f"{spec.filter(root=root):55s} {spec.model.__name__:18s} {flags}")
 
 
+@app.command("asyncapi")
+def asyncapi_cmd(
+    output: Annotated[Path | None, typer.Option(help="write the YAML document here")] = None,
+    root: Annotated[str, typer.Option(help="topic root")] = topics.DEFAULT_ROOT,
+) -> None:
+    """Print (or write) the AsyncAPI 3.0 document of the bus, generated from the catalogue."""
+    from derbus.asyncapi import document_yaml
+
+    text = document_yaml(root)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text)
+    typer.echo(f"wrote {output}")
+
+
 @app.command("acl")
 def acl_cmd(
     root: Annotated[str, typer.Option(envvar="MQTT_ROOT", help="topic root")] = topics.DEFAULT_ROOT,

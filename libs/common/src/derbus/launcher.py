@@ -33,6 +33,7 @@ EMBEDDED_ORDER = (
     "peak_shaving",
     "load_manager",
     "voltage_coordinator",
+    "scada_bridge",
 )
 
 

@@ -135,7 +135,7 @@ METER = TopicSpec(
     True,
     "PCC or sub-meter reading: active/reactive power (+import), phase voltages, energy counters",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console"),
+    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
 )
 PV = TopicSpec(
     "telemetry.pv",
@@ -146,7 +146,7 @@ PV = TopicSpec(
     True,
     "PV inverter: generation (positive), available power, active limit, irradiance",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager", "console"),
+    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
 )
 BATTERY = TopicSpec(
     "telemetry.battery",
@@ -157,7 +157,7 @@ BATTERY = TopicSpec(
     True,
     "Battery: power (+charge), SoC, health, limits, voltage, temperature",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "peak_shaving", "console"),
+    subscribers=("cloud_sync", "peak_shaving", "console", "scada_bridge"),
 )
 LOAD = TopicSpec(
     "telemetry.load",
@@ -168,7 +168,7 @@ LOAD = TopicSpec(
     True,
     "Load: site total or one device (HVAC, EV, switchable), power consumed, relay state",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager", "console"),
+    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
 )
 PRICE = TopicSpec(
     "telemetry.price",
@@ -179,7 +179,7 @@ PRICE = TopicSpec(
     True,
     "Grid price: import price, feed-in, time-of-use period, demand charge, carbon intensity",
     publishers=("edge_simulator",),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console"),
+    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
 )
 
 # --- forecasts and schedules: retained QoS 1 -----------------------------------------------------
@@ -226,7 +226,14 @@ SETPOINT = TopicSpec(
     1,
     False,
     "Setpoint command (value, unit, ttl_s, priority, id) for a battery, PV or load",
-    publishers=("peak_shaving", "load_manager", "voltage_coordinator", "scada", "console"),
+    publishers=(
+        "peak_shaving",
+        "load_manager",
+        "voltage_coordinator",
+        "scada",
+        "console",
+        "scada_bridge",
+    ),
     subscribers=("edge_simulator", "meter_gateway", "console"),
 )
 SETPOINT_ACK = TopicSpec(
@@ -238,7 +245,14 @@ SETPOINT_ACK = TopicSpec(
     False,
     "Acknowledgement of a setpoint: accepted / queued (naming the winner) / rejected with reason / superseded / expired",
     publishers=("edge_simulator", "meter_gateway", "feeder_sim"),
-    subscribers=("peak_shaving", "load_manager", "voltage_coordinator", "scada", "console"),
+    subscribers=(
+        "peak_shaving",
+        "load_manager",
+        "voltage_coordinator",
+        "scada",
+        "console",
+        "scada_bridge",
+    ),
 )
 JOB_REQUEST = TopicSpec(
     "control.job",
@@ -299,7 +313,7 @@ SERVICE_STATUS = TopicSpec(
     True,
     "Service status online/degraded/offline (site level = platform, device level = service)",
     publishers=("*",),
-    subscribers=("scada", "cloud_sync", "console"),
+    subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
 )
 DEAD_LETTER = TopicSpec(
     "status.dead_letter",
@@ -332,7 +346,7 @@ KPI = TopicSpec(
     True,
     "KPIs of a controller (device level = controller): efficiency, time on limit, backlog…",
     publishers=("peak_shaving", "load_manager", "voltage_coordinator", "cloud_sync"),
-    subscribers=("scada", "cloud_sync", "console"),
+    subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]
