@@ -141,3 +141,28 @@ async def test_status_after_a_broker_restart_orders_after_the_previous_will(
     assert newest.order_key() > (service.incarnation, will_of_first)
     await late.close()
     await service.stop()
+
+
+async def test_bus_counters_are_on_the_service_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from derbus.bus import InMemoryBroker, InMemoryBus
+
+    broker = InMemoryBroker()
+    bus = InMemoryBus(broker, client_id="echo", max_queued=5)
+    service = build_echo(EchoSettings(), bus)
+    await service.start()
+    broker.stop()
+    for _ in range(3):
+        await bus.publish("der/v1/s1/telemetry/pcc/meter", b"{}", qos=1)
+    await bus.publish("der/v1/s1/telemetry/pcc/meter", b"{}", qos=0)
+    text = generate_latest(service.metrics.registry).decode()
+    assert "derbus_bus_queued 3.0" in text
+    assert "derbus_bus_queue_limit 5.0" in text
+    assert "derbus_bus_dropped_qos0 1.0" in text
+    assert "derbus_bus_connections 1.0" in text
+    broker.start()
+    text = generate_latest(service.metrics.registry).decode()
+    assert "derbus_bus_queued 0.0" in text
+    assert "derbus_bus_connections 2.0" in text
+    await service.stop()
