@@ -149,6 +149,8 @@ class GmqttBus:
         self._sub_ids: dict[int, frozenset[str]] = {}  # MQTT 5 subscription identifier → filter
         self._acked: set[str] = set()
         self._suback_waiters: dict[int, tuple[str, asyncio.Future[None]]] = {}
+        self._resubscribed: dict[str, asyncio.Future[None]] = {}  # SUBACK of the latest connection
+        self._connect_waiters: list[asyncio.Future[None]] = []
         self._will: Will | None = None
         self._up = False
         self._closing = False
@@ -319,6 +321,12 @@ class GmqttBus:
             will.topic, will.payload_for(connection), qos=will.qos, retain=will.retain, **props
         )
 
+    def _wake_connect_waiters(self) -> None:
+        waiters, self._connect_waiters = self._connect_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _connection_lost(self) -> None:
         """gmqtt lost the connection (or a CONNACK refused): supervise the reconnect."""
         was_up = self._up
@@ -354,6 +362,7 @@ class GmqttBus:
 
     async def close(self) -> None:
         self._closing = True
+        self._wake_connect_waiters()
         if self._reconnector is not None:
             self._reconnector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -399,7 +408,10 @@ class GmqttBus:
         if self._stats.connections > 1:
             log.info("MQTT reconnected to %s; re-subscribing %d filters", host, len(self._subs))
         for topic_filter, sub in self._subs.items():
-            self._send_subscribe(topic_filter, sub)
+            fut = self._send_subscribe(topic_filter, sub)
+            if fut is not None:
+                self._resubscribed[topic_filter] = fut
+        self._wake_connect_waiters()
         loop = asyncio.get_running_loop()
         # after gmqtt's replay of the messages in flight (scheduled before this callback)
         loop.call_soon(self._flush)
@@ -476,11 +488,39 @@ class GmqttBus:
             if sub_id is not None:
                 self._sub_ids[sub_id] = frozenset((topic_filter,))
         fut = self._send_subscribe(topic_filter, sub)
-        if fut is not None:
+        if fut is None:
+            return  # not connected now: the next connection subscribes
+        try:
+            await asyncio.wait_for(self._subacked(topic_filter, fut), timeout=10.0)
+        except TimeoutError as err:
+            raise BusError(f"no SUBACK for {topic_filter}") from err
+
+    async def _subacked(self, topic_filter: str, fut: asyncio.Future[None]) -> None:
+        """Until a SUBACK for the filter, on this connection or (after a drop) the next one."""
+        while True:
+            waiter = self._reconnected_or_closed()
             try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout=10.0)
-            except TimeoutError as err:
-                raise BusError(f"no SUBACK for {topic_filter}") from err
+                await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._connect_waiters.remove(waiter)
+            if fut.done():
+                fut.result()  # raises when the broker refused the subscription
+                return
+            if topic_filter in self._acked:
+                return
+            if self._closing:
+                raise BusError(f"bus closed before the SUBACK for {topic_filter}")
+            # a new connection re-subscribed: wait for its SUBACK
+            fut = self._resubscribed.get(topic_filter, fut)
+
+    def _reconnected_or_closed(self) -> asyncio.Future[None]:
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._connect_waiters.append(waiter)
+        return waiter
 
     def _send_subscribe(
         self, topic_filter: str, sub: gmqtt.Subscription
