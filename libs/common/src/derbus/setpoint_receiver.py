@@ -9,7 +9,9 @@ calls `serve_setpoints(service, receiver)`. That subscribes to `control.set` and
   on a site this receiver serves, when it carries a `setpoint_id`, it is answered `rejected`
   naming the field and the reason (`derbus.setpoints.invalid_command_ack`);
 * a valid command for a device the receiver does not have on a site it serves is answered
-  `rejected` ("unknown device …");
+  `rejected` ("unknown device …") — unless the receiver declared the targets it takes
+  (`targets=`) and the command's is not one of them: then another receiver of the same site
+  (e.g. the EV chargers' central system beside the site's simulator or gateway) owns it;
 * a command for a site it does not serve is left alone: another receiver owns that site (each
   site is served by one receiver);
 * anything else goes to the device's `SetpointArbiter`, whose acks the receiver publishes
@@ -35,7 +37,13 @@ from pydantic import ValidationError
 from derbus import topics
 from derbus.bus.base import RawMessage
 from derbus.http import TokenDep
-from derbus.messages import AckStatus, SetpointAck, SetpointCommand, SetpointRequest
+from derbus.messages import (
+    AckStatus,
+    SetpointAck,
+    SetpointCommand,
+    SetpointRequest,
+    SetpointTarget,
+)
 from derbus.service import Context, Service
 from derbus.setpoints import invalid_command_ack, unknown_device_ack
 
@@ -83,9 +91,15 @@ class SetpointReceiver(Protocol):
 class SetpointAnswers:
     """The bus side of `serve_setpoints`: one object per receiving service."""
 
-    def __init__(self, service: Service[Any, Any], receiver: SetpointReceiver) -> None:
+    def __init__(
+        self,
+        service: Service[Any, Any],
+        receiver: SetpointReceiver,
+        targets: Collection[SetpointTarget] | None = None,
+    ) -> None:
         self.service = service
         self.receiver = receiver
+        self.targets = targets
         self.rejected = Counter(
             "derbus_setpoints_rejected_total",
             "Setpoints refused before reaching a device (invalid payload with an id, unknown device)",
@@ -100,6 +114,8 @@ class SetpointAnswers:
         if devices is None or device_id is None:
             return  # another receiver's site
         if device_id not in devices:
+            if self.targets is not None and cmd.target not in self.targets:
+                return  # another receiver of this site takes that target
             ack = unknown_device_ack(cmd, device_id, devices, self.receiver.source, self.now())
             self.rejected.labels(reason="unknown_device").inc()
             await ctx.publish(topics.SETPOINT_ACK, ack, device_id=device_id)
@@ -147,6 +163,7 @@ def serve_setpoints(
     service: Service[Any, Any],
     receiver: SetpointReceiver,
     ack_timeout_s: Callable[[], float] = lambda: 5.0,
+    targets: Collection[SetpointTarget] | None = None,
 ) -> SetpointAnswers:
     """Make `service` a setpoint receiver on the bus and over REST (see the module docstring).
 
@@ -154,11 +171,13 @@ def serve_setpoints(
         service: the receiving service.
         receiver: its sites, devices and the way to its devices' arbiters.
         ack_timeout_s: how long a REST call waits for the first ack, s (read per call).
+        targets: the targets its devices take (None: all); a command for an unknown device
+            with another target is left to the site's other receivers.
 
     Returns:
         The bus side (its `rejected` counter is `derbus_setpoints_rejected_total{reason}`).
     """
-    answers = SetpointAnswers(service, receiver)
+    answers = SetpointAnswers(service, receiver, targets)
     service.declare_publishes(topics.SETPOINT_ACK)
     service.on(topics.SETPOINT, on_invalid=answers.on_invalid)(answers.on_setpoint)
     router = APIRouter(tags=["setpoints"])

@@ -15,6 +15,8 @@ from derbus.messages import (
     BatteryTelemetry,
     DeadLetter,
     DeviceStatus,
+    EvChargerTelemetry,
+    EvSession,
     FeederState,
     JobPlan,
     JobRequest,
@@ -22,6 +24,7 @@ from derbus.messages import (
     LoadTelemetry,
     Message,
     MeterReading,
+    PriceSeries,
     PriceTelemetry,
     PvCurtailmentSet,
     PvTelemetry,
@@ -135,7 +138,14 @@ METER = TopicSpec(
     True,
     "PCC or sub-meter reading: active/reactive power (+import), phase voltages, energy counters",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
+    subscribers=(
+        "cloud_sync",
+        "peak_shaving",
+        "load_manager",
+        "console",
+        "scada_bridge",
+        "ev_charging",
+    ),
 )
 PV = TopicSpec(
     "telemetry.pv",
@@ -181,6 +191,18 @@ PRICE = TopicSpec(
     publishers=("edge_simulator",),
     subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
 )
+EV_CHARGER = TopicSpec(
+    "telemetry.ev_charger",
+    "telemetry",
+    "ev_charger",
+    EvChargerTelemetry,
+    1,
+    True,
+    "EV charger connector over OCPP (device level = station-connector): power (+charging), "
+    "status, accepted limit, session and register energy, SoC",
+    publishers=("ev_charging",),
+    subscribers=("cloud_sync", "scada_bridge", "scada"),
+)
 
 # --- forecasts and schedules: retained QoS 1 -----------------------------------------------------
 FORECAST = TopicSpec(
@@ -192,7 +214,7 @@ FORECAST = TopicSpec(
     True,
     "Day-ahead forecast of a target (device level = target: load, pv), 96 x 15 min, quantiles",
     publishers=("forecaster",),
-    subscribers=("peak_shaving", "load_manager", "cloud_sync", "console"),
+    subscribers=("peak_shaving", "load_manager", "cloud_sync", "console", "ev_charging"),
 )
 BATTERY_SCHEDULE = TopicSpec(
     "schedule.battery",
@@ -204,6 +226,30 @@ BATTERY_SCHEDULE = TopicSpec(
     "Battery power schedule from the EMA (+charge), with solve status and objective terms",
     publishers=("peak_shaving",),
     subscribers=("peak_shaving", "cloud_sync", "console"),
+)
+PRICE_SERIES = TopicSpec(
+    "forecast.price",
+    "forecast",
+    "price",
+    PriceSeries,
+    1,
+    True,
+    "Price series of a site or zone (device level `grid`): import/export per interval, "
+    "demand-charge windows, valid_until and stale flag (CSV, ToU model or HTTP source)",
+    publishers=("ev_charging",),
+    subscribers=("ev_charging", "scada"),
+)
+EV_SESSION = TopicSpec(
+    "schedule.ev_session",
+    "schedule",
+    "ev_session",
+    EvSession,
+    1,
+    True,
+    "EV charging session of a connector (device level = station-connector): departure, energy "
+    "need, mode, planned limit per interval, KPIs (energy, PV share, cost)",
+    publishers=("ev_charging",),
+    subscribers=("scada",),
 )
 JOB_PLAN = TopicSpec(
     "schedule.jobs",
@@ -225,7 +271,7 @@ SETPOINT = TopicSpec(
     SetpointCommand,
     1,
     False,
-    "Setpoint command (value, unit, ttl_s, priority, id) for a battery, PV or load",
+    "Setpoint command (value, unit, ttl_s, priority, id) for a battery, PV, load or EV charger",
     publishers=(
         "peak_shaving",
         "load_manager",
@@ -234,7 +280,7 @@ SETPOINT = TopicSpec(
         "console",
         "scada_bridge",
     ),
-    subscribers=("edge_simulator", "meter_gateway", "console"),
+    subscribers=("edge_simulator", "meter_gateway", "console", "ev_charging"),
 )
 SETPOINT_ACK = TopicSpec(
     "control.ack",
@@ -244,7 +290,7 @@ SETPOINT_ACK = TopicSpec(
     1,
     False,
     "Acknowledgement of a setpoint: accepted / queued (naming the winner) / rejected with reason / superseded / expired",
-    publishers=("edge_simulator", "meter_gateway", "feeder_sim"),
+    publishers=("edge_simulator", "meter_gateway", "feeder_sim", "ev_charging"),
     subscribers=(
         "peak_shaving",
         "load_manager",
@@ -350,8 +396,8 @@ KPI = TopicSpec(
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]
-    METER, PV, BATTERY, LOAD, PRICE,
-    FORECAST, BATTERY_SCHEDULE, JOB_PLAN,
+    METER, PV, BATTERY, LOAD, PRICE, EV_CHARGER,
+    FORECAST, BATTERY_SCHEDULE, PRICE_SERIES, EV_SESSION, JOB_PLAN,
     SETPOINT, SETPOINT_ACK, JOB_REQUEST,
     FEEDER_STATE, PV_CURTAILMENT, AREA_EXCHANGE,
     SERVICE_STATUS, DEAD_LETTER, DEVICE_STATUS, KPI,

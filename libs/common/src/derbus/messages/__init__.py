@@ -33,8 +33,17 @@ from derbus.messages.control import (
     SetpointTarget,
     new_setpoint_id,
 )
+from derbus.messages.ev import (
+    ChargingMode,
+    ConnectorStatus,
+    EvChargerTelemetry,
+    EvSession,
+    EvSessionKpis,
+    OcppVersion,
+)
 from derbus.messages.grid import AreaExchange, FeederState, PvCurtailmentSet
 from derbus.messages.jobs import JobPlan, JobRequest, PlannedJob
+from derbus.messages.prices import DemandWindow, PriceOrigin, PriceSeries
 from derbus.messages.status import DeadLetter, DeviceStatus, KpiReport, ServiceState, ServiceStatus
 from derbus.messages.telemetry import (
     BatteryTelemetry,
@@ -67,8 +76,14 @@ __all__ = [
     "AckStatus",
     "AreaExchange",
     "BatteryTelemetry",
+    "ChargingMode",
+    "ConnectorStatus",
     "DeadLetter",
+    "DemandWindow",
     "DeviceStatus",
+    "EvChargerTelemetry",
+    "EvSession",
+    "EvSessionKpis",
     "FeederState",
     "JobPlan",
     "JobRequest",
@@ -77,7 +92,10 @@ __all__ = [
     "LoadTelemetry",
     "Message",
     "MeterReading",
+    "OcppVersion",
     "PlannedJob",
+    "PriceOrigin",
+    "PriceSeries",
     "PriceTelemetry",
     "Priority",
     "PvCurtailmentSet",

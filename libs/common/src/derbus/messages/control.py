@@ -33,8 +33,11 @@ _RANK = {
     Priority.SAFETY: 3,
 }
 
-SetpointTarget = Literal["battery_p_kw", "pv_limit_kw", "pv_limit_pct", "load_on", "load_p_kw"]
-"""What a setpoint sets. `battery_p_kw`: + charge / - discharge; `load_on`: 1 on, 0 off."""
+SetpointTarget = Literal[
+    "battery_p_kw", "pv_limit_kw", "pv_limit_pct", "load_on", "load_p_kw", "ev_limit_kw"
+]  # fmt: skip
+"""What a setpoint sets. `battery_p_kw`: + charge / - discharge; `load_on`: 1 on, 0 off;
+`ev_limit_kw`: the most an EV charger connector may draw (a cap, >= 0)."""
 
 SETPOINT_TARGETS: tuple[SetpointTarget, ...] = get_args(SetpointTarget)
 """Every setpoint target, in declaration order."""
@@ -45,6 +48,7 @@ SETPOINT_UNITS: dict[str, str] = {
     "pv_limit_pct": "%",
     "load_on": "bool",
     "load_p_kw": "kW",
+    "ev_limit_kw": "kW",
 }
 """The unit each target's `value` must be given in."""
 

@@ -1,0 +1,46 @@
+"""Command line of ev_charging: `ev-charging` (or `python -m ev_charging`) runs the service."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from derbus.bus import make_bus
+from derbus.runner import serve
+from derbus.settings import given, load_settings_or_exit, redacted
+from ev_charging.service import build_service
+from ev_charging.settings import Settings
+
+app = typer.Typer(help="derbus EV charging: OCPP central system, smart charging, price series.")
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    ctx: typer.Context,
+    ocpp_port: Annotated[
+        int | None, typer.Option(help="OCPP WebSocket port (EV_OCPP_PORT)")
+    ] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (EV_API_PORT)")] = None,
+) -> None:
+    """Run the service (the default command): API, OCPP central system, price sources."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings_or_exit(Settings, **given(ocpp_port=ocpp_port, api_port=api_port))
+    serve(build_service(settings, make_bus(settings.mqtt, "ev_charging", site_id=settings.site.id)))
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Validate the settings from the environment and print them (secrets redacted)."""
+    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
+
+
+def main() -> None:
+    """Console script entry point (`ev-charging`)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
