@@ -20,11 +20,14 @@ from websockets.exceptions import InvalidStatus
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import EvChargerTelemetry, EvSession, SetpointAck, SetpointCommand, Priority
+from derbus.messages import EvChargerTelemetry, EvSession, Priority, SetpointAck, SetpointCommand
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
 from edge_simulator.ocpp_cp import OcppSimSettings, SimChargePoint, Version
+from edge_simulator.service import build_service as build_simulator
+from edge_simulator.settings import Settings as SimSettings
+from edge_simulator.testing import ManualClock
 from ev_charging.charging import EvCharging
 from ev_charging.service import build_service
 from ev_charging.settings import Settings, StationConfig
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.integration
 SITE = "site-0"
 STATION = "cp1"
 DEVICE = "cp1-1"
+START = datetime(2026, 6, 21, 10, 0, tzinfo=UTC)
 TAG = "TAG-OK"
 
 
@@ -102,7 +106,8 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
     try:
         await wait_for(lambda: cp.booted.is_set(), message="boot accepted")
         station = csms.state.stations[STATION]
-        assert station.booted and station.version == version
+        assert station.booted
+        assert station.version == version
 
         # a vehicle plugs in: transaction, full power in MeterValues → bus telemetry
         assert await cp.plug_in(TAG, soc_pct=20.0)
@@ -112,15 +117,23 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
             message="charging at 11 kW on the bus",
         )  # fmt: skip
         reading = latest(telemetry)
-        assert reading is not None and reading.protocol == version and reading.online
-        assert reading.limit_kw is None and reading.soc_pct is not None
+        assert reading is not None
+        assert reading.protocol == version
+        assert reading.online
+        assert reading.limit_kw is None
+        assert reading.soc_pct is not None
 
         # a grid-operator limit: TxProfile → the charger follows → ack after the station accepted
-        await observer.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-1", 4.0, 60))
+        await observer.publish(
+            topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-1", 4.0, 60)
+        )
         await wait_for(lambda: any(a.setpoint_id == "lim-1" for a in acks.values), message="ack")
         first = next(a for a in acks.values if a.setpoint_id == "lim-1")
-        assert first.status == "accepted" and first.applied_value == 4.0
-        assert cp.profiles and cp.profiles[-1].call == "set" and cp.profiles[-1].limit_kw == 4.0
+        assert first.status == "accepted"
+        assert first.applied_value == 4.0
+        assert cp.profiles
+        assert cp.profiles[-1].call == "set"
+        assert cp.profiles[-1].limit_kw == 4.0
         assert cp.ev.limit_kw == 4.0
         await wait_for(
             lambda: (t := latest(telemetry)) is not None and abs(t.p_kw - 4.0) < 1e-6
@@ -129,12 +142,17 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         )  # fmt: skip
 
         # a short one replaces it; when its TTL lapses the profile is cleared: full power again
-        await observer.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-2", 2.5, 1.0))
+        await observer.publish(
+            topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-2", 2.5, 1.0)
+        )
         await wait_for(
             lambda: [a.status for a in acks.values if a.setpoint_id == "lim-2"] == ["accepted", "expired"],
             message="lim-2 accepted then expired",
         )  # fmt: skip
-        assert [a.status for a in acks.values if a.setpoint_id == "lim-1"] == ["accepted", "superseded"]
+        assert [a.status for a in acks.values if a.setpoint_id == "lim-1"] == [
+            "accepted",
+            "superseded",
+        ]
         assert 2.5 in [p.limit_kw for p in cp.profiles if p.call == "set"]
         await wait_for(lambda: cp.profiles[-1].call == "clear", message="profile cleared")
         await wait_for(
@@ -175,7 +193,8 @@ async def test_setpoint_while_idle_applies_at_transaction_start(
         await observer.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("big", 50.0, 60))
         await wait_for(lambda: any(a.setpoint_id == "big" for a in acks.values), message="ack")
         big = next(a for a in acks.values if a.setpoint_id == "big")
-        assert big.status == "rejected" and "outside the allowed range" in (big.reason or "")
+        assert big.status == "rejected"
+        assert "outside the allowed range" in (big.reason or "")
         assert cp.ev.limit_kw == 6.0
     finally:
         await cp.close()
@@ -218,9 +237,12 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
         # the connection is still served
         await ws.send(json.dumps([2, "m-3", "Heartbeat", {}]))
         heartbeat = json.loads(await ws.recv())
-    assert bad_json[:2] == [4, "-1"] and not_array[:2] == [4, "-1"]
-    assert bad_type[:2] == [4, "m-1"] and bad_payload[:2] == [4, "m-2"]
-    assert heartbeat[0] == 3 and heartbeat[1] == "m-3" and "currentTime" in heartbeat[2]
+    assert bad_json[:2] == [4, "-1"]
+    assert not_array[:2] == [4, "-1"]
+    assert bad_type[:2] == [4, "m-1"]
+    assert bad_payload[:2] == [4, "m-2"]
+    assert heartbeat[:2] == [3, "m-3"]
+    assert "currentTime" in heartbeat[2]
     codes = [bad_json[2], not_array[2], bad_type[2], bad_payload[2]]
     if version == "1.6":
         assert codes[:3] == ["FormationViolation", "FormationViolation", "ProtocolError"]
@@ -235,3 +257,36 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
         for c in set(codes)
     )
     assert counted == 4
+
+
+async def test_simulator_sites_as_charge_points(
+    mqtt_settings: MqttSettings, observer: MqttBus, version: Version
+) -> None:
+    """The edge simulator with `EDGE_OCPP_URL`: one station per site, vehicles charging."""
+    root = mqtt_settings.root
+    stations = {
+        f"sim-site-{i:04d}": StationConfig(site_id=f"site-{i:04d}", id_tokens=("SIM-TAG",))
+        for i in (1, 2)
+    }
+    cs_settings = Settings(mqtt=mqtt_settings, api_port=0, ocpp_port=0, stations=stations)
+    csms = build_service(cs_settings, MqttBus(mqtt_settings))
+    await csms.start()
+    telemetry: BusRecorder[EvChargerTelemetry] = BusRecorder(topics.EV_CHARGER, root)
+    await telemetry.attach(observer)
+    sim_settings = SimSettings(
+        mqtt=mqtt_settings, api_port=0, interval_s=3600, sites=2,
+        ocpp=OcppSimSettings(url=url(csms), version=version, meter_interval_s=0.5),
+    )  # fmt: skip
+    simulator = build_simulator(sim_settings, MqttBus(mqtt_settings), clock=ManualClock(START))
+    await simulator.start()
+    try:
+        await wait_for(
+            lambda: {t.station_id for t in telemetry.values if t.p_kw > 10.9} == set(stations),
+            message="both sites' vehicles charging",
+        )
+        assert csms.state.connected() == 2
+        assert set(simulator.state["ocpp"].points) == {"site-0001", "site-0002"}
+        assert {t.protocol for t in telemetry.values} == {version}
+    finally:
+        await simulator.stop()
+        await csms.stop()

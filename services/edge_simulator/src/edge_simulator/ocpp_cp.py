@@ -296,7 +296,9 @@ class SimChargePoint:
         """BootNotification, then the connector's status."""
         if self.version == "1.6":
             answer = await self.cp.call(
-                call16.BootNotification(charge_point_model="derbus-sim", charge_point_vendor="derbus")
+                call16.BootNotification(
+                    charge_point_model="derbus-sim", charge_point_vendor="derbus"
+                )
             )
         else:
             answer = await self.cp.call(
@@ -392,10 +394,15 @@ class SimChargePoint:
 
     def _sampled(self) -> list[dict[str, Any]]:
         p_w, e_wh, soc = self.ev.p_kw() * 1000.0, self.ev.register_wh, self.ev.soc_pct
+        values: list[dict[str, Any]]
         if self.version == "1.6":
             values = [
                 {"value": f"{p_w:.1f}", "measurand": "Power.Active.Import", "unit": "W"},
-                {"value": f"{e_wh:.1f}", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {
+                    "value": f"{e_wh:.1f}",
+                    "measurand": "Energy.Active.Import.Register",
+                    "unit": "Wh",
+                },
                 {"value": f"{soc:.1f}", "measurand": "SoC", "unit": "Percent"},
             ]
         else:

@@ -20,7 +20,7 @@ from derbus.service import Context, Service
 from derbus.setpoint_receiver import serve_setpoints
 from derbus.topics import TopicIds
 from edge_simulator.config import SimConfig, load_sim_config
-from edge_simulator.control import AckOut, Controls, SimSetpoints
+from edge_simulator.control import CONTROLLABLE, AckOut, Controls, SimSetpoints
 from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
@@ -259,7 +259,10 @@ def build_service(
         if service.settings.publish_on_setpoint:
             sim.dirty.add(index)
 
-    serve_setpoints(service, SimSetpoints(sim.controls, clock, publish_acks_, applied))
+    serve_setpoints(
+        service, SimSetpoints(sim.controls, clock, publish_acks_, applied),
+        targets={t for targets in CONTROLLABLE.values() for t in targets},
+    )  # fmt: skip
 
     @service.every(lambda: min(POLL_S, service.settings.interval_s), run_at_start=True)
     async def tick(_ctx: Context) -> None:
@@ -283,6 +286,11 @@ def build_service(
             from edge_simulator.modbus import start_modbus
 
             service.state["modbus"] = await start_modbus(service, sim)
+        if settings.ocpp.url is not None:
+            from edge_simulator.ocpp_cp import OcppChargePoints
+
+            service.state["ocpp"] = OcppChargePoints(settings.ocpp)
+            await service.state["ocpp"].start(list(fleet.ids))
 
     @service.on_shutdown
     async def stop_extras() -> None:
@@ -291,5 +299,8 @@ def build_service(
             await server.shutdown()
         for writer in influx:
             writer.close()
+        charge_points = service.state.pop("ocpp", None)
+        if charge_points is not None:
+            await charge_points.stop()
 
     return service

@@ -11,6 +11,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from derbus.messages import Priority
 from derbus.settings import InfluxSettings, ServiceSettings
+from edge_simulator.ocpp_cp import OcppSimSettings
 
 ALL_DEVICES: tuple[str, ...] = ("pcc", "pv", "battery", "load", "ev", "load1", "load2", "grid")
 """The device ids a simulated site publishes (the cross-service contract), in publishing order."""
@@ -68,6 +69,10 @@ class Settings(ServiceSettings):
         description="devices published per site and step (comma-separated; default all 8)",
     )
     enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
+    ocpp: OcppSimSettings = Field(
+        default_factory=OcppSimSettings,
+        description="OCPP charge points, one per site (EDGE_OCPP_*; off unless a URL is set)",
+    )
     influxdb: InfluxSettings = Field(
         default_factory=InfluxSettings, description="INFLUXDB_URL/_TOKEN/_ORG/_BUCKET"
     )

@@ -147,4 +147,3 @@ def clear_profile(version: OcppVersion, connector_id: int) -> dict[str, Any]:
     if version == "1.6":
         return {"id": profile_id(connector_id), "connector_id": connector_id}
     return {"charging_profile_id": profile_id(connector_id)}
-
