@@ -18,7 +18,8 @@ _STATUSES: frozenset[str] = frozenset(
      "Reserved", "Unavailable", "Faulted", "Occupied")
 )  # fmt: skip
 
-_MULTIPLIER_UNITS = {"W": 1e-3, "kW": 1.0, "Wh": 1e-3, "kWh": 1.0}
+_POWER_UNITS = {"W": 1e-3, "kW": 1.0}
+_ENERGY_UNITS = {"Wh": 1e-3, "kWh": 1.0}
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,18 @@ def connector_status(value: str) -> ConnectorStatus:
     return value if value in _STATUSES else "Faulted"  # type: ignore[return-value]
 
 
-def _scaled(value: float, unit: str | None, multiplier: int, default_unit: str) -> float | None:
-    factor = _MULTIPLIER_UNITS.get(unit or default_unit)
+def _scaled(
+    value: float,
+    unit: str | None,
+    multiplier: int,
+    default_unit: str,
+    units: dict[str, float],
+    before: float | None,
+) -> float | None:
+    """`value` in kW / kWh; `before` when its unit is not one of `units` (the value is skipped)."""
+    factor = units.get(unit or default_unit)
     if factor is None:
-        return None
+        return before
     return value * factor * 10.0**multiplier
 
 
@@ -74,9 +83,9 @@ def parse_meter_values(meter_value: list[dict[str, Any]]) -> MeterSample:
             unit = sv.get("unit", uom.get("unit"))
             multiplier = int(uom.get("multiplier", 0))
             if measurand == "Power.Active.Import":
-                p_kw = _scaled(value, unit, multiplier, "W")
+                p_kw = _scaled(value, unit, multiplier, "W", _POWER_UNITS, p_kw)
             elif measurand == "Energy.Active.Import.Register":
-                e_kwh = _scaled(value, unit, multiplier, "Wh")
+                e_kwh = _scaled(value, unit, multiplier, "Wh", _ENERGY_UNITS, e_kwh)
             elif measurand == "SoC":
                 soc = min(100.0, max(0.0, value))
     return MeterSample(p_kw=p_kw, e_kwh=e_kwh, soc_pct=soc, ts=ts)
