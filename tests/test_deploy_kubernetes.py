@@ -56,14 +56,20 @@ def test_kustomization_lists_every_manifest() -> None:
 
 @pytest.mark.parametrize("name", acl.PLATFORM_SERVICES)
 def test_deployment_matches_compose_image_port_and_probes(name: str) -> None:
-    port = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())["tool"][
+    meta = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())["tool"][
         "derbus"
-    ]["api_port"]
+    ]
+    port = meta["api_port"]
+    # other listeners ([tool.derbus] extra_ports, e.g. OCPP_PORT) are named after the setting
+    extra = [
+        {"name": k.lower().removesuffix("_port"), "containerPort": v}
+        for k, v in meta.get("extra_ports", {}).items()
+    ]
     c = container(name)
     assert c["image"] == COMPOSE["services"][name]["image"].replace(
         "${DERBUS_VERSION:-latest}", "latest"
     )
-    assert c["ports"] == [{"name": "api", "containerPort": port}]
+    assert c["ports"] == [{"name": "api", "containerPort": port}, *extra]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
     assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]

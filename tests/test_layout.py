@@ -21,7 +21,7 @@ def test_the_platform_services_exist() -> None:
     assert sorted(
         [
             "edge_simulator", "meter_gateway", "cloud_sync", "feature_engineering",
-            "forecaster", "peak_shaving", "load_manager", "voltage_coordinator", "console", "scada_bridge",
+            "forecaster", "peak_shaving", "load_manager", "voltage_coordinator", "console", "scada_bridge", "ev_charging",
         ]
     ) == SERVICES  # fmt: skip
 

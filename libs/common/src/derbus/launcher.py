@@ -34,6 +34,7 @@ EMBEDDED_ORDER = (
     "load_manager",
     "voltage_coordinator",
     "scada_bridge",
+    "ev_charging",
 )
 
 
@@ -47,6 +48,8 @@ class ServiceSpec:
     path: Path
     companions: dict[str, int] = field(default_factory=dict)
     """Sub-commands started next to the service (e.g. the feeder simulation), with API ports."""
+    extra_ports: dict[str, int] = field(default_factory=dict)
+    """Other listening ports (setting name without prefix → default), e.g. OCPP_PORT."""
 
 
 def discover_services(repo: Path) -> list[ServiceSpec]:
@@ -59,9 +62,11 @@ def discover_services(repo: Path) -> list[ServiceSpec]:
         if not meta or not (pyproject.parent / "src" / name / "__main__.py").exists():
             continue
         companions = {str(k): int(v) for k, v in meta.get("companions", {}).items()}
+        extra = {str(k): int(v) for k, v in meta.get("extra_ports", {}).items()}
         found.append(
             ServiceSpec(
-                name, meta["env_prefix"], int(meta["api_port"]), pyproject.parent, companions
+                name, meta["env_prefix"], int(meta["api_port"]), pyproject.parent, companions,
+                extra,
             )
         )
     order = {n: i for i, n in enumerate(EMBEDDED_ORDER)}
@@ -170,6 +175,8 @@ def up(
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        for setting, default in spec.extra_ports.items():
+            env[f"{spec.env_prefix}{setting}"] = str(free_port() if free_ports else default)
         if kind != "mosquitto":
             env.setdefault("MQTT_PROTOCOL", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
         # one embedded cloud database shared by cloud_sync, feature_engineering and forecaster
