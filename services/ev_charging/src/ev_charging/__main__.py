@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated
 
 import typer
@@ -28,6 +29,9 @@ def run(
     if ctx.invoked_subcommand is not None:
         return
     settings = load_settings_or_exit(Settings, **given(ocpp_port=ocpp_port, api_port=api_port))
+    # the ocpp library logs every frame at INFO: only with EV_LOG_LEVEL=DEBUG
+    if settings.log_level != "DEBUG":
+        logging.getLogger("ocpp").setLevel(logging.WARNING)
     serve(build_service(settings, make_bus(settings.mqtt, "ev_charging", site_id=settings.site.id)))
 
 
