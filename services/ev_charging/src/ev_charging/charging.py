@@ -511,8 +511,9 @@ class EvCharging:
         session = conn.session
         if session is None or session.plan is None or session.plan_start is None:
             return None
-        if session.mode == "now" and session.plan.meets_need:
-            return None  # as fast as allowed: the setpoint alone limits it
+        site = conn.config.site_id
+        if session.mode == "now" and site not in self.settings.site_import_limit_kw:
+            return None  # as fast as allowed: only a setpoint limits it
         index = int((now - session.plan_start).total_seconds() // self.settings.plan_step_s)
         if 0 <= index < len(session.plan.p_kw):
             return session.plan.p_kw[index]
