@@ -11,6 +11,7 @@ import pytest
 
 from derbus import topics
 from derbus.bus import MqttBus, RawMessage
+from derbus.launcher import discover_services
 from derbus.settings import MqttSettings
 from derbus.testing import free_port, wait_for
 from derbus.testing.servers import _wait_port
@@ -79,5 +80,8 @@ def test_derbus_up_every_api_ready_within_30_s() -> None:
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     ready_lines = [line for line in result.stdout.splitlines() if line.endswith("/docs  ready")]
-    assert len(ready_lines) == 9, result.stdout  # eight services and the feeder simulation
+    # every service but the console (its line ends with "/") and each companion (feeder sim)
+    services = discover_services(REPO)
+    expected = sum(1 + len(s.companions) for s in services if s.name != "console")
+    assert len(ready_lines) == expected, result.stdout
     assert "NOT READY" not in result.stdout
