@@ -165,7 +165,7 @@ async def test_full_outbox_holds_intake_loudly_and_resumes_after_forwarding(
     outbox = service.state.outbox
     await wait_for(lambda: "FULL" in (service.status().reason or ""), 5, message="degraded FULL")
     assert outbox.pending_rows == 4
-    assert any(s.state == "degraded" for s in statuses.values)
+    await wait_for(lambda: any(s.state == "degraded" for s in statuses.values), 5, message="status")
     scrape = service.metrics.registry.get_sample_value
     assert scrape("derbus_cloud_sync_outbox_full") == 1.0
     assert scrape("derbus_cloud_sync_messages_refused_total") == 1.0

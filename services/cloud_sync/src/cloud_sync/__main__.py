@@ -169,6 +169,8 @@ def import_command(
         f"imported {result.records:,} records = {result.readings:,} readings{new} into "
         f"{store.description} in {seconds:.1f} s ({result.readings / max(seconds, 1e-9):,.0f}/s)"
     )
+    if result.repeated:
+        typer.echo(f"{result.repeated:,} rows of a repeated wall-clock hour (DST) kept once")
     if result.skipped:
         typer.echo(f"{result.skipped:,} lines skipped:", err=True)
         for problem in result.problems:

@@ -283,7 +283,7 @@ class SqlCloudStore:
     # --- data -----------------------------------------------------------------------------------
     def write(self, batch: ReadingBatch) -> int:
         """Store a batch with `ON CONFLICT DO NOTHING` in one transaction; returns the readings
-        newly stored (PostgreSQL) or sent (SQLite)."""
+        newly stored."""
         if not len(batch):
             return 0
         try:
@@ -291,10 +291,10 @@ class SqlCloudStore:
                 self._ensure_partitions(batch.months())
                 return self._copy_merge(batch)
             with self.engine.begin() as conn:
-                conn.execute(self._insert, [_row_dict(r) for r in batch.rows()])
+                done = conn.execute(self._insert, [_row_dict(r) for r in batch.rows()])
         except (sa.exc.SQLAlchemyError, OSError) as err:
             raise StorageError(f"write to {self.description} failed: {_short(err)}") from err
-        return len(batch)
+        return int(done.rowcount)
 
     def _copy_merge(self, batch: ReadingBatch) -> int:
         import psycopg

@@ -135,6 +135,8 @@ class ImportResult:
     """Lines that did not decode (not imported)."""
     problems: list[str] = field(default_factory=list)
     """The first skipped lines with their reasons."""
+    repeated: int = 0
+    """CSV rows of a wall-clock hour repeated by a daylight-saving change (the first is kept)."""
 
     def skip(self, line_no: int, reason: str) -> None:
         """Count a line that is not imported."""
@@ -189,21 +191,21 @@ def historical_batches(
     decoder = msgspec.json.Decoder(HistoricalRecord)
     line_no = 0
     for block, read in _chunks(stream, chunk_bytes):
+        first = line_no
+        line_no += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        numbers: list[int] | None = None  # line numbers of the records, worked out when needed
         try:
             records = decoder.decode_lines(block)
-            first = line_no
-            line_no += block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         except msgspec.MsgspecError:
-            records = []
-            first = line_no
-            for text in block.splitlines():
-                line_no += 1
+            records, numbers = [], []
+            for i, text in enumerate(block.split(b"\n")):
                 if not text.strip():
                     continue
                 try:
                     records.append(decoder.decode(text))
+                    numbers.append(first + i + 1)
                 except msgspec.MsgspecError as err:
-                    result.skip(line_no, str(err))
+                    result.skip(first + i + 1, str(err))
         good = []
         for i, rec in enumerate(records):
             reason = check_site(rec.device_id)
@@ -211,10 +213,12 @@ def historical_batches(
                 rec.timestamp.tzinfo is None or rec.timestamp.utcoffset() is None
             ):
                 reason = "timestamp without a time zone"
-            if reason is not None:
-                result.skip(first + i + 1, reason)
-            else:
+            if reason is None:
                 good.append(rec)
+                continue
+            if numbers is None:
+                numbers = [first + j + 1 for j, t in enumerate(block.split(b"\n")) if t.strip()]
+            result.skip(numbers[i], reason)
         result.records += len(good)
         if good:
             yield historical_batch(good)
@@ -303,7 +307,7 @@ def profile_batches(
             result.skip(line_no, str(err))
             continue
         if us in seen:  # the repeated wall-clock hour at the end of daylight saving time
-            result.skip(line_no, f"{row[0]} repeats an earlier time in {timezone}")
+            result.repeated += 1
             continue
         seen.add(us)
         times.append(us)
