@@ -12,6 +12,7 @@ as failed, so an InfluxDB outage never grows memory without bound.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 import threading
@@ -51,6 +52,7 @@ class PointSink(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=65_536)  # ids and field names recur on every message
 def _escape_key(text: str) -> str:
     """Tag keys, tag values and field keys: `,`, `=` and space are escaped."""
     if any(c in text for c in ", =\\"):
@@ -59,6 +61,7 @@ def _escape_key(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
 def _escape_measurement(text: str) -> str:
     if any(c in text for c in ", \\"):
         text = text.replace("\\", "\\\\").replace(",", r"\,").replace(" ", r"\ ")
