@@ -225,18 +225,24 @@ class InfluxSink:
                         self.last_error = f"retrying: HTTP {reply.status_code}"
                         reply.raise_for_status()
         except (httpx.HTTPError, _Stopped) as err:
-            self.points_failed += len(chunk)
-            self.last_error = f"{type(err).__name__}: {err}"[:300]
+            self._count(failed=len(chunk), error=f"{type(err).__name__}: {err}"[:300])
             log.error("InfluxDB write of %d points to %s gave up: %s", len(chunk), self.url, err)
             return
         if reply.status_code >= 300:  # 4xx: the data is refused, retrying will not help
-            self.points_failed += len(chunk)
-            self.last_error = f"HTTP {reply.status_code}: {reply.text[:200]}"
-            log.error("InfluxDB refused %d points: %s", len(chunk), self.last_error)
+            error = f"HTTP {reply.status_code}: {reply.text[:200]}"
+            self._count(failed=len(chunk), error=error)
+            log.error("InfluxDB refused %d points: %s", len(chunk), error)
             return
-        self.points_written += len(chunk)
-        self.bytes_sent += len(body)
-        self.last_error = None
+        self._count(written=len(chunk), sent_bytes=len(body))
+
+    def _count(
+        self, *, written: int = 0, failed: int = 0, sent_bytes: int = 0, error: str | None = None
+    ) -> None:
+        with self._cond:  # the producers count dropped lines under the same lock
+            self.points_written += written
+            self.points_failed += failed
+            self.bytes_sent += sent_bytes
+            self.last_error = error
 
     def _sleep(self, seconds: float) -> None:
         if self._stop_retrying.wait(seconds):
