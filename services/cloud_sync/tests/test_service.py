@@ -328,3 +328,26 @@ def test_every_subscription_is_readable_under_the_generated_broker_acl(
         assert any(
             "read" in rule.access and topic_matches_sub(rule.topic, topic) for rule in rules
         ), f"the broker ACL does not let cloud_sync read {key}"
+
+
+async def test_observers_see_each_committed_message_once_after_its_ack(
+    settings: Settings, sink: Any
+) -> None:
+    # the slot a per-device sequence-gap detector plugs into
+    service, pub = await started(settings, sink)
+    bus = service.bus
+    assert isinstance(bus, InMemoryBus)
+    seen: list[tuple[str, str, int, int]] = []
+
+    def observe(entries: Any) -> None:
+        assert bus.unacknowledged == []  # durable and acknowledged before anyone is told
+        seen.extend((e.site_id, e.device_id, e.decoded.time_us, e.rows) for e in entries)
+
+    service.state.intake.observers.append(observe)
+    for i in range(3):
+        msg = MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0, v_l1_v=230.0)
+        await pub.publish(topics.METER.topic("site-1", f"pcc{i % 2}", ROOT), msg.to_json_bytes())
+    await settle(service, pub)
+    t0_us = int(T0.timestamp()) * 1_000_000
+    assert seen == [("site-1", f"pcc{i % 2}", t0_us + i * 60_000_000, 3) for i in range(3)]
+    await service.stop()
