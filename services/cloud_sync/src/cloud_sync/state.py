@@ -112,6 +112,8 @@ class CloudSync:
         outbox: Outbox | None = None,
     ) -> None:
         self._host: Host = _Detached(settings)
+        self._limits_of: Settings | None = None
+        self._limits = IntakeLimits(0, 0.0, 0, 0.0)
         self.store = store
         self.sink = sink
         self.outbox = outbox if outbox is not None else Outbox(settings.outbox_path)
@@ -139,12 +141,15 @@ class CloudSync:
         return self._host.settings
 
     def limits(self) -> IntakeLimits:
-        """The intake's current limits."""
+        """The intake's current limits (read per message: rebuilt only when the settings change)."""
         s = self.settings
-        return IntakeLimits(
-            s.intake_batch_messages, s.intake_batch_ms / 1000.0, s.outbox_max_rows,
-            s.outbox_warn_pct,
-        )  # fmt: skip
+        if s is not self._limits_of:
+            self._limits = IntakeLimits(
+                s.intake_batch_messages, s.intake_batch_ms / 1000.0, s.outbox_max_rows,
+                s.outbox_warn_pct,
+            )  # fmt: skip
+            self._limits_of = s
+        return self._limits
 
     # --- health -------------------------------------------------------------------------------------
     async def set_degraded(self, key: str, reason: str) -> None:
