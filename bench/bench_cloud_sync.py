@@ -235,9 +235,7 @@ async def end_to_end(
     data = meter_payloads(n, f"e2e-{uuid.uuid4().hex[:6]}")
     started = time.perf_counter()
     for i, (topic, payload) in enumerate(data):
-        published[int((START + timedelta(seconds=i)).timestamp()) * 1_000_000] = (
-            time.perf_counter()
-        )
+        published[int((START + timedelta(seconds=i)).timestamp()) * 1_000_000] = time.perf_counter()
         await pub.publish(topic, payload, qos=1)
     in_outbox_s = None
     deadline = started + 900
@@ -442,9 +440,13 @@ def bare_copy_reference(url: str, batches: Iterator[ReadingBatch]) -> float:
             rows = [(from_epoch_us(t), *batch.keys[k], v) for k, t, v in zip(
                 batch.key_idx.tolist(), batch.time_us.tolist(), batch.value.tolist(), strict=True)]  # fmt: skip
             t0 = time.perf_counter()
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                "COPY readings (time, site_id, device_id, metric, value) FROM STDIN (FORMAT BINARY)"
-            ) as cp:
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY readings (time, site_id, device_id, metric, value) FROM STDIN (FORMAT BINARY)"
+                ) as cp,
+            ):
                 cp.set_types(["timestamptz", "text", "text", "text", "float8"])
                 for row in rows:
                     cp.write_row(row)
@@ -564,18 +566,23 @@ def bench_influx(n_messages: int) -> None:
             text = telemetry_line("meter", site, "pcc", d.time_us, d.values)
             assert text is not None
             lines.append(text)
-        # bare: one gzip'd POST per 5,000 lines, sequential, no retries
-        t0 = time.perf_counter()
-        raw_bytes = sent_bytes = 0
-        with httpx.Client(timeout=30) as http:
-            for first in range(0, len(lines), 5_000):
-                body = ("\n".join(lines[first : first + 5_000]) + "\n").encode()
-                raw_bytes += len(body)
-                packed = gzip.compress(body, 1)
-                sent_bytes += len(packed)
-                http.post(f"{vm.url}/api/v2/write", params={"org": "o", "bucket": "b"},
-                          headers={"Content-Encoding": "gzip"}, content=packed).raise_for_status()  # fmt: skip
-        bare_s = time.perf_counter() - t0
+
+        def bare() -> tuple[float, int, int]:
+            """One gzip'd POST per 5,000 lines, sequential, no retries: (s, raw bytes, sent)."""
+            raw_bytes = sent_bytes = 0
+            t0 = time.perf_counter()
+            with httpx.Client(timeout=30) as http:
+                for first in range(0, len(lines), 5_000):
+                    body = ("\n".join(lines[first : first + 5_000]) + "\n").encode()
+                    raw_bytes += len(body)
+                    packed = gzip.compress(body, 1)
+                    sent_bytes += len(packed)
+                    http.post(f"{vm.url}/api/v2/write", params={"org": "o", "bucket": "b"},
+                              headers={"Content-Encoding": "gzip"}, content=packed).raise_for_status()  # fmt: skip
+            return time.perf_counter() - t0, raw_bytes, sent_bytes
+
+        bare()  # warm-up: the first writes create the storage
+        bare_s, raw_bytes, sent_bytes = bare()
         sink = InfluxSink(vm.url, "t", "o", "b", batch_points=5_000, flush_interval_ms=100)
         t0 = time.perf_counter()
         for first in range(0, len(lines), 500):  # as the intake hands them over: per group commit
@@ -584,6 +591,7 @@ def bench_influx(n_messages: int) -> None:
         sink_s = time.perf_counter() - t0
         if sink.points_written != len(lines):
             raise SystemExit(f"influx: {sink.points_written} of {len(lines)} written")
+        bare_after_s = bare()[0]
     finally:
         vm.cleanup()
     points = len(lines)
@@ -591,10 +599,13 @@ def bench_influx(n_messages: int) -> None:
         f"InfluxDB write path, {points:,} telemetry points (3 fields each) into VictoriaMetrics",
         ("path", "points/s", "time s", "vs bare", "bytes sent / point"),
         [
-            ("bare line-protocol POST, gzip, 5,000 per request", f"{points / bare_s:,.0f}",
-             f"{bare_s:.2f}", "1.00", f"{sent_bytes / points:.1f} (raw {raw_bytes / points:.0f})"),
+            ("bare line-protocol POST, gzip, 5,000 per request (before / after)",
+             f"{points / bare_s:,.0f} / {points / bare_after_s:,.0f}",
+             f"{bare_s:.2f} / {bare_after_s:.2f}", "1.00",
+             f"{sent_bytes / points:.1f} (raw {raw_bytes / points:.0f})"),
             ("cloud_sync InfluxSink (queue, sender thread, gzip)", f"{points / sink_s:,.0f}",
-             f"{sink_s:.2f}", f"{bare_s / sink_s:.2f}", f"{sink.bytes_sent / points:.1f}"),
+             f"{sink_s:.2f}", f"{(bare_s + bare_after_s) / 2 / sink_s:.2f}",
+             f"{sink.bytes_sent / points:.1f}"),
         ],
     )  # fmt: skip
 
