@@ -236,7 +236,7 @@ SETPOINT_ACK = TopicSpec(
     SetpointAck,
     1,
     False,
-    "Acknowledgement of a setpoint: accepted / rejected with reason / expired / superseded",
+    "Acknowledgement of a setpoint: accepted / queued (naming the winner) / rejected with reason / superseded / expired",
     publishers=("edge_simulator", "meter_gateway", "feeder_sim"),
     subscribers=("peak_shaving", "load_manager", "voltage_coordinator", "scada"),
 )

@@ -25,8 +25,7 @@ import msgspec
 from pydantic import ValidationError
 
 from cloud_sync.readings import to_epoch_us
-from derbus.messages import Message, Telemetry
-from derbus.settings import describe_validation_error
+from derbus.messages import Message, Telemetry, describe_problems
 from derbus.storage import metric_name, telemetry_fields
 from derbus.topics import TopicSpec
 
@@ -170,7 +169,7 @@ class TelemetryDecoder:
         try:
             message = self.model.model_validate_json(payload)
         except ValidationError as err:
-            raise InvalidPayload(describe_validation_error(err)) from err
+            raise InvalidPayload(describe_problems(err)) from err
         return self.from_message(message)
 
     def from_message(self, message: Message) -> Decoded:
