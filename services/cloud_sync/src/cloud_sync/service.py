@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -175,7 +176,7 @@ def build_service(
     @router.post("/sync")
     async def sync_now(_auth: TokenDep) -> dict[str, Any]:
         """Run a forwarding pass now (waits for a running one) and report what it did."""
-        return (await sync.forward()).__dict__
+        return asdict(await sync.forward())
 
     service.include_router(router)
     return service

@@ -18,6 +18,7 @@ from cloud_sync.intake import Intake, IntakeLimits, StatusReporter, outbox_reaso
 from cloud_sync.outbox import Outbox
 from cloud_sync.settings import Settings
 from derbus import topics
+from derbus.bus.base import Ack
 from derbus.messages import KpiReport, Message, format_utc, utcnow
 from derbus.storage import influx_points
 from derbus.topics import TopicIds, TopicSpec
@@ -178,7 +179,7 @@ class CloudSync:
 
     # --- telemetry in ---------------------------------------------------------------------------------
     async def receive(
-        self, spec: TopicSpec[Any], ids: TopicIds, payload: bytes, defer_ack: Any
+        self, spec: TopicSpec[Any], ids: TopicIds, payload: bytes, defer_ack: Callable[[], Ack]
     ) -> str | None:
         """Take one telemetry message (see `Intake.receive`); returns why it is refused."""
         return await self.intake.receive(spec, ids.site_id, ids.device_id, payload, defer_ack)
