@@ -8,6 +8,7 @@ its API port and data folder set through its own env prefix, its log in the run 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from derbus.testing.servers import find_binary, free_port, mosquitto_conf, port_open
 
 EMBEDDED_ORDER = (
+    "console",  # first: its URL is the first line `derbus up` prints
     "edge_simulator",
     "meter_gateway",
     "cloud_sync",
@@ -31,6 +33,7 @@ EMBEDDED_ORDER = (
     "peak_shaving",
     "load_manager",
     "voltage_coordinator",
+    "scada_bridge",
 )
 
 
@@ -150,16 +153,18 @@ def up(
     print(f"broker: {kind} on 127.0.0.1:{port}  (logs in {run_dir})")
     procs: dict[str, subprocess.Popen[bytes]] = {"broker": broker}
     platform = Platform(repo, run_dir, port, procs, {})
-    for spec in discover_services(repo):
-        if only and spec.name not in only:
-            continue
-        api_port = free_port() if free_ports else spec.api_port
-        platform.api_ports[spec.name] = api_port
+    specs = [s for s in discover_services(repo) if not only or s.name in only]
+    for spec in specs:  # every port first: a service may be told where the others listen
+        platform.api_ports[spec.name] = free_port() if free_ports else spec.api_port
+    urls = {name: f"http://127.0.0.1:{p}" for name, p in platform.api_ports.items()}
+    for spec in specs:
+        api_port = platform.api_ports[spec.name]
         env = dict(os.environ)
         env.update(
             {
                 "MQTT_HOST": "127.0.0.1",
                 "MQTT_PORT": str(port),
+                "DERBUS_SERVICE_URLS": json.dumps(urls),
                 f"{spec.env_prefix}API_PORT": str(api_port),
                 f"{spec.env_prefix}DATA_DIR": str(run_dir / spec.name),
                 "PYTHONUNBUFFERED": "1",
