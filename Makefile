@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # uv on PATH, else the uv module of this python (installed by `make venv` when missing)
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll chromium chromium-driver npm
+APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll chromium chromium-driver npm nats-server
 # the console's browser assets (htmx, uPlot; axe-core for the browser tests), from npm, pinned
 CONSOLE := services/console
 CONSOLE_VENDOR := $(CONSOLE)/src/console/static/vendor
@@ -14,7 +14,7 @@ export UV_LINK_MODE := copy
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when missing (Debian)
+system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll, chromium, npm, nats-server when missing (Debian)
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_sub >/dev/null || missing="$$missing mosquitto-clients"; \
@@ -24,6 +24,7 @@ system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when mi
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -1,15 +1,17 @@
-"""One contract, two buses: InMemoryBus and MqttBus on a real Mosquitto behave the same."""
+"""One contract, three buses: InMemoryBus, MqttBus (paho) and GmqttBus on a real Mosquitto."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 from typing import Any as Harness
+from typing import Any as MqttHarness
 
 import pytest
 
 from derbus import topics
-from derbus.bus import RawMessage, Will
+from derbus.bus import Bus, Outcomes, RawMessage, Will
+from derbus.messages import utcnow
 from derbus.testing import wait_for
 
 
@@ -121,36 +123,227 @@ async def test_qos1_delivery_across_broker_restart_with_resubscribe(harness: Har
     await pub.close()
 
 
-async def test_publish_applies_back_pressure_while_the_broker_is_down(
-    restartable_broker: Any, topic_root: str
-) -> None:
-    from derbus.bus import MqttBus
-    from derbus.settings import MqttSettings
-
-    settings = MqttSettings(
-        host=restartable_broker.host, port=restartable_broker.port, root=topic_root,
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0, keepalive_s=5,
-    )  # fmt: skip
-    bus = MqttBus(settings, client_id=f"bp-{topic_root[-8:]}", max_outstanding=50)
-    sub = MqttBus(settings, client_id=f"bp-sub-{topic_root[-8:]}")
+async def test_publish_applies_back_pressure_while_the_broker_is_down(harness: Harness) -> None:
+    bus = harness.client(persistent=True, max_queued=50)
+    sub = harness.client(persistent=True)
     await bus.connect()
     await sub.connect()
     inbox = Inbox()
-    await sub.subscribe(topics.METER.filter(root=topic_root), 1, inbox)
-    restartable_broker.stop()
+    await sub.subscribe(topics.METER.filter(root=harness.root), 1, inbox)
+    harness.stop_broker()
     await wait_for(lambda: not bus.connected, 15)
-    topic = topics.METER.topic("s1", "pcc", topic_root)
+    topic = topics.METER.topic("s1", "pcc", harness.root)
     for i in range(50):
         await bus.publish(topic, str(i).encode(), qos=1)
-    assert bus.outstanding == 50
+    assert bus.stats.queued == 50
+    assert bus.stats.publish_waits == 0
     blocked = asyncio.ensure_future(bus.publish(topic, b"50", qos=1))
     done, _ = await asyncio.wait({blocked}, timeout=0.3)  # a chance to (wrongly) go through
     assert not done, "the 51st publish must wait while 50 are unacknowledged"
-    restartable_broker.start()
+    assert bus.stats.publish_waits == 1
+    harness.start_broker()
     await asyncio.wait_for(blocked, 30)
     await wait_for(lambda: len(set(inbox.payloads())) == 51, 30, message="all 51 messages")
+    await wait_for(lambda: bus.stats.queued == 0, 10, message="every message acknowledged")
     await bus.close()
     await sub.close()
+
+
+async def test_qos0_while_disconnected_is_dropped_and_counted(harness: Harness) -> None:
+    bus = harness.client(persistent=True)
+    await bus.connect()
+    harness.stop_broker()
+    await wait_for(lambda: not bus.connected, 15)
+    await bus.publish(topics.METER.topic("s1", "pcc", harness.root), b"gone", qos=0)
+    assert bus.stats.dropped_qos0 == 1
+    assert bus.stats.queued == 0
+    harness.start_broker()
+    await wait_for(lambda: bus.connected, 30, message="reconnect")
+    assert bus.stats.connections == 2
+    assert bus.stats.reconnects == 1
+    await bus.close()
+
+
+async def test_persistent_session_survives_a_broker_restart_while_the_client_is_away(
+    harness: Harness,
+) -> None:
+    """The broker, not the client, holds the subscription: messages wait for the client."""
+    client_id = f"away-{harness.root[-8:]}"
+    first = harness.client(client_id=client_id)
+    await first.connect()
+    await first.subscribe(topics.SETPOINT.filter(root=harness.root), 1, Inbox())
+    await first.abort()  # type: ignore[attr-defined]
+    harness.stop_broker()
+    harness.start_broker()
+    pub = harness.client()
+    await pub.connect()
+    topic = topics.SETPOINT.topic("s1", "bat", harness.root)
+    await pub.publish(topic, b"while-away", qos=1)
+    await wait_for(lambda: pub.stats.queued == 0, 15, message="the broker took the message")
+    back = harness.client(client_id=client_id)
+    inbox = Inbox()
+    await back.connect()
+    await back.subscribe(topics.SETPOINT.filter(root=harness.root), 1, inbox)
+    await wait_for(lambda: inbox.payloads() == [b"while-away"], 15, message="held message")
+    await back.close()
+    await pub.close()
+
+
+async def test_message_expiry_delivers_the_live_command_and_drops_the_stale_one(
+    harness: Harness,
+) -> None:
+    """A command sent while its receiver is away arrives when it is back, or expires by its TTL.
+
+    The receiver answers on the command's response topic with its correlation data, so the
+    sender learns which: an answer for the live one, none for the expired one.
+    """
+    client_id = f"receiver-{harness.root[-8:]}"
+    commands = topics.SETPOINT.filter(root=harness.root)
+    receiver = harness.client(client_id=client_id)
+    await receiver.connect()
+    await receiver.subscribe(commands, 1, Inbox())
+    await receiver.abort()  # type: ignore[attr-defined]
+
+    sender = harness.client()
+    await sender.connect()
+    answers = Inbox()
+    outcomes = Outcomes(clock=harness.clock)
+
+    async def on_answer(message: RawMessage) -> None:
+        answers.items.append(message)
+        outcomes.answer(message.correlation_data)
+
+    reply_to = topics.SETPOINT_ACK.topic("s1", "bat", harness.root)
+    await sender.subscribe(reply_to, 1, on_answer)
+    topic = topics.SETPOINT.topic("s1", "bat", harness.root)
+    for payload, ttl_s, correlation in ((b"stale", 1, b"c-1"), (b"live", 600, b"c-2")):
+        await sender.publish(
+            topic, payload, qos=1, expiry_s=ttl_s, response_topic=reply_to,
+            correlation_data=correlation,
+        )  # fmt: skip
+        outcomes.sent(correlation, ttl_s)
+    await wait_for(lambda: sender.stats.queued == 0, 15, message="the broker took both")
+    await harness.let_time_pass(2.5)
+
+    back = harness.client(client_id=client_id)
+    inbox = Inbox()
+
+    async def answer(message: RawMessage) -> None:
+        inbox.items.append(message)
+        assert message.response_topic is not None
+        await back.publish(
+            message.response_topic, b"done", qos=1, correlation_data=message.correlation_data
+        )
+
+    await back.connect()
+    await back.subscribe(commands, 1, answer)
+    await wait_for(lambda: len(answers.items) == 1, 15, message="the answer to the live command")
+    assert inbox.payloads() == [b"live"]
+    assert inbox.items[0].expiry_s is not None
+    assert 0 < inbox.items[0].expiry_s <= 600
+    assert answers.items[0].correlation_data == b"c-2"
+    assert outcomes.expire() == [b"c-1"]  # the sender learns which expired
+    assert (outcomes.answered, outcomes.pending) == ([b"c-2"], {})
+    await back.close()
+    await sender.close()
+
+
+async def test_a_service_publishes_setpoints_with_their_ttl_as_message_expiry(
+    harness: Harness,
+) -> None:
+    from derbus.messages import SetpointCommand
+    from derbus.service import Service
+    from derbus.settings import MqttSettings
+    from derbus.testing.example import EchoSettings
+
+    bus = harness.client()
+    service = Service("sender", EchoSettings(mqtt=MqttSettings(root=harness.root)), bus)
+    receiver = harness.client()
+    inbox = Inbox()
+    await bus.connect()
+    await receiver.connect()
+    await receiver.subscribe(topics.SETPOINT.filter(root=harness.root), 1, inbox)
+    command = SetpointCommand(
+        ts=utcnow(), source="test", target="battery_p_kw", value=-3.0, unit="kW", ttl_s=29.5
+    )
+    await service.publish(topics.SETPOINT, command, site_id="s1", device_id="bat")
+    await wait_for(lambda: len(inbox.items) == 1, 10, message="the setpoint")
+    got = inbox.items[0]
+    assert got.expiry_s is not None
+    assert 0 < got.expiry_s <= 30
+    assert got.response_topic == topics.SETPOINT_ACK.topic("s1", "bat", harness.root)
+    assert got.correlation_data == command.setpoint_id.encode()
+    await receiver.close()
+    await bus.close()
+
+
+async def test_shared_subscription_splits_the_messages(harness: Harness) -> None:
+    """Replicas in one `$share` group each get a part; together every message exactly once."""
+    shared = f"$share/replicas/{topics.METER.filter(root=harness.root)}"
+    replicas = [harness.client(persistent=True) for _ in range(2)]
+    inboxes = [Inbox(), Inbox()]
+    for replica, inbox in zip(replicas, inboxes, strict=True):
+        await replica.connect()
+        await replica.subscribe(shared, 1, inbox)
+    pub = harness.client()
+    await pub.connect()
+    sent = [f"m{i}".encode() for i in range(40)]
+    for i, payload in enumerate(sent):
+        await pub.publish(topics.METER.topic(f"s{i % 8}", "pcc", harness.root), payload, qos=1)
+    await wait_for(
+        lambda: sum(len(i.items) for i in inboxes) == len(sent), 15, message="all 40 delivered"
+    )
+    for replica in replicas:
+        await replica.drain()
+    got = [p for inbox in inboxes for p in inbox.payloads()]
+    assert sorted(got) == sorted(sent)  # each exactly once
+    assert all(inbox.items for inbox in inboxes), "both replicas take a share"
+    for replica in replicas:
+        await replica.close()
+    await pub.close()
+
+
+async def test_will_is_built_for_each_connection(harness: Harness) -> None:
+    """The will sent after a crash is the one built when the lost connection was made."""
+    watcher = harness.client()
+    await watcher.connect()
+    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "victim", harness.root)
+    inbox = Inbox()
+    await watcher.subscribe(will_topic, 1, inbox)
+    victim = harness.client(persistent=True)
+    victim.set_will(
+        Will(will_topic, b"", qos=1, retain=False, build=lambda n: f"offline-{n}".encode())
+    )
+    await victim.connect()
+    harness.stop_broker()
+    await wait_for(lambda: not victim.connected, 15, message="victim to notice the outage")
+    harness.start_broker()
+    await wait_for(lambda: victim.connected, 30, message="victim reconnected")
+    await wait_for(lambda: watcher.connected, 30, message="watcher reconnected")
+    assert victim.stats.connections == 2
+    await victim.abort()  # type: ignore[attr-defined]
+    await wait_for(lambda: b"offline-2" in inbox.payloads(), 15, message="the second will")
+    # A restarted Mosquitto may publish the will of the connection it lost (offline-1), but
+    # never after the will of the connection that came after it.
+    assert inbox.payloads()[-1] == b"offline-2"
+    await watcher.close()
+
+
+async def test_connect_listeners_run_on_every_connection(harness: Harness) -> None:
+    bus = harness.client(persistent=True)
+    seen: list[int] = []
+
+    async def listener(connection: int) -> None:
+        seen.append(connection)
+
+    bus.add_connect_listener(listener)
+    await bus.connect()
+    await wait_for(lambda: seen == [1], 10)
+    harness.stop_broker()
+    await wait_for(lambda: not bus.connected, 15)
+    harness.start_broker()
+    await wait_for(lambda: seen == [1, 2], 30, message="listener after the reconnect")
+    await bus.close()
 
 
 async def test_deferred_ack_in_memory_waits_for_every_callable() -> None:
@@ -188,18 +381,17 @@ async def test_deferred_ack_in_memory_waits_for_every_callable() -> None:
 
 
 async def test_deferred_ack_on_mqtt_is_redelivered_after_a_crash_until_acked(
-    mqtt_settings: Any,
+    mqtt_harness: MqttHarness,
 ) -> None:
     """A deferred delivery stays with the broker (persistent session) until its callable ran."""
-    from derbus.bus import MqttBus
-
-    client_id = f"defer-{mqtt_settings.root[-8:]}"
-    topic = topics.METER.topic("s1", "pcc", mqtt_settings.root)
-    pub = MqttBus(mqtt_settings)
+    h = mqtt_harness
+    client_id = f"defer-{h.root[-8:]}"
+    topic = topics.METER.topic("s1", "pcc", h.root)
+    pub = h.client()
     await pub.connect()
 
-    async def session() -> tuple[MqttBus, Inbox, dict[bytes, Any]]:
-        bus = MqttBus(mqtt_settings, client_id=client_id, manual_ack=True)
+    async def session() -> tuple[Bus, Inbox, dict[bytes, Any]]:
+        bus = h.client(client_id=client_id, manual_ack=True)
         inbox = Inbox()
         deferred: dict[bytes, Any] = {}
 
@@ -209,25 +401,25 @@ async def test_deferred_ack_on_mqtt_is_redelivered_after_a_crash_until_acked(
                 deferred[message.payload] = bus.defer_ack()
 
         await bus.connect()
-        await bus.subscribe(topics.METER.filter(root=mqtt_settings.root), 1, handle)
+        await bus.subscribe(topics.METER.filter(root=h.root), 1, handle)
         return bus, inbox, deferred
 
     first, inbox1, _ = await session()
     await pub.publish(topic, b"held", qos=1)
     await pub.publish(topic, b"done", qos=1)
     await wait_for(lambda: inbox1.payloads() == [b"held", b"done"], 10, message="first delivery")
-    await first.abort()  # crash before the deferred ack ran
+    await first.abort()  # type: ignore[attr-defined]  # crash before the deferred ack ran
 
     second, inbox2, deferred2 = await session()
     await pub.publish(topic, b"marker-1", qos=1)
     await wait_for(lambda: b"marker-1" in inbox2.payloads(), 10, message="marker after restart")
     assert inbox2.payloads() == [b"held", b"marker-1"]  # "done" was acked, "held" was not
     deferred2[b"held"]()  # now acknowledge it, then crash again
-    # paho sends its packets in order and the broker handles them in order: once a later
-    # publish of ours is acknowledged, the broker has the PUBACK.
-    await second.publish(topics.PV.topic("s1", "pv", mqtt_settings.root), b"sync", qos=1)
-    await wait_for(lambda: second.outstanding == 0, 10, message="PUBACK flushed")
-    await second.abort()
+    # Both clients send their packets in order and the broker handles them in order: once a
+    # later publish of ours is acknowledged, the broker has the PUBACK.
+    await second.publish(topics.PV.topic("s1", "pv", h.root), b"sync", qos=1)
+    await wait_for(lambda: second.stats.queued == 0, 10, message="PUBACK flushed")
+    await second.abort()  # type: ignore[attr-defined]
 
     third, inbox3, _ = await session()
     await pub.publish(topic, b"marker-2", qos=1)

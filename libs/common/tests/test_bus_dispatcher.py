@@ -35,5 +35,5 @@ async def test_held_messages_are_bounded() -> None:
     for i in range(3):
         dispatcher.put(RawMessage(f"t/{i}", b"x", 1), None)
     await dispatcher.join(5)
-    assert [m.topic for m, _ in dispatcher.unmatched] == ["t/1", "t/2"]
+    assert [m.topic for m, _, _ in dispatcher.unmatched] == ["t/1", "t/2"]
     await dispatcher.stop()

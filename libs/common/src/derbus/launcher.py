@@ -170,6 +170,8 @@ def up(
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if kind != "mosquitto":
+            env.setdefault("MQTT_PROTOCOL", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
         # one embedded cloud database shared by cloud_sync, feature_engineering and forecaster
         env.setdefault("DATABASE_URL", f"sqlite:///{run_dir / 'cloud.db'}")
         log = (run_dir / f"{spec.name}.log").open("wb")

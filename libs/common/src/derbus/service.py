@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,16 +27,18 @@ from pydantic import ValidationError
 from typing_extensions import TypeVar as DefaultTypeVar
 
 from derbus import topics
-from derbus.bus.base import Ack, Bus, RawMessage, Will
+from derbus.bus.base import Ack, Bus, BusStats, RawMessage, Will
 from derbus.errors import ConfigError
 from derbus.messages import (
     DeadLetter,
     Message,
     ServiceState,
     ServiceStatus,
+    SetpointCommand,
     describe_problems,
     utcnow,
 )
+from derbus.messages.status import WILL_SEQ_LOW
 from derbus.settings import ServiceSettings, describe_validation_error
 from derbus.topics import PLATFORM_SITE, TopicIds, TopicSpec
 
@@ -91,6 +95,35 @@ class ServiceMetrics:
             "derbus_service_info", "Service identity", ["service"], registry=self.registry
         )
         self.info.labels(service=service).set(1)
+
+    def watch_bus(self, bus: Bus) -> None:
+        """Export the bus's own counters (read at scrape time)."""
+        figures: dict[str, tuple[str, Callable[[BusStats], float]]] = {
+            "derbus_bus_queued": (
+                "QoS 1 publishes not yet acknowledged by the broker (held while down included)",
+                lambda s: s.queued,
+            ),
+            "derbus_bus_queue_limit": ("queued at which publish waits", lambda s: s.queue_limit),
+            "derbus_bus_publish_waits": (
+                "publishes that waited for the queue (back-pressure), since start",
+                lambda s: s.publish_waits,
+            ),
+            "derbus_bus_dropped_qos0": (
+                "QoS 0 publishes dropped while disconnected, since start",
+                lambda s: s.dropped_qos0,
+            ),
+            "derbus_bus_connections": (
+                "successful broker connections since start (reconnects + 1)",
+                lambda s: s.connections,
+            ),
+        }
+        for name, (doc, read) in figures.items():
+            gauge = Gauge(name, doc, registry=self.registry)
+            gauge.set_function(functools.partial(_read_stats, bus, read))
+
+
+def _read_stats(bus: Bus, read: Callable[[BusStats], float]) -> float:
+    return float(read(bus.stats))
 
 
 @dataclass
@@ -163,6 +196,8 @@ class Service(Generic[S, St]):
         version: reported in the status message.
         state: the service's typed state/decision object (what it remembers between messages
             and the methods that decide); tests reach it as `service.state`.
+        incarnation: this run's number in status messages (default: process start in ms since
+            the epoch, so a restarted service's statuses order after the old run's will).
     """
 
     def __init__(
@@ -172,6 +207,7 @@ class Service(Generic[S, St]):
         bus: Bus,
         version: str = "0.1.0",
         state: St | None = None,
+        incarnation: int | None = None,
     ) -> None:
         topics.validate_id("service name", name)
         self.name = name
@@ -179,6 +215,10 @@ class Service(Generic[S, St]):
         self.bus = bus
         self.version = version
         self.metrics = ServiceMetrics(name)
+        self.metrics.watch_bus(bus)
+        self.incarnation = incarnation if incarnation is not None else time.time_ns() // 1_000_000
+        self._connection = 0  # the bus connection statuses are published on now
+        self._status_n = 0  # statuses published on that connection
         self.routers: list[APIRouter] = []
         self.state: St = state if state is not None else cast(St, {})
         self._handlers: list[_HandlerEntry[Any]] = []
@@ -304,14 +344,39 @@ class Service(Generic[S, St]):
         return dict(self._health.degraded)
 
     def status(self) -> ServiceStatus:
-        """The current status message."""
+        """The current status message (each call takes the next sequence number)."""
         reasons = self._health.degraded
         state: ServiceState = "degraded" if reasons else "online"
         reason = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or None
+        return self._status(state, reason)
+
+    def _status(self, state: ServiceState, reason: str | None) -> ServiceStatus:
+        connection = max(1, self.bus.stats.connections)
+        if connection != self._connection:
+            self._connection, self._status_n = connection, 0
+        self._status_n += 1
         return ServiceStatus(
             ts=utcnow(), source=self.name, service=self.name, state=state, reason=reason,
-            version=self.version,
+            version=self.version, incarnation=self.incarnation,
+            seq=(connection << 32) | self._status_n,
         )  # fmt: skip
+
+    def _will(self, connection: int) -> bytes:
+        """The last will of the n-th bus connection, built as that connection is made."""
+        return ServiceStatus(
+            ts=utcnow(), source=self.name, service=self.name, state="offline",
+            reason="connection lost (last will)", version=self.version,
+            incarnation=self.incarnation, seq=(connection << 32) | WILL_SEQ_LOW,
+        ).to_json_bytes()  # fmt: skip
+
+    async def _on_bus_connect(self, connection: int) -> None:
+        """After a reconnect, say we are back (numbered after the previous connection's will).
+
+        A broker that lost the connection (or restarted) may have published the previous will;
+        the retained status must not stay `offline` while the service runs.
+        """
+        if connection > 1:
+            await self._publish_status()
 
     # --- health --------------------------------------------------------------------------------
     async def set_degraded(self, key: str, reason: str) -> None:
@@ -340,18 +405,17 @@ class Service(Generic[S, St]):
     # --- running -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect the bus, run start-up hooks, subscribe handlers, start periodic tasks."""
-        offline = ServiceStatus(
-            ts=utcnow(), source=self.name, service=self.name, state="offline",
-            reason="connection lost (last will)", version=self.version,
-        )  # fmt: skip
         self.bus.set_will(
             Will(
                 topics.SERVICE_STATUS.topic(PLATFORM_SITE, self.name, self.root),
-                offline.to_json_bytes(),
+                self._will(1),
                 qos=1,
                 retain=True,
+                delay_s=self.settings.mqtt.will_delay_s,
+                build=self._will,
             )
         )
+        self.bus.add_connect_listener(self._on_bus_connect)
         await self.bus.connect()
         for hook in self._startup:
             await hook()
@@ -379,10 +443,7 @@ class Service(Generic[S, St]):
             except Exception:
                 log.exception("shutdown hook %s failed", getattr(hook, "__name__", hook))
         if self._health.started and self.bus.connected:
-            offline = ServiceStatus(
-                ts=utcnow(), source=self.name, service=self.name, state="offline",
-                reason="stopped", version=self.version,
-            )  # fmt: skip
+            offline = self._status("offline", "stopped")
             await self.publish(
                 topics.SERVICE_STATUS, offline, site_id=PLATFORM_SITE, device_id=self.name
             )
@@ -399,7 +460,17 @@ class Service(Generic[S, St]):
                 f"{spec.key} carries {spec.model.__name__}, not {type(message).__name__}"
             )
         topic = spec.topic(site_id, device_id, root=self.root)
-        await self.bus.publish(topic, message.to_json_bytes(), qos=spec.qos, retain=spec.retain)
+        expiry_s, reply_to, correlation = None, None, None
+        if isinstance(message, SetpointCommand):
+            # MQTT 5: the broker drops a setpoint its receiver could not get within its TTL, and
+            # tells an MQTT 5 receiver where the acknowledgement goes and with what id.
+            expiry_s = max(1, math.ceil(message.ttl_s))
+            reply_to = topics.SETPOINT_ACK.topic(site_id, device_id, root=self.root)
+            correlation = message.setpoint_id.encode()
+        await self.bus.publish(
+            topic, message.to_json_bytes(), qos=spec.qos, retain=spec.retain, expiry_s=expiry_s,
+            response_topic=reply_to, correlation_data=correlation,
+        )  # fmt: skip
         self.metrics.messages_out.labels(topic=spec.key).inc()
         self.published_specs.add(spec.key)
 

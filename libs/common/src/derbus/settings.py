@@ -6,9 +6,10 @@ with the offending field named when a value is invalid.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -25,12 +26,54 @@ class MqttSettings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="broker host")
     port: int = Field(default=1883, ge=1, le=65535, description="broker port")
+    brokers: str = Field(
+        default="",
+        description="comma-separated host:port list of a broker cluster's nodes; the bus connects "
+        "to the first that answers and fails over to the next (empty = host:port)",
+    )
     username: str | None = Field(default=None, description="broker user name")
     password: SecretStr | None = Field(default=None, description="broker password (secret)")
     tls: bool = Field(default=False, description="connect with TLS")
     ca_file: str | None = Field(default=None, description="CA bundle for TLS")
+    client: Literal["gmqtt", "paho"] = Field(
+        default="gmqtt",
+        description="bus implementation: gmqtt (asyncio, the fast one) or paho (threaded)",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description="MQTT protocol version; 3.1.1 for brokers without MQTT 5 (NATS): no message "
+        "expiry, response topics or will delay there",
+    )
     client_id: str | None = Field(
-        default=None, description="fixed client id; with it the session persists across restarts"
+        default=None,
+        description="fixed client id; unset = derived from topic root, service, site and replica",
+    )
+    replica: str = Field(
+        default="0", description="replica name of this instance (part of the derived client id)"
+    )
+    persistent_session: bool = Field(
+        default=True,
+        description="keep the session (subscriptions, queued QoS 1 messages) across reconnects "
+        "and broker restarts",
+    )
+    session_expiry_s: int = Field(
+        default=86_400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="MQTT 5: how long the broker keeps the session of a vanished client, s",
+    )
+    will_delay_s: int = Field(
+        default=2,
+        ge=0,
+        description="MQTT 5: the last will is published this long after the connection is lost "
+        "(a reconnect within it publishes none), s",
+    )
+    max_queued: int = Field(
+        default=20_000,
+        ge=1,
+        le=60_000,
+        description="QoS 1 publishes not yet acknowledged (or held while disconnected) above "
+        "which publish waits (back-pressure)",
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s")
     root: str = Field(
@@ -46,6 +89,33 @@ class MqttSettings(BaseSettings):
         if not value or value.endswith("/") or any(c in value for c in "+#"):
             raise ValueError("topic root must be non-empty, without trailing / or wildcards")
         return value
+
+    @field_validator("brokers")
+    @classmethod
+    def _brokers(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{item!r} is not host:port")
+        return value
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """The brokers to try, in order: `brokers` when set, else `host:port`."""
+        items = [v.strip() for v in self.brokers.split(",") if v.strip()]
+        if not items:
+            return [(self.host, self.port)]
+        return [(h, int(p)) for h, _, p in (item.rpartition(":") for item in items)]
+
+    def derived_client_id(self, service: str, site_id: str | None = None) -> str:
+        """The client id of a service: `client_id`, else root/service/site/replica (stable).
+
+        The topic root is part of it so that two deployments (or two tests) on one broker never
+        share a session; characters outside [A-Za-z0-9_.-] become `_`.
+        """
+        if self.client_id:
+            return self.client_id
+        parts = [self.root, service, site_id or "-", self.replica]
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(parts))
 
 
 class SiteSettings(BaseSettings):

@@ -60,7 +60,9 @@ class WatchState:
             self.invalid += 1
             return
         if isinstance(message, ServiceStatus):
-            self.services[message.service] = message
+            known = self.services.get(message.service)
+            if known is None or message.order_key() >= known.order_key():
+                self.services[message.service] = message  # newest by (incarnation, seq), not ts
             return
         if isinstance(message, FeederState):
             self.feeders[message.feeder_id] = message

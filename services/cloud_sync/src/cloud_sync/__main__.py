@@ -14,7 +14,7 @@ from cloud_sync.outbox import Outbox
 from cloud_sync.service import build_service
 from cloud_sync.settings import Settings
 from cloud_sync.state import make_forwarder, offline_snapshot, open_cloud_store
-from derbus.bus.mqtt import MqttBus
+from derbus.bus import make_bus
 from derbus.errors import ConfigError, StorageError
 from derbus.logging import configure_logging
 from derbus.messages import utcnow
@@ -92,9 +92,7 @@ def main_command(
         raise typer.Exit(show_status(settings))
     if once:
         raise typer.Exit(drain_once(settings))
-    bus = MqttBus(
-        settings.mqtt, client_id=settings.mqtt.client_id or settings.client_id, manual_ack=True
-    )
+    bus = make_bus(settings.mqtt, "cloud_sync", client_id=settings.client_id, manual_ack=True)
     serve(build_service(settings, bus))
 
 

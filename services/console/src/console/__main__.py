@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from console.service import build_service
 from console.settings import Settings
 from derbus.acl import new_secret
-from derbus.bus import MqttBus
+from derbus.bus import make_bus
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit, redacted
 
@@ -58,7 +58,7 @@ def run(
                    err=True)  # fmt: skip
         raise typer.Exit(2)
     settings = ensure_token(load_settings_or_exit(Settings, **given(api_port=api_port)))
-    serve(build_service(settings, MqttBus(settings.mqtt)))
+    serve(build_service(settings, make_bus(settings.mqtt, "console", site_id=settings.site.id)))
 
 
 @app.command("check-config")

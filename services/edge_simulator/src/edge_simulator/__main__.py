@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from derbus.bus.mqtt import MqttBus
+from derbus.bus import make_bus
 from derbus.errors import ConfigError
 from derbus.runner import serve
 from derbus.settings import InfluxSettings, load_settings_or_exit
@@ -111,7 +111,13 @@ def cli(
         _run_historical(settings, sim_config, _parse_day(start, "--start"),
                         _parse_day(end, "--end"), output)  # fmt: skip
     else:
-        serve(build_service(settings, MqttBus(settings.mqtt), config=sim_config))
+        serve(
+            build_service(
+                settings,
+                make_bus(settings.mqtt, "edge_simulator", site_id=settings.site.id),
+                config=sim_config,
+            )
+        )
 
 
 def _run_once(settings: Settings, config: SimConfig) -> None:

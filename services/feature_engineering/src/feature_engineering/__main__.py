@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from derbus.bus import MqttBus
+from derbus.bus import make_bus
 from derbus.errors import DerbusError
 from derbus.logging import configure_logging
 from derbus.messages import utcnow
@@ -66,7 +66,11 @@ def run(
         configure_logging(settings.log_level, "feature_engineering")
         sys.exit(_one_shot(settings, once=once, as_json=as_json))
     del continuous  # serving is continuous
-    serve(build_service(settings, MqttBus(settings.mqtt)))
+    serve(
+        build_service(
+            settings, make_bus(settings.mqtt, "feature_engineering", site_id=settings.site.id)
+        )
+    )
 
 
 def _one_shot(settings: Settings, *, once: bool, as_json: bool) -> int:

@@ -14,7 +14,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from derbus import features as fx
-from derbus.bus import MqttBus
+from derbus.bus import make_bus
 from derbus.errors import DerbusError
 from derbus.logging import configure_logging
 from derbus.messages import utcnow
@@ -77,7 +77,7 @@ def run(
                 settings, train=train, evaluate_only=evaluate_, status=status, as_json=as_json
             )
         )
-    serve(build_service(settings, MqttBus(settings.mqtt)))
+    serve(build_service(settings, make_bus(settings.mqtt, "forecaster", site_id=settings.site.id)))
 
 
 def _one_shot(

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from derbus.bus import MqttBus
+from derbus.bus import make_bus
 from derbus.errors import ConfigError
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit, redacted
@@ -49,7 +49,9 @@ def run(
     )
     settings = load_settings_or_exit(Settings, **overrides)
     try:
-        service = build_service(settings, MqttBus(settings.mqtt))
+        service = build_service(
+            settings, make_bus(settings.mqtt, "load_manager", site_id=settings.site.id)
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

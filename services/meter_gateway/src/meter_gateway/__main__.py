@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from derbus.bus import MqttBus
+from derbus.bus import make_bus
 from derbus.errors import ConfigError, DeviceError
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit
@@ -40,7 +40,9 @@ def run(
     overrides = given(devices_file=devices_file, api_port=api_port)
     settings = load_settings_or_exit(Settings, **overrides)
     try:
-        service = build_service(settings, MqttBus(settings.mqtt))
+        service = build_service(
+            settings, make_bus(settings.mqtt, "meter_gateway", site_id=settings.site.id)
+        )
     except ConfigError as err:
         _fail(str(err))
         return

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from derbus.bus import MqttBus
+from derbus.bus import make_bus
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit, redacted
 from peak_shaving.optimizer import EmaInputs, ScheduleOptimizer
@@ -45,7 +45,9 @@ def run(
         api_port=api_port,
     )
     settings = load_settings_or_exit(Settings, **overrides)
-    serve(build_service(settings, MqttBus(settings.mqtt)))
+    serve(
+        build_service(settings, make_bus(settings.mqtt, "peak_shaving", site_id=settings.site.id))
+    )
 
 
 @app.command("check-config")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from derbus.bus import MqttBus
+from derbus.bus import MqttBus, make_bus
 from derbus.runner import serve
 from derbus.settings import MqttSettings, given, load_settings_or_exit, redacted
 from scada_bridge.service import build_service
@@ -24,7 +24,7 @@ def link_settings(settings: Settings) -> MqttSettings:
     """
     return settings.mqtt.model_copy(
         update={"client_id": None, "connect_retries": 0, "reconnect_min_delay_s": 3600.0,
-                "reconnect_max_delay_s": 3600.0}
+                "reconnect_max_delay_s": 3600.0, "protocol": "3.1.1", "client": "paho"}
     )  # fmt: skip
 
 
@@ -45,7 +45,9 @@ def run(
     )
     serve(
         build_service(
-            settings, MqttBus(settings.mqtt), make_link=lambda: MqttBus(link_settings(settings))
+            settings,
+            make_bus(settings.mqtt, "scada_bridge", site_id=settings.site.id),
+            make_link=lambda: MqttBus(link_settings(settings)),
         )
     )
 

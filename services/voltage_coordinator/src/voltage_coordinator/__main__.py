@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from derbus.bus.mqtt import MqttBus
+from derbus.bus import make_bus
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit
 from voltage_coordinator.settings import Settings
@@ -36,7 +36,7 @@ def run(
     from voltage_coordinator.service import build_service
 
     settings = _settings(mode=mode, api_port=api_port)
-    serve(build_service(settings, MqttBus(settings.mqtt)))
+    serve(build_service(settings, make_bus(settings.mqtt, "voltage_coordinator")))
 
 
 @app.command("feeder-sim")
@@ -53,7 +53,7 @@ def feeder_sim(
         api_port=api_port, sim_interval_s=interval_s, sim_start_step=start_step,
         sim_hold_step=hold or None,
     )  # fmt: skip
-    serve(build_feeder_sim(settings, MqttBus(settings.mqtt)))
+    serve(build_feeder_sim(settings, make_bus(settings.mqtt, "feeder_sim")))
 
 
 @app.command("area-agent")
@@ -65,7 +65,7 @@ def area_agent(
     from voltage_coordinator.agents import build_area_agent
 
     settings = _settings(api_port=api_port)
-    serve(build_area_agent(settings, MqttBus(settings.mqtt), area))
+    serve(build_area_agent(settings, make_bus(settings.mqtt, "area_agent", site_id=area), area))
 
 
 @app.command("convert")

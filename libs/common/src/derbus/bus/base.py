@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -17,12 +19,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RawMessage:
-    """A message as it arrives: topic, raw payload bytes, QoS and retain flag."""
+    """A message as it arrives: topic, raw payload bytes, QoS, retain flag, MQTT 5 properties.
+
+    `expiry_s` is what is left of the sender's message expiry when the message is delivered
+    (None: it never expires, or the broker speaks MQTT 3.1.1). `response_topic` and
+    `correlation_data` are where and with what the sender wants its answer.
+    """
 
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
+    expiry_s: int | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
 
 
 MessageCallback = Callable[[RawMessage], Awaitable[None]]
@@ -32,12 +42,51 @@ Ack = Callable[[], None]
 
 @dataclass(frozen=True)
 class Will:
-    """The last will the broker publishes when the client vanishes without saying goodbye."""
+    """The last will the broker publishes when the client vanishes without saying goodbye.
+
+    `build`, when given, makes the payload for the n-th connection (1, 2, …) at the moment that
+    connection is made, so a will can carry what only then is known (a sequence number that
+    orders it after everything the client publishes on that connection). `delay_s` is MQTT 5's
+    will delay: a client back within it publishes no will.
+    """
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = True
+    delay_s: int = 0
+    build: Callable[[int], bytes] | None = None
+
+    def payload_for(self, connection: int) -> bytes:
+        """The will payload for the n-th connection."""
+        return self.build(connection) if self.build is not None else self.payload
+
+
+ConnectListener = Callable[[int], Awaitable[None]]
+"""Runs on the event loop after the n-th successful connection (n = 1, 2, …), subscriptions renewed."""
+
+
+@dataclass
+class BusStats:
+    """What a bus counts (exported on a service's /metrics)."""
+
+    connections: int = 0
+    """Successful connections so far (the first one included)."""
+    queued: int = 0
+    """QoS>0 publishes not yet acknowledged by the broker, including those held while down."""
+    queue_limit: int = 0
+    """`queued` at which publish waits (back-pressure)."""
+    publish_waits: int = 0
+    """Publishes that had to wait for the queue to shrink."""
+    dropped_qos0: int = 0
+    """QoS 0 publishes dropped because the connection was down (QoS 0 is never queued)."""
+    endpoint: str = ""
+    """host:port of the broker connected now (empty while down)."""
+
+    @property
+    def reconnects(self) -> int:
+        """Connections after the first one."""
+        return max(0, self.connections - 1)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -79,8 +128,32 @@ class Bus(Protocol):
         """Subscribe and return once the broker acknowledged; callbacks run on the event loop."""
         ...
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish a payload; QoS 1 messages are queued while disconnected and sent later."""
+    @property
+    def stats(self) -> BusStats:
+        """Counters: connections, queued QoS 1 publishes, back-pressure waits, QoS 0 drops."""
+        ...
+
+    def add_connect_listener(self, listener: ConnectListener) -> None:
+        """Run `listener(n)` after every successful connection (n = 1, 2, …)."""
+        ...
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
+        """Publish a payload; QoS 1 messages are queued while disconnected and sent later.
+
+        Waits (back-pressure) while `stats.queued` is at `stats.queue_limit`. `expiry_s`
+        (MQTT 5 message expiry) makes the broker drop the message if it could not be delivered
+        within that many seconds; `response_topic` / `correlation_data` travel with it.
+        """
         ...
 
     async def drain(self, timeout_s: float = 5.0) -> None:
@@ -118,7 +191,6 @@ class _Delivery:
             self.after()
 
 
-@dataclass
 class Dispatcher:
     """Delivers received messages, in arrival order, to every matching subscription callback.
 
@@ -129,27 +201,43 @@ class Dispatcher:
     A message no local subscription matches yet is held, not acknowledged, and delivered when a
     matching subscription is added: a persistent session resumes with the messages queued for it
     right at CONNECT, before the service has registered its handlers again.
+
+    A deque and one wake-up event instead of an `asyncio.Queue`: this runs for every message.
     """
 
-    subscriptions: list[_Subscription] = field(default_factory=list)
-    queue: asyncio.Queue[tuple[RawMessage, Callable[[], None] | None]] | None = None
-    task: asyncio.Task[None] | None = None
-    unmatched: list[tuple[RawMessage, Callable[[], None] | None]] = field(default_factory=list)
-    max_unmatched: int = 100_000
-    current: _Delivery | None = None
+    def __init__(self, max_unmatched: int = 100_000) -> None:
+        self.subscriptions: list[_Subscription] = []
+        self.unmatched: list[_Queued] = []
+        self.max_unmatched = max_unmatched
+        self.current: _Delivery | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._items: collections.deque[_Queued] = collections.deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending = 0  # put and not yet handled (or held)
+        self._after: Ack | None = None
+        self._delivering = False
+        self._matches: dict[tuple[str, frozenset[str] | None], list[_Subscription]] = {}
 
     def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
         self.subscriptions.append(_Subscription(topic_filter, qos, callback))
+        self._matches.clear()
         held, self.unmatched = self.unmatched, []
-        for message, after in held:
-            if filter_matches(topic_filter, message.topic) and self.queue is not None:
-                self.queue.put_nowait((message, after))
+        for item in held:
+            if _targets(topic_filter, item) and self.task is not None:
+                self._push(item)
             else:
-                self.unmatched.append((message, after))
+                self.unmatched.append(item)
 
     def start(self) -> None:
         if self.task is None:
-            self.queue = asyncio.Queue()
+            # events of the running loop (a bus may be connected again in another loop)
+            self._wake, self._idle = asyncio.Event(), asyncio.Event()
+            if self._items:
+                self._wake.set()
+            if not self._pending:
+                self._idle.set()
             self.task = asyncio.get_running_loop().create_task(self._run(), name="bus-dispatch")
 
     async def stop(self) -> None:
@@ -159,16 +247,41 @@ class Dispatcher:
                 await self.task
             self.task = None
 
-    def put(self, message: RawMessage, after: Callable[[], None] | None = None) -> None:
-        if self.queue is None:
+    def put(
+        self,
+        message: RawMessage,
+        after: Callable[[], None] | None = None,
+        filters: frozenset[str] | None = None,
+    ) -> None:
+        """Queue a message for delivery.
+
+        `filters`, when the broker said which subscriptions matched (MQTT 5 subscription
+        identifiers), limits the delivery to the callbacks on those filters: a broker sends one
+        copy per matching subscription, and each copy is for its own subscription only.
+        """
+        if self.task is None:
             raise RuntimeError("dispatcher not started")
-        self.queue.put_nowait((message, after))
+        self._push((message, after, filters))
+
+    def _push(self, item: _Queued) -> None:
+        self._items.append(item)
+        self._pending += 1
+        if self._pending == 1:
+            self._idle.clear()
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting to be handled."""
+        return self._pending == 0
 
     def defer_ack(self) -> Ack:
         """Postpone the acknowledgement of the message being delivered (see `Bus.defer_ack`)."""
+        if not self._delivering:
+            raise RuntimeError("defer_ack called outside a subscription callback")
         delivery = self.current
         if delivery is None:
-            raise RuntimeError("defer_ack called outside a subscription callback")
+            delivery = self.current = _Delivery(self._after)
         delivery.holds += 1
         released = False
 
@@ -181,21 +294,35 @@ class Dispatcher:
         return ack
 
     async def join(self, timeout_s: float) -> None:
-        if self.queue is not None:
-            await asyncio.wait_for(self.queue.join(), timeout_s)
+        if self._pending:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+
+    def _matched(self, item: _Queued) -> list[_Subscription]:
+        key = (item[0].topic, item[2])
+        found = self._matches.get(key)
+        if found is None:
+            if len(self._matches) > 65_536:
+                self._matches.clear()
+            found = self._matches[key] = [
+                s for s in self.subscriptions if _targets(s.topic_filter, item)
+            ]
+        return found
 
     async def _run(self) -> None:
-        assert self.queue is not None
+        items = self._items
         while True:
-            message, after = await self.queue.get()
+            if not items:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            item = items.popleft()
+            message, after, _ = item
             try:
-                matched = [
-                    s for s in self.subscriptions if filter_matches(s.topic_filter, message.topic)
-                ]
+                matched = self._matched(item)
                 if not matched:
-                    self._hold(message, after)
+                    self._hold(item)
                     continue
-                delivery = self.current = _Delivery(after)
+                self.current, self._after, self._delivering = None, after, True
                 try:
                     for sub in matched:
                         try:
@@ -203,14 +330,87 @@ class Dispatcher:
                         except Exception:  # the bus never dies of a callback
                             log.exception("bus callback failed on %s", message.topic)
                 finally:
-                    self.current = None
-                delivery.release()
+                    delivery, self.current, self._delivering = self.current, None, False
+                if delivery is not None:
+                    delivery.release()
+                elif after is not None:
+                    after()
             finally:
-                self.queue.task_done()
+                self._pending -= 1
+                if self._pending == 0:
+                    self._idle.set()
 
-    def _hold(self, message: RawMessage, after: Callable[[], None] | None) -> None:
+    def _hold(self, item: _Queued) -> None:
         if len(self.unmatched) >= self.max_unmatched:
-            dropped, _ = self.unmatched.pop(0)  # unacknowledged: the broker sends it again later
+            dropped = self.unmatched.pop(0)[0]  # unacknowledged: the broker sends it again later
             log.warning("more than %d messages without a subscription; released %s unacknowledged",
                         self.max_unmatched, dropped.topic)  # fmt: skip
-        self.unmatched.append((message, after))
+        self.unmatched.append(item)
+
+
+_Queued = tuple[RawMessage, Callable[[], None] | None, frozenset[str] | None]
+
+
+def _targets(topic_filter: str, item: _Queued) -> bool:
+    message, _, filters = item
+    if filters is not None:
+        return topic_filter in filters
+    return filter_matches(topic_filter, message.topic)
+
+
+@dataclass
+class ConnectHooks:
+    """The connect listeners of one bus, each run as a task on the event loop."""
+
+    listeners: list[ConnectListener] = field(default_factory=list)
+    running: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def add(self, listener: ConnectListener) -> None:
+        self.listeners.append(listener)
+
+    def fire(self, connection: int) -> None:
+        """Start every listener for the n-th connection (call on the event loop thread)."""
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            task = loop.create_task(_logged(listener, connection), name="bus-on-connect")
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def stop(self) -> None:
+        for task in list(self.running):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _logged(listener: ConnectListener, connection: int) -> None:
+    try:
+        await listener(connection)
+    except Exception:  # a listener's failure must not take the bus down
+        log.exception("connect listener failed (connection %d)", connection)
+
+
+def subscription_id(topic_filter: str) -> int:
+    """The MQTT 5 subscription identifier of a filter: the same in every process and session.
+
+    Derived from the filter, so messages a persistent session queued under an earlier process's
+    subscription still name the right filter after a restart.
+    """
+    return zlib.crc32(topic_filter.encode()) % 268_435_455 + 1
+
+
+def targets(ids: list[int] | None, known: dict[int, frozenset[str]]) -> frozenset[str] | None:
+    """The filters a delivered copy is for (its subscription identifiers), None when unknown.
+
+    `known` maps each identifier of this client to its filter (as a one-element set). An
+    identifier it does not know (a session resumed before the subscriptions were made again)
+    makes the copy go by topic matching instead.
+    """
+    if not ids:
+        return None
+    if len(ids) == 1:
+        return known.get(ids[0])
+    found = [known.get(i) for i in ids]
+    if any(f is None for f in found):
+        return None
+    return frozenset().union(*(f for f in found if f is not None))

@@ -1,9 +1,12 @@
-"""`MqttBus`: paho-mqtt 2 (callback API v2) behind the `Bus` protocol.
+"""`MqttBus`: paho-mqtt 2 (callback API v2, its own network thread) behind the `Bus` protocol.
 
-Bounded connect retries with backoff, automatic reconnect that re-subscribes, last will,
-TCP_NODELAY on the socket, optional manual acknowledgement of QoS 1 deliveries (a message is
-acknowledged to the broker only after every handler has finished with it, or later when a handler
-deferred it with `defer_ack`).
+Bounded connect retries with backoff, automatic reconnect that re-subscribes and fails over
+between the endpoints of a cluster, a last will rebuilt for every connection, TCP_NODELAY on the
+socket, MQTT 5 (session expiry, message expiry, response topic, correlation data, will delay) or
+3.1.1, optional manual acknowledgement of QoS 1 deliveries (a message is acknowledged to the
+broker only after every handler has finished with it, or later when a handler deferred it with
+`defer_ack`). paho's in-flight limit is off (0): with a limit it walks its whole outgoing queue on
+every PUBACK; the bound that matters, `max_queued`, is applied here as back-pressure.
 """
 
 from __future__ import annotations
@@ -20,9 +23,22 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from derbus.bus.base import Ack, Dispatcher, MessageCallback, RawMessage, Will
+from derbus.bus.base import (
+    Ack,
+    BusStats,
+    ConnectHooks,
+    ConnectListener,
+    Dispatcher,
+    MessageCallback,
+    RawMessage,
+    Will,
+    subscription_id,
+    targets,
+)
 from derbus.errors import BusError
 from derbus.settings import MqttSettings
 
@@ -34,12 +50,13 @@ class MqttBus:
 
     Args:
         settings: broker connection settings.
-        client_id: overrides `settings.client_id`; a fixed id keeps the session (and QoS 1
-            messages queued for it) across reconnects and broker restarts.
+        client_id: overrides `settings.client_id`; a fixed id (with `persistent_session`) keeps
+            the session (and QoS 1 messages queued for it) across reconnects and broker restarts.
         manual_ack: acknowledge QoS 1 deliveries only after the handlers ran.
-        max_outstanding: QoS>0 messages published but not yet acknowledged by the broker (or
-            queued while disconnected) above which `publish` waits: back-pressure instead of
-            paho's hard "queue full" error at 65,535 in flight.
+        max_queued: overrides `settings.max_queued`: QoS>0 messages published but not yet
+            acknowledged by the broker (or queued while disconnected) above which `publish`
+            waits: back-pressure instead of paho's hard "queue full" error at 65,535 in flight.
+        max_inflight: paho's in-flight window; 0 (no window) unless measuring the old setting.
     """
 
     def __init__(
@@ -47,15 +64,25 @@ class MqttBus:
         settings: MqttSettings,
         client_id: str | None = None,
         manual_ack: bool = False,
-        max_outstanding: int = 20_000,
+        max_queued: int | None = None,
+        max_inflight: int = 0,
+        max_outstanding: int | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id or settings.client_id or ""
-        self._persistent = bool(self.client_id)
+        self._persistent = bool(self.client_id) and settings.persistent_session
+        self._v5 = settings.protocol == "5"
+        self._endpoints = settings.endpoints()
+        self._endpoint_index = 0
+        self._max_inflight = max_inflight
+        self._hooks = ConnectHooks()
+        self._stats = BusStats(queue_limit=max_queued or max_outstanding or settings.max_queued)
         self._manual_ack = manual_ack
         self._dispatcher = Dispatcher()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[str, int] = {}
+        self._sub_ids: dict[str, int] = {}  # MQTT 5 subscription identifier of each filter
+        self._id_filters: dict[int, frozenset[str]] = {}
         self._pending_subacks: dict[int, asyncio.Future[None]] = {}
         self._acked: set[str] = set()
         self._lock = threading.Lock()
@@ -64,9 +91,7 @@ class MqttBus:
         self._will: Will | None = None
         self._refused: str | None = None
         self._client: mqtt.Client | None = None
-        self.reconnects = 0
         self._generation = 0  # connections so far: an ack never crosses into a later connection
-        self._max_outstanding = max_outstanding
         self._in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
 
     # --- state --------------------------------------------------------------------------------
@@ -78,14 +103,38 @@ class MqttBus:
     def set_will(self, will: Will) -> None:
         self._will = will
 
+    @property
+    def stats(self) -> BusStats:
+        self._stats.queued = self.outstanding
+        return self._stats
+
+    @property
+    def reconnects(self) -> int:
+        return self._stats.reconnects
+
+    def add_connect_listener(self, listener: ConnectListener) -> None:
+        self._hooks.add(listener)
+
+    def _set_will(self, client: mqtt.Client, connection: int) -> None:
+        will = self._will
+        if will is None:
+            return
+        props = None
+        if self._v5 and will.delay_s > 0:
+            props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
+            props.WillDelayInterval = will.delay_s
+        client.will_set(
+            will.topic, will.payload_for(connection), will.qos, will.retain, properties=props
+        )
+
     # --- lifecycle ----------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            clean_session=not self._persistent,
-            protocol=mqtt.MQTTv311,
+            clean_session=None if self._v5 else not self._persistent,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             manual_ack=self._manual_ack,
         )
         if s.username:
@@ -94,15 +143,15 @@ class MqttBus:
             )
         if s.tls:
             client.tls_set(ca_certs=s.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        if self._will is not None:
-            client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
+        self._set_will(client, 1)
         client.reconnect_delay_set(
             min_delay=max(1, round(s.reconnect_min_delay_s)),
             max_delay=max(1, round(s.reconnect_max_delay_s)),
         )
-        client.max_inflight_messages_set(1000)
+        client.max_inflight_messages_set(self._max_inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -118,26 +167,30 @@ class MqttBus:
         s = self.settings
         delay = s.reconnect_min_delay_s
         last_error: Exception | None = None
+        connected = False
         for attempt in range(s.connect_retries + 1):
-            try:
-                await asyncio.to_thread(client.connect, s.host, s.port, s.keepalive_s)
+            for _ in range(len(self._endpoints)):
+                host, port = self._endpoints[self._endpoint_index]
+                try:
+                    await asyncio.to_thread(self._connect_to, client, host, port)
+                    connected = True
+                    break
+                except (OSError, ssl.SSLError) as err:
+                    last_error = err
+                    log.warning(
+                        "MQTT connect to %s:%s failed (attempt %d): %s", host, port, attempt + 1,
+                        err,
+                    )  # fmt: skip
+                    self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
+            if connected:
                 break
-            except (OSError, ssl.SSLError) as err:
-                last_error = err
-                log.warning(
-                    "MQTT connect to %s:%s failed (attempt %d): %s",
-                    s.host,
-                    s.port,
-                    attempt + 1,
-                    err,
-                )
-                if attempt < s.connect_retries:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, s.reconnect_max_delay_s)
+            if attempt < s.connect_retries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, s.reconnect_max_delay_s)
         else:
             await self._dispatcher.stop()
             raise BusError(
-                f"cannot connect to MQTT broker {s.host}:{s.port} after "
+                f"cannot connect to MQTT broker {self._endpoint_names()} after "
                 f"{s.connect_retries + 1} attempts: {last_error}"
             ) from last_error
         client.loop_start()
@@ -146,15 +199,41 @@ class MqttBus:
         except TimeoutError as err:
             client.loop_stop()
             await self._dispatcher.stop()
-            raise BusError(f"no CONNACK from {s.host}:{s.port}") from err
+            raise BusError(
+                f"no CONNACK from {self._endpoint_names()}{_PROTOCOL_HINT if self._v5 else ''}"
+            ) from err
         if self._refused is not None:
             # A refused CONNACK (bad credentials, not authorised) fails fast instead of retrying.
             client.loop_stop()
             await self._dispatcher.stop()
             raise BusError(
-                f"MQTT broker {s.host}:{s.port} refused the connection of user "
+                f"MQTT broker {self._endpoint_names()} refused the connection of user "
                 f"{s.username!r}: {self._refused}"
             )
+
+    def _endpoint_names(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self._endpoints)
+
+    def _connect_to(self, client: mqtt.Client, host: str, port: int) -> None:
+        s = self.settings
+        if not self._v5:
+            client.connect(host, port, s.keepalive_s)
+            return
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.session_expiry_s if self._persistent else 0
+        client.connect(
+            host, port, s.keepalive_s, clean_start=not self._persistent, properties=props
+        )
+
+    def _rotate_endpoint(self, client: mqtt.Client) -> None:
+        """Point paho's own reconnect at the next endpoint (network thread, socket closed)."""
+        if len(self._endpoints) < 2:
+            return
+        self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
+        host, port = self._endpoints[self._endpoint_index]
+        # paho's `host` setter refuses while its state says "connection lost", which is exactly
+        # when its own reconnect is about to use `_host`/`_port`: set those.
+        client._host, client._port = host, port
 
     async def close(self) -> None:
         client = self._client
@@ -163,6 +242,7 @@ class MqttBus:
             await asyncio.to_thread(client.loop_stop)
         with self._lock:
             self._transport_up = False
+        await self._hooks.stop()
         await self._dispatcher.stop()
 
     async def abort(self) -> None:
@@ -170,15 +250,19 @@ class MqttBus:
         client = self._client
         if client is None:
             return
-        sock = client.socket()
         client.on_disconnect = None
         client.on_connect = None
+        # Stop paho's thread first: once the socket is down it would reconnect otherwise.
+        await asyncio.to_thread(client.loop_stop)
+        sock = client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        await asyncio.to_thread(client.loop_stop)
+            with contextlib.suppress(OSError):
+                sock.close()
         with self._lock:
             self._transport_up = False
+        await self._hooks.stop()
         await self._dispatcher.stop()
 
     # --- pub/sub ------------------------------------------------------------------------------
@@ -188,6 +272,10 @@ class MqttBus:
         self._dispatcher.add(topic_filter, qos, callback)
         with self._lock:
             self._subs[topic_filter] = qos
+            if self._v5 and topic_filter not in self._sub_ids:
+                sub_id = subscription_id(topic_filter)
+                self._sub_ids[topic_filter] = sub_id
+                self._id_filters[sub_id] = frozenset((topic_filter,))
         fut = self._send_subscribe(topic_filter, qos)
         if fut is not None:
             try:
@@ -199,8 +287,13 @@ class MqttBus:
         assert self._client is not None
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
+        props = None
+        sub_id = self._sub_ids.get(topic_filter)
+        if sub_id is not None:
+            props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            props.SubscriptionIdentifier = sub_id
         with self._lock:
-            rc, mid = self._client.subscribe(topic_filter, qos)
+            rc, mid = self._client.subscribe(topic_filter, qos, properties=props)
             if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 # Not connected now: the reconnect handler subscribes again.
                 return None
@@ -214,18 +307,39 @@ class MqttBus:
         with self._lock:
             self._acked.add(topic_filter)
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        *,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> None:
         if self._client is None:
             raise BusError(f"publish on {topic} before connect")
-        if qos > 0:
-            while self.outstanding >= self._max_outstanding:
+        if qos > 0 and self.outstanding >= self._stats.queue_limit:
+            self._stats.publish_waits += 1
+            while self.outstanding >= self._stats.queue_limit:
                 await asyncio.sleep(0.01)  # back-pressure until the broker acknowledges more
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if self._v5 and (expiry_s is not None or response_topic or correlation_data is not None):
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if expiry_s is not None:
+                props.MessageExpiryInterval = max(1, int(expiry_s))
+            if response_topic:
+                props.ResponseTopic = response_topic
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if qos > 0 and info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self._in_flight.append(info)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BusError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
         if info.rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:
+            self._stats.dropped_qos0 += 1
             log.debug("QoS 0 message on %s dropped while disconnected", topic)
 
     @property
@@ -268,18 +382,25 @@ class MqttBus:
                 self._call(connack.set)
             return
         with self._lock:
-            was_up_before = self._connack is not None and self._connack.is_set()
             self._generation += 1
             self._transport_up = True
             self._acked.clear()
             subs = dict(self._subs)
-        if was_up_before:
-            self.reconnects += 1
-            log.info("MQTT reconnected; re-subscribing %d filters", len(subs))
+            self._stats.connections += 1
+            connection = self._stats.connections
+            host, port = self._endpoints[self._endpoint_index]
+            self._stats.endpoint = f"{host}:{port}"
+        if connection > 1:
+            log.info("MQTT reconnected to %s:%s; re-subscribing %d filters", host, port, len(subs))
+        self._set_will(client, connection + 1)  # sent with the next CONNECT
         for topic_filter, qos in subs.items():
             self._call(self._resubscribe, topic_filter, qos)
+        self._call(self._hooks.fire, connection)
         if self._connack is not None:
             self._call(self._connack.set)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._rotate_endpoint(client)
 
     def _resubscribe(self, topic_filter: str, qos: int) -> None:
         self._send_subscribe(topic_filter, qos)
@@ -295,8 +416,10 @@ class MqttBus:
         with self._lock:
             self._transport_up = False
             self._acked.clear()
+            self._stats.endpoint = ""
         if reason_code.value != 0:
             log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
+            self._rotate_endpoint(client)
 
     def _on_subscribe(
         self,
@@ -317,7 +440,12 @@ class MqttBus:
             self._call(_set_result, fut)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        raw = RawMessage(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        props = getattr(msg, "properties", None)
+        raw = RawMessage(
+            msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
+            getattr(props, "MessageExpiryInterval", None), getattr(props, "ResponseTopic", None),
+            getattr(props, "CorrelationData", None),
+        )  # fmt: skip
         after = None
         if self._manual_ack and msg.qos > 0:
             mid, qos, generation = msg.mid, msg.qos, self._generation
@@ -332,7 +460,11 @@ class MqttBus:
                 if current:
                     client.ack(mid, qos)
 
-        self._call(self._dispatcher.put, raw, after)
+        found = targets(getattr(props, "SubscriptionIdentifier", None), self._id_filters)
+        self._call(self._dispatcher.put, raw, after, found)
+
+
+_PROTOCOL_HINT = " (a broker without MQTT 5, e.g. amqtt or NATS, needs MQTT_PROTOCOL=3.1.1)"
 
 
 def _acknowledged(info: mqtt.MQTTMessageInfo) -> bool:

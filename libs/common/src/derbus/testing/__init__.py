@@ -3,6 +3,7 @@
 from derbus.testing.servers import (
     ComponentUnavailableError,
     MosquittoServer,
+    NatsCluster,
     PostgresServer,
     free_port,
     port_open,
@@ -13,6 +14,7 @@ __all__ = [
     "BusRecorder",
     "ComponentUnavailableError",
     "MosquittoServer",
+    "NatsCluster",
     "PostgresServer",
     "free_port",
     "port_open",

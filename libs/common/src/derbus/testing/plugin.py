@@ -23,6 +23,7 @@ from derbus.settings import MqttSettings
 from derbus.testing.servers import (
     ComponentUnavailableError,
     MosquittoServer,
+    NatsCluster,
     PostgresServer,
     create_database,
     drop_database,
@@ -116,6 +117,21 @@ def restartable_broker() -> Iterator[MosquittoServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """A 3-node NATS JetStream cluster serving MQTT 3.1.1, of this test's own (nodes killable)."""
+    cluster = NatsCluster()
+    try:
+        cluster.start()
+    except ComponentUnavailableError as err:
+        cluster.cleanup()
+        _unavailable("a NATS cluster (nats-server)", str(err))
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
 
 
 @pytest.fixture

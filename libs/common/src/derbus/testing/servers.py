@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MOSQUITTO_CONF = """\
-# derbus test broker: explicit queue limits (the default 1000 silently drops bursts)
+# derbus broker: explicit queue limits (the default 1000 silently drops bursts); sessions and
+# retained messages kept across a restart, saved every second (a kill -9 loses at most 1 s)
 listener {port} 127.0.0.1
 allow_anonymous {anonymous}
 persistence true
 persistence_location {data}/
 autosave_interval 1
+persistent_client_expiration 2d
 max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 0
@@ -283,3 +285,155 @@ def postgres_accepts(url: str) -> bool:
         return True
     except psycopg.Error:
         return False
+
+
+def mqtt_connack(host: str, port: int, timeout_s: float = 5.0) -> int | None:
+    """The CONNACK return code of a clean MQTT 3.1.1 session (None: no answer)."""
+    client_id = f"derbus-probe-{uuid.uuid4().hex[:8]}".encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            answer = sock.recv(4)
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    except OSError:
+        return None
+    if len(answer) < 4 or answer[0] != 0x20:
+        return None
+    return answer[3]
+
+
+NATS_NODE_CONF = """\
+# derbus test cluster node: NATS JetStream serving MQTT 3.1.1, sessions replicated on 3 nodes
+server_name: {name}
+listen: 127.0.0.1:{client_port}
+jetstream {{ store_dir: "{data}", max_memory_store: 64MB, max_file_store: 512MB }}
+cluster {{
+  name: derbus
+  listen: 127.0.0.1:{cluster_port}
+  routes: [{routes}]
+}}
+mqtt {{ listen: 127.0.0.1:{mqtt_port}, stream_replicas: {replicas} }}
+"""
+
+
+@dataclass
+class NatsNode:
+    """One node of a `NatsCluster`: its ports, folder and process."""
+
+    name: str
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of its MQTT listener."""
+        return f"127.0.0.1:{self.mqtt_port}"
+
+
+@dataclass
+class NatsCluster:
+    """A NATS JetStream cluster of `size` nodes on free loopback ports, each serving MQTT 3.1.1.
+
+    Debian's `nats-server` (2.9): MQTT sessions, QoS 1 messages and retained messages live in
+    JetStream streams replicated on every node, so a client that fails over to another node
+    keeps its session. No MQTT 5 (no message expiry, no shared subscriptions).
+    """
+
+    size: int = 3
+    base_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="derbus-nats-")))
+    nodes: list[NatsNode] = field(default_factory=list)
+
+    @property
+    def brokers(self) -> str:
+        """The MQTT endpoints as `MqttSettings.brokers` takes them."""
+        return ",".join(n.endpoint for n in self.nodes)
+
+    def start(self) -> NatsCluster:
+        """Start every node and wait until each accepts MQTT connections."""
+        binary = find_binary("nats-server")
+        if binary is None:
+            raise ComponentUnavailableError(
+                "nats-server is not installed (the Makefile installs it: `make deps` / "
+                "apt-get install nats-server)"
+            )
+        if not self.nodes:
+            for i in range(self.size):
+                self.nodes.append(
+                    NatsNode(
+                        f"n{i + 1}",
+                        free_port(),
+                        free_port(),
+                        free_port(),
+                        self.base_dir / f"n{i + 1}",
+                    )
+                )
+        for node in self.nodes:
+            self.start_node(node, wait=False)
+        for node in self.nodes:
+            _wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
+        for node in self.nodes:
+            self.wait_ready(node)
+        return self
+
+    def wait_ready(self, node: NatsNode, timeout_s: float = 60.0) -> None:
+        """Wait until the node accepts an MQTT session (JetStream has elected its leaders)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if mqtt_connack("127.0.0.1", node.mqtt_port) == 0:
+                return
+            time.sleep(0.2)
+        raise ComponentUnavailableError(
+            f"nats-server {node.name} did not accept MQTT sessions within {timeout_s:.0f} s"
+        )
+
+    def start_node(self, node: NatsNode, wait: bool = True) -> None:
+        """(Re)start one node on its ports and folder."""
+        binary = find_binary("nats-server")
+        assert binary is not None
+        routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
+        node.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.base_dir / f"{node.name}.conf"
+        conf.write_text(
+            NATS_NODE_CONF.format(
+                name=node.name,
+                client_port=node.client_port,
+                cluster_port=node.cluster_port,
+                mqtt_port=node.mqtt_port,
+                data=node.data_dir,
+                routes=routes,
+                replicas=min(3, len(self.nodes)),
+            )
+        )
+        node.proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-l", str(self.base_dir / f"{node.name}.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if wait:
+            _wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
+
+    def node_at(self, endpoint: str) -> NatsNode:
+        """The node whose MQTT listener is `endpoint` (host:port)."""
+        return next(n for n in self.nodes if n.endpoint == endpoint)
+
+    def kill_node(self, node: NatsNode) -> None:
+        """Kill one node hard (SIGKILL), as a crash would."""
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(10)
+        node.proc = None
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM)."""
+        for node in self.nodes:
+            _stop_process(node.proc)
+            node.proc = None
+
+    def cleanup(self) -> None:
+        """Stop and remove the folders."""
+        self.stop()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
