@@ -260,14 +260,15 @@ class Intake:
                 await timer
 
     def _arm(self) -> None:
-        timer = self._timer
-        if timer is None or timer.done() or timer is asyncio.current_task():
+        # called per message: no asyncio.current_task() here, `_timer` is None once it fired
+        if self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(
                 self._flush_later(), name="cloud_sync:group-commit"
             )
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(max(0.0, self.limits().batch_wait_s))
+        self._timer = None  # fired: the next message arms a new one
         await self.flush()
 
 
