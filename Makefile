@@ -6,7 +6,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
 export UV_LINK_MODE := copy
 
-.PHONY: help run test deps system-deps venv lint format typecheck unit integration topics acl bench clean
+.PHONY: help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -21,7 +21,7 @@ system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when mi
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing \
 	    || echo "warning: could not install$$missing (make run falls back to amqtt; tests will fail clearly)"; \
 	fi
 
@@ -31,8 +31,8 @@ venv:  ## create .venv with the whole workspace from uv.lock
 
 deps: system-deps venv  ## everything `make run` and `make test` need
 
-run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops)
-	@$(UV) run --frozen --no-sync derbus up
+run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops; MQTT_PORT=… picks the broker port)
+	@$(UV) run --frozen --no-sync derbus up $(if $(MQTT_PORT),--mqtt-port $(MQTT_PORT))
 
 topics: venv  ## write docs/topics.md and the broker ACL (deploy/mosquitto/acl) from the catalogue
 	@$(UV) run --frozen --no-sync derbus topics --output docs/topics.md
@@ -59,6 +59,29 @@ integration: deps  ## integration tests against real Mosquitto, PostgreSQL, Modb
 
 test: deps lint typecheck  ## install what is missing, lint, type-check, then every test
 	@$(UV) run --frozen --no-sync pytest -q
+
+# Instants the suite must pass at: European summer time starts, midsummer noon, summer time
+# ends, the last minutes of a year. `make test-dates DATES="2028-02-29T12:00Z"` tries others.
+DATES ?= 2027-03-28T01:30Z 2027-06-21T12:00Z 2027-10-31T00:30Z 2027-12-31T23:50Z
+
+faketime:  ## install Debian faketime (libfaketime) when missing
+	@command -v faketime >/dev/null || { \
+	  echo "installing system packages: faketime"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 faketime; }
+
+test-dates: deps faketime  ## unit + integration suites under libfaketime at each of DATES (not in make test)
+	@mkdir -p run; results=""; failed=0; \
+	for d in $(DATES); do \
+	  offset=$$(( $$(date -d "$$d" +%s) - $$(date +%s) )); \
+	  log="run/test-dates-$$d.log"; \
+	  echo "== $$d (clock moved by $$offset s; log $$log)"; \
+	  FAKETIME_DONT_FAKE_MONOTONIC=1 PYTHONPATH=$(CURDIR)/tests/faketime \
+	    faketime -f "+$${offset}s" $(CURDIR)/.venv/bin/pytest -q -p no:cacheprovider 2>&1 | tee "$$log"; \
+	  rc=$${PIPESTATUS[0]}; [ $$rc = 0 ] || failed=1; \
+	  results="$$results\n$$d: $$(tail -n 1 "$$log") (exit $$rc)"; \
+	done; \
+	echo -e "\n== test-dates$$results"; exit $$failed
 
 bench: deps  ## run the benchmarks (tables on stdout; see BENCHMARKS.md)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(UV) run --frozen --no-sync python $$b || exit 1; done
