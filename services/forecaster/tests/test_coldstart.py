@@ -50,7 +50,8 @@ def test_load_is_the_profile_scaled_to_the_measured_mean(site: fx.SiteContext) -
     shape = coldstart.load_profile_kw(measured.index.union(times), site)
     scale = 1.0 / shape[measured.index].mean()  # measured mean 1.0 kW
     np.testing.assert_allclose(frame["p50"], shape[times] * scale)
-    assert (frame["p10"] < frame["p50"]).all() and (frame["p50"] < frame["p90"]).all()
+    assert (frame["p10"] < frame["p50"]).all()
+    assert (frame["p50"] < frame["p90"]).all()
     assert coldstart.load_forecast(measured.iloc[:0], times, site) is None
 
 
@@ -76,7 +77,8 @@ def test_pv_scale_from_power_over_measured_irradiance(site: fx.SiteContext) -> N
     irradiance = clear * 0.5  # half a clear sky
     pv = irradiance * 0.004  # 4 kW per kW/m² of plane-of-array irradiance
     scale = coldstart.pv_scale(pv, irradiance, clear, pv_peak_kw=None)
-    assert scale is not None and scale.basis == "measured_irradiance"
+    assert scale is not None
+    assert scale.basis == "measured_irradiance"
     assert scale.kw_per_w_m2 == pytest.approx(0.004)
     assert scale.clear_sky_index == pytest.approx(0.5)
     tomorrow = utc_grid("2027-01-14T00:00Z", 96)
@@ -85,7 +87,8 @@ def test_pv_scale_from_power_over_measured_irradiance(site: fx.SiteContext) -> N
     day = ghi >= fx.MIN_CLEAR_GHI_W_M2
     np.testing.assert_allclose(frame["p50"][day], 0.004 * 0.5 * ghi[day])
     assert (frame.loc[~day.to_numpy()] == 0).all().all()
-    assert (frame["p10"] <= frame["p50"]).all() and (frame["p50"] <= frame["p90"]).all()
+    assert (frame["p10"] <= frame["p50"]).all()
+    assert (frame["p50"] <= frame["p90"]).all()
 
 
 def test_pv_scale_at_night_needs_a_nameplate(site: fx.SiteContext) -> None:
@@ -94,7 +97,8 @@ def test_pv_scale_at_night_needs_a_nameplate(site: fx.SiteContext) -> None:
     zeros = pd.Series(0.0, index=night)
     assert coldstart.pv_scale(zeros, zeros, clear, pv_peak_kw=None) is None
     scale = coldstart.pv_scale(zeros, zeros, clear, pv_peak_kw=5.0)
-    assert scale is not None and scale.basis == "nameplate"
+    assert scale is not None
+    assert scale.basis == "nameplate"
     assert scale.kw_per_w_m2 == pytest.approx(5.0 * coldstart.PV_PERFORMANCE_RATIO / 1000)
 
 
@@ -104,7 +108,8 @@ def test_pv_scale_from_power_alone_keeps_what_was_measured(site: fx.SiteContext)
     pv = clear * 0.002
     empty = pd.Series(dtype=float, index=pd.DatetimeIndex([], tz="UTC"))
     scale = coldstart.pv_scale(pv, empty, clear, pv_peak_kw=None)
-    assert scale is not None and scale.basis == "measured_power"
+    assert scale is not None
+    assert scale.basis == "measured_power"
     assert scale.kw_per_w_m2 * scale.clear_sky_index == pytest.approx(0.002)
 
 
@@ -152,7 +157,8 @@ def test_service_publishes_cold_start_forecasts_from_minutes_of_readings(tmp_pat
     assert load["meta"]["cold_start_basis"] == "standard_profile"
     assert load["meta"]["cold_start_measured_intervals"] == 2  # 10:10-10:15 and 10:15-10:20
     q = load["quantiles"]
-    assert len(q["p50"]) == 96 and min(q["p10"]) > 0
+    assert len(q["p50"]) == 96
+    assert min(q["p10"]) > 0
     assert all(a < b < c for a, b, c in zip(q["p10"], q["p50"], q["p90"], strict=True))
     # scaled so that the profile's mean over the two measured intervals is the measured
     # 0.9 kW: the first forecast interval (10:15 UTC, one of them) is close to it

@@ -49,15 +49,13 @@ class SiteView:
     forecasts: dict[str, TimeSeries] = field(default_factory=dict)
     schedule: TimeSeries | None = None
     setpoint: SetpointCommand | None = None
-    acks: dict[str, SetpointAck] = field(default_factory=dict)
+    sent: dict[str, SetpointCommand] = field(default_factory=dict)
+    """Recent battery setpoints by id, to pair them with their acks."""
+    acked: tuple[SetpointCommand, SetpointAck] | None = None
+    """The latest battery setpoint that got an acknowledgement, and that ack."""
     jobs: JobPlan | None = None
     telemetry: bool = False
     last_seen: float = 0.0
-
-    @property
-    def setpoint_ack(self) -> SetpointAck | None:
-        """The acknowledgement of the latest battery setpoint, once it came."""
-        return None if self.setpoint is None else self.acks.get(self.setpoint.setpoint_id)
 
     def forecast_text(self) -> str:
         """`load cold_start, pv linear@v0001` (model per target; p10–p90 when banded)."""
@@ -78,11 +76,13 @@ class SiteView:
         return f"{_f(now_kw)} kW {status}"
 
     def setpoint_text(self) -> str:
-        """The latest battery setpoint and its ack."""
+        """The latest acknowledged battery setpoint (who sent it, the ack), else the latest."""
+        if self.acked is not None:
+            cmd, ack = self.acked
+            return f"{_f(cmd.value)} kW from {cmd.source}: {ack.status}"
         if self.setpoint is None:
             return "—"
-        ack = self.setpoint_ack
-        return f"{_f(self.setpoint.value)} kW {ack.status if ack else 'no ack yet'}"
+        return f"{_f(self.setpoint.value)} kW from {self.setpoint.source}: no ack yet"
 
     def jobs_text(self) -> str:
         """How many deferrable jobs the load manager planned."""
@@ -164,13 +164,46 @@ class WatchState:
         elif isinstance(message, TimeSeries) and spec is topics.BATTERY_SCHEDULE:
             site.schedule = message
         elif isinstance(message, SetpointCommand) and message.target == "battery_p_kw":
-            site.setpoint = message
-        elif isinstance(message, SetpointAck) and ids.device_id == "battery":
-            site.acks[message.setpoint_id] = message
-            if len(site.acks) > 64:  # keep the recent ones only
-                site.acks.pop(next(iter(site.acks)))
+            site.setpoint = site.sent[message.setpoint_id] = message
+            if len(site.sent) > 64:  # the recent ones only
+                site.sent.pop(next(iter(site.sent)))
+        elif isinstance(message, SetpointAck) and message.setpoint_id in site.sent:
+            site.acked = (site.sent[message.setpoint_id], message)
         elif isinstance(message, JobPlan):
             site.jobs = message
+
+    def chain(self) -> dict[str, bool]:
+        """Which parts of the value chain have been seen on some site (what `make run` shows).
+
+        telemetry, load and PV forecasts with P10/P90 bands, a battery schedule, a battery
+        setpoint of the peak shaver acknowledged `accepted`, a reading through the meter
+        gateway, a load manager plan, a feeder state.
+        """
+        sites = list(self.shown_sites().values())
+
+        def banded(v: SiteView, target: str) -> bool:
+            f = v.forecasts.get(target)
+            return (
+                f is not None
+                and f.quantiles is not None
+                and {"p10", "p50", "p90"} <= set(f.quantiles)
+            )
+
+        return {
+            "telemetry": any(v.pcc_source == "edge_simulator" for v in sites),
+            "load_forecast": any(banded(v, "load") for v in sites),
+            "pv_forecast": any(banded(v, "pv") for v in sites),
+            "battery_schedule": any(v.schedule is not None for v in sites),
+            "setpoint_acked": any(
+                v.acked is not None
+                and v.acked[0].source == "peak_shaving"
+                and v.acked[1].status == "accepted"
+                for v in sites
+            ),
+            "gateway_reading": any(v.pcc_source == "meter_gateway" for v in sites),
+            "load_manager_plan": any(v.jobs is not None for v in sites),
+            "feeder_state": bool(self.feeders),
+        }
 
     def render(self, max_sites: int = 30) -> Group:
         """The tables to show."""
@@ -204,14 +237,16 @@ class WatchState:
                 _f(sum(f.pv_output_kw.values()), 0),
             )  # fmt: skip
         footer = Table.grid()
-        footer.add_row(f"messages: {self.messages}  invalid: {self.invalid}  root: {self.root}")
+        footer.add_row(f"messages: {self.messages}  invalid: {self.invalid}  root: {self.root}"
+                       f"  chain: {self._chain_text()}")  # fmt: skip
         parts = [sites, feeders, services, footer] if self.feeders else [sites, services, footer]
         return Group(*parts)
 
     def summary(self, now: datetime | None = None) -> str:
         """The same as plain text, one line per site, feeder and service state (for pipes)."""
         stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        lines = [f"[{stamp}] messages {self.messages}, invalid {self.invalid}, root {self.root}"]
+        lines = [f"[{stamp}] messages {self.messages}, invalid {self.invalid}, root {self.root};"
+                 f" chain: {self._chain_text()}"]  # fmt: skip
         for site_id, v in sorted(self.shown_sites().items()):
             lines.append(
                 f"  site {site_id}: PCC {_f(v.pcc_kw)} kW (via {v.pcc_source or '—'}),"
@@ -232,6 +267,12 @@ class WatchState:
         )
         lines.append(f"  services: {states or '—'}")
         return "\n".join(lines)
+
+    def _chain_text(self) -> str:
+        chain = self.chain()
+        missing = [k for k, ok in chain.items() if not ok]
+        seen = f"{len(chain) - len(missing)}/{len(chain)} parts seen"
+        return seen + (f" (waiting for {', '.join(missing)})" if missing else "")
 
 
 def _v_max(f: FeederState) -> float | None:

@@ -24,6 +24,7 @@ case where the forecaster has nothing to offer.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from forecaster.catalogue import Target
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "cold_start"
 LOAD_PROFILE = "BDEW H25 (demandlib)"
@@ -338,6 +341,8 @@ class ColdStart:
             frame = load_forecast(values, times, site)
             if frame is None:
                 return None
+            log.info("%s/%s: cold start on %d measured intervals (standard load profile)",
+                     site_id, target.name, len(values))  # fmt: skip
             return ColdStartForecast(frame, len(values), "standard_profile")
         irr_raw = self.readings.samples(
             site_id, "irradiance_w_m2", self._raw_start(known, start), now
@@ -350,6 +355,8 @@ class ColdStart:
         scale = pv_scale(values, irradiance, clear["clearsky_ghi_w_m2"], self.settings.pv_peak_kw)
         if scale is None:
             return None
+        log.info("%s/%s: cold start on %d measured intervals (%s)", site_id, target.name,
+                 len(values), scale.basis)  # fmt: skip
         return ColdStartForecast(pv_forecast(scale, times, site), len(values), scale.basis)
 
     @staticmethod
