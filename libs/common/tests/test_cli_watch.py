@@ -107,6 +107,8 @@ def test_the_summary_follows_a_site_along_the_chain() -> None:
     state.update(raw(topics.SETPOINT_ACK, "s1", "battery", ack))
     second = first.model_copy(update={"setpoint_id": "b", "value": -1.0})
     state.update(raw(topics.SETPOINT, "s1", "battery", second))  # not acked yet
+    replaced = ack.model_copy(update={"status": "superseded", "reason": "replaced by b"})
+    state.update(raw(topics.SETPOINT_ACK, "s1", "battery", replaced))  # the end of its life
     assert "setpoint: -1.50 kW from peak_shaving: accepted" in state.summary(T0)
     plan = JobPlan(ts=T0, source="load_manager", plan_id="p", jobs=[], horizon_start=T0,
                    step_s=900, solve_status="optimal")  # fmt: skip

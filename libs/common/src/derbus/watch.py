@@ -52,7 +52,7 @@ class SiteView:
     sent: dict[str, SetpointCommand] = field(default_factory=dict)
     """Recent battery setpoints by id, to pair them with their acks."""
     acked: tuple[SetpointCommand, SetpointAck] | None = None
-    """The latest battery setpoint that got an acknowledgement, and that ack."""
+    """The latest battery setpoint answered `accepted` or `rejected`, and that answer."""
     jobs: JobPlan | None = None
     telemetry: bool = False
     last_seen: float = 0.0
@@ -167,7 +167,11 @@ class WatchState:
             site.setpoint = site.sent[message.setpoint_id] = message
             if len(site.sent) > 64:  # the recent ones only
                 site.sent.pop(next(iter(site.sent)))
-        elif isinstance(message, SetpointAck) and message.setpoint_id in site.sent:
+        elif (
+            isinstance(message, SetpointAck)
+            and message.setpoint_id in site.sent
+            and message.status in ("accepted", "rejected")  # the answer, not the life's end
+        ):
             site.acked = (site.sent[message.setpoint_id], message)
         elif isinstance(message, JobPlan):
             site.jobs = message

@@ -87,7 +87,7 @@ class ColdStartSettings(BaseSettings):
         " forecast before daylight has been measured",
     )
     retry_s: float = Field(
-        default=30.0, gt=0, le=3600, description="retry period while a site has no forecast, s"
+        default=10.0, gt=0, le=3600, description="retry period while a site has no forecast, s"
     )
 
 
