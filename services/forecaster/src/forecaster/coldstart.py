@@ -16,10 +16,10 @@ of values in the last week, the forecaster issues a *cold-start* forecast, marke
 
 Measurements are the feature-table history the forecaster already has, extended by the raw
 `readings` of the cloud database after its last value (the current, partial interval
-included), so a forecast exists seconds after the first readings were stored. Bands are
-multiplicative factors on P50 chosen on SimBench data (see `BANDS` and the forecaster README).
-Nothing measured for a target (and, for PV, no nameplate) means no forecast: that is the only
-case where the forecaster has nothing to offer.
+included), so a forecast exists seconds after the first readings were stored.
+Bands: load P10/P90 are factors of P50 chosen on SimBench data (`BANDS`); PV's P10 is 0 and
+its P90 the clear-sky output. Nothing measured for a target (and, for PV, no nameplate) means
+no forecast: that is the only case where the forecaster has nothing to offer.
 """
 
 from __future__ import annotations
@@ -56,19 +56,20 @@ RECENT_DAYLIGHT = timedelta(hours=3)
 
 @dataclass(frozen=True)
 class Bands:
-    """P10 and P90 as factors of P50 (P50 = 1)."""
+    """P10 and P90 as factors of P50 (PV: P90 as a factor of the clear-sky output)."""
 
     p10: float
     p90: float
 
 
 BANDS: dict[str, Bands] = {
-    "load": Bands(p10=0.45, p90=1.75),
-    "pv": Bands(p10=0.25, p90=1.45),
+    "load": Bands(p10=0.27, p90=1.94),
+    "pv": Bands(p10=0.0, p90=1.0),
 }
-"""Cold-start band factors per target, chosen on SimBench 2016 January-June (h0-a load, pv1
-PV) for 80 % coverage; reported on July-December and on other columns by
-`bench/bench_coldstart.py` (figures in BENCHMARKS.md)."""
+"""Cold-start bands as factors of P50: the 10 % and 90 % quantiles of actual / P50 on SimBench
+2016 January-June (h0-a load; pv1 daylight: 0.00 and 6.7, the latter from dawn and dusk, so
+PV's P90 is the clear-sky output instead, `pv_forecast`). Scored on July-December and on other
+columns by `bench/bench_coldstart.py` (figures in BENCHMARKS.md)."""
 
 
 class ColdStartSettings(BaseSettings):
@@ -281,11 +282,9 @@ def pv_forecast(scale: PvScale, times: pd.DatetimeIndex, site: fx.SiteContext) -
     ghi = clear.to_numpy(dtype=float)
     clear_kw = scale.kw_per_w_m2 * np.where(ghi >= fx.MIN_CLEAR_GHI_W_M2, ghi, 0.0)
     p50 = clear_kw * scale.clear_sky_index
-    bands = BANDS["pv"]
-    return pd.DataFrame(
-        {"p10": p50 * bands.p10, "p50": p50, "p90": np.minimum(p50 * bands.p90, clear_kw * 1.2)},
-        index=times,
-    )
+    # P90: what the array gives under a clear sky (at least P50, the index may exceed 1)
+    p90 = np.maximum(clear_kw * BANDS["pv"].p90, p50)
+    return pd.DataFrame({"p10": p50 * BANDS["pv"].p10, "p50": p50, "p90": p90}, index=times)
 
 
 # --- what the forecaster calls ------------------------------------------------------------------
