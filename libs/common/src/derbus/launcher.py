@@ -49,6 +49,11 @@ GATEWAY_DEVICES = Path("deploy/gateway/devices.local.yaml")
 DEMO_PV_PEAK_KW = 5.0
 """The simulated site's PV inverter capacity (edge_simulator's default SolarConfig), handed to
 the forecaster's cold start as the installer would give the nameplate."""
+START_FIRST = ("edge_simulator",)
+"""Started alone and given up to START_FIRST_WAIT_S to answer /readyz before the others: the
+chain starts from its telemetry, and on a busy 2-core machine nine interpreters starting at once
+delayed its first reading by ~1.5 min."""
+START_FIRST_WAIT_S = 30.0
 BROKER_URL_FILE = "broker-url"
 PLATFORM_FILE = "platform.json"
 RESTART_MIN_S = 1.0
@@ -411,6 +416,8 @@ def up(
         child = Child(spec.name, argv, env, run_dir / f"{spec.name}.log", repo)
         platform.children[spec.name] = child
         child.start()
+        if spec.name in START_FIRST:
+            wait_until_ready(api_port, child, START_FIRST_WAIT_S)
         for command, default_port in spec.companions.items():
             name = f"{spec.name} {command}"
             platform.api_ports[name] = free_port() if free_ports else default_port
@@ -421,6 +428,18 @@ def up(
             companion.start()
     platform.write_state()
     return platform
+
+
+def wait_until_ready(port: int, child: Child, timeout_s: float) -> bool:
+    """Poll a child's /readyz until it answers, exits, or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready(port):
+            return True
+        if child.proc is None or child.proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
 
 
 def ready(port: int) -> bool:

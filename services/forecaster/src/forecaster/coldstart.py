@@ -63,7 +63,7 @@ class Bands:
 
 
 BANDS: dict[str, Bands] = {
-    "load": Bands(p10=0.27, p90=1.94),
+    "load": Bands(p10=0.32, p90=2.01),
     "pv": Bands(p10=0.0, p90=1.0),
 }
 """Cold-start bands as factors of P50: the 10 % and 90 % quantiles of actual / P50 on SimBench
@@ -257,10 +257,14 @@ def pv_scale(
         recent_irr = irr.reindex(recent.index)
         index = float(recent_irr.sum() / clear.reindex(recent.index).sum())
         return PvScale(factor, min(max(index, 0.05), 1.2), "measured_irradiance")
-    # power only: the array factor and the clear-sky index cannot be told apart; their product
-    # is what was measured, the clear-sky output assumes the default index
-    ratio = float(recent.sum() / clear.reindex(recent.index).sum())
-    return PvScale(ratio / DEFAULT_CLEAR_SKY_INDEX, DEFAULT_CLEAR_SKY_INDEX, "measured_power")
+    # power only: capacity and clouds cannot be told apart. The clearest interval seen gives
+    # the array factor (at least what the recent output implies at the default index), the
+    # recent output over it the clear-sky index
+    ratio = day / clear.reindex(day.index)
+    recent_ratio = float(recent.sum() / clear.reindex(recent.index).sum())
+    factor = max(float(ratio.max()), recent_ratio / DEFAULT_CLEAR_SKY_INDEX)
+    index = recent_ratio / factor if factor > 0 else DEFAULT_CLEAR_SKY_INDEX
+    return PvScale(factor, index, "measured_power")
 
 
 def pv_forecast(scale: PvScale, times: pd.DatetimeIndex, site: fx.SiteContext) -> pd.DataFrame:
