@@ -3,10 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 # uv on PATH, else the uv module of this python (installed by `make venv` when missing)
 UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll
+APT_PACKAGES := mosquitto mosquitto-clients postgresql victoria-metrics mbpoll chromium chromium-driver npm
+# the console's browser assets (htmx, uPlot; axe-core for the browser tests), from npm, pinned
+CONSOLE := services/console
+CONSOLE_VENDOR := $(CONSOLE)/src/console/static/vendor
 export UV_LINK_MODE := copy
 
-.PHONY: help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl bench clean
+.PHONY: console-assets console-docs help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl proto bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -18,6 +21,9 @@ system-deps:  ## install mosquitto, postgresql, victoria-metrics, mbpoll when mi
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] || missing="$$missing victoria-metrics"; \
 	command -v mbpoll >/dev/null || missing="$$missing mbpoll"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -32,16 +38,33 @@ venv:  ## create .venv with the whole workspace from uv.lock
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	@$(UV) sync --frozen --all-packages --quiet --compile-bytecode
 
-deps: system-deps venv  ## everything `make run` and `make test` need
+console-assets: $(CONSOLE_VENDOR)/.stamp  ## vendor the console's browser assets from npm (never a CDN at run time)
+
+$(CONSOLE_VENDOR)/.stamp: $(CONSOLE)/package.json $(CONSOLE)/package-lock.json
+	@cd $(CONSOLE) && npm ci --ignore-scripts --no-audit --no-fund --silent
+	@mkdir -p $(CONSOLE_VENDOR) $(CONSOLE)/tests/vendor
+	@cp $(CONSOLE)/node_modules/htmx.org/dist/htmx.min.js $(CONSOLE)/node_modules/uplot/dist/uPlot.iife.min.js \
+	  $(CONSOLE)/node_modules/uplot/dist/uPlot.min.css $(CONSOLE_VENDOR)/
+	@cp $(CONSOLE)/node_modules/htmx.org/LICENSE $(CONSOLE_VENDOR)/LICENSE.htmx
+	@cp $(CONSOLE)/node_modules/uplot/LICENSE $(CONSOLE_VENDOR)/LICENSE.uplot
+	@cp $(CONSOLE)/node_modules/axe-core/axe.min.js $(CONSOLE)/tests/vendor/
+	@touch $@
+
+deps: system-deps venv console-assets  ## everything `make run` and `make test` need
 
 run: deps  ## start broker + every service on embedded defaults, show derbus watch (Ctrl-C stops; MQTT_PORT=… picks the broker port)
 	@$(UV) run --frozen --no-sync derbus up $(if $(MQTT_PORT),--mqtt-port $(MQTT_PORT))
 
-topics: venv  ## write docs/topics.md and the broker ACL (deploy/mosquitto/acl) from the catalogue
+topics: venv  ## write docs/topics.md, docs/asyncapi.yaml and the broker ACL from the catalogue
 	@$(UV) run --frozen --no-sync derbus topics --output docs/topics.md
+	@$(UV) run --frozen --no-sync derbus asyncapi --output docs/asyncapi.yaml
 	@$(UV) run --frozen --no-sync derbus acl --acl-only
 
 acl: topics  ## same as `make topics` (the ACL follows the catalogue)
+
+proto: venv  ## regenerate the Sparkplug B classes from services/scada_bridge/src/scada_bridge/proto
+	@cd services/scada_bridge/src/scada_bridge && ../../../../.venv/bin/python -m grpc_tools.protoc \
+	  -Iproto --python_out=. --pyi_out=. proto/sparkplug_b.proto
 
 lint: venv  ## ruff check + ruff format --check
 	@$(UV) run --frozen --no-sync ruff check .
@@ -62,6 +85,9 @@ integration: deps  ## integration tests against real Mosquitto, PostgreSQL, Modb
 
 test: deps lint typecheck  ## install what is missing, lint, type-check, then every test
 	@$(UV) run --frozen --no-sync pytest -q
+
+console-docs: deps  ## run the console's browser tests, their screenshots into docs/console (docs/console.md)
+	@DERBUS_SCREENSHOTS=docs/console $(UV) run --frozen --no-sync pytest -q tests/integration/test_console_browser.py
 
 # Instants the suite must pass at: European summer time starts, midsummer noon, summer time
 # ends, the last minutes of a year. `make test-dates DATES="2028-02-29T12:00Z"` tries others.

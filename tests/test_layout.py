@@ -17,11 +17,11 @@ SERVICES = sorted(p.name for p in (REPO / "services").iterdir() if (p / "pyproje
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
-def test_the_eight_services_exist() -> None:
+def test_the_platform_services_exist() -> None:
     assert sorted(
         [
             "edge_simulator", "meter_gateway", "cloud_sync", "feature_engineering",
-            "forecaster", "peak_shaving", "load_manager", "voltage_coordinator",
+            "forecaster", "peak_shaving", "load_manager", "voltage_coordinator", "console", "scada_bridge",
         ]
     ) == SERVICES  # fmt: skip
 

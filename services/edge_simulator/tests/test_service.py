@@ -88,15 +88,23 @@ async def test_out_of_range_and_foreign_setpoints(clock: Any) -> None:
     ack = recs["ack"].values[0]
     assert ack.status == "rejected"
     assert "outside the allowed range" in (ack.reason or "")
-    # a site this simulator does not run, and a device without setpoints: no ack at all
+    # a site this simulator does not run: left to its receiver, no ack at all
     await probe.publish(topics.SETPOINT.topic("other", "battery", ROOT), command(1.0, 60, clock))
+    # a device of its site that takes no setpoints: rejected as unknown
     await probe.publish(topics.SETPOINT.topic("site-1", "pcc", ROOT), command(1.0, 60, clock))
     await probe.publish(
         topics.SETPOINT.topic("site-1", "load1", ROOT),
         command(1.0, 60, clock, target="load_on", unit="bool"),
     )
-    await wait_for(lambda: len(recs["ack"].values) == 2, 5)
-    assert recs["ack"].messages[1][0] == topics.SETPOINT_ACK.topic("site-1", "load1", ROOT)
+    await wait_for(lambda: len(recs["ack"].values) == 3, 5)
+    assert [t for t, _ in recs["ack"].messages[1:]] == [
+        topics.SETPOINT_ACK.topic("site-1", "pcc", ROOT),
+        topics.SETPOINT_ACK.topic("site-1", "load1", ROOT),
+    ]
+    unknown = recs["ack"].values[1]
+    assert unknown.status == "rejected"
+    assert (unknown.reason or "").startswith("unknown device 'pcc'")
+    assert recs["ack"].values[2].status == "accepted"
     await wait_for(
         lambda: any(t.endswith("/load1/load") and m.on for t, m in recs["load"].messages), 5
     )
@@ -131,3 +139,38 @@ async def test_devices_selection_publishes_only_those(clock: Any) -> None:
 def test_devices_setting_refuses_an_unknown_device() -> None:
     with pytest.raises(ValidationError, match=r"unknown devices.*heatpump"):
         settings(devices="pcc,heatpump")
+
+
+async def test_rest_setpoints_follow_the_bus_contract(clock: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from derbus.http import make_app
+
+    service, probe, recs = await started(clock, sites=2, api_token="tok")
+    auth = {"Authorization": "Bearer tok"}
+    body = {"target": "battery_p_kw", "value": -2.0, "ttl_s": 60, "priority": "grid_operator"}
+    url = "/devices/battery/setpoints"
+    with TestClient(make_app(service, manage_lifecycle=False)) as client:
+        assert client.post(url, json=body).status_code == 401
+        assert client.post(url, json=body, headers=auth).status_code == 409  # which site?
+        url += "?site_id=site-0002"
+        grid = client.post(url, json={**body, "setpoint_id": "g"}, headers=auth)
+        assert (grid.status_code, grid.json()["status"]) == (200, "accepted")
+        low = client.post(url, json={**body, "value": 1.0, "priority": "manual"}, headers=auth)
+        assert (low.status_code, low.json()["status"]) == (202, "queued")
+        assert low.json()["active_setpoint_id"] == "g"
+        assert low.json()["applied_value"] == -2.0
+        out = client.post(url, json={**body, "value": 99}, headers=auth)
+        assert (out.status_code, out.json()["status"]) == (422, "rejected")
+        unit = client.post(url, json={**body, "unit": "W"}, headers=auth)
+        assert unit.status_code == 422
+        assert unit.json()["detail"][0]["loc"] == ["body", "unit"]
+        nosuch = client.post("/devices/pcc/setpoints?site_id=site-0002", json=body, headers=auth)
+        assert nosuch.status_code == 404
+    # what REST answered is on the bus as well, on the device of the site
+    await probe.drain()
+    on_bus = [(t, a.status) for t, a in recs["ack"].messages]
+    ack_topic = topics.SETPOINT_ACK.topic("site-0002", "battery", ROOT)
+    assert on_bus == [(ack_topic, "accepted"), (ack_topic, "queued"), (ack_topic, "rejected")]
+    assert service.state["sim"].controls.overrides(clock()).battery_p_kw[1] == -2.0
+    await service.stop()

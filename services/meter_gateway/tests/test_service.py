@@ -249,21 +249,77 @@ async def test_a_write_the_device_does_not_keep_is_rejected_by_read_back(
     assert runner.arbiter.active("battery_p_kw", clock()) is None
 
 
-async def test_higher_priority_wins_and_the_lower_one_resumes(
+async def test_a_higher_priority_supersedes_the_one_in_force_and_the_device_reverts_after_it(
     rig: Rig, links: dict[str, MemoryLink], clock: Any
 ) -> None:
     runner = rig.runner("battery")
     regs = links["battery"].registers[2]
-    runner.submit(command(1.0, 60, clock, priority=Priority.SITE_OPTIMISER))
+    low = command(1.0, 60, clock, priority=Priority.SITE_OPTIMISER)
+    runner.submit(low)
     await runner.control_step()
-    runner.submit(command(-3.0, 5, clock, priority=Priority.GRID_OPERATOR))
+    high = command(-3.0, 5, clock, priority=Priority.GRID_OPERATOR)
+    runner.submit(high)
     await runner.control_step()
     assert regs[200] == encode(-3000, DataType.INT16)[0]
     clock.advance(5)
     await runner.control_step()
-    assert regs[200] == 1000  # back to the optimiser's value, not reverted
+    assert regs[200] == 0  # reverted: the superseded setpoint does not come back
     await rig.drain()
-    assert [a.status for a in rig.acks.values] == ["accepted", "accepted", "expired"]
+    assert [(a.setpoint_id, a.status, a.active_setpoint_id) for a in rig.acks.values] == [
+        (low.setpoint_id, "accepted", low.setpoint_id),
+        (high.setpoint_id, "accepted", high.setpoint_id),
+        (low.setpoint_id, "superseded", high.setpoint_id),
+        (high.setpoint_id, "expired", None),
+    ]
+
+
+async def test_a_lower_priority_is_queued_and_takes_over_when_the_higher_ends(
+    rig: Rig, links: dict[str, MemoryLink], clock: Any
+) -> None:
+    runner = rig.runner("battery")
+    regs = links["battery"].registers[2]
+    high = command(-3.0, 5, clock, priority=Priority.GRID_OPERATOR)
+    runner.submit(high)
+    await runner.control_step()
+    low = command(1.0, 60, clock, priority=Priority.MANUAL)
+    queued = runner.submit(low)
+    await runner.control_step()
+    assert regs[200] == encode(-3000, DataType.INT16)[0]  # the queued one is not written
+    ack = queued.result()
+    assert (ack.status, ack.active_setpoint_id, ack.applied_value) == (
+        "queued", high.setpoint_id, -3.0,
+    )  # fmt: skip
+    assert ack.active_priority == Priority.GRID_OPERATOR
+    clock.advance(5)
+    await runner.control_step()
+    assert regs[200] == 1000
+    await rig.drain()
+    assert [(a.setpoint_id, a.status) for a in rig.acks.values] == [
+        (high.setpoint_id, "accepted"),
+        (low.setpoint_id, "queued"),
+        (high.setpoint_id, "expired"),
+        (low.setpoint_id, "accepted"),
+    ]
+
+
+async def test_a_failed_write_rejects_the_newcomer_and_keeps_the_setpoint_in_force(
+    rig: Rig, links: dict[str, MemoryLink], clock: Any
+) -> None:
+    runner = rig.runner("battery")
+    low = command(1.0, 60, clock, priority=Priority.MANUAL)
+    runner.submit(low)
+    await runner.control_step()
+    links["battery"].frozen.add(200)
+    high = command(-3.0, 60, clock, priority=Priority.GRID_OPERATOR)
+    runner.submit(high)
+    await runner.control_step()
+    await rig.drain()
+    assert [(a.setpoint_id, a.status) for a in rig.acks.values] == [
+        (low.setpoint_id, "accepted"),
+        (high.setpoint_id, "rejected"),
+    ]
+    assert "device write failed" in (rig.acks.values[1].reason or "")
+    assert runner.arbiter.active("battery_p_kw", clock()) == low
 
 
 async def test_setpoint_on_the_bus_with_a_running_service(links: dict[str, MemoryLink]) -> None:
@@ -280,14 +336,22 @@ async def test_setpoint_on_the_bus_with_a_running_service(links: dict[str, Memor
         await observer.publish(
             topics.SETPOINT.topic("site-1", "battery", settings.mqtt.root), cmd.to_json_bytes()
         )
-        # a setpoint for a device this gateway does not have is left to its owner
+        # a site of another receiver is left to it; a device this gateway lacks on its own
+        # site is rejected as unknown
+        await observer.publish(
+            topics.SETPOINT.topic("site-9", "battery", settings.mqtt.root), cmd.to_json_bytes()
+        )
         await observer.publish(
             topics.SETPOINT.topic("site-1", "ev", settings.mqtt.root), cmd.to_json_bytes()
         )
-        await acks.wait(1)
-        assert acks.values[0].status == "accepted"
+        await acks.wait(2)
+        by_device = {t.split("/")[-2]: a for t, a in acks.messages}
+        assert by_device["battery"].status == "accepted"
+        assert by_device["ev"].status == "rejected"
+        assert (by_device["ev"].reason or "").startswith("unknown device 'ev'")
         await wait_for(lambda: links["battery"].registers[2][200] == 2000, 5)
-        await wait_for(lambda: len(acks.messages) == 1, 1)
+        await observer.drain()
+        assert len(acks.messages) == 2
     finally:
         await service.stop()
 
@@ -306,7 +370,19 @@ def test_rest_devices_and_setpoints(links: dict[str, MemoryLink]) -> None:
         assert ok.json()["status"] == "accepted"
         assert links["battery"].registers[2][200] == 1500
         bad = client.post("/devices/battery/setpoints", json={**body, "value": 50}, headers=auth)
-        assert bad.json()["status"] == "rejected"
+        assert (bad.status_code, bad.json()["status"]) == (422, "rejected")
+        low = client.post(
+            "/devices/battery/setpoints", json={**body, "priority": "grid_operator"}, headers=auth
+        )
+        assert low.status_code == 200
+        queued = client.post("/devices/battery/setpoints", json=body, headers=auth)
+        assert (queued.status_code, queued.json()["status"]) == (202, "queued")
+        assert queued.json()["active_setpoint_id"] == low.json()["setpoint_id"]
+        pcc = client.post(
+            "/devices/pcc/setpoints", json={**body, "setpoint_id": "p1"}, headers=auth
+        )
+        assert (pcc.status_code, pcc.json()["status"]) == (422, "rejected")
+        assert "not supported (supported: none)" in pcc.json()["reason"]
         assert client.post("/devices/nope/setpoints", json=body, headers=auth).status_code == 404
         detail = client.get("/devices/battery").json()
         assert detail["controls"]["battery_p_kw"]["applied"] == 1.5

@@ -39,6 +39,22 @@ def topics_cmd(
         typer.echo(f"{spec.filter(root=root):55s} {spec.model.__name__:18s} {flags}")
 
 
+@app.command("asyncapi")
+def asyncapi_cmd(
+    output: Annotated[Path | None, typer.Option(help="write the YAML document here")] = None,
+    root: Annotated[str, typer.Option(help="topic root")] = topics.DEFAULT_ROOT,
+) -> None:
+    """Print (or write) the AsyncAPI 3.0 document of the bus, generated from the catalogue."""
+    from derbus.asyncapi import document_yaml
+
+    text = document_yaml(root)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    output.write_text(text)
+    typer.echo(f"wrote {output}")
+
+
 @app.command("acl")
 def acl_cmd(
     root: Annotated[str, typer.Option(envvar="MQTT_ROOT", help="topic root")] = topics.DEFAULT_ROOT,
@@ -229,7 +245,11 @@ async def _run_platform(
         return 0
     for name, ok in status.items():
         mark = "ready" if ok else "NOT READY (see log)"
-        typer.echo(f"  {name:32s} http://127.0.0.1:{platform.api_ports[name]}/docs  {mark}")
+        page = "/" if name == "console" else "/docs"  # the console's pages, the others' API
+        typer.echo(f"  {name:32s} http://127.0.0.1:{platform.api_ports[name]}{page}  {mark}")
+        if name == "console":
+            token = platform.run_dir / "console" / "api_token"
+            typer.echo(f"  {'':32s} (setpoint token in {token})")
     if not all(status.values()):
         typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
     if check:

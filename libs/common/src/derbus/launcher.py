@@ -33,6 +33,7 @@ from derbus.errors import ConfigError
 from derbus.testing.servers import find_binary, free_port, mosquitto_conf, port_open
 
 EMBEDDED_ORDER = (
+    "console",  # first: its URL is the first line `derbus up` prints
     "edge_simulator",
     "meter_gateway",
     "cloud_sync",
@@ -41,6 +42,7 @@ EMBEDDED_ORDER = (
     "peak_shaving",
     "load_manager",
     "voltage_coordinator",
+    "scada_bridge",
 )
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_MODBUS_PORT = 5020
@@ -393,11 +395,12 @@ def up(
     (run_root / BROKER_URL_FILE).write_text(platform.url + "\n")
     say(f"broker: {kind} at {platform.url}  (`derbus broker-url`; logs in {run_dir})")
     defaults = run_defaults(repo, run_dir, modbus_port)
-    for spec in discover_services(repo):
-        if only and spec.name not in only:
-            continue
-        api_port = free_port() if free_ports else spec.api_port
-        platform.api_ports[spec.name] = api_port
+    specs = [s for s in discover_services(repo) if not only or s.name in only]
+    for spec in specs:  # every port first: a service may be told where the others listen
+        platform.api_ports[spec.name] = free_port() if free_ports else spec.api_port
+    urls = {name: f"http://127.0.0.1:{p}" for name, p in platform.api_ports.items()}
+    for spec in specs:
+        api_port = platform.api_ports[spec.name]
         env = dict(os.environ)
         for key, value in defaults.get(spec.name, {}).items():
             env.setdefault(key, value)
@@ -405,6 +408,7 @@ def up(
             {
                 "MQTT_HOST": "127.0.0.1",
                 "MQTT_PORT": str(choice.port),
+                "DERBUS_SERVICE_URLS": json.dumps(urls),
                 f"{spec.env_prefix}API_PORT": str(api_port),
                 f"{spec.env_prefix}DATA_DIR": str(run_dir / spec.name),
                 "PYTHONUNBUFFERED": "1",

@@ -3,8 +3,9 @@
 A service is declared, not written: `@service.on(topics.METER)` handlers receive the validated
 model and a `Context` to publish; `@service.every(seconds)` tasks run periodically. The
 dispatcher here is the only broad `except` of a service: a payload that fails to decode or
-validate is logged, counted and dead-lettered; a handler that raises is logged with its
-traceback and marks the service degraded; consumption always continues.
+validate is logged, counted and dead-lettered (and, for a handler declared with `on_invalid`,
+handed to that hook: a command receiver answers it with a `rejected` ack); a handler that raises
+is logged with its traceback and marks the service degraded; consumption always continues.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing_extensions import TypeVar as DefaultTypeVar
 from derbus import topics
 from derbus.bus.base import Ack, Bus, RawMessage, Will
 from derbus.errors import ConfigError
-from derbus.messages import DeadLetter, Message, ServiceState, ServiceStatus, utcnow
+from derbus.messages import (
+    DeadLetter,
+    Message,
+    ServiceState,
+    ServiceStatus,
+    describe_problems,
+    utcnow,
+)
 from derbus.settings import ServiceSettings, describe_validation_error
 from derbus.topics import PLATFORM_SITE, TopicIds, TopicSpec
 
@@ -39,6 +47,8 @@ T = TypeVar("T")
 St = DefaultTypeVar("St", default=dict[str, Any])
 
 Handler = Callable[[M, "Context"], Awaitable[None] | None]
+InvalidHandler = Callable[[RawMessage, ValidationError, "Context"], Awaitable[None] | None]
+"""Called after a payload failed its model (already dead-lettered): raw message, error, context."""
 Task = Callable[["Context"], Awaitable[None] | None]
 
 
@@ -123,6 +133,7 @@ class _HandlerEntry(Generic[M]):
     topic_filter: str
     fn: Handler[M]
     name: str
+    on_invalid: InvalidHandler | None = None
 
 
 @dataclass
@@ -189,17 +200,20 @@ class Service(Generic[S, St]):
         site_id: str | None = None,
         device_id: str | None = None,
         shared_group: str | None = None,
+        on_invalid: InvalidHandler | None = None,
     ) -> Callable[[Handler[M]], Handler[M]]:
         """Declare a handler for a topic spec (missing ids are wildcards).
 
         `shared_group` subscribes as an MQTT shared subscription so replicas split the load.
+        `on_invalid` is called for a payload that failed the spec's model, after it was logged,
+        counted and dead-lettered (a command receiver answers it there).
         """
 
         def register(fn: Handler[M]) -> Handler[M]:
             topic_filter = spec.filter(site_id, device_id, root=self.root)
             if shared_group:
                 topic_filter = f"$share/{shared_group}/{topic_filter}"
-            self._handlers.append(_HandlerEntry(spec, topic_filter, fn, fn.__name__))
+            self._handlers.append(_HandlerEntry(spec, topic_filter, fn, fn.__name__, on_invalid))
             return fn
 
         return register
@@ -417,7 +431,9 @@ class Service(Generic[S, St]):
         try:
             message = spec.model.model_validate_json(raw.payload)
         except ValidationError as err:
-            await self.dead_letter(raw, spec, describe_validation_error(err))
+            await self.dead_letter(raw, spec, describe_problems(err))
+            if entry.on_invalid is not None:
+                await self._answer_invalid(entry, entry.on_invalid, raw, err)
             return
         ids = spec.parse(raw.topic, root=self.root)
         started = time.perf_counter()
@@ -435,6 +451,26 @@ class Service(Generic[S, St]):
             self.metrics.handler_seconds.labels(handler=entry.name).observe(
                 time.perf_counter() - started
             )
+
+    async def _answer_invalid(
+        self,
+        entry: _HandlerEntry[Any],
+        hook: InvalidHandler,
+        raw: RawMessage,
+        err: ValidationError,
+    ) -> None:
+        ids = entry.spec.parse(raw.topic, root=self.root)
+        name = f"{entry.name}:invalid"
+        try:
+            result = hook(raw, err, Context(self, raw.topic, ids))
+            if inspect.isawaitable(result):
+                await result
+        except Exception as hook_err:  # part of the dispatcher: one bad message never stops it
+            self.metrics.handler_errors.labels(handler=name).inc()
+            log.exception("invalid-payload hook %s failed on %s", name, raw.topic)
+            await self.set_degraded(f"handler:{name}", f"{type(hook_err).__name__}: {hook_err}")
+        else:
+            await self.clear_degraded(f"handler:{name}")
 
     async def dead_letter(self, raw: RawMessage, spec: TopicSpec[Any] | None, error: str) -> None:
         """Log, count and republish an invalid payload on the dead-letter topic."""

@@ -135,7 +135,7 @@ METER = TopicSpec(
     True,
     "PCC or sub-meter reading: active/reactive power (+import), phase voltages, energy counters",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager"),
+    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
 )
 PV = TopicSpec(
     "telemetry.pv",
@@ -146,7 +146,7 @@ PV = TopicSpec(
     True,
     "PV inverter: generation (positive), available power, active limit, irradiance",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager"),
+    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
 )
 BATTERY = TopicSpec(
     "telemetry.battery",
@@ -157,7 +157,7 @@ BATTERY = TopicSpec(
     True,
     "Battery: power (+charge), SoC, health, limits, voltage, temperature",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "peak_shaving"),
+    subscribers=("cloud_sync", "peak_shaving", "console", "scada_bridge"),
 )
 LOAD = TopicSpec(
     "telemetry.load",
@@ -168,7 +168,7 @@ LOAD = TopicSpec(
     True,
     "Load: site total or one device (HVAC, EV, switchable), power consumed, relay state",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager"),
+    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
 )
 PRICE = TopicSpec(
     "telemetry.price",
@@ -179,7 +179,7 @@ PRICE = TopicSpec(
     True,
     "Grid price: import price, feed-in, time-of-use period, demand charge, carbon intensity",
     publishers=("edge_simulator",),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager"),
+    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
 )
 
 # --- forecasts and schedules: retained QoS 1 -----------------------------------------------------
@@ -192,7 +192,7 @@ FORECAST = TopicSpec(
     True,
     "Day-ahead forecast of a target (device level = target: load, pv), 96 x 15 min, quantiles",
     publishers=("forecaster",),
-    subscribers=("peak_shaving", "load_manager", "cloud_sync"),
+    subscribers=("peak_shaving", "load_manager", "cloud_sync", "console"),
 )
 BATTERY_SCHEDULE = TopicSpec(
     "schedule.battery",
@@ -203,7 +203,7 @@ BATTERY_SCHEDULE = TopicSpec(
     True,
     "Battery power schedule from the EMA (+charge), with solve status and objective terms",
     publishers=("peak_shaving",),
-    subscribers=("peak_shaving", "cloud_sync"),
+    subscribers=("peak_shaving", "cloud_sync", "console"),
 )
 JOB_PLAN = TopicSpec(
     "schedule.jobs",
@@ -214,7 +214,7 @@ JOB_PLAN = TopicSpec(
     True,
     "Plan of deferrable jobs (start per job, PV and grid energy) for a house or neighbourhood",
     publishers=("load_manager",),
-    subscribers=(),
+    subscribers=("console",),
 )
 
 # --- control: commands QoS 1 never retained, acknowledgements --------------------------------------
@@ -226,8 +226,15 @@ SETPOINT = TopicSpec(
     1,
     False,
     "Setpoint command (value, unit, ttl_s, priority, id) for a battery, PV or load",
-    publishers=("peak_shaving", "load_manager", "voltage_coordinator", "scada"),
-    subscribers=("edge_simulator", "meter_gateway"),
+    publishers=(
+        "peak_shaving",
+        "load_manager",
+        "voltage_coordinator",
+        "scada",
+        "console",
+        "scada_bridge",
+    ),
+    subscribers=("edge_simulator", "meter_gateway", "console"),
 )
 SETPOINT_ACK = TopicSpec(
     "control.ack",
@@ -236,9 +243,16 @@ SETPOINT_ACK = TopicSpec(
     SetpointAck,
     1,
     False,
-    "Acknowledgement of a setpoint: accepted / rejected with reason / expired / superseded",
+    "Acknowledgement of a setpoint: accepted / queued (naming the winner) / rejected with reason / superseded / expired",
     publishers=("edge_simulator", "meter_gateway", "feeder_sim"),
-    subscribers=("peak_shaving", "load_manager", "voltage_coordinator", "scada"),
+    subscribers=(
+        "peak_shaving",
+        "load_manager",
+        "voltage_coordinator",
+        "scada",
+        "console",
+        "scada_bridge",
+    ),
 )
 JOB_REQUEST = TopicSpec(
     "control.job",
@@ -263,7 +277,7 @@ FEEDER_STATE = TopicSpec(
     "Feeder power-flow snapshot (site level = feeder id, device `feeder`): bus voltages, PV "
     "available/output",
     publishers=("edge_simulator", "feeder_sim"),
-    subscribers=("voltage_coordinator", "voltage_area", "cloud_sync"),
+    subscribers=("voltage_coordinator", "voltage_area", "cloud_sync", "console"),
 )
 PV_CURTAILMENT = TopicSpec(
     "grid.pv_curtailment",
@@ -275,7 +289,7 @@ PV_CURTAILMENT = TopicSpec(
     "Batch of PV power limits for a feeder (site level = feeder id, device `coordinator`) with "
     "TTL and priority",
     publishers=("voltage_coordinator",),
-    subscribers=("edge_simulator", "feeder_sim"),
+    subscribers=("edge_simulator", "feeder_sim", "console"),
 )
 AREA_EXCHANGE = TopicSpec(
     "grid.area_exchange",
@@ -299,7 +313,7 @@ SERVICE_STATUS = TopicSpec(
     True,
     "Service status online/degraded/offline (site level = platform, device level = service)",
     publishers=("*",),
-    subscribers=("scada", "cloud_sync"),
+    subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
 )
 DEAD_LETTER = TopicSpec(
     "status.dead_letter",
@@ -310,7 +324,7 @@ DEAD_LETTER = TopicSpec(
     False,
     "A payload a service could not decode or validate (device level = service), with the reason",
     publishers=("*",),
-    subscribers=("scada", "cloud_sync"),
+    subscribers=("scada", "cloud_sync", "console"),
 )
 DEVICE_STATUS = TopicSpec(
     "status.device",
@@ -332,7 +346,7 @@ KPI = TopicSpec(
     True,
     "KPIs of a controller (device level = controller): efficiency, time on limit, backlog…",
     publishers=("peak_shaving", "load_manager", "voltage_coordinator", "cloud_sync"),
-    subscribers=("scada", "cloud_sync"),
+    subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]

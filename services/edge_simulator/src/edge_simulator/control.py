@@ -1,18 +1,22 @@
 """Setpoints of every simulated device: one SetpointArbiter per (site, device), turned into overrides.
 
-Pure: `now` is an argument. Device ids and targets follow the cross-service contract:
-`battery` → `battery_p_kw` (+ charge), `pv` → `pv_limit_kw` / `pv_limit_pct`,
+`Controls` is pure (`now` is an argument); `SimSetpoints` makes the simulator a setpoint receiver
+for `derbus.setpoint_receiver.serve_setpoints`. Device ids and targets follow the cross-service
+contract: `battery` → `battery_p_kw` (+ charge), `pv` → `pv_limit_kw` / `pv_limit_pct`,
 `load1`, `load2`, `ev` → `load_on` (1 on / 0 off).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 
 from derbus.messages import SetpointAck, SetpointCommand, SetpointTarget
+from derbus.setpoint_receiver import done
 from derbus.setpoints import SetpointArbiter, TargetLimits
 from edge_simulator.fleet import Fleet, Overrides
 
@@ -93,18 +97,7 @@ class Controls:
         arb = self.arbiters.get((site_index, device_id))
         if arb is None:
             return []
-        ended = [c for stack in arb.live.values() for c in stack if c.setpoint_id == setpoint_id]
-        for target in list(arb.live):
-            arb.live[target] = [c for c in arb.live[target] if c.setpoint_id != setpoint_id]
-            if not arb.live[target]:
-                del arb.live[target]
-        return [
-            AckOut(site_index, device_id, SetpointAck(
-                ts=now, source=self.source, setpoint_id=c.setpoint_id, status="expired",
-                reason=reason, applied_value=arb.value(c.target, now), target=c.target,
-            ))
-            for c in ended
-        ]  # fmt: skip
+        return [AckOut(site_index, device_id, a) for a in arb.withdraw(setpoint_id, now, reason)]
 
     def expire(self, now: datetime) -> list[AckOut]:
         """End the setpoints whose TTL passed; returns their `expired` acks."""
@@ -119,7 +112,7 @@ class Controls:
         """The values the physics applies now (NaN where the device runs on its own)."""
         ovr = Overrides.none(self.fleet.n_sites)
         for (site, device), arb in self.arbiters.items():
-            if not arb.live:
+            if arb.idle:
                 continue
             if device == "battery":
                 ovr.battery_p_kw[site] = arb.value("battery_p_kw", now, np.nan)
@@ -138,3 +131,48 @@ class Controls:
                 value = arb.value("load_on", now, np.nan)
                 getattr(ovr, f"{device}_on")[site] = value
         return ovr
+
+
+@dataclass
+class SimSetpoints:
+    """The simulator as a setpoint receiver (`derbus.setpoint_receiver.SetpointReceiver`).
+
+    Args:
+        controls: the arbiters of the fleet.
+        clock: simulated time.
+        publish: publishes acknowledgements on the bus.
+        applied: told the site index after a setpoint came into force there.
+    """
+
+    controls: Controls
+    clock: Callable[[], datetime]
+    publish: Callable[[Iterable[AckOut]], Awaitable[None]]
+    applied: Callable[[int], None]
+
+    @property
+    def source(self) -> str:
+        """Written in the acks."""
+        return self.controls.source
+
+    def now(self) -> datetime:
+        """Simulated time."""
+        return self.clock()
+
+    def sites(self) -> Iterable[str]:
+        """The simulated sites."""
+        return self.controls.fleet.ids
+
+    def devices(self, site_id: str) -> Collection[str] | None:
+        """The controllable devices of a simulated site (None for another site)."""
+        return CONTROLLABLE.keys() if site_id in self.controls.fleet.index else None
+
+    async def submit(
+        self, site_id: str, device_id: str, cmd: SetpointCommand
+    ) -> asyncio.Future[SetpointAck]:
+        """Apply the contract at once and publish the acks; the first one is returned."""
+        index = self.controls.fleet.index[site_id]
+        acks = self.controls.submit(index, device_id, cmd, self.clock())
+        await self.publish(acks)
+        if acks[0].ack.status == "accepted":
+            self.applied(index)
+        return done(acks[0].ack)

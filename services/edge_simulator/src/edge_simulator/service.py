@@ -16,11 +16,11 @@ from fastapi import APIRouter, HTTPException
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import StorageError
-from derbus.messages import SetpointCommand
 from derbus.service import Context, Service
+from derbus.setpoint_receiver import serve_setpoints
 from derbus.topics import TopicIds
 from edge_simulator.config import SimConfig, load_sim_config
-from edge_simulator.control import CONTROLLABLE, AckOut, Controls
+from edge_simulator.control import AckOut, Controls, SimSetpoints
 from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
@@ -255,17 +255,11 @@ def build_service(
         else:
             sim.next_due_wall = wall + interval
 
-    @service.on(topics.SETPOINT)
-    async def on_setpoint(cmd: SetpointCommand, ctx: Context) -> None:
-        index = fleet.index.get(ctx.site_id)
-        device = ctx.device_id or ""
-        if index is None or device not in CONTROLLABLE:
-            log.debug("setpoint for %s/%s is not for a simulated device", ctx.site_id, device)
-            return
-        acks = sim.controls.submit(index, device, cmd, clock())
-        await publish_acks_(acks)
-        if acks[0].ack.status == "accepted" and service.settings.publish_on_setpoint:
+    def applied(index: int) -> None:
+        if service.settings.publish_on_setpoint:
             sim.dirty.add(index)
+
+    serve_setpoints(service, SimSetpoints(sim.controls, clock, publish_acks_, applied))
 
     @service.every(lambda: min(POLL_S, service.settings.interval_s), run_at_start=True)
     async def tick(_ctx: Context) -> None:

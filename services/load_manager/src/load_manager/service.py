@@ -37,6 +37,7 @@ from load_manager.controller import CycleInputs, NetBalanceController, SetpointR
 from load_manager.cossmic import Neighbourhood, load_jobs, load_neighbourhood
 from load_manager.jobs import DuplicateJobError, JobBook
 from load_manager.kpi import KpiTracker, local_date
+from load_manager.planner_api import planner_router
 from load_manager.planning import (
     JobSubmission,
     apply_schedule,
@@ -485,4 +486,5 @@ def build_service(
         return st.plan
 
     service.include_router(router)
+    service.include_router(planner_router(service))
     return service

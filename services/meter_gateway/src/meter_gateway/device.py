@@ -1,4 +1,8 @@
-"""One device at run time: its poll loop (read, decode, publish, stale/ok) and its control loop."""
+"""One device at run time: its poll loop (read, decode, publish, stale/ok) and its control loop.
+
+`GatewaySetpoints` makes the gateway's devices a setpoint receiver for
+`derbus.setpoint_receiver.serve_setpoints`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -24,6 +28,7 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.service import Service
+from derbus.setpoint_receiver import done
 from derbus.setpoints import SetpointArbiter, TargetLimits
 from meter_gateway import sunspec
 from meter_gateway.config import ResolvedDevice
@@ -82,10 +87,10 @@ class GatewayMetrics:
 
 @dataclass
 class Pending:
-    """A setpoint waiting for the control loop, with the REST caller's future if any."""
+    """A setpoint waiting for the control loop, with the future of its first ack."""
 
     cmd: SetpointCommand
-    future: asyncio.Future[SetpointAck] | None = None
+    future: asyncio.Future[SetpointAck]
 
 
 class DeviceRunner:
@@ -243,13 +248,11 @@ class DeviceRunner:
             await asyncio.sleep(max(0.0, delay - (time.monotonic() - started)))
 
     # --- control -------------------------------------------------------------------------------
-    def submit(self, cmd: SetpointCommand, want_ack: bool = False) -> asyncio.Future[SetpointAck]:
-        """Queue a setpoint for the control loop; the future resolves with its ack."""
+    def submit(self, cmd: SetpointCommand) -> asyncio.Future[SetpointAck]:
+        """Queue a setpoint for the control loop; the future resolves with its first ack."""
         future: asyncio.Future[SetpointAck] = asyncio.get_running_loop().create_future()
-        self.inbox.put_nowait(Pending(cmd, future if want_ack else None))
+        self.inbox.put_nowait(Pending(cmd, future))
         self.wake.set()
-        if not want_ack:
-            future.cancel()
         return future
 
     async def run_control(self) -> None:
@@ -262,44 +265,35 @@ class DeviceRunner:
             await self.control_step()
 
     async def control_step(self) -> None:
-        """One control tick: new setpoints, expired ones, then bring registers in line."""
+        """One control tick: expired setpoints, new ones, then bring registers in line."""
         now = self.clock()
+        for ack in self.arbiter.expire(now):
+            await self.publish_ack(ack)
         while not self.inbox.empty():
             await self._handle(self.inbox.get_nowait(), now)
-        for ack in self.arbiter.expire(now):
-            await self._ack(ack)
         await self._reconcile(now)
 
     async def _handle(self, pending: Pending, now: datetime) -> None:
+        """Check, write (when it would be in force), then let the arbiter take it.
+
+        The device write comes before `submit`, so a write the device refuses leaves the
+        setpoints already held untouched: the command is `rejected` and nothing is superseded.
+        """
         cmd = pending.cmd
-        acks = self.arbiter.submit(cmd, now)
-        first = acks[0]
-        if first.status == "accepted":
-            active = self.arbiter.active(cmd.target, now)
-            if active is not None and active.setpoint_id == cmd.setpoint_id:
-                error = await self._apply(cmd.target, cmd.value, now, "write")
-                if error is not None:
-                    self._withdraw(cmd)
-                    first = first.with_changes(
-                        status="rejected", reason=f"device write failed: {error}",
-                        applied_value=self.control.get(cmd.target, ControlState()).applied,
-                    )  # fmt: skip
-        await self._ack(first)
-        if pending.future is not None and not pending.future.done():
-            pending.future.set_result(first)
+        reason = self.arbiter.check(cmd, now)
+        if reason is None and self.arbiter.holder(cmd, now) is None:
+            error = await self._apply(cmd.target, cmd.value, now, "write")
+            if error is not None:
+                reason = f"device write failed: {error}"
+        acks = [self.arbiter.reject(cmd, now, reason)] if reason else self.arbiter.submit(cmd, now)
+        await self.publish_ack(acks[0])
+        if not pending.future.done():
+            pending.future.set_result(acks[0])
         for ack in acks[1:]:
-            await self._ack(ack)
+            await self.publish_ack(ack)
 
-    def _withdraw(self, cmd: SetpointCommand) -> None:
-        stack = [
-            c for c in self.arbiter.live.get(cmd.target, []) if c.setpoint_id != cmd.setpoint_id
-        ]
-        if stack:
-            self.arbiter.live[cmd.target] = stack
-        else:
-            self.arbiter.live.pop(cmd.target, None)
-
-    async def _ack(self, ack: SetpointAck) -> None:
+    async def publish_ack(self, ack: SetpointAck) -> None:
+        """Publish an acknowledgement on this device's ack topic."""
         await self.service.publish(
             topics.SETPOINT_ACK, ack, site_id=self.device.site_id, device_id=self.device.id
         )
@@ -372,3 +366,51 @@ class DeviceRunner:
             if self.last_reading
             else None,
         }
+
+
+@dataclass
+class GatewaySetpoints:
+    """The gateway's devices as a setpoint receiver (`derbus.setpoint_receiver`).
+
+    Args:
+        runners: the devices by (site id, device id).
+        clock: current UTC time (stamps REST commands and rejections).
+    """
+
+    runners: dict[tuple[str, str], DeviceRunner]
+    clock: Callable[[], datetime] = utcnow
+    _by_site: dict[str, set[str]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for site_id, device_id in self.runners:
+            self._by_site.setdefault(site_id, set()).add(device_id)
+
+    @property
+    def source(self) -> str:
+        """Written in the acks."""
+        return SOURCE
+
+    def now(self) -> datetime:
+        """The gateway's time."""
+        return self.clock()
+
+    def sites(self) -> Iterable[str]:
+        """The sites of the configured devices."""
+        return self._by_site.keys()
+
+    def devices(self, site_id: str) -> Collection[str] | None:
+        """The configured devices of a site (None: no device of this gateway is there)."""
+        return self._by_site.get(site_id)
+
+    async def submit(
+        self, site_id: str, device_id: str, cmd: SetpointCommand
+    ) -> asyncio.Future[SetpointAck]:
+        """Queue the command for the device's control loop (refused at once without controls)."""
+        runner = self.runners[(site_id, device_id)]
+        if not runner.device.controls:  # no control loop runs for it: answer here
+            now = self.clock()
+            reason = runner.arbiter.check(cmd, now) or "the device takes no setpoints"
+            ack = runner.arbiter.reject(cmd, now, reason)
+            await runner.publish_ack(ack)
+            return done(ack)
+        return runner.submit(cmd)

@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query
 
 from derbus import topics
 from derbus.bus.base import Bus
-from derbus.http import TokenDep
-from derbus.messages import Priority, SetpointCommand, SetpointTarget, utcnow
-from derbus.messages.control import SETPOINT_UNITS
-from derbus.service import Context, Service
+from derbus.messages import utcnow
+from derbus.service import Service
+from derbus.setpoint_receiver import serve_setpoints
 from meter_gateway.config import ResolvedDevice, load_devices
-from meter_gateway.device import SOURCE, SPECS, DeviceRunner, GatewayMetrics
+from meter_gateway.device import SOURCE, SPECS, DeviceRunner, GatewayMetrics, GatewaySetpoints
 from meter_gateway.link import LinkPool, ModbusLink
 from meter_gateway.settings import Settings
 
@@ -26,22 +25,12 @@ log = logging.getLogger(__name__)
 LinkFactory = Callable[[ResolvedDevice], ModbusLink]
 
 
-class SetpointRequest(BaseModel):
-    """Body of `POST /devices/{id}/setpoints` (the bus contract; unit defaults to the target's)."""
-
-    target: SetpointTarget
-    value: float
-    ttl_s: float = Field(gt=0, le=86_400)
-    priority: Priority = Priority.MANUAL
-    unit: str | None = None
-    setpoint_id: str | None = Field(default=None, min_length=1, max_length=100)
-
-
 def build_service(
     settings: Settings,
     bus: Bus,
     devices: list[ResolvedDevice] | None = None,
     link_factory: LinkFactory | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> Service[Settings]:
     """The gateway service.
 
@@ -50,6 +39,7 @@ def build_service(
         bus: the bus.
         devices: the devices to run (default: loaded from `settings.devices_file`).
         link_factory: the Modbus link of a device (default: pymodbus clients; tests pass fakes).
+        clock: current UTC time for polls, setpoints and their TTLs (tests pass their own).
     """
     if devices is None:
         devices = (
@@ -63,7 +53,7 @@ def build_service(
         return pool.link_for(device.label, device.connection, device.timeout_s)
 
     make_link = link_factory or default_link
-    runners = {d.key: DeviceRunner(d, make_link(d), service, metrics) for d in devices}
+    runners = {d.key: DeviceRunner(d, make_link(d), service, metrics, clock) for d in devices}
     service.state["runners"] = runners
     tasks: list[asyncio.Task[None]] = []
     service.declare_publishes(*SPECS.values(), topics.DEVICE_STATUS, topics.SETPOINT_ACK)
@@ -93,27 +83,14 @@ def build_service(
         tasks.clear()
         pool.close()
 
-    @service.on(topics.SETPOINT)
-    async def on_setpoint(cmd: SetpointCommand, ctx: Context) -> None:
-        runner = runners.get((ctx.site_id, ctx.device_id or ""))
-        if runner is None:
-            return  # another receiver's device (the simulator's, another gateway's)
-        runner.submit(cmd)
+    setpoints = serve_setpoints(
+        service, GatewaySetpoints(runners, clock), lambda: service.settings.setpoint_ack_timeout_s
+    )
 
     router = APIRouter(tags=["devices"])
 
     def find(device_id: str, site_id: str | None) -> DeviceRunner:
-        matches = [
-            r for (site, dev), r in runners.items()
-            if dev == device_id and (site_id is None or site == site_id)
-        ]  # fmt: skip
-        if not matches:
-            raise HTTPException(status_code=404, detail=f"no device {device_id!r}")
-        if len(matches) > 1:
-            raise HTTPException(
-                status_code=409, detail=f"device {device_id!r} exists on several sites: site_id="
-            )
-        return matches[0]
+        return runners[(setpoints.find_site(device_id, site_id), device_id)]
 
     @router.get("/devices")
     def list_devices() -> list[dict[str, object]]:
@@ -126,31 +103,6 @@ def build_service(
     ) -> dict[str, object]:
         """One device's state, SunSpec models, controls and last reading."""
         return find(device_id, site_id).describe()
-
-    @router.post("/devices/{device_id}/setpoints")
-    async def post_setpoint(
-        device_id: str,
-        body: SetpointRequest,
-        _auth: TokenDep,
-        site_id: Annotated[str | None, Query()] = None,
-    ) -> dict[str, object]:
-        """Send a setpoint (same contract as the bus); answers with its acknowledgement."""
-        runner = find(device_id, site_id)
-        try:
-            cmd = SetpointCommand(
-                ts=utcnow(), source="api", target=body.target, value=body.value,
-                unit=body.unit or SETPOINT_UNITS[body.target], ttl_s=body.ttl_s,
-                priority=body.priority, **({"setpoint_id": body.setpoint_id} if body.setpoint_id else {}),
-            )  # fmt: skip
-        except ValueError as err:
-            raise HTTPException(status_code=422, detail=str(err)) from err
-        future = runner.submit(cmd, want_ack=True)
-        try:
-            ack = await asyncio.wait_for(future, service.settings.setpoint_ack_timeout_s)
-        except TimeoutError as err:
-            raise HTTPException(status_code=504, detail="no acknowledgement in time") from err
-        result: dict[str, object] = ack.model_dump(mode="json")
-        return result
 
     service.include_router(router)
     return service

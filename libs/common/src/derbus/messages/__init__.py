@@ -13,13 +13,23 @@ Units are in field names (`p_kw`, `e_kwh`, `soc_pct`, `v_pu`, `price_per_kwh`); 
 timezone-aware UTC and serialised with a trailing `Z`.
 """
 
-from derbus.messages.base import Message, UtcDatetime, format_utc, utcnow
+from derbus.messages.base import (
+    Message,
+    UtcDatetime,
+    describe_problems,
+    format_utc,
+    utcnow,
+    validation_problems,
+)
 from derbus.messages.control import (
+    ACK_STATUSES,
+    SETPOINT_TARGETS,
     SETPOINT_UNITS,
     AckStatus,
     Priority,
     SetpointAck,
     SetpointCommand,
+    SetpointRequest,
     SetpointTarget,
     new_setpoint_id,
 )
@@ -51,6 +61,8 @@ def pcc_power_kw(load_p_kw: float, pv_generation_kw: float, battery_p_kw: float)
 
 
 __all__ = [
+    "ACK_STATUSES",
+    "SETPOINT_TARGETS",
     "SETPOINT_UNITS",
     "AckStatus",
     "AreaExchange",
@@ -74,13 +86,16 @@ __all__ = [
     "ServiceStatus",
     "SetpointAck",
     "SetpointCommand",
+    "SetpointRequest",
     "SetpointTarget",
     "Telemetry",
     "TimeSeries",
     "TouPeriod",
     "UtcDatetime",
+    "describe_problems",
     "format_utc",
     "new_setpoint_id",
     "pcc_power_kw",
     "utcnow",
+    "validation_problems",
 ]

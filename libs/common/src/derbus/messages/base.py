@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationError,
 )
 
 
@@ -32,6 +33,26 @@ UtcDatetime = Annotated[
     PlainSerializer(format_utc, return_type=str, when_used="json"),
 ]
 """A timezone-aware datetime normalised to UTC; naive values fail validation."""
+
+
+def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
+    """Each problem of a payload that failed its model: (field, reason).
+
+    The field is dotted (`quantiles.p10`), `(payload)` for the payload as a whole (not JSON, not
+    an object); the reason is pydantic's message without its "Value error, " prefix.
+    """
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(payload)"
+        ctx_error = (e.get("ctx") or {}).get("error")
+        reason = str(ctx_error) if e["type"] == "value_error" and ctx_error else e["msg"]
+        problems.append((where, reason))
+    return problems
+
+
+def describe_problems(err: ValidationError) -> str:
+    """One line naming every invalid field of a payload and why (`ttl_s: …; unit: …`)."""
+    return "; ".join(f"{where}: {reason}" for where, reason in validation_problems(err))
 
 
 def utcnow() -> datetime:

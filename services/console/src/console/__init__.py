@@ -1,0 +1,1 @@
+"""derbus console: the web face of the platform (fleet, site, decisions, planner, feeder)."""
