@@ -372,8 +372,12 @@ def up(
 
     With `free_ports` every API (and the simulator's Modbus server) gets a free port instead of
     its default (8101…, 5020), so a second platform (a test run next to `make run`) does not
-    collide. Raises ConfigError when the requested MQTT port is taken.
+    collide; such a platform writes `broker-url` only into a `run_root` it was given. Raises
+    ConfigError when the requested MQTT port is taken.
     """
+    # a second platform on free ports (a test next to `make run`) does not take over the
+    # run/broker-url of the first, unless it was given a run root of its own
+    claim_url = run_root is not None or not free_ports
     run_root = run_root or repo / "run"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = run_root / stamp
@@ -392,7 +396,8 @@ def up(
     wait_port(broker, choice.port)
     platform = Platform(repo, run_root, run_dir, choice.port, {"broker": broker}, {}, kind,
                         modbus_port)  # fmt: skip
-    (run_root / BROKER_URL_FILE).write_text(platform.url + "\n")
+    if claim_url:
+        (run_root / BROKER_URL_FILE).write_text(platform.url + "\n")
     say(f"broker: {kind} at {platform.url}  (`derbus broker-url`; logs in {run_dir})")
     defaults = run_defaults(repo, run_dir, modbus_port)
     specs = [s for s in discover_services(repo) if not only or s.name in only]
