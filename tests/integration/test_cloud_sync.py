@@ -16,9 +16,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
+from cloud_sync.__main__ import app as cli
 from cloud_sync.service import build_service
 from cloud_sync.settings import Settings
+from cloud_sync.state import CloudSync
 from derbus import topics
 from derbus.bus import MqttBus
 from derbus.http import make_app
@@ -122,7 +125,9 @@ def sync_settings(tmp_path: Path, mqtt: MqttSettings, db_url: str, **extra: Any)
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[Service[Settings], MqttBus]]:
+async def running(
+    settings: Settings,
+) -> AsyncIterator[tuple[Service[Settings, CloudSync], MqttBus]]:
     """cloud_sync in-process with its production bus set-up, and a publisher on the same root."""
     bus = MqttBus(settings.mqtt, client_id=settings.client_id, manual_ack=True)
     service = build_service(settings, bus)
@@ -216,8 +221,8 @@ async def test_readings_reach_postgres_and_victoria_metrics_with_their_values(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as http:
             metrics = (await http.get("/metrics")).text
-        assert "cloud_sync_outbox_rows 0.0" in metrics
-        assert "cloud_sync_influx_points_failed_total 0.0" in metrics
+        assert "derbus_cloud_sync_outbox_readings 0.0" in metrics
+        assert "derbus_cloud_sync_influx_points_failed_total 0.0" in metrics
         assert service.status().state == "online"
 
 
@@ -251,6 +256,23 @@ async def test_malformed_telemetry_is_dead_lettered_and_counted_while_the_rest_f
         assert invalid == 2
 
 
+async def every_surface(
+    service: Service[Settings, CloudSync], kpis: BusRecorder[KpiReport]
+) -> dict[str, Any]:
+    """What `/healthz`, `/backlog`, the latest KPI report and `cloud-sync --status` say now."""
+    app = make_app(service, manage_lifecycle=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        health = (await http.get("/healthz")).json()
+        backlog = (await http.get("/backlog")).json()
+    status = CliRunner().invoke(
+        cli, ["--data-dir", str(service.settings.data_dir), "--status"], catch_exceptions=False
+    )
+    return {"healthz": health, "backlog": backlog, "kpi": kpis.values[-1].values if kpis.values else {},
+            "status": status.output}  # fmt: skip
+
+
 async def test_postgres_outage_loses_and_doubles_nothing(
     tmp_path: Path, mqtt_settings: MqttSettings, restartable_postgres: PostgresServer
 ) -> None:
@@ -262,7 +284,9 @@ async def test_postgres_outage_loses_and_doubles_nothing(
         site_messages(site, start + timedelta(hours=1), 6),
     )
     async with running(sync_settings(tmp_path, mqtt_settings, pg.url)) as (service, pub):
-        forwarder = service.state["forwarder"]
+        forwarder = service.state.forwarder
+        kpis: BusRecorder[KpiReport] = BusRecorder(topics.KPI, mqtt_settings.root)
+        await kpis.attach(pub, site_id=topics.PLATFORM_SITE, device_id="cloud_sync")
         await publish_all(pub, mqtt_settings.root, before)
         first = expected_rows(before)
         await wait_for(
@@ -282,6 +306,18 @@ async def test_postgres_outage_loses_and_doubles_nothing(
         )  # fmt: skip
         assert forwarder.last_error is not None
 
+        # every status surface says the same during the outage: degraded, because of cloud_db
+        n_kpis = len(kpis.values)
+        await wait_for(lambda: len(kpis.values) > n_kpis, 10, message="a KPI report in the outage")
+        said = await every_surface(service, kpis)
+        assert said["healthz"]["status"] == "degraded"
+        assert "cloud_db" in said["healthz"]["reason"]
+        assert said["backlog"]["state"] == "degraded"
+        assert set(said["backlog"]["reasons"]) == {"cloud_db"}
+        assert said["backlog"]["reasons"]["cloud_db"] in said["healthz"]["reason"]
+        assert (said["kpi"]["state_code"], said["kpi"]["cloud_db_failing"]) == (1.0, 1.0)
+        assert "degraded (cloud_db:" in said["status"]
+
         pg.start()
         everything = first | outage
         await wait_for(
@@ -295,6 +331,15 @@ async def test_postgres_outage_loses_and_doubles_nothing(
         assert set(rows) == everything  # nothing lost, every value right
         await wait_for(lambda: forwarder.outbox.pending_rows == 0, 10, message="outbox empty")
         await wait_for(lambda: service.status().state == "online", 10, message="online again")
+
+        # … and all say so once it is over
+        n_kpis = len(kpis.values)
+        await wait_for(lambda: len(kpis.values) > n_kpis, 10, message="a KPI report after")
+        said = await every_surface(service, kpis)
+        assert said["healthz"]["status"] == "online"
+        assert (said["backlog"]["state"], said["backlog"]["reasons"]) == ("online", {})
+        assert (said["kpi"]["state_code"], said["kpi"]["cloud_db_failing"]) == (2.0, 0.0)
+        assert "| online" in said["status"]
 
 
 @pytest.fixture

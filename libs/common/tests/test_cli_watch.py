@@ -63,3 +63,55 @@ def test_watch_state_folds_messages_per_site() -> None:
     text = console.export_text()
     assert "1.0600" in text  # the feeder's highest voltage
     assert "-2.50" in text  # site s1's PCC power
+
+
+def test_a_feeder_never_shows_as_a_site_even_when_its_kpis_come_first() -> None:
+    from derbus.messages import KpiReport
+
+    state = WatchState(root=ROOT)
+    kpi = KpiReport(ts=T0, source="vc", name="voltage_coordinator", values={"curtailed_kw": 3.0})
+    state.update(raw(topics.KPI, "ieee123", "voltage_coordinator", kpi))
+    state.update(raw(topics.FEEDER_STATE, "ieee123", "feeder", FeederState(
+        ts=T0, source="sim", feeder_id="ieee123", step=3, v_pu={"b1": [1.02, None, None]},
+        pv_available_kw={"pv1": 10.0}, pv_output_kw={"pv1": 7.0})))  # fmt: skip
+    state.update(raw(topics.KPI, "ieee123", "voltage_coordinator", kpi))
+    assert state.shown_sites() == {}
+    assert state.feeder_views["ieee123"].kpis == {"curtailed_kw": 3.0}
+    summary = state.summary(T0)
+    assert "feeder ieee123: step 3, max V 1.0200 pu, PV 7 of 10 kW" in summary
+    assert "site ieee123" not in summary
+
+
+def test_the_summary_follows_a_site_along_the_chain() -> None:
+    from derbus.messages import JobPlan, SetpointAck, SetpointCommand, TimeSeries
+
+    state = WatchState(root=ROOT)
+    state.update(raw(topics.METER, "s1", "pcc", MeterReading(ts=T0, source="meter_gateway", p_kw=3.0)))  # fmt: skip
+    bands = {"p10": [0.5], "p50": [1.0], "p90": [2.0]}
+    forecast = TimeSeries(ts=T0, source="forecaster", kind="forecast", quantity="load_p_kw",
+                          issue_time=T0, start=T0, step_s=900, values=[1.0], quantiles=bands,
+                          model="cold_start")  # fmt: skip
+    state.update(raw(topics.FORECAST, "s1", "load", forecast))
+    schedule = TimeSeries(ts=T0, source="peak_shaving", kind="schedule", quantity="battery_p_kw",
+                          issue_time=T0, start=T0, step_s=900, values=[-1.5],
+                          meta={"plan_status": "ok"})  # fmt: skip
+    state.update(raw(topics.BATTERY_SCHEDULE, "s1", "battery", schedule))
+    first = SetpointCommand(ts=T0, source="peak_shaving", setpoint_id="a", target="battery_p_kw",
+                            value=-1.5, unit="kW", ttl_s=3)  # fmt: skip
+    state.update(raw(topics.SETPOINT, "s1", "battery", first))
+    summary = state.summary(T0)
+    assert "PCC 3.00 kW (via meter_gateway)" in summary
+    assert "forecasts: load cold_start±" in summary
+    assert "setpoint: -1.50 kW from peak_shaving: no ack yet" in summary
+    ack = SetpointAck(ts=T0, source="sim", setpoint_id="a", status="accepted", applied_value=-1.5)
+    state.update(raw(topics.SETPOINT_ACK, "s1", "battery", ack))
+    second = first.model_copy(update={"setpoint_id": "b", "value": -1.0})
+    state.update(raw(topics.SETPOINT, "s1", "battery", second))  # not acked yet
+    replaced = ack.model_copy(update={"status": "superseded", "reason": "replaced by b"})
+    state.update(raw(topics.SETPOINT_ACK, "s1", "battery", replaced))  # the end of its life
+    assert "setpoint: -1.50 kW from peak_shaving: accepted" in state.summary(T0)
+    plan = JobPlan(ts=T0, source="load_manager", plan_id="p", jobs=[], horizon_start=T0,
+                   step_s=900, solve_status="optimal")  # fmt: skip
+    state.update(raw(topics.JOB_PLAN, "s1", "jobs", plan))
+    assert "load manager: 0 jobs optimal" in state.summary(T0)
+    assert state.sites["s1"].schedule is not None

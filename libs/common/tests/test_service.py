@@ -136,3 +136,36 @@ def test_service_carries_its_typed_state_object() -> None:
     service.state.seen += 1
     assert service.state is counts
     assert counts.seen == 1
+
+
+async def test_raw_handler_gets_the_undecoded_payload_with_its_ids(harness: Any) -> None:
+    service: Service[ServiceSettings] = Service(
+        "rawsvc", ServiceSettings(mqtt={"root": harness.root}), harness.client()
+    )
+    got: list[tuple[bytes, str | None, str | None]] = []
+
+    @service.on_raw(topics.METER)
+    def on_meter(raw: Any, ctx: Context) -> None:  # validation is the handler's own business
+        got.append((raw.payload, ctx.site_id, ctx.device_id))
+
+    await service.start()
+    pub = harness.client()
+    await pub.connect()
+    await pub.publish(topics.METER.topic("s3", "pcc", harness.root), b"{not json")
+    await pub.publish(topics.METER.topic("s3", "pcc", harness.root), reading(1.0))
+    await wait_for(lambda: len(got) == 2, 10)
+    assert got[0] == (b"{not json", "s3", "pcc")
+    assert got[1][0] == reading(1.0)
+    counted = service.metrics.registry.get_sample_value(
+        "derbus_messages_in_total", {"topic": "telemetry.meter"}
+    )
+    assert counted == 2
+    assert (
+        service.metrics.registry.get_sample_value(
+            "derbus_messages_invalid_total", {"topic": "telemetry.meter"}
+        )
+        is None
+    )
+    assert [s["handler"] for s in service.subscriptions()] == ["on_meter"]
+    await service.stop()
+    await pub.close()

@@ -30,8 +30,24 @@ class RecordingSink:
         self.points.extend(points)
         self.points_written += len(points)
 
+    def write_lines(self, lines: Sequence[str]) -> None:
+        self.write([parse_line(text) for text in lines])
+
     def close(self) -> None:
         self.closed = True
+
+
+def parse_line(text: str) -> InfluxPoint:
+    """A line-protocol line of float fields back as a point (no escapes in the tests' names)."""
+    series, body, ns = text.split(" ")
+    measurement, *tags = series.split(",")
+    fields = dict(item.split("=") for item in body.split(","))
+    return InfluxPoint(
+        measurement,
+        datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(ns) // 1000),
+        dict(tag.split("=") for tag in tags),
+        {key: float(value) for key, value in fields.items()},
+    )
 
 
 def _rows(n: int, site: str = "s1", start: datetime = T0) -> list[ReadingRow]:

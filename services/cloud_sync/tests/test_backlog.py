@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cloud_sync.backlog import BacklogSnapshot, RateMeter, fill_state, has_room, status_table
+from cloud_sync.backlog import (
+    BacklogSnapshot,
+    RateMeter,
+    fill_state,
+    has_room,
+    health_reasons,
+    status_table,
+)
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -57,7 +64,7 @@ def snapshot(**changes: object) -> BacklogSnapshot:
         "rows_in_total": 5000, "rows_out_total": 3766, "rows_in_per_s": 12.5,
         "rows_out_per_s": 8.0, "last_success": NOW - timedelta(seconds=30),
         "last_error": "write to x failed: connection refused",
-        "last_error_at": NOW - timedelta(seconds=5), "state": "ok", "refused_messages_total": 0,
+        "last_error_at": NOW - timedelta(seconds=5), "fill": "ok", "refused_messages_total": 0,
     }  # fmt: skip
     base.update(changes)
     return BacklogSnapshot(**base)  # type: ignore[arg-type]
@@ -76,10 +83,24 @@ def test_status_table_shows_every_backlog_figure() -> None:
 
 
 def test_kpis_have_units_in_names_and_minus_one_for_unknown_times() -> None:
-    kpis = snapshot(last_error_at=None, state="full").kpis(NOW)
+    kpis = snapshot(last_error_at=None, fill="full").kpis(NOW)
     assert kpis["pending_rows"] == 1234
     assert kpis["oldest_age_s"] == 42.5
     assert kpis["since_last_success_s"] == 30.0
     assert kpis["since_last_error_s"] == -1.0
     assert kpis["outbox_full"] == 1.0
     assert kpis["fill_pct"] == pytest.approx(12.34)
+
+
+def test_health_is_one_word_with_its_reasons_on_every_surface() -> None:
+    reasons = health_reasons("write to pg failed: connection refused", None, None)
+    assert reasons == {"cloud_db": "write to pg failed: connection refused"}
+    down = snapshot(reasons=reasons)
+    assert down.state == "degraded"
+    kpis = down.kpis(NOW)
+    assert (kpis["state_code"], kpis["cloud_db_failing"], kpis["outbox_failing"]) == (1, 1, 0)
+    assert "degraded (cloud_db: write to pg failed: connection refused)" in status_table(down, NOW)
+    up = snapshot(reasons=health_reasons(None, None, None))
+    assert up.state == "online"
+    assert up.kpis(NOW)["state_code"] == 2
+    assert "| online" in status_table(up, NOW)

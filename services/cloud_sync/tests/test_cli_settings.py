@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cloud_sync.__main__ import app
 from cloud_sync.cloud import SqlCloudStore
 from cloud_sync.outbox import Outbox
+from cloud_sync.readings import ReadingBatch
 from cloud_sync.settings import Settings
 from derbus.errors import ConfigError
 from derbus.settings import load_settings
@@ -76,7 +77,7 @@ def test_status_prints_the_backlog_table(
     assert code == 0
     assert "no outbox" in out
     box = Outbox(tmp_path / "outbox.db")
-    box.append(make_rows(7), received_at=1.0)
+    box.append(ReadingBatch.from_rows(make_rows(7)), received_at=1.0)
     box.set_meta({"last_error": "write to db failed: connection refused"})
     box.close()
     code, out = cli(tmp_path, "--status")
@@ -90,11 +91,13 @@ def test_once_drains_the_outbox_and_exits(
     tmp_path: Path, make_rows: Callable[..., list[ReadingRow]]
 ) -> None:
     box = Outbox(tmp_path / "outbox.db")
-    box.append(make_rows(12), received_at=1.0)
+    data = make_rows(12)
+    for first in range(0, 12, 4):  # three group commits of 4
+        box.append(ReadingBatch.from_rows(data[first : first + 4]), received_at=1.0)
     box.close()
-    code, out = cli(tmp_path, "--once", "--batch-size", "5")
+    code, out = cli(tmp_path, "--once", "--batch-size", "8")
     assert code == 0, out
-    assert "forwarded 12 readings in 3 batches" in out
+    assert "forwarded 12 readings in 2 batches" in out
     assert SqlCloudStore(f"sqlite:///{tmp_path / 'c.db'}").count() == 12
     assert Outbox(tmp_path / "outbox.db").count() == 0
 
@@ -103,7 +106,7 @@ def test_once_fails_loudly_and_keeps_rows_when_the_database_is_unusable(
     tmp_path: Path, make_rows: Callable[..., list[ReadingRow]]
 ) -> None:
     box = Outbox(tmp_path / "outbox.db")
-    box.append(make_rows(3), received_at=1.0)
+    box.append(ReadingBatch.from_rows(make_rows(3)), received_at=1.0)
     box.close()
     (tmp_path / "c.db").write_text("this is not a database")
     code, out = cli(tmp_path, "--once")

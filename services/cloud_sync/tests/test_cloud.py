@@ -18,6 +18,7 @@ from cloud_sync.cloud import (
     open_store,
     postgres_migrations,
 )
+from cloud_sync.readings import ReadingBatch
 from derbus.errors import ConfigError, StorageError
 from derbus.settings import DatabaseSettings
 from derbus.storage import ReadingRow
@@ -43,8 +44,8 @@ def test_sqlite_insert_ignores_duplicates_within_and_across_batches(
     store = SqlCloudStore(f"sqlite:///{tmp_path / 'c.db'}")
     store.migrate()
     data = make_rows(3)
-    store.write([*data, data[0]])
-    store.write(data)
+    store.write(ReadingBatch.from_rows([*data, data[0]]))
+    store.write(ReadingBatch.from_rows(data))
     assert store.count() == 3
 
 
@@ -53,7 +54,7 @@ def test_write_without_schema_is_a_storage_error(
 ) -> None:
     store = SqlCloudStore(f"sqlite:///{tmp_path / 'c.db'}")
     with pytest.raises(StorageError, match="no such table"):
-        store.write(make_rows(1))
+        store.write(ReadingBatch.from_rows(make_rows(1)))
 
 
 def test_unsupported_database_url_names_the_setting() -> None:
@@ -110,7 +111,7 @@ def test_supabase_rest_upsert_request_shape() -> None:
         ReadingRow(when, "site-1", "pcc", "meter.p_kw", 2.5),
         ReadingRow(when, "site-1", "pv", "pv.generation_kw", 3.0),
     ]
-    assert store.write(rows) == 2
+    assert store.write(ReadingBatch.from_rows(rows)) == -1  # PostgREST does not tell
     assert len(seen) == 1
     req = seen[0]
     assert req.method == "POST"
@@ -139,11 +140,11 @@ def test_supabase_errors_become_storage_errors() -> None:
     store = supabase_with(handler)
     row = ReadingRow(datetime(2026, 6, 1, tzinfo=UTC), "s", "d", "meter.p_kw", 1.0)
     with pytest.raises(StorageError, match="supabase REST"):
-        store.write([row])
+        store.write(ReadingBatch.from_rows([row]))
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
     with pytest.raises(StorageError, match="connection refused"):
-        supabase_with(refuse).write([row])
+        supabase_with(refuse).write(ReadingBatch.from_rows([row]))
     assert supabase_with(refuse).migrate() == []

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from cloud_sync.cloud import SqlCloudStore
-from cloud_sync.forwarder import Forwarder, RetryPolicy, offline_snapshot
+from cloud_sync.forwarder import Forwarder, RetryPolicy
 from cloud_sync.outbox import Outbox
+from cloud_sync.readings import ReadingBatch
+from cloud_sync.settings import Settings
+from cloud_sync.state import offline_snapshot
 from derbus.errors import StorageError
 from derbus.storage import ReadingRow
 
@@ -20,7 +24,7 @@ FAST = RetryPolicy(attempts=3, initial_delay_s=0.001, max_delay_s=0.002)
 def forwarder(outbox: Outbox, store: object, batch: int = 4) -> Forwarder:
     return Forwarder(
         outbox, store,  # type: ignore[arg-type]
-        batch_size=lambda: batch, retry=FAST, capacity_rows=lambda: 1000, warn_pct=lambda: 90.0,
+        batch_size=lambda: batch, retry=FAST,
     )  # fmt: skip
 
 
@@ -46,12 +50,15 @@ class FlakyStore:
     def migrate(self) -> list[str]:
         return []
 
-    def write(self, rows: Sequence[ReadingRow]) -> int:
+    def write(self, batch: ReadingBatch) -> int:
         self.attempts += 1
         if self.attempts <= self.failures:
             raise StorageError(f"connection refused (attempt {self.attempts})")
-        self.written.extend(rows)
-        return len(rows)
+        self.written.extend(batch.rows())
+        return len(batch)
+
+    def prepare(self, now: datetime) -> None:
+        """Nothing to prepare."""
 
     def close(self) -> None:
         """Nothing to close."""
@@ -63,7 +70,8 @@ def test_drain_moves_every_row_in_batches_and_empties_the_outbox(
     box = Outbox(tmp_path / "o.db")
     store = SqlCloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
     data = make_rows(10)
-    box.append(data, 1.0)
+    for first in range(0, 10, 2):
+        box.append(ReadingBatch.from_rows(data[first : first + 2]), 1.0)
     result = forwarder(box, store).drain()
     assert (result.rows, result.batches, result.error, result.pending_rows) == (10, 3, None, 0)
     got = stored(store)
@@ -79,8 +87,8 @@ def test_a_resent_batch_never_doubles_rows(
     store = SqlCloudStore(f"sqlite:///{tmp_path / 'cloud.db'}")
     store.migrate()
     data = make_rows(6)
-    store.write(data[:4])
-    box.append(data, 1.0)
+    store.write(ReadingBatch.from_rows(data[:4]))
+    box.append(ReadingBatch.from_rows(data), 1.0)
     assert forwarder(box, store).drain().rows == 6
     assert len(stored(store)) == 6
     assert store.count() == 6
@@ -90,7 +98,7 @@ def test_transient_failures_are_retried_then_succeed(
     tmp_path: Path, make_rows: Callable[..., list[ReadingRow]]
 ) -> None:
     box = Outbox(tmp_path / "o.db")
-    box.append(make_rows(3), 1.0)
+    box.append(ReadingBatch.from_rows(make_rows(3)), 1.0)
     store = FlakyStore(failures=2)
     result = forwarder(box, store).drain()
     assert result.error is None
@@ -104,7 +112,7 @@ def test_exhausted_retries_keep_the_batch_and_record_the_error(
 ) -> None:
     box = Outbox(tmp_path / "o.db")
     data = make_rows(5)
-    box.append(data, 1.0)
+    box.append(ReadingBatch.from_rows(data), 1.0)
     store = FlakyStore(failures=100)
     fw = forwarder(box, store)
     result = fw.drain()
@@ -118,38 +126,21 @@ def test_exhausted_retries_keep_the_batch_and_record_the_error(
     store.failures = 0
     assert fw.drain().rows == 5
     assert [r.value for r in store.written] == [r.value for r in data]
-    snap = offline_snapshot(box, 1000, 90.0)
+    snap = offline_snapshot(box, Settings(data_dir=tmp_path))
     assert snap.last_error == result.error
+    assert snap.state == "online"  # the last pass went through
     assert snap.last_success is not None
     assert snap.pending_rows == 0
-
-
-def test_snapshot_reports_pending_age_and_rates(
-    tmp_path: Path, make_rows: Callable[..., list[ReadingRow]]
-) -> None:
-    box = Outbox(tmp_path / "o.db")
-    fw = forwarder(box, FlakyStore(failures=0), batch=2)
-    box.append(make_rows(4), received_at=1.0)
-    fw.record_in(4)
-    fw.forward_batch()
-    snap = fw.snapshot()
-    assert snap.pending_rows == 2
-    assert snap.oldest_age_s is not None
-    assert snap.oldest_age_s > 1e9  # received at t=1 s after the epoch
-    assert snap.rows_in_per_s > 0
-    assert snap.rows_out_per_s > 0
-    assert (snap.rows_in_total, snap.rows_out_total) == (4, 2)
 
 
 def test_stop_interrupts_a_retry_wait(
     tmp_path: Path, make_rows: Callable[..., list[ReadingRow]]
 ) -> None:
     box = Outbox(tmp_path / "o.db")
-    box.append(make_rows(1), 1.0)
+    box.append(ReadingBatch.from_rows(make_rows(1)), 1.0)
     fw = Forwarder(
         box, FlakyStore(failures=100),  # type: ignore[arg-type]
         batch_size=lambda: 10, retry=RetryPolicy(attempts=50, initial_delay_s=5, max_delay_s=5),
-        capacity_rows=lambda: 10, warn_pct=lambda: 90.0,
     )  # fmt: skip
     fw._stop.set()  # as if stop() was called while the pass runs
     result = fw.drain()

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from cloud_sync.service import build_service
 from cloud_sync.settings import Settings
+from cloud_sync.state import CloudSync
 from derbus import acl, topics
 from derbus.bus import InMemoryBroker, InMemoryBus
 from derbus.errors import StorageError
@@ -34,11 +35,13 @@ T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ROOT = "test/v1"
 
 
-async def started(settings: Settings, sink: Any) -> tuple[Service[Settings], InMemoryBus]:
+async def started(
+    settings: Settings, sink: Any
+) -> tuple[Service[Settings, CloudSync], InMemoryBus]:
     broker = InMemoryBroker()
     service = build_service(settings, InMemoryBus(broker), influx=sink)
     await service.start()
-    forwarder = service.state["forwarder"]
+    forwarder = service.state.forwarder
     # the first forwarding pass runs at start (migration): let it finish so tests are ordered
     await wait_for(lambda: forwarder.last_success is not None, 5, message="first pass")
     publisher = InMemoryBus(broker)
@@ -46,18 +49,18 @@ async def started(settings: Settings, sink: Any) -> tuple[Service[Settings], InM
     return service, publisher
 
 
-async def settle(service: Service[Settings], pub: InMemoryBus) -> None:
+async def settle(service: Service[Settings, CloudSync], pub: InMemoryBus) -> None:
     """Deliver everything published, then commit the group-commit buffer now (no timer wait)."""
     await pub.drain()
-    await service.state["intake"].flush()
+    await service.state.intake.flush()
 
 
 def meter_points(sink: Any) -> list[Any]:
     return [p for p in sink.points if p.measurement == "meter"]
 
 
-def cloud_rows(service: Service[Settings]) -> dict[tuple[str, str, str], float]:
-    store = service.state["store"]
+def cloud_rows(service: Service[Settings, CloudSync]) -> dict[tuple[str, str, str], float]:
+    store = service.state.store
     with store.engine.connect() as conn:
         return {
             (r.site_id, r.device_id, r.metric): r.value
@@ -87,7 +90,7 @@ async def test_every_telemetry_kind_reaches_the_cloud_and_influx(
     for spec, device, msg in messages:
         await pub.publish(spec.topic("site-1", device, ROOT), msg.to_json_bytes())
     await settle(service, pub)
-    assert service.state["outbox"].pending_rows == 11
+    assert service.state.outbox.pending_rows == 11
     await service.run_task("forward")
     got = cloud_rows(service)
     assert got[("site-1", "pcc", "meter.p_kw")] == -1.5
@@ -97,7 +100,7 @@ async def test_every_telemetry_kind_reaches_the_cloud_and_influx(
     assert got[("site-1", "load1", "load.on")] == 1.0
     assert got[("site-1", "grid", "price.price_per_kwh")] == 0.21
     assert len(got) == 11
-    assert service.state["outbox"].pending_rows == 0
+    assert service.state.outbox.pending_rows == 0
     by_measurement = {p.measurement: p for p in sink.points if p.measurement != "service_status"}
     assert set(by_measurement) == {"meter", "pv", "battery", "load", "price"}
     assert by_measurement["meter"].tags == {"site_id": "site-1", "device_id": "pcc"}
@@ -121,7 +124,7 @@ async def test_forecasts_kpis_and_statuses_go_to_influx_only(settings: Settings,
     assert measurements.count("forecast") == 2
     assert "kpi" in measurements
     assert any(p.measurement == "service_status" for p in sink.points)  # our own "online"
-    assert service.state["outbox"].pending_rows == 0
+    assert service.state.outbox.pending_rows == 0
     await service.stop()
 
 
@@ -159,19 +162,19 @@ async def test_full_outbox_holds_intake_loudly_and_resumes_after_forwarding(
     for i in range(3):  # 2 rows each: the third does not fit
         msg = MeterReading(ts=T0.replace(minute=i), source="t", p_kw=float(i))
         await pub.publish(topic, msg.to_json_bytes())
-    outbox = service.state["outbox"]
+    outbox = service.state.outbox
     await wait_for(lambda: "FULL" in (service.status().reason or ""), 5, message="degraded FULL")
     assert outbox.pending_rows == 4
-    assert any(s.state == "degraded" for s in statuses.values)
+    await wait_for(lambda: any(s.state == "degraded" for s in statuses.values), 5, message="status")
     scrape = service.metrics.registry.get_sample_value
-    assert scrape("cloud_sync_outbox_full") == 1.0
-    assert scrape("cloud_sync_messages_refused_total") == 1.0
-    assert scrape("cloud_sync_outbox_fill_ratio") == 1.0
+    assert scrape("derbus_cloud_sync_outbox_full") == 1.0
+    assert scrape("derbus_cloud_sync_messages_refused_total") == 1.0
+    assert scrape("derbus_cloud_sync_outbox_fill_ratio") == 1.0
     await service.run_task("forward")  # the cloud takes the backlog: the held message goes in
     await wait_for(lambda: outbox.pending_rows == 2, 5, message="held message appended")
     await service.run_task("forward")
-    assert service.state["store"].count() == 6
-    assert scrape("cloud_sync_outbox_full") == 0.0
+    assert service.state.store.count() == 6
+    assert scrape("derbus_cloud_sync_outbox_full") == 0.0
     await wait_for(lambda: service.status().state == "online", 5, message="online again")
     await service.stop()
 
@@ -184,13 +187,13 @@ async def test_group_commit_acks_only_after_the_batch_is_committed(
     )
     bus = service.bus
     assert isinstance(bus, InMemoryBus)
-    outbox = service.state["outbox"]
+    outbox = service.state.outbox
     append = outbox.append
     unacked_at_commit: list[int] = []
 
-    def recording_append(rows: Any, received_at: float) -> None:
+    def recording_append(batch: Any, received_at: float) -> None:
         unacked_at_commit.append(len(bus.unacknowledged))
-        append(rows, received_at)
+        append(batch, received_at)
 
     outbox.append = recording_append
     topic = topics.METER.topic("site-1", "pcc", ROOT)
@@ -220,7 +223,7 @@ async def test_group_commit_flushes_after_the_time_limit(settings: Settings, sin
     msg = MeterReading(ts=T0, source="t", p_kw=1.0)
     await pub.publish(topics.METER.topic("site-1", "pcc", ROOT), msg.to_json_bytes())
     await pub.drain()
-    await wait_for(lambda: service.state["outbox"].pending_rows == 2, 5, message="timer commit")
+    await wait_for(lambda: service.state.outbox.pending_rows == 2, 5, message="timer commit")
     await wait_for(lambda: bus.unacknowledged == [], 5, message="acked after the commit")
     await service.stop()
 
@@ -231,10 +234,10 @@ async def test_a_failing_outbox_commit_acks_nothing_and_degrades(
     service, pub = await started(settings.model_copy(update={"intake_batch_ms": 1.0}), sink)
     bus = service.bus
     assert isinstance(bus, InMemoryBus)
-    outbox = service.state["outbox"]
+    outbox = service.state.outbox
     append = outbox.append
 
-    def broken(rows: Any, received_at: float) -> None:
+    def broken(batch: Any, received_at: float) -> None:
         raise StorageError("outbox append failed: disk I/O error")
 
     outbox.append = broken
@@ -292,9 +295,9 @@ async def test_kpis_are_published_and_api_shows_the_backlog(settings: Settings, 
         assert backlog["pending_rows"] == 1
         assert backlog["target"].startswith("sqlite:///")
         metrics = (await http.get("/metrics")).text
-        assert "cloud_sync_outbox_rows 1.0" in metrics
-        assert "cloud_sync_outbox_oldest_age_seconds" in metrics
-        assert "cloud_sync_rows_out_per_second" in metrics
+        assert "derbus_cloud_sync_outbox_readings 1.0" in metrics
+        assert "derbus_cloud_sync_outbox_oldest_age_seconds" in metrics
+        assert "derbus_cloud_sync_readings_out_per_second" in metrics
         done = (await http.post("/sync")).json()
         assert done["rows"] == 1
         assert done["pending_rows"] == 0
@@ -325,3 +328,26 @@ def test_every_subscription_is_readable_under_the_generated_broker_acl(
         assert any(
             "read" in rule.access and topic_matches_sub(rule.topic, topic) for rule in rules
         ), f"the broker ACL does not let cloud_sync read {key}"
+
+
+async def test_observers_see_each_committed_message_once_after_its_ack(
+    settings: Settings, sink: Any
+) -> None:
+    # the slot a per-device sequence-gap detector plugs into
+    service, pub = await started(settings, sink)
+    bus = service.bus
+    assert isinstance(bus, InMemoryBus)
+    seen: list[tuple[str, str, int, int]] = []
+
+    def observe(entries: Any) -> None:
+        assert bus.unacknowledged == []  # durable and acknowledged before anyone is told
+        seen.extend((e.site_id, e.device_id, e.decoded.time_us, e.rows) for e in entries)
+
+    service.state.intake.observers.append(observe)
+    for i in range(3):
+        msg = MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0, v_l1_v=230.0)
+        await pub.publish(topics.METER.topic("site-1", f"pcc{i % 2}", ROOT), msg.to_json_bytes())
+    await settle(service, pub)
+    t0_us = int(T0.timestamp()) * 1_000_000
+    assert seen == [("site-1", f"pcc{i % 2}", t0_us + i * 60_000_000, 3) for i in range(3)]
+    await service.stop()

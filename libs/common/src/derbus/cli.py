@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from derbus import topics
 from derbus.bus.mqtt import MqttBus
 from derbus.settings import MqttSettings
+
+if TYPE_CHECKING:
+    from derbus.launcher import Platform
 
 app = typer.Typer(help="derbus: distributed energy resources on a bus.", no_args_is_help=True)
 
@@ -101,73 +104,177 @@ def acl_cmd(
 @app.command()
 def watch(
     host: Annotated[str, typer.Option(envvar="MQTT_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="MQTT_PORT")] = 1883,
+    port: Annotated[
+        int | None, typer.Option(envvar="MQTT_PORT", help="default: broker-url, else 1883")
+    ] = None,
     root: Annotated[str, typer.Option(envvar="MQTT_ROOT")] = topics.DEFAULT_ROOT,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    plain: Annotated[
+        bool | None, typer.Option("--plain/--live", help="text summaries (default under a pipe)")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="seconds between plain summaries")] = 5.0,
+    run_root: Annotated[Path, typer.Option(help="where `derbus up` wrote broker-url")] = Path(
+        "run"
+    ),
 ) -> None:
-    """Live table of every site's PCC power, PV, battery SoC and the service statuses."""
+    """Live table of every site's chain (telemetry, forecasts, plan, setpoints) and the services."""
+    from derbus.launcher import DEFAULT_MQTT_PORT, read_broker_url, url_port
     from derbus.watch import watch as run_watch
 
+    if port is None:
+        url = read_broker_url(run_root)
+        port = (url_port(url) if url else None) or DEFAULT_MQTT_PORT
     settings = MqttSettings(host=host, port=port, root=root)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_watch(MqttBus(settings), root, duration))
+        asyncio.run(run_watch(MqttBus(settings), root, duration, plain=plain,
+                              summary_every_s=interval))  # fmt: skip
+
+
+@app.command("broker-url")
+def broker_url_cmd(
+    run_root: Annotated[Path, typer.Option(help="run folder of `derbus up`")] = Path("run"),
+) -> None:
+    """Print the URL of the broker `make run` / `derbus up` started (exit 1 when none answers)."""
+    from derbus.launcher import read_broker_url, url_port
+    from derbus.testing.servers import port_open
+
+    url = read_broker_url(run_root)
+    if url is None:
+        typer.echo(f"no broker: `make run` is not running ({run_root / 'broker-url'} missing)",
+                   err=True)  # fmt: skip
+        raise typer.Exit(1)
+    port = url_port(url)
+    if port is None or not port_open("127.0.0.1", port):
+        typer.echo(f"{url} does not answer (the platform that wrote it has stopped)", err=True)
+        raise typer.Exit(1)
+    typer.echo(url)
 
 
 @app.command()
 def up(
     repo: Annotated[Path, typer.Option(help="repository root")] = Path(),
     mqtt_port: Annotated[
-        int | None, typer.Option(help="broker port (default 1883 or a free one)")
+        int | None,
+        typer.Option(help="broker port (default 1883, or a free one when 1883 is taken)"),
     ] = None,
     only: Annotated[list[str] | None, typer.Option(help="start only these services")] = None,
     watch_after: Annotated[
         bool, typer.Option("--watch/--no-watch", help="show derbus watch")
     ] = True,
+    plain: Annotated[
+        bool | None, typer.Option("--plain/--live", help="watch as text (default under a pipe)")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="seconds between plain summaries")] = 5.0,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
     free_ports: Annotated[
         bool, typer.Option(help="give every API a free port instead of 8101…8108")
     ] = False,
+    run_root: Annotated[
+        Path | None, typer.Option(help="run folders and broker-url here (default <repo>/run)")
+    ] = None,
     check: Annotated[
         bool, typer.Option(help="exit once every API answers /readyz (status 1 if not within 30 s)")
     ] = False,
 ) -> None:
-    """Start a broker and every service as its own process; Ctrl-C stops them all."""
-    import time
+    """Start a broker and every service as its own process; Ctrl-C (or SIGTERM) stops them all.
 
+    A service that exits is reported and restarted with a backoff (1 s doubling to 30 s).
+    """
+    import signal
+
+    from derbus.errors import ConfigError
     from derbus.launcher import up as start
-    from derbus.launcher import wait_ready
-    from derbus.watch import watch as run_watch
 
-    platform = start(repo.resolve(), mqtt_port, only, free_ports)
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # explicitly: a shell without job control starts background jobs with SIGINT ignored,
+    # and Python then installs no handler of its own
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    platform: Platform | None = None
+    code = 0
     try:
-        status = wait_ready(platform, 30.0)
-        ports = platform.api_ports
-        for name, ok in status.items():
-            mark = "ready" if ok else "NOT READY (see log)"
-            page = "/" if name == "console" else "/docs"  # the console's pages, the others' API
-            typer.echo(f"  {name:32s} http://127.0.0.1:{ports[name]}{page}  {mark}")
-            if name == "console":
-                token = platform.run_dir / "console" / "api_token"
-                typer.echo(f"  {'':32s} (setpoint token in {token})")
-        if not all(status.values()):
-            typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
-        if check:
-            if not status or not all(status.values()):
-                raise typer.Exit(1)
-            typer.echo(f"all {len(status)} services ready")
-        elif watch_after:
-            settings = MqttSettings(host="127.0.0.1", port=platform.mqtt_port)
-            asyncio.run(run_watch(MqttBus(settings), settings.root, duration))
-        elif duration is not None:
-            time.sleep(duration)
-        else:
-            while True:
-                time.sleep(3600)
+        platform = start(repo.resolve(), mqtt_port, only, free_ports, run_root,
+                         say=lambda line: typer.echo(line))  # fmt: skip
+        code = asyncio.run(_run_platform(platform, check, watch_after, plain, interval, duration))
     except KeyboardInterrupt:
         typer.echo("stopping…")
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        code = 2
     finally:
-        platform.stop()
-        typer.echo(f"\nstopped; logs in {platform.run_dir}")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if platform is not None:
+            platform.stop()
+            typer.echo(f"stopped; logs in {platform.run_dir}")
+    raise typer.Exit(code)
+
+
+async def _run_platform(
+    platform: Platform, check: bool, watch_after: bool, plain: bool | None, interval: float,
+    duration: float | None,
+) -> int:  # fmt: skip
+    """Supervise the children, report readiness, then watch until a signal or `duration`."""
+    import signal
+
+    from derbus.launcher import readiness
+    from derbus.watch import watch as run_watch
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def supervise() -> None:
+        while not stop.is_set():
+            for line in platform.supervise():
+                typer.echo(line)
+            await asyncio.sleep(0.5)
+
+    supervisor = asyncio.create_task(supervise(), name="derbus-up:supervise")
+    deadline = loop.time() + 30.0
+    status = readiness(platform)
+    while not all(status.values()) and loop.time() < deadline and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        status = await asyncio.to_thread(readiness, platform)
+    if stop.is_set():
+        supervisor.cancel()
+        return 0
+    for name, ok in status.items():
+        mark = "ready" if ok else "NOT READY (see log)"
+        page = "/" if name == "console" else "/docs"  # the console's pages, the others' API
+        typer.echo(f"  {name:32s} http://127.0.0.1:{platform.api_ports[name]}{page}  {mark}")
+        if name == "console":
+            token = platform.run_dir / "console" / "api_token"
+            typer.echo(f"  {'':32s} (setpoint token in {token})")
+    if not all(status.values()):
+        typer.echo(f"some services are not ready; logs in {platform.run_dir}", err=True)
+    if check:
+        supervisor.cancel()
+        if not status or not all(status.values()):
+            return 1
+        typer.echo(f"all {len(status)} services ready")
+        return 0
+    watcher: asyncio.Task[object] | None = None
+    if watch_after:
+        settings = MqttSettings(host="127.0.0.1", port=platform.mqtt_port)
+        watcher = asyncio.create_task(
+            run_watch(MqttBus(settings), settings.root, None, plain=plain,
+                      summary_every_s=interval),
+            name="derbus-up:watch",
+        )  # fmt: skip
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
+    typer.echo("stopping…")
+    for task in (watcher, supervisor):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return 0
 
 
 if __name__ == "__main__":

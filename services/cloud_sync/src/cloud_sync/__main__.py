@@ -1,17 +1,19 @@
-"""`cloud-sync`: run the service (default, `--continuous`), drain once, show the backlog, migrate."""
+"""`cloud-sync`: run the service (default), drain once, show the backlog, migrate, import history."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cloud_sync.backlog import status_table
-from cloud_sync.forwarder import offline_snapshot
+from cloud_sync.importer import detect_format, import_file
 from cloud_sync.outbox import Outbox
-from cloud_sync.service import build_service, make_forwarder, open_cloud_store
+from cloud_sync.service import build_service
 from cloud_sync.settings import Settings
+from cloud_sync.state import make_forwarder, offline_snapshot, open_cloud_store
 from derbus.bus import make_bus
 from derbus.errors import ConfigError, StorageError
 from derbus.logging import configure_logging
@@ -111,6 +113,69 @@ def migrate_command(ctx: typer.Context) -> None:
     store.close()
 
 
+@app.command("import")
+def import_command(
+    ctx: typer.Context,
+    file: Annotated[
+        Path, typer.Argument(help="--historical JSONL of the edge simulator, or a CSV")
+    ],
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="jsonl or csv (default: from the file name)")
+    ] = None,
+    site_id: Annotated[
+        str | None, typer.Option("--site-id", help="CSV: the site of the readings")
+    ] = None,
+    device_id: Annotated[
+        str, typer.Option("--device-id", help="CSV: the device of the readings")
+    ] = "profile",
+    timezone: Annotated[
+        str, typer.Option("--timezone", help="CSV: zone of naive times (e.g. Europe/Berlin)")
+    ] = "UTC",
+) -> None:
+    """Load a history file into the cloud database (idempotent: run it again, nothing doubles)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    settings = load_settings_or_exit(Settings, **(ctx.obj or {}))
+    configure_logging(settings.log_level, "cloud_sync")
+    if not file.is_file():
+        typer.echo(f"error: no file {file}", err=True)
+        raise typer.Exit(2)
+    fmt = file_format or detect_format(file)
+    if fmt not in ("jsonl", "csv"):
+        typer.echo(f"error: --format must be jsonl or csv, not {fmt}", err=True)
+        raise typer.Exit(2)
+    started = time.perf_counter()
+    try:
+        store = open_cloud_store(settings)
+        store.migrate()
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TimeRemainingColumn(), transient=False,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
+            result = import_file(
+                store, file, file_format=fmt, site_id=site_id, device_id=device_id,  # type: ignore[arg-type]
+                timezone=timezone, on_progress=lambda done: bar.update(task, completed=done),
+            )  # fmt: skip
+        store.close()
+    except (ConfigError, StorageError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    seconds = time.perf_counter() - started
+    new = "" if result.stored < 0 else f", {result.stored:,} new"
+    typer.echo(
+        f"imported {result.records:,} records = {result.readings:,} readings{new} into "
+        f"{store.description} in {seconds:.1f} s ({result.readings / max(seconds, 1e-9):,.0f}/s)"
+    )
+    if result.repeated:
+        typer.echo(f"{result.repeated:,} rows of a repeated wall-clock hour (DST) kept once")
+    if result.skipped:
+        typer.echo(f"{result.skipped:,} lines skipped:", err=True)
+        for problem in result.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(3)
+
+
 def show_status(settings: Settings) -> int:
     """Print the backlog of the outbox in `settings.data_dir`; 0, or 1 when it cannot be read."""
     path = settings.outbox_path
@@ -119,7 +184,7 @@ def show_status(settings: Settings) -> int:
         return 0
     try:
         outbox = Outbox(path)
-        snap = offline_snapshot(outbox, settings.outbox_max_rows, settings.outbox_warn_pct)
+        snap = offline_snapshot(outbox, settings)
         outbox.close()
     except StorageError as err:
         typer.echo(f"error: {err}", err=True)
@@ -137,7 +202,7 @@ def drain_once(settings: Settings) -> int:
         store = open_cloud_store(settings)
         forwarder = make_forwarder(lambda: settings, outbox, store)
         result = forwarder.drain()
-        snap = forwarder.snapshot()
+        snap = offline_snapshot(outbox, settings)
     except (ConfigError, StorageError) as err:
         typer.echo(f"error: {err}", err=True)
         return 1

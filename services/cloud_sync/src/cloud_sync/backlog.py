@@ -1,4 +1,9 @@
-"""Backlog bookkeeping (pure): outbox fill level, in/out rates, the status snapshot and its table."""
+"""Backlog bookkeeping (pure): outbox fill level, in/out rates, health, the snapshot and its table.
+
+One snapshot feeds every status surface — `/backlog`, the KPI topic, `/metrics`, `cloud-sync
+--status` — and its `reasons` are the very reasons the service reports on `/healthz` and its status
+topic (`cloud_db`, `outbox`, `influxdb`), so they cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from typing import Literal
 from derbus.messages import format_utc
 
 FillState = Literal["ok", "warn", "full"]
+HealthState = Literal["online", "degraded"]
+HEALTH_KEYS = ("cloud_db", "outbox", "influxdb")
+"""The parts of cloud_sync that can be degraded: the cloud database, the outbox, InfluxDB."""
 
 
 def fill_state(pending_rows: int, max_rows: int, warn_pct: float) -> FillState:
@@ -75,8 +83,15 @@ class BacklogSnapshot:
     last_success: datetime | None
     last_error: str | None
     last_error_at: datetime | None
-    state: FillState
+    fill: FillState
     refused_messages_total: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)
+    """Why cloud_sync is degraded, per part of `HEALTH_KEYS` (empty: online)."""
+
+    @property
+    def state(self) -> HealthState:
+        """`degraded` while any part is, else `online` (the word of `/healthz`)."""
+        return "degraded" if self.reasons else "online"
 
     @property
     def fill_pct(self) -> float:
@@ -96,8 +111,10 @@ class BacklogSnapshot:
             "rows_out_per_s": round(self.rows_out_per_s, 3),
             "since_last_success_s": _age_s(now, self.last_success),
             "since_last_error_s": _age_s(now, self.last_error_at),
-            "outbox_full": 1.0 if self.state == "full" else 0.0,
+            "outbox_full": 1.0 if self.fill == "full" else 0.0,
             "refused_messages_total": float(self.refused_messages_total),
+            "state_code": 1.0 if self.reasons else 2.0,  # derbus.storage.STATE_CODES
+            **{f"{key}_failing": 1.0 if key in self.reasons else 0.0 for key in HEALTH_KEYS},
         }
 
 
@@ -114,8 +131,10 @@ def status_table(snapshot: BacklogSnapshot, now: datetime) -> str:
             return "never"
         return f"{format_utc(t)} ({(now - t).total_seconds():.0f} s ago)"
 
+    reasons = "; ".join(f"{k}: {v}" for k, v in sorted(snapshot.reasons.items()))
     rows = [
-        ("state", snapshot.state),
+        ("state", snapshot.state + (f" ({reasons})" if reasons else "")),
+        ("outbox fill", snapshot.fill),
         ("rows pending", f"{snapshot.pending_rows:,}"),
         ("capacity", f"{snapshot.capacity_rows:,} ({snapshot.fill_pct:.1f} % used)"),
         ("oldest pending", "—" if age is None else f"{age:.1f} s"),
@@ -133,3 +152,17 @@ def status_table(snapshot: BacklogSnapshot, now: datetime) -> str:
     out = [f"{'cloud_sync backlog'.ljust(width + 2)}|", line]
     out += [f"{k.ljust(width + 2)}| {v}" for k, v in rows]
     return "\n".join(out)
+
+
+def health_reasons(
+    cloud_db_error: str | None, outbox_reason: str | None, influx_error: str | None
+) -> dict[str, str]:
+    """cloud_sync's degraded reasons by part (see `HEALTH_KEYS`), from the facts of each part.
+
+    Args:
+        cloud_db_error: the error of the last forwarding pass (None once one succeeded).
+        outbox_reason: the outbox's reason (write failure, full, above the warning level).
+        influx_error: InfluxDB's last error (None once a write went through).
+    """
+    found = {"cloud_db": cloud_db_error, "outbox": outbox_reason, "influxdb": influx_error}
+    return {key: reason for key, reason in found.items() if reason}

@@ -1,23 +1,30 @@
-"""Cloud database targets: Postgres/SQLite through SQLAlchemy Core, or Supabase's REST API.
+"""Cloud database targets: PostgreSQL (binary COPY), SQLite (SQLAlchemy Core), Supabase REST.
 
 Every target stores `derbus.storage` readings idempotently: a row whose (time, site_id,
 device_id, metric) is already stored is skipped (`ON CONFLICT DO NOTHING`), so re-sending a
 batch after a crash or a timeout never doubles a row. Driver and HTTP errors are wrapped in
 `StorageError` at this boundary.
+
+PostgreSQL takes a batch in one transaction: the batch's series keys and its readings are
+`COPY`'d (binary for the readings: key index, timestamptz, float8 — built as one numpy record
+array) into two temporary tables, then one `INSERT … SELECT … JOIN … ON CONFLICT DO NOTHING` moves
+them into `readings`. Monthly partitions are created ahead of the months being written.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import struct
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
-from cloud_sync.outbox import to_epoch_us
+from cloud_sync.readings import ReadingBatch
 from derbus.errors import ConfigError, StorageError
 from derbus.messages import format_utc
 from derbus.settings import DatabaseSettings
@@ -45,12 +52,16 @@ class CloudStore(Protocol):
         """Apply missing schema migrations; returns the versions applied now."""
         ...
 
-    def write(self, rows: Sequence[ReadingRow]) -> int:
-        """Store rows idempotently in one transaction; returns the rows sent.
+    def write(self, batch: ReadingBatch) -> int:
+        """Store a batch idempotently; returns the readings newly stored (-1: unknown).
 
         Raises:
             StorageError: nothing of the batch may be assumed stored.
         """
+        ...
+
+    def prepare(self, now: datetime) -> None:
+        """Get ready for the readings of `now` and the coming months (partitions ahead)."""
         ...
 
     def close(self) -> None:
@@ -75,25 +86,57 @@ def postgres_migrations(folder: Path) -> list[tuple[str, str]]:
     return [(f.stem, f.read_text()) for f in files]
 
 
-def _row_dict(row: ReadingRow) -> dict[str, Any]:
-    return {
-        "time": row.time,
-        "site_id": row.site_id,
-        "device_id": row.device_id,
-        "metric": row.metric,
-        "value": row.value,
-    }
+_PG_EPOCH_US = 946_684_800_000_000
+"""µs from the Unix epoch to PostgreSQL's (2000-01-01 UTC), the origin of binary timestamptz."""
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_COPY_RECORD = np.dtype(
+    [("n", ">i2"), ("k_len", ">i4"), ("k", ">i4"), ("t_len", ">i4"), ("t", ">i8"),
+     ("v_len", ">i4"), ("v", ">f8")]
+)  # fmt: skip
+_STAGE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS sync_keys"
+    " (k int4 PRIMARY KEY, site_id text, device_id text, metric text) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS sync_stage"
+    " (k int4, time timestamptz, value float8) ON COMMIT DELETE ROWS"
+)
+_MERGE_SQL = (
+    f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
+    " SELECT s.time, k.site_id, k.device_id, k.metric, s.value"
+    " FROM sync_stage s JOIN sync_keys k ON k.k = s.k"
+    " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
+)
 
 
-@dataclass(frozen=True)
-class _Months:
-    """UTC (year, month) pairs of a batch."""
+def copy_binary(
+    key_idx: npt.NDArray[np.uint32], time_us: npt.NDArray[np.int64], value: npt.NDArray[np.float64]
+) -> bytes:
+    """The PostgreSQL binary COPY stream of (k int4, time timestamptz, value float8) rows.
 
-    keys: frozenset[tuple[int, int]]
+    Args:
+        key_idx: series key index per reading.
+        time_us: µs since the Unix epoch per reading.
+        value: value per reading.
+    """
+    rec = np.empty(len(value), _COPY_RECORD)
+    rec["n"] = 3
+    rec["k_len"] = 4
+    rec["k"] = key_idx
+    rec["t_len"] = 8
+    rec["t"] = time_us - _PG_EPOCH_US
+    rec["v_len"] = 8
+    rec["v"] = value
+    return _COPY_HEADER + rec.tobytes() + _COPY_TRAILER
 
-    @classmethod
-    def of(cls, rows: Sequence[ReadingRow]) -> _Months:
-        return cls(frozenset((r.time.year, r.time.month) for r in rows))
+
+def month_starts(now: datetime, months_ahead: int) -> set[tuple[int, int]]:
+    """(year, month) of `now`'s UTC month and the `months_ahead` after it."""
+    year, month = now.year, now.month
+    out = set()
+    for _ in range(months_ahead + 1):
+        out.add((year, month))
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
 
 
 class SqlCloudStore:
@@ -103,10 +146,16 @@ class SqlCloudStore:
         url: a SQLAlchemy URL (`postgresql+psycopg://…` or `sqlite:///…`).
         migrations_dir: the Postgres migrations (`deploy/postgres`); unused for SQLite.
         connect_timeout_s: connect timeout, s.
+        months_ahead: monthly partitions created ahead of the current month (`prepare`).
     """
 
     def __init__(
-        self, url: str, *, migrations_dir: Path | None = None, connect_timeout_s: int = 5
+        self,
+        url: str,
+        *,
+        migrations_dir: Path | None = None,
+        connect_timeout_s: int = 5,
+        months_ahead: int = 1,
     ) -> None:
         try:
             parsed = sa.engine.make_url(url)
@@ -120,6 +169,7 @@ class SqlCloudStore:
             )
         self.description = parsed.render_as_string(hide_password=True)
         self.migrations_dir = migrations_dir
+        self.months_ahead = months_ahead
         if self.dialect == "postgresql":
             self.engine = sa.create_engine(
                 parsed,
@@ -136,7 +186,9 @@ class SqlCloudStore:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self.metadata = sa.MetaData()
         self.table = readings_table(self.metadata)
-        self._insert = self._insert_statement()
+        self._insert = sqlite.insert(self.table).on_conflict_do_nothing(
+            index_elements=list(UNIQUE_KEY)
+        )
         self._months_ready: set[tuple[int, int]] = set()
 
     # --- schema ---------------------------------------------------------------------------------
@@ -205,8 +257,8 @@ class SqlCloudStore:
         ).first()
         return found is not None
 
-    def _ensure_partitions(self, rows: Sequence[ReadingRow]) -> None:
-        missing = sorted(_Months.of(rows).keys - self._months_ready)
+    def _ensure_partitions(self, months: set[tuple[int, int]]) -> None:
+        missing = sorted(months - self._months_ready)
         if not missing:
             return
         with self.engine.begin() as conn:
@@ -219,56 +271,54 @@ class SqlCloudStore:
                 )
         self._months_ready.update(missing)
 
+    def prepare(self, now: datetime) -> None:
+        """Create the partitions of `now`'s month and of `months_ahead` months after it."""
+        if self.dialect != "postgresql":
+            return
+        try:
+            self._ensure_partitions(month_starts(now, self.months_ahead))
+        except (sa.exc.SQLAlchemyError, OSError) as err:
+            raise StorageError(f"partitions of {self.description}: {_short(err)}") from err
+
     # --- data -----------------------------------------------------------------------------------
-    def _insert_statement(self) -> sa.Executable:
-        """`INSERT … ON CONFLICT (unique key) DO NOTHING` for a whole batch.
-
-        SQLite: an executemany (sqlite3 runs it in C). PostgreSQL: one statement whose rows come
-        from `unnest` of five array parameters, one round trip per batch — psycopg's executemany
-        sends a statement per row and was the bottleneck of draining a backlog.
-        """
-        key = list(UNIQUE_KEY)
-        if self.dialect == "sqlite":
-            return sqlite.insert(self.table).on_conflict_do_nothing(index_elements=key)
-        c = self.table.c
-        # time travels as integer microseconds since the epoch (exact, and far cheaper to send
-        # than an array of datetimes); the server turns it back into timestamptz.
-        arrays = [sa.bindparam("a_time_us", type_=postgresql.ARRAY(sa.BigInteger))] + [
-            sa.bindparam(f"a_{col.name}", type_=postgresql.ARRAY(col.type)) for col in c[1:]
-        ]
-        rows = sa.func.unnest(*arrays).table_valued(*[col.name for col in c]).render_derived()
-        epoch: sa.ColumnElement[Any] = sa.literal_column("TIMESTAMPTZ 'epoch'")
-        time_col = epoch + rows.c.time * sa.literal_column("INTERVAL '1 microsecond'")
-        select = sa.select(time_col, *[rows.c[col.name] for col in c[1:]])
-        return (
-            postgresql.insert(self.table)
-            .from_select([col.name for col in c], select)
-            .on_conflict_do_nothing(index_elements=key)
-        )
-
-    def _parameters(self, rows: Sequence[ReadingRow]) -> dict[str, Any] | list[dict[str, Any]]:
-        if self.dialect == "sqlite":
-            return [_row_dict(r) for r in rows]
-        return {
-            "a_time_us": [to_epoch_us(r.time) for r in rows],
-            "a_site_id": [r.site_id for r in rows],
-            "a_device_id": [r.device_id for r in rows],
-            "a_metric": [r.metric for r in rows],
-            "a_value": [r.value for r in rows],
-        }
-
-    def write(self, rows: Sequence[ReadingRow]) -> int:
-        """Insert rows with `ON CONFLICT DO NOTHING` in one transaction."""
-        if not rows:
+    def write(self, batch: ReadingBatch) -> int:
+        """Store a batch with `ON CONFLICT DO NOTHING` in one transaction; returns the readings
+        newly stored."""
+        if not len(batch):
             return 0
         try:
             if self.dialect == "postgresql":
-                self._ensure_partitions(rows)
+                self._ensure_partitions(batch.months())
+                return self._copy_merge(batch)
             with self.engine.begin() as conn:
-                conn.execute(self._insert, self._parameters(rows))
+                done = conn.execute(self._insert, [_row_dict(r) for r in batch.rows()])
         except (sa.exc.SQLAlchemyError, OSError) as err:
             raise StorageError(f"write to {self.description} failed: {_short(err)}") from err
-        return len(rows)
+        return int(done.rowcount)
+
+    def _copy_merge(self, batch: ReadingBatch) -> int:
+        import psycopg
+
+        data = copy_binary(batch.key_idx, batch.time_us, batch.value)
+        try:
+            with self.engine.begin() as conn:
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                with raw.cursor() as cur:
+                    cur.execute(_STAGE_SQL)
+                    with cur.copy(
+                        "COPY sync_keys (k, site_id, device_id, metric) FROM STDIN"
+                    ) as cp:
+                        for i, (site, device, metric) in enumerate(batch.keys):
+                            cp.write_row((i, site, device, metric))
+                    with cur.copy(
+                        "COPY sync_stage (k, time, value) FROM STDIN (FORMAT BINARY)"
+                    ) as cp:
+                        cp.write(data)
+                    cur.execute(_MERGE_SQL)
+                    return int(cur.rowcount)
+        except psycopg.Error as err:
+            raise StorageError(f"write to {self.description} failed: {_short(err)}") from err
 
     def count(self) -> int:
         """Rows in `readings` (tests, `--status`)."""
@@ -280,6 +330,16 @@ class SqlCloudStore:
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
+
+
+def _row_dict(row: ReadingRow) -> dict[str, Any]:
+    return {
+        "time": row.time,
+        "site_id": row.site_id,
+        "device_id": row.device_id,
+        "metric": row.metric,
+        "value": row.value,
+    }
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -305,6 +365,7 @@ class SupabaseCloudStore:
         key: SUPABASE_KEY (service-role key: it writes).
         timeout_s: HTTP timeout, s.
         http_client: an httpx client to send through (tests inject one with a mock transport).
+        request_rows: readings per POST at most.
     """
 
     def __init__(
@@ -314,11 +375,13 @@ class SupabaseCloudStore:
         *,
         timeout_s: float = 30.0,
         http_client: httpx.Client | None = None,
+        request_rows: int = 5000,
     ) -> None:
         from supabase import SupabaseException, create_client
         from supabase.lib.client_options import SyncClientOptions
 
         self.description = f"supabase REST {url}"
+        self.request_rows = max(1, request_rows)
         options = SyncClientOptions(postgrest_client_timeout=timeout_s, httpx_client=http_client)
         try:
             self.client = create_client(url, key, options)
@@ -330,29 +393,34 @@ class SupabaseCloudStore:
         log.info("Supabase REST target: apply deploy/postgres in the Supabase SQL editor")
         return []
 
-    def write(self, rows: Sequence[ReadingRow]) -> int:
-        """POST the rows to /rest/v1/readings (Prefer: resolution=ignore-duplicates)."""
+    def prepare(self, now: datetime) -> None:
+        """Nothing to do over REST (partitions are created by `readings_ensure_partition` in SQL)."""
+
+    def write(self, batch: ReadingBatch) -> int:
+        """POST the readings to /rest/v1/readings (Prefer: resolution=ignore-duplicates), in
+        requests of at most `request_rows` readings (each idempotent: a failed batch is re-sent
+        whole, the requests that went through are no-ops the second time)."""
         import httpx
         from postgrest.exceptions import APIError
         from postgrest.types import ReturnMethod
 
-        if not rows:
-            return 0
-        body = [
-            {"time": format_utc(r.time), "site_id": r.site_id, "device_id": r.device_id,
-             "metric": r.metric, "value": r.value}
-            for r in rows
-        ]  # fmt: skip
-        try:
-            self.client.table(READINGS_TABLE).upsert(
-                body,
-                on_conflict=",".join(UNIQUE_KEY),
-                ignore_duplicates=True,
-                returning=ReturnMethod.minimal,
-            ).execute()
-        except (APIError, httpx.HTTPError) as err:
-            raise StorageError(f"write to {self.description} failed: {err}") from err
-        return len(rows)
+        rows = batch.rows()
+        for first in range(0, len(rows), self.request_rows):
+            body = [
+                {"time": format_utc(r.time), "site_id": r.site_id, "device_id": r.device_id,
+                 "metric": r.metric, "value": r.value}
+                for r in rows[first : first + self.request_rows]
+            ]  # fmt: skip
+            try:
+                self.client.table(READINGS_TABLE).upsert(
+                    body,
+                    on_conflict=",".join(UNIQUE_KEY),
+                    ignore_duplicates=True,
+                    returning=ReturnMethod.minimal,
+                ).execute()
+            except (APIError, httpx.HTTPError) as err:
+                raise StorageError(f"write to {self.description} failed: {err}") from err
+        return -1
 
     def close(self) -> None:
         """Nothing to release (the HTTP client closes with the process)."""
@@ -364,12 +432,18 @@ def open_store(
     *,
     migrations_dir: Path | None,
     connect_timeout_s: int,
+    months_ahead: int = 1,
+    request_rows: int = 5000,
 ) -> SqlCloudStore | SupabaseCloudStore:
     """The target the settings name: DATABASE_URL, else Supabase REST, else SQLite in data_dir."""
     if database.database_url is None and database.supabase_url and database.supabase_key:
-        return SupabaseCloudStore(database.supabase_url, database.supabase_key.get_secret_value())
+        return SupabaseCloudStore(
+            database.supabase_url, database.supabase_key.get_secret_value(),
+            request_rows=request_rows,
+        )  # fmt: skip
     return SqlCloudStore(
         database.sqlalchemy_url(data_dir),
         migrations_dir=migrations_dir,
         connect_timeout_s=connect_timeout_s,
+        months_ahead=months_ahead,
     )

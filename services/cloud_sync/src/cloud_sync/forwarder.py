@@ -23,13 +23,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from cloud_sync.backlog import BacklogSnapshot, RateMeter, fill_state
+from cloud_sync.backlog import RateMeter
 from cloud_sync.cloud import CloudStore
 from cloud_sync.outbox import Outbox
 from derbus.errors import StorageError
 from derbus.messages import format_utc, utcnow
 
 log = logging.getLogger(__name__)
+
+FAILING_NOTE = "cloud_db_failing"
+"""Outbox note: the error of the last forwarding pass ("" after a successful one)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,6 @@ class Forwarder:
         store: the cloud database target.
         batch_size: rows per batch (a callable is read before each batch).
         retry: the per-batch retry policy.
-        capacity_rows: outbox capacity (a callable), for the fill level.
-        warn_pct: fill level that warns (a callable), %.
     """
 
     def __init__(
@@ -74,37 +75,27 @@ class Forwarder:
         *,
         batch_size: Callable[[], int],
         retry: RetryPolicy,
-        capacity_rows: Callable[[], int],
-        warn_pct: Callable[[], float],
     ) -> None:
         self.outbox = outbox
         self.store = store
         self.batch_size = batch_size
         self.retry = retry
-        self.capacity_rows = capacity_rows
-        self.warn_pct = warn_pct
-        self.rates_in = RateMeter()
         self.rates_out = RateMeter()
-        self.refused_messages = 0
         self.migrated = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._busy = threading.Lock()
         notes = outbox.meta()
-        self.last_success = _parse_time(notes.get("last_success"))
+        self.last_success = parse_time(notes.get("last_success"))
         self.last_error = notes.get("last_error")
-        self.last_error_at = _parse_time(notes.get("last_error_at"))
+        self.last_error_at = parse_time(notes.get("last_error_at"))
+        self.failing: str | None = notes.get(FAILING_NOTE) or None
+        """The error of the last pass, None once a pass succeeded (the `cloud_db` health)."""
 
-    # --- intake bookkeeping (event loop thread) ---------------------------------------------------
-    def record_in(self, rows: int) -> None:
-        """Count rows appended to the outbox."""
+    def rate_out(self) -> float:
+        """Readings forwarded per second over the last 10 s."""
         with self._lock:
-            self.rates_in.add(time.monotonic(), rows)
-
-    def record_refused(self) -> None:
-        """Count a message held back because the outbox is full."""
-        with self._lock:
-            self.refused_messages += 1
+            return self.rates_out.rate(time.monotonic())
 
     # --- forwarding (worker thread) -----------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -135,7 +126,7 @@ class Forwarder:
             reraise=True,
         ):
             with attempt:
-                self.store.write(batch.rows)
+                self.store.write(batch.batch)
         removed: int = self.outbox.remove(batch)
         with self._lock:
             self.rates_out.add(time.monotonic(), removed)
@@ -154,6 +145,7 @@ class Forwarder:
             try:
                 if not self.migrated:
                     self.migrate()
+                self.store.prepare(utcnow())
                 while not self._stop.is_set():
                     moved = self.forward_batch()
                     if moved == 0:
@@ -171,7 +163,8 @@ class Forwarder:
 
     def _note(self, rows: int, error: str | None) -> None:
         now = utcnow()
-        notes: dict[str, str | None] = {}
+        self.failing = error
+        notes: dict[str, str | None] = {FAILING_NOTE: error or ""}
         if error is None or rows > 0:
             self.last_success = now
             notes["last_success"] = format_utc(now)
@@ -199,39 +192,13 @@ class Forwarder:
             return True
         return False
 
-    # --- reporting ----------------------------------------------------------------------------------
-    def snapshot(self, now: datetime | None = None) -> BacklogSnapshot:
-        """The backlog as it stands."""
-        now = now or utcnow()
-        mono = time.monotonic()
-        pending = self.outbox.pending_rows
-        oldest = self.outbox.oldest_received_at() if pending else None
-        counters = self.outbox.meta()
-        with self._lock:
-            rate_in, rate_out = self.rates_in.rate(mono), self.rates_out.rate(mono)
-            refused = self.refused_messages
-        capacity = self.capacity_rows()
-        return BacklogSnapshot(
-            pending_rows=pending,
-            capacity_rows=capacity,
-            oldest_age_s=None if oldest is None else max(0.0, now.timestamp() - oldest),
-            rows_in_total=int(counters.get("rows_in_total", 0)),
-            rows_out_total=int(counters.get("rows_out_total", 0)),
-            rows_in_per_s=rate_in,
-            rows_out_per_s=rate_out,
-            last_success=self.last_success,
-            last_error=self.last_error,
-            last_error_at=self.last_error_at,
-            state=fill_state(pending, capacity, self.warn_pct()),
-            refused_messages_total=refused,
-        )
-
 
 def _retryable(err: BaseException) -> bool:
     return isinstance(err, StorageError) and not isinstance(err, StoppedError)
 
 
-def _parse_time(text: str | None) -> datetime | None:
+def parse_time(text: str | None) -> datetime | None:
+    """A noted UTC time (None for no note)."""
     if not text:
         return None
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
@@ -243,26 +210,4 @@ def _log_retry(state: RetryCallState) -> None:
     delay = state.next_action.sleep if state.next_action is not None else 0.0
     log.warning(
         "batch attempt %d failed (%s); retrying in %.1f s", state.attempt_number, err, delay
-    )
-
-
-def offline_snapshot(outbox: Outbox, capacity_rows: int, warn_pct: float) -> BacklogSnapshot:
-    """The backlog read from an outbox file alone (what `--status` shows; rates as last noted)."""
-    notes = outbox.meta()
-    pending = outbox.count()
-    oldest = outbox.oldest_received_at()
-    now = utcnow()
-    return BacklogSnapshot(
-        pending_rows=pending,
-        capacity_rows=capacity_rows,
-        oldest_age_s=None if oldest is None else max(0.0, now.timestamp() - oldest),
-        rows_in_total=int(notes.get("rows_in_total", 0)),
-        rows_out_total=int(notes.get("rows_out_total", 0)),
-        rows_in_per_s=float(notes.get("rows_in_per_s", 0.0)),
-        rows_out_per_s=float(notes.get("rows_out_per_s", 0.0)),
-        last_success=_parse_time(notes.get("last_success")),
-        last_error=notes.get("last_error"),
-        last_error_at=_parse_time(notes.get("last_error_at")),
-        state=fill_state(pending, capacity_rows, warn_pct),
-        refused_messages_total=int(notes.get("refused_messages_total", 0)),
     )

@@ -5,6 +5,11 @@ bus delivery may be acknowledged afterwards: a crash loses nothing that was ackn
 leave the outbox only through `remove`, which the forwarder calls after the cloud database
 committed them. Counters (rows in/out, last success/error) live in the same file, so
 `cloud-sync --status` can report them from another process.
+
+Each append is one *segment*: a `ReadingBatch` in its compressed columnar form (series keys once,
+then key index, time and value arrays, zlib), so a reading costs a few bytes on disk instead of a
+row with its site, device and metric names. An outbox written by an earlier version (one row per
+reading in the table `outbox`) is converted into segments when opened, in one transaction.
 """
 
 from __future__ import annotations
@@ -12,53 +17,42 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cloud_sync.readings import BatchBuilder, ReadingBatch
 from derbus.errors import StorageError
-from derbus.storage import ReadingRow
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE IF NOT EXISTS segment (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_us     INTEGER NOT NULL,
-    site_id     TEXT    NOT NULL,
-    device_id   TEXT    NOT NULL,
-    metric      TEXT    NOT NULL,
-    value       REAL    NOT NULL,
-    received_at REAL    NOT NULL
+    readings    INTEGER NOT NULL,
+    received_at REAL    NOT NULL,
+    data        BLOB    NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
 """
-
-
-def to_epoch_us(when: datetime) -> int:
-    """Microseconds since the Unix epoch of an aware datetime (exact)."""
-    delta = when - _EPOCH  # aware minus aware: exact whatever the zone
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+_LEGACY_CHUNK = 100_000
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A batch read from the outbox: its rows and the id range to remove once stored."""
+    """Segments read from the outbox: their readings and the id range to remove once stored."""
 
     first_id: int
     last_id: int
-    rows: list[ReadingRow]
+    batch: ReadingBatch
     oldest_received_at: float
+
+    @property
+    def readings(self) -> int:
+        """Readings in the batch."""
+        return len(self.batch)
 
 
 class Outbox:
@@ -79,64 +73,109 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            self._pending = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            self._convert_legacy()
+            self._pending = self.count()
         except (sqlite3.Error, OSError) as err:
             raise StorageError(f"cannot open the outbox {path}: {err}") from err
 
+    def _convert_legacy(self) -> None:
+        """Rows of the one-row-per-reading table of earlier versions become segments."""
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+        ).fetchone()
+        if found is None:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            moved = last = 0
+            while True:
+                rows = self._db.execute(
+                    "SELECT id, time_us, site_id, device_id, metric, value, received_at"
+                    " FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, _LEGACY_CHUNK),
+                ).fetchall()
+                if not rows:
+                    break
+                builder = BatchBuilder()
+                for _, t, site, device, metric, value, _ in rows:
+                    builder.add(site, device, metric, t, value)
+                self._insert(builder.build(), min(r[6] for r in rows))
+                moved += len(rows)
+                last = rows[-1][0]
+            self._db.execute("DROP TABLE outbox")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        if moved:
+            log.info("outbox %s: %d readings of the former layout converted", self.path, moved)
+
     # --- writing --------------------------------------------------------------------------------
-    def append(self, rows: Sequence[ReadingRow], received_at: float) -> None:
-        """Append rows in one durable transaction (on disk when this returns).
+    def _insert(self, batch: ReadingBatch, received_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO segment (readings, received_at, data) VALUES (?, ?, ?)",
+            (len(batch), received_at, batch.to_blob()),
+        )
+
+    def append(self, batch: ReadingBatch, received_at: float) -> None:
+        """Append readings in one durable transaction (on disk when this returns).
 
         Args:
-            rows: the readings of one message.
+            batch: the readings (of one group commit).
             received_at: wall-clock time of receipt, s since the epoch (for the backlog age).
         """
-        if not rows:
+        if not len(batch):
             return
-        data = [
-            (to_epoch_us(r.time), r.site_id, r.device_id, r.metric, r.value, received_at)
-            for r in rows
-        ]
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "INSERT INTO outbox (time_us, site_id, device_id, metric, value, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    data,
-                )
-                self._bump("rows_in_total", len(data))
+                self._insert(batch, received_at)
+                self._bump("rows_in_total", len(batch))
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
                 self._rollback()
                 raise StorageError(f"outbox append failed: {err}") from err
-            self._pending += len(data)
+            self._pending += len(batch)
 
     def peek(self, limit: int) -> Pending | None:
-        """The oldest `limit` rows (None when the outbox is empty); they stay until `remove`."""
+        """The oldest segments holding about `limit` readings (at least one segment; None when
+        empty); they stay until `remove`."""
+        found: list[tuple[int, int, float, bytes]] = []
         with self._lock:
             try:
-                found = self._db.execute(
-                    "SELECT id, time_us, site_id, device_id, metric, value, received_at"
-                    " FROM outbox ORDER BY id LIMIT ?",
-                    (limit,),
-                ).fetchall()
+                total = 0
+                cursor = self._db.execute(
+                    "SELECT id, readings, received_at, data FROM segment ORDER BY id"
+                )
+                for row in cursor:
+                    if found and total + row[1] > limit:
+                        break
+                    found.append(row)
+                    total += row[1]
+                    if total >= limit:
+                        break
+                cursor.close()
             except sqlite3.Error as err:
                 raise StorageError(f"outbox read failed: {err}") from err
         if not found:
             return None
-        rows = [ReadingRow(_from_us(t), s, d, m, v) for _, t, s, d, m, v, _ in found]
-        return Pending(found[0][0], found[-1][0], rows, min(r[6] for r in found))
+        batch = ReadingBatch.concat([ReadingBatch.from_blob(r[3]) for r in found])
+        return Pending(found[0][0], found[-1][0], batch, min(r[2] for r in found))
 
-    def remove(self, batch: Pending) -> int:
-        """Delete a batch the cloud database committed; returns the rows removed."""
+    def remove(self, pending: Pending) -> int:
+        """Delete segments the cloud database committed; returns the readings removed."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                cur = self._db.execute(
-                    "DELETE FROM outbox WHERE id BETWEEN ? AND ?", (batch.first_id, batch.last_id)
+                row = self._db.execute(
+                    "SELECT coalesce(sum(readings), 0) FROM segment WHERE id BETWEEN ? AND ?",
+                    (pending.first_id, pending.last_id),
+                ).fetchone()
+                removed = int(row[0])
+                self._db.execute(
+                    "DELETE FROM segment WHERE id BETWEEN ? AND ?",
+                    (pending.first_id, pending.last_id),
                 )
-                removed = cur.rowcount
                 self._bump("rows_out_total", removed)
                 self._db.execute("COMMIT")
             except sqlite3.Error as err:
@@ -148,24 +187,31 @@ class Outbox:
     # --- reading --------------------------------------------------------------------------------
     @property
     def pending_rows(self) -> int:
-        """Rows waiting to be forwarded."""
+        """Readings waiting to be forwarded."""
         return self._pending
 
     def oldest_received_at(self) -> float | None:
-        """Receipt time of the oldest pending row, s since the epoch (None when empty)."""
+        """Receipt time of the oldest pending reading, s since the epoch (None when empty)."""
         with self._lock:
             try:
                 row = self._db.execute(
-                    "SELECT received_at FROM outbox ORDER BY id LIMIT 1"
+                    "SELECT received_at FROM segment ORDER BY id LIMIT 1"
                 ).fetchone()
             except sqlite3.Error as err:
                 raise StorageError(f"outbox read failed: {err}") from err
         return None if row is None else float(row[0])
 
     def count(self) -> int:
-        """Rows in the outbox, counted on disk (also sees other processes' writes)."""
+        """Readings in the outbox, counted on disk (also sees other processes' writes)."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            row = self._db.execute("SELECT coalesce(sum(readings), 0) FROM segment").fetchone()
+            return int(row[0])
+
+    def stored_bytes(self) -> int:
+        """Bytes of the pending segments' data (what the readings cost on disk, without pages)."""
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(sum(length(data)), 0) FROM segment").fetchone()
+            return int(row[0])
 
     # --- counters and notes shared with `--status` -----------------------------------------------
     def _bump(self, key: str, by: int) -> None:

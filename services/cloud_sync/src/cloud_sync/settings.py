@@ -92,6 +92,10 @@ class Settings(ServiceSettings):
     kpi_interval_s: float = Field(
         default=10.0, gt=0, le=3600, description="seconds between backlog KPI publications"
     )
+    partition_months_ahead: int = Field(
+        default=1, ge=0, le=24,
+        description="monthly PostgreSQL partitions created ahead of the current month",
+    )  # fmt: skip
     migrate_on_start: bool = Field(
         default=True, description="apply the cloud database migrations at start-up"
     )

@@ -21,6 +21,7 @@ from derbus.http import TokenDep
 from derbus.messages import utcnow
 from derbus.service import Context, Service
 from derbus.storage import guarded
+from forecaster import coldstart
 from forecaster.catalogue import TARGETS, Target
 from forecaster.registry import Registry
 from forecaster.settings import Settings
@@ -52,9 +53,9 @@ def train_config(settings: Settings) -> TrainConfig:
     )  # fmt: skip
 
 
-def site_ids(settings: Settings, store: ForecastStore) -> list[str]:
-    """The configured sites, or every site of the feature table."""
-    return list(settings.site_ids) or store.sites()
+def site_ids(settings: Settings, store: ForecastStore, more: list[str] | None = None) -> list[str]:
+    """The configured sites, or every site of the feature table (and `more`, e.g. cold-start)."""
+    return list(settings.site_ids) or sorted(set(store.sites()) | set(more or ()))
 
 
 def train_all(
@@ -97,6 +98,17 @@ class Server:
         self.models: dict[tuple[str, str], tuple[str, Model]] = {}
         self.latest: dict[tuple[str, str], Issued] = {}
         self._importing = threading.Lock()
+        self.cold_start = coldstart.ColdStart(settings.cold_start, coldstart.Readings(store.engine))
+
+    def sites(self, now: datetime) -> list[str]:
+        """The sites to forecast: those of the feature table and those with recent readings."""
+        return site_ids(self.settings, self.store, self.cold_start.sites(now))
+
+    def issue_interval_s(self) -> float:
+        """Seconds to the next issue: the cold-start retry period until a first forecast."""
+        if self.latest:
+            return self.settings.issue_interval_s
+        return min(self.settings.issue_interval_s, self.settings.cold_start.retry_s)
 
     def load_modules(self) -> None:
         """Import the modelling modules once, one thread at a time (blocking: a few seconds).
@@ -133,13 +145,21 @@ class Server:
         issue_time = issue_time_of(now)
         start = (issue_time - SERVING_HISTORY).to_pydatetime()
         history = self.store.history(site_id, target.column, start, issue_time.to_pydatetime())
+        meta: dict[str, Any] = {}
         if history.iloc[-fx.STEPS_PER_WEEK :].notna().sum() < fx.STEPS_PER_DAY:
-            return None  # less than a day of values in the last week: nothing to stand on
-        model, name, version = self.model_for(site_id, target, history)
-        frame = forecast(model, history, issue_time, fx.SiteContext.of(self.settings.site), target)
+            # less than a day of values in the last week: the cold start (forecaster.coldstart)
+            cold = self.cold_start.forecast(site_id, target, history, issue_time.to_pydatetime(),
+                                            now, fx.SiteContext.of(self.settings.site))  # fmt: skip
+            if cold is None:
+                return None  # nothing measured at all: nothing to stand on
+            frame, name, version, meta = cold.frame, coldstart.MODEL_NAME, None, cold.meta()
+        else:
+            model, name, version = self.model_for(site_id, target, history)
+            site = fx.SiteContext.of(self.settings.site)
+            frame = forecast(model, history, issue_time, site, target)
         self.store.save_issued(site_id, target_name, issue_time.to_pydatetime(), frame, name,
                                version)  # fmt: skip
-        issued = Issued(site_id, target, issue_time.to_pydatetime(), frame, name, version)
+        issued = Issued(site_id, target, issue_time.to_pydatetime(), frame, name, version, meta)
         self.latest[(site_id, target_name)] = issued
         return issued
 
@@ -199,7 +219,7 @@ def build_service(
     async def issue_all() -> int:
         async with issue_lock:
             try:
-                sites = await service.run_blocking(guarded, site_ids, service.settings, db)
+                sites = await service.run_blocking(guarded, server.sites, now())
                 count = 0
                 for site_id in sites:
                     for target in service.settings.targets:
@@ -230,7 +250,7 @@ def build_service(
             await issue_all()
         return outcomes
 
-    @service.every(lambda: service.settings.issue_interval_s, run_at_start=True)
+    @service.every(server.issue_interval_s, run_at_start=True)
     async def publish_forecasts(ctx: Context) -> None:
         await issue_all()
 

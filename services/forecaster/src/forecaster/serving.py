@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 
@@ -24,6 +25,8 @@ class Issued:
     frame: pd.DataFrame  # index: interval starts; columns p10, p50, p90 (kW)
     model: str
     version: str | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Extra `meta` of the message (e.g. `cold_start: true`, see forecaster.coldstart)."""
 
     def message(self, ts: datetime, source: str = "forecaster") -> TimeSeries:
         """The topics.FORECAST payload."""
@@ -34,7 +37,7 @@ class Issued:
             quantiles={k: [float(v) for v in self.frame[k]] for k in ("p10", "p50", "p90")},
             model=self.model if self.version is None else f"{self.model}@{self.version}",
             meta={"site_id": self.site_id, "target": self.target.name, "version": self.version,
-                  "horizon_steps": len(self.frame)},
+                  "horizon_steps": len(self.frame)} | self.meta,
         )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from derbus.settings import DatabaseSettings, ServiceSettings
 from derbus.topics import validate_id
 from forecaster.catalogue import LEARNED, TARGETS
+from forecaster.coldstart import ColdStartSettings
 
 
 class Settings(ServiceSettings):
@@ -61,6 +62,10 @@ class Settings(ServiceSettings):
         default=7.0, gt=0, le=366,
         description="days of issued forecasts scored by /forecast/{site}/{target}/accuracy and --status",
     )  # fmt: skip
+    cold_start: ColdStartSettings = Field(
+        default_factory=ColdStartSettings,
+        description="forecasts for sites with little history (FORECAST_COLD_START_*)",
+    )
     fit_threads: int = Field(
         default=1, ge=1, le=64, description="threads per model fit (1 avoids oversubscription)"
     )
