@@ -92,7 +92,11 @@ def discover_services(repo: Path) -> list[ServiceSpec]:
         extra = {str(k): int(v) for k, v in meta.get("extra_ports", {}).items()}
         found.append(
             ServiceSpec(
-                name, meta["env_prefix"], int(meta["api_port"]), pyproject.parent, companions,
+                name,
+                meta["env_prefix"],
+                int(meta["api_port"]),
+                pyproject.parent,
+                companions,
                 extra,
             )
         )
