@@ -12,6 +12,7 @@ with its 401/403 only when a token is configured (without one those routes are o
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -22,13 +23,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from derbus.errors import ConfigError
 from derbus.service import Service
-from derbus.settings import ServiceSettings, redacted
+from derbus.settings import ServiceSettings, describe_validation_error, redacted
 from derbus.topics import CATALOGUE
 
 _bearer = HTTPBearer(auto_error=False)
@@ -59,6 +60,18 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {
         code: {"model": ErrorBody, "description": _ERROR_TEXT.get(code, "error")} for code in codes
     }
+
+
+def content(media_type: str, description: str) -> dict[str, Any]:
+    """A `responses=` entry for a body that is not JSON (text, CSV, PNG, an event stream)."""
+    schema: dict[str, Any] = {"type": "string"}
+    if media_type.startswith("image/"):
+        schema["format"] = "binary"
+    elif media_type == "text/event-stream":  # each event, as its fields
+        schema = {"type": "object", "properties": {
+            "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
+            "retry": {"type": "integer"}}}  # fmt: skip
+    return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
 class Health(BaseModel):
@@ -214,6 +227,8 @@ def make_app(service: Service[Any, Any], *, manage_lifecycle: bool = True) -> Fa
     ) -> dict[str, Any]:
         """Change mutable fields; 422 naming the field when refused or invalid."""
         try:
+            if set(patch) <= type(service.settings).mutable_fields:
+                _check_patch(type(service.settings), patch)
             await service.update_config(patch)
         except ConfigError as err:
             raise HTTPException(
@@ -233,8 +248,7 @@ def make_app(service: Service[Any, Any], *, manage_lifecycle: bool = True) -> Fa
 
     @app.get(
         "/metrics", tags=["health"], response_class=Response,
-        responses={200: {"description": "Prometheus text format",
-                         "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        responses={200: content("text/plain", "Prometheus text format")},
     )  # fmt: skip
     def metrics() -> Response:
         """Prometheus metrics."""
@@ -262,12 +276,27 @@ async def _allow_every_method(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+def _check_patch(settings: type[ServiceSettings], patch: dict[str, Any]) -> None:
+    """Each value as its field's JSON type, no coercion ("5" is no number, 1 no boolean)."""
+    try:
+        config_patch_model(settings).model_validate_json(json.dumps(patch), strict=True)
+    except ValidationError as err:
+        fields = tuple(".".join(str(p) for p in e["loc"]) for e in err.errors())
+        raise ConfigError(describe_validation_error(err), fields) from err
+
+
+_PATCH_MODELS: dict[str, type[BaseModel]] = {}
+
+
 def config_patch_model(settings: type[ServiceSettings]) -> type[BaseModel]:
     """The body of `PUT /config`: the mutable fields with their types and bounds, all optional.
 
     Rules between fields (an export limit below the import limit) are the settings' own: a
     patch that breaks one gets 422 naming the field, as an invalid value does.
     """
+    key = f"{settings.__module__}.{settings.__qualname__}"
+    if key in _PATCH_MODELS:
+        return _PATCH_MODELS[key]
     fields: dict[str, Any] = {}
     for name in sorted(settings.mutable_fields):
         info = settings.model_fields[name]
@@ -278,7 +307,11 @@ def config_patch_model(settings: type[ServiceSettings]) -> type[BaseModel]:
     model: type[BaseModel] = create_model(
         f"{settings.__name__}Patch", __config__=ConfigDict(extra="forbid"), **fields
     )
+    _PATCH_MODELS[key] = model
     return model
+
+
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 
 
 def _openapi(app: FastAPI, service: Service[Any, Any]) -> dict[str, Any]:
@@ -301,20 +334,23 @@ def _openapi(app: FastAPI, service: Service[Any, Any]) -> dict[str, Any]:
         }
         for path in doc.get("paths", {}).values():
             for operation in path.values():
+                if "requestBody" in operation:
+                    operation["responses"].setdefault("400", {
+                        "description": _ERROR_TEXT[400] + " (a body that is not JSON)",
+                        "content": {"application/json": {"schema": ERROR_REF}},
+                    })  # fmt: skip
                 if "security" not in operation:
                     continue
                 if secured:
                     for code in (401, 403):
                         operation["responses"].setdefault(str(code), {
                             "description": _ERROR_TEXT[code],
-                            "content": {"application/json": {
-                                "schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+                            "content": {"application/json": {"schema": ERROR_REF}},
                         })  # fmt: skip
                 else:
                     del operation["security"]
-        if secured:
-            schemas["ErrorBody"] = ErrorBody.model_json_schema()
-        else:
+        schemas["ErrorBody"] = ErrorBody.model_json_schema()
+        if not secured:
             components.pop("securitySchemes", None)
         cache[secured] = doc
     return cache[secured]
