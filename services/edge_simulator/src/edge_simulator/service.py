@@ -16,9 +16,11 @@ from fastapi import APIRouter, HTTPException
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import StorageError
+from derbus.http import errors
 from derbus.service import Context, Service
 from derbus.setpoint_receiver import serve_setpoints
 from derbus.topics import TopicIds
+from edge_simulator.api_models import SiteRecord, Sites
 from edge_simulator.config import SimConfig, load_sim_config
 from edge_simulator.control import CONTROLLABLE, AckOut, Controls, SimSetpoints
 from edge_simulator.fleet import Fleet, Location, StepResult
@@ -130,7 +132,7 @@ def _router(sim: SimState) -> APIRouter:
     router = APIRouter(tags=["sites"])
     fleet = sim.fleet
 
-    @router.get("/sites")
+    @router.get("/sites", response_model=Sites)
     def list_sites() -> dict[str, Any]:
         """The simulated sites with their ratings, and the simulated time of the last step."""
         return {
@@ -149,7 +151,7 @@ def _router(sim: SimState) -> APIRouter:
             ],
         }
 
-    @router.get("/sites/{site_id}")
+    @router.get("/sites/{site_id}", response_model=SiteRecord, responses=errors(404))
     def site_state(site_id: str) -> dict[str, Any]:
         """The latest nested record of a site (404 for an unknown site or before the first step)."""
         index = fleet.index.get(site_id)
