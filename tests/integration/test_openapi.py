@@ -43,6 +43,7 @@ CHECKED = {
     "cloud_sync",
     "feature_engineering",
     "forecaster",
+    "load_manager",
 }
 TOKEN = "schemathesis-token-0123456789"
 MAX_EXAMPLES = 6
@@ -55,6 +56,13 @@ CROSS_FIELD_RULES: dict[str, list[tuple[str, str]]] = {
         # a setpoint the device refuses (beyond its rating, a target it lacks) is answered with
         # its `rejected` ack and 422: the setpoint contract
         ("POST", "/devices/{device_id}/setpoints"),
+    ],
+    # a job's window against now and its profile; a scenario's ids, windows and files
+    "load_manager": [
+        ("POST", "/jobs"),
+        ("POST", "/planner/check"),
+        ("POST", "/planner/simulate"),
+        ("POST", "/planner/import"),
     ],
 }
 # settings a service needs to run in a test folder besides data_dir, mqtt and api_token

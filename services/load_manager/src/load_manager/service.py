@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import ConfigError, SolverError
-from derbus.http import TokenDep
+from derbus.http import TokenDep, errors
 from derbus.messages import (
+    JobPlan,
     JobRequest,
     KpiReport,
     MeterReading,
@@ -32,6 +33,7 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.service import Context, Service
+from load_manager.api_models import Balance, JobView, Kpis
 from load_manager.balance import BalanceIntegrator, PeriodTotals, period_bounds
 from load_manager.controller import CycleInputs, NetBalanceController, SetpointRefresher
 from load_manager.cossmic import Neighbourhood, load_jobs, load_neighbourhood
@@ -403,7 +405,7 @@ def build_service(
     # --- REST ----------------------------------------------------------------------------------
     router = APIRouter(tags=["load_manager"])
 
-    @router.get("/balance")
+    @router.get("/balance", response_model=Balance)
     def get_balance() -> dict[str, Any]:
         """The open settlement period's balance, the loads' states and today's KPIs."""
         current = st.integrator.current
@@ -417,7 +419,7 @@ def build_service(
             "today": st.kpis.today.values() if st.kpis.today else None,
         }
 
-    @router.get("/kpis")
+    @router.get("/kpis", response_model=Kpis)
     def get_kpis() -> dict[str, Any]:
         """Today's KPIs and the daily summaries of past days."""
         return {
@@ -427,7 +429,7 @@ def build_service(
             "days": [d.to_dict() | {"values": d.values()} for d in st.kpis.history],
         }
 
-    @router.post("/jobs", status_code=201)
+    @router.post("/jobs", status_code=201, response_model=JobView, responses=errors(409, 422))
     async def post_job(body: JobSubmission, _auth: TokenDep) -> dict[str, Any]:
         """Submit a deferrable job; it is planned at once and returned with its planned start."""
         now = clock()
@@ -445,12 +447,12 @@ def build_service(
             await replan(now)
         return st.book.entries[request.job_id].to_dict()
 
-    @router.get("/jobs")
+    @router.get("/jobs", response_model=list[JobView])
     def get_jobs() -> list[dict[str, Any]]:
         """Every job with its status and plan."""
         return st.book.to_list()
 
-    @router.get("/jobs/{job_id}")
+    @router.get("/jobs/{job_id}", response_model=JobView, responses=errors(404))
     def get_job(job_id: str) -> dict[str, Any]:
         """One job."""
         entry = st.book.entries.get(job_id)
@@ -458,7 +460,7 @@ def build_service(
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return entry.to_dict()
 
-    @router.delete("/jobs/{job_id}")
+    @router.delete("/jobs/{job_id}", response_model=JobView, responses=errors(404, 409))
     async def delete_job(job_id: str, _auth: TokenDep) -> dict[str, Any]:
         """Cancel a job that has not started (404 unknown, 409 already started)."""
         try:
@@ -471,14 +473,14 @@ def build_service(
         save_jobs()
         return entry.to_dict()
 
-    @router.get("/plan")
+    @router.get("/plan", response_model=JobPlan, responses=errors(404))
     def get_plan() -> dict[str, Any]:
         """The latest published job plan (404 before the first)."""
         if st.plan is None:
             raise HTTPException(status_code=404, detail="no plan yet")
         return st.plan
 
-    @router.post("/plan", status_code=200)
+    @router.post("/plan", status_code=200, response_model=JobPlan)
     async def post_plan(_auth: TokenDep) -> dict[str, Any]:
         """Re-plan now."""
         await replan(clock())
