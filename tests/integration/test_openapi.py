@@ -151,6 +151,8 @@ def _config(name: str, token: str | None) -> schemathesis.Config:
 def _run(name: str, url: str, token: str | None) -> tuple[int, list[str]]:
     """Run schemathesis over the served OpenAPI: (cases sent, unique failures)."""
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=_config(name, token))
+    if token is not None:  # the reads answer alike either way: the token run is for the writes
+        schema = schema.include(method=["POST", "PUT", "DELETE"])
     problems: set[str] = set()
     cases = 0
     for event in from_schema(schema).execute():
