@@ -75,7 +75,8 @@ def test_price_book_keeps_the_newest_series_and_falls_back_when_stale() -> None:
     assert book.for_site("site-1", tariff, T0).price_at(T0) == 0.5
     later = T0 + timedelta(hours=6)  # valid_until reached
     expired = book.for_site("site-1", tariff, later)
-    assert expired.series is None and expired.price_at(T0) == tariff.price_at(T0)
+    assert expired.series is None
+    assert expired.price_at(T0) == tariff.price_at(T0)
     assert expired.status.startswith("tariff (series stale: valid until")
     assert list(book.stale(later)) == ["site-1"]
     assert book.update("site-1", _series(T0 + timedelta(minutes=20), [0.5], stale=True))

@@ -25,6 +25,7 @@ from derbus.messages import (
     JobRequest,
     KpiReport,
     MeterReading,
+    PriceSeries,
     Priority,
     PvTelemetry,
     SetpointCommand,
@@ -32,6 +33,7 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.service import Context, Service
+from derbus.tariff import PriceBook
 from load_manager.balance import BalanceIntegrator, PeriodTotals, period_bounds
 from load_manager.controller import CycleInputs, NetBalanceController, SetpointRefresher
 from load_manager.cossmic import Neighbourhood, load_jobs, load_neighbourhood
@@ -116,6 +118,7 @@ class LoadManagerState:
     last_cycle_at: datetime | None = None
     last_period: dict[str, Any] | None = None
     plan_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    prices: PriceBook = field(default_factory=PriceBook)
 
 
 def _houses(settings: Settings) -> tuple[list[HouseConfig], float | None, Neighbourhood | None]:
@@ -339,13 +342,23 @@ def build_service(
         except (ConfigError, DuplicateJobError) as err:
             log.warning("job %s refused: %s", msg.job_id, err)
 
+    @service.on(topics.PRICE_SERIES, site_id=site, device_id="grid")
+    async def on_prices(msg: PriceSeries, ctx: Context) -> None:
+        if st.prices.update(ctx.site_id, msg):
+            st.plan_dirty = True  # re-planned by the next job cycle
+
     async def replan(now: datetime) -> None:
         s = service.settings
+        prices = st.prices.for_site(site, s.tariff, now)
+        if prices.series is None and site in st.prices.series:
+            await service.set_degraded("prices", f"jobs planned on the configured {prices.status}")
+        else:
+            await service.clear_degraded("prices")
         async with st.plan_lock:
             st.book.advance(now, timedelta(seconds=s.plan_step_s))
             problem = build_problem(
                 now=now, step_s=s.plan_step_s, n_steps=s.plan_horizon_steps, houses=st.houses,
-                book=st.book, forecasts=st.forecasts, tariff=s.tariff, shared_pv=s.shared_pv,
+                book=st.book, forecasts=st.forecasts, tariff=prices, shared_pv=s.shared_pv,
                 neighbourhood_limit_kw=st.neighbourhood_limit_kw, cost_weight=s.job_cost_weight,
                 peak_weight_per_kw=s.peak_weight_per_kw,
             )  # fmt: skip
