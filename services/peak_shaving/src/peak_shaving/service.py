@@ -288,6 +288,7 @@ class PeakShaving:
         """Solve a site's schedule and publish it; on failure keep the last one, shifted."""
         now = utcnow()
         inputs = self.ema_inputs(site_id, now)
+        prices = self.prices.for_site(site_id, self.settings.tariff, now).status  # as planned
         if inputs is None:
             log.debug("no plan for %s yet: needs a load forecast and a battery reading", site_id)
             return
@@ -303,7 +304,7 @@ class PeakShaving:
         self.metrics.solve_s.observe(solution.solve_time_s)
         meta = solution.meta() | {
             "plan_status": "ok",
-            "prices": self.prices.for_site(site_id, self.settings.tariff, now).status,
+            "prices": prices,
             "pcc_kw": [round(v, 3) for v in solution.pcc_kw.tolist()],
             "soc_kwh": [round(v, 3) for v in solution.soc_kwh.tolist()],
         }
