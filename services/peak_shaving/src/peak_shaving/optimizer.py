@@ -290,9 +290,11 @@ class ScheduleOptimizer:
         self.p_net.value = net
         self.p_prior.value = prior
         if cfg.energy_cost and inputs.price_per_kwh is not None:
-            price = np.asarray(inputs.price_per_kwh, dtype=float)
+            # the LP's price parameters are non-negative: a negative price counts as free energy
+            price = np.maximum(np.asarray(inputs.price_per_kwh, dtype=float), 0.0)
             exported = inputs.export_per_kwh
             feed = np.minimum(np.zeros(n) if exported is None else np.asarray(exported), price)
+            feed = np.maximum(feed, 0.0)
             if price.shape != (n,) or feed.shape != (n,) or not np.isfinite(price).all():
                 raise SolverError(f"price_per_kwh and export_per_kwh must hold {n} finite values")
         elif cfg.energy_cost:
