@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
+from prometheus_client import Counter
 
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import StorageError
+from derbus.messages import ReplayRequest
 from derbus.service import Context, Service
 from derbus.setpoint_receiver import serve_setpoints
 from derbus.topics import TopicIds
@@ -24,6 +26,7 @@ from edge_simulator.control import CONTROLLABLE, AckOut, Controls, SimSetpoints
 from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
+from edge_simulator.resend import SentBuffer
 from edge_simulator.settings import Settings
 from edge_simulator.wire import DEVICES, encode_step
 
@@ -124,6 +127,7 @@ class SimState:
     next_due_wall: float = 0.0
     last_kick_wall: float = 0.0
     listeners: list[Callable[[StepResult], None]] = field(default_factory=list)
+    sent: SentBuffer | None = None
 
 
 def _router(sim: SimState) -> APIRouter:
@@ -181,10 +185,20 @@ def build_service(
     clock = clock or SimClock(settings.start_time, settings.speed)
     fleet = build_fleet(settings, config, clock())
     sim = SimState(fleet, Controls(fleet, SERVICE_NAME), clock)
+    sim.sent = sent_buffer = SentBuffer(fleet.n_sites, int(settings.replay_buffer_mb * 2**20))
     service = Service(SERVICE_NAME, settings, bus)
     service.state["sim"] = sim
     service.declare_publishes(
         topics.METER, topics.PV, topics.BATTERY, topics.LOAD, topics.PRICE, topics.SETPOINT_ACK
+    )
+    replayed = Counter(
+        "derbus_edge_replayed_readings_total", "Readings published again on a replay request",
+        registry=service.metrics.registry,
+    )  # fmt: skip
+    replay_missed = Counter(
+        "derbus_edge_replay_missed_readings_total",
+        "Readings asked for again that had left the buffer (lost for good)",
+        registry=service.metrics.registry,
     )
     influx: list[Any] = []
 
@@ -234,7 +248,9 @@ def build_service(
         one call per message, and the event loop a turn every `YIELD_EVERY_SITES` sites.
         """
         every = None if len(chosen) == fleet.n_sites else chosen
-        payloads = encode_step(result, SERVICE_NAME, devices, every)
+        seqs = sent_buffer.number(chosen)
+        payloads = encode_step(result, SERVICE_NAME, devices, every, seqs.tolist())
+        sent_buffer.add(chosen, seqs, payloads)
         publish = service.bus.publish
         specs = [(d.spec.qos, d.spec.retain) for d in devices]
         for j, i in enumerate(chosen):
@@ -246,6 +262,29 @@ def build_service(
             counter.inc(len(chosen))
 
     service.state["step"] = step
+    device_index = {d.device_id: k for k, d in enumerate(devices)}
+
+    @service.on(topics.REPLAY_REQUEST)
+    async def replay(request: ReplayRequest, ctx: Context) -> None:
+        """Publish a stream's held readings from_seq..to_seq again (same payloads, not retained)."""
+        assert ctx.ids is not None
+        site = fleet.index.get(ctx.ids.site_id)
+        k = device_index.get(ctx.ids.device_id)
+        if site is None or k is None:
+            return  # not a stream of this simulator (another shard's, or another edge's)
+        found = sent_buffer.find(site, k, request.from_seq, request.to_seq)
+        spec = devices[k].spec
+        for payload in found:
+            await service.bus.publish(topic_table[k][site], payload, qos=spec.qos, retain=False)
+        replayed.inc(len(found))
+        missed = request.to_seq - request.from_seq + 1 - len(found)
+        if missed > 0:
+            replay_missed.inc(missed)
+            log.warning(
+                "replay of %s/%s %d..%d: %d readings no longer held", ctx.ids.site_id,
+                ctx.ids.device_id, request.from_seq, request.to_seq, missed,
+            )  # fmt: skip
+
     service.include_router(_router(sim))
 
     def schedule_next(wall: float) -> None:
