@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,6 +18,7 @@ from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import ConfigError, SolverError
 from derbus.http import TokenDep
+from derbus.jsonfile import read_json, write_json
 from derbus.messages import (
     JobRequest,
     KpiReport,
@@ -52,24 +50,6 @@ log = logging.getLogger(__name__)
 NAME = "load_manager"
 NET_STATE_FILE = "net_balance.json"
 JOBS_FILE = "jobs.json"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> Any:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        log.warning("ignoring unreadable state file %s: %s", path, err)
-        return None
 
 
 @dataclass
@@ -172,19 +152,19 @@ def build_service(
 
     # --- persistence ---------------------------------------------------------------------------
     def save_net_state() -> None:
-        _write_json(
+        write_json(
             data_dir / NET_STATE_FILE,
             {"balance": st.integrator.to_dict(), "loads": st.controller.to_dict(),
              "kpis": st.kpis.to_dict()},
         )  # fmt: skip
 
     def save_jobs() -> None:
-        _write_json(data_dir / JOBS_FILE, st.book.to_list())
+        write_json(data_dir / JOBS_FILE, st.book.to_list())
 
     @service.on_startup
     async def restore() -> None:
         now = clock()
-        saved = _read_json(data_dir / NET_STATE_FILE)
+        saved = read_json(data_dir / NET_STATE_FILE)
         closed: list[PeriodTotals] = []
         if isinstance(saved, dict):
             if saved.get("kpis"):
@@ -196,7 +176,7 @@ def build_service(
         for totals in closed:
             st.kpis.add_period(totals, local_date(totals.start, tz))
         st.kpis.roll(local_date(now, tz))
-        jobs = _read_json(data_dir / JOBS_FILE)
+        jobs = read_json(data_dir / JOBS_FILE)
         if isinstance(jobs, list):
             st.book = JobBook.from_list(jobs)
         for request in imported:
@@ -347,7 +327,8 @@ def build_service(
                 now=now, step_s=s.plan_step_s, n_steps=s.plan_horizon_steps, houses=st.houses,
                 book=st.book, forecasts=st.forecasts, tariff=s.tariff, shared_pv=s.shared_pv,
                 neighbourhood_limit_kw=st.neighbourhood_limit_kw, cost_weight=s.job_cost_weight,
-                peak_weight_per_kw=s.peak_weight_per_kw,
+                peak_weight_per_kw=s.peak_weight_per_kw, load_quantile=s.load_forecast_quantile,
+                pv_quantile=s.pv_forecast_quantile,
             )  # fmt: skip
             try:
                 schedule = await service.run_blocking(schedule_milp, problem, s.solver_time_limit_s)
