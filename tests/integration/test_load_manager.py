@@ -74,7 +74,7 @@ async def test_pv_surplus_on_the_simulated_site_switches_a_load_on_within_one_cy
     mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     edge = simulated_site(tmp_path, mqtt_settings)
-    sim_clock = edge.state["sim"].clock
+    sim_clock = edge.state.clock
     settings = Settings(
         mqtt=mqtt_settings, data_dir=tmp_path / "lm", cycle_s=1.0, setpoint_ttl_s=30.0,
         refresh_margin_s=5.0, jobs_enabled=False,
