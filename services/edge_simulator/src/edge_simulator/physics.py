@@ -260,10 +260,12 @@ def carbon_g_per_kwh(
     """Grid carbon intensity: lower in clear daylight, higher in the peak period (1.0), noisy."""
     daylight_clear = np.minimum(ghi_w_m2 / 800.0, 1.0)
     out: FloatArray = np.maximum(
-        gp.carbon_base_g_per_kwh * (1.0 - gp.carbon_solar_dip * daylight_clear)
-        * (1.0 + gp.carbon_peak_uplift * peak) * (1.0 + 0.03 * z_carbon),
+        gp.carbon_base_g_per_kwh
+        * (1.0 - gp.carbon_solar_dip * daylight_clear)
+        * (1.0 + gp.carbon_peak_uplift * peak)
+        * (1.0 + 0.03 * z_carbon),
         0.0,
-    )  # fmt: skip
+    )
     return out
 
 

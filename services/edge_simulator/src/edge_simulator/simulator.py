@@ -148,9 +148,11 @@ class Simulator:
         """Publish setpoint acknowledgements on the bus (site and device of each ack)."""
         for a in acks:
             await self.service.publish(
-                topics.SETPOINT_ACK, a.ack, site_id=self.fleet.ids[a.site_index],
+                topics.SETPOINT_ACK,
+                a.ack,
+                site_id=self.fleet.ids[a.site_index],
                 device_id=a.device_id,
-            )  # fmt: skip
+            )
 
     def applied(self, index: int) -> None:
         """A setpoint changed site `index`: publish it early when so configured."""
