@@ -18,7 +18,8 @@ from prometheus_client import Gauge
 from derbus import topics
 from derbus.errors import ConfigError, SolverError
 from derbus.jsonfile import read_json, write_json
-from derbus.messages import JobRequest, Priority, SetpointCommand, TimeSeries
+from derbus.messages import JobRequest, TimeSeries
+from load_manager.controller import load_on_command
 from load_manager.cossmic import Neighbourhood, load_jobs, load_neighbourhood
 from load_manager.jobs import JobBook, JobEntry
 from load_manager.planning import apply_schedule, build_problem, plan_message
@@ -179,15 +180,7 @@ class JobPlanning:
             ttl = max(1.0, entry.duration.total_seconds())
             await self.service.publish(
                 topics.SETPOINT,
-                SetpointCommand(
-                    ts=now,
-                    source=NAME,
-                    target="load_on",
-                    value=1.0,
-                    unit="bool",
-                    ttl_s=min(ttl, 86_400),
-                    priority=Priority.SITE_OPTIMISER,
-                ),
+                load_on_command(now, True, ttl, NAME),
                 site_id=entry.request.house_id,
                 device_id=entry.request.device_id,
             )

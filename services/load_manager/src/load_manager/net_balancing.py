@@ -18,9 +18,14 @@ from prometheus_client import Gauge
 
 from derbus import topics
 from derbus.jsonfile import read_json, write_json
-from derbus.messages import KpiReport, Priority, SetpointCommand
+from derbus.messages import KpiReport
 from load_manager.balance import BalanceIntegrator, PeriodTotals, period_bounds
-from load_manager.controller import CycleInputs, NetBalanceController, SetpointRefresher
+from load_manager.controller import (
+    CycleInputs,
+    NetBalanceController,
+    SetpointRefresher,
+    load_on_command,
+)
 from load_manager.kpi import KpiTracker, local_date
 from load_manager.settings import Settings
 
@@ -172,15 +177,7 @@ class NetBalancing:
         for device_id, on in self.refresher.due(decisions, now):
             await self.service.publish(
                 topics.SETPOINT,
-                SetpointCommand(
-                    ts=now,
-                    source=NAME,
-                    target="load_on",
-                    value=1.0 if on else 0.0,
-                    unit="bool",
-                    ttl_s=s.setpoint_ttl_s,
-                    priority=Priority.SITE_OPTIMISER,
-                ),
+                load_on_command(now, on, s.setpoint_ttl_s, NAME),
                 site_id=self.site,
                 device_id=device_id,
             )
