@@ -19,6 +19,7 @@ from derbus.messages import (
     JobRequest,
     KpiReport,
     MeterReading,
+    PriceSeries,
     PvTelemetry,
     SetpointCommand,
     TimeSeries,
@@ -288,3 +289,40 @@ def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
                           text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2
     assert "hood.xml:2" in done.stderr
+
+
+async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_stale(
+    rig: Rig,
+) -> None:
+    def prices(issued: datetime, *, stale: bool) -> bytes:
+        dear = [0.40] * 16
+        dear[2] = dear[3] = 0.01  # 10:30-11:00 UTC: far cheaper than the tariff at 12:00
+        series = PriceSeries(
+            ts=issued, source="prices", zone="site-1", origin="http", issue_time=issued,
+            start=T0, step_s=900, import_per_kwh=dear, valid_until=T0 + timedelta(hours=4),
+            stale=stale, stale_reason="source down" if stale else None,
+        )  # fmt: skip
+        return series.to_json_bytes()
+
+    price_topic = topics.PRICE_SERIES.topic("site-1", "grid", rig.root)
+    req = JobRequest(ts=T0, source="scada", job_id="ev1", house_id="site-1", device_id="ev",
+                     earliest_start=T0, latest_start=T0 + timedelta(hours=2),
+                     profile_kw=[7.0, 7.0])  # fmt: skip
+    await rig.pub.publish(price_topic, prices(T0, stale=False))
+    await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
+    await rig.pub.drain()
+    await rig.service.run_task("job_cycle")
+    await rig.pub.drain()
+    entry = rig.service.state.jobs.book.entries["ev1"]
+    assert entry.planned_start == T0 + timedelta(minutes=30)  # the series' cheap half hour
+    assert rig.service.status().state == "online"
+    # the source fails: its publisher marks the series stale; the plan goes back to the tariff
+    await rig.pub.publish(price_topic, prices(T0 + timedelta(seconds=1), stale=True))
+    await rig.pub.drain()
+    await rig.service.run_task("job_cycle")
+    await rig.pub.drain()
+    entry = rig.service.state.jobs.book.entries["ev1"]
+    assert entry.planned_start == T0 + timedelta(hours=2)  # the tariff's shoulder, as before
+    status = rig.service.status()
+    assert status.state == "degraded"
+    assert "configured tariff (series stale: source down)" in (status.reason or "")

@@ -4,7 +4,8 @@ The broker is a local `mosquitto` when installed, else the pure-Python `amqtt` b
 service folder with a `[tool.derbus]` table and a `__main__` is started with `python -m <name>`,
 its API port and data folder set through its own env prefix, its log in the run folder. The
 platform supervises its children: one that exits is reported and restarted after a backoff
-(1 s doubling to at most 30 s, back to 1 s once it ran a minute). The broker's URL is written
+(3 s — past the MQTT will delay, so the bus sees `offline` — doubling to at most 30 s, back to
+3 s once it ran a minute). The broker's URL is written
 to `<run root>/broker-url` (what `derbus broker-url` prints) and the children's PIDs and ports
 to `<run folder>/platform.json`.
 """
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from derbus.errors import ConfigError
+from derbus.settings import MqttSettings
 from derbus.testing.servers import find_binary, free_port, mosquitto_conf, port_open
 
 EMBEDDED_ORDER = (
@@ -59,7 +61,9 @@ delayed its first reading by ~1.5 min."""
 START_FIRST_WAIT_S = 30.0
 BROKER_URL_FILE = "broker-url"
 PLATFORM_FILE = "platform.json"
-RESTART_MIN_S = 1.0
+RESTART_MIN_S = float(MqttSettings.model_fields["will_delay_s"].default + 1)
+"""The first restart waits out the MQTT 5 will delay (plus 1 s): a child back within it would
+resume its session before the broker publishes its will, and the bus would never see `offline`."""
 RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 """A child that ran this long before exiting is restarted after RESTART_MIN_S again."""

@@ -237,7 +237,7 @@ PRICE_SERIES = TopicSpec(
     "Price series of a site or zone (device level `grid`): import/export per interval, "
     "demand-charge windows, valid_until and stale flag (CSV, ToU model or HTTP source)",
     publishers=("ev_charging",),
-    subscribers=("ev_charging", "scada"),
+    subscribers=("ev_charging", "peak_shaving", "load_manager", "scada"),
 )
 EV_SESSION = TopicSpec(
     "schedule.ev_session",

@@ -1,7 +1,8 @@
 """Deferrable-job planning for the houses of a neighbourhood: book → plan (MILP) → starts.
 
-`JobPlanning` owns the job book, the latest forecasts and plan, and the jobs file; the service's
-handlers call `on_forecast`, `book` and `cycle`, the REST routes `submit`, `cancel`, `replan`.
+`JobPlanning` owns the job book, the latest forecasts, the site's price series and the plan,
+and the jobs file; the service's handlers call `on_forecast`, `on_prices`, `book_job` and
+`cycle`, the REST routes `book_job`, `cancel` and `replan`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from prometheus_client import Gauge
 from derbus import topics
 from derbus.errors import ConfigError, SolverError
 from derbus.jsonfile import read_json, write_json
-from derbus.messages import JobRequest, TimeSeries
+from derbus.messages import JobRequest, PriceSeries, TimeSeries
+from derbus.tariff import PriceBook
 from load_manager.controller import load_on_command
 from load_manager.cossmic import Neighbourhood, load_jobs, load_neighbourhood
 from load_manager.jobs import JobBook, JobEntry
@@ -72,6 +74,7 @@ class JobPlanning:
             self.imported = load_jobs(s.jobs_file, step_s=60, neighbourhood=hood)
         self.book = JobBook.empty()
         self.forecasts: dict[tuple[str, str], TimeSeries] = {}
+        self.prices = PriceBook()
         self.schedule: Schedule | None = None
         self.plan: dict[str, Any] | None = None
         self.plan_dirty = True
@@ -107,6 +110,11 @@ class JobPlanning:
             self.forecasts[house_id, kind] = series
             self.plan_dirty = True
 
+    def on_prices(self, site_id: str, series: PriceSeries) -> None:
+        """A price series of the site: re-planned by the next job cycle when it is newer."""
+        if self.prices.update(site_id, series):
+            self.plan_dirty = True
+
     def book_job(self, request: JobRequest) -> None:
         """Book a job for the next plan.
 
@@ -134,6 +142,11 @@ class JobPlanning:
     async def replan(self, now: datetime) -> dict[str, Any]:
         """Plan the open jobs now (MILP, greedy when it fails) and publish the plan."""
         s, service = self.service.settings, self.service
+        prices = self.prices.for_site(self.site, s.tariff, now)
+        if prices.series is None and self.site in self.prices.series:
+            await service.set_degraded("prices", f"jobs planned on the configured {prices.status}")
+        else:
+            await service.clear_degraded("prices")
         async with self.lock:
             self.book.advance(now, timedelta(seconds=s.plan_step_s))
             problem = build_problem(
@@ -143,7 +156,7 @@ class JobPlanning:
                 houses=self.houses,
                 book=self.book,
                 forecasts=self.forecasts,
-                tariff=s.tariff,
+                tariff=prices,
                 shared_pv=s.shared_pv,
                 neighbourhood_limit_kw=self.neighbourhood_limit_kw,
                 cost_weight=s.job_cost_weight,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from derbus.messages import JobPlan, JobRequest, PlannedJob, TimeSeries, UtcDatetime
-from derbus.tariff import Tariff
+from derbus.tariff import ImportPrices
 from load_manager.jobs import JobBook
 from load_manager.profiles import profile_from_cumulative, resample_profile
 from load_manager.scheduler import HouseInput, JobInput, Problem, Schedule
@@ -30,7 +30,7 @@ def build_problem(
     houses: Sequence[HouseConfig],
     book: JobBook,
     forecasts: Mapping[tuple[str, str], TimeSeries],
-    tariff: Tariff,
+    tariff: ImportPrices,
     shared_pv: bool,
     neighbourhood_limit_kw: float | None,
     cost_weight: float,

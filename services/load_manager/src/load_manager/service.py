@@ -14,7 +14,7 @@ from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import ConfigError
 from derbus.http import TokenDep
-from derbus.messages import JobRequest, MeterReading, PvTelemetry, TimeSeries, utcnow
+from derbus.messages import JobRequest, MeterReading, PriceSeries, PvTelemetry, TimeSeries, utcnow
 from derbus.service import Context, Service
 from load_manager.jobs import DuplicateJobError
 from load_manager.manager import LoadManager
@@ -75,6 +75,10 @@ def build_service(
     @service.on(topics.FORECAST, device_id="load")
     async def on_load_forecast(msg: TimeSeries, ctx: Context) -> None:
         jobs.on_forecast(ctx.site_id, "load", msg)
+
+    @service.on(topics.PRICE_SERIES, site_id=site, device_id="grid")
+    async def on_prices(msg: PriceSeries, ctx: Context) -> None:
+        jobs.on_prices(ctx.site_id, msg)
 
     @service.on(topics.JOB_REQUEST)
     async def on_job_request(msg: JobRequest, ctx: Context) -> None:
