@@ -46,7 +46,7 @@ async def cloud_sync(
 
 
 @contextlib.asynccontextmanager
-async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any]]:
+async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any, Any]]:
     """The simulator in-process: 3 sites, a step every 0.1 s, everything it sends kept."""
     settings = EdgeSettings(
         mqtt=MqttSettings(host=broker.host, port=broker.port, root=root,
@@ -74,7 +74,7 @@ async def test_broker_without_persistence_killed_mid_run_every_reading_is_stored
             cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
             edge(broker, topic_root) as sim_service,
         ):
-            sim = sim_service.state["sim"]
+            sim = sim_service.state
             await wait_for(lambda: sim.steps >= 10, 30, message="10 steps")
             sync.pause()
             stalled_at = sim.steps
@@ -127,7 +127,7 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
             cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
             edge(broker, topic_root) as sim_service,
         ):
-            sim = sim_service.state["sim"]
+            sim = sim_service.state
             await scada.connect()
             await scada.subscribe(topics.SETPOINT_ACK.filter(root=topic_root), 1, on_ack)
             sites = list(sim.fleet.ids)

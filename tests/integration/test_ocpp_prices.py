@@ -209,9 +209,9 @@ async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
         plan = next(s for s in schedules.values if s.meta.get("prices") == "series")
         assert min(plan.values[2:4]) > 1.0  # charges in the cheap half hour
         assert max(plan.values[40:44]) < -1.0  # discharges when dear
-        await wait_for(lambda: "site-1" in lm.state["lm"].prices.series, message="LM prices")
+        await wait_for(lambda: "site-1" in lm.state.jobs.prices.series, message="LM prices")
         await lm.run_task("job_cycle")
-        entry = lm.state["lm"].book.entries["ev1"]
+        entry = lm.state.jobs.book.entries["ev1"]
         assert entry.planned_start == start + timedelta(minutes=30)
 
         # the CSV disappears: ev_charging's next read republishes the series marked stale

@@ -179,7 +179,7 @@ LOAD = TopicSpec(
     True,
     "Load: site total or one device (HVAC, EV, switchable), power consumed, relay state",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
+    subscribers=("cloud_sync", "console", "scada_bridge"),
 )
 PRICE = TopicSpec(
     "telemetry.price",
@@ -190,7 +190,7 @@ PRICE = TopicSpec(
     True,
     "Grid price: import price, feed-in, time-of-use period, demand charge, carbon intensity",
     publishers=("edge_simulator",),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
+    subscribers=("cloud_sync", "console", "scada_bridge"),
 )
 EV_CHARGER = TopicSpec(
     "telemetry.ev_charger",
@@ -276,7 +276,6 @@ SETPOINT = TopicSpec(
     publishers=(
         "peak_shaving",
         "load_manager",
-        "voltage_coordinator",
         "scada",
         "console",
         "scada_bridge",
@@ -294,8 +293,6 @@ SETPOINT_ACK = TopicSpec(
     publishers=("edge_simulator", "meter_gateway", "feeder_sim", "ev_charging"),
     subscribers=(
         "peak_shaving",
-        "load_manager",
-        "voltage_coordinator",
         "scada",
         "console",
         "scada_bridge",
@@ -334,7 +331,7 @@ FEEDER_STATE = TopicSpec(
     True,
     "Feeder power-flow snapshot (site level = feeder id, device `feeder`): bus voltages, PV "
     "available/output",
-    publishers=("edge_simulator", "feeder_sim"),
+    publishers=("feeder_sim",),
     subscribers=("voltage_coordinator", "voltage_area", "cloud_sync", "console"),
 )
 PV_CURTAILMENT = TopicSpec(
@@ -347,7 +344,7 @@ PV_CURTAILMENT = TopicSpec(
     "Batch of PV power limits for a feeder (site level = feeder id, device `coordinator`) with "
     "TTL and priority",
     publishers=("voltage_coordinator",),
-    subscribers=("edge_simulator", "feeder_sim", "console"),
+    subscribers=("feeder_sim", "console"),
 )
 AREA_EXCHANGE = TopicSpec(
     "grid.area_exchange",
