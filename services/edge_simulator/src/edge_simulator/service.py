@@ -9,9 +9,11 @@ from fastapi import APIRouter, HTTPException
 
 from derbus import topics
 from derbus.bus.base import Bus
+from derbus.http import errors
 from derbus.messages import ReplayRequest
 from derbus.service import Context, Service
 from derbus.setpoint_receiver import serve_setpoints
+from edge_simulator.api_models import SiteRecord, Sites
 from edge_simulator.config import SimConfig
 from edge_simulator.control import CONTROLLABLE, SimSetpoints
 from edge_simulator.settings import Settings
@@ -34,7 +36,7 @@ def _router(sim: Simulator) -> APIRouter:
     router = APIRouter(tags=["sites"])
     fleet = sim.fleet
 
-    @router.get("/sites")
+    @router.get("/sites", response_model=Sites)
     def list_sites() -> dict[str, Any]:
         """The simulated sites with their ratings, and the simulated time of the last step."""
         return {
@@ -53,7 +55,7 @@ def _router(sim: Simulator) -> APIRouter:
             ],
         }
 
-    @router.get("/sites/{site_id}")
+    @router.get("/sites/{site_id}", response_model=SiteRecord, responses=errors(404))
     def site_state(site_id: str) -> dict[str, Any]:
         """The latest nested record of a site (404 for an unknown site or before the first step)."""
         index = fleet.index.get(site_id)
