@@ -119,6 +119,12 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
             message="a KPI report with time on limit",
         )  # fmt: skip
         assert kpis.values[-1].values["unfixed_violation_kwh"] == 0.0
+
+        # the PMA answers readings with setpoints, yet the simulator re-steps the site at most
+        # once between two regular steps (no step → setpoint → step storm)
+        sim = simulator.state["sim"]
+        assert sim.immediate_steps >= 1  # the first setpoint was stepped at once
+        assert sim.immediate_steps <= sim.steps - sim.immediate_steps
     finally:
         for service in reversed(services):
             await service.stop()

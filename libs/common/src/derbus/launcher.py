@@ -381,13 +381,7 @@ def gateway_devices(repo: Path, run_dir: Path, modbus_port: int) -> Path:
 def run_defaults(repo: Path, run_dir: Path, modbus_port: int) -> dict[str, dict[str, str]]:
     """Per service, the environment `make run` adds unless the user's environment sets it."""
     return {
-        # without EDGE_PUBLISH_ON_SETPOINT=false the simulator steps again on every accepted
-        # setpoint and the peak shaver answers every step with a setpoint: ~20 steps/s instead
-        # of 1 (seen in make run; to be fixed in the simulator or the PMA)
-        "edge_simulator": {
-            "EDGE_MODBUS_PORT": str(modbus_port),
-            "EDGE_PUBLISH_ON_SETPOINT": "false",
-        },
+        "edge_simulator": {"EDGE_MODBUS_PORT": str(modbus_port)},
         "meter_gateway": {"GATEWAY_DEVICES_FILE": str(gateway_devices(repo, run_dir, modbus_port))},
         "forecaster": {"FORECAST_COLD_START_PV_PEAK_KW": str(DEMO_PV_PEAK_KW)},
     }
