@@ -83,7 +83,8 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
 
         ps_settings = PsSettings(
             mqtt=mqtt_settings, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
-            margin_kw=0.5, kpi_interval_s=0.5,
+            margin_kw=0.5, kpi_interval_s=0.5, battery_capacity_kwh=100.0,
+            battery_max_charge_kw=50.0, battery_max_discharge_kw=50.0,  # steady_site's battery
         )  # fmt: skip
         peak_shaving = build_peak_shaving(ps_settings, MqttBus(mqtt_settings))
         services.append(peak_shaving)
