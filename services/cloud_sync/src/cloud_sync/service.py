@@ -18,13 +18,14 @@ from prometheus_client.registry import Collector
 from cloud_sync.api_models import Backlog, Drained
 from cloud_sync.backlog import HEALTH_KEYS
 from cloud_sync.cloud import CloudStore
+from cloud_sync.gaps import ReplayRange
 from cloud_sync.influx import PointSink
 from cloud_sync.settings import Settings
 from cloud_sync.state import SERVICE_NAME, CloudSync
 from derbus import topics
 from derbus.bus.base import Bus, RawMessage
 from derbus.http import TokenDep
-from derbus.messages import Message
+from derbus.messages import Message, ReplayRequest, utcnow
 from derbus.service import Context, Handler, RawHandler, Service
 from derbus.topics import PLATFORM_SITE, TopicSpec
 
@@ -95,6 +96,18 @@ class BacklogCollector(Collector):
             ]  # fmt: skip
         for name, doc, value in counters:
             yield CounterMetricFamily(PREFIX + name, doc, value=float(value))
+        gaps = self.sync.gaps
+        yield GaugeMetricFamily(
+            PREFIX + "readings_missing", "Readings missing now (seq gaps asked again)",
+            value=float(gaps.missing),
+        )  # fmt: skip
+        for name, doc, value in [
+            ("seq_gaps", "Sequence jumps seen in telemetry streams", gaps.gaps),
+            ("readings_missed", "Readings found missing (seq gaps), all told", gaps.missed),
+            ("readings_repaired", "Missing readings that arrived later (replayed)", gaps.repaired),
+            ("readings_lost", "Missing readings given up on", gaps.lost),
+        ]:
+            yield CounterMetricFamily(PREFIX + name, doc, value=float(value))
 
 
 def _file_bytes(path: os.PathLike[str]) -> float:
@@ -149,7 +162,9 @@ def build_service(
     service: Service[Settings, CloudSync] = Service(SERVICE_NAME, settings, bus, state=sync)
     sync.attach(service)
     service.metrics.registry.register(BacklogCollector(sync))
-    service.declare_publishes(topics.KPI, topics.SERVICE_STATUS, topics.DEAD_LETTER)
+    service.declare_publishes(
+        topics.KPI, topics.SERVICE_STATUS, topics.DEAD_LETTER, topics.REPLAY_REQUEST
+    )
     for spec in topics.TELEMETRY:
         service.on_raw(spec, shared_group=settings.shared_group)(telemetry_handler(service, spec))
     if sync.sink is not None:
@@ -159,6 +174,18 @@ def build_service(
     @service.every(lambda: service.settings.interval_seconds, run_at_start=True)
     async def forward(ctx: Context) -> None:
         await sync.forward()
+
+    async def ask(r: ReplayRange) -> None:
+        request = ReplayRequest(
+            ts=utcnow(), source=SERVICE_NAME, from_seq=r.from_seq, to_seq=r.to_seq
+        )
+        await service.publish(
+            topics.REPLAY_REQUEST, request, site_id=r.site_id, device_id=r.device_id
+        )
+
+    @service.every(lambda: service.settings.gap_retry_s / 2)
+    async def repair(ctx: Context) -> None:
+        await sync.repair_gaps(ask)
 
     @service.every(lambda: service.settings.kpi_interval_s)
     async def report(ctx: Context) -> None:
