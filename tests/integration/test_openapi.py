@@ -154,16 +154,21 @@ def _config(name: str, token: str | None) -> schemathesis.Config:
     return schemathesis.Config.from_dict(data)
 
 
-def _run(name: str, url: str, token: str | None) -> tuple[int, list[str]]:
-    """Run schemathesis over the served OpenAPI: (cases sent, unique failures)."""
+def _run(name: str, url: str, token: str | None) -> tuple[int, list[str], set[tuple[str, int]]]:
+    """Run schemathesis over the served OpenAPI: cases sent, unique failures, (label, status)s."""
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=_config(name, token))
     if token is not None:  # the reads answer alike either way: the token run is for the writes
         schema = schema.include(method=["POST", "PUT", "DELETE"])
     problems: set[str] = set()
+    answers: set[tuple[str, int]] = set()
     cases = 0
     for event in from_schema(schema).execute():
         if isinstance(event, ScenarioFinished):
             cases += len(event.recorder.cases)
+            answers.update(
+                (event.recorder.label, i.response.status_code)
+                for i in event.recorder.interactions.values() if i.response is not None
+            )  # fmt: skip
             for checks in event.recorder.checks.values():
                 for check in checks:
                     if check.status == Status.FAILURE and check.failure_info is not None:
@@ -176,7 +181,7 @@ def _run(name: str, url: str, token: str | None) -> tuple[int, list[str]]:
             problems.add(f"{event.label}: error: {event.info.format()[:500]}")
         elif isinstance(event, FatalError):
             problems.add(f"fatal: {event.exception!r}")
-    return cases, sorted(problems)
+    return cases, sorted(problems), answers
 
 
 @pytest.mark.parametrize("token", [None, TOKEN], ids=["open", "token"])
@@ -189,8 +194,10 @@ def test_the_api_keeps_its_openapi(
     )
     service = _build(name, settings, make_bus(settings.mqtt, name, site_id=settings.site.id))
     with _served(service) as url:
-        cases, problems = _run(name, url, token)
+        cases, problems, answers = _run(name, url, token)
     assert cases > 0, f"{name}: schemathesis sent nothing"
+    # the generated requests got through: with the token configured, schemathesis sent it
+    assert ("PUT /config", 200) in answers, f"{name}: no config change accepted: {answers}"
     assert not problems, f"{name}: {len(problems)} failures in {cases} cases:\n" + "\n".join(
         problems
     )
