@@ -128,7 +128,7 @@ compose-check: venv console-assets  ## build every image, run docker compose up 
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
 	fi
-	@PATH="/usr/sbin:$$PATH" .venv/bin/python deploy/compose-check/compose_check.py
+	@PATH="/usr/sbin:$$PATH" .venv/bin/python deploy/compose-check/compose_check.py $(COMPOSE_CHECK_ARGS)
 
 clean:  ## remove caches and run folders
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache run

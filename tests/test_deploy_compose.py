@@ -90,7 +90,16 @@ def test_service_healthcheck_asks_readyz_on_its_api_port(name: str) -> None:
     assert str(env[f"{meta(name)['env_prefix']}API_PORT"]) == port
     assert "DERBUS_HEALTH_PORT" in command
     assert str(env["DERBUS_HEALTH_PORT"]) == port
-    assert f"{port}:{port}" in service["ports"]
+    host_var = f"{name.upper()}_HOST_PORT"
+    assert f"${{{host_var}:-{port}}}:{port}" in service["ports"]
+
+
+def test_every_published_port_can_be_moved_by_a_variable() -> None:
+    """`<NAME>_HOST_PORT` (e.g. 127.0.0.1:8106): loopback-only publishing, or another port when
+    this one is taken (make compose-check runs the stack on free loopback ports this way)."""
+    for name, svc in COMPOSE["services"].items():
+        for spec in svc.get("ports", []):
+            assert re.fullmatch(r"\$\{[A-Z0-9_]+_HOST_PORT:-(\d+)\}:\1", spec), f"{name}: {spec}"
 
 
 @pytest.mark.parametrize("name", SERVICES + INFRA)

@@ -8,9 +8,12 @@
    python:3.11-slim-bookworm, the uv image (from the uv wheel on PyPI), eclipse-mosquitto,
    postgres and influxdb (VictoriaMetrics, saying so) from `standins/`. Grafana is skipped.
 3. Every service image from its unmodified Dockerfile (`docker build --network host`).
-4. The stack from docker-compose.yml plus a generated override that only switches every
-   container to host networking on free ports bound to 127.0.0.1 (and skips Grafana), with a
-   fresh .env and broker password file from `derbus acl --generate-missing` in a temporary folder.
+4. The stack from the unmodified docker-compose.yml on its own network, with a fresh .env (from
+   deploy/env/.env.example, secrets from `derbus acl --generate-missing`, every
+   `<NAME>_HOST_PORT` a free port on 127.0.0.1) and a generated override that only skips
+   Grafana and mounts the broker password file from the temporary folder. (Bridge networks and
+   published ports work with `--bridge=none --iptables=false`; host networking is not needed,
+   and docker-compose 1.29 refuses `network_mode: host` next to published ports.)
 5. Waits for every healthcheck, then checks: readings reach PostgreSQL, a setpoint over REST is
    acknowledged on MQTT, every /readyz answers 200, the broker refuses an anonymous client.
 6. Prints a table (image, build s, size MB, healthy, first-ready s) and removes what it started
@@ -28,7 +31,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,12 +38,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from derbus.testing.servers import free_port, mqtt_connack
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -82,12 +86,6 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
     return proc
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- the engine --------------------------------------------------------------------------------
 
 
@@ -99,6 +97,14 @@ class Engine:
     def docker(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         return run(["docker", *args], timeout, env=self.env, check=check).stdout
 
+    def build(self, *args: str, timeout: float = 1800) -> str:
+        """`docker build --network host` with BuildKit: the legacy builder starts a container
+        per instruction, and on the vfs storage driver each one copies the whole image."""
+        client = buildkit_client()
+        env = {**self.env, "DOCKER_BUILDKIT": "1", "BUILDKIT_PROGRESS": "plain"}
+        proc = run([client, "build", "--network", "host", *args], timeout, env=env)
+        return proc.stdout + proc.stderr
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -109,6 +115,23 @@ class Engine:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def buildkit_client() -> str:
+    """A docker client that builds with BuildKit: one with the buildx plugin, else a 20.10
+    client (Debian's docker.io), whose BuildKit is built in."""
+    for client in dict.fromkeys([shutil.which("docker") or "docker", "/usr/bin/docker"]):
+        if not Path(client).exists() and shutil.which(client) is None:
+            continue
+        if subprocess.run([client, "buildx", "version"], capture_output=True,
+                          check=False).returncode == 0:  # fmt: skip
+            return client
+        version = subprocess.run([client, "--version"], capture_output=True, text=True,
+                                 check=False).stdout  # fmt: skip
+        m = re.search(r"version (\d+)\.", version)
+        if m and int(m.group(1)) < 23:
+            return client
+    raise CheckError("no docker client builds with BuildKit: install docker.io (or docker-buildx)")
 
 
 def engine_answers(env: dict[str, str]) -> bool:
@@ -199,7 +222,12 @@ def uv_standin(engine: Engine, tag: str, workdir: Path) -> None:
     wheels = workdir / "uv-wheel"
     wheels.mkdir(parents=True, exist_ok=True)
     spec = f"uv=={version}.*" if version.count(".") < 2 else f"uv=={version}"
-    run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
+    pip = next((p for p in (sys.executable, shutil.which("python3") or "python3")
+                if subprocess.run([p, "-m", "pip", "--version"], capture_output=True,
+                                  check=False).returncode == 0), None)  # fmt: skip
+    if pip is None:
+        raise CheckError("pip is needed to fetch the uv wheel: apt-get install python3-pip")
+    run([pip, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
          ":all:", "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "-d",
          str(wheels), spec], 600)  # fmt: skip
     wheel = sorted(wheels.glob("uv-*.whl"))[-1]
@@ -216,7 +244,7 @@ def uv_standin(engine: Engine, tag: str, workdir: Path) -> None:
                 target.chmod(0o755)
     shutil.copy(STANDINS / "uv/Dockerfile", ctx / "Dockerfile")
     log(f"{tag}: stand-in from {wheel.name}")
-    engine.docker("build", "-q", "--network", "host", "-t", tag, str(ctx), timeout=600)
+    engine.build("-q", "-t", tag, str(ctx), timeout=600)
 
 
 def base_tags() -> list[str]:
@@ -233,8 +261,11 @@ def base_tags() -> list[str]:
     return sorted(tags)
 
 
-def base_images(engine: Engine, workdir: Path) -> list[str]:
+def base_images(engine: Engine, workdir: Path, rebuild: bool) -> list[str]:
     notes = []
+    if rebuild:
+        for tag in base_tags():
+            engine.docker("rmi", "-f", tag, check=False)
     for tag in base_tags():
         if has_image(engine, tag):
             continue
@@ -249,17 +280,18 @@ def base_images(engine: Engine, workdir: Path) -> list[str]:
         debian_base(engine)
         log(f"{tag}: building the stand-in from standins/{folder} (Debian packages)")
         started = time.monotonic()
-        engine.docker("build", "-q", "--network", "host", "-t", tag, str(STANDINS / folder),
-                      timeout=1500)  # fmt: skip
+        ctx = workdir / f"standin-{folder}"
+        shutil.copytree(STANDINS / folder, ctx, dirs_exist_ok=True)
+        extra = ctx / "extra-ca"
+        extra.mkdir(exist_ok=True)
+        for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+            shutil.copy(cert, extra / cert.name)
+        engine.build("-q", "-t", tag, str(ctx), timeout=1500)
         log(f"{tag}: built in {time.monotonic() - started:.0f} s")
     for tag in base_tags():
-        label = {"influxdb": "VictoriaMetrics standing in for InfluxDB 2 (write API only)",
-                 "postgres": "Debian PostgreSQL standing in for the official image",
-                 "eclipse-mosquitto": "Debian Mosquitto 2.0 standing in for the official image",
-                 "python": "Debian bookworm's Python 3.11 standing in for the official image",
-                 }.get(tag.rsplit(":", 1)[0].rsplit("/", 1)[-1])  # fmt: skip
-        if label and engine.docker("image", "inspect", "--format", "{{.Config.Labels}}", tag):
-            notes.append(f"{tag}: {label} (when built here)")
+        label = engine.docker("image", "inspect", "--format",
+                              '{{index .Config.Labels "org.derbus.standin"}}', tag).strip()  # fmt: skip
+        notes.append(f"{tag}: {label if label and label != '<no value>' else 'the real image'}")
     return notes
 
 
@@ -285,8 +317,9 @@ def build_services(engine: Engine, compose: dict[str, Any], rows: dict[str, Row]
         dockerfile = svc["build"]["dockerfile"]
         log(f"building {image} from {dockerfile}")
         started = time.monotonic()
-        engine.docker("build", "--network", "host", "-f", str(REPO / dockerfile), "-t", image,
-                      str(REPO / svc["build"].get("context", ".")), timeout=1800)  # fmt: skip
+        output = engine.build("-f", str(REPO / dockerfile), "-t", image,
+                              str(REPO / svc["build"].get("context", ".")))  # fmt: skip
+        (WORK / f"build-{name}.log").write_text(output)
         rows[name] = Row(name, image, build_s=time.monotonic() - started)
         size = int(engine.docker("image", "inspect", "--format", "{{.Size}}", image).strip())
         rows[name].size_mb = size / 1e6
@@ -322,8 +355,12 @@ def compose_command() -> list[str]:
     raise CheckError("neither `docker compose` nor docker-compose: apt-get install docker-compose")
 
 
+HOST_PORT = re.compile(r"^\$\{([A-Z0-9_]+_HOST_PORT):-(\d+)\}:(\d+)$")
+
+
 def make_stack(compose: dict[str, Any], workdir: Path) -> Stack:
-    """A fresh .env and password file, and the override: host network, free loopback ports."""
+    """A fresh .env (free loopback host ports) and password file, and the override (Grafana
+    skipped, the broker's password file from the temporary folder)."""
     from dotenv import dotenv_values
 
     env_file = workdir / ".env"
@@ -331,70 +368,31 @@ def make_stack(compose: dict[str, Any], workdir: Path) -> Stack:
     broker_dir = workdir / "mosquitto"
     run([str(REPO / ".venv/bin/derbus"), "acl", "--env-file", str(env_file), "--out-dir",
          str(broker_dir), "--generate-missing"], 120)  # fmt: skip
-    env = {k: v or "" for k, v in dotenv_values(env_file).items()}
-    stack = Stack(f"derbuscheck{uuid.uuid4().hex[:6]}", env_file, workdir / "override.yml", env=env)
-    ports = stack.ports
-    for name in INFRA:
-        ports[name] = free_port()
-    ports["modbus"], ports["ocpp"] = free_port(), free_port()
-    services = {n: s for n, s in compose["services"].items() if "build" in s}
-    hosts = [f"{n}:127.0.0.1" for n in compose["services"]]
-    override: dict[str, Any] = {"services": {}}
-    out = override["services"]
-    # the broker: the shipped config, its listener moved to a free loopback port
-    conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
-    if "\nlistener 1883\n" not in conf:
-        raise CheckError("deploy/mosquitto/mosquitto.conf has no `listener 1883` line to move")
-    conf = conf.replace("\nlistener 1883\n", f"\nlistener {ports['mosquitto']} 127.0.0.1\n")
-    (broker_dir / "mosquitto.conf").write_text(conf)
-    (broker_dir / "passwd").chmod(0o644)
-    mosq = compose["services"]["mosquitto"]
-    health = [part.replace("-h 127.0.0.1", f"-h 127.0.0.1 -p {ports['mosquitto']}")
-              for part in mosq["healthcheck"]["test"]]  # fmt: skip
-    out["mosquitto"] = {
-        "network_mode": "host",
-        "volumes": [f"{broker_dir / 'mosquitto.conf'}:/mosquitto/config/mosquitto.conf:ro",
-                    {"type": "bind", "source": str(broker_dir / "passwd"),
-                     "target": "/mosquitto/config/passwd", "read_only": True}],
-        "healthcheck": {"test": health},
-    }  # fmt: skip
-    out["postgres"] = {"network_mode": "host", "environment": {"PGPORT": str(ports["postgres"])}}
-    out["influxdb"] = {"network_mode": "host", "environment": {
-        "INFLUXD_HTTP_BIND_ADDRESS": f"127.0.0.1:{ports['influxdb']}",
-        "INFLUX_HOST": f"http://127.0.0.1:{ports['influxdb']}"}}  # fmt: skip
-    for name in SKIPPED:
-        out[name] = {"profiles": ["skipped-by-compose-check"]}
-    db_url = (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:"
-              f"{ports['postgres']}/{env['POSTGRES_DB']}")  # fmt: skip
-    gateway_dir = workdir / "gateway"
-    shutil.copytree(REPO / "deploy/gateway", gateway_dir, dirs_exist_ok=True)
-    for f in gateway_dir.glob("*.yaml"):
-        f.write_text(f.read_text().replace("port: 5020", f"port: {ports['modbus']}"))
-    urls: dict[str, str] = {}
-    for name, svc in services.items():
-        api_var = next(k for k in svc["environment"] if PREFIX_RE.match(k))
-        prefix = PREFIX_RE.match(api_var).group(1)  # type: ignore[union-attr]
-        port = free_port()
-        stack.api_ports[name] = port
-        urls[name] = f"http://{name}:{port}"
-        values = {api_var: str(port), f"{prefix}API_HOST": "127.0.0.1",
-                  "DERBUS_HEALTH_PORT": str(port), "MQTT_PORT": str(ports["mosquitto"])}  # fmt: skip
-        if "DATABASE_URL" in svc["environment"]:
-            values["DATABASE_URL"] = db_url
-        if "INFLUXDB_URL" in svc["environment"]:
-            values["INFLUXDB_URL"] = f"http://influxdb:{ports['influxdb']}"
-        if "EDGE_MODBUS_PORT" in svc["environment"]:
-            values |= {"EDGE_MODBUS_PORT": str(ports["modbus"]), "EDGE_MODBUS_HOST": "127.0.0.1"}
-        if "EV_OCPP_PORT" in svc["environment"]:
-            values |= {"EV_OCPP_PORT": str(ports["ocpp"]), "EV_OCPP_HOST": "127.0.0.1"}
-        out[name] = {"network_mode": "host", "extra_hosts": hosts, "environment": values}
-        if name == "meter_gateway":
-            out[name]["volumes"] = [f"{gateway_dir}:/app/deploy/gateway:ro"]
-    if "console" in out:
-        own = {k: v for k, v in urls.items() if k != "console"}
-        out["console"]["environment"]["CONSOLE_SERVICE_URLS"] = json.dumps(own)
-    for name in INFRA:
-        out[name]["extra_hosts"] = hosts
+    (broker_dir / "passwd").chmod(0o644)  # the broker container reads it as its own user
+    stack = Stack(f"derbuscheck{uuid.uuid4().hex[:6]}", env_file, workdir / "override.yml")
+    # every published port of the compose file is `${<NAME>_HOST_PORT:-N}:N`: a free port on
+    # 127.0.0.1 for each, so nothing collides with what this machine already runs
+    lines = []
+    for name, svc in compose["services"].items():
+        for spec in svc.get("ports", []):
+            m = HOST_PORT.match(str(spec))
+            if m is None:
+                raise CheckError(f"{name}: port {spec!r} is not `${{<NAME>_HOST_PORT:-N}}:N`")
+            port = free_port()
+            lines.append(f"{m.group(1)}=127.0.0.1:{port}")
+            stack.ports[f"{name}:{m.group(3)}"] = port
+            if name in compose["services"] and "build" in svc and m.group(2) == m.group(3):
+                api = next((k for k in svc["environment"] if PREFIX_RE.match(k)), None)
+                if api and str(svc["environment"][api]) == m.group(3):
+                    stack.api_ports[name] = port
+    with env_file.open("a") as handle:
+        handle.write("# compose-check: free loopback host ports\n" + "\n".join(lines) + "\n")
+    stack.env = {k: v or "" for k, v in dotenv_values(env_file).items()}
+    override: dict[str, Any] = {"services": {
+        "mosquitto": {"volumes": [{"type": "bind", "source": str(broker_dir / "passwd"),
+                                   "target": "/mosquitto/config/passwd", "read_only": True}]},
+        **{name: {"profiles": ["skipped-by-compose-check"]} for name in SKIPPED},
+    }}  # fmt: skip
     stack.override.write_text(yaml.safe_dump(override, sort_keys=False))
     return stack
 
@@ -412,9 +410,10 @@ def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: fl
     while time.monotonic() < deadline:
         ids = container_ids(engine, stack)
         pending = set()
-        for name, cid in ids.items():
+        states = json.loads(engine.docker("inspect", *ids.values())) if ids else []
+        for name, info in zip(ids, states, strict=True):
             row = rows.setdefault(name, Row(name, "-"))
-            state = json.loads(engine.docker("inspect", "--format", "{{json .State}}", cid))
+            state = info["State"]
             health = (state.get("Health") or {}).get("Status", "none")
             if state.get("Status") != "running" or health != "healthy":
                 pending.add(name)
@@ -443,9 +442,7 @@ def check_readyz(stack: Stack) -> str:
 
 
 def check_anonymous_refused(stack: Stack) -> str:
-    from derbus.testing.servers import mqtt_connack
-
-    code = mqtt_connack("127.0.0.1", stack.ports["mosquitto"])
+    code = mqtt_connack("127.0.0.1", stack.ports["mosquitto:1883"])
     if code in (None, 0):
         raise CheckError(f"the broker answered an anonymous CONNECT with {code!r} (want a refusal)")
     return f"the broker refuses an anonymous client (CONNACK {code})"
@@ -455,7 +452,7 @@ def check_readings(stack: Stack, timeout_s: float) -> str:
     import psycopg
 
     env = stack.env
-    dsn = (f"host=127.0.0.1 port={stack.ports['postgres']} user={env['POSTGRES_USER']} "
+    dsn = (f"host=127.0.0.1 port={stack.ports['postgres:5432']} user={env['POSTGRES_USER']} "
            f"password={env['POSTGRES_PASSWORD']} dbname={env['POSTGRES_DB']}")  # fmt: skip
     deadline = time.monotonic() + timeout_s
     count = 0
@@ -471,17 +468,16 @@ def check_readings(stack: Stack, timeout_s: float) -> str:
 
 def check_setpoint(stack: Stack, timeout_s: float) -> str:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     env = stack.env
     site = env.get("SITE_ID") or "site-1"
     root = env.get("MQTT_ROOT") or "der/v1"
     acks: list[dict[str, Any]] = []
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"check-{uuid.uuid4().hex[:6]}"
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"check-{uuid.uuid4().hex[:6]}")
     client.username_pw_set("scada", env["MQTT_PASSWORD_SCADA"])
     client.on_message = lambda _c, _u, msg: acks.append(json.loads(msg.payload))
-    client.connect("127.0.0.1", stack.ports["mosquitto"])
+    client.connect("127.0.0.1", stack.ports["mosquitto:1883"])
     client.loop_start()
     try:
         client.subscribe(f"{root}/{site}/control/battery/ack", qos=1)
@@ -546,6 +542,11 @@ def main() -> int:
     parser.add_argument("--health-timeout", type=float, default=600)
     parser.add_argument("--keep", action="store_true", help="keep the stack and files (debug)")
     parser.add_argument("--images-only", action="store_true", help="build, do not start")
+    parser.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help="remove the base images (stand-ins) first and build them again",
+    )
     args = parser.parse_args()
     t0 = time.monotonic()
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -555,7 +556,7 @@ def main() -> int:
     engine = start_engine()
     with workspace(args.keep) as workdir:
         try:
-            for note in base_images(engine, workdir):
+            for note in base_images(engine, workdir, args.rebuild_base):
                 log(note)
             for name, why in SKIPPED.items():
                 log(why)
@@ -569,14 +570,17 @@ def main() -> int:
                 print(table(rows))
                 return 0
             stack = make_stack(compose, workdir)
-            log(f"docker compose up (project {stack.project}, host network, loopback ports)")
+            log(f"docker compose up (project {stack.project}, free loopback host ports)")
             up_at = time.monotonic()
             stack.compose(engine, "up", "-d", "--no-build", timeout=600)
             wait_healthy(engine, stack, rows, up_at, args.health_timeout)
-            for check in (lambda: check_readyz(stack),
-                          lambda: check_anonymous_refused(stack),
-                          lambda: check_readings(stack, 180),
-                          lambda: check_setpoint(stack, 60)):  # fmt: skip
+            checks: list[Callable[[], str]] = [
+                lambda: check_readyz(stack),
+                lambda: check_anonymous_refused(stack),
+                lambda: check_readings(stack, 180),
+                lambda: check_setpoint(stack, 60),
+            ]
+            for check in checks:
                 try:
                     log("ok: " + check())
                 except CheckError as err:
