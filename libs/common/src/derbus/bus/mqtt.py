@@ -142,7 +142,12 @@ class MqttBus:
                 s.username, s.password.get_secret_value() if s.password else None
             )
         if s.tls:
-            client.tls_set(ca_certs=s.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(
+                ca_certs=s.ca_file,
+                certfile=s.cert_file,
+                keyfile=s.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
         self._set_will(client, 1)
         client.reconnect_delay_set(
             min_delay=max(1, round(s.reconnect_min_delay_s)),
