@@ -408,16 +408,19 @@ def container_ids(engine: Engine, stack: Stack) -> dict[str, str]:
 
 
 def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: float,
-                 timeout_s: float) -> None:  # fmt: skip
+                 timeout_s: float, up: subprocess.Popen[str]) -> None:  # fmt: skip
     deadline = time.monotonic() + timeout_s
     pending: set[str] = set()
     while time.monotonic() < deadline:
         ids = container_ids(engine, stack)
         pending = set()
-        states = json.loads(engine.docker("inspect", *ids.values())) if ids else []
-        for name, info in zip(ids, states, strict=True):
+        found = (
+            json.loads(engine.docker("inspect", *ids.values(), check=False) or "[]") if ids else []
+        )
+        by_id = {info["Id"][:12]: info["State"] for info in found}
+        for name, cid in ids.items():
             row = rows.setdefault(name, Row(name, "-"))
-            state = info["State"]
+            state = by_id.get(cid[:12], {})
             health = (state.get("Health") or {}).get("Status", "none")
             if state.get("Status") != "running" or health != "healthy":
                 pending.add(name)
@@ -425,9 +428,11 @@ def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: fl
             elif row.ready_s is None:
                 row.healthy, row.ready_s = "yes", time.monotonic() - started
                 log(f"{name}: healthy after {row.ready_s:.0f} s")
-        if ids and not pending:
+        if ids and not pending and up.poll() is not None:
             return
-        time.sleep(2)
+        if up.poll() not in (None, 0):
+            return  # `up` failed: its output says why
+        time.sleep(1)
     raise CheckError(f"not healthy within {timeout_s:.0f} s: {', '.join(sorted(pending))}")
 
 
@@ -576,8 +581,18 @@ def main() -> int:
             stack = make_stack(compose, workdir)
             log(f"docker compose up (project {stack.project}, free loopback host ports)")
             up_at = time.monotonic()
-            stack.compose(engine, "up", "-d", "--no-build", timeout=600)
-            wait_healthy(engine, stack, rows, up_at, args.health_timeout)
+            # `up -d` itself waits for the healthchecks `depends_on` names: poll meanwhile, so
+            # first-ready is when each container turned healthy, not when `up` returned
+            up = subprocess.Popen(
+                [*compose_command(), "-p", stack.project, "--env-file", str(stack.env_file),
+                 "-f", str(REPO / "docker-compose.yml"), "-f", str(stack.override), "up", "-d",
+                 "--no-build"], env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            wait_healthy(engine, stack, rows, up_at, args.health_timeout, up)
+            out, _ = up.communicate(timeout=600)
+            if up.returncode != 0:
+                raise CheckError(f"docker compose up failed ({up.returncode}):\n{out[-3000:]}")
             checks: list[Callable[[], str]] = [
                 lambda: check_readyz(stack),
                 lambda: check_anonymous_refused(stack),
