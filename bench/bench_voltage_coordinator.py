@@ -16,7 +16,7 @@ from derbus.messages import FeederState, utcnow
 from voltage_coordinator.acflow import AcFlow, AcResult
 from voltage_coordinator.admm import AdmmOptions, DistributedSolver
 from voltage_coordinator.coordinator import Coordinator
-from voltage_coordinator.correction import solve_ac_corrected
+from voltage_coordinator.correction import settle
 from voltage_coordinator.feeder import Feeder, bundled_feeder
 from voltage_coordinator.optimizer import CentralisedSolver, Limits, StepInputs
 from voltage_coordinator.settings import Settings
@@ -148,14 +148,15 @@ def main() -> None:
         t0 = time.perf_counter()
         cen = reference.solve(decision.inputs)
         cen_s.append(time.perf_counter() - t0)
-        optimum = solve_ac_corrected(reference.solve, ac, reference.tree, StepInputs(load, avail))
+        optimum = settle(reference.solve, ac, feeder, reference.tree, StepInputs(load, avail))
+        optimum_ac = ac.solve(load, optimum.curtailment.limit_kw)
         cut = sum(avail[p] - min(avail[p], decision.limits_kw[p]) for p in avail)
         live = [f for p, f in decision.curtailment.fraction.items() if avail[p] > 1e-6]
         rows.append(
             dict(
                 step=step, before_max=before.max_pu, before_n=before.nodes_above(LIMIT),
                 after_max=max_in_step, after_n=over_in_step, cycles=cycles,
-                cut_kw=cut, opt_kw=optimum.curtailment.curtailed_kw, opt_ac=optimum.ac.max_pu,
+                cut_kw=cut, opt_kw=optimum.curtailment.curtailed_kw, opt_ac=optimum_ac.max_pu,
                 lin_max=decision.curtailment.v_lin_max_pu, spread=(max(live) - min(live)) if live else 0.0,
                 jain=jain(live) if live and max(live) > 0 else 1.0, cen_kw=cen.curtailed_kw,
                 avail_kw=sum(avail.values()),
@@ -221,12 +222,13 @@ def main() -> None:
         from voltage_coordinator.plot import plot_profiles
 
         before = ac.solve(load, avail)
-        fixed = solve_ac_corrected(reference.solve, ac, reference.tree, inputs)
+        fixed = settle(reference.solve, ac, feeder, reference.tree, inputs)
+        fixed_ac = ac.solve(load, fixed.curtailment.limit_kw)
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot_profiles(
-            reference.tree.nodes, before.vector(reference.tree), fixed.ac.vector(reference.tree),
+            reference.tree.nodes, before.vector(reference.tree), fixed_ac.vector(reference.tree),
             avail, fixed.curtailment.limit_kw, LIMIT, args.plot,
-            f"IEEE 123 step {step}: no control {before.max_pu:.4f} pu -> {fixed.ac.max_pu:.4f} pu, "
+            f"IEEE 123 step {step}: no control {before.max_pu:.4f} pu -> {fixed_ac.max_pu:.4f} pu, "
             f"curtailed {fixed.curtailment.curtailed_kw:.0f} kW", after_label="AC after",
         )  # fmt: skip
         print(f"\nplot: {args.plot}")

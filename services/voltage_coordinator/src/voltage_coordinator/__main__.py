@@ -112,7 +112,7 @@ def plot(
 ) -> None:
     """Plot one step offline: AC voltages without control and with the AC-checked curtailment."""
     from voltage_coordinator.acflow import AcFlow
-    from voltage_coordinator.correction import solve_ac_corrected
+    from voltage_coordinator.correction import settle
     from voltage_coordinator.optimizer import CentralisedSolver, StepInputs
     from voltage_coordinator.plot import plot_profiles
 
@@ -126,14 +126,15 @@ def plot(
     avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
     try:
         before = ac.solve(load, avail)
-        fixed = solve_ac_corrected(solver.solve, ac, solver.tree, StepInputs(load, avail))
+        fixed = settle(solver.solve, ac, feeder, solver.tree, StepInputs(load, avail))
+        after = ac.solve(load, fixed.curtailment.limit_kw)
     finally:
         ac.close()
     plot_profiles(
-        solver.tree.nodes, before.vector(solver.tree), fixed.ac.vector(solver.tree), avail,
+        solver.tree.nodes, before.vector(solver.tree), after.vector(solver.tree), avail,
         fixed.curtailment.limit_kw, settings.v_max_pu, output,
         f"{feeder.feeder_id} step {step}: no control max {before.max_pu:.4f} pu, "
-        f"coordinated max {fixed.ac.max_pu:.4f} pu, curtailed {fixed.curtailment.curtailed_kw:.0f} kW",
+        f"coordinated max {after.max_pu:.4f} pu, curtailed {fixed.curtailment.curtailed_kw:.0f} kW",
         after_label="AC after",
     )  # fmt: skip
     typer.echo(f"wrote {output}")

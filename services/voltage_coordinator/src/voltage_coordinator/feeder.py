@@ -35,22 +35,31 @@ class _Frozen(BaseModel):
 
 
 class Bus(_Frozen):
-    """A bus: its phases and its constant-power load per phase (kW, kvar, consumption > 0)."""
+    """A bus: its phases and its constant-power load per phase (kW, kvar, consumption > 0).
+
+    `shunt_kvar` is fixed reactive generation per phase (capacitors; not scaled by the load
+    profile); `base_kv_ln` the bus's own line-to-neutral base when the feeder has several
+    voltage levels (None: the feeder's `base_kv_ln`).
+    """
 
     name: str
     phases: list[Phase]
     load_kw: dict[Phase, float] = Field(default_factory=dict)
     load_kvar: dict[Phase, float] = Field(default_factory=dict)
+    shunt_kvar: dict[Phase, float] = Field(default_factory=dict)
+    base_kv_ln: float | None = Field(default=None, gt=0)
 
 
-BranchKind = Literal["line", "switch", "regulator"]
+BranchKind = Literal["line", "switch", "regulator", "transformer"]
 
 
 class Branch(_Frozen):
     """A series element from `from_bus` to `to_bus` (the source side first).
 
     `r_ohm` / `x_ohm` are full 3x3 phase-frame matrices (rows/columns a, b, c; zero where a phase
-    is absent). A regulator is ideal (no impedance) with `tap` = V_to / V_from per phase.
+    is absent), in ohm on the `to_bus` side. A regulator or transformer has `tap` = V_to / V_from
+    per phase in per unit of the two buses' bases (1 when the ratio is the nominal one); its
+    impedance is its leakage impedance referred to the `to_bus` side.
     """
 
     name: str
@@ -164,6 +173,11 @@ class Feeder(_Frozen):
     def steps(self) -> int:
         """Number of intervals in the day profiles."""
         return len(self.profiles.load)
+
+    def kv_ln(self, bus: str) -> float:
+        """Line-to-neutral base of a bus, kV."""
+        own = self.bus[bus].base_kv_ln
+        return own if own is not None else self.base_kv_ln
 
     def area_of(self) -> dict[str, str]:
         """Area id of every bus (empty when the feeder declares no areas)."""

@@ -47,7 +47,7 @@ class Settings(ServiceSettings):
     v_max_pu: float = Field(default=1.05, gt=1.0, lt=1.2, description="upper voltage limit, pu")
     v_min_pu: float = Field(default=0.95, gt=0.8, lt=1.0, description="lower voltage limit, pu")
     margin_pu: float = Field(
-        default=0.0005, ge=0, lt=0.05, description="kept below v_max in the linear model, pu"
+        default=0.0001, ge=0, lt=0.05, description="kept below v_max in the linear model, pu"
     )
     setpoint_ttl_s: float = Field(
         default=120.0, gt=0, le=86_400, description="TTL of the PV limits sent, s"
@@ -57,6 +57,11 @@ class Settings(ServiceSettings):
     admm_max_iterations: int = Field(default=60, ge=1, le=10_000, description="ADMM bound")
     admm_eps_abs: float = Field(default=1e-5, gt=0, description="ADMM absolute tolerance")
     admm_eps_rel: float = Field(default=1e-4, gt=0, description="ADMM relative tolerance")
+    ac_model: bool = Field(
+        default=True,
+        description="settle the AC bias to its fixed point in each decision on an OpenDSS model "
+        "of the feeder (false: bound it conservatively, a negative bias is not used)",
+    )
     round_timeout_s: float = Field(
         default=20.0, gt=0, description="agents mode: give up a distributed round after this, s"
     )
