@@ -105,6 +105,64 @@ def convert(
     )
 
 
+@app.command("import-dss")
+def import_dss_command(
+    master: Annotated[Path, typer.Argument(help="the OpenDSS master file")],
+    output: Annotated[Path, typer.Option(help="feeder JSON to write")] = Path("feeder.json"),
+    pv_share: Annotated[
+        float, typer.Option(help="add PV = this x each load's modelled kW, per phase (0: none)")
+    ] = 0.0,
+    pv: Annotated[list[str] | None, typer.Option(help="add PV as bus=kW (repeat)")] = None,
+    load_scale: Annotated[
+        float, typer.Option(help="loads x this (the regulators' taps are solved there)")
+    ] = 1.0,
+    source_pu: Annotated[
+        float | None, typer.Option(help="source voltage for the study, pu (default: modelled)")
+    ] = None,
+    load_shape: Annotated[
+        Path | None, typer.Option(help="day load multipliers (CSV, last column)")
+    ] = None,
+    pv_shape: Annotated[
+        Path | None, typer.Option(help="day PV multipliers (CSV, last column)")
+    ] = None,
+    interval_s: Annotated[int, typer.Option(help="step of the shapes, s")] = 900,
+    areas: Annotated[
+        Path | None, typer.Option(help="areas file (JSON area id -> root bus), overrides the cut")
+    ] = None,
+    area_count: Annotated[
+        int, typer.Option(help="N balanced areas instead of cutting at regulators/switches")
+    ] = 0,
+    feeder_id: Annotated[str | None, typer.Option(help="feeder id (default: circuit name)")] = None,
+    command: Annotated[
+        list[str] | None, typer.Option(help="extra OpenDSS command after the compile (repeat)")
+    ] = None,
+) -> None:
+    """Build the coordinator's feeder from an OpenDSS model (opendssdirect)."""
+    from derbus.errors import ConfigError
+    from voltage_coordinator.areas import read_areas
+    from voltage_coordinator.dss_import import Study, import_dss
+    from voltage_coordinator.feeder import read_shape
+
+    study = Study(
+        load_scale=load_scale, pv_share=pv_share, source_pu=source_pu,
+        pv_kw={k: float(v) for k, v in (item.split("=", 1) for item in pv or [])},
+        load_profile=read_shape(load_shape) if load_shape else None,
+        pv_profile=read_shape(pv_shape) if pv_shape else None, interval_s=interval_s,
+        areas=read_areas(areas) if areas else None, area_count=area_count, feeder_id=feeder_id,
+    )  # fmt: skip
+    try:
+        feeder = import_dss(master, study, command or ())
+    except ConfigError as err:
+        typer.echo(f"import-dss: {err}", err=True)
+        raise typer.Exit(2) from err
+    output.write_text(feeder.to_json() + "\n")
+    typer.echo(
+        f"wrote {output}: {len(feeder.buses)} buses, {len(feeder.branches)} branches, "
+        f"{len(feeder.pvs)} PVs = {feeder.total_pv_kw:.0f} kW, load {feeder.total_load_kw:.1f} kW, "
+        f"areas {', '.join(f'{a.id}@{a.root_bus}' for a in feeder.areas)}"
+    )
+
+
 @app.command("plot")
 def plot(
     output: Annotated[Path, typer.Option(help="PNG to write")] = Path("voltage_profile.png"),

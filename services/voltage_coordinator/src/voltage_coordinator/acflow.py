@@ -72,6 +72,11 @@ _DSS, _PINNED_ENVIRON = _load_engine()
 """The engine module and the environment copy its Pascal runtime reads (process lifetime)."""
 
 
+def new_engine_context() -> Any:
+    """A fresh OpenDSS engine context (opendssdirect), for a caller that keeps it on one thread."""
+    return _DSS.NewContext()
+
+
 @dataclass(frozen=True)
 class AcResult:
     """One AC power-flow solution: voltage magnitude per (bus, phase index), pu."""

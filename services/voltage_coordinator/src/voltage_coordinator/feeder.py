@@ -265,7 +265,8 @@ def _phases(codes: Iterable[object]) -> list[Phase]:
     return sorted(set(out), key=phase_index)
 
 
-def _read_shape(path: Path) -> list[float]:
+def read_shape(path: Path) -> list[float]:
+    """One multiplier per line of a CSV file (the last column), e.g. a day of 15-min steps."""
     values = [float(line.split(",")[-1]) for line in path.read_text().split() if line.strip()]
     if not values:
         raise ConfigError(f"{path}: empty profile")
@@ -355,7 +356,7 @@ def convert_dec(
         branches=branches,
         pvs=pvs,
         areas=[Area(id=k, root_bus=v) for k, v in (areas or DEFAULT_AREAS).items()],
-        profiles=Profiles(load=_read_shape(load_shape), pv=_read_shape(pv_shape)),
+        profiles=Profiles(load=read_shape(load_shape), pv=read_shape(pv_shape)),
     )
     feeder.area_of()  # checks radiality and the area roots
     return feeder
