@@ -42,7 +42,7 @@ async def test_state_in_limits_out(ieee123: Feeder, mode: str) -> None:
     batch = sent.values[0]
     assert batch.priority.value == "grid_operator"
     assert batch.ttl_s == settings.setpoint_ttl_s
-    state = sim.state["sim"]
+    state = sim.state
     # the sim applies the limits and re-solves: inside the band
     await wait_for(lambda: state.last is not None and state.last.max_pu <= 1.05, 10)
     decision = vc.state.decision
@@ -89,7 +89,7 @@ def _may(user: str, access: str, topic: str) -> bool:
 
 def test_sim_and_area_agents_run_as_users_the_generated_acl_allows(ieee123: Feeder) -> None:
     sim = build_feeder_sim(Settings(), InMemoryBus(), ieee123)
-    sim.state["sim"].close()
+    sim.state.close()
     agent = build_area_agent(Settings(), InMemoryBus(), "area3", ieee123)
     vc = build_service(Settings(), InMemoryBus(), ieee123)
     assert (sim.name, agent.name, vc.name) == ("feeder_sim", "voltage_area", "voltage_coordinator")

@@ -43,6 +43,7 @@ class CoordinatorState:
         round: the agents-mode round in flight.
         solves: decisions published.
         fallbacks: rounds abandoned for the centralised solve on the latest state.
+        abandoned: the last round abandoned.
     """
 
     feeder: Feeder
@@ -55,6 +56,7 @@ class CoordinatorState:
     round: Round | None = None
     solves: int = 0
     fallbacks: int = 0
+    abandoned: Round | None = None
 
     def fresh_state(self) -> FeederState | None:
         """The latest state if no decision has been started on it yet (and marks it)."""
@@ -75,7 +77,7 @@ class CoordinatorState:
         """Give the round in flight up: the areas that did not answer and the state to solve
         on instead (the latest one received, not the round's)."""
         missing = self.round.missing() if self.round is not None else []
-        self.round = None
+        self.abandoned, self.round = self.round, None
         self.fallbacks += 1
         return missing, self.latest
 
