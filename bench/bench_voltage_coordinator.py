@@ -109,6 +109,7 @@ def run_rule(
     bias_rounds: list[int] = []
     unsettled = 0
     worst = 0.0
+    lowest = 2.0
     series: dict[str, list[float]] = {"h": [], "v_none": [], "v_after": [], "avail": [], "cut": []}
     for step in steps:
         load = feeder.profiles.load[step]
@@ -129,6 +130,7 @@ def run_rule(
         out = {p: min(a, live[p]) for p, a in avail.items()}
         after = ac.solve(load, out)
         worst = max(worst, after.max_pu)
+        lowest = min(lowest, min(after.v_pu.values()))
         over_loop += after.max_pu > LIMIT
         e_cut += (sum(avail.values()) - sum(out.values())) * hours
         for key, value in (("h", step * hours), ("v_none", free.max_pu), ("v_after", after.max_pu),
@@ -150,6 +152,7 @@ def run_rule(
         "over_none": over_none, "over_loop": over_loop, "over_cold": over_cold,
         "e_cut": e_cut * scale, "e_ref": e_ref * scale, "rounds": sorted(rounds),
         "bias_max": max(bias_rounds), "unsettled": unsettled, "worst": worst,
+        "lowest": lowest,
         "p50": statistics.median(times), "p99": pct(times, 0.99), "max": max(times),
         "series": series,
     }  # fmt: skip
@@ -191,7 +194,7 @@ def main() -> None:
             f"areas {len(feeder.areas)}, {len(steps)} steps, margin {args.margin_pu} pu"
         )
         print(
-            "| rule | steps > 1.05 pu: no control / coordinator / cold start | max pu after | "
+            "| rule | steps > 1.05 pu: no control / coordinator / cold start | min / max pu after | "
             "curtailed kWh: coordinator / AC-optimal ref | vs ref | exchange rounds | bias rounds "
             "(max) | decision p50 / p99 / max ms | bare LP ms (peak) | ratio p50 |"
         )
@@ -208,7 +211,7 @@ def main() -> None:
             )
             print(
                 f"| {fairness} / {group_by} | {r['over_none']} / {r['over_loop']} / {r['over_cold']} | "
-                f"{r['worst']:.5f} | {r['e_cut']:.1f} / {r['e_ref']:.1f} ({ref_kind}) | {gap:+.2f} % | "
+                f"{r['lowest']:.4f} / {r['worst']:.5f} | {r['e_cut']:.1f} / {r['e_ref']:.1f} ({ref_kind}) | {gap:+.2f} % | "
                 f"{r['rounds']} | {r['bias_max']} ({r['unsettled']} unsettled) | "
                 f"{1000 * r['p50']:.0f} / {1000 * r['p99']:.0f} / {1000 * r['max']:.0f} | "  # type: ignore[operator]
                 f"{1000 * lp:.0f} | {r['p50'] / lp:.1f} |"  # type: ignore[operator]

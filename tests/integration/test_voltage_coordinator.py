@@ -5,6 +5,7 @@ fairness rule (three exchange rounds each), at the centralised optimum."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,12 +42,13 @@ def _v_max(state: FeederState) -> float:
     ],
 )
 async def test_agents_on_the_broker_remove_the_over_voltage(
-    mqtt_settings: MqttSettings, fairness: str, group_by: str
+    mqtt_settings: MqttSettings, fairness: str, group_by: str, tmp_path: Path
 ) -> None:
     feeder = bundled_feeder()
     base = {
         "mqtt": mqtt_settings.model_dump(),
         "api_port": 0,
+        "data_dir": tmp_path,
         "fairness": fairness,
         "group_by": group_by,
     }
@@ -130,12 +132,12 @@ class _LossyBus(MqttBus):
 
 
 async def test_agents_faults_fall_back_on_the_latest_state_and_rejoin(
-    mqtt_settings: MqttSettings,
+    mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     """An agent killed, then restarted; an answer lost: the coordinator decides centrally on
     the latest state, reports degraded, and goes back to the agents when they answer."""
     feeder = bundled_feeder()
-    base = {"mqtt": mqtt_settings.model_dump(), "api_port": 0}
+    base = {"mqtt": mqtt_settings.model_dump(), "api_port": 0, "data_dir": tmp_path}
     sim_settings = Settings(**base, sim_start_step=58, sim_hold_step=True, sim_interval_s=0.3)
     vc_settings = Settings(**base, mode="agents", solve_interval_s=0.3, round_timeout_s=2.0)
     sim = build_feeder_sim(sim_settings, MqttBus(mqtt_settings), feeder)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
@@ -20,6 +21,7 @@ from derbus.messages.control import Priority
 from derbus.service import Context, Service
 from voltage_coordinator.coordinator import Coordinator, Decision
 from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.outputs import area_setpoints, write_area_files
 from voltage_coordinator.rounds import Outcome, Round
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sweep import RULE_CODES
@@ -196,6 +198,10 @@ def build_service(
             },
         )  # fmt: skip
         await service.publish(topics.KPI, kpi, site_id=fid, device_id=NAME)
+        if service.settings.write_setpoint_files:
+            rule = f"{service.settings.fairness}/{service.settings.group_by}"
+            docs = area_setpoints(feeder, decision, msg.ts.isoformat(), rule)
+            await service.run_blocking(write_area_files, setpoint_dir(service.settings, fid), docs)
 
     router = APIRouter(tags=["voltage"])
 
@@ -259,6 +265,11 @@ def build_service(
         await asyncio.to_thread(coordinator.close)
 
     return service
+
+
+def setpoint_dir(settings: Settings, feeder_id: str) -> Path:
+    """Where the per-area setpoint files go."""
+    return settings.data_dir / NAME / feeder_id / "setpoints"
 
 
 def _max_v(state: FeederState) -> float:

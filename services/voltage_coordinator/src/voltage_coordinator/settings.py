@@ -62,6 +62,10 @@ class Settings(ServiceSettings):
         description="settle the AC bias to its fixed point in each decision on an OpenDSS model "
         "of the feeder (false: bound it conservatively, a negative bias is not used)",
     )
+    write_setpoint_files: bool = Field(
+        default=True,
+        description="write <data_dir>/voltage_coordinator/<feeder>/setpoints/<area>.json per decision",
+    )
     round_timeout_s: float = Field(
         default=20.0, gt=0, description="agents mode: give up a distributed round after this, s"
     )
