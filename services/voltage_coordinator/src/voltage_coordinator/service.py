@@ -124,8 +124,8 @@ def build_service(
             return
         if outcome is Outcome.SOLVED:
             st.round = None
+            await service.clear_degraded("agents")  # every area answered
             await _decide(rnd.state, lambda: coordinator.from_rows(rnd.state, rnd.rows()))
-            await service.clear_degraded("agents")
 
     @service.every(lambda: service.settings.solve_interval_s)
     async def solve(ctx: Context) -> None:
