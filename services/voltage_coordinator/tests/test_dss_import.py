@@ -14,7 +14,7 @@ from derbus.messages import FeederState
 from voltage_coordinator.acflow import AcFlow, new_engine_context
 from voltage_coordinator.areas import auto_areas, balanced, read_areas, with_areas
 from voltage_coordinator.coordinator import Coordinator
-from voltage_coordinator.dss_import import Study, import_dss
+from voltage_coordinator.dss_import import Study, day_profiles, import_dss
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.network import compile_tree
 from voltage_coordinator.settings import Settings
@@ -197,3 +197,18 @@ def test_coordinator_keeps_an_imported_feeder_in_the_band_from_a_cold_start(mast
         assert decision.curtailment.curtailed_kw > 0
     finally:
         ac.close()
+
+
+def test_day_profiles_from_a_profile_table(tmp_path: Path) -> None:
+    table = tmp_path / "profiles.csv"
+    table.write_text(
+        "time,load,pv\n2016-06-20T23:45:00,0.9,0.0\n"
+        "2016-06-21T00:00:00,0.5,0.0\n2016-06-21T12:00:00,0.4,0.8\n2016-06-22T00:00:00,0.7,0.0\n"
+    )
+    assert day_profiles(table, "2016-06-21", "load", "pv") == ([0.5, 0.4], [0.0, 0.8])
+    with pytest.raises(ConfigError, match="no column"):
+        day_profiles(table, "2016-06-21", "load", "wind")
+    with pytest.raises(ConfigError, match="no rows"):
+        day_profiles(table, "2017-01-01", "load", "pv")
+    feeder = import_dss(IEEE13, Study(load_profile=[0.5, 0.4], pv_profile=[0.0, 0.8]))
+    assert feeder.profiles.load == [0.5, 0.4]

@@ -125,6 +125,15 @@ def import_dss_command(
     pv_shape: Annotated[
         Path | None, typer.Option(help="day PV multipliers (CSV, last column)")
     ] = None,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            help="profile table (time + columns), e.g. data/profiles/simbench_2016_15min.csv"
+        ),
+    ] = None,
+    day: Annotated[str, typer.Option(help="the day to take from --profiles")] = "2016-06-21",
+    load_column: Annotated[str, typer.Option(help="load column of --profiles")] = "h0-a_load_pu",
+    pv_column: Annotated[str, typer.Option(help="PV column of --profiles")] = "pv1_pv_pu",
     interval_s: Annotated[int, typer.Option(help="step of the shapes, s")] = 900,
     areas: Annotated[
         Path | None, typer.Option(help="areas file (JSON area id -> root bus), overrides the cut")
@@ -140,14 +149,21 @@ def import_dss_command(
     """Build the coordinator's feeder from an OpenDSS model (opendssdirect)."""
     from derbus.errors import ConfigError
     from voltage_coordinator.areas import read_areas
-    from voltage_coordinator.dss_import import Study, import_dss
+    from voltage_coordinator.dss_import import Study, day_profiles, import_dss
     from voltage_coordinator.feeder import read_shape
 
+    load_day = pv_day = None
+    if profiles is not None:
+        try:
+            load_day, pv_day = day_profiles(profiles, day, load_column, pv_column)
+        except ConfigError as err:
+            typer.echo(f"import-dss: {err}", err=True)
+            raise typer.Exit(2) from err
     study = Study(
         load_scale=load_scale, pv_share=pv_share, source_pu=source_pu,
         pv_kw={k: float(v) for k, v in (item.split("=", 1) for item in pv or [])},
-        load_profile=read_shape(load_shape) if load_shape else None,
-        pv_profile=read_shape(pv_shape) if pv_shape else None, interval_s=interval_s,
+        load_profile=read_shape(load_shape) if load_shape else load_day,
+        pv_profile=read_shape(pv_shape) if pv_shape else pv_day, interval_s=interval_s,
         areas=read_areas(areas) if areas else None, area_count=area_count, feeder_id=feeder_id,
     )  # fmt: skip
     try:

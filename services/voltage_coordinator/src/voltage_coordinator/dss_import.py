@@ -81,6 +81,29 @@ class Study:
     attribution: str = ATTRIBUTION
 
 
+def day_profiles(
+    path: Path, day: str, load_column: str, pv_column: str
+) -> tuple[list[float], list[float]]:
+    """One day's load and PV multipliers from a profile table (`time` + one column per profile,
+    e.g. data/profiles/simbench_2016_15min.csv): the rows whose `time` starts with `day`.
+
+    Raises ConfigError when the file, a column or the day is missing.
+    """
+    import csv
+
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["time"].startswith(day)]
+    except (OSError, KeyError) as err:
+        raise ConfigError(f"profiles {path}: {err}") from err
+    if not rows:
+        raise ConfigError(f"profiles {path}: no rows on {day}")
+    try:
+        return [float(r[load_column]) for r in rows], [float(r[pv_column]) for r in rows]
+    except KeyError as err:
+        raise ConfigError(f"profiles {path}: no column {err}") from err
+
+
 def _bus_and_nodes(spec: str, n_phases: int) -> tuple[str, list[int]]:
     """`632.3.2` -> ("632", [2, 1]) (phase indices in conductor order; default 1.2.3)."""
     name, *nodes = spec.split(".")
