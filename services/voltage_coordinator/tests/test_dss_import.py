@@ -212,3 +212,10 @@ def test_day_profiles_from_a_profile_table(tmp_path: Path) -> None:
         day_profiles(table, "2017-01-01", "load", "pv")
     feeder = import_dss(IEEE13, Study(load_profile=[0.5, 0.4], pv_profile=[0.0, 0.8]))
     assert feeder.profiles.load == [0.5, 0.4]
+
+
+def test_the_coordinator_reads_a_dss_file_directly() -> None:
+    feeder = Settings(feeder_file=IEEE13).load_feeder()
+    assert feeder.feeder_id == "ieee13nodeckt"
+    assert not feeder.pvs  # as modelled: the IEEE 13 model has no PV system
+    assert len(feeder.areas) >= 2

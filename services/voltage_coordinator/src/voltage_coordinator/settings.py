@@ -27,7 +27,9 @@ class Settings(ServiceSettings):
 
     api_port: int = Field(default=8108, ge=0, le=65535, description="API port (0 = any free)")
     feeder_file: Path | None = Field(
-        default=None, description="feeder JSON (derbus-feeder/1); default: the bundled ieee123"
+        default=None,
+        description="feeder JSON (derbus-feeder/1) or an OpenDSS master file (.dss, imported as "
+        "modelled); default: the bundled ieee123",
     )
     mode: Mode = Field(
         default="centralised",
@@ -90,8 +92,15 @@ class Settings(ServiceSettings):
         return self
 
     def load_feeder(self) -> Feeder:
-        """The feeder to coordinate (the bundled IEEE 123 unless `feeder_file` is set)."""
-        return Feeder.load(self.feeder_file) if self.feeder_file else bundled_feeder()
+        """The feeder to coordinate: the bundled IEEE 123 unless `feeder_file` is set; a `.dss`
+        file is imported as modelled (its own PV systems, areas found automatically)."""
+        if self.feeder_file is None:
+            return bundled_feeder()
+        if self.feeder_file.suffix.lower() == ".dss":
+            from voltage_coordinator.dss_import import import_dss
+
+            return import_dss(self.feeder_file)
+        return Feeder.load(self.feeder_file)
 
     def limits(self) -> Limits:
         """The voltage band with the margin."""
