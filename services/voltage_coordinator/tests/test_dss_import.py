@@ -131,6 +131,17 @@ def test_ieee123_opendss_and_dec_json_give_the_same_lindistflow_network(
 
 
 def test_an_element_it_cannot_represent_is_named(tmp_path: Path) -> None:
+    (tmp_path / "IEEELineCodes.dss").write_text((IEEE13.parent / "IEEELineCodes.dss").read_text())
+    (tmp_path / "IEEE13Node_BusXY.csv").write_text("")
+    controlled = tmp_path / "with_controls.dss"
+    controlled.write_text(
+        IEEE13.read_text().replace(
+            "\nSet Voltagebases",
+            "\nNew CapControl.cc1 Capacitor=Cap1 element=line.650632 type=kvar ON=100 OFF=50"
+            "\nNew Fuse.f1 MonitoredObj=line.684611 RatedCurrent=1000\nSet Voltagebases",
+        )
+    )
+    assert import_dss(controlled).bus["675"].shunt_kvar  # a control and a fuse: fine
     master = tmp_path / "with_reactor.dss"
     master.write_text(
         IEEE13.read_text().replace(

@@ -5,7 +5,8 @@ the engine understood, not the script text: buses with their phases and voltage 
 (3x3 phase impedance in ohm), transformers and regulators (leakage impedance referred to the
 secondary, taps as solved by the regulator controls at the study's load level), loads (delta
 loads split over their two phases, every load model taken as constant power at its rating),
-capacitors (fixed kvar at the bus's base voltage), PV systems (Pmpp), switches (lines with
+capacitors (fixed kvar at the bus's base voltage, the steps a capacitor control closed as
+solved), PV systems (Pmpp), switches (lines with
 `Switch=yes` or named `sw...`; open or disabled ones kept as normally open). Any other circuit
 element stops the import with its name. Study options add PV (a share of each load's kW, or a
 list), scale the loads and pick the day profiles; areas come from `areas.py`.
@@ -33,10 +34,12 @@ from voltage_coordinator.feeder import (
     bundled_feeder,
 )
 
-REPRESENTED = {"vsource", "line", "transformer", "regcontrol", "load", "capacitor", "pvsystem"}
-"""Circuit element classes the feeder format represents."""
-IGNORED = {"energymeter", "monitor"}
-"""Measurement elements: no effect on the power flow."""
+REPRESENTED = {
+    "vsource", "line", "transformer", "regcontrol", "capcontrol", "load", "capacitor", "pvsystem",
+}  # fmt: skip
+"""Circuit element classes the feeder format represents (controls: their state as solved)."""
+IGNORED = {"energymeter", "monitor", "fuse", "recloser", "relay", "swtcontrol", "sensor"}
+"""Measurement and protection elements: no effect on the steady-state power flow."""
 ATTRIBUTION = (
     "Converted by `voltage-coordinator import-dss` from an OpenDSS model of EPRI's OpenDSS "
     "distribution (BSD-style licence, Copyright (c) 2008-2014 Electric Power Research Institute, "
@@ -292,7 +295,9 @@ class _Reader:
             n = int(d.CktElement.NumPhases())
             bus, nodes = _bus_and_nodes(d.CktElement.BusNames()[0], n)
             rated_ln = float(d.Capacitors.kV()) / (math.sqrt(3) if n > 1 else 1.0)
-            at_base = float(d.Capacitors.kvar()) * (self.kv_ln[bus] / rated_ln) ** 2
+            states = list(d.Capacitors.States()) or [1]
+            closed = sum(1 for x in states if x) / len(states)  # steps in as solved
+            at_base = float(d.Capacitors.kvar()) * closed * (self.kv_ln[bus] / rated_ln) ** 2
             for k in nodes:
                 out.setdefault(bus, {})[k] = out.get(bus, {}).get(k, 0.0) + at_base / n
             i = d.Capacitors.Next()

@@ -222,10 +222,17 @@ def radial_tree(feeder: Feeder) -> nx.DiGraph:
         undirected.add_edge(br.from_bus, br.to_bus, branch=br)
     if not nx.is_tree(undirected):
         parts = nx.number_connected_components(undirected)
+        fed = nx.node_connected_component(undirected, feeder.source_bus)
+        cut_off = sorted(set(undirected) - fed)
+        if cut_off:
+            where = f"; not connected to the source: {', '.join(cut_off[:8])}"
+        else:
+            loop = nx.find_cycle(undirected, feeder.source_bus)
+            where = f"; a loop through {', '.join(str(a) for a, _ in loop[:8])}"
         raise ConfigError(
             f"branches: the closed network is not radial "
             f"({undirected.number_of_edges()} branches, {len(feeder.buses)} buses, "
-            f"{parts} connected parts)"
+            f"{parts} connected parts{where})"
         )
     tree = nx.bfs_tree(undirected, feeder.source_bus)
     for parent, child in tree.edges:
