@@ -49,7 +49,7 @@ class Settings(ServiceSettings):
     v_max_pu: float = Field(default=1.05, gt=1.0, lt=1.2, description="upper voltage limit, pu")
     v_min_pu: float = Field(default=0.95, gt=0.8, lt=1.0, description="lower voltage limit, pu")
     margin_pu: float = Field(
-        default=0.0001, ge=0, lt=0.05, description="kept below v_max in the linear model, pu"
+        default=0.00003, ge=0, lt=0.05, description="kept below v_max in the linear model, pu"
     )
     setpoint_ttl_s: float = Field(
         default=120.0, gt=0, le=86_400, description="TTL of the PV limits sent, s"
