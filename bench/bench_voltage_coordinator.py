@@ -174,6 +174,81 @@ def bare_lp_s(feeder: Feeder, fairness: str, group_by: str, step: int) -> float:
     return statistics.median(runs)
 
 
+async def broker_rounds(rules: list[tuple[str, ...]], decisions: int) -> None:
+    """Agents mode on a real Mosquitto: five area agents, the coordinator, the feeder simulation
+    held on the IEEE 123 peak step; time from a round's start to its decision, beside the same
+    decision solved in one process (the raw reference)."""
+    import asyncio
+    import tempfile
+
+    from derbus.bus import MqttBus
+    from derbus.settings import MqttSettings
+    from derbus.testing import MosquittoServer
+    from voltage_coordinator.agents import build_area_agent
+    from voltage_coordinator.service import build_service
+    from voltage_coordinator.sim_service import build_feeder_sim
+
+    feeder = bundled_feeder()
+    peak = max(range(feeder.steps), key=lambda s: feeder.profiles.pv[s])
+    server = MosquittoServer().start()
+    print(
+        f"\n## agents on the broker (IEEE 123 JSON, step {peak} held, {decisions} decisions per rule)"
+    )
+    print("| rule | decision over the broker p50 / p99 / max ms | in one process p50 ms | ratio |")
+    print("| --- | --- | --- | --- |")
+    try:
+        mqtt = MqttSettings(host=server.host, port=server.port, root="bench")
+        for fairness, group_by in rules:
+            base = {"mqtt": mqtt.model_dump(), "api_port": 0, "data_dir": tempfile.mkdtemp(),
+                    "fairness": fairness, "group_by": group_by}  # fmt: skip
+            sim = build_feeder_sim(
+                Settings(**base, sim_start_step=peak, sim_hold_step=True, sim_interval_s=0.5),
+                MqttBus(mqtt), feeder,
+            )  # fmt: skip
+            vc_settings = Settings(**base, mode="agents", solve_interval_s=0.2, round_timeout_s=30)
+            vc = build_service(vc_settings, MqttBus(mqtt), feeder)
+            agents = [
+                build_area_agent(vc_settings, MqttBus(mqtt), a.id, feeder) for a in feeder.areas
+            ]
+            services = [*agents, vc, sim]
+            for svc in services:
+                await svc.start()
+            st = vc.state
+            times: list[float] = []
+            started: dict[str, float] = {}
+            deadline = time.monotonic() + 120
+            solves = st.solves
+            while len(times) < decisions and time.monotonic() < deadline:
+                if st.round is not None:
+                    started.setdefault(st.round.round_id, st.round.started_s)
+                if st.solves > solves:
+                    solves = st.solves
+                    if started:
+                        times.append(time.monotonic() - started[max(started, key=started.get)])  # type: ignore[arg-type]
+                    started.clear()
+                await asyncio.sleep(0.002)
+            local = Coordinator(
+                feeder, Settings(mode="distributed", fairness=fairness, group_by=group_by)
+            )  # type: ignore[arg-type]
+            assert st.before is not None
+            local_t = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                local.decide(st.before)
+                local_t.append(time.perf_counter() - t0)
+            local.close()
+            for svc in reversed(services):
+                await svc.stop()
+            p50 = statistics.median(times)
+            print(
+                f"| {fairness} / {group_by} | {1000 * p50:.0f} / {1000 * pct(times, 0.99):.0f} / "
+                f"{1000 * max(times):.0f} | {1000 * statistics.median(local_t):.0f} | "
+                f"{p50 / statistics.median(local_t):.1f} |"
+            )
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="every 4th step")
@@ -181,8 +256,19 @@ def main() -> None:
     parser.add_argument("--rules", default=",".join(f"{f}/{g}" for f, g in RULES.values()))
     parser.add_argument("--margin-pu", type=float, default=Settings().margin_pu)
     parser.add_argument("--plot-dir", type=Path, default=None, help="voltage/curtailment PNGs")
+    parser.add_argument(
+        "--broker", type=int, default=0, metavar="N",
+        help="only the agents mode on a real Mosquitto, N decisions per rule",
+    )  # fmt: skip
     args = parser.parse_args()
     rules = [tuple(r.split("/")) for r in args.rules.split(",")]
+    if args.broker:
+        import asyncio
+
+        print(f"load average at start: {os.getloadavg()}")
+        asyncio.run(broker_rounds(rules, args.broker))
+        print(f"load average at end: {os.getloadavg()}")
+        return
     print(f"load average at start: {os.getloadavg()}")
     for name, feeder in feeders(args.feeders.split(",")).items():
         ac = AcFlow(feeder)
