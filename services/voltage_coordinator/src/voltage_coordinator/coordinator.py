@@ -173,7 +173,10 @@ class Coordinator:
         solve: Callable[[StepInputs], Curtailment],
         method: str,
     ) -> Decision:
-        settled = settle(solve, self.model, self.feeder, self.tree, inputs)
+        settled = settle(
+            solve, self.model, self.feeder, self.tree, inputs,
+            residual_gain=self.settings.residual_gain,
+        )  # fmt: skip
         cut = settled.curtailment
         return Decision(
             state.step, inputs, cut, limits_to_send(self.feeder, cut), method,

@@ -6,8 +6,10 @@ point it is up to -2e-3 pu on IEEE 123 (a negative bias *raises* the linear limi
 curtailed, so a decision taken with the bias measured before curtailing under-curtails (the cold
 start overshoot). `settle` therefore iterates the bias to a fixed point inside one decision on
 the coordinator's AC model of the feeder: bias(x) = model(x) - linear(x) + (measured - model)
-at the measured point (what the model misses, held constant). At the fixed point the predicted
-AC voltage is within the tolerance of the linear limit. Without a model the bias is bounded
+at the measured point (what the model misses) + a bound of how much that may move
+(`residual_gain` x the model's voltage change from the measured point: a first decision far
+from the measured point is conservative, a re-solve on the next measurement tightens it). At
+the fixed point the predicted AC voltage is within the tolerance of the linear limit. Without a model the bias is bounded
 conservatively (a negative bias is not used).
 """
 
@@ -63,6 +65,7 @@ def settle(
     inputs: StepInputs,
     tol_pu: float = 1e-5,
     max_rounds: int = 8,
+    residual_gain: float = 0.0,
 ) -> Settled:
     """One decision with the AC bias iterated to its fixed point (see the module docstring).
 
@@ -75,6 +78,8 @@ def settle(
         tol_pu: the fixed point is reached when the bias moves less than this.
         max_rounds: bound on decide/model rounds; past it the largest bias seen at each node
             is used (conservative).
+        residual_gain: the residual (measured - model at the measured point) may move by this
+            share of the model's voltage change from the measured point; added to the bias.
     """
     started = time.perf_counter()
     measured = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(tree.size)
@@ -84,14 +89,25 @@ def settle(
         result = replace(result, bias_rounds=1, solve_s=time.perf_counter() - started)
         return Settled(result, bias, result.v_lin_pu + bias, True)
     residual = np.zeros(tree.size)
+    at_measured: FloatArray | None = None
     if inputs.pv_output_kw is not None and inputs.v_measured_pu is not None:
         at_measured = model.solve(inputs.load_mult, inputs.pv_output_kw).vector(tree)
         residual = np.nan_to_num(inputs.v_measured_pu - at_measured, nan=0.0)
+
+    def predicted(limit_kw: Mapping[str, float]) -> FloatArray:
+        v = model.solve(inputs.load_mult, limit_kw).vector(tree)
+        # what the model misses moves with the operating point: bound it by a share of the
+        # voltage change from the measured point (large only on a first decision after a
+        # cold start; a re-solve on the fresh measurement then tightens it)
+        moved = np.abs(v - at_measured) if at_measured is not None else 0.0
+        out: FloatArray = v + residual + residual_gain * moved
+        return out
+
     bias = measured
     seen = [bias]
     for rounds in range(1, max_rounds + 1):
         result = decide(replace(inputs, v_bias_pu=bias))
-        ac = model.solve(inputs.load_mult, result.limit_kw).vector(tree) + residual
+        ac = predicted(result.limit_kw)
         new_bias = ac - result.v_lin_pu
         if float(np.max(np.abs(new_bias - bias))) < tol_pu:
             result = replace(result, bias_rounds=rounds, solve_s=time.perf_counter() - started)
@@ -100,7 +116,7 @@ def settle(
         seen.append(bias)
     bias = np.max(seen, axis=0)
     result = decide(replace(inputs, v_bias_pu=bias))
-    ac = model.solve(inputs.load_mult, result.limit_kw).vector(tree) + residual
+    ac = predicted(result.limit_kw)
     result = replace(result, bias_rounds=max_rounds + 1, solve_s=time.perf_counter() - started)
     return Settled(result, bias, ac, False)
 
