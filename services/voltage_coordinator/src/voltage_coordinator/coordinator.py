@@ -175,7 +175,7 @@ class Coordinator:
     ) -> Decision:
         settled = settle(
             solve, self.model, self.feeder, self.tree, inputs,
-            residual_gain=self.settings.residual_gain,
+            residual_gain=self.settings.residual_gain, v_max_pu=self.settings.v_max_pu,
         )  # fmt: skip
         cut = settled.curtailment
         return Decision(

@@ -66,6 +66,7 @@ def settle(
     tol_pu: float = 1e-5,
     max_rounds: int = 8,
     residual_gain: float = 0.0,
+    v_max_pu: float | None = None,
 ) -> Settled:
     """One decision with the AC bias iterated to its fixed point (see the module docstring).
 
@@ -80,6 +81,8 @@ def settle(
             is used (conservative).
         residual_gain: the residual (measured - model at the measured point) may move by this
             share of the model's voltage change from the measured point; added to the bias.
+        v_max_pu: when no fixed point is reached, the least-curtailing solution whose
+            predicted voltages stay at or below this is taken (else the largest bias seen).
     """
     started = time.perf_counter()
     measured = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(tree.size)
@@ -105,6 +108,7 @@ def settle(
 
     bias = measured
     seen = [bias]
+    feasible: list[tuple[float, Curtailment, FloatArray, FloatArray]] = []
     for rounds in range(1, max_rounds + 1):
         result = decide(replace(inputs, v_bias_pu=bias))
         ac = predicted(result.limit_kw)
@@ -112,8 +116,16 @@ def settle(
         if float(np.max(np.abs(new_bias - bias))) < tol_pu:
             result = replace(result, bias_rounds=rounds, solve_s=time.perf_counter() - started)
             return Settled(result, bias, ac, True)
-        bias = new_bias
+        if v_max_pu is not None and float(ac.max()) <= v_max_pu:
+            feasible.append((result.curtailed_kw, result, bias, ac))
+        # a rule with discrete choices (equal_kw's fully curtailed PVs) can cycle between two
+        # biases: from the fourth round on, move half way
+        bias = new_bias if rounds < 4 else (bias + new_bias) / 2
         seen.append(bias)
+    if feasible:  # the least curtailment among the solutions the prediction holds for
+        _, result, bias, ac = min(feasible, key=lambda item: item[0])
+        result = replace(result, bias_rounds=max_rounds, solve_s=time.perf_counter() - started)
+        return Settled(result, bias, ac, False)
     bias = np.max(seen, axis=0)
     result = decide(replace(inputs, v_bias_pu=bias))
     ac = predicted(result.limit_kw)
