@@ -57,6 +57,24 @@ class Settled:
     converged: bool
 
 
+def predicted_voltages(
+    model: AcModel,
+    tree: Tree,
+    inputs: StepInputs,
+    limit_kw: Mapping[str, float],
+    residual_gain: float = 0.0,
+) -> FloatArray:
+    """What `settle` predicts for a decision: the model at it + the measured residual + its
+    bound (residual_gain x the model's voltage change from the measured point), per node."""
+    v = model.solve(inputs.load_mult, limit_kw).vector(tree)
+    if inputs.pv_output_kw is None or inputs.v_measured_pu is None:
+        return v
+    at_measured = model.solve(inputs.load_mult, inputs.pv_output_kw).vector(tree)
+    residual = np.nan_to_num(inputs.v_measured_pu - at_measured, nan=0.0)
+    out: FloatArray = v + residual + residual_gain * np.abs(v - at_measured)
+    return out
+
+
 def settle(
     decide: Callable[[StepInputs], Curtailment],
     model: AcModel | None,
