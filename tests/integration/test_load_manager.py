@@ -191,21 +191,25 @@ async def test_job_submitted_over_rest_starts_at_its_planned_time(
         received.append((utcnow(), SetpointCommand.from_json_bytes(raw.payload)))
 
     await probe.subscribe(topics.SETPOINT.filter(SITE, "dishwasher", mqtt_settings.root), 1, record)
-    # PV forecast: 5 kW only in the step starting 8 s after the current step
-    grid_start = datetime.fromtimestamp(math.floor(utcnow().timestamp() / step_s) * step_s, UTC)
-    values = [0.0] * 60
-    values[4] = 5.0
-    forecast = TimeSeries(
-        ts=grid_start, source="forecaster", kind="forecast", quantity="pv_generation_kw",
-        issue_time=grid_start, start=grid_start, step_s=step_s, values=values,
-    )  # fmt: skip
-    await probe.publish(
-        topics.FORECAST.topic(SITE, "pv", mqtt_settings.root), forecast.to_json_bytes(),
-        qos=1, retain=True,
-    )  # fmt: skip
-    pv_step = grid_start + timedelta(seconds=4 * step_s)
     try:
         async with served(service, settings.api_port) as url:
+            # PV forecast: 5 kW only in the step starting 12 s after the current step, sent once
+            # the service is up (a start-up of over 8 s under load once put the job's request
+            # into the PV step itself, and the job one step after it)
+            grid_start = datetime.fromtimestamp(
+                math.floor(utcnow().timestamp() / step_s) * step_s, UTC
+            )
+            values = [0.0] * 60
+            values[6] = 5.0
+            forecast = TimeSeries(
+                ts=grid_start, source="forecaster", kind="forecast", quantity="pv_generation_kw",
+                issue_time=grid_start, start=grid_start, step_s=step_s, values=values,
+            )  # fmt: skip
+            await probe.publish(
+                topics.FORECAST.topic(SITE, "pv", mqtt_settings.root), forecast.to_json_bytes(),
+                qos=1, retain=True,
+            )  # fmt: skip
+            pv_step = grid_start + timedelta(seconds=6 * step_s)
             lm = service.state
             await wait_for(lambda: (SITE, "pv") in lm.jobs.forecasts, 10, message="forecast in")
             body: dict[str, Any] = {
@@ -225,7 +229,7 @@ async def test_job_submitted_over_rest_starts_at_its_planned_time(
                 )
                 assert planned == pv_step, "placed on the PV step"
                 assert made.json()["pv_kwh"] > 0
-                await wait_for(lambda: bool(received), 20, message="start command on the bus")
+                await wait_for(lambda: bool(received), 30, message="start command on the bus")
                 arrived, cmd = received[0]
                 assert arrived >= planned, "not before its planned time"
                 assert cmd.target == "load_on"

@@ -43,7 +43,8 @@ async def started(
     await service.start()
     forwarder = service.state.forwarder
     # the first forwarding pass runs at start (migration): let it finish so tests are ordered
-    await wait_for(lambda: forwarder.last_success is not None, 5, message="first pass")
+    # (a bound: 5 s was too short once at load ~25)
+    await wait_for(lambda: forwarder.last_success is not None, 30, message="first pass")
     publisher = InMemoryBus(broker)
     await publisher.connect()
     return service, publisher

@@ -55,6 +55,27 @@ def test_load_is_the_profile_scaled_to_the_measured_mean(site: fx.SiteContext) -
     assert coldstart.load_forecast(measured.iloc[:0], times, site) is None
 
 
+@pytest.mark.parametrize(
+    "start",
+    ["2027-03-28T01:30Z", "2027-06-21T12:00Z", "2027-10-31T00:30Z", "2027-12-31T23:45Z"],
+    ids=["summer-time-starts", "midsummer", "summer-time-ends", "year-end"],
+)
+def test_a_days_cold_start_at_the_awkward_instants(site: fx.SiteContext, start: str) -> None:
+    """The instants of `make test-dates`, as fixed inputs: 96 finite, ordered values each."""
+    measured = pd.Series([0.6, 0.9], index=utc_grid(start, 2) - pd.Timedelta(minutes=30))
+    times = utc_grid(start, 96)
+    load = coldstart.load_forecast(measured, times, site)
+    assert load is not None
+    assert load.notna().all().all()
+    assert (load["p10"] < load["p50"]).all()
+    assert (load["p50"] < load["p90"]).all()
+    pv = coldstart.pv_forecast(coldstart.PvScale(0.005, 0.8, "nameplate"), times, site)
+    assert pv.notna().all().all()
+    assert (pv["p50"] > 0).any()  # a day has daylight
+    assert (pv["p10"] <= pv["p50"]).all()
+    assert (pv["p50"] <= pv["p90"]).all()
+
+
 def test_measured_joins_feature_history_and_raw_readings_up_to_now() -> None:
     history = pd.Series([np.nan, 1.0, 2.0], index=utc_grid("2027-01-13T09:30Z", 3))
     raw_times = [NOW - timedelta(minutes=m) for m in (25, 20, 12, 8, 2)]  # 09:55 .. 10:18

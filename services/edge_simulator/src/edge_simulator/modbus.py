@@ -254,6 +254,7 @@ class UnitHandler:
         trial.registers[off : off + len(values)] = values
         settings = self.sim.settings
         now = self.sim.clock()
+        in_force = False
         for model_id in sorted(touched):
             req = request_from_image(trial, model_id, self.index + 1, now,
                                      settings.modbus_priority, settings.modbus_default_ttl_s)  # fmt: skip
@@ -264,7 +265,11 @@ class UnitHandler:
             await self.sim.publish_acks(acks)
             if acks and acks[0].ack.status == "rejected":
                 return ExcCodes.ILLEGAL_VALUE
-        if settings.publish_on_setpoint:
+            in_force |= any(a.ack.status == "accepted" for a in acks)
+        # only a write that put a setpoint in force steps the site at once: a control block is
+        # written register by register (rate, revert time, then the mode), and the one
+        # immediate step per interval must show the setpoint, not the half-written block
+        if settings.publish_on_setpoint and in_force:
             self.sim.kick(self.index)
         return None
 
