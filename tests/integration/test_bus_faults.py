@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -169,4 +170,43 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
             assert sync.gaps()["readings_lost"] == 0
     finally:
         await scada.close()
+        broker.cleanup()
+
+
+async def test_cloud_sync_replicas_split_the_readings_none_stored_twice_or_missed(
+    postgres_url: str, topic_root: str, tmp_path: Path
+) -> None:
+    """Two cloud_sync replicas in one shared-subscription group (`$share/…`, MQTT 5 on
+    Mosquitto): each takes a part, together every reading, and no reading reaches two."""
+    broker = MosquittoServer()
+    broker.start()
+    replicas = [
+        SyncProcess(broker.host, broker.port, topic_root, postgres_url, tmp_path / f"sync{i}",
+                    extra_env={"SYNC_SHARED_GROUP": "cloud_sync"})
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        for replica in replicas:
+            replica.start()
+        for replica in replicas:
+            await wait_for(replica.ready, 30, interval=0.2, message="replica /readyz")
+        async with edge(broker, topic_root) as sim_service:
+            sim = sim_service.state["sim"]
+            await wait_for(lambda: sim.steps >= 20, 30, message="20 steps")
+            await sim_service.update_config({"interval_s": 86_400.0})  # no more steps
+            await wait_for(lambda: sim.next_due_wall > time.time() + 3600, 10, message="paused")
+            await wait_for(lambda: sim_service.bus.stats.queued == 0, 30, message="all sent")
+            sent = sent_rows(sim_service)
+            sites = list(sim.fleet.ids)
+            await wait_for(
+                lambda: stored_rows(postgres_url, sites) == sent, 60, interval=0.5,
+                message="every reading stored",
+            )  # fmt: skip
+        taken = [int((r.backlog() or {})["rows_in_total"]) for r in replicas]
+        assert all(n > 0 for n in taken), f"a replica took nothing: {taken}"
+        assert sum(taken) == len(sent), f"readings taken twice: {taken} for {len(sent)}"
+        assert all(r.gaps().get("seq_gaps") == 0 for r in replicas)  # no tracking: not losses
+    finally:
+        for replica in replicas:
+            replica.stop()
         broker.cleanup()

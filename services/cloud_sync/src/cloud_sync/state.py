@@ -124,7 +124,11 @@ class CloudSync:
         self.forwarder = make_forwarder(lambda: self.settings, self.outbox, store)
         self.intake = Intake(self.outbox, topics.TELEMETRY, self.limits, self, sink)
         self.gaps = GapTracker(settings.gap_retry_s, settings.gap_max_attempts)
-        self.intake.observers.append(lambda entries: self.gaps.observe(entries, time.monotonic()))
+        tracking = settings.gap_tracking
+        if tracking == "on" or (tracking == "auto" and settings.shared_group is None):
+            self.intake.observers.append(
+                lambda entries: self.gaps.observe(entries, time.monotonic())
+            )
 
     @classmethod
     def open(
