@@ -65,3 +65,16 @@ def test_a_huge_jump_tracks_at_most_max_missing() -> None:
 def test_ranges_are_contiguous_runs() -> None:
     assert ranges({9, 1, 2, 3, 7, 8}) == [(1, 3), (7, 9)]
     assert ranges(set()) == []
+
+
+def test_saved_numbers_let_a_restarted_tracker_see_the_gap_it_was_away_for() -> None:
+    before = GapTracker()
+    before.see("s1", "pcc", 0, now=0.0)
+    before.see("s1", "pcc", 1, now=0.0)
+    saved = before.expected()
+    assert saved == {"s1/pcc": 2}
+    after = GapTracker()
+    after.resume({**saved, "no-device": 3, "s2/pv": -1})  # unusable entries are ignored
+    after.see("s1", "pcc", 5, now=0.0)
+    assert (after.missed, after.missing) == (3, 3)
+    assert list(after.streams) == [("s1", "pcc")]

@@ -123,6 +123,21 @@ class GapTracker:
         else:
             self.duplicates += 1
 
+    def expected(self) -> dict[str, int]:
+        """The next number expected per stream (`site/device` -> seq), to save across restarts."""
+        return {f"{site}/{device}": s.next_seq for (site, device), s in self.streams.items()}
+
+    def resume(self, expected: dict[str, int]) -> None:
+        """Start from saved `expected` numbers: a jump past them after a restart is a gap too.
+
+        After a crash the saved numbers may be older than what was stored: the readings in
+        between are then asked for again and stored once (the readings key), counted repaired.
+        """
+        for key, next_seq in expected.items():
+            site, _, device = key.partition("/")
+            if site and device and isinstance(next_seq, int) and next_seq >= 0:
+                self.streams.setdefault((site, device), _Stream(next_seq))
+
     def due_requests(self, now: float) -> list[ReplayRange]:
         """The ranges to ask for now; gives up (counts lost) after `max_attempts` fruitless ones."""
         due: list[ReplayRange] = []
