@@ -8,7 +8,9 @@ One run per scenario, each on its own Mosquitto (the derbus configuration: persi
 * cloud_sync runs as its own process (`cloud_sync.testing.SyncProcess`), stores every reading in
   PostgreSQL, finds sequence gaps and asks the edge for them again;
 * a SCADA (this process, `make_bus`) sends a battery setpoint every `--setpoint-every` s with a
-  TTL of `--ttl` s and waits for each acknowledgement (`Outcomes`).
+  TTL of `--ttl` s and waits for each acknowledgement (`Outcomes`); one still unanswered after
+  `--resend` s goes out again with the same id (a refresh for the receiver), as a broker that
+  lost its state may have dropped it.
 
 Faults: `--broker-kills` kill -9 + restart of the broker (persistence on, then off), then
 `--receiver-kills` kill -9 + restart of cloud_sync. After the last fault the run settles: every
@@ -32,7 +34,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +61,7 @@ class Result:
     sent: int = 0
     acked: int = 0
     expired: int = 0
+    resent: int = 0
     readings_sent: int = 0
     readings_stored: int = 0
     gaps_missed: float = 0.0
@@ -72,11 +75,14 @@ class Result:
         return self.sent - self.acked - self.expired
 
 
-async def until(predicate: Callable[[], bool], timeout_s: float) -> float | None:
+async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float) -> float | None:
     """Seconds until `predicate` held (None: not within `timeout_s`)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        if predicate():
+        held = predicate()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
             return time.monotonic() - t0
         await asyncio.sleep(0.02)
     return None
@@ -90,12 +96,32 @@ def mqtt(broker: MosquittoServer, root: str) -> MqttSettings:
 
 
 class Scada:
-    """Sends a setpoint to a site's battery every `every_s` s; counts the answers."""
+    """Sends a setpoint to a site's battery every `every_s` s; counts the answers.
 
-    def __init__(self, bus: Bus, root: str, sites: list[str], ttl_s: float, clock: Any) -> None:
+    A command still unanswered `resend_s` after it went out is sent again, same id (the
+    receiver takes a command with the id of the one in force as a refresh): a broker that lost
+    its state (or the receiver's subscription) dropped it, and only the sender can notice.
+    """
+
+    def __init__(
+        self, bus: Bus, root: str, sites: list[str], ttl_s: float, clock: Any, resend_s: float
+    ) -> None:
         self.bus, self.root, self.sites, self.ttl_s, self.clock = bus, root, sites, ttl_s, clock
+        self.resend_s = resend_s
         self.outcomes = Outcomes()
         self.sent = 0
+        self.resent = 0
+        self.last_out: dict[bytes, tuple[float, str, bytes]] = {}
+
+    async def resend_unanswered(self) -> None:
+        now = time.monotonic()
+        for key, (at, topic, payload) in list(self.last_out.items()):
+            if key not in self.outcomes.pending:
+                del self.last_out[key]
+            elif now - at >= self.resend_s:
+                self.last_out[key] = (now, topic, payload)
+                self.resent += 1
+                await self.bus.publish(topic, payload, qos=1)
 
     async def on_ack(self, raw: RawMessage) -> None:
         self.outcomes.answer(SetpointAck.from_json_bytes(raw.payload).setpoint_id.encode())
@@ -107,10 +133,14 @@ class Scada:
                 value=-1.0 - self.sent % 3, unit="kW", ttl_s=self.ttl_s,
             )  # fmt: skip
             site = self.sites[self.sent % len(self.sites)]
-            self.outcomes.sent(command.setpoint_id.encode(), self.ttl_s)
+            key = command.setpoint_id.encode()
+            self.outcomes.sent(key, self.ttl_s)
             self.sent += 1
             topic = topics.SETPOINT.topic(site, "battery", self.root)
+            if self.resend_s > 0:
+                self.last_out[key] = (time.monotonic(), topic, command.to_json_bytes())
             await self.bus.publish(topic, command.to_json_bytes(), qos=1)
+            await self.resend_unanswered()
             with_timeout = asyncio.ensure_future(stop.wait())
             await asyncio.wait([with_timeout], timeout=every_s)
             with_timeout.cancel()
@@ -143,7 +173,7 @@ async def scenario(
         if await until(lambda: sim.steps >= 5, 120) is None:  # the first step loads pvlib
             raise RuntimeError("the edge simulator made no 5 steps within 120 s")
         scada_bus = make_bus(mqtt(broker, root), "scada", client_id=f"scada-{root[-8:]}")
-        scada = Scada(scada_bus, root, list(sim.fleet.ids), args.ttl, sim.clock)
+        scada = Scada(scada_bus, root, list(sim.fleet.ids), args.ttl, sim.clock, args.resend)
         await scada_bus.connect()
         await scada_bus.subscribe(topics.SETPOINT_ACK.filter(root=root), 1, scada.on_ack)
         stop = asyncio.Event()
@@ -187,7 +217,8 @@ async def scenario(
         sites = list(sim.fleet.ids)
         t0 = time.monotonic()
 
-        def settled() -> bool:
+        async def settled() -> bool:
+            await scada.resend_unanswered()
             scada.outcomes.expire()
             if scada.outcomes.pending:
                 return False
@@ -201,6 +232,7 @@ async def scenario(
         note_gaps()
         result.sent, result.acked = scada.sent, len(scada.outcomes.answered)
         result.expired = len(scada.outcomes.expired)
+        result.resent = scada.resent
         result.readings_sent = len(readings)
         result.readings_stored = len(readings & stored_rows(pg_url, sites))
         for key, attr in (("readings_missed", "gaps_missed"), ("readings_repaired",
@@ -218,7 +250,7 @@ async def scenario(
 
 def print_table(results: list[Result]) -> None:
     print(
-        "| scenario | faults | setpoints sent / acked / expired unanswered / lost "
+        "| scenario | faults | setpoints sent / acked / expired unanswered / lost (resent) "
         "| readings published / stored / missing | gaps missed / repaired / lost "
         "| reconnect p50 / max s | settle s |"
     )
@@ -230,7 +262,7 @@ def print_table(results: list[Result]) -> None:
             else "—"
         )
         print(
-            f"| {r.name} | {r.faults} | {r.sent} / {r.acked} / {r.expired} / {r.lost} "
+            f"| {r.name} | {r.faults} | {r.sent} / {r.acked} / {r.expired} / {r.lost} ({r.resent}) "
             f"| {r.readings_sent:,} / {r.readings_stored:,} / "
             f"{r.readings_sent - r.readings_stored:,} "
             f"| {r.gaps_missed:,.0f} / {r.gaps_repaired:,.0f} / {r.gaps_lost:,.0f} "
@@ -272,6 +304,12 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=0.2, help="edge step, wall s")
     parser.add_argument("--setpoint-every", type=float, default=0.5)
     parser.add_argument("--ttl", type=float, default=30.0, help="setpoint TTL, s")
+    parser.add_argument(
+        "--resend",
+        type=float,
+        default=3.0,
+        help="resend an unanswered setpoint after, s (0: never)",
+    )
     parser.add_argument("--run-s", type=float, default=3.0, help="run time between faults")
     parser.add_argument("--down-s", type=float, default=1.0, help="time a killed part stays down")
     parser.add_argument("--scenarios", default="broker-on,broker-off,cloud_sync")
