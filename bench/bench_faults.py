@@ -13,8 +13,11 @@ One run per scenario, each on its own Mosquitto (the derbus configuration: persi
   lost its state may have dropped it.
 
 Faults: `--broker-kills` kill -9 + restart of the broker (persistence on, then off), then
-`--receiver-kills` kill -9 + restart of cloud_sync. After the last fault the run settles: every
-setpoint answered or past its TTL, every reading the edge sent compared with PostgreSQL.
+`--receiver-kills` kill -9 + restart of each receiver: cloud_sync (of readings), then the edge
+simulator (of setpoints; for that scenario it runs as its own process, so what it had not yet
+published dies with it and the readings published are not known exactly). After the last fault
+the run settles: every setpoint answered or past its TTL, every reading the edge sent compared
+with PostgreSQL.
 
 Prints per scenario: setpoints sent / acked / expired unanswered (the sender told by its TTL) /
 lost (neither), readings published / stored / missing from the database, gaps seen and repaired
@@ -43,10 +46,11 @@ from typing import Any
 from cloud_sync.testing import SyncProcess, stored_rows
 from derbus import topics
 from derbus.bus import Bus, Outcomes, RawMessage, make_bus
-from derbus.messages import SetpointAck, SetpointCommand
+from derbus.messages import SetpointAck, SetpointCommand, utcnow
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, PostgresServer
+from derbus.testing import MosquittoServer, PostgresServer, free_port
+from derbus.testing.process import ServiceProcess, service_env
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
 from edge_simulator.testing import sent_rows
@@ -248,6 +252,79 @@ async def scenario(
     return result
 
 
+async def edge_scenario(name: str, args: argparse.Namespace, pg_url: str) -> Result:
+    """kill -9 of the edge simulator (the setpoint receiver, here a process of its own) and
+    restart: setpoints queued in its session meanwhile must be answered after it is back.
+
+    What a killed edge had not yet published is gone with it (its sent buffer too), so the
+    readings it published are not known exactly here: `readings_sent` is -1; the stored rows
+    and cloud_sync's gap counts (a restart begins its streams at 0 again) are reported.
+    """
+    result = Result(name, readings_sent=-1)
+    root = f"bench/faults-{uuid.uuid4().hex[:8]}"
+    broker = MosquittoServer()
+    broker.start()
+    work = Path(tempfile.mkdtemp(prefix="derbus-faults-"))
+    sync = SyncProcess(broker.host, broker.port, root, pg_url, work / "sync")
+    api_port = free_port()
+    edge = ServiceProcess(
+        "edge_simulator",
+        service_env("EDGE_", broker.host, broker.port, root, EDGE_SITES=str(args.sites),
+                    EDGE_INTERVAL_S=str(args.interval), EDGE_API_PORT=str(api_port),
+                    EDGE_LOG_LEVEL="WARNING"),
+        work / "edge.log", api_port,
+    )  # fmt: skip
+    scada_bus: Bus | None = None
+    sites = [f"site-{i + 1:04d}" for i in range(args.sites)]
+    try:
+        sync.start()
+        edge.start()
+        for part in (sync, edge):
+            if await until(part.ready, 120) is None:
+                raise RuntimeError(f"{part.module} not ready: {part.log.read_text()[-2000:]}")
+        scada_bus = make_bus(mqtt(broker, root), "scada", client_id=f"scada-{root[-8:]}")
+        scada = Scada(scada_bus, root, sites, args.ttl, utcnow, args.resend)
+        await scada_bus.connect()
+        await scada_bus.subscribe(topics.SETPOINT_ACK.filter(root=root), 1, scada.on_ack)
+        stop = asyncio.Event()
+        sender = asyncio.create_task(scada.run(args.setpoint_every, stop))
+        for _ in range(args.receiver_kills):
+            await asyncio.sleep(args.run_s)
+            edge.kill()
+            await asyncio.sleep(args.down_s)
+            edge.start()
+            t0 = time.monotonic()
+            await until(edge.ready, 120)
+            result.reconnects.append(time.monotonic() - t0)
+            result.faults += 1
+        await asyncio.sleep(args.run_s)
+        stop.set()
+        await sender
+        t0 = time.monotonic()
+
+        async def settled() -> bool:
+            await scada.resend_unanswered()
+            scada.outcomes.expire()
+            return not scada.outcomes.pending and sync.gaps().get("readings_missing", 1.0) == 0
+
+        await until(settled, args.ttl + 60)
+        result.settle_s = time.monotonic() - t0
+        result.sent, result.acked = scada.sent, len(scada.outcomes.answered)
+        result.expired, result.resent = len(scada.outcomes.expired), scada.resent
+        result.readings_stored = len(stored_rows(pg_url, sites))
+        gaps = sync.gaps()
+        result.gaps_missed = gaps.get("readings_missed", 0.0)
+        result.gaps_repaired = gaps.get("readings_repaired", 0.0)
+        result.gaps_lost = gaps.get("readings_lost", 0.0)
+    finally:
+        if scada_bus is not None:
+            await scada_bus.close()
+        edge.stop()
+        sync.stop()
+        broker.cleanup()
+    return result
+
+
 def print_table(results: list[Result]) -> None:
     print(
         "| scenario | faults | setpoints sent / acked / expired unanswered / lost (resent) "
@@ -261,10 +338,14 @@ def print_table(results: list[Result]) -> None:
             if r.reconnects
             else "—"
         )
+        readings = (
+            f"{r.readings_sent:,} / {r.readings_stored:,} / {r.readings_sent - r.readings_stored:,}"
+            if r.readings_sent >= 0
+            else f"— / {r.readings_stored:,} / —"
+        )
         print(
             f"| {r.name} | {r.faults} | {r.sent} / {r.acked} / {r.expired} / {r.lost} ({r.resent}) "
-            f"| {r.readings_sent:,} / {r.readings_stored:,} / "
-            f"{r.readings_sent - r.readings_stored:,} "
+            f"| {readings} "
             f"| {r.gaps_missed:,.0f} / {r.gaps_repaired:,.0f} / {r.gaps_lost:,.0f} "
             f"| {rec} | {r.settle_s:.1f} |"
         )
@@ -282,10 +363,14 @@ async def main(args: argparse.Namespace) -> None:
             "broker-on": ("broker kill -9, persistence on", True, "broker"),
             "broker-off": ("broker kill -9, persistence off", False, "broker"),
             "cloud_sync": ("cloud_sync kill -9", True, "cloud_sync"),
+            "edge": ("edge_simulator kill -9", True, "edge"),
         }
         results = []
         for key, (name, persistence, kill) in runs.items():
-            if key in args.scenarios.split(","):
+            if key == "edge" and key in args.scenarios.split(","):
+                results.append(await edge_scenario(name, args, pg.url))
+                print_table(results[-1:])
+            elif key in args.scenarios.split(","):
                 results.append(await scenario(name, args, pg.url, persistence, kill))
                 print_table(results[-1:])
         print()
@@ -312,5 +397,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--run-s", type=float, default=3.0, help="run time between faults")
     parser.add_argument("--down-s", type=float, default=1.0, help="time a killed part stays down")
-    parser.add_argument("--scenarios", default="broker-on,broker-off,cloud_sync")
+    parser.add_argument("--scenarios", default="broker-on,broker-off,cloud_sync,edge")
     asyncio.run(main(parser.parse_args()))
