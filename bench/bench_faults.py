@@ -92,6 +92,16 @@ async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: floa
     return None
 
 
+async def crash(part: ServiceProcess, down_s: float) -> float:
+    """kill -9 `part`, keep it down `down_s`, start it again: seconds from its start to ready."""
+    part.kill()
+    await asyncio.sleep(down_s)
+    part.start()
+    t0 = time.monotonic()
+    await until(part.ready, 120)
+    return time.monotonic() - t0
+
+
 def mqtt(broker: MosquittoServer, root: str) -> MqttSettings:
     return MqttSettings(
         host=broker.host, port=broker.port, root=root, reconnect_min_delay_s=0.1,
@@ -206,12 +216,7 @@ async def scenario(
                 for key, value in gaps_now.items():  # a new process counts from 0 again
                     gaps_before[key] = gaps_before.get(key, 0.0) + value
                 gaps_now.clear()
-                sync.kill()
-                await asyncio.sleep(args.down_s)
-                sync.start()
-                t0 = time.monotonic()
-                await until(sync.ready, 60)
-                result.reconnects.append(time.monotonic() - t0)
+                result.reconnects.append(await crash(sync, args.down_s))
             result.faults += 1
             note_gaps()
         await asyncio.sleep(args.run_s)
@@ -290,12 +295,7 @@ async def edge_scenario(name: str, args: argparse.Namespace, pg_url: str) -> Res
         sender = asyncio.create_task(scada.run(args.setpoint_every, stop))
         for _ in range(args.receiver_kills):
             await asyncio.sleep(args.run_s)
-            edge.kill()
-            await asyncio.sleep(args.down_s)
-            edge.start()
-            t0 = time.monotonic()
-            await until(edge.ready, 120)
-            result.reconnects.append(time.monotonic() - t0)
+            result.reconnects.append(await crash(edge, args.down_s))
             result.faults += 1
         await asyncio.sleep(args.run_s)
         stop.set()
