@@ -37,7 +37,11 @@ async def cloud_sync(
     broker: MosquittoServer, postgres_url: str, root: str, tmp_path: Path
 ) -> AsyncIterator[SyncProcess]:
     """cloud_sync as its own process (so it can be stalled with SIGSTOP), ready."""
-    sync = SyncProcess(broker.host, broker.port, root, postgres_url, tmp_path / "sync")
+    # repair, not its time-outs, is under test: a generous budget (the machine may be loaded)
+    sync = SyncProcess(
+        broker.host, broker.port, root, postgres_url, tmp_path / "sync",
+        extra_env={"SYNC_GAP_RETRY_S": "2", "SYNC_GAP_MAX_ATTEMPTS": "30"},
+    )  # fmt: skip
     sync.start()
     try:
         await wait_for(sync.ready, 30, interval=0.2, message="cloud_sync /readyz")

@@ -78,3 +78,16 @@ def test_saved_numbers_let_a_restarted_tracker_see_the_gap_it_was_away_for() -> 
     after.see("s1", "pcc", 5, now=0.0)
     assert (after.missed, after.missing) == (3, 3)
     assert list(after.streams) == [("s1", "pcc")]
+
+
+def test_a_reading_given_up_on_that_arrives_after_all_is_not_lost() -> None:
+    t = GapTracker(retry_s=1.0, max_attempts=1)
+    t.see("s1", "pcc", 0, now=0.0)
+    t.see("s1", "pcc", 3, now=0.0)
+    assert len(t.due_requests(now=1.0)) == 1
+    assert t.due_requests(now=2.0) == []  # given up
+    assert (t.lost, t.missing) == (2, 0)
+    t.see("s1", "pcc", 1, now=3.0)  # a slow replay
+    assert (t.lost, t.repaired) == (1, 1)
+    t.see("s1", "pcc", 1, now=3.5)
+    assert (t.lost, t.repaired, t.duplicates) == (1, 1, 1)

@@ -43,12 +43,13 @@ class SyncProcess(ServiceProcess):
         extra_env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         api_port = free_port()
-        env = service_env(
-            "SYNC_", host, port, root, SYNC_CLIENT_ID=f"sync-{uuid.uuid4().hex[:8]}",
-            SYNC_DATA_DIR=str(data_dir), SYNC_API_PORT=str(api_port), DATABASE_URL=database_url,
-            SYNC_BATCH_SIZE="500", SYNC_INTERVAL_SECONDS="0.2", SYNC_KPI_INTERVAL_S="60",
-            SYNC_GAP_RETRY_S="1", SYNC_LOG_LEVEL="WARNING", **(extra_env or {}),
-        )  # fmt: skip
+        settings = {
+            "SYNC_CLIENT_ID": f"sync-{uuid.uuid4().hex[:8]}", "SYNC_DATA_DIR": str(data_dir),
+            "SYNC_API_PORT": str(api_port), "DATABASE_URL": database_url,
+            "SYNC_BATCH_SIZE": "500", "SYNC_INTERVAL_SECONDS": "0.2", "SYNC_KPI_INTERVAL_S": "60",
+            "SYNC_GAP_RETRY_S": "1", "SYNC_LOG_LEVEL": "WARNING", **(extra_env or {}),
+        }  # fmt: skip
+        env = service_env("SYNC_", host, port, root, **settings)
         env.pop("SUPABASE_URL", None)
         super().__init__("cloud_sync", env, data_dir / "cloud_sync.log", api_port)
 
