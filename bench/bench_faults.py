@@ -296,10 +296,16 @@ async def edge_scenario(name: str, args: argparse.Namespace, pg_url: str) -> Res
         await scada_bus.subscribe(topics.SETPOINT_ACK.filter(root=root), 1, scada.on_ack)
         stop = asyncio.Event()
         sender = asyncio.create_task(scada.run(args.setpoint_every, stop))
+
+        def stepping() -> bool:  # its first step loads pvlib: seconds on a loaded machine
+            return int((edge.get("/sites") or {}).get("steps", 0)) >= 5
+
         for _ in range(args.receiver_kills):
+            await until(stepping, 120)
             await asyncio.sleep(args.run_s)
             result.reconnects.append(await crash(edge, args.down_s))
             result.faults += 1
+        await until(stepping, 120)
         await asyncio.sleep(args.run_s)
         stop.set()
         await sender
