@@ -241,8 +241,10 @@ async def test_cloud_sync_restarted_after_the_broker_forgot_it_still_finds_the_g
             sync.stop()
             broker.kill()
             broker.start()
+            await wait_for(lambda: sim_service.bus.connected, 30, message="the edge is back")
             away_at = sim.steps
             await wait_for(lambda: sim.steps >= away_at + 10, 30, message="10 steps unheard")
+            await wait_for(lambda: sim_service.bus.stats.queued == 0, 30, message="all taken")
             sync.start()
             await wait_for(sync.ready, 30, interval=0.2, message="cloud_sync back")
             back_at = sim.steps
