@@ -172,7 +172,7 @@ async def scenario(
     work = Path(tempfile.mkdtemp(prefix="derbus-faults-"))
     sync = SyncProcess(broker.host, broker.port, root, pg_url, work / "sync")
     sync.start()
-    edge: Service[Any] | None = None
+    edge: Service[Any, Any] | None = None
     scada_bus: Bus | None = None
     gaps_now: dict[str, float] = {}  # the running cloud_sync's counts
     gaps_before: dict[str, float] = {}  # those of the processes killed before it
@@ -185,7 +185,7 @@ async def scenario(
         )  # fmt: skip
         edge = build_edge(edge_settings, make_bus(edge_settings.mqtt, "edge_simulator"))
         await edge.start()
-        sim = edge.state["sim"]
+        sim = edge.state
         if await until(lambda: sim.steps >= 5, 120) is None:  # the first step loads pvlib
             raise RuntimeError("the edge simulator made no 5 steps within 120 s")
         scada_bus = make_bus(mqtt(broker, root), "scada", client_id=f"scada-{root[-8:]}")

@@ -34,6 +34,8 @@ def own_or_other(spec: TopicSpec[Any], user: str) -> str:
     """A concrete topic of the spec; for platform-wide specs, on the user's own device level."""
     if acl.EVERY_SERVICE in spec.publishers:
         return spec.topic(PLATFORM_SITE, user, root=ROOT)
+    if spec.own_device:
+        return spec.topic("site-1", user, root=ROOT)
     return spec.topic("site-1", "battery", root=ROOT)
 
 
@@ -59,6 +61,56 @@ def test_status_and_dead_letters_only_on_the_services_own_device_level(user: str
         assert may(user, "write", spec.topic(PLATFORM_SITE, user, root=ROOT))
         assert not may(user, "write", spec.topic(PLATFORM_SITE, other, root=ROOT))
         assert not may(user, "write", spec.topic("site-1", user, root=ROOT))
+
+
+@pytest.mark.parametrize("spec", [s for s in topics.CATALOGUE if s.own_device], ids=str)
+def test_own_device_specs_are_written_only_on_the_publishers_own_device(
+    spec: TopicSpec[Any],
+) -> None:
+    for user in spec.publishers:
+        other = next(p for p in spec.publishers if p != user)
+        assert may(user, "write", spec.topic("site-1", user, root=ROOT))
+        assert not may(user, "write", spec.topic("site-1", other, root=ROOT))
+
+
+def mosquitto_pattern_may(site: str, access: str, topic: str) -> bool:
+    """The edge pattern lines as Mosquitto applies them to user `site` (%u substituted)."""
+    return any(
+        access in r.access and topic_matches_sub(r.topic.replace("%u", site), topic)
+        for r in acl.edge_rules(ROOT)
+    )
+
+
+def test_an_edge_site_writes_its_own_telemetry_and_reads_its_own_commands_only() -> None:
+    for spec in (topics.METER, topics.PV, topics.BATTERY, topics.LOAD, topics.SETPOINT_ACK):
+        assert mosquitto_pattern_may("site-a", "write", spec.topic("site-a", "d1", root=ROOT))
+        assert not mosquitto_pattern_may("site-a", "write", spec.topic("site-b", "d1", root=ROOT))
+    assert mosquitto_pattern_may("site-a", "read", topics.SETPOINT.topic("site-a", "b", root=ROOT))
+    assert not mosquitto_pattern_may(
+        "site-a", "read", topics.SETPOINT.topic("site-b", "b", root=ROOT)
+    )
+    assert not mosquitto_pattern_may(
+        "site-a", "write", topics.SETPOINT.topic("site-a", "b", root=ROOT)
+    )
+    assert all(PLATFORM_SITE not in r.topic for r in acl.edge_rules(ROOT))
+
+
+def test_edge_password_variables_are_named_after_the_site() -> None:
+    assert acl.edge_password_env_var("site-1") == "MQTT_PASSWORD_EDGE_SITE_1"
+    assert acl.edge_sites({"MQTT_EDGE_SITES": " site-1, site-2 ,site-1"}) == ["site-1", "site-2"]
+    with pytest.raises(acl.ConfigError, match="share MQTT_PASSWORD_EDGE_SITE_1"):
+        acl.edge_sites({"MQTT_EDGE_SITES": "site-1,site_1"})
+
+
+def test_fill_env_file_makes_a_copied_world_readable_file_private(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("API_TOKEN=\n")
+    env_file.chmod(0o644)
+    assert acl.fill_env_file(env_file, ["API_TOKEN"], {}) == ["API_TOKEN"]
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    env_file.chmod(0o644)  # nothing to add: still made private
+    assert acl.fill_env_file(env_file, ["API_TOKEN"], {}) == []
+    assert env_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_scada_reads_everything_and_writes_only_commands() -> None:
@@ -92,7 +144,8 @@ def test_acl_text_has_one_block_per_user_and_valid_lines() -> None:
     for line in text.splitlines():
         if line and not line.startswith(("#", "user ")):
             kind, access, topic = line.split(" ")
-            assert kind == "topic"
+            assert kind in ("topic", "pattern")
+            assert (kind == "pattern") == ("%u" in topic)
             assert access in ("read", "write", "readwrite")
             assert topic.startswith(("der/v1/", "$SYS/"))
 
@@ -231,7 +284,7 @@ def test_service_source_publishes_only_what_its_acl_allows(service: str) -> None
         )
 
 
-def _built_service(service: str, tmp_path: Path) -> Any:
+def _built_service(service: str, tmp_path: Path, **extra: Any) -> Any:
     module = importlib.import_module(f"{service}.service")
     settings_module = importlib.import_module(f"{service}.settings")
     settings_cls = next(
@@ -239,7 +292,7 @@ def _built_service(service: str, tmp_path: Path) -> Any:
         if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
     )  # fmt: skip
     settings = settings_cls(data_dir=tmp_path)
-    return module.build_service(settings, InMemoryBus())
+    return module.build_service(settings, InMemoryBus(), **extra)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -255,6 +308,65 @@ def test_service_declared_publishes_are_allowed(
     assert not forbidden, f"{service} declares publishes {sorted(forbidden)} its ACL forbids"
     unreadable = {s["key"] for s in built.subscriptions()} - _readable(service)
     assert not unreadable, f"{service} subscribes {sorted(unreadable)} its ACL cannot deliver"
+
+
+# Built with optional parts on, where a service subscribes more with them: cloud_sync writes the
+# dashboards' specs to InfluxDB only when it has a sink (none is contacted while building).
+class _IdleSink:
+    """An InfluxDB sink that is never written to (only the subscriptions are read)."""
+
+    points_written = points_failed = 0
+    last_error: str | None = None
+
+    def write(self, points: Any) -> None:
+        raise AssertionError("not written while checking subscriptions")
+
+
+BUILD_EXTRAS: dict[str, dict[str, Any]] = {"cloud_sync": {"influx": _IdleSink()}}
+
+
+def _code_usage(tmp_path: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Per broker user, the spec keys its code publishes and subscribes: the source scan (every
+    `Service` a package builds) united with what each built service declares."""
+    published: dict[str, set[str]] = {}
+    subscribed: dict[str, set[str]] = {}
+    for service in SERVICES:
+        for user, (pub, sub) in _source_usage(service).items():
+            published.setdefault(user, set()).update(pub)
+            subscribed.setdefault(user, set()).update(sub)
+        built = _built_service(service, tmp_path / service, **BUILD_EXTRAS.get(service, {}))
+        published.setdefault(built.name, set()).update(built.published_specs)
+        subscribed.setdefault(built.name, set()).update(s["key"] for s in built.subscriptions())
+    return published, subscribed
+
+
+def test_catalogue_publishers_and_subscribers_are_exactly_what_the_code_declares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue (and the ACL generated from it) grants no right the code does not use.
+
+    `scada` is the operator's external user (not in the code); `*` (every service: status and
+    dead letters) is published by the service runtime itself.
+    """
+    for key in [k for k in os.environ if k.startswith(("MQTT_", "SITE_"))]:
+        monkeypatch.delenv(key)
+    published, subscribed = _code_usage(tmp_path)
+    external = {acl.SCADA_USER, acl.EVERY_SERVICE}
+    drift = []
+    for spec in topics.CATALOGUE:
+        code_pub = {u for u, keys in published.items() if spec.key in keys}
+        if acl.EVERY_SERVICE in spec.publishers:
+            code_pub -= set(SERVICES)
+        code_sub = {u for u, keys in subscribed.items() if spec.key in keys}
+        for what, listed, code in (("publishers", spec.publishers, code_pub),
+                                   ("subscribers", spec.subscribers, code_sub)):  # fmt: skip
+            unused, missing = set(listed) - external - code, code - set(listed)
+            if unused or missing:
+                drift.append(f"{spec.key} {what}: listed, unused {sorted(unused)}; "
+                             f"used, unlisted {sorted(missing)}")  # fmt: skip
+    assert not drift, "catalogue drift (fix derbus.topics, then `make -s topics`):\n" + "\n".join(
+        drift
+    )
 
 
 def test_the_source_scan_sees_publish_and_subscribe_calls() -> None:

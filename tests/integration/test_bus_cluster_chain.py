@@ -98,7 +98,7 @@ async def test_one_node_killed_mid_run_loses_no_reading_and_no_setpoint(
     try:
         await wait_for(sync.ready, 60, interval=0.2, message="cloud_sync /readyz")
         async with started(edge, peak_shaving):
-            sim = edge.state["sim"]
+            sim = edge.state
             await wait_for(lambda: len(commands) >= 2, 60, message="peak_shaving commands")
             node = nats_cluster.node_at(edge.bus.stats.endpoint)
             nats_cluster.kill_node(node)

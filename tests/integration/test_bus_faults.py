@@ -51,7 +51,7 @@ async def cloud_sync(
 
 
 @contextlib.asynccontextmanager
-async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any]]:
+async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any, Any]]:
     """The simulator in-process: 3 sites, a step every 0.1 s, everything it sends kept."""
     settings = EdgeSettings(
         mqtt=MqttSettings(host=broker.host, port=broker.port, root=root,
@@ -80,7 +80,7 @@ async def test_broker_without_persistence_killed_mid_run_every_reading_is_stored
             cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
             edge(broker, topic_root) as sim_service,
         ):
-            sim = sim_service.state["sim"]
+            sim = sim_service.state
             await wait_for(lambda: sim.steps >= 10, 30, message="10 steps")
             sync.pause()
             stalled_at = sim.steps
@@ -139,7 +139,7 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
             cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
             edge(broker, topic_root) as sim_service,
         ):
-            sim = sim_service.state["sim"]
+            sim = sim_service.state
             await scada.connect()
             await scada.subscribe(topics.SETPOINT_ACK.filter(root=topic_root), 1, on_ack)
             sites = list(sim.fleet.ids)
@@ -202,7 +202,7 @@ async def test_cloud_sync_replicas_split_the_readings_none_stored_twice_or_misse
         for replica in replicas:
             await wait_for(replica.ready, 30, interval=0.2, message="replica /readyz")
         async with edge(broker, topic_root) as sim_service:
-            sim = sim_service.state["sim"]
+            sim = sim_service.state
             await wait_for(lambda: sim.steps >= 20, 30, message="20 steps")
             await sim_service.update_config({"interval_s": 86_400.0})  # no more steps
             await wait_for(lambda: sim.next_due_wall > time.time() + 3600, 10, message="paused")
@@ -236,7 +236,7 @@ async def test_cloud_sync_restarted_after_the_broker_forgot_it_still_finds_the_g
             cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
             edge(broker, topic_root) as sim_service,
         ):
-            sim = sim_service.state["sim"]
+            sim = sim_service.state
             await wait_for(lambda: sim.steps >= 10, 30, message="10 steps")
             sync.stop()
             broker.kill()

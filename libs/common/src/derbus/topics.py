@@ -87,6 +87,9 @@ class TopicSpec(Generic[M]):
     description: str
     publishers: tuple[str, ...] = ()
     subscribers: tuple[str, ...] = ()
+    own_device: bool = False
+    """The device level is the publishing service's own name (KPIs): the broker ACL lets each
+    publisher write only `…/<its name>/<name>`."""
 
     def topic(self, site_id: str, device_id: str, root: str = DEFAULT_ROOT) -> str:
         """The concrete topic for a site and a device."""
@@ -179,7 +182,7 @@ LOAD = TopicSpec(
     True,
     "Load: site total or one device (HVAC, EV, switchable), power consumed, relay state",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
+    subscribers=("cloud_sync", "console", "scada_bridge"),
 )
 PRICE = TopicSpec(
     "telemetry.price",
@@ -190,7 +193,7 @@ PRICE = TopicSpec(
     True,
     "Grid price: import price, feed-in, time-of-use period, demand charge, carbon intensity",
     publishers=("edge_simulator",),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
+    subscribers=("cloud_sync", "console", "scada_bridge"),
 )
 EV_CHARGER = TopicSpec(
     "telemetry.ev_charger",
@@ -238,7 +241,7 @@ PRICE_SERIES = TopicSpec(
     "Price series of a site or zone (device level `grid`): import/export per interval, "
     "demand-charge windows, valid_until and stale flag (CSV, ToU model or HTTP source)",
     publishers=("ev_charging",),
-    subscribers=("ev_charging", "scada"),
+    subscribers=("ev_charging", "peak_shaving", "load_manager", "scada"),
 )
 EV_SESSION = TopicSpec(
     "schedule.ev_session",
@@ -276,7 +279,6 @@ SETPOINT = TopicSpec(
     publishers=(
         "peak_shaving",
         "load_manager",
-        "voltage_coordinator",
         "scada",
         "console",
         "scada_bridge",
@@ -294,8 +296,6 @@ SETPOINT_ACK = TopicSpec(
     publishers=("edge_simulator", "meter_gateway", "feeder_sim", "ev_charging"),
     subscribers=(
         "peak_shaving",
-        "load_manager",
-        "voltage_coordinator",
         "scada",
         "console",
         "scada_bridge",
@@ -334,7 +334,7 @@ FEEDER_STATE = TopicSpec(
     True,
     "Feeder power-flow snapshot (site level = feeder id, device `feeder`): bus voltages, PV "
     "available/output",
-    publishers=("edge_simulator", "feeder_sim"),
+    publishers=("feeder_sim",),
     subscribers=("voltage_coordinator", "voltage_area", "cloud_sync", "console"),
 )
 PV_CURTAILMENT = TopicSpec(
@@ -347,7 +347,7 @@ PV_CURTAILMENT = TopicSpec(
     "Batch of PV power limits for a feeder (site level = feeder id, device `coordinator`) with "
     "TTL and priority",
     publishers=("voltage_coordinator",),
-    subscribers=("edge_simulator", "feeder_sim", "console"),
+    subscribers=("feeder_sim", "console"),
 )
 AREA_EXCHANGE = TopicSpec(
     "grid.area_exchange",
@@ -405,6 +405,7 @@ KPI = TopicSpec(
     "KPIs of a controller (device level = controller): efficiency, time on limit, backlog…",
     publishers=("peak_shaving", "load_manager", "voltage_coordinator", "cloud_sync"),
     subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
+    own_device=True,
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]

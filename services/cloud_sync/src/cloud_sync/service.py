@@ -15,6 +15,7 @@ from fastapi import APIRouter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cloud_sync.api_models import Backlog, Drained
 from cloud_sync.backlog import HEALTH_KEYS
 from cloud_sync.cloud import CloudStore
 from cloud_sync.gaps import ReplayRange
@@ -194,13 +195,13 @@ def build_service(
     service.on_shutdown(sync.close)
     router = APIRouter(tags=["cloud_sync"])
 
-    @router.get("/backlog")
+    @router.get("/backlog", response_model=Backlog)
     async def backlog() -> dict[str, Any]:
         """The backlog and health: pending, oldest age, rates, totals, last success and error,
         `state` (online/degraded) with `reasons` — the same as `/healthz` says for these parts."""
         return await sync.backlog()
 
-    @router.post("/sync")
+    @router.post("/sync", response_model=Drained)
     async def sync_now(_auth: TokenDep) -> dict[str, Any]:
         """Run a forwarding pass now (waits for a running one) and report what it did."""
         return asdict(await sync.forward())

@@ -41,10 +41,10 @@ def make_fleet(
 def sent_rows(service: Any) -> set[tuple[datetime, str, str, str, float]]:
     """Every reading a running simulator service published and still holds in its sent buffer,
     as `readings` rows (time, site_id, device_id, metric, value): a fault test's ground truth."""
-    sim = service.state["sim"]
+    sim = service.state
     devices = [d for d in DEVICES if d.device_id in service.settings.devices]
     rows: set[tuple[datetime, str, str, str, float]] = set()
-    for step in sim.sent.steps:
+    for step in sim.sent_buffer.steps:
         for k, device in enumerate(devices):
             for j, payload in enumerate(step.payloads[k]):
                 ids = TopicIds(sim.fleet.ids[step.sites[j]], device.device_id)

@@ -77,6 +77,8 @@ class EmaInputs:
         reserve_kwh: energy to hold at the end of each step, kWh (soft, like `reserve_pct`);
             None: `reserve_pct` of the capacity; the higher of the two applies (see
             `uncertainty_reserve_kwh`).
+        price_per_kwh: import price per step from the site's price series; None: the tariff.
+        export_per_kwh: export remuneration per step (with `price_per_kwh`).
     """
 
     start: datetime
@@ -85,6 +87,8 @@ class EmaInputs:
     prior_kw: FloatArray
     peak_floor_kw: float = 0.0
     reserve_kwh: FloatArray | None = None
+    price_per_kwh: FloatArray | None = None
+    export_per_kwh: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,15 @@ class ScheduleOptimizer:
         self.p_exp.value = cfg.export_limit_kw
         self.p_net.value = net
         self.p_prior.value = prior
-        if cfg.energy_cost:
+        if cfg.energy_cost and inputs.price_per_kwh is not None:
+            # the LP's price parameters are non-negative: a negative price counts as free energy
+            price = np.maximum(np.asarray(inputs.price_per_kwh, dtype=float), 0.0)
+            exported = inputs.export_per_kwh
+            feed = np.minimum(np.zeros(n) if exported is None else np.asarray(exported), price)
+            feed = np.maximum(feed, 0.0)
+            if price.shape != (n,) or feed.shape != (n,) or not np.isfinite(price).all():
+                raise SolverError(f"price_per_kwh and export_per_kwh must hold {n} finite values")
+        elif cfg.energy_cost:
             price, feed = tariff_prices(cfg.tariff, inputs.start, n, cfg.step_s)
         else:
             price, feed = np.zeros(n), np.zeros(n)

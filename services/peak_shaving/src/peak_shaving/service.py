@@ -15,11 +15,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import SolverError
-from derbus.http import TokenDep
+from derbus.http import TokenDep, errors
 from derbus.messages import (
     BatteryTelemetry,
     KpiReport,
     MeterReading,
+    PriceSeries,
     Priority,
     SetpointAck,
     SetpointCommand,
@@ -27,6 +28,8 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.service import Context, Service
+from derbus.tariff import PriceBook
+from peak_shaving.api_models import KpisView, Replanning, ScheduleView
 from peak_shaving.controller import PeakShavingController, PmaInputs
 from peak_shaving.optimizer import (
     EmaInputs,
@@ -122,6 +125,7 @@ class PeakShaving:
         self._replans: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._failing: dict[str, str] = {}
+        self.prices = PriceBook()
 
     @property
     def settings(self) -> Settings:
@@ -265,6 +269,11 @@ class PeakShaving:
         if plan.schedule is not None:
             s = plan.schedule
             prior = align_series(s.values, s.start, s.step_s, start, n, step, fill="zero")
+        prices = self.prices.for_site(site_id, cfg.tariff, now)
+        price_kw = export_kw = None
+        if prices.series is not None:  # else the tariff, inside the optimiser
+            imports, exports = prices.on_grid(start, n, step)
+            price_kw, export_kw = np.asarray(imports), np.asarray(exports)
         return EmaInputs(
             start=start,
             net_load_kw=net,
@@ -272,12 +281,15 @@ class PeakShaving:
             prior_kw=prior,
             peak_floor_kw=month_peak,
             reserve_kwh=reserve,
+            price_per_kwh=price_kw,
+            export_per_kwh=export_kw,
         )
 
     async def replan(self, site_id: str) -> None:
         """Solve a site's schedule and publish it; on failure keep the last one, shifted."""
         now = utcnow()
         inputs = self.ema_inputs(site_id, now)
+        prices = self.prices.for_site(site_id, self.settings.tariff, now).status  # as planned
         if inputs is None:
             log.debug("no plan for %s yet: needs a load forecast and a battery reading", site_id)
             return
@@ -293,6 +305,7 @@ class PeakShaving:
         self.metrics.solve_s.observe(solution.solve_time_s)
         meta = solution.meta() | {
             "plan_status": "ok",
+            "prices": prices,
             "pcc_kw": [round(v, 3) for v in solution.pcc_kw.tolist()],
             "soc_kwh": [round(v, 3) for v in solution.soc_kwh.tolist()],
         }
@@ -322,6 +335,22 @@ class PeakShaving:
             topics.BATTERY_SCHEDULE, plan.schedule, site_id=site_id,
             device_id=self.settings.battery_device_id,
         )  # fmt: skip
+
+    def on_prices(self, site_id: str, series: PriceSeries) -> None:
+        """A site's new price series: re-plan on it (an older one than held is ignored)."""
+        if self.prices.update(site_id, series):
+            self.request_replan(site_id)
+
+    async def report_prices(self) -> None:
+        """Degraded while a site's price series is stale (it is planned on the tariff)."""
+        stale = self.prices.stale(utcnow())
+        if not stale:
+            await self.service.clear_degraded("prices")
+            return
+        site, reason = next(iter(stale.items()))
+        await self.service.set_degraded(
+            "prices", f"{len(stale)} site(s) planned on the configured tariff ({site}: {reason})"
+        )
 
     async def _report_failures(self) -> None:
         if not self._failing:
@@ -398,6 +427,10 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
             # our retained schedule from before a restart: the prior for minimal change
             plan.schedule, plan.schedule_valid = msg, True
 
+    @service.on(topics.PRICE_SERIES, device_id="grid")
+    async def on_prices(msg: PriceSeries, ctx: Context) -> None:
+        ps.on_prices(ctx.site_id, msg)
+
     @service.on(topics.SETPOINT_ACK, device_id=settings.battery_device_id)
     async def on_ack(msg: SetpointAck, ctx: Context) -> None:
         ps.metrics.acks.labels(status=msg.status).inc()
@@ -406,6 +439,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
 
     @service.every(lambda: ps.settings.plan_interval_s)
     async def replan_all(ctx: Context) -> None:
+        await ps.report_prices()
         for site_id in list(ps.sites):
             await ps.replan(site_id)
 
@@ -441,7 +475,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
 
     router = APIRouter(tags=["peak_shaving"])
 
-    @router.get("/schedule")
+    @router.get("/schedule", response_model=ScheduleView, responses=errors(404))
     def get_schedule(
         site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
     ) -> dict[str, Any]:
@@ -455,7 +489,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
         body["followed_by_pma"] = plan.schedule_valid
         return body
 
-    @router.get("/kpis")
+    @router.get("/kpis", response_model=KpisView, responses=errors(404))
     def get_kpis(
         site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
     ) -> dict[str, Any]:
@@ -465,12 +499,14 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
             raise HTTPException(status_code=404, detail=f"no readings for site {site} yet")
         return {"site_id": site, "values": ps.controller.kpis(site)}
 
-    @router.post("/replan", status_code=202)
-    def post_replan(
+    @router.post("/replan", status_code=202, response_model=Replanning, responses=errors(404))
+    async def post_replan(
         _auth: TokenDep,
         site_id: Annotated[str | None, Query(description="site (default: every site)")] = None,
     ) -> dict[str, list[str]]:
-        """Re-solve the schedule now (in the background)."""
+        """Re-solve the schedule now (in the background); 404 for a site not seen yet."""
+        if site_id and site_id not in ps.sites:
+            raise HTTPException(status_code=404, detail=f"no site {site_id} seen yet")
         sites = [site_id] if site_id else list(ps.sites)
         for site in sites:
             ps.request_replan(site)
