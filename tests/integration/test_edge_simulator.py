@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -183,3 +187,44 @@ async def test_modbus_sunspec_read_and_setpoint_write(
     finally:
         client.close()
         await service.stop()
+
+
+async def test_a_fleet_sharded_over_processes_publishes_every_site_once_per_step(
+    mqtt_settings: MqttSettings, probe: MqttBus
+) -> None:
+    """`--shards 2` over 3 sites: two processes, sites 1 and 2..3, one session each."""
+    meter: BusRecorder[MeterReading] = BusRecorder(topics.METER, mqtt_settings.root)
+    await meter.attach(probe)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "MQTT_"))}
+    env.update(
+        MQTT_HOST=mqtt_settings.host, MQTT_PORT=str(mqtt_settings.port),
+        MQTT_ROOT=mqtt_settings.root, EDGE_API_PORT="0", EDGE_DEVICES="pcc",
+    )  # fmt: skip
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "edge_simulator", "--shards", "2", "--sites", "3", "--interval",
+         "0.5", "--start", "2026-01-12T19:00:00Z"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+
+        def sites_seen() -> dict[str, list[int]]:
+            seen: dict[str, list[int]] = {}
+            for topic, reading in meter.messages:
+                seen.setdefault(topic.split("/")[-4], []).append(reading.seq)
+            return seen
+
+        await wait_for(
+            lambda: len(sites_seen()) == 3 and all(len(s) >= 3 for s in sites_seen().values()),
+            60, interval=0.1, message="three readings of each of the 3 sites",
+        )  # fmt: skip
+        seen = sites_seen()
+        assert sorted(seen) == ["site-0001", "site-0002", "site-0003"]
+        for seqs in seen.values():  # each site's stream once per step, from its own shard
+            assert seqs[:3] == [0, 1, 2]
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        code = parent.wait(30)
+        stderr = parent.stderr.read().decode() if parent.stderr else ""
+    assert code == 0, stderr[-2000:]
+    assert "shard 0: sites 1..2" in stderr
+    assert "shard 1: sites 3..3" in stderr

@@ -169,3 +169,40 @@ async def test_raw_handler_gets_the_undecoded_payload_with_its_ids(harness: Any)
     assert [s["handler"] for s in service.subscriptions()] == ["on_meter"]
     await service.stop()
     await pub.close()
+
+
+async def test_replicas_sharding_sites_each_handle_their_own_and_every_site_once(
+    harness: Any,
+) -> None:
+    """Two replicas with `shard_sites(0, 2)` / `(1, 2)`: every site on exactly one of them,
+    both busy; platform-wide messages reach both."""
+    seen: list[list[str]] = [[], []]
+    replicas = []
+    for k in range(2):
+        service: Service[ServiceSettings] = Service(
+            "sharded", ServiceSettings(mqtt={"root": harness.root}), harness.client()
+        )
+        service.shard_sites(k, 2)
+
+        @service.on(topics.METER)
+        async def on_meter(msg: MeterReading, ctx: Context, k: int = k) -> None:
+            seen[k].append(ctx.site_id)
+
+        await service.start()
+        replicas.append(service)
+    pub = harness.client()
+    await pub.connect()
+    sites = [f"s{i}" for i in range(20)] + [topics.PLATFORM_SITE]
+    for site in sites:
+        await pub.publish(topics.METER.topic(site, "pcc", harness.root), reading(1.0))
+    await wait_for(lambda: len(seen[0]) + len(seen[1]) == len(sites) + 1, 10)
+    assert sorted(seen[0] + seen[1]) == sorted([*sites, topics.PLATFORM_SITE])
+    assert set(seen[0]) & set(seen[1]) == {topics.PLATFORM_SITE}
+    assert len(seen[0]) > 1
+    assert len(seen[1]) > 1
+    assert all(r.owns_site(s) for r, got in zip(replicas, seen, strict=True) for s in got)
+    with pytest.raises(ValueError, match=r"index must be in 0\.\.1"):
+        replicas[0].shard_sites(2, 2)
+    for service in replicas:
+        await service.stop()
+    await pub.close()

@@ -65,3 +65,29 @@ def test_a_huge_jump_tracks_at_most_max_missing() -> None:
 def test_ranges_are_contiguous_runs() -> None:
     assert ranges({9, 1, 2, 3, 7, 8}) == [(1, 3), (7, 9)]
     assert ranges(set()) == []
+
+
+def test_saved_numbers_let_a_restarted_tracker_see_the_gap_it_was_away_for() -> None:
+    before = GapTracker()
+    before.see("s1", "pcc", 0, now=0.0)
+    before.see("s1", "pcc", 1, now=0.0)
+    saved = before.expected()
+    assert saved == {"s1/pcc": 2}
+    after = GapTracker()
+    after.resume({**saved, "no-device": 3, "s2/pv": -1})  # unusable entries are ignored
+    after.see("s1", "pcc", 5, now=0.0)
+    assert (after.missed, after.missing) == (3, 3)
+    assert list(after.streams) == [("s1", "pcc")]
+
+
+def test_a_reading_given_up_on_that_arrives_after_all_is_not_lost() -> None:
+    t = GapTracker(retry_s=1.0, max_attempts=1)
+    t.see("s1", "pcc", 0, now=0.0)
+    t.see("s1", "pcc", 3, now=0.0)
+    assert len(t.due_requests(now=1.0)) == 1
+    assert t.due_requests(now=2.0) == []  # given up
+    assert (t.lost, t.missing) == (2, 0)
+    t.see("s1", "pcc", 1, now=3.0)  # a slow replay
+    assert (t.lost, t.repaired) == (1, 1)
+    t.see("s1", "pcc", 1, now=3.5)
+    assert (t.lost, t.repaired, t.duplicates) == (1, 1, 1)

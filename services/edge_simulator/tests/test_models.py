@@ -197,3 +197,18 @@ def test_every_message_of_simulated_days_is_valid() -> None:
             checked = view.messages(i, "edge_simulator", validate=True)
             for a, b in zip(fast, checked, strict=True):
                 assert type(a.message).model_validate_json(a.message.to_json_bytes()) == b.message
+
+
+def test_a_shard_simulates_exactly_those_sites_of_the_whole_fleet() -> None:
+    """Sharding a fleet over processes changes nothing: ids, ratings and every reading match."""
+    whole = make_fleet(n_sites=5)
+    shards = [make_fleet(n_sites=2, first_site=0), make_fleet(n_sites=3, first_site=2)]
+    assert [sid for s in shards for sid in s.ids] == whole.ids
+    assert np.array_equal(np.concatenate([s.pv_capacity_kw for s in shards]), whole.pv_capacity_kw)
+    for minutes in (10, 20, 30):
+        now = T0 + timedelta(hours=11, minutes=minutes)
+        full = whole.step(now)
+        parts = [s.step(now) for s in shards]
+        for name in ("pcc_p_kw", "pv_generation_kw", "battery_soc_pct", "load_total_kw", "ev_kw"):
+            joined = np.concatenate([getattr(p, name) for p in parts])
+            assert np.array_equal(joined, getattr(full, name)), name

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from derbus import topics
 from derbus.bus import InMemoryBroker, InMemoryBus
@@ -403,3 +404,15 @@ async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_s
     finally:
         await service.stop()
         await probe.close()
+
+
+def test_site_shard_splits_the_sites_and_a_bad_shard_stops_start_up_naming_the_field() -> None:
+    owners = []
+    for k in range(3):
+        service = build_service(Settings(site_shard=f"{k}/3"), InMemoryBus(InMemoryBroker()))
+        owners.append({s for s in (f"site-{i:04d}" for i in range(30)) if service.owns_site(s)})
+    assert set.union(*owners) == {f"site-{i:04d}" for i in range(30)}
+    assert sum(len(o) for o in owners) == 30  # each site on exactly one replica
+    for bad in ("3/3", "1/0", "x"):
+        with pytest.raises(ValidationError, match="site_shard"):
+            Settings(site_shard=bad)

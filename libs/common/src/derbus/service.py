@@ -17,6 +17,7 @@ import inspect
 import logging
 import math
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -228,6 +229,7 @@ class Service(Generic[S, St]):
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._shutdown: list[Callable[[], Awaitable[None]]] = []
         self._config_listeners: list[Callable[[S, S], Awaitable[None] | None]] = []
+        self._shard: tuple[int, int] | None = None
         self.published_specs: set[str] = set()
 
     # --- declaration -------------------------------------------------------------------------
@@ -516,11 +518,30 @@ class Service(Generic[S, St]):
 
         return dispatch
 
+    def shard_sites(self, index: int, count: int) -> None:
+        """Handle the messages of only the sites of shard `index` of `count` (by a CRC-32 of the
+        site id): N replicas, shards 0..N-1, split the sites between them, each site on exactly
+        one, whatever the broker (every replica receives everything; each keeps its own sites'
+        state). Platform-wide messages (site `platform`) reach every replica."""
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index} of {count}: the index must be in 0..{count - 1}")
+        self._shard = (index, count)
+
+    def owns_site(self, site_id: str) -> bool:
+        """Whether this replica handles `site_id` (always, without `shard_sites`)."""
+        if self._shard is None or site_id == PLATFORM_SITE:
+            return True
+        index, count = self._shard
+        return zlib.crc32(site_id.encode()) % count == index
+
     async def _dispatch(self, entry: _HandlerEntry[Any], raw: RawMessage) -> None:
         spec = entry.spec
         self.metrics.messages_in.labels(topic=spec.key).inc()
         if not raw.payload and raw.retain:
             return  # a cleared retained message, not a message
+        ids = spec.parse(raw.topic, root=self.root)
+        if self._shard is not None and ids is not None and not self.owns_site(ids.site_id):
+            return  # another replica's site
         message: Any = raw
         if not entry.raw:
             try:
@@ -530,7 +551,6 @@ class Service(Generic[S, St]):
                 if entry.on_invalid is not None:
                     await self._answer_invalid(entry, entry.on_invalid, raw, err)
                 return
-        ids = spec.parse(raw.topic, root=self.root)
         started = time.perf_counter()
         try:
             result = entry.fn(message, Context(self, raw.topic, ids))

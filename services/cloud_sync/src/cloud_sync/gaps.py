@@ -38,6 +38,7 @@ class ReplayRange:
 class _Stream:
     next_seq: int
     missing: set[int] = field(default_factory=set)
+    given_up: set[int] = field(default_factory=set)
     attempts: int = 0
     asked_at: float = 0.0
 
@@ -75,7 +76,8 @@ class GapTracker:
         self.repaired = 0
         """Missing readings that arrived later."""
         self.lost = 0
-        """Missing readings given up on (not held by the edge any more, or too many)."""
+        """Missing readings given up on (not held by the edge any more, or too many); one that
+        arrives after all is counted repaired instead."""
         self.duplicates = 0
         """Readings received again that were not missing."""
         self.restarts = 0
@@ -116,12 +118,31 @@ class GapTracker:
             stream.missing.discard(seq)
             stream.attempts = 0
             self.repaired += 1
+        elif seq in stream.given_up:  # it came after all: not lost
+            stream.given_up.discard(seq)
+            self.lost -= 1
+            self.repaired += 1
         elif seq == 0:
             self.restarts += 1
             self.lost += len(stream.missing)
-            self.streams[(site_id, device_id)] = _Stream(1)
+            self.streams[(site_id, device_id)] = _Stream(1)  # new numbering: nothing to wait for
         else:
             self.duplicates += 1
+
+    def expected(self) -> dict[str, int]:
+        """The next number expected per stream (`site/device` -> seq), to save across restarts."""
+        return {f"{site}/{device}": s.next_seq for (site, device), s in self.streams.items()}
+
+    def resume(self, expected: dict[str, int]) -> None:
+        """Start from saved `expected` numbers: a jump past them after a restart is a gap too.
+
+        After a crash the saved numbers may be older than what was stored: the readings in
+        between are then asked for again and stored once (the readings key), counted repaired.
+        """
+        for key, next_seq in expected.items():
+            site, _, device = key.partition("/")
+            if site and device and isinstance(next_seq, int) and next_seq >= 0:
+                self.streams.setdefault((site, device), _Stream(next_seq))
 
     def due_requests(self, now: float) -> list[ReplayRange]:
         """The ranges to ask for now; gives up (counts lost) after `max_attempts` fruitless ones."""
@@ -135,6 +156,8 @@ class GapTracker:
                     site_id, device_id, len(stream.missing), stream.attempts,
                 )  # fmt: skip
                 self.lost += len(stream.missing)
+                if len(stream.given_up) + len(stream.missing) <= self.max_missing:
+                    stream.given_up |= stream.missing  # counted back if they still come
                 stream.missing.clear()
                 continue
             stream.attempts += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -88,6 +88,13 @@ class Settings(ServiceSettings):
     )
     shared_group: str | None = Field(
         default=None, description="MQTT shared-subscription group for replicas (None = plain)"
+    )
+    gap_tracking: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="find telemetry seq gaps and ask the edge again; auto = on unless "
+        "shared_group is set (a shared subscription deals a stream's readings round robin over "
+        "the replicas, so one replica's jumps are not losses; on only with a broker that keeps a "
+        "topic on one member, e.g. EMQX hash_topic)",
     )
     gap_retry_s: float = Field(
         default=2.0, gt=0, le=3600,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from cloud_sync.outbox import Outbox
 from cloud_sync.settings import Settings
 from derbus import topics
 from derbus.bus.base import Ack
+from derbus.errors import StorageError
 from derbus.messages import KpiReport, Message, format_utc, utcnow
 from derbus.storage import influx_points
 from derbus.topics import TopicIds, TopicSpec
@@ -30,6 +32,8 @@ SERVICE_NAME = "cloud_sync"
 GAPS_KEY = "telemetry_gaps"
 """Degraded reason while readings are missing (sequence gaps not yet repaired)."""
 INFLUX_NOTE = "influxdb_failing"
+SEQ_NOTE = "seq_next"
+"""Outbox note: each telemetry stream's next expected `seq` (JSON), so a restart sees gaps too."""
 """Outbox note: InfluxDB's last error ("" when fine), for `--status` from another process."""
 
 
@@ -124,7 +128,13 @@ class CloudSync:
         self.forwarder = make_forwarder(lambda: self.settings, self.outbox, store)
         self.intake = Intake(self.outbox, topics.TELEMETRY, self.limits, self, sink)
         self.gaps = GapTracker(settings.gap_retry_s, settings.gap_max_attempts)
-        self.intake.observers.append(lambda entries: self.gaps.observe(entries, time.monotonic()))
+        tracking = settings.gap_tracking
+        self.tracking = tracking == "on" or (tracking == "auto" and settings.shared_group is None)
+        if self.tracking:
+            self.intake.observers.append(
+                lambda entries: self.gaps.observe(entries, time.monotonic())
+            )
+            self.gaps.resume(_saved_seqs(self.outbox.meta().get(SEQ_NOTE)))
 
     @classmethod
     def open(
@@ -239,6 +249,7 @@ class CloudSync:
                 "refused_messages_total": str(snap.refused_messages_total),
                 "reported_at": format_utc(now),
                 INFLUX_NOTE: influx_error or "",
+                **self._seq_note(),
             },
         )
         values = {**snap.kpis(now), **self.gaps.figures()}
@@ -255,6 +266,10 @@ class CloudSync:
         data["target"] = self.store.description
         data["gaps"] = self.gaps.figures()
         return data
+
+    def _seq_note(self) -> dict[str, str | None]:
+        """The streams' next expected numbers as an outbox note (none without tracking)."""
+        return {SEQ_NOTE: json.dumps(self.gaps.expected())} if self.tracking else {}
 
     async def repair_gaps(self, ask: Callable[[ReplayRange], Awaitable[None]]) -> None:
         """Ask for the missing readings that are due (`ask` publishes one request); say in the
@@ -280,12 +295,25 @@ class CloudSync:
             log.warning(
                 "%d buffered messages left unacknowledged at shutdown", self.intake.buffered
             )
+        try:
+            await asyncio.to_thread(self.outbox.set_meta, self._seq_note())
+        except StorageError as err:
+            log.warning("could not save the streams' sequence numbers: %s", err)
         if not await asyncio.to_thread(self.forwarder.stop, 30.0):
             log.warning("a forwarding pass did not stop within 30 s")
         if self.sink is not None:
             await asyncio.to_thread(self.sink.close)
         self.store.close()
         self.outbox.close()
+
+
+def _saved_seqs(note: str | None) -> dict[str, int]:
+    try:
+        saved = json.loads(note) if note else {}
+    except ValueError:
+        log.warning("ignoring an unreadable %s note in the outbox", SEQ_NOTE)
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def offline_snapshot(outbox: Outbox, settings: Settings) -> BacklogSnapshot:

@@ -63,6 +63,7 @@ def cli(
     influxdb_token: Annotated[str | None, typer.Option("--influxdb-token")] = None,
     influxdb_org: Annotated[str | None, typer.Option("--influxdb-org")] = None,
     influxdb_bucket: Annotated[str | None, typer.Option("--influxdb-bucket")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", help="run the fleet as N processes, each a shard of the sites (0 = one per core)", min=0)] = None,
 ) -> None:  # fmt: skip
     """Run the simulator. Without a mode it runs continuously (1 site, 1 s) with its API."""
     modes = [once, continuous, scheduled, historical, generate_config]
@@ -101,7 +102,9 @@ def cli(
     except ConfigError as err:
         _fail(str(err))
         return
-    if once:
+    if shards is not None and not (once or historical):
+        _run_shards(settings, shards)
+    elif once:
         _run_once(settings, sim_config)
     elif historical:
         if start is None or end is None or output is None:
@@ -119,6 +122,69 @@ def cli(
                 config=sim_config,
             )
         )
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` without the given options and their values (`--opt v` or `--opt=v`)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            out.append(arg)
+    return out
+
+
+def _run_shards(settings: Settings, shards: int) -> None:
+    """Run the fleet as `shards` processes of `python -m edge_simulator`, each simulating its
+    slice of the sites (`EDGE_FIRST_SITE`, `EDGE_SITES`) with its own MQTT session
+    (`MQTT_REPLICA`) and API port; stops them on SIGTERM/SIGINT, exits with the worst status.
+
+    Each shard's bus applies back-pressure on its own (`MQTT_MAX_QUEUED`): a shard publishing
+    faster than the broker acknowledges waits instead of dropping.
+    """
+    import os
+    import signal
+    import subprocess
+
+    if settings.modbus_port is not None:
+        _fail("--shards serves no Modbus (one server per process): drop --modbus-port")
+    n = min(shards or os.cpu_count() or 1, settings.sites)
+    base, extra = divmod(settings.sites, n)
+    argv = _without(sys.argv[1:], ("--shards", "--sites"))
+    fixed_id = settings.mqtt.client_id
+    procs: list[subprocess.Popen[bytes]] = []
+    first = 0
+    for k in range(n):
+        count = base + (1 if k < extra else 0)
+        env = {
+            **os.environ, "EDGE_SITES": str(count), "EDGE_FIRST_SITE": str(first),
+            "MQTT_REPLICA": f"shard{k}",
+            "EDGE_API_PORT": str(settings.api_port + k if settings.api_port else 0),
+        }  # fmt: skip
+        if fixed_id:
+            env["MQTT_CLIENT_ID"] = f"{fixed_id}-shard{k}"
+        procs.append(subprocess.Popen([sys.executable, "-m", "edge_simulator", *argv], env=env))
+        typer.echo(f"shard {k}: sites {first + 1}..{first + count} (pid {procs[-1].pid})", err=True)
+        first += count
+
+    stopping: list[bool] = []
+
+    def stop(*_: Any) -> None:
+        stopping.append(True)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    codes = [proc.wait() for proc in procs]
+    # a shard ended by the SIGTERM passed on stopped as asked
+    codes = [0 if stopping and c == -signal.SIGTERM else c for c in codes]
+    raise typer.Exit(max(abs(c) for c in codes))
 
 
 def _run_once(settings: Settings, config: SimConfig) -> None:

@@ -54,11 +54,13 @@ class Location:
     timezone: str = "Europe/Madrid"
 
 
-def site_ids(n_sites: int, single_id: str = "site-1") -> list[str]:
-    """Site ids: the configured id for one site, `site-0001` … for more."""
-    if n_sites == 1:
+def site_ids(n_sites: int, single_id: str = "site-1", first: int | None = None) -> list[str]:
+    """Site ids: the configured id for one site, `site-0001` … for more; a shard of a fleet
+    (`first` = the index of its first site) is numbered from `site-<first + 1>`."""
+    if n_sites == 1 and first is None:
         return [single_id]
-    return [f"site-{i + 1:04d}" for i in range(n_sites)]
+    start = first or 0
+    return [f"site-{i + 1:04d}" for i in range(start, start + n_sites)]
 
 
 @dataclass
@@ -151,6 +153,8 @@ class Fleet:
         site_id: id of a single site (ignored for n_sites > 1).
         load_profile: replayed per-unit load (else the synthetic home load).
         pv_profile: replayed per-unit PV (else pvlib + clouds).
+        first_site: this fleet is the shard of a larger one starting at that site index: its
+            sites are exactly those sites of the larger fleet (ids, seeds, all their values).
     """
 
     config: SimConfig
@@ -161,6 +165,7 @@ class Fleet:
     site_id: str = "site-1"
     load_profile: Profile | None = None
     pv_profile: Profile | None = None
+    first_site: int | None = None
     ids: list[str] = field(init=False)
     sky: SkyModel = field(init=False)
 
@@ -169,11 +174,11 @@ class Fleet:
             raise ValueError("n_sites must be >= 1")
         cfg = self.config
         n = self.n_sites
-        self.ids = site_ids(n, self.site_id)
+        self.ids = site_ids(n, self.site_id, self.first_site)
         self.index = {sid: i for i, sid in enumerate(self.ids)}
         self.tz = ZoneInfo(self.location.timezone)
         self.tariff = cfg.grid_price.tariff.model_copy(update={"timezone": self.location.timezone})
-        self.keys = noise.site_keys(self.seed, n)
+        self.keys = noise.site_keys(self.seed, n, self.first_site or 0)
         u = noise.uniform(self.keys, 0, S_SIZE)
         self.scale: FloatArray = 1.0 + cfg.size_spread * (2.0 * u - 1.0)
         self.sky = SkyModel(

@@ -28,9 +28,9 @@ def _mix(x: KeyArray) -> KeyArray:
     return x ^ (x >> np.uint64(31))
 
 
-def site_keys(seed: int, n_sites: int) -> KeyArray:
-    """One 64-bit key per site derived from the run seed and the site index."""
-    base = np.arange(n_sites, dtype=np.uint64)
+def site_keys(seed: int, n_sites: int, first: int = 0) -> KeyArray:
+    """One 64-bit key per site derived from the run seed and the site index (from `first`)."""
+    base = np.arange(first, first + n_sites, dtype=np.uint64)
     offset = np.uint64((seed * _GOLDEN) & _MASK)
     with np.errstate(over="ignore"):
         return _mix(base + offset)

@@ -108,6 +108,7 @@ def build_fleet(settings: Settings, config: SimConfig, start: datetime) -> Fleet
         site_id=site.id,
         load_profile=load_profile_,
         pv_profile=pv_profile,
+        first_site=settings.first_site,
     )
 
 

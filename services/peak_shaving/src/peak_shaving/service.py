@@ -393,6 +393,9 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
     `service.state["peak_shaving"]` holds the `PeakShaving` state (controller, optimiser, plans).
     """
     service = Service(NAME, settings, bus)
+    if settings.site_shard:
+        index, count = (int(part) for part in settings.site_shard.split("/"))
+        service.shard_sites(index, count)
     ps = PeakShaving(service)
     service.state[NAME] = ps
     service.declare_publishes(topics.SETPOINT, topics.BATTERY_SCHEDULE, topics.KPI)

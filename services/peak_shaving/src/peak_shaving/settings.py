@@ -47,6 +47,11 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         default=900.0, gt=0, description="EMA re-solve period, s (also on every new forecast)"
     )
     kpi_interval_s: float = Field(default=60.0, gt=0, description="KPI publish period, s")
+    site_shard: str | None = Field(
+        default=None, pattern=r"^\d+/[1-9]\d*$",
+        description="k/N: this replica handles the sites of shard k of N (0 <= k < N; by site "
+        "id), the other replicas the rest; none = every site",
+    )  # fmt: skip
     load_forecast_quantile: str | None = Field(
         default="p90",
         description="load forecast quantile the EMA plans on (peak shaving plans on the high"
@@ -61,6 +66,15 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         " the month's peak so far the EMA keeps in store as a reserve (no arbitrage with it);"
         " None: only reserve_pct",
     )
+
+    @field_validator("site_shard")
+    @classmethod
+    def _shard(cls, value: str | None) -> str | None:
+        if value is not None:
+            index, count = (int(part) for part in value.split("/"))
+            if index >= count:
+                raise ValueError(f"shard {index} of {count}: k must be below N")
+        return value
 
     @field_validator("meter_device_id", "battery_device_id")
     @classmethod
