@@ -255,10 +255,10 @@ async def test_meter_gateway_answers_every_command_over_modbus(
         # the queued one in force is written to the device: the simulator follows it. It steps a
         # site at once only for the first write between two regular steps (no storm with a
         # controller), and this simulator's interval is an hour: make its regular steps here.
-        sim = simulator.state["sim"]
+        sim = simulator.state
 
         async def followed() -> bool:
-            await simulator.state["step"]()
+            await simulator.state.step()
             return bool(sim.last.battery_p_kw[0] == pytest.approx(1.5, abs=0.01))
 
         await wait_for(followed, 15, 0.2, "the simulator at the queued setpoint")
