@@ -26,6 +26,10 @@ class Backlog(BaseModel):
     state: HealthState
     fill_pct: float
     target: str = Field(description="the cloud store (password redacted)")
+    gaps: dict[str, float] = Field(
+        description="telemetry sequence gaps: seq_gaps, readings_missed / missing / repaired / "
+        "lost / duplicate, stream_restarts"
+    )
 
 
 class Drained(BaseModel):
