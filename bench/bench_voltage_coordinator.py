@@ -1,235 +1,415 @@
-"""Voltage coordinator over the IEEE 123 day: no control vs the closed loop vs the AC optimum.
+"""Voltage coordinator over a high-PV day on IEEE 13, 34 and 123 (JSON and OpenDSS), per rule.
 
-Run: .venv/bin/python bench/bench_voltage_coordinator.py [--quick] [--plot PATH] [--rules-only STEP]
+For every feeder and fairness rule: steps with a node above 1.05 pu in the AC flow without
+control, after the coordinator's decision in the closed loop (the previous step's limits still
+live when the step is measured), and after the first decision from a cold start (measured with
+no limit in force); the curtailed energy against the AC-optimal reference of the same rule;
+exchange rounds, bias rounds and wall time per decision, beside the bare centralised LP (cvxpy)
+on the peak step as the raw reference.
+
+AC-optimal reference: for the rules with one value for the feeder (equal fraction, equal kW) a
+bisection of that value on the AC flow (60 halvings) to the largest curtailment-free point that
+keeps every node <= 1.05 pu; for the rules with several values (per area, per PV) the linear
+optimum with the AC bias at its fixed point and no margin (no AC bisection exists for them).
+
+The OpenDSS feeders are imported with one study for all (loads x 0.25, PV = each load's kW,
+source 1.0 pu); nothing is set per feeder.
+
+Run: .venv/bin/python bench/bench_voltage_coordinator.py [--quick] [--feeders ieee13,ieee34]
+     [--rules equal_fraction/feeder,...] [--plot-dir bench/results]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
-
-from derbus.messages import FeederState, utcnow
+from derbus.messages import FeederState
 from voltage_coordinator.acflow import AcFlow, AcResult
-from voltage_coordinator.admm import AdmmOptions, DistributedSolver
 from voltage_coordinator.coordinator import Coordinator
-from voltage_coordinator.correction import solve_ac_corrected
+from voltage_coordinator.correction import settle
+from voltage_coordinator.dss_import import Study, import_dss
 from voltage_coordinator.feeder import Feeder, bundled_feeder
 from voltage_coordinator.optimizer import CentralisedSolver, Limits, StepInputs
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import SweepSolver
+from voltage_coordinator.sweep import RULES, SweepSolver
 
 LIMIT = 1.05
+DATA = Path(__file__).resolve().parents[1] / "data" / "feeders"
+STUDY = Study(pv_share=1.0, load_scale=0.25, source_pu=1.0)
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+MODELS: dict[str, tuple[Path, tuple[str, ...]]] = {
+    "ieee123-dss": (
+        DATA / "ieee123-opendss" / "IEEE123Master.dss",
+        ("set voltagebases=[4.16, 0.48]", "calcv"),
+    ),
+    "ieee13": (DATA / "ieee13" / "IEEE13Nodeckt.dss", ()),
+    "ieee34": (DATA / "ieee34" / "ieee34Mod1.dss", ()),
+}
+
+
+def feeders(names: list[str]) -> dict[str, Feeder]:
+    """The bench's feeders by name (imported once)."""
+    return {
+        n: bundled_feeder()
+        if n == "ieee123-json"
+        else import_dss(MODELS[n][0], STUDY, MODELS[n][1])
+        for n in names
+    }
+
+
+class OriginalPlant:
+    """The original OpenDSS model as the feeder the coordinator controls: its own load models
+    (Z, I, delta), capacitors, transformers; the study's PV added as generators at unity power
+    factor; the regulators frozen at the taps solved at the study's lightest load (as imported).
+    The coordinator's model is the imported feeder, so what the import approximates shows here.
+    """
+
+    def __init__(self, name: str, feeder: Feeder) -> None:
+        from voltage_coordinator.acflow import new_engine_context
+
+        master, commands = MODELS[name]
+        self.feeder = feeder
+        d = self.d = new_engine_context()
+        cwd = os.getcwd()
+        try:
+            d.Text.Command(f"compile [{master}]")
+        finally:
+            os.chdir(cwd)
+        for cmd in commands:
+            d.Text.Command(cmd)
+        d.Vsources.First()
+        d.Vsources.PU(STUDY.source_pu)
+        d.Text.Command(f"set loadmult={STUDY.load_scale * min(feeder.profiles.load)}")
+        d.Text.Command("set mode=snap controlmode=static")
+        d.Solution.Solve()
+        self.parts: dict[str, list[tuple[str, float]]] = {}
+        for pv in feeder.pvs:
+            parts = []
+            for ph, kw in pv.kw.items():
+                name_ = f"{pv.id}_{ph}"
+                d.Text.Command(
+                    f"new generator.{name_} phases=1 bus1={pv.bus}.{'abc'.index(ph) + 1} "
+                    f"kv={feeder.kv_ln(pv.bus):.6f} kw={kw} pf=1 model=1 vminpu=0.6 vmaxpu=1.4"
+                )
+                parts.append((name_, kw / pv.rating_kw))
+            self.parts[pv.id] = parts
+        d.Text.Command("set controlmode=off")
+        self.buses = {b.name for b in feeder.buses}
+
+    def solve(self, load_mult: float, pv_output_kw: dict[str, float]) -> AcResult:
+        d = self.d
+        d.Text.Command(f"set loadmult={STUDY.load_scale * load_mult}")
+        for pid, parts in self.parts.items():
+            total = max(0.0, float(pv_output_kw.get(pid, 0.0)))
+            for name_, share in parts:
+                d.Generators.Name(name_)
+                d.Generators.kW(total * share)
+        d.Solution.Solve()
+        v = {}
+        for node, mag in zip(d.Circuit.AllNodeNames(), d.Circuit.AllBusMagPu(), strict=True):
+            bus, _, ph = node.rpartition(".")
+            if bus in self.buses and ph in ("1", "2", "3"):
+                v[(bus, int(ph) - 1)] = float(mag)
+        return AcResult(v, bool(d.Solution.Converged()), int(d.Solution.Iterations()))
+
+    def close(self) -> None:
+        """Nothing to release (the context lives with the process)."""
 
 
 def state_of(feeder: Feeder, step: int, ac: AcResult, avail: dict[str, float],
              out: dict[str, float]) -> FeederState:  # fmt: skip
     return FeederState(
-        ts=utcnow(), source="bench", feeder_id=feeder.feeder_id, step=step, v_pu=ac.by_bus(),
-        pv_available_kw=avail, pv_output_kw=out,
-        load_p_kw=feeder.total_load_kw * feeder.profiles.load[step],
+        ts=T0 + timedelta(seconds=feeder.profiles.interval_s * step), source="bench",
+        feeder_id=feeder.feeder_id, step=step, v_pu=ac.by_bus(), pv_available_kw=avail,
+        pv_output_kw=out, load_p_kw=feeder.total_load_kw * feeder.profiles.load[step],
     )  # fmt: skip
 
 
-def jain(values: list[float]) -> float:
-    x = np.array(values)
-    return float(x.sum() ** 2 / (len(x) * (x**2).sum())) if (x**2).sum() > 0 else 1.0
+def bisect_reference(
+    ac: AcFlow | OriginalPlant, load: float, avail: dict[str, float], kind: str, halvings: int = 60
+) -> float:
+    """Least curtailment (kW) with one common value for the feeder that holds in AC."""
+    top = 1.0 if kind == "equal_fraction" else max(avail.values())
+
+    def outputs(x: float) -> dict[str, float]:
+        if kind == "equal_fraction":
+            return {p: a * (1 - x) for p, a in avail.items()}
+        return {p: max(0.0, a - x) for p, a in avail.items()}
+
+    lo, hi = 0.0, top
+    if ac.solve(load, outputs(0.0)).max_pu <= LIMIT:
+        return 0.0
+    for _ in range(halvings):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ac.solve(load, outputs(mid)).max_pu <= LIMIT else (mid, hi)
+    return sum(avail.values()) - sum(outputs(hi).values())
 
 
-def rule_table(feeder: Feeder, step: int) -> StepInputs:
-    """Print the per-rule table: centralised LP vs distributed sweep at one step."""
-    load = feeder.profiles.load[step]
-    avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
-    inputs = StepInputs(load, avail)
-    print("\n## distributed vs centralised per fairness rule (peak step, same inputs, no bias)")
-    print("| rule | centralised kW | centralised time | sweep kW | rel. gap | exchange rounds | "
-          "sweep time | values exchanged |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for fair, group in [
-        ("equal_fraction", "feeder"),
-        ("equal_fraction", "area"),
-        ("none", "feeder"),
-        ("equal_kw", "feeder"),
-        ("equal_kw", "area"),
-    ]:
-        cen_solver = CentralisedSolver(feeder, fair, group, Limits(margin_pu=0.0))  # type: ignore[arg-type]
-        cen = cen_solver.solve(inputs)
-        cen_t = []
-        for _ in range(5):
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_rule(
+    feeder: Feeder,
+    ac: AcFlow,
+    fairness: str,
+    group_by: str,
+    steps: list[int],
+    margin: float,
+    plant: AcFlow | OriginalPlant | None = None,
+    cycles: int = 1,
+) -> dict[str, object]:
+    """The day for one rule: `ac` is the coordinator's model, `plant` the feeder (default: the
+    same model)."""
+    plant = plant or ac
+    settings = Settings(mode="distributed", fairness=fairness, group_by=group_by, margin_pu=margin)  # type: ignore[arg-type]
+    coordinator = Coordinator(feeder, settings, model=ac)
+    hours = feeder.profiles.interval_s / 3600
+    ref_sweep = SweepSolver(feeder, Limits(margin_pu=0.0), fairness, group_by)  # type: ignore[arg-type]
+    live: dict[str, float] = {}
+    over_loop = over_cold = over_none = over_first = 0
+    e_cut = e_ref = 0.0
+    times: list[float] = []
+    rounds: set[int] = set()
+    bias_rounds: list[int] = []
+    unsettled = 0
+    worst = 0.0
+    lowest = 2.0
+    series: dict[str, list[float]] = {"h": [], "v_none": [], "v_after": [], "avail": [], "cut": []}
+    for step in steps:
+        load = feeder.profiles.load[step]
+        avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
+        free = plant.solve(load, avail)
+        if free.max_pu > LIMIT:
+            over_none += 1
+        # closed loop: measured under the previous step's limits, decide, apply; with cycles > 1
+        # re-solve on the fresh measurement (the service does every VC_SOLVE_INTERVAL_S) until
+        # the decision stops moving
+        held = {p: min(a, live.get(p, a)) for p, a in avail.items()}
+        measured = plant.solve(load, held)
+        out = held
+        for cycle in range(cycles):
             t0 = time.perf_counter()
-            cen_solver.solve(inputs)
-            cen_t.append(time.perf_counter() - t0)
-        sweep = SweepSolver(feeder, Limits(margin_pu=0.0), fair, group)  # type: ignore[arg-type]
-        times = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            res = sweep.solve(inputs)
+            decision = coordinator.decide(state_of(feeder, step, measured, avail, out))
             times.append(time.perf_counter() - t0)
-        gap = abs(res.curtailed_kw - cen.curtailed_kw) / cen.curtailed_kw
-        print(
-            f"| {fair} / {group} | {cen.curtailed_kw:.3f} | {1000 * statistics.median(cen_t):.1f} ms | "
-            f"{res.curtailed_kw:.3f} | {gap:.1e} | {res.iterations} ({res.passes} passes) | "
-            f"{1000 * statistics.median(times):.1f} ms | "
-            f"{sweep.last_exchanged} |"
-        )
-    return inputs
+            rounds.add(decision.curtailment.iterations)
+            bias_rounds.append(decision.curtailment.bias_rounds)
+            unsettled += not decision.settled
+            previous, live = live, dict(decision.limits_kw)
+            out = {p: min(a, live[p]) for p, a in avail.items()}
+            measured = after = plant.solve(load, out)
+            if cycle == 0:
+                over_first += after.max_pu > LIMIT
+            moved = max((abs(live[p] - previous.get(p, 0.0)) for p in live), default=0.0)
+            if cycle > 0 and moved < 0.01:  # kW
+                break
+        worst = max(worst, after.max_pu)
+        lowest = min(lowest, min(after.v_pu.values()))
+        over_loop += after.max_pu > LIMIT
+        e_cut += (sum(avail.values()) - sum(out.values())) * hours
+        for key, value in (("h", step * hours), ("v_none", free.max_pu), ("v_after", after.max_pu),
+                           ("avail", sum(avail.values())),
+                           ("cut", sum(avail.values()) - sum(out.values()))):  # fmt: skip
+            series[key].append(value)
+        if free.max_pu <= LIMIT:
+            continue  # nothing to curtail: the cold start and the reference curtail nothing
+        cold = coordinator.decide(state_of(feeder, step, free, avail, avail))
+        cold_out = {p: min(a, cold.limits_kw[p]) for p, a in avail.items()}
+        over_cold += plant.solve(load, cold_out).max_pu > LIMIT
+        if group_by == "feeder" and fairness != "none":
+            e_ref += bisect_reference(plant, load, avail, fairness) * hours
+        else:
+            ref = settle(ref_sweep.solve, plant, feeder, ref_sweep.tree, StepInputs(load, avail))
+            e_ref += ref.curtailment.curtailed_kw * hours
+    scale = (feeder.steps / len(steps)) if steps else 1.0
+    return {
+        "over_none": over_none, "over_loop": over_loop, "over_cold": over_cold,
+        "over_first": over_first,
+        "e_cut": e_cut * scale, "e_ref": e_ref * scale, "rounds": sorted(rounds),
+        "bias_max": max(bias_rounds), "unsettled": unsettled, "worst": worst,
+        "lowest": lowest,
+        "p50": statistics.median(times), "p99": pct(times, 0.99), "max": max(times),
+        "series": series,
+    }  # fmt: skip
+
+
+def bare_lp_s(feeder: Feeder, fairness: str, group_by: str, step: int) -> float:
+    """The raw reference: one centralised LP solve (cvxpy) on the peak step, median of 5."""
+    solver = CentralisedSolver(feeder, fairness, group_by, Limits())  # type: ignore[arg-type]
+    inputs = StepInputs(
+        feeder.profiles.load[step],
+        {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs},
+    )
+    solver.solve(inputs)
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        solver.solve(inputs)
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(runs)
+
+
+async def broker_rounds(rules: list[tuple[str, ...]], decisions: int) -> None:
+    """Agents mode on a real Mosquitto: five area agents, the coordinator, the feeder simulation
+    held on the IEEE 123 peak step; time from a round's start to its decision, beside the same
+    decision solved in one process (the raw reference)."""
+    import asyncio
+    import tempfile
+
+    from derbus.bus import MqttBus
+    from derbus.settings import MqttSettings
+    from derbus.testing import MosquittoServer
+    from voltage_coordinator.agents import build_area_agent
+    from voltage_coordinator.service import build_service
+    from voltage_coordinator.sim_service import build_feeder_sim
+
+    feeder = bundled_feeder()
+    peak = max(range(feeder.steps), key=lambda s: feeder.profiles.pv[s])
+    server = MosquittoServer().start()
+    print(
+        f"\n## agents on the broker (IEEE 123 JSON, step {peak} held, {decisions} decisions per rule)"
+    )
+    print("| rule | decision over the broker p50 / p99 / max ms | in one process p50 ms | ratio |")
+    print("| --- | --- | --- | --- |")
+    try:
+        mqtt = MqttSettings(host=server.host, port=server.port, root="bench")
+        for fairness, group_by in rules:
+            base = {"mqtt": mqtt.model_dump(), "api_port": 0, "data_dir": tempfile.mkdtemp(),
+                    "fairness": fairness, "group_by": group_by}  # fmt: skip
+            sim = build_feeder_sim(
+                Settings(**base, sim_start_step=peak, sim_hold_step=True, sim_interval_s=0.5),
+                MqttBus(mqtt), feeder,
+            )  # fmt: skip
+            vc_settings = Settings(**base, mode="agents", solve_interval_s=0.2, round_timeout_s=30)
+            vc = build_service(vc_settings, MqttBus(mqtt), feeder)
+            agents = [
+                build_area_agent(vc_settings, MqttBus(mqtt), a.id, feeder) for a in feeder.areas
+            ]
+            services = [*agents, vc, sim]
+            for svc in services:
+                await svc.start()
+            st = vc.state
+            times: list[float] = []
+            started: dict[str, float] = {}
+            deadline = time.monotonic() + 120
+            solves = st.solves
+            while len(times) < decisions and time.monotonic() < deadline:
+                if st.round is not None:
+                    started.setdefault(st.round.round_id, st.round.started_s)
+                if st.solves > solves:
+                    solves = st.solves
+                    if started:
+                        times.append(time.monotonic() - started[max(started, key=started.get)])  # type: ignore[arg-type]
+                    started.clear()
+                await asyncio.sleep(0.002)
+            local = Coordinator(
+                feeder, Settings(mode="distributed", fairness=fairness, group_by=group_by)
+            )  # type: ignore[arg-type]
+            assert st.before is not None
+            local_t = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                local.decide(st.before)
+                local_t.append(time.perf_counter() - t0)
+            local.close()
+            for svc in reversed(services):
+                await svc.stop()
+            p50 = statistics.median(times)
+            print(
+                f"| {fairness} / {group_by} | {1000 * p50:.0f} / {1000 * pct(times, 0.99):.0f} / "
+                f"{1000 * max(times):.0f} | {1000 * statistics.median(local_t):.0f} | "
+                f"{p50 / statistics.median(local_t):.1f} |"
+            )
+    finally:
+        server.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="every 4th step, short ADMM")
-    parser.add_argument("--margin-pu", type=float, default=0.0005, help="coordinator margin, pu")
+    parser.add_argument("--quick", action="store_true", help="every 4th step")
+    parser.add_argument("--feeders", default="ieee13,ieee34,ieee123-json,ieee123-dss")
+    parser.add_argument("--rules", default=",".join(f"{f}/{g}" for f, g in RULES.values()))
+    parser.add_argument("--margin-pu", type=float, default=Settings().margin_pu)
+    parser.add_argument("--plot-dir", type=Path, default=None, help="voltage/curtailment PNGs")
     parser.add_argument(
-        "--cycles", type=int, default=3, help="closed-loop cycles per step (1 = no refinement)"
+        "--cycles", type=int, default=1, help="closed-loop decisions per step (re-solves)"
     )
-    # --plot "" skips the PNG
     parser.add_argument(
-        "--plot", type=Path, default=Path("bench/results/voltage_coordinator_peak.png")
-    )
+        "--original-plant", action="store_true",
+        help="OpenDSS feeders: the original model is the feeder (the coordinator keeps the import)",
+    )  # fmt: skip
     parser.add_argument(
-        "--rules-only", type=int, default=None, metavar="STEP",
-        help="only the per-rule distributed vs centralised table at this step",
+        "--broker", type=int, default=0, metavar="N",
+        help="only the agents mode on a real Mosquitto, N decisions per rule",
     )  # fmt: skip
     args = parser.parse_args()
-    feeder = bundled_feeder()
-    if args.rules_only is not None:
-        rule_table(feeder, args.rules_only)
+    rules = [tuple(r.split("/")) for r in args.rules.split(",")]
+    if args.broker:
+        import asyncio
+
+        print(f"load average at start: {os.getloadavg()}")
+        asyncio.run(broker_rounds(rules, args.broker))
+        print(f"load average at end: {os.getloadavg()}")
         return
-    ac = AcFlow(feeder)
-    settings = Settings(mode="distributed", margin_pu=args.margin_pu)  # the exact boundary sweep
-    coordinator = Coordinator(feeder, settings)
-    reference = CentralisedSolver(feeder, limits=Limits(margin_pu=0.0))
-    hours = feeder.profiles.interval_s / 3600
-    steps = range(0, feeder.steps, 4 if args.quick else 1)
-
-    rows = []
-    first_cycle_over: list[int] = []
-    measured_over: list[int] = []
-    live_limits: dict[str, float] = {}
-    cen_s, sweep_s = [], []
-    for step in steps:
-        load = feeder.profiles.load[step]
-        avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
-        before = ac.solve(load, avail)
-        # closed loop: the previous step's limits are still live (TTL) when this step's state is
-        # measured; measured state -> decision -> limits applied -> next AC state (<= 3 cycles)
-        held = {p: min(avail[p], live_limits.get(p, avail[p])) for p in avail}
-        held_ac = ac.solve(load, held)
-        state, cycles, after = state_of(feeder, step, held_ac, avail, held), 0, held_ac
-        if held_ac.max_pu > LIMIT:
-            measured_over.append(step)
-        decision = None
-        previous_cut = None
-        over_in_step = 0
-        max_in_step = 0.0
-        while cycles < args.cycles:
-            decision = coordinator.decide(state)
-            sweep_s.append(decision.curtailment.solve_s)
-            out = {p: min(avail[p], decision.limits_kw[p]) for p in avail}
-            live_limits = dict(decision.limits_kw)
-            after = ac.solve(load, out)
-            cycles += 1
-            state = state_of(feeder, step, after, avail, out)
-            over_in_step = max(over_in_step, after.nodes_above(LIMIT))
-            max_in_step = max(max_in_step, after.max_pu)
-            if after.max_pu > LIMIT:
-                first_cycle_over.append(step)
-                continue
-            cut_now = decision.curtailment.curtailed_kw
-            # the service re-solves every few seconds on fresh measurements: a later cycle
-            # refines the bias until the decision stops moving
-            if previous_cut is not None and abs(cut_now - previous_cut) <= 1e-4 * max(cut_now, 1.0):
-                break
-            previous_cut = cut_now
-        assert decision is not None
-        t0 = time.perf_counter()
-        cen = reference.solve(decision.inputs)
-        cen_s.append(time.perf_counter() - t0)
-        optimum = solve_ac_corrected(reference.solve, ac, reference.tree, StepInputs(load, avail))
-        cut = sum(avail[p] - min(avail[p], decision.limits_kw[p]) for p in avail)
-        live = [f for p, f in decision.curtailment.fraction.items() if avail[p] > 1e-6]
-        rows.append(
-            dict(
-                step=step, before_max=before.max_pu, before_n=before.nodes_above(LIMIT),
-                after_max=max_in_step, after_n=over_in_step, cycles=cycles,
-                cut_kw=cut, opt_kw=optimum.curtailment.curtailed_kw, opt_ac=optimum.ac.max_pu,
-                lin_max=decision.curtailment.v_lin_max_pu, spread=(max(live) - min(live)) if live else 0.0,
-                jain=jain(live) if live and max(live) > 0 else 1.0, cen_kw=cen.curtailed_kw,
-                avail_kw=sum(avail.values()),
-            )
-        )  # fmt: skip
-
-    over = [r for r in rows if r["before_n"] > 0]
-    print(f"## IEEE 123 day ({len(rows)} steps of {feeder.profiles.interval_s} s)")
-    print(
-        f"| | no control | coordinator (closed loop, sweep, margin {args.margin_pu}) | AC optimum (LP + AC correction, no margin) |"
-    )
-    print("| --- | --- | --- | --- |")
-    print(
-        f"| steps with a node > {LIMIT} pu | {len(over)} | {sum(1 for r in rows if r['after_n'] > 0)} | {sum(1 for r in rows if r['opt_ac'] > LIMIT + 1e-9)} |"
-    )
-    print(
-        f"| most nodes > {LIMIT} pu in a step | {max(r['before_n'] for r in rows)} | {max(r['after_n'] for r in rows)} | 0 |"
-    )
-    print(
-        f"| max voltage of the day, pu (AC) | {max(r['before_max'] for r in rows):.4f} | {max(r['after_max'] for r in rows):.4f} | {max(r['opt_ac'] for r in rows):.4f} |"
-    )
-    scale = 4 if args.quick else 1
-    e_avail = sum(r["avail_kw"] for r in rows) * hours * scale
-    e_cut = sum(r["cut_kw"] for r in rows) * hours * scale
-    e_opt = sum(r["opt_kw"] for r in rows) * hours * scale
-    print(f"| curtailed energy, kWh (of {e_avail:.0f} available) | 0 | {e_cut:.1f} | {e_opt:.1f} |")
-    print(f"\ncoordinator vs AC optimum: {100 * (e_cut - e_opt) / e_opt:+.2f} % curtailed energy")
-    print(f"steps whose state under the previous step's limits was over the limit: {measured_over}")
-    print(f"steps over the limit after the first cycle (fixed by the next): {first_cycle_over}")
-    print(f"closed-loop cycles per step: max {max(r['cycles'] for r in rows)}, "
-          f"steps needing >1: {sum(1 for r in rows if r['cycles'] > 1)}")  # fmt: skip
-    print(f"fairness: max fraction spread within the feeder group {max(r['spread'] for r in rows):.2e}; "
-          f"min Jain index {min(r['jain'] for r in rows):.6f}")  # fmt: skip
-    print(f"max linear-model voltage of the decisions {max(r['lin_max'] for r in rows):.5f} pu "
-          f"(limit - margin - measured bias)")  # fmt: skip
-
-    peak = max(rows, key=lambda r: r["before_max"])
-    step = peak["step"]
-    print(f"\n## peak step {step}")
-    print("| | value |\n| --- | --- |")
-    for key, label in [("before_max", "AC max, no control, pu"), ("before_n", "nodes > 1.05, no control"),
-                       ("after_max", "AC max, coordinator, pu"), ("lin_max", "linear max of the decision, pu"),
-                       ("cut_kw", "curtailed, coordinator, kW"), ("opt_kw", "curtailed, AC optimum, kW"),
-                       ("opt_ac", "AC max at the optimum, pu")]:  # fmt: skip
-        v = peak[key]
-        print(f"| {label} | {v:.5f} |" if isinstance(v, float) else f"| {label} | {v} |")
-
-    inputs = rule_table(feeder, step)
-    load, avail = inputs.load_mult, dict(inputs.pv_available_kw)
-    iters = 40 if args.quick else 200
-    for fair, group in [("equal_fraction", "feeder"), ("none", "feeder")]:
-        cen = CentralisedSolver(feeder, fair, group, Limits(margin_pu=0.0)).solve(inputs)  # type: ignore[arg-type]
-        admm = DistributedSolver(feeder, fair, group, limits=Limits(margin_pu=0.0),  # type: ignore[arg-type]
-                                 options=AdmmOptions(rho=10, mu=1e9, v_scale=10, max_iterations=iters))  # fmt: skip
-        res, rep = admm.solve(inputs, warm=False)
+    print(f"load average at start: {os.getloadavg()}")
+    for name, feeder in feeders(args.feeders.split(",")).items():
+        ac = AcFlow(feeder)
+        plant = OriginalPlant(name, feeder) if args.original_plant and name in MODELS else None
+        steps = list(range(0, feeder.steps, 4 if args.quick else 1))
+        peak = max(range(feeder.steps), key=lambda s: feeder.profiles.pv[s])
         print(
-            f"| ADMM (comparison) {fair} / {group} | {cen.curtailed_kw:.3f} | — | {res.curtailed_kw:.3f} | "
-            f"{abs(res.curtailed_kw - cen.curtailed_kw) / cen.curtailed_kw:.1e} | {rep.iterations} iterations "
-            f"(converged: {rep.converged}) | {rep.wall_s:.2f} s total, {rep.max_area_s:.2f} s critical path | — |"
+            f"\n## {name}: {len(feeder.buses)} buses, {len(feeder.pvs)} PVs = "
+            f"{feeder.total_pv_kw:.0f} kW, load {feeder.total_load_kw:.0f} kW, "
+            f"areas {len(feeder.areas)}, {len(steps)} steps, margin {args.margin_pu} pu, "
+            f"plant: {'the original OpenDSS model' if plant else 'the feeder as imported'}"
         )
+        print(
+            "| rule | steps > 1.05 pu: no control / coordinator / cold start | min / max pu after | "
+            "(after the first decision of a step) | "
+            "curtailed kWh: coordinator / AC-optimal ref | vs ref | exchange rounds | bias rounds "
+            "(max) | decision p50 / p99 / max ms | bare LP ms (peak) | ratio p50 |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for fairness, group_by in rules:
+            t0 = time.perf_counter()
+            r = run_rule(feeder, ac, fairness, group_by, steps, args.margin_pu, plant, args.cycles)
+            lp = bare_lp_s(feeder, fairness, group_by, peak)
+            gap = (r["e_cut"] - r["e_ref"]) / r["e_ref"] * 100 if r["e_ref"] else 0.0  # type: ignore[operator]
+            ref_kind = (
+                "AC bisection"
+                if group_by == "feeder" and fairness != "none"
+                else "LP+AC fixed point"
+            )
+            print(
+                f"| {fairness} / {group_by} | {r['over_none']} / {r['over_loop']} / {r['over_cold']} | "
+                f"{r['lowest']:.4f} / {r['worst']:.5f} | {r['over_first']} | {r['e_cut']:.1f} / {r['e_ref']:.1f} ({ref_kind}) | {gap:+.2f} % | "
+                f"{r['rounds']} | {r['bias_max']} ({r['unsettled']} unsettled) | "
+                f"{1000 * r['p50']:.0f} / {1000 * r['p99']:.0f} / {1000 * r['max']:.0f} | "  # type: ignore[operator]
+                f"{1000 * lp:.0f} | {r['p50'] / lp:.1f} |"  # type: ignore[operator]
+            )  # fmt: skip
+            print(
+                f"<!-- {name} {fairness}/{group_by}: {time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f} -->"
+            )
+            if args.plot_dir is not None and (fairness, group_by) == rules[0]:
+                from voltage_coordinator.plot import plot_day
 
-    if str(args.plot) not in ("", "."):
-        from voltage_coordinator.plot import plot_profiles
-
-        before = ac.solve(load, avail)
-        fixed = solve_ac_corrected(reference.solve, ac, reference.tree, inputs)
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_profiles(
-            reference.tree.nodes, before.vector(reference.tree), fixed.ac.vector(reference.tree),
-            avail, fixed.curtailment.limit_kw, LIMIT, args.plot,
-            f"IEEE 123 step {step}: no control {before.max_pu:.4f} pu -> {fixed.ac.max_pu:.4f} pu, "
-            f"curtailed {fixed.curtailment.curtailed_kw:.0f} kW", after_label="AC after",
-        )  # fmt: skip
-        print(f"\nplot: {args.plot}")
+                args.plot_dir.mkdir(parents=True, exist_ok=True)
+                suffix = "_original" if plant else ""
+                path = args.plot_dir / f"voltage_coordinator_{name}{suffix}.png"
+                d = r["series"]
+                plot_day(d["h"], d["v_none"], d["v_after"], d["avail"], d["cut"], LIMIT, path,  # type: ignore[index]
+                         f"{name}, {fairness} / {group_by}")  # fmt: skip
+                print(f"plot: {path}")
+        ac.close()
+    print(f"\nload average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,16 @@ from pydantic import ValidationError
 
 from derbus import topics
 from derbus.bus import InMemoryBus
-from derbus.messages import BatteryTelemetry, MeterReading, Priority, SetpointAck, SetpointCommand
+from derbus.messages import (
+    BatteryTelemetry,
+    MeterReading,
+    Priority,
+    ReplayRequest,
+    SetpointAck,
+    SetpointCommand,
+)
 from derbus.testing import BusRecorder, wait_for
+from edge_simulator.resend import SentBuffer
 from edge_simulator.service import build_service
 from edge_simulator.settings import Settings
 
@@ -174,3 +182,43 @@ async def test_rest_setpoints_follow_the_bus_contract(clock: Any) -> None:
     assert on_bus == [(ack_topic, "accepted"), (ack_topic, "queued"), (ack_topic, "rejected")]
     assert service.state.controls.overrides(clock()).battery_p_kw[1] == -2.0
     await service.stop()
+
+
+async def test_readings_are_numbered_and_a_gap_is_sent_again_on_request(clock: Any) -> None:
+    """Each stream counts +1 a reading; a replay request gets the very same payloads again."""
+    service, probe, recs = await started(clock, sites=3)
+    for _ in range(3):
+        clock.advance(1)
+        await service.state.step()
+    await recs["meter"].wait(12)
+    site2 = topics.METER.topic("site-0002", "pcc", ROOT)
+    sent = [m for t, m in recs["meter"].messages if t == site2]
+    assert [m.seq for m in sent] == [0, 1, 2, 3]
+    ask = topics.REPLAY_REQUEST.topic("site-0002", "pcc", ROOT)
+    request = ReplayRequest(ts=clock(), source="test", from_seq=1, to_seq=2)
+    await probe.publish(ask, request.to_json_bytes())
+    await wait_for(lambda: len(recs["meter"].messages) == 14, 5, message="two replayed")
+    assert recs["meter"].messages[-2:] == [(site2, sent[1]), (site2, sent[2])]
+    # a site or device the simulator does not have is not its stream: nothing is sent
+    await probe.publish(
+        topics.REPLAY_REQUEST.topic("site-0009", "pcc", ROOT), request.to_json_bytes()
+    )
+    await probe.publish(
+        topics.REPLAY_REQUEST.topic("site-0002", "pcc", ROOT), request.to_json_bytes()
+    )
+    await wait_for(lambda: len(recs["meter"].messages) == 16, 5, message="the second request")
+    assert {t for t, _ in recs["meter"].messages[14:]} == {site2}
+    await service.stop()
+
+
+def test_the_sent_buffer_keeps_the_newest_steps_within_its_bound() -> None:
+    buffer = SentBuffer(n_sites=2, max_bytes=40)
+    for step in range(5):
+        seqs = buffer.number([0, 1])
+        buffer.add([0, 1], seqs, [[b"a%09d" % step, b"b%09d" % step]])  # 20 bytes a step
+    assert buffer.next_seq.tolist() == [5, 5]
+    assert buffer.find(1, 0, 0, 10) == [b"b000000003", b"b000000004"]  # two steps kept
+    seqs = buffer.number([1])  # a step of site 1 alone
+    buffer.add([1], seqs, [[b"b-alone"]])
+    assert buffer.find(1, 0, 5, 5) == [b"b-alone"]
+    assert buffer.find(0, 0, 0, 10) == [b"a000000004"]

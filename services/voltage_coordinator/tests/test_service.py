@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,17 +19,17 @@ from derbus.settings import load_settings
 from derbus.testing import BusRecorder, wait_for
 from voltage_coordinator.agents import build_area_agent
 from voltage_coordinator.feeder import Feeder
-from voltage_coordinator.service import build_service
+from voltage_coordinator.service import build_service, setpoint_dir
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sim_service import build_feeder_sim
 
 
 @pytest.mark.parametrize("mode", ["centralised", "distributed"])
-async def test_state_in_limits_out(ieee123: Feeder, mode: str) -> None:
+async def test_state_in_limits_out(ieee123: Feeder, mode: str, tmp_path: Path) -> None:
     broker = InMemoryBroker()
-    # margin 0.002: one cycle from an uncurtailed start suffices (0.0005 may need a second)
+    # the bias settles on the coordinator's AC model: one cycle from an uncurtailed start
     settings = Settings(
-        mode=mode, margin_pu=0.002, sim_start_step=58, sim_hold_step=True, sim_interval_s=3600
+        mode=mode, sim_start_step=58, sim_hold_step=True, sim_interval_s=3600, data_dir=tmp_path
     )
     sim = build_feeder_sim(settings, InMemoryBus(broker), ieee123)
     vc = build_service(settings, InMemoryBus(broker), ieee123)
@@ -37,19 +39,29 @@ async def test_state_in_limits_out(ieee123: Feeder, mode: str) -> None:
     await sent.attach(probe, "ieee123", "coordinator")
     await vc.start()
     await sim.start()  # publishes the first state at once
-    await wait_for(lambda: vc.state["coordinator"].latest is not None, 10, message="state")
+    await wait_for(lambda: vc.state.latest is not None, 10, message="state")
     await vc.run_task("solve")
     await sent.wait(1)
     assert len(sent.values) == 1
     batch = sent.values[0]
     assert batch.priority.value == "grid_operator"
     assert batch.ttl_s == settings.setpoint_ttl_s
-    state = sim.state["sim"]
+    state = sim.state
     # the sim applies the limits and re-solves: inside the band
     await wait_for(lambda: state.last is not None and state.last.max_pu <= 1.05, 10)
-    decision = vc.state["coordinator"].decision
+    decision = vc.state.decision
     assert decision.method == ("centralised" if mode == "centralised" else "distributed-sweep")
     assert len(set(round(f, 9) for f in decision.curtailment.fraction.values())) == 1
+    # one setpoint file per area, together every PV with the limit that was sent
+    files = sorted(setpoint_dir(settings, "ieee123").glob("*.json"))
+    assert [f.stem for f in files] == sorted(a.id for a in ieee123.areas)
+    sent_pvs: dict[str, float] = {}
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert doc["area_id"] == f.stem
+        assert doc["step"] == 58
+        sent_pvs.update({pid: pv["limit_kw"] for pid, pv in doc["pvs"].items()})
+    assert sent_pvs == batch.limits_kw
     await sim.stop()
     await vc.stop()
     with pytest.raises(SolverError, match="closed"):  # stop released the engine (after its solve)
@@ -91,7 +103,7 @@ def _may(user: str, access: str, topic: str) -> bool:
 
 def test_sim_and_area_agents_run_as_users_the_generated_acl_allows(ieee123: Feeder) -> None:
     sim = build_feeder_sim(Settings(), InMemoryBus(), ieee123)
-    sim.state["sim"].close()
+    sim.state.close()
     agent = build_area_agent(Settings(), InMemoryBus(), "area3", ieee123)
     vc = build_service(Settings(), InMemoryBus(), ieee123)
     assert (sim.name, agent.name, vc.name) == ("feeder_sim", "voltage_area", "voltage_coordinator")

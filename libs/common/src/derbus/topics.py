@@ -28,6 +28,7 @@ from derbus.messages import (
     PriceTelemetry,
     PvCurtailmentSet,
     PvTelemetry,
+    ReplayRequest,
     ServiceStatus,
     SetpointAck,
     SetpointCommand,
@@ -308,6 +309,17 @@ JOB_REQUEST = TopicSpec(
     publishers=("scada",),
     subscribers=("load_manager",),
 )
+REPLAY_REQUEST = TopicSpec(
+    "control.replay",
+    "control",
+    "replay",
+    ReplayRequest,
+    1,
+    False,
+    "Asks the edge to publish a telemetry stream's readings from_seq..to_seq again (gap repair)",
+    publishers=("cloud_sync",),
+    subscribers=("edge_simulator",),
+)
 
 # --- grid: distribution feeder ------------------------------------------------------------------
 FEEDER_STATE = TopicSpec(
@@ -395,7 +407,7 @@ KPI = TopicSpec(
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]
     METER, PV, BATTERY, LOAD, PRICE, EV_CHARGER,
     FORECAST, BATTERY_SCHEDULE, PRICE_SERIES, EV_SESSION, JOB_PLAN,
-    SETPOINT, SETPOINT_ACK, JOB_REQUEST,
+    SETPOINT, SETPOINT_ACK, JOB_REQUEST, REPLAY_REQUEST,
     FEEDER_STATE, PV_CURTAILMENT, AREA_EXCHANGE,
     SERVICE_STATUS, DEAD_LETTER, DEVICE_STATUS, KPI,
 )  # fmt: skip

@@ -9,8 +9,11 @@ from fastapi import APIRouter, HTTPException
 
 from derbus import topics
 from derbus.bus.base import Bus
+from derbus.http import errors
+from derbus.messages import ReplayRequest
 from derbus.service import Context, Service
 from derbus.setpoint_receiver import serve_setpoints
+from edge_simulator.api_models import SiteRecord, Sites
 from edge_simulator.config import SimConfig
 from edge_simulator.control import CONTROLLABLE, SimSetpoints
 from edge_simulator.settings import Settings
@@ -33,7 +36,7 @@ def _router(sim: Simulator) -> APIRouter:
     router = APIRouter(tags=["sites"])
     fleet = sim.fleet
 
-    @router.get("/sites")
+    @router.get("/sites", response_model=Sites)
     def list_sites() -> dict[str, Any]:
         """The simulated sites with their ratings, and the simulated time of the last step."""
         return {
@@ -52,7 +55,7 @@ def _router(sim: Simulator) -> APIRouter:
             ],
         }
 
-    @router.get("/sites/{site_id}")
+    @router.get("/sites/{site_id}", response_model=SiteRecord, responses=errors(404))
     def site_state(site_id: str) -> dict[str, Any]:
         """The latest nested record of a site (404 for an unknown site or before the first step)."""
         index = fleet.index.get(site_id)
@@ -92,6 +95,11 @@ def build_service(
         targets={t for targets in CONTROLLABLE.values() for t in targets},
     )  # fmt: skip
     service.include_router(_router(sim))
+
+    @service.on(topics.REPLAY_REQUEST)
+    async def replay(request: ReplayRequest, ctx: Context) -> None:
+        assert ctx.ids is not None
+        await sim.replay(ctx.ids.site_id, ctx.ids.device_id, request.from_seq, request.to_seq)
 
     @service.every(lambda: min(POLL_S, service.settings.interval_s), run_at_start=True)
     async def tick(_ctx: Context) -> None:

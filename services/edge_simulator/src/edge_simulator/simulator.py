@@ -10,12 +10,15 @@ them).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
 
 from derbus import topics
 from derbus.errors import StorageError
@@ -26,8 +29,11 @@ from edge_simulator.control import AckOut, Controls
 from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
+from edge_simulator.resend import SentBuffer
 from edge_simulator.settings import Settings
 from edge_simulator.wire import DEVICES, encode_step
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pymodbus.server import ModbusTcpServer
@@ -138,6 +144,19 @@ class Simulator:
             for d in self.devices
         ]
         self.sent = [service.metrics.messages_out.labels(topic=d.spec.key) for d in self.devices]
+        self.sent_buffer = SentBuffer(fleet.n_sites, int(settings.replay_buffer_mb * 2**20))
+        """The payloads last sent per stream, numbered, for replay requests (bounded)."""
+        self.device_index = {d.device_id: k for k, d in enumerate(self.devices)}
+        registry = service.metrics.registry
+        self.replayed = Counter(
+            "derbus_edge_replayed_readings_total", "Readings published again on a replay request",
+            registry=registry,
+        )  # fmt: skip
+        self.replay_missed = Counter(
+            "derbus_edge_replay_missed_readings_total",
+            "Readings asked for again that had left the buffer (lost for good)",
+            registry=registry,
+        )
 
     @property
     def settings(self) -> Settings:
@@ -212,7 +231,9 @@ class Simulator:
         one call per message, and the event loop a turn every `YIELD_EVERY_SITES` sites.
         """
         every = None if len(chosen) == self.fleet.n_sites else chosen
-        payloads = encode_step(result, SERVICE_NAME, self.devices, every)
+        seqs = self.sent_buffer.number(chosen)
+        payloads = encode_step(result, SERVICE_NAME, self.devices, every, seqs.tolist())
+        self.sent_buffer.add(chosen, seqs, payloads)
         publish = self.service.bus.publish
         specs = [(d.spec.qos, d.spec.retain) for d in self.devices]
         for j, i in enumerate(chosen):
@@ -222,6 +243,30 @@ class Simulator:
                 await asyncio.sleep(0)
         for counter in self.sent:
             counter.inc(len(chosen))
+
+    async def replay(self, site_id: str, device_id: str, from_seq: int, to_seq: int) -> None:
+        """Publish a stream's held readings from_seq..to_seq again (same payloads, not retained).
+
+        A stream this simulator does not hold (another shard's, another edge's) is ignored.
+        """
+        site = self.fleet.index.get(site_id)
+        k = self.device_index.get(device_id)
+        if site is None or k is None:
+            return
+        found = self.sent_buffer.find(site, k, from_seq, to_seq)
+        spec = self.devices[k].spec
+        for payload in found:
+            await self.service.bus.publish(
+                self.topic_table[k][site], payload, qos=spec.qos, retain=False
+            )
+        self.replayed.inc(len(found))
+        missed = to_seq - from_seq + 1 - len(found)
+        if missed > 0:
+            self.replay_missed.inc(missed)
+            log.warning(
+                "replay of %s/%s %d..%d: %d readings no longer held", site_id, device_id,
+                from_seq, to_seq, missed,
+            )  # fmt: skip
 
     async def close(self) -> None:
         """Stop the Modbus server, the InfluxDB writer and the charge points (those started)."""

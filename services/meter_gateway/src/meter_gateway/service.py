@@ -10,9 +10,11 @@ from fastapi import APIRouter, Query
 
 from derbus import topics
 from derbus.bus.base import Bus
+from derbus.http import errors
 from derbus.messages import utcnow
 from derbus.service import Service
 from derbus.setpoint_receiver import serve_setpoints
+from meter_gateway.api_models import DeviceView
 from meter_gateway.config import ResolvedDevice, load_devices
 from meter_gateway.device import SOURCE, SPECS, DeviceRunner, GatewaySetpoints
 from meter_gateway.gateway import Gateway, LinkFactory
@@ -55,12 +57,12 @@ def build_service(
     def find(device_id: str, site_id: str | None) -> DeviceRunner:
         return gateway.runners[(setpoints.find_site(device_id, site_id), device_id)]
 
-    @router.get("/devices")
+    @router.get("/devices", response_model=list[DeviceView])
     def list_devices() -> list[dict[str, object]]:
         """Every device with its state (ok / stale / unknown) and last reading."""
         return gateway.describe()
 
-    @router.get("/devices/{device_id}")
+    @router.get("/devices/{device_id}", response_model=DeviceView, responses=errors(404, 409))
     def get_device(
         device_id: str, site_id: Annotated[str | None, Query()] = None
     ) -> dict[str, object]:

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import SolverError
-from derbus.http import TokenDep
+from derbus.http import TokenDep, errors
 from derbus.messages import (
     BatteryTelemetry,
     KpiReport,
@@ -29,6 +29,7 @@ from derbus.messages import (
 )
 from derbus.service import Context, Service
 from derbus.tariff import PriceBook
+from peak_shaving.api_models import KpisView, Replanning, ScheduleView
 from peak_shaving.controller import PeakShavingController, PmaInputs
 from peak_shaving.optimizer import (
     EmaInputs,
@@ -471,7 +472,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
 
     router = APIRouter(tags=["peak_shaving"])
 
-    @router.get("/schedule")
+    @router.get("/schedule", response_model=ScheduleView, responses=errors(404))
     def get_schedule(
         site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
     ) -> dict[str, Any]:
@@ -485,7 +486,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
         body["followed_by_pma"] = plan.schedule_valid
         return body
 
-    @router.get("/kpis")
+    @router.get("/kpis", response_model=KpisView, responses=errors(404))
     def get_kpis(
         site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
     ) -> dict[str, Any]:
@@ -495,12 +496,14 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
             raise HTTPException(status_code=404, detail=f"no readings for site {site} yet")
         return {"site_id": site, "values": ps.controller.kpis(site)}
 
-    @router.post("/replan", status_code=202)
-    def post_replan(
+    @router.post("/replan", status_code=202, response_model=Replanning, responses=errors(404))
+    async def post_replan(
         _auth: TokenDep,
         site_id: Annotated[str | None, Query(description="site (default: every site)")] = None,
     ) -> dict[str, list[str]]:
-        """Re-solve the schedule now (in the background)."""
+        """Re-solve the schedule now (in the background); 404 for a site not seen yet."""
+        if site_id and site_id not in ps.sites:
+            raise HTTPException(status_code=404, detail=f"no site {site_id} seen yet")
         sites = [site_id] if site_id else list(ps.sites)
         for site in sites:
             ps.request_replan(site)

@@ -105,6 +105,80 @@ def convert(
     )
 
 
+@app.command("import-dss")
+def import_dss_command(
+    master: Annotated[Path, typer.Argument(help="the OpenDSS master file")],
+    output: Annotated[Path, typer.Option(help="feeder JSON to write")] = Path("feeder.json"),
+    pv_share: Annotated[
+        float, typer.Option(help="add PV = this x each load's modelled kW, per phase (0: none)")
+    ] = 0.0,
+    pv: Annotated[list[str] | None, typer.Option(help="add PV as bus=kW (repeat)")] = None,
+    load_scale: Annotated[
+        float, typer.Option(help="loads x this (the regulators' taps are solved there)")
+    ] = 1.0,
+    source_pu: Annotated[
+        float | None, typer.Option(help="source voltage for the study, pu (default: modelled)")
+    ] = None,
+    load_shape: Annotated[
+        Path | None, typer.Option(help="day load multipliers (CSV, last column)")
+    ] = None,
+    pv_shape: Annotated[
+        Path | None, typer.Option(help="day PV multipliers (CSV, last column)")
+    ] = None,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(
+            help="profile table (time + columns), e.g. data/profiles/simbench_2016_15min.csv"
+        ),
+    ] = None,
+    day: Annotated[str, typer.Option(help="the day to take from --profiles")] = "2016-06-21",
+    load_column: Annotated[str, typer.Option(help="load column of --profiles")] = "h0-a_load_pu",
+    pv_column: Annotated[str, typer.Option(help="PV column of --profiles")] = "pv1_pv_pu",
+    interval_s: Annotated[int, typer.Option(help="step of the shapes, s")] = 900,
+    areas: Annotated[
+        Path | None, typer.Option(help="areas file (JSON area id -> root bus), overrides the cut")
+    ] = None,
+    area_count: Annotated[
+        int, typer.Option(help="N balanced areas instead of cutting at regulators/switches")
+    ] = 0,
+    feeder_id: Annotated[str | None, typer.Option(help="feeder id (default: circuit name)")] = None,
+    command: Annotated[
+        list[str] | None, typer.Option(help="extra OpenDSS command after the compile (repeat)")
+    ] = None,
+) -> None:
+    """Build the coordinator's feeder from an OpenDSS model (opendssdirect)."""
+    from derbus.errors import ConfigError
+    from voltage_coordinator.areas import read_areas
+    from voltage_coordinator.dss_import import Study, day_profiles, import_dss
+    from voltage_coordinator.feeder import read_shape
+
+    load_day = pv_day = None
+    if profiles is not None:
+        try:
+            load_day, pv_day = day_profiles(profiles, day, load_column, pv_column)
+        except ConfigError as err:
+            typer.echo(f"import-dss: {err}", err=True)
+            raise typer.Exit(2) from err
+    study = Study(
+        load_scale=load_scale, pv_share=pv_share, source_pu=source_pu,
+        pv_kw={k: float(v) for k, v in (item.split("=", 1) for item in pv or [])},
+        load_profile=read_shape(load_shape) if load_shape else load_day,
+        pv_profile=read_shape(pv_shape) if pv_shape else pv_day, interval_s=interval_s,
+        areas=read_areas(areas) if areas else None, area_count=area_count, feeder_id=feeder_id,
+    )  # fmt: skip
+    try:
+        feeder = import_dss(master, study, command or ())
+    except ConfigError as err:
+        typer.echo(f"import-dss: {err}", err=True)
+        raise typer.Exit(2) from err
+    output.write_text(feeder.to_json() + "\n")
+    typer.echo(
+        f"wrote {output}: {len(feeder.buses)} buses, {len(feeder.branches)} branches, "
+        f"{len(feeder.pvs)} PVs = {feeder.total_pv_kw:.0f} kW, load {feeder.total_load_kw:.1f} kW, "
+        f"areas {', '.join(f'{a.id}@{a.root_bus}' for a in feeder.areas)}"
+    )
+
+
 @app.command("plot")
 def plot(
     output: Annotated[Path, typer.Option(help="PNG to write")] = Path("voltage_profile.png"),
@@ -112,7 +186,7 @@ def plot(
 ) -> None:
     """Plot one step offline: AC voltages without control and with the AC-checked curtailment."""
     from voltage_coordinator.acflow import AcFlow
-    from voltage_coordinator.correction import solve_ac_corrected
+    from voltage_coordinator.correction import settle
     from voltage_coordinator.optimizer import CentralisedSolver, StepInputs
     from voltage_coordinator.plot import plot_profiles
 
@@ -126,14 +200,15 @@ def plot(
     avail = {pv.id: pv.rating_kw * feeder.profiles.pv[step] for pv in feeder.pvs}
     try:
         before = ac.solve(load, avail)
-        fixed = solve_ac_corrected(solver.solve, ac, solver.tree, StepInputs(load, avail))
+        fixed = settle(solver.solve, ac, feeder, solver.tree, StepInputs(load, avail))
+        after = ac.solve(load, fixed.curtailment.limit_kw)
     finally:
         ac.close()
     plot_profiles(
-        solver.tree.nodes, before.vector(solver.tree), fixed.ac.vector(solver.tree), avail,
+        solver.tree.nodes, before.vector(solver.tree), after.vector(solver.tree), avail,
         fixed.curtailment.limit_kw, settings.v_max_pu, output,
         f"{feeder.feeder_id} step {step}: no control max {before.max_pu:.4f} pu, "
-        f"coordinated max {fixed.ac.max_pu:.4f} pu, curtailed {fixed.curtailment.curtailed_kw:.0f} kW",
+        f"coordinated max {after.max_pu:.4f} pu, curtailed {fixed.curtailment.curtailed_kw:.0f} kW",
         after_label="AC after",
     )  # fmt: skip
     typer.echo(f"wrote {output}")

@@ -11,9 +11,10 @@ a copy of the environment that lives as long as the process (`_load_engine`), an
 it (`solve` from any thread hands the work to it; `executor` lets async code await it). `close`
 waits for the work in flight, releases the context on that thread and stops the thread.
 
-Model: loads are constant-power; each PV is one constant-power generator per phase at unity
-power factor; regulators are ideal-ish single-phase transformers at their fixed taps; the
-source is a stiff voltage source at `source_v_pu`.
+Model: loads are constant-power; capacitors fixed; each PV is one constant-power generator per
+phase at unity power factor; regulators and transformers are single-phase transformers per
+phase at their fixed taps with their leakage impedance; the source is a stiff voltage source
+at `source_v_pu`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from derbus.errors import SolverError
-from voltage_coordinator.feeder import PHASES, Feeder, phase_index
+from voltage_coordinator.feeder import PHASES, Branch, Feeder, phase_index
 from voltage_coordinator.network import FloatArray, Tree
 
 T = TypeVar("T")
@@ -69,6 +70,11 @@ def _load_engine() -> tuple[ModuleType, Any]:
 
 _DSS, _PINNED_ENVIRON = _load_engine()
 """The engine module and the environment copy its Pascal runtime reads (process lifetime)."""
+
+
+def new_engine_context() -> Any:
+    """A fresh OpenDSS engine context (opendssdirect), for a caller that keeps it on one thread."""
+    return _DSS.NewContext()
 
 
 @dataclass(frozen=True)
@@ -171,15 +177,8 @@ class AcFlow:
         for br in f.in_service:
             keep = [phase_index(p) for p in br.phases]
             nodes = ".".join(str(k + 1) for k in keep)
-            if br.kind == "regulator":
-                for p in br.phases:
-                    k = phase_index(p) + 1
-                    self._cmd(
-                        f"new transformer.{br.name}_{p} phases=1 windings=2 "
-                        f"buses=[{br.from_bus}.{k} {br.to_bus}.{k}] conns=[wye wye] "
-                        f"kvs=[{f.base_kv_ln:.6f} {f.base_kv_ln:.6f}] kvas=[100000 100000] "
-                        f"xhl=0.0001 %r=0.00001 taps=[1 {br.tap.get(p, 1.0)}]"
-                    )
+            if br.kind in ("regulator", "transformer"):
+                self._transformer(br)
                 continue
             zeros = (
                 "["
@@ -200,22 +199,52 @@ class AcFlow:
                     name = f"ld_{bus.name}_{p}"
                     self._cmd(
                         f"new load.{name} phases=1 bus1={bus.name}.{phase_index(p) + 1} "
-                        f"kv={f.base_kv_ln:.6f} kw={kw} kvar={kvar} model=1 vminpu=0.6 vmaxpu=1.4"
+                        f"kv={f.kv_ln(bus.name):.6f} kw={kw} kvar={kvar} model=1 "
+                        "vminpu=0.6 vmaxpu=1.4"
                     )
                     self._loads.append((name, kw, kvar))
+                cap = bus.shunt_kvar.get(p, 0.0)
+                if cap:
+                    self._cmd(
+                        f"new capacitor.cap_{bus.name}_{p} phases=1 "
+                        f"bus1={bus.name}.{phase_index(p) + 1} kv={f.kv_ln(bus.name):.6f} kvar={cap}"
+                    )
         for pv in f.pvs:
             parts: list[tuple[str, float]] = []
             for p, kw in pv.kw.items():
                 name = f"{pv.id}_{p}"
                 self._cmd(
                     f"new generator.{name} phases=1 bus1={pv.bus}.{phase_index(p) + 1} "
-                    f"kv={f.base_kv_ln:.6f} kw={kw} pf=1 model=1 vminpu=0.6 vmaxpu=1.4"
+                    f"kv={f.kv_ln(pv.bus):.6f} kw={kw} pf=1 model=1 vminpu=0.6 vmaxpu=1.4"
                 )
                 parts.append((name, kw / pv.rating_kw))
             self._pv_phases[pv.id] = parts
-        self._cmd(f"set voltagebases=[{kv_ll:.6f}]")
+        bases = sorted({round(f.kv_ln(b.name) * math.sqrt(3), 6) for b in f.buses})
+        self._cmd(f"set voltagebases=[{' '.join(f'{kv:.6f}' for kv in bases)}]")
         self._cmd("calcvoltagebases")
         self._cmd("set mode=snap controlmode=off maxiterations=100 tolerance=1e-7")
+
+    def _transformer(self, br: Branch) -> None:
+        """One single-phase two-winding transformer per phase, at the branch's taps.
+
+        The leakage impedance (ohm on the `to_bus` side, diagonal) becomes %R / %X on a 10 MVA
+        per-phase rating; an ideal regulator (no impedance) gets a tiny one.
+        """
+        f = self.feeder
+        kv1, kv2 = f.kv_ln(br.from_bus), f.kv_ln(br.to_bus)
+        kva = 10_000.0
+        zbase = kv2**2 * 1000 / kva
+        for p in br.phases:
+            k = phase_index(p)
+            r_pct = max(br.r_ohm[k][k] / zbase * 100, 0.00001)
+            x_pct = max(br.x_ohm[k][k] / zbase * 100, 0.0001)
+            self._cmd(
+                f"new transformer.{br.name}_{p} phases=1 windings=2 "
+                f"buses=[{br.from_bus}.{k + 1} {br.to_bus}.{k + 1}] conns=[wye wye] "
+                f"kvs=[{kv1:.6f} {kv2:.6f}] kvas=[{kva} {kva}] "
+                f"xhl={x_pct:.8g} %Rs=[{r_pct / 2:.8g} {r_pct / 2:.8g}] "
+                f"taps=[1 {br.tap.get(p, 1.0)}]"
+            )
 
     def solve(self, load_mult: float, pv_output_kw: Mapping[str, float]) -> AcResult:
         """Solve for loads at `load_mult` x nominal and the given PV outputs (kW, generation > 0).

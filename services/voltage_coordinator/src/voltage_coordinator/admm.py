@@ -212,7 +212,7 @@ class AreaProblem:
         if inputs.v_bias_pu is not None:
             bias = np.array([inputs.v_bias_pu[self.full_index[node]] for node in t.nodes])
         self.p_load.value = t.load_mw * inputs.load_mult
-        self.q_load.value = t.load_mvar * inputs.load_mult
+        self.q_load.value = t.q_net_mvar(inputs.load_mult)
         self.avail.value = avail
         cost = self._h.T @ avail
         for i, gid in enumerate(self.group_ids):
@@ -434,7 +434,7 @@ class DistributedSolver:
         t = self.tree
         avail = available_mw(t, inputs.pv_available_kw)
         p_net = t.load_mw * inputs.load_mult - t.pv_share @ avail
-        flow = solve_linear(t, p_net, t.load_mvar * inputs.load_mult, self.feeder.source_v_pu**2)
+        flow = solve_linear(t, p_net, t.q_net_mvar(inputs.load_mult), self.feeder.source_v_pu**2)
         z0: dict[str, float] = {}
         for agent in self.agents.values():
             z0.update(agent.initial_values(flow.v2_pu, flow.p_mw, flow.q_mvar, self.full_index))
@@ -506,6 +506,6 @@ def assemble_curtailment(
         group_fraction[gid] = float(frac[j])
     output = avail * (1 - frac)
     p_net = tree.load_mw * inputs.load_mult - tree.pv_share @ output
-    flow = solve_linear(tree, p_net, tree.load_mvar * inputs.load_mult, feeder.source_v_pu**2)
+    flow = solve_linear(tree, p_net, tree.q_net_mvar(inputs.load_mult), feeder.source_v_pu**2)
     groups_out = group_fraction if len(set(groups.values())) < len(groups) else {}
     return make_curtailment(tree, avail, frac, output, flow.v_pu, elapsed, iterations, groups_out)

@@ -1,12 +1,11 @@
 """Area agents as services on the bus: the boundary sweep over topics.AREA_EXCHANGE.
 
 A round starts when the coordinator publishes an exchange from `coordinator` naming the feeder
-state to use and the fairness rule (for `equal_kw`, one round per pass of the outer loop, with
-the thresholds `s:<group>` / `k:<group>` of the PVs to curtail fully). Each area then publishes
-(device level = its area id): iteration 1, its root flows (up, once all its children's arrived); iteration 2, its children's
-root voltages (down, once its parent's arrived); iteration 3 (`converged`), the rows its limits
-put on the group fractions and its available power per group. All are affine in the group
-fractions (see sweep.py). Only boundary values travel; each agent keeps its own area's model.
+state to use and the fairness rule. Each area then publishes (device level = its area id):
+iteration 1, its root flows (up, once all its children's arrived); iteration 2, its children's
+root voltages (down, once its parent's arrived); iteration 3 (`converged`), its near-limit node
+voltages and its available power per group. All are affine in the group fractions (per PV for
+`equal_kw`; see sweep.py). Only boundary values travel; each agent keeps its own area's model.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ class _AgentRound:
     round_id: str
     state_ts_s: float
     agent: SweepAgent
-    saturate: Boundary = field(default_factory=dict)
     started: bool = False
     flows: Boundary = field(default_factory=dict)
     flows_from: set[str] = field(default_factory=set)
@@ -45,9 +43,31 @@ class _AgentRound:
     done: bool = False
 
 
+@dataclass
+class AgentState:
+    """An area agent's memory: recent feeder states, the round in flight, rounds answered."""
+
+    states: dict[float, FeederState] = field(default_factory=dict)
+    current: _AgentRound | None = None
+    rounds_done: int = 0
+
+    def remember(self, state: FeederState) -> None:
+        """Keep a feeder state (the latest few)."""
+        self.states[state.ts.timestamp()] = state
+        for key in sorted(self.states)[:-_KEEP_STATES]:
+            del self.states[key]
+
+    def find_state(self, ts_s: float) -> FeederState | None:
+        """The state a round names (by timestamp)."""
+        for key, state in self.states.items():
+            if math.isclose(key, ts_s, rel_tol=0.0, abs_tol=1e-4):
+                return state
+        return None
+
+
 def build_area_agent(
     settings: Settings, bus: Bus, area_id: str, feeder: Feeder | None = None
-) -> Service[Settings]:
+) -> Service[Settings, AgentState]:
     """One area agent of the feeder as its own service (`voltage_area`; area id in the exchange).
 
     Every agent runs as service and broker user `voltage_area` (the ACL grants a service its
@@ -65,19 +85,17 @@ def build_area_agent(
 
     def agent_for(rule: int) -> SweepAgent:
         if rule not in agents:
-            groups, group_ids = group_order(feeder, *RULES[rule])
-            fairness = RULES[rule][0]
-            agents[rule] = SweepAgent(
-                feeder, spec, settings.limits(), groups, group_ids, fairness == "equal_kw"
-            )
+            fairness, group_by = RULES[rule]
+            if fairness == "equal_kw":  # rows over one fraction per PV (see sweep.py)
+                fairness, group_by = "none", "feeder"
+            groups, group_ids = group_order(feeder, fairness, group_by)
+            agents[rule] = SweepAgent(feeder, spec, settings.limits(), groups, group_ids)
         return agents[rule]
 
     tree = compile_tree(feeder)
-    service: Service[Settings] = Service(NAME, settings, bus)
+    st = AgentState()
+    service: Service[Settings, AgentState] = Service(NAME, settings, bus, state=st)
     service.declare_publishes(topics.AREA_EXCHANGE)
-    states: dict[float, FeederState] = {}
-    current: list[_AgentRound] = []
-    service.state["rounds_done"] = 0
     fid = feeder.feeder_id
 
     async def send(rnd: _AgentRound, iteration: int, values: Boundary, done: bool) -> None:
@@ -87,18 +105,12 @@ def build_area_agent(
         )  # fmt: skip
         await service.publish(topics.AREA_EXCHANGE, msg, site_id=fid, device_id=area_id)
 
-    def find_state(ts_s: float) -> FeederState | None:
-        for key, state in states.items():
-            if math.isclose(key, ts_s, rel_tol=0.0, abs_tol=1e-4):
-                return state
-        return None
-
     async def progress(rnd: _AgentRound) -> None:
         if not rnd.started:
-            state = find_state(rnd.state_ts_s)
+            state = st.find_state(rnd.state_ts_s)
             if state is None:
                 return  # the state has not reached this agent yet; on_state resumes
-            rnd.agent.set_inputs(inputs_from_state(feeder, tree, state), rnd.saturate)
+            rnd.agent.set_inputs(inputs_from_state(feeder, tree, state))
             rnd.started = True
         if not rnd.sent_up and rnd.flows_from >= child_areas:
             up = rnd.agent.backward(rnd.flows)
@@ -113,15 +125,13 @@ def build_area_agent(
             if down:
                 await send(rnd, 2, down, False)
             await send(rnd, 3, rows.to_values(rnd.agent.group_ids), True)
-            service.state["rounds_done"] += 1
+            st.rounds_done += 1
 
     @service.on(topics.FEEDER_STATE, site_id=fid, device_id=FEEDER_DEVICE)
     async def on_state(msg: FeederState, ctx: Context) -> None:
-        states[msg.ts.timestamp()] = msg
-        for key in sorted(states)[:-_KEEP_STATES]:
-            del states[key]
-        if current:
-            await progress(current[0])
+        st.remember(msg)
+        if st.current is not None:
+            await progress(st.current)
 
     @service.on(topics.AREA_EXCHANGE, site_id=fid)
     async def on_exchange(msg: AreaExchange, ctx: Context) -> None:
@@ -130,15 +140,12 @@ def build_area_agent(
             if rule not in RULES:
                 await service.set_degraded("round", f"unknown fairness rule code {rule}")
                 return
-            saturate = {k: v for k, v in msg.values.items() if k[:2] in ("s:", "k:")}
-            current[:] = [
-                _AgentRound(msg.round_id, msg.values["state_ts_s"], agent_for(rule), saturate)
-            ]
-            await progress(current[0])
+            st.current = _AgentRound(msg.round_id, msg.values["state_ts_s"], agent_for(rule))
+            await progress(st.current)
             return
-        if not current or msg.round_id != current[0].round_id or msg.area_id == area_id:
+        rnd = st.current
+        if rnd is None or msg.round_id != rnd.round_id or msg.area_id == area_id:
             return
-        rnd = current[0]
         if msg.iteration == 1 and msg.area_id in child_areas:
             rnd.flows.update(msg.values)
             rnd.flows_from.add(msg.area_id)

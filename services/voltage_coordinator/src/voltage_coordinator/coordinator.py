@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from derbus.errors import SolverError
 from derbus.messages import FeederState
 from voltage_coordinator.admm import DistributedSolver
-from voltage_coordinator.correction import inputs_from_state
+from voltage_coordinator.correction import AcModel, inputs_from_state, settle
 from voltage_coordinator.feeder import Feeder
-from voltage_coordinator.network import compile_tree
+from voltage_coordinator.network import FloatArray, compile_tree
 from voltage_coordinator.optimizer import CentralisedSolver, Curtailment, StepInputs
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import SweepSolver, group_curtailment, kw_curtailment
+from voltage_coordinator.sweep import ROW_SLACK_PU, Rows, SweepSolver
 
 NO_CURTAILMENT = 1e-6
 """Fractions below this send the PV's nameplate as limit (i.e. no curtailment)."""
@@ -20,13 +23,27 @@ NO_CURTAILMENT = 1e-6
 
 @dataclass(frozen=True)
 class Decision:
-    """One solve of the closed loop: the inputs used, the solution and the limits to send."""
+    """One solve of the closed loop: the inputs used, the solution and the limits to send.
+
+    Attributes:
+        step: the feeder state's step.
+        inputs: the solve inputs (measured bias).
+        curtailment: the solution.
+        limits_kw: per PV the limit to send.
+        method: `centralised`, `distributed-sweep`, `distributed-admm` or `agents`.
+        predicted_pu: predicted AC voltage per node after the decision.
+        bias_pu: the AC bias per node the decision was taken with (its fixed point).
+        settled: the AC bias reached its fixed point (False: bounded by the largest seen).
+    """
 
     step: int
     inputs: StepInputs
     curtailment: Curtailment
     limits_kw: dict[str, float]
     method: str
+    predicted_pu: FloatArray
+    bias_pu: FloatArray
+    settled: bool = True
 
 
 def limits_to_send(feeder: Feeder, curtailment: Curtailment) -> dict[str, float]:
@@ -39,20 +56,27 @@ def limits_to_send(feeder: Feeder, curtailment: Curtailment) -> dict[str, float]
 
 
 class Coordinator:
-    """Builds the solvers the settings ask for and turns feeder states into decisions."""
+    """Builds the solvers the settings ask for and turns feeder states into decisions.
 
-    def __init__(self, feeder: Feeder, settings: Settings) -> None:
+    Args:
+        feeder: the feeder.
+        settings: the coordinator's settings.
+        model: the AC model to settle the bias on (default: an OpenDSS model of the feeder,
+            built on first use when `settings.ac_model`; None and `ac_model` false: bounded).
+    """
+
+    def __init__(self, feeder: Feeder, settings: Settings, model: AcModel | None = None) -> None:
         self.feeder = feeder
         self.tree = compile_tree(feeder)
+        self._model = model
+        self._own_model: object | None = None
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
         """(Re)build the solvers after a settings change."""
         self.settings = settings
         limits = settings.limits()
-        self._centralised: CentralisedSolver | None = (
-            None  # built on first use (cvxpy is slow to load)
-        )
+        self._centralised: CentralisedSolver | None = None  # built on first use (cvxpy is slow)
         self.sweep: SweepSolver | None = None
         self.admm: DistributedSolver | None = None
         if settings.mode == "distributed" and settings.distributed_method == "admm":
@@ -60,7 +84,6 @@ class Coordinator:
                 self.feeder, settings.fairness, settings.group_by, limits, settings.admm()
             )
         elif settings.mode != "centralised":
-            # exact for every rule (equal_kw: one sweep per pass of the outer loop)
             self.sweep = SweepSolver(self.feeder, limits, settings.fairness, settings.group_by)
 
     @property
@@ -73,50 +96,86 @@ class Coordinator:
             )
         return self._centralised
 
+    @property
+    def model(self) -> AcModel | None:
+        """The AC model the bias settles on (None: `ac_model` off, the bias is bounded)."""
+        if self._model is None and self.settings.ac_model:
+            from voltage_coordinator.acflow import AcFlow  # OpenDSS: loaded on first use
+
+            flow = AcFlow(self.feeder)
+            self._model, self._own_model = flow, flow
+        return self._model if self.settings.ac_model else None
+
+    def close(self) -> None:
+        """Release the AC model this coordinator built (its engine thread)."""
+        from voltage_coordinator.acflow import AcFlow
+
+        if isinstance(self._own_model, AcFlow):
+            self._own_model.close()
+        self._own_model = None
+        self._model = None
+
+    @property
+    def row_group_ids(self) -> list[str]:
+        """The groups the areas' rows are over (agents mode)."""
+        if self.sweep is None:
+            raise SolverError("agents mode needs the sweep's fairness groups")
+        return list(self.sweep.rows.row_group_ids)
+
     def inputs(self, state: FeederState) -> StepInputs:
         """Solve inputs (load level, availability, measured AC bias) from a feeder state."""
         return inputs_from_state(self.feeder, self.tree, state)
 
-    def decide(self, state: FeederState) -> Decision:
-        """Solve for a state (raises SolverError; the service then falls back)."""
+    def decide(self, state: FeederState, centralised: bool = False) -> Decision:
+        """Solve for a state with the settings' method (or the centralised LP); SolverError."""
         inputs = self.inputs(state)
-        if self.sweep is not None:
-            result, method = self.sweep.solve(inputs), "distributed-sweep"
-        elif self.admm is not None:
-            result, report = self.admm.solve(inputs)
-            if not report.converged:
-                raise SolverError(f"ADMM did not converge in {report.iterations} iterations")
-            method = "distributed-admm"
+        solve: Callable[[StepInputs], Curtailment]
+        if centralised or (self.sweep is None and self.admm is None):
+            solve, method = self.centralised.solve, "centralised"
+        elif self.sweep is not None:
+            rows = self.sweep.sweep(inputs)
+            solve, method = self._on_rows(rows, inputs), "distributed-sweep"
         else:
-            result, method = self.centralised.solve(inputs), "centralised"
-        return Decision(state.step, inputs, result, limits_to_send(self.feeder, result), method)
+            solve, method = self._admm, "distributed-admm"
+        return self._settle(state, inputs, solve, method)
 
-    def from_fractions(
+    def from_rows(self, state: FeederState, rows: Rows) -> Decision:
+        """A decision from the rows the area agents published for a state (agents mode)."""
+        inputs = self.inputs(state)
+        return self._settle(state, inputs, self._on_rows(rows, inputs), "agents")
+
+    def _admm(self, inputs: StepInputs) -> Curtailment:
+        assert self.admm is not None
+        result, report = self.admm.solve(inputs)
+        if not report.converged:
+            raise SolverError(f"ADMM did not converge in {report.iterations} iterations")
+        return result
+
+    def _on_rows(self, rows: Rows, inputs: StepInputs) -> Callable[[StepInputs], Curtailment]:
+        if self.sweep is None:
+            raise SolverError("agents mode needs the sweep's fairness groups")
+        solver = self.sweep.rows
+        measured = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(self.tree.size)
+
+        def solve(with_bias: StepInputs) -> Curtailment:
+            bias = with_bias.v_bias_pu if with_bias.v_bias_pu is not None else measured
+            moved = float(np.max(np.abs(bias - measured), initial=0.0))
+            if moved > ROW_SLACK_PU:
+                raise SolverError(f"the bias moved {moved:.4f} pu, more than the rows cover")
+            return solver.decide(rows, with_bias)
+
+        return solve
+
+    def _settle(
         self,
         state: FeederState,
         inputs: StepInputs,
-        fractions: dict[str, float],
-        saturate: dict[str, float] | None = None,
-        passes: int = 1,
+        solve: Callable[[StepInputs], Curtailment],
+        method: str,
     ) -> Decision:
-        """A decision from the group values agreed by the agents on the bus.
-
-        Args:
-            state: the feeder state solved for.
-            inputs: its solve inputs.
-            fractions: per group the fraction, or for `equal_kw` the common cut (MW).
-            saturate: `equal_kw`: the last pass's thresholds of fully curtailed PVs.
-            passes: `equal_kw`: sweeps run.
-        """
-        if self.sweep is None:
-            raise SolverError("agents mode needs the sweep's fairness groups")
-        if self.sweep.equal_kw:
-            result = kw_curtailment(
-                self.feeder, self.tree, inputs, self.sweep.groups, fractions, saturate or {},
-                0.0, passes,
-            )  # fmt: skip
-        else:
-            result = group_curtailment(
-                self.feeder, self.tree, inputs, self.sweep.groups, fractions, 0.0, 3
-            )
-        return Decision(state.step, inputs, result, limits_to_send(self.feeder, result), "agents")
+        settled = settle(solve, self.model, self.feeder, self.tree, inputs)
+        cut = settled.curtailment
+        return Decision(
+            state.step, inputs, cut, limits_to_send(self.feeder, cut), method,
+            settled.predicted_pu, settled.bias_pu, settled.converged,
+        )  # fmt: skip

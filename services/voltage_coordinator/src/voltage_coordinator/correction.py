@@ -1,15 +1,22 @@
 """Covering the linearisation error: re-solve with the AC-minus-linear voltage bias per node.
 
 The bias b_n = |V_n|_AC - sqrt(v_n)_LinDistFlow, both at the same PV outputs, tightens the linear
-limit to v_max - margin - b_n. It depends only weakly on the operating point, so a few rounds of
-solve -> AC flow -> new bias settle; the closed-loop service does the same with measured voltages.
+limit to v_max - margin - b_n. It moves with the operating point: at an uncurtailed high-PV
+point it is up to -2e-3 pu on IEEE 123 (a negative bias *raises* the linear limit), smaller once
+curtailed, so a decision taken with the bias measured before curtailing under-curtails (the cold
+start overshoot). `settle` therefore iterates the bias to a fixed point inside one decision on
+the coordinator's AC model of the feeder: bias(x) = model(x) - linear(x) + (measured - model)
+at the measured point (what the model misses, held constant). At the fixed point the predicted
+AC voltage is within the tolerance of the linear limit. Without a model the bias is bounded
+conservatively (a negative bias is not used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,62 +26,88 @@ from voltage_coordinator.network import FloatArray, Tree
 from voltage_coordinator.optimizer import Curtailment, StepInputs, linear_voltages
 
 if TYPE_CHECKING:  # OpenDSS is loaded only where the AC flow is used (keeps start-up fast)
-    from voltage_coordinator.acflow import AcFlow, AcResult
+    from voltage_coordinator.acflow import AcResult
+
+
+class AcModel(Protocol):
+    """An AC power flow of the feeder (acflow.AcFlow)."""
+
+    def solve(self, load_mult: float, pv_output_kw: Mapping[str, float]) -> AcResult:
+        """Voltages for a load level and PV outputs (kW)."""
+        ...
 
 
 @dataclass(frozen=True)
-class Corrected:
-    """An AC-checked solution: the curtailment, its AC flow, the bias used and the rounds."""
+class Settled:
+    """A decision whose bias is at its fixed point (or bounded conservatively).
+
+    Attributes:
+        curtailment: the solution (its `bias_rounds` and `solve_s` cover the whole decision).
+        bias_pu: the bias the solution was taken with, per node.
+        predicted_pu: the predicted AC voltages after it (model + residual; linear + bias
+            without a model), per node.
+        converged: the fixed point was reached (False: the largest bias seen was used).
+    """
 
     curtailment: Curtailment
-    ac: AcResult
     bias_pu: FloatArray
-    rounds: int
-    solve_s: float
+    predicted_pu: FloatArray
+    converged: bool
+
+
+def settle(
+    decide: Callable[[StepInputs], Curtailment],
+    model: AcModel | None,
+    feeder: Feeder,
+    tree: Tree,
+    inputs: StepInputs,
+    tol_pu: float = 1e-5,
+    max_rounds: int = 8,
+) -> Settled:
+    """One decision with the AC bias iterated to its fixed point (see the module docstring).
+
+    Args:
+        decide: one linear decision for given inputs (their `v_bias_pu` = the bias to use).
+        model: the coordinator's AC model, or None (then a negative bias is not used).
+        feeder: the feeder.
+        tree: its full compiled tree (node order of the bias).
+        inputs: the step's inputs (measured bias, outputs and voltages when measured).
+        tol_pu: the fixed point is reached when the bias moves less than this.
+        max_rounds: bound on decide/model rounds; past it the largest bias seen at each node
+            is used (conservative).
+    """
+    started = time.perf_counter()
+    measured = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(tree.size)
+    if model is None:
+        bias = np.maximum(measured, 0.0)
+        result = decide(replace(inputs, v_bias_pu=bias))
+        result = replace(result, bias_rounds=1, solve_s=time.perf_counter() - started)
+        return Settled(result, bias, result.v_lin_pu + bias, True)
+    residual = np.zeros(tree.size)
+    if inputs.pv_output_kw is not None and inputs.v_measured_pu is not None:
+        at_measured = model.solve(inputs.load_mult, inputs.pv_output_kw).vector(tree)
+        residual = np.nan_to_num(inputs.v_measured_pu - at_measured, nan=0.0)
+    bias = measured
+    seen = [bias]
+    for rounds in range(1, max_rounds + 1):
+        result = decide(replace(inputs, v_bias_pu=bias))
+        ac = model.solve(inputs.load_mult, result.limit_kw).vector(tree) + residual
+        new_bias = ac - result.v_lin_pu
+        if float(np.max(np.abs(new_bias - bias))) < tol_pu:
+            result = replace(result, bias_rounds=rounds, solve_s=time.perf_counter() - started)
+            return Settled(result, bias, ac, True)
+        bias = new_bias
+        seen.append(bias)
+    bias = np.max(seen, axis=0)
+    result = decide(replace(inputs, v_bias_pu=bias))
+    ac = model.solve(inputs.load_mult, result.limit_kw).vector(tree) + residual
+    result = replace(result, bias_rounds=max_rounds + 1, solve_s=time.perf_counter() - started)
+    return Settled(result, bias, ac, False)
 
 
 def bias_from(tree: Tree, v_measured_pu: FloatArray, v_linear_pu: FloatArray) -> FloatArray:
     """Per node AC (or measured) minus linear voltage magnitude, pu (NaN -> 0)."""
     return np.nan_to_num(v_measured_pu - v_linear_pu, nan=0.0)
-
-
-def solve_ac_corrected(
-    solve: Callable[[StepInputs], Curtailment],
-    ac: AcFlow,
-    tree: Tree,
-    inputs: StepInputs,
-    v_max_pu: float = 1.05,
-    tol_pu: float = 2e-5,
-    max_rounds: int = 6,
-) -> Corrected:
-    """Solve, check in the AC flow, correct the limits by the bias, until the AC flow holds.
-
-    Args:
-        solve: one linear solve (centralised or distributed) for given inputs.
-        ac: the AC power flow of the same feeder.
-        tree: the full compiled tree (node order of the bias).
-        inputs: load level, PV availability and an optional starting bias.
-        v_max_pu: the limit the AC voltages must respect, pu.
-        tol_pu: stop when the bias moved less than this and the AC flow holds.
-        max_rounds: bound on solve/AC rounds.
-    """
-    bias = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(tree.size)
-    total_s = 0.0
-    result: Curtailment | None = None
-    flow: AcResult | None = None
-    rounds = 0
-    for rounds in range(1, max_rounds + 1):  # noqa: B007 - rounds is reported
-        result = solve(replace(inputs, v_bias_pu=bias))
-        total_s += result.solve_s
-        flow = ac.solve(inputs.load_mult, result.limit_kw)
-        new_bias = bias_from(tree, flow.vector(tree), result.v_lin_pu)
-        moved = float(np.max(np.abs(new_bias - bias)))
-        bias = new_bias
-        if flow.max_pu <= v_max_pu + 1e-9 and moved < tol_pu:
-            break
-    if result is None or flow is None:
-        raise ValueError("max_rounds must be at least 1")
-    return Corrected(result, flow, bias, rounds, total_s)
 
 
 def inputs_from_state(feeder: Feeder, tree: Tree, state: FeederState) -> StepInputs:
@@ -92,4 +125,7 @@ def inputs_from_state(feeder: Feeder, tree: Tree, state: FeederState) -> StepInp
         phases = state.v_pu.get(bus)
         if phases is not None and len(phases) > k and phases[k] is not None:
             measured[i] = float(phases[k])  # type: ignore[arg-type]
-    return StepInputs(load_mult, dict(state.pv_available_kw), bias_from(tree, measured, v_lin))
+    return StepInputs(
+        load_mult, dict(state.pv_available_kw), bias_from(tree, measured, v_lin),
+        dict(state.pv_output_kw), measured,
+    )  # fmt: skip

@@ -35,22 +35,31 @@ class _Frozen(BaseModel):
 
 
 class Bus(_Frozen):
-    """A bus: its phases and its constant-power load per phase (kW, kvar, consumption > 0)."""
+    """A bus: its phases and its constant-power load per phase (kW, kvar, consumption > 0).
+
+    `shunt_kvar` is fixed reactive generation per phase (capacitors; not scaled by the load
+    profile); `base_kv_ln` the bus's own line-to-neutral base when the feeder has several
+    voltage levels (None: the feeder's `base_kv_ln`).
+    """
 
     name: str
     phases: list[Phase]
     load_kw: dict[Phase, float] = Field(default_factory=dict)
     load_kvar: dict[Phase, float] = Field(default_factory=dict)
+    shunt_kvar: dict[Phase, float] = Field(default_factory=dict)
+    base_kv_ln: float | None = Field(default=None, gt=0)
 
 
-BranchKind = Literal["line", "switch", "regulator"]
+BranchKind = Literal["line", "switch", "regulator", "transformer"]
 
 
 class Branch(_Frozen):
     """A series element from `from_bus` to `to_bus` (the source side first).
 
     `r_ohm` / `x_ohm` are full 3x3 phase-frame matrices (rows/columns a, b, c; zero where a phase
-    is absent). A regulator is ideal (no impedance) with `tap` = V_to / V_from per phase.
+    is absent), in ohm on the `to_bus` side. A regulator or transformer has `tap` = V_to / V_from
+    per phase in per unit of the two buses' bases (1 when the ratio is the nominal one); its
+    impedance is its leakage impedance referred to the `to_bus` side.
     """
 
     name: str
@@ -165,6 +174,11 @@ class Feeder(_Frozen):
         """Number of intervals in the day profiles."""
         return len(self.profiles.load)
 
+    def kv_ln(self, bus: str) -> float:
+        """Line-to-neutral base of a bus, kV."""
+        own = self.bus[bus].base_kv_ln
+        return own if own is not None else self.base_kv_ln
+
     def area_of(self) -> dict[str, str]:
         """Area id of every bus (empty when the feeder declares no areas)."""
         if not self.areas:
@@ -208,10 +222,17 @@ def radial_tree(feeder: Feeder) -> nx.DiGraph:
         undirected.add_edge(br.from_bus, br.to_bus, branch=br)
     if not nx.is_tree(undirected):
         parts = nx.number_connected_components(undirected)
+        fed = nx.node_connected_component(undirected, feeder.source_bus)
+        cut_off = sorted(set(undirected) - fed)
+        if cut_off:
+            where = f"; not connected to the source: {', '.join(cut_off[:8])}"
+        else:
+            loop = nx.find_cycle(undirected, feeder.source_bus)
+            where = f"; a loop through {', '.join(str(a) for a, _ in loop[:8])}"
         raise ConfigError(
             f"branches: the closed network is not radial "
             f"({undirected.number_of_edges()} branches, {len(feeder.buses)} buses, "
-            f"{parts} connected parts)"
+            f"{parts} connected parts{where})"
         )
     tree = nx.bfs_tree(undirected, feeder.source_bus)
     for parent, child in tree.edges:
@@ -251,7 +272,8 @@ def _phases(codes: Iterable[object]) -> list[Phase]:
     return sorted(set(out), key=phase_index)
 
 
-def _read_shape(path: Path) -> list[float]:
+def read_shape(path: Path) -> list[float]:
+    """One multiplier per line of a CSV file (the last column), e.g. a day of 15-min steps."""
     values = [float(line.split(",")[-1]) for line in path.read_text().split() if line.strip()]
     if not values:
         raise ConfigError(f"{path}: empty profile")
@@ -341,7 +363,7 @@ def convert_dec(
         branches=branches,
         pvs=pvs,
         areas=[Area(id=k, root_bus=v) for k, v in (areas or DEFAULT_AREAS).items()],
-        profiles=Profiles(load=_read_shape(load_shape), pv=_read_shape(pv_shape)),
+        profiles=Profiles(load=read_shape(load_shape), pv=read_shape(pv_shape)),
     )
     feeder.area_of()  # checks radiality and the area roots
     return feeder

@@ -58,6 +58,7 @@ class Tree:
         cp, cq: sparse drop matrices (pu^2 per MW / Mvar).
         root_nodes: indices of the root bus's nodes.
         load_mw, load_mvar: nominal load per node.
+        shunt_mvar: fixed reactive generation per node (capacitors; not scaled with the load).
         pv_ids: PVs on the tree's owned buses.
         pv_share: (nodes x pvs) share of each PV's output on each node (columns sum to 1).
         pv_rating_mw: nameplate per PV.
@@ -75,6 +76,7 @@ class Tree:
     root_nodes: list[int]
     load_mw: FloatArray
     load_mvar: FloatArray
+    shunt_mvar: FloatArray
     pv_ids: list[str]
     pv_share: FloatArray
     pv_rating_mw: FloatArray
@@ -92,6 +94,11 @@ class Tree:
     def nodes_of(self, bus: str) -> list[int]:
         """Node indices of one bus."""
         return [i for i, (b, _) in enumerate(self.nodes) if b == bus]
+
+    def q_net_mvar(self, load_mult: float) -> FloatArray:
+        """Net reactive load per node at a load level (loads scaled, capacitors not), Mvar."""
+        q: FloatArray = self.load_mvar * load_mult - self.shunt_mvar
+        return q
 
     def node_names(self) -> list[str]:
         """`bus.a`-style names of the nodes."""
@@ -119,7 +126,6 @@ def compile_tree(
         nodes.extend((bus, phase_index(p)) for p in feeder.bus[bus].phases)
     idx = {node: i for i, node in enumerate(nodes)}
     n = len(nodes)
-    zbase = (feeder.base_kv_ln * 1000) ** 2 / 1e6  # ohm: (V_ln)^2 / 1 MVA per phase
     parent = np.full(n, -1, dtype=np.int64)
     tap2 = np.ones(n)
     rows_c, cols_c = [], []
@@ -131,14 +137,15 @@ def compile_tree(
             raise ValueError(f"buses: {bus} is not connected to the root {root_bus} inside the set")
         br = tree_graph.edges[up, bus]["branch"]
         br_phases = [phase_index(p) for p in br.phases]
+        # ohm -> pu on the base of the branch's downstream side, (V_ln)^2 / 1 MVA per phase
+        zbase = (feeder.kv_ln(bus) * 1000) ** 2 / 1e6
         for p in feeder.bus[bus].phases:
             k = phase_index(p)
             i = idx[(bus, k)]
             parent[i] = idx[(up, k)]
             rows_c.append(parent[i])
             cols_c.append(i)
-            if br.kind == "regulator":
-                tap2[i] = br.tap.get(p, 1.0) ** 2
+            tap2[i] = br.tap.get(p, 1.0) ** 2  # regulators and transformers (pu ratio)
             for m in br_phases:
                 c_p, c_q = drop_coefficients(br.r_ohm, br.x_ohm, k, m)
                 if c_p or c_q:
@@ -155,11 +162,13 @@ def compile_tree(
     cq = sp.csr_matrix((cq_v, (cp_r, cp_c)), shape=(n, n))
     load_mw = np.zeros(n)
     load_mvar = np.zeros(n)
+    shunt_mvar = np.zeros(n)
     for (bus, k), i in idx.items():
         if bus in owned:
             ph = PHASES[k]
             load_mw[i] = feeder.bus[bus].load_kw.get(ph, 0.0) / 1000  # type: ignore[call-overload]
             load_mvar[i] = feeder.bus[bus].load_kvar.get(ph, 0.0) / 1000  # type: ignore[call-overload]
+            shunt_mvar[i] = feeder.bus[bus].shunt_kvar.get(ph, 0.0) / 1000  # type: ignore[call-overload]
     pvs = [pv for pv in feeder.pvs if pv.bus in owned]
     share = np.zeros((n, len(pvs)))
     for j, pv in enumerate(pvs):
@@ -168,7 +177,7 @@ def compile_tree(
     return Tree(
         buses=order, nodes=nodes, parent=parent, tap2=tap2, child=child, parent_map=parent_map,
         cp=cp, cq=cq, root_nodes=[idx[(root_bus, phase_index(p))] for p in feeder.bus[root_bus].phases],
-        load_mw=load_mw, load_mvar=load_mvar, pv_ids=[pv.id for pv in pvs], pv_share=share,
+        load_mw=load_mw, load_mvar=load_mvar, shunt_mvar=shunt_mvar, pv_ids=[pv.id for pv in pvs], pv_share=share,
         pv_rating_mw=np.array([pv.rating_kw / 1000 for pv in pvs]),
         ghost_nodes=[i for i, (b, _) in enumerate(nodes) if b in set(ghosts)],
     )  # fmt: skip

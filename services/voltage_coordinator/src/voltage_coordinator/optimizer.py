@@ -50,11 +50,15 @@ class StepInputs:
         pv_available_kw: per PV, the power it could produce now (kW, >= 0; missing = 0).
         v_bias_pu: per node of the full tree, AC minus linear voltage magnitude (pu); the linear
             limit becomes v_max - margin - bias. None = no correction.
+        pv_output_kw: per PV, the output measured with the bias (None: offline, no measurement).
+        v_measured_pu: per node of the full tree, the measured voltage (NaN where not reported).
     """
 
     load_mult: float
     pv_available_kw: Mapping[str, float]
     v_bias_pu: FloatArray | None = None
+    pv_output_kw: Mapping[str, float] | None = None
+    v_measured_pu: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,8 @@ class Curtailment:
         solve_s: wall time of the solve (s).
         iterations: solver iterations, or distributed exchange rounds.
         group_fraction: per fairness group, the common fraction (equal_fraction only).
-        passes: distributed sweeps run (`equal_kw`: one per set of fully curtailed PVs).
+        passes: `equal_kw`: small LPs of the water-filling (one per set of fully curtailed PVs).
+        bias_rounds: rounds of the AC bias fixed point in this decision (correction.settle).
     """
 
     fraction: dict[str, float]
@@ -82,11 +87,25 @@ class Curtailment:
     iterations: int = 0
     group_fraction: dict[str, float] = field(default_factory=dict)
     passes: int = 1
+    bias_rounds: int = 0
 
     @property
     def v_lin_max_pu(self) -> float:
         """Highest linear-model voltage, pu."""
         return float(self.v_lin_pu.max())
+
+
+def squared_limits(
+    limits: Limits, bias: FloatArray, slack_pu: float = 0.0
+) -> tuple[FloatArray, FloatArray]:
+    """Per node the squared upper and lower limits of the linear model, pu^2.
+
+    The upper limit is v_max - margin - bias, the lower v_min - bias; `slack_pu` moves both
+    inwards (to find the nodes that can come near a limit).
+    """
+    upper = np.clip(limits.v_max_pu - limits.margin_pu - bias - slack_pu, 0.5, None) ** 2
+    lower = np.clip(limits.v_min_pu - bias + slack_pu, 0.0, None) ** 2
+    return upper, lower
 
 
 def pv_groups(feeder: Feeder, fairness: Fairness, group_by: GroupBy) -> dict[str, str]:
@@ -114,7 +133,7 @@ def linear_voltages(
     """LinDistFlow voltage magnitudes (pu) per node for given PV outputs (kW)."""
     out = np.array([float(pv_output_kw.get(pid, 0.0)) / 1000 for pid in tree.pv_ids])
     p_net = tree.load_mw * load_mult - tree.pv_share @ out
-    flow = solve_linear(tree, p_net, tree.load_mvar * load_mult, feeder.source_v_pu**2)
+    flow = solve_linear(tree, p_net, tree.q_net_mvar(load_mult), feeder.source_v_pu**2)
     return flow.v_pu
 
 
@@ -199,11 +218,10 @@ class CentralisedSolver:
         bias = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(t.size)
         lim = self.limits
         self.p_load.value = t.load_mw * inputs.load_mult
-        self.q_load.value = t.load_mvar * inputs.load_mult
+        self.q_load.value = t.q_net_mvar(inputs.load_mult)
         self.avail.value = avail
         saturated = np.zeros_like(avail, dtype=bool)
-        self.v2_max.value = np.clip(lim.v_max_pu - lim.margin_pu - bias, 0.5, None) ** 2
-        self.v2_min.value = np.clip(lim.v_min_pu - bias, 0.0, None) ** 2
+        self.v2_max.value, self.v2_min.value = squared_limits(lim, bias)
         started = time.perf_counter()
         iterations = 0
         for _ in range(len(avail) + 1):
@@ -230,6 +248,8 @@ class CentralisedSolver:
         try:
             self.problem.solve(solver=self.solver)  # type: ignore[no-untyped-call]
         except cp.error.SolverError as err:
+            if self.fairness == "equal_kw":  # a pass with no feasible cut can fail, not report
+                return "solver_error"
             raise SolverError(f"{self.solver} failed: {err}") from err
         return str(self.problem.status)
 

@@ -66,10 +66,35 @@ def plot_decision(
     measured = np.array(
         [(before.v_pu.get(bus) or [None, None, None])[k] or np.nan for bus, k in tree.nodes]
     )
-    bias = decision.inputs.v_bias_pu
-    predicted = decision.curtailment.v_lin_pu + (bias if bias is not None else 0.0)
     plot_profiles(
-        tree.nodes, measured, predicted, decision.curtailment.available_kw, decision.limits_kw,
+        tree.nodes, measured, decision.predicted_pu, decision.curtailment.available_kw, decision.limits_kw,
         1.05, out, f"{feeder.feeder_id} step {decision.step}: {decision.method}",
         after_label="predicted",
     )  # fmt: skip
+
+
+def plot_day(
+    hours: Sequence[float],
+    v_none_pu: Sequence[float],
+    v_after_pu: Sequence[float],
+    available_kw: Sequence[float],
+    curtailed_kw: Sequence[float],
+    v_max_pu: float,
+    out: Path | IO[bytes],
+    title: str,
+) -> None:
+    """Write the day PNG: highest node voltage without and with control, and the curtailment."""
+    fig, (ax_v, ax_p) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, constrained_layout=True)
+    ax_v.plot(hours, v_none_pu, color="0.5", label="no control")
+    ax_v.plot(hours, v_after_pu, color="tab:blue", label="coordinator (after each decision)")
+    ax_v.axhline(v_max_pu, color="k", linestyle="--", linewidth=1, label=f"limit {v_max_pu} pu")
+    ax_v.set_ylabel("highest node voltage, pu (AC)")
+    ax_v.set_title(title)
+    ax_v.legend(fontsize=8)
+    ax_p.fill_between(hours, available_kw, color="0.85", label="PV available")
+    ax_p.fill_between(hours, curtailed_kw, color="tab:orange", label="curtailed")
+    ax_p.set_xlabel("hour of the day")
+    ax_p.set_ylabel("kW")
+    ax_p.legend(fontsize=8)
+    fig.savefig(out, format="png", dpi=90)
+    plt.close(fig)

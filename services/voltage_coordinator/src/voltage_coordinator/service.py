@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
@@ -16,10 +19,12 @@ from derbus.errors import SolverError
 from derbus.messages import AreaExchange, FeederState, KpiReport, PvCurtailmentSet, utcnow
 from derbus.messages.control import Priority
 from derbus.service import Context, Service
-from voltage_coordinator.coordinator import Coordinator, Decision, limits_to_send
+from voltage_coordinator.coordinator import Coordinator, Decision
 from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.outputs import area_setpoints, write_area_files
+from voltage_coordinator.rounds import Outcome, Round
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.sweep import RULE_CODES, Rows, next_pass, solve_fractions
+from voltage_coordinator.sweep import RULE_CODES
 
 NAME = "voltage_coordinator"
 COORDINATOR_DEVICE = "coordinator"
@@ -27,33 +32,68 @@ FEEDER_DEVICE = "feeder"
 
 
 @dataclass
-class _Round:
-    """An agents-mode round in flight."""
-
-    round_id: str
-    state: FeederState
-    started_s: float
-    group_ids: list[str]
-    rows: dict[str, Rows] = field(default_factory=dict)
-    saturate: dict[str, float] = field(default_factory=dict)
-    """`equal_kw`: thresholds of the PVs curtailed fully in this pass."""
-    passes: int = 1
-
-
-@dataclass
 class CoordinatorState:
-    """What the service knows between cycles (keyed by nothing: one feeder per instance)."""
+    """What the service knows between cycles and the decisions it takes (one feeder).
 
+    Attributes:
+        feeder: the feeder.
+        coordinator: the solvers (rebuilt on a settings change).
+        latest: the latest feeder state received.
+        solved_ts: timestamp of the last state a decision (or round) was started for.
+        decision: the last decision published, `before` the state it was taken on.
+        published: the last limits message.
+        round: the agents-mode round in flight.
+        solves: decisions published.
+        fallbacks: rounds abandoned for the centralised solve on the latest state.
+        abandoned: the last round abandoned.
+    """
+
+    feeder: Feeder
+    coordinator: Coordinator
     latest: FeederState | None = None
-    solved_ts: Any = None
+    solved_ts: datetime | None = None
     decision: Decision | None = None
     before: FeederState | None = None
     published: PvCurtailmentSet | None = None
-    round: _Round | None = None
+    round: Round | None = None
     solves: int = 0
+    fallbacks: int = 0
+    abandoned: Round | None = None
+
+    def fresh_state(self) -> FeederState | None:
+        """The latest state if no decision has been started on it yet (and marks it)."""
+        state = self.latest
+        if state is None or state.ts == self.solved_ts:
+            return None
+        self.solved_ts = state.ts
+        return state
+
+    def start_round(self, state: FeederState, now_s: float) -> Round:
+        """A new agents round on a state (replaces any in flight)."""
+        self.round = Round.start(
+            state, now_s, self.coordinator.row_group_ids, [a.id for a in self.feeder.areas]
+        )
+        return self.round
+
+    def abandon_round(self) -> tuple[list[str], FeederState | None]:
+        """Give the round in flight up: the areas that did not answer and the state to solve
+        on instead (the latest one received, not the round's)."""
+        missing = self.round.missing() if self.round is not None else []
+        self.abandoned, self.round = self.round, None
+        self.fallbacks += 1
+        return missing, self.latest
+
+    def published_decision(
+        self, decision: Decision, state: FeederState, msg: PvCurtailmentSet
+    ) -> None:
+        """Remember what was sent."""
+        self.decision, self.before, self.published = decision, state, msg
+        self.solves += 1
 
 
-def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) -> Service[Settings]:
+def build_service(
+    settings: Settings, bus: Bus, feeder: Feeder | None = None
+) -> Service[Settings, CoordinatorState]:
     """The voltage coordinator on a bus: subscribes to the feeder state, re-solves on a cadence.
 
     Args:
@@ -62,14 +102,11 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
         feeder: the feeder (default: from the settings).
     """
     feeder = feeder or settings.load_feeder()
-    service: Service[Settings] = Service(NAME, settings, bus)
-    coordinator = Coordinator(feeder, settings)
-    st = CoordinatorState()
-    service.state["coordinator"] = st
-    service.state["feeder"] = feeder
+    st = CoordinatorState(feeder, Coordinator(feeder, settings))
+    coordinator = st.coordinator
+    service: Service[Settings, CoordinatorState] = Service(NAME, settings, bus, state=st)
     service.declare_publishes(topics.PV_CURTAILMENT, topics.AREA_EXCHANGE, topics.KPI)
     fid = feeder.feeder_id
-    area_ids = [a.id for a in feeder.areas]
 
     @service.on(topics.FEEDER_STATE, site_id=fid, device_id=FEEDER_DEVICE)
     async def on_feeder_state(msg: FeederState, ctx: Context) -> None:
@@ -78,100 +115,64 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
     @service.on(topics.AREA_EXCHANGE, site_id=fid)
     async def on_area_exchange(msg: AreaExchange, ctx: Context) -> None:
         rnd = st.round
-        if rnd is None or msg.round_id != rnd.round_id or not msg.converged:
+        if rnd is None:
             return
         try:
-            rnd.rows[msg.area_id] = Rows.from_values(msg.values, rnd.group_ids)
+            outcome = rnd.offer(msg.area_id, msg.round_id, msg.values, msg.converged)
         except SolverError as err:
             await service.set_degraded("agents", f"area {msg.area_id}: {err}")
             return
-        if set(rnd.rows) >= set(area_ids):
+        if outcome is Outcome.SOLVED:
             st.round = None
-            inputs = coordinator.inputs(rnd.state)
-            rows = list(rnd.rows.values())
-            try:
-                if coordinator.sweep is not None and coordinator.sweep.equal_kw:
-                    fractions, more = next_pass(rows, rnd.group_ids, rnd.saturate)
-                    if more is not None:
-                        if rnd.passes > len(feeder.pvs):
-                            raise SolverError(f"equal_kw: no fixed point in {rnd.passes} passes")
-                        await _start_round(rnd.state, rnd.started_s, more, rnd.passes + 1)
-                        return
-                else:
-                    fractions = solve_fractions(rows, rnd.group_ids)
-                decision = coordinator.from_fractions(
-                    rnd.state, inputs, fractions, rnd.saturate, rnd.passes
-                )
-            except SolverError as err:
-                await service.set_degraded("solver", str(err))
-                return
-            await _publish(decision, rnd.state)
-            await service.clear_degraded("agents")
+            await service.clear_degraded("agents")  # every area answered
+            await _decide(rnd.state, lambda: coordinator.from_rows(rnd.state, rnd.rows()))
 
     @service.every(lambda: service.settings.solve_interval_s)
     async def solve(ctx: Context) -> None:
-        state = st.latest
         if st.round is not None:
-            if time.monotonic() - st.round.started_s < service.settings.round_timeout_s:
+            if not st.round.timed_out(time.monotonic(), service.settings.round_timeout_s):
                 return
-            missing = sorted(set(area_ids) - set(st.round.rows))
+            missing, latest = st.abandon_round()
             await service.set_degraded("agents", f"round timed out; no answer from {missing}")
-            fallback = st.round.state
-            st.round = None
-            await _solve_here(fallback, centralised=True)
+            if latest is not None:
+                st.solved_ts = latest.ts
+                await _decide(latest, lambda: coordinator.decide(latest, centralised=True))
             return
-        if state is None or state.ts == st.solved_ts:
+        state = st.fresh_state()
+        if state is None:
             return
-        st.solved_ts = state.ts
         if service.settings.mode == "agents":
-            await _start_round(state, time.monotonic(), {}, 1)
+            await _start_round(state)
             return
-        await _solve_here(state, centralised=False)
+        await _decide(state, lambda: coordinator.decide(state))
 
-    async def _start_round(
-        state: FeederState, started_s: float, saturate: dict[str, float], passes: int
-    ) -> None:
-        """Start an agents round (for `equal_kw`, one per pass; the timeout covers them all)."""
-        sweep = coordinator.sweep
-        if sweep is None:  # agents mode always builds the sweep (see Coordinator.configure)
-            raise SolverError("agents mode without the sweep solver")
-        round_id = uuid.uuid4().hex[:12]
-        st.round = _Round(
-            round_id, state, started_s, list(sweep.group_ids), saturate=saturate, passes=passes
-        )
+    async def _start_round(state: FeederState) -> None:
+        rnd = st.start_round(state, time.monotonic())
         rule = RULE_CODES[(service.settings.fairness, service.settings.group_by)]
         start = AreaExchange(
-            ts=utcnow(), source=NAME, area_id=COORDINATOR_DEVICE, round_id=round_id,
-            iteration=0,
-            values={
-                "state_ts_s": state.ts.timestamp(), "state_step": state.step, "rule": rule,
-                **saturate,
-            },
+            ts=utcnow(), source=NAME, area_id=COORDINATOR_DEVICE, round_id=rnd.round_id,
+            iteration=0, values=rnd.start_values(rule),
         )  # fmt: skip
         await service.publish(
             topics.AREA_EXCHANGE, start, site_id=fid, device_id=COORDINATOR_DEVICE
         )
 
-    async def _solve_here(state: FeederState, centralised: bool) -> None:
+    async def _decide(state: FeederState, decide: Callable[[], Decision]) -> None:
+        """Run a decision off the loop; on a solver error fall back to the centralised LP
+        (degraded); if that fails too keep the live limits (they lapse at their TTL)."""
         try:
-            if centralised:
-                inputs = coordinator.inputs(state)
-                result = await service.run_blocking(coordinator.centralised.solve, inputs)
-                decision = Decision(
-                    state.step, inputs, result, limits_to_send(feeder, result), "centralised"
-                )
-            else:
-                decision = await service.run_blocking(coordinator.decide, state)
+            decision = await service.run_blocking(decide)
         except SolverError as err:
-            # fall back to the reference solver; if that fails too, keep the live limits (they
-            # lapse at their TTL) and report degraded
-            if centralised or service.settings.mode == "centralised":
+            if service.settings.mode == "centralised":
                 await service.set_degraded("solver", str(err))
                 return
             await service.set_degraded("solver", f"{err}; fell back to the centralised solver")
-            await _solve_here(state, centralised=True)
-            return
-        if not centralised:
+            try:
+                decision = await service.run_blocking(coordinator.decide, state, True)
+            except SolverError as again:
+                await service.set_degraded("solver", f"{err}; centralised: {again}")
+                return
+        else:
             await service.clear_degraded("solver")
         await _publish(decision, state)
 
@@ -181,8 +182,7 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
             ttl_s=service.settings.setpoint_ttl_s, priority=Priority.GRID_OPERATOR,
         )  # fmt: skip
         await service.publish(topics.PV_CURTAILMENT, msg, site_id=fid, device_id=COORDINATOR_DEVICE)
-        st.decision, st.before, st.published = decision, state, msg
-        st.solves += 1
+        st.published_decision(decision, state, msg)
         cut = decision.curtailment
         kpi = KpiReport(
             ts=msg.ts, source=NAME, name="pv_curtailment",
@@ -190,17 +190,18 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
                 "curtailed_kw": round(cut.curtailed_kw, 4),
                 "available_kw": round(sum(cut.available_kw.values()), 4),
                 "v_measured_max_pu": _max_v(state),
-                "v_predicted_max_pu": round(float((cut.v_lin_pu + _bias(decision)).max()), 6),
+                "v_predicted_max_pu": round(float(decision.predicted_pu.max()), 6),
+                "bias_rounds": float(cut.bias_rounds),
                 "solve_s": round(cut.solve_s, 6),
                 "iterations": float(cut.iterations),
                 "passes": float(cut.passes),
             },
         )  # fmt: skip
         await service.publish(topics.KPI, kpi, site_id=fid, device_id=NAME)
-
-    def _bias(decision: Decision) -> Any:
-        bias = decision.inputs.v_bias_pu
-        return bias if bias is not None else 0.0
+        if service.settings.write_setpoint_files:
+            rule = f"{service.settings.fairness}/{service.settings.group_by}"
+            docs = area_setpoints(feeder, decision, msg.ts.isoformat(), rule)
+            await service.run_blocking(write_area_files, setpoint_dir(service.settings, fid), docs)
 
     router = APIRouter(tags=["voltage"])
 
@@ -235,7 +236,7 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
                 ),
             )  # fmt: skip
         if st.decision is not None:
-            predicted = st.decision.curtailment.v_lin_pu + _bias(st.decision)
+            predicted = st.decision.predicted_pu
             by_bus: dict[str, list[float | None]] = {}
             for (bus, k), v in zip(coordinator.tree.nodes, predicted, strict=True):
                 by_bus.setdefault(bus, [None, None, None])[k] = round(float(v), 6)
@@ -259,7 +260,16 @@ def build_service(settings: Settings, bus: Bus, feeder: Feeder | None = None) ->
     def _reconfigure(old: Settings, new: Settings) -> None:
         coordinator.configure(new)
 
+    @service.on_shutdown
+    async def _close() -> None:
+        await asyncio.to_thread(coordinator.close)
+
     return service
+
+
+def setpoint_dir(settings: Settings, feeder_id: str) -> Path:
+    """Where the per-area setpoint files go."""
+    return settings.data_dir / NAME / feeder_id / "setpoints"
 
 
 def _max_v(state: FeederState) -> float:

@@ -27,7 +27,9 @@ class Settings(ServiceSettings):
 
     api_port: int = Field(default=8108, ge=0, le=65535, description="API port (0 = any free)")
     feeder_file: Path | None = Field(
-        default=None, description="feeder JSON (derbus-feeder/1); default: the bundled ieee123"
+        default=None,
+        description="feeder JSON (derbus-feeder/1) or an OpenDSS master file (.dss, imported as "
+        "modelled); default: the bundled ieee123",
     )
     mode: Mode = Field(
         default="centralised",
@@ -47,7 +49,7 @@ class Settings(ServiceSettings):
     v_max_pu: float = Field(default=1.05, gt=1.0, lt=1.2, description="upper voltage limit, pu")
     v_min_pu: float = Field(default=0.95, gt=0.8, lt=1.0, description="lower voltage limit, pu")
     margin_pu: float = Field(
-        default=0.0005, ge=0, lt=0.05, description="kept below v_max in the linear model, pu"
+        default=0.00003, ge=0, lt=0.05, description="kept below v_max in the linear model, pu"
     )
     setpoint_ttl_s: float = Field(
         default=120.0, gt=0, le=86_400, description="TTL of the PV limits sent, s"
@@ -57,6 +59,15 @@ class Settings(ServiceSettings):
     admm_max_iterations: int = Field(default=60, ge=1, le=10_000, description="ADMM bound")
     admm_eps_abs: float = Field(default=1e-5, gt=0, description="ADMM absolute tolerance")
     admm_eps_rel: float = Field(default=1e-4, gt=0, description="ADMM relative tolerance")
+    ac_model: bool = Field(
+        default=True,
+        description="settle the AC bias to its fixed point in each decision on an OpenDSS model "
+        "of the feeder (false: bound it conservatively, a negative bias is not used)",
+    )
+    write_setpoint_files: bool = Field(
+        default=True,
+        description="write <data_dir>/voltage_coordinator/<feeder>/setpoints/<area>.json per decision",
+    )
     round_timeout_s: float = Field(
         default=20.0, gt=0, description="agents mode: give up a distributed round after this, s"
     )
@@ -81,8 +92,15 @@ class Settings(ServiceSettings):
         return self
 
     def load_feeder(self) -> Feeder:
-        """The feeder to coordinate (the bundled IEEE 123 unless `feeder_file` is set)."""
-        return Feeder.load(self.feeder_file) if self.feeder_file else bundled_feeder()
+        """The feeder to coordinate: the bundled IEEE 123 unless `feeder_file` is set; a `.dss`
+        file is imported as modelled (its own PV systems, areas found automatically)."""
+        if self.feeder_file is None:
+            return bundled_feeder()
+        if self.feeder_file.suffix.lower() == ".dss":
+            from voltage_coordinator.dss_import import import_dss
+
+            return import_dss(self.feeder_file)
+        return Feeder.load(self.feeder_file)
 
     def limits(self) -> Limits:
         """The voltage band with the margin."""

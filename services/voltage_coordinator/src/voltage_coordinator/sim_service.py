@@ -18,7 +18,7 @@ FEEDER_DEVICE = "feeder"
 
 def build_feeder_sim(
     settings: Settings, bus: Bus, feeder: Feeder | None = None
-) -> Service[Settings]:
+) -> Service[Settings, FeederSimulation]:
     """The feeder simulation as a service: publishes topics.FEEDER_STATE every `sim_interval_s`.
 
     A batch on topics.PV_CURTAILMENT is applied at once (ack on topics.SETPOINT_ACK, device
@@ -27,8 +27,7 @@ def build_feeder_sim(
     feeder = feeder or settings.load_feeder()
     sim = FeederSimulation(feeder, settings.sim_start_step, settings.sim_hold_step)
     # its own service and broker user (`feeder_sim` in the catalogue and the ACL)
-    service: Service[Settings] = Service(NAME, settings, bus)
-    service.state["sim"] = sim
+    service: Service[Settings, FeederSimulation] = Service(NAME, settings, bus, state=sim)
     service.declare_publishes(topics.FEEDER_STATE, topics.SETPOINT_ACK)
     lock = asyncio.Lock()
     fid = feeder.feeder_id
