@@ -53,15 +53,11 @@ UNTYPED_STATE_EXCEPTIONS = {
     # helper "peak" (peak_shaving)
     ("services/peak_shaving/src/peak_shaving/service.py", "build_service"),
 }
-# files indexing a dict state: the builders above, their tests, and the library's example
-# service with its tests (it moves out of the core with derbus.testing)
+# files indexing a dict state: the builders above and their tests
 STATE_SUBSCRIPT_EXCEPTIONS = {path for path, _ in UNTYPED_STATE_EXCEPTIONS} | {
-    "libs/common/src/derbus/testing/example.py",
     "services/feature_engineering/tests/test_service.py",
     "services/forecaster/tests/test_coldstart.py",
     "services/peak_shaving/tests/test_service.py",
-    "libs/common/tests/test_service.py",
-    "tests/integration/test_foundation.py",
 }
 
 
