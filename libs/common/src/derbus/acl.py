@@ -63,8 +63,11 @@ def password_env_var(user: str) -> str:
 
 
 def broker_users(catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE) -> list[str]:
-    """Every broker user: the platform services, any other service named by the catalogue,
-    the SCADA and the healthcheck user."""
+    """Every broker user.
+
+    The platform services, any other service named by the catalogue, the SCADA and the
+    healthcheck user.
+    """
     named: set[str] = set()
     for spec in catalogue:
         named.update(spec.publishers)

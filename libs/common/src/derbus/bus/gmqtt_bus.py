@@ -328,7 +328,7 @@ class GmqttBus:
                 waiter.set_result(None)
 
     def _connection_lost(self) -> None:
-        """gmqtt lost the connection (or a CONNACK refused): supervise the reconnect."""
+        """The connection was lost (or a CONNACK refused): supervise the reconnect."""
         was_up = self._up
         self._up = False
         self._acked.clear()

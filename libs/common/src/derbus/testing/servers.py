@@ -230,6 +230,7 @@ class PostgresServer:
 
     @property
     def data_dir(self) -> Path:
+        """The cluster's data directory."""
         return self.base_dir / "data"
 
     @property
@@ -254,7 +255,7 @@ class PostgresServer:
             )
 
     def start(self) -> PostgresServer:
-        """initdb (first time) and start the server."""
+        """Create the cluster with initdb (the first time) and start the server."""
         bin_dir = _pg_bin_dir()
         if bin_dir is None:
             raise ComponentUnavailableError(
