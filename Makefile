@@ -9,7 +9,7 @@ CONSOLE := services/console
 CONSOLE_VENDOR := $(CONSOLE)/src/console/static/vendor
 export UV_LINK_MODE := copy
 
-.PHONY: console-assets console-docs help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl proto bench clean
+.PHONY: compose-check console-assets console-docs help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl proto bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -115,6 +115,20 @@ test-dates: deps faketime  ## unit + integration suites under libfaketime at eac
 
 bench: deps  ## run the benchmarks (tables on stdout; see BENCHMARKS.md)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(UV) run --frozen --no-sync python $$b || exit 1; done
+
+# Not part of `make test` (it builds every image: many minutes on a loaded machine).
+compose-check: venv console-assets  ## build every image, run docker compose up for real (private dockerd, stand-in base images), check it, stop it
+	@missing=""; \
+	command -v docker >/dev/null || missing="$$missing docker.io"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 $$missing; \
+	fi
+	@PATH="/usr/sbin:$$PATH" .venv/bin/python deploy/compose-check/compose_check.py $(COMPOSE_CHECK_ARGS)
 
 clean:  ## remove caches and run folders
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache run

@@ -53,6 +53,11 @@ from peak_shaving.optimizer import (
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "data" / "profiles" / "simbench_2016_15min.csv"
 SOLVERS = ("ECOS", "CLARABEL", "HIGHS")
+COMMERCIAL_BATTERY: dict[str, float] = {
+    "battery_capacity_kwh": 100.0, "battery_max_charge_kw": 50.0, "battery_max_discharge_kw": 50.0,
+    "charge_efficiency": 0.95, "discharge_efficiency": 0.95, "soc_min_pct": 5.0,
+}  # fmt: skip
+"""The battery of the solve and latency rows (the service's old defaults; now the demo home's)."""
 
 
 def profiles() -> pd.DataFrame:
@@ -92,6 +97,7 @@ def bench_solve(quick: bool) -> str:
             cfg = EmaConfig(
                 horizon_steps=steps, solver=solver, import_limit_kw=70.0, export_limit_kw=-20.0,
                 energy_cost=True, demand_charge=True, solver_time_limit_s=120.0,
+                **COMMERCIAL_BATTERY,
             )  # fmt: skip
             start = datetime(2016, 6, 1, tzinfo=UTC)
             t0 = time.perf_counter()
@@ -132,6 +138,7 @@ async def _latency(host: str, port: int, sites: int, duration_s: float) -> dict[
         "MQTT_HOST": host, "MQTT_PORT": str(port), "MQTT_ROOT": root,
         "PS_API_PORT": str(api_port), "PS_DATA_DIR": tempfile.mkdtemp(), "PS_LOG_LEVEL": "WARNING",
         "PS_IMPORT_LIMIT_KW": "50", "PS_KPI_INTERVAL_S": "3600",
+        **{f"PS_{k.upper()}": str(v) for k, v in COMMERCIAL_BATTERY.items()},
     }  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "peak_shaving"], env=env)
     try:

@@ -34,6 +34,8 @@ def own_or_other(spec: TopicSpec[Any], user: str) -> str:
     """A concrete topic of the spec; for platform-wide specs, on the user's own device level."""
     if acl.EVERY_SERVICE in spec.publishers:
         return spec.topic(PLATFORM_SITE, user, root=ROOT)
+    if spec.own_device:
+        return spec.topic("site-1", user, root=ROOT)
     return spec.topic("site-1", "battery", root=ROOT)
 
 
@@ -59,6 +61,56 @@ def test_status_and_dead_letters_only_on_the_services_own_device_level(user: str
         assert may(user, "write", spec.topic(PLATFORM_SITE, user, root=ROOT))
         assert not may(user, "write", spec.topic(PLATFORM_SITE, other, root=ROOT))
         assert not may(user, "write", spec.topic("site-1", user, root=ROOT))
+
+
+@pytest.mark.parametrize("spec", [s for s in topics.CATALOGUE if s.own_device], ids=str)
+def test_own_device_specs_are_written_only_on_the_publishers_own_device(
+    spec: TopicSpec[Any],
+) -> None:
+    for user in spec.publishers:
+        other = next(p for p in spec.publishers if p != user)
+        assert may(user, "write", spec.topic("site-1", user, root=ROOT))
+        assert not may(user, "write", spec.topic("site-1", other, root=ROOT))
+
+
+def mosquitto_pattern_may(site: str, access: str, topic: str) -> bool:
+    """The edge pattern lines as Mosquitto applies them to user `site` (%u substituted)."""
+    return any(
+        access in r.access and topic_matches_sub(r.topic.replace("%u", site), topic)
+        for r in acl.edge_rules(ROOT)
+    )
+
+
+def test_an_edge_site_writes_its_own_telemetry_and_reads_its_own_commands_only() -> None:
+    for spec in (topics.METER, topics.PV, topics.BATTERY, topics.LOAD, topics.SETPOINT_ACK):
+        assert mosquitto_pattern_may("site-a", "write", spec.topic("site-a", "d1", root=ROOT))
+        assert not mosquitto_pattern_may("site-a", "write", spec.topic("site-b", "d1", root=ROOT))
+    assert mosquitto_pattern_may("site-a", "read", topics.SETPOINT.topic("site-a", "b", root=ROOT))
+    assert not mosquitto_pattern_may(
+        "site-a", "read", topics.SETPOINT.topic("site-b", "b", root=ROOT)
+    )
+    assert not mosquitto_pattern_may(
+        "site-a", "write", topics.SETPOINT.topic("site-a", "b", root=ROOT)
+    )
+    assert all(PLATFORM_SITE not in r.topic for r in acl.edge_rules(ROOT))
+
+
+def test_edge_password_variables_are_named_after_the_site() -> None:
+    assert acl.edge_password_env_var("site-1") == "MQTT_PASSWORD_EDGE_SITE_1"
+    assert acl.edge_sites({"MQTT_EDGE_SITES": " site-1, site-2 ,site-1"}) == ["site-1", "site-2"]
+    with pytest.raises(acl.ConfigError, match="share MQTT_PASSWORD_EDGE_SITE_1"):
+        acl.edge_sites({"MQTT_EDGE_SITES": "site-1,site_1"})
+
+
+def test_fill_env_file_makes_a_copied_world_readable_file_private(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("API_TOKEN=\n")
+    env_file.chmod(0o644)
+    assert acl.fill_env_file(env_file, ["API_TOKEN"], {}) == ["API_TOKEN"]
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    env_file.chmod(0o644)  # nothing to add: still made private
+    assert acl.fill_env_file(env_file, ["API_TOKEN"], {}) == []
+    assert env_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_scada_reads_everything_and_writes_only_commands() -> None:
@@ -92,7 +144,8 @@ def test_acl_text_has_one_block_per_user_and_valid_lines() -> None:
     for line in text.splitlines():
         if line and not line.startswith(("#", "user ")):
             kind, access, topic = line.split(" ")
-            assert kind == "topic"
+            assert kind in ("topic", "pattern")
+            assert (kind == "pattern") == ("%u" in topic)
             assert access in ("read", "write", "readwrite")
             assert topic.startswith(("der/v1/", "$SYS/"))
 

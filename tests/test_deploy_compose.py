@@ -90,7 +90,16 @@ def test_service_healthcheck_asks_readyz_on_its_api_port(name: str) -> None:
     assert str(env[f"{meta(name)['env_prefix']}API_PORT"]) == port
     assert "DERBUS_HEALTH_PORT" in command
     assert str(env["DERBUS_HEALTH_PORT"]) == port
-    assert f"{port}:{port}" in service["ports"]
+    host_var = f"{name.upper()}_HOST_PORT"
+    assert f"${{{host_var}:-{port}}}:{port}" in service["ports"]
+
+
+def test_every_published_port_can_be_moved_by_a_variable() -> None:
+    """`<NAME>_HOST_PORT` (e.g. 127.0.0.1:8106): loopback-only publishing, or another port when
+    this one is taken (make compose-check runs the stack on free loopback ports this way)."""
+    for name, svc in COMPOSE["services"].items():
+        for spec in svc.get("ports", []):
+            assert re.fullmatch(r"\$\{[A-Z0-9_]+_HOST_PORT:-(\d+)\}:\1", spec), f"{name}: {spec}"
 
 
 @pytest.mark.parametrize("name", SERVICES + INFRA)
@@ -149,8 +158,21 @@ def test_mounted_repository_paths_exist() -> None:
 def test_broker_password_file_mount_refuses_to_invent_a_folder() -> None:
     volume = next(v for v in entry("mosquitto")["volumes"] if isinstance(v, dict))
     assert volume["source"] == "./deploy/mosquitto/passwd"
-    assert volume["bind"]["create_host_path"] is False
+    # the long syntax: a missing source fails the start (the short one would create a folder);
+    # `bind.create_host_path` is not used: docker-compose 1.29 (Debian) rejects it
+    assert volume["type"] == "bind"
+    assert "bind" not in volume
     assert volume["read_only"] is True
+
+
+def test_the_compose_file_uses_only_what_docker_compose_1_29_accepts() -> None:
+    """Debian's docker-compose 1.29 refused `name:`, `env_file` entries with `path`/`required`
+    and `bind.create_host_path` (found by `make compose-check`)."""
+    assert "name" not in COMPOSE
+    for svc in COMPOSE["services"].values():
+        for item in svc.get("env_file", []):
+            assert isinstance(item, str)
+            assert (REPO / item).is_file()
 
 
 def _variables() -> list[tuple[str, str, str]]:
@@ -316,14 +338,27 @@ def _uv_lock_packages() -> set[str]:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_dockerfile_syncs_a_workspace_package_frozen(name: str) -> None:
-    runs = [i.args for i in dockerfile(name) if i.keyword == "RUN" and "uv sync" in i.args]
-    assert len(runs) == 1
-    args = shlex.split(runs[0])
-    assert "--frozen" in args
-    assert "--no-dev" in args
-    package = args[args.index("--package") + 1]
-    assert package == pyproject(name)["project"]["name"]
-    assert package in _uv_lock_packages(), f"{package} is not in uv.lock"
+    steps = dockerfile(name)
+    runs = [i.args for i in steps if i.keyword == "RUN" and "uv sync" in i.args]
+    assert len(runs) == 2, "dependencies first (--no-install-workspace), then the sources"
+    for run in runs:
+        args = shlex.split(run)
+        assert "--frozen" in args
+        assert "--no-dev" in args
+        package = args[args.index("--package") + 1]
+        assert package == pyproject(name)["project"]["name"]
+        assert package in _uv_lock_packages(), f"{package} is not in uv.lock"
+    assert "--no-install-workspace" in runs[0]
+    # layer order: only the lock and project files before the dependency install
+    first = next(i for i, s in enumerate(steps) if s.keyword == "RUN" and "uv sync" in s.args)
+    copied = [
+        s.args.split()[0] for s in steps[:first] if s.keyword == "COPY" and "--from" not in s.args
+    ]
+    assert copied == [
+        "pyproject.toml",
+        "libs/common/pyproject.toml",
+        f"services/{name}/pyproject.toml",
+    ]
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -377,3 +412,34 @@ def test_docker_build_context_leaves_out_local_state_and_secrets() -> None:
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     for entry_ in (".venv", ".git", ".env", "deploy/mosquitto/passwd"):
         assert entry_ in ignored
+
+
+def _image_packages(name: str) -> set[str]:
+    """The distributions `uv sync --package <service> --no-dev` installs (what its image holds)."""
+    import shutil
+    import subprocess
+
+    uv = shutil.which("uv")
+    assert uv, "uv is required (make venv installs it)"
+    out = subprocess.run(
+        [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-workspace",
+         "--package", pyproject(name)["project"]["name"]],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    return {
+        re.split(r"[=<>\[; ]", line, maxsplit=1)[0].lower()
+        for line in out.splitlines()
+        if line and not line.startswith(("#", " ", "-"))
+    }
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_an_image_holds_only_what_its_service_needs(name: str) -> None:
+    packages = _image_packages(name)
+    assert {"pydantic", "fastapi", "gmqtt", "paho-mqtt"} <= packages
+    assert not {"pytest", "amqtt", "mypy", "ruff"} & packages, name
+    wants_features = "derbus[features]" in pyproject(name)["project"]["dependencies"]
+    own = " ".join(pyproject(name)["project"]["dependencies"])
+    if not wants_features and "pandas" not in own and "pvlib" not in own:
+        assert "pandas" not in packages, name
+        assert "pvlib" not in packages, name

@@ -54,7 +54,7 @@ def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for panel in panels(dashboard):
         for target in panel.get("targets", []):
             yield f"panel {panel['title']!r} {target['refId']}", target["query"]
-    for variable in dashboard["templating"]["list"]:
+    for variable in dashboard["templating"].get("list", []):
         if variable["type"] == "query":
             yield f"variable {variable['name']}", variable["query"]
 
@@ -112,7 +112,9 @@ def test_every_datasource_is_provisioned(path: Path) -> None:
     dashboard = load(path)
     refs = [p.get("datasource") for p in panels(dashboard)]
     refs += [t.get("datasource") for p in panels(dashboard) for t in p.get("targets", [])]
-    refs += [v.get("datasource") for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    refs += [
+        v.get("datasource") for v in dashboard["templating"].get("list", []) if v["type"] == "query"
+    ]
     for ref in refs:
         assert ref is not None
         assert ref["uid"] in uids, f"{path.name} uses unprovisioned datasource {ref}"
@@ -154,16 +156,16 @@ def test_every_query_reads_what_derbus_writes(path: Path) -> None:
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_variables_are_defined_and_site_dashboards_have_a_site_variable(path: Path) -> None:
     dashboard = load(path)
-    defined = {v["name"] for v in dashboard["templating"]["list"]}
+    defined = {v["name"] for v in dashboard["templating"].get("list", [])}
     for where, flux in queries(dashboard):
         for a, b in VARIABLE.findall(flux):
             name = a or b
             assert name in defined | BUILTIN_VARIABLES, f"{where}: ${name} is not defined"
     uses_site = any("r.site_id" in flux for _, flux in queries(dashboard))
     if uses_site:
-        site = next(v for v in dashboard["templating"]["list"] if v["name"] == "site")
+        site = next(v for v in dashboard["templating"].get("list", []) if v["name"] == "site")
         assert TAG_VALUES.search(site["query"]).groups() == ("site_id", "meter")  # type: ignore[union-attr]
-    for variable in dashboard["templating"]["list"]:
+    for variable in dashboard["templating"].get("list", []):
         if variable["type"] == "query":
             match = TAG_VALUES.search(variable["query"])
             assert match, variable["name"]
@@ -213,3 +215,36 @@ def test_committed_dashboards_are_what_the_builder_writes(tmp_path: Path) -> Non
     for name, build in module.DASHBOARDS.items():
         committed = load(GRAFANA / "dashboards" / f"{name}.json")
         assert committed == build(), f"{name}.json differs: run deploy/grafana/build_dashboards.py"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_dashboard_validates_against_the_sdk_schema(path: Path) -> None:
+    """Each file parses into grafana-foundation-sdk's typed Dashboard model (panels by their
+    plugin's options and field config) and serialises back to the same JSON: nothing in it is
+    outside the schema, and nothing the schema requires is missing."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()  # panel options and field config by plugin type
+    data = load(path)
+    model = Dashboard.from_json(data)
+    assert json.loads(json.dumps(model, cls=JSONEncoder)) == data
+    for panel in model.panels or []:
+        assert panel.type_val in {"timeseries", "stat", "state-timeline", "table", "bargauge"}
+        assert not isinstance(panel.options, dict), f"{panel.title}: options not typed"
+
+
+def test_the_committed_dashboards_are_what_the_builder_writes(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_dashboards", GRAFANA / "build_dashboards.py"
+    )
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, build in module.DASHBOARDS.items():
+        committed = load(GRAFANA / "dashboards" / f"{name}.json")
+        assert build() == committed, f"{name}.json is stale: run deploy/grafana/build_dashboards.py"

@@ -122,3 +122,73 @@ def test_readme_explains_the_clustered_broker_and_shared_subscriptions() -> None
     text = (K8S / "README.md").read_text()
     assert "$share/" in text
     assert "EMQX" in text
+
+
+# --- schema, resources, and the same environment as compose --------------------------------------
+
+
+def test_every_manifest_validates_against_the_kubernetes_openapi_schemas() -> None:
+    """kubernetes-validate (PyPI) ships the JSON schemas generated from Kubernetes' OpenAPI
+    document; strict mode also refuses fields the schema does not know (typos)."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    errors = []
+    for doc in documents():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            errors.append(
+                f"{doc['kind']} {doc['metadata']['name']}: {err.message} at {list(err.path)}"
+            )
+    assert not errors, "\n".join(errors)
+
+
+def test_a_manifest_with_a_typo_is_refused_by_the_validator() -> None:
+    import kubernetes_validate
+
+    doc = find("Deployment", "peak-shaving")
+    bad = yaml.safe_load(yaml.safe_dump(doc))
+    bad["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_every_container_has_requests_and_limits() -> None:
+    for doc in documents():
+        if doc["kind"] != "Deployment":
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            resources = c.get("resources", {})
+            where = f"{doc['metadata']['name']}/{c['name']}"
+            # requests place the pod; a memory limit bounds a leak. No CPU limit is required:
+            # CFS throttling would stretch the control loops' latency.
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), where
+            assert "memory" in resources.get("limits", {}), where
+
+
+# compose mounts deploy/gateway from the repository; in Kubernetes the devices file is the
+# site's own ConfigMap (deploy/kubernetes/README.md), so the gateway runs on its default until then
+K8S_ONLY_ELSEWHERE = {"meter_gateway": {"GATEWAY_DEVICES_FILE"}}
+
+
+def _k8s_env_names(name: str) -> set[str]:
+    c = container(name)
+    names = {e["name"] for e in c.get("env", [])}
+    for source in c.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(find("ConfigMap", source["configMapRef"]["name"])["data"])
+    return names
+
+
+@pytest.mark.parametrize("name", acl.PLATFORM_SERVICES)
+def test_deployment_sets_every_variable_compose_sets(name: str) -> None:
+    compose_env = set(COMPOSE["services"][name]["environment"])
+    # the compose healthcheck's port variable is compose-only (Kubernetes probes name the port)
+    missing = (
+        compose_env
+        - _k8s_env_names(name)
+        - {"DERBUS_HEALTH_PORT"}
+        - K8S_ONLY_ELSEWHERE.get(name, set())
+    )
+    assert not missing, f"{name}: set in docker-compose.yml but not in deploy/kubernetes: {missing}"

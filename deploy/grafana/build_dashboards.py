@@ -1,4 +1,8 @@
-"""Write the Grafana dashboards (deploy/grafana/dashboards/*.json) from compact panel definitions.
+"""Write the Grafana dashboards (deploy/grafana/dashboards/*.json) with Grafana's typed builders.
+
+Panels, variables and dashboards are built with `grafana-foundation-sdk` (PyPI): the JSON comes
+from its models, so a field the schema does not know cannot be written. Flux queries travel as
+the SDK's untyped data query (it has no InfluxDB query type).
 
 Run `.venv/bin/python deploy/grafana/build_dashboards.py` after changing a panel. Every query
 reads measurements and fields of `derbus.storage.influx_schema()` (tests/test_deploy_grafana.py
@@ -9,10 +13,21 @@ checks it); KPI fields are chosen by the controllers, so they are selected by re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATASOURCE = {"type": "influxdb", "uid": "derbus-influxdb"}
+from grafana_foundation_sdk.builders import bargauge, stat, statetimeline, table, timeseries
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dash_b
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import runtime as cogruntime
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as dash
+
+DATASOURCE = dash.DataSourceRef(type_val="influxdb", uid="derbus-influxdb")
 OUT = Path(__file__).resolve().parent / "dashboards"
 
 SITE_FILTER = 'r.site_id == "${site}"'
@@ -71,11 +86,31 @@ def constant_line(name: str, variable: str, measurement: str, where: str, field:
     )
 
 
-def target(query: str, ref: str = "A") -> dict[str, Any]:
-    return {"datasource": DATASOURCE, "refId": ref, "query": query}
+# --- panels (Grafana's typed builders: grafana-foundation-sdk) -----------------------------------
 
 
-# --- panels --------------------------------------------------------------------------------------
+class FluxQuery(cogbuilder.Builder[cogvariants.Dataquery]):
+    """An InfluxDB Flux query. The SDK has no InfluxDB query type, so it travels as the SDK's
+    untyped query (the data source, a refId and the Flux text)."""
+
+    def __init__(self, query: str, ref: str) -> None:
+        self._query = cogruntime.UnknownDataquery(
+            {"datasource": DATASOURCE.to_json(), "refId": ref, "query": query}
+        )
+
+    def build(self) -> cogvariants.Dataquery:
+        return self._query
+
+
+PANELS: dict[str, Callable[[], Any]] = {
+    "timeseries": timeseries.Panel,
+    "stat": stat.Panel,
+    "state-timeline": statetimeline.Panel,
+    "table": table.Panel,
+    "bargauge": bargauge.Panel,
+}
+
+Override = tuple[str, list[dash.DynamicConfigValue]]
 
 
 class Layout:
@@ -87,10 +122,10 @@ class Layout:
         self.row_h = 0
         self.next_id = 1
 
-    def place(self, w: int, h: int) -> dict[str, int]:
+    def place(self, w: int, h: int) -> dash.GridPos:
         if self.x + w > 24:
             self.x, self.y, self.row_h = 0, self.y + self.row_h, 0
-        pos = {"x": self.x, "y": self.y, "w": w, "h": h}
+        pos = dash.GridPos(h=h, w=w, x=self.x, y=self.y)
         self.x += w
         self.row_h = max(self.row_h, h)
         return pos
@@ -105,117 +140,126 @@ class Layout:
         w: int = 12,
         h: int = 8,
         description: str = "",
-        overrides: list[dict[str, Any]] | None = None,
+        overrides: list[Override] | None = None,
         thresholds: list[tuple[float | None, str]] | None = None,
-        options: dict[str, Any] | None = None,
-        custom: dict[str, Any] | None = None,
-        mappings: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        steps = [{"color": c, "value": v} for v, c in (thresholds or [(None, "green")])]
-        defaults: dict[str, Any] = {
-            "unit": unit,
-            "thresholds": {"mode": "absolute", "steps": steps},
-        }
-        if custom:
-            defaults["custom"] = custom
+        stat_last: bool = False,
+        fill_opacity: float | None = None,
+        step_after: bool = False,
+        bars: bool = False,
+        threshold_line: bool = False,
+        mappings: dict[str, tuple[str, str]] | None = None,
+    ) -> Any:
+        panel = (
+            PANELS[kind]()
+            .id(self.next_id)
+            .title(title)
+            .description(description)
+            .datasource(DATASOURCE)
+            .grid_pos(self.place(w, h))
+            .unit(unit)
+            .thresholds(
+                dash_b.ThresholdsConfig()
+                .mode(dash.ThresholdsMode.ABSOLUTE)
+                .steps(
+                    [dash.Threshold(value=v, color=c) for v, c in (thresholds or [(None, "green")])]
+                )
+            )
+        )
+        # Grafana's defaults, written out so the field config is complete in the SDK's model
+        if kind == "timeseries":
+            panel.line_width(1)
+        elif kind == "state-timeline":
+            panel.line_width(0).fill_opacity(70)
+        if kind in ("timeseries", "state-timeline"):
+            panel.legend(
+                common_b.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+                .placement(common.LegendPlacement.BOTTOM).show_legend(True)
+            ).tooltip(
+                common_b.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
+                .sort(common.SortOrder.NONE)
+            )  # fmt: skip
+        elif kind == "table":
+            panel.show_header(True)
+        elif kind == "bargauge":
+            panel.display_mode(common.BarGaugeDisplayMode.GRADIENT).orientation(
+                common.VizOrientation.HORIZONTAL
+            )
+        for i, query in enumerate(queries):
+            panel.with_target(FluxQuery(query, chr(ord("A") + i)))
+        for name, properties in overrides or []:
+            panel.override_by_name(name, properties)
+        if kind == "stat":  # the last value of every field; with its name when stat_last
+            panel.reduce_options(
+                common_b.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+            )
+            panel.text_mode(
+                common.BigValueTextMode.VALUE_AND_NAME
+                if stat_last
+                else common.BigValueTextMode.AUTO
+            )
+        if fill_opacity is not None:
+            panel.fill_opacity(fill_opacity)
+        if step_after:
+            panel.line_interpolation(common.LineInterpolation.STEP_AFTER)
+        if bars:
+            panel.draw_style(common.GraphDrawStyle.BARS)
+        if threshold_line:
+            panel.thresholds_style(
+                common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
+            )
         if mappings:
-            defaults["mappings"] = mappings
-        panel = {
-            "id": self.next_id,
-            "type": kind,
-            "title": title,
-            "description": description,
-            "datasource": DATASOURCE,
-            "gridPos": self.place(w, h),
-            "targets": [target(q, chr(ord("A") + i)) for i, q in enumerate(queries)],
-            "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
-            "options": options or {},
-        }
+            panel.mappings([dash.ValueMap(options={
+                value: dash.ValueMappingResult(text=text, color=color)
+                for value, (text, color) in mappings.items()})])  # fmt: skip
         self.next_id += 1
         return panel
 
 
-def fill_between(upper: str, lower: str) -> list[dict[str, Any]]:
+def _fixed(color: str) -> dash.DynamicConfigValue:
+    return dash.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})
+
+
+def fill_between(upper: str, lower: str) -> list[Override]:
     """Overrides that shade the band between two named series."""
+    no_line = dash.DynamicConfigValue(id_val="custom.lineWidth", value=0)
     return [
-        {
-            "matcher": {"id": "byName", "options": upper},
-            "properties": [
-                {"id": "custom.fillBelowTo", "value": lower},
-                {"id": "custom.lineWidth", "value": 0},
-                {"id": "color", "value": {"mode": "fixed", "fixedColor": "blue"}},
-            ],
-        },
-        {
-            "matcher": {"id": "byName", "options": lower},
-            "properties": [
-                {"id": "custom.lineWidth", "value": 0},
-                {"id": "color", "value": {"mode": "fixed", "fixedColor": "blue"}},
-            ],
-        },
-    ]
+        (upper, [dash.DynamicConfigValue(id_val="custom.fillBelowTo", value=lower), no_line,
+                 _fixed("blue")]),
+        (lower, [no_line, _fixed("blue")]),
+    ]  # fmt: skip
 
 
-def dashed(name: str, color: str) -> dict[str, Any]:
-    return {
-        "matcher": {"id": "byName", "options": name},
-        "properties": [
-            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            {"id": "color", "value": {"mode": "fixed", "fixedColor": color}},
-        ],
-    }
+def dashed(name: str, color: str) -> Override:
+    style = dash.DynamicConfigValue(
+        id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}
+    )
+    return (name, [style, _fixed(color)])
 
 
-STAT_LAST = {
-    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-    "textMode": "value_and_name",
-}
-"""Stat panels showing the last value of every field, with its name."""
-
-STATE_MAPPINGS = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "offline", "color": "red"},
-            "1": {"text": "degraded", "color": "orange"},
-            "2": {"text": "online", "color": "green"},
-        },
-    }
-]
+STATE_MAPPINGS = {"0": ("offline", "red"), "1": ("degraded", "orange"), "2": ("online", "green")}
 
 
 # --- template variables ------------------------------------------------------------------------
 
 
-def tag_variable(name: str, label: str, tag: str, measurement: str) -> dict[str, Any]:
+def tag_variable(name: str, label: str, tag: str, measurement: str) -> dash_b.QueryVariable:
     query = (
         'import "influxdata/influxdb/schema"\n'
         f'schema.tagValues(bucket: v.defaultBucket, tag: "{tag}",'
         f' predicate: (r) => r._measurement == "{measurement}", start: -30d)'
     )
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DATASOURCE,
-        "query": query,
-        "definition": query,
-        "refresh": 1,
-        "sort": 1,
-        "includeAll": False,
-        "multi": False,
-        "current": {},
-    }
+    return (
+        dash_b.QueryVariable(name).label(label).datasource(DATASOURCE).query(query)
+        .refresh(dash.VariableRefresh.ON_DASHBOARD_LOAD).sort(dash.VariableSort.ALPHABETICAL_ASC)
+        .include_all(False).multi(False)
+    )  # fmt: skip
 
 
-def textbox(name: str, label: str, value: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "textbox",
-        "query": value,
-        "current": {"text": value, "value": value},
-    }
+def textbox(name: str, label: str, value: str) -> dash_b.TextBoxVariable:
+    return (
+        dash_b.TextBoxVariable(name).label(label).default_value(value)
+        .current(dash.VariableOption(text=value, value=value))
+    )  # fmt: skip
 
 
 SITE_VAR = tag_variable("site", "Site", "site_id", "meter")
@@ -225,26 +269,22 @@ def dashboard(
     uid: str,
     title: str,
     description: str,
-    panels: list[dict[str, Any]],
-    variables: list[dict[str, Any]],
+    panels: list[Any],
+    variables: list[Any],
     time_from: str = "now-24h",
     time_to: str = "now",
 ) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "title": title,
-        "description": description,
-        "tags": ["derbus"],
-        "timezone": "browser",
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "refresh": "30s",
-        "time": {"from": time_from, "to": time_to},
-        "templating": {"list": variables},
-        "annotations": {"list": []},
-        "panels": panels,
-    }
+    """The dashboard, built and validated by the SDK's model, as JSON data."""
+    board = (
+        dash_b.Dashboard(title).uid(uid).description(description).tags(["derbus"])
+        .timezone("browser").readonly().refresh("30s").time(time_from, time_to)
+    )  # fmt: skip
+    for variable in variables:
+        board.with_variable(variable)
+    for panel in panels:
+        board.with_panel(panel)
+    data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    return data
 
 
 # --- the dashboards ------------------------------------------------------------------------------
@@ -316,7 +356,7 @@ def site_overview() -> dict[str, Any]:
             ],
             unit="percent",
             w=12,
-            custom={"fillOpacity": 20},
+            fill_opacity=20,
         ),
         lay.panel(
             "Grid price",
@@ -329,7 +369,7 @@ def site_overview() -> dict[str, Any]:
             ],
             unit="currencyEUR",
             w=12,
-            custom={"lineInterpolation": "stepAfter"},
+            step_after=True,
             description="Import price and feed-in remuneration per kWh (time of use).",
         ),
     ]
@@ -364,7 +404,9 @@ def peak_shaving() -> dict[str, Any]:
             ],
             unit="kwatt",
             w=24,
-            custom={"lineInterpolation": "stepAfter", "drawStyle": "bars", "fillOpacity": 60},
+            step_after=True,
+            bars=True,
+            fill_opacity=60,
             overrides=[dashed("demand_target_kw", "red")],
             description="Mean PCC import per 15-minute billing window against the demand target "
             "(variable; set it to PS demand_target_kw).",
@@ -377,7 +419,7 @@ def peak_shaving() -> dict[str, Any]:
             h=5,
             description="From the peak-shaving KPI report: time on limit, limit events, violations "
             "the battery could not fix, this month's peak, whether the EMA fell back.",
-            options=STAT_LAST,
+            stat_last=True,
         ),
         lay.panel(
             "Battery schedule vs actual",
@@ -397,7 +439,7 @@ def peak_shaving() -> dict[str, Any]:
             ],
             unit="kwatt",
             w=24,
-            custom={"lineInterpolation": "stepAfter"},
+            step_after=True,
             overrides=[dashed("schedule_kw", "purple")],
             description="The EMA's battery schedule (+ charge) reaching into the future, and the "
             "battery's measured power.",
@@ -543,7 +585,7 @@ def load_manager() -> dict[str, Any]:
             kind="stat",
             w=24,
             h=5,
-            options=STAT_LAST,
+            stat_last=True,
             description="Settlement-period balance, energy produced / exported / imported, and "
             "self-consumption efficiency from the load manager's KPI reports.",
         ),
@@ -582,15 +624,7 @@ def load_manager() -> dict[str, Any]:
             kind="state-timeline",
             w=24,
             h=6,
-            mappings=[
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "off", "color": "gray"},
-                        "1": {"text": "on", "color": "green"},
-                    },
-                }
-            ],
+            mappings={"0": ("off", "gray"), "1": ("on", "green")},
             description="Relay state of the loads the load manager switches.",
         ),
         lay.panel(
@@ -640,7 +674,7 @@ def feeder() -> dict[str, Any]:
             unit="none",
             w=24,
             thresholds=[(None, "green"), (1.05, "red")],
-            custom={"thresholdsStyle": {"mode": "line"}},
+            threshold_line=True,
             description="Across every bus and phase of the feeder; red line at 1.05 pu.",
         ),
         lay.panel(
@@ -751,7 +785,8 @@ def platform_health() -> dict[str, Any]:
                 + '  |> keep(columns: ["_time", "_value", "service"])'
             ],
             w=12,
-            custom={"drawStyle": "bars", "fillOpacity": 80},
+            bars=True,
+            fill_opacity=80,
             description="Payloads a service could not decode or validate, per service.",
         ),
         lay.panel(
@@ -775,7 +810,7 @@ def platform_health() -> dict[str, Any]:
             ],
             kind="stat",
             w=12,
-            options=STAT_LAST,
+            stat_last=True,
         ),
     ]
     return dashboard(

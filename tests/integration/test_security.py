@@ -9,7 +9,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from derbus import acl, topics
-from derbus.bus import InMemoryBus
+from derbus.bus import InMemoryBus, make_bus
 from derbus.bus.base import RawMessage
 from derbus.bus.mqtt import MqttBus
 from derbus.errors import BusError
@@ -30,10 +30,12 @@ from derbus.service import Service
 from derbus.settings import DatabaseSettings, MqttSettings, ServiceSettings
 from derbus.testing import ComponentUnavailableError, MosquittoServer, free_port, wait_for
 from derbus.testing.example import EchoSettings, build_echo
+from derbus.topics import TopicSpec
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+EDGE_SITES = ("site-a", "site-b")  # per-site edge credentials (user name = site id)
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
@@ -59,23 +61,29 @@ class SecuredBroker:
         return MqttBus(self.settings(user, password))
 
 
-@pytest.fixture
-def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
-    root = f"dertest/{uuid.uuid4().hex[:12]}"
-    passwords = {user: acl.new_secret() for user in acl.broker_users()}
-    acl_file = tmp_path / "acl"
-    acl_file.write_text(acl.acl_text(root))
-    passwd = tmp_path / "passwd"
-    acl.write_password_file(passwd, passwords)
-    server = MosquittoServer(
-        allow_anonymous=False,
-        extra_conf=f"password_file {passwd}\nacl_file {acl_file}\nsys_interval 1\n",
-    )
+def _start_broker(extra_conf: str, what: str) -> MosquittoServer:
+    """A Mosquitto with anonymous access off and `extra_conf`; the test fails when it cannot."""
+    server = MosquittoServer(allow_anonymous=False, extra_conf=extra_conf)
     try:
         server.start()
     except ComponentUnavailableError as err:
         server.cleanup()
-        pytest.fail(f"mosquitto is required for the security tests: {err}", pytrace=False)
+        pytest.fail(f"{what}: {err}", pytrace=False)
+    return server
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
+    root = f"dertest/{uuid.uuid4().hex[:12]}"
+    passwords = {user: acl.new_secret() for user in [*acl.broker_users(), *EDGE_SITES]}
+    acl_file = tmp_path / "acl"
+    acl_file.write_text(acl.acl_text(root))
+    passwd = tmp_path / "passwd"
+    acl.write_password_file(passwd, passwords)
+    server = _start_broker(
+        f"password_file {passwd}\nacl_file {acl_file}\nsys_interval 1\n",
+        "mosquitto is required for the security tests",
+    )
     try:
         yield SecuredBroker(server, root, passwords)
     finally:
@@ -330,45 +338,18 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
 # --- MQTT over TLS ----------------------------------------------------------------------------------
 
 
-def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for 127.0.0.1 (ca, cert, key)."""
-    import ipaddress
+def _make_certs(folder: Path, clients: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
+    """The CA, server certificate and key that `derbus certs` writes (ca, cert, key)."""
+    from typer.testing import CliRunner
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from derbus.cli import app
 
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "derbus test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    paths = (folder / "ca.crt", folder / "server.crt", folder / "server.key")
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
+    args = ["certs", "--out-dir", str(folder), "--host", "127.0.0.1", "--host", "localhost"]
+    for name in clients:
+        args += ["--client", name]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
 
 
 def _tls_listener(conf: Path, port: int, ca: Path, cert: Path, key: Path) -> str:
@@ -397,15 +378,10 @@ async def test_the_tls_listener_option_accepts_service_credentials(tmp_path: Pat
     acl.write_password_file(tmp_path / "passwd", passwords)
     tls_port = free_port()
     listener = _tls_listener(REPO / "deploy/mosquitto/mosquitto.conf", tls_port, ca, cert, key)
-    server = MosquittoServer(
-        allow_anonymous=False,
-        extra_conf=f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n{listener}",
+    server = _start_broker(
+        f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n{listener}",
+        "mosquitto with TLS could not start",
     )
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        server.cleanup()
-        pytest.fail(f"mosquitto with TLS could not start: {err}", pytrace=False)
     try:
         settings = MqttSettings(
             host="127.0.0.1", port=tls_port, root=root, tls=True, ca_file=str(ca),
@@ -591,3 +567,227 @@ async def test_each_service_runs_under_its_own_user_and_acl(
     finally:
         await service.stop()
         await scada.close()
+
+
+# --- Secure by default: every forbidden publish, tried with a real client -------------------------
+
+# (user, topic kind, site, device): each must be dropped by the broker. Sites `site-a`/`site-b`
+# log in with their per-site edge credentials (pattern lines with %u).
+FORBIDDEN: list[tuple[str, TopicSpec[Any], str, str]] = [
+    ("cloud_sync", topics.KPI, "site-1", "peak_shaving"),  # another controller's KPI
+    ("peak_shaving", topics.KPI, "site-1", "load_manager"),
+    ("load_manager", topics.KPI, topics.PLATFORM_SITE, "cloud_sync"),
+    ("forecaster", topics.KPI, "site-1", "forecaster"),  # not a KPI publisher at all
+    ("load_manager", topics.SERVICE_STATUS, topics.PLATFORM_SITE, "peak_shaving"),
+    ("forecaster", topics.SETPOINT, "site-1", "battery"),
+    ("cloud_sync", topics.METER, "site-1", "pcc"),
+    ("scada", topics.METER, "site-1", "pcc"),
+    ("site-a", topics.METER, "site-b", "pcc"),  # another site's telemetry
+    ("site-a", topics.PV, "site-b", "pv"),
+    ("site-a", topics.SETPOINT_ACK, "site-b", "battery"),
+    ("site-a", topics.SETPOINT, "site-a", "battery"),  # commands are read, never written
+    ("site-a", topics.PRICE, "site-a", "grid"),  # only the simulator prices
+    ("site-a", topics.SERVICE_STATUS, topics.PLATFORM_SITE, "meter_gateway"),
+    ("site-a", topics.KPI, "site-a", "peak_shaving"),
+]
+
+
+def _forbidden_id(case: tuple[str, TopicSpec[Any], str, str]) -> str:
+    user, spec, site, device = case
+    return f"{user}->{site}/{spec.key}/{device}"
+
+
+@pytest.mark.parametrize("case", FORBIDDEN, ids=_forbidden_id)
+async def test_each_forbidden_publish_is_dropped_by_the_broker(
+    case: tuple[str, TopicSpec[Any], str, str], secured_broker: SecuredBroker
+) -> None:
+    user, spec, site, device = case
+    root = secured_broker.root
+    scada = secured_broker.bus("scada")
+    client = secured_broker.bus(user)
+    await scada.connect()
+    await client.connect()
+    try:
+        seen = Inbox()
+        await scada.subscribe(topics.all_topics_filter(root), 1, seen)
+        forbidden = spec.topic(site, device, root)
+        # A publish this user may make, sent after the forbidden one on the same connection: once
+        # it arrives, the broker has handled (and dropped) the forbidden one.
+        marker = (
+            topics.METER.topic(user, "pcc", root)
+            if user in EDGE_SITES
+            else topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, user, root)
+        )
+        if user == "scada":
+            marker = topics.SETPOINT.topic("site-1", "marker", root)
+        await client.publish(forbidden, meter(1.0), qos=1)
+        await client.publish(marker, meter(2.0), qos=1)
+        await wait_for(lambda: marker in seen.topics(), 10, message=f"{user}'s allowed publish")
+        assert forbidden not in seen.topics()
+    finally:
+        await client.close()
+        await scada.close()
+
+
+async def test_a_controller_publishes_its_own_kpi(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    seen = Inbox()
+    await clients["scada"].subscribe(topics.KPI.filter(root=root), 1, seen)
+    for name in ("cloud_sync", "peak_shaving", "load_manager", "voltage_coordinator"):
+        site = topics.PLATFORM_SITE if name == "cloud_sync" else "site-1"
+        topic = topics.KPI.topic(site, name, root)
+        await clients[name].publish(topic, b"{}", qos=1)
+        await wait_for(lambda t=topic: t in seen.topics(), 10, message=f"{name}'s own KPI")
+
+
+async def test_a_site_publishes_its_own_telemetry_and_reads_only_its_own_commands(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    root = secured_broker.root
+    site_a = secured_broker.bus("site-a")
+    await site_a.connect()
+    try:
+        seen, commands = Inbox(), Inbox()
+        await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+        # every site's commands asked for; only site-a's may be delivered
+        await site_a.subscribe(topics.SETPOINT.filter(root=root), 1, commands)
+        own = [
+            topics.METER.topic("site-a", "pcc", root),
+            topics.BATTERY.topic("site-a", "battery", root),
+            topics.SETPOINT_ACK.topic("site-a", "battery", root),
+            topics.DEVICE_STATUS.topic("site-a", "meter1", root),
+        ]
+        for topic in own:
+            await site_a.publish(topic, meter(1.0), qos=1)
+        await wait_for(lambda: set(own) <= set(seen.topics()), 10, message="site-a's telemetry")
+        theirs = topics.SETPOINT.topic("site-b", "battery", root)
+        mine = topics.SETPOINT.topic("site-a", "battery", root)
+        await clients["peak_shaving"].publish(theirs, setpoint(), qos=1)
+        await clients["peak_shaving"].publish(mine, setpoint(), qos=1)
+        await wait_for(lambda: mine in commands.topics(), 10, message="site-a's own command")
+        await wait_for(lambda: theirs in seen.topics(), 10, message="site-b's command published")
+        assert theirs not in commands.topics()
+    finally:
+        await site_a.close()
+
+
+def test_derbus_acl_writes_edge_site_passwords_and_a_private_env_file(tmp_path: Path) -> None:
+    """The documented flow: a copied (0644) .env.example, then `derbus acl --generate-missing`."""
+    from typer.testing import CliRunner
+
+    from derbus.cli import app
+
+    env_file = tmp_path / ".env"
+    env_file.write_text((REPO / "deploy/env/.env.example").read_text() + "MQTT_EDGE_SITES=site-a\n")
+    env_file.chmod(0o644)
+    result = CliRunner().invoke(
+        app, ["acl", "--env-file", str(env_file), "--out-dir", str(tmp_path), "--generate-missing"],
+        env={"MQTT_EDGE_SITES": None},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert "MQTT_PASSWORD_EDGE_SITE_A" in result.output
+    users = [line.split(":")[0] for line in (tmp_path / "passwd").read_text().splitlines()]
+    assert "site-a" in users
+    assert "scada" in users
+
+
+def test_a_site_named_like_a_broker_user_is_refused() -> None:
+    from derbus.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"MQTT_EDGE_SITES.*cloud_sync"):
+        acl.edge_sites({"MQTT_EDGE_SITES": "site-1,cloud_sync"})
+
+
+async def test_client_certificates_from_derbus_certs_log_in_as_their_user(tmp_path: Path) -> None:
+    """The shipped TLS block with require_certificate and use_identity_as_username switched on."""
+    ca, cert, key = _make_certs(tmp_path, clients=("scada",))
+    root = f"dertest/{uuid.uuid4().hex[:12]}"
+    (tmp_path / "acl").write_text(acl.acl_text(root))
+    acl.write_password_file(tmp_path / "passwd", {"healthcheck": acl.new_secret()})
+    tls_port = free_port()
+    listener = _tls_listener(REPO / "deploy/mosquitto/mosquitto.conf", tls_port, ca, cert, key)
+    for off, on in (("require_certificate false", "require_certificate true"),
+                    ("use_identity_as_username false", "use_identity_as_username true")):  # fmt: skip
+        assert off in listener, f"the shipped TLS listener lacks `{off}`"
+        listener = listener.replace(off, on)
+    server = _start_broker(
+        f"password_file {tmp_path / 'passwd'}\nacl_file {tmp_path / 'acl'}\n{listener}",
+        "mosquitto with TLS could not start",
+    )
+    try:
+        base = MqttSettings(host="127.0.0.1", port=tls_port, root=root, tls=True,
+                            ca_file=str(ca), connect_retries=0)  # fmt: skip
+        with pytest.raises(BusError):  # no client certificate: the handshake fails
+            await MqttBus(base).connect()
+        for client in ("paho", "gmqtt"):
+            settings = base.model_copy(update={
+                "cert_file": str(tmp_path / "scada.crt"), "key_file": str(tmp_path / "scada.key"),
+                "client": client, "client_id": f"scada-{client}"})  # fmt: skip
+            bus = make_bus(settings, "scada")
+            await bus.connect()
+            inbox = Inbox()
+            await bus.subscribe(topics.SETPOINT.filter(root=root), 1, inbox)
+            topic = topics.SETPOINT.topic("site-1", client, root)
+            await bus.publish(topic, setpoint(), qos=1)  # scada's right, by its certificate
+            await wait_for(lambda t=topic, i=inbox: t in i.topics(), 10, message=f"{client} mTLS")
+            await bus.close()
+    finally:
+        server.cleanup()
+    assert (tmp_path / "scada.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+# --- REST: TLS, and no open API on a network address -----------------------------------------------
+
+
+async def test_a_service_api_serves_https_with_the_derbus_certs_certificate(
+    tmp_path: Path,
+) -> None:
+    import http.client
+    import ssl
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    ca, cert, key = _make_certs(tmp_path)
+    port = free_port()
+    settings = EchoSettings(api_port=port, api_tls_cert_file=cert, api_tls_key_file=key)
+    service = build_echo(settings, InMemoryBus())
+    config = uvicorn.Config(
+        make_app(service), host="127.0.0.1", port=port, log_config=None, lifespan="on",
+        ssl_certfile=settings.api_tls_cert_file, ssl_keyfile=settings.api_tls_key_file,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        await wait_for(lambda: server.started, 20, message="the HTTPS API")
+        context = ssl.create_default_context(cafile=str(ca))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context) as rsp:
+            assert rsp.status == 200
+        # plain HTTP is not served on that port: the server drops the connection
+        with pytest.raises((OSError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5,
+                                   context=ssl.create_default_context())  # fmt: skip
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::"])
+def test_a_non_loopback_api_without_a_token_refuses_to_start(host: str) -> None:
+    from derbus.errors import ConfigError
+    from derbus.settings import load_settings
+
+    with pytest.raises(ConfigError, match=r"api_token.*not loopback.*API_ALLOW_OPEN"):
+        load_settings(EchoSettings, api_host=host)
+    assert EchoSettings(api_host=host, api_token="t").api_host == host
+    assert EchoSettings(api_host=host, api_allow_open=True).api_token is None
+    assert EchoSettings(api_host="127.0.0.1").api_token is None

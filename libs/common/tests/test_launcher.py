@@ -59,15 +59,21 @@ def test_broker_url_prints_the_running_broker_and_refuses_a_stale_one(
 
 
 @pytest.mark.parametrize(
-    ("failures", "delay_s"), [(1, 3.0), (2, 6.0), (3, 12.0), (4, 24.0), (5, 30.0), (40, 30.0)]
+    ("failures", "delay_s"), [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0)]
 )
 def test_restart_backoff_doubles_up_to_a_bound(failures: int, delay_s: float) -> None:
     assert launcher.restart_delay_s(failures) == delay_s
 
 
-def test_first_restart_waits_out_the_will_delay() -> None:
-    """Back sooner, a killed service would resume its session before its will is published."""
-    assert launcher.restart_delay_s(1) > MqttSettings().will_delay_s
+def test_a_restart_waits_past_the_will_delay() -> None:
+    """A child back within its will delay would take its session over: no offline on the bus."""
+    floor = launcher.restart_floor_s(MqttSettings(will_delay_s=2))
+    assert floor > 2 + 0.9  # Mosquitto published a 2 s will up to 2.9 s after the loss
+    assert launcher.restart_delay_s(1, floor) == floor
+    assert launcher.restart_delay_s(6, floor) == launcher.RESTART_MAX_S  # the backoff still grows
+    assert launcher.restart_floor_s(MqttSettings(will_delay_s=0)) == launcher.RESTART_MIN_S
+    no_delay = MqttSettings(protocol="3.1.1", will_delay_s=2)  # no will delay in MQTT 3.1.1
+    assert launcher.restart_floor_s(no_delay) == launcher.RESTART_MIN_S
 
 
 def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path) -> None:
@@ -83,15 +89,15 @@ def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path
     events = platform.supervise(now=t0)
     assert len(events) == 1
     assert "quitter: exited with status 3" in events[0]
-    assert "restarting in 3 s" in events[0]
-    assert platform.supervise(now=t0 + 2.5) == []  # still waiting
+    assert "restarting in 1 s" in events[0]
+    assert platform.supervise(now=t0 + 0.5) == []  # still waiting
     first_pid = child.pid
-    events = platform.supervise(now=t0 + 3.0)
+    events = platform.supervise(now=t0 + 1.0)
     assert events == [f"quitter: restarted (pid {child.pid}, restart 1)"]
     assert child.pid != first_pid
     child.proc.wait(30)
     events = platform.supervise(now=child.started_at + 1.0)
-    assert "restarting in 6 s" in events[0]  # the second early failure in a row waits longer
+    assert "restarting in 2 s" in events[0]  # the second early failure in a row waits longer
     platform.stop()
     assert platform.supervise() == []  # stopping: nothing is restarted any more
 
@@ -106,7 +112,7 @@ def test_supervise_forgets_old_failures_after_a_stable_run(tmp_path: Path) -> No
     assert child.proc is not None
     child.proc.wait(30)
     events = platform.supervise(now=child.started_at + launcher.STABLE_AFTER_S + 1)
-    assert "restarting in 3 s" in events[0]
+    assert "restarting in 1 s" in events[0]
     platform.stop()
 
 

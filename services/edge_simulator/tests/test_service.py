@@ -89,6 +89,53 @@ async def test_battery_setpoint_acked_applied_then_expires(clock: Any) -> None:
     await service.stop()
 
 
+async def test_one_immediate_step_per_site_between_regular_steps(clock: Any) -> None:
+    """A controller answering every reading with a setpoint must not make the simulator re-step."""
+    service, probe, recs = await started(clock)  # interval 1 h: no regular step in the test
+    sim = service.state
+    topic = topics.SETPOINT.topic("site-1", "battery", ROOT)
+    opt = Priority.SITE_OPTIMISER
+
+    async def send(value: float, setpoint_id: str) -> None:
+        await probe.publish(topic, command(value, 60, clock, priority=opt, setpoint_id=setpoint_id))
+
+        def accepted() -> bool:
+            return any(
+                a.setpoint_id == setpoint_id and a.status == "accepted" for a in recs["ack"].values
+            )
+
+        await wait_for(accepted, 5, message=f"accepted {setpoint_id}")
+
+    await send(-3.0, "a")  # stepped at once: a reading with the new power
+    await wait_for(lambda: len(recs["battery"].values) == 2, 5, message="immediate step")
+    assert recs["battery"].values[-1].p_kw == -3.0
+    await send(-2.0, "b")  # the second setpoint of the interval waits for the next step
+    assert not sim.dirty
+    assert sim.immediate_steps == 1
+    await service.state.step()  # the regular step shows it
+    await wait_for(lambda: len(recs["battery"].values) == 3, 5, message="regular step")
+    assert [r.p_kw for r in recs["battery"].values[1:]] == [-3.0, -2.0]
+    await send(-1.0, "c")  # after a regular step, a setpoint is stepped at once again
+    await wait_for(lambda: len(recs["battery"].values) == 4, 5, message="immediate step")
+    assert recs["battery"].values[-1].p_kw == -1.0
+    assert sim.immediate_steps == 2
+    await service.stop()
+
+
+def test_kick_steps_each_site_at_once_only_once_per_regular_step(clock: Any) -> None:
+    service = build_service(settings(), InMemoryBus(), clock=clock)
+    sim = service.state
+    sim.kick(0)
+    sim.kick(0)
+    assert sim.take_kicked() == {0}
+    sim.kick(0)  # already stepped at once in this interval
+    assert sim.take_kicked() == set()
+    sim.stepped_all()
+    sim.kick(0)
+    assert sim.take_kicked() == {0}
+    assert sim.immediate_steps == 2
+
+
 async def test_out_of_range_and_foreign_setpoints(clock: Any) -> None:
     service, probe, recs = await started(clock)
     await probe.publish(topics.SETPOINT.topic("site-1", "battery", ROOT), command(50.0, 60, clock))

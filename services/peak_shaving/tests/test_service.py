@@ -83,12 +83,19 @@ def forecast(values: list[float], quantity: str = "load_p_kw") -> TimeSeries:
     )  # fmt: skip
 
 
+COMMERCIAL_BATTERY: dict[str, Any] = {
+    "battery_capacity_kwh": 100.0, "battery_max_charge_kw": 50.0, "battery_max_discharge_kw": 50.0,
+    "charge_efficiency": 0.95, "discharge_efficiency": 0.95, "soc_min_pct": 5.0,
+}  # fmt: skip
+"""The battery these tests' numbers were worked out for (the defaults are the demo home's)."""
+
+
 def settings(**changes: Any) -> Settings:
     base: dict[str, Any] = {
         "mqtt": MqttSettings(root=ROOT), "import_limit_kw": 50.0, "export_limit_kw": -30.0,
         "api_token": "tok", "horizon_steps": 96,
     }  # fmt: skip
-    return Settings(**(base | changes))
+    return Settings(**(COMMERCIAL_BATTERY | base | changes))
 
 
 AUTH = {"Authorization": "Bearer tok"}

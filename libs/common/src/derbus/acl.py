@@ -5,7 +5,15 @@ whose catalogue spec lists it as a publisher, and read only those listing it as 
 `"*"` in a spec's publishers means every service, each on its OWN device level only (its status
 and dead letters, `{root}/platform/status/<service>/…`). The `scada` user is an external SCADA:
 it reads everything under the root and writes the specs listing `"scada"` (setpoints, jobs). The
-`healthcheck` user may only read `$SYS/broker/uptime` (the compose healthcheck).
+`healthcheck` user may only read `$SYS/broker/uptime` (the compose healthcheck). A spec marked
+`own_device` (KPIs) is written by each publisher only on its own device level.
+
+Edge devices at a site log in with per-site credentials: the user name is the site id, and the
+`pattern` lines (Mosquitto substitutes `%u` with the user name) let it write only its own site's
+telemetry, acknowledgements and device status, and read only its own site's commands: what a
+`meter_gateway` publishes and reads, narrowed to `{root}/<site>/…`. Adding a site is adding a
+password (`MQTT_EDGE_SITES` in .env, then `derbus acl`); the ACL itself does not change. Pattern
+lines apply to every user, so a site id may not be a service or broker user name (refused).
 
 Mosquitto 2.0 ACL syntax: `user <name>` starts a block; `topic read|write|readwrite <filter>`
 lines follow. With MQTT 3.1.1 a forbidden publish is dropped silently, and a forbidden
@@ -15,6 +23,7 @@ subscription is granted but nothing is delivered on it.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -38,6 +47,10 @@ EVERY_SERVICE = "*"
 SCADA_USER = "scada"
 HEALTHCHECK_USER = "healthcheck"
 HEALTHCHECK_TOPIC = "$SYS/broker/uptime"
+EDGE_TEMPLATE = "meter_gateway"
+"""An edge device gets what this service publishes and reads, on its own site only."""
+EDGE_SITES_VAR = "MQTT_EDGE_SITES"
+"""Comma-separated site ids that get per-site edge credentials (in .env)."""
 
 #: Secrets of a deployment besides the MQTT passwords (the compose file requires them).
 DEPLOYMENT_SECRETS: tuple[str, ...] = (
@@ -99,7 +112,9 @@ def user_rules(
     if user == SCADA_USER:
         _merge(wanted, topics.all_topics_filter(root), "read")
     for spec in catalogue:
-        if user in spec.publishers:
+        if user in spec.publishers and spec.own_device:
+            _merge(wanted, spec.filter(None, user, root=root), "write")
+        elif user in spec.publishers:
             _merge(wanted, spec.filter(root=root), "write")
         elif EVERY_SERVICE in spec.publishers and user != SCADA_USER:
             _merge(wanted, spec.filter(PLATFORM_SITE, user, root=root), "write")
@@ -125,12 +140,66 @@ def acl_text(
         f"# Topic root: {root}. Regenerate after a catalogue change or for another root:",
         f"#   derbus acl --root {root} --acl-only",
         "# Anonymous clients are refused by mosquitto.conf (allow_anonymous false).",
+        "",
+        "# Edge devices: user name = site id (MQTT_EDGE_SITES). %u is the user name, so a site",
+        "# writes only its own telemetry and reads only its own commands.",
     ]
+    lines += [f"pattern {r.access} {r.topic}" for r in edge_rules(root, specs)]
     for user in broker_users(specs):
         lines += ["", f"user {user}"]
         lines += [f"topic {r.access} {r.topic}" for r in user_rules(user, root, specs)]
     lines.append("")
     return "\n".join(lines)
+
+
+def edge_rules(
+    root: str = topics.DEFAULT_ROOT,
+    catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE,
+) -> list[AclRule]:
+    """The `pattern` lines of per-site edge credentials (`%u` = the site id)."""
+    out = []
+    for rule in user_rules(EDGE_TEMPLATE, root, catalogue):
+        parts = rule.topic.split("/")
+        site_level = len(root.split("/"))
+        if parts[site_level] != "+":
+            continue  # the gateway's own platform status: not a site's
+        parts[site_level] = "%u"
+        out.append(AclRule(rule.access, "/".join(parts)))
+    return out
+
+
+def edge_password_env_var(site_id: str) -> str:
+    """The variable holding a site's edge password, e.g. `MQTT_PASSWORD_EDGE_SITE_1`."""
+    return "MQTT_PASSWORD_EDGE_" + re.sub(r"[^A-Za-z0-9]", "_", site_id).upper()
+
+
+def edge_sites(
+    env: Mapping[str, str | None], catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE
+) -> list[str]:
+    """The site ids listed in `MQTT_EDGE_SITES`, checked: valid ids, no broker user names, no
+    two sites sharing a password variable."""
+    raw = env.get(EDGE_SITES_VAR) or ""
+    sites = [s.strip() for s in raw.split(",") if s.strip()]
+    reserved = {*broker_users(catalogue), topics.PLATFORM_SITE}
+    seen: dict[str, str] = {}
+    for site in sites:
+        try:
+            topics.validate_id("site_id", site)
+        except ValueError as err:
+            raise ConfigError(f"{EDGE_SITES_VAR}: {err}", (EDGE_SITES_VAR,)) from err
+        if site in reserved:
+            raise ConfigError(
+                f"{EDGE_SITES_VAR}: site id {site!r} is a broker user name (reserved)",
+                (EDGE_SITES_VAR,),
+            )
+        var = edge_password_env_var(site)
+        if var in seen and seen[var] != site:
+            raise ConfigError(
+                f"{EDGE_SITES_VAR}: sites {seen[var]!r} and {site!r} share {var}",
+                (EDGE_SITES_VAR,),
+            )
+        seen[var] = site
+    return list(dict.fromkeys(sites))
 
 
 def required_password_vars(catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE) -> list[str]:
@@ -162,17 +231,19 @@ def fill_env_file(path: Path, names: Iterable[str], env: Mapping[str, str | None
     """Give a generated value to every name neither `env` nor the file defines.
 
     An empty `NAME=` line (as in deploy/env/.env.example) is filled in place; absent names are
-    appended. The file is created with mode 0600 when missing. Returns the generated names.
+    appended. The file ends up mode 0600 whatever it was before (a copied .env.example is 0644):
+    the new content is written to a private temporary file that replaces it. Returns the
+    generated names.
     """
     from dotenv import dotenv_values
 
     existing = dotenv_values(path) if path.exists() else {}
     added = [n for n in names if not (env.get(n) or existing.get(n))]
     if not added:
+        if path.exists():
+            path.chmod(0o600)
         return []
-    if not path.exists():
-        path.touch(mode=0o600)
-    lines = path.read_text().splitlines()
+    lines = path.read_text().splitlines() if path.exists() else []
     todo = set(added)
     for i, line in enumerate(lines):
         name, sep, value = line.partition("=")
@@ -183,8 +254,21 @@ def fill_env_file(path: Path, names: Iterable[str], env: Mapping[str, str | None
     if rest:
         lines.append("# generated by `derbus acl --generate-missing`")
         lines += [f"{n}={new_secret()}" for n in rest]
-    path.write_text("\n".join(lines) + "\n")
+    write_private(path, "\n".join(lines) + "\n")
     return added
+
+
+def write_private(path: Path, text: str | bytes) -> None:
+    """Write a secret file with mode 0600 (atomically: a private temporary file replaces it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_env(path: Path | None) -> dict[str, str | None]:

@@ -80,12 +80,24 @@ def acl_cmd(
     typer.echo(f"wrote {out_dir / 'acl'} (root {root})")
     if acl_only:
         return
+    try:
+        sites = acl.edge_sites(acl.load_env(env_file))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    edge_vars = {acl.edge_password_env_var(site): site for site in sites}
     if generate_missing:
-        names = [*acl.required_password_vars(), *acl.DEPLOYMENT_SECRETS]
+        names = [*acl.required_password_vars(), *edge_vars, *acl.DEPLOYMENT_SECRETS]
         added = acl.fill_env_file(env_file, names, acl.load_env(None))
         if added:
             typer.echo(f"generated {len(added)} secrets in {env_file}: {', '.join(added)}")
-    passwords, missing = acl.collect_passwords(acl.load_env(env_file), acl.broker_users())
+    env = acl.load_env(env_file)
+    passwords, missing = acl.collect_passwords(env, acl.broker_users())
+    for var, site in edge_vars.items():
+        if env.get(var):
+            passwords[site] = str(env[var])
+        else:
+            missing.append(var)
     if missing:
         typer.echo(
             f"error: missing broker passwords {', '.join(missing)} (set them in {env_file} or the"
@@ -99,6 +111,31 @@ def acl_cmd(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from err
     typer.echo(f"wrote {out_dir / 'passwd'} ({len(passwords)} users)")
+
+
+@app.command("certs")
+def certs_cmd(
+    out_dir: Annotated[Path, typer.Option(help="where to write the CA, keys and certificates")] = (
+        Path("deploy/mosquitto/certs")
+    ),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="server name or address (repeat); default localhost, 127.0.0.1, mosquitto"
+        ),
+    ] = None,
+    client: Annotated[
+        list[str] | None, typer.Option(help="also a client certificate with this name (repeat)")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="validity in days")] = 825,
+) -> None:
+    """Write a private CA, the server certificate (broker and REST APIs) and client certificates."""
+    from derbus.certs import DEFAULT_HOSTS, make_certs
+
+    files = make_certs(out_dir, host or DEFAULT_HOSTS, client or (), days)
+    typer.echo(f"wrote {files.ca} (trust it), {files.server_cert} and {files.server_key}")
+    for name, (crt, key) in files.clients.items():
+        typer.echo(f"wrote client certificate {crt} and {key} for {name}")
 
 
 @app.command()

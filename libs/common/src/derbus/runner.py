@@ -20,6 +20,8 @@ def serve(service: Service[Any, Any], app: FastAPI | None = None) -> None:
         app or make_app(service),
         host=settings.api_host,
         port=settings.api_port,
+        ssl_certfile=settings.api_tls_cert_file,
+        ssl_keyfile=settings.api_tls_key_file,
         log_level=settings.log_level.lower(),
         log_config=None,
         access_log=False,

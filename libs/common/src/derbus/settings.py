@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from derbus.errors import ConfigError
@@ -35,6 +35,10 @@ class MqttSettings(BaseSettings):
     password: SecretStr | None = Field(default=None, description="broker password (secret)")
     tls: bool = Field(default=False, description="connect with TLS")
     ca_file: str | None = Field(default=None, description="CA bundle for TLS")
+    cert_file: str | None = Field(
+        default=None, description="client certificate for a TLS listener that requires one"
+    )
+    key_file: str | None = Field(default=None, description="private key of cert_file")
     client: Literal["gmqtt", "paho"] = Field(
         default="gmqtt",
         description="bus implementation: gmqtt (asyncio, the fast one) or paho (threaded)",
@@ -209,12 +213,44 @@ class ServiceSettings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="bearer token required by state-changing REST calls"
     )
+    api_allow_open: bool = Field(
+        default=False,
+        description="serve state-changing REST calls without a token on a non-loopback "
+        "api_host (refused at start-up unless set)",
+    )
+    api_tls_cert_file: Path | None = Field(
+        default=None, description="serve the API over HTTPS with this certificate (PEM)"
+    )
+    api_tls_key_file: Path | None = Field(default=None, description="private key of the API cert")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     data_dir: Path = Field(
         default=Path("var"), description="folder for the service's state (outbox, models, plans)"
     )
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     site: SiteSettings = Field(default_factory=SiteSettings)
+
+    @model_validator(mode="after")
+    def _secure_api(self) -> Self:
+        if not is_loopback(self.api_host) and self.api_token is None and not self.api_allow_open:
+            raise ValueError(
+                f"api_token: the API listens on {self.api_host} (not loopback) without a token; "
+                "set the API_TOKEN of the service, bind 127.0.0.1, or set API_ALLOW_OPEN=true"
+            )
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("api_tls_cert_file and api_tls_key_file go together")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -87,6 +87,9 @@ class TopicSpec(Generic[M]):
     description: str
     publishers: tuple[str, ...] = ()
     subscribers: tuple[str, ...] = ()
+    own_device: bool = False
+    """The device level is the publishing service's own name (KPIs): the broker ACL lets each
+    publisher write only `…/<its name>/<name>`."""
 
     def topic(self, site_id: str, device_id: str, root: str = DEFAULT_ROOT) -> str:
         """The concrete topic for a site and a device."""
@@ -402,6 +405,7 @@ KPI = TopicSpec(
     "KPIs of a controller (device level = controller): efficiency, time on limit, backlog…",
     publishers=("peak_shaving", "load_manager", "voltage_coordinator", "cloud_sync"),
     subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
+    own_device=True,
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]

@@ -293,7 +293,7 @@ class UnitHandler:
             if acks and acks[0].ack.status == "rejected":
                 return ExcCodes.ILLEGAL_VALUE
         if settings.publish_on_setpoint:
-            self.sim.dirty.add(self.index)
+            self.sim.kick(self.index)
         return None
 
 

@@ -129,7 +129,10 @@ class Simulator:
         self.view: StepView | None = None
         self.steps = 0
         self.dirty: set[int] = set()
-        """Sites whose setpoints changed since the last step (published early, `tick`)."""
+        """Sites whose setpoint changed since their last step: stepped at once (see `kick`)."""
+        self.kicked: set[int] = set()
+        """Sites stepped at once since the last whole-fleet step."""
+        self.immediate_steps = 0
         self.next_due_wall = 0.0
         self.last_kick_wall = 0.0
         self.listeners: list[Callable[[StepResult], None]] = []
@@ -175,9 +178,33 @@ class Simulator:
             )
 
     def applied(self, index: int) -> None:
-        """A setpoint changed site `index`: publish it early when so configured."""
+        """A setpoint changed site `index`: publish it early when so configured (`kick`)."""
         if self.settings.publish_on_setpoint:
+            self.kick(index)
+
+    def kick(self, index: int) -> None:
+        """A setpoint came into force at site `index`: step it at once, unless done already.
+
+        At most one immediate step per site between two whole-fleet steps: a controller that
+        answers every reading with a setpoint (the PMA) would otherwise drive a step, a reading,
+        a setpoint, a step … every `publish_min_gap_s` (~20 steps/s per site, seen in make run).
+        A later setpoint shows in the next regular step.
+        """
+        if index not in self.kicked:
             self.dirty.add(index)
+
+    def take_kicked(self) -> set[int]:
+        """The sites to step at once now (each at most once until `stepped_all`)."""
+        dirty, self.dirty = self.dirty, set()
+        self.kicked |= dirty
+        if dirty:
+            self.immediate_steps += 1
+        return dirty
+
+    def stepped_all(self) -> None:
+        """A whole-fleet step was made: every site may be stepped at once again."""
+        self.dirty.clear()
+        self.kicked.clear()
 
     async def tick(self, wall: float) -> None:
         """Step when the interval is due (all sites) or setpoints kicked some (those sites)."""
@@ -187,12 +214,10 @@ class Simulator:
                 self.next_due_wall = (math.floor(wall / interval) + 1) * interval
             else:
                 self.next_due_wall = wall + interval
-            self.dirty.clear()
             await self.step()
         elif self.dirty and wall - self.last_kick_wall >= self.settings.publish_min_gap_s:
-            dirty, self.dirty = self.dirty, set()
             self.last_kick_wall = wall
-            await self.step(dirty)
+            await self.step(self.take_kicked())
 
     async def step(self, sites: Iterable[int] | None = None) -> StepResult:
         """Advance the fleet to the clock's now; publish every site's readings (or `sites`)."""
@@ -201,6 +226,8 @@ class Simulator:
         if self.steps == 0:  # first pvlib import and day of sky: off the loop, /healthz answers
             await service.run_blocking(fleet.sky.at, now)
         await self.publish_acks(self.controls.expire(now))
+        if sites is None:
+            self.stepped_all()
         result = fleet.step(now, ovr=self.controls.overrides(now))
         view = StepView(result)
         self.last, self.view = result, view

@@ -256,7 +256,7 @@ class GmqttBus:
         s = self.settings
         version = MQTTv50 if self._v5 else MQTTv311
         client._host, client._port, client._keepalive = host, port, s.keepalive_s
-        client._ssl = ssl.create_default_context(cafile=s.ca_file) if s.tls else False
+        client._ssl = tls_context(s) if s.tls else False
         client._connection_state.protocol_version = version
         client._package_handler.reset_error_state()
         client._is_active = True
@@ -594,3 +594,11 @@ def _raw(topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> Ra
         expiry[0] if expiry else None, response[0] if response else None,
         correlation[0] if correlation else None,
     )  # fmt: skip
+
+
+def tls_context(s: MqttSettings) -> ssl.SSLContext:
+    """The client TLS context: the CA to trust and, when given, the client certificate."""
+    context = ssl.create_default_context(cafile=s.ca_file)
+    if s.cert_file:
+        context.load_cert_chain(s.cert_file, s.key_file)
+    return context
