@@ -176,8 +176,10 @@ def edge_password_env_var(site_id: str) -> str:
 def edge_sites(
     env: Mapping[str, str | None], catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE
 ) -> list[str]:
-    """The site ids listed in `MQTT_EDGE_SITES`, checked: valid ids, no broker user names, no
-    two sites sharing a password variable."""
+    """The site ids listed in `MQTT_EDGE_SITES`, checked.
+
+    Valid ids, no broker user names, no two sites sharing a password variable.
+    """
     raw = env.get(EDGE_SITES_VAR) or ""
     sites = [s.strip() for s in raw.split(",") if s.strip()]
     reserved = {*broker_users(catalogue), topics.PLATFORM_SITE}

@@ -112,8 +112,10 @@ def make_certs(
     days: int = 825,
     now: datetime | None = None,
 ) -> CertFiles:
-    """Write (or reuse) the CA, a server certificate for `hosts` and one client certificate per
-    name in `clients` into `folder`."""
+    """Write (or reuse) certificates into `folder`.
+
+    The CA, a server certificate for `hosts` and one client certificate per name in `clients`.
+    """
     now = now or datetime.now(UTC)
     folder.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _load_or_make_ca(folder, days, now)

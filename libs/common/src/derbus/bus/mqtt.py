@@ -491,7 +491,7 @@ def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
 
 
 async def _stop_network_thread(client: mqtt.Client, thread: threading.Thread | None) -> None:
-    """paho's `loop_stop`, without its race: wait for the network thread to end.
+    """Paho's `loop_stop`, without its race: wait for the network thread to end.
 
     After a DISCONNECT the thread ends by itself and sets `client._thread = None` on its way
     out; `loop_stop` checks `_thread` and then calls `_thread.join()`, so a thread that ends in
