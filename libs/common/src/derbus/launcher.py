@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from derbus.errors import ConfigError
+from derbus.jsonfile import write_json
 from derbus.settings import MqttSettings
 from derbus.testing.servers import find_binary, free_port, mosquitto_conf, port_open
 
@@ -120,9 +121,7 @@ class PortChoice:
     note: str | None = None
 
 
-def choose_port(
-    requested: int | None, default: int, what: str, how_to_choose: str
-) -> PortChoice:  # fmt: skip
+def choose_port(requested: int | None, default: int, what: str, how_to_choose: str) -> PortChoice:
     """The requested port (ConfigError when taken), else the default, else a free one.
 
     Args:
@@ -200,9 +199,14 @@ class Child:
             # own process group: a Ctrl-C or a group signal reaches `derbus up`, which stops
             # the children in order (services first, broker last); they die with it
             self.proc = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                process_group=0, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )  # fmt: skip
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         finally:
             log.close()
         self.started_at = time.monotonic()
@@ -274,14 +278,17 @@ class Platform:
     def write_state(self) -> None:
         """Write platform.json (PIDs, ports, broker URL) into the run folder."""
         state = {
-            "broker_url": self.url, "broker": self.broker_kind, "run_dir": str(self.run_dir),
-            "pid": os.getpid(), "modbus_port": self.modbus_port,
-            "children": {n: {"pid": c.pid, "restarts": c.restarts,
-                             "api_port": self.api_ports.get(n)} for n, c in self.children.items()},
-        }  # fmt: skip
-        tmp = self.run_dir / (PLATFORM_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(self.run_dir / PLATFORM_FILE)
+            "broker_url": self.url,
+            "broker": self.broker_kind,
+            "run_dir": str(self.run_dir),
+            "pid": os.getpid(),
+            "modbus_port": self.modbus_port,
+            "children": {
+                n: {"pid": c.pid, "restarts": c.restarts, "api_port": self.api_ports.get(n)}
+                for n, c in self.children.items()
+            },
+        }
+        write_json(self.run_dir / PLATFORM_FILE, state, indent=2)
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Check every child once: report exits, schedule and perform restarts.
@@ -300,8 +307,9 @@ class Platform:
                     child.restarts += 1
                     child.start()
                     changed = True
-                    events.append(f"{child.name}: restarted (pid {child.pid}, restart"
-                                  f" {child.restarts})")  # fmt: skip
+                    events.append(
+                        f"{child.name}: restarted (pid {child.pid}, restart {child.restarts})"
+                    )
                 continue
             if child.proc is None or child.proc.poll() is None:
                 continue
@@ -421,8 +429,9 @@ def up(
     broker, kind = broker_child(run_dir, choice.port)
     broker.start()
     wait_port(broker, choice.port)
-    platform = Platform(repo, run_root, run_dir, choice.port, {"broker": broker}, {}, kind,
-                        modbus_port)  # fmt: skip
+    platform = Platform(
+        repo, run_root, run_dir, choice.port, {"broker": broker}, {}, kind, modbus_port
+    )
     mqtt = MqttSettings() if kind == "mosquitto" else MqttSettings(protocol="3.1.1")
     platform.restart_floor_s = restart_floor_s(mqtt)
     if claim_url:
@@ -463,8 +472,14 @@ def up(
         for command, default_port in spec.companions.items():
             name = f"{spec.name} {command}"
             platform.api_ports[name] = free_port() if free_ports else default_port
-            argv = [sys.executable, "-m", spec.name, command, "--api-port",
-                    str(platform.api_ports[name])]  # fmt: skip
+            argv = [
+                sys.executable,
+                "-m",
+                spec.name,
+                command,
+                "--api-port",
+                str(platform.api_ports[name]),
+            ]
             companion = Child(name, argv, env, run_dir / f"{spec.name}-{command}.log", repo)
             platform.children[name] = companion
             companion.start()

@@ -183,9 +183,12 @@ class MqttBus:
                 except (OSError, ssl.SSLError) as err:
                     last_error = err
                     log.warning(
-                        "MQTT connect to %s:%s failed (attempt %d): %s", host, port, attempt + 1,
+                        "MQTT connect to %s:%s failed (attempt %d): %s",
+                        host,
+                        port,
+                        attempt + 1,
                         err,
-                    )  # fmt: skip
+                    )
                     self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
             if connected:
                 break
@@ -448,10 +451,14 @@ class MqttBus:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         raw = RawMessage(
-            msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
-            getattr(props, "MessageExpiryInterval", None), getattr(props, "ResponseTopic", None),
+            msg.topic,
+            bytes(msg.payload),
+            msg.qos,
+            bool(msg.retain),
+            getattr(props, "MessageExpiryInterval", None),
+            getattr(props, "ResponseTopic", None),
             getattr(props, "CorrelationData", None),
-        )  # fmt: skip
+        )
         after = None
         if self._manual_ack and msg.qos > 0:
             mid, qos, generation = msg.mid, msg.qos, self._generation

@@ -264,11 +264,35 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.base_dir, user="postgres", group="postgres")
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                       "--auth=trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
+            self._run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
         opts = f"-c listen_addresses={self.host} -c port={self.port} -c unix_socket_directories={self.base_dir} -c fsync=off"
-        self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-l",
-                   str(self.base_dir / "pg.log"), "-w", "-t", "60", "start"])  # fmt: skip
+        self._run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-o",
+                opts,
+                "-l",
+                str(self.base_dir / "pg.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self.started = True
         _wait_port(self.host, self.port, 30.0, "postgres", None)
         return self
@@ -467,8 +491,9 @@ class NatsCluster:
         )
         node.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-l", str(self.base_dir / f"{node.name}.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if wait:
             self._wait_listening(node)
 
