@@ -32,7 +32,7 @@ from derbus.messages import FeederState
 from voltage_coordinator.acflow import AcFlow, AcResult
 from voltage_coordinator.coordinator import Coordinator
 from voltage_coordinator.correction import settle
-from voltage_coordinator.dss_import import Study, import_dss
+from voltage_coordinator.dss_import import OriginalModel, Study, import_dss
 from voltage_coordinator.feeder import Feeder, bundled_feeder
 from voltage_coordinator.optimizer import CentralisedSolver, Limits, StepInputs
 from voltage_coordinator.settings import Settings
@@ -64,65 +64,6 @@ def feeders(names: list[str]) -> dict[str, Feeder]:
     }
 
 
-class OriginalPlant:
-    """The original OpenDSS model as the feeder the coordinator controls: its own load models
-    (Z, I, delta), capacitors, transformers; the study's PV added as generators at unity power
-    factor; the regulators frozen at the taps solved at the study's lightest load (as imported).
-    The coordinator's model is the imported feeder, so what the import approximates shows here.
-    """
-
-    def __init__(self, name: str, feeder: Feeder) -> None:
-        from voltage_coordinator.acflow import new_engine_context
-
-        master, commands = MODELS[name]
-        self.feeder = feeder
-        d = self.d = new_engine_context()
-        cwd = os.getcwd()
-        try:
-            d.Text.Command(f"compile [{master}]")
-        finally:
-            os.chdir(cwd)
-        for cmd in commands:
-            d.Text.Command(cmd)
-        d.Vsources.First()
-        d.Vsources.PU(STUDY.source_pu)
-        d.Text.Command(f"set loadmult={STUDY.load_scale * min(feeder.profiles.load)}")
-        d.Text.Command("set mode=snap controlmode=static")
-        d.Solution.Solve()
-        self.parts: dict[str, list[tuple[str, float]]] = {}
-        for pv in feeder.pvs:
-            parts = []
-            for ph, kw in pv.kw.items():
-                name_ = f"{pv.id}_{ph}"
-                d.Text.Command(
-                    f"new generator.{name_} phases=1 bus1={pv.bus}.{'abc'.index(ph) + 1} "
-                    f"kv={feeder.kv_ln(pv.bus):.6f} kw={kw} pf=1 model=1 vminpu=0.6 vmaxpu=1.4"
-                )
-                parts.append((name_, kw / pv.rating_kw))
-            self.parts[pv.id] = parts
-        d.Text.Command("set controlmode=off")
-        self.buses = {b.name for b in feeder.buses}
-
-    def solve(self, load_mult: float, pv_output_kw: dict[str, float]) -> AcResult:
-        d = self.d
-        d.Text.Command(f"set loadmult={STUDY.load_scale * load_mult}")
-        for pid, parts in self.parts.items():
-            total = max(0.0, float(pv_output_kw.get(pid, 0.0)))
-            for name_, share in parts:
-                d.Generators.Name(name_)
-                d.Generators.kW(total * share)
-        d.Solution.Solve()
-        v = {}
-        for node, mag in zip(d.Circuit.AllNodeNames(), d.Circuit.AllBusMagPu(), strict=True):
-            bus, _, ph = node.rpartition(".")
-            if bus in self.buses and ph in ("1", "2", "3"):
-                v[(bus, int(ph) - 1)] = float(mag)
-        return AcResult(v, bool(d.Solution.Converged()), int(d.Solution.Iterations()))
-
-    def close(self) -> None:
-        """Nothing to release (the context lives with the process)."""
-
-
 def state_of(feeder: Feeder, step: int, ac: AcResult, avail: dict[str, float],
              out: dict[str, float]) -> FeederState:  # fmt: skip
     return FeederState(
@@ -133,7 +74,7 @@ def state_of(feeder: Feeder, step: int, ac: AcResult, avail: dict[str, float],
 
 
 def bisect_reference(
-    ac: AcFlow | OriginalPlant, load: float, avail: dict[str, float], kind: str, halvings: int = 60
+    ac: AcFlow | OriginalModel, load: float, avail: dict[str, float], kind: str, halvings: int = 60
 ) -> float:
     """Least curtailment (kW) with one common value for the feeder that holds in AC."""
     top = 1.0 if kind == "equal_fraction" else max(avail.values())
@@ -164,7 +105,7 @@ def run_rule(
     group_by: str,
     steps: list[int],
     margin: float,
-    plant: AcFlow | OriginalPlant | None = None,
+    plant: AcFlow | OriginalModel | None = None,
     cycles: int = 1,
 ) -> dict[str, object]:
     """The day for one rule: `ac` is the coordinator's model, `plant` the feeder (default: the
@@ -362,7 +303,11 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()}")
     for name, feeder in feeders(args.feeders.split(",")).items():
         ac = AcFlow(feeder)
-        plant = OriginalPlant(name, feeder) if args.original_plant and name in MODELS else None
+        plant = (
+            OriginalModel(MODELS[name][0], feeder, STUDY, MODELS[name][1])
+            if args.original_plant and name in MODELS
+            else None
+        )
         steps = list(range(0, feeder.steps, 4 if args.quick else 1))
         peak = max(range(feeder.steps), key=lambda s: feeder.profiles.pv[s])
         print(

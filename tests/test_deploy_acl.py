@@ -147,7 +147,8 @@ def test_acl_text_has_one_block_per_user_and_valid_lines() -> None:
             assert kind in ("topic", "pattern")
             assert (kind == "pattern") == ("%u" in topic)
             assert access in ("read", "write", "readwrite")
-            assert topic.startswith(("der/v1/", "$SYS/"))
+            outside = {r.topic for rules in acl.EXTERNAL_RULES.values() for r in rules}
+            assert topic.startswith(("der/v1/", "$SYS/")) or topic in outside
 
 
 def test_the_committed_acl_matches_the_catalogue() -> None:
@@ -415,3 +416,37 @@ def test_derbus_acl_command_writes_acl_passwd_and_fills_env(
     users = [line.split(":", 1)[0] for line in (out / "passwd").read_text().splitlines()]
     assert users == acl.broker_users()
     assert env_file.stat().st_mode & 0o077 == 0
+
+
+def test_the_scada_bridge_speaks_sparkplug_and_home_assistant_under_the_acl() -> None:
+    """The bridge's own topic builders, at their defaults, against the generated ACL."""
+    from scada_bridge import ha_discovery as ha
+    from scada_bridge import sparkplug as sp
+    from scada_bridge.settings import Settings as BridgeSettings
+
+    bridge, scada = "scada_bridge", acl.SCADA_USER
+    s = BridgeSettings()
+    group, node = s.group_id, s.edge_node_id
+    published = [
+        sp.topic(group, "NBIRTH", node), sp.topic(group, "NDEATH", node),
+        sp.topic(group, "DBIRTH", node, "site-1"), sp.topic(group, "DDATA", node, "site-1"),
+        sp.topic(group, "DDEATH", node, "site-1"),
+        ha.discovery_topic(s.ha_discovery_prefix, "sensor", "site-1", "pv_power"),
+        ha.discovery_topic(s.ha_discovery_prefix, "number", "site-1", "battery_setpoint"),
+        ha.setpoint_state_topic(s.ha_command_prefix, "site-1", "battery"),
+    ]  # fmt: skip
+    commands = [
+        sp.topic(group, "NCMD", node), sp.topic(group, "DCMD", node, "site-1"),
+        ha.setpoint_command_topic(s.ha_command_prefix, "site-1", "battery"),
+        ha.birth_topic(s.ha_discovery_prefix), sp.state_topic("ignition"),
+    ]  # fmt: skip
+    for topic in published:
+        assert may(bridge, "write", topic), topic
+        assert may(scada, "read", topic), topic
+        assert not may(scada, "write", topic), f"the SCADA could forge {topic}"
+    for topic in commands:
+        assert may(bridge, "read", topic), topic
+        assert may(scada, "write", topic), topic
+    for user in SERVICES:
+        if user != bridge:
+            assert not may(user, "write", published[0]), f"{user} could write {published[0]}"

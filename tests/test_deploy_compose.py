@@ -419,10 +419,10 @@ def _image_packages(name: str) -> set[str]:
     import shutil
     import subprocess
 
-    uv = shutil.which("uv")
-    assert uv, "uv is required (make venv installs it)"
+    # as the Makefile finds it: `uv` on PATH, else the uv module of the system python
+    uv = [shutil.which("uv")] if shutil.which("uv") else ["python3", "-m", "uv"]
     out = subprocess.run(
-        [uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-workspace",
+        [*uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-workspace",
          "--package", pyproject(name)["project"]["name"]],
         cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
     ).stdout  # fmt: skip

@@ -1,7 +1,8 @@
 """`make compose-check`: build every image and run `docker compose up` for real, then check it.
 
-1. A Docker engine: the one that answers (`docker info`), else a private `dockerd` (vfs storage,
-   no bridge, no iptables) with its data root, exec root, pid file and socket under
+1. A Docker engine: the one that answers (`docker info`), else a private `dockerd` (overlay2
+   storage, or $DERBUS_CHECK_STORAGE, e.g. vfs where overlay mounts are refused; no bridge, no
+   iptables) with its data root, exec root, pid file and socket under
    $DERBUS_CHECK_DIR (default /var/tmp/derbus-compose-check), stopped at the end.
 2. Base images under their real tags, built here when the engine lacks them (no registry is
    reachable): a Debian bookworm root filesystem from `debootstrap`, then stand-ins for
@@ -52,6 +53,9 @@ HERE = Path(__file__).resolve().parent
 STANDINS = HERE / "standins"
 WORK = Path(os.environ.get("DERBUS_CHECK_DIR", "/var/tmp/derbus-compose-check"))  # noqa: S108
 DEBIAN_BASE = "derbus-standin/debian:bookworm"
+# overlay2 stores each layer as a difference; vfs copies the whole image for every layer: the
+# eleven service images took 55 GB on vfs (and filled this machine's disk), a few GB on overlay2
+STORAGE = os.environ.get("DERBUS_CHECK_STORAGE", "overlay2")
 DEBIAN_MIRROR = os.environ.get("DERBUS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 INFRA = ("mosquitto", "postgres", "influxdb")
 SKIPPED = {
@@ -154,7 +158,7 @@ def start_engine() -> Engine:
         )
     if os.geteuid() != 0:
         raise CheckError("no Docker engine answers; a private dockerd needs root")
-    root = WORK / "engine"
+    root = WORK / f"engine-{STORAGE}"
     for sub in ("data", "exec"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     sock = root / "docker.sock"
@@ -166,7 +170,7 @@ def start_engine() -> Engine:
         engine.proc = None
         _adopted.append(pid)
         return engine
-    cmd = [dockerd, "--storage-driver", "vfs", "--bridge=none", "--iptables=false",
+    cmd = [dockerd, "--storage-driver", STORAGE, "--bridge=none", "--iptables=false",
            "--ip-masq=false", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
            "--pidfile", str(root / "docker.pid"), "-H", env["DOCKER_HOST"]]  # fmt: skip
     logfile = (root / "dockerd.log").open("ab")
@@ -404,16 +408,19 @@ def container_ids(engine: Engine, stack: Stack) -> dict[str, str]:
 
 
 def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: float,
-                 timeout_s: float) -> None:  # fmt: skip
+                 timeout_s: float, up: subprocess.Popen[str]) -> None:  # fmt: skip
     deadline = time.monotonic() + timeout_s
     pending: set[str] = set()
     while time.monotonic() < deadline:
         ids = container_ids(engine, stack)
         pending = set()
-        states = json.loads(engine.docker("inspect", *ids.values())) if ids else []
-        for name, info in zip(ids, states, strict=True):
+        found = (
+            json.loads(engine.docker("inspect", *ids.values(), check=False) or "[]") if ids else []
+        )
+        by_id = {info["Id"][:12]: info["State"] for info in found}
+        for name, cid in ids.items():
             row = rows.setdefault(name, Row(name, "-"))
-            state = info["State"]
+            state = by_id.get(cid[:12], {})
             health = (state.get("Health") or {}).get("Status", "none")
             if state.get("Status") != "running" or health != "healthy":
                 pending.add(name)
@@ -421,9 +428,11 @@ def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: fl
             elif row.ready_s is None:
                 row.healthy, row.ready_s = "yes", time.monotonic() - started
                 log(f"{name}: healthy after {row.ready_s:.0f} s")
-        if ids and not pending:
+        if ids and not pending and up.poll() is not None:
             return
-        time.sleep(2)
+        if up.poll() not in (None, 0):
+            return  # `up` failed: its output says why
+        time.sleep(1)
     raise CheckError(f"not healthy within {timeout_s:.0f} s: {', '.join(sorted(pending))}")
 
 
@@ -572,8 +581,18 @@ def main() -> int:
             stack = make_stack(compose, workdir)
             log(f"docker compose up (project {stack.project}, free loopback host ports)")
             up_at = time.monotonic()
-            stack.compose(engine, "up", "-d", "--no-build", timeout=600)
-            wait_healthy(engine, stack, rows, up_at, args.health_timeout)
+            # `up -d` itself waits for the healthchecks `depends_on` names: poll meanwhile, so
+            # first-ready is when each container turned healthy, not when `up` returned
+            up = subprocess.Popen(
+                [*compose_command(), "-p", stack.project, "--env-file", str(stack.env_file),
+                 "-f", str(REPO / "docker-compose.yml"), "-f", str(stack.override), "up", "-d",
+                 "--no-build"], env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True,
+            )  # fmt: skip
+            wait_healthy(engine, stack, rows, up_at, args.health_timeout, up)
+            out, _ = up.communicate(timeout=600)
+            if up.returncode != 0:
+                raise CheckError(f"docker compose up failed ({up.returncode}):\n{out[-3000:]}")
             checks: list[Callable[[], str]] = [
                 lambda: check_readyz(stack),
                 lambda: check_anonymous_refused(stack),

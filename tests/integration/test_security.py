@@ -791,3 +791,36 @@ def test_a_non_loopback_api_without_a_token_refuses_to_start(host: str) -> None:
     assert EchoSettings(api_host=host, api_token="t").api_host == host
     assert EchoSettings(api_host=host, api_allow_open=True).api_token is None
     assert EchoSettings(api_host="127.0.0.1").api_token is None
+
+
+# The SCADA bridge under its own user: Sparkplug and Home Assistant topics pass the ACL.
+
+
+async def test_the_scada_bridge_births_and_discovery_reach_the_scada_through_the_acl(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus], tmp_path: Path
+) -> None:
+    from scada_bridge.__main__ import link_settings
+    from scada_bridge.service import build_service as build_bridge
+    from scada_bridge.settings import Settings as BridgeSettings
+
+    settings = BridgeSettings(
+        data_dir=tmp_path, mqtt=secured_broker.settings("scada_bridge"), link_check_s=0.1
+    )
+    seen = Inbox()
+    await clients["scada"].subscribe("spBv1.0/#", 1, seen)
+    await clients["scada"].subscribe(f"{settings.ha_discovery_prefix}/#", 1, seen)
+    bridge = build_bridge(
+        settings, MqttBus(settings.mqtt), make_link=lambda: MqttBus(link_settings(settings))
+    )
+    nbirth = f"spBv1.0/{settings.group_id}/NBIRTH/{settings.edge_node_id}"
+    await bridge.start()
+    try:
+        await wait_for(lambda: nbirth in seen.topics(), 15, message="the bridge's NBIRTH")
+        reading = topics.METER.topic("site-1", "pcc", secured_broker.root)
+        await clients["edge_simulator"].publish(reading, meter(1.5), qos=1)
+        await wait_for(
+            lambda: any(t.endswith("/config") for t in seen.topics()), 15,
+            message="a Home Assistant discovery config",
+        )  # fmt: skip
+    finally:
+        await bridge.stop()

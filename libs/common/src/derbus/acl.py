@@ -70,6 +70,32 @@ class AclRule:
     topic: str
 
 
+# Namespaces outside the topic root, by user. The SCADA bridge is a Sparkplug B edge node
+# (births, data and its death will under `spBv1.0/`; NCMD/DCMD and host STATE read there) and
+# publishes Home Assistant discovery (retained configs under `homeassistant/`, HA's `status`
+# read) with its number entities' command and state topics under `derbus_ha/` (the defaults of
+# BRIDGE_HA_DISCOVERY_PREFIX and BRIDGE_HA_COMMAND_PREFIX). The SCADA user stands for the host
+# side: a Sparkplug host application or Home Assistant reads those and writes the commands and
+# HA's status, but cannot forge the edge node's births and data.
+EXTERNAL_RULES: dict[str, tuple[AclRule, ...]] = {
+    "scada_bridge": (
+        AclRule("readwrite", "spBv1.0/#"),
+        AclRule("readwrite", "homeassistant/#"),
+        AclRule("readwrite", "derbus_ha/#"),
+    ),
+    SCADA_USER: (
+        AclRule("read", "spBv1.0/#"),
+        AclRule("write", "spBv1.0/+/NCMD/+"),
+        AclRule("write", "spBv1.0/+/DCMD/+/+"),
+        AclRule("write", "spBv1.0/STATE/+"),
+        AclRule("read", "homeassistant/#"),
+        AclRule("write", "homeassistant/status"),
+        AclRule("read", "derbus_ha/#"),
+        AclRule("write", "derbus_ha/+/+/setpoint/set"),
+    ),
+}
+
+
 def password_env_var(user: str) -> str:
     """The environment variable holding a broker user's password, e.g. `MQTT_PASSWORD_SCADA`."""
     return f"MQTT_PASSWORD_{user.upper()}"
@@ -120,6 +146,10 @@ def user_rules(
             _merge(wanted, spec.filter(PLATFORM_SITE, user, root=root), "write")
         if user in spec.subscribers and user != SCADA_USER:
             _merge(wanted, spec.filter(root=root), "read")
+    for rule in EXTERNAL_RULES.get(user, ()):
+        for kind in ("read", "write"):
+            if kind in rule.access:
+                _merge(wanted, rule.topic, kind)
     out = []
     for topic, kinds in sorted(wanted.items()):
         access: Access = (

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from derbus import topics
 from derbus.bus.base import RawMessage
-from derbus.http import TokenDep
+from derbus.http import ERROR_REF, TokenDep, errors
 from derbus.messages import (
     AckStatus,
     SetpointAck,
@@ -186,11 +186,21 @@ def serve_setpoints(
         "/devices/{device_id}/setpoints",
         response_model=SetpointAck,
         responses={
-            202: {"description": "queued: a higher priority holds the device (named)"},
-            404: {"description": "unknown device or site"},
-            409: {"description": "the device id exists on several sites: give site_id"},
-            422: {"description": "rejected (the ack says why) or an invalid body"},
-            504: {"description": "no acknowledgement in time"},
+            202: {
+                "model": SetpointAck,
+                "description": "queued: a higher priority holds the device (named)",
+            },
+            **errors(404, 409, 504),
+            422: {
+                "description": "rejected (the ack says why) or an invalid body (the field)",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [{"$ref": "#/components/schemas/SetpointAck"}, ERROR_REF]
+                        }
+                    }
+                },
+            },
         },
     )
     async def post_setpoint(

@@ -45,6 +45,8 @@ CATEGORIES: tuple[str, ...] = ("telemetry", "forecast", "schedule", "control", "
 M = TypeVar("M", bound=Message)
 
 _FORBIDDEN_IN_ID = ("/", "+", "#", "\x00")
+ID_PATTERN = "^[^/+#\x00]+$"
+"""`validate_id` as a JSON Schema pattern (for REST bodies and path parameters)."""
 
 
 def validate_id(kind: str, value: str) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from derbus import topics
 from derbus.bus.base import Bus
-from derbus.http import TokenDep
+from derbus.http import TokenDep, errors
 from derbus.messages import (
     ChargingMode,
     EvChargerTelemetry,
@@ -130,7 +130,7 @@ def build_service(
         """Running sessions (plan, KPIs), then recently ended ones, newest first."""
         return state.sessions()
 
-    @router.put("/sessions/{device_id}", response_model=EvSession)
+    @router.put("/sessions/{device_id}", response_model=EvSession, responses=errors(404))
     async def put_session(
         device_id: str,
         body: Annotated[SessionNeed, Body()],
@@ -144,7 +144,7 @@ def build_service(
         session = await state.set_need(conn, body.departure, body.energy_need_kwh, body.mode)
         return state.session_message(conn, session)
 
-    @router.get("/prices/{site_id}", response_model=PriceSeries)
+    @router.get("/prices/{site_id}", response_model=PriceSeries, responses=errors(404))
     def get_prices(site_id: str) -> PriceSeries:
         """The price series a site is planned with (404: none; see `stale`, `valid_until`)."""
         series = state.prices.series.get(site_id)

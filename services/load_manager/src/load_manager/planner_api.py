@@ -29,11 +29,14 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from derbus.errors import ConfigError, SolverError
+from derbus.http import errors
 from derbus.messages import UtcDatetime
 from derbus.service import Service
 from derbus.tariff import Tariff
-from derbus.topics import validate_id
+from derbus.topics import ID_PATTERN, validate_id
+from load_manager.api_models import Checked, Simulation
 from load_manager.cossmic import load_jobs, load_neighbourhood, load_profile
+from load_manager.planning import LaxTime
 from load_manager.profiles import resample_profile
 from load_manager.scheduler import (
     HouseInput,
@@ -51,15 +54,18 @@ Algorithm = Literal["milp", "greedy", "earliest"]
 SERIES_STEP_S = 3600
 """PV predictions and base loads of a scenario are hourly, kW."""
 
+STRICT = ConfigDict(extra="forbid", strict=True)
+"""REST bodies take the JSON types their schema says (no `false` for 0; times as text)."""
+
 Kw = Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)]
 
 
 class PlannerDevice(BaseModel):
     """A flexible appliance of a house with its load profile (kW per `profile_step_s`, >= 0)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    device_id: str = Field(min_length=1, max_length=100)
+    device_id: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
     type: str = Field(default="appliance", min_length=1, max_length=100)
     profile_kw: list[Kw] = Field(min_length=1, max_length=2_000)
     profile_step_s: int = Field(default=900, gt=0, le=86_400)
@@ -73,9 +79,9 @@ class PlannerDevice(BaseModel):
 class PlannerHouse(BaseModel):
     """A house: connection limit, hourly PV prediction and base load (kW from the start)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    house_id: str = Field(min_length=1, max_length=100)
+    house_id: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
     connection_limit_kw: float = Field(default=9.2, gt=0, le=10_000, allow_inf_nan=False)
     pv_kw: list[Kw] = Field(default_factory=list, max_length=24 * 14)
     base_kw: list[Kw] = Field(default_factory=list, max_length=24 * 14)
@@ -90,13 +96,13 @@ class PlannerHouse(BaseModel):
 class PlannerJob(BaseModel):
     """A deferrable run of a device between its earliest and latest start."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     job_id: str = Field(min_length=1, max_length=100)
     house_id: str = Field(min_length=1)
     device_id: str = Field(min_length=1)
-    earliest_start: UtcDatetime
-    latest_start: UtcDatetime
+    earliest_start: LaxTime
+    latest_start: LaxTime
     profile_kw: list[Kw] | None = Field(
         default=None,
         min_length=1,
@@ -109,12 +115,14 @@ class PlannerJob(BaseModel):
 class Scenario(BaseModel):
     """A neighbourhood to plan: houses, devices, jobs, over `hours` from `start` on `step_s`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str = Field(default="neighbourhood", min_length=1, max_length=100)
-    start: UtcDatetime
+    start: LaxTime
     hours: int = Field(default=24, ge=1, le=72)
-    step_s: int = Field(default=900, ge=300, le=3600)
+    step_s: int = Field(
+        default=900, ge=300, le=3600, json_schema_extra={"enum": [300, 600, 900, 1200, 1800, 3600]}
+    )
     neighbourhood_limit_kw: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     shared_pv: bool = True
     houses: list[PlannerHouse] = Field(min_length=1, max_length=200)
@@ -136,7 +144,7 @@ class Scenario(BaseModel):
 class SimulationRequest(BaseModel):
     """Simulate a scenario `runs` times with one algorithm and seeded variation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     scenario: Scenario
     algorithm: Algorithm = "milp"
@@ -149,7 +157,7 @@ class SimulationRequest(BaseModel):
 class ImportRequest(BaseModel):
     """CoSSMic-style files as text: neighbourhood XML, jobs CSV or XML, their profiles, PV."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     neighbourhood_xml: str = Field(min_length=1, max_length=2_000_000)
     jobs_text: str | None = Field(default=None, max_length=2_000_000)
@@ -504,7 +512,7 @@ def planner_router(service: Service[Settings, Any]) -> APIRouter:
     """The planner endpoints (read the service's current settings at each call)."""
     router = APIRouter(prefix="/planner", tags=["planner"])
 
-    @router.post("/check")
+    @router.post("/check", response_model=Checked, responses=errors(422))
     def check(scenario: Scenario) -> dict[str, Any]:
         """Check a scenario: 200 with its size, or 422 naming each invalid field."""
         _check(scenario)
@@ -515,13 +523,13 @@ def planner_router(service: Service[Settings, Any]) -> APIRouter:
             "steps": scenario.n_steps,
         }
 
-    @router.post("/simulate")
+    @router.post("/simulate", response_model=Simulation, responses=errors(422))
     async def post_simulate(request: SimulationRequest) -> dict[str, Any]:
         """Place the scenario's jobs `runs` times with the chosen algorithm (seeded variation)."""
         _check(request.scenario, ("scenario",))
         return await asyncio.to_thread(simulate, request, service.settings)
 
-    @router.post("/import")
+    @router.post("/import", response_model=Scenario, responses=errors(422))
     def post_import(request: ImportRequest) -> dict[str, Any]:
         """A scenario from CoSSMic-style files; 422 naming the file and line of a problem."""
         try:

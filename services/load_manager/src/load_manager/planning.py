@@ -6,8 +6,10 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from derbus.messages import JobPlan, JobRequest, PlannedJob, TimeSeries, UtcDatetime
 from derbus.tariff import ImportPrices
@@ -152,24 +154,49 @@ def plan_message(
     )
 
 
+def _not_a_number(value: Any) -> Any:
+    if isinstance(value, int | float):
+        raise ValueError("a time is ISO 8601 text, not a number")
+    return value
+
+
+LaxTime = Annotated[UtcDatetime, Strict(False), BeforeValidator(_not_a_number)]
+"""A time in a strict REST body: ISO 8601 text (JSON has no time type), not a number."""
+
+
 class JobSubmission(BaseModel):
     """A job as submitted over REST: window by latest start or deadline, profile in kW or Wh."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the schema says "exactly one of" as the validator does; the four may be left out, not null
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
+        {"oneOf": [{"required": ["latest_start"]}, {"required": ["deadline"]}]},
+        {"oneOf": [{"required": ["profile_kw"]}, {"required": ["profile_cumulative_wh"]}]},
+    ]})  # fmt: skip
 
     job_id: str | None = Field(default=None, max_length=100, description="generated when absent")
     house_id: str | None = Field(default=None, description="defaults to the service's site")
     device_id: str = Field(min_length=1, description="the appliance's device id")
-    earliest_start: UtcDatetime | None = Field(default=None, description="defaults to now")
-    latest_start: UtcDatetime | None = None
-    deadline: UtcDatetime | None = Field(
+    earliest_start: LaxTime | None = Field(default=None, description="defaults to now")
+    latest_start: LaxTime | SkipJsonSchema[None] = None
+    deadline: LaxTime | SkipJsonSchema[None] = Field(
         default=None, description="latest end; latest start = deadline − duration"
     )
-    profile_kw: list[float] | None = Field(default=None, description="power per step, kW")
-    step_s: int = Field(default=900, gt=0, le=86_400, description="step of the profile, s")
-    profile_cumulative_wh: list[tuple[float, float]] | None = Field(
-        default=None, description="[(time_s, cumulative Wh)] since the job's start"
+    profile_kw: list[float] | SkipJsonSchema[None] = Field(
+        default=None, description="power per step, kW"
     )
+    step_s: int = Field(default=900, gt=0, le=86_400, description="step of the profile, s")
+    profile_cumulative_wh: (
+        list[Annotated[tuple[float, float], Strict(False)]] | SkipJsonSchema[None]
+    ) = Field(default=None, description="[(time_s, cumulative Wh)] since the job's start")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _left_out_not_null(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("latest_start", "deadline", "profile_kw", "profile_cumulative_wh"):
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key}: leave it out rather than null")
+        return data
 
     @model_validator(mode="after")
     def _one_of_each(self) -> JobSubmission:

@@ -13,9 +13,18 @@ from pydantic import ValidationError
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import ConfigError
-from derbus.http import TokenDep
-from derbus.messages import JobRequest, MeterReading, PriceSeries, PvTelemetry, TimeSeries, utcnow
+from derbus.http import TokenDep, errors
+from derbus.messages import (
+    JobPlan,
+    JobRequest,
+    MeterReading,
+    PriceSeries,
+    PvTelemetry,
+    TimeSeries,
+    utcnow,
+)
 from derbus.service import Context, Service
+from load_manager.api_models import Balance, JobView, Kpis
 from load_manager.jobs import DuplicateJobError
 from load_manager.manager import LoadManager
 from load_manager.planner_api import planner_router
@@ -102,17 +111,17 @@ def _router(service: Service[Settings, LoadManager], lm: LoadManager) -> APIRout
     net, jobs, clock, site = lm.net, lm.jobs, lm.clock, service.settings.site.id
     router = APIRouter(tags=["load_manager"])
 
-    @router.get("/balance")
+    @router.get("/balance", response_model=Balance)
     def get_balance() -> dict[str, Any]:
         """The open settlement period's balance, the loads' states and today's KPIs."""
         return net.balance()
 
-    @router.get("/kpis")
+    @router.get("/kpis", response_model=Kpis)
     def get_kpis() -> dict[str, Any]:
         """Today's KPIs and the daily summaries of past days."""
         return net.kpis_view()
 
-    @router.post("/jobs", status_code=201)
+    @router.post("/jobs", status_code=201, response_model=JobView, responses=errors(409, 422))
     async def post_job(body: JobSubmission, _auth: TokenDep) -> dict[str, Any]:
         """Submit a deferrable job; it is planned at once and returned with its planned start."""
         now = clock()
@@ -130,12 +139,12 @@ def _router(service: Service[Settings, LoadManager], lm: LoadManager) -> APIRout
             await jobs.replan(now)
         return jobs.book.entries[request.job_id].to_dict()
 
-    @router.get("/jobs")
+    @router.get("/jobs", response_model=list[JobView])
     def get_jobs() -> list[dict[str, Any]]:
         """Every job with its status and plan."""
         return jobs.book.to_list()
 
-    @router.get("/jobs/{job_id}")
+    @router.get("/jobs/{job_id}", response_model=JobView, responses=errors(404))
     def get_job(job_id: str) -> dict[str, Any]:
         """One job."""
         entry = jobs.book.entries.get(job_id)
@@ -143,7 +152,7 @@ def _router(service: Service[Settings, LoadManager], lm: LoadManager) -> APIRout
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return entry.to_dict()
 
-    @router.delete("/jobs/{job_id}")
+    @router.delete("/jobs/{job_id}", response_model=JobView, responses=errors(404, 409))
     async def delete_job(job_id: str, _auth: TokenDep) -> dict[str, Any]:
         """Cancel a job that has not started (404 unknown, 409 already started)."""
         try:
@@ -153,14 +162,14 @@ def _router(service: Service[Settings, LoadManager], lm: LoadManager) -> APIRout
         except ValueError as err:
             raise HTTPException(status_code=409, detail=str(err)) from err
 
-    @router.get("/plan")
+    @router.get("/plan", response_model=JobPlan, responses=errors(404))
     def get_plan() -> dict[str, Any]:
         """The latest published job plan (404 before the first)."""
         if jobs.plan is None:
             raise HTTPException(status_code=404, detail="no plan yet")
         return jobs.plan
 
-    @router.post("/plan", status_code=200)
+    @router.post("/plan", status_code=200, response_model=JobPlan)
     async def post_plan(_auth: TokenDep) -> dict[str, Any]:
         """Re-plan now."""
         return await jobs.replan(clock())

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from derbus.errors import SolverError
 from derbus.messages import FeederState
 from voltage_coordinator.admm import DistributedSolver
-from voltage_coordinator.correction import AcModel, inputs_from_state, settle
+from voltage_coordinator.correction import (
+    AcModel,
+    Settled,
+    inputs_from_state,
+    predicted_voltages,
+    settle,
+)
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.network import FloatArray, compile_tree
 from voltage_coordinator.optimizer import CentralisedSolver, Curtailment, StepInputs
@@ -166,6 +172,35 @@ class Coordinator:
 
         return solve
 
+    def _lower_fixed_point(
+        self,
+        settled: Settled,
+        solve: Callable[[StepInputs], Curtailment],
+        inputs: StepInputs,
+        model: AcModel,
+    ) -> Settled:
+        """`equal_kw`: the water-filling's choice of fully curtailed PVs is discrete, so the bias
+        map can have several fixed points and the one reached depends on the start. A second
+        start (no bias, no residual bound) is kept when it curtails less and the prediction
+        with the residual bound still holds for it."""
+        s = self.settings
+        other = settle(
+            solve, model, self.feeder, self.tree, replace(inputs, v_bias_pu=np.zeros(self.tree.size)),
+            v_max_pu=s.v_max_pu,
+        )  # fmt: skip
+        if (
+            not other.converged
+            or other.curtailment.curtailed_kw >= settled.curtailment.curtailed_kw
+        ):
+            return settled
+        check = predicted_voltages(
+            model, self.tree, inputs, other.curtailment.limit_kw, s.residual_gain
+        )
+        if float(check.max()) > s.v_max_pu - s.margin_pu + 1e-5:
+            return settled
+        rounds = settled.curtailment.bias_rounds + other.curtailment.bias_rounds
+        return Settled(replace(other.curtailment, bias_rounds=rounds), other.bias_pu, check, True)
+
     def _settle(
         self,
         state: FeederState,
@@ -173,7 +208,13 @@ class Coordinator:
         solve: Callable[[StepInputs], Curtailment],
         method: str,
     ) -> Decision:
-        settled = settle(solve, self.model, self.feeder, self.tree, inputs)
+        s = self.settings
+        settled = settle(
+            solve, self.model, self.feeder, self.tree, inputs,
+            residual_gain=s.residual_gain, v_max_pu=s.v_max_pu,
+        )  # fmt: skip
+        if s.fairness == "equal_kw" and self.model is not None:
+            settled = self._lower_fixed_point(settled, solve, inputs, self.model)
         cut = settled.curtailment
         return Decision(
             state.step, inputs, cut, limits_to_send(self.feeder, cut), method,

@@ -6,8 +6,10 @@ point it is up to -2e-3 pu on IEEE 123 (a negative bias *raises* the linear limi
 curtailed, so a decision taken with the bias measured before curtailing under-curtails (the cold
 start overshoot). `settle` therefore iterates the bias to a fixed point inside one decision on
 the coordinator's AC model of the feeder: bias(x) = model(x) - linear(x) + (measured - model)
-at the measured point (what the model misses, held constant). At the fixed point the predicted
-AC voltage is within the tolerance of the linear limit. Without a model the bias is bounded
+at the measured point (what the model misses) + a bound of how much that may move
+(`residual_gain` x the model's voltage change from the measured point: a first decision far
+from the measured point is conservative, a re-solve on the next measurement tightens it). At
+the fixed point the predicted AC voltage is within the tolerance of the linear limit. Without a model the bias is bounded
 conservatively (a negative bias is not used).
 """
 
@@ -55,6 +57,24 @@ class Settled:
     converged: bool
 
 
+def predicted_voltages(
+    model: AcModel,
+    tree: Tree,
+    inputs: StepInputs,
+    limit_kw: Mapping[str, float],
+    residual_gain: float = 0.0,
+) -> FloatArray:
+    """What `settle` predicts for a decision: the model at it + the measured residual + its
+    bound (residual_gain x the model's voltage change from the measured point), per node."""
+    v = model.solve(inputs.load_mult, limit_kw).vector(tree)
+    if inputs.pv_output_kw is None or inputs.v_measured_pu is None:
+        return v
+    at_measured = model.solve(inputs.load_mult, inputs.pv_output_kw).vector(tree)
+    residual = np.nan_to_num(inputs.v_measured_pu - at_measured, nan=0.0)
+    out: FloatArray = v + residual + residual_gain * np.abs(v - at_measured)
+    return out
+
+
 def settle(
     decide: Callable[[StepInputs], Curtailment],
     model: AcModel | None,
@@ -63,6 +83,8 @@ def settle(
     inputs: StepInputs,
     tol_pu: float = 1e-5,
     max_rounds: int = 8,
+    residual_gain: float = 0.0,
+    v_max_pu: float | None = None,
 ) -> Settled:
     """One decision with the AC bias iterated to its fixed point (see the module docstring).
 
@@ -75,6 +97,10 @@ def settle(
         tol_pu: the fixed point is reached when the bias moves less than this.
         max_rounds: bound on decide/model rounds; past it the largest bias seen at each node
             is used (conservative).
+        residual_gain: the residual (measured - model at the measured point) may move by this
+            share of the model's voltage change from the measured point; added to the bias.
+        v_max_pu: when no fixed point is reached, the least-curtailing solution whose
+            predicted voltages stay at or below this is taken (else the largest bias seen).
     """
     started = time.perf_counter()
     measured = inputs.v_bias_pu if inputs.v_bias_pu is not None else np.zeros(tree.size)
@@ -84,23 +110,43 @@ def settle(
         result = replace(result, bias_rounds=1, solve_s=time.perf_counter() - started)
         return Settled(result, bias, result.v_lin_pu + bias, True)
     residual = np.zeros(tree.size)
+    at_measured: FloatArray | None = None
     if inputs.pv_output_kw is not None and inputs.v_measured_pu is not None:
         at_measured = model.solve(inputs.load_mult, inputs.pv_output_kw).vector(tree)
         residual = np.nan_to_num(inputs.v_measured_pu - at_measured, nan=0.0)
+
+    def predicted(limit_kw: Mapping[str, float]) -> FloatArray:
+        v = model.solve(inputs.load_mult, limit_kw).vector(tree)
+        # what the model misses moves with the operating point: bound it by a share of the
+        # voltage change from the measured point (large only on a first decision after a
+        # cold start; a re-solve on the fresh measurement then tightens it)
+        moved = np.abs(v - at_measured) if at_measured is not None else 0.0
+        out: FloatArray = v + residual + residual_gain * moved
+        return out
+
     bias = measured
     seen = [bias]
+    feasible: list[tuple[float, Curtailment, FloatArray, FloatArray]] = []
     for rounds in range(1, max_rounds + 1):
         result = decide(replace(inputs, v_bias_pu=bias))
-        ac = model.solve(inputs.load_mult, result.limit_kw).vector(tree) + residual
+        ac = predicted(result.limit_kw)
         new_bias = ac - result.v_lin_pu
         if float(np.max(np.abs(new_bias - bias))) < tol_pu:
             result = replace(result, bias_rounds=rounds, solve_s=time.perf_counter() - started)
             return Settled(result, bias, ac, True)
-        bias = new_bias
+        if v_max_pu is not None and float(ac.max()) <= v_max_pu:
+            feasible.append((result.curtailed_kw, result, bias, ac))
+        # a rule with discrete choices (equal_kw's fully curtailed PVs) can cycle between two
+        # biases: from the fourth round on, move half way
+        bias = new_bias if rounds < 4 else (bias + new_bias) / 2
         seen.append(bias)
+    if feasible:  # the least curtailment among the solutions the prediction holds for
+        _, result, bias, ac = min(feasible, key=lambda item: item[0])
+        result = replace(result, bias_rounds=max_rounds, solve_s=time.perf_counter() - started)
+        return Settled(result, bias, ac, False)
     bias = np.max(seen, axis=0)
     result = decide(replace(inputs, v_bias_pu=bias))
-    ac = model.solve(inputs.load_mult, result.limit_kw).vector(tree) + residual
+    ac = predicted(result.limit_kw)
     result = replace(result, bias_rounds=max_rounds + 1, solve_s=time.perf_counter() - started)
     return Settled(result, bias, ac, False)
 

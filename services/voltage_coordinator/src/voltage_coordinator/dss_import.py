@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from derbus.errors import ConfigError
 from voltage_coordinator.feeder import (
@@ -33,6 +33,9 @@ from voltage_coordinator.feeder import (
     Pv,
     bundled_feeder,
 )
+
+if TYPE_CHECKING:
+    from voltage_coordinator.acflow import AcResult
 
 REPRESENTED = {
     "vsource", "line", "transformer", "regcontrol", "capcontrol", "load", "capacitor", "pvsystem",
@@ -328,6 +331,84 @@ class _Reader:
         return bus, float(d.Vsources.PU())
 
 
+def _solved_for_study(
+    master: Path, commands: Sequence[str], study: Study, lightest_load: float
+) -> Any:
+    """A new engine context with the model compiled, the study's source voltage and load set,
+    and the regulators' taps solved at the day's lightest load (the over-voltage case)."""
+    from voltage_coordinator.acflow import new_engine_context
+
+    d = new_engine_context()
+    cwd = os.getcwd()  # OpenDSS's compile changes the process's working directory
+    try:
+        d.Text.Command(f"compile [{master.resolve()}]")
+        for cmd in commands:
+            d.Text.Command(cmd)
+        if study.source_pu is not None:
+            d.Vsources.First()
+            d.Vsources.PU(study.source_pu)
+        d.Text.Command(f"set loadmult={study.load_scale * lightest_load}")
+        d.Text.Command("set mode=snap controlmode=static maxcontroliter=100")
+        d.Solution.Solve()
+    except Exception as err:  # the engine raises its own exception type
+        raise ConfigError(f"OpenDSS could not compile and solve {master}: {err}") from err
+    finally:
+        os.chdir(cwd)
+    return d
+
+
+class OriginalModel:
+    """The original OpenDSS model as an AC flow (`AcModel`), for checking an import: its own
+    load models (Z, I, delta), capacitors and transformers; the imported feeder's PVs added as
+    generators at unity power factor; the regulators frozen at the taps the import solved.
+
+    Args:
+        master: the model's master file.
+        feeder: the feeder imported from it with `study` (its PVs and profiles).
+        study: the study of the import.
+        commands: the import's extra OpenDSS commands.
+    """
+
+    def __init__(
+        self, master: Path, feeder: Feeder, study: Study, commands: Sequence[str] = ()
+    ) -> None:
+        from voltage_coordinator.acflow import AcResult
+
+        self._result = AcResult
+        self.study = study
+        d = self.d = _solved_for_study(master, commands, study, min(feeder.profiles.load))
+        self.parts: dict[str, list[tuple[str, float]]] = {}
+        for pv in feeder.pvs:
+            parts = []
+            for ph, kw in pv.kw.items():
+                name = f"{pv.id}_{ph}"
+                d.Text.Command(
+                    f"new generator.{name} phases=1 bus1={pv.bus}.{PHASES.index(ph) + 1} "
+                    f"kv={feeder.kv_ln(pv.bus):.6f} kw={kw} pf=1 model=1 vminpu=0.6 vmaxpu=1.4"
+                )
+                parts.append((name, kw / pv.rating_kw))
+            self.parts[pv.id] = parts
+        d.Text.Command("set controlmode=off")
+        self.buses = {b.name for b in feeder.buses}
+
+    def solve(self, load_mult: float, pv_output_kw: Mapping[str, float]) -> AcResult:
+        """Voltages at a load level (x the study's scale) and PV outputs (kW)."""
+        d = self.d
+        d.Text.Command(f"set loadmult={self.study.load_scale * load_mult}")
+        for pid, parts in self.parts.items():
+            total = max(0.0, float(pv_output_kw.get(pid, 0.0)))
+            for name, share in parts:
+                d.Generators.Name(name)
+                d.Generators.kW(total * share)
+        d.Solution.Solve()
+        v: dict[tuple[str, int], float] = {}
+        for node, mag in zip(d.Circuit.AllNodeNames(), d.Circuit.AllBusMagPu(), strict=True):
+            bus, _, ph = node.rpartition(".")
+            if bus in self.buses and ph in ("1", "2", "3"):
+                v[(bus, int(ph) - 1)] = float(mag)
+        return self._result(v, bool(d.Solution.Converged()), int(d.Solution.Iterations()))
+
+
 def import_dss(master: Path, study: Study | None = None, commands: Sequence[str] = ()) -> Feeder:
     """Build a feeder from an OpenDSS model (raises ConfigError naming what it cannot use).
 
@@ -337,7 +418,6 @@ def import_dss(master: Path, study: Study | None = None, commands: Sequence[str]
         commands: extra OpenDSS commands run after the compile (e.g. `set voltagebases=[...]`,
             `calcv`), before the solve.
     """
-    from voltage_coordinator.acflow import new_engine_context
     from voltage_coordinator.areas import auto_areas, with_areas
 
     study = study or Study()
@@ -349,23 +429,7 @@ def import_dss(master: Path, study: Study | None = None, commands: Sequence[str]
         load=list(study.load_profile or day.load),
         pv=list(study.pv_profile or day.pv),
     )
-    d = new_engine_context()
-    cwd = os.getcwd()  # OpenDSS's compile changes the process's working directory
-    try:
-        d.Text.Command(f"compile [{master.resolve()}]")
-        for cmd in commands:
-            d.Text.Command(cmd)
-        if study.source_pu is not None:
-            d.Vsources.First()
-            d.Vsources.PU(study.source_pu)
-        # the regulators' taps are solved at the day's lightest load (the over-voltage case)
-        d.Text.Command(f"set loadmult={study.load_scale * min(profiles.load)}")
-        d.Text.Command("set mode=snap controlmode=static maxcontroliter=100")
-        d.Solution.Solve()
-    except Exception as err:  # the engine raises its own exception type
-        raise ConfigError(f"OpenDSS could not compile and solve {master}: {err}") from err
-    finally:
-        os.chdir(cwd)
+    d = _solved_for_study(master, commands, study, min(profiles.load))
     if not d.Solution.Converged():
         raise ConfigError(f"OpenDSS did not converge on {master} at load scale {study.load_scale}")
     reader = _Reader(d, study)

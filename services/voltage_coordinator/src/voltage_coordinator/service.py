@@ -16,9 +16,11 @@ from fastapi import APIRouter, HTTPException, Response
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import SolverError
+from derbus.http import content, errors
 from derbus.messages import AreaExchange, FeederState, KpiReport, PvCurtailmentSet, utcnow
 from derbus.messages.control import Priority
 from derbus.service import Context, Service
+from voltage_coordinator.api_models import SentLimits, Voltages
 from voltage_coordinator.coordinator import Coordinator, Decision
 from voltage_coordinator.feeder import Feeder
 from voltage_coordinator.outputs import area_setpoints, write_area_files
@@ -205,7 +207,7 @@ def build_service(
 
     router = APIRouter(tags=["voltage"])
 
-    @router.get("/setpoints")
+    @router.get("/setpoints", response_model=SentLimits, response_model_exclude_none=True)
     def get_setpoints() -> dict[str, Any]:
         """The PV limits last sent, with fractions, curtailed power and how they were solved."""
         d, msg = st.decision, st.published
@@ -221,7 +223,7 @@ def build_service(
             "solve_s": cut.solve_s,
         }  # fmt: skip
 
-    @router.get("/voltages")
+    @router.get("/voltages", response_model=Voltages, response_model_exclude_none=True)
     def get_voltages() -> dict[str, Any]:
         """Measured voltages (latest state) and the predicted profile after the last decision."""
         latest = st.latest
@@ -243,7 +245,10 @@ def build_service(
             out.update(predicted_after_pu=by_bus, predicted_max_pu=float(predicted.max()))
         return out
 
-    @router.get("/plot.png")
+    @router.get(
+        "/plot.png", response_class=Response,
+        responses={200: content("image/png", "the profiles and curtailment"), **errors(404)},
+    )  # fmt: skip
     def get_plot() -> Response:
         """PNG: voltage profile before/after the last decision and the curtailment per PV."""
         if st.decision is None or st.before is None:

@@ -64,6 +64,13 @@ class Settings(ServiceSettings):
         description="settle the AC bias to its fixed point in each decision on an OpenDSS model "
         "of the feeder (false: bound it conservatively, a negative bias is not used)",
     )
+    residual_gain: float = Field(
+        default=0.1,
+        ge=0,
+        le=2,
+        description="what the AC model misses may move by this share of the voltage change "
+        "from the measured point (a first decision far from it is conservative)",
+    )
     write_setpoint_files: bool = Field(
         default=True,
         description="write <data_dir>/voltage_coordinator/<feeder>/setpoints/<area>.json per decision",

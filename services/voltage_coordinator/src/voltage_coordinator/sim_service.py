@@ -33,6 +33,8 @@ def build_feeder_sim(
     fid = feeder.feeder_id
 
     async def publish_state() -> None:
+        if sim.closed:  # limits arriving while the service stops: nothing left to solve on
+            return
         async with lock:
             # on the AC flow's own engine thread (the only thread that touches its DSS context)
             loop = asyncio.get_running_loop()

@@ -38,6 +38,7 @@ class FeederSimulation:
             for pv in feeder.pvs
         }
         self.last: AcResult | None = None
+        self.closed = False
 
     def available_kw(self) -> dict[str, float]:
         """What each PV could produce at the current step, kW."""
@@ -101,6 +102,7 @@ class FeederSimulation:
 
     def close(self) -> None:
         """Release the AC power flow (waits for a solve in flight; see `AcFlow.close`)."""
+        self.closed = True
         self.ac.close()
 
     def advance(self) -> None:
