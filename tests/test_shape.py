@@ -36,13 +36,6 @@ CODE = [
 PRIVATE_IMPORT_EXCEPTIONS = {
     # issue 17 (forecaster, helper "forecast"): the residual offsets become a public function
     ("services/forecaster/src/forecaster/evaluation.py", "_residual_offsets"),
-    # derbus.testing is being split out of the core (light core) and its servers module edited
-    # (bus cluster): `wait_port` / `stop_process` become public there
-    ("libs/common/src/derbus/testing/victoria.py", "_stop_process"),
-    ("libs/common/src/derbus/testing/victoria.py", "_wait_port"),
-    ("tests/integration/test_platform.py", "_wait_port"),
-    ("tests/integration/test_security.py", "_stop_process"),
-    ("tests/integration/test_security.py", "_wait_port"),
 }
 
 # (file relative to the repository, builder function): dict state being replaced elsewhere;

@@ -114,9 +114,15 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def _wait_port(
+def wait_port(
     host: str, port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None
 ) -> None:
+    """Wait until `host:port` accepts connections.
+
+    Raises:
+        ComponentUnavailableError: `proc` (the server, when given) exited, or nothing listened
+            within `timeout` seconds; the message names `what`.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(host, port):
@@ -131,7 +137,8 @@ def _wait_port(
     )
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Stop a server process started here: SIGTERM, then SIGKILL after `timeout` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -172,12 +179,12 @@ class MosquittoServer:
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        _wait_port(self.host, self.port, 10.0, "mosquitto", self.proc)
+        wait_port(self.host, self.port, 10.0, "mosquitto", self.proc)
         return self
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM: it saves its persistence file first)."""
-        _stop_process(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:
@@ -294,7 +301,7 @@ class PostgresServer:
             ]
         )
         self.started = True
-        _wait_port(self.host, self.port, 30.0, "postgres", None)
+        wait_port(self.host, self.port, 30.0, "postgres", None)
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -499,7 +506,7 @@ class NatsCluster:
 
     def _wait_listening(self, node: NatsNode) -> None:
         try:
-            _wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
+            wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
         except ComponentUnavailableError as err:
             raise ComponentUnavailableError(f"{err}: {self.last_error(node)}") from None
 
@@ -517,7 +524,7 @@ class NatsCluster:
     def stop(self) -> None:
         """Stop every node (SIGTERM)."""
         for node in self.nodes:
-            _stop_process(node.proc)
+            stop_process(node.proc)
             node.proc = None
 
     def cleanup(self) -> None:
