@@ -53,7 +53,7 @@ async def test_service_on_the_real_broker(
         await wait_for(lambda: any(s.state == "online" for s in statuses.values), 10)
         topic = topics.METER.topic("s1", "pcc", mqtt_settings.root)
         await probe.publish(topic, MeterReading(ts=utcnow(), source="t", p_kw=42.0).to_json_bytes())
-        await wait_for(lambda: service.state["over"] == [("s1", "pcc", 42.0)], 10)
+        await wait_for(lambda: service.state.over == [("s1", "pcc", 42.0)], 10)
     await wait_for(lambda: statuses.values[-1].state == "offline", 10)
     assert statuses.values[-1].reason == "stopped"
     await probe.close()

@@ -24,7 +24,7 @@ from derbus.launcher import PLATFORM_FILE, discover_services
 from derbus.messages import ServiceStatus
 from derbus.settings import MqttSettings
 from derbus.testing import free_port, wait_for
-from derbus.testing.servers import _wait_port
+from derbus.testing.servers import wait_port
 from derbus.watch import WatchState
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def amqtt_port() -> Iterator[int]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port("127.0.0.1", port, 20, "amqtt", proc)
+        wait_port("127.0.0.1", port, 20, "amqtt", proc)
         yield port
     finally:
         proc.terminate()

@@ -285,7 +285,7 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     """deploy/mosquitto/mosquitto.conf as shipped, only its container paths and port moved."""
     import getpass
 
-    from derbus.testing.servers import _stop_process, _wait_port, find_binary
+    from derbus.testing.servers import find_binary, stop_process, wait_port
 
     root = topics.DEFAULT_ROOT
     passwords = {u: acl.new_secret() for u in acl.broker_users()}
@@ -308,7 +308,7 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     proc = subprocess.Popen([binary, "-c", str(config_dir / "mosquitto.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        _wait_port("127.0.0.1", port, 10.0, "mosquitto with the shipped config", proc)
+        wait_port("127.0.0.1", port, 10.0, "mosquitto with the shipped config", proc)
         base = MqttSettings(host="127.0.0.1", port=port, root=root, connect_retries=0)
 
         def login(user: str) -> MqttSettings:
@@ -332,7 +332,7 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
         await gateway.close()
         await scada.close()
     finally:
-        _stop_process(proc)
+        stop_process(proc)
 
 
 # --- MQTT over TLS ----------------------------------------------------------------------------------

@@ -65,17 +65,6 @@ def test_restart_backoff_doubles_up_to_a_bound(failures: int, delay_s: float) ->
     assert launcher.restart_delay_s(failures) == delay_s
 
 
-def test_listen_ports_lie_below_the_ephemeral_range_and_are_not_repeated() -> None:
-    """Outgoing connections take local ports from the ephemeral range: a chosen port outside it
-    cannot be taken by one before the child binds it."""
-    low = int(launcher.EPHEMERAL_RANGE_FILE.read_text().split()[0])
-    ports = [launcher.listen_port() for _ in range(50)]
-    assert len(set(ports)) == 50
-    assert all(launcher.LISTEN_PORTS_FROM <= p < low for p in ports)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", ports[0]))  # free to listen on
-
-
 def test_a_restart_waits_past_the_will_delay() -> None:
     """A child back within its will delay would take its session over: no offline on the bus."""
     floor = launcher.restart_floor_s(MqttSettings(will_delay_s=2))

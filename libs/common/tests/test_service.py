@@ -29,7 +29,7 @@ async def test_handler_receives_validated_model_and_ids(harness: Any) -> None:
     pub = harness.client()
     await pub.connect()
     await pub.publish(topics.METER.topic("s9", "pcc", harness.root), reading(7.5))
-    await wait_for(lambda: service.state["over"] == [("s9", "pcc", 7.5)], 10)
+    await wait_for(lambda: service.state.over == [("s9", "pcc", 7.5)], 10)
     await service.stop()
     await pub.close()
 
@@ -45,7 +45,7 @@ async def test_malformed_payload_is_dead_lettered_and_consumption_continues(harn
     await pub.publish(topic, b"{not json")
     await pub.publish(topic, b'{"ts": "2026-06-01T12:00:00", "source": "x", "p_kw": 1}')  # naive ts
     await pub.publish(topic, reading(9.0))
-    await wait_for(lambda: len(service.state["over"]) == 1, 10)
+    await wait_for(lambda: len(service.state.over) == 1, 10)
     got = await letters.wait(2)
     assert {d.original_topic for d in got} == {topic}
     assert any("timezone-aware" in d.error for d in got)
@@ -70,7 +70,7 @@ async def test_handler_exception_degrades_then_recovers(harness: Any) -> None:
     await wait_for(lambda: any(s.state == "degraded" for s in statuses.values), 10)
     assert "unlucky reading" in (service.status().reason or "")
     await pub.publish(topic, reading(6))
-    await wait_for(lambda: service.state["over"] == [("s1", "pcc", 6.0)], 10)
+    await wait_for(lambda: service.state.over == [("s1", "pcc", 6.0)], 10)
     await wait_for(lambda: statuses.values[-1].state == "online", 10)
     assert (
         service.metrics.registry.get_sample_value(

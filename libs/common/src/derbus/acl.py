@@ -102,8 +102,11 @@ def password_env_var(user: str) -> str:
 
 
 def broker_users(catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE) -> list[str]:
-    """Every broker user: the platform services, any other service named by the catalogue,
-    the SCADA and the healthcheck user."""
+    """Every broker user.
+
+    The platform services, any other service named by the catalogue, the SCADA and the
+    healthcheck user.
+    """
     named: set[str] = set()
     for spec in catalogue:
         named.update(spec.publishers)
@@ -203,8 +206,10 @@ def edge_password_env_var(site_id: str) -> str:
 def edge_sites(
     env: Mapping[str, str | None], catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE
 ) -> list[str]:
-    """The site ids listed in `MQTT_EDGE_SITES`, checked: valid ids, no broker user names, no
-    two sites sharing a password variable."""
+    """The site ids listed in `MQTT_EDGE_SITES`, checked.
+
+    Valid ids, no broker user names, no two sites sharing a password variable.
+    """
     raw = env.get(EDGE_SITES_VAR) or ""
     sites = [s.strip() for s in raw.split(",") if s.strip()]
     reserved = {*broker_users(catalogue), topics.PLATFORM_SITE}

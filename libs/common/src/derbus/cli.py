@@ -163,8 +163,9 @@ def watch(
         port = (url_port(url) if url else None) or DEFAULT_MQTT_PORT
     settings = MqttSettings(host=host, port=port, root=root)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_watch(MqttBus(settings), root, duration, plain=plain,
-                              summary_every_s=interval))  # fmt: skip
+        asyncio.run(
+            run_watch(MqttBus(settings), root, duration, plain=plain, summary_every_s=interval)
+        )
 
 
 @app.command("broker-url")
@@ -177,8 +178,9 @@ def broker_url_cmd(
 
     url = read_broker_url(run_root)
     if url is None:
-        typer.echo(f"no broker: `make run` is not running ({run_root / 'broker-url'} missing)",
-                   err=True)  # fmt: skip
+        typer.echo(
+            f"no broker: `make run` is not running ({run_root / 'broker-url'} missing)", err=True
+        )
         raise typer.Exit(1)
     port = url_port(url)
     if port is None or not port_open("127.0.0.1", port):
@@ -232,8 +234,9 @@ def up(
     platform: Platform | None = None
     code = 0
     try:
-        platform = start(repo.resolve(), mqtt_port, only, free_ports, run_root,
-                         say=lambda line: typer.echo(line))  # fmt: skip
+        platform = start(
+            repo.resolve(), mqtt_port, only, free_ports, run_root, say=lambda line: typer.echo(line)
+        )
         code = asyncio.run(_run_platform(platform, check, watch_after, plain, interval, duration))
     except KeyboardInterrupt:
         typer.echo("stopping…")
@@ -250,9 +253,13 @@ def up(
 
 
 async def _run_platform(
-    platform: Platform, check: bool, watch_after: bool, plain: bool | None, interval: float,
+    platform: Platform,
+    check: bool,
+    watch_after: bool,
+    plain: bool | None,
+    interval: float,
     duration: float | None,
-) -> int:  # fmt: skip
+) -> int:
     """Supervise the children, report readiness, then watch until a signal or `duration`."""
     import signal
 
@@ -299,10 +306,11 @@ async def _run_platform(
     if watch_after:
         settings = MqttSettings(host="127.0.0.1", port=platform.mqtt_port)
         watcher = asyncio.create_task(
-            run_watch(MqttBus(settings), settings.root, None, plain=plain,
-                      summary_every_s=interval),
+            run_watch(
+                MqttBus(settings), settings.root, None, plain=plain, summary_every_s=interval
+            ),
             name="derbus-up:watch",
-        )  # fmt: skip
+        )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), duration)
     typer.echo("stopping…")

@@ -149,9 +149,12 @@ class SiteContext:
     def of(cls, site: SiteSettings) -> SiteContext:
         """The context of a configured site, with the shared default tariff in its time zone."""
         return cls(
-            timezone=site.timezone, country=site.country, latitude=site.latitude,
-            longitude=site.longitude, tariff=Tariff(timezone=site.timezone),
-        )  # fmt: skip
+            timezone=site.timezone,
+            country=site.country,
+            latitude=site.latitude,
+            longitude=site.longitude,
+            tariff=Tariff(timezone=site.timezone),
+        )
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ def tariff_features(index: pd.DatetimeIndex, tariff: Tariff) -> pd.DataFrame:
 
 
 def solar_features(index: pd.DatetimeIndex, latitude: float, longitude: float) -> pd.DataFrame:
-    """pvlib clear-sky GHI (Ineichen) and sun elevation at each interval's midpoint."""
+    """Clear-sky GHI (pvlib, Ineichen) and sun elevation at each interval's midpoint."""
     import numpy as np
     import pandas as pd
     import pvlib

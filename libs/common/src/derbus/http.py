@@ -68,9 +68,15 @@ def content(media_type: str, description: str) -> dict[str, Any]:
     if media_type.startswith("image/"):
         schema["format"] = "binary"
     elif media_type == "text/event-stream":  # each event, as its fields
-        schema = {"type": "object", "properties": {
-            "event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"},
-            "retry": {"type": "integer"}}}  # fmt: skip
+        schema = {
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"type": "string"},
+                "id": {"type": "string"},
+                "retry": {"type": "integer"},
+            },
+        }
     return {"description": description, "content": {media_type: {"schema": schema}}}
 
 
@@ -198,9 +204,11 @@ def make_app(service: Service[Any, Any], *, manage_lifecycle: bool = True) -> Fa
         return Health(service=service.name, status=status.state, reason=status.reason)
 
     @app.get(
-        "/readyz", tags=["health"], response_model=Readiness,
+        "/readyz",
+        tags=["health"],
+        response_model=Readiness,
         responses={503: {"model": Readiness, "description": "not ready yet"}},
-    )  # fmt: skip
+    )
     def readyz() -> JSONResponse:
         """Readiness: 200 once the bus is connected and every subscription acknowledged."""
         ready = service.ready
@@ -240,16 +248,24 @@ def make_app(service: Service[Any, Any], *, manage_lifecycle: bool = True) -> Fa
     def get_topics() -> dict[str, Any]:
         """What the service subscribes to and what it has published."""
         published = [
-            {"key": s.key, "topic": s.filter(root=service.root), "model": s.model.__name__,
-             "qos": s.qos, "retain": s.retain}
-            for s in CATALOGUE if s.key in service.published_specs
-        ]  # fmt: skip
+            {
+                "key": s.key,
+                "topic": s.filter(root=service.root),
+                "model": s.model.__name__,
+                "qos": s.qos,
+                "retain": s.retain,
+            }
+            for s in CATALOGUE
+            if s.key in service.published_specs
+        ]
         return {"subscribes": service.subscriptions(), "publishes": published}
 
     @app.get(
-        "/metrics", tags=["health"], response_class=Response,
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
         responses={200: content("text/plain", "Prometheus text format")},
-    )  # fmt: skip
+    )
     def metrics() -> Response:
         """Prometheus metrics."""
         service.metrics.bus_connected.set(1 if service.bus.connected else 0)
@@ -335,18 +351,24 @@ def _openapi(app: FastAPI, service: Service[Any, Any]) -> dict[str, Any]:
         for path in doc.get("paths", {}).values():
             for operation in path.values():
                 if "requestBody" in operation:
-                    operation["responses"].setdefault("400", {
-                        "description": _ERROR_TEXT[400] + " (a body that is not JSON)",
-                        "content": {"application/json": {"schema": ERROR_REF}},
-                    })  # fmt: skip
+                    operation["responses"].setdefault(
+                        "400",
+                        {
+                            "description": _ERROR_TEXT[400] + " (a body that is not JSON)",
+                            "content": {"application/json": {"schema": ERROR_REF}},
+                        },
+                    )
                 if "security" not in operation:
                     continue
                 if secured:
                     for code in (401, 403):
-                        operation["responses"].setdefault(str(code), {
-                            "description": _ERROR_TEXT[code],
-                            "content": {"application/json": {"schema": ERROR_REF}},
-                        })  # fmt: skip
+                        operation["responses"].setdefault(
+                            str(code),
+                            {
+                                "description": _ERROR_TEXT[code],
+                                "content": {"application/json": {"schema": ERROR_REF}},
+                            },
+                        )
                 else:
                     del operation["security"]
         schemas["ErrorBody"] = ErrorBody.model_json_schema()

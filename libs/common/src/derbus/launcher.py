@@ -16,10 +16,8 @@ import contextlib
 import ctypes
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from derbus.errors import ConfigError
+from derbus.jsonfile import write_json
 from derbus.settings import MqttSettings
 from derbus.testing.servers import find_binary, free_port, mosquitto_conf, port_open
 
@@ -122,44 +121,7 @@ class PortChoice:
     note: str | None = None
 
 
-EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LISTEN_PORTS_FROM = 10_000
-_handed_out: set[int] = set()
-
-
-def listen_port() -> int:
-    """A free port for a child to listen on, below the kernel's ephemeral port range.
-
-    A port from `free_port()` (bind to port 0) is in the ephemeral range, which outgoing
-    connections draw their local ports from too: in the seconds between choosing it and a child
-    binding it, a client of the platform could take it (seen under load: the feeder
-    simulation's API port was the local port of `derbus up`'s own broker connection, and every
-    restart failed with "address already in use"). Ports below the range are never given to
-    outgoing connections; none is handed out twice by this process.
-    """
-    try:
-        low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 0
-    if low - LISTEN_PORTS_FROM < 1000:
-        return free_port()
-    for _ in range(200):
-        port = random.randrange(LISTEN_PORTS_FROM, low)
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    return free_port()
-
-
-def choose_port(
-    requested: int | None, default: int, what: str, how_to_choose: str
-) -> PortChoice:  # fmt: skip
+def choose_port(requested: int | None, default: int, what: str, how_to_choose: str) -> PortChoice:
     """The requested port (ConfigError when taken), else the default, else a free one.
 
     Args:
@@ -174,10 +136,10 @@ def choose_port(
                 f"{what} port {requested} is already taken on 127.0.0.1; choose another with"
                 f" {how_to_choose}"
             )
-        return PortChoice(requested or listen_port())
+        return PortChoice(requested or free_port())
     if not port_open("127.0.0.1", default):
         return PortChoice(default)
-    port = listen_port()
+    port = free_port()
     return PortChoice(
         port,
         f"{what} port {default} is taken (another broker is running there): this platform's"
@@ -237,9 +199,14 @@ class Child:
             # own process group: a Ctrl-C or a group signal reaches `derbus up`, which stops
             # the children in order (services first, broker last); they die with it
             self.proc = subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                process_group=0, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )  # fmt: skip
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         finally:
             log.close()
         self.started_at = time.monotonic()
@@ -311,14 +278,17 @@ class Platform:
     def write_state(self) -> None:
         """Write platform.json (PIDs, ports, broker URL) into the run folder."""
         state = {
-            "broker_url": self.url, "broker": self.broker_kind, "run_dir": str(self.run_dir),
-            "pid": os.getpid(), "modbus_port": self.modbus_port,
-            "children": {n: {"pid": c.pid, "restarts": c.restarts,
-                             "api_port": self.api_ports.get(n)} for n, c in self.children.items()},
-        }  # fmt: skip
-        tmp = self.run_dir / (PLATFORM_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(self.run_dir / PLATFORM_FILE)
+            "broker_url": self.url,
+            "broker": self.broker_kind,
+            "run_dir": str(self.run_dir),
+            "pid": os.getpid(),
+            "modbus_port": self.modbus_port,
+            "children": {
+                n: {"pid": c.pid, "restarts": c.restarts, "api_port": self.api_ports.get(n)}
+                for n, c in self.children.items()
+            },
+        }
+        write_json(self.run_dir / PLATFORM_FILE, state, indent=2)
 
     def supervise(self, now: float | None = None) -> list[str]:
         """Check every child once: report exits, schedule and perform restarts.
@@ -337,8 +307,9 @@ class Platform:
                     child.restarts += 1
                     child.start()
                     changed = True
-                    events.append(f"{child.name}: restarted (pid {child.pid}, restart"
-                                  f" {child.restarts})")  # fmt: skip
+                    events.append(
+                        f"{child.name}: restarted (pid {child.pid}, restart {child.restarts})"
+                    )
                 continue
             if child.proc is None or child.proc.poll() is None:
                 continue
@@ -454,12 +425,13 @@ def up(
     if choice.note:
         say(choice.note)
     modbus = choose_port(None, DEFAULT_MODBUS_PORT, "Modbus", "EDGE_MODBUS_PORT")
-    modbus_port = listen_port() if free_ports else modbus.port
+    modbus_port = free_port() if free_ports else modbus.port
     broker, kind = broker_child(run_dir, choice.port)
     broker.start()
     wait_port(broker, choice.port)
-    platform = Platform(repo, run_root, run_dir, choice.port, {"broker": broker}, {}, kind,
-                        modbus_port)  # fmt: skip
+    platform = Platform(
+        repo, run_root, run_dir, choice.port, {"broker": broker}, {}, kind, modbus_port
+    )
     mqtt = MqttSettings() if kind == "mosquitto" else MqttSettings(protocol="3.1.1")
     platform.restart_floor_s = restart_floor_s(mqtt)
     if claim_url:
@@ -468,7 +440,7 @@ def up(
     defaults = run_defaults(repo, run_dir, modbus_port)
     specs = [s for s in discover_services(repo) if not only or s.name in only]
     for spec in specs:  # every port first: a service may be told where the others listen
-        platform.api_ports[spec.name] = listen_port() if free_ports else spec.api_port
+        platform.api_ports[spec.name] = free_port() if free_ports else spec.api_port
     urls = {name: f"http://127.0.0.1:{p}" for name, p in platform.api_ports.items()}
     for spec in specs:
         api_port = platform.api_ports[spec.name]
@@ -486,7 +458,7 @@ def up(
             }
         )
         for setting, default in spec.extra_ports.items():
-            env[f"{spec.env_prefix}{setting}"] = str(listen_port() if free_ports else default)
+            env[f"{spec.env_prefix}{setting}"] = str(free_port() if free_ports else default)
         if kind != "mosquitto":
             env.setdefault("MQTT_PROTOCOL", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
         # one embedded cloud database shared by cloud_sync, feature_engineering and forecaster
@@ -499,9 +471,15 @@ def up(
             wait_until_ready(api_port, child, START_FIRST_WAIT_S)
         for command, default_port in spec.companions.items():
             name = f"{spec.name} {command}"
-            platform.api_ports[name] = listen_port() if free_ports else default_port
-            argv = [sys.executable, "-m", spec.name, command, "--api-port",
-                    str(platform.api_ports[name])]  # fmt: skip
+            platform.api_ports[name] = free_port() if free_ports else default_port
+            argv = [
+                sys.executable,
+                "-m",
+                spec.name,
+                command,
+                "--api-port",
+                str(platform.api_ports[name]),
+            ]
             companion = Child(name, argv, env, run_dir / f"{spec.name}-{command}.log", repo)
             platform.children[name] = companion
             companion.start()

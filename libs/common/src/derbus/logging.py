@@ -8,8 +8,10 @@ import time
 
 
 class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is now (not the stream it was created with), so logging
-    keeps working when the stream is swapped, e.g. by a test runner's capture."""
+    """Writes to whatever `sys.stderr` is now, not the stream it was created with.
+
+    Logging keeps working when the stream is swapped, e.g. by a test runner's capture.
+    """
 
     @property
     def stream(self) -> object:

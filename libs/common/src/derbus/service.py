@@ -519,10 +519,13 @@ class Service(Generic[S, St]):
         return dispatch
 
     def shard_sites(self, index: int, count: int) -> None:
-        """Handle the messages of only the sites of shard `index` of `count` (by a CRC-32 of the
-        site id): N replicas, shards 0..N-1, split the sites between them, each site on exactly
-        one, whatever the broker (every replica receives everything; each keeps its own sites'
-        state). Platform-wide messages (site `platform`) reach every replica."""
+        """Handle the messages of only the sites of shard `index` of `count`.
+
+        Sites are assigned by a CRC-32 of the site id: N replicas, shards 0..N-1, split the
+        sites between them, each site on exactly one, whatever the broker (every replica
+        receives everything; each keeps its own sites' state). Platform-wide messages (site
+        `platform`) reach every replica.
+        """
         if not 0 <= index < count:
             raise ValueError(f"shard {index} of {count}: the index must be in 0..{count - 1}")
         self._shard = (index, count)

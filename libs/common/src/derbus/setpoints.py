@@ -277,11 +277,14 @@ def invalid_command_ack(
     problems = validation_problems(error)
     target = data.get("target")
     return SetpointAck(
-        ts=now, source=source, setpoint_id=sid, status="rejected",
+        ts=now,
+        source=source,
+        setpoint_id=sid,
+        status="rejected",
         field=problems[0][0] if problems else None,
         reason="; ".join(f"{where}: {why}" for where, why in problems)[:2000] or "invalid",
         target=next((t for t in SETPOINT_TARGETS if t == target), None),
-    )  # fmt: skip
+    )
 
 
 def unknown_device_ack(
@@ -290,7 +293,10 @@ def unknown_device_ack(
     """The `rejected` ack for a setpoint to a device the receiver does not have on that site."""
     names = ", ".join(sorted(known)) or "none"
     return SetpointAck(
-        ts=now, source=source, setpoint_id=cmd.setpoint_id, status="rejected",
+        ts=now,
+        source=source,
+        setpoint_id=cmd.setpoint_id,
+        status="rejected",
         reason=f"unknown device {device_id!r} (devices of this site: {names})",
         target=cmd.target,
-    )  # fmt: skip
+    )

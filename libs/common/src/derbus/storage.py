@@ -184,10 +184,12 @@ def influx_points(spec: TopicSpec[Any], ids: TopicIds, message: Message) -> list
     if isinstance(message, ServiceStatus):
         return [
             InfluxPoint(
-                "service_status", message.ts, {"service": message.service},
+                "service_status",
+                message.ts,
+                {"service": message.service},
                 {"state_code": float(STATE_CODES[message.state])},
             )
-        ]  # fmt: skip
+        ]
     if isinstance(message, DeadLetter):
         return [
             InfluxPoint("dead_letter", message.ts, {"service": message.service}, {"count": 1.0})
@@ -207,8 +209,12 @@ def _series_points(spec: TopicSpec[Any], ids: TopicIds, series: TimeSeries) -> l
                 if q in quantiles:
                     fields[q] = quantiles[q][i]
             fields["horizon_h"] = (when - series.issue_time) / timedelta(hours=1)
-            tags = {"site_id": ids.site_id, "target": ids.device_id, "quantity": series.quantity,
-                    "model": series.model or "unknown"}  # fmt: skip
+            tags = {
+                "site_id": ids.site_id,
+                "target": ids.device_id,
+                "quantity": series.quantity,
+                "model": series.model or "unknown",
+            }
             points.append(InfluxPoint("forecast", when, tags, fields))
         else:
             tags = {"site_id": ids.site_id, "device_id": ids.device_id, "quantity": series.quantity}
@@ -222,15 +228,25 @@ def _feeder_points(state: FeederState) -> list[InfluxPoint]:
         for phase, v in zip("abc", phases, strict=False):
             if v is not None:
                 points.append(
-                    InfluxPoint("feeder_voltage", state.ts,
-                                {"feeder_id": state.feeder_id, "bus": bus, "phase": phase}, {"v_pu": v})
-                )  # fmt: skip
+                    InfluxPoint(
+                        "feeder_voltage",
+                        state.ts,
+                        {"feeder_id": state.feeder_id, "bus": bus, "phase": phase},
+                        {"v_pu": v},
+                    )
+                )
     for pv_id, available in state.pv_available_kw.items():
         output = state.pv_output_kw.get(pv_id, available)
         points.append(
             InfluxPoint(
-                "feeder_pv", state.ts, {"feeder_id": state.feeder_id, "pv_id": pv_id},
-                {"available_kw": available, "output_kw": output, "curtailed_kw": max(0.0, available - output)},
+                "feeder_pv",
+                state.ts,
+                {"feeder_id": state.feeder_id, "pv_id": pv_id},
+                {
+                    "available_kw": available,
+                    "output_kw": output,
+                    "curtailed_kw": max(0.0, available - output),
+                },
             )
-        )  # fmt: skip
+        )
     return points

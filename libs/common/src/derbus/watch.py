@@ -215,18 +215,37 @@ class WatchState:
         """The tables to show."""
         shown = self.shown_sites()
         sites = Table(title=f"sites ({len(shown)}) — PCC + import / − export", expand=False)
-        columns = ("site", "PCC kW", "via", "PV kW", "battery kW", "SoC %", "price/kWh",
-                   "forecasts", "battery plan", "battery setpoint", "load manager")  # fmt: skip
+        columns = (
+            "site",
+            "PCC kW",
+            "via",
+            "PV kW",
+            "battery kW",
+            "SoC %",
+            "price/kWh",
+            "forecasts",
+            "battery plan",
+            "battery setpoint",
+            "load manager",
+        )
         for col in columns:
             right = col.endswith(("kW", "%", "kWh"))
             sites.add_column(col, justify="right" if right else "left")
         for site_id in sorted(shown)[:max_sites]:
             v = shown[site_id]
             sites.add_row(
-                site_id, _f(v.pcc_kw), v.pcc_source or "—", _f(v.pv_kw), _f(v.battery_kw),
-                _f(v.soc_pct, 1), _f(v.price, 3), v.forecast_text(), v.schedule_text(),
-                v.setpoint_text(), v.jobs_text(),
-            )  # fmt: skip
+                site_id,
+                _f(v.pcc_kw),
+                v.pcc_source or "—",
+                _f(v.pv_kw),
+                _f(v.battery_kw),
+                _f(v.soc_pct, 1),
+                _f(v.price, 3),
+                v.forecast_text(),
+                v.schedule_text(),
+                v.setpoint_text(),
+                v.jobs_text(),
+            )
         services = Table(title="services", expand=False)
         for col in ("service", "state", "reason"):
             services.add_column(col)
@@ -239,20 +258,27 @@ class WatchState:
             feeders.add_column(col, justify="right" if col != "feeder" else "left")
         for feeder_id, f in sorted(self.feeders.items()):
             feeders.add_row(
-                feeder_id, str(f.step), _f(_v_max(f), 4), _f(sum(f.pv_available_kw.values()), 0),
+                feeder_id,
+                str(f.step),
+                _f(_v_max(f), 4),
+                _f(sum(f.pv_available_kw.values()), 0),
                 _f(sum(f.pv_output_kw.values()), 0),
-            )  # fmt: skip
+            )
         footer = Table.grid()
-        footer.add_row(f"messages: {self.messages}  invalid: {self.invalid}  root: {self.root}"
-                       f"  chain: {self._chain_text()}")  # fmt: skip
+        footer.add_row(
+            f"messages: {self.messages}  invalid: {self.invalid}  root: {self.root}"
+            f"  chain: {self._chain_text()}"
+        )
         parts = [sites, feeders, services, footer] if self.feeders else [sites, services, footer]
         return Group(*parts)
 
     def summary(self, now: datetime | None = None) -> str:
         """The same as plain text, one line per site, feeder and service state (for pipes)."""
         stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        lines = [f"[{stamp}] messages {self.messages}, invalid {self.invalid}, root {self.root};"
-                 f" chain: {self._chain_text()}"]  # fmt: skip
+        lines = [
+            f"[{stamp}] messages {self.messages}, invalid {self.invalid}, root {self.root};"
+            f" chain: {self._chain_text()}"
+        ]
         for site_id, v in sorted(self.shown_sites().items()):
             lines.append(
                 f"  site {site_id}: PCC {_f(v.pcc_kw)} kW (via {v.pcc_source or '—'}),"

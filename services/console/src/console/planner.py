@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from derbus.jsonfile import write_json
 from derbus.topics import validate_id
 
 LIST_FIELDS = ("pv_kw", "base_kw", "profile_kw")
@@ -250,10 +250,7 @@ def saved_names(folder: Path) -> list[str]:
 def save(folder: Path, name: str, scenario: dict[str, Any]) -> Path:
     """Write a scenario as JSON (atomically)."""
     path = scenario_file(folder, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(scenario, indent=1))
-    tmp.replace(path)
+    write_json(path, scenario)
     return path
 
 

@@ -40,25 +40,60 @@ def _fail(message: str) -> None:
 
 @app.command()
 def cli(
-    once: Annotated[bool, typer.Option("--once", help="one step of every site, printed as JSON")] = False,
-    continuous: Annotated[bool, typer.Option("--continuous", help="run as a service (default)")] = False,
-    scheduled: Annotated[bool, typer.Option("--scheduled", help="continuous, aligned to clock multiples of --interval")] = False,
-    historical: Annotated[bool, typer.Option("--historical", help="backfill --start..--end into --output")] = False,
-    generate_config: Annotated[bool, typer.Option("--generate-config", help="write the default model config to --config")] = False,
-    interval: Annotated[float | None, typer.Option("--interval", help="seconds between steps")] = None,
-    start: Annotated[str | None, typer.Option("--start", help="historical/simulated start (ISO date)")] = None,
-    end: Annotated[str | None, typer.Option("--end", help="historical end (ISO date, exclusive)")] = None,
-    output: Annotated[Path | None, typer.Option("--output", help="JSONL file for --historical")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="model configuration (YAML/JSON)")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="one step of every site, printed as JSON")
+    ] = False,
+    continuous: Annotated[
+        bool, typer.Option("--continuous", help="run as a service (default)")
+    ] = False,
+    scheduled: Annotated[
+        bool,
+        typer.Option("--scheduled", help="continuous, aligned to clock multiples of --interval"),
+    ] = False,
+    historical: Annotated[
+        bool, typer.Option("--historical", help="backfill --start..--end into --output")
+    ] = False,
+    generate_config: Annotated[
+        bool, typer.Option("--generate-config", help="write the default model config to --config")
+    ] = False,
+    interval: Annotated[
+        float | None, typer.Option("--interval", help="seconds between steps")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="historical/simulated start (ISO date)")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--end", help="historical end (ISO date, exclusive)")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="JSONL file for --historical")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="model configuration (YAML/JSON)")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="run seed")] = None,
     sites: Annotated[int | None, typer.Option("--sites", help="number of sites")] = None,
-    speed: Annotated[float | None, typer.Option("--speed", help="simulated seconds per wall second")] = None,
-    replay: Annotated[Path | None, typer.Option("--replay", help="CSV profile file to replay")] = None,
+    speed: Annotated[
+        float | None, typer.Option("--speed", help="simulated seconds per wall second")
+    ] = None,
+    replay: Annotated[
+        Path | None, typer.Option("--replay", help="CSV profile file to replay")
+    ] = None,
     replay_load_column: Annotated[str | None, typer.Option("--replay-load-column")] = None,
     replay_pv_column: Annotated[str | None, typer.Option("--replay-pv-column")] = None,
-    modbus_port: Annotated[int | None, typer.Option("--modbus-port", help="serve SunSpec Modbus TCP")] = None,
-    devices: Annotated[str | None, typer.Option("--devices", help="devices published per site, comma-separated (default all: pcc,pv,battery,load,ev,load1,load2,grid)")] = None,
-    enable_influxdb: Annotated[bool, typer.Option("--enable-influxdb", help="also write InfluxDB")] = False,
+    modbus_port: Annotated[
+        int | None, typer.Option("--modbus-port", help="serve SunSpec Modbus TCP")
+    ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="devices published per site, comma-separated (default all: pcc,pv,battery,load,ev,load1,load2,grid)",
+        ),
+    ] = None,
+    enable_influxdb: Annotated[
+        bool, typer.Option("--enable-influxdb", help="also write InfluxDB")
+    ] = False,
     influxdb_url: Annotated[str | None, typer.Option("--influxdb-url")] = None,
     influxdb_token: Annotated[str | None, typer.Option("--influxdb-token")] = None,
     influxdb_org: Annotated[str | None, typer.Option("--influxdb-org")] = None,
@@ -77,19 +112,34 @@ def cli(
         typer.echo(f"wrote {config}")
         return
     overrides: dict[str, Any] = {}
-    for key, value in (("interval_s", interval), ("seed", seed), ("sites", sites),
-                       ("speed", speed), ("config_file", config), ("replay_file", replay),
-                       ("replay_load_column", replay_load_column),
-                       ("replay_pv_column", replay_pv_column), ("modbus_port", modbus_port),
-                       ("devices", devices)):  # fmt: skip
+    for key, value in (
+        ("interval_s", interval),
+        ("seed", seed),
+        ("sites", sites),
+        ("speed", speed),
+        ("config_file", config),
+        ("replay_file", replay),
+        ("replay_load_column", replay_load_column),
+        ("replay_pv_column", replay_pv_column),
+        ("modbus_port", modbus_port),
+        ("devices", devices),
+    ):
         if value is not None:
             overrides[key] = value
     if scheduled:
         overrides["align_to_clock"] = True
     if start is not None and not historical:
         overrides["start_time"] = _parse_day(start, "--start")
-    influx = {k: v for k, v in (("url", influxdb_url), ("token", influxdb_token),
-                                ("org", influxdb_org), ("bucket", influxdb_bucket)) if v}  # fmt: skip
+    influx = {
+        k: v
+        for k, v in (
+            ("url", influxdb_url),
+            ("token", influxdb_token),
+            ("org", influxdb_org),
+            ("bucket", influxdb_bucket),
+        )
+        if v
+    }
     if enable_influxdb:
         overrides["enable_influxdb"] = True
     if influx:  # flags over the INFLUXDB_* environment
@@ -112,8 +162,9 @@ def cli(
         assert start is not None
         assert end is not None
         assert output is not None
-        _run_historical(settings, sim_config, _parse_day(start, "--start"),
-                        _parse_day(end, "--end"), output)  # fmt: skip
+        _run_historical(
+            settings, sim_config, _parse_day(start, "--start"), _parse_day(end, "--end"), output
+        )
     else:
         serve(
             build_service(
@@ -204,8 +255,12 @@ def _write_influx(settings: Settings, views: list[StepView], ids: list[str]) -> 
 
     writer = InfluxWriter(settings.influxdb)
     try:
-        items = [(o.spec, TopicIds(sid, o.device_id), o.message)
-                 for v in views for i, sid in enumerate(ids) for o in v.messages(i, SERVICE_NAME)]  # fmt: skip
+        items = [
+            (o.spec, TopicIds(sid, o.device_id), o.message)
+            for v in views
+            for i, sid in enumerate(ids)
+            for o in v.messages(i, SERVICE_NAME)
+        ]
         writer.write(items)
     finally:
         writer.close()
@@ -224,9 +279,13 @@ def _run_historical(
     with Progress(transient=False) as progress, output.open("w") as fh:
         task = progress.add_task("backfill", total=total)
         written = backfill(
-            settings, config, start, end, fh,
+            settings,
+            config,
+            start,
+            end,
+            fh,
             on_progress=lambda done: progress.update(task, completed=done),
-        )  # fmt: skip
+        )
     typer.echo(f"wrote {written} records to {output}", err=True)
 
 

@@ -182,9 +182,13 @@ class Fleet:
         u = noise.uniform(self.keys, 0, S_SIZE)
         self.scale: FloatArray = 1.0 + cfg.size_spread * (2.0 * u - 1.0)
         self.sky = SkyModel(
-            self.location.latitude, self.location.longitude, cfg.solar.altitude_m,
-            cfg.solar.tilt_deg, cfg.solar.azimuth_deg, cfg.solar.linke_turbidity,
-        )  # fmt: skip
+            self.location.latitude,
+            self.location.longitude,
+            cfg.solar.altitude_m,
+            cfg.solar.tilt_deg,
+            cfg.solar.azimuth_deg,
+            cfg.solar.linke_turbidity,
+        )
         b = cfg.battery
         self.pv_capacity_kw: FloatArray = cfg.solar.capacity_kw * self.scale
         self.battery_capacity_kwh: FloatArray = b.capacity_kwh * self.scale
@@ -284,8 +288,9 @@ class Fleet:
         clear = self.sky.at(now)
         self.cloud = np.clip(
             ou(self.cloud, s.cloud_mean, s.cloud_reversion_per_h, s.cloud_volatility, N_CLOUD),
-            0.0, s.cloud_max,
-        )  # fmt: skip
+            0.0,
+            s.cloud_max,
+        )
         pv_unit = None
         if self.pv_profile is not None:
             pv_unit = self.pv_profile.at(now, self.location.timezone)
@@ -357,10 +362,12 @@ class Fleet:
         # battery ----------------------------------------------------------------------------
         b = cfg.battery
         soh = np.clip(
-            b.initial_soh_pct - b.cycle_fade_pct * self.cycles
+            b.initial_soh_pct
+            - b.cycle_fade_pct * self.cycles
             - b.calendar_fade_pct_per_year * cal.age_years,
-            1.0, 100.0,
-        )  # fmt: skip
+            1.0,
+            100.0,
+        )
         cap_now = self.battery_capacity_kwh * soh / 100.0
         e_min = cap_now * b.min_soc_pct / 100.0
         e_max = cap_now * b.max_soc_pct / 100.0
@@ -409,25 +416,54 @@ class Fleet:
         c["export"] = c["export"] + np.maximum(-pcc.p_kw, 0.0) * dt_h
 
         return StepResult(
-            ts=now, dt_s=dt_s, tou_period=period, outdoor_temp_c=t_out,
-            clear_sky_w_m2=clear.poa_w_m2, irradiance_w_m2=sun.poa_w_m2, cloud_cover=self.cloud,
-            cell_temp_c=sun.cell_temp_c, pv_available_kw=available, pv_generation_kw=generation,
-            pv_limit_kw=np.where(np.isinf(limit), np.nan, limit), pv_energy_kwh=c["pv"],
-            battery_p_kw=p_bat, battery_soc_pct=soc_now, battery_soh_pct=soh,
-            battery_capacity_kwh=cap_now, battery_max_charge_kw=self.battery_max_charge_kw * taper_c,
+            ts=now,
+            dt_s=dt_s,
+            tou_period=period,
+            outdoor_temp_c=t_out,
+            clear_sky_w_m2=clear.poa_w_m2,
+            irradiance_w_m2=sun.poa_w_m2,
+            cloud_cover=self.cloud,
+            cell_temp_c=sun.cell_temp_c,
+            pv_available_kw=available,
+            pv_generation_kw=generation,
+            pv_limit_kw=np.where(np.isinf(limit), np.nan, limit),
+            pv_energy_kwh=c["pv"],
+            battery_p_kw=p_bat,
+            battery_soc_pct=soc_now,
+            battery_soh_pct=soh,
+            battery_capacity_kwh=cap_now,
+            battery_max_charge_kw=self.battery_max_charge_kw * taper_c,
             battery_max_discharge_kw=self.battery_max_discharge_kw * taper_d,
-            battery_voltage_v=voltage, battery_temp_c=self.battery_temp_c,
-            battery_cycles=self.cycles, battery_energy_kwh=self.energy_kwh,
-            base_kw=np.asarray(base, dtype=float), hvac_kw=hvac, appliance_kw=appliance,
-            lighting_kw=lighting, cooking_kw=cooking, ev_kw=ev, ev_plugged=ev_plugged,
-            ev_need_kwh=ev_need, ev_energy_kwh=c["ev"], load1_kw=load1, load2_kw=load2,
-            load1_on=on1, load2_on=on2, load_total_kw=total, load_energy_kwh=c["load"],
-            price_per_kwh=price, feed_in_per_kwh=self.tariff.feed_in_per_kwh,
-            demand_charge_per_kw=self.tariff.demand_charge_per_kw, carbon_g_per_kwh=carbon,
-            pcc_p_kw=pcc.p_kw, pcc_q_kvar=pcc.q_kvar, pcc_voltage_v=pcc.voltage_v,
+            battery_voltage_v=voltage,
+            battery_temp_c=self.battery_temp_c,
+            battery_cycles=self.cycles,
+            battery_energy_kwh=self.energy_kwh,
+            base_kw=np.asarray(base, dtype=float),
+            hvac_kw=hvac,
+            appliance_kw=appliance,
+            lighting_kw=lighting,
+            cooking_kw=cooking,
+            ev_kw=ev,
+            ev_plugged=ev_plugged,
+            ev_need_kwh=ev_need,
+            ev_energy_kwh=c["ev"],
+            load1_kw=load1,
+            load2_kw=load2,
+            load1_on=on1,
+            load2_on=on2,
+            load_total_kw=total,
+            load_energy_kwh=c["load"],
+            price_per_kwh=price,
+            feed_in_per_kwh=self.tariff.feed_in_per_kwh,
+            demand_charge_per_kw=self.tariff.demand_charge_per_kw,
+            carbon_g_per_kwh=carbon,
+            pcc_p_kw=pcc.p_kw,
+            pcc_q_kvar=pcc.q_kvar,
+            pcc_voltage_v=pcc.voltage_v,
             pcc_frequency_hz=pcc.frequency_hz,
-            import_kwh=c["import"], export_kwh=c["export"],
-        )  # fmt: skip
+            import_kwh=c["import"],
+            export_kwh=c["export"],
+        )
 
 
 def run(fleet: Fleet, start: datetime, end: datetime, interval_s: float) -> list[StepResult]:

@@ -34,10 +34,21 @@ log = logging.getLogger(__name__)
 MAX_UNITS = 247
 """Modbus unit ids 1..247: sites beyond the 247th are not served."""
 
-BATTERY_CONTROLS = ("StorCtl_Mod", "InWRte", "OutWRte", "InOutWRte_WinTms",
-                    "InOutWRte_RvrtTms", "InOutWRte_RmpTms")  # fmt: skip
-PV_CONTROLS = ("WMaxLimPct", "WMaxLimPct_WinTms", "WMaxLimPct_RvrtTms", "WMaxLimPct_RmpTms",
-               "WMaxLim_Ena")  # fmt: skip
+BATTERY_CONTROLS = (
+    "StorCtl_Mod",
+    "InWRte",
+    "OutWRte",
+    "InOutWRte_WinTms",
+    "InOutWRte_RvrtTms",
+    "InOutWRte_RmpTms",
+)
+PV_CONTROLS = (
+    "WMaxLimPct",
+    "WMaxLimPct_WinTms",
+    "WMaxLimPct_RvrtTms",
+    "WMaxLimPct_RmpTms",
+    "WMaxLim_Ena",
+)
 WRITABLE: frozenset[tuple[int, str]] = frozenset(
     [(124, n) for n in BATTERY_CONTROLS] + [(123, n) for n in PV_CONTROLS]
 )
@@ -193,19 +204,30 @@ def request_from_image(
         else:
             p_kw = -image.get(124, "OutWRte") / 100 * image.get(802, "WDisChaRteMax") / 1000
         cmd = SetpointCommand(
-            ts=now, source=f"modbus-unit-{unit}", setpoint_id=sid, target="battery_p_kw",
-            value=round(p_kw, 6), unit="kW", ttl_s=min(ttl, 86_400), priority=priority,
-        )  # fmt: skip
+            ts=now,
+            source=f"modbus-unit-{unit}",
+            setpoint_id=sid,
+            target="battery_p_kw",
+            value=round(p_kw, 6),
+            unit="kW",
+            ttl_s=min(ttl, 86_400),
+            priority=priority,
+        )
         return ModbusRequest("battery", sid, cmd)
     sid = f"modbus-{unit}-pv"
     if int(image.get(123, "WMaxLim_Ena")) == 0:
         return ModbusRequest("pv", sid, None)
     rvrt = image.get(123, "WMaxLimPct_RvrtTms")
     cmd = SetpointCommand(
-        ts=now, source=f"modbus-unit-{unit}", setpoint_id=sid, target="pv_limit_pct",
-        value=image.get(123, "WMaxLimPct"), unit="%",
-        ttl_s=min(rvrt if rvrt > 0 else default_ttl_s, 86_400), priority=priority,
-    )  # fmt: skip
+        ts=now,
+        source=f"modbus-unit-{unit}",
+        setpoint_id=sid,
+        target="pv_limit_pct",
+        value=image.get(123, "WMaxLimPct"),
+        unit="%",
+        ttl_s=min(rvrt if rvrt > 0 else default_ttl_s, 86_400),
+        priority=priority,
+    )
     return ModbusRequest("pv", sid, cmd)
 
 
@@ -256,8 +278,14 @@ class UnitHandler:
         now = self.sim.clock()
         in_force = False
         for model_id in sorted(touched):
-            req = request_from_image(trial, model_id, self.index + 1, now,
-                                     settings.modbus_priority, settings.modbus_default_ttl_s)  # fmt: skip
+            req = request_from_image(
+                trial,
+                model_id,
+                self.index + 1,
+                now,
+                settings.modbus_priority,
+                settings.modbus_default_ttl_s,
+            )
             if req.error is not None:
                 log.info("modbus unit %d: refused write: %s", self.index + 1, req.error)
                 return ExcCodes.ILLEGAL_VALUE

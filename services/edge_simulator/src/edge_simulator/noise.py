@@ -15,6 +15,7 @@ KeyArray = npt.NDArray[np.uint64]
 
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+_STREAM = 0xD1B54A32D192ED03
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
@@ -36,25 +37,32 @@ def site_keys(seed: int, n_sites: int, first: int = 0) -> KeyArray:
         return _mix(base + offset)
 
 
+def _unit(bits: KeyArray) -> FloatArray:
+    """The top 53 bits as uniform floats in [0, 1)."""
+    out: FloatArray = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+    return out
+
+
 def uniform(keys: KeyArray, counter: int, stream: int) -> FloatArray:
     """Uniform numbers in [0, 1), one per site, for a counter (e.g. epoch ms) and a stream id."""
-    salt = np.uint64(((counter * _GOLDEN) ^ (stream * 0xD1B54A32D192ED03)) & _MASK)
+    salt = np.uint64(((counter * _GOLDEN) ^ (stream * _STREAM)) & _MASK)
     with np.errstate(over="ignore"):
-        bits = _mix(keys ^ salt)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+        return _unit(_mix(keys ^ salt))
 
 
 def normal(keys: KeyArray, counter: int, stream: int) -> FloatArray:
     """Standard normal numbers (Box-Muller), one per site."""
     u1 = uniform(keys, counter, 2 * stream)
     u2 = uniform(keys, counter, 2 * stream + 1)
-    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    return box_muller(u1, u2)
 
 
 def uniform_block(keys: KeyArray, counter: int, n_streams: int) -> FloatArray:
     """Uniform numbers for streams 0..n_streams-1 at once: shape (n_streams, n_sites)."""
-    block: FloatArray = uniform_blocks(keys, [counter], n_streams)[0]
-    return block
+    streams = np.arange(n_streams, dtype=np.uint64)
+    base = np.uint64((counter * _GOLDEN) & _MASK)
+    with np.errstate(over="ignore"):
+        return _unit(_mix(keys[None, :] ^ (base ^ (streams * np.uint64(_STREAM)))[:, None]))
 
 
 def uniform_blocks(keys: KeyArray, counters: list[int], n_streams: int) -> FloatArray:
@@ -62,10 +70,8 @@ def uniform_blocks(keys: KeyArray, counters: list[int], n_streams: int) -> Float
     streams = np.arange(n_streams, dtype=np.uint64)
     c = np.asarray([counter & _MASK for counter in counters], dtype=np.uint64)
     with np.errstate(over="ignore"):
-        base = c * np.uint64(_GOLDEN)
-        salts = base[:, None] ^ (streams * np.uint64(0xD1B54A32D192ED03))[None, :]
-        bits = _mix(keys[None, None, :] ^ salts[:, :, None])
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+        salts = (c * np.uint64(_GOLDEN))[:, None] ^ (streams * np.uint64(_STREAM))[None, :]
+        return _unit(_mix(keys[None, None, :] ^ salts[:, :, None]))
 
 
 def box_muller(u1: FloatArray, u2: FloatArray) -> FloatArray:

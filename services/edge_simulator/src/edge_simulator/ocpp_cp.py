@@ -327,10 +327,12 @@ class SimChargePoint:
             connector = "Available" if status == "Available" else "Occupied"
             await self.cp.call(
                 call201.StatusNotification(
-                    timestamp=format_utc(self.now()), connector_status=connector, evse_id=1,
+                    timestamp=format_utc(self.now()),
+                    connector_status=connector,
+                    evse_id=1,
                     connector_id=1,
                 )
-            )  # fmt: skip
+            )
 
     async def authorize(self, id_token: str) -> bool:
         """Authorize an id token at the central system."""
@@ -356,10 +358,12 @@ class SimChargePoint:
         if self.version == "1.6":
             answer = await self.cp.call(
                 call16.StartTransaction(
-                    connector_id=1, id_tag=token, meter_start=int(self.ev.register_wh),
+                    connector_id=1,
+                    id_tag=token,
+                    meter_start=int(self.ev.register_wh),
                     timestamp=now,
                 )
-            )  # fmt: skip
+            )
             if answer.id_tag_info["status"] != "Accepted":
                 return False
             self.ev.transaction_id = str(answer.transaction_id)
@@ -382,10 +386,12 @@ class SimChargePoint:
             if self.version == "1.6":
                 await self.cp.call(
                     call16.StopTransaction(
-                        meter_stop=int(self.ev.register_wh), timestamp=format_utc(self.now()),
-                        transaction_id=int(self.ev.transaction_id), reason="EVDisconnected",
+                        meter_stop=int(self.ev.register_wh),
+                        timestamp=format_utc(self.now()),
+                        transaction_id=int(self.ev.transaction_id),
+                        reason="EVDisconnected",
                     )
-                )  # fmt: skip
+                )
             else:
                 await self._transaction_event("Ended", "EVDeparted")
         self.ev.transaction_id, self.ev.plugged = None, False
@@ -420,14 +426,19 @@ class SimChargePoint:
         charging = "Charging" if self.ev.p_kw() > 0 else "SuspendedEV"
         return await self.cp.call(
             call201.TransactionEvent(
-                event_type=event, timestamp=format_utc(self.now()), trigger_reason=trigger,
+                event_type=event,
+                timestamp=format_utc(self.now()),
+                trigger_reason=trigger,
                 seq_no=self._seq_no,
-                transaction_info={"transaction_id": self.ev.transaction_id, "charging_state": charging},
+                transaction_info={
+                    "transaction_id": self.ev.transaction_id,
+                    "charging_state": charging,
+                },
                 meter_value=self._sampled(),
                 evse={"id": 1, "connector_id": 1} if event == "Started" else None,
                 id_token=None if id_token is None else {"id_token": id_token, "type": "ISO14443"},
             )
-        )  # fmt: skip
+        )
 
     async def meter_values(self, trigger: str = "MeterValuePeriodic") -> None:
         """Report power, energy register and SoC now."""
@@ -436,10 +447,11 @@ class SimChargePoint:
             tx = self.ev.transaction_id
             await self.cp.call(
                 call16.MeterValues(
-                    connector_id=1, meter_value=self._sampled(),
+                    connector_id=1,
+                    meter_value=self._sampled(),
                     transaction_id=None if tx is None else int(tx),
                 )
-            )  # fmt: skip
+            )
         elif self.ev.transaction_id is not None:
             await self._transaction_event("Updated", trigger)
         else:

@@ -45,7 +45,7 @@ Arr = TypeVar("Arr", float, FloatArray)
 
 
 # --- the calendar of one instant ---------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Instant:
     """What one instant means to the models besides the sky (local time, tariff, battery age).
 
@@ -117,7 +117,7 @@ def instant(
 
 
 # --- recursions' shared step -------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OuParams:
     """One step of an Ornstein-Uhlenbeck process: decay and noise scale (Brownian when not
     reverting)."""

@@ -23,9 +23,13 @@ from edge_simulator.physics import OuParams
 
 
 def ou_path(
-    x0: float, mean: float, params: OuParams, z: list[float], lo: float = -math.inf,
+    x0: float,
+    mean: float,
+    params: OuParams,
+    z: list[float],
+    lo: float = -math.inf,
     hi: float = math.inf,
-) -> tuple[list[float], float]:  # fmt: skip
+) -> tuple[list[float], float]:
     """`physics.ou_step` over a noise path (optionally clipped to [lo, hi]): the path and its end."""
     out = []
     x = x0
@@ -51,8 +55,14 @@ def run_series(fleet: Fleet, times: list[datetime], dt_s: float) -> dict[str, Fl
         raise ValueError("dt_s must be > 0")
     cfg, loc, n, n_t = fleet.config, fleet.location, fleet.n_sites, len(times)
     dt_h = dt_s / 3600.0
-    w, s, h, b, gp, ev_cfg = (cfg.weather, cfg.solar, cfg.home_load, cfg.battery,
-                              cfg.grid_price, cfg.ev)  # fmt: skip
+    w, s, h, b, gp, ev_cfg = (
+        cfg.weather,
+        cfg.solar,
+        cfg.home_load,
+        cfg.battery,
+        cfg.grid_price,
+        cfg.ev,
+    )
     sw1, sw2 = cfg.switchable
     # --- per-step calendar, sky and day draws (the instants of `Fleet.step`) -------------------
     cals = [
@@ -97,9 +107,11 @@ def run_series(fleet: Fleet, times: list[datetime], dt_s: float) -> dict[str, Fl
         )
         price_dev[:, i], fleet.price_dev[i] = ou_path(fleet.price_dev[i], 0.0, p_price, z_price[i])
     t_out = (
-        w.annual_mean_c + col([c.seasonal_c for c in cals]) + col([c.daily_c for c in cals])
+        w.annual_mean_c
+        + col([c.seasonal_c for c in cals])
+        + col([c.daily_c for c in cals])
         + temp_dev
-    )  # fmt: skip
+    )
     # --- solar --------------------------------------------------------------------------------
     pv_unit = None
     if fleet.pv_profile is not None:
@@ -143,10 +155,11 @@ def run_series(fleet: Fleet, times: list[datetime], dt_s: float) -> dict[str, Fl
     ev_plugged = np.zeros((n_t, n))
     if ev_cfg.enabled:
         sessions, energies = physics.ev_sessions(
-            col([float(c.day) for c in cals]), now_s,
+            col([float(c.day) for c in cals]),
+            now_s,
             tuple(draws(today, k) for k in range(4)),
             tuple(draws(yesterday, k) for k in range(4)),
-        )  # fmt: skip
+        )
         for i in range(n):
             session, delivered = float(fleet.ev_session[i]), float(fleet.ev_delivered_kwh[i])
             charger = ev_cfg.charger_kw * float(fleet.scale[i])
@@ -172,7 +185,8 @@ def run_series(fleet: Fleet, times: list[datetime], dt_s: float) -> dict[str, Fl
     # --- battery ------------------------------------------------------------------------------
     p_bat, soc_out, soh_out, cap_out = (np.empty((n_t, n)) for _ in range(4))
     taper_c_out, taper_d_out, volt_out, temp_out, cyc_out, energy_out = (
-        np.empty((n_t, n)) for _ in range(6))  # fmt: skip
+        np.empty((n_t, n)) for _ in range(6)
+    )
     eta_c, eta_d = b.charge_efficiency, b.discharge_efficiency
     decay_th = 1.0 - math.exp(-dt_s / b.thermal_time_constant_s)
     ages = [c.age_years for c in cals]
@@ -183,11 +197,21 @@ def run_series(fleet: Fleet, times: list[datetime], dt_s: float) -> dict[str, Fl
             float(fleet.battery_max_charge_kw[i]),
             float(fleet.battery_max_discharge_kw[i]),
         )
-        energy_kwh, cycles, temp = (float(fleet.energy_kwh[i]), float(fleet.cycles[i]),
-                                    float(fleet.battery_temp_c[i]))  # fmt: skip
+        energy_kwh, cycles, temp = (
+            float(fleet.energy_kwh[i]),
+            float(fleet.cycles[i]),
+            float(fleet.battery_temp_c[i]),
+        )
         for k in range(n_t):
-            soh = min(max(b.initial_soh_pct - b.cycle_fade_pct * cycles
-                          - b.calendar_fade_pct_per_year * ages[k], 1.0), 100.0)  # fmt: skip
+            soh = min(
+                max(
+                    b.initial_soh_pct
+                    - b.cycle_fade_pct * cycles
+                    - b.calendar_fade_pct_per_year * ages[k],
+                    1.0,
+                ),
+                100.0,
+            )
             cap_now = rated * soh / 100.0
             e_min = cap_now * b.min_soc_pct / 100.0
             e_max = cap_now * b.max_soc_pct / 100.0
@@ -231,27 +255,51 @@ def run_series(fleet: Fleet, times: list[datetime], dt_s: float) -> dict[str, Fl
 
     fleet.last_ts = times[-1]
     return {
-        "ts_epoch_s": now_s[:, 0], "tou_period_index": period[:, 0],
-        "clear_sky_w_m2": poa_clear[:, 0], "outdoor_temp_c": t_out,
-        "irradiance_w_m2": sun.poa_w_m2, "cloud_cover": cloud, "cell_temp_c": sun.cell_temp_c,
-        "pv_available_kw": available, "pv_generation_kw": generation,
-        "pv_limit_kw": np.full((n_t, n), np.nan), "pv_energy_kwh": counter("pv", generation),
-        "battery_p_kw": p_bat, "battery_soc_pct": soc_out, "battery_soh_pct": soh_out,
+        "ts_epoch_s": now_s[:, 0],
+        "tou_period_index": period[:, 0],
+        "clear_sky_w_m2": poa_clear[:, 0],
+        "outdoor_temp_c": t_out,
+        "irradiance_w_m2": sun.poa_w_m2,
+        "cloud_cover": cloud,
+        "cell_temp_c": sun.cell_temp_c,
+        "pv_available_kw": available,
+        "pv_generation_kw": generation,
+        "pv_limit_kw": np.full((n_t, n), np.nan),
+        "pv_energy_kwh": counter("pv", generation),
+        "battery_p_kw": p_bat,
+        "battery_soc_pct": soc_out,
+        "battery_soh_pct": soh_out,
         "battery_capacity_kwh": cap_out,
         "battery_max_charge_kw": fleet.battery_max_charge_kw[None, :] * taper_c_out,
         "battery_max_discharge_kw": fleet.battery_max_discharge_kw[None, :] * taper_d_out,
-        "battery_voltage_v": volt_out, "battery_temp_c": temp_out, "battery_cycles": cyc_out,
-        "battery_energy_kwh": energy_out, "base_kw": base, "hvac_kw": hvac,
-        "appliance_kw": appliance, "lighting_kw": lighting, "cooking_kw": cooking, "ev_kw": ev,
-        "ev_plugged": ev_plugged, "ev_need_kwh": ev_need, "ev_energy_kwh": counter("ev", ev),
-        "load1_kw": load1, "load2_kw": load2, "load1_on": on1 + zeros, "load2_on": on2 + zeros,
-        "load_total_kw": total, "load_energy_kwh": counter("load", total),
-        "price_per_kwh": price, "carbon_g_per_kwh": carbon, "pcc_p_kw": pcc.p_kw,
-        "pcc_q_kvar": pcc.q_kvar, "pcc_voltage_v": pcc.voltage_v,
+        "battery_voltage_v": volt_out,
+        "battery_temp_c": temp_out,
+        "battery_cycles": cyc_out,
+        "battery_energy_kwh": energy_out,
+        "base_kw": base,
+        "hvac_kw": hvac,
+        "appliance_kw": appliance,
+        "lighting_kw": lighting,
+        "cooking_kw": cooking,
+        "ev_kw": ev,
+        "ev_plugged": ev_plugged,
+        "ev_need_kwh": ev_need,
+        "ev_energy_kwh": counter("ev", ev),
+        "load1_kw": load1,
+        "load2_kw": load2,
+        "load1_on": on1 + zeros,
+        "load2_on": on2 + zeros,
+        "load_total_kw": total,
+        "load_energy_kwh": counter("load", total),
+        "price_per_kwh": price,
+        "carbon_g_per_kwh": carbon,
+        "pcc_p_kw": pcc.p_kw,
+        "pcc_q_kvar": pcc.q_kvar,
+        "pcc_voltage_v": pcc.voltage_v,
         "pcc_frequency_hz": pcc.frequency_hz,
         "import_kwh": counter("import", np.maximum(pcc.p_kw, 0.0)),
         "export_kwh": counter("export", np.maximum(-pcc.p_kw, 0.0)),
-    }  # fmt: skip
+    }
 
 
 def step_times(start: datetime, end: datetime, dt_s: float) -> list[datetime]:

@@ -91,9 +91,10 @@ def build_service(
         topics.METER, topics.PV, topics.BATTERY, topics.LOAD, topics.PRICE, topics.SETPOINT_ACK
     )
     serve_setpoints(
-        service, SimSetpoints(sim.controls, clock, sim.publish_acks, sim.applied),
+        service,
+        SimSetpoints(sim.controls, clock, sim.publish_acks, sim.applied),
         targets={t for targets in CONTROLLABLE.values() for t in targets},
-    )  # fmt: skip
+    )
     service.include_router(_router(sim))
 
     @service.on(topics.REPLAY_REQUEST)

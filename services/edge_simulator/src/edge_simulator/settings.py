@@ -74,9 +74,11 @@ class Settings(ServiceSettings):
         description="devices published per site and step (comma-separated; default all 8)",
     )
     replay_buffer_mb: float = Field(
-        default=64.0, gt=0, le=65_536,
+        default=64.0,
+        gt=0,
+        le=65_536,
         description="payloads of the last steps kept for replay requests (gap repair), MiB",
-    )  # fmt: skip
+    )
     enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
     ocpp: OcppSimSettings = Field(
         default_factory=OcppSimSettings,

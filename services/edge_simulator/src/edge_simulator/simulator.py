@@ -153,9 +153,10 @@ class Simulator:
         self.device_index = {d.device_id: k for k, d in enumerate(self.devices)}
         registry = service.metrics.registry
         self.replayed = Counter(
-            "derbus_edge_replayed_readings_total", "Readings published again on a replay request",
+            "derbus_edge_replayed_readings_total",
+            "Readings published again on a replay request",
             registry=registry,
-        )  # fmt: skip
+        )
         self.replay_missed = Counter(
             "derbus_edge_replay_missed_readings_total",
             "Readings asked for again that had left the buffer (lost for good)",
@@ -292,9 +293,13 @@ class Simulator:
         if missed > 0:
             self.replay_missed.inc(missed)
             log.warning(
-                "replay of %s/%s %d..%d: %d readings no longer held", site_id, device_id,
-                from_seq, to_seq, missed,
-            )  # fmt: skip
+                "replay of %s/%s %d..%d: %d readings no longer held",
+                site_id,
+                device_id,
+                from_seq,
+                to_seq,
+                missed,
+            )
 
     async def close(self) -> None:
         """Stop the Modbus server, the InfluxDB writer and the charge points (those started)."""

@@ -60,40 +60,54 @@ def _fields(r: StepResult, device_id: str) -> dict[str, Any]:
     """The model fields of a device's message: per-site arrays, `_Bools` or step constants."""
     if device_id == "pcc":
         return {
-            "p_kw": r.pcc_p_kw, "q_kvar": r.pcc_q_kvar,
-            "v_l1_v": np.maximum(r.pcc_voltage_v, 0.0), "f_hz": r.pcc_frequency_hz,
-            "e_import_kwh": r.import_kwh, "e_export_kwh": r.export_kwh,
-        }  # fmt: skip
+            "p_kw": r.pcc_p_kw,
+            "q_kvar": r.pcc_q_kvar,
+            "v_l1_v": np.maximum(r.pcc_voltage_v, 0.0),
+            "f_hz": r.pcc_frequency_hz,
+            "e_import_kwh": r.import_kwh,
+            "e_export_kwh": r.export_kwh,
+        }
     if device_id == "pv":
         return {
-            "generation_kw": r.pv_generation_kw, "available_kw": r.pv_available_kw,
-            "limit_kw": r.pv_limit_kw, "e_total_kwh": r.pv_energy_kwh,
-            "irradiance_w_m2": r.irradiance_w_m2, "temp_c": r.cell_temp_c,
-        }  # fmt: skip
+            "generation_kw": r.pv_generation_kw,
+            "available_kw": r.pv_available_kw,
+            "limit_kw": r.pv_limit_kw,
+            "e_total_kwh": r.pv_energy_kwh,
+            "irradiance_w_m2": r.irradiance_w_m2,
+            "temp_c": r.cell_temp_c,
+        }
     if device_id == "battery":
         return {
-            "p_kw": r.battery_p_kw, "soc_pct": np.clip(r.battery_soc_pct, 0.0, 100.0),
-            "capacity_kwh": r.battery_capacity_kwh, "soh_pct": r.battery_soh_pct,
+            "p_kw": r.battery_p_kw,
+            "soc_pct": np.clip(r.battery_soc_pct, 0.0, 100.0),
+            "capacity_kwh": r.battery_capacity_kwh,
+            "soh_pct": r.battery_soh_pct,
             "max_charge_kw": r.battery_max_charge_kw,
-            "max_discharge_kw": r.battery_max_discharge_kw, "voltage_v": r.battery_voltage_v,
-            "temp_c": r.battery_temp_c, "cycles": r.battery_cycles,
-        }  # fmt: skip
+            "max_discharge_kw": r.battery_max_discharge_kw,
+            "voltage_v": r.battery_voltage_v,
+            "temp_c": r.battery_temp_c,
+            "cycles": r.battery_cycles,
+        }
     if device_id == "load":
         return {"p_kw": r.load_total_kw, "kind": "total", "e_total_kwh": r.load_energy_kwh}
     if device_id == "ev":
         return {
-            "p_kw": r.ev_kw, "kind": "ev", "on": _Bools(r.ev_kw > 0),
+            "p_kw": r.ev_kw,
+            "kind": "ev",
+            "on": _Bools(r.ev_kw > 0),
             "e_total_kwh": r.ev_energy_kwh,
-        }  # fmt: skip
+        }
     if device_id in ("load1", "load2"):
         p_kw, on = (r.load1_kw, r.load1_on) if device_id == "load1" else (r.load2_kw, r.load2_on)
         return {"p_kw": p_kw, "kind": "switchable", "on": _Bools(on >= 0.5)}
     if device_id == "grid":
         return {
-            "price_per_kwh": r.price_per_kwh, "feed_in_per_kwh": r.feed_in_per_kwh,
-            "tou_period": r.tou_period, "demand_charge_per_kw": r.demand_charge_per_kw,
+            "price_per_kwh": r.price_per_kwh,
+            "feed_in_per_kwh": r.feed_in_per_kwh,
+            "tou_period": r.tou_period,
+            "demand_charge_per_kw": r.demand_charge_per_kw,
             "carbon_g_per_kwh": r.carbon_g_per_kwh,
-        }  # fmt: skip
+        }
     raise ValueError(f"unknown device {device_id!r}; devices: {', '.join(DEVICE_IDS)}")
 
 

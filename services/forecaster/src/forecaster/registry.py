@@ -8,12 +8,12 @@ features, training window, backtest metrics, promotion decision), `report.md` an
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from derbus.errors import StorageError
+from derbus.jsonfile import write_json
 
 META = "meta.json"
 MODEL = "model.joblib"
@@ -31,12 +31,6 @@ class Version:
     def name(self) -> str:
         """`v0001`, …"""
         return self.path.name
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
 
 
 class Registry:
@@ -76,14 +70,16 @@ class Registry:
 
         try:
             joblib.dump(model, path / MODEL)
-            _write_json(path / META, {**meta, "version": path.name})
+            write_json(
+                path / META, {**meta, "version": path.name}, indent=2, sort_keys=True, default=str
+            )
         except OSError as err:
             raise StorageError(f"cannot write model version {path}: {err}") from err
         return Version(path, {**meta, "version": path.name})
 
     def promote(self, site_id: str, target: str, version: str) -> None:
         """Serve `version` from now on."""
-        _write_json(self.folder(site_id, target) / PROMOTED, {"version": version})
+        write_json(self.folder(site_id, target) / PROMOTED, {"version": version}, indent=2)
 
     def promoted(self, site_id: str, target: str) -> Version | None:
         """The version being served, if any."""

@@ -67,11 +67,15 @@ class JobEntry:
             return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
         return cls(
-            request=JobRequest.model_validate(data["request"]), status=data["status"],
-            planned_start=parse(data.get("planned_start")), planned_end=parse(data.get("planned_end")),
-            pv_kwh=data.get("pv_kwh"), grid_kwh=data.get("grid_kwh"),
-            started_at=parse(data.get("started_at")), reason=data.get("reason"),
-        )  # fmt: skip
+            request=JobRequest.model_validate(data["request"]),
+            status=data["status"],
+            planned_start=parse(data.get("planned_start")),
+            planned_end=parse(data.get("planned_end")),
+            pv_kwh=data.get("pv_kwh"),
+            grid_kwh=data.get("grid_kwh"),
+            started_at=parse(data.get("started_at")),
+            reason=data.get("reason"),
+        )
 
 
 class DuplicateJobError(ValueError):

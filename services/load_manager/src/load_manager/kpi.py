@@ -92,19 +92,27 @@ class DayKpis:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy."""
         return {
-            "day": self.day.isoformat(), "produced_wh": self.produced_wh,
-            "exported_wh": self.exported_wh, "imported_wh": self.imported_wh,
-            "periods": self.periods, "switchings": self.switchings, "on_s": self.on_s,
-        }  # fmt: skip
+            "day": self.day.isoformat(),
+            "produced_wh": self.produced_wh,
+            "exported_wh": self.exported_wh,
+            "imported_wh": self.imported_wh,
+            "periods": self.periods,
+            "switchings": self.switchings,
+            "on_s": self.on_s,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DayKpis:
         """Inverse of `to_dict`."""
         return cls(
-            day=date.fromisoformat(data["day"]), produced_wh=data["produced_wh"],
-            exported_wh=data["exported_wh"], imported_wh=data["imported_wh"],
-            periods=data["periods"], switchings=dict(data["switchings"]), on_s=dict(data["on_s"]),
-        )  # fmt: skip
+            day=date.fromisoformat(data["day"]),
+            produced_wh=data["produced_wh"],
+            exported_wh=data["exported_wh"],
+            imported_wh=data["imported_wh"],
+            periods=data["periods"],
+            switchings=dict(data["switchings"]),
+            on_s=dict(data["on_s"]),
+        )
 
 
 @dataclass

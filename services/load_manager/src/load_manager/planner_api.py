@@ -259,11 +259,17 @@ def build_problem(scenario: Scenario, tariff: Tariff, settings: Settings) -> Pro
         )
     prices = tuple(tariff.price_at(scenario.start + timedelta(seconds=k * step)) for k in range(n))
     return Problem(
-        start=scenario.start, step_s=step, n_steps=n, houses=houses, jobs=tuple(jobs),
-        price_per_kwh=prices, shared_pv=scenario.shared_pv,
+        start=scenario.start,
+        step_s=step,
+        n_steps=n,
+        houses=houses,
+        jobs=tuple(jobs),
+        price_per_kwh=prices,
+        shared_pv=scenario.shared_pv,
         neighbourhood_limit_kw=scenario.neighbourhood_limit_kw,
-        cost_weight=settings.job_cost_weight, peak_weight_per_kw=settings.peak_weight_per_kw,
-    )  # fmt: skip
+        cost_weight=settings.job_cost_weight,
+        peak_weight_per_kw=settings.peak_weight_per_kw,
+    )
 
 
 def vary(problem: Problem, rng: random.Random, pv_sigma: float, jitter_steps: int) -> Problem:
@@ -298,8 +304,9 @@ def vary(problem: Problem, rng: random.Random, pv_sigma: float, jitter_steps: in
 def _house_import(problem: Problem, schedule: Schedule) -> dict[str, list[float]]:
     """Grid import at each house's meter per step, kW (base − PV + its jobs, >= 0)."""
     jobs = {j.job_id: j for j in problem.jobs}
-    net = {h.house_id: [b - p for b, p in zip(h.base_kw, h.pv_kw, strict=True)]
-           for h in problem.houses}  # fmt: skip
+    net = {
+        h.house_id: [b - p for b, p in zip(h.base_kw, h.pv_kw, strict=True)] for h in problem.houses
+    }
     for job_id, placed in schedule.placements.items():
         job = jobs[job_id]
         for k, p in enumerate(job.profile_kw):
@@ -474,17 +481,24 @@ def import_scenario(request: ImportRequest) -> Scenario:
         for h in hood.houses
     ]
     return Scenario(
-        name=hood.neighbourhood_id, start=start, hours=request.hours,
-        neighbourhood_limit_kw=hood.limit_kw, houses=houses,
+        name=hood.neighbourhood_id,
+        start=start,
+        hours=request.hours,
+        neighbourhood_limit_kw=hood.limit_kw,
+        houses=houses,
         jobs=[
             PlannerJob(
-                job_id=j.job_id, house_id=j.house_id, device_id=j.device_id,
-                earliest_start=j.earliest_start, latest_start=j.latest_start,
-                profile_kw=[round(v, 4) for v in j.profile_kw], profile_step_s=j.step_s,
+                job_id=j.job_id,
+                house_id=j.house_id,
+                device_id=j.device_id,
+                earliest_start=j.earliest_start,
+                latest_start=j.latest_start,
+                profile_kw=[round(v, 4) for v in j.profile_kw],
+                profile_step_s=j.step_s,
             )
             for j in jobs
         ],
-    )  # fmt: skip
+    )
 
 
 def _day_start(when: datetime | None) -> datetime:
@@ -502,8 +516,12 @@ def planner_router(service: Service[Settings, Any]) -> APIRouter:
     def check(scenario: Scenario) -> dict[str, Any]:
         """Check a scenario: 200 with its size, or 422 naming each invalid field."""
         _check(scenario)
-        return {"ok": True, "houses": len(scenario.houses), "jobs": len(scenario.jobs),
-                "steps": scenario.n_steps}  # fmt: skip
+        return {
+            "ok": True,
+            "houses": len(scenario.houses),
+            "jobs": len(scenario.jobs),
+            "steps": scenario.n_steps,
+        }
 
     @router.post("/simulate", response_model=Simulation, responses=errors(422))
     async def post_simulate(request: SimulationRequest) -> dict[str, Any]:

@@ -280,10 +280,13 @@ def _placements(
         energy = sum(job.profile_kw) * dt
         pv = min(energy, sum(alloc[job.job_id]) * dt)
         out[job.job_id] = Placement(
-            job_id=job.job_id, start_index=s, start=problem.start_time(job, s),
-            end=problem.time_of(s + len(job.profile_kw)), pv_kwh=round(pv, 6),
+            job_id=job.job_id,
+            start_index=s,
+            start=problem.start_time(job, s),
+            end=problem.time_of(s + len(job.profile_kw)),
+            pv_kwh=round(pv, 6),
             grid_kwh=round(max(0.0, energy - pv), 6),
-        )  # fmt: skip
+        )
     return out
 
 
@@ -313,9 +316,12 @@ def schedule_earliest(problem: Problem) -> Schedule:
             house_load[job.house_id][s + k] += p
             total[s + k] += p
     return Schedule(
-        "earliest", "ok", _placements(problem, starts), unschedulable,
+        "earliest",
+        "ok",
+        _placements(problem, starts),
+        unschedulable,
         solve_time_s=time.perf_counter() - began,
-    )  # fmt: skip
+    )
 
 
 def schedule_greedy(problem: Problem) -> Schedule:
@@ -352,9 +358,12 @@ def schedule_greedy(problem: Problem) -> Schedule:
             house_load[job.house_id][s + k] += p
             total[s + k] += p
     return Schedule(
-        "greedy", "ok", _placements(problem, starts), unschedulable,
+        "greedy",
+        "ok",
+        _placements(problem, starts),
+        unschedulable,
         solve_time_s=time.perf_counter() - began,
-    )  # fmt: skip
+    )
 
 
 class _Rows:
@@ -496,9 +505,13 @@ def schedule_milp(problem: Problem, time_limit_s: float = 20.0, mip_gap: float =
     status = "optimal" if result.status == 0 else "time_limit"
     objective = float(result.fun) - EPS_PER_STEP * sum(starts.values())
     return Schedule(
-        "milp", status, _placements(problem, starts), unschedulable,
-        objective=round(objective, 9), solve_time_s=time.perf_counter() - began,
-    )  # fmt: skip
+        "milp",
+        status,
+        _placements(problem, starts),
+        unschedulable,
+        objective=round(objective, 9),
+        solve_time_s=time.perf_counter() - began,
+    )
 
 
 def grid_of(problem: Problem, values: Sequence[float]) -> tuple[float, ...]:

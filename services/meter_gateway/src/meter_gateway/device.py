@@ -159,8 +159,10 @@ class DeviceRunner:
         self._set_points(points)
         log.info(
             "%s: SunSpec at %d, models %s",
-            self.label, base, ", ".join(str(m.model_id) for m in models),
-        )  # fmt: skip
+            self.label,
+            base,
+            ", ".join(str(m.model_id) for m in models),
+        )
 
     async def poll_once(self) -> bool:
         """One poll: read the blocks, decode, publish; update health. True when it succeeded."""
@@ -197,9 +199,11 @@ class DeviceRunner:
             self._warned.add(key)
         if message is not None:
             await self.service.publish(
-                SPECS[self.device.kind], message, site_id=self.device.site_id,
+                SPECS[self.device.kind],
+                message,
+                site_id=self.device.site_id,
                 device_id=self.device.id,
-            )  # fmt: skip
+            )
             self.metrics.readings.labels(device=self.label).inc()
             self.last_reading = message
         if self.health.success(now) is not None:
@@ -218,8 +222,10 @@ class DeviceRunner:
             self.metrics.stale.labels(device=self.label).set(1)
             log.warning(
                 "%s: stale after %d failed polls: %s",
-                self.label, self.health.consecutive_failures, reason,
-            )  # fmt: skip
+                self.label,
+                self.health.consecutive_failures,
+                reason,
+            )
             if self.device.sunspec:
                 self.points = None  # rediscover: the device may come back with another layout
             await self._publish_status(self.clock())
@@ -227,10 +233,14 @@ class DeviceRunner:
     async def _publish_status(self, now: datetime) -> None:
         state: Literal["ok", "stale"] = "stale" if self.health.state == "stale" else "ok"
         status = DeviceStatus(
-            ts=now, source=SOURCE, device_id=self.device.id, state=state,
-            consecutive_failures=self.health.consecutive_failures, last_ok=self.health.last_ok,
+            ts=now,
+            source=SOURCE,
+            device_id=self.device.id,
+            state=state,
+            consecutive_failures=self.health.consecutive_failures,
+            last_ok=self.health.last_ok,
             reason=self.health.last_error,
-        )  # fmt: skip
+        )
         await self.service.publish(
             topics.DEVICE_STATUS, status, site_id=self.device.site_id, device_id=self.device.id
         )

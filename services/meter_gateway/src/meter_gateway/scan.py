@@ -61,8 +61,16 @@ async def scan_sunspec(
                 if value is not None and pdef.type != "string":
                     value = sunspec.scaled(values, m.model_id, name)
                     value = f"{value:g}" if isinstance(value, float) else value
-                rows.append([name, m.address + pdef.offset, pdef.type,
-                             "—" if value is None else value, pdef.units or "", pdef.access])  # fmt: skip
+                rows.append(
+                    [
+                        name,
+                        m.address + pdef.offset,
+                        pdef.type,
+                        "—" if value is None else value,
+                        pdef.units or "",
+                        pdef.access,
+                    ]
+                )
             out += ["", f"model {m.model_id} ({m.name}) at {m.address}", ""]
             out.append(table(["point", "address", "type", "value", "units", "access"], rows))
     return "\n".join(out)
@@ -86,6 +94,16 @@ async def scan_registers(link: ModbusLink, unit_id: int, registers: list[Registe
             raw = decode(regs, p.type, p.word_order, p.byte_order)
         except DeviceError as err:
             regs, raw, shown = [], "—", f"error: {err}"
-        rows.append([p.field, p.function, p.address, p.type.value,
-                     " ".join(f"{r:04x}" for r in regs), raw, shown, field_unit(p.field)])  # fmt: skip
+        rows.append(
+            [
+                p.field,
+                p.function,
+                p.address,
+                p.type.value,
+                " ".join(f"{r:04x}" for r in regs),
+                raw,
+                shown,
+                field_unit(p.field),
+            ]
+        )
     return table(["field", "function", "address", "type", "words", "raw", "value", "unit"], rows)

@@ -63,9 +63,14 @@ def model_points(model_id: int) -> dict[str, PointDef]:
         ptype = p[mdef.TYPE]
         size = int(p.get(mdef.SIZE) or smb.point_type_info[ptype].len or 1)
         points[p[mdef.NAME]] = PointDef(
-            name=p[mdef.NAME], type=ptype, offset=offset, size=size, sf=p.get(mdef.SF),
-            units=p.get(mdef.UNITS), access=p.get(mdef.ACCESS, "R"),
-        )  # fmt: skip
+            name=p[mdef.NAME],
+            type=ptype,
+            offset=offset,
+            size=size,
+            sf=p.get(mdef.SF),
+            units=p.get(mdef.UNITS),
+            access=p.get(mdef.ACCESS, "R"),
+        )
         offset += size
     return points
 
@@ -169,14 +174,23 @@ def _read_point(
     except ValueError:
         return None
     point = RegisterPoint(
-        field=field, address=model.address + pdef.offset, function="holding", type=dtype,
-        length=pdef.size if dtype is DataType.STRING else None, scale=scale,
-        scale_factor_register=sf_address, unit=unit, min=lo, max=hi,
-    )  # fmt: skip
+        field=field,
+        address=model.address + pdef.offset,
+        function="holding",
+        type=dtype,
+        length=pdef.size if dtype is DataType.STRING else None,
+        scale=scale,
+        scale_factor_register=sf_address,
+        unit=unit,
+        min=lo,
+        max=hi,
+    )
     return ReadPoint(
-        point, sign=sign, unimplemented=_unimplemented(pdef.type),
+        point,
+        sign=sign,
+        unimplemented=_unimplemented(pdef.type),
         sf_unimplemented=smb.SUNS_UNIMPL_SUNSSF if sf_address is not None else None,
-    )  # fmt: skip
+    )
 
 
 def read_points(device: ResolvedDevice, models: list[SunSpecModel]) -> list[ReadPoint]:

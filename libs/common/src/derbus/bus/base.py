@@ -221,6 +221,7 @@ class Dispatcher:
         self._matches: dict[tuple[str, frozenset[str] | None], list[_Subscription]] = {}
 
     def add(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
+        """Add a subscription; held messages it matches are delivered now."""
         self.subscriptions.append(_Subscription(topic_filter, qos, callback))
         self._matches.clear()
         held, self.unmatched = self.unmatched, []
@@ -231,6 +232,7 @@ class Dispatcher:
                 self.unmatched.append(item)
 
     def start(self) -> None:
+        """Start delivering, on the running event loop (again after `stop`)."""
         if self.task is None:
             # events of the running loop (a bus may be connected again in another loop)
             self._wake, self._idle = asyncio.Event(), asyncio.Event()
@@ -241,6 +243,7 @@ class Dispatcher:
             self.task = asyncio.get_running_loop().create_task(self._run(), name="bus-dispatch")
 
     async def stop(self) -> None:
+        """Stop delivering (queued messages stay queued)."""
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,6 +297,7 @@ class Dispatcher:
         return ack
 
     async def join(self, timeout_s: float) -> None:
+        """Wait until every message put so far was handled (TimeoutError after `timeout_s`)."""
         if self._pending:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
 
@@ -343,8 +347,11 @@ class Dispatcher:
     def _hold(self, item: _Queued) -> None:
         if len(self.unmatched) >= self.max_unmatched:
             dropped = self.unmatched.pop(0)[0]  # unacknowledged: the broker sends it again later
-            log.warning("more than %d messages without a subscription; released %s unacknowledged",
-                        self.max_unmatched, dropped.topic)  # fmt: skip
+            log.warning(
+                "more than %d messages without a subscription; released %s unacknowledged",
+                self.max_unmatched,
+                dropped.topic,
+            )
         self.unmatched.append(item)
 
 
@@ -366,6 +373,7 @@ class ConnectHooks:
     running: set[asyncio.Task[None]] = field(default_factory=set)
 
     def add(self, listener: ConnectListener) -> None:
+        """Run `listener(connection)` on every (re)connection from now on."""
         self.listeners.append(listener)
 
     def fire(self, connection: int) -> None:
@@ -377,6 +385,7 @@ class ConnectHooks:
             task.add_done_callback(self.running.discard)
 
     async def stop(self) -> None:
+        """Cancel the listeners still running and wait for them."""
         for task in list(self.running):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

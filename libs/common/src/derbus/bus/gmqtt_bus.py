@@ -281,15 +281,19 @@ class GmqttBus:
         protocol.write_data = self._cork.write
         client._will_message = self._will_message(self._stats.connections + 1)
         await client._connection.auth(
-            client._client_id, client._username, client._password,
-            will_message=client._will_message, **client._connect_properties,
-        )  # fmt: skip
+            client._client_id,
+            client._username,
+            client._password,
+            will_message=client._will_message,
+            **client._connect_properties,
+        )
         connack = asyncio.ensure_future(client._connack_received.wait())
         lost = asyncio.ensure_future(client._connection_lost.wait())
         done, _ = await asyncio.wait(
-            {connack, lost}, timeout=max(_ATTEMPT_TIMEOUT_S, s.keepalive_s),
+            {connack, lost},
+            timeout=max(_ATTEMPT_TIMEOUT_S, s.keepalive_s),
             return_when=asyncio.FIRST_COMPLETED,
-        )  # fmt: skip
+        )
         for waiter in (connack, lost):
             waiter.cancel()
         handler = client._package_handler
@@ -328,7 +332,7 @@ class GmqttBus:
                 waiter.set_result(None)
 
     def _connection_lost(self) -> None:
-        """gmqtt lost the connection (or a CONNACK refused): supervise the reconnect."""
+        """The connection was lost (or a CONNACK refused): supervise the reconnect."""
         was_up = self._up
         self._up = False
         self._acked.clear()
@@ -457,8 +461,9 @@ class GmqttBus:
         if client is not None and not self._storage.is_empty:
             log.warning(
                 "broker has no session for %s: sending %d unacknowledged messages again",
-                self.client_id or "(clean session)", len(self._storage),
-            )  # fmt: skip
+                self.client_id or "(clean session)",
+                len(self._storage),
+            )
             task = asyncio.ensure_future(client._resend_qos_messages())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -590,10 +595,14 @@ def _raw(topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> Ra
     response = properties.get("response_topic")
     correlation = properties.get("correlation_data")
     return RawMessage(
-        topic, payload, qos, bool(properties.get("retain")),
-        expiry[0] if expiry else None, response[0] if response else None,
+        topic,
+        payload,
+        qos,
+        bool(properties.get("retain")),
+        expiry[0] if expiry else None,
+        response[0] if response else None,
         correlation[0] if correlation else None,
-    )  # fmt: skip
+    )
 
 
 def tls_context(s: MqttSettings) -> ssl.SSLContext:

@@ -59,6 +59,7 @@ class InMemoryBroker:
             client._reconnected()
 
     def route(self, message: RawMessage, expiry_s: int | None = None) -> None:
+        """Keep a retained message (an empty one clears it) and deliver to every matching client."""
         expires_at = None if expiry_s is None else self.clock() + expiry_s
         if message.retain:
             if message.payload:
@@ -66,9 +67,14 @@ class InMemoryBroker:
             else:
                 self.retained.pop(message.topic, None)
         plain = RawMessage(
-            message.topic, message.payload, message.qos, False, expiry_s,
-            message.response_topic, message.correlation_data,
-        )  # fmt: skip
+            message.topic,
+            message.payload,
+            message.qos,
+            False,
+            expiry_s,
+            message.response_topic,
+            message.correlation_data,
+        )
         members: list[tuple[str, InMemoryBus | None, list[str], _Session | None]] = [
             (client_id, self._online(client_id), session.filters, session)
             for client_id, session in self.sessions.items()
@@ -133,9 +139,14 @@ class InMemoryBroker:
 
 def _with_expiry(message: RawMessage, expiry_s: int | None) -> RawMessage:
     return RawMessage(
-        message.topic, message.payload, message.qos, message.retain, expiry_s,
-        message.response_topic, message.correlation_data,
-    )  # fmt: skip
+        message.topic,
+        message.payload,
+        message.qos,
+        message.retain,
+        expiry_s,
+        message.response_topic,
+        message.correlation_data,
+    )
 
 
 class InMemoryBus:
@@ -279,9 +290,14 @@ class InMemoryBus:
             if filter_matches(topic_filter, topic):
                 for kept, _ in self.broker.unexpired([(message, expires_at)]):
                     retained = RawMessage(
-                        topic, kept.payload, kept.qos, True, kept.expiry_s,
-                        kept.response_topic, kept.correlation_data,
-                    )  # fmt: skip
+                        topic,
+                        kept.payload,
+                        kept.qos,
+                        True,
+                        kept.expiry_s,
+                        kept.response_topic,
+                        kept.correlation_data,
+                    )
                     self._dispatcher.put(retained, self._tracked(retained))
 
     async def publish(
@@ -317,6 +333,7 @@ class InMemoryBus:
         return any(not f.startswith("$share/") and filter_matches(f, topic) for f in self._filters)
 
     def deliver(self, message: RawMessage) -> None:
+        """Queue a message the broker routed to this client (dropped while its transport is down)."""
         if not self._transport_up:
             return
         self._dispatcher.put(message, self._tracked(message))

@@ -183,9 +183,12 @@ class MqttBus:
                 except (OSError, ssl.SSLError) as err:
                     last_error = err
                     log.warning(
-                        "MQTT connect to %s:%s failed (attempt %d): %s", host, port, attempt + 1,
+                        "MQTT connect to %s:%s failed (attempt %d): %s",
+                        host,
+                        port,
+                        attempt + 1,
                         err,
-                    )  # fmt: skip
+                    )
                     self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
             if connected:
                 break
@@ -448,10 +451,14 @@ class MqttBus:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         raw = RawMessage(
-            msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain),
-            getattr(props, "MessageExpiryInterval", None), getattr(props, "ResponseTopic", None),
+            msg.topic,
+            bytes(msg.payload),
+            msg.qos,
+            bool(msg.retain),
+            getattr(props, "MessageExpiryInterval", None),
+            getattr(props, "ResponseTopic", None),
             getattr(props, "CorrelationData", None),
-        )  # fmt: skip
+        )
         after = None
         if self._manual_ack and msg.qos > 0:
             mid, qos, generation = msg.mid, msg.qos, self._generation
@@ -491,7 +498,7 @@ def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
 
 
 async def _stop_network_thread(client: mqtt.Client, thread: threading.Thread | None) -> None:
-    """paho's `loop_stop`, without its race: wait for the network thread to end.
+    """Paho's `loop_stop`, without its race: wait for the network thread to end.
 
     After a DISCONNECT the thread ends by itself and sets `client._thread = None` on its way
     out; `loop_stop` checks `_thread` and then calls `_thread.join()`, so a thread that ends in

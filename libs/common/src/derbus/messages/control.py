@@ -35,7 +35,7 @@ _RANK = {
 
 SetpointTarget = Literal[
     "battery_p_kw", "pv_limit_kw", "pv_limit_pct", "load_on", "load_p_kw", "ev_limit_kw"
-]  # fmt: skip
+]
 """What a setpoint sets. `battery_p_kw`: + charge / - discharge; `load_on`: 1 on, 0 off;
 `ev_limit_kw`: the most an EV charger connector may draw (a cap, >= 0)."""
 
@@ -112,11 +112,17 @@ class SetpointRequest(BaseModel):
     """
 
     # the schema says which unit goes with which target (the validator below checks it)
-    model_config = ConfigDict(json_schema_extra={"allOf": [
-        {"if": {"properties": {"target": {"const": target}}, "required": ["target"]},
-         "then": {"properties": {"unit": {"enum": [unit, None]}}}}
-        for target, unit in SETPOINT_UNITS.items()
-    ]})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"target": {"const": target}}, "required": ["target"]},
+                    "then": {"properties": {"unit": {"enum": [unit, None]}}},
+                }
+                for target, unit in SETPOINT_UNITS.items()
+            ]
+        }
+    )
 
     target: SetpointTarget
     value: float = Field(
@@ -125,9 +131,10 @@ class SetpointRequest(BaseModel):
     ttl_s: float = Field(gt=0, le=86_400, description="seconds until the device reverts, s")
     priority: Priority = Priority.MANUAL
     unit: str | None = Field(
-        default=None, description="default: the target's unit",
+        default=None,
+        description="default: the target's unit",
         json_schema_extra={"enum": [*sorted(set(SETPOINT_UNITS.values())), None]},
-    )  # fmt: skip
+    )
     setpoint_id: str | None = Field(default=None, min_length=1, max_length=SETPOINT_ID_MAX_LENGTH)
 
     @field_validator("unit")
@@ -138,10 +145,15 @@ class SetpointRequest(BaseModel):
     def command(self, now: datetime, source: str = "api") -> SetpointCommand:
         """The bus command for this request, issued `now` (UTC)."""
         return SetpointCommand(
-            ts=now, source=source, target=self.target, value=self.value,
-            unit=self.unit or SETPOINT_UNITS[self.target], ttl_s=self.ttl_s,
-            priority=self.priority, setpoint_id=self.setpoint_id or new_setpoint_id(),
-        )  # fmt: skip
+            ts=now,
+            source=source,
+            target=self.target,
+            value=self.value,
+            unit=self.unit or SETPOINT_UNITS[self.target],
+            ttl_s=self.ttl_s,
+            priority=self.priority,
+            setpoint_id=self.setpoint_id or new_setpoint_id(),
+        )
 
 
 AckStatus = Literal["accepted", "queued", "rejected", "superseded", "expired"]

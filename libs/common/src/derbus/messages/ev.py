@@ -10,9 +10,18 @@ from derbus.messages.base import Message, UtcDatetime
 from derbus.messages.telemetry import Telemetry
 
 ConnectorStatus = Literal[
-    "Available", "Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing",
-    "Reserved", "Unavailable", "Faulted", "Occupied", "Offline",
-]  # fmt: skip
+    "Available",
+    "Preparing",
+    "Charging",
+    "SuspendedEV",
+    "SuspendedEVSE",
+    "Finishing",
+    "Reserved",
+    "Unavailable",
+    "Faulted",
+    "Occupied",
+    "Offline",
+]
 """OCPP connector status (1.6 ChargePointStatus ∪ 2.0.1 ConnectorStatus), `Offline` when the
 station's WebSocket is down."""
 

@@ -106,8 +106,9 @@ REPLAY_MAX_READINGS = 100_000
 
 
 class ReplayRequest(Message):
-    """Asks the edge to publish a stream's readings `from_seq`..`to_seq` again (topic
-    `control.replay`, on the stream's site and device).
+    """Asks the edge to publish a stream's readings `from_seq`..`to_seq` again.
+
+    Topic `control.replay`, on the stream's site and device.
 
     The edge answers from its bounded buffer of sent readings, on the stream's own topic with
     the original payloads (same `ts`, same `seq`); what it no longer holds it cannot send.

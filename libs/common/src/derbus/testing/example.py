@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import Field, model_validator
@@ -30,17 +31,26 @@ class EchoSettings(ServiceSettings):
         return self
 
 
-def build_echo(settings: EchoSettings, bus: Bus) -> Service[EchoSettings]:
+@dataclass
+class Echo:
+    """The example's state: the readings above the limit, as (site, device, kW)."""
+
+    over: list[tuple[str, str | None, float]] = field(default_factory=list)
+
+    def on_reading(self, site_id: str, device_id: str | None, p_kw: float, limit_kw: float) -> None:
+        """Keep a reading above `limit_kw`; raise on exactly 13 kW (a failing handler, for tests)."""
+        if p_kw == 13:
+            raise RuntimeError("unlucky reading")
+        if p_kw > limit_kw:
+            self.over.append((site_id, device_id, p_kw))
+
+
+def build_echo(settings: EchoSettings, bus: Bus) -> Service[EchoSettings, Echo]:
     """Records meter readings above the limit; raises on a reading of exactly 13 kW (for tests)."""
-    service = Service("echo", settings, bus)
-    over: list[tuple[str, str | None, float]] = []
-    service.state["over"] = over
+    service: Service[EchoSettings, Echo] = Service("echo", settings, bus, state=Echo())
 
     @service.on(topics.METER)
     async def on_meter(msg: MeterReading, ctx: Context) -> None:
-        if msg.p_kw == 13:
-            raise RuntimeError("unlucky reading")
-        if msg.p_kw > service.settings.limit_kw:
-            over.append((ctx.site_id, ctx.device_id, msg.p_kw))
+        service.state.on_reading(ctx.site_id, ctx.device_id, msg.p_kw, service.settings.limit_kw)
 
     return service

@@ -144,9 +144,13 @@ def topic_root() -> str:
 def mqtt_settings(mqtt_broker: BrokerInfo, topic_root: str) -> MqttSettings:
     """Broker settings pointing at the test broker under this test's topic root."""
     return MqttSettings(
-        host=mqtt_broker.host, port=mqtt_broker.port, root=topic_root, connect_retries=3,
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0,
-    )  # fmt: skip
+        host=mqtt_broker.host,
+        port=mqtt_broker.port,
+        root=topic_root,
+        connect_retries=3,
+        reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=1.0,
+    )
 
 
 @pytest.fixture(scope="session")

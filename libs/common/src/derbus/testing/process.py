@@ -39,8 +39,11 @@ class ServiceProcess:
             )  # fmt: skip
 
     def get(self, path: str) -> dict[str, Any] | None:
-        """GET a JSON document of its API (None while it does not answer); raises when the
-        process has exited."""
+        """GET a JSON document of its API (None while it does not answer).
+
+        Raises:
+            RuntimeError: the process has exited.
+        """
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(f"{self.module} is not running: {self.log.read_text()[-2000:]}")
         try:
@@ -89,8 +92,11 @@ class ServiceProcess:
 
 
 def service_env(prefix: str, host: str, port: int, root: str, **settings: str) -> dict[str, str]:
-    """This process's environment without any `<prefix>*`, `MQTT_*`, `INFLUXDB_*` variable, plus
-    the broker (quick reconnects) and `settings` (full variable names)."""
+    """This process's environment for a service on the given broker.
+
+    Without any `<prefix>*`, `MQTT_*`, `INFLUXDB_*` variable, plus the broker (quick
+    reconnects) and `settings` (full variable names).
+    """
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith((prefix, "MQTT_", "INFLUXDB_"))}

@@ -114,9 +114,15 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def _wait_port(
+def wait_port(
     host: str, port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None
 ) -> None:
+    """Wait until `host:port` accepts connections.
+
+    Raises:
+        ComponentUnavailableError: `proc` (the server, when given) exited, or nothing listened
+            within `timeout` seconds; the message names `what`.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(host, port):
@@ -131,7 +137,8 @@ def _wait_port(
     )
 
 
-def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Stop a server process started here: SIGTERM, then SIGKILL after `timeout` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -172,12 +179,12 @@ class MosquittoServer:
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        _wait_port(self.host, self.port, 10.0, "mosquitto", self.proc)
+        wait_port(self.host, self.port, 10.0, "mosquitto", self.proc)
         return self
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM: it saves its persistence file first)."""
-        _stop_process(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:
@@ -230,6 +237,7 @@ class PostgresServer:
 
     @property
     def data_dir(self) -> Path:
+        """The cluster's data directory."""
         return self.base_dir / "data"
 
     @property
@@ -254,7 +262,7 @@ class PostgresServer:
             )
 
     def start(self) -> PostgresServer:
-        """initdb (first time) and start the server."""
+        """Create the cluster with initdb (the first time) and start the server."""
         bin_dir = _pg_bin_dir()
         if bin_dir is None:
             raise ComponentUnavailableError(
@@ -263,13 +271,37 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.base_dir, user="postgres", group="postgres")
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run([str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                       "--auth=trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
+            self._run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
         opts = f"-c listen_addresses={self.host} -c port={self.port} -c unix_socket_directories={self.base_dir} -c fsync=off"
-        self._run([str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-o", opts, "-l",
-                   str(self.base_dir / "pg.log"), "-w", "-t", "60", "start"])  # fmt: skip
+        self._run(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-o",
+                opts,
+                "-l",
+                str(self.base_dir / "pg.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self.started = True
-        _wait_port(self.host, self.port, 30.0, "postgres", None)
+        wait_port(self.host, self.port, 30.0, "postgres", None)
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -466,14 +498,15 @@ class NatsCluster:
         )
         node.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-l", str(self.base_dir / f"{node.name}.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if wait:
             self._wait_listening(node)
 
     def _wait_listening(self, node: NatsNode) -> None:
         try:
-            _wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
+            wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
         except ComponentUnavailableError as err:
             raise ComponentUnavailableError(f"{err}: {self.last_error(node)}") from None
 
@@ -491,7 +524,7 @@ class NatsCluster:
     def stop(self) -> None:
         """Stop every node (SIGTERM)."""
         for node in self.nodes:
-            _stop_process(node.proc)
+            stop_process(node.proc)
             node.proc = None
 
     def cleanup(self) -> None:

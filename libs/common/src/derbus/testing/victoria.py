@@ -19,10 +19,10 @@ from typing import Any
 
 from derbus.testing.servers import (
     ComponentUnavailableError,
-    _stop_process,
-    _wait_port,
     find_binary,
     free_port,
+    stop_process,
+    wait_port,
 )
 
 
@@ -62,7 +62,7 @@ class VictoriaMetricsServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        _wait_port(self.host, self.port, 20.0, "victoria-metrics", self.proc)
+        wait_port(self.host, self.port, 20.0, "victoria-metrics", self.proc)
         return self
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> bytes:
@@ -87,7 +87,7 @@ class VictoriaMetricsServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
-        _stop_process(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:
