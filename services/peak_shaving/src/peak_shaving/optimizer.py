@@ -9,8 +9,10 @@ violation is reported instead of the problem becoming infeasible.
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -25,12 +27,19 @@ from peak_shaving.config import SiteConfig
 SolverName = Literal["ECOS", "CLARABEL", "HIGHS"]
 FloatArray = NDArray[np.float64]
 _OK_STATUSES = {"optimal", "optimal_inaccurate"}  # cvxpy.OPTIMAL, cvxpy.OPTIMAL_INACCURATE
+MAX_HORIZON_STEPS = 31 * 288
+"""Longest outlook: a 31-day month at 5-minute steps (a whole month of 15-minute steps fits)."""
 
 
 class EmaConfig(SiteConfig):
     """Declared configuration of the EMA (limits and battery from `SiteConfig`)."""
 
-    horizon_steps: int = Field(default=96, ge=2, le=2880, description="steps in the outlook")
+    horizon_steps: int = Field(
+        default=96,
+        ge=2,
+        le=MAX_HORIZON_STEPS,
+        description="steps in the outlook (up to a 31-day month at 5-minute steps)",
+    )
     step_s: int = Field(default=900, ge=60, le=3600, description="schedule step, s")
     solver: SolverName = Field(default="ECOS", description="LP solver: ECOS, CLARABEL or HIGHS")
     solver_time_limit_s: float = Field(
@@ -119,6 +128,16 @@ class Schedule:
     terms: dict[str, float] = field(default_factory=dict)
     solve_time_s: float = 0.0
     solver: str = "ECOS"
+    target_kw: float | None = None
+    scenario_peaks_kw: tuple[float, ...] = ()
+    worker_pid: int = 0
+
+    @property
+    def demand_threshold_kw(self) -> float:
+        """The 15-minute import the PMA holds: the decided target, else the planned peak."""
+        if self.target_kw is not None:
+            return self.target_kw
+        return float(self.pcc_kw.max())
 
     @property
     def violation_kwh(self) -> float:
@@ -141,6 +160,9 @@ class Schedule:
             "violation_kwh": round(self.violation_kwh, 6),
             "violation_steps": self.violation_steps,
             "soc_end_kwh": round(float(self.soc_kwh[-1]), 6),
+            "target_kw": round(self.demand_threshold_kw, 6),
+            "scenario_peaks_kw": [round(v, 6) for v in self.scenario_peaks_kw],
+            "worker_pid": self.worker_pid,
         }
 
 
@@ -190,6 +212,8 @@ class ScheduleOptimizer:
         self.p_exp = cp.Parameter(name="export_floor_kw")
         self.p_demand = cp.Parameter(nonneg=True, name="demand_charge_per_kw")
         self.p_peak_floor = cp.Parameter(name="peak_floor_kw")
+        self.p_end_w = cp.Parameter(nonneg=True, name="end_soc_penalty_per_kwh")
+        self.p_reserve_w = cp.Parameter(nonneg=True, name="reserve_penalty_per_kwh_h")
 
         self.ch = cp.Variable(n, nonneg=True, name="charge_kw")
         self.dis = cp.Variable(n, nonneg=True, name="discharge_kw")
@@ -227,8 +251,8 @@ class ScheduleOptimizer:
             "energy": dt_h * (self.p_price @ self.g_imp - self.p_feed @ self.g_exp),
             "demand": self.p_demand * self.peak,
             "wear": config.wear_cost_per_kwh * dt_h * (self.ch + self.dis).sum(),
-            "end_soc": config.end_soc_penalty_per_kwh * self.end_short,
-            "reserve": config.reserve_penalty_per_kwh_h * dt_h * (self.reserve_short).sum(),
+            "end_soc": self.p_end_w * self.end_short,
+            "reserve": self.p_reserve_w * dt_h * (self.reserve_short).sum(),
         }
         objective = cp.Minimize(sum(self._terms.values(), start=cp.Constant(0.0)))
         self.problem = cp.Problem(objective, constraints)
@@ -275,6 +299,7 @@ class ScheduleOptimizer:
                 raise SolverError(f"reserve_kwh must hold {n} finite values")
             reserve = np.maximum(reserve, asked)
         self.p_e_reserve.value = np.minimum(reserve, cfg.soc_max_pct / 100 * cap)
+        reserve_asked = bool(np.max(self.p_e_reserve.value) > 0)
         self.p_e_end.value = cfg.end_soc_pct / 100 * cap
         self.p_ch_max.value = cfg.battery_max_charge_kw
         self.p_dis_max.value = cfg.battery_max_discharge_kw
@@ -290,7 +315,9 @@ class ScheduleOptimizer:
         else:
             price, feed = np.zeros(n), np.zeros(n)
         self.p_price.value, self.p_feed.value = price, feed
-        self.p_demand.value = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
+        demand = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
+        self.p_demand.value = demand
+        self.p_end_w.value, self.p_reserve_w.value = soft_target_weights(cfg, demand, reserve_asked)
         self.p_peak_floor.value = max(inputs.peak_floor_kw, 0.0)
 
         import cvxpy as cp  # already imported by __init__: a dictionary look-up
@@ -335,6 +362,39 @@ class ScheduleOptimizer:
             solve_time_s=elapsed_s,
             solver=name,
         )
+
+
+PEAK_FLOOR_SHARE = 0.9
+"""Soft SoC targets may be worth at most this share of the demand charge per kW of peak."""
+
+
+def soft_target_weights(
+    cfg: EmaConfig, demand_per_kw: float, reserve_asked: bool = True
+) -> tuple[float, float]:
+    """End-SoC and reserve penalties, scaled down so that they never pay for a higher peak.
+
+    Raising the planned peak by 1 kW over the whole outlook stores at most
+    `E = steps x step_h x charge_efficiency` kWh more; each stored kWh is worth at most
+    `end + reserve x horizon_h` in the soft terms. When that gain `E x (end + reserve x
+    horizon_h)` would outweigh the demand charge, both weights are scaled so that it is
+    `PEAK_FLOOR_SHARE` of it: a reserve or SoC target alone never raises the month's peak
+    (energy arbitrage still may, when the tariff says it pays). Without a demand charge the
+    configured weights apply; without a reserve asked (`reserve_asked` False) only the end-SoC
+    weight counts.
+
+    Returns:
+        (end-SoC penalty per kWh, reserve penalty per kWh and hour).
+    """
+    end, reserve = cfg.end_soc_penalty_per_kwh, cfg.reserve_penalty_per_kwh_h
+    if demand_per_kw <= 0:
+        return end, reserve
+    horizon_h = cfg.horizon_steps * cfg.step_s / 3600
+    stored_kwh = horizon_h * cfg.charge_efficiency
+    gain = stored_kwh * (end + (reserve * horizon_h if reserve_asked else 0.0))
+    if gain <= PEAK_FLOOR_SHARE * demand_per_kw:
+        return end, reserve
+    scale = PEAK_FLOOR_SHARE * demand_per_kw / gain
+    return end * scale, reserve * scale
 
 
 def _solver_options(name: str, time_limit_s: float) -> dict[str, Any]:
@@ -417,3 +477,164 @@ def uncertainty_reserve_kwh(
     after = np.concatenate([np.cumsum(energy[::-1])[::-1][1:], [0.0]])
     reserve: FloatArray = after
     return reserve
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One possible net-load trace over the outlook and its probability.
+
+    Attributes:
+        weight: probability (the weights of a set are normalised).
+        net_load_kw: load - PV per step, kW.
+        level: the forecast quantile level it was built from (for reports).
+    """
+
+    weight: float
+    net_load_kw: FloatArray
+    level: float = 0.5
+
+
+SCENARIO_LEVELS: tuple[tuple[float, float], ...] = ((0.1, 0.2), (0.5, 0.6), (0.9, 0.2))
+"""(quantile level, weight): p10, p50 and p90 traces standing for the strata 0-0.2, 0.2-0.8
+and 0.8-1 of the forecast distribution."""
+_KEY_LEVELS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
+
+
+def quantile_trace(
+    quantiles: Mapping[str, Sequence[float] | FloatArray], level: float
+) -> FloatArray:
+    """The trace at a quantile level, interpolated per step between the forecast's quantiles.
+
+    Args:
+        quantiles: `p10`, `p50`, `p90` (any of them; others are ignored), equal lengths.
+        level: 0..1; outside the given levels the nearest one holds.
+
+    Returns:
+        The values per step.
+
+    Raises:
+        ValueError: no usable quantile.
+    """
+    known = sorted((_KEY_LEVELS[k], np.asarray(v, dtype=float)) for k, v in quantiles.items()
+                   if k in _KEY_LEVELS)  # fmt: skip
+    if not known:
+        raise ValueError("no p10/p50/p90 quantile to build a scenario from")
+    levels = np.array([lv for lv, _ in known])
+    stack = np.vstack([v for _, v in known])
+    out: FloatArray = np.array(
+        [np.interp(level, levels, stack[:, i]) for i in range(stack.shape[1])], dtype=float
+    )
+    return out
+
+
+def quantile_scenarios(
+    load: Mapping[str, Sequence[float] | FloatArray],
+    pv: Mapping[str, Sequence[float] | FloatArray] | None = None,
+    levels: Sequence[tuple[float, float]] = SCENARIO_LEVELS,
+) -> list[Scenario]:
+    """Net-load scenarios from quantile forecasts: load at level u with PV at 1 - u.
+
+    High load goes with low PV (the case that sets a peak), one trace per (level, weight).
+    """
+    total = sum(w for _, w in levels)
+    out = []
+    for level, weight in levels:
+        net = quantile_trace(load, level)
+        if pv is not None:
+            net = net - quantile_trace(pv, 1.0 - level)
+        out.append(Scenario(weight / total, net, level))
+    return out
+
+
+def plan_with_scenarios(
+    optimizer: ScheduleOptimizer, inputs: EmaInputs, scenarios: Sequence[Scenario]
+) -> Schedule:
+    """Decide the demand target with the uncertainty in view, then plan for it.
+
+    1. Each scenario is planned on its own (the month's peak so far as the floor): the peak it
+       needs, `need_s`.
+    2. The target is the candidate `need_k` with the lowest expected billed peak, where a
+       scenario that needs more than the target is taken to bill its peak without the battery
+       (the PMA would drain the battery holding a target it cannot hold): a high scenario
+       raises the target only as far as its probability makes it worth it.
+    3. The schedule is the plan of the scenario that set the target, re-solved with the target
+       as its floor (import up to it is free of demand charge; nothing is shaved below it).
+
+    With one scenario this is a single solve whose target is its planned peak.
+
+    Args:
+        optimizer: the compiled EMA problem.
+        inputs: SoC, prior schedule, month's peak, reserve; its `net_load_kw` is not used.
+        scenarios: at least one scenario of the optimiser's horizon.
+
+    Returns:
+        The schedule with `target_kw` (the 15-minute import for the PMA to hold) and the
+        needs of the scenarios; `solve_time_s` sums every solve.
+
+    Raises:
+        SolverError: a solve failed, or no scenario was given.
+    """
+    if not scenarios:
+        raise SolverError("no scenario to plan on")
+    floor = max(inputs.peak_floor_kw, 0.0)
+    plans = [optimizer.solve(replace(inputs, net_load_kw=sc.net_load_kw)) for sc in scenarios]
+    needs = [max(floor, float(p.pcc_kw.max())) for p in plans]
+    elapsed = sum(p.solve_time_s for p in plans)
+    if len(scenarios) == 1:
+        return replace(plans[0], target_kw=needs[0], scenario_peaks_kw=(needs[0],))
+    total = sum(sc.weight for sc in scenarios)
+    unshaved = [max(floor, float(np.max(sc.net_load_kw))) for sc in scenarios]
+
+    def expected(target: float) -> float:
+        return sum(
+            sc.weight / total * (target if need <= target + 1e-6 else max(raw, target))
+            for sc, need, raw in zip(scenarios, needs, unshaved, strict=True)
+        )
+
+    best = min(range(len(scenarios)), key=lambda k: (expected(needs[k]), needs[k]))
+    target = needs[best]
+    final = optimizer.solve(
+        replace(inputs, net_load_kw=scenarios[best].net_load_kw, peak_floor_kw=target)
+    )
+    return replace(
+        final, target_kw=target, scenario_peaks_kw=tuple(needs),
+        solve_time_s=elapsed + final.solve_time_s,
+    )  # fmt: skip
+
+
+STRUCTURAL_FIELDS = (
+    "horizon_steps", "step_s", "charge_efficiency", "discharge_efficiency",
+    "violation_penalty_per_kwh", "change_penalty_per_kwh", "wear_cost_per_kwh",
+)  # fmt: skip
+"""EmaConfig fields compiled into the problem: a change builds a new one."""
+_COMPILED: dict[tuple[Any, ...], ScheduleOptimizer] = {}
+
+
+def compiled(config: EmaConfig) -> ScheduleOptimizer:
+    """This process's compiled problem for a configuration (built on first use, then reused)."""
+    key = tuple(getattr(config, k) for k in STRUCTURAL_FIELDS)
+    optimizer = _COMPILED.get(key)
+    if optimizer is None:
+        optimizer = _COMPILED[key] = ScheduleOptimizer(config)
+    optimizer.config = config
+    return optimizer
+
+
+def solve_plan(
+    config: EmaConfig, inputs: EmaInputs, scenarios: Sequence[Scenario] = ()
+) -> Schedule:
+    """One EMA plan, runnable in a worker process (arguments and result pickle).
+
+    With scenarios: `plan_with_scenarios`; without: one solve on `inputs.net_load_kw`.
+    """
+    optimizer = compiled(config)
+    plan = (
+        plan_with_scenarios(optimizer, inputs, scenarios) if scenarios else optimizer.solve(inputs)
+    )
+    return replace(plan, worker_pid=os.getpid())
+
+
+def warm(config: EmaConfig) -> int:
+    """Build the compiled problem in this process (cvxpy imported); returns the process id."""
+    compiled(config)
+    return os.getpid()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -29,11 +31,17 @@ from derbus.messages import (
 from derbus.service import Context, Service
 from peak_shaving.controller import PeakShavingController, PmaInputs
 from peak_shaving.optimizer import (
+    STRUCTURAL_FIELDS,
+    EmaConfig,
     EmaInputs,
+    FloatArray,
+    Scenario,
     Schedule,
-    ScheduleOptimizer,
     align_series,
+    quantile_scenarios,
+    solve_plan,
     uncertainty_reserve_kwh,
+    warm,
 )
 from peak_shaving.settings import Settings
 
@@ -41,11 +49,6 @@ log = logging.getLogger(__name__)
 
 NAME = "peak_shaving"
 LOAD_TARGET, PV_TARGET = "load", "pv"
-_STRUCTURAL = (
-    "horizon_steps", "step_s", "charge_efficiency", "discharge_efficiency",
-    "violation_penalty_per_kwh", "change_penalty_per_kwh", "wear_cost_per_kwh",
-    "end_soc_penalty_per_kwh", "reserve_penalty_per_kwh_h",
-)  # fmt: skip
 
 
 @dataclass
@@ -113,7 +116,7 @@ class PeakShaving:
     def __init__(self, service: Service[Settings]) -> None:
         self.service = service
         self.controller = PeakShavingController(service.settings)
-        self._optimizer: ScheduleOptimizer | None = None  # built on first use (cvxpy: ~2 s)
+        self._pool: ProcessPoolExecutor | None = None  # the EMA's own process(es)
         self._warm_up: asyncio.Task[None] | None = None
         self.sites: dict[str, SitePlan] = {}
         self.metrics = _Metrics(service)
@@ -128,27 +131,44 @@ class PeakShaving:
         """The current settings."""
         return self.service.settings
 
-    @property
-    def optimizer(self) -> ScheduleOptimizer:
-        """The EMA's compiled problem, built (and cvxpy imported) on first use."""
-        if self._optimizer is None:
-            self._optimizer = ScheduleOptimizer(self.settings)
-        return self._optimizer
+    def ema_config(self) -> EmaConfig:
+        """The optimiser's part of the settings (what a worker process is handed)."""
+        fields = set(EmaConfig.model_fields)
+        return EmaConfig.model_validate(self.settings.model_dump(include=fields))
 
-    def _solve(self, inputs: EmaInputs) -> Schedule:
-        return self.optimizer.solve(inputs)
+    async def _run_ema(self, fn: Any, *args: Any) -> Any:
+        """Run EMA work in its own process (`ema_workers` >= 1) or a thread (0)."""
+        if self.settings.ema_workers == 0:
+            async with self._solve_lock:  # one compiled problem per process, one solve at a time
+                return await self.service.run_blocking(fn, *args)
+        if self._pool is None:
+            # spawn: a clean interpreter (no copy of the bus client's threads or the event loop)
+            self._pool = ProcessPoolExecutor(
+                self.settings.ema_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def solve(self, inputs: EmaInputs, scenarios: list[Scenario]) -> Schedule:
+        """One EMA plan (scenarios when given), off the service's event loop."""
+        plan: Schedule = await self._run_ema(solve_plan, self.ema_config(), inputs, scenarios)
+        return plan
 
     def warm_up(self) -> None:
         """Build the optimiser off the event loop after start-up, so /readyz is not held up."""
 
         async def build() -> None:
-            async with self._solve_lock:
-                try:
-                    await self.service.run_blocking(lambda: self.optimizer)
-                except SolverError as err:  # the first solve builds again and reports it
-                    log.warning("EMA problem could not be built: %s", err)
+            try:
+                await self._run_ema(warm, self.ema_config())
+            except SolverError as err:  # the first solve builds again and reports it
+                log.warning("EMA problem could not be built: %s", err)
 
         self._warm_up = asyncio.create_task(build(), name=f"{NAME}:warm-up")
+
+    def close(self) -> None:
+        """Stop the EMA's worker processes."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def site(self, site_id: str) -> SitePlan:
         """The plan holder of a site (created on first use)."""
@@ -170,7 +190,7 @@ class PeakShaving:
         if plan.schedule_valid and plan.schedule is not None:
             schedule_kw = plan.schedule.value_at(reading.ts)
             if self.settings.demand_charge and plan.last_solution is not None:
-                plan_peak = float(plan.last_solution.pcc_kw.max())
+                plan_peak = plan.last_solution.demand_threshold_kw
         decision = self.controller.step(
             PmaInputs(
                 site_id=site_id,
@@ -233,6 +253,27 @@ class PeakShaving:
         while running := [t for t in self._replans.values() if not t.done()]:
             await asyncio.gather(*running, return_exceptions=True)
 
+    def ema_scenarios(self, site_id: str, start: datetime) -> list[Scenario]:
+        """Net-load scenarios from the load (and PV) forecast quantiles ([]: single trace)."""
+        cfg = self.settings
+        plan = self.site(site_id)
+        load = plan.forecasts.get(LOAD_TARGET)
+        if not cfg.scenario_levels or load is None:
+            return []
+        n, step = cfg.horizon_steps, cfg.step_s
+
+        def traces(series: TimeSeries) -> dict[str, FloatArray]:
+            quantiles = series.quantiles or {"p50": series.values}
+            return {
+                k: align_series(v, series.start, series.step_s, start, n, step)
+                for k, v in quantiles.items()
+            }
+
+        pv = plan.forecasts.get(PV_TARGET)
+        return quantile_scenarios(
+            traces(load), traces(pv) if pv is not None else None, cfg.scenario_levels
+        )
+
     def ema_inputs(self, site_id: str, now: datetime) -> EmaInputs | None:
         """The EMA's inputs for a site now, or None without a load forecast or battery reading."""
         cfg = self.settings
@@ -283,9 +324,8 @@ class PeakShaving:
             return
         plan = self.site(site_id)
         try:
-            async with self._solve_lock:  # one compiled problem, one solve at a time
-                solution = await self.service.run_blocking(self._solve, inputs)
-        except SolverError as err:
+            solution = await self.solve(inputs, self.ema_scenarios(site_id, inputs.start))
+        except (SolverError, ValueError) as err:
             self.metrics.solves.labels(outcome="failed").inc()
             await self._fall_back(site_id, plan, inputs, now, str(err))
             return
@@ -343,12 +383,11 @@ class PeakShaving:
         )  # fmt: skip
 
     def apply_config(self, old: Settings, new: Settings) -> None:
-        """Hand new settings to the controller and optimiser (recompiled if structure changed)."""
+        """Hand new settings to the controller; the EMA gets them with each solve (a worker
+        keeps one compiled problem per structure, see `STRUCTURAL_FIELDS`)."""
         self.controller.config = new
-        if any(getattr(old, k) != getattr(new, k) for k in _STRUCTURAL):
-            self._optimizer = None  # rebuilt by the next solve
-        elif self._optimizer is not None:
-            self._optimizer.config = new
+        if any(getattr(old, k) != getattr(new, k) for k in STRUCTURAL_FIELDS):
+            log.info("EMA structure changed: the next solve compiles a new problem")
 
 
 def _quantile(series: TimeSeries, name: str | None) -> list[float]:
@@ -435,6 +474,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
     @service.on_shutdown
     async def stop_replans() -> None:
         await ps.idle()
+        ps.close()
 
     router = APIRouter(tags=["peak_shaving"])
 
