@@ -319,3 +319,28 @@ def test_quantile_scenarios_pair_high_load_with_low_pv() -> None:
     approx(quantile_trace({"p50": [3.0]}, 0.9), [3.0])  # one quantile: it holds everywhere
     with pytest.raises(ValueError, match="quantile"):
         quantile_trace({"mean": [1.0]}, 0.5)
+
+
+def test_two_stage_plan_shares_the_first_step_and_hedges_it() -> None:
+    # The scenarios of the test above in one two-stage LP (weights 0.2 / 0.6 / 0.2). The first
+    # hour's discharge x is one decision for all three: low and mid bill 8 - x, high bills
+    # 20 - (5 - x) = 15 + x (it needs every kWh in the second hour). Up to x = 0.5 (where mid
+    # is 7.5 = 12 - 4.5 in both hours) the expected demand charge falls by 10 x (0.8 - 0.2)
+    # per kW, beyond it rises: x = 0.5. Needs: low 7.5, mid 7.5, high 15.5 (the 0.5 kWh spent
+    # now is missing there). Target 7.5 as before: 0.8 x 7.5 + 0.2 x 20 = 10 < 15.5.
+    weights = (0.2, 0.6, 0.2)
+    opt = ScheduleOptimizer(
+        optimizer(import_limit_kw=50.0, demand_charge=True,
+                  tariff=Tariff(demand_charge_per_kw=10.0)).config,
+        weights,
+    )  # fmt: skip
+    nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 20.0])]
+    scenarios = [Scenario(w, net) for w, net in zip(weights, nets, strict=True)]
+    plan = plan_with_scenarios(opt, inputs([0, 0], soc_kwh=5), scenarios)
+    assert plan.scenario_peaks_kw == pytest.approx((7.5, 7.5, 15.5), abs=1e-3)
+    assert plan.target_kw == pytest.approx(7.5, abs=1e-3)
+    assert plan.battery_p_kw[0] == pytest.approx(-0.5, abs=1e-3)
+    approx(plan.pcc_kw, [7.5, 7.5])  # the mid scenario's plan
+    assert plan.terms["demand"] == pytest.approx(10 * (0.8 * 7.5 + 0.2 * 15.5), abs=1e-3)
+    with pytest.raises(SolverError, match="3 scenario"):
+        opt.solve(inputs([0, 0], soc_kwh=5), scenarios=scenarios[:2])

@@ -183,21 +183,34 @@ class ScheduleOptimizer:
     violation beyond each limit (>= 0), the change from the prior schedule split into its
     non-negative parts; the SoC at each boundary; the horizon peak; the end-SoC shortfall.
 
+    With several scenario weights it is a two-stage scenario LP: one such set of variables per
+    net-load scenario, the first step's charge and discharge shared by all (what is done now
+    cannot depend on which scenario comes), and the objective the weighted sum of the
+    scenarios' objectives: energy spent now on arbitrage is missing in every scenario that
+    needed it for its peak, at that scenario's probability.
+
     Args:
         config: the EMA configuration; horizon, step, efficiencies and weights are compiled in
             (make a new optimiser when they change), limits and battery bounds are data.
+        weights: the scenarios' probabilities (normalised); one weight: a single trace.
     """
 
-    def __init__(self, config: EmaConfig) -> None:
+    def __init__(self, config: EmaConfig, weights: Sequence[float] = (1.0,)) -> None:
         import cvxpy as cp  # ~2 s to import: only where a problem is built, not at start-up
 
+        if not weights or any(w <= 0 for w in weights):
+            raise SolverError("scenario weights must be positive")
         self.config = config
         n = config.horizon_steps
         dt_h = config.step_s / 3600
         eta_c, eta_d = config.charge_efficiency, config.discharge_efficiency
         self._dt_h = dt_h
+        total = float(sum(weights))
+        self.weights = tuple(float(w) / total for w in weights)
+        count = len(self.weights)
 
-        self.p_net = cp.Parameter(n, name="net_load_kw")
+        self.p_nets = [cp.Parameter(n, name=f"net_load_kw_{s}") for s in range(count)]
+        self.p_net = self.p_nets[0]
         self.p_prior = cp.Parameter(n, name="prior_kw")
         self.p_price = cp.Parameter(n, nonneg=True, name="price_per_kwh")
         self.p_feed = cp.Parameter(n, name="feed_in_per_kwh")
@@ -215,73 +228,109 @@ class ScheduleOptimizer:
         self.p_end_w = cp.Parameter(nonneg=True, name="end_soc_penalty_per_kwh")
         self.p_reserve_w = cp.Parameter(nonneg=True, name="reserve_penalty_per_kwh_h")
 
-        self.ch = cp.Variable(n, nonneg=True, name="charge_kw")
-        self.dis = cp.Variable(n, nonneg=True, name="discharge_kw")
-        self.g_imp = cp.Variable(n, nonneg=True, name="import_kw")
-        self.g_exp = cp.Variable(n, nonneg=True, name="export_kw")
-        self.v_imp = cp.Variable(n, nonneg=True, name="import_violation_kw")
-        self.v_exp = cp.Variable(n, nonneg=True, name="export_violation_kw")
-        self.up = cp.Variable(n, nonneg=True, name="change_up_kw")
-        self.down = cp.Variable(n, nonneg=True, name="change_down_kw")
-        self.reserve_short = cp.Variable(n, nonneg=True, name="reserve_short_kwh")
-        self.soc = cp.Variable(n + 1, name="soc_kwh")
-        self.peak = cp.Variable(name="peak_kw")
-        self.end_short = cp.Variable(nonneg=True, name="end_short_kwh")
-
-        battery = self.ch - self.dis
-        constraints = [
-            self.soc[0] == self.p_soc0,
-            self.soc[1:] == self.soc[:-1] + (eta_c * self.ch - self.dis / eta_d) * dt_h,
-            self.soc[1:] >= self.p_e_lo,
-            self.soc[1:] <= self.p_e_hi,
-            self.soc[1:] + self.reserve_short >= self.p_e_reserve,
-            self.soc[n] + self.end_short >= self.p_e_end,
-            self.ch <= self.p_ch_max,
-            self.dis <= self.p_dis_max,
-            self.g_imp - self.g_exp == self.p_net + battery,
-            self.g_imp - self.v_imp <= self.p_imp,
-            self.g_exp - self.v_exp <= -self.p_exp,
-            battery - self.p_prior == self.up - self.down,
-            self.peak >= self.g_imp,
-            self.peak >= self.p_peak_floor,
-        ]
-        self._terms: dict[str, Any] = {
-            "violation": config.violation_penalty_per_kwh * dt_h * (self.v_imp + self.v_exp).sum(),
-            "change": config.change_penalty_per_kwh * dt_h * (self.up + self.down).sum(),
-            "energy": dt_h * (self.p_price @ self.g_imp - self.p_feed @ self.g_exp),
-            "demand": self.p_demand * self.peak,
-            "wear": config.wear_cost_per_kwh * dt_h * (self.ch + self.dis).sum(),
-            "end_soc": self.p_end_w * self.end_short,
-            "reserve": self.p_reserve_w * dt_h * (self.reserve_short).sum(),
-        }
+        self.scenario_vars: list[dict[str, Any]] = []
+        constraints: list[Any] = []
+        terms: dict[str, Any] = {k: cp.Constant(0.0) for k in TERMS}
+        for s, weight in enumerate(self.weights):
+            v = {
+                "ch": cp.Variable(n, nonneg=True, name=f"charge_kw_{s}"),
+                "dis": cp.Variable(n, nonneg=True, name=f"discharge_kw_{s}"),
+                "g_imp": cp.Variable(n, nonneg=True, name=f"import_kw_{s}"),
+                "g_exp": cp.Variable(n, nonneg=True, name=f"export_kw_{s}"),
+                "v_imp": cp.Variable(n, nonneg=True, name=f"import_violation_kw_{s}"),
+                "v_exp": cp.Variable(n, nonneg=True, name=f"export_violation_kw_{s}"),
+                "up": cp.Variable(n, nonneg=True, name=f"change_up_kw_{s}"),
+                "down": cp.Variable(n, nonneg=True, name=f"change_down_kw_{s}"),
+                "reserve_short": cp.Variable(n, nonneg=True, name=f"reserve_short_kwh_{s}"),
+                "soc": cp.Variable(n + 1, name=f"soc_kwh_{s}"),
+                "peak": cp.Variable(name=f"peak_kw_{s}"),
+                "end_short": cp.Variable(nonneg=True, name=f"end_short_kwh_{s}"),
+            }
+            self.scenario_vars.append(v)
+            ch, dis, soc = v["ch"], v["dis"], v["soc"]
+            battery = ch - dis
+            constraints += [
+                soc[0] == self.p_soc0,
+                soc[1:] == soc[:-1] + (eta_c * ch - dis / eta_d) * dt_h,
+                soc[1:] >= self.p_e_lo,
+                soc[1:] <= self.p_e_hi,
+                soc[1:] + v["reserve_short"] >= self.p_e_reserve,
+                soc[n] + v["end_short"] >= self.p_e_end,
+                ch <= self.p_ch_max,
+                dis <= self.p_dis_max,
+                v["g_imp"] - v["g_exp"] == self.p_nets[s] + battery,
+                v["g_imp"] - v["v_imp"] <= self.p_imp,
+                v["g_exp"] - v["v_exp"] <= -self.p_exp,
+                battery - self.p_prior == v["up"] - v["down"],
+                v["peak"] >= v["g_imp"],
+                v["peak"] >= self.p_peak_floor,
+            ]
+            if s > 0:  # non-anticipativity: the first step is one decision for every scenario
+                first = self.scenario_vars[0]
+                constraints += [ch[0] == first["ch"][0], dis[0] == first["dis"][0]]
+            scenario_terms = {
+                "violation": config.violation_penalty_per_kwh
+                * dt_h
+                * (v["v_imp"] + v["v_exp"]).sum(),
+                "change": config.change_penalty_per_kwh * dt_h * (v["up"] + v["down"]).sum(),
+                "energy": dt_h * (self.p_price @ v["g_imp"] - self.p_feed @ v["g_exp"]),
+                "demand": self.p_demand * v["peak"],
+                "wear": config.wear_cost_per_kwh * dt_h * (ch + dis).sum(),
+                "end_soc": self.p_end_w * v["end_short"],
+                "reserve": self.p_reserve_w * dt_h * v["reserve_short"].sum(),
+            }
+            for k, expr in scenario_terms.items():
+                terms[k] = terms[k] + weight * expr
+        first = self.scenario_vars[0]
+        self.ch, self.dis, self.soc, self.peak = (
+            first["ch"],
+            first["dis"],
+            first["soc"],
+            first["peak"],
+        )
+        self._terms = terms
         objective = cp.Minimize(sum(self._terms.values(), start=cp.Constant(0.0)))
         self.problem = cp.Problem(objective, constraints)
         if not self.problem.is_dpp():
             raise SolverError("the EMA problem is not DPP: re-solves would recompile")
         self.solves = 0
 
-    def solve(self, inputs: EmaInputs, solver: SolverName | None = None) -> Schedule:
+    def solve(
+        self,
+        inputs: EmaInputs,
+        solver: SolverName | None = None,
+        scenarios: Sequence[Scenario] | None = None,
+    ) -> Schedule:
         """Solve for a battery schedule.
 
         Args:
             inputs: the outlook's data (net load, SoC, prior schedule, month peak).
             solver: override the configured solver.
+            scenarios: one net-load trace per compiled weight (their weights are the compiled
+                ones); None: `inputs.net_load_kw` (single-trace problems only).
 
         Returns:
-            The schedule, with status, objective terms and solve time.
+            The schedule of the scenario with the highest planned peak (the first with one
+            trace), with status, objective terms (probability-weighted), every scenario's
+            planned peak and the solve time.
 
         Raises:
             SolverError: the solver failed or reported an infeasible / unbounded problem, or the
-                inputs do not fit the compiled horizon.
+                inputs do not fit the compiled horizon or scenario count.
         """
         cfg = self.config
         n = cfg.horizon_steps
         name = solver or cfg.solver
-        net = np.asarray(inputs.net_load_kw, dtype=float)
+        traces = [inputs.net_load_kw] if scenarios is None else [s.net_load_kw for s in scenarios]
+        if len(traces) != len(self.weights):
+            raise SolverError(f"{len(self.weights)} scenario(s) compiled, {len(traces)} given")
+        nets = [np.asarray(t, dtype=float) for t in traces]
         prior = np.asarray(inputs.prior_kw, dtype=float)
-        if net.shape != (n,) or prior.shape != (n,):
-            raise SolverError(f"inputs must have {n} steps (got {net.shape}, {prior.shape})")
-        if not (np.isfinite(net).all() and np.isfinite(prior).all()):
+        if any(net.shape != (n,) for net in nets) or prior.shape != (n,):
+            raise SolverError(
+                f"inputs must have {n} steps (got {[net.shape for net in nets]}, {prior.shape})"
+            )
+        if not (all(np.isfinite(net).all() for net in nets) and np.isfinite(prior).all()):
             raise SolverError("inputs contain NaN or infinite values")
         if not math.isfinite(inputs.soc_kwh):
             raise SolverError("initial SoC is not finite")
@@ -308,7 +357,8 @@ class ScheduleOptimizer:
             import_cap = min(import_cap, max(cfg.demand_target_kw, inputs.peak_floor_kw))
         self.p_imp.value = import_cap
         self.p_exp.value = cfg.export_limit_kw
-        self.p_net.value = net
+        for param, net in zip(self.p_nets, nets, strict=True):
+            param.value = net
         self.p_prior.value = prior
         if cfg.energy_cost:
             price, feed = tariff_prices(cfg.tariff, inputs.start, n, cfg.step_s)
@@ -332,14 +382,35 @@ class ScheduleOptimizer:
         status = str(self.problem.status)
         if status not in _OK_STATUSES or self.ch.value is None or self.dis.value is None:
             raise SolverError(f"{name} returned status {status}")
-        return self._schedule(inputs, status, elapsed, name)
+        peaks = [
+            max(float(np.max(net + np.asarray(v["ch"].value) - np.asarray(v["dis"].value))),
+                inputs.peak_floor_kw, 0.0)
+            for net, v in zip(nets, self.scenario_vars, strict=True)
+        ]  # fmt: skip
+        pick = int(np.argmax(peaks)) if len(peaks) > 1 else 0
+        return replace(
+            self._schedule(inputs, nets[pick], pick, status, elapsed, name),
+            scenario_peaks_kw=tuple(peaks) if len(peaks) > 1 else (),
+        )
 
-    def _schedule(self, inputs: EmaInputs, status: str, elapsed_s: float, name: str) -> Schedule:
+    def scenario_schedule(
+        self, base: Schedule, inputs: EmaInputs, net: FloatArray, k: int
+    ) -> Schedule:
+        """Scenario `k`'s schedule of the last solve (`base`: that solve's result)."""
+        out = self._schedule(
+            inputs, np.asarray(net, dtype=float), k, base.status, base.solve_time_s, base.solver
+        )
+        return replace(out, scenario_peaks_kw=base.scenario_peaks_kw)
+
+    def _schedule(
+        self, inputs: EmaInputs, net: FloatArray, pick: int, status: str, elapsed_s: float,
+        name: str,
+    ) -> Schedule:  # fmt: skip
         cfg = self.config
-        ch = np.maximum(np.asarray(self.ch.value, dtype=float), 0.0)
-        dis = np.maximum(np.asarray(self.dis.value, dtype=float), 0.0)
+        v = self.scenario_vars[pick]
+        ch = np.maximum(np.asarray(v["ch"].value, dtype=float), 0.0)
+        dis = np.maximum(np.asarray(v["dis"].value, dtype=float), 0.0)
         battery = ch - dis
-        net = np.asarray(inputs.net_load_kw, dtype=float)
         pcc = net + battery
         import_cap = float(self.p_imp.value)  # type: ignore[arg-type]
         violation = np.maximum.reduce(
@@ -353,7 +424,7 @@ class ScheduleOptimizer:
             battery_p_kw=battery,
             charge_kw=ch,
             discharge_kw=dis,
-            soc_kwh=np.asarray(self.soc.value, dtype=float),
+            soc_kwh=np.asarray(v["soc"].value, dtype=float),
             pcc_kw=pcc,
             violation_kw=violation,
             status=status,
@@ -362,6 +433,10 @@ class ScheduleOptimizer:
             solve_time_s=elapsed_s,
             solver=name,
         )
+
+
+TERMS = ("violation", "change", "energy", "demand", "wear", "end_soc", "reserve")
+"""The objective's terms, in `Schedule.terms`."""
 
 
 PEAK_FLOOR_SHARE = 0.9
@@ -549,18 +624,18 @@ def quantile_scenarios(
 def plan_with_scenarios(
     optimizer: ScheduleOptimizer, inputs: EmaInputs, scenarios: Sequence[Scenario]
 ) -> Schedule:
-    """Decide the demand target with the uncertainty in view, then plan for it.
+    """Decide the demand target with the uncertainty in view, and the schedule for it.
 
-    1. Each scenario is planned on its own (the month's peak so far as the floor): the peak it
-       needs, `need_s`.
-    2. The target is the candidate `need_k` with the lowest expected billed peak, where a
-       scenario that needs more than the target is taken to bill its peak without the battery
-       (the PMA would drain the battery holding a target it cannot hold): a high scenario
-       raises the target only as far as its probability makes it worth it.
-    3. The schedule is the plan of the scenario that set the target, re-solved with the target
-       as its floor (import up to it is free of demand charge; nothing is shaved below it).
+    With an optimiser compiled for these scenarios (its weights), one two-stage solve: every
+    scenario gets its own plan, the first step shared, so what is done now is hedged over all
+    of them; each scenario's planned peak is what it needs, `need_s` (the month's peak so far
+    is every scenario's floor). With a single-trace optimiser, each scenario is solved alone.
 
-    With one scenario this is a single solve whose target is its planned peak.
+    The target handed to the PMA is the candidate `need_k` with the lowest expected billed peak,
+    where a scenario that needs more than the target is taken to bill its peak without the
+    battery (the PMA would drain the battery holding a target it cannot hold): a high scenario
+    raises the target only as far as its probability makes it worth it. The schedule returned
+    is the plan of the scenario that set the target.
 
     Args:
         optimizer: the compiled EMA problem.
@@ -577,11 +652,19 @@ def plan_with_scenarios(
     if not scenarios:
         raise SolverError("no scenario to plan on")
     floor = max(inputs.peak_floor_kw, 0.0)
-    plans = [optimizer.solve(replace(inputs, net_load_kw=sc.net_load_kw)) for sc in scenarios]
-    needs = [max(floor, float(p.pcc_kw.max())) for p in plans]
-    elapsed = sum(p.solve_time_s for p in plans)
     if len(scenarios) == 1:
-        return replace(plans[0], target_kw=needs[0], scenario_peaks_kw=(needs[0],))
+        plan = optimizer.solve(replace(inputs, net_load_kw=scenarios[0].net_load_kw))
+        need = max(floor, float(plan.pcc_kw.max()))
+        return replace(plan, target_kw=need, scenario_peaks_kw=(need,))
+    if len(optimizer.weights) == len(scenarios):
+        joint = optimizer.solve(inputs, scenarios=scenarios)
+        needs = list(joint.scenario_peaks_kw)
+        plans: list[Schedule] | None = None
+        elapsed = joint.solve_time_s
+    else:
+        plans = [optimizer.solve(replace(inputs, net_load_kw=sc.net_load_kw)) for sc in scenarios]
+        needs = [max(floor, float(p.pcc_kw.max())) for p in plans]
+        elapsed = sum(p.solve_time_s for p in plans)
     total = sum(sc.weight for sc in scenarios)
     unshaved = [max(floor, float(np.max(sc.net_load_kw))) for sc in scenarios]
 
@@ -592,14 +675,13 @@ def plan_with_scenarios(
         )
 
     best = min(range(len(scenarios)), key=lambda k: (expected(needs[k]), needs[k]))
-    target = needs[best]
-    final = optimizer.solve(
-        replace(inputs, net_load_kw=scenarios[best].net_load_kw, peak_floor_kw=target)
-    )
+    if plans is None:
+        chosen = optimizer.scenario_schedule(joint, inputs, scenarios[best].net_load_kw, best)
+    else:
+        chosen = plans[best]
     return replace(
-        final, target_kw=target, scenario_peaks_kw=tuple(needs),
-        solve_time_s=elapsed + final.solve_time_s,
-    )  # fmt: skip
+        chosen, target_kw=needs[best], scenario_peaks_kw=tuple(needs), solve_time_s=elapsed
+    )
 
 
 STRUCTURAL_FIELDS = (
@@ -610,12 +692,13 @@ STRUCTURAL_FIELDS = (
 _COMPILED: dict[tuple[Any, ...], ScheduleOptimizer] = {}
 
 
-def compiled(config: EmaConfig) -> ScheduleOptimizer:
-    """This process's compiled problem for a configuration (built on first use, then reused)."""
-    key = tuple(getattr(config, k) for k in STRUCTURAL_FIELDS)
+def compiled(config: EmaConfig, weights: Sequence[float] = (1.0,)) -> ScheduleOptimizer:
+    """This process's compiled problem for a configuration and scenario weights (built on
+    first use, then reused)."""
+    key = (*(getattr(config, k) for k in STRUCTURAL_FIELDS), tuple(weights))
     optimizer = _COMPILED.get(key)
     if optimizer is None:
-        optimizer = _COMPILED[key] = ScheduleOptimizer(config)
+        optimizer = _COMPILED[key] = ScheduleOptimizer(config, weights)
     optimizer.config = config
     return optimizer
 
@@ -627,14 +710,14 @@ def solve_plan(
 
     With scenarios: `plan_with_scenarios`; without: one solve on `inputs.net_load_kw`.
     """
-    optimizer = compiled(config)
-    plan = (
-        plan_with_scenarios(optimizer, inputs, scenarios) if scenarios else optimizer.solve(inputs)
-    )
+    if not scenarios:
+        return replace(compiled(config).solve(inputs), worker_pid=os.getpid())
+    optimizer = compiled(config, [sc.weight for sc in scenarios])
+    plan = plan_with_scenarios(optimizer, inputs, scenarios)
     return replace(plan, worker_pid=os.getpid())
 
 
-def warm(config: EmaConfig) -> int:
+def warm(config: EmaConfig, weights: Sequence[float] = (1.0,)) -> int:
     """Build the compiled problem in this process (cvxpy imported); returns the process id."""
-    compiled(config)
+    compiled(config, weights)
     return os.getpid()
