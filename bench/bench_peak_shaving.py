@@ -44,6 +44,7 @@ from derbus.tariff import Tariff
 from derbus.testing import MosquittoServer, free_port, port_open
 from peak_shaving.controller import PeakShavingController, PmaConfig, PmaInputs
 from peak_shaving.optimizer import (
+    BIAS_DECAY_STEPS,
     SCENARIO_LEVELS,
     EmaConfig,
     EmaInputs,
@@ -467,6 +468,7 @@ class BatteryModel:
 def closed_loop_ema(
     actual: pd.DataFrame, site: Site, tariff: Tariff, tz: str, load_q: pd.DataFrame,
     pv_q: pd.DataFrame, replan_s: int, levels: tuple[tuple[float, float], ...],
+    bias_decay: float = BIAS_DECAY_STEPS,
 ) -> Outcome:  # fmt: skip
     """PMA every `step_s`, EMA (scenarios from the forecaster's quantiles) every `replan_s`."""
     pma = PeakShavingController(
@@ -491,6 +493,7 @@ def closed_loop_ema(
     pv_cols = {k: pv_q[k].to_numpy() for k in ("p10", "p50", "p90")}
     first = load_q.index[0]
     every = max(replan_s // site.step_s, 1)
+    per_quarter = 900 // site.step_s
     for k, ts in enumerate(actual.index):
         if k % every == 0:
             i = int((ts.floor("15min") - first) / pd.Timedelta(minutes=15))
@@ -499,9 +502,13 @@ def closed_loop_ema(
             if schedule is not None and schedule_start is not None:
                 shift = int((start - schedule_start) / pd.Timedelta(minutes=15))
                 prior[: 96 - shift] = schedule[shift:]
+            bias = 0.0
+            if k >= per_quarter and bias_decay > 0:  # the last interval's measured error
+                measured = float(np.mean(site_kw[k - per_quarter : k]))
+                bias = measured - (load_cols["p50"][i - 1] - pv_cols["p50"][i - 1])
             scenarios = quantile_scenarios(
                 {q: v[i : i + 96] for q, v in load_cols.items()},
-                {q: v[i : i + 96] for q, v in pv_cols.items()}, levels,
+                {q: v[i : i + 96] for q, v in pv_cols.items()}, levels, bias, bias_decay,
             )  # fmt: skip
             sched = plan_with_scenarios(
                 optimizer,
@@ -604,6 +611,7 @@ class ValueArgs:
     replan_s: int = 900
     days: float | None = None
     levels: tuple[tuple[float, float], ...] = SCENARIO_LEVELS
+    bias_decay: float = 0.0
 
 
 def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dict[str, Any]:
@@ -622,7 +630,8 @@ def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dic
     forecast_s = time.perf_counter() - began
     none = Outcome("no battery", (actual["load_kw"] - actual["pv_kw"]).to_numpy(),
                    np.zeros(len(actual)), site.step_s, actual.index)  # fmt: skip
-    ema = closed_loop_ema(actual, site, tariff, tz, load_q, pv_q, a.replan_s, a.levels)
+    ema = closed_loop_ema(actual, site, tariff, tz, load_q, pv_q, a.replan_s, a.levels,
+                          a.bias_decay)  # fmt: skip
     # the rule's threshold from the previous month's 15-minute profile
     prev_start = (start.tz_convert(tz) - pd.offsets.MonthBegin(1)).tz_convert("UTC")
     prev = df.loc[prev_start : start - pd.Timedelta(minutes=15)]
@@ -772,6 +781,8 @@ def main() -> None:
     value.add_argument("--history-days", type=int, default=90, help="forecaster training days")
     value.add_argument("--max-iter", type=int, default=200, help="forecaster boosting rounds")
     value.add_argument("--cache", type=Path, default=None, help="forecast cache folder")
+    value.add_argument("--bias-decay", type=float, default=0.0,
+                       help="steps the measured forecast error fades over (0: not used)")  # fmt: skip
     args = parser.parse_args()
     if args.profiles != PROFILES and args.section == "all":
         args.section = "value"  # --profiles alone means the value evaluation
@@ -795,7 +806,7 @@ def main() -> None:
         months = args.months if not args.quick else args.months[:1]
         days = args.days if args.days is not None else (7.0 if args.quick else None)
         a = ValueArgs(args.profiles, args.load_col, args.pv_col, months, args.year, site, spec,
-                      args.replan_s, days)  # fmt: skip
+                      args.replan_s, days, bias_decay=args.bias_decay)  # fmt: skip
         print(bench_value(a, args.json), "\n", flush=True)
     print(f"load average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

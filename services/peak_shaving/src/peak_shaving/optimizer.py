@@ -602,22 +602,34 @@ def quantile_trace(
     return out
 
 
+BIAS_DECAY_STEPS = 12.0
+"""Steps over which the measured forecast error fades (e-folding: 3 h at 15 minutes)."""
+
+
 def quantile_scenarios(
     load: Mapping[str, Sequence[float] | FloatArray],
     pv: Mapping[str, Sequence[float] | FloatArray] | None = None,
     levels: Sequence[tuple[float, float]] = SCENARIO_LEVELS,
+    bias_kw: float = 0.0,
+    bias_decay_steps: float = BIAS_DECAY_STEPS,
 ) -> list[Scenario]:
     """Net-load scenarios from quantile forecasts: load at level u with PV at 1 - u.
 
     High load goes with low PV (the case that sets a peak), one trace per (level, weight).
+    `bias_kw` is the error measured now (actual net load of the last interval minus its p50
+    forecast): a day-ahead forecast does not see the morning's clouds or a busy day, the meter
+    does. Every trace is shifted by it, fading as `exp(-step / bias_decay_steps)`.
     """
     total = sum(w for _, w in levels)
     out = []
+    shift: FloatArray | float = 0.0
     for level, weight in levels:
         net = quantile_trace(load, level)
         if pv is not None:
             net = net - quantile_trace(pv, 1.0 - level)
-        out.append(Scenario(weight / total, net, level))
+        if bias_kw and bias_decay_steps > 0:
+            shift = bias_kw * np.exp(-np.arange(len(net)) / bias_decay_steps)
+        out.append(Scenario(weight / total, net + shift, level))
     return out
 
 
