@@ -594,11 +594,14 @@ def quantile_trace(
                    if k in _KEY_LEVELS)  # fmt: skip
     if not known:
         raise ValueError("no p10/p50/p90 quantile to build a scenario from")
-    levels = np.array([lv for lv, _ in known])
-    stack = np.vstack([v for _, v in known])
-    out: FloatArray = np.array(
-        [np.interp(level, levels, stack[:, i]) for i in range(stack.shape[1])], dtype=float
-    )
+    levels = [lv for lv, _ in known]
+    if level <= levels[0]:
+        return known[0][1].copy()
+    if level >= levels[-1]:
+        return known[-1][1].copy()
+    k = int(np.searchsorted(levels, level))  # levels[k - 1] < level <= levels[k]
+    (lo_level, lo), (hi_level, hi) = known[k - 1], known[k]
+    out: FloatArray = lo + (hi - lo) * (level - lo_level) / (hi_level - lo_level)
     return out
 
 
