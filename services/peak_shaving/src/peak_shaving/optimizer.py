@@ -63,6 +63,12 @@ class EmaConfig(SiteConfig):
         description="cost of each kWh planned below the reserve, per hour it stays below"
         " (keep it x horizon hours below the violation penalty)",
     )
+    soft_targets_second_pass: bool = Field(
+        default=True,
+        description="with a demand charge: after the peaks are decided (soft targets scaled so"
+        " they cannot buy peak), re-solve with the full end-SoC and reserve weights and every"
+        " scenario's peak held: the targets then keep energy from arbitrage, never raise a peak",
+    )
     energy_cost: bool = Field(
         default=False, description="add the time-of-use energy cost (tariff) to the objective"
     )
@@ -225,6 +231,7 @@ class ScheduleOptimizer:
         self.p_exp = cp.Parameter(name="export_floor_kw")
         self.p_demand = cp.Parameter(nonneg=True, name="demand_charge_per_kw")
         self.p_peak_floor = cp.Parameter(name="peak_floor_kw")
+        self.p_peak_caps = [cp.Parameter(name=f"peak_cap_kw_{s}") for s in range(count)]
         self.p_end_w = cp.Parameter(nonneg=True, name="end_soc_penalty_per_kwh")
         self.p_reserve_w = cp.Parameter(nonneg=True, name="reserve_penalty_per_kwh_h")
 
@@ -264,6 +271,7 @@ class ScheduleOptimizer:
                 battery - self.p_prior == v["up"] - v["down"],
                 v["peak"] >= v["g_imp"],
                 v["peak"] >= self.p_peak_floor,
+                v["peak"] <= self.p_peak_caps[s],
             ]
             if s > 0:  # non-anticipativity: the first step is one decision for every scenario
                 first = self.scenario_vars[0]
@@ -367,14 +375,40 @@ class ScheduleOptimizer:
         self.p_price.value, self.p_feed.value = price, feed
         demand = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
         self.p_demand.value = demand
-        self.p_end_w.value, self.p_reserve_w.value = soft_target_weights(cfg, demand, reserve_asked)
+        scaled = soft_target_weights(cfg, demand, reserve_asked)
+        self.p_end_w.value, self.p_reserve_w.value = scaled
         self.p_peak_floor.value = max(inputs.peak_floor_kw, 0.0)
+        # no cap in the first pass: above any import the plan can make (keeps the LP scaled)
+        loose = max(inputs.peak_floor_kw, max(float(net.max()) for net in nets)) + 1.0
+        for cap_param in self.p_peak_caps:
+            cap_param.value = loose + cfg.battery_max_charge_kw
 
+        status, elapsed = self._run(name)
+        peaks = self._peaks(nets, inputs.peak_floor_kw)
+        full = (cfg.end_soc_penalty_per_kwh, cfg.reserve_penalty_per_kwh_h)
+        if cfg.soft_targets_second_pass and scaled != full:
+            # Second pass: the soft targets at their full weight, every scenario's peak held at
+            # what the first pass decided: they may keep energy from arbitrage, never buy peak.
+            for cap_param, peak in zip(self.p_peak_caps, peaks, strict=True):
+                cap_param.value = peak + PEAK_CAP_TOLERANCE_KW
+            self.p_end_w.value, self.p_reserve_w.value = full
+            status, more = self._run(name)
+            elapsed += more
+            peaks = self._peaks(nets, inputs.peak_floor_kw)
+        pick = int(np.argmax(peaks)) if len(peaks) > 1 else 0
+        return replace(
+            self._schedule(inputs, nets[pick], pick, status, elapsed, name),
+            scenario_peaks_kw=tuple(peaks) if len(peaks) > 1 else (),
+        )
+
+    def _run(self, name: str) -> tuple[str, float]:
         import cvxpy as cp  # already imported by __init__: a dictionary look-up
 
         started = time.perf_counter()
         try:
-            self.problem.solve(solver=name, **_solver_options(name, cfg.solver_time_limit_s))  # type: ignore[no-untyped-call]
+            self.problem.solve(
+                solver=name, **_solver_options(name, self.config.solver_time_limit_s)
+            )  # type: ignore[no-untyped-call]
         except cp.error.SolverError as err:
             raise SolverError(f"{name} failed: {err}") from err
         elapsed = time.perf_counter() - started
@@ -382,16 +416,14 @@ class ScheduleOptimizer:
         status = str(self.problem.status)
         if status not in _OK_STATUSES or self.ch.value is None or self.dis.value is None:
             raise SolverError(f"{name} returned status {status}")
-        peaks = [
+        return status, elapsed
+
+    def _peaks(self, nets: list[FloatArray], floor: float) -> list[float]:
+        return [
             max(float(np.max(net + np.asarray(v["ch"].value) - np.asarray(v["dis"].value))),
-                inputs.peak_floor_kw, 0.0)
+                floor, 0.0)
             for net, v in zip(nets, self.scenario_vars, strict=True)
         ]  # fmt: skip
-        pick = int(np.argmax(peaks)) if len(peaks) > 1 else 0
-        return replace(
-            self._schedule(inputs, nets[pick], pick, status, elapsed, name),
-            scenario_peaks_kw=tuple(peaks) if len(peaks) > 1 else (),
-        )
 
     def scenario_schedule(
         self, base: Schedule, inputs: EmaInputs, net: FloatArray, k: int
@@ -439,6 +471,7 @@ TERMS = ("violation", "change", "energy", "demand", "wear", "end_soc", "reserve"
 """The objective's terms, in `Schedule.terms`."""
 
 
+PEAK_CAP_TOLERANCE_KW = 1e-6
 PEAK_FLOOR_SHARE = 0.9
 """Soft SoC targets may be worth at most this share of the demand charge per kW of peak."""
 
