@@ -128,6 +128,82 @@ def bench_solve(quick: bool) -> str:
     )  # fmt: skip
 
 
+def bench_fleet(quick: bool) -> str:
+    """The 96-step warm re-solve against a bare ECOS call on the same LP, and a fleet re-plan.
+
+    Bare: `ecos.solve` on the matrices cvxpy hands the solver for the same parameter values
+    (`problem.get_problem_data`, not timed). Fleet: N sites re-planned one after the other on
+    this one process (one core), each with its own net load, SoC and month peak.
+    """
+    import cvxpy as cp
+    import ecos
+    import scipy.sparse as sp
+    from cvxpy.reductions.solvers.conic_solvers.ecos_conif import dims_to_solver_dict
+
+    df = profiles()
+    net_all = (df["g1-a_load_pu"] * 100 - df["pv1_pv_pu"] * 50).to_numpy()
+    start = datetime(2016, 6, 1, tzinfo=UTC)
+    cfg = EmaConfig(horizon_steps=96, import_limit_kw=70.0, export_limit_kw=-20.0,
+                    energy_cost=True, demand_charge=True)  # fmt: skip
+    one_pass = ScheduleOptimizer(cfg.model_copy(update={"soft_targets_second_pass": False}))
+    warm, bare = [], []
+    for k in range(20 if quick else 100):
+        data = net_all[16_000 + 7 * k : 16_000 + 7 * k + 96]
+        inputs = EmaInputs(start=start + timedelta(minutes=15 * k), net_load_kw=data,
+                           soc_kwh=30.0 + k % 40, prior_kw=np.zeros(96), peak_floor_kw=40.0)  # fmt: skip
+        one_pass.solve(inputs)  # sets the parameters
+        t = time.perf_counter()
+        one_pass.problem.solve(solver="ECOS")  # type: ignore[no-untyped-call]
+        warm.append(time.perf_counter() - t)
+        lp, _, _ = one_pass.problem.get_problem_data(cp.ECOS)
+        g, a = sp.csc_matrix(lp["G"]), sp.csc_matrix(lp["A"])
+        dims = dims_to_solver_dict(lp["dims"])
+        t = time.perf_counter()
+        ecos.solve(lp["c"], g, lp["h"], dims, a, lp["b"], verbose=False)
+        bare.append(time.perf_counter() - t)
+    warm_ms, bare_ms = statistics.median(warm) * 1000, statistics.median(bare) * 1000
+    rows = [["96-step re-solve (one pass), cvxpy warm", f"{warm_ms:.2f}",
+             f"{np.percentile(warm, 99) * 1000:.2f}", f"{warm_ms / bare_ms:.2f}x"],
+            ["same LP, bare ecos.solve", f"{bare_ms:.2f}",
+             f"{np.percentile(bare, 99) * 1000:.2f}", "1.00x"]]  # fmt: skip
+    sites = 100 if quick else 1000
+    fleet = []
+    levels = SCENARIO_LEVELS
+    single = ScheduleOptimizer(cfg)
+    joint = ScheduleOptimizer(cfg, [w for _, w in levels])
+    for label, plan in (
+        ("single trace, two passes", lambda i, inp: single.solve(inp)),
+        ("3 scenarios (two-stage LP), two passes", lambda i, inp: plan_with_scenarios(
+            joint, inp, quantile_scenarios({"p10": inp.net_load_kw * 0.8,
+                                            "p50": inp.net_load_kw,
+                                            "p90": inp.net_load_kw * 1.2}, None, levels))),
+    ):  # fmt: skip
+        began, cpu = time.perf_counter(), time.process_time()
+        for i in range(sites):
+            data = net_all[(37 * i) % 30_000 : (37 * i) % 30_000 + 96]
+            inp = EmaInputs(start=start, net_load_kw=data, soc_kwh=20.0 + i % 60,
+                            prior_kw=np.zeros(96), peak_floor_kw=30.0 + i % 30)  # fmt: skip
+            plan(i, inp)
+        total, cpu = time.perf_counter() - began, time.process_time() - cpu
+        fleet.append([f"{sites} sites, {label}", f"{total:.1f}", f"{cpu:.1f}",
+                      f"{cpu / sites * 1000:.1f}", f"{cpu / 900 * 100:.1f} %"])  # fmt: skip
+        print(f"  fleet {label}: {total:.1f} s", file=sys.stderr, flush=True)
+    return (
+        table(["solve", "median ms", "p99 ms", "ratio to bare"], rows)
+        + "\n\n"
+        + table(
+            [
+                "re-plan",
+                "wall s",
+                "CPU s (one core)",
+                "CPU per site ms",
+                "CPU of a 15-min interval",
+            ],
+            fleet,
+        )
+    )
+
+
 # --- PMA latency on the real broker -------------------------------------------------------------
 def _forecast(now: datetime, quantity: str, base: np.ndarray) -> TimeSeries:
     start = datetime.fromtimestamp(int(now.timestamp()) // 900 * 900, tz=UTC)
@@ -812,7 +888,9 @@ def parse_months(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs")
-    parser.add_argument("--section", default="all", choices=["solve", "latency", "value", "all"])
+    parser.add_argument(
+        "--section", default="all", choices=["solve", "fleet", "latency", "value", "all"]
+    )
     parser.add_argument(
         "--system-broker", action="store_true", help="latency on 127.0.0.1:1883 if one runs"
     )
@@ -845,6 +923,9 @@ def main() -> None:
     if args.section in ("solve", "all"):
         print("### EMA solve time\n")
         print(bench_solve(args.quick), "\n", flush=True)
+    if args.section in ("fleet", "all"):
+        print("### Warm re-solve against the bare solver; fleet re-plan on one core\n")
+        print(bench_fleet(args.quick), "\n", flush=True)
     if args.section in ("latency", "all"):
         print("### PMA latency, reading → setpoint, real broker\n")
         replan = args.latency_replan_s if args.latency_replan_s > 0 else None
