@@ -706,7 +706,9 @@ def perfect_foresight(actual: pd.DataFrame, site: Site, tariff: Tariff) -> tuple
     """The same LP on the month's actual 15-minute averages, one solve over the whole month."""
     quarter = actual.resample("15min").mean()
     net = (quarter["load_kw"] - quarter["pv_kw"]).to_numpy()
-    optimizer = ScheduleOptimizer(ema_config(site, len(net), tariff))
+    # one pass: the bill's own optimum (the second pass only re-weighs soft targets)
+    cfg = ema_config(site, len(net), tariff).model_copy(update={"soft_targets_second_pass": False})
+    optimizer = ScheduleOptimizer(cfg)
     t = time.perf_counter()
     sched = optimizer.solve(
         EmaInputs(start=quarter.index[0].to_pydatetime(), net_load_kw=net,
