@@ -45,6 +45,7 @@ from derbus.testing import MosquittoServer, free_port, port_open
 from peak_shaving.controller import PeakShavingController, PmaConfig, PmaInputs
 from peak_shaving.optimizer import (
     BIAS_DECAY_STEPS,
+    OVERSHOOT,
     SCENARIO_LEVELS,
     EmaConfig,
     EmaInputs,
@@ -595,6 +596,7 @@ def closed_loop_ema(
     actual: pd.DataFrame, site: Site, tariff: Tariff, tz: str, load_q: pd.DataFrame,
     pv_q: pd.DataFrame, replan_s: int, levels: tuple[tuple[float, float], ...],
     bias_decay: float = BIAS_DECAY_STEPS,
+    overshoot: float = OVERSHOOT,
 ) -> Outcome:  # fmt: skip
     """PMA every `step_s`, EMA (scenarios from the forecaster's quantiles) every `replan_s`."""
     pma = PeakShavingController(
@@ -641,7 +643,7 @@ def closed_loop_ema(
                 EmaInputs(start=start.to_pydatetime(), net_load_kw=scenarios[0].net_load_kw,
                           soc_kwh=battery.soc_kwh, prior_kw=prior,
                           peak_floor_kw=pma.month_peak_kw("s")),
-                scenarios,
+                scenarios, overshoot,
             )  # fmt: skip
             schedule, schedule_start = sched.battery_p_kw, start
             threshold = sched.demand_threshold_kw
@@ -740,6 +742,7 @@ class ValueArgs:
     days: float | None = None
     levels: tuple[tuple[float, float], ...] = SCENARIO_LEVELS
     bias_decay: float = 0.0
+    overshoot: float = OVERSHOOT
 
 
 def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dict[str, Any]:
@@ -753,13 +756,14 @@ def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dic
     actual = actual_series(df, (a.load_col, a.pv_col), start, end, site, seed=year * 12 + month)
     load_kw = (df[a.load_col] * site.load_peak_kw).rename(a.load_col)
     pv_kw = (df[a.pv_col] * site.pv_kwp).rename(a.pv_col)
-    load_q = forecaster_quantiles(load_kw, "load", start, end, a.spec)
-    pv_q = forecaster_quantiles(pv_kw, "pv", start, end, a.spec)
+    month_end = month_span(year, month, tz)[1]  # forecasts of the whole month (cached as such)
+    load_q = forecaster_quantiles(load_kw, "load", start, month_end, a.spec)
+    pv_q = forecaster_quantiles(pv_kw, "pv", start, month_end, a.spec)
     forecast_s = time.perf_counter() - began
     none = Outcome("no battery", (actual["load_kw"] - actual["pv_kw"]).to_numpy(),
                    np.zeros(len(actual)), site.step_s, actual.index)  # fmt: skip
     ema = closed_loop_ema(actual, site, tariff, tz, load_q, pv_q, a.replan_s, a.levels,
-                          a.bias_decay)  # fmt: skip
+                          a.bias_decay, a.overshoot)  # fmt: skip
     # the rule's threshold from the previous month's 15-minute profile
     prev_start = (start.tz_convert(tz) - pd.offsets.MonthBegin(1)).tz_convert("UTC")
     prev = df.loc[prev_start : start - pd.Timedelta(minutes=15)]
@@ -876,6 +880,47 @@ def bench_value(a: ValueArgs, json_out: Path | None) -> str:
     return header + value_table(records) + foot
 
 
+def goal_table(paths: list[Path]) -> str:
+    """One row per site and month from `--json` files; the goals' summary per file."""
+    rows, sums = [], []
+    for path in paths:
+        records = json.loads(path.read_text())["records"]
+        for r in records:
+            f = r["runs"]
+            limit = "none" if r["import_limit_kw"] is None else f"{r['import_limit_kw']:g}"
+            rows.append([
+                r["load_col"], r["pv_col"], limit, r["month"],
+                " / ".join(f"{f[k]['peak_kw']:.1f}" for k in ("none", "derbus", "rule", "perfect")),
+                " / ".join(f"{f[k]['bill']:.0f}" for k in ("none", "derbus", "rule", "perfect")),
+                _pct(r["derbus_share_peak"]), _pct(r["derbus_share_bill"]),
+                _pct(r["rule_share_bill"]),
+                f"{f['derbus']['violation_kwh']:.2f} / {f['perfect']['violation_kwh']:.2f}",
+            ])  # fmt: skip
+        g = goal_summary(records)
+        sums.append([
+            records[0]["load_col"], records[0]["pv_col"],
+            "none" if records[0]["import_limit_kw"] is None else f"{records[0]['import_limit_kw']:g}",
+            len(records), _pct(g["median_share_bill"]), _pct(g["min_share_bill"]),
+            ", ".join(g["months_worse_than_none"]) or "none",
+            ", ".join(g["months_more_violation_than_pf"]) or "none",
+            _pct(g["rule_median_share_bill"]),
+        ])  # fmt: skip
+    months = table(
+        ["load", "PV", "import limit kW", "month", "billed peak kW: none / derbus / rule / PF",
+         "bill: none / derbus / rule / PF", "derbus share of peak reduction",
+         "derbus share of bill reduction", "rule share of bill reduction",
+         "violation kWh derbus / PF"],
+        rows,
+    )  # fmt: skip
+    goals = table(
+        ["load", "PV", "import limit kW", "months", "median share of bill reduction (goal >= 85 %)",
+         "lowest (goal >= 60 %)", "months worse than no battery (goal: none)",
+         "months with more violation than PF (goal: none)", "rule-based median"],
+        sums,
+    )  # fmt: skip
+    return goals + "\n\n" + months
+
+
 def parse_months(text: str) -> list[int]:
     """`1-12`, `6`, `1,3,5-7` → month numbers."""
     out: list[int] = []
@@ -915,7 +960,21 @@ def main() -> None:
     value.add_argument("--cache", type=Path, default=None, help="forecast cache folder")
     value.add_argument("--bias-decay", type=float, default=0.0,
                        help="steps the measured forecast error fades over (0: not used)")  # fmt: skip
+    value.add_argument("--overshoot", type=float, default=OVERSHOOT,
+                       help="target decision: kW over a scenario's need per kW held below it")  # fmt: skip
+    parser.add_argument("--goal-table", type=Path, nargs="+", default=None,
+                        help="print the goal table of --json files and exit")  # fmt: skip
     args = parser.parse_args()
+    if 900 % args.step_s:
+        parser.error("--step-s must divide 900 (the 15-minute billing interval)")
+    if args.step_s > 60:
+        print("note: the PMA's 15-minute window needs readings well inside it; at steps above"
+              " 60 s the reading that opens an interval also closes the last one with its own"
+              " power, so the demand threshold is held loosely (use for plumbing checks only)",
+              file=sys.stderr)  # fmt: skip
+    if args.goal_table:
+        print(goal_table(args.goal_table))
+        return
     if args.profiles != PROFILES and args.section == "all":
         args.section = "value"  # --profiles alone means the value evaluation
     # a SIGTERM unwinds like Ctrl-C, so the service process of the latency run is stopped too
@@ -942,7 +1001,8 @@ def main() -> None:
         months = args.months if not args.quick else args.months[:1]
         days = args.days if args.days is not None else (7.0 if args.quick else None)
         a = ValueArgs(args.profiles, args.load_col, args.pv_col, months, args.year, site, spec,
-                      args.replan_s, days, bias_decay=args.bias_decay)  # fmt: skip
+                      args.replan_s, days, bias_decay=args.bias_decay,
+                      overshoot=args.overshoot)  # fmt: skip
         print(bench_value(a, args.json), "\n", flush=True)
     print(f"load average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

@@ -346,3 +346,23 @@ def test_two_stage_plan_shares_the_first_step_and_hedges_it() -> None:
     assert plan.terms["demand"] == pytest.approx(10 * (0.8 * 7.5 + 0.2 * 15.5), abs=1e-3)
     with pytest.raises(SolverError, match="3 scenario"):
         opt.solve(inputs([0, 0], soc_kwh=5), scenarios=scenarios[:2])
+
+
+def test_overshoot_sets_how_far_a_likely_high_case_lifts_the_target() -> None:
+    # Needs alone: low [8, 10] → 6.5, mid [8, 12] → 7.5, high [8, 16] → 11 (5 kWh in the
+    # second hour); without battery 10 / 12 / 16. Weights 0.1 / 0.45 / 0.45.
+    # Failing outright (overshoot large): 7.5 bills 0.55 x 7.5 + 0.45 x 16 = 11.325 > 11: 11.
+    # Overshoot 1 (each kW held below the need comes back above it): 7.5 bills
+    # 0.55 x 7.5 + 0.45 x (11 + 3.5) = 10.65 < 11 (6.5 bills 11.45): 7.5.
+    opt = optimizer(
+        import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
+    )
+    nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 16.0])]
+    scenarios = [Scenario(w, n) for w, n in zip((0.1, 0.45, 0.45), nets, strict=True)]
+    base = inputs([0, 0], soc_kwh=5)
+    strict = plan_with_scenarios(opt, base, scenarios, overshoot=1e9)
+    assert strict.scenario_peaks_kw == pytest.approx((6.5, 7.5, 11.0), abs=1e-3)
+    assert strict.target_kw == pytest.approx(11.0, abs=1e-3)
+    assert plan_with_scenarios(opt, base, scenarios, overshoot=1.0).target_kw == pytest.approx(
+        7.5, abs=1e-3
+    )

@@ -669,8 +669,18 @@ def quantile_scenarios(
     return out
 
 
+OVERSHOOT = 1.0
+"""How much a target below a scenario's need costs there: each kW the PMA holds below the need
+spends energy that is then missing, taken to come back as `OVERSHOOT` kW above the need (up
+to the scenario's peak without battery). 1: the target is the weighted median of the needs;
+large: the highest need (a target below it taken to fail outright)."""
+
+
 def plan_with_scenarios(
-    optimizer: ScheduleOptimizer, inputs: EmaInputs, scenarios: Sequence[Scenario]
+    optimizer: ScheduleOptimizer,
+    inputs: EmaInputs,
+    scenarios: Sequence[Scenario],
+    overshoot: float = OVERSHOOT,
 ) -> Schedule:
     """Decide the demand target with the uncertainty in view, and the schedule for it.
 
@@ -716,9 +726,14 @@ def plan_with_scenarios(
     total = sum(sc.weight for sc in scenarios)
     unshaved = [max(floor, float(np.max(sc.net_load_kw))) for sc in scenarios]
 
+    def billed(target: float, need: float, raw: float) -> float:
+        if need <= target + 1e-6:
+            return target
+        return min(max(raw, need), need + overshoot * (need - target))
+
     def expected(target: float) -> float:
         return sum(
-            sc.weight / total * (target if need <= target + 1e-6 else max(raw, target))
+            sc.weight / total * billed(target, need, raw)
             for sc, need, raw in zip(scenarios, needs, unshaved, strict=True)
         )
 
