@@ -69,7 +69,7 @@ async def service_publish(
         clock=lambda: clock_now[0],
     )
     await service.start()
-    step = service.state["step"]
+    step = service.state.step
     await step()  # the first step loads pvlib and the day's sky: not timed
     await acked(service.bus)
     started = time.perf_counter()

@@ -87,7 +87,7 @@ async def _measure(
     service = build_service(Settings(retry_backoff_max_s=1.0), InMemoryBus(), devices)
     await service.start()
     try:
-        runners = service.state["runners"].values()
+        runners = service.state.runners.values()
         deadline = time.monotonic() + 120
         while not all(r.last_reading is not None for r in runners):
             if time.monotonic() > deadline:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tables import table
 
 from derbus import topics
 from derbus.bus import MqttBus, RawMessage
@@ -58,6 +59,11 @@ from peak_shaving.optimizer import (
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "data" / "profiles" / "simbench_2016_15min.csv"
 SOLVERS = ("ECOS", "CLARABEL", "HIGHS")
+COMMERCIAL_BATTERY: dict[str, float] = {
+    "battery_capacity_kwh": 100.0, "battery_max_charge_kw": 50.0, "battery_max_discharge_kw": 50.0,
+    "charge_efficiency": 0.95, "discharge_efficiency": 0.95, "soc_min_pct": 5.0,
+}  # fmt: skip
+"""The battery of the solve and latency rows (the service's old defaults; now the demo home's)."""
 
 
 def profiles() -> pd.DataFrame:
@@ -65,17 +71,6 @@ def profiles() -> pd.DataFrame:
     df = pd.read_csv(PROFILES, parse_dates=["time"], index_col="time")
     df.index = df.index.tz_localize("UTC")
     return df[~df.index.duplicated(keep="first")]
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    sep = "| " + " | ".join("-" * w for w in widths) + " |"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
-    ]
-    return "\n".join([line, sep, *body])
 
 
 # --- EMA solve time ---------------------------------------------------------------------------
@@ -97,6 +92,7 @@ def bench_solve(quick: bool) -> str:
             cfg = EmaConfig(
                 horizon_steps=steps, solver=solver, import_limit_kw=70.0, export_limit_kw=-20.0,
                 energy_cost=True, demand_charge=True, solver_time_limit_s=120.0,
+                **COMMERCIAL_BATTERY,
             )  # fmt: skip
             start = datetime(2016, 6, 1, tzinfo=UTC)
             t0 = time.perf_counter()
@@ -145,7 +141,7 @@ def bench_fleet(quick: bool) -> str:
     net_all = (df["g1-a_load_pu"] * 100 - df["pv1_pv_pu"] * 50).to_numpy()
     start = datetime(2016, 6, 1, tzinfo=UTC)
     cfg = EmaConfig(horizon_steps=96, import_limit_kw=70.0, export_limit_kw=-20.0,
-                    energy_cost=True, demand_charge=True)  # fmt: skip
+                    energy_cost=True, demand_charge=True, **COMMERCIAL_BATTERY)  # fmt: skip
     one_pass = ScheduleOptimizer(cfg.model_copy(update={"soft_targets_second_pass": False}))
     warm, bare = [], []
     for k in range(20 if quick else 100):
@@ -225,6 +221,7 @@ async def _latency(
         "MQTT_HOST": host, "MQTT_PORT": str(port), "MQTT_ROOT": root,
         "PS_API_PORT": str(api_port), "PS_DATA_DIR": tempfile.mkdtemp(), "PS_LOG_LEVEL": "WARNING",
         "PS_IMPORT_LIMIT_KW": "50", "PS_KPI_INTERVAL_S": "3600",
+        **{f"PS_{k.upper()}": str(v) for k, v in COMMERCIAL_BATTERY.items()},
     }  # fmt: skip
     if replan_s is not None:  # the EMA re-plans every site every replan_s during the run
         env |= {"PS_PLAN_INTERVAL_S": str(replan_s), "PS_DEMAND_CHARGE": "true",
@@ -535,6 +532,7 @@ def ema_config(site: Site, steps: int, tariff: Tariff) -> EmaConfig:
         battery_max_charge_kw=site.power_kw, battery_max_discharge_kw=site.power_kw,
         charge_efficiency=site.efficiency, discharge_efficiency=site.efficiency,
         energy_cost=True, demand_charge=True, solver_time_limit_s=300.0, tariff=tariff,
+        soc_min_pct=5.0,
     )  # fmt: skip
 
 
@@ -604,7 +602,7 @@ def closed_loop_ema(
             import_limit_kw=site.import_cap_kw, export_limit_kw=site.export_limit_kw,
             battery_capacity_kwh=site.capacity_kwh, battery_max_charge_kw=site.power_kw,
             battery_max_discharge_kw=site.power_kw, max_gap_s=max(60.0, 2 * site.step_s),
-            billing_timezone=tz,
+            billing_timezone=tz, soc_min_pct=5.0,
         )
     )  # fmt: skip
     optimizer = ScheduleOptimizer(ema_config(site, 96, tariff), [w for _, w in levels])

@@ -231,7 +231,7 @@ def test_service_source_publishes_only_what_its_acl_allows(service: str) -> None
         )
 
 
-def _built_service(service: str, tmp_path: Path) -> Any:
+def _built_service(service: str, tmp_path: Path, **extra: Any) -> Any:
     module = importlib.import_module(f"{service}.service")
     settings_module = importlib.import_module(f"{service}.settings")
     settings_cls = next(
@@ -239,7 +239,7 @@ def _built_service(service: str, tmp_path: Path) -> Any:
         if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
     )  # fmt: skip
     settings = settings_cls(data_dir=tmp_path)
-    return module.build_service(settings, InMemoryBus())
+    return module.build_service(settings, InMemoryBus(), **extra)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -255,6 +255,65 @@ def test_service_declared_publishes_are_allowed(
     assert not forbidden, f"{service} declares publishes {sorted(forbidden)} its ACL forbids"
     unreadable = {s["key"] for s in built.subscriptions()} - _readable(service)
     assert not unreadable, f"{service} subscribes {sorted(unreadable)} its ACL cannot deliver"
+
+
+# Built with optional parts on, where a service subscribes more with them: cloud_sync writes the
+# dashboards' specs to InfluxDB only when it has a sink (none is contacted while building).
+class _IdleSink:
+    """An InfluxDB sink that is never written to (only the subscriptions are read)."""
+
+    points_written = points_failed = 0
+    last_error: str | None = None
+
+    def write(self, points: Any) -> None:
+        raise AssertionError("not written while checking subscriptions")
+
+
+BUILD_EXTRAS: dict[str, dict[str, Any]] = {"cloud_sync": {"influx": _IdleSink()}}
+
+
+def _code_usage(tmp_path: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Per broker user, the spec keys its code publishes and subscribes: the source scan (every
+    `Service` a package builds) united with what each built service declares."""
+    published: dict[str, set[str]] = {}
+    subscribed: dict[str, set[str]] = {}
+    for service in SERVICES:
+        for user, (pub, sub) in _source_usage(service).items():
+            published.setdefault(user, set()).update(pub)
+            subscribed.setdefault(user, set()).update(sub)
+        built = _built_service(service, tmp_path / service, **BUILD_EXTRAS.get(service, {}))
+        published.setdefault(built.name, set()).update(built.published_specs)
+        subscribed.setdefault(built.name, set()).update(s["key"] for s in built.subscriptions())
+    return published, subscribed
+
+
+def test_catalogue_publishers_and_subscribers_are_exactly_what_the_code_declares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue (and the ACL generated from it) grants no right the code does not use.
+
+    `scada` is the operator's external user (not in the code); `*` (every service: status and
+    dead letters) is published by the service runtime itself.
+    """
+    for key in [k for k in os.environ if k.startswith(("MQTT_", "SITE_"))]:
+        monkeypatch.delenv(key)
+    published, subscribed = _code_usage(tmp_path)
+    external = {acl.SCADA_USER, acl.EVERY_SERVICE}
+    drift = []
+    for spec in topics.CATALOGUE:
+        code_pub = {u for u, keys in published.items() if spec.key in keys}
+        if acl.EVERY_SERVICE in spec.publishers:
+            code_pub -= set(SERVICES)
+        code_sub = {u for u, keys in subscribed.items() if spec.key in keys}
+        for what, listed, code in (("publishers", spec.publishers, code_pub),
+                                   ("subscribers", spec.subscribers, code_sub)):  # fmt: skip
+            unused, missing = set(listed) - external - code, code - set(listed)
+            if unused or missing:
+                drift.append(f"{spec.key} {what}: listed, unused {sorted(unused)}; "
+                             f"used, unlisted {sorted(missing)}")  # fmt: skip
+    assert not drift, "catalogue drift (fix derbus.topics, then `make -s topics`):\n" + "\n".join(
+        drift
+    )
 
 
 def test_the_source_scan_sees_publish_and_subscribe_calls() -> None:

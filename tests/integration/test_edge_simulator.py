@@ -66,7 +66,7 @@ async def test_battery_setpoint_over_mqtt_changes_the_next_readings(
         before: BatteryTelemetry = recs["bat"].values[-1]
         assert before.p_kw <= 0  # self-consumption: no PV at night, the battery covers load
         cmd = SetpointCommand(
-            ts=service.state["sim"].clock(), source="scada", target="battery_p_kw",
+            ts=service.state.clock(), source="scada", target="battery_p_kw",
             value=2.0, unit="kW", ttl_s=600, priority=Priority.GRID_OPERATOR,
         )  # fmt: skip
         n_before = len(recs["bat"].values)
@@ -143,7 +143,7 @@ async def test_modbus_sunspec_read_and_setpoint_write(
                 dev.close()
 
         seen = await asyncio.to_thread(scan)
-        last = service.state["sim"].last
+        last = service.state.last
         assert seen["models"] == [1, 103, 123, 124, 203, 802]
         assert seen["sn"] == "site-0002"
         assert seen["soc"] == pytest.approx(float(last.battery_soc_pct[1]), abs=0.05)

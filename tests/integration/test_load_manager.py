@@ -74,7 +74,7 @@ async def test_pv_surplus_on_the_simulated_site_switches_a_load_on_within_one_cy
     mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     edge = simulated_site(tmp_path, mqtt_settings)
-    sim_clock = edge.state["sim"].clock
+    sim_clock = edge.state.clock
     settings = Settings(
         mqtt=mqtt_settings, data_dir=tmp_path / "lm", cycle_s=1.0, setpoint_ttl_s=30.0,
         refresh_margin_s=5.0, jobs_enabled=False,
@@ -96,10 +96,12 @@ async def test_pv_surplus_on_the_simulated_site_switches_a_load_on_within_one_cy
     await edge.start()
     await service.start()
     try:
-        lm = service.state["lm"]
-        await wait_for(lambda: lm.integrator.last_meter[0] is not None, 15, message="PCC reading")
+        lm = service.state
+        await wait_for(
+            lambda: lm.net.integrator.last_meter[0] is not None, 15, message="PCC reading"
+        )
         cycles_when_seen = cycles_run(service)
-        surplus_kw = -lm.integrator.last_meter[1]
+        surplus_kw = -lm.net.integrator.last_meter[1]
         assert surplus_kw > 1.5, f"the simulated noon should export (PCC {-surplus_kw:.2f} kW)"
         await wait_for(lambda: bool(on_at_cycle), 15, message="load1 switched on")
         assert on_at_cycle[0] <= cycles_when_seen + 1, "switched on in the first cycle after it"
@@ -135,8 +137,8 @@ async def test_pv_surplus_from_bare_meter_readings_switches_both_loads(
         meter_topic = topics.METER.topic(SITE, "pcc", mqtt_settings.root)
         reading = MeterReading(ts=utcnow(), source="meter", p_kw=-4.0)  # 4 kW exported
         await probe.publish(meter_topic, reading.to_json_bytes(), qos=1)
-        lm = service.state["lm"]
-        await wait_for(lambda: lm.controller.states["load2"].on, 10, message="load2 on")
+        lm = service.state
+        await wait_for(lambda: lm.net.controller.states["load2"].on, 10, message="load2 on")
         # the controller decided; the two commands reach the probe through the broker
         await wait_for(
             lambda: len([c for c in setpoints.values if c.value == 1.0]) >= 2, 10,
@@ -204,8 +206,8 @@ async def test_job_submitted_over_rest_starts_at_its_planned_time(
     pv_step = grid_start + timedelta(seconds=4 * step_s)
     try:
         async with served(service, settings.api_port) as url:
-            lm = service.state["lm"]
-            await wait_for(lambda: (SITE, "pv") in lm.forecasts, 10, message="forecast in")
+            lm = service.state
+            await wait_for(lambda: (SITE, "pv") in lm.jobs.forecasts, 10, message="forecast in")
             body: dict[str, Any] = {
                 "job_id": "dw-1", "device_id": "dishwasher", "profile_kw": [2.0],
                 "step_s": step_s, "earliest_start": utcnow().isoformat(),

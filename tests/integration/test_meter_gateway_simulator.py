@@ -73,7 +73,7 @@ async def test_gateway_reads_the_simulator_and_its_setpoints_reach_it(
     }  # fmt: skip
     for rec in recs.values():
         await rec.attach(probe)
-    port = simulator.state["modbus_port"]
+    port = simulator.state.modbus_port
     settings = Settings(mqtt=mqtt_settings, control_tick_s=0.05)
     gateway = build_service(
         settings, MqttBus(mqtt_settings), resolve(parse_config(devices(port)), "gw-1")

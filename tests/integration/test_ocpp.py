@@ -285,7 +285,7 @@ async def test_simulator_sites_as_charge_points(
             message="both sites' vehicles charging",
         )
         assert csms.state.connected() == 2
-        assert set(simulator.state["ocpp"].points) == {"site-0001", "site-0002"}
+        assert set(simulator.state.ocpp.points) == {"site-0001", "site-0002"}
         assert {t.protocol for t in telemetry.values} == {version}
     finally:
         await simulator.stop()

@@ -13,16 +13,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import PriceSeries
+from derbus.messages import BatteryTelemetry, JobRequest, PriceSeries, TimeSeries, utcnow
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
 from ev_charging.service import build_service
 from ev_charging.settings import PriceSourceConfig, Settings
+from load_manager.service import build_service as build_load_manager
+from load_manager.settings import Settings as LoadManagerSettings
+from peak_shaving.service import build_service as build_peak_shaving
+from peak_shaving.settings import Settings as PeakShavingSettings
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +119,7 @@ async def test_csv_and_http_prices_published_then_marked_stale(
         assert by_site["site-c"].origin == "csv"
         assert by_site["site-c"].import_per_kwh[1] == pytest.approx(0.11)
         # the service consumes its own series from the bus
-        await wait_for(lambda: "site-a" in service.state.prices, message="consumed")
+        await wait_for(lambda: "site-a" in service.state.prices.series, message="consumed")
         assert service.state.import_price("site-a", T0 + timedelta(hours=5)) == pytest.approx(0.15)
 
         # the source fails: the last good series again, marked stale; the service says so
@@ -128,7 +133,9 @@ async def test_csv_and_http_prices_published_then_marked_stale(
         assert "500" in (stale.stale_reason or "")
         assert stale.import_per_kwh == http.import_per_kwh
         assert "prices:NL" in service.degraded_reasons
-        await wait_for(lambda: service.state.prices["site-a"].stale, message="consumed stale")
+        await wait_for(
+            lambda: service.state.prices.series["site-a"].stale, message="consumed stale"
+        )
         assert service.state.price_status("site-a").startswith("tariff (series stale")
         tariff_price = settings.tariff.price_at(T0 + timedelta(hours=5))
         assert service.state.import_price("site-a", T0 + timedelta(hours=5)) == tariff_price
@@ -137,8 +144,84 @@ async def test_csv_and_http_prices_published_then_marked_stale(
         price_server.failing = False
         clock[0] = T0 + timedelta(hours=2)
         await service.run_task("prices")
-        await wait_for(lambda: not service.state.prices["site-a"].stale, message="fresh again")
+        await wait_for(
+            lambda: not service.state.prices.series["site-a"].stale, message="fresh again"
+        )
         assert "prices:NL" not in service.degraded_reasons
     finally:
         await service.stop()
+        await observer.close()
+
+
+async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
+    mqtt_settings: MqttSettings, tmp_path: Path
+) -> None:
+    """A CSV price source → forecast.price → the EMA and the job planner; the file goes → stale."""
+    now = utcnow()
+    start = now - timedelta(seconds=now.timestamp() % 900)
+    prices = [0.40] * 96
+    prices[2] = prices[3] = 0.01  # half an hour, 30-60 min from now, far cheaper than any tariff
+    prices[40:44] = [0.95] * 4
+    csv = tmp_path / "prices.csv"
+    csv.write_text("start,import_per_kwh\n" + "".join(
+        f"{(start + timedelta(minutes=15 * i)).isoformat()},{p}\n" for i, p in enumerate(prices)
+    ))  # fmt: skip
+    ev = build_service(
+        Settings(mqtt=mqtt_settings, api_port=0, ocpp_port=0, price_sources=[
+            PriceSourceConfig(zone="site-1", sites=("site-1",), kind="csv", path=csv,
+                              refresh_s=1.0, valid_for_s=86_400)]),
+        MqttBus(mqtt_settings),
+    )  # fmt: skip
+    ps = build_peak_shaving(
+        PeakShavingSettings(mqtt=mqtt_settings, api_port=0, energy_cost=True),
+        MqttBus(mqtt_settings),
+    )
+    lm = build_load_manager(
+        LoadManagerSettings(mqtt=mqtt_settings, api_port=0, data_dir=tmp_path / "lm",
+                            dispatch_interval_s=60.0, house_limit_kw=100.0),
+        MqttBus(mqtt_settings),
+    )  # fmt: skip
+    observer = MqttBus(mqtt_settings)
+    await observer.connect()
+    schedules: BusRecorder[TimeSeries] = BusRecorder(topics.BATTERY_SCHEDULE, mqtt_settings.root)
+    await schedules.attach(observer)
+    root = mqtt_settings.root
+    started: list[Any] = []
+    try:
+        for service in (ps, lm, ev):
+            await service.start()
+            started.append(service)
+        battery = BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0)
+        load = TimeSeries(ts=now, source="t", kind="forecast", quantity="load_p_kw",
+                          issue_time=now, start=start, step_s=900, values=[30.0] * 96)  # fmt: skip
+        job = JobRequest(ts=now, source="scada", job_id="ev1", house_id="site-1", device_id="ev",
+                         earliest_start=start, latest_start=start + timedelta(hours=3),
+                         profile_kw=[7.0, 7.0])  # fmt: skip
+        await observer.publish(topics.BATTERY.topic("site-1", "battery", root),
+                               battery.to_json_bytes())  # fmt: skip
+        await observer.publish(topics.FORECAST.topic("site-1", "load", root), load.to_json_bytes())
+        await observer.publish(topics.JOB_REQUEST.topic("site-1", "ev", root), job.to_json_bytes())
+
+        def planned_on(prices_status: str) -> bool:
+            return any(s.meta.get("prices", "").startswith(prices_status) for s in schedules.values)
+
+        await wait_for(lambda: planned_on("series"), 30, message="an EMA plan on the series")
+        plan = next(s for s in schedules.values if s.meta.get("prices") == "series")
+        assert min(plan.values[2:4]) > 1.0  # charges in the cheap half hour
+        assert max(plan.values[40:44]) < -1.0  # discharges when dear
+        await wait_for(lambda: "site-1" in lm.state.jobs.prices.series, message="LM prices")
+        await lm.run_task("job_cycle")
+        entry = lm.state.jobs.book.entries["ev1"]
+        assert entry.planned_start == start + timedelta(minutes=30)
+
+        # the CSV disappears: ev_charging's next read republishes the series marked stale
+        csv.unlink()
+        await wait_for(lambda: planned_on("tariff (series stale"), 30, message="tariff plan")
+        await ps.run_task("replan_all")
+        assert "planned on the configured tariff" in (ps.status().reason or "")
+        await lm.run_task("job_cycle")
+        assert "configured tariff (series stale" in (lm.status().reason or "")
+    finally:
+        for service in reversed(started):
+            await service.stop()
         await observer.close()

@@ -83,7 +83,8 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
 
         ps_settings = PsSettings(
             mqtt=mqtt_settings, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
-            margin_kw=0.5, kpi_interval_s=0.5,
+            margin_kw=0.5, kpi_interval_s=0.5, battery_capacity_kwh=100.0,
+            battery_max_charge_kw=50.0, battery_max_discharge_kw=50.0,  # steady_site's battery
         )  # fmt: skip
         peak_shaving = build_peak_shaving(ps_settings, MqttBus(mqtt_settings))
         services.append(peak_shaving)
@@ -119,6 +120,12 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
             message="a KPI report with time on limit",
         )  # fmt: skip
         assert kpis.values[-1].values["unfixed_violation_kwh"] == 0.0
+
+        # the PMA answers readings with setpoints, yet the simulator re-steps the site at most
+        # once between two regular steps (no step → setpoint → step storm)
+        sim = simulator.state
+        assert sim.immediate_steps >= 1  # the first setpoint was stepped at once
+        assert sim.immediate_steps <= sim.steps - sim.immediate_steps
     finally:
         for service in reversed(services):
             await service.stop()

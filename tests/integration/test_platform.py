@@ -177,7 +177,8 @@ async def test_make_run_shows_the_whole_chain_and_restarts_a_killed_service(
                 if ok and part not in first_seen:
                     first_seen[part] = time.monotonic() - platform.started
 
-        bus = MqttBus(MqttSettings(port=platform.mqtt_port))
+        # a persistent session: a reconnect of this observer loses none of the statuses
+        bus = MqttBus(MqttSettings(port=platform.mqtt_port, client_id="test-platform-observer"))
         await bus.connect()
         await bus.subscribe(topics.all_topics_filter(), 1, record)
         remaining_s = CHAIN_WITHIN_S - (time.monotonic() - platform.started)

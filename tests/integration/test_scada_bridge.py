@@ -104,7 +104,7 @@ async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_i
                                   make_link=lambda: MqttBus(link_settings(settings)), clock=sim_clock)  # fmt: skip
     await bridge_service.start()
     bridge: Bridge = bridge_service.state
-    step = simulator.state["step"]
+    step = simulator.state.step
     try:
         await step()
         await wait_for(lambda: bool(host.of("DBIRTH", "site-1")), 20, message="NBIRTH + DBIRTH")
@@ -160,7 +160,7 @@ async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_i
         sim_clock.advance(60)
         await step()
         await wait_for(
-            lambda: simulator.state["sim"].last.battery_p_kw[0] == pytest.approx(1.5),
+            lambda: simulator.state.last.battery_p_kw[0] == pytest.approx(1.5),
             20,
             message="battery at 1.5 kW",
         )
@@ -255,7 +255,7 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
     )
     bridge_service = build_bridge(settings, MqttBus(mqtt_settings), clock=sim_clock)
     await bridge_service.start()
-    step = simulator.state["step"]
+    step = simulator.state.step
     try:
         await step()
         await wait_for(
@@ -316,7 +316,7 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
         sim_clock.advance(60)
         await step()
         await wait_for(
-            lambda: simulator.state["sim"].last.battery_p_kw[0] == pytest.approx(-1.25),
+            lambda: simulator.state.last.battery_p_kw[0] == pytest.approx(-1.25),
             20,
             message="battery follows",
         )

@@ -172,7 +172,7 @@ async def test_edge_simulator_answers_every_command(
     simulator: Service[SimSettings], scada: Scada, sim_clock: ManualClock
 ) -> None:
     clock, site = sim_clock, "site-1"
-    step = simulator.state["step"]
+    step = simulator.state.step
     await check_schema_and_device_cases(scada, simulator, clock, site, "edge_simulator")
     assert invalid_count(simulator) == len(INVALID) + 1
 
@@ -197,7 +197,7 @@ async def test_edge_simulator_answers_every_command(
     assert expired.active_setpoint_id == "man-2"
     (_, in_force) = await scada.expect("man-2", site, "queued", "accepted")
     assert in_force.applied_value == 1.0
-    assert simulator.state["sim"].last.battery_p_kw[0] == pytest.approx(1.0)
+    assert simulator.state.last.battery_p_kw[0] == pytest.approx(1.0)
     # a higher priority displaces the manual one in force: superseded, naming the winner
     await scada.send(site, "battery", payload(clock, "grid-2", -1.0, "grid_operator", 60))
     await scada.expect("grid-2", site, "accepted")
@@ -220,7 +220,7 @@ async def test_meter_gateway_answers_every_command_over_modbus(
     simulator: Service[SimSettings], scada: Scada, mqtt_settings: MqttSettings
 ) -> None:
     clock, site = ManualClock(START), "gw-1"
-    conn = {"type": "tcp", "host": "127.0.0.1", "port": simulator.state["modbus_port"]}
+    conn = {"type": "tcp", "host": "127.0.0.1", "port": simulator.state.modbus_port}
     config = {"devices": [{
         "id": "battery", "kind": "battery", "connection": conn, "unit_id": 1, "sunspec": "auto",
         "site_id": site, "poll_interval_s": 0.2, "timeout_s": 1.0,

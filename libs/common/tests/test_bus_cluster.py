@@ -8,12 +8,16 @@ is queued by the publisher's bus and sent once it is connected again.
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from derbus import topics
 from derbus.bus import Bus, GmqttBus, MqttBus, RawMessage
 from derbus.settings import MqttSettings
-from derbus.testing import NatsCluster, wait_for
+from derbus.testing import ComponentUnavailableError, NatsCluster, free_port, wait_for
+from derbus.testing.servers import NatsNode
 
 
 class Inbox:
@@ -92,3 +96,34 @@ async def test_session_kept_on_another_node_while_the_client_is_away(
     await wait_for(lambda: inbox.payloads == [b"held"], 30, message="the held message")
     await back.close()
     await pub.close()
+
+
+def test_a_node_that_cannot_bind_fails_the_start_at_once_with_its_reason() -> None:
+    """The CI failure "n1 did not accept MQTT sessions within 60 s": another node had died.
+
+    The MQTT streams need all 3 replicas, so with one node gone the others never accept a
+    session. A port taken between the choice and the bind kills a node; the start says so.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cluster = NatsCluster()
+        for i in range(3):
+            cluster.nodes.append(
+                NatsNode(f"n{i + 1}", free_port(), free_port(), free_port(), cluster.base_dir / f"n{i + 1}")
+            )  # fmt: skip
+        cluster.nodes[1].client_port = taken.getsockname()[1]
+        try:
+            with pytest.raises(
+                ComponentUnavailableError, match=r"n2 exited .*address already in use"
+            ):
+                cluster.start()
+        finally:
+            cluster.cleanup()
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_differ() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(p < low for p in ports)

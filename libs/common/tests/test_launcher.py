@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from derbus import launcher
 from derbus.cli import app
 from derbus.errors import ConfigError
+from derbus.settings import MqttSettings
 from derbus.testing import free_port
 
 
@@ -62,6 +63,17 @@ def test_broker_url_prints_the_running_broker_and_refuses_a_stale_one(
 )
 def test_restart_backoff_doubles_up_to_a_bound(failures: int, delay_s: float) -> None:
     assert launcher.restart_delay_s(failures) == delay_s
+
+
+def test_a_restart_waits_past_the_will_delay() -> None:
+    """A child back within its will delay would take its session over: no offline on the bus."""
+    floor = launcher.restart_floor_s(MqttSettings(will_delay_s=2))
+    assert floor > 2 + 0.9  # Mosquitto published a 2 s will up to 2.9 s after the loss
+    assert launcher.restart_delay_s(1, floor) == floor
+    assert launcher.restart_delay_s(6, floor) == launcher.RESTART_MAX_S  # the backoff still grows
+    assert launcher.restart_floor_s(MqttSettings(will_delay_s=0)) == launcher.RESTART_MIN_S
+    no_delay = MqttSettings(protocol="3.1.1", will_delay_s=2)  # no will delay in MQTT 3.1.1
+    assert launcher.restart_floor_s(no_delay) == launcher.RESTART_MIN_S
 
 
 def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path) -> None:

@@ -104,3 +104,46 @@ def test_time_series_lookup_and_quantile_length() -> None:
             ts=T0, source="f", kind="forecast", quantity="q", issue_time=T0, start=T0, step_s=900,
             values=[1.0, 2.0], quantiles={"p90": [1.0]},
         )  # fmt: skip
+
+
+def _series(values: list[float], step_s: int = 900, **quantiles: list[float]) -> TimeSeries:
+    return TimeSeries(
+        ts=T0, source="f", kind="forecast", quantity="load_p_kw", issue_time=T0, start=T0,
+        step_s=step_s, values=values, quantiles=quantiles or None,
+    )  # fmt: skip
+
+
+def test_on_grid_point_takes_the_interval_containing_each_start() -> None:
+    ts = _series([1.0, 2.0, 3.0])
+    assert ts.on_grid(T0 - timedelta(seconds=900), 900, 5) == [0.0, 1.0, 2.0, 3.0, 0.0]
+    assert ts.on_grid(T0 + timedelta(seconds=600), 600, 3) == [1.0, 2.0, 3.0]
+    # outside a short series, `daily` holds the nearest end
+    assert ts.on_grid(T0 - timedelta(seconds=900), 900, 5, outside="daily") == [1, 1, 2, 3, 3]
+
+
+def test_on_grid_daily_repeats_whole_days() -> None:
+    day = _series([float(h) for h in range(24)], step_s=3600)
+    assert day.on_grid(T0 + timedelta(hours=23), 3600, 3, outside="daily") == [23.0, 0.0, 1.0]
+    assert day.on_grid(T0 - timedelta(hours=26), 3600, 2, outside="daily") == [22.0, 23.0]
+    assert day.on_grid(T0 + timedelta(hours=23), 3600, 3) == [23.0, 0.0, 0.0]
+
+
+def test_on_grid_mean_weights_by_time_and_conserves_energy() -> None:
+    ts = _series([1.0, 2.0, 3.0])
+    assert ts.on_grid(T0, 1800, 2, how="mean") == [1.5, 1.5]
+    assert ts.on_grid(T0, 1800, 2, how="mean", outside="daily") == [1.5, 3.0]
+    assert ts.on_grid(T0 + timedelta(seconds=450), 1800, 1, how="mean") == [2.0]
+    shifted = ts.on_grid(T0 - timedelta(seconds=100), 700, 5, how="mean")
+    assert sum(shifted) * 700 == pytest.approx((1.0 + 2.0 + 3.0) * 900)
+    assert ts.on_grid(T0, 300, 6, how="mean") == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+
+
+def test_on_grid_quantile_falls_back_to_values() -> None:
+    ts = _series([1.0, 2.0], p90=[4.0, 5.0])
+    assert ts.on_grid(T0, 900, 2, quantile="p90") == [4.0, 5.0]
+    assert ts.on_grid(T0, 1800, 1, how="mean", quantile="p90") == [4.5]
+    assert ts.on_grid(T0, 900, 2, quantile="p10") == [1.0, 2.0]
+    assert ts.on_grid(T0, 900, 2, quantile=None) == [1.0, 2.0]
+    assert ts.on_grid(T0, 900, 0) == []
+    with pytest.raises(ValueError, match="step_s > 0"):
+        ts.on_grid(T0, 0, 2)

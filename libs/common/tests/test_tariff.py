@@ -1,11 +1,12 @@
 """Tariff periods follow the site's local time, DST included."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
-from derbus.tariff import Tariff, TouWindow
+from derbus.messages import PriceSeries
+from derbus.tariff import PriceBook, Tariff, TouWindow
 
 
 def test_peak_is_judged_in_local_time() -> None:
@@ -36,3 +37,49 @@ def test_invalid_definitions_are_refused() -> None:
         Tariff(prices_per_kwh={"peak": 0.3})
     with pytest.raises(ValueError, match="naive"):
         Tariff().period_at(datetime(2026, 1, 1))
+
+
+T0 = datetime(2027, 1, 12, 0, 0, tzinfo=UTC)  # a Tuesday
+
+
+def _series(issue: datetime, prices: list[float], *, stale: bool = False) -> PriceSeries:
+    return PriceSeries(
+        ts=issue, source="test", zone="site-1", origin="csv", issue_time=issue, start=T0,
+        step_s=3600, import_per_kwh=prices, export_per_kwh=[p / 2 for p in prices],
+        valid_until=T0 + timedelta(hours=6), stale=stale,
+        stale_reason="source down" if stale else None,
+    )  # fmt: skip
+
+
+def test_price_book_uses_a_fresh_series_and_the_tariff_past_its_end() -> None:
+    tariff = Tariff()
+    book = PriceBook()
+    assert book.for_site("site-1", tariff, T0).status == "tariff (no price series)"
+    assert book.update("site-1", _series(T0, [0.31, 0.42]))
+    prices = book.for_site("site-1", tariff, T0 + timedelta(minutes=5))
+    assert prices.status == "series"
+    imports, exports = prices.on_grid(T0 + timedelta(minutes=30), 3, 1800)
+    past_end = T0 + timedelta(hours=2)
+    assert imports == [0.31, 0.42, 0.42]
+    assert exports == [0.155, 0.21, 0.21]
+    assert prices.price_at(past_end) == tariff.price_at(past_end)
+    assert prices.export_at(past_end) == tariff.feed_in_per_kwh
+    assert book.stale(T0) == {}
+
+
+def test_price_book_keeps_the_newest_series_and_falls_back_when_stale() -> None:
+    tariff = Tariff()
+    book = PriceBook()
+    book.update("site-1", _series(T0 + timedelta(minutes=10), [0.5]))
+    assert not book.update("site-1", _series(T0, [0.9]))  # older: refused
+    assert book.for_site("site-1", tariff, T0).price_at(T0) == 0.5
+    later = T0 + timedelta(hours=6)  # valid_until reached
+    expired = book.for_site("site-1", tariff, later)
+    assert expired.series is None
+    assert expired.price_at(T0) == tariff.price_at(T0)
+    assert expired.status.startswith("tariff (series stale: valid until")
+    assert list(book.stale(later)) == ["site-1"]
+    assert book.update("site-1", _series(T0 + timedelta(minutes=20), [0.5], stale=True))
+    marked = book.for_site("site-1", tariff, T0)
+    assert marked.status == "tariff (series stale: source down)"
+    assert book.stale(T0) == {"site-1": "source down"}

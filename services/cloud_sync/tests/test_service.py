@@ -250,7 +250,9 @@ async def test_a_failing_outbox_commit_acks_nothing_and_degrades(
     await wait_for(
         lambda: "cannot write the outbox" in (service.status().reason or ""), 5, message="degraded"
     )
-    assert len(bus.unacknowledged) == 3
+    # the three readings wait unacknowledged (so may cloud_sync's own `degraded` status, which
+    # it archives too: whether it is in by now depends on scheduling)
+    assert [m.topic for m in bus.unacknowledged].count(topic) == 3
     assert outbox.pending_rows == 0
     assert meter_points(sink) == []
     outbox.append = append  # the disk is back: the retry commits, then acknowledges

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.messages import Call, _validate_payload
+from ocpp.messages import Call, validate_payload
 
 from derbus.messages import OcppVersion
 from ev_charging.ocpp_model import (
@@ -61,12 +61,12 @@ def test_unknown_status_counts_as_faulted() -> None:
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-def test_profiles_pass_the_official_schemas(version: OcppVersion) -> None:
+async def test_profiles_pass_the_official_schemas(version: OcppVersion) -> None:
     set_req = tx_profile(version, 2, "17", 3.7, NOW, 59.5)
     clear_req = clear_profile(version, 2)
     for action, req in (("SetChargingProfile", set_req), ("ClearChargingProfile", clear_req)):
         call = Call(unique_id="1", action=action, payload=snake_to_camel_case(req))
-        _validate_payload(call, version)  # raises when the schema refuses it
+        await validate_payload(call, version)  # raises when the schema refuses it
     expected = json.loads((FIXTURES / f"set_profile_{version}.json").read_text())
     assert snake_to_camel_case(set_req) == expected
 

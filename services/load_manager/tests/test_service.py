@@ -19,12 +19,14 @@ from derbus.messages import (
     JobRequest,
     KpiReport,
     MeterReading,
+    PriceSeries,
     PvTelemetry,
     SetpointCommand,
     TimeSeries,
 )
 from derbus.service import Service
 from derbus.testing import BusRecorder
+from load_manager.manager import LoadManager
 from load_manager.service import build_service
 from load_manager.settings import Settings
 
@@ -40,7 +42,9 @@ class Rig:
     def __init__(self, settings: Settings, clock: FakeClock, broker: InMemoryBroker) -> None:
         self.clock = clock
         self.broker = broker
-        self.service: Service[Settings] = build_service(settings, InMemoryBus(broker), clock)
+        self.service: Service[Settings, LoadManager] = build_service(
+            settings, InMemoryBus(broker), clock
+        )
         self.pub = InMemoryBus(broker)
         self.root = settings.mqtt.root
         self.setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, self.root)
@@ -92,7 +96,7 @@ async def test_pv_surplus_switches_load1_on_within_one_cycle(rig: Rig) -> None:
     assert cmd.target == "load_on"
     assert cmd.priority == "site_optimiser"
     assert cmd.ttl_s == 900
-    assert rig.service.state["lm"].integrator.balance_wh == pytest.approx(3.0 * 10 / 3.6)
+    assert rig.service.state.net.integrator.balance_wh == pytest.approx(3.0 * 10 / 3.6)
 
 
 async def test_setpoints_are_refreshed_before_their_ttl(rig: Rig) -> None:
@@ -133,15 +137,15 @@ async def test_restart_mid_hour_restores_balance_and_loads(
     clock.advance(20 * 60)  # restart 20 min later, same hour
     second = Rig(settings, clock, InMemoryBroker())
     await second.start()
-    state = second.service.state["lm"]
+    state = second.service.state.net
     assert state.integrator.balance_wh == pytest.approx(50.0)
     assert state.controller.states["load1"].on is True
     await second.stop()
     clock.advance(3600)  # restart in the next hour: balance starts again at 0
     third = Rig(settings, clock, InMemoryBroker())
     await third.start()
-    assert third.service.state["lm"].integrator.balance_wh == 0.0
-    assert third.service.state["lm"].kpis.today.periods == 1, "the old hour still counts"
+    assert third.service.state.net.integrator.balance_wh == 0.0
+    assert third.service.state.net.kpis.today.periods == 1, "the old hour still counts"
     await third.stop()
 
 
@@ -260,11 +264,11 @@ async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
                      profile_kw=[7.0, 7.0])  # fmt: skip
     await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
     await rig.pub.drain()
-    entry = rig.service.state["lm"].book.entries["ev1"]
+    entry = rig.service.state.jobs.book.entries["ev1"]
     assert entry.status == "pending", "booked at once, planned by the job cycle"
     await rig.service.run_task("job_cycle")
     await rig.pub.drain()
-    entry = rig.service.state["lm"].book.entries["ev1"]
+    entry = rig.service.state.jobs.book.entries["ev1"]
     # 12:00-14:00 local is peak (0.27/kWh); 14:00 local (12:00 UTC) is shoulder: cheaper
     assert entry.status == "planned"
     assert entry.planned_start == T0 + timedelta(hours=2)
@@ -285,3 +289,40 @@ def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
                           text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2
     assert "hood.xml:2" in done.stderr
+
+
+async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_stale(
+    rig: Rig,
+) -> None:
+    def prices(issued: datetime, *, stale: bool) -> bytes:
+        dear = [0.40] * 16
+        dear[2] = dear[3] = 0.01  # 10:30-11:00 UTC: far cheaper than the tariff at 12:00
+        series = PriceSeries(
+            ts=issued, source="prices", zone="site-1", origin="http", issue_time=issued,
+            start=T0, step_s=900, import_per_kwh=dear, valid_until=T0 + timedelta(hours=4),
+            stale=stale, stale_reason="source down" if stale else None,
+        )  # fmt: skip
+        return series.to_json_bytes()
+
+    price_topic = topics.PRICE_SERIES.topic("site-1", "grid", rig.root)
+    req = JobRequest(ts=T0, source="scada", job_id="ev1", house_id="site-1", device_id="ev",
+                     earliest_start=T0, latest_start=T0 + timedelta(hours=2),
+                     profile_kw=[7.0, 7.0])  # fmt: skip
+    await rig.pub.publish(price_topic, prices(T0, stale=False))
+    await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
+    await rig.pub.drain()
+    await rig.service.run_task("job_cycle")
+    await rig.pub.drain()
+    entry = rig.service.state.jobs.book.entries["ev1"]
+    assert entry.planned_start == T0 + timedelta(minutes=30)  # the series' cheap half hour
+    assert rig.service.status().state == "online"
+    # the source fails: its publisher marks the series stale; the plan goes back to the tariff
+    await rig.pub.publish(price_topic, prices(T0 + timedelta(seconds=1), stale=True))
+    await rig.pub.drain()
+    await rig.service.run_task("job_cycle")
+    await rig.pub.drain()
+    entry = rig.service.state.jobs.book.entries["ev1"]
+    assert entry.planned_start == T0 + timedelta(hours=2)  # the tariff's shoulder, as before
+    status = rig.service.status()
+    assert status.state == "degraded"
+    assert "configured tariff (series stale: source down)" in (status.reason or "")

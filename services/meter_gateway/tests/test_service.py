@@ -78,7 +78,7 @@ class Rig:
         self.service = build_service(
             self.settings, InMemoryBus(self.broker), devices(), lambda d: links[d.id]
         )
-        self.runners: dict[tuple[str, str], DeviceRunner] = self.service.state["runners"]
+        self.runners: dict[tuple[str, str], DeviceRunner] = self.service.state.runners
         for runner in self.runners.values():
             runner.clock = clock
         self.observer = InMemoryBus(self.broker)
@@ -405,7 +405,7 @@ async def test_sunspec_device_discovers_polls_and_takes_setpoints(clock: Any) ->
     )  # fmt: skip
     service = build_service(Settings(), InMemoryBus(), resolve(cfg, "site-1"), lambda d: link)
     await service.bus.connect()
-    runner: DeviceRunner = service.state["runners"][("site-1", "pv")]
+    runner: DeviceRunner = service.state.runners[("site-1", "pv")]
     runner.clock = clock
     assert await runner.poll_once()
     assert runner.last_reading is not None

@@ -17,7 +17,6 @@ from peak_shaving.optimizer import (
     EmaInputs,
     Scenario,
     ScheduleOptimizer,
-    align_series,
     plan_with_scenarios,
     quantile_scenarios,
     quantile_trace,
@@ -179,7 +178,10 @@ def test_a_soft_target_never_raises_the_month_peak_when_the_demand_charge_outwei
 
 
 def test_soft_target_weights_scale_only_with_a_demand_charge() -> None:
-    cfg = EmaConfig(horizon_steps=96, end_soc_penalty_per_kwh=5.0, reserve_penalty_per_kwh_h=10.0)
+    cfg = EmaConfig(
+        horizon_steps=96, end_soc_penalty_per_kwh=5.0, reserve_penalty_per_kwh_h=10.0,
+        charge_efficiency=0.95,
+    )  # fmt: skip
     assert soft_target_weights(cfg, 0.0) == (5.0, 10.0)
     end, reserve = soft_target_weights(cfg, 8.0)
     # 24 h x 0.95 = 22.8 kWh per kW of peak, each kWh worth 5 + 10 x 24 = 245: 5586 vs 7.2
@@ -190,8 +192,11 @@ def test_soft_target_weights_scale_only_with_a_demand_charge() -> None:
 
 def test_a_whole_31_day_month_fits_one_horizon() -> None:
     steps = 31 * 96
-    opt = ScheduleOptimizer(EmaConfig(horizon_steps=steps, import_limit_kw=10.0,
-                                      export_limit_kw=-10.0))  # fmt: skip
+    cfg = EmaConfig(
+        horizon_steps=steps, import_limit_kw=10.0, export_limit_kw=-10.0,
+        battery_capacity_kwh=100.0, battery_max_charge_kw=50.0, battery_max_discharge_kw=50.0,
+    )  # fmt: skip
+    opt = ScheduleOptimizer(cfg)
     net = np.full(steps, 5.0)
     net[-1] = 12.0  # the last quarter hour of the 31st day
     s = opt.solve(EmaInputs(start=START, net_load_kw=net, soc_kwh=50.0, prior_kw=np.zeros(steps)))
@@ -241,17 +246,6 @@ def test_bad_inputs_raise_solver_error() -> None:
         optimizer().solve(inputs([float("nan"), 6], soc_kwh=5))
     with pytest.raises(SolverError, match="2 steps"):
         optimizer().solve(inputs([1, 2, 3], soc_kwh=5))
-
-
-def test_align_series() -> None:
-    start = datetime(2024, 1, 1, 1, tzinfo=UTC)
-    # a 3-step hourly series starting at 01:00, read on half-hour steps from 01:30
-    out = align_series([1, 2, 3], start, 3600, start.replace(minute=30), 6, 1800, fill="zero")
-    approx(out, [1, 2, 2, 3, 3, 0])
-    # a day of 24 hourly values: beyond its end, the value from one day earlier
-    day = list(range(24))
-    out = align_series(day, start, 3600, start.replace(hour=23), 3, 3600)
-    approx(out, [22, 23, 0])
 
 
 def test_uncertainty_reserve_is_the_energy_the_later_excess_needs() -> None:

@@ -19,6 +19,7 @@ from derbus.messages import (
     BatteryTelemetry,
     KpiReport,
     MeterReading,
+    PriceSeries,
     SetpointCommand,
     TimeSeries,
     utcnow,
@@ -83,12 +84,19 @@ def forecast(values: list[float], quantity: str = "load_p_kw") -> TimeSeries:
     )  # fmt: skip
 
 
+COMMERCIAL_BATTERY: dict[str, Any] = {
+    "battery_capacity_kwh": 100.0, "battery_max_charge_kw": 50.0, "battery_max_discharge_kw": 50.0,
+    "charge_efficiency": 0.95, "discharge_efficiency": 0.95, "soc_min_pct": 5.0,
+}  # fmt: skip
+"""The battery these tests' numbers were worked out for (the defaults are the demo home's)."""
+
+
 def settings(**changes: Any) -> Settings:
     base: dict[str, Any] = {
         "mqtt": MqttSettings(root=ROOT), "import_limit_kw": 50.0, "export_limit_kw": -30.0,
         "api_token": "tok", "horizon_steps": 96, "ema_workers": 0,
     }  # fmt: skip
-    return Settings(**(base | changes))
+    return Settings(**(COMMERCIAL_BATTERY | base | changes))
 
 
 AUTH = {"Authorization": "Bearer tok"}
@@ -367,3 +375,56 @@ async def test_the_ema_solves_in_its_own_process() -> None:
         assert solution.target_kw in solution.scenario_peaks_kw
         assert solution.target_kw <= 50.0 + 1e-3  # the import limit holds in the plan
     assert ps._pool is None  # stopped with the service
+
+
+async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_stale() -> None:
+    broker = InMemoryBroker()
+    service = build_service(settings(energy_cost=True), InMemoryBus(broker))
+    ps: PeakShaving = service.state["peak_shaving"]
+    probe = InMemoryBus(broker)
+    await probe.connect()
+    schedules: BusRecorder[TimeSeries] = BusRecorder(topics.BATTERY_SCHEDULE, ROOT)
+    await schedules.attach(probe)
+    await service.start()
+    try:
+        now = utcnow()
+        start = interval_start(now)
+        prices = [0.30] * 96
+        prices[8:16] = [0.02] * 8  # cheap: fill the battery
+        prices[40:48] = [0.95] * 8  # dear: empty it
+
+        def series(issued: datetime, *, stale: bool) -> PriceSeries:
+            return PriceSeries(
+                ts=issued, source="prices", zone=SITE, origin="csv", issue_time=issued,
+                start=start, step_s=900, import_per_kwh=prices, export_per_kwh=[0.0] * 96,
+                valid_until=now + timedelta(days=1), stale=stale,
+                stale_reason="source down" if stale else None,
+            )  # fmt: skip
+
+        async def send(spec: Any, message: Any, device: str) -> None:
+            await probe.publish(spec.topic(SITE, device, ROOT), message.to_json_bytes())
+            await probe.drain()
+
+        await send(topics.BATTERY, BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0),
+                   "battery")  # fmt: skip
+        await send(topics.FORECAST, forecast([30.0] * 96), "load")
+        await ps.idle()
+        await send(topics.PRICE_SERIES, series(now, stale=False), "grid")
+        await ps.idle()
+        await probe.drain()
+        planned = schedules.values[-1]
+        assert planned.meta["prices"] == "series"
+        assert min(planned.values[8:16]) > 1.0  # charging while it is cheap
+        assert max(planned.values[40:48]) < -1.0  # discharging while it is dear
+        # the publisher marks it stale: re-planned on the configured tariff, degraded, said why
+        await send(topics.PRICE_SERIES, series(now + timedelta(seconds=1), stale=True), "grid")
+        await ps.idle()
+        await probe.drain()
+        assert schedules.values[-1].meta["prices"] == "tariff (series stale: source down)"
+        await ps.report_prices()
+        status = service.status()
+        assert status.state == "degraded"
+        assert "planned on the configured tariff (site-1: source down)" in (status.reason or "")
+    finally:
+        await service.stop()
+        await probe.close()

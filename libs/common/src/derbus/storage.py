@@ -84,7 +84,7 @@ class ReadingRow:
 def _numeric_fields(model: type[Message]) -> list[str]:
     names = []
     for name, info in model.model_fields.items():
-        if name in ("ts", "source"):
+        if name in ("ts", "source", "seq"):  # seq numbers the stream; it is not a reading
             continue
         kinds = set(_flatten(info.annotation))
         if kinds & {float, int, bool} and not kinds - {float, int, bool, type(None)}:

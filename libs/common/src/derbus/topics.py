@@ -28,6 +28,7 @@ from derbus.messages import (
     PriceTelemetry,
     PvCurtailmentSet,
     PvTelemetry,
+    ReplayRequest,
     ServiceStatus,
     SetpointAck,
     SetpointCommand,
@@ -178,7 +179,7 @@ LOAD = TopicSpec(
     True,
     "Load: site total or one device (HVAC, EV, switchable), power consumed, relay state",
     publishers=("edge_simulator", "meter_gateway"),
-    subscribers=("cloud_sync", "load_manager", "console", "scada_bridge"),
+    subscribers=("cloud_sync", "console", "scada_bridge"),
 )
 PRICE = TopicSpec(
     "telemetry.price",
@@ -189,7 +190,7 @@ PRICE = TopicSpec(
     True,
     "Grid price: import price, feed-in, time-of-use period, demand charge, carbon intensity",
     publishers=("edge_simulator",),
-    subscribers=("cloud_sync", "peak_shaving", "load_manager", "console", "scada_bridge"),
+    subscribers=("cloud_sync", "console", "scada_bridge"),
 )
 EV_CHARGER = TopicSpec(
     "telemetry.ev_charger",
@@ -237,7 +238,7 @@ PRICE_SERIES = TopicSpec(
     "Price series of a site or zone (device level `grid`): import/export per interval, "
     "demand-charge windows, valid_until and stale flag (CSV, ToU model or HTTP source)",
     publishers=("ev_charging",),
-    subscribers=("ev_charging", "scada"),
+    subscribers=("ev_charging", "peak_shaving", "load_manager", "scada"),
 )
 EV_SESSION = TopicSpec(
     "schedule.ev_session",
@@ -275,7 +276,6 @@ SETPOINT = TopicSpec(
     publishers=(
         "peak_shaving",
         "load_manager",
-        "voltage_coordinator",
         "scada",
         "console",
         "scada_bridge",
@@ -293,8 +293,6 @@ SETPOINT_ACK = TopicSpec(
     publishers=("edge_simulator", "meter_gateway", "feeder_sim", "ev_charging"),
     subscribers=(
         "peak_shaving",
-        "load_manager",
-        "voltage_coordinator",
         "scada",
         "console",
         "scada_bridge",
@@ -311,6 +309,17 @@ JOB_REQUEST = TopicSpec(
     publishers=("scada",),
     subscribers=("load_manager",),
 )
+REPLAY_REQUEST = TopicSpec(
+    "control.replay",
+    "control",
+    "replay",
+    ReplayRequest,
+    1,
+    False,
+    "Asks the edge to publish a telemetry stream's readings from_seq..to_seq again (gap repair)",
+    publishers=("cloud_sync",),
+    subscribers=("edge_simulator",),
+)
 
 # --- grid: distribution feeder ------------------------------------------------------------------
 FEEDER_STATE = TopicSpec(
@@ -322,7 +331,7 @@ FEEDER_STATE = TopicSpec(
     True,
     "Feeder power-flow snapshot (site level = feeder id, device `feeder`): bus voltages, PV "
     "available/output",
-    publishers=("edge_simulator", "feeder_sim"),
+    publishers=("feeder_sim",),
     subscribers=("voltage_coordinator", "voltage_area", "cloud_sync", "console"),
 )
 PV_CURTAILMENT = TopicSpec(
@@ -335,7 +344,7 @@ PV_CURTAILMENT = TopicSpec(
     "Batch of PV power limits for a feeder (site level = feeder id, device `coordinator`) with "
     "TTL and priority",
     publishers=("voltage_coordinator",),
-    subscribers=("edge_simulator", "feeder_sim", "console"),
+    subscribers=("feeder_sim", "console"),
 )
 AREA_EXCHANGE = TopicSpec(
     "grid.area_exchange",
@@ -398,7 +407,7 @@ KPI = TopicSpec(
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]
     METER, PV, BATTERY, LOAD, PRICE, EV_CHARGER,
     FORECAST, BATTERY_SCHEDULE, PRICE_SERIES, EV_SESSION, JOB_PLAN,
-    SETPOINT, SETPOINT_ACK, JOB_REQUEST,
+    SETPOINT, SETPOINT_ACK, JOB_REQUEST, REPLAY_REQUEST,
     FEEDER_STATE, PV_CURTAILMENT, AREA_EXCHANGE,
     SERVICE_STATUS, DEAD_LETTER, DEVICE_STATUS, KPI,
 )  # fmt: skip

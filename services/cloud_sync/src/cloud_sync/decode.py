@@ -47,6 +47,8 @@ class Decoded:
     time_us: int
     """µs since the Unix epoch (UTC)."""
     values: FieldValues
+    seq: int | None = None
+    """The stream's sequence number (None: the publisher does not number its readings)."""
 
 
 class UnsupportedModel(TypeError):
@@ -133,6 +135,7 @@ class TelemetryDecoder:
             self._fast = msgspec.json.Decoder(struct)
             names = list(struct.__struct_fields__)
             self._ts_pos = names.index("ts")
+            self._seq_pos = names.index("seq")
             self._positions = [(self.metrics[f], names.index(f)) for f in self.fields]
 
     @property
@@ -161,7 +164,7 @@ class TelemetryDecoder:
                             number = float(v)
                             if math.isfinite(number):
                                 values.append((metric, number))
-                    return Decoded(to_epoch_us(ts), values)
+                    return Decoded(to_epoch_us(ts), values, found[self._seq_pos])
         return self.decode_model(payload)
 
     def decode_model(self, payload: bytes) -> Decoded:
@@ -181,4 +184,4 @@ class TelemetryDecoder:
                 number = float(v)
                 if math.isfinite(number):
                     values.append((self.metrics[name], number))
-        return Decoded(to_epoch_us(message.ts), values)
+        return Decoded(to_epoch_us(message.ts), values, getattr(message, "seq", None))

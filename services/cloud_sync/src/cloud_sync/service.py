@@ -15,15 +15,17 @@ from fastapi import APIRouter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cloud_sync.api_models import Backlog, Drained
 from cloud_sync.backlog import HEALTH_KEYS
 from cloud_sync.cloud import CloudStore
+from cloud_sync.gaps import ReplayRange
 from cloud_sync.influx import PointSink
 from cloud_sync.settings import Settings
 from cloud_sync.state import SERVICE_NAME, CloudSync
 from derbus import topics
 from derbus.bus.base import Bus, RawMessage
 from derbus.http import TokenDep
-from derbus.messages import Message
+from derbus.messages import Message, ReplayRequest, utcnow
 from derbus.service import Context, Handler, RawHandler, Service
 from derbus.topics import PLATFORM_SITE, TopicSpec
 
@@ -94,6 +96,18 @@ class BacklogCollector(Collector):
             ]  # fmt: skip
         for name, doc, value in counters:
             yield CounterMetricFamily(PREFIX + name, doc, value=float(value))
+        gaps = self.sync.gaps
+        yield GaugeMetricFamily(
+            PREFIX + "readings_missing", "Readings missing now (seq gaps asked again)",
+            value=float(gaps.missing),
+        )  # fmt: skip
+        for name, doc, value in [
+            ("seq_gaps", "Sequence jumps seen in telemetry streams", gaps.gaps),
+            ("readings_missed", "Readings found missing (seq gaps), all told", gaps.missed),
+            ("readings_repaired", "Missing readings that arrived later (replayed)", gaps.repaired),
+            ("readings_lost", "Missing readings given up on", gaps.lost),
+        ]:
+            yield CounterMetricFamily(PREFIX + name, doc, value=float(value))
 
 
 def _file_bytes(path: os.PathLike[str]) -> float:
@@ -148,7 +162,9 @@ def build_service(
     service: Service[Settings, CloudSync] = Service(SERVICE_NAME, settings, bus, state=sync)
     sync.attach(service)
     service.metrics.registry.register(BacklogCollector(sync))
-    service.declare_publishes(topics.KPI, topics.SERVICE_STATUS, topics.DEAD_LETTER)
+    service.declare_publishes(
+        topics.KPI, topics.SERVICE_STATUS, topics.DEAD_LETTER, topics.REPLAY_REQUEST
+    )
     for spec in topics.TELEMETRY:
         service.on_raw(spec, shared_group=settings.shared_group)(telemetry_handler(service, spec))
     if sync.sink is not None:
@@ -159,6 +175,18 @@ def build_service(
     async def forward(ctx: Context) -> None:
         await sync.forward()
 
+    async def ask(r: ReplayRange) -> None:
+        request = ReplayRequest(
+            ts=utcnow(), source=SERVICE_NAME, from_seq=r.from_seq, to_seq=r.to_seq
+        )
+        await service.publish(
+            topics.REPLAY_REQUEST, request, site_id=r.site_id, device_id=r.device_id
+        )
+
+    @service.every(lambda: service.settings.gap_retry_s / 2)
+    async def repair(ctx: Context) -> None:
+        await sync.repair_gaps(ask)
+
     @service.every(lambda: service.settings.kpi_interval_s)
     async def report(ctx: Context) -> None:
         await ctx.publish(topics.KPI, await sync.report(), site_id=PLATFORM_SITE,
@@ -167,13 +195,13 @@ def build_service(
     service.on_shutdown(sync.close)
     router = APIRouter(tags=["cloud_sync"])
 
-    @router.get("/backlog")
+    @router.get("/backlog", response_model=Backlog)
     async def backlog() -> dict[str, Any]:
         """The backlog and health: pending, oldest age, rates, totals, last success and error,
         `state` (online/degraded) with `reasons` — the same as `/healthz` says for these parts."""
         return await sync.backlog()
 
-    @router.post("/sync")
+    @router.post("/sync", response_model=Drained)
     async def sync_now(_auth: TokenDep) -> dict[str, Any]:
         """Run a forwarding pass now (waits for a running one) and report what it did."""
         return asdict(await sync.forward())

@@ -89,6 +89,14 @@ class Settings(ServiceSettings):
     shared_group: str | None = Field(
         default=None, description="MQTT shared-subscription group for replicas (None = plain)"
     )
+    gap_retry_s: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="seconds between requests for a stream's missing readings (seq gaps)",
+    )  # fmt: skip
+    gap_max_attempts: int = Field(
+        default=5, ge=1, le=1000,
+        description="replay requests without a repair before missing readings count as lost",
+    )  # fmt: skip
     kpi_interval_s: float = Field(
         default=10.0, gt=0, le=3600, description="seconds between backlog KPI publications"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Protocol
@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from cloud_sync.backlog import BacklogSnapshot, fill_state, health_reasons
 from cloud_sync.cloud import CloudStore, open_store
 from cloud_sync.forwarder import FAILING_NOTE, DrainResult, Forwarder, RetryPolicy, parse_time
+from cloud_sync.gaps import GapTracker, ReplayRange
 from cloud_sync.influx import InfluxSink, PointSink
 from cloud_sync.intake import Intake, IntakeLimits, StatusReporter, outbox_reason
 from cloud_sync.outbox import Outbox
@@ -26,6 +27,8 @@ from derbus.topics import TopicIds, TopicSpec
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "cloud_sync"
+GAPS_KEY = "telemetry_gaps"
+"""Degraded reason while readings are missing (sequence gaps not yet repaired)."""
 INFLUX_NOTE = "influxdb_failing"
 """Outbox note: InfluxDB's last error ("" when fine), for `--status` from another process."""
 
@@ -120,6 +123,8 @@ class CloudSync:
         self.outbox = outbox if outbox is not None else Outbox(settings.outbox_path)
         self.forwarder = make_forwarder(lambda: self.settings, self.outbox, store)
         self.intake = Intake(self.outbox, topics.TELEMETRY, self.limits, self, sink)
+        self.gaps = GapTracker(settings.gap_retry_s, settings.gap_max_attempts)
+        self.intake.observers.append(lambda entries: self.gaps.observe(entries, time.monotonic()))
 
     @classmethod
     def open(
@@ -236,7 +241,8 @@ class CloudSync:
                 INFLUX_NOTE: influx_error or "",
             },
         )
-        return KpiReport(ts=now, source=SERVICE_NAME, name="backlog", values=snap.kpis(now))
+        values = {**snap.kpis(now), **self.gaps.figures()}
+        return KpiReport(ts=now, source=SERVICE_NAME, name="backlog", values=values)
 
     async def backlog(self) -> dict[str, Any]:
         """The backlog as JSON (`GET /backlog`)."""
@@ -247,7 +253,24 @@ class CloudSync:
         data["state"] = snap.state
         data["fill_pct"] = snap.fill_pct
         data["target"] = self.store.description
+        data["gaps"] = self.gaps.figures()
         return data
+
+    async def repair_gaps(self, ask: Callable[[ReplayRange], Awaitable[None]]) -> None:
+        """Ask for the missing readings that are due (`ask` publishes one request); say in the
+        status how many are missing while any are."""
+        gaps = self.gaps
+        gaps.retry_s, gaps.max_attempts = self.settings.gap_retry_s, self.settings.gap_max_attempts
+        for request in gaps.due_requests(time.monotonic()):
+            await ask(request)
+        missing = gaps.missing
+        if missing:
+            streams = sum(1 for s in gaps.streams.values() if s.missing)
+            await self._host.set_degraded(
+                GAPS_KEY, f"{missing} readings missing in {streams} streams, asked again"
+            )
+        else:
+            await self._host.clear_degraded(GAPS_KEY)
 
     # --- stopping -------------------------------------------------------------------------------------
     async def close(self) -> None:

@@ -26,11 +26,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from console import planner
+from console.api_models import History, Plans
 from console.apis import Apis, UpstreamError
 from console.settings import Settings
 from console.state import FEEDER, FLEET, ConsoleState, bus_max_v, site_channel
 from console.views import FeederDrawing, decide, feeder_colours, pv_by_bus, series_columns
 from derbus import topics
+from derbus.http import content, errors
 from derbus.messages import SETPOINT_UNITS, Priority, SetpointCommand, utcnow
 from derbus.service import Service
 
@@ -390,6 +392,9 @@ def _stream(state: ConsoleState, channel: str, first: dict[str, Any] | None = No
     )  # fmt: skip
 
 
+EVENTS = content("text/event-stream", "server-sent events, each `data:` a JSON object")
+
+
 def router(pages: Pages) -> APIRouter:
     """The console's routes."""
     r = APIRouter(tags=["console"])
@@ -399,7 +404,7 @@ def router(pages: Pages) -> APIRouter:
     def index() -> RedirectResponse:
         return RedirectResponse("/fleet")
 
-    @r.get("/fleet", response_class=HTMLResponse)
+    @r.get("/fleet", response_class=HTMLResponse, include_in_schema=False)
     def fleet() -> HTMLResponse:
         """Every site live (PCC, PV, battery, SoC) and every service's status."""
         rows = [state.sites[s].values() | {"site_id": s} for s in sorted(state.sites)]
@@ -411,7 +416,7 @@ def router(pages: Pages) -> APIRouter:
             return RedirectResponse(f"/sites/{sorted(state.sites)[0]}")
         return pages.render("empty.html", "site", what="site")
 
-    @r.get("/sites/{site_id}", response_class=HTMLResponse)
+    @r.get("/sites/{site_id}", response_class=HTMLResponse, include_in_schema=False)
     def site(site_id: str) -> HTMLResponse:
         """A site: live chart, forecasts, battery schedule, billed peak, setpoints."""
         view = state.sites.get(site_id)
@@ -422,7 +427,7 @@ def router(pages: Pages) -> APIRouter:
                             log=list(view.log)[:30], form=form, limits=pages.limits(),
                             month_peak_kw=view.month_peak_kw)  # fmt: skip
 
-    @r.get("/api/sites/{site_id}/history")
+    @r.get("/api/sites/{site_id}/history", response_model=History, responses=errors(404))
     def history(site_id: str) -> dict[str, Any]:
         """Chart points of the last hours: [unix s, PCC, PV, load, battery kW, SoC %]."""
         view = state.sites.get(site_id)
@@ -430,12 +435,12 @@ def router(pages: Pages) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"no site {site_id} seen on the bus")
         return {"rows": list(view.history)}
 
-    @r.get("/api/sites/{site_id}/plans")
+    @r.get("/api/sites/{site_id}/plans", response_model=Plans, responses=errors(404))
     def plans(site_id: str) -> dict[str, Any]:
         """Forecasts with P10-P90, the battery schedule, the month's peak and the limits."""
         return pages.plans(site_id)
 
-    @r.post("/sites/{site_id}/setpoints", response_class=HTMLResponse)
+    @r.post("/sites/{site_id}/setpoints", response_class=HTMLResponse, include_in_schema=False)
     async def setpoint(site_id: str, request: Request) -> HTMLResponse:
         """Send a setpoint (token required); the form again, its ack filled in as it arrives."""
         form = {k: str(v) for k, v in (await request.form()).items()}
@@ -452,17 +457,17 @@ def router(pages: Pages) -> APIRouter:
             return RedirectResponse(f"/decisions/{sorted(state.sites)[0]}")
         return pages.render("empty.html", "decisions", what="site")
 
-    @r.get("/decisions/{site_id}", response_class=HTMLResponse)
+    @r.get("/decisions/{site_id}", response_class=HTMLResponse, include_in_schema=False)
     def decisions(site_id: str) -> HTMLResponse:
         """The next 24 hours: price, net load, the plan's buy/sell/store/hold, the bill."""
         return pages.decisions(site_id)
 
-    @r.get("/feeder", response_class=HTMLResponse)
+    @r.get("/feeder", response_class=HTMLResponse, include_in_schema=False)
     def feeder() -> HTMLResponse:
         """The feeder drawn from its bus coordinates, voltages before/after, PV limits."""
         return pages.feeder()
 
-    @r.get("/planner", response_class=HTMLResponse)
+    @r.get("/planner", response_class=HTMLResponse, include_in_schema=False)
     def planner_page(scenario: str | None = None) -> HTMLResponse:
         """The neighbourhood planner (a saved scenario by name, else a new one)."""
         if scenario:
@@ -475,7 +480,7 @@ def router(pages: Pages) -> APIRouter:
             data = planner.new_scenario(f"{day}T00:00:00Z")
         return pages.planner(data)
 
-    @r.post("/planner/edit", response_class=HTMLResponse)
+    @r.post("/planner/edit", response_class=HTMLResponse, include_in_schema=False)
     async def planner_edit(request: Request) -> HTMLResponse:
         """Add/remove houses, devices and jobs; check, save or run the neighbourhood."""
         form = {k: str(v) for k, v in (await request.form()).items()}
@@ -486,7 +491,7 @@ def router(pages: Pages) -> APIRouter:
                                  fragment=True, token=form.get("token", ""))  # fmt: skip
         return await pages.planner_action(form)
 
-    @r.post("/planner/import", response_class=HTMLResponse)
+    @r.post("/planner/import", response_class=HTMLResponse, include_in_schema=False)
     async def planner_import(request: Request) -> HTMLResponse:
         """Import CoSSMic files: neighbourhood XML, jobs CSV/XML, profiles, PV predictions."""
         form = await request.form()
@@ -501,34 +506,42 @@ def router(pages: Pages) -> APIRouter:
                 files.setdefault(key, []).append(value)
         return await pages.planner_import(files)
 
-    @r.get("/planner/results/{rid}.json")
+    @r.get(
+        "/planner/results/{rid}.json", response_class=Response,
+        responses={200: content("application/json", "the simulation's results (a download)"),
+                   **errors(404)},
+    )  # fmt: skip
     def results_json(rid: str) -> Response:
         """Download a simulation's results (JSON)."""
         return Response(json.dumps(pages.results(rid), indent=1), media_type="application/json",
                         headers={"Content-Disposition": f'attachment; filename="planner-{rid}.json"'})  # fmt: skip
 
-    @r.get("/planner/results/{rid}.csv")
+    @r.get(
+        "/planner/results/{rid}.csv", response_class=Response,
+        responses={200: content("text/csv", "a row per run and household (a download)"),
+                   **errors(404)},
+    )  # fmt: skip
     def results_csv(rid: str) -> Response:
         """Download a simulation's results (CSV: a row per run and household)."""
         return Response(planner.results_csv(pages.results(rid)), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="planner-{rid}.csv"'})  # fmt: skip
 
-    @r.get("/planner/results/{rid}/house", response_class=HTMLResponse)
+    @r.get("/planner/results/{rid}/house", response_class=HTMLResponse, include_in_schema=False)
     def results_house(rid: str, house_id: str) -> HTMLResponse:
         """One household across the runs."""
         return pages.fragment("_planner_house.html", results=pages.results(rid), house_id=house_id)
 
-    @r.get("/events/fleet")
+    @r.get("/events/fleet", response_class=Response, responses={200: EVENTS})
     def events_fleet() -> Response:
         """Server-sent events: changed site values and service rows (JSON)."""
         return _stream(state, FLEET)
 
-    @r.get("/events/site/{site_id}")
+    @r.get("/events/site/{site_id}", response_class=Response, responses={200: EVENTS})
     def events_site(site_id: str) -> Response:
         """Server-sent events of one site: values, chart points, setpoints and acks (JSON)."""
         return _stream(state, site_channel(site_id))
 
-    @r.get("/events/feeder")
+    @r.get("/events/feeder", response_class=Response, responses={200: EVENTS})
     def events_feeder() -> Response:
         """Server-sent events of the feeder: step and bus colours (JSON)."""
         return _stream(state, FEEDER, state.feeder_event())

@@ -13,27 +13,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from derbus.messages import TouPeriod
-from edge_simulator import noise
+from edge_simulator import noise, physics
 from edge_simulator.config import SimConfig
 from edge_simulator.noise import FloatArray
+from edge_simulator.physics import (
+    N_BASE,
+    N_CARBON,
+    N_CLOUD,
+    N_F,
+    N_PRICE,
+    N_TEMP,
+    N_V,
+    S_COOK,
+    S_EV_ARR,
+    S_EV_DEP,
+    S_EV_E,
+    S_EV_GO,
+    S_SIZE,
+    STEP_STREAMS,
+    U_APP_KW,
+    U_APP_LEN,
+    U_APP_START,
+)
 from edge_simulator.replay import Profile
 from edge_simulator.sky import SkyModel
-
-# noise streams (one per random quantity, so adding one never shifts the others). Per step one
-# block of uniforms is drawn: normal stream k uses rows 2k and 2k+1, then the plain uniforms.
-_N_TEMP, _N_CLOUD, _N_BASE, _N_PRICE, _N_CARBON, _N_V, _N_F = 0, 1, 2, 3, 4, 5, 6
-_U_APP_START, _U_APP_LEN, _U_APP_KW = 14, 15, 16
-_STEP_STREAMS = 17
-# streams keyed by the local day (not the instant)
-_S_EV_ARR, _S_EV_DEP, _S_EV_GO, _S_EV_E, _S_COOK, _S_SIZE = 20, 21, 22, 23, 24, 99
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -129,23 +138,6 @@ class StepResult:
     export_kwh: FloatArray
 
 
-def _ou(
-    x: FloatArray, mean: float, reversion_per_h: float, vol: float, dt_h: float, z: FloatArray
-) -> FloatArray:
-    """Exact Ornstein-Uhlenbeck update over dt_h (Brownian when the reversion is 0)."""
-    if dt_h <= 0:
-        return x
-    if reversion_per_h <= 0:
-        return x + vol * math.sqrt(dt_h) * z
-    decay = math.exp(-reversion_per_h * dt_h)
-    std = vol * math.sqrt((1 - decay * decay) / (2 * reversion_per_h))
-    return mean + (x - mean) * decay + std * z
-
-
-def _hour_mask(hour: float, windows: tuple[tuple[float, float], ...]) -> bool:
-    return any(start <= hour < end for start, end in windows)
-
-
 @dataclass
 class Fleet:
     """N simulated sites sharing a configuration and a location, each with its own seed.
@@ -179,10 +171,10 @@ class Fleet:
         n = self.n_sites
         self.ids = site_ids(n, self.site_id)
         self.index = {sid: i for i, sid in enumerate(self.ids)}
-        self._tz = ZoneInfo(self.location.timezone)
-        self._tariff = cfg.grid_price.tariff.model_copy(update={"timezone": self.location.timezone})
+        self.tz = ZoneInfo(self.location.timezone)
+        self.tariff = cfg.grid_price.tariff.model_copy(update={"timezone": self.location.timezone})
         self.keys = noise.site_keys(self.seed, n)
-        u = noise.uniform(self.keys, 0, _S_SIZE)
+        u = noise.uniform(self.keys, 0, S_SIZE)
         self.scale: FloatArray = 1.0 + cfg.size_spread * (2.0 * u - 1.0)
         self.sky = SkyModel(
             self.location.latitude, self.location.longitude, cfg.solar.altitude_m,
@@ -209,11 +201,11 @@ class Fleet:
         self._daily: dict[int, tuple[FloatArray, ...]] = {}
 
     # --- helpers -------------------------------------------------------------------------------
-    def _day_draws(self, day: int, midnight_s: float) -> tuple[FloatArray, ...]:
+    def day_draws(self, day: int, midnight_s: float) -> tuple[FloatArray, ...]:
         """The per-day draws of `day` (cached): EV plan and cooking factor."""
         got = self._daily.get(day)
         if got is None:
-            cook = 0.3 + 0.9 * noise.uniform(self.keys, day, _S_COOK)
+            cook = 0.3 + 0.9 * noise.uniform(self.keys, day, S_COOK)
             got = self._daily[day] = (*self._ev_plan(day, midnight_s), cook)
             if len(self._daily) > 4:
                 del self._daily[min(self._daily)]
@@ -222,13 +214,13 @@ class Fleet:
     def _ev_plan(self, day: int, midnight_s: float) -> tuple[FloatArray, ...]:
         """Arrival, departure (epoch s), whether it happens and energy for the session of `day`."""
         ev = self.config.ev
-        z_arr = noise.normal(self.keys, day, _S_EV_ARR)
-        z_dep = noise.normal(self.keys, day, _S_EV_DEP)
+        z_arr = noise.normal(self.keys, day, S_EV_ARR)
+        z_dep = noise.normal(self.keys, day, S_EV_DEP)
         arr_h = np.clip(ev.arrival_hour + ev.time_std_h * z_arr, 12.0, 23.99)
         dep_h = np.clip(ev.departure_hour + ev.time_std_h * z_dep, 0.0, 12.0)
-        occurs = (noise.uniform(self.keys, day, _S_EV_GO) < ev.session_probability).astype(float)
+        occurs = (noise.uniform(self.keys, day, S_EV_GO) < ev.session_probability).astype(float)
         energy = np.clip(
-            ev.energy_mean_kwh + ev.energy_std_kwh * noise.normal(self.keys, day, _S_EV_E),
+            ev.energy_mean_kwh + ev.energy_std_kwh * noise.normal(self.keys, day, S_EV_E),
             0.5,
             0.9 * ev.battery_kwh,
         )
@@ -260,96 +252,81 @@ class Fleet:
         n = self.n_sites
         ovr = ovr or Overrides.none(n)
         dt_h = dt_s / 3600.0
-        keys = self.keys
-        counter = int((now - _EPOCH).total_seconds() * 1000)
-        local = now.astimezone(self._tz)
-        hour = local.hour + local.minute / 60 + (local.second + local.microsecond * 1e-6) / 3600
-        doy = local.timetuple().tm_yday
         scale = self.scale
-        u = noise.uniform_block(keys, counter, _STEP_STREAMS)
+        cal = physics.instant(now, self.tz, cfg, self.location.latitude, self.tariff, self.start)
+        u = noise.uniform_block(self.keys, cal.counter, STEP_STREAMS)
 
         def z(k: int) -> FloatArray:
             return noise.box_muller(u[2 * k], u[2 * k + 1])
 
-        day = local.toordinal()
-        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        midnight_s = (midnight - _EPOCH).total_seconds()
-        arr_t, _, occ_t, e_t, day_factor = self._day_draws(day, midnight_s)
+        day = cal.day
+        arr_t, _, occ_t, e_t, day_factor = self.day_draws(day, cal.midnight_s)
+
+        def ou(
+            x: FloatArray, mean: float, reversion_per_h: float, vol: float, k: int
+        ) -> FloatArray:
+            if dt_h <= 0:
+                return x
+            return physics.ou_step(x, mean, physics.ou_params(reversion_per_h, vol, dt_h), z(k))
 
         # weather ---------------------------------------------------------------------------
         w = cfg.weather
-        peak_doy = 200 if self.location.latitude >= 0 else 17
-        seasonal = w.seasonal_amplitude_c * math.cos(2 * math.pi * (doy - peak_doy) / 365.25)
-        daily = w.daily_amplitude_c * math.cos(2 * math.pi * (hour - 15.0) / 24.0)
-        self.temp_dev_c = _ou(self.temp_dev_c, 0.0, 0.5, w.noise_c, dt_h, z(_N_TEMP))
-        t_out = w.annual_mean_c + seasonal + daily + self.temp_dev_c
+        self.temp_dev_c = ou(self.temp_dev_c, 0.0, 0.5, w.noise_c, N_TEMP)
+        t_out = w.annual_mean_c + cal.seasonal_c + cal.daily_c + self.temp_dev_c
 
         # solar -----------------------------------------------------------------------------
         s = cfg.solar
         clear = self.sky.at(now)
         self.cloud = np.clip(
-            _ou(self.cloud, s.cloud_mean, s.cloud_reversion_per_h, s.cloud_volatility, dt_h,
-                z(_N_CLOUD)),
+            ou(self.cloud, s.cloud_mean, s.cloud_reversion_per_h, s.cloud_volatility, N_CLOUD),
             0.0, s.cloud_max,
         )  # fmt: skip
-        clearness = 1.0 - 0.75 * self.cloud**3.4  # Kasten-Czeplak
-        poa = clear.poa_w_m2 * clearness
-        cell = t_out + (s.noct_c - 20.0) / 800.0 * poa
-        dc_kw = s.panel_area_m2 * scale * s.panel_efficiency * poa / 1000.0
-        dc_kw = np.maximum(dc_kw * (1.0 + s.temp_coeff_per_c * (cell - 25.0)), 0.0)
+        pv_unit = None
         if self.pv_profile is not None:
-            available = self.pv_profile.at(now, self.location.timezone) * self.pv_capacity_kw
-        else:
-            available = np.minimum(dc_kw * s.inverter_efficiency, self.pv_capacity_kw)
-        available = np.maximum(available, 0.0)
+            pv_unit = self.pv_profile.at(now, self.location.timezone)
+        sun = physics.solar(
+            s, clear.poa_w_m2, self.cloud, t_out, scale, self.pv_capacity_kw, pv_unit
+        )
+        available = sun.available_kw
         limit = np.where(np.isnan(ovr.pv_limit_kw), np.inf, np.maximum(ovr.pv_limit_kw, 0.0))
         generation = np.minimum(available, limit)
 
         # home load -------------------------------------------------------------------------
         h = cfg.home_load
-        awake = (6.0 <= hour < 8.5) or (17.0 <= hour < 23.5)
-        night = hour < 6.0 or hour >= 23.0
         if self.load_profile is not None:
             base = self.load_profile.at(now, self.location.timezone) * (
                 cfg.replay.load_peak_kw * scale
             )
             hvac = appliance = lighting = cooking = np.zeros(n)
         else:
-            base = h.base_load_kw * scale * np.maximum(0.2, 1.0 + h.base_noise * z(_N_BASE))
-            setback = h.night_setback_c if night else 0.0
-            need_c = np.maximum(0.0, h.heating_setpoint_c - setback - t_out) + np.maximum(
-                0.0, t_out - h.cooling_setpoint_c - setback
-            )
-            hvac = np.minimum(h.hvac_kw_per_c * need_c, h.hvac_max_kw) * scale
-            activity = 1.0 if 7.0 <= hour < 23.0 else 0.1
-            p_start = 1.0 - math.exp(-h.appliance_rate_per_h * activity * dt_h)
-            starts = (self.appliance_left_s <= 0) & (u[_U_APP_START] < p_start)
+            base = physics.base_load_kw(h, scale, z(N_BASE))
+            hvac = physics.hvac_kw(h, t_out, cal.night, scale)
+            p_start = physics.appliance_start_probability(h, cal.activity, dt_h)
+            starts = (self.appliance_left_s <= 0) & (u[U_APP_START] < p_start)
             self.appliance_left_s = np.where(
                 starts,
-                h.appliance_duration_min * 60 * (0.5 + u[_U_APP_LEN]),
+                h.appliance_duration_min * 60 * (0.5 + u[U_APP_LEN]),
                 self.appliance_left_s,
             )
             self.appliance_p_kw = np.where(
                 starts,
-                h.appliance_kw * scale * (0.6 + 0.8 * u[_U_APP_KW]),
+                h.appliance_kw * scale * (0.6 + 0.8 * u[U_APP_KW]),
                 self.appliance_p_kw,
             )
             appliance = np.where(self.appliance_left_s > 0, self.appliance_p_kw, 0.0)
             self.appliance_left_s = np.maximum(self.appliance_left_s - dt_s, 0.0)
-            daylight = np.clip(clear.ghi_w_m2 * clearness / 200.0, 0.0, 1.0)
-            lighting = h.lighting_kw * scale * (1.0 - daylight) * (1.0 if awake else 0.05)
-            bumps = sum(math.exp(-0.5 * ((hour - hk) / 0.3) ** 2) for hk in h.cooking_hours)
-            cooking = h.cooking_kw * scale * day_factor * bumps
+            lighting = physics.lighting_kw(
+                h, clear.ghi_w_m2, sun.clearness, cal.lighting_use, scale
+            )
+            cooking = physics.cooking_kw(h, scale, day_factor, cal.cooking_bumps)
 
         # EV: sessions are a pure function of (site, local day); the state is what was delivered
         ev_cfg = cfg.ev
         if ev_cfg.enabled:
-            now_s = (now - _EPOCH).total_seconds()
-            _, dep_y, occ_y, e_y, _ = self._day_draws(day - 1, midnight_s - 86400.0)
-            today = (occ_t > 0) & (now_s >= arr_t)
-            yesterday = (occ_y > 0) & (now_s < dep_y)
-            session = np.where(today, float(day), np.where(yesterday, float(day - 1), -1.0))
-            energy = np.where(today, e_t, np.where(yesterday, e_y, 0.0))
+            yesterday = self.day_draws(day - 1, cal.midnight_s - 86400.0)
+            session, energy = physics.ev_sessions(
+                float(day), cal.now_s, (arr_t, _, occ_t, e_t), yesterday
+            )
             self.ev_delivered_kwh = np.where(session != self.ev_session, 0.0, self.ev_delivered_kwh)
             self.ev_session = session
             plugged = session >= 0
@@ -365,19 +342,18 @@ class Fleet:
             ev = ev_need = ev_plugged = np.zeros(n)
 
         sw1, sw2 = cfg.switchable
-        on1 = np.where(np.isnan(ovr.load1_on), float(_hour_mask(hour, sw1.on_hours)),
-                       (ovr.load1_on >= 0.5).astype(float))  # fmt: skip
-        on2 = np.where(np.isnan(ovr.load2_on), float(_hour_mask(hour, sw2.on_hours)),
-                       (ovr.load2_on >= 0.5).astype(float))  # fmt: skip
+        own1, own2 = cal.switch_on
+        on1 = np.where(np.isnan(ovr.load1_on), own1, (ovr.load1_on >= 0.5).astype(float))
+        on2 = np.where(np.isnan(ovr.load2_on), own2, (ovr.load2_on >= 0.5).astype(float))
         load1 = on1 * sw1.p_kw * scale
         load2 = on2 * sw2.p_kw * scale
         total = base + hvac + appliance + lighting + cooking + ev + load1 + load2
 
         # battery ----------------------------------------------------------------------------
         b = cfg.battery
-        age_years = max(0.0, (now - self.start).total_seconds()) / (365.25 * 86400)
         soh = np.clip(
-            b.initial_soh_pct - b.cycle_fade_pct * self.cycles - b.calendar_fade_pct_per_year * age_years,
+            b.initial_soh_pct - b.cycle_fade_pct * self.cycles
+            - b.calendar_fade_pct_per_year * cal.age_years,
             1.0, 100.0,
         )  # fmt: skip
         cap_now = self.battery_capacity_kwh * soh / 100.0
@@ -408,42 +384,29 @@ class Fleet:
             b.room_temp_c + b.thermal_resistance_c_per_kw * losses_kw - self.battery_temp_c
         )
         soc_now = self.energy_kwh / cap_now * 100.0
-        ocv = b.nominal_voltage_v * (1.0 + b.voltage_swing_pct / 100.0 * (soc_now / 100.0 - 0.5))
-        current_a = stored * 1000.0 / b.nominal_voltage_v
-        voltage = ocv + current_a * b.internal_resistance_ohm
+        voltage = physics.battery_voltage_v(b, soc_now, stored)
 
         # price ------------------------------------------------------------------------------
         gp = cfg.grid_price
-        period = self._tariff.period_at(now)
-        self.price_dev = _ou(
-            self.price_dev, 0.0, gp.reversion_per_h, gp.volatility, dt_h,
-            z(_N_PRICE),
-        )  # fmt: skip
-        price = np.maximum(self._tariff.prices_per_kwh[period] * (1.0 + self.price_dev), 0.0)
-        daylight_clear = min(clear.ghi_w_m2 / 800.0, 1.0)
-        carbon = np.maximum(
-            gp.carbon_base_g_per_kwh * (1.0 - gp.carbon_solar_dip * daylight_clear)
-            * (1.0 + (gp.carbon_peak_uplift if period == "peak" else 0.0))
-            * (1.0 + 0.03 * z(_N_CARBON)),
-            0.0,
-        )  # fmt: skip
+        period = cal.period
+        self.price_dev = ou(self.price_dev, 0.0, gp.reversion_per_h, gp.volatility, N_PRICE)
+        price = physics.price_per_kwh(self.tariff.prices_per_kwh[period], self.price_dev)
+        peak = float(period == "peak")
+        carbon = physics.carbon_g_per_kwh(gp, clear.ghi_w_m2, peak, z(N_CARBON))
 
         # point of common coupling ------------------------------------------------------------
-        pcc = total - generation + p_bat
-        q = 0.33 * total - 0.1 * generation
-        v = 230.0 * (1.0 - 0.003 * pcc / scale) + 0.5 * z(_N_V)
-        f = 50.0 + 0.01 * z(_N_F)
+        pcc = physics.grid_point(total, generation, p_bat, scale, z(N_V), z(N_F))
         c = self.counters
         c["pv"] = c["pv"] + generation * dt_h
         c["load"] = c["load"] + total * dt_h
         c["ev"] = c["ev"] + ev * dt_h
-        c["import"] = c["import"] + np.maximum(pcc, 0.0) * dt_h
-        c["export"] = c["export"] + np.maximum(-pcc, 0.0) * dt_h
+        c["import"] = c["import"] + np.maximum(pcc.p_kw, 0.0) * dt_h
+        c["export"] = c["export"] + np.maximum(-pcc.p_kw, 0.0) * dt_h
 
         return StepResult(
             ts=now, dt_s=dt_s, tou_period=period, outdoor_temp_c=t_out,
-            clear_sky_w_m2=clear.poa_w_m2, irradiance_w_m2=poa, cloud_cover=self.cloud,
-            cell_temp_c=cell, pv_available_kw=available, pv_generation_kw=generation,
+            clear_sky_w_m2=clear.poa_w_m2, irradiance_w_m2=sun.poa_w_m2, cloud_cover=self.cloud,
+            cell_temp_c=sun.cell_temp_c, pv_available_kw=available, pv_generation_kw=generation,
             pv_limit_kw=np.where(np.isinf(limit), np.nan, limit), pv_energy_kwh=c["pv"],
             battery_p_kw=p_bat, battery_soc_pct=soc_now, battery_soh_pct=soh,
             battery_capacity_kwh=cap_now, battery_max_charge_kw=self.battery_max_charge_kw * taper_c,
@@ -454,9 +417,10 @@ class Fleet:
             lighting_kw=lighting, cooking_kw=cooking, ev_kw=ev, ev_plugged=ev_plugged,
             ev_need_kwh=ev_need, ev_energy_kwh=c["ev"], load1_kw=load1, load2_kw=load2,
             load1_on=on1, load2_on=on2, load_total_kw=total, load_energy_kwh=c["load"],
-            price_per_kwh=price, feed_in_per_kwh=self._tariff.feed_in_per_kwh,
-            demand_charge_per_kw=self._tariff.demand_charge_per_kw, carbon_g_per_kwh=carbon,
-            pcc_p_kw=pcc, pcc_q_kvar=q, pcc_voltage_v=v, pcc_frequency_hz=f,
+            price_per_kwh=price, feed_in_per_kwh=self.tariff.feed_in_per_kwh,
+            demand_charge_per_kw=self.tariff.demand_charge_per_kw, carbon_g_per_kwh=carbon,
+            pcc_p_kw=pcc.p_kw, pcc_q_kvar=pcc.q_kvar, pcc_voltage_v=pcc.voltage_v,
+            pcc_frequency_hz=pcc.frequency_hz,
             import_kwh=c["import"], export_kwh=c["export"],
         )  # fmt: skip
 

@@ -18,8 +18,8 @@ from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Fleet
 from edge_simulator.output import StepView, record
 from edge_simulator.series import run_series, step_times
-from edge_simulator.service import SERVICE_NAME, build_fleet
 from edge_simulator.settings import Settings
+from edge_simulator.simulator import SERVICE_NAME, build_fleet
 
 _INFLUX_BATCH = 5000
 _CHUNK_SITE_STEPS = 20_000
@@ -94,8 +94,8 @@ def _bulk(
     times = step_times(start, end, dt_s)
     fleet.reset_clock(start - timedelta(seconds=dt_s))
     chunk = max(1, _CHUNK_SITE_STEPS // fleet.n_sites)
-    feed_in = fleet._tariff.feed_in_per_kwh
-    demand = fleet._tariff.demand_charge_per_kw
+    feed_in = fleet.tariff.feed_in_per_kwh
+    demand = fleet.tariff.demand_charge_per_kw
     dumps = json.JSONEncoder(check_circular=False).encode
     written = 0
     for first in range(0, len(times), chunk):

@@ -24,13 +24,10 @@ from derbus.messages import Priority, SetpointCommand
 from edge_simulator.control import AckOut, Controls
 from edge_simulator.fleet import Fleet
 from edge_simulator.output import StepView
-from edge_simulator.service import publish_acks
 from edge_simulator.sunspec import Image, Layout, build_layout
 
 if TYPE_CHECKING:
-    from derbus.service import Service
-    from edge_simulator.service import SimState
-    from edge_simulator.settings import Settings
+    from edge_simulator.simulator import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +213,7 @@ def request_from_image(
 class UnitHandler:
     """The pymodbus action of one unit: refresh on read, setpoints on write."""
 
-    service: Service[Settings]
-    sim: SimState
+    sim: Simulator
     layout: Layout
     index: int
     image: Image
@@ -256,7 +252,7 @@ class UnitHandler:
         trial = Image(self.layout, list(self.image.registers))
         off = address - self.layout.base
         trial.registers[off : off + len(values)] = values
-        settings = self.service.settings
+        settings = self.sim.settings
         now = self.sim.clock()
         for model_id in sorted(touched):
             req = request_from_image(trial, model_id, self.index + 1, now,
@@ -265,11 +261,11 @@ class UnitHandler:
                 log.info("modbus unit %d: refused write: %s", self.index + 1, req.error)
                 return ExcCodes.ILLEGAL_VALUE
             acks = await apply_request(self.sim.controls, self.index, req, now)
-            await publish_acks(self.service, self.sim.fleet, acks)
+            await self.sim.publish_acks(acks)
             if acks and acks[0].ack.status == "rejected":
                 return ExcCodes.ILLEGAL_VALUE
         if settings.publish_on_setpoint:
-            self.sim.dirty.add(self.index)
+            self.sim.kick(self.index)
         return None
 
 
@@ -282,9 +278,10 @@ async def apply_request(
     return controls.submit(index, req.device_id, req.command, now)
 
 
-async def start_modbus(service: Service[Settings], sim: SimState) -> ModbusTcpServer:
-    """Start the Modbus TCP server in the running loop (returns it; `shutdown()` stops it)."""
-    settings = service.settings
+async def start_modbus(sim: Simulator) -> tuple[ModbusTcpServer, int]:
+    """Start the Modbus TCP server in the running loop: the server (`shutdown()` stops it) and
+    its port."""
+    settings = sim.settings
     layout = build_layout()
     fleet = sim.fleet
     devices = []
@@ -292,7 +289,7 @@ async def start_modbus(service: Service[Settings], sim: SimState) -> ModbusTcpSe
         image = init_image(layout, fleet, index)
         if sim.view is not None:
             fill_image(image, sim.view, index, fleet)
-        handler = UnitHandler(service, sim, layout, index, image)
+        handler = UnitHandler(sim, layout, index, image)
         devices.append(
             SimDevice(
                 id=index + 1,
@@ -305,10 +302,9 @@ async def start_modbus(service: Service[Settings], sim: SimState) -> ModbusTcpSe
     server = ModbusTcpServer(devices, address=(settings.modbus_host, settings.modbus_port or 0))
     await server.serve_forever(background=True)
     transport: Any = server.transport  # an asyncio Server once listening
-    port = transport.sockets[0].getsockname()[1] if transport else settings.modbus_port
-    service.state["modbus_port"] = port
+    port = int(transport.sockets[0].getsockname()[1] if transport else settings.modbus_port or 0)
     log.info("SunSpec Modbus TCP on %s:%s, units 1..%d", settings.modbus_host, port, len(devices))
-    return server
+    return server, port
 
 
 async def _dispatch(

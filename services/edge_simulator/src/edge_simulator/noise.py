@@ -53,11 +53,18 @@ def normal(keys: KeyArray, counter: int, stream: int) -> FloatArray:
 
 def uniform_block(keys: KeyArray, counter: int, n_streams: int) -> FloatArray:
     """Uniform numbers for streams 0..n_streams-1 at once: shape (n_streams, n_sites)."""
+    block: FloatArray = uniform_blocks(keys, [counter], n_streams)[0]
+    return block
+
+
+def uniform_blocks(keys: KeyArray, counters: list[int], n_streams: int) -> FloatArray:
+    """`uniform_block` for many counters at once: shape (counters, n_streams, n_sites)."""
     streams = np.arange(n_streams, dtype=np.uint64)
-    base = np.uint64((counter * _GOLDEN) & _MASK)
+    c = np.asarray([counter & _MASK for counter in counters], dtype=np.uint64)
     with np.errstate(over="ignore"):
-        salts = base ^ (streams * np.uint64(0xD1B54A32D192ED03))
-        bits = _mix(keys[None, :] ^ salts[:, None])
+        base = c * np.uint64(_GOLDEN)
+        salts = base[:, None] ^ (streams * np.uint64(0xD1B54A32D192ED03))[None, :]
+        bits = _mix(keys[None, None, :] ^ salts[:, :, None])
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 

@@ -68,6 +68,10 @@ class Settings(ServiceSettings):
         min_length=1,
         description="devices published per site and step (comma-separated; default all 8)",
     )
+    replay_buffer_mb: float = Field(
+        default=64.0, gt=0, le=65_536,
+        description="payloads of the last steps kept for replay requests (gap repair), MiB",
+    )  # fmt: skip
     enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
     ocpp: OcppSimSettings = Field(
         default_factory=OcppSimSettings,

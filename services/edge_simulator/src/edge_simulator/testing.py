@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from derbus.storage import reading_rows
+from derbus.topics import TopicIds
 from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Fleet, Location
+from edge_simulator.wire import DEVICES
 
 T0 = datetime(2026, 6, 22, 0, 0, tzinfo=UTC)
 """A summer Monday, midnight UTC."""
@@ -33,3 +36,19 @@ def make_fleet(
     """A fleet at the default location (Barcelona) starting at T0."""
     start = kw.pop("start", T0)
     return Fleet(config or SimConfig(), Location(), n_sites, seed, start, **kw)
+
+
+def sent_rows(service: Any) -> set[tuple[datetime, str, str, str, float]]:
+    """Every reading a running simulator service published and still holds in its sent buffer,
+    as `readings` rows (time, site_id, device_id, metric, value): a fault test's ground truth."""
+    sim = service.state
+    devices = [d for d in DEVICES if d.device_id in service.settings.devices]
+    rows: set[tuple[datetime, str, str, str, float]] = set()
+    for step in sim.sent_buffer.steps:
+        for k, device in enumerate(devices):
+            for j, payload in enumerate(step.payloads[k]):
+                ids = TopicIds(sim.fleet.ids[step.sites[j]], device.device_id)
+                message = device.spec.model.from_json_bytes(payload)
+                for r in reading_rows(device.spec, ids, message):
+                    rows.add((r.time, r.site_id, r.device_id, r.metric, r.value))
+    return rows

@@ -120,6 +120,7 @@ def encode(
     device_id: str,
     source: str,
     sites: Sequence[int] | None = None,
+    seqs: Sequence[int] | None = None,
 ) -> list[bytes]:
     """The JSON payloads of one device's message for every site (or `sites`), in site order.
 
@@ -129,6 +130,7 @@ def encode(
         device_id: one of DEVICE_IDS.
         source: the `source` field.
         sites: site indices to encode (None = all).
+        seqs: the `seq` of each encoded site's message (None: `seq` is null).
 
     Raises:
         ValueError: a value is infinite (NaN is `null`, allowed only where the model allows it).
@@ -144,6 +146,10 @@ def encode(
             continue
         if name == "source":
             parts.append(f"{key}:{_constant(source)}")
+            continue
+        if name == "seq" and seqs is not None:
+            parts.append(f"{key}:%d")
+            columns.append(list(seqs))
             continue
         if name not in values:
             default = model.model_fields[name].get_default(call_default_factory=True)
@@ -176,6 +182,7 @@ def encode_step(
     source: str,
     devices: Sequence[Device] = DEVICES,
     sites: Sequence[int] | None = None,
+    seqs: Sequence[int] | None = None,
 ) -> list[list[bytes]]:
     """Payloads of every device (outer list, in `devices` order) for every site (inner list)."""
-    return [encode(result, d.spec.model, d.device_id, source, sites) for d in devices]
+    return [encode(result, d.spec.model, d.device_id, source, sites, seqs) for d in devices]

@@ -47,6 +47,7 @@ from derbus.messages import (
 from derbus.service import Service
 from derbus.setpoint_receiver import done
 from derbus.setpoints import SetpointArbiter, TargetLimits
+from derbus.tariff import PriceBook, SitePrices
 from ev_charging.ocpp_model import MeterSample, clear_profile, tx_profile
 from ev_charging.planner import Plan, PlanInput, SessionMeter, plan_session
 from ev_charging.prices import PriceFeed, PriceSourceError, read_source
@@ -190,7 +191,7 @@ class EvCharging:
         self.refused: dict[str, int] = {}
         self.pcc_kw: dict[str, float] = {}
         self.forecasts: dict[tuple[str, str], TimeSeries] = {}
-        self.prices: dict[str, PriceSeries] = {}
+        self.prices = PriceBook()
         self.sessions_done: list[EvSession] = []
         self._tx_ids = itertools.count(1)
         self._session_ids = itertools.count(1)
@@ -612,24 +613,19 @@ class EvCharging:
 
     def on_price_series(self, site_id: str, series: PriceSeries) -> None:
         """A site's price series (ours or another publisher's)."""
-        self.prices[site_id] = series
+        self.prices.update(site_id, series)
+
+    def site_prices(self, site_id: str) -> SitePrices:
+        """A site's prices now: the fresh series, else the configured tariff (and why)."""
+        return self.prices.for_site(site_id, self.settings.tariff, self.now())
 
     def import_price(self, site_id: str, when: datetime) -> float:
         """Import price at `when`: the fresh series, else the configured tariff."""
-        series = self.prices.get(site_id)
-        if series is not None and series.is_stale(self.now()) is None:
-            price = series.import_at(when)
-            if price is not None:
-                return price
-        return self.settings.tariff.price_at(when)
+        return self.site_prices(site_id).price_at(when)
 
     def price_status(self, site_id: str) -> str:
         """Which prices the site is planned with (`series` or `tariff (<why>)`)."""
-        series = self.prices.get(site_id)
-        if series is None:
-            return "tariff (no price series)"
-        reason = series.is_stale(self.now())
-        return "series" if reason is None else f"tariff (series stale: {reason})"
+        return self.site_prices(site_id).status
 
     def _net_base_kw(self, site_id: str, when: datetime) -> float:
         """Site net power without its EVs at `when`: forecasts, else the last PCC reading."""
@@ -690,12 +686,13 @@ class EvCharging:
         times = [start + timedelta(seconds=i * step) for i in range(n)]
         site = conn.config.site_id
         others = sum(c.p_kw for c in self._connectors(site) if c is not conn and c.transaction_id)
+        prices = self.site_prices(site)
         delivered = session.meter.energy_kwh
         plan = plan_session(
             PlanInput(
                 step_s=step,
                 net_base_kw=[self._net_base_kw(site, t) + others for t in times],
-                price_per_kwh=[self.import_price(site, t) for t in times],
+                price_per_kwh=[prices.price_at(t) for t in times],
                 energy_need_kwh=max(0.0, session.energy_need_kwh - delivered),
                 departure_steps=n,
                 max_kw=conn.config.max_kw,

@@ -147,7 +147,7 @@ def build_service(
     @router.get("/prices/{site_id}", response_model=PriceSeries)
     def get_prices(site_id: str) -> PriceSeries:
         """The price series a site is planned with (404: none; see `stale`, `valid_until`)."""
-        series = state.prices.get(site_id)
+        series = state.prices.series.get(site_id)
         if series is None:
             raise HTTPException(status_code=404, detail=f"no price series for {site_id!r}")
         return series

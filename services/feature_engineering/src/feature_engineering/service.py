@@ -13,10 +13,11 @@ from prometheus_client import Counter, Gauge
 from derbus import features as fx
 from derbus.bus.base import Bus
 from derbus.errors import StorageError
-from derbus.http import TokenDep
+from derbus.http import TokenDep, errors
 from derbus.messages import utcnow
 from derbus.service import Context, Service
 from derbus.storage import guarded
+from feature_engineering.api_models import Column, FeatureStatus, PassDone
 from feature_engineering.pipeline import (
     FeatureStore,
     PassOptions,
@@ -123,7 +124,7 @@ def build_service(
 
     router = APIRouter(prefix="/features", tags=["features"])
 
-    @router.get("/status")
+    @router.get("/status", response_model=FeatureStatus, responses=errors(503))
     async def get_status() -> dict[str, Any]:
         """Per site: rows, first/last interval, missing and filled load rows, lag."""
         try:
@@ -132,12 +133,15 @@ def build_service(
             raise HTTPException(status_code=503, detail=str(err)) from err
         return {"sites": sites, "last_pass": service.state.get("last_pass")}
 
-    @router.post("/run")
+    @router.post("/run", response_model=PassDone, responses=errors(503))
     async def post_run(_auth: TokenDep) -> dict[str, Any]:
-        """Run an incremental pass now; returns what it computed."""
-        return {"sites": await compute()}
+        """Run an incremental pass now; returns what it computed (503 when the store fails)."""
+        try:
+            return {"sites": await compute()}
+        except StorageError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from err
 
-    @router.get("/columns")
+    @router.get("/columns", response_model=list[Column])
     def get_columns() -> list[dict[str, str]]:
         """The documented columns of the feature table with their availability."""
         return [

@@ -8,20 +8,21 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from prometheus_client import Counter, Gauge
 
 from derbus import features as fx
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import StorageError
-from derbus.http import TokenDep
-from derbus.messages import utcnow
+from derbus.http import TokenDep, errors
+from derbus.messages import TimeSeries, utcnow
 from derbus.service import Context, Service
 from derbus.storage import guarded
 from forecaster import coldstart
+from forecaster.api_models import Accuracy, Models, Trained
 from forecaster.catalogue import TARGETS, Target
 from forecaster.registry import Registry
 from forecaster.settings import Settings
@@ -267,32 +268,49 @@ def build_service(
 
     router = APIRouter(tags=["forecast"])
 
-    @router.get("/forecast/{site_id}/{target}")
+    async def issue_now(site_id: str, target: str) -> Issued | None:
+        try:
+            return await issue(site_id, target)
+        except StorageError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from err
+
+    @router.get(
+        "/forecast/{site_id}/{target}", response_model=TimeSeries, responses=errors(404, 503)
+    )
     async def get_forecast(site_id: str, target: str) -> dict[str, Any]:
         """The latest day-ahead forecast (made on demand when none was issued yet)."""
         if target not in TARGETS:
             raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
         issued = server.latest.get((site_id, target))
         if issued is None:
-            issued = await issue(site_id, target)
+            issued = await issue_now(site_id, target)
         if issued is None:
             raise HTTPException(status_code=404, detail=f"no recent history for {site_id}/{target}")
         body: dict[str, Any] = issued.message(now()).model_dump(mode="json")
         return body
 
-    @router.post("/forecast/{site_id}/{target}")
+    @router.post(
+        "/forecast/{site_id}/{target}", response_model=TimeSeries, responses=errors(404, 503)
+    )
     async def post_forecast(site_id: str, target: str, _auth: TokenDep) -> dict[str, Any]:
         """Issue and publish a forecast now."""
         if target not in TARGETS:
             raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
-        issued = await issue(site_id, target)
+        issued = await issue_now(site_id, target)
         if issued is None:
             raise HTTPException(status_code=404, detail=f"no recent history for {site_id}/{target}")
         body: dict[str, Any] = issued.message(now()).model_dump(mode="json")
         return body
 
-    @router.get("/forecast/{site_id}/{target}/accuracy")
-    async def get_accuracy(site_id: str, target: str, days: float | None = None) -> dict[str, Any]:
+    @router.get(
+        "/forecast/{site_id}/{target}/accuracy", response_model=Accuracy,
+        responses=errors(404, 503),
+    )  # fmt: skip
+    async def get_accuracy(
+        site_id: str,
+        target: str,
+        days: Annotated[float | None, Query(gt=0, le=3660, description="window, days")] = None,
+    ) -> dict[str, Any]:
         """How the forecasts issued over the last `days` (default FORECAST_ACCURACY_DAYS) did."""
         if target not in TARGETS:
             raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
@@ -306,13 +324,16 @@ def build_service(
             raise HTTPException(status_code=503, detail=str(err)) from err
         return {"site_id": site_id, "target": target, "since": since.isoformat(), **scores}
 
-    @router.post("/train")
+    @router.post("/train", response_model=Trained, responses=errors(503))
     async def post_train(_auth: TokenDep) -> dict[str, Any]:
         """Retrain every site and target now (backtest, register, promote if better)."""
-        outcomes = await train(only_missing=False)
+        try:
+            outcomes = await train(only_missing=False)
+        except StorageError as err:
+            raise HTTPException(status_code=503, detail=str(err)) from err
         return {"outcomes": [outcome_json(o) for o in outcomes]}
 
-    @router.get("/models")
+    @router.get("/models", response_model=Models)
     async def get_models() -> dict[str, Any]:
         """The registry: versions per site and target, the promoted one, their metrics."""
         return {"models": await service.run_blocking(registry_status, server.registry)}

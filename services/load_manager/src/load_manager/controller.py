@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from derbus.messages import Priority, SetpointCommand
 from load_manager.settings import LoadConfig, Rule
 
 
@@ -249,3 +250,16 @@ class SetpointRefresher:
                 out.append((d.device_id, d.on))
                 self.sent[d.device_id] = (d.on, now)
         return out
+
+
+def load_on_command(now: datetime, on: bool, ttl_s: float, source: str) -> SetpointCommand:
+    """The `load_on` setpoint switching a load on (1) or off (0) for `ttl_s` (at most a day)."""
+    return SetpointCommand(
+        ts=now,
+        source=source,
+        target="load_on",
+        value=1.0 if on else 0.0,
+        unit="bool",
+        ttl_s=min(ttl_s, 86_400),
+        priority=Priority.SITE_OPTIMISER,
+    )

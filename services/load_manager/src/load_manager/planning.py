@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from derbus.messages import JobPlan, JobRequest, PlannedJob, TimeSeries, UtcDatetime
-from derbus.tariff import Tariff
+from derbus.tariff import ImportPrices
 from load_manager.jobs import JobBook
-from load_manager.profiles import profile_from_cumulative, resample_profile, series_on_grid
+from load_manager.profiles import profile_from_cumulative, resample_profile
 from load_manager.scheduler import HouseInput, JobInput, Problem, Schedule
 from load_manager.settings import HouseConfig
 
@@ -30,23 +30,31 @@ def build_problem(
     houses: Sequence[HouseConfig],
     book: JobBook,
     forecasts: Mapping[tuple[str, str], TimeSeries],
-    tariff: Tariff,
+    tariff: ImportPrices,
     shared_pv: bool,
     neighbourhood_limit_kw: float | None,
     cost_weight: float,
     peak_weight_per_kw: float,
+    load_quantile: str | None = None,
+    pv_quantile: str | None = None,
 ) -> Problem:
     """The instance for the open jobs at `now`.
 
-    Forecasts are keyed (house_id, "pv" | "load"), power in kW (PV as positive generation);
-    missing ones count as 0. Jobs already running add their remaining profile to their house's
-    base load, so the PV they use is not offered again.
+    Forecasts are keyed (house_id, "pv" | "load"), power in kW (PV as positive generation),
+    taken as their time-weighted mean over each plan step at `load_quantile` / `pv_quantile`
+    (their values when None or absent); missing forecasts and time outside them count as 0.
+    Jobs already running add their remaining profile to their house's base load, so the PV they
+    use is not offered again.
     """
     start = plan_start(now, step_s)
-    base = {
-        h.house_id: series_on_grid(forecasts.get((h.house_id, "load")), start, step_s, n_steps)
-        for h in houses
-    }
+
+    def on_grid(house_id: str, kind: str, quantile: str | None) -> list[float]:
+        series = forecasts.get((house_id, kind))
+        if series is None:
+            return [0.0] * n_steps
+        return series.on_grid(start, step_s, n_steps, how="mean", quantile=quantile)
+
+    base = {h.house_id: on_grid(h.house_id, "load", load_quantile) for h in houses}
     for entry in book.running(now):
         if entry.request.house_id not in base or entry.started_at is None:
             continue
@@ -61,7 +69,7 @@ def build_problem(
         HouseInput(
             house_id=h.house_id,
             limit_kw=h.connection_limit_kw,
-            pv_kw=tuple(series_on_grid(forecasts.get((h.house_id, "pv")), start, step_s, n_steps)),
+            pv_kw=tuple(on_grid(h.house_id, "pv", pv_quantile)),
             base_kw=tuple(base[h.house_id]),
         )
         for h in houses

@@ -1,13 +1,10 @@
-"""Load profiles and series on a step grid: resampling by energy, cumulative Wh to kW (pure)."""
+"""Load profiles on a step grid: resampling by energy, cumulative Wh to kW (pure)."""
 
 from __future__ import annotations
 
 import bisect
 import math
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-
-from derbus.messages import TimeSeries
 
 
 def _cumulative_at(times_s: Sequence[float], cum_wh: Sequence[float], t: float) -> float:
@@ -57,32 +54,3 @@ def resample_profile(profile_kw: Sequence[float], src_step_s: int, dst_step_s: i
         total += p * 1000.0 * src_step_s / 3600.0
         points.append(((i + 1) * float(src_step_s), total))
     return profile_from_cumulative(points, dst_step_s)
-
-
-def series_on_grid(series: TimeSeries | None, start: datetime, step_s: int, n: int) -> list[float]:
-    """Time-weighted mean of a series over each step of a grid (0 where the series has no data).
-
-    Args:
-        series: forecast (power, kW) or None.
-        start: start of the grid (aware).
-        step_s: grid step, s.
-        n: number of steps.
-    """
-    if series is None:
-        return [0.0] * n
-    out = []
-    for k in range(n):
-        a = start + timedelta(seconds=k * step_s)
-        b = a + timedelta(seconds=step_s)
-        acc = 0.0
-        t = a
-        while t < b:
-            idx = math.floor((t - series.start).total_seconds() / series.step_s)
-            seg_end = min(b, series.start + timedelta(seconds=(idx + 1) * series.step_s))
-            if seg_end <= t:  # guard against float rounding at a boundary
-                seg_end = min(b, t + timedelta(seconds=series.step_s))
-            if 0 <= idx < len(series.values):
-                acc += series.values[idx] * (seg_end - t).total_seconds()
-            t = seg_end
-        out.append(acc / step_s)
-    return out

@@ -167,6 +167,16 @@ class Settings(ServiceSettings):
     peak_weight_per_kw: float = Field(
         default=0.05, ge=0, description="weight of the neighbourhood's peak import, per kW"
     )
+    load_forecast_quantile: str | None = Field(
+        default=None,
+        description="load forecast quantile the job plan uses (e.g. p90 to keep connection"
+        " limits on a high day); the forecast's values when absent or None",
+    )
+    pv_forecast_quantile: str | None = Field(
+        default=None,
+        description="PV forecast quantile the job plan uses (e.g. p10 to promise only likely"
+        " PV); the forecast's values when absent or None",
+    )
     tariff: Tariff = Field(default_factory=Tariff, description="import prices for the cost term")
     neighbourhood_file: Path | None = Field(
         default=None, description="CoSSMic-style neighbourhood XML (houses and devices)"

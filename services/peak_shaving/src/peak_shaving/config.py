@@ -24,12 +24,14 @@ class SiteConfig(BaseModel):
         gt=0,
         description="billed 15-minute average import to stay under, kW (None: no demand control)",
     )
-    battery_capacity_kwh: float = Field(default=100.0, gt=0, description="usable capacity, kWh")
-    battery_max_charge_kw: float = Field(default=50.0, gt=0, description="charge rating, kW")
-    battery_max_discharge_kw: float = Field(default=50.0, gt=0, description="discharge rating, kW")
-    charge_efficiency: float = Field(default=0.95, gt=0, le=1, description="AC→stored, 0..1")
-    discharge_efficiency: float = Field(default=0.95, gt=0, le=1, description="stored→AC, 0..1")
-    soc_min_pct: float = Field(default=5.0, ge=0, le=100, description="lowest SoC, %")
+    # the battery defaults are the simulated demo site's (edge_simulator's BatteryConfig; a test
+    # keeps them equal): on `make run` the optimiser plans for the battery that is there
+    battery_capacity_kwh: float = Field(default=10.0, gt=0, description="usable capacity, kWh")
+    battery_max_charge_kw: float = Field(default=5.0, gt=0, description="charge rating, kW")
+    battery_max_discharge_kw: float = Field(default=5.0, gt=0, description="discharge rating, kW")
+    charge_efficiency: float = Field(default=0.949, gt=0, le=1, description="AC→stored, 0..1")
+    discharge_efficiency: float = Field(default=0.949, gt=0, le=1, description="stored→AC, 0..1")
+    soc_min_pct: float = Field(default=10.0, ge=0, le=100, description="lowest SoC, %")
     soc_max_pct: float = Field(default=95.0, ge=0, le=100, description="highest SoC, %")
     reserve_pct: float = Field(
         default=20.0,

@@ -92,6 +92,8 @@ class EmaInputs:
         reserve_kwh: energy to hold at the end of each step, kWh (soft, like `reserve_pct`);
             None: `reserve_pct` of the capacity; the higher of the two applies (see
             `uncertainty_reserve_kwh`).
+        price_per_kwh: import price per step from the site's price series; None: the tariff.
+        export_per_kwh: export remuneration per step (with `price_per_kwh`).
     """
 
     start: datetime
@@ -100,6 +102,8 @@ class EmaInputs:
     prior_kw: FloatArray
     peak_floor_kw: float = 0.0
     reserve_kwh: FloatArray | None = None
+    price_per_kwh: FloatArray | None = None
+    export_per_kwh: FloatArray | None = None
 
 
 @dataclass(frozen=True)
@@ -368,7 +372,15 @@ class ScheduleOptimizer:
         for param, net in zip(self.p_nets, nets, strict=True):
             param.value = net
         self.p_prior.value = prior
-        if cfg.energy_cost:
+        if cfg.energy_cost and inputs.price_per_kwh is not None:
+            # the LP's price parameters are non-negative: a negative price counts as free energy
+            price = np.maximum(np.asarray(inputs.price_per_kwh, dtype=float), 0.0)
+            exported = inputs.export_per_kwh
+            feed = np.minimum(np.zeros(n) if exported is None else np.asarray(exported), price)
+            feed = np.maximum(feed, 0.0)
+            if price.shape != (n,) or feed.shape != (n,) or not np.isfinite(price).all():
+                raise SolverError(f"price_per_kwh and export_per_kwh must hold {n} finite values")
+        elif cfg.energy_cost:
             price, feed = tariff_prices(cfg.tariff, inputs.start, n, cfg.step_s)
         else:
             price, feed = np.zeros(n), np.zeros(n)
@@ -511,51 +523,6 @@ def _solver_options(name: str, time_limit_s: float) -> dict[str, Any]:
     if name == "HIGHS":
         return {"time_limit": time_limit_s}
     return {"max_iters": 500}
-
-
-def align_series(
-    values: list[float] | FloatArray,
-    series_start: datetime,
-    series_step_s: int,
-    start: datetime,
-    steps: int,
-    step_s: int,
-    fill: Literal["daily", "zero"] = "daily",
-) -> FloatArray:
-    """Values of a regular series on another grid (value of the interval containing each start).
-
-    Args:
-        values: the series' values.
-        series_start: start of its first interval.
-        series_step_s: its step, s.
-        start: start of the wanted grid.
-        steps: number of wanted steps.
-        step_s: the wanted step, s.
-        fill: outside the series, `daily` repeats the value from whole days earlier or later
-            (the last or first value when none), `zero` uses 0 (for schedules: idle).
-
-    Returns:
-        The aligned values.
-    """
-    data = np.asarray(values, dtype=float)
-    count = len(data)
-    offsets = np.array(
-        [(start - series_start).total_seconds() + i * step_s for i in range(steps)], dtype=float
-    )
-    index = np.floor(offsets / series_step_s).astype(int)
-    inside = (index >= 0) & (index < count)
-    out = np.zeros(steps, dtype=float)
-    out[inside] = data[index[inside]]
-    if fill == "zero" or inside.all() or count == 0:
-        return out
-    per_day = 86_400 // series_step_s if 86_400 % series_step_s == 0 else 0
-    for i in np.flatnonzero(~inside):
-        j = int(index[i])
-        if per_day and count >= per_day:
-            j = j - per_day * math.ceil((j - count + 1) / per_day) if j >= count else j
-            j = j + per_day * math.ceil(-j / per_day) if j < 0 else j
-        out[i] = data[min(max(j, 0), count - 1)]
-    return out
 
 
 def uncertainty_reserve_kwh(

@@ -17,11 +17,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from derbus import topics
 from derbus.bus.base import Bus
 from derbus.errors import SolverError
-from derbus.http import TokenDep
+from derbus.http import TokenDep, errors
 from derbus.messages import (
     BatteryTelemetry,
     KpiReport,
     MeterReading,
+    PriceSeries,
     Priority,
     SetpointAck,
     SetpointCommand,
@@ -29,6 +30,8 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.service import Context, Service
+from derbus.tariff import PriceBook
+from peak_shaving.api_models import KpisView, Replanning, ScheduleView
 from peak_shaving.controller import PeakShavingController, PmaInputs
 from peak_shaving.optimizer import (
     STRUCTURAL_FIELDS,
@@ -37,7 +40,6 @@ from peak_shaving.optimizer import (
     FloatArray,
     Scenario,
     Schedule,
-    align_series,
     quantile_scenarios,
     solve_plan,
     uncertainty_reserve_kwh,
@@ -125,6 +127,7 @@ class PeakShaving:
         self._replans: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._failing: dict[str, str] = {}
+        self.prices = PriceBook()
 
     @property
     def settings(self) -> Settings:
@@ -263,11 +266,8 @@ class PeakShaving:
         n, step = cfg.horizon_steps, cfg.step_s
 
         def traces(series: TimeSeries) -> dict[str, FloatArray]:
-            quantiles = series.quantiles or {"p50": series.values}
-            return {
-                k: align_series(v, series.start, series.step_s, start, n, step)
-                for k, v in quantiles.items()
-            }
+            keys = list(series.quantiles or {"p50": series.values})
+            return {k: _grid(series, start, step, n, k) for k in keys}
 
         pv = plan.forecasts.get(PV_TARGET)
         return quantile_scenarios(
@@ -285,16 +285,11 @@ class PeakShaving:
         epoch = int(now.timestamp())
         start = datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
         n = cfg.horizon_steps
-        load_kw = _quantile(load, cfg.load_forecast_quantile)
-        net = align_series(load_kw, load.start, load.step_s, start, n, step)
-        upper = align_series(
-            _quantile(load, cfg.reserve_load_quantile), load.start, load.step_s, start, n, step
-        )
+        net = _grid(load, start, step, n, cfg.load_forecast_quantile)
+        upper = _grid(load, start, step, n, cfg.reserve_load_quantile)
         pv = plan.forecasts.get(PV_TARGET)
         if pv is not None:
-            pv_kw = align_series(
-                _quantile(pv, cfg.pv_forecast_quantile), pv.start, pv.step_s, start, n, step
-            )
+            pv_kw = _grid(pv, start, step, n, cfg.pv_forecast_quantile)
             net, upper = net - pv_kw, upper - pv_kw
         month_peak = self.controller.month_peak_kw(site_id)
         reserve = None
@@ -305,7 +300,12 @@ class PeakShaving:
         prior = np.zeros(n)
         if plan.schedule is not None:
             s = plan.schedule
-            prior = align_series(s.values, s.start, s.step_s, start, n, step, fill="zero")
+            prior = np.asarray(s.on_grid(start, step, n, outside="zero"), dtype=float)
+        prices = self.prices.for_site(site_id, cfg.tariff, now)
+        price_kw = export_kw = None
+        if prices.series is not None:  # else the tariff, inside the optimiser
+            imports, exports = prices.on_grid(start, n, step)
+            price_kw, export_kw = np.asarray(imports), np.asarray(exports)
         return EmaInputs(
             start=start,
             net_load_kw=net,
@@ -313,12 +313,15 @@ class PeakShaving:
             prior_kw=prior,
             peak_floor_kw=month_peak,
             reserve_kwh=reserve,
+            price_per_kwh=price_kw,
+            export_per_kwh=export_kw,
         )
 
     async def replan(self, site_id: str) -> None:
         """Solve a site's schedule and publish it; on failure keep the last one, shifted."""
         now = utcnow()
         inputs = self.ema_inputs(site_id, now)
+        prices = self.prices.for_site(site_id, self.settings.tariff, now).status  # as planned
         if inputs is None:
             log.debug("no plan for %s yet: needs a load forecast and a battery reading", site_id)
             return
@@ -333,6 +336,7 @@ class PeakShaving:
         self.metrics.solve_s.observe(solution.solve_time_s)
         meta = solution.meta() | {
             "plan_status": "ok",
+            "prices": prices,
             "pcc_kw": [round(v, 3) for v in solution.pcc_kw.tolist()],
             "soc_kwh": [round(v, 3) for v in solution.soc_kwh.tolist()],
         }
@@ -363,6 +367,22 @@ class PeakShaving:
             device_id=self.settings.battery_device_id,
         )  # fmt: skip
 
+    def on_prices(self, site_id: str, series: PriceSeries) -> None:
+        """A site's new price series: re-plan on it (an older one than held is ignored)."""
+        if self.prices.update(site_id, series):
+            self.request_replan(site_id)
+
+    async def report_prices(self) -> None:
+        """Degraded while a site's price series is stale (it is planned on the tariff)."""
+        stale = self.prices.stale(utcnow())
+        if not stale:
+            await self.service.clear_degraded("prices")
+            return
+        site, reason = next(iter(stale.items()))
+        await self.service.set_degraded(
+            "prices", f"{len(stale)} site(s) planned on the configured tariff ({site}: {reason})"
+        )
+
     async def _report_failures(self) -> None:
         if not self._failing:
             await self.service.clear_degraded("ema")
@@ -390,11 +410,12 @@ class PeakShaving:
             log.info("EMA structure changed: the next solve compiles a new problem")
 
 
-def _quantile(series: TimeSeries, name: str | None) -> list[float]:
-    """A forecast's quantile when it has it, else its values."""
-    if name is not None and series.quantiles and name in series.quantiles:
-        return series.quantiles[name]
-    return series.values
+def _grid(
+    series: TimeSeries, start: datetime, step_s: int, n: int, quantile: str | None
+) -> FloatArray:
+    """A forecast's quantile (its values when absent) on the EMA's grid; outside it, the value
+    from whole days earlier or later."""
+    return np.asarray(series.on_grid(start, step_s, n, outside="daily", quantile=quantile))
 
 
 def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
@@ -434,6 +455,10 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
             # our retained schedule from before a restart: the prior for minimal change
             plan.schedule, plan.schedule_valid = msg, True
 
+    @service.on(topics.PRICE_SERIES, device_id="grid")
+    async def on_prices(msg: PriceSeries, ctx: Context) -> None:
+        ps.on_prices(ctx.site_id, msg)
+
     @service.on(topics.SETPOINT_ACK, device_id=settings.battery_device_id)
     async def on_ack(msg: SetpointAck, ctx: Context) -> None:
         ps.metrics.acks.labels(status=msg.status).inc()
@@ -442,6 +467,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
 
     @service.every(lambda: ps.settings.plan_interval_s)
     async def replan_all(ctx: Context) -> None:
+        await ps.report_prices()
         for site_id in list(ps.sites):
             await ps.replan(site_id)
 
@@ -478,7 +504,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
 
     router = APIRouter(tags=["peak_shaving"])
 
-    @router.get("/schedule")
+    @router.get("/schedule", response_model=ScheduleView, responses=errors(404))
     def get_schedule(
         site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
     ) -> dict[str, Any]:
@@ -492,7 +518,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
         body["followed_by_pma"] = plan.schedule_valid
         return body
 
-    @router.get("/kpis")
+    @router.get("/kpis", response_model=KpisView, responses=errors(404))
     def get_kpis(
         site_id: Annotated[str | None, Query(description="site (default: SITE_ID)")] = None,
     ) -> dict[str, Any]:
@@ -502,12 +528,14 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
             raise HTTPException(status_code=404, detail=f"no readings for site {site} yet")
         return {"site_id": site, "values": ps.controller.kpis(site)}
 
-    @router.post("/replan", status_code=202)
-    def post_replan(
+    @router.post("/replan", status_code=202, response_model=Replanning, responses=errors(404))
+    async def post_replan(
         _auth: TokenDep,
         site_id: Annotated[str | None, Query(description="site (default: every site)")] = None,
     ) -> dict[str, list[str]]:
-        """Re-solve the schedule now (in the background)."""
+        """Re-solve the schedule now (in the background); 404 for a site not seen yet."""
+        if site_id and site_id not in ps.sites:
+            raise HTTPException(status_code=404, detail=f"no site {site_id} seen yet")
         sites = [site_id] if site_id else list(ps.sites)
         for site in sites:
             ps.request_replan(site)

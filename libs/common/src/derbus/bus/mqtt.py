@@ -238,8 +238,9 @@ class MqttBus:
     async def close(self) -> None:
         client = self._client
         if client is not None:
+            thread = client._thread  # before disconnect: see _stop_network_thread
             client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
+            await _stop_network_thread(client, thread)
         with self._lock:
             self._transport_up = False
         await self._hooks.stop()
@@ -253,7 +254,7 @@ class MqttBus:
         client.on_disconnect = None
         client.on_connect = None
         # Stop paho's thread first: once the socket is down it would reconnect otherwise.
-        await asyncio.to_thread(client.loop_stop)
+        await _stop_network_thread(client, client._thread)
         sock = client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
@@ -482,3 +483,16 @@ def _set_result(fut: asyncio.Future[None]) -> None:
 def _set_exception(fut: asyncio.Future[None], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
+
+
+async def _stop_network_thread(client: mqtt.Client, thread: threading.Thread | None) -> None:
+    """paho's `loop_stop`, without its race: wait for the network thread to end.
+
+    After a DISCONNECT the thread ends by itself and sets `client._thread = None` on its way
+    out; `loop_stop` checks `_thread` and then calls `_thread.join()`, so a thread that ends in
+    between makes it raise AttributeError ('NoneType' object has no attribute 'join'; paho 2.2,
+    seen in the bus contract tests). The thread object taken beforehand is joined instead.
+    """
+    client._thread_terminate = True
+    if thread is not None and thread is not threading.current_thread():
+        await asyncio.to_thread(thread.join)

@@ -52,6 +52,7 @@ from derbus.messages.telemetry import (
     MeterReading,
     PriceTelemetry,
     PvTelemetry,
+    ReplayRequest,
     Telemetry,
     TouPeriod,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "Priority",
     "PvCurtailmentSet",
     "PvTelemetry",
+    "ReplayRequest",
     "ServiceState",
     "ServiceStatus",
     "SetpointAck",

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal, get_args
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from derbus.messages.base import Message
 
@@ -111,13 +111,23 @@ class SetpointRequest(BaseModel):
     the field (`loc`) and the reason (`msg`) before any device sees it.
     """
 
+    # the schema says which unit goes with which target (the validator below checks it)
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"if": {"properties": {"target": {"const": target}}, "required": ["target"]},
+         "then": {"properties": {"unit": {"enum": [unit, None]}}}}
+        for target, unit in SETPOINT_UNITS.items()
+    ]})  # fmt: skip
+
     target: SetpointTarget
     value: float = Field(
         allow_inf_nan=False, description="the requested value, in the target's unit"
     )
     ttl_s: float = Field(gt=0, le=86_400, description="seconds until the device reverts, s")
     priority: Priority = Priority.MANUAL
-    unit: str | None = Field(default=None, description="default: the target's unit")
+    unit: str | None = Field(
+        default=None, description="default: the target's unit",
+        json_schema_extra={"enum": [*sorted(set(SETPOINT_UNITS.values())), None]},
+    )  # fmt: skip
     setpoint_id: str | None = Field(default=None, min_length=1, max_length=SETPOINT_ID_MAX_LENGTH)
 
     @field_validator("unit")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from derbus.messages.base import Message
 
@@ -17,7 +17,16 @@ def _finite(value: float | None) -> float | None:
 
 
 class Telemetry(Message):
-    """A reading from one device; all floats must be finite."""
+    """A reading from one device; all floats must be finite.
+
+    `seq` numbers the readings of one stream (site, device): +1 per reading, from 0 when the
+    publisher starts. A consumer that sees it jump has missed readings and may ask the edge to
+    send them again (`control.replay`); None (publishers that do not number) is never a gap.
+    """
+
+    seq: int | None = Field(
+        default=None, ge=0, description="per-device sequence number of the stream (+1 a reading)"
+    )
 
     @field_validator("*", mode="after")
     @classmethod
@@ -90,3 +99,27 @@ class PriceTelemetry(Telemetry):
     tou_period: TouPeriod | None = Field(default=None, description="time-of-use period")
     demand_charge_per_kw: float | None = Field(default=None, ge=0, description="per billed kW")
     carbon_g_per_kwh: float | None = Field(default=None, ge=0, description="grid carbon intensity")
+
+
+REPLAY_MAX_READINGS = 100_000
+"""The most readings one replay request may ask for."""
+
+
+class ReplayRequest(Message):
+    """Asks the edge to publish a stream's readings `from_seq`..`to_seq` again (topic
+    `control.replay`, on the stream's site and device).
+
+    The edge answers from its bounded buffer of sent readings, on the stream's own topic with
+    the original payloads (same `ts`, same `seq`); what it no longer holds it cannot send.
+    """
+
+    from_seq: int = Field(ge=0, description="first missing sequence number")
+    to_seq: int = Field(ge=0, description="last missing sequence number (inclusive)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.to_seq < self.from_seq:
+            raise ValueError("to_seq must not be below from_seq")
+        if self.to_seq - self.from_seq >= REPLAY_MAX_READINGS:
+            raise ValueError(f"at most {REPLAY_MAX_READINGS} readings per request")
+        return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import random
 import shutil
 import signal
 import socket
@@ -53,8 +54,40 @@ class ComponentUnavailableError(RuntimeError):
     """A real component (broker, database, server) cannot be found or started here."""
 
 
+_LISTEN_PORTS_LOW = 10000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections take ports from it)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
+    """A free TCP port on 127.0.0.1, outside the ephemeral range, never the same twice here.
+
+    A port from `bind(0)` lies in the ephemeral range: between our check and the server's
+    bind any outgoing connection on the machine may take it (a server then exits with
+    "address already in use"). Ports below that range are only ever taken by explicit binds.
+    """
+    high = _ephemeral_low()
+    if high - _LISTEN_PORTS_LOW >= 1000:
+        if len(_handed_out) > (high - _LISTEN_PORTS_LOW) // 2:
+            _handed_out.clear()
+        for _ in range(200):
+            port = random.randrange(_LISTEN_PORTS_LOW, high)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -375,21 +408,43 @@ class NatsCluster:
         for node in self.nodes:
             self.start_node(node, wait=False)
         for node in self.nodes:
-            _wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
+            self._wait_listening(node)
         for node in self.nodes:
             self.wait_ready(node)
         return self
 
     def wait_ready(self, node: NatsNode, timeout_s: float = 60.0) -> None:
-        """Wait until the node accepts an MQTT session (JetStream has elected its leaders)."""
+        """Wait until the node accepts an MQTT session (JetStream has elected its leaders).
+
+        Its first session creates the MQTT streams with 3 replicas: that needs every node, so
+        a node that died at start-up (say on a port taken meanwhile) fails this at once, with
+        that node's own last error, instead of a 60 s "not ready".
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            for other in self.nodes:
+                if other.proc is not None and other.proc.poll() is not None:
+                    raise ComponentUnavailableError(
+                        f"nats-server {other.name} exited with status {other.proc.returncode} "
+                        f"at start-up: {self.last_error(other)}"
+                    )
             if mqtt_connack("127.0.0.1", node.mqtt_port) == 0:
                 return
             time.sleep(0.2)
         raise ComponentUnavailableError(
-            f"nats-server {node.name} did not accept MQTT sessions within {timeout_s:.0f} s"
+            f"nats-server {node.name} did not accept MQTT sessions within {timeout_s:.0f} s: "
+            f"{self.last_error(node)}"
         )
+
+    def last_error(self, node: NatsNode) -> str:
+        """The node's last fatal or error log line (or a note that it logged none)."""
+        log = self.base_dir / f"{node.name}.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"no log at {log}"
+        errors = [line for line in lines if "[FTL]" in line or "[ERR]" in line]
+        return errors[-1].strip() if errors else f"no error in {log}"
 
     def start_node(self, node: NatsNode, wait: bool = True) -> None:
         """(Re)start one node on its ports and folder."""
@@ -414,7 +469,13 @@ class NatsCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         if wait:
+            self._wait_listening(node)
+
+    def _wait_listening(self, node: NatsNode) -> None:
+        try:
             _wait_port("127.0.0.1", node.mqtt_port, 30.0, f"nats-server {node.name}", node.proc)
+        except ComponentUnavailableError as err:
+            raise ComponentUnavailableError(f"{err}: {self.last_error(node)}") from None
 
     def node_at(self, endpoint: str) -> NatsNode:
         """The node whose MQTT listener is `endpoint` (host:port)."""

@@ -1,0 +1,26 @@
+"""The services' defaults describe the same demo site: what `make run` plans for is what it runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edge_simulator.config import BatteryConfig
+from peak_shaving.settings import Settings as PeakShavingSettings
+
+
+def ps_default(name: str) -> Any:
+    """peak_shaving's default of a setting (as declared: no PS_* environment applies)."""
+    return PeakShavingSettings.model_fields[name].default
+
+
+def test_peak_shaving_plans_for_the_simulated_battery() -> None:
+    sim = BatteryConfig()
+    assert ps_default("battery_capacity_kwh") == sim.capacity_kwh
+    assert ps_default("battery_max_charge_kw") == sim.max_charge_kw
+    assert ps_default("battery_max_discharge_kw") == sim.max_discharge_kw
+    assert ps_default("charge_efficiency") == pytest.approx(sim.charge_efficiency, abs=1e-3)
+    assert ps_default("discharge_efficiency") == pytest.approx(sim.discharge_efficiency, abs=1e-3)
+    assert ps_default("soc_min_pct") == sim.min_soc_pct
+    assert ps_default("soc_max_pct") == sim.max_soc_pct
