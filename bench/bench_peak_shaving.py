@@ -881,8 +881,12 @@ def bench_value(a: ValueArgs, json_out: Path | None) -> str:
 def goal_table(paths: list[Path]) -> str:
     """One row per site and month from `--json` files; the goals' summary per file."""
     rows, sums = [], []
-    for path in paths:
-        records = json.loads(path.read_text())["records"]
+    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+    for path in paths:  # one group per site and limit setting, months from every file
+        for r in json.loads(path.read_text())["records"]:
+            groups.setdefault((r["load_col"], r["pv_col"], r["import_limit_kw"]), []).append(r)
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2] is None)):
+        records = sorted(groups[key], key=lambda r: r["month"])
         for r in records:
             f = r["runs"]
             limit = "none" if r["import_limit_kw"] is None else f"{r['import_limit_kw']:g}"
