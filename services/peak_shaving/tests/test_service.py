@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -428,3 +429,25 @@ async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_s
     finally:
         await service.stop()
         await probe.close()
+
+
+async def test_a_dead_ema_worker_is_a_solver_failure_and_replaced() -> None:
+    service = build_service(settings(ema_workers=1), InMemoryBus())
+    ps: PeakShaving = service.state["peak_shaving"]
+    app = make_app(service)
+    async with app.router.lifespan_context(app):
+        plan = ps.site(SITE)
+        plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
+        plan.forecasts["load"] = forecast([60.0] * 4 + [30.0] * 96)
+        await ps.replan(SITE)
+        first = plan.last_solution
+        assert first is not None
+        assert plan.schedule_valid
+        os.kill(first.worker_pid, signal.SIGKILL)  # the worker dies between two plans
+        await ps.replan(SITE)
+        assert not plan.schedule_valid  # limits-only fallback, said why
+        assert "worker process died" in (plan.fallback_reason or "")
+        await ps.replan(SITE)  # a new worker
+        assert plan.schedule_valid
+        assert plan.last_solution is not None
+        assert plan.last_solution.worker_pid not in (0, first.worker_pid)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -149,7 +150,11 @@ class PeakShaving:
             self._pool = ProcessPoolExecutor(
                 self.settings.ema_workers, mp_context=multiprocessing.get_context("spawn")
             )
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except BrokenProcessPool as err:  # the worker died (killed, out of memory): a new one next
+            self._pool = None
+            raise SolverError(f"EMA worker process died: {err}") from err
 
     async def solve(self, inputs: EmaInputs, scenarios: list[Scenario]) -> Schedule:
         """One EMA plan (scenarios when given), off the service's event loop."""
