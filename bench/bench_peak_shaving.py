@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -27,27 +28,32 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from tables import table
 
 from derbus import topics
 from derbus.bus import MqttBus, RawMessage
-from derbus.messages import BatteryTelemetry, MeterReading, SetpointCommand
+from derbus.messages import BatteryTelemetry, MeterReading, SetpointCommand, TimeSeries
 from derbus.settings import MqttSettings
 from derbus.tariff import Tariff
 from derbus.testing import MosquittoServer, free_port, port_open
 from peak_shaving.controller import PeakShavingController, PmaConfig, PmaInputs
 from peak_shaving.optimizer import (
+    BIAS_DECAY_STEPS,
+    OVERSHOOT,
+    SCENARIO_LEVELS,
     EmaConfig,
     EmaInputs,
     Schedule,
     ScheduleOptimizer,
-    uncertainty_reserve_kwh,
+    plan_with_scenarios,
+    quantile_scenarios,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,17 +71,6 @@ def profiles() -> pd.DataFrame:
     df = pd.read_csv(PROFILES, parse_dates=["time"], index_col="time")
     df.index = df.index.tz_localize("UTC")
     return df[~df.index.duplicated(keep="first")]
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
-    sep = "| " + " | ".join("-" * w for w in widths) + " |"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
-    ]
-    return "\n".join([line, sep, *body])
 
 
 # --- EMA solve time ---------------------------------------------------------------------------
@@ -130,8 +125,96 @@ def bench_solve(quick: bool) -> str:
     )  # fmt: skip
 
 
+def bench_fleet(quick: bool) -> str:
+    """The 96-step warm re-solve against a bare ECOS call on the same LP, and a fleet re-plan.
+
+    Bare: `ecos.solve` on the matrices cvxpy hands the solver for the same parameter values
+    (`problem.get_problem_data`, not timed). Fleet: N sites re-planned one after the other on
+    this one process (one core), each with its own net load, SoC and month peak.
+    """
+    import cvxpy as cp
+    import ecos
+    import scipy.sparse as sp
+    from cvxpy.reductions.solvers.conic_solvers.ecos_conif import dims_to_solver_dict
+
+    df = profiles()
+    net_all = (df["g1-a_load_pu"] * 100 - df["pv1_pv_pu"] * 50).to_numpy()
+    start = datetime(2016, 6, 1, tzinfo=UTC)
+    cfg = EmaConfig(horizon_steps=96, import_limit_kw=70.0, export_limit_kw=-20.0,
+                    energy_cost=True, demand_charge=True, **COMMERCIAL_BATTERY)  # fmt: skip
+    one_pass = ScheduleOptimizer(cfg.model_copy(update={"soft_targets_second_pass": False}))
+    warm, bare = [], []
+    for k in range(20 if quick else 100):
+        data = net_all[16_000 + 7 * k : 16_000 + 7 * k + 96]
+        inputs = EmaInputs(start=start + timedelta(minutes=15 * k), net_load_kw=data,
+                           soc_kwh=30.0 + k % 40, prior_kw=np.zeros(96), peak_floor_kw=40.0)  # fmt: skip
+        one_pass.solve(inputs)  # sets the parameters
+        t = time.perf_counter()
+        one_pass.problem.solve(solver="ECOS")  # type: ignore[no-untyped-call]
+        warm.append(time.perf_counter() - t)
+        lp, _, _ = one_pass.problem.get_problem_data(cp.ECOS)
+        g, a = sp.csc_matrix(lp["G"]), sp.csc_matrix(lp["A"])
+        dims = dims_to_solver_dict(lp["dims"])
+        t = time.perf_counter()
+        ecos.solve(lp["c"], g, lp["h"], dims, a, lp["b"], verbose=False)
+        bare.append(time.perf_counter() - t)
+    warm_ms, bare_ms = statistics.median(warm) * 1000, statistics.median(bare) * 1000
+    rows = [["96-step re-solve (one pass), cvxpy warm", f"{warm_ms:.2f}",
+             f"{np.percentile(warm, 99) * 1000:.2f}", f"{warm_ms / bare_ms:.2f}x"],
+            ["same LP, bare ecos.solve", f"{bare_ms:.2f}",
+             f"{np.percentile(bare, 99) * 1000:.2f}", "1.00x"]]  # fmt: skip
+    sites = 100 if quick else 1000
+    fleet = []
+    levels = SCENARIO_LEVELS
+    single = ScheduleOptimizer(cfg)
+    joint = ScheduleOptimizer(cfg, [w for _, w in levels])
+    for label, plan in (
+        ("single trace, two passes", lambda i, inp: single.solve(inp)),
+        ("3 scenarios (two-stage LP), two passes", lambda i, inp: plan_with_scenarios(
+            joint, inp, quantile_scenarios({"p10": inp.net_load_kw * 0.8,
+                                            "p50": inp.net_load_kw,
+                                            "p90": inp.net_load_kw * 1.2}, None, levels))),
+    ):  # fmt: skip
+        began, cpu = time.perf_counter(), time.process_time()
+        for i in range(sites):
+            data = net_all[(37 * i) % 30_000 : (37 * i) % 30_000 + 96]
+            inp = EmaInputs(start=start, net_load_kw=data, soc_kwh=20.0 + i % 60,
+                            prior_kw=np.zeros(96), peak_floor_kw=30.0 + i % 30)  # fmt: skip
+            plan(i, inp)
+        total, cpu = time.perf_counter() - began, time.process_time() - cpu
+        fleet.append([f"{sites} sites, {label}", f"{total:.1f}", f"{cpu:.1f}",
+                      f"{cpu / sites * 1000:.1f}", f"{cpu / 900 * 100:.1f} %"])  # fmt: skip
+        print(f"  fleet {label}: {total:.1f} s", file=sys.stderr, flush=True)
+    return (
+        table(["solve", "median ms", "p99 ms", "ratio to bare"], rows)
+        + "\n\n"
+        + table(
+            [
+                "re-plan",
+                "wall s",
+                "CPU s (one core)",
+                "CPU per site ms",
+                "CPU of a 15-min interval",
+            ],
+            fleet,
+        )
+    )
+
+
 # --- PMA latency on the real broker -------------------------------------------------------------
-async def _latency(host: str, port: int, sites: int, duration_s: float) -> dict[str, float]:
+def _forecast(now: datetime, quantity: str, base: np.ndarray) -> TimeSeries:
+    start = datetime.fromtimestamp(int(now.timestamp()) // 900 * 900, tz=UTC)
+    return TimeSeries(
+        ts=now, source="bench", kind="forecast", quantity=quantity, unit="kW", issue_time=now,
+        start=start, step_s=900, values=[float(v) for v in base],
+        quantiles={"p10": [float(v) for v in 0.8 * base], "p50": [float(v) for v in base],
+                   "p90": [float(v) for v in 1.2 * base]},
+    )  # fmt: skip
+
+
+async def _latency(
+    host: str, port: int, sites: int, duration_s: float, replan_s: float | None = None
+) -> dict[str, Any]:
     root = f"bench/{uuid.uuid4().hex[:8]}"
     api_port = free_port()
     env = os.environ | {
@@ -140,6 +223,9 @@ async def _latency(host: str, port: int, sites: int, duration_s: float) -> dict[
         "PS_IMPORT_LIMIT_KW": "50", "PS_KPI_INTERVAL_S": "3600",
         **{f"PS_{k.upper()}": str(v) for k, v in COMMERCIAL_BATTERY.items()},
     }  # fmt: skip
+    if replan_s is not None:  # the EMA re-plans every site every replan_s during the run
+        env |= {"PS_PLAN_INTERVAL_S": str(replan_s), "PS_DEMAND_CHARGE": "true",
+                "PS_ENERGY_COST": "true"}  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "peak_shaving"], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -158,26 +244,45 @@ async def _latency(host: str, port: int, sites: int, duration_s: float) -> dict[
         client = MqttBus(settings)
         await client.connect()
         latencies: list[float] = []
+        at: list[float] = []  # when each reading was sent, s since the start
+        began_wall = datetime.now(UTC)
 
         async def on_setpoint(message: RawMessage) -> None:
             received = datetime.now(UTC)
             cmd = SetpointCommand.model_validate_json(message.payload)
             latencies.append((received - cmd.ts).total_seconds())
+            at.append((cmd.ts - began_wall).total_seconds())
 
         await client.subscribe(topics.SETPOINT.filter(root=root), 1, on_setpoint)
         echoes: list[float] = []
+        echo_at: list[float] = []
 
         async def on_meter(message: RawMessage) -> None:
             received = datetime.now(UTC)
             reading = MeterReading.model_validate_json(message.payload)
             echoes.append((received - reading.ts).total_seconds())
+            echo_at.append((reading.ts - began_wall).total_seconds())
 
         # baseline: the same readings coming back to this process (one broker hop)
         await client.subscribe(topics.METER.filter(root=root), 1, on_meter)
         rng = np.random.default_rng(1)
         site_ids = [f"site-{i + 1:04d}" for i in range(sites)]
+        if replan_s is not None:  # forecasts with quantiles: every site gets a scenario plan
+            now = datetime.now(UTC)
+            hours = np.arange(96) / 4
+            load = 40 + 20 * np.exp(-(((hours - 12) / 3) ** 2))
+            pv = 15 * np.clip(np.sin((hours - 6) / 12 * np.pi), 0, None)
+            for site in site_ids:
+                battery = BatteryTelemetry(ts=now, source="bench", p_kw=0.0, soc_pct=50.0)
+                await client.publish(topics.BATTERY.topic(site, "battery", root),
+                                     battery.to_json_bytes())  # fmt: skip
+                for device, quantity, base in (("load", "load_p_kw", load),
+                                               ("pv", "pv_generation_kw", pv)):  # fmt: skip
+                    await client.publish(topics.FORECAST.topic(site, device, root),
+                                         _forecast(now, quantity, base).to_json_bytes())  # fmt: skip
         sent = 0
         began = time.monotonic()
+        began_wall = datetime.now(UTC)
         while time.monotonic() - began < duration_s:
             second = time.monotonic()
             for i, site in enumerate(site_ids):
@@ -212,11 +317,27 @@ async def _latency(host: str, port: int, sites: int, duration_s: float) -> dict[
     ms = sorted(x * 1000 for x in latencies)
     q = np.percentile(ms, [50, 90, 99]) if ms else [float("nan")] * 3
     echo = np.percentile([x * 1000 for x in echoes], [50, 99]) if echoes else [float("nan")] * 2
+    windows = []
+    for w in range(int(duration_s // 10)):
+        own = [x * 1000 for x, t in zip(latencies, at, strict=True) if 10 * w <= t < 10 * w + 10]
+        hop = [x * 1000 for x, t in zip(echoes, echo_at, strict=True) if 10 * w <= t < 10 * w + 10]
+        if own and hop:
+            windows.append([10 * w, len(own), *np.percentile(own, [50, 99]), max(own),
+                            *np.percentile(hop, [50, 99]), max(hop)])  # fmt: skip
     return {
         "echo_p50": echo[0], "echo_p99": echo[1],
         "sent": sent, "received": len(ms), "p50": q[0], "p90": q[1], "p99": q[2],
         "max": ms[-1] if ms else float("nan"), "decision_mean_ms": decision * 1000,
+        "ema_solves": _counter(metrics, 'peak_shaving_ema_solves_total{outcome="ok"}'),
+        "windows": windows,
     }  # fmt: skip
+
+
+def _counter(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def _histogram_mean(metrics: str, name: str) -> float:
@@ -229,7 +350,7 @@ def _histogram_mean(metrics: str, name: str) -> float:
     return total / count if count else float("nan")
 
 
-def bench_latency(quick: bool, system_broker: bool = False) -> str:
+def bench_latency(quick: bool, system_broker: bool = False, replan_s: float | None = 10.0) -> str:
     server = None
     if system_broker and port_open("127.0.0.1", 1883):
         host, port, origin = "127.0.0.1", 1883, "the machine's mosquitto on 1883 (its own config)"
@@ -237,57 +358,94 @@ def bench_latency(quick: bool, system_broker: bool = False) -> str:
         # our own broker: set_tcp_nodelay and explicit queue limits (derbus.testing config)
         server = MosquittoServer().start()
         host, port, origin = server.host, server.port, f"mosquitto (derbus config) on {server.port}"
+    duration = 20 if quick else 60
     try:
-        r = asyncio.run(_latency(host, port, sites=100, duration_s=10 if quick else 30))
+        r = asyncio.run(_latency(host, port, sites=100, duration_s=duration, replan_s=replan_s))
     finally:
         if server is not None:
             server.cleanup()
+    ema = (
+        f"EMA re-planning all 100 sites every {replan_s:g} s (3 scenarios, demand charge and"
+        f" energy cost on) in its own process: {r['ema_solves']:.0f} plans during the run"
+        if replan_s is not None
+        else "no EMA re-planning"
+    )
+    overall = table(
+        ["p50 ms", "p90 ms", "p99 ms", "max ms", "PMA handler mean ms (service /metrics)",
+         "1-hop echo p50 / p99 ms", "p99 / echo p99"],
+        [[f"{r['p50']:.2f}", f"{r['p90']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.2f}",
+          f"{r['decision_mean_ms']:.3f}", f"{r['echo_p50']:.2f} / {r['echo_p99']:.2f}",
+          f"{r['p99'] / r['echo_p99']:.2f}x"]],
+    )  # fmt: skip
+    per_window = table(
+        ["window s", "setpoints", "p50 ms", "p99 ms", "max ms", "echo p50 ms", "echo p99 ms",
+         "echo max ms"],
+        [[f"{w[0]}-{w[0] + 10}", w[1], *(f"{x:.2f}" for x in w[2:])] for w in r["windows"]],
+    )  # fmt: skip
     return (
-        f"broker: {origin}; 100 sites x 1 Hz, {r['sent']} readings, {r['received']} setpoints\n\n"
-        + table(
-            [
-                "p50 ms",
-                "p90 ms",
-                "p99 ms",
-                "max ms",
-                "PMA handler mean ms (service /metrics)",
-                "baseline 1-hop echo p50 / p99 ms",
-            ],
-            [
-                [
-                    f"{r['p50']:.2f}",
-                    f"{r['p90']:.2f}",
-                    f"{r['p99']:.2f}",
-                    f"{r['max']:.2f}",
-                    f"{r['decision_mean_ms']:.3f}",
-                    f"{r['echo_p50']:.2f} / {r['echo_p99']:.2f}",
-                ]
-            ],
-        )
+        f"broker: {origin}; 100 sites x 1 Hz, {r['sent']} readings, {r['received']} setpoints;"
+        f" {ema}\n\n{overall}\n\nper 10-second window:\n\n{per_window}"
     )
 
 
-# --- closed-loop value ---------------------------------------------------------------------------
+# --- closed-loop value on any CSV of 15-minute per-unit profiles ---------------------------------
 @dataclass
 class Site:
-    """The evaluated site."""
+    """The evaluated site (the issue's value harness): per-unit profiles scaled to it."""
 
     load_peak_kw: float = 100.0
     pv_kwp: float = 50.0
     capacity_kwh: float = 100.0
     power_kw: float = 50.0
     efficiency: float = 0.95
-    import_limit_kw: float = 75.0
+    import_limit_kw: float | None = 75.0
     export_limit_kw: float = -20.0
-    step_s: int = 10
+    step_s: int = 60
     noise_pct: float = 4.0
 
+    @property
+    def import_cap_kw(self) -> float:
+        """The import limit the controllers get (`--no-import-limit`: far above any load)."""
+        return self.import_limit_kw if self.import_limit_kw is not None else 10 * self.load_peak_kw
 
-def actual_series(df: pd.DataFrame, month: str, site: Site, seed: int) -> pd.DataFrame:
-    """Load and PV at `step_s` resolution for the month: interpolated 15-min profile + AR(1) noise."""
-    start = pd.Timestamp(month + "-01", tz="UTC")
-    end = start + pd.offsets.MonthBegin(1)
-    profile = df.loc[start - pd.Timedelta(hours=1) : end + pd.Timedelta(hours=1)]
+
+def load_profiles(path: Path, tz: str) -> pd.DataFrame:
+    """A profile CSV (`time` + per-unit columns, 15-minute steps) on a gap-free UTC grid.
+
+    `time` is local wall-clock time in `tz` (the shipped file's layout: spring hour missing,
+    autumn hour repeated) or already UTC (`tz` = UTC). A year before the first row is added
+    from the file itself, shifted 52 weeks earlier (weekdays kept), so January has a history
+    to train on and a previous month for the rule-based reference.
+    """
+    raw = pd.read_csv(path, parse_dates=["time"], index_col="time")
+    if raw.index.tz is None:
+        try:
+            index = raw.index.tz_localize(tz, ambiguous="infer", nonexistent="shift_forward")
+        except (ValueError, TypeError):  # not a clean DST sequence: drop what is ambiguous
+            index = raw.index.tz_localize(tz, ambiguous="NaT", nonexistent="shift_forward")
+        raw.index = index
+    raw = raw[raw.index.notna()]
+    raw.index = raw.index.tz_convert("UTC")
+    raw = raw[~raw.index.duplicated(keep="first")].sort_index().astype(float)
+    grid = pd.date_range(raw.index[0], raw.index[-1], freq="15min")
+    df = raw.reindex(grid).interpolate("time", limit_direction="both")
+    before = df.copy()
+    before.index = before.index - pd.Timedelta(weeks=52)
+    return pd.concat([before[before.index < df.index[0]], df])
+
+
+def month_span(year: int, month: int, tz: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """A billing month, local midnight to local midnight, in UTC."""
+    start = pd.Timestamp(year=year, month=month, day=1, tz=tz)
+    return start.tz_convert("UTC"), (start + pd.offsets.MonthBegin(1)).tz_convert("UTC")
+
+
+def actual_series(
+    df: pd.DataFrame, cols: tuple[str, str], start: pd.Timestamp, end: pd.Timestamp, site: Site,
+    seed: int,
+) -> pd.DataFrame:  # fmt: skip
+    """Load and PV at `step_s`: the 15-minute profile interpolated, with AR(1) noise."""
+    profile = df.loc[start - pd.Timedelta(hours=1) : end + pd.Timedelta(hours=1), list(cols)]
     # 15-min values are averages: place them at their interval middles, interpolate in between
     mid = profile.copy()
     mid.index = mid.index + pd.Timedelta(minutes=7.5)
@@ -300,61 +458,87 @@ def actual_series(df: pd.DataFrame, month: str, site: Site, seed: int) -> pd.Dat
     ar = np.zeros(n)
     for i in range(1, n):
         ar[i] = rho * ar[i - 1] + eps[i]
-    load = fine["g1-a_load_pu"].to_numpy() * site.load_peak_kw * (1 + ar)
-    pv = np.clip(fine["pv1_pv_pu"].to_numpy() * site.pv_kwp * (1 + 0.5 * ar), 0, None)
+    load = fine[cols[0]].to_numpy() * site.load_peak_kw * (1 + ar)
+    pv = np.clip(fine[cols[1]].to_numpy() * site.pv_kwp * (1 + 0.5 * ar), 0, None)
     return pd.DataFrame({"load_kw": np.clip(load, 0, None), "pv_kw": pv}, index=index)
 
 
-def seasonal_naive(
-    df: pd.DataFrame, site: Site, start: pd.Timestamp, steps: int, conservative: bool
-) -> np.ndarray:
-    """Net-load forecast from the 15-min profile: load one week earlier, PV one day earlier.
+@dataclass(frozen=True)
+class ForecastSpec:
+    """How the bench makes the forecaster's forecasts (its library code, as the service does)."""
 
-    `conservative` takes the higher load and the lower PV of one day and one week earlier (a
-    stand-in for planning on an upper quantile, as peak shaving should).
+    tz: str = "Europe/Berlin"
+    country: str = "DE"
+    latitude: float = 51.0
+    longitude: float = 10.0
+    history_days: int = 90
+    max_iter: int = 200
+    cache: Path | None = None
+
+
+def forecaster_quantiles(
+    series_kw: pd.Series, target_name: str, start: pd.Timestamp, end: pd.Timestamp,
+    spec: ForecastSpec,
+) -> pd.DataFrame:  # fmt: skip
+    """P10/P50/P90 of the forecaster for every 15-minute interval of [start, end + 1 day).
+
+    Trained once at `start` on the `history_days` before it, with the model the forecaster's
+    backtest picks for the target on a tuning month (load: `gbm_quantile`, promoted; PV: no
+    learned model beat seasonal naive, so the service serves its fallback, seasonal naive one
+    day back with residual bands). Every feature of an interval is at least one day old, so
+    one design matrix gives, for any issue time T, the 96 values the forecaster issues at T
+    from the model of `start` (`forecaster.design`: an interval t < T + 1 day reads nothing at
+    or after t - 1 day < T).
     """
-    times = pd.date_range(start, periods=steps, freq="15min")
-    load_w = df["g1-a_load_pu"].reindex(times - pd.Timedelta(days=7)).to_numpy()
-    pv_d = df["pv1_pv_pu"].reindex(times - pd.Timedelta(days=1)).to_numpy()
-    if conservative:
-        load_d = df["g1-a_load_pu"].reindex(times - pd.Timedelta(days=1)).to_numpy()
-        pv_w = df["pv1_pv_pu"].reindex(times - pd.Timedelta(days=7)).to_numpy()
-        load_w, pv_d = np.fmax(load_w, load_d), np.fmin(pv_d, pv_w)
-    return np.nan_to_num(load_w * site.load_peak_kw - pv_d * site.pv_kwp)
+    from derbus import features as fx
+    from forecaster.catalogue import TARGETS
+    from forecaster.design import design_matrix
+    from forecaster.models import finish
+    from forecaster.serving import fallback_model
+    from forecaster.training import TrainConfig, fit_final
+
+    key = f"{target_name}-{series_kw.name}-{start:%Y%m%d%H}-{end:%Y%m%d%H}-{spec.history_days}-{spec.max_iter}-{float(series_kw.abs().max()):.3f}"
+    if spec.cache is not None:
+        cached = spec.cache / f"{key}.csv"
+        if cached.exists():
+            return pd.read_csv(cached, index_col=0, parse_dates=[0])
+    target = TARGETS[target_name]
+    site = fx.SiteContext(
+        timezone=spec.tz, country=spec.country, latitude=spec.latitude,
+        longitude=spec.longitude, tariff=Tariff(timezone=spec.tz),
+    )  # fmt: skip
+    history = series_kw.loc[start - pd.Timedelta(days=spec.history_days) : start]
+    history = history[history.index < start]
+    if target.solar:
+        model = fallback_model(history, site, target)
+    else:
+        config = TrainConfig(models=("gbm_quantile",), test_fraction=0.25, folds=2,
+                             max_iter=spec.max_iter, threads=1, min_train_days=7)  # fmt: skip
+        model = fit_final(history, site, target, "gbm_quantile", config)
+    times = pd.date_range(start, end + pd.Timedelta(days=1), freq="15min", inclusive="left")
+    known = series_kw[series_kw.index < times[-1]]
+    x = design_matrix(known, times, site, target)
+    frame = finish(model.predict(x).set_axis(times), x, target)
+    if spec.cache is not None:
+        spec.cache.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(spec.cache / f"{key}.csv")
+    return frame
 
 
-def error_bands(
-    df: pd.DataFrame, site: Site, month: str, conservative: bool, q: float = 0.9, days: int = 28
-) -> dict[Any, np.ndarray]:
-    """Per day of the month, the q-quantile of the forecast's error by time of day (96 values),
-    from the `days` days before it only (actual 15-min profile − the same seasonal-naive rule)."""
-    start = pd.Timestamp(month + "-01", tz="UTC")
-    first = start - pd.Timedelta(days=days)
-    steps = int((start + pd.offsets.MonthBegin(1) - first) / pd.Timedelta(minutes=15))
-    times = pd.date_range(first, periods=steps, freq="15min")
-    true = (df["g1-a_load_pu"].reindex(times).to_numpy() * site.load_peak_kw
-            - df["pv1_pv_pu"].reindex(times).to_numpy() * site.pv_kwp)  # fmt: skip
-    err = (true - seasonal_naive(df, site, first, steps, conservative)).reshape(-1, 96)
-    return {
-        (first + pd.Timedelta(days=d)).date(): np.nanquantile(err[d - days : d], q, axis=0)
-        for d in range(days, len(err))
-    }
-
-
-def ema_config(site: Site, steps: int, demand_target_kw: float | None) -> EmaConfig:
+def ema_config(site: Site, steps: int, tariff: Tariff) -> EmaConfig:
     return EmaConfig(
-        horizon_steps=steps, import_limit_kw=site.import_limit_kw,
-        export_limit_kw=site.export_limit_kw, demand_target_kw=demand_target_kw,
-        battery_capacity_kwh=site.capacity_kwh, battery_max_charge_kw=site.power_kw,
-        battery_max_discharge_kw=site.power_kw, charge_efficiency=site.efficiency,
-        discharge_efficiency=site.efficiency, energy_cost=True, demand_charge=True,
-        solver_time_limit_s=300.0,
+        horizon_steps=steps, import_limit_kw=site.import_cap_kw,
+        export_limit_kw=site.export_limit_kw, battery_capacity_kwh=site.capacity_kwh,
+        battery_max_charge_kw=site.power_kw, battery_max_discharge_kw=site.power_kw,
+        charge_efficiency=site.efficiency, discharge_efficiency=site.efficiency,
+        energy_cost=True, demand_charge=True, solver_time_limit_s=300.0, tariff=tariff,
+        soc_min_pct=5.0,
     )  # fmt: skip
 
 
 @dataclass
 class Outcome:
-    """Figures of one run over the month."""
+    """One run over the month."""
 
     name: str
     pcc_kw: np.ndarray  # per step
@@ -363,88 +547,104 @@ class Outcome:
     index: pd.DatetimeIndex
     ema_solves: int = 0
     ema_mean_ms: float = 0.0
+    note: str = ""
 
 
-def evaluate(o: Outcome, site: Site, tariff: Tariff) -> list[Any]:
+def figures(o: Outcome, site: Site, tariff: Tariff) -> dict[str, float]:
+    """Billed peak, energy cost, demand charge, bill, violations, throughput of a run."""
     dt_h = o.step_s / 3600
     s = pd.Series(o.pcc_kw, index=o.index)
-    peak15 = s.resample("15min").mean().max()
-    over = np.maximum(o.pcc_kw - site.import_limit_kw, 0) + np.maximum(
+    quarter = s.resample("15min").mean()
+    peak15 = float(max(quarter.max(), 0.0))
+    over = np.maximum(o.pcc_kw - site.import_cap_kw, 0) + np.maximum(
         site.export_limit_kw - o.pcc_kw, 0
     )
-    violating = over > 1e-6
-    events = int(np.sum(violating[1:] & ~violating[:-1]) + (1 if violating[0] else 0))
-    prices = np.array([tariff.price_at(t) for t in s.resample("15min").mean().index])
+    prices = np.array([tariff.price_at(t) for t in quarter.index])
     step_price = np.repeat(prices, int(900 / o.step_s))[: len(s)]
     imp, exp = np.maximum(o.pcc_kw, 0), np.maximum(-o.pcc_kw, 0)
     energy = float(np.sum(imp * step_price - exp * tariff.feed_in_per_kwh) * dt_h)
-    demand = float(peak15 * tariff.demand_charge_per_kw)
-    throughput = float(np.sum(np.abs(o.battery_kw)) * dt_h)
-    return [
-        o.name, f"{peak15:.1f}", events, f"{violating.sum() * o.step_s / 60:.0f}",
-        f"{over.sum() * dt_h:.2f}", f"{energy:.0f}", f"{demand:.0f}", f"{energy + demand:.0f}",
-        f"{throughput:.0f}", f"{throughput / (2 * site.capacity_kwh):.1f}",
-    ]  # fmt: skip
+    demand = peak15 * tariff.demand_charge_per_kw
+    return {
+        "peak_kw": peak15, "energy_cost": energy, "demand_charge": demand,
+        "bill": energy + demand, "violation_kwh": float(over.sum() * dt_h),
+        "throughput_kwh": float(np.sum(np.abs(o.battery_kw)) * dt_h),
+    }  # fmt: skip
 
 
-def closed_loop(
-    df: pd.DataFrame,
-    actual: pd.DataFrame,
-    site: Site,
-    demand_target_kw: float | None,
-    ema: bool,
-    conservative: bool = False,
-    reserve_pct: float = 20.0,
-    bands: dict[Any, np.ndarray] | None = None,
-    label: str = "",
-) -> Outcome:
-    """PMA every `step_s` (and the EMA every 15 min when `ema`) with a battery model."""
+class BatteryModel:
+    """Follows the live command within power and stored energy, one step at a time."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.soc_kwh = 0.5 * site.capacity_kwh
+
+    def apply(self, command_kw: float) -> float:
+        site, dt_h = self.site, self.site.step_s / 3600
+        b = float(np.clip(command_kw, -site.power_kw, site.power_kw))
+        if b > 0:
+            b = min(b, (site.capacity_kwh - self.soc_kwh) / (site.efficiency * dt_h))
+            self.soc_kwh += b * site.efficiency * dt_h
+        else:
+            b = max(b, -self.soc_kwh * site.efficiency / dt_h)
+            self.soc_kwh += b / site.efficiency * dt_h
+        return b
+
+
+def closed_loop_ema(
+    actual: pd.DataFrame, site: Site, tariff: Tariff, tz: str, load_q: pd.DataFrame,
+    pv_q: pd.DataFrame, replan_s: int, levels: tuple[tuple[float, float], ...],
+    bias_decay: float = BIAS_DECAY_STEPS,
+    overshoot: float = OVERSHOOT,
+) -> Outcome:  # fmt: skip
+    """PMA every `step_s`, EMA (scenarios from the forecaster's quantiles) every `replan_s`."""
     pma = PeakShavingController(
         PmaConfig(
-            import_limit_kw=site.import_limit_kw,
-            export_limit_kw=site.export_limit_kw,
-            demand_target_kw=demand_target_kw,
-            battery_capacity_kwh=site.capacity_kwh,
-            battery_max_charge_kw=site.power_kw,
-            battery_max_discharge_kw=site.power_kw,
-            max_gap_s=60.0,
-            reserve_pct=reserve_pct,
+            import_limit_kw=site.import_cap_kw, export_limit_kw=site.export_limit_kw,
+            battery_capacity_kwh=site.capacity_kwh, battery_max_charge_kw=site.power_kw,
+            battery_max_discharge_kw=site.power_kw, max_gap_s=max(60.0, 2 * site.step_s),
+            billing_timezone=tz, soc_min_pct=5.0,
         )
-    )
-    cfg = ema_config(site, 96, demand_target_kw).model_copy(update={"reserve_pct": reserve_pct})
-    optimizer = ScheduleOptimizer(cfg) if ema else None
-    cap, eta = site.capacity_kwh, site.efficiency
-    soc_kwh = 0.5 * cap
+    )  # fmt: skip
+    optimizer = ScheduleOptimizer(ema_config(site, 96, tariff), [w for _, w in levels])
+    battery = BatteryModel(site)
     site_kw = (actual["load_kw"] - actual["pv_kw"]).to_numpy()
     n = len(site_kw)
-    pcc = np.zeros(n)
-    batt = np.zeros(n)
-    previous_b = 0.0
-    command_kw, command_end = 0.0, actual.index[0]
+    pcc, batt = np.zeros(n), np.zeros(n)
+    previous_b, command_kw, command_end = 0.0, 0.0, actual.index[0]
     schedule: np.ndarray | None = None
     schedule_start: pd.Timestamp | None = None
-    plan_peak: float | None = None
+    threshold: float | None = None
     solve_ms: list[float] = []
-    per_interval = 900 // site.step_s
+    load_cols = {k: load_q[k].to_numpy() for k in ("p10", "p50", "p90")}
+    pv_cols = {k: pv_q[k].to_numpy() for k in ("p10", "p50", "p90")}
+    first = load_q.index[0]
+    every = max(replan_s // site.step_s, 1)
+    per_quarter = 900 // site.step_s
     for k, ts in enumerate(actual.index):
-        if optimizer is not None and k % per_interval == 0:
+        if k % every == 0:
+            i = int((ts.floor("15min") - first) / pd.Timedelta(minutes=15))
+            start = ts.floor("15min")
             prior = np.zeros(96)
-            if schedule is not None:
-                prior[:95] = schedule[1:]
-            forecast = seasonal_naive(df, site, ts, 96, conservative)
-            reserve = None
-            if bands is not None:  # keep what shaving the p90 load to the threshold needs
-                tod = ((ts.hour * 60 + ts.minute) // 15 + np.arange(96)) % 96
-                upper = forecast + bands[ts.date()][tod]
-                threshold = pma.month_peak_kw("s") or float(forecast.max())
-                reserve = uncertainty_reserve_kwh(upper, threshold, 900, site.efficiency)
-            sched = optimizer.solve(
-                EmaInputs(start=ts.to_pydatetime(), net_load_kw=forecast,
-                          soc_kwh=soc_kwh, prior_kw=prior, peak_floor_kw=pma.month_peak_kw("s"),
-                          reserve_kwh=reserve)
+            if schedule is not None and schedule_start is not None:
+                shift = int((start - schedule_start) / pd.Timedelta(minutes=15))
+                prior[: 96 - shift] = schedule[shift:]
+            bias = 0.0
+            if k >= per_quarter and bias_decay > 0:  # the last interval's measured error
+                measured = float(np.mean(site_kw[k - per_quarter : k]))
+                bias = measured - (load_cols["p50"][i - 1] - pv_cols["p50"][i - 1])
+            scenarios = quantile_scenarios(
+                {q: v[i : i + 96] for q, v in load_cols.items()},
+                {q: v[i : i + 96] for q, v in pv_cols.items()}, levels, bias, bias_decay,
             )  # fmt: skip
-            schedule, schedule_start = sched.battery_p_kw, ts
-            plan_peak = float(sched.pcc_kw.max())
+            sched = plan_with_scenarios(
+                optimizer,
+                EmaInputs(start=start.to_pydatetime(), net_load_kw=scenarios[0].net_load_kw,
+                          soc_kwh=battery.soc_kwh, prior_kw=prior,
+                          peak_floor_kw=pma.month_peak_kw("s")),
+                scenarios, overshoot,
+            )  # fmt: skip
+            schedule, schedule_start = sched.battery_p_kw, start
+            threshold = sched.demand_threshold_kw
             solve_ms.append(sched.solve_time_s * 1000)
         schedule_kw = None
         if schedule is not None and schedule_start is not None:
@@ -452,44 +652,62 @@ def closed_loop(
         when = ts.to_pydatetime()
         decision = pma.step(
             PmaInputs(site_id="s", ts=when, pcc_p_kw=site_kw[k] + previous_b,
-                      battery_p_kw=previous_b, battery_ts=when, soc_pct=100 * soc_kwh / cap,
-                      schedule_p_kw=schedule_kw, plan_peak_kw=plan_peak)
+                      battery_p_kw=previous_b, battery_ts=when,
+                      soc_pct=100 * battery.soc_kwh / site.capacity_kwh,
+                      schedule_p_kw=schedule_kw, plan_peak_kw=threshold)
         )  # fmt: skip
-        # battery model: follows the live setpoint within power and stored energy for one step;
-        # an idle PMA sends nothing: the last command holds until its TTL ends, then the
-        # battery's default here is 0 kW (no self-consumption mode in this model)
+        # an idle PMA sends nothing: the last command holds until its TTL ends, then 0 kW
         if decision.command:
             command_kw = decision.battery_p_kw
             command_end = ts + pd.Timedelta(seconds=decision.ttl_s)
         elif ts >= command_end:
             command_kw = 0.0
-        b = float(np.clip(command_kw, -site.power_kw, site.power_kw))
-        dt_h = site.step_s / 3600
-        if b > 0:
-            b = min(b, (cap - soc_kwh) / (eta * dt_h))
-            soc_kwh += b * eta * dt_h
-        else:
-            b = max(b, -soc_kwh * eta / dt_h)
-            soc_kwh += b / eta * dt_h
+        b = battery.apply(command_kw)
         batt[k], pcc[k] = b, site_kw[k] + b
         previous_b = b
-    name = "PMA only (limits)"
-    if ema:
-        name = "PMA + EMA, " + ("conservative" if conservative else "seasonal-naive") + " forecast"
-    if demand_target_kw:
-        name += f", demand target {demand_target_kw:g} kW"
-    name += label
     return Outcome(
-        name, pcc, batt, site.step_s, actual.index, len(solve_ms),
+        "derbus (PMA + EMA, scenarios)", pcc, batt, site.step_s, actual.index, len(solve_ms),
         statistics.mean(solve_ms) if solve_ms else 0.0,
     )  # fmt: skip
 
 
-def perfect_foresight(actual: pd.DataFrame, site: Site) -> tuple[Outcome, float]:
-    """The same LP on the month's actual 15-minute averages, one solve for the whole month."""
+def rule_run(net_kw: np.ndarray, threshold_kw: float, site: Site, step_s: int) -> np.ndarray:
+    """Threshold rule: discharge what the PCC is above the threshold, recharge below it (up to
+    it), inside the import/export limits; returns the battery power per step."""
+    s = replace(site, step_s=step_s)
+    battery = BatteryModel(s)
+    cap = min(threshold_kw, site.import_cap_kw - 0.5)
+    out = np.zeros(len(net_kw))
+    for k, x in enumerate(net_kw):
+        want = cap - x  # > 0: room to charge up to the threshold; < 0: discharge to it
+        want = max(want, site.export_limit_kw + 0.5 - x) if x < site.export_limit_kw else want
+        out[k] = battery.apply(want)
+    return out
+
+
+def rule_threshold(
+    previous_quarter_net: np.ndarray, site: Site, tariff: Tariff, times: pd.DatetimeIndex
+) -> float:
+    """The rule's threshold: the lowest bill on the previous month (15-minute steps), 1 kW grid."""
+    top = float(np.max(previous_quarter_net))
+    best, best_bill = top, float("inf")
+    prices = np.array([tariff.price_at(t) for t in times])
+    for threshold in np.arange(max(0.0, top - 2 * site.power_kw), top + 1.0, 1.0):
+        pcc = previous_quarter_net + rule_run(previous_quarter_net, float(threshold), site, 900)
+        imp, exp = np.maximum(pcc, 0), np.maximum(-pcc, 0)
+        bill = float(np.sum(imp * prices - exp * tariff.feed_in_per_kwh) * 0.25)
+        bill += max(float(pcc.max()), 0.0) * tariff.demand_charge_per_kw
+        if bill < best_bill - 1e-9:
+            best, best_bill = float(threshold), bill
+    return best
+
+
+def perfect_foresight(actual: pd.DataFrame, site: Site, tariff: Tariff) -> tuple[Outcome, float]:
+    """The same LP on the month's actual 15-minute averages, one solve over the whole month."""
     quarter = actual.resample("15min").mean()
     net = (quarter["load_kw"] - quarter["pv_kw"]).to_numpy()
-    cfg = ema_config(site, len(net), None)
+    # one pass: the bill's own optimum (the second pass only re-weighs soft targets)
+    cfg = ema_config(site, len(net), tariff).model_copy(update={"soft_targets_second_pass": False})
     optimizer = ScheduleOptimizer(cfg)
     t = time.perf_counter()
     sched = optimizer.solve(
@@ -497,62 +715,270 @@ def perfect_foresight(actual: pd.DataFrame, site: Site) -> tuple[Outcome, float]
                   soc_kwh=0.5 * site.capacity_kwh, prior_kw=np.zeros(len(net)))
     )  # fmt: skip
     elapsed = time.perf_counter() - t
-    return Outcome("perfect foresight (LP on actuals, 15 min)", sched.pcc_kw, sched.battery_p_kw,
-                   900, quarter.index), elapsed  # fmt: skip
+    return Outcome("perfect foresight", sched.pcc_kw, sched.battery_p_kw, 900,
+                   quarter.index), elapsed  # fmt: skip
 
 
-def bench_value(quick: bool, month: str) -> str:
-    df = profiles()
-    site = Site(step_s=30 if quick else 10)
-    actual = actual_series(df, month, site, seed=7)
-    if quick:
-        actual = actual.iloc[: int(7 * 86400 / site.step_s)]
-    tariff = Tariff()
+def share(none: float, got: float, best: float) -> float | None:
+    """(none - got) / (none - best); None when nothing could be reduced."""
+    possible = none - best
+    return None if possible < 1e-6 else (none - got) / possible
+
+
+@dataclass(frozen=True)
+class ValueArgs:
+    """What to evaluate."""
+
+    profiles: Path
+    load_col: str
+    pv_col: str
+    months: list[int]
+    year: int | None
+    site: Site
+    spec: ForecastSpec
+    replan_s: int = 900
+    days: float | None = None
+    levels: tuple[tuple[float, float], ...] = SCENARIO_LEVELS
+    bias_decay: float = 0.0
+    overshoot: float = OVERSHOOT
+
+
+def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dict[str, Any]:
+    """Every run of one month; the figures as a dict (one JSON record)."""
+    tz, site = a.spec.tz, a.site
+    tariff = Tariff(timezone=tz)
+    start, end = month_span(year, month, tz)
+    if a.days is not None:
+        end = min(end, start + pd.Timedelta(days=a.days))
+    began = time.perf_counter()
+    actual = actual_series(df, (a.load_col, a.pv_col), start, end, site, seed=year * 12 + month)
+    load_kw = (df[a.load_col] * site.load_peak_kw).rename(a.load_col)
+    pv_kw = (df[a.pv_col] * site.pv_kwp).rename(a.pv_col)
+    month_end = month_span(year, month, tz)[1]  # forecasts of the whole month (cached as such)
+    load_q = forecaster_quantiles(load_kw, "load", start, month_end, a.spec)
+    pv_q = forecaster_quantiles(pv_kw, "pv", start, month_end, a.spec)
+    forecast_s = time.perf_counter() - began
     none = Outcome("no battery", (actual["load_kw"] - actual["pv_kw"]).to_numpy(),
                    np.zeros(len(actual)), site.step_s, actual.index)  # fmt: skip
-    runs = [none]
-    t = time.perf_counter()
-    runs.append(closed_loop(df, actual, site, None, ema=False))
-    for conservative in (False, True):
-        runs.append(closed_loop(df, actual, site, None, ema=True, conservative=conservative))
-        print(f"  value: {runs[-1].name} done ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
-    for conservative in (False, True):  # + a reserve for the p90 of the forecast's past errors
-        bands = error_bands(df, site, month, conservative)
-        runs.append(closed_loop(df, actual, site, None, ema=True, conservative=conservative,
-                                bands=bands, label=", p90-error reserve"))  # fmt: skip
-        print(f"  value: {runs[-1].name} done ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
-    optimum, pf_s = perfect_foresight(actual, site)
-    runs.append(optimum)
-    rows = [evaluate(o, site, tariff) for o in runs]
-    days = (actual.index[-1] - actual.index[0]).total_seconds() / 86400
-    ema_runs = [o for o in runs if o.ema_solves]
-    solves = ", ".join(f"{o.ema_solves} solves, mean {o.ema_mean_ms:.1f} ms" for o in ema_runs)
-    header = (
-        f"{month}, {days:.1f} days at {site.step_s} s steps; g1-a load scaled to a "
-        f"{site.load_peak_kw:g} kW annual peak (+-{site.noise_pct:g} % AR(1) noise), pv1 "
-        f"x {site.pv_kwp:g} kWp, battery {site.capacity_kwh:g} kWh / {site.power_kw:g} kW "
-        f"(eta {site.efficiency}), import limit {site.import_limit_kw:g} kW, export limit "
-        f"{site.export_limit_kw:g} kW; tariff derbus.tariff.Tariff() (ToU 0.09/0.16/0.27, "
-        f"feed-in 0.05, demand {tariff.demand_charge_per_kw:g}/kW). EMA: 96 x 15 min, ECOS, "
-        f"energy cost + demand charge on ({solves}); perfect foresight: "
-        f"one LP over the month ({pf_s:.1f} s).\n\n"
-    )
-    return header + table(
-        ["run", "15-min peak kW", "violations", "violation min", "violation kWh",
-         "energy cost", "demand charge", "total", "throughput kWh", "full cycles"],
+    ema = closed_loop_ema(actual, site, tariff, tz, load_q, pv_q, a.replan_s, a.levels,
+                          a.bias_decay, a.overshoot)  # fmt: skip
+    # the rule's threshold from the previous month's 15-minute profile
+    prev_start = (start.tz_convert(tz) - pd.offsets.MonthBegin(1)).tz_convert("UTC")
+    prev = df.loc[prev_start : start - pd.Timedelta(minutes=15)]
+    prev_net = (prev[a.load_col] * site.load_peak_kw - prev[a.pv_col] * site.pv_kwp).to_numpy()
+    threshold = rule_threshold(prev_net, site, tariff, prev.index)
+    net = none.pcc_kw
+    rule_b = rule_run(net, threshold, site, site.step_s)
+    rule = Outcome("rule (threshold from last month)", net + rule_b, rule_b, site.step_s,
+                   actual.index, note=f"{threshold:g} kW")  # fmt: skip
+    optimum, pf_s = perfect_foresight(actual, site, tariff)
+    runs = {"none": none, "derbus": ema, "rule": rule, "perfect": optimum}
+    figs = {k: figures(o, site, tariff) for k, o in runs.items()}
+    out: dict[str, Any] = {
+        "profiles": str(a.profiles), "load_col": a.load_col, "pv_col": a.pv_col,
+        "month": f"{year}-{month:02d}", "days": round((end - start) / pd.Timedelta(days=1), 3),
+        "import_limit_kw": site.import_limit_kw, "rule_threshold_kw": threshold,
+        "ema_solves": ema.ema_solves, "ema_mean_ms": round(ema.ema_mean_ms, 2),
+        "perfect_foresight_s": round(pf_s, 2), "forecast_s": round(forecast_s, 1),
+        "elapsed_s": round(time.perf_counter() - began, 1), "runs": figs,
+    }  # fmt: skip
+    for run in ("derbus", "rule"):
+        out[f"{run}_share_peak"] = share(figs["none"]["peak_kw"], figs[run]["peak_kw"],
+                                         figs["perfect"]["peak_kw"])  # fmt: skip
+        out[f"{run}_share_bill"] = share(figs["none"]["bill"], figs[run]["bill"],
+                                         figs["perfect"]["bill"])  # fmt: skip
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f} %"
+
+
+def value_table(records: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in records:
+        f = r["runs"]
+        for run, label in (("none", "no battery"), ("derbus", "derbus"),
+                           ("rule", f"rule ({r['rule_threshold_kw']:g} kW)"),
+                           ("perfect", "perfect foresight")):  # fmt: skip
+            x = f[run]
+            rows.append([
+                r["month"], label, f"{x['peak_kw']:.1f}", f"{x['energy_cost']:.0f}",
+                f"{x['demand_charge']:.0f}", f"{x['bill']:.0f}", f"{x['violation_kwh']:.2f}",
+                f"{x['throughput_kwh']:.0f}",
+                _pct(r.get(f"{run}_share_peak")) if run in ("derbus", "rule") else "",
+                _pct(r.get(f"{run}_share_bill")) if run in ("derbus", "rule") else "",
+            ])  # fmt: skip
+    return table(
+        ["month", "run", "billed peak kW", "energy cost", "demand charge", "bill",
+         "violation kWh", "throughput kWh", "share of peak reduction", "share of bill reduction"],
         rows,
     )  # fmt: skip
+
+
+def goal_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals over the months: median and lowest share, months worse than none."""
+    shares = [r["derbus_share_bill"] for r in records if r["derbus_share_bill"] is not None]
+    worse = [r["month"] for r in records
+             if r["runs"]["derbus"]["bill"] > r["runs"]["none"]["bill"] + 1e-6
+             or r["runs"]["derbus"]["peak_kw"] > r["runs"]["none"]["peak_kw"] + 1e-6]  # fmt: skip
+    more_violation = [r["month"] for r in records
+                      if r["runs"]["derbus"]["violation_kwh"]
+                      > r["runs"]["perfect"]["violation_kwh"] + 1e-3]  # fmt: skip
+    rule = [r["rule_share_bill"] for r in records if r["rule_share_bill"] is not None]
+    return {
+        "median_share_bill": statistics.median(shares) if shares else None,
+        "min_share_bill": min(shares) if shares else None,
+        "months_worse_than_none": worse, "months_more_violation_than_pf": more_violation,
+        "rule_median_share_bill": statistics.median(rule) if rule else None,
+    }  # fmt: skip
+
+
+def bench_value(a: ValueArgs, json_out: Path | None) -> str:
+    df = load_profiles(a.profiles, a.spec.tz)
+    for col in (a.load_col, a.pv_col):
+        if col not in df.columns:
+            raise SystemExit(f"column {col!r} not in {a.profiles} (has {list(df.columns)})")
+    local_first = df.index[0].tz_convert(a.spec.tz)
+    year = a.year or (local_first + pd.Timedelta(weeks=52, days=1)).year
+    records = []
+    for month in a.months:
+        record = evaluate_month(df, year, month, a)
+        records.append(record)
+        print(f"  value {a.load_col}/{a.pv_col} {record['month']}: derbus "
+              f"{_pct(record['derbus_share_bill'])} of the bill reduction, "
+              f"{record['elapsed_s']:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+        if json_out is not None:
+            json_out.write_text(json.dumps({"records": records}, indent=1))
+    summary = goal_summary(records)
+    if json_out is not None:
+        json_out.write_text(json.dumps({"records": records, "summary": summary}, indent=1))
+    site = a.site
+    limit = f"{site.import_limit_kw:g} kW" if site.import_limit_kw is not None else "none"
+    header = (
+        f"{a.profiles.name}: load `{a.load_col}` x {site.load_peak_kw:g} kW (+-{site.noise_pct:g}"
+        f" % AR(1) noise), PV `{a.pv_col}` x {site.pv_kwp:g} kWp, battery {site.capacity_kwh:g}"
+        f" kWh / {site.power_kw:g} kW (eta {site.efficiency}), import limit {limit}, export"
+        f" limit {site.export_limit_kw:g} kW; Tariff(timezone={a.spec.tz}) (demand"
+        f" {Tariff().demand_charge_per_kw:g}/kW); PMA every {site.step_s} s, EMA every"
+        f" {a.replan_s} s (96 x 15 min, scenarios {list(a.levels)}), forecasts: the"
+        f" forecaster's library trained at each month's start on {a.spec.history_days} days.\n\n"
+    )
+
+    def fmt(x: float | None) -> str:
+        return _pct(x)
+
+    foot = (
+        f"\n\nderbus: median share of the bill reduction {fmt(summary['median_share_bill'])},"
+        f" lowest {fmt(summary['min_share_bill'])}; months with a higher bill or peak than no"
+        f" battery: {summary['months_worse_than_none'] or 'none'}; months with more violation"
+        f" energy than perfect foresight: {summary['months_more_violation_than_pf'] or 'none'};"
+        f" rule-based median {fmt(summary['rule_median_share_bill'])}"
+    )
+    return header + value_table(records) + foot
+
+
+def goal_table(paths: list[Path]) -> str:
+    """One row per site and month from `--json` files; the goals' summary per file."""
+    rows, sums = [], []
+    groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+    for path in paths:  # one group per site and limit setting, months from every file
+        for r in json.loads(path.read_text())["records"]:
+            groups.setdefault((r["load_col"], r["pv_col"], r["import_limit_kw"]), []).append(r)
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2] is None)):
+        records = sorted(groups[key], key=lambda r: r["month"])
+        for r in records:
+            f = r["runs"]
+            limit = "none" if r["import_limit_kw"] is None else f"{r['import_limit_kw']:g}"
+            rows.append([
+                r["load_col"], r["pv_col"], limit, r["month"],
+                " / ".join(f"{f[k]['peak_kw']:.1f}" for k in ("none", "derbus", "rule", "perfect")),
+                " / ".join(f"{f[k]['bill']:.0f}" for k in ("none", "derbus", "rule", "perfect")),
+                _pct(r["derbus_share_peak"]), _pct(r["derbus_share_bill"]),
+                _pct(r["rule_share_bill"]),
+                f"{f['derbus']['violation_kwh']:.2f} / {f['perfect']['violation_kwh']:.2f}",
+            ])  # fmt: skip
+        g = goal_summary(records)
+        sums.append([
+            records[0]["load_col"], records[0]["pv_col"],
+            "none" if records[0]["import_limit_kw"] is None else f"{records[0]['import_limit_kw']:g}",
+            len(records), _pct(g["median_share_bill"]), _pct(g["min_share_bill"]),
+            ", ".join(g["months_worse_than_none"]) or "none",
+            ", ".join(g["months_more_violation_than_pf"]) or "none",
+            _pct(g["rule_median_share_bill"]),
+        ])  # fmt: skip
+    months = table(
+        ["load", "PV", "import limit kW", "month", "billed peak kW: none / derbus / rule / PF",
+         "bill: none / derbus / rule / PF", "derbus share of peak reduction",
+         "derbus share of bill reduction", "rule share of bill reduction",
+         "violation kWh derbus / PF"],
+        rows,
+    )  # fmt: skip
+    goals = table(
+        ["load", "PV", "import limit kW", "months", "median share of bill reduction (goal >= 85 %)",
+         "lowest (goal >= 60 %)", "months worse than no battery (goal: none)",
+         "months with more violation than PF (goal: none)", "rule-based median"],
+        sums,
+    )  # fmt: skip
+    return goals + "\n\n" + months
+
+
+def parse_months(text: str) -> list[int]:
+    """`1-12`, `6`, `1,3,5-7` → month numbers."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    if not out or any(not 1 <= m <= 12 for m in out):
+        raise argparse.ArgumentTypeError(f"months must lie in 1..12: {text!r}")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs")
-    parser.add_argument("--section", default="all", choices=["solve", "latency", "value", "all"])
-    parser.add_argument("--month", default="2016-06", help="month of the value evaluation")
+    parser.add_argument(
+        "--section", default="all", choices=["solve", "fleet", "latency", "value", "all"]
+    )
     parser.add_argument(
         "--system-broker", action="store_true", help="latency on 127.0.0.1:1883 if one runs"
     )
+    parser.add_argument("--latency-replan-s", type=float, default=10.0,
+                        help="EMA re-plan period during the latency run (0: none)")  # fmt: skip
+    value = parser.add_argument_group("value (any CSV of 15-minute per-unit profiles)")
+    value.add_argument("--profiles", type=Path, default=PROFILES, help="CSV: time + columns")
+    value.add_argument("--load-col", default="g1-a_load_pu", help="load column (per unit)")
+    value.add_argument("--pv-col", default="pv1_pv_pu", help="PV column (per unit)")
+    value.add_argument("--months", type=parse_months, default=[6], help="e.g. 1-12 or 3,6")
+    value.add_argument("--year", type=int, default=None, help="year (default: the file's)")
+    value.add_argument("--tz", default="Europe/Berlin", help="time zone of the file's times")
+    value.add_argument("--no-import-limit", action="store_true", help="no PCC import limit")
+    value.add_argument("--json", type=Path, default=None, help="write the records as JSON")
+    value.add_argument("--step-s", type=int, default=60, help="PMA / battery model step, s")
+    value.add_argument("--replan-s", type=int, default=900, help="EMA re-plan period, s")
+    value.add_argument("--days", type=float, default=None, help="only the first days of a month")
+    value.add_argument("--history-days", type=int, default=90, help="forecaster training days")
+    value.add_argument("--max-iter", type=int, default=200, help="forecaster boosting rounds")
+    value.add_argument("--cache", type=Path, default=None, help="forecast cache folder")
+    value.add_argument("--bias-decay", type=float, default=0.0,
+                       help="steps the measured forecast error fades over (0: not used)")  # fmt: skip
+    value.add_argument("--overshoot", type=float, default=OVERSHOOT,
+                       help="target decision: kW over a scenario's need per kW held below it")  # fmt: skip
+    parser.add_argument("--goal-table", type=Path, nargs="+", default=None,
+                        help="print the goal table of --json files and exit")  # fmt: skip
     args = parser.parse_args()
+    if 900 % args.step_s:
+        parser.error("--step-s must divide 900 (the 15-minute billing interval)")
+    if args.step_s > 60:
+        print("note: the PMA's 15-minute window needs readings well inside it; at steps above"
+              " 60 s the reading that opens an interval also closes the last one with its own"
+              " power, so the demand threshold is held loosely (use for plumbing checks only)",
+              file=sys.stderr)  # fmt: skip
+    if args.goal_table:
+        print(goal_table(args.goal_table))
+        return
+    if args.profiles != PROFILES and args.section == "all":
+        args.section = "value"  # --profiles alone means the value evaluation
     # a SIGTERM unwinds like Ctrl-C, so the service process of the latency run is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"load average at start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
@@ -560,12 +986,26 @@ def main() -> None:
     if args.section in ("solve", "all"):
         print("### EMA solve time\n")
         print(bench_solve(args.quick), "\n", flush=True)
+    if args.section in ("fleet", "all"):
+        print("### Warm re-solve against the bare solver; fleet re-plan on one core\n")
+        print(bench_fleet(args.quick), "\n", flush=True)
     if args.section in ("latency", "all"):
         print("### PMA latency, reading → setpoint, real broker\n")
-        print(bench_latency(args.quick, args.system_broker), "\n", flush=True)
+        replan = args.latency_replan_s if args.latency_replan_s > 0 else None
+        print(bench_latency(args.quick, args.system_broker, replan), "\n", flush=True)
     if args.section in ("value", "all"):
         print("### Closed-loop value\n")
-        print(bench_value(args.quick, args.month), "\n", flush=True)
+        site = Site(step_s=args.step_s)
+        if args.no_import_limit:
+            site.import_limit_kw = None
+        spec = ForecastSpec(tz=args.tz, history_days=args.history_days, max_iter=args.max_iter,
+                            cache=args.cache)  # fmt: skip
+        months = args.months if not args.quick else args.months[:1]
+        days = args.days if args.days is not None else (7.0 if args.quick else None)
+        a = ValueArgs(args.profiles, args.load_col, args.pv_col, months, args.year, site, spec,
+                      args.replan_s, days, bias_decay=args.bias_decay,
+                      overshoot=args.overshoot)  # fmt: skip
+        print(bench_value(a, args.json), "\n", flush=True)
     print(f"load average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

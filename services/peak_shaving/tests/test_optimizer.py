@@ -12,10 +12,15 @@ import pytest
 from derbus.errors import SolverError
 from derbus.tariff import Tariff, TouWindow
 from peak_shaving.optimizer import (
+    MAX_HORIZON_STEPS,
     EmaConfig,
     EmaInputs,
+    Scenario,
     ScheduleOptimizer,
-    align_series,
+    plan_with_scenarios,
+    quantile_scenarios,
+    quantile_trace,
+    soft_target_weights,
     uncertainty_reserve_kwh,
 )
 
@@ -124,15 +129,81 @@ def test_demand_charge_flattens_the_peak_above_the_month_peak() -> None:
         import_limit_kw=20.0, demand_charge=True, tariff=tariff, end_soc_pct=50.0,
         end_soc_penalty_per_kwh=20.0, wear_cost_per_kwh=0.01, change_penalty_per_kwh=0.02,
     )  # fmt: skip
-    # 8 then 12 kW: charge 2, discharge 2 → peak 10 kW
+    # 8 then 12 kW. The end-SoC penalty (20 per kWh) is scaled to 4.5 (the peak-floor rule:
+    # 1 kW more peak over the 2 h stores 2 kWh, worth at most 0.9 x 10): a kWh short at the
+    # end (4.5) is cheaper than a kW of peak (10), so all 5 kWh go into the peak: 7.5 kW.
     s = opt.solve(inputs([8, 12], soc_kwh=5))
-    approx(s.battery_p_kw, [2, -2])
-    assert s.terms["demand"] == pytest.approx(100, abs=1e-3)
-    assert s.objective == pytest.approx(100.12, abs=1e-3)
+    # The second pass (full weight 20, peak held at 7.5) cannot keep more: the same plan.
+    approx(s.battery_p_kw, [-0.5, -4.5])
+    assert s.terms["demand"] == pytest.approx(75, abs=1e-3)
+    assert s.terms["end_soc"] == pytest.approx(5 * 20, abs=1e-3)
+    assert s.objective == pytest.approx(75 + 100 + 0.15, abs=1e-3)
     # 11 kW already billed this month: only shave down to 11 kW
     s = opt.solve(inputs([8, 12], soc_kwh=5, peak_floor_kw=11.0))
     approx(s.pcc_kw[1:], [11])
     assert s.objective == pytest.approx(110 + 0.06, abs=1e-3)
+
+
+def test_a_soft_target_never_raises_the_month_peak_when_the_demand_charge_outweighs_it() -> None:
+    # 10 kW already billed this month; 9 kW net load for two 1-hour steps; empty battery; an
+    # end-SoC target of 5 kWh at 20 per kWh short; demand charge 10 per kW.
+    # Charging up to the 10 kW floor is free of demand charge: 1 kW x 2 h = 2 kWh.
+    # Filling the other 3 kWh needs 1.5 kW more peak (11.5 kW): 15 of demand charge for 3 kWh.
+    # At 20 per kWh (60) that plan would win; the rule scales the soft weight to 4.5 per kWh
+    # (2 kWh per kW of peak x 4.5 = 0.9 x 10), so 3 x 4.5 = 13.5 < 15: the peak stays at 10.
+    tariff = Tariff(demand_charge_per_kw=10.0)
+    opt = optimizer(
+        import_limit_kw=20.0, demand_charge=True, tariff=tariff, end_soc_pct=50.0,
+        end_soc_penalty_per_kwh=20.0, change_penalty_per_kwh=0.0,
+    )  # fmt: skip
+    s = opt.solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))
+    approx(s.pcc_kw, [10, 10])
+    approx(s.soc_kwh, [0, 1, 2])
+    assert s.terms["demand"] == pytest.approx(100, abs=1e-3)  # the floor: billed anyway
+    # (the second pass weighs the 3 kWh short at the full 20, with the peak held at 10)
+    assert s.terms["end_soc"] == pytest.approx(3 * 20, abs=1e-3)
+    # the same soft weight without a demand charge (no billed peak to protect): filled
+    free = optimizer(
+        import_limit_kw=20.0, end_soc_pct=50.0, end_soc_penalty_per_kwh=20.0,
+        change_penalty_per_kwh=0.0, wear_cost_per_kwh=0.01,
+    ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))  # fmt: skip
+    assert free.soc_kwh[-1] == pytest.approx(5, abs=1e-4)
+    assert free.pcc_kw.max() >= 11.5 - 1e-4
+    # the reserve is held to the same rule
+    reserve = optimizer(
+        import_limit_kw=20.0, demand_charge=True, tariff=tariff, reserve_pct=50.0,
+        reserve_penalty_per_kwh_h=10.0, change_penalty_per_kwh=0.0,
+    ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))  # fmt: skip
+    approx(reserve.pcc_kw, [10, 10])
+
+
+def test_soft_target_weights_scale_only_with_a_demand_charge() -> None:
+    cfg = EmaConfig(
+        horizon_steps=96, end_soc_penalty_per_kwh=5.0, reserve_penalty_per_kwh_h=10.0,
+        charge_efficiency=0.95,
+    )  # fmt: skip
+    assert soft_target_weights(cfg, 0.0) == (5.0, 10.0)
+    end, reserve = soft_target_weights(cfg, 8.0)
+    # 24 h x 0.95 = 22.8 kWh per kW of peak, each kWh worth 5 + 10 x 24 = 245: 5586 vs 7.2
+    scale = 0.9 * 8.0 / (22.8 * 245.0)
+    assert end == pytest.approx(5.0 * scale)
+    assert reserve == pytest.approx(10.0 * scale)
+
+
+def test_a_whole_31_day_month_fits_one_horizon() -> None:
+    steps = 31 * 96
+    cfg = EmaConfig(
+        horizon_steps=steps, import_limit_kw=10.0, export_limit_kw=-10.0,
+        battery_capacity_kwh=100.0, battery_max_charge_kw=50.0, battery_max_discharge_kw=50.0,
+    )  # fmt: skip
+    opt = ScheduleOptimizer(cfg)
+    net = np.full(steps, 5.0)
+    net[-1] = 12.0  # the last quarter hour of the 31st day
+    s = opt.solve(EmaInputs(start=START, net_load_kw=net, soc_kwh=50.0, prior_kw=np.zeros(steps)))
+    assert len(s.pcc_kw) == steps
+    assert s.pcc_kw[-1] == pytest.approx(10.0, abs=1e-3)
+    with pytest.raises(ValueError, match="horizon_steps"):
+        EmaConfig(horizon_steps=MAX_HORIZON_STEPS + 1)
 
 
 def test_demand_target_caps_planned_import() -> None:
@@ -177,17 +248,6 @@ def test_bad_inputs_raise_solver_error() -> None:
         optimizer().solve(inputs([1, 2, 3], soc_kwh=5))
 
 
-def test_align_series() -> None:
-    start = datetime(2024, 1, 1, 1, tzinfo=UTC)
-    # a 3-step hourly series starting at 01:00, read on half-hour steps from 01:30
-    out = align_series([1, 2, 3], start, 3600, start.replace(minute=30), 6, 1800, fill="zero")
-    approx(out, [1, 2, 2, 3, 3, 0])
-    # a day of 24 hourly values: beyond its end, the value from one day earlier
-    day = list(range(24))
-    out = align_series(day, start, 3600, start.replace(hour=23), 3, 3600)
-    approx(out, [22, 23, 0])
-
-
 def test_uncertainty_reserve_is_the_energy_the_later_excess_needs() -> None:
     # p90 net load 12, 8, 15 kW against a 10 kW threshold, 1-hour steps, eta 0.8:
     # after step 0 the 5 kWh excess of step 2 is still ahead (5 / 0.8 = 6.25 kWh stored)
@@ -210,3 +270,93 @@ def test_per_step_reserve_stops_arbitrage_below_it() -> None:
     approx(s.soc_kwh, [5, 3, 3])
     with pytest.raises(SolverError, match="reserve_kwh"):
         opt.solve(inputs([5, 5], soc_kwh=5, reserve_kwh=np.array([3.0])))
+
+
+def test_scenario_target_weighs_a_high_case_by_its_probability() -> None:
+    # 5 kWh stored, 5 kW rating, 1-hour steps, demand charge on, nothing billed yet.
+    # Alone, each scenario needs: low [8, 10] → 6.5 kW, mid [8, 12] → 7.5 kW, high [8, 20] →
+    # 15 kW (5 kW is all the battery gives in the second hour); without the battery 10/12/20.
+    # A target of 7.5 fails only in the high case (billed 20): 0.8 x 7.5 + 0.2 x 20 = 10,
+    # against 0.2 x 6.5 + 0.6 x 12 + 0.2 x 20 = 12.5 for 6.5 and 15 for 15: 7.5 it is.
+    opt = optimizer(
+        import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
+    )
+    base = inputs([0, 0], soc_kwh=5)
+    low, mid, high = np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 20.0])
+    plan = plan_with_scenarios(
+        opt, base, [Scenario(0.2, low), Scenario(0.6, mid), Scenario(0.2, high)]
+    )
+    assert plan.scenario_peaks_kw == pytest.approx((6.5, 7.5, 15.0), abs=1e-3)
+    assert plan.target_kw == pytest.approx(7.5, abs=1e-3)
+    assert plan.demand_threshold_kw == pytest.approx(7.5, abs=1e-3)
+    approx(plan.pcc_kw, [7.5, 7.5])  # the mid plan, with 7.5 as its floor
+    # when the high case is likely (0.8), holding 7.5 would bill 0.2 x 7.5 + 0.8 x 20 = 17.5
+    # in expectation against 15 for sure: the target goes up to what the high case needs
+    plan = plan_with_scenarios(
+        opt, base, [Scenario(0.1, low), Scenario(0.1, mid), Scenario(0.8, high)]
+    )
+    assert plan.target_kw == pytest.approx(15.0, abs=1e-3)
+    # one scenario: a single solve, its planned peak is the target
+    single = plan_with_scenarios(opt, base, [Scenario(1.0, mid)])
+    assert single.target_kw == pytest.approx(7.5, abs=1e-3)
+    with pytest.raises(SolverError, match="no scenario"):
+        plan_with_scenarios(opt, base, [])
+
+
+def test_quantile_scenarios_pair_high_load_with_low_pv() -> None:
+    load = {"p10": [10.0, 20.0], "p50": [20.0, 30.0], "p90": [40.0, 50.0]}
+    pv = {"p10": [1.0, 2.0], "p50": [3.0, 4.0], "p90": [5.0, 6.0]}
+    out = quantile_scenarios(load, pv)
+    assert [sc.level for sc in out] == [0.1, 0.5, 0.9]
+    assert [sc.weight for sc in out] == pytest.approx([0.2, 0.6, 0.2])
+    approx(out[0].net_load_kw, [10 - 5, 20 - 6])  # p10 load with p90 PV
+    approx(out[2].net_load_kw, [40 - 1, 50 - 2])  # p90 load with p10 PV
+    approx(quantile_trace(load, 0.7), [30.0, 40.0])  # halfway between p50 and p90
+    approx(quantile_trace({"p50": [3.0]}, 0.9), [3.0])  # one quantile: it holds everywhere
+    with pytest.raises(ValueError, match="quantile"):
+        quantile_trace({"mean": [1.0]}, 0.5)
+
+
+def test_two_stage_plan_shares_the_first_step_and_hedges_it() -> None:
+    # The scenarios of the test above in one two-stage LP (weights 0.2 / 0.6 / 0.2). The first
+    # hour's discharge x is one decision for all three: low and mid bill 8 - x, high bills
+    # 20 - (5 - x) = 15 + x (it needs every kWh in the second hour). Up to x = 0.5 (where mid
+    # is 7.5 = 12 - 4.5 in both hours) the expected demand charge falls by 10 x (0.8 - 0.2)
+    # per kW, beyond it rises: x = 0.5. Needs: low 7.5, mid 7.5, high 15.5 (the 0.5 kWh spent
+    # now is missing there). Target 7.5 as before: 0.8 x 7.5 + 0.2 x 20 = 10 < 15.5.
+    weights = (0.2, 0.6, 0.2)
+    opt = ScheduleOptimizer(
+        optimizer(import_limit_kw=50.0, demand_charge=True,
+                  tariff=Tariff(demand_charge_per_kw=10.0)).config,
+        weights,
+    )  # fmt: skip
+    nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 20.0])]
+    scenarios = [Scenario(w, net) for w, net in zip(weights, nets, strict=True)]
+    plan = plan_with_scenarios(opt, inputs([0, 0], soc_kwh=5), scenarios)
+    assert plan.scenario_peaks_kw == pytest.approx((7.5, 7.5, 15.5), abs=1e-3)
+    assert plan.target_kw == pytest.approx(7.5, abs=1e-3)
+    assert plan.battery_p_kw[0] == pytest.approx(-0.5, abs=1e-3)
+    approx(plan.pcc_kw, [7.5, 7.5])  # the mid scenario's plan
+    assert plan.terms["demand"] == pytest.approx(10 * (0.8 * 7.5 + 0.2 * 15.5), abs=1e-3)
+    with pytest.raises(SolverError, match="3 scenario"):
+        opt.solve(inputs([0, 0], soc_kwh=5), scenarios=scenarios[:2])
+
+
+def test_overshoot_sets_how_far_a_likely_high_case_lifts_the_target() -> None:
+    # Needs alone: low [8, 10] → 6.5, mid [8, 12] → 7.5, high [8, 16] → 11 (5 kWh in the
+    # second hour); without battery 10 / 12 / 16. Weights 0.1 / 0.45 / 0.45.
+    # Failing outright (overshoot large): 7.5 bills 0.55 x 7.5 + 0.45 x 16 = 11.325 > 11: 11.
+    # Overshoot 1 (each kW held below the need comes back above it): 7.5 bills
+    # 0.55 x 7.5 + 0.45 x (11 + 3.5) = 10.65 < 11 (6.5 bills 11.45): 7.5.
+    opt = optimizer(
+        import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
+    )
+    nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 16.0])]
+    scenarios = [Scenario(w, n) for w, n in zip((0.1, 0.45, 0.45), nets, strict=True)]
+    base = inputs([0, 0], soc_kwh=5)
+    strict = plan_with_scenarios(opt, base, scenarios, overshoot=1e9)
+    assert strict.scenario_peaks_kw == pytest.approx((6.5, 7.5, 11.0), abs=1e-3)
+    assert strict.target_kw == pytest.approx(11.0, abs=1e-3)
+    assert plan_with_scenarios(opt, base, scenarios, overshoot=1.0).target_kw == pytest.approx(
+        7.5, abs=1e-3
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -94,7 +96,7 @@ COMMERCIAL_BATTERY: dict[str, Any] = {
 def settings(**changes: Any) -> Settings:
     base: dict[str, Any] = {
         "mqtt": MqttSettings(root=ROOT), "import_limit_kw": 50.0, "export_limit_kw": -30.0,
-        "api_token": "tok", "horizon_steps": 96,
+        "api_token": "tok", "horizon_steps": 96, "ema_workers": 0,
     }  # fmt: skip
     return Settings(**(COMMERCIAL_BATTERY | base | changes))
 
@@ -202,7 +204,7 @@ async def test_solver_failure_keeps_the_last_schedule_and_falls_back_to_limits(
     def broken(*args: Any) -> None:
         raise SolverError("ECOS returned status infeasible")
 
-    monkeypatch.setattr(rig.ps.optimizer, "solve", broken)
+    monkeypatch.setattr("peak_shaving.service.solve_plan", broken)
     await rig.ps.replan(SITE)
     await rig.probe.drain()
     degraded = rig.schedules.values[-1]
@@ -331,7 +333,7 @@ async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
 
 
 async def test_ema_keeps_the_upper_quantile_excess_in_reserve() -> None:
-    service = build_service(settings(), InMemoryBus())
+    service = build_service(settings(reserve_load_quantile="p90"), InMemoryBus())
     ps: PeakShaving = service.state["peak_shaving"]
     plan = ps.site(SITE)
     plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
@@ -345,12 +347,36 @@ async def test_ema_keeps_the_upper_quantile_excess_in_reserve() -> None:
     # threshold = the plan's highest net load (no month peak yet): 42 kW planned on p90 → 0;
     # planning on p50 instead, 12 kW x 0.25 h / 0.95 is held until the last step
     assert inputs.reserve_kwh.max() == pytest.approx(0.0)
-    ps.service.settings = settings(load_forecast_quantile="p50")
+    ps.service.settings = settings(load_forecast_quantile="p50", reserve_load_quantile="p90")
     inputs = ps.ema_inputs(SITE, utcnow())
     assert inputs is not None
     assert inputs.reserve_kwh is not None
     assert inputs.reserve_kwh[:95] == pytest.approx([12 * 0.25 / 0.95] * 95)
     assert inputs.reserve_kwh[95] == 0.0
+
+
+async def test_the_ema_solves_in_its_own_process() -> None:
+    # ema_workers=1: the plan is made in a worker process, never in the service's interpreter
+    service = build_service(settings(ema_workers=1, demand_charge=True), InMemoryBus())
+    ps: PeakShaving = service.state["peak_shaving"]
+    app = make_app(service)
+    async with app.router.lifespan_context(app):
+        plan = ps.site(SITE)
+        plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
+        load = forecast([30.0] * 40 + [70.0] * 8 + [30.0] * 48)
+        p90 = [v + 5.0 for v in load.values]
+        plan.forecasts["load"] = load.with_changes(quantiles={"p50": load.values, "p90": p90})
+        await ps.replan(SITE)
+        solution = plan.last_solution
+        assert solution is not None
+        assert solution.worker_pid not in (0, os.getpid())
+        assert plan.schedule is not None
+        assert plan.schedule.meta["worker_pid"] == solution.worker_pid
+        # three scenarios (p10 absent: p50 stands in below it); the target is one of their needs
+        assert len(solution.scenario_peaks_kw) == 3
+        assert solution.target_kw in solution.scenario_peaks_kw
+        assert solution.target_kw <= 50.0 + 1e-3  # the import limit holds in the plan
+    assert ps._pool is None  # stopped with the service
 
 
 async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_stale() -> None:
@@ -416,3 +442,25 @@ def test_site_shard_splits_the_sites_and_a_bad_shard_stops_start_up_naming_the_f
     for bad in ("3/3", "1/0", "x"):
         with pytest.raises(ValidationError, match="site_shard"):
             Settings(site_shard=bad)
+
+
+async def test_a_dead_ema_worker_is_a_solver_failure_and_replaced() -> None:
+    service = build_service(settings(ema_workers=1), InMemoryBus())
+    ps: PeakShaving = service.state["peak_shaving"]
+    app = make_app(service)
+    async with app.router.lifespan_context(app):
+        plan = ps.site(SITE)
+        plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
+        plan.forecasts["load"] = forecast([60.0] * 4 + [30.0] * 96)
+        await ps.replan(SITE)
+        first = plan.last_solution
+        assert first is not None
+        assert plan.schedule_valid
+        os.kill(first.worker_pid, signal.SIGKILL)  # the worker dies between two plans
+        await ps.replan(SITE)
+        assert not plan.schedule_valid  # limits-only fallback, said why
+        assert "worker process died" in (plan.fallback_reason or "")
+        await ps.replan(SITE)  # a new worker
+        assert plan.schedule_valid
+        assert plan.last_solution is not None
+        assert plan.last_solution.worker_pid not in (0, first.worker_pid)

@@ -9,8 +9,10 @@ violation is reported instead of the problem becoming infeasible.
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -25,12 +27,19 @@ from peak_shaving.config import SiteConfig
 SolverName = Literal["ECOS", "CLARABEL", "HIGHS"]
 FloatArray = NDArray[np.float64]
 _OK_STATUSES = {"optimal", "optimal_inaccurate"}  # cvxpy.OPTIMAL, cvxpy.OPTIMAL_INACCURATE
+MAX_HORIZON_STEPS = 31 * 288
+"""Longest outlook: a 31-day month at 5-minute steps (a whole month of 15-minute steps fits)."""
 
 
 class EmaConfig(SiteConfig):
     """Declared configuration of the EMA (limits and battery from `SiteConfig`)."""
 
-    horizon_steps: int = Field(default=96, ge=2, le=2880, description="steps in the outlook")
+    horizon_steps: int = Field(
+        default=96,
+        ge=2,
+        le=MAX_HORIZON_STEPS,
+        description="steps in the outlook (up to a 31-day month at 5-minute steps)",
+    )
     step_s: int = Field(default=900, ge=60, le=3600, description="schedule step, s")
     solver: SolverName = Field(default="ECOS", description="LP solver: ECOS, CLARABEL or HIGHS")
     solver_time_limit_s: float = Field(
@@ -53,6 +62,12 @@ class EmaConfig(SiteConfig):
         ge=0,
         description="cost of each kWh planned below the reserve, per hour it stays below"
         " (keep it x horizon hours below the violation penalty)",
+    )
+    soft_targets_second_pass: bool = Field(
+        default=True,
+        description="with a demand charge: after the peaks are decided (soft targets scaled so"
+        " they cannot buy peak), re-solve with the full end-SoC and reserve weights and every"
+        " scenario's peak held: the targets then keep energy from arbitrage, never raise a peak",
     )
     energy_cost: bool = Field(
         default=False, description="add the time-of-use energy cost (tariff) to the objective"
@@ -123,6 +138,16 @@ class Schedule:
     terms: dict[str, float] = field(default_factory=dict)
     solve_time_s: float = 0.0
     solver: str = "ECOS"
+    target_kw: float | None = None
+    scenario_peaks_kw: tuple[float, ...] = ()
+    worker_pid: int = 0
+
+    @property
+    def demand_threshold_kw(self) -> float:
+        """The 15-minute import the PMA holds: the decided target, else the planned peak."""
+        if self.target_kw is not None:
+            return self.target_kw
+        return float(self.pcc_kw.max())
 
     @property
     def violation_kwh(self) -> float:
@@ -145,6 +170,9 @@ class Schedule:
             "violation_kwh": round(self.violation_kwh, 6),
             "violation_steps": self.violation_steps,
             "soc_end_kwh": round(float(self.soc_kwh[-1]), 6),
+            "target_kw": round(self.demand_threshold_kw, 6),
+            "scenario_peaks_kw": [round(v, 6) for v in self.scenario_peaks_kw],
+            "worker_pid": self.worker_pid,
         }
 
 
@@ -165,21 +193,34 @@ class ScheduleOptimizer:
     violation beyond each limit (>= 0), the change from the prior schedule split into its
     non-negative parts; the SoC at each boundary; the horizon peak; the end-SoC shortfall.
 
+    With several scenario weights it is a two-stage scenario LP: one such set of variables per
+    net-load scenario, the first step's charge and discharge shared by all (what is done now
+    cannot depend on which scenario comes), and the objective the weighted sum of the
+    scenarios' objectives: energy spent now on arbitrage is missing in every scenario that
+    needed it for its peak, at that scenario's probability.
+
     Args:
         config: the EMA configuration; horizon, step, efficiencies and weights are compiled in
             (make a new optimiser when they change), limits and battery bounds are data.
+        weights: the scenarios' probabilities (normalised); one weight: a single trace.
     """
 
-    def __init__(self, config: EmaConfig) -> None:
+    def __init__(self, config: EmaConfig, weights: Sequence[float] = (1.0,)) -> None:
         import cvxpy as cp  # ~2 s to import: only where a problem is built, not at start-up
 
+        if not weights or any(w <= 0 for w in weights):
+            raise SolverError("scenario weights must be positive")
         self.config = config
         n = config.horizon_steps
         dt_h = config.step_s / 3600
         eta_c, eta_d = config.charge_efficiency, config.discharge_efficiency
         self._dt_h = dt_h
+        total = float(sum(weights))
+        self.weights = tuple(float(w) / total for w in weights)
+        count = len(self.weights)
 
-        self.p_net = cp.Parameter(n, name="net_load_kw")
+        self.p_nets = [cp.Parameter(n, name=f"net_load_kw_{s}") for s in range(count)]
+        self.p_net = self.p_nets[0]
         self.p_prior = cp.Parameter(n, name="prior_kw")
         self.p_price = cp.Parameter(n, nonneg=True, name="price_per_kwh")
         self.p_feed = cp.Parameter(n, name="feed_in_per_kwh")
@@ -194,74 +235,114 @@ class ScheduleOptimizer:
         self.p_exp = cp.Parameter(name="export_floor_kw")
         self.p_demand = cp.Parameter(nonneg=True, name="demand_charge_per_kw")
         self.p_peak_floor = cp.Parameter(name="peak_floor_kw")
+        self.p_peak_caps = [cp.Parameter(name=f"peak_cap_kw_{s}") for s in range(count)]
+        self.p_end_w = cp.Parameter(nonneg=True, name="end_soc_penalty_per_kwh")
+        self.p_reserve_w = cp.Parameter(nonneg=True, name="reserve_penalty_per_kwh_h")
 
-        self.ch = cp.Variable(n, nonneg=True, name="charge_kw")
-        self.dis = cp.Variable(n, nonneg=True, name="discharge_kw")
-        self.g_imp = cp.Variable(n, nonneg=True, name="import_kw")
-        self.g_exp = cp.Variable(n, nonneg=True, name="export_kw")
-        self.v_imp = cp.Variable(n, nonneg=True, name="import_violation_kw")
-        self.v_exp = cp.Variable(n, nonneg=True, name="export_violation_kw")
-        self.up = cp.Variable(n, nonneg=True, name="change_up_kw")
-        self.down = cp.Variable(n, nonneg=True, name="change_down_kw")
-        self.reserve_short = cp.Variable(n, nonneg=True, name="reserve_short_kwh")
-        self.soc = cp.Variable(n + 1, name="soc_kwh")
-        self.peak = cp.Variable(name="peak_kw")
-        self.end_short = cp.Variable(nonneg=True, name="end_short_kwh")
-
-        battery = self.ch - self.dis
-        constraints = [
-            self.soc[0] == self.p_soc0,
-            self.soc[1:] == self.soc[:-1] + (eta_c * self.ch - self.dis / eta_d) * dt_h,
-            self.soc[1:] >= self.p_e_lo,
-            self.soc[1:] <= self.p_e_hi,
-            self.soc[1:] + self.reserve_short >= self.p_e_reserve,
-            self.soc[n] + self.end_short >= self.p_e_end,
-            self.ch <= self.p_ch_max,
-            self.dis <= self.p_dis_max,
-            self.g_imp - self.g_exp == self.p_net + battery,
-            self.g_imp - self.v_imp <= self.p_imp,
-            self.g_exp - self.v_exp <= -self.p_exp,
-            battery - self.p_prior == self.up - self.down,
-            self.peak >= self.g_imp,
-            self.peak >= self.p_peak_floor,
-        ]
-        self._terms: dict[str, Any] = {
-            "violation": config.violation_penalty_per_kwh * dt_h * (self.v_imp + self.v_exp).sum(),
-            "change": config.change_penalty_per_kwh * dt_h * (self.up + self.down).sum(),
-            "energy": dt_h * (self.p_price @ self.g_imp - self.p_feed @ self.g_exp),
-            "demand": self.p_demand * self.peak,
-            "wear": config.wear_cost_per_kwh * dt_h * (self.ch + self.dis).sum(),
-            "end_soc": config.end_soc_penalty_per_kwh * self.end_short,
-            "reserve": config.reserve_penalty_per_kwh_h * dt_h * (self.reserve_short).sum(),
-        }
+        self.scenario_vars: list[dict[str, Any]] = []
+        constraints: list[Any] = []
+        terms: dict[str, Any] = {k: cp.Constant(0.0) for k in TERMS}
+        for s, weight in enumerate(self.weights):
+            v = {
+                "ch": cp.Variable(n, nonneg=True, name=f"charge_kw_{s}"),
+                "dis": cp.Variable(n, nonneg=True, name=f"discharge_kw_{s}"),
+                "g_imp": cp.Variable(n, nonneg=True, name=f"import_kw_{s}"),
+                "g_exp": cp.Variable(n, nonneg=True, name=f"export_kw_{s}"),
+                "v_imp": cp.Variable(n, nonneg=True, name=f"import_violation_kw_{s}"),
+                "v_exp": cp.Variable(n, nonneg=True, name=f"export_violation_kw_{s}"),
+                "up": cp.Variable(n, nonneg=True, name=f"change_up_kw_{s}"),
+                "down": cp.Variable(n, nonneg=True, name=f"change_down_kw_{s}"),
+                "reserve_short": cp.Variable(n, nonneg=True, name=f"reserve_short_kwh_{s}"),
+                "soc": cp.Variable(n + 1, name=f"soc_kwh_{s}"),
+                "peak": cp.Variable(name=f"peak_kw_{s}"),
+                "end_short": cp.Variable(nonneg=True, name=f"end_short_kwh_{s}"),
+            }
+            self.scenario_vars.append(v)
+            ch, dis, soc = v["ch"], v["dis"], v["soc"]
+            battery = ch - dis
+            constraints += [
+                soc[0] == self.p_soc0,
+                soc[1:] == soc[:-1] + (eta_c * ch - dis / eta_d) * dt_h,
+                soc[1:] >= self.p_e_lo,
+                soc[1:] <= self.p_e_hi,
+                soc[1:] + v["reserve_short"] >= self.p_e_reserve,
+                soc[n] + v["end_short"] >= self.p_e_end,
+                ch <= self.p_ch_max,
+                dis <= self.p_dis_max,
+                v["g_imp"] - v["g_exp"] == self.p_nets[s] + battery,
+                v["g_imp"] - v["v_imp"] <= self.p_imp,
+                v["g_exp"] - v["v_exp"] <= -self.p_exp,
+                battery - self.p_prior == v["up"] - v["down"],
+                v["peak"] >= v["g_imp"],
+                v["peak"] >= self.p_peak_floor,
+                v["peak"] <= self.p_peak_caps[s],
+            ]
+            if s > 0:  # non-anticipativity: the first step is one decision for every scenario
+                first = self.scenario_vars[0]
+                constraints += [ch[0] == first["ch"][0], dis[0] == first["dis"][0]]
+            scenario_terms = {
+                "violation": config.violation_penalty_per_kwh
+                * dt_h
+                * (v["v_imp"] + v["v_exp"]).sum(),
+                "change": config.change_penalty_per_kwh * dt_h * (v["up"] + v["down"]).sum(),
+                "energy": dt_h * (self.p_price @ v["g_imp"] - self.p_feed @ v["g_exp"]),
+                "demand": self.p_demand * v["peak"],
+                "wear": config.wear_cost_per_kwh * dt_h * (ch + dis).sum(),
+                "end_soc": self.p_end_w * v["end_short"],
+                "reserve": self.p_reserve_w * dt_h * v["reserve_short"].sum(),
+            }
+            for k, expr in scenario_terms.items():
+                terms[k] = terms[k] + weight * expr
+        first = self.scenario_vars[0]
+        self.ch, self.dis, self.soc, self.peak = (
+            first["ch"],
+            first["dis"],
+            first["soc"],
+            first["peak"],
+        )
+        self._terms = terms
         objective = cp.Minimize(sum(self._terms.values(), start=cp.Constant(0.0)))
         self.problem = cp.Problem(objective, constraints)
         if not self.problem.is_dpp():
             raise SolverError("the EMA problem is not DPP: re-solves would recompile")
         self.solves = 0
 
-    def solve(self, inputs: EmaInputs, solver: SolverName | None = None) -> Schedule:
+    def solve(
+        self,
+        inputs: EmaInputs,
+        solver: SolverName | None = None,
+        scenarios: Sequence[Scenario] | None = None,
+    ) -> Schedule:
         """Solve for a battery schedule.
 
         Args:
             inputs: the outlook's data (net load, SoC, prior schedule, month peak).
             solver: override the configured solver.
+            scenarios: one net-load trace per compiled weight (their weights are the compiled
+                ones); None: `inputs.net_load_kw` (single-trace problems only).
 
         Returns:
-            The schedule, with status, objective terms and solve time.
+            The schedule of the scenario with the highest planned peak (the first with one
+            trace), with status, objective terms (probability-weighted), every scenario's
+            planned peak and the solve time.
 
         Raises:
             SolverError: the solver failed or reported an infeasible / unbounded problem, or the
-                inputs do not fit the compiled horizon.
+                inputs do not fit the compiled horizon or scenario count.
         """
         cfg = self.config
         n = cfg.horizon_steps
         name = solver or cfg.solver
-        net = np.asarray(inputs.net_load_kw, dtype=float)
+        traces = [inputs.net_load_kw] if scenarios is None else [s.net_load_kw for s in scenarios]
+        if len(traces) != len(self.weights):
+            raise SolverError(f"{len(self.weights)} scenario(s) compiled, {len(traces)} given")
+        nets = [np.asarray(t, dtype=float) for t in traces]
         prior = np.asarray(inputs.prior_kw, dtype=float)
-        if net.shape != (n,) or prior.shape != (n,):
-            raise SolverError(f"inputs must have {n} steps (got {net.shape}, {prior.shape})")
-        if not (np.isfinite(net).all() and np.isfinite(prior).all()):
+        if any(net.shape != (n,) for net in nets) or prior.shape != (n,):
+            raise SolverError(
+                f"inputs must have {n} steps (got {[net.shape for net in nets]}, {prior.shape})"
+            )
+        if not (all(np.isfinite(net).all() for net in nets) and np.isfinite(prior).all()):
             raise SolverError("inputs contain NaN or infinite values")
         if not math.isfinite(inputs.soc_kwh):
             raise SolverError("initial SoC is not finite")
@@ -279,6 +360,7 @@ class ScheduleOptimizer:
                 raise SolverError(f"reserve_kwh must hold {n} finite values")
             reserve = np.maximum(reserve, asked)
         self.p_e_reserve.value = np.minimum(reserve, cfg.soc_max_pct / 100 * cap)
+        reserve_asked = bool(np.max(self.p_e_reserve.value) > 0)
         self.p_e_end.value = cfg.end_soc_pct / 100 * cap
         self.p_ch_max.value = cfg.battery_max_charge_kw
         self.p_dis_max.value = cfg.battery_max_discharge_kw
@@ -287,7 +369,8 @@ class ScheduleOptimizer:
             import_cap = min(import_cap, max(cfg.demand_target_kw, inputs.peak_floor_kw))
         self.p_imp.value = import_cap
         self.p_exp.value = cfg.export_limit_kw
-        self.p_net.value = net
+        for param, net in zip(self.p_nets, nets, strict=True):
+            param.value = net
         self.p_prior.value = prior
         if cfg.energy_cost and inputs.price_per_kwh is not None:
             # the LP's price parameters are non-negative: a negative price counts as free energy
@@ -302,14 +385,42 @@ class ScheduleOptimizer:
         else:
             price, feed = np.zeros(n), np.zeros(n)
         self.p_price.value, self.p_feed.value = price, feed
-        self.p_demand.value = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
+        demand = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
+        self.p_demand.value = demand
+        scaled = soft_target_weights(cfg, demand, reserve_asked)
+        self.p_end_w.value, self.p_reserve_w.value = scaled
         self.p_peak_floor.value = max(inputs.peak_floor_kw, 0.0)
+        # no cap in the first pass: above any import the plan can make (keeps the LP scaled)
+        loose = max(inputs.peak_floor_kw, max(float(net.max()) for net in nets)) + 1.0
+        for cap_param in self.p_peak_caps:
+            cap_param.value = loose + cfg.battery_max_charge_kw
 
+        status, elapsed = self._run(name)
+        peaks = self._peaks(nets, inputs.peak_floor_kw)
+        full = (cfg.end_soc_penalty_per_kwh, cfg.reserve_penalty_per_kwh_h)
+        if cfg.soft_targets_second_pass and scaled != full:
+            # Second pass: the soft targets at their full weight, every scenario's peak held at
+            # what the first pass decided: they may keep energy from arbitrage, never buy peak.
+            for cap_param, peak in zip(self.p_peak_caps, peaks, strict=True):
+                cap_param.value = peak + PEAK_CAP_TOLERANCE_KW
+            self.p_end_w.value, self.p_reserve_w.value = full
+            status, more = self._run(name)
+            elapsed += more
+            peaks = self._peaks(nets, inputs.peak_floor_kw)
+        pick = int(np.argmax(peaks)) if len(peaks) > 1 else 0
+        return replace(
+            self._schedule(inputs, nets[pick], pick, status, elapsed, name),
+            scenario_peaks_kw=tuple(peaks) if len(peaks) > 1 else (),
+        )
+
+    def _run(self, name: str) -> tuple[str, float]:
         import cvxpy as cp  # already imported by __init__: a dictionary look-up
 
         started = time.perf_counter()
         try:
-            self.problem.solve(solver=name, **_solver_options(name, cfg.solver_time_limit_s))  # type: ignore[no-untyped-call]
+            self.problem.solve(
+                solver=name, **_solver_options(name, self.config.solver_time_limit_s)
+            )  # type: ignore[no-untyped-call]
         except cp.error.SolverError as err:
             raise SolverError(f"{name} failed: {err}") from err
         elapsed = time.perf_counter() - started
@@ -317,14 +428,33 @@ class ScheduleOptimizer:
         status = str(self.problem.status)
         if status not in _OK_STATUSES or self.ch.value is None or self.dis.value is None:
             raise SolverError(f"{name} returned status {status}")
-        return self._schedule(inputs, status, elapsed, name)
+        return status, elapsed
 
-    def _schedule(self, inputs: EmaInputs, status: str, elapsed_s: float, name: str) -> Schedule:
+    def _peaks(self, nets: list[FloatArray], floor: float) -> list[float]:
+        return [
+            max(float(np.max(net + np.asarray(v["ch"].value) - np.asarray(v["dis"].value))),
+                floor, 0.0)
+            for net, v in zip(nets, self.scenario_vars, strict=True)
+        ]  # fmt: skip
+
+    def scenario_schedule(
+        self, base: Schedule, inputs: EmaInputs, net: FloatArray, k: int
+    ) -> Schedule:
+        """Scenario `k`'s schedule of the last solve (`base`: that solve's result)."""
+        out = self._schedule(
+            inputs, np.asarray(net, dtype=float), k, base.status, base.solve_time_s, base.solver
+        )
+        return replace(out, scenario_peaks_kw=base.scenario_peaks_kw)
+
+    def _schedule(
+        self, inputs: EmaInputs, net: FloatArray, pick: int, status: str, elapsed_s: float,
+        name: str,
+    ) -> Schedule:  # fmt: skip
         cfg = self.config
-        ch = np.maximum(np.asarray(self.ch.value, dtype=float), 0.0)
-        dis = np.maximum(np.asarray(self.dis.value, dtype=float), 0.0)
+        v = self.scenario_vars[pick]
+        ch = np.maximum(np.asarray(v["ch"].value, dtype=float), 0.0)
+        dis = np.maximum(np.asarray(v["dis"].value, dtype=float), 0.0)
         battery = ch - dis
-        net = np.asarray(inputs.net_load_kw, dtype=float)
         pcc = net + battery
         import_cap = float(self.p_imp.value)  # type: ignore[arg-type]
         violation = np.maximum.reduce(
@@ -338,7 +468,7 @@ class ScheduleOptimizer:
             battery_p_kw=battery,
             charge_kw=ch,
             discharge_kw=dis,
-            soc_kwh=np.asarray(self.soc.value, dtype=float),
+            soc_kwh=np.asarray(v["soc"].value, dtype=float),
             pcc_kw=pcc,
             violation_kw=violation,
             status=status,
@@ -349,57 +479,50 @@ class ScheduleOptimizer:
         )
 
 
+TERMS = ("violation", "change", "energy", "demand", "wear", "end_soc", "reserve")
+"""The objective's terms, in `Schedule.terms`."""
+
+
+PEAK_CAP_TOLERANCE_KW = 1e-6
+PEAK_FLOOR_SHARE = 0.9
+"""Soft SoC targets may be worth at most this share of the demand charge per kW of peak."""
+
+
+def soft_target_weights(
+    cfg: EmaConfig, demand_per_kw: float, reserve_asked: bool = True
+) -> tuple[float, float]:
+    """End-SoC and reserve penalties, scaled down so that they never pay for a higher peak.
+
+    Raising the planned peak by 1 kW over the whole outlook stores at most
+    `E = steps x step_h x charge_efficiency` kWh more; each stored kWh is worth at most
+    `end + reserve x horizon_h` in the soft terms. When that gain `E x (end + reserve x
+    horizon_h)` would outweigh the demand charge, both weights are scaled so that it is
+    `PEAK_FLOOR_SHARE` of it: a reserve or SoC target alone never raises the month's peak
+    (energy arbitrage still may, when the tariff says it pays). Without a demand charge the
+    configured weights apply; without a reserve asked (`reserve_asked` False) only the end-SoC
+    weight counts.
+
+    Returns:
+        (end-SoC penalty per kWh, reserve penalty per kWh and hour).
+    """
+    end, reserve = cfg.end_soc_penalty_per_kwh, cfg.reserve_penalty_per_kwh_h
+    if demand_per_kw <= 0:
+        return end, reserve
+    horizon_h = cfg.horizon_steps * cfg.step_s / 3600
+    stored_kwh = horizon_h * cfg.charge_efficiency
+    gain = stored_kwh * (end + (reserve * horizon_h if reserve_asked else 0.0))
+    if gain <= PEAK_FLOOR_SHARE * demand_per_kw:
+        return end, reserve
+    scale = PEAK_FLOOR_SHARE * demand_per_kw / gain
+    return end * scale, reserve * scale
+
+
 def _solver_options(name: str, time_limit_s: float) -> dict[str, Any]:
     if name == "CLARABEL":
         return {"time_limit": time_limit_s}
     if name == "HIGHS":
         return {"time_limit": time_limit_s}
     return {"max_iters": 500}
-
-
-def align_series(
-    values: list[float] | FloatArray,
-    series_start: datetime,
-    series_step_s: int,
-    start: datetime,
-    steps: int,
-    step_s: int,
-    fill: Literal["daily", "zero"] = "daily",
-) -> FloatArray:
-    """Values of a regular series on another grid (value of the interval containing each start).
-
-    Args:
-        values: the series' values.
-        series_start: start of its first interval.
-        series_step_s: its step, s.
-        start: start of the wanted grid.
-        steps: number of wanted steps.
-        step_s: the wanted step, s.
-        fill: outside the series, `daily` repeats the value from whole days earlier or later
-            (the last or first value when none), `zero` uses 0 (for schedules: idle).
-
-    Returns:
-        The aligned values.
-    """
-    data = np.asarray(values, dtype=float)
-    count = len(data)
-    offsets = np.array(
-        [(start - series_start).total_seconds() + i * step_s for i in range(steps)], dtype=float
-    )
-    index = np.floor(offsets / series_step_s).astype(int)
-    inside = (index >= 0) & (index < count)
-    out = np.zeros(steps, dtype=float)
-    out[inside] = data[index[inside]]
-    if fill == "zero" or inside.all() or count == 0:
-        return out
-    per_day = 86_400 // series_step_s if 86_400 % series_step_s == 0 else 0
-    for i in np.flatnonzero(~inside):
-        j = int(index[i])
-        if per_day and count >= per_day:
-            j = j - per_day * math.ceil((j - count + 1) / per_day) if j >= count else j
-            j = j + per_day * math.ceil(-j / per_day) if j < 0 else j
-        out[i] = data[min(max(j, 0), count - 1)]
-    return out
 
 
 def uncertainty_reserve_kwh(
@@ -429,3 +552,202 @@ def uncertainty_reserve_kwh(
     after = np.concatenate([np.cumsum(energy[::-1])[::-1][1:], [0.0]])
     reserve: FloatArray = after
     return reserve
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One possible net-load trace over the outlook and its probability.
+
+    Attributes:
+        weight: probability (the weights of a set are normalised).
+        net_load_kw: load - PV per step, kW.
+        level: the forecast quantile level it was built from (for reports).
+    """
+
+    weight: float
+    net_load_kw: FloatArray
+    level: float = 0.5
+
+
+SCENARIO_LEVELS: tuple[tuple[float, float], ...] = ((0.1, 0.2), (0.5, 0.6), (0.9, 0.2))
+"""(quantile level, weight): p10, p50 and p90 traces standing for the strata 0-0.2, 0.2-0.8
+and 0.8-1 of the forecast distribution."""
+_KEY_LEVELS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
+
+
+def quantile_trace(
+    quantiles: Mapping[str, Sequence[float] | FloatArray], level: float
+) -> FloatArray:
+    """The trace at a quantile level, interpolated per step between the forecast's quantiles.
+
+    Args:
+        quantiles: `p10`, `p50`, `p90` (any of them; others are ignored), equal lengths.
+        level: 0..1; outside the given levels the nearest one holds.
+
+    Returns:
+        The values per step.
+
+    Raises:
+        ValueError: no usable quantile.
+    """
+    known = sorted((_KEY_LEVELS[k], np.asarray(v, dtype=float)) for k, v in quantiles.items()
+                   if k in _KEY_LEVELS)  # fmt: skip
+    if not known:
+        raise ValueError("no p10/p50/p90 quantile to build a scenario from")
+    levels = [lv for lv, _ in known]
+    if level <= levels[0]:
+        return known[0][1].copy()
+    if level >= levels[-1]:
+        return known[-1][1].copy()
+    k = int(np.searchsorted(levels, level))  # levels[k - 1] < level <= levels[k]
+    (lo_level, lo), (hi_level, hi) = known[k - 1], known[k]
+    out: FloatArray = lo + (hi - lo) * (level - lo_level) / (hi_level - lo_level)
+    return out
+
+
+BIAS_DECAY_STEPS = 12.0
+"""Steps over which the measured forecast error fades (e-folding: 3 h at 15 minutes)."""
+
+
+def quantile_scenarios(
+    load: Mapping[str, Sequence[float] | FloatArray],
+    pv: Mapping[str, Sequence[float] | FloatArray] | None = None,
+    levels: Sequence[tuple[float, float]] = SCENARIO_LEVELS,
+    bias_kw: float = 0.0,
+    bias_decay_steps: float = BIAS_DECAY_STEPS,
+) -> list[Scenario]:
+    """Net-load scenarios from quantile forecasts: load at level u with PV at 1 - u.
+
+    High load goes with low PV (the case that sets a peak), one trace per (level, weight).
+    `bias_kw` is the error measured now (actual net load of the last interval minus its p50
+    forecast): a day-ahead forecast does not see the morning's clouds or a busy day, the meter
+    does. Every trace is shifted by it, fading as `exp(-step / bias_decay_steps)`.
+    """
+    total = sum(w for _, w in levels)
+    out = []
+    shift: FloatArray | float = 0.0
+    for level, weight in levels:
+        net = quantile_trace(load, level)
+        if pv is not None:
+            net = net - quantile_trace(pv, 1.0 - level)
+        if bias_kw and bias_decay_steps > 0:
+            shift = bias_kw * np.exp(-np.arange(len(net)) / bias_decay_steps)
+        out.append(Scenario(weight / total, net + shift, level))
+    return out
+
+
+OVERSHOOT = 1.0
+"""How much a target below a scenario's need costs there: each kW the PMA holds below the need
+spends energy that is then missing, taken to come back as `OVERSHOOT` kW above the need (up
+to the scenario's peak without battery). 1: the target is the weighted median of the needs;
+large: the highest need (a target below it taken to fail outright)."""
+
+
+def plan_with_scenarios(
+    optimizer: ScheduleOptimizer,
+    inputs: EmaInputs,
+    scenarios: Sequence[Scenario],
+    overshoot: float = OVERSHOOT,
+) -> Schedule:
+    """Decide the demand target with the uncertainty in view, and the schedule for it.
+
+    With an optimiser compiled for these scenarios (its weights), one two-stage solve: every
+    scenario gets its own plan, the first step shared, so what is done now is hedged over all
+    of them; each scenario's planned peak is what it needs, `need_s` (the month's peak so far
+    is every scenario's floor). With a single-trace optimiser, each scenario is solved alone.
+
+    The target handed to the PMA is the candidate `need_k` with the lowest expected billed peak,
+    where a scenario that needs more than the target is taken to bill its peak without the
+    battery (the PMA would drain the battery holding a target it cannot hold): a high scenario
+    raises the target only as far as its probability makes it worth it. The schedule returned
+    is the plan of the scenario that set the target.
+
+    Args:
+        optimizer: the compiled EMA problem.
+        inputs: SoC, prior schedule, month's peak, reserve; its `net_load_kw` is not used.
+        scenarios: at least one scenario of the optimiser's horizon.
+
+    Returns:
+        The schedule with `target_kw` (the 15-minute import for the PMA to hold) and the
+        needs of the scenarios; `solve_time_s` sums every solve.
+
+    Raises:
+        SolverError: a solve failed, or no scenario was given.
+    """
+    if not scenarios:
+        raise SolverError("no scenario to plan on")
+    floor = max(inputs.peak_floor_kw, 0.0)
+    if len(scenarios) == 1:
+        plan = optimizer.solve(replace(inputs, net_load_kw=scenarios[0].net_load_kw))
+        need = max(floor, float(plan.pcc_kw.max()))
+        return replace(plan, target_kw=need, scenario_peaks_kw=(need,))
+    if len(optimizer.weights) == len(scenarios):
+        joint = optimizer.solve(inputs, scenarios=scenarios)
+        needs = list(joint.scenario_peaks_kw)
+        plans: list[Schedule] | None = None
+        elapsed = joint.solve_time_s
+    else:
+        plans = [optimizer.solve(replace(inputs, net_load_kw=sc.net_load_kw)) for sc in scenarios]
+        needs = [max(floor, float(p.pcc_kw.max())) for p in plans]
+        elapsed = sum(p.solve_time_s for p in plans)
+    total = sum(sc.weight for sc in scenarios)
+    unshaved = [max(floor, float(np.max(sc.net_load_kw))) for sc in scenarios]
+
+    def billed(target: float, need: float, raw: float) -> float:
+        if need <= target + 1e-6:
+            return target
+        return min(max(raw, need), need + overshoot * (need - target))
+
+    def expected(target: float) -> float:
+        return sum(
+            sc.weight / total * billed(target, need, raw)
+            for sc, need, raw in zip(scenarios, needs, unshaved, strict=True)
+        )
+
+    best = min(range(len(scenarios)), key=lambda k: (expected(needs[k]), needs[k]))
+    if plans is None:
+        chosen = optimizer.scenario_schedule(joint, inputs, scenarios[best].net_load_kw, best)
+    else:
+        chosen = plans[best]
+    return replace(
+        chosen, target_kw=needs[best], scenario_peaks_kw=tuple(needs), solve_time_s=elapsed
+    )
+
+
+STRUCTURAL_FIELDS = (
+    "horizon_steps", "step_s", "charge_efficiency", "discharge_efficiency",
+    "violation_penalty_per_kwh", "change_penalty_per_kwh", "wear_cost_per_kwh",
+)  # fmt: skip
+"""EmaConfig fields compiled into the problem: a change builds a new one."""
+_COMPILED: dict[tuple[Any, ...], ScheduleOptimizer] = {}
+
+
+def compiled(config: EmaConfig, weights: Sequence[float] = (1.0,)) -> ScheduleOptimizer:
+    """This process's compiled problem for a configuration and scenario weights (built on
+    first use, then reused)."""
+    key = (*(getattr(config, k) for k in STRUCTURAL_FIELDS), tuple(weights))
+    optimizer = _COMPILED.get(key)
+    if optimizer is None:
+        optimizer = _COMPILED[key] = ScheduleOptimizer(config, weights)
+    optimizer.config = config
+    return optimizer
+
+
+def solve_plan(
+    config: EmaConfig, inputs: EmaInputs, scenarios: Sequence[Scenario] = ()
+) -> Schedule:
+    """One EMA plan, runnable in a worker process (arguments and result pickle).
+
+    With scenarios: `plan_with_scenarios`; without: one solve on `inputs.net_load_kw`.
+    """
+    if not scenarios:
+        return replace(compiled(config).solve(inputs), worker_pid=os.getpid())
+    optimizer = compiled(config, [sc.weight for sc in scenarios])
+    plan = plan_with_scenarios(optimizer, inputs, scenarios)
+    return replace(plan, worker_pid=os.getpid())
+
+
+def warm(config: EmaConfig, weights: Sequence[float] = (1.0,)) -> int:
+    """Build the compiled problem in this process (cvxpy imported); returns the process id."""
+    compiled(config, weights)
+    return os.getpid()

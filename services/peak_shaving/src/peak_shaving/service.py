@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -32,11 +35,16 @@ from derbus.tariff import PriceBook
 from peak_shaving.api_models import KpisView, Replanning, ScheduleView
 from peak_shaving.controller import PeakShavingController, PmaInputs
 from peak_shaving.optimizer import (
+    STRUCTURAL_FIELDS,
+    EmaConfig,
     EmaInputs,
+    FloatArray,
+    Scenario,
     Schedule,
-    ScheduleOptimizer,
-    align_series,
+    quantile_scenarios,
+    solve_plan,
     uncertainty_reserve_kwh,
+    warm,
 )
 from peak_shaving.settings import Settings
 
@@ -44,11 +52,6 @@ log = logging.getLogger(__name__)
 
 NAME = "peak_shaving"
 LOAD_TARGET, PV_TARGET = "load", "pv"
-_STRUCTURAL = (
-    "horizon_steps", "step_s", "charge_efficiency", "discharge_efficiency",
-    "violation_penalty_per_kwh", "change_penalty_per_kwh", "wear_cost_per_kwh",
-    "end_soc_penalty_per_kwh", "reserve_penalty_per_kwh_h",
-)  # fmt: skip
 
 
 @dataclass
@@ -116,7 +119,7 @@ class PeakShaving:
     def __init__(self, service: Service[Settings]) -> None:
         self.service = service
         self.controller = PeakShavingController(service.settings)
-        self._optimizer: ScheduleOptimizer | None = None  # built on first use (cvxpy: ~2 s)
+        self._pool: ProcessPoolExecutor | None = None  # the EMA's own process(es)
         self._warm_up: asyncio.Task[None] | None = None
         self.sites: dict[str, SitePlan] = {}
         self.metrics = _Metrics(service)
@@ -132,27 +135,48 @@ class PeakShaving:
         """The current settings."""
         return self.service.settings
 
-    @property
-    def optimizer(self) -> ScheduleOptimizer:
-        """The EMA's compiled problem, built (and cvxpy imported) on first use."""
-        if self._optimizer is None:
-            self._optimizer = ScheduleOptimizer(self.settings)
-        return self._optimizer
+    def ema_config(self) -> EmaConfig:
+        """The optimiser's part of the settings (what a worker process is handed)."""
+        fields = set(EmaConfig.model_fields)
+        return EmaConfig.model_validate(self.settings.model_dump(include=fields))
 
-    def _solve(self, inputs: EmaInputs) -> Schedule:
-        return self.optimizer.solve(inputs)
+    async def _run_ema(self, fn: Any, *args: Any) -> Any:
+        """Run EMA work in its own process (`ema_workers` >= 1) or a thread (0)."""
+        if self.settings.ema_workers == 0:
+            async with self._solve_lock:  # one compiled problem per process, one solve at a time
+                return await self.service.run_blocking(fn, *args)
+        if self._pool is None:
+            # spawn: a clean interpreter (no copy of the bus client's threads or the event loop)
+            self._pool = ProcessPoolExecutor(
+                self.settings.ema_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except BrokenProcessPool as err:  # the worker died (killed, out of memory): a new one next
+            self._pool = None
+            raise SolverError(f"EMA worker process died: {err}") from err
+
+    async def solve(self, inputs: EmaInputs, scenarios: list[Scenario]) -> Schedule:
+        """One EMA plan (scenarios when given), off the service's event loop."""
+        plan: Schedule = await self._run_ema(solve_plan, self.ema_config(), inputs, scenarios)
+        return plan
 
     def warm_up(self) -> None:
         """Build the optimiser off the event loop after start-up, so /readyz is not held up."""
 
         async def build() -> None:
-            async with self._solve_lock:
-                try:
-                    await self.service.run_blocking(lambda: self.optimizer)
-                except SolverError as err:  # the first solve builds again and reports it
-                    log.warning("EMA problem could not be built: %s", err)
+            try:
+                await self._run_ema(warm, self.ema_config())
+            except SolverError as err:  # the first solve builds again and reports it
+                log.warning("EMA problem could not be built: %s", err)
 
         self._warm_up = asyncio.create_task(build(), name=f"{NAME}:warm-up")
+
+    def close(self) -> None:
+        """Stop the EMA's worker processes."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def site(self, site_id: str) -> SitePlan:
         """The plan holder of a site (created on first use)."""
@@ -174,7 +198,7 @@ class PeakShaving:
         if plan.schedule_valid and plan.schedule is not None:
             schedule_kw = plan.schedule.value_at(reading.ts)
             if self.settings.demand_charge and plan.last_solution is not None:
-                plan_peak = float(plan.last_solution.pcc_kw.max())
+                plan_peak = plan.last_solution.demand_threshold_kw
         decision = self.controller.step(
             PmaInputs(
                 site_id=site_id,
@@ -237,6 +261,24 @@ class PeakShaving:
         while running := [t for t in self._replans.values() if not t.done()]:
             await asyncio.gather(*running, return_exceptions=True)
 
+    def ema_scenarios(self, site_id: str, start: datetime) -> list[Scenario]:
+        """Net-load scenarios from the load (and PV) forecast quantiles ([]: single trace)."""
+        cfg = self.settings
+        plan = self.site(site_id)
+        load = plan.forecasts.get(LOAD_TARGET)
+        if not cfg.scenario_levels or load is None:
+            return []
+        n, step = cfg.horizon_steps, cfg.step_s
+
+        def traces(series: TimeSeries) -> dict[str, FloatArray]:
+            keys = list(series.quantiles or {"p50": series.values})
+            return {k: _grid(series, start, step, n, k) for k in keys}
+
+        pv = plan.forecasts.get(PV_TARGET)
+        return quantile_scenarios(
+            traces(load), traces(pv) if pv is not None else None, cfg.scenario_levels
+        )
+
     def ema_inputs(self, site_id: str, now: datetime) -> EmaInputs | None:
         """The EMA's inputs for a site now, or None without a load forecast or battery reading."""
         cfg = self.settings
@@ -248,16 +290,11 @@ class PeakShaving:
         epoch = int(now.timestamp())
         start = datetime.fromtimestamp(epoch - epoch % step, tz=UTC)
         n = cfg.horizon_steps
-        load_kw = _quantile(load, cfg.load_forecast_quantile)
-        net = align_series(load_kw, load.start, load.step_s, start, n, step)
-        upper = align_series(
-            _quantile(load, cfg.reserve_load_quantile), load.start, load.step_s, start, n, step
-        )
+        net = _grid(load, start, step, n, cfg.load_forecast_quantile)
+        upper = _grid(load, start, step, n, cfg.reserve_load_quantile)
         pv = plan.forecasts.get(PV_TARGET)
         if pv is not None:
-            pv_kw = align_series(
-                _quantile(pv, cfg.pv_forecast_quantile), pv.start, pv.step_s, start, n, step
-            )
+            pv_kw = _grid(pv, start, step, n, cfg.pv_forecast_quantile)
             net, upper = net - pv_kw, upper - pv_kw
         month_peak = self.controller.month_peak_kw(site_id)
         reserve = None
@@ -268,7 +305,7 @@ class PeakShaving:
         prior = np.zeros(n)
         if plan.schedule is not None:
             s = plan.schedule
-            prior = align_series(s.values, s.start, s.step_s, start, n, step, fill="zero")
+            prior = np.asarray(s.on_grid(start, step, n, outside="zero"), dtype=float)
         prices = self.prices.for_site(site_id, cfg.tariff, now)
         price_kw = export_kw = None
         if prices.series is not None:  # else the tariff, inside the optimiser
@@ -295,9 +332,8 @@ class PeakShaving:
             return
         plan = self.site(site_id)
         try:
-            async with self._solve_lock:  # one compiled problem, one solve at a time
-                solution = await self.service.run_blocking(self._solve, inputs)
-        except SolverError as err:
+            solution = await self.solve(inputs, self.ema_scenarios(site_id, inputs.start))
+        except (SolverError, ValueError) as err:
             self.metrics.solves.labels(outcome="failed").inc()
             await self._fall_back(site_id, plan, inputs, now, str(err))
             return
@@ -372,19 +408,19 @@ class PeakShaving:
         )  # fmt: skip
 
     def apply_config(self, old: Settings, new: Settings) -> None:
-        """Hand new settings to the controller and optimiser (recompiled if structure changed)."""
+        """Hand new settings to the controller; the EMA gets them with each solve (a worker
+        keeps one compiled problem per structure, see `STRUCTURAL_FIELDS`)."""
         self.controller.config = new
-        if any(getattr(old, k) != getattr(new, k) for k in _STRUCTURAL):
-            self._optimizer = None  # rebuilt by the next solve
-        elif self._optimizer is not None:
-            self._optimizer.config = new
+        if any(getattr(old, k) != getattr(new, k) for k in STRUCTURAL_FIELDS):
+            log.info("EMA structure changed: the next solve compiles a new problem")
 
 
-def _quantile(series: TimeSeries, name: str | None) -> list[float]:
-    """A forecast's quantile when it has it, else its values."""
-    if name is not None and series.quantiles and name in series.quantiles:
-        return series.quantiles[name]
-    return series.values
+def _grid(
+    series: TimeSeries, start: datetime, step_s: int, n: int, quantile: str | None
+) -> FloatArray:
+    """A forecast's quantile (its values when absent) on the EMA's grid; outside it, the value
+    from whole days earlier or later."""
+    return np.asarray(series.on_grid(start, step_s, n, outside="daily", quantile=quantile))
 
 
 def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
@@ -472,6 +508,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
     @service.on_shutdown
     async def stop_replans() -> None:
         await ps.idle()
+        ps.close()
 
     router = APIRouter(tags=["peak_shaving"])
 

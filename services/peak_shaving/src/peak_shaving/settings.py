@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from derbus.settings import ServiceSettings
 from derbus.topics import validate_id
 from peak_shaving.controller import PmaConfig
-from peak_shaving.optimizer import EmaConfig
+from peak_shaving.optimizer import SCENARIO_LEVELS, EmaConfig
 
 
 class Settings(ServiceSettings, PmaConfig, EmaConfig):
@@ -61,11 +61,33 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         default="p10", description="PV forecast quantile the EMA plans on (the low side)"
     )
     reserve_load_quantile: str | None = Field(
-        default="p90",
+        default=None,
         description="load forecast quantile (with pv_forecast_quantile for PV) whose excess over"
         " the month's peak so far the EMA keeps in store as a reserve (no arbitrage with it);"
         " None: only reserve_pct",
     )
+
+    scenario_levels: list[tuple[float, float]] = Field(
+        default_factory=lambda: list(SCENARIO_LEVELS),
+        description="(quantile level, weight) of each net-load scenario the demand target is"
+        " decided on (load at the level, PV at 1 - level); []: plan on one trace"
+        " (load_forecast_quantile - pv_forecast_quantile)",
+    )
+    ema_workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="processes the EMA solves in (the control loop never waits for a solve);"
+        " 0: a thread of the service process",
+    )
+
+    @field_validator("scenario_levels")
+    @classmethod
+    def _levels(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for level, weight in value:
+            if not (0.0 <= level <= 1.0 and weight > 0):
+                raise ValueError("each scenario needs a level in 0..1 and a weight > 0")
+        return value
 
     @field_validator("site_shard")
     @classmethod
