@@ -49,7 +49,7 @@ def train_config(settings: Settings) -> TrainConfig:
     return TrainConfig(
         models=tuple(settings.models), test_fraction=settings.test_size,
         folds=settings.backtest_folds, max_iter=settings.max_iter, threads=settings.fit_threads,
-        min_train_days=settings.min_train_days,
+        min_train_days=settings.min_train_days, issue_every=settings.backtest_issue_every,
     )  # fmt: skip
 
 
@@ -304,7 +304,12 @@ def build_service(
             )
         except StorageError as err:
             raise HTTPException(status_code=503, detail=str(err)) from err
-        return {"site_id": site_id, "target": target, "since": since.isoformat(), **scores}
+        reference = None
+        if "reference_is_week" in scores:
+            week = scores.pop("reference_is_week") > 0
+            reference = "seasonal_naive_week" if week else "seasonal_naive_day"
+        return {"site_id": site_id, "target": target, "since": since.isoformat(),
+                "reference": reference, **scores}  # fmt: skip
 
     @router.post("/train")
     async def post_train(_auth: TokenDep) -> dict[str, Any]:

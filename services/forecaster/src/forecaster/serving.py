@@ -6,13 +6,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from derbus import features as fx
 from derbus.messages import TimeSeries
+from forecaster.calibration import RESIDUAL_LAGS
 from forecaster.catalogue import Target
 from forecaster.design import DAY, day_ahead_times, design_matrix, training_rows
-from forecaster.models import Model, finish, seasonal_naive_day
+from forecaster.models import Forecaster, Model, finish, seasonal_naive_day
 
 
 @dataclass
@@ -57,8 +59,18 @@ def forecast(
     model: Model, history: pd.Series, issue_time: pd.Timestamp, site: fx.SiteContext,
     target: Target,
 ) -> pd.DataFrame:  # fmt: skip
-    """P10/P50/P90 for the 96 intervals from `issue_time`, from history before it only."""
+    """P10/P50/P90 for the 96 intervals from `issue_time`, from history before it only.
+
+    A trained `Forecaster` also reads the last hour before the issue time (intraday update)
+    and serves its calibrated band.
+    """
     known = history[history.index < issue_time]
     times = day_ahead_times(issue_time, DAY)
+    if isinstance(model, Forecaster):
+        span = day_ahead_times(times[0] - RESIDUAL_LAGS * fx.STEP, DAY + RESIDUAL_LAGS)
+        x = design_matrix(known, span, site, target)
+        y = known.reindex(span).to_numpy(dtype=float)
+        issued = model.issue(x, y, np.array([RESIDUAL_LAGS]))[0]
+        return pd.DataFrame(issued, columns=["p10", "p50", "p90"], index=times)
     x = design_matrix(known, times, site, target)
     return finish(model.predict(x).set_axis(times), x, target)
