@@ -74,7 +74,9 @@ async def test_readings_to_features_to_model_to_forecast(
                 for t, m in forecasts.messages
             )
 
-        await wait_for(lambda: trained("load") and trained("pv"), 60, 0.1, "trained forecasts")
+        # the start-up training backtests two models and fits the chosen ones with their
+        # calibration: ~20 s on a quiet 2-core machine, over 60 s at load 35
+        await wait_for(lambda: trained("load") and trained("pv"), 180, 0.1, "trained forecasts")
         load = [m for t, m in forecasts.messages if "/load/" in t and "@v0001" in (m.model or "")]
         message = load[-1]
         assert len(message.values) == 96

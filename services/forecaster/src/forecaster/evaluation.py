@@ -294,6 +294,7 @@ def backtest(
     threads: int = 1,
     issue_every: int = 1,
     update: bool = True,
+    weather: pd.DataFrame | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BacktestResult:
     """Rolling-origin backtest of what the service issues, at dense issue times.
@@ -314,10 +315,11 @@ def backtest(
         threads: BLAS/OpenMP threads for fitting (1 avoids oversubscription on a busy host).
         issue_every: steps between issue times (1 = every 15 min).
         update: use the intraday update (False: the base day-ahead forecast at every issue).
+        weather: forecast weather by interval start (design.WEATHER features), or None.
         progress: called with a label after each fitted model.
     """
     index = history.index
-    x_all = design_matrix(history, index, site, target)
+    x_all = design_matrix(history, index, site, target, weather)
     values = history.to_numpy(dtype=float)
     starts = fold_starts(index, test_fraction, folds)
     ends = [*starts[1:], index[-1] + fx.STEP]

@@ -239,6 +239,12 @@ class Forecaster:
     band: Forecaster | None = None
 
     @property
+    def uses_weather(self) -> bool:
+        """Whether the model was fitted with weather features (design.WEATHER)."""
+        models = [self.model] + ([self.band.model] if self.band is not None else [])
+        return any("weather_temperature_c" in getattr(m, "features", ()) for m in models)
+
+    @property
     def label(self) -> str:
         """`point` or `point+band` when the band comes from another model."""
         return self.name if self.band is None else f"{self.name}+{self.band.name}"

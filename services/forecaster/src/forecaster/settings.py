@@ -35,6 +35,11 @@ class Settings(ServiceSettings):
         default=0.25, gt=0, lt=0.9, description="share of the history held out for the backtest"
     )
     backtest_folds: int = Field(default=2, ge=1, le=12, description="rolling-origin folds")
+    weather_source: str = Field(
+        default="simulator",
+        description="simulator | none | open-meteo (the public API) | a file or URL answering "
+        "in the Open-Meteo hourly JSON layout",
+    )
     backtest_issue_every: int = Field(
         default=1, ge=1, le=96, description="intervals between the backtest's issue times"
     )
@@ -87,6 +92,20 @@ class Settings(ServiceSettings):
         unknown = set(value) - set(KNOWN_MODELS)
         if unknown or not value:
             raise ValueError(f"models must be among {list(KNOWN_MODELS)}")
+        return value
+
+    @field_validator("weather_source")
+    @classmethod
+    def _weather(cls, value: str) -> str:
+        if value in ("simulator", "none", "open-meteo") or value.startswith(
+            ("http://", "https://")
+        ):
+            return value
+        if not Path(value).is_file():
+            raise ValueError(
+                "weather_source must be simulator, none, open-meteo, an http(s) URL or an "
+                f"existing file in the Open-Meteo JSON layout; {value!r} is none of these"
+            )
         return value
 
     @field_validator("site_ids")

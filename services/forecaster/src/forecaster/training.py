@@ -64,10 +64,11 @@ def enough_history(history: pd.Series, min_days: float) -> bool:
 
 
 def fit_final(
-    history: pd.Series, site: fx.SiteContext, target: Target, name: str, config: TrainConfig
-) -> Forecaster:
+    history: pd.Series, site: fx.SiteContext, target: Target, name: str, config: TrainConfig,
+    weather: pd.DataFrame | None = None,
+) -> Forecaster:  # fmt: skip
     """Fit `point` or `point+band` on the history (with its intraday update and calibration)."""
-    x = design_matrix(history, history.index, site, target)
+    x = design_matrix(history, history.index, site, target, weather)
     point, _, band = name.partition("+")
     fitted = fit_forecaster(point, x, history, target, config.max_iter, config.threads)
     if band:
@@ -75,13 +76,21 @@ def fit_final(
     return fitted
 
 
+def usable_weather(weather: pd.DataFrame | None, index: pd.DatetimeIndex) -> pd.DataFrame | None:
+    """The weather when it covers at least half of the training intervals, else None."""
+    if weather is None:
+        return None
+    known = weather.reindex(index).notna().all(axis=1).mean()
+    return weather if known >= 0.5 else None
+
+
 def evaluate(
     history: pd.Series, site: fx.SiteContext, target: Target, config: TrainConfig,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, weather: pd.DataFrame | None = None,
 ) -> BacktestResult:  # fmt: skip
     """The rolling-origin backtest of every configured model and the baselines."""
     return backtest(
-        history, site, target, config.models, test_fraction=config.test_fraction,
+        history, site, target, config.models, weather=weather, test_fraction=config.test_fraction,
         folds=config.folds, max_iter=config.max_iter, threads=config.threads,
         issue_every=config.issue_every, progress=progress,
     )  # fmt: skip
@@ -96,8 +105,14 @@ def train_target(
     config: TrainConfig,
     now: datetime,
     progress: Callable[[str], None] | None = None,
+    weather: pd.DataFrame | None = None,
+    weather_name: str | None = None,
 ) -> TrainOutcome:
-    """Backtest, fit the best learned model, register it, promote it if it beats seasonal naive."""
+    """Backtest, fit the chosen models, register, promote if they beat the better naive.
+
+    `weather` (forecaster.weather, by interval start) enters the features when it covers at
+    least half of the history (`usable_weather`); `meta.inputs` says which inputs were used.
+    """
     history = history.loc[history.first_valid_index() :] if history.notna().any() else history
     if not enough_history(history, config.min_train_days):
         return TrainOutcome(
@@ -106,10 +121,14 @@ def train_target(
             f"{config.min_train_days:g} days)", {},
         )  # fmt: skip
     began = time.perf_counter()
-    result = evaluate(history, site, target, config, progress)
+    weather = usable_weather(weather, history.index)
+    inputs = ["history", "calendar", "clear_sky"] + (
+        [f"weather:{weather_name or 'provided'}"] if weather is not None else []
+    )
+    result = evaluate(history, site, target, config, progress, weather)
     best = result.best_learned()
     promoted, reason = result.decision(best)
-    model = fit_final(history, site, target, best, config)
+    model = fit_final(history, site, target, best, config, weather)
     if progress is not None:
         progress(f"{target.name} final {best}")
     fit_seconds = time.perf_counter() - began
@@ -120,7 +139,8 @@ def train_target(
     }
     meta: dict[str, Any] = {
         "site_id": site_id, "target": target.name, "quantity": target.quantity, "model": best,
-        "features": feature_names(target), "training_window": training,
+        "features": feature_names(target, weather is not None), "inputs": inputs,
+        "training_window": training,
         "trained_at": now.isoformat(), "backtest": {
             "folds": result.folds, "test_fraction": config.test_fraction,
             "metrics": result.overall, "by_horizon_h": result.by_horizon_h.get(best, []),
