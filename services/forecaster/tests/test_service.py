@@ -156,3 +156,33 @@ def test_status_prints_the_accuracy_of_issued_forecasts(
         ("s1", "load", 1, 96)
     ]
     assert rows[0]["mae_kw"] == pytest.approx(0.25)
+
+
+def test_evaluate_reports_skill_against_the_better_seasonal_naive(
+    tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from forecaster.__main__ import cli
+
+    now = datetime.now(UTC)  # --evaluate reads the history up to now
+    load = load_series(start=(now - pd.Timedelta(days=22)).strftime("%Y-%m-%d"), days=21)
+    store = ForecastStore(Settings(data_dir=tmp_path).database.sqlalchemy_url(tmp_path))
+    fill_features(store, "s1", load, pv_series(days=1))
+    store.dispose()
+    env = {"FORECAST_DATA_DIR": str(tmp_path), "FORECAST_TARGETS": '["load"]',
+           "FORECAST_MODELS": '["linear"]', "FORECAST_BACKTEST_FOLDS": "1",
+           "FORECAST_BACKTEST_ISSUE_EVERY": "8"}  # fmt: skip
+    result = CliRunner().invoke(cli, ["--evaluate", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])["evaluated"]
+    assert len(evaluated) == 1
+    e = evaluated[0]
+    rows = {r["model"]: r for r in e["rows"]}
+    assert set(rows) >= {"linear", "seasonal_naive_day", "seasonal_naive_week", "persistence"}
+    better = min(rows["seasonal_naive_day"]["mae"], rows["seasonal_naive_week"]["mae"])
+    assert rows[e["reference"]]["mae"] == better
+    assert rows["linear"]["skill"] == pytest.approx(1 - rows["linear"]["mae"] / better)
+    assert Path(e["report"]).read_text().count("skill vs the better seasonal naive") == 1
