@@ -74,8 +74,9 @@ async def test_readings_to_features_to_model_to_forecast(
                 for t, m in forecasts.messages
             )
 
-        # a bound, not a timing: training both targets took 65 s of this test's 75 s on the real
-        # clock and over 60 s under libfaketime (2 cores, load average ~23, 2026-12-07)
+        # a bound, not a timing: the start-up training backtests two models and fits the chosen
+        # ones with their calibration: ~20 s on a quiet 2-core machine, over 60 s at load ~23
+        # and under libfaketime (2026-12-07)
         await wait_for(lambda: trained("load") and trained("pv"), 240, 0.1, "trained forecasts")
         load = [m for t, m in forecasts.messages if "/load/" in t and "@v0001" in (m.model or "")]
         message = load[-1]

@@ -11,7 +11,7 @@ import pytest
 from derbus import features as fx
 from forecaster.catalogue import TARGETS
 from forecaster.design import design_matrix, training_rows
-from forecaster.models import finish, make_model, persistence_forecast
+from forecaster.models import finish, fit_forecaster, make_model, persistence_forecast
 
 
 def test_seasonal_naive_predicts_the_value_a_day_and_a_week_ago() -> None:
@@ -44,21 +44,24 @@ def test_finish_orders_clips_and_zeroes_pv_at_night() -> None:
 def test_learned_models_beat_seasonal_naive_on_a_noisy_daily_pattern(
     name: str, site: fx.SiteContext, load_series: Callable[..., pd.Series]
 ) -> None:
-    y = load_series(days=42)
+    y = load_series(days=49)
     x = design_matrix(y, y.index, site, TARGETS["load"])
-    train, test = slice(0, 35 * 96), slice(35 * 96, None)
-    model = make_model(name, max_iter=60).fit(x.iloc[train], y.iloc[train])
-    pred = finish(
-        model.predict(x.iloc[test]).set_axis(x.index[test]), x.iloc[test], TARGETS["load"]
-    )
-    naive = make_model("seasonal_naive_day").fit(x.iloc[train], y.iloc[train]).predict(x.iloc[test])
-    actual = y.iloc[test].to_numpy()
-    mae = np.mean(np.abs(actual - pred["p50"].to_numpy()))
-    assert mae < 0.8 * np.mean(np.abs(actual - naive["p50"].to_numpy()))
-    assert (pred["p10"] <= pred["p50"]).all()
-    assert (pred["p50"] <= pred["p90"]).all()
-    coverage = np.mean((actual >= pred["p10"].to_numpy()) & (actual <= pred["p90"].to_numpy()))
-    assert 0.6 < coverage < 0.95
+    train, test = slice(0, 42 * 96), slice(42 * 96, None)
+    fc = fit_forecaster(name, x.iloc[train], y.iloc[train], TARGETS["load"], max_iter=60)
+    x_test, actual = x.iloc[test], y.iloc[test].to_numpy()
+    issues = np.arange(4, 2 * 96, 8)  # issues every 2 h over the first two test days
+    pred = fc.issue(x_test, actual, issues)
+    idx = np.clip(issues[:, None] + np.arange(96)[None, :], 0, len(actual) - 1)
+    ok = (issues[:, None] + np.arange(96)[None, :]) < len(actual)
+    truth = actual[idx][ok]
+    p10, p50, p90 = (pred[..., j][ok] for j in range(3))
+    naive = make_model("seasonal_naive_day").fit(x.iloc[train], y.iloc[train]).predict(x_test)
+    naive_mae = np.mean(np.abs(truth - naive["p50"].to_numpy()[idx][ok]))
+    assert np.mean(np.abs(truth - p50)) < 0.8 * naive_mae
+    assert (p10 <= p50).all()
+    assert (p50 <= p90).all()
+    coverage = np.mean((truth >= p10) & (truth <= p90))
+    assert 0.65 < coverage < 0.92
 
 
 def test_pv_models_learn_only_from_daylight(
@@ -73,3 +76,22 @@ def test_pv_models_learn_only_from_daylight(
     pred = finish(model.predict(x).set_axis(x.index), x, TARGETS["pv"])
     assert pred.loc[noon, "p50"].mean() > 1.0, "the median of a sunny hour is not zero"
     assert (pred.loc[~rows, "p90"] == 0).all()
+
+
+def test_served_pv_p10_is_not_zero_in_daylight(
+    site: fx.SiteContext, pv_series: Callable[..., pd.Series]
+) -> None:
+    # scikit-learn's quantile boosting left a P10 regressor at 0 on daylight rows; the served
+    # band is the calibrated residual band of the median model instead
+    y = pv_series(days=35)
+    x = design_matrix(y, y.index, site, TARGETS["pv"])
+    train = slice(0, 28 * 96)
+    fc = fit_forecaster("gbm_median", x.iloc[train], y.iloc[train], TARGETS["pv"], max_iter=60)
+    x_test, actual = x.iloc[28 * 96 :], y.iloc[28 * 96 :].to_numpy()
+    issues = np.arange(4, 5 * 96, 16)
+    pred = fc.issue(x_test, actual, issues)
+    idx = np.clip(issues[:, None] + np.arange(96)[None, :], 0, len(actual) - 1)
+    sunny = (x_test["solar_elevation_deg"].to_numpy() > 30)[idx]
+    assert np.mean(pred[..., 0][sunny] > 0.1) > 0.95
+    est = fc.model.estimator
+    assert est.get_params()["early_stopping"] is False  # never "auto" (on above 10,000 rows)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -97,8 +98,8 @@ def test_service_is_ready_without_a_database_or_data(tmp_path: Path) -> None:
 def test_accuracy_of_issued_forecasts_over_rest(
     tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
 ) -> None:
-    load = load_series(start="2026-04-06", days=3)
-    pv = pv_series(start="2026-04-06", days=3)
+    load = load_series(start="2026-04-06", days=9)
+    pv = pv_series(start="2026-04-06", days=9)
     end = load.index[-1] + fx.STEP
     settings = Settings(data_dir=tmp_path, site=SiteSettings(timezone="Europe/Berlin"),
                         train_at_start=False, issue_interval_s=86_400)  # fmt: skip
@@ -116,6 +117,15 @@ def test_accuracy_of_issued_forecasts_over_rest(
         assert body["mae"] == pytest.approx(0.5)
         assert body["coverage_80"] == pytest.approx(1.0)
         assert "coverage_80_daylight" not in body  # load: every interval counts
+        actual = load[day].to_numpy()
+        by_day = np.mean(np.abs(actual - load[day - pd.Timedelta(days=1)].to_numpy()))
+        by_week = np.mean(np.abs(actual - load[day - pd.Timedelta(days=7)].to_numpy()))
+        assert body["mae_seasonal_naive_day"] == pytest.approx(by_day)
+        assert body["mae_seasonal_naive_week"] == pytest.approx(by_week)
+        better = min(by_day, by_week)
+        assert body["reference"] == ("seasonal_naive_day" if by_day <= by_week else
+                                     "seasonal_naive_week")  # fmt: skip
+        assert body["skill"] == pytest.approx(1 - 0.5 / better)
         assert client.get("/forecast/s1/pv/accuracy").json()["n"] == 0  # none issued
         assert client.get("/forecast/s1/wind/accuracy").status_code == 404
 
@@ -146,3 +156,33 @@ def test_status_prints_the_accuracy_of_issued_forecasts(
         ("s1", "load", 1, 96)
     ]
     assert rows[0]["mae_kw"] == pytest.approx(0.25)
+
+
+def test_evaluate_reports_skill_against_the_better_seasonal_naive(
+    tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from forecaster.__main__ import cli
+
+    now = datetime.now(UTC)  # --evaluate reads the history up to now
+    load = load_series(start=(now - pd.Timedelta(days=22)).strftime("%Y-%m-%d"), days=21)
+    store = ForecastStore(Settings(data_dir=tmp_path).database.sqlalchemy_url(tmp_path))
+    fill_features(store, "s1", load, pv_series(days=1))
+    store.dispose()
+    env = {"FORECAST_DATA_DIR": str(tmp_path), "FORECAST_TARGETS": '["load"]',
+           "FORECAST_MODELS": '["linear"]', "FORECAST_BACKTEST_FOLDS": "1",
+           "FORECAST_BACKTEST_ISSUE_EVERY": "8"}  # fmt: skip
+    result = CliRunner().invoke(cli, ["--evaluate", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])["evaluated"]
+    assert len(evaluated) == 1
+    e = evaluated[0]
+    rows = {r["model"]: r for r in e["rows"]}
+    assert set(rows) >= {"linear", "seasonal_naive_day", "seasonal_naive_week", "persistence"}
+    better = min(rows["seasonal_naive_day"]["mae"], rows["seasonal_naive_week"]["mae"])
+    assert rows[e["reference"]]["mae"] == better
+    assert rows["linear"]["skill"] == pytest.approx(1 - rows["linear"]["mae"] / better)
+    assert Path(e["report"]).read_text().count("skill vs the better seasonal naive") == 1

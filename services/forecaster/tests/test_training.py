@@ -40,15 +40,23 @@ def test_a_model_that_beats_seasonal_naive_is_registered_and_promoted(
     for name in ("model.joblib", "meta.json", "report.md", "backtest.png"):
         assert (version.path / name).exists(), name
     meta = json.loads((version.path / "meta.json").read_text())
-    assert meta["model"] in ("linear", "gbm_quantile")
+    assert set(meta["model"].split("+")) <= {"linear", "gbm_quantile"}
+    assert meta["choice"]["point_metric"] == "mae"
     assert "y_lag_96" in meta["features"]
     assert meta["training_window"]["rows"] == 42 * 96
     metrics = meta["backtest"]["metrics"]
     assert set(metrics) >= {"seasonal_naive_day", "seasonal_naive_week", "persistence", "linear"}
     assert metrics[meta["model"]]["mae"] < metrics["seasonal_naive_day"]["mae"]
+    assert metrics[meta["model"]]["mae"] < metrics["seasonal_naive_week"]["mae"]
+    reference = meta["backtest"]["reference"]
+    assert reference in ("seasonal_naive_day", "seasonal_naive_week")
+    assert reference in outcome.reason  # the baseline that decided, with both MAEs
+    assert f"{metrics[reference]['mae']:.3f}" in outcome.reason
+    assert f"{metrics[meta['model']]['mae']:.3f}" in outcome.reason
+    assert set(meta["backtest"]["by_group"][meta["model"]]) == {"0-1 h", "1-6 h", "6-24 h"}
     assert len(meta["backtest"]["by_horizon_h"]) == 24
     report = (version.path / "report.md").read_text()
-    assert "skill vs seasonal naive" in report
+    assert "skill vs the better seasonal naive" in report
     assert "backtest.png" in report
     assert (version.path / "backtest.png").read_bytes()[:4] == b"\x89PNG"
     model = registry.load(version)

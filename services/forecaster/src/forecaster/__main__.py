@@ -120,7 +120,8 @@ def _one_shot(
         console.print(f"{o['site_id']}/{o['target']}: {o['version']} {o['model']} "
                       f"promoted={o['promoted']} ({o['reason']})")  # fmt: skip
     for e in out.get("evaluated", []):
-        _table(f"{e['site_id']}/{e['target']} backtest ({e['report']})", e["rows"], console)
+        title = f"{e['site_id']}/{e['target']} backtest, skill vs {e['reference']} ({e['report']})"
+        _table(title, e["rows"], console)
     _table("model registry", out["models"], console)
     if "issued_accuracy" in out:
         _table(f"issued forecasts, last {settings.accuracy_days:g} days", out["issued_accuracy"],
@@ -156,8 +157,11 @@ def _evaluate(
                 promoted=result.beats_seasonal_naive(best), reason="evaluation only",
                 training={"start": history.index[0], "end": history.index[-1], "rows": len(history)},
             )  # fmt: skip
+            keep = ("model", "mae", "skill", "skill_persistence", "pinball", "coverage_80",
+                    "coverage_80_daylight", "width_80")  # fmt: skip
+            rows = [{k: r[k] for k in keep if k in r} for r in summary_rows(result)]
             done.append({"site_id": site_id, "target": name, "report": str(report),
-                         "rows": summary_rows(result)})  # fmt: skip
+                         "reference": result.reference, "rows": rows})  # fmt: skip
     return done
 
 

@@ -20,5 +20,7 @@ TARGETS: dict[str, Target] = {
     "load": Target("load", "load_kw", "load_p_kw"),
     "pv": Target("pv", "pv_kw", "pv_generation_kw", solar=True),
 }
-BASELINES = ("seasonal_naive_day", "seasonal_naive_week", "persistence")
-LEARNED = ("linear", "gbm", "gbm_quantile")
+BASELINES = ("seasonal_naive_day", "seasonal_naive_week", "persistence", "clear_sky_persistence")
+LEARNED = ("linear", "gbm", "gbm_median")
+"""The default learned models (`gbm_quantile` may be configured, see models.QuantileModel)."""
+KNOWN_MODELS = (*LEARNED, "gbm_quantile")

@@ -34,14 +34,24 @@ SOLAR = ("clear_ratio_1d", "clear_ratio_3d", "smart_persistence_1d", "smart_pers
          "clear_persistence")  # fmt: skip
 
 
-def feature_names(target: Target) -> list[str]:
-    """The columns of the design matrix of a target."""
-    return list(CALENDAR + LAGS + DAY_KIND + (SOLAR if target.solar else ()))
+WEATHER = ("weather_temperature_c", "weather_cloud_cover")
+"""Forecast weather of the target interval (forecaster.weather), when a provider gives it."""
+WEATHER_SOLAR = ("weather_clear_ghi",)
+"""PV: the clear-sky GHI dimmed by the forecast cloud cover (Kasten-Czeplak, 1 - 0.75 c^3.4)."""
+
+
+def feature_names(target: Target, weather: bool = False) -> list[str]:
+    """The columns of the design matrix of a target (with or without weather features)."""
+    names = CALENDAR + LAGS + DAY_KIND + (SOLAR if target.solar else ())
+    if weather:
+        names += WEATHER + (WEATHER_SOLAR if target.solar else ())
+    return list(names)
 
 
 def design_matrix(
-    history: pd.Series, times: pd.DatetimeIndex, site: fx.SiteContext, target: Target
-) -> pd.DataFrame:
+    history: pd.Series, times: pd.DatetimeIndex, site: fx.SiteContext, target: Target,
+    weather: pd.DataFrame | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """Features of the target intervals `times` from the target's history.
 
     Args:
@@ -50,16 +60,21 @@ def design_matrix(
         times: target interval starts (UTC, on the grid).
         site: time zone, holidays country, location and tariff of the site.
         target: which target (PV adds clear-sky ratio features).
+        weather: forecast `temperature_c` and `cloud_cover` (0..1) by interval start
+            (forecaster.weather); None: no weather features.
 
     Returns:
-        One row per time, the columns of `feature_names(target)` (NaN where history is missing).
+        One row per time, the columns of `feature_names(target, weather is not None)` (NaN
+        where history or weather is missing).
     """
+    names = feature_names(target, weather is not None)
     if len(times) == 0:
-        return pd.DataFrame(columns=feature_names(target), index=times)
-    start = min(times[0], history.index[0] if len(history) else times[0]) - WEEK * 5 * fx.STEP
+        return pd.DataFrame(columns=names, index=times)
+    # the lags of `times` reach back 4 weeks and a day at most: 5 weeks before the first one
+    start = times[0] - WEEK * 5 * fx.STEP
     full = pd.date_range(start, times[-1], freq="15min", name="time")
     y = history.reindex(full).astype(float)
-    ahead = fx.known_ahead_features(full, site)
+    ahead = _known_ahead(full, site)
     out = pd.DataFrame(index=full)
     for name in CALENDAR:
         out[name] = ahead[name].astype(float)
@@ -94,7 +109,27 @@ def design_matrix(
         out["clear_persistence"] = (
             fx.lag(y, DAY) / clear_day_ago.where(clear_day_ago >= fx.MIN_CLEAR_GHI_W_M2) * clear
         ).where(clear > 0, 0.0)
-    return out.loc[times, feature_names(target)].replace([np.inf, -np.inf], np.nan)
+    if weather is not None:
+        w = weather.reindex(full)
+        out["weather_temperature_c"] = w["temperature_c"].astype(float)
+        out["weather_cloud_cover"] = w["cloud_cover"].astype(float)
+        if target.solar:
+            dim = 1 - 0.75 * np.clip(out["weather_cloud_cover"], 0, 1) ** 3.4
+            out["weather_clear_ghi"] = ahead["clearsky_ghi_w_m2"].astype(float) * dim
+    return out.loc[times, names].replace([np.inf, -np.inf], np.nan)
+
+
+_AHEAD: list[tuple[pd.Timestamp, int, fx.SiteContext, pd.DataFrame]] = []
+
+
+def _known_ahead(full: pd.DatetimeIndex, site: fx.SiteContext) -> pd.DataFrame:
+    """Known-ahead features of a grid, the last one kept: forecasts of many sites issued at
+    the same time for one site context (the service's) compute calendar and clear sky once."""
+    if _AHEAD and _AHEAD[0][0] == full[0] and _AHEAD[0][1] == len(full) and _AHEAD[0][2] is site:
+        return _AHEAD[0][3]
+    ahead = fx.known_ahead_features(full, site)
+    _AHEAD[:] = [(full[0], len(full), site, ahead)]
+    return ahead
 
 
 def day_kind(ahead: pd.DataFrame) -> pd.Series:
@@ -111,16 +146,21 @@ def same_kind_lags(y: pd.Series, kind: pd.Series) -> tuple[pd.Series, pd.Series]
     Looks back 1 to SAME_KIND_DAYS days; the first is the latest such day (a Monday gets
     Friday's value, the day after a holiday a workday's), the second the mean of up to three.
     """
-    latest = pd.Series(np.nan, index=y.index)
-    total = pd.Series(0.0, index=y.index)
-    count = pd.Series(0, index=y.index)
-    for k in range(1, SAME_KIND_DAYS + 1):
-        value = fx.lag(y, k * DAY)
-        match = (fx.lag(kind, k * DAY) == kind) & value.notna() & (count < 3)
-        latest = latest.where(latest.notna() | ~match, value)
-        total = total + value.where(match, 0.0)
-        count = count + match.astype(int)
-    return latest, total / count.where(count > 0)
+    v, k = y.to_numpy(dtype=float), kind.to_numpy()
+    n = len(v)
+    latest, total, count = np.full(n, np.nan), np.zeros(n), np.zeros(n, dtype=int)
+    for days in range(1, SAME_KIND_DAYS + 1):
+        shift = days * DAY
+        if shift >= n:
+            break
+        value = np.concatenate([np.full(shift, np.nan), v[:-shift]])
+        kind_then = np.concatenate([np.full(shift, -1), k[:-shift]])
+        match = (kind_then == k) & ~np.isnan(value) & (count < 3)
+        latest = np.where(np.isnan(latest) & match, value, latest)
+        total += np.where(match, value, 0.0)
+        count += match
+    mean = total / np.where(count > 0, count, np.nan)
+    return pd.Series(latest, index=y.index), pd.Series(mean, index=y.index)
 
 
 def training_rows(x: pd.DataFrame, target: Target) -> np.ndarray:

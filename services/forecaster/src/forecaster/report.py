@@ -51,32 +51,58 @@ def markdown(
     training: dict[str, Any],
 ) -> str:  # fmt: skip
     """The report text."""
+    every = result.issue_every * 15
+    ref = result.reference
+    day = "daylight " if result.solar else ""
+    cov = "coverage_80_daylight" if result.solar else "coverage_80"
     lines = [
         f"# {site_id} / {result.target}: evaluation",
         "",
-        f"Rolling-origin backtest, day-ahead issues at 00:00 UTC, folds {result.folds}.",
+        f"Rolling-origin backtest of the issued forecasts (an issue every {every} min, 96 "
+        f"intervals ahead, each reading only what was measured before it), folds {result.folds}.",
         f"Training window: {training.get('start')} .. {training.get('end')} "
         f"({training.get('rows')} intervals).",
         "",
-        f"Selected model: **{model}**; promoted: **{'yes' if promoted else 'no'}** ({reason}).",
+        f"Served: **{model}**; promoted: **{'yes' if promoted else 'no'}** ({reason}).",
+        f"Choice: the point forecast (P50) by MAE, the band (P10/P90) by its pinball loss; "
+        f"skill is measured against `{ref}`"
+        + (
+            " (PV: the 1-day seasonal naive)."
+            if result.solar
+            else " (the better of the 1-day and 7-day seasonal naive)."
+        ),
         "",
-        "| model | MAE kW | RMSE kW | nMAE | skill vs seasonal naive | pinball | 80 % coverage "
-        "| 80 % coverage, daylight | n |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | MAE kW | RMSE kW | nMAE | skill vs the better seasonal naive | skill vs "
+        "persistence | pinball | 80 % coverage | 80 % coverage, daylight | 80 % width kW "
+        "| day-ahead (00:00 UTC) skill | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in summary_rows(result):
+        m = str(row["model"])
         lines.append(
-            f"| {row['model']} | {_fmt(row['mae'])} | {_fmt(row['rmse'])} | {_fmt(row['nmae'])} "
-            f"| {_fmt(row['skill'])} | {_fmt(row['pinball'])} | {_fmt(row['coverage_80'])} "
-            f"| {_fmt(row.get('coverage_80_daylight', '–'))} | {int(row['n'])} |"
+            f"| {m} | {_fmt(row['mae'])} | {_fmt(row['rmse'])} | {_fmt(row['nmae'])} "
+            f"| {_fmt(row['skill'])} | {_fmt(row['skill_persistence'])} "
+            f"| {_fmt(row['pinball'])} | {_fmt(row['coverage_80'])} "
+            f"| {_fmt(row.get('coverage_80_daylight', '–'))} | {_fmt(row['width_80'])} "
+            f"| {_fmt(result.day_ahead.get(m, {}).get('skill', float('nan')))} | {int(row['n'])} |"
         )
-    lines += ["", f"## {model} by horizon (hours after issue)", "",
-              "| horizon h | MAE kW | nMAE | 80 % coverage | 80 % coverage, daylight | pinball |",
-              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["", f"## {model} by horizon group", "",
+              f"| horizon | MAE kW | skill vs {ref} | skill vs persistence of the last 15 min "
+              f"| 80 % {day}coverage | 80 % width kW | pinball |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for group, values in result.by_group.get(model, {}).items():
+        lines.append(
+            f"| {group} | {_fmt(values['mae'])} | {_fmt(values['skill'])} "
+            f"| {_fmt(values['skill_last_15min'])} | {_fmt(values.get(cov, float('nan')))} "
+            f"| {_fmt(values['width_80'])} | {_fmt(values['pinball'])} |"
+        )
+    lines += ["", f"## {model} by hour ahead", "",
+              "| horizon h | MAE kW | nMAE | skill | 80 % coverage | 80 % coverage, daylight "
+              "| pinball |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for row in result.by_horizon_h.get(model, []):
         lines.append(
             f"| {int(row['horizon_h'])}-{int(row['horizon_h']) + 1} | {_fmt(row['mae'])} "
-            f"| {_fmt(row['nmae'])} | {_fmt(row['coverage_80'])} "
+            f"| {_fmt(row['nmae'])} | {_fmt(row['skill'])} | {_fmt(row['coverage_80'])} "
             f"| {_fmt(row.get('coverage_80_daylight', '–'))} | {_fmt(row['pinball'])} |"
         )
     lines += ["", f"![forecast vs actual]({PLOT})", ""]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from forecaster.models import Model
     from forecaster.serving import Issued
     from forecaster.training import TrainConfig, TrainOutcome
+    from forecaster.weather import WeatherProvider
 
 NAME = "forecaster"
 SERVING_HISTORY = 5 * fx.STEPS_PER_WEEK * fx.STEP + timedelta(days=1)
@@ -50,7 +51,7 @@ def train_config(settings: Settings) -> TrainConfig:
     return TrainConfig(
         models=tuple(settings.models), test_fraction=settings.test_size,
         folds=settings.backtest_folds, max_iter=settings.max_iter, threads=settings.fit_threads,
-        min_train_days=settings.min_train_days,
+        min_train_days=settings.min_train_days, issue_every=settings.backtest_issue_every,
     )  # fmt: skip
 
 
@@ -74,6 +75,7 @@ def train_all(
     site = fx.SiteContext.of(settings.site)
     end = issue_time_of(now).to_pydatetime()
     start = end - timedelta(days=settings.train_history_days)
+    provider = weather_provider(settings)
     outcomes = []
     for site_id in site_ids(settings, store):
         for name in settings.targets:
@@ -81,12 +83,34 @@ def train_all(
                 continue
             target = TARGETS[name]
             history = store.history(site_id, target.column, start, end)
+            weather = weather_frame(provider, history.index)
             outcomes.append(
                 train_target(
-                    history, site_id, site, target, registry, train_config(settings), now, progress
+                    history, site_id, site, target, registry, train_config(settings), now,
+                    progress, weather, provider.name if provider else None,
                 )
-            )
+            )  # fmt: skip
     return outcomes
+
+
+def weather_provider(settings: Settings) -> WeatherProvider | None:
+    """The configured weather source (FORECAST_WEATHER_SOURCE)."""
+    from forecaster.weather import provider_of
+
+    return provider_of(settings.weather_source, settings.site.latitude, settings.site.longitude)
+
+
+def weather_frame(provider: WeatherProvider | None, index: pd.DatetimeIndex) -> pd.DataFrame | None:
+    """The provider's weather over `index`, None when there is none or it cannot be read."""
+    from forecaster.weather import WeatherError
+
+    if provider is None:
+        return None
+    try:
+        return provider.frame(index)
+    except WeatherError as err:
+        log.warning("weather %s unavailable for training: %s", provider.name, err)
+        return None
 
 
 class Server:
@@ -100,6 +124,21 @@ class Server:
         self.latest: dict[tuple[str, str], Issued] = {}
         self._importing = threading.Lock()
         self.cold_start = coldstart.ColdStart(settings.cold_start, coldstart.Readings(store.engine))
+        self._weather: list[WeatherProvider | None] = []
+        self._site: fx.SiteContext | None = None
+
+    def site_context(self) -> fx.SiteContext:
+        """One site context for every forecast (its known-ahead features are then shared)."""
+        if self._site is None:
+            self._site = fx.SiteContext.of(self.settings.site)
+        return self._site
+
+    @property
+    def weather(self) -> WeatherProvider | None:
+        """The weather provider (made on first use: its module loads pandas)."""
+        if not self._weather:
+            self._weather.append(weather_provider(self.settings))
+        return self._weather[0]
 
     def sites(self, now: datetime) -> list[str]:
         """The sites to forecast: those of the feature table and those with recent readings."""
@@ -156,8 +195,9 @@ class Server:
             frame, name, version, meta = cold.frame, coldstart.MODEL_NAME, None, cold.meta()
         else:
             model, name, version = self.model_for(site_id, target, history)
-            site = fx.SiteContext.of(self.settings.site)
-            frame = forecast(model, history, issue_time, site, target)
+            site = self.site_context()
+            frame, inputs = forecast(model, history, issue_time, site, target, self.weather)
+            meta = {"inputs": inputs}
         self.store.save_issued(site_id, target_name, issue_time.to_pydatetime(), frame, name,
                                version)  # fmt: skip
         issued = Issued(site_id, target, issue_time.to_pydatetime(), frame, name, version, meta)
@@ -322,7 +362,12 @@ def build_service(
             )
         except StorageError as err:
             raise HTTPException(status_code=503, detail=str(err)) from err
-        return {"site_id": site_id, "target": target, "since": since.isoformat(), **scores}
+        reference = None
+        if "reference_is_week" in scores:
+            week = scores.pop("reference_is_week") > 0
+            reference = "seasonal_naive_week" if week else "seasonal_naive_day"
+        return {"site_id": site_id, "target": target, "since": since.isoformat(),
+                "reference": reference, **scores}  # fmt: skip
 
     @router.post("/train", response_model=Trained, responses=errors(503))
     async def post_train(_auth: TokenDep) -> dict[str, Any]:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from derbus import features as fx
 from derbus.messages import TimeSeries
+from forecaster.calibration import RESIDUAL_LAGS
 from forecaster.catalogue import Target
 from forecaster.design import DAY, day_ahead_times, design_matrix, training_rows
-from forecaster.models import Model, finish, seasonal_naive_day
+from forecaster.models import Forecaster, Model, finish, seasonal_naive_day
+from forecaster.weather import WeatherError, WeatherProvider
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,10 +61,33 @@ def fallback_model(history: pd.Series, site: fx.SiteContext, target: Target) -> 
 
 def forecast(
     model: Model, history: pd.Series, issue_time: pd.Timestamp, site: fx.SiteContext,
-    target: Target,
-) -> pd.DataFrame:  # fmt: skip
-    """P10/P50/P90 for the 96 intervals from `issue_time`, from history before it only."""
+    target: Target, weather: WeatherProvider | None = None,
+) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+    """P10/P50/P90 for the 96 intervals from `issue_time`, from history before it only.
+
+    A trained `Forecaster` also reads the last hour before the issue time (intraday update)
+    and serves its calibrated band; one fitted with weather features reads `weather` (NaN,
+    i.e. left out, when the provider fails). Returns the frame and the inputs it used.
+    """
     known = history[history.index < issue_time]
     times = day_ahead_times(issue_time, DAY)
+    inputs = ["history", "calendar", "clear_sky"]
+    if isinstance(model, Forecaster):
+        span = day_ahead_times(times[0] - RESIDUAL_LAGS * fx.STEP, DAY + RESIDUAL_LAGS)
+        frame = None
+        if model.uses_weather:
+            frame = pd.DataFrame(np.nan, index=span, columns=["temperature_c", "cloud_cover"])
+            if weather is not None:
+                try:
+                    frame = weather.frame(span)
+                    inputs.append(f"weather:{weather.name}")
+                except WeatherError as err:
+                    log.warning("weather %s unavailable, forecasting without: %s",
+                                weather.name, err)  # fmt: skip
+        x = design_matrix(known, span, site, target, frame)
+        y = known.reindex(span).to_numpy(dtype=float)
+        issued = model.issue(x, y, np.array([RESIDUAL_LAGS]))[0]
+        inputs.append("intraday_update")
+        return pd.DataFrame(issued, columns=["p10", "p50", "p90"], index=times), inputs
     x = design_matrix(known, times, site, target)
-    return finish(model.predict(x).set_axis(times), x, target)
+    return finish(model.predict(x).set_axis(times), x, target), inputs

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from derbus.settings import DatabaseSettings, ServiceSettings
 from derbus.topics import validate_id
-from forecaster.catalogue import LEARNED, TARGETS
+from forecaster.catalogue import KNOWN_MODELS, LEARNED, TARGETS
 from forecaster.coldstart import ColdStartSettings
 
 
@@ -35,6 +35,14 @@ class Settings(ServiceSettings):
         default=0.25, gt=0, lt=0.9, description="share of the history held out for the backtest"
     )
     backtest_folds: int = Field(default=2, ge=1, le=12, description="rolling-origin folds")
+    weather_source: str = Field(
+        default="simulator",
+        description="simulator | none | open-meteo (the public API) | a file or URL answering "
+        "in the Open-Meteo hourly JSON layout",
+    )
+    backtest_issue_every: int = Field(
+        default=1, ge=1, le=96, description="intervals between the backtest's issue times"
+    )
     site_ids: list[str] = Field(
         default_factory=list, description="sites to serve; empty = every site in the feature table"
     )
@@ -81,9 +89,23 @@ class Settings(ServiceSettings):
     @field_validator("models")
     @classmethod
     def _models(cls, value: list[str]) -> list[str]:
-        unknown = set(value) - set(LEARNED)
+        unknown = set(value) - set(KNOWN_MODELS)
         if unknown or not value:
-            raise ValueError(f"models must be among {list(LEARNED)}")
+            raise ValueError(f"models must be among {list(KNOWN_MODELS)}")
+        return value
+
+    @field_validator("weather_source")
+    @classmethod
+    def _weather(cls, value: str) -> str:
+        if value in ("simulator", "none", "open-meteo") or value.startswith(
+            ("http://", "https://")
+        ):
+            return value
+        if not Path(value).is_file():
+            raise ValueError(
+                "weather_source must be simulator, none, open-meteo, an http(s) URL or an "
+                f"existing file in the Open-Meteo JSON layout; {value!r} is none of these"
+            )
         return value
 
     @field_validator("site_ids")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -124,11 +125,12 @@ class ForecastStore:
         import numpy as np
         import pandas as pd
 
-        from forecaster.evaluation import DAYLIGHT_ELEVATION_DEG, metrics
+        from forecaster.calibration import DAYLIGHT_ELEVATION_DEG
+        from forecaster.evaluation import metrics
 
         i, f = self.issued.c, self.features.c
         query = (
-            sa.select(i.issue_time, i.p10, i.p50, i.p90, f[column], f.solar_elevation_deg)
+            sa.select(i.issue_time, i.p10, i.p50, i.p90, f[column], f.solar_elevation_deg, i.time)
             .join(self.features, sa.and_(f.site_id == i.site_id, f.time == i.time))
             .where(i.site_id == site_id, i.target == target, i.issue_time >= as_utc(since),
                    f[column].is_not(None))
@@ -136,9 +138,48 @@ class ForecastStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         frame = pd.DataFrame(
-            [r[1:] for r in rows], columns=["p10", "p50", "p90", "actual", "elevation"]
+            [r[1:6] for r in rows], columns=["p10", "p50", "p90", "actual", "elevation"]
         ).astype(float)
         daylight = frame["elevation"].to_numpy() > DAYLIGHT_ELEVATION_DEG if solar else None
         out = metrics(frame["actual"].to_numpy(), frame, daylight)
         out["forecasts"] = float(len({r[0] for r in rows}))
+        if rows:
+            out |= self._naive_scores(site_id, column, rows, frame, solar)
         return {k: v for k, v in out.items() if np.isfinite(v)}
+
+    def _naive_scores(
+        self, site_id: str, column: str, rows: Sequence[Any], frame: pd.DataFrame, solar: bool
+    ) -> dict[str, float]:
+        """MAE of the 1-day and 7-day seasonal naive on the scored intervals, and the skill.
+
+        The skill is against the better of the two for load, the 1-day one for PV (as in the
+        backtest, `evaluation.reference_of`); rows without both naive values are left out.
+        """
+        import numpy as np
+        import pandas as pd
+
+        from forecaster.evaluation import reference_of
+
+        times = pd.DatetimeIndex([as_utc(r[6]) for r in rows]).tz_convert("UTC")
+        history = self.history(site_id, column, (times.min() - pd.Timedelta(days=7)).to_pydatetime(),
+                               (times.max() + fx.STEP).to_pydatetime())  # fmt: skip
+        day = history.reindex(times - pd.Timedelta(days=1)).to_numpy(dtype=float)
+        week = history.reindex(times - pd.Timedelta(days=7)).to_numpy(dtype=float)
+        actual, p50 = frame["actual"].to_numpy(), frame["p50"].to_numpy()
+        ok = np.isfinite(day) & np.isfinite(week) & np.isfinite(actual) & np.isfinite(p50)
+        if not ok.any():
+            return {}
+        overall = {
+            "seasonal_naive_day": {"mae": float(np.mean(np.abs(actual[ok] - day[ok])))},
+            "seasonal_naive_week": {"mae": float(np.mean(np.abs(actual[ok] - week[ok])))},
+        }
+        ref = reference_of(overall, solar)
+        mae = float(np.mean(np.abs(actual[ok] - p50[ok])))
+        ref_mae = overall[ref]["mae"]
+        return {
+            "n_naive": float(ok.sum()), "mae_on_naive_rows": mae,
+            "mae_seasonal_naive_day": overall["seasonal_naive_day"]["mae"],
+            "mae_seasonal_naive_week": overall["seasonal_naive_week"]["mae"],
+            "skill": 1 - mae / ref_mae if ref_mae > 0 else float("nan"),
+            "reference_is_week": float(ref == "seasonal_naive_week"),
+        }  # fmt: skip
