@@ -8,10 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Accuracy(BaseModel):
-    """How the forecasts issued since `since` did: the scores by name (MAE, coverage…)."""
+    """How the forecasts issued since `since` did: the scores by name (MAE, coverage…).
+
+    Scores are numbers (None where undefined); `reference` names the baseline the skill is
+    measured against.
+    """
 
     model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, float] = Field(init=False)
+    __pydantic_extra__: dict[str, float | str | None] = Field(init=False)
 
     site_id: str
     target: str
