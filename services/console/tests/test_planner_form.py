@@ -37,9 +37,23 @@ def test_form_becomes_a_scenario() -> None:
     assert scenario["houses"][1]["devices"] == []
     assert scenario["jobs"][0]["latest_start"] == "2026-06-01T18:00:00Z"
     assert "profile_kw" not in scenario["jobs"][0]  # none of its own: the device's
+    # numbers go as JSON numbers (the load manager takes JSON types strictly)
+    assert scenario["hours"] == 24
+    assert scenario["houses"][0]["connection_limit_kw"] == 9.2
+    assert scenario["houses"][1]["connection_limit_kw"] == 5
+    assert planner.run_fields(form()) == {"algorithm": "milp", "runs": 2, "seed": "",
+                                          "pv_variation_pct": "", "window_jitter_steps": ""}  # fmt: skip
     fields = planner.scenario_to_fields(scenario)
     assert fields["houses"][0]["pv_kw"] == "0, 1.5, 2"
     assert fields["jobs"][0]["earliest_start"] == "2026-06-01T06:00"
+
+
+def test_a_number_that_does_not_read_as_one_goes_as_typed() -> None:
+    scenario, _ = planner.form_to_scenario(
+        form() | {"hours": "a day", "houses-0-connection_limit_kw": "nan"}
+    )
+    assert scenario["hours"] == "a day"  # the load manager names the field
+    assert scenario["houses"][0]["connection_limit_kw"] == "nan"
 
 
 def test_an_unreadable_number_list_is_named() -> None:

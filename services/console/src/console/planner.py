@@ -22,6 +22,33 @@ from derbus.topics import validate_id
 
 LIST_FIELDS = ("pv_kw", "base_kw", "profile_kw")
 RUN_FIELDS = ("algorithm", "runs", "seed", "pv_variation_pct", "window_jitter_steps")
+NUMBER_FIELDS = ("hours", "step_s", "neighbourhood_limit_kw", "connection_limit_kw",
+                 "profile_step_s", "runs", "seed", "pv_variation_pct", "window_jitter_steps")  # fmt: skip
+"""Form fields sent as JSON numbers when they read as one (the load manager takes JSON types
+strictly); anything else is sent as typed, for the load manager to name what is wrong."""
+
+
+def as_number(raw: str) -> Any:
+    """`raw` as an int or a finite float when it reads as one, else unchanged."""
+    text = raw.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return raw
+    return value if math.isfinite(value) else raw
+
+
+def run_fields(form: Mapping[str, str]) -> dict[str, Any]:
+    """The simulation request's own fields (algorithm and variation), numbers as numbers."""
+    return {
+        k: as_number(form.get(k, "")) if k in NUMBER_FIELDS else form.get(k, "") for k in RUN_FIELDS
+    }
+
+
 PV_DEFAULT_KW = [0.0] * 7 + [0.5, 1.5, 2.5, 3.2, 3.6, 3.6, 3.2, 2.5, 1.5, 0.5] + [0.0] * 7
 """A clear summer day on a 4 kWp roof, hourly kW from midnight."""
 BASE_DEFAULT_KW = [0.3] * 7 + [0.6, 0.5, 0.4, 0.4, 0.5, 0.6, 0.4, 0.4, 0.5, 0.8, 1.0] + [0.9] * 6
@@ -59,8 +86,9 @@ def _local(value: str) -> str:
 def form_to_scenario(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The scenario the form describes, and the fields the console itself could not read.
 
-    Numbers stay text for the load manager to validate (it names what is wrong); number lists
-    are parsed here and an unreadable one is reported under its own field name.
+    Numbers that read as one are sent as JSON numbers, others as typed for the load manager to
+    validate (it names what is wrong); number lists are parsed here and an unreadable one is
+    reported under its own field name.
     """
     errors: dict[str, str] = {}
     tree: dict[str, Any] = {}
@@ -78,6 +106,8 @@ def form_to_scenario(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
                 value = []
         elif parts[-1] in ("start", "earliest_start", "latest_start"):
             value = _utc(raw)
+        elif parts[-1] in NUMBER_FIELDS:
+            value = as_number(raw)
         node: Any = tree
         for key, nxt in zip(parts, [*parts[1:], None], strict=True):
             k: Any = int(key) if key.isdigit() else key

@@ -262,7 +262,7 @@ class Pages:
         scenario, errors = planner.form_to_scenario(form)
         render = functools.partial(self.planner, token=form.get("token", ""))
         known = planner.known_fields(form)
-        run = {k: form.get(k, "") for k in planner.RUN_FIELDS}
+        run = planner.run_fields(form)
         kind, _, arg = action.partition(":")
         if kind == "add_house":
             planner.add_house(scenario)
