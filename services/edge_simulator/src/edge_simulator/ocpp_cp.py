@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
+import numpy as np
+import numpy.typing as npt
 from ocpp.routing import on as ocpp_on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
@@ -504,6 +506,12 @@ class OcppChargePoints:
             self.points[site_id] = point
             if self.settings.plug_in:
                 await point.plug_in()
+
+    def load_kw(self, site_ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        """What each site's charge point draws now, kW (0 without one): part of its PCC power."""
+        return np.array(
+            [p.ev.p_kw() if (p := self.points.get(s)) is not None else 0.0 for s in site_ids]
+        )
 
     async def stop(self) -> None:
         """Close every charge point."""

@@ -1,0 +1,171 @@
+"""The optimiser limits the EV, end to end on loopback (real WebSockets, real Mosquitto).
+
+The edge simulator's site draws 8 kW with a 2 kW battery; its OCPP charge point (the same
+simulator) connects to ev_charging, a vehicle plugs in and charges at 11 kW, and that power is
+part of the site's PCC reading. peak_shaving then sees 17 kW against a 12 kW import limit with the
+battery at its discharge limit: it sends an `ev_limit_kw` setpoint to the charger it learnt from
+`telemetry.ev_charger`; ev_charging turns it into a TxProfile (SetChargingProfile), the charge
+point follows, MeterValues and the PCC show the lower power. For OCPP 1.6J and 2.0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from derbus import topics
+from derbus.bus import MqttBus
+from derbus.messages import EvChargerTelemetry, MeterReading, SetpointAck, SetpointCommand
+from derbus.service import Service
+from derbus.settings import MqttSettings
+from derbus.testing import BusRecorder, wait_for
+from edge_simulator.config import SimConfig
+from edge_simulator.ocpp_cp import OcppSimSettings, Version
+from edge_simulator.service import SimClock
+from edge_simulator.service import build_service as build_simulator
+from edge_simulator.settings import Settings as SimSettings
+from ev_charging.service import build_service as build_ev_charging
+from ev_charging.settings import Settings as EvSettings
+from ev_charging.settings import StationConfig
+from peak_shaving.service import build_service as build_peak_shaving
+from peak_shaving.settings import Settings as PsSettings
+
+pytestmark = pytest.mark.integration
+
+START = datetime(2026, 1, 12, 19, 0, tzinfo=UTC)  # a winter evening: no PV
+SITE = "site-1"
+STATION = "sim-site-1"  # the simulator's station id: prefix + site id
+CHARGER = "sim-site-1-1"  # its connector on the bus
+TAG = "SIM-TAG"
+LOAD_KW, EV_KW, BATTERY_KW, LIMIT_KW, MARGIN_KW = 8.0, 11.0, 2.0, 12.0, 0.5
+
+
+@pytest.fixture(params=["1.6", "2.0.1"])
+def version(request: pytest.FixtureRequest) -> Version:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
+    bus = MqttBus(mqtt_settings)
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+def site() -> SimConfig:
+    """A steady 8 kW (no PV at night, no built-in EV, no appliances), a small idle battery."""
+    return SimConfig.model_validate(
+        {
+            "home_load": {
+                "base_load_kw": LOAD_KW, "base_noise": 0.0, "hvac_max_kw": 0.0,
+                "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0,
+            },
+            "ev": {"enabled": False},
+            "battery": {
+                "capacity_kwh": 50.0, "max_charge_kw": BATTERY_KW,
+                "max_discharge_kw": BATTERY_KW, "initial_soc_pct": 60.0,
+                "self_consumption": False,
+            },
+        }
+    )  # fmt: skip
+
+
+async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
+    mqtt_settings: MqttSettings, probe: MqttBus, version: Version
+) -> None:
+    root = mqtt_settings.root
+    meter: BusRecorder[MeterReading] = BusRecorder(topics.METER, root)
+    ev: BusRecorder[EvChargerTelemetry] = BusRecorder(topics.EV_CHARGER, root)
+    ev_setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, root)
+    battery_setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, root)
+    acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, root)
+    await meter.attach(probe, SITE, "pcc")
+    await ev.attach(probe, SITE, CHARGER)
+    await ev_setpoints.attach(probe, SITE, CHARGER)
+    await battery_setpoints.attach(probe, SITE, "battery")
+    await acks.attach(probe, SITE, CHARGER)
+
+    services: list[Service[Any, Any]] = []
+    try:
+        csms = build_ev_charging(
+            EvSettings(
+                mqtt=mqtt_settings, api_port=0, ocpp_port=0, expire_check_s=0.05, replan_s=3600,
+                stations={STATION: StationConfig(site_id=SITE, max_kw=EV_KW, id_tokens=(TAG,))},
+            ),
+            MqttBus(mqtt_settings),
+        )  # fmt: skip
+        services.append(csms)
+        await csms.start()
+        ocpp = OcppSimSettings(
+            url=f"ws://127.0.0.1:{csms.state.csms.port}", version=version, id_token=TAG,
+            meter_interval_s=0.5, max_kw=EV_KW, ev_max_kw=EV_KW,
+        )  # fmt: skip
+        simulator = build_simulator(
+            SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=0.5, ocpp=ocpp),
+            MqttBus(mqtt_settings),
+            clock=SimClock(START, speed=1.0),
+            config=site(),
+        )
+        services.append(simulator)
+        await simulator.start()
+
+        # the vehicle charges at full power, and the PCC carries it: above the limit
+        await wait_for(
+            lambda: bool(ev.values) and ev.values[-1].p_kw > EV_KW - 0.1
+            and ev.values[-1].status == "Charging",
+            20, message="the simulator's EV charging at 11 kW over OCPP",
+        )  # fmt: skip
+        await wait_for(
+            lambda: bool(meter.values) and meter.values[-1].p_kw > LOAD_KW + EV_KW - 0.5,
+            20, message="the PCC reading carrying the EV",
+        )  # fmt: skip
+
+        peak_shaving = build_peak_shaving(
+            PsSettings(
+                mqtt=mqtt_settings, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
+                margin_kw=MARGIN_KW, battery_capacity_kwh=50.0, battery_max_charge_kw=BATTERY_KW,
+                battery_max_discharge_kw=BATTERY_KW, ev_settle_s=2.0, ev_limit_ttl_s=60.0,
+            ),
+            MqttBus(mqtt_settings),
+        )  # fmt: skip
+        services.append(peak_shaving)
+        await peak_shaving.start()
+
+        # the battery goes first (at its limit), then the EV gets the rest of the excess
+        first = (await ev_setpoints.wait(1, timeout=20))[0]
+        assert first.source == "peak_shaving"
+        assert first.target == "ev_limit_kw"
+        assert first.priority == "site_optimiser"
+        assert first.ttl_s == 60.0
+        expected = LIMIT_KW - MARGIN_KW - LOAD_KW + BATTERY_KW  # 5.5 kW
+        assert first.value == pytest.approx(expected, abs=0.3)
+        assert any(s.value == pytest.approx(-BATTERY_KW) for s in battery_setpoints.values)
+
+        # ev_charging accepted it after the station took the TxProfile; the charger follows
+        await wait_for(
+            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values), 15,
+            message="ack of the EV limit",
+        )  # fmt: skip
+        ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
+        assert ack.status == "accepted", ack
+        await wait_for(
+            lambda: (t := ev.values[-1]).limit_kw == first.value
+            and abs(t.p_kw - first.value) < 1e-6,
+            15, message="MeterValues show the limited power",
+        )  # fmt: skip
+
+        # and the site is back inside its import limit
+        seen = len(meter.values)
+        await wait_for(lambda: len(meter.values) >= seen + 4, 15, message="four more readings")
+        held = [r.p_kw for r in meter.values[seen + 1 :]]
+        assert all(p <= LIMIT_KW for p in held), held
+        # the limit held steady: no chatter, no undershoot to a pause
+        values = [s.value for s in ev_setpoints.values]
+        assert min(values) >= expected - 0.6, values
+    finally:
+        for service in reversed(services):
+            await service.stop()
