@@ -22,11 +22,11 @@ from derbus.messages import EvChargerTelemetry, MeterReading, SetpointAck, Setpo
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
-from edge_simulator.config import SimConfig
 from edge_simulator.ocpp_cp import OcppSimSettings, Version
 from edge_simulator.service import SimClock
 from edge_simulator.service import build_service as build_simulator
 from edge_simulator.settings import Settings as SimSettings
+from edge_simulator.testing import steady_site
 from ev_charging.service import build_service as build_ev_charging
 from ev_charging.settings import Settings as EvSettings
 from ev_charging.settings import StationConfig
@@ -54,24 +54,6 @@ async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
     await bus.connect()
     yield bus
     await bus.close()
-
-
-def site() -> SimConfig:
-    """A steady 8 kW (no PV at night, no built-in EV, no appliances), a small idle battery."""
-    return SimConfig.model_validate(
-        {
-            "home_load": {
-                "base_load_kw": LOAD_KW, "base_noise": 0.0, "hvac_max_kw": 0.0,
-                "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0,
-            },
-            "ev": {"enabled": False},
-            "battery": {
-                "capacity_kwh": 50.0, "max_charge_kw": BATTERY_KW,
-                "max_discharge_kw": BATTERY_KW, "initial_soc_pct": 60.0,
-                "self_consumption": False,
-            },
-        }
-    )  # fmt: skip
 
 
 async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
@@ -108,7 +90,7 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
             SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=0.5, ocpp=ocpp),
             MqttBus(mqtt_settings),
             clock=SimClock(START, speed=1.0),
-            config=site(),
+            config=steady_site(LOAD_KW, BATTERY_KW, capacity_kwh=50.0),
         )
         services.append(simulator)
         await simulator.start()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from derbus.messages import EvChargerTelemetry
+from peak_shaving.controller import PeakShavingController, PmaConfig, PmaInputs
 from peak_shaving.ev_limit import EvLimit, EvLimiter
 
 T0 = datetime(2026, 6, 21, 18, 0, tzinfo=UTC)
@@ -59,3 +62,18 @@ def test_below_the_minimum_current_the_ev_pauses_and_an_ended_session_is_forgott
     lim.on_telemetry("s", "a", unplugged)
     assert lim.decide("s", -1.0, T0) == []
     assert lim.limits("s") == {}
+
+
+def test_the_controller_says_how_much_the_battery_could_still_discharge() -> None:
+    pma = PeakShavingController(
+        PmaConfig(import_limit_kw=12.0, export_limit_kw=-10.0, margin_kw=0.5,
+                  battery_max_discharge_kw=2.0)
+    )  # fmt: skip
+    over = pma.step(PmaInputs("s", T0, pcc_p_kw=19.0, battery_p_kw=0.0, soc_pct=50.0))
+    assert over.battery_p_kw == -2.0
+    assert over.discharge_room_kw == 0.0
+    room = over.import_cap_kw - over.pcc_expected_kw + over.discharge_room_kw
+    assert room == pytest.approx(-5.5)  # what the EVs must give up
+    under = pma.step(PmaInputs("s", T0 + timedelta(seconds=1), pcc_p_kw=11.0, battery_p_kw=-1.0,
+                               soc_pct=50.0))  # fmt: skip
+    assert under.discharge_room_kw == pytest.approx(2.0 + under.battery_p_kw)
