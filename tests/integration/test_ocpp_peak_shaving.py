@@ -22,6 +22,7 @@ from derbus.messages import EvChargerTelemetry, MeterReading, SetpointAck, Setpo
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
+from derbus.testing.servers import free_port
 from edge_simulator.ocpp_cp import OcppSimSettings, Version
 from edge_simulator.service import SimClock
 from edge_simulator.service import build_service as build_simulator
@@ -56,6 +57,48 @@ async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
     await bus.close()
 
 
+def central_system(mqtt_settings: MqttSettings, ocpp_port: int) -> Service[Any, Any]:
+    return build_ev_charging(
+        EvSettings(
+            mqtt=mqtt_settings, api_port=0, ocpp_port=ocpp_port, expire_check_s=0.05,
+            replan_s=3600,
+            stations={STATION: StationConfig(site_id=SITE, max_kw=EV_KW, id_tokens=(TAG,))},
+        ),
+        MqttBus(mqtt_settings),
+    )  # fmt: skip
+
+
+async def test_the_simulators_station_connects_once_the_central_system_is_up(
+    mqtt_settings: MqttSettings, probe: MqttBus
+) -> None:
+    """`make run` starts the simulator first: its charge point keeps trying, like a real one."""
+    root = mqtt_settings.root
+    ev: BusRecorder[EvChargerTelemetry] = BusRecorder(topics.EV_CHARGER, root)
+    await ev.attach(probe, SITE, CHARGER)
+    port = free_port()
+    ocpp = OcppSimSettings(url=f"ws://127.0.0.1:{port}", id_token=TAG, meter_interval_s=0.5)
+    simulator = build_simulator(
+        SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=0.5, ocpp=ocpp),
+        MqttBus(mqtt_settings),
+        clock=SimClock(START, speed=1.0),
+        config=steady_site(LOAD_KW, BATTERY_KW, capacity_kwh=50.0),
+    )
+    services: list[Service[Any, Any]] = [simulator]
+    try:
+        await simulator.start()  # nobody listens on `port` yet
+        assert ev.values == []
+        csms = central_system(mqtt_settings, ocpp_port=port)
+        services.append(csms)
+        await csms.start()
+        await wait_for(
+            lambda: bool(ev.values) and ev.values[-1].online and ev.values[-1].p_kw > 0,
+            20, message="the simulator's station connected and charging",
+        )  # fmt: skip
+    finally:
+        for service in reversed(services):
+            await service.stop()
+
+
 async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
     mqtt_settings: MqttSettings, probe: MqttBus, version: Version
 ) -> None:
@@ -73,13 +116,7 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
 
     services: list[Service[Any, Any]] = []
     try:
-        csms = build_ev_charging(
-            EvSettings(
-                mqtt=mqtt_settings, api_port=0, ocpp_port=0, expire_check_s=0.05, replan_s=3600,
-                stations={STATION: StationConfig(site_id=SITE, max_kw=EV_KW, id_tokens=(TAG,))},
-            ),
-            MqttBus(mqtt_settings),
-        )  # fmt: skip
+        csms = central_system(mqtt_settings, ocpp_port=0)
         services.append(csms)
         await csms.start()
         ocpp = OcppSimSettings(
