@@ -500,7 +500,7 @@ class OcppChargePoints:
         """Connect a charge point for each site (and plug a vehicle in when configured).
 
         A station the central system does not answer yet (it starts after the simulator) keeps
-        trying in the background, like a real one, every 1, 2, 4 … 30 s for `retry_s`; a
+        trying in the background, like a real one, every 1, 2, 4 … 10 s for `retry_s`; a
         refusal (HTTP 4xx: unknown station) is final.
         """
         assert self.settings.url is not None
@@ -533,7 +533,7 @@ class OcppChargePoints:
                 log.error("charge point %s refused: %s", point.station_id, err)
                 return
             except OSError:
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
                 continue
             log.info("charge point %s connected", point.station_id)
             return
