@@ -185,6 +185,9 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         # the limit held steady: no chatter, no undershoot to a pause
         values = [s.value for s in ev_setpoints.values]
         assert min(values) >= expected - 0.6, values
+        # operators see it in the KPIs
+        ps = peak_shaving.state["peak_shaving"]
+        assert ps.ev.kpis(SITE)["ev_limited"] == 1.0
     finally:
         for service in reversed(services):
             await service.stop()

@@ -50,6 +50,7 @@ def test_excess_is_taken_from_the_evs_by_rating_then_released() -> None:
     out = lim.decide("s", 5.0, T0 + timedelta(seconds=32))
     assert set(out) == {EvLimit("a", 11.0, release=True), EvLimit("b", 7.0, release=True)}
     assert lim.limits("s") == {}
+    assert lim.kpis("s") == {"ev_setpoints_sent": 6.0, "ev_limited": 0.0, "ev_limit_kw": 0.0}
     lim.on_telemetry("s", "a", ev(11.0))
     assert lim.decide("s", 0.5, T0 + timedelta(seconds=33)) == []
 

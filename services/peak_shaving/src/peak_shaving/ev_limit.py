@@ -42,6 +42,7 @@ class _Sent:
 class _Site:
     chargers: dict[str, EvChargerTelemetry] = field(default_factory=dict)
     sent: dict[str, _Sent] = field(default_factory=dict)
+    commands: int = 0
 
 
 def _charging(t: EvChargerTelemetry) -> bool:
@@ -72,6 +73,17 @@ class EvLimiter:
         site = self._sites.get(site_id)
         return {d: s.limit_kw for d, s in site.sent.items()} if site else {}
 
+    def kpis(self, site_id: str) -> dict[str, float]:
+        """`ev_setpoints_sent`, and `ev_limited` / `ev_limit_kw`: chargers limited now, their sum."""
+        site = self._sites.get(site_id)
+        if site is None:
+            return {}
+        return {
+            "ev_setpoints_sent": float(site.commands),
+            "ev_limited": float(len(site.sent)),
+            "ev_limit_kw": sum(s.limit_kw for s in site.sent.values()),
+        }
+
     def decide(self, site_id: str, room_kw: float, ts: datetime) -> list[EvLimit]:
         """The EV limits to send now.
 
@@ -98,6 +110,7 @@ class EvLimiter:
             for device in list(site.sent):
                 out.append(EvLimit(device, rating[device], release=True))
                 del site.sent[device]
+            site.commands += len(out)
             return out
         for device, t in now_charging.items():
             share = allowed * rating[device] / total_rating if total_rating > 0 else 0.0
@@ -114,4 +127,5 @@ class EvLimiter:
                     limit = last.limit_kw
             site.sent[device] = _Sent(limit, ts)
             out.append(EvLimit(device, limit))
+        site.commands += len(out)
         return out

@@ -521,6 +521,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
                 values["plan_violation_kwh"] = solution.violation_kwh
                 values["plan_solve_ms"] = solution.solve_time_s * 1000
             values["plan_fallback"] = 1.0 if ps.site(site_id).fallback_reason else 0.0
+            values |= ps.ev.kpis(site_id)
             report = KpiReport(
                 ts=now, source=NAME, name="peak_shaving", values=values,
                 period_start=ps.started_at, period_end=now,
