@@ -78,3 +78,13 @@ def test_the_controller_says_how_much_the_battery_could_still_discharge() -> Non
     under = pma.step(PmaInputs("s", T0 + timedelta(seconds=1), pcc_p_kw=11.0, battery_p_kw=-1.0,
                                soc_pct=50.0))  # fmt: skip
     assert under.discharge_room_kw == pytest.approx(2.0 + under.battery_p_kw)
+
+
+def test_a_higher_limit_from_another_optimiser_is_overruled_again() -> None:
+    lim = limiter()
+    lim.on_telemetry("s", "a", ev(11.0))
+    assert lim.decide("s", -5.0, T0) == [EvLimit("a", 6.0)]
+    # the load manager's job start (same priority, newer) set 11 kW: the PCC is over again
+    lim.on_telemetry("s", "a", ev(11.0, limit_kw=11.0))
+    assert lim.decide("s", -5.0, T0 + timedelta(seconds=2)) == []  # settle time first
+    assert lim.decide("s", -5.0, T0 + timedelta(seconds=6)) == [EvLimit("a", 6.0)]

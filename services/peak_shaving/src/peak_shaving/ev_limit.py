@@ -9,7 +9,9 @@ the limits again; once they reach the ratings the limits are released (a last se
 rating, then none: nothing lingers). A limit lives `ttl_s` and is refreshed at half of it, so a
 PMA that stops leaves the chargers at full power within one TTL. One change per charger is in
 flight at a time: the next waits until the charger reports the limit it was sent and `settle_s`
-have passed (PCC readings may lag the charger's own; chargers take seconds to follow).
+have passed (PCC readings may lag the charger's own; chargers take seconds to follow). When the
+charger reports a higher limit than ours (another optimiser's setpoint of the same priority
+replaced it), ours is sent again once `settle_s` have passed.
 Below `min_kw` (the lowest current a charger can hold, IEC 61851: 6 A) a charger is paused (0).
 """
 
@@ -117,11 +119,13 @@ class EvLimiter:
             limit = round(share if share >= self.min_kw else 0.0, 2)
             last = site.sent.get(device)
             if last is not None:
-                settled = t.limit_kw is not None and abs(t.limit_kw - last.limit_kw) < _EPS_KW
-                settled = settled and ts - last.ts >= timedelta(seconds=self.settle_s)
-                due = ts - last.ts >= timedelta(seconds=self.ttl_s / 2)
+                waited = ts - last.ts >= timedelta(seconds=self.settle_s)
+                reported = t.limit_kw is not None and abs(t.limit_kw - last.limit_kw) < _EPS_KW
+                # another optimiser's setpoint of the same priority replaced ours with a higher one
+                overridden = t.limit_kw is not None and t.limit_kw > last.limit_kw + _EPS_KW
+                due = ts - last.ts >= timedelta(seconds=self.ttl_s / 2) or (overridden and waited)
                 small = abs(limit - last.limit_kw) < self.deadband_kw
-                if not due and (small or not settled):
+                if not due and (small or not (reported and waited)):
                     continue
                 if due and small:
                     limit = last.limit_kw
