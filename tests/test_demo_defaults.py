@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
+from derbus.launcher import demo_stations
+from derbus.settings import SiteSettings
 from edge_simulator.config import BatteryConfig
+from edge_simulator.ocpp_cp import OcppSimSettings
+from ev_charging.settings import Settings as EvSettings
 from peak_shaving.settings import Settings as PeakShavingSettings
 
 
@@ -24,3 +28,12 @@ def test_peak_shaving_plans_for_the_simulated_battery() -> None:
     assert ps_default("discharge_efficiency") == pytest.approx(sim.discharge_efficiency, abs=1e-3)
     assert ps_default("soc_min_pct") == sim.min_soc_pct
     assert ps_default("soc_max_pct") == sim.max_soc_pct
+
+
+def test_ev_charging_accepts_the_station_the_simulator_names() -> None:
+    sim = OcppSimSettings.model_validate({})
+    site = SiteSettings.model_fields["id"].default
+    stations = EvSettings.model_validate({"stations": demo_stations({})}).stations
+    station = stations[sim.station_prefix + site]
+    assert station.site_id == site
+    assert sim.id_token in station.id_tokens

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,6 @@ from derbus.messages import (
     MeterReading,
     SetpointAck,
     SetpointCommand,
-    TimeSeries,
     utcnow,
 )
 from derbus.service import Service
@@ -35,6 +33,7 @@ from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
 from load_manager.service import build_service
 from load_manager.settings import Settings
+from load_manager.testing import pv_spike, step_start
 
 pytestmark = pytest.mark.integration
 SITE = "site-1"
@@ -196,20 +195,13 @@ async def test_job_submitted_over_rest_starts_at_its_planned_time(
             # PV forecast: 5 kW only in the step starting 12 s after the current step, sent once
             # the service is up (a start-up of over 8 s under load once put the job's request
             # into the PV step itself, and the job one step after it)
-            grid_start = datetime.fromtimestamp(
-                math.floor(utcnow().timestamp() / step_s) * step_s, UTC
-            )
-            values = [0.0] * 60
-            values[6] = 5.0
-            forecast = TimeSeries(
-                ts=grid_start, source="forecaster", kind="forecast", quantity="pv_generation_kw",
-                issue_time=grid_start, start=grid_start, step_s=step_s, values=values,
-            )  # fmt: skip
+            forecast = pv_spike(utcnow(), step_s, at_step=6)
+            grid_start = forecast.start
             await probe.publish(
                 topics.FORECAST.topic(SITE, "pv", mqtt_settings.root), forecast.to_json_bytes(),
                 qos=1, retain=True,
             )  # fmt: skip
-            pv_step = grid_start + timedelta(seconds=6 * step_s)
+            pv_step = step_start(forecast, 6)
             lm = service.state
             await wait_for(lambda: (SITE, "pv") in lm.jobs.forecasts, 10, message="forecast in")
             body: dict[str, Any] = {

@@ -14,10 +14,10 @@ from derbus.messages import KpiReport, MeterReading, SetpointAck, SetpointComman
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
-from edge_simulator.config import SimConfig
 from edge_simulator.service import SimClock
 from edge_simulator.service import build_service as build_simulator
 from edge_simulator.settings import Settings as SimSettings
+from edge_simulator.testing import steady_site
 from peak_shaving.service import build_service as build_peak_shaving
 from peak_shaving.settings import Settings as PsSettings
 
@@ -27,24 +27,6 @@ START = datetime(2026, 1, 12, 19, 0, tzinfo=UTC)  # a winter evening: no PV
 SITE = "site-1"
 LIMIT_KW = 10.0
 BASE_LOAD_KW = 20.0
-
-
-def steady_site() -> SimConfig:
-    """A site drawing a steady 20 kW (no PV at night, no EV, no appliances) with a big battery
-    that stays idle unless told otherwise."""
-    return SimConfig.model_validate(
-        {
-            "home_load": {
-                "base_load_kw": BASE_LOAD_KW, "base_noise": 0.0, "hvac_max_kw": 0.0,
-                "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0,
-            },
-            "ev": {"enabled": False},
-            "battery": {
-                "capacity_kwh": 100.0, "max_charge_kw": 50.0, "max_discharge_kw": 50.0,
-                "initial_soc_pct": 60.0, "self_consumption": False,
-            },
-        }
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -72,7 +54,7 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=0.5),
         MqttBus(mqtt_settings),
         clock=SimClock(START, speed=1.0),
-        config=steady_site(),
+        config=steady_site(BASE_LOAD_KW, battery_kw=50.0, capacity_kwh=100.0),
     )
     services: list[Service[Any, Any]] = [simulator]
     await simulator.start()

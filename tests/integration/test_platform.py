@@ -167,10 +167,13 @@ async def test_make_run_shows_the_whole_chain_and_restarts_a_killed_service(
         # the platform's own broker: nothing else publishes there, so the default root is ours
         watch = WatchState(root=topics.DEFAULT_ROOT)
         statuses: list[ServiceStatus] = []
+        chargers: list[str] = []
         first_seen: dict[str, float] = {}
 
         async def record(raw: RawMessage) -> None:
             watch.update(raw)
+            if topics.EV_CHARGER.matches(raw.topic) and raw.payload:
+                chargers.append(raw.topic)
             if topics.SERVICE_STATUS.matches(raw.topic) and raw.payload:
                 statuses.append(ServiceStatus.model_validate_json(raw.payload))
             for part, ok in watch.chain().items():
@@ -193,6 +196,9 @@ async def test_make_run_shows_the_whole_chain_and_restarts_a_killed_service(
         site = watch.shown_sites()["site-1"]
         assert site.forecasts["load"].model == "cold_start"  # a fresh store: the cold start
         assert site.forecasts["load"].meta["cold_start"] is True
+        # the simulator's charge point reached ev_charging (it started later: the station retried)
+        await wait_for(lambda: bool(chargers), 60, 0.2, "EV charger telemetry of the demo site")
+        assert all("/site-1/" in t for t in chargers), chargers
         # the plain summary under a pipe says so too
         await wait_for(lambda: "chain: 8/8 parts seen" in platform.text, 30, 0.2, "summary")
 

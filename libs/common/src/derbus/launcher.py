@@ -24,11 +24,11 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from derbus.errors import ConfigError
 from derbus.jsonfile import write_json
@@ -386,13 +386,43 @@ def gateway_devices(repo: Path, run_dir: Path, modbus_port: int) -> Path:
     return path
 
 
-def run_defaults(repo: Path, run_dir: Path, modbus_port: int) -> dict[str, dict[str, str]]:
-    """Per service, the environment `make run` adds unless the user's environment sets it."""
-    return {
+def demo_stations(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """ev_charging's `EV_STATIONS` for the simulator's charge point of the demo site.
+
+    The simulator names its station `EDGE_OCPP_STATION_PREFIX` + site id and shows
+    `EDGE_OCPP_ID_TOKEN`; the demo is one site (`SITE_ID`). A fleet (`EDGE_SITES` > 1) gets no
+    stations here: configure `EV_STATIONS` for it.
+    """
+    if environ.get("EDGE_SITES", "1") != "1" or environ.get("EDGE_FIRST_SITE"):
+        return {}
+    site = environ.get("SITE_ID", "site-1")
+    station = environ.get("EDGE_OCPP_STATION_PREFIX", "sim-") + site
+    token = environ.get("EDGE_OCPP_ID_TOKEN", "SIM-TAG")
+    return {station: {"site_id": site, "id_tokens": [token]}}
+
+
+def run_defaults(
+    repo: Path,
+    run_dir: Path,
+    modbus_port: int,
+    ocpp_port: int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> dict[str, dict[str, str]]:
+    """Per service, the environment `make run` adds unless the user's environment sets it.
+
+    With `ocpp_port` (ev_charging runs) the simulator's charge points connect to it and
+    ev_charging accepts the demo site's station.
+    """
+    defaults = {
         "edge_simulator": {"EDGE_MODBUS_PORT": str(modbus_port)},
         "meter_gateway": {"GATEWAY_DEVICES_FILE": str(gateway_devices(repo, run_dir, modbus_port))},
         "forecaster": {"FORECAST_COLD_START_PV_PEAK_KW": str(DEMO_PV_PEAK_KW)},
     }
+    stations = demo_stations(environ)
+    if ocpp_port is not None and stations:
+        defaults["edge_simulator"]["EDGE_OCPP_URL"] = f"ws://127.0.0.1:{ocpp_port}"
+        defaults["ev_charging"] = {"EV_STATIONS": json.dumps(stations)}
+    return defaults
 
 
 def up(
@@ -437,10 +467,16 @@ def up(
     if claim_url:
         (run_root / BROKER_URL_FILE).write_text(platform.url + "\n")
     say(f"broker: {kind} at {platform.url}  (`derbus broker-url`; logs in {run_dir})")
-    defaults = run_defaults(repo, run_dir, modbus_port)
     specs = [s for s in discover_services(repo) if not only or s.name in only]
+    extra_ports: dict[str, dict[str, int]] = {}
     for spec in specs:  # every port first: a service may be told where the others listen
         platform.api_ports[spec.name] = free_port() if free_ports else spec.api_port
+        extra_ports[spec.name] = {
+            setting: free_port() if free_ports else default
+            for setting, default in spec.extra_ports.items()
+        }
+    ocpp_port = extra_ports.get("ev_charging", {}).get("OCPP_PORT")
+    defaults = run_defaults(repo, run_dir, modbus_port, ocpp_port)
     urls = {name: f"http://127.0.0.1:{p}" for name, p in platform.api_ports.items()}
     for spec in specs:
         api_port = platform.api_ports[spec.name]
@@ -457,8 +493,8 @@ def up(
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        for setting, default in spec.extra_ports.items():
-            env[f"{spec.env_prefix}{setting}"] = str(free_port() if free_ports else default)
+        for setting, port in extra_ports[spec.name].items():
+            env[f"{spec.env_prefix}{setting}"] = str(port)
         if kind != "mosquitto":
             env.setdefault("MQTT_PROTOCOL", "3.1.1")  # amqtt speaks MQTT 3.1.1 only
         # one embedded cloud database shared by cloud_sync, feature_engineering and forecaster

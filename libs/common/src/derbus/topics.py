@@ -207,7 +207,7 @@ EV_CHARGER = TopicSpec(
     "EV charger connector over OCPP (device level = station-connector): power (+charging), "
     "status, accepted limit, session and register energy, SoC",
     publishers=("ev_charging",),
-    subscribers=("cloud_sync", "scada_bridge", "scada"),
+    subscribers=("cloud_sync", "scada_bridge", "scada", "peak_shaving", "load_manager"),
 )
 
 # --- forecasts and schedules: retained QoS 1 -----------------------------------------------------

@@ -241,7 +241,11 @@ class Fleet:
 
     # --- the step ----------------------------------------------------------------------------
     def step(
-        self, now: datetime, dt_s: float | None = None, ovr: Overrides | None = None
+        self,
+        now: datetime,
+        dt_s: float | None = None,
+        ovr: Overrides | None = None,
+        extra_load_kw: FloatArray | None = None,
     ) -> StepResult:
         """Advance every site to `now` over `dt_s` seconds (default: since the last step).
 
@@ -249,6 +253,8 @@ class Fleet:
             now: aware instant the step ends at.
             dt_s: interval length, s (>= 0); None = time since the previous step.
             ovr: setpoints to apply (None = none).
+            extra_load_kw: load outside the site model per site, kW (the OCPP charge points),
+                added to the site's load and so to its PCC power (None = none).
         """
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
@@ -358,6 +364,8 @@ class Fleet:
         load1 = on1 * sw1.p_kw * scale
         load2 = on2 * sw2.p_kw * scale
         total = base + hvac + appliance + lighting + cooking + ev + load1 + load2
+        if extra_load_kw is not None:
+            total = total + extra_load_kw
 
         # battery ----------------------------------------------------------------------------
         b = cfg.battery

@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, cast
 
+import numpy as np
+import numpy.typing as npt
 from ocpp.routing import on as ocpp_on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
@@ -68,6 +70,9 @@ class OcppSimSettings(BaseSettings):
     ev_max_kw: float = Field(default=11.0, gt=0, description="vehicle on-board charger, kW")
     ev_soc_pct: float = Field(default=30.0, ge=0, le=100, description="SoC at plug-in, %")
     plug_in: bool = Field(default=True, description="a vehicle plugs in once the station booted")
+    retry_s: float = Field(
+        default=600.0, ge=0, description="how long a station keeps trying to connect, s"
+    )
 
 
 def profile_limit_kw(version: Version, request: dict[str, Any], now: datetime) -> float | None:
@@ -489,24 +494,63 @@ class OcppChargePoints:
 
     settings: OcppSimSettings
     points: dict[str, SimChargePoint] = field(default_factory=dict)
+    _retries: list[asyncio.Task[None]] = field(default_factory=list, init=False)
 
     async def start(self, site_ids: list[str]) -> None:
-        """Connect a charge point for each site (and plug a vehicle in when configured)."""
+        """Connect a charge point for each site (and plug a vehicle in when configured).
+
+        A station the central system does not answer yet (it starts after the simulator) keeps
+        trying in the background, like a real one, every 1, 2, 4 … 10 s for `retry_s`; a
+        refusal (HTTP 4xx: unknown station) is final.
+        """
         assert self.settings.url is not None
         for site_id in site_ids:
             station = f"{self.settings.station_prefix}{site_id}"
             point = SimChargePoint(station, self.settings.url, self.settings.version, self.settings)
             try:
-                await point.connect()
-            except (OSError, InvalidStatus) as err:
-                log.error("charge point %s could not connect: %s", station, err)
+                await self._connect(site_id, point)
+            except InvalidStatus as err:
+                log.error("charge point %s refused: %s", station, err)
+            except OSError as err:
+                log.warning("charge point %s could not connect (%s): retrying", station, err)
+                task = asyncio.create_task(self._retry(site_id, point), name=f"retry:{station}")
+                self._retries.append(task)
+
+    async def _connect(self, site_id: str, point: SimChargePoint) -> None:
+        await point.connect()
+        self.points[site_id] = point
+        if self.settings.plug_in:
+            await point.plug_in()
+
+    async def _retry(self, site_id: str, point: SimChargePoint) -> None:
+        deadline = time.monotonic() + self.settings.retry_s
+        delay = 1.0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect(site_id, point)
+            except InvalidStatus as err:
+                log.error("charge point %s refused: %s", point.station_id, err)
+                return
+            except OSError:
+                delay = min(delay * 2, 10.0)
                 continue
-            self.points[site_id] = point
-            if self.settings.plug_in:
-                await point.plug_in()
+            log.info("charge point %s connected", point.station_id)
+            return
+        log.error("charge point %s gave up after %.0f s", point.station_id, self.settings.retry_s)
+
+    def load_kw(self, site_ids: Sequence[str]) -> npt.NDArray[np.float64]:
+        """What each site's charge point draws now, kW (0 without one): part of its PCC power."""
+        return np.array(
+            [p.ev.p_kw() if (p := self.points.get(s)) is not None else 0.0 for s in site_ids]
+        )
 
     async def stop(self) -> None:
         """Close every charge point."""
+        for task in self._retries:
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
+        self._retries.clear()
         for point in self.points.values():
             await point.close()
         self.points.clear()

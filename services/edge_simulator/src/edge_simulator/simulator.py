@@ -229,7 +229,8 @@ class Simulator:
         await self.publish_acks(self.controls.expire(now))
         if sites is None:
             self.stepped_all()
-        result = fleet.step(now, ovr=self.controls.overrides(now))
+        extra = self.ocpp.load_kw(fleet.ids) if self.ocpp is not None else None
+        result = fleet.step(now, ovr=self.controls.overrides(now), extra_load_kw=extra)
         view = StepView(result)
         self.last, self.view = result, view
         self.steps += 1

@@ -16,6 +16,25 @@ T0 = datetime(2026, 6, 22, 0, 0, tzinfo=UTC)
 """A summer Monday, midnight UTC."""
 
 
+def steady_site(load_kw: float, battery_kw: float, capacity_kwh: float) -> SimConfig:
+    """A site drawing a steady `load_kw` (no noise, no PV at night, no built-in EV, no
+    appliances) with a battery of `battery_kw` both ways that stays idle unless told otherwise."""
+    return SimConfig.model_validate(
+        {
+            "home_load": {
+                "base_load_kw": load_kw, "base_noise": 0.0, "hvac_max_kw": 0.0,
+                "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0,
+            },
+            "ev": {"enabled": False},
+            "battery": {
+                "capacity_kwh": capacity_kwh, "max_charge_kw": battery_kw,
+                "max_discharge_kw": battery_kw, "initial_soc_pct": 60.0,
+                "self_consumption": False,
+            },
+        }
+    )  # fmt: skip
+
+
 @dataclass
 class ManualClock:
     """A clock moved by hand (pass it as `build_service(..., clock=clock)`)."""

@@ -19,7 +19,7 @@ from prometheus_client import Gauge
 from derbus import topics
 from derbus.errors import ConfigError, SolverError
 from derbus.jsonfile import read_json, write_json
-from derbus.messages import JobRequest, PriceSeries, TimeSeries
+from derbus.messages import JobRequest, PriceSeries, Priority, SetpointCommand, TimeSeries
 from derbus.tariff import PriceBook
 from load_manager.controller import load_on_command
 from load_manager.cossmic import Neighbourhood, load_jobs, load_neighbourhood
@@ -78,6 +78,8 @@ class JobPlanning:
         self.schedule: Schedule | None = None
         self.plan: dict[str, Any] | None = None
         self.plan_dirty = True
+        self.ev_chargers: set[tuple[str, str]] = set()  # (house, device) seen as EV chargers
+        self._held: dict[str, datetime] = {}  # EV job → when its hold was last sent
         self.last_plan_at: datetime | None = None
         self.lock = asyncio.Lock()
         reg = service.metrics.registry
@@ -184,6 +186,42 @@ class JobPlanning:
             self.save()
             return plan
 
+    # --- EV charging sessions as jobs ---------------------------------------------------------
+    def on_ev_charger(self, house_id: str, device_id: str) -> None:
+        """A device is an EV charger (`telemetry.ev_charger`): its jobs are charging sessions."""
+        self.ev_chargers.add((house_id, device_id))
+
+    def is_ev(self, entry: JobEntry) -> bool:
+        """The job's device is an EV charger."""
+        return (entry.request.house_id, entry.request.device_id) in self.ev_chargers
+
+    def start_command(self, entry: JobEntry, now: datetime, ttl_s: float) -> SetpointCommand:
+        """What starts a job: `load_on`, or for an EV charger an `ev_limit_kw` at the job's
+        highest profile power for its duration (the charger then charges at the planned rate)."""
+        if not self.is_ev(entry):
+            return load_on_command(now, True, ttl_s, NAME)
+        return _ev_limit(now, max(entry.request.profile_kw), ttl_s)
+
+    async def hold_ev_jobs(self, now: datetime) -> None:
+        """Hold each planned EV job's charger at 0 kW until its planned start.
+
+        The hold lives until the planned start (at most `EV_HOLD_TTL_S`) and is refreshed at
+        half its life, so a stopped load manager lets the vehicle charge again within that time.
+        """
+        for entry in self.book.entries.values():
+            start = entry.planned_start
+            if entry.status != "planned" or start is None or start <= now or not self.is_ev(entry):
+                continue
+            ttl = min((start - now).total_seconds(), EV_HOLD_TTL_S)
+            sent = self._held.get(entry.request.job_id)
+            if sent is not None and (now - sent).total_seconds() < EV_HOLD_TTL_S / 2:
+                continue
+            self._held[entry.request.job_id] = now
+            await self.service.publish(
+                topics.SETPOINT, _ev_limit(now, 0.0, max(ttl, 1.0)),
+                site_id=entry.request.house_id, device_id=entry.request.device_id,
+            )  # fmt: skip
+
     async def cycle(self) -> None:
         """Start the jobs due now, then re-plan when something changed or the plan is old."""
         s = self.service.settings
@@ -193,10 +231,11 @@ class JobPlanning:
             ttl = max(1.0, entry.duration.total_seconds())
             await self.service.publish(
                 topics.SETPOINT,
-                load_on_command(now, True, ttl, NAME),
+                self.start_command(entry, now, ttl),
                 site_id=entry.request.house_id,
                 device_id=entry.request.device_id,
             )
+            self._held.pop(entry.request.job_id, None)
             self.book.mark_started(entry, now)
             log.info(
                 "job %s started on %s/%s",
@@ -205,6 +244,7 @@ class JobPlanning:
                 entry.request.device_id,
             )
             started = True
+        await self.hold_ev_jobs(now)
         if self.book.advance(now, timedelta(seconds=s.plan_step_s)) or started:
             self.save()
         age_s = None if self.last_plan_at is None else (now - self.last_plan_at).total_seconds()
@@ -213,3 +253,14 @@ class JobPlanning:
         for status in JOB_STATUSES:
             count = sum(1 for e in self.book.entries.values() if e.status == status)
             self.jobs_gauge.labels(status=status).set(count)
+
+
+EV_HOLD_TTL_S = 300.0
+"""Longest life of a hold (EV charger at 0 kW before its job's planned start), s."""
+
+
+def _ev_limit(now: datetime, value_kw: float, ttl_s: float) -> SetpointCommand:
+    return SetpointCommand(
+        ts=now, source=NAME, target="ev_limit_kw", value=round(value_kw, 3), unit="kW",
+        ttl_s=min(ttl_s, 86_400), priority=Priority.SITE_OPTIMISER,
+    )  # fmt: skip

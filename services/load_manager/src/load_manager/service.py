@@ -15,6 +15,7 @@ from derbus.bus.base import Bus
 from derbus.errors import ConfigError
 from derbus.http import TokenDep, errors
 from derbus.messages import (
+    EvChargerTelemetry,
     JobPlan,
     JobRequest,
     MeterReading,
@@ -88,6 +89,10 @@ def build_service(
     @service.on(topics.PRICE_SERIES, site_id=site, device_id="grid")
     async def on_prices(msg: PriceSeries, ctx: Context) -> None:
         jobs.on_prices(ctx.site_id, msg)
+
+    @service.on(topics.EV_CHARGER)
+    async def on_ev_charger(msg: EvChargerTelemetry, ctx: Context) -> None:
+        jobs.on_ev_charger(ctx.site_id, ctx.device_id or "")
 
     @service.on(topics.JOB_REQUEST)
     async def on_job_request(msg: JobRequest, ctx: Context) -> None:

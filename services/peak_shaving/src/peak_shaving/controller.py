@@ -117,6 +117,8 @@ class PmaDecision:
             `setpoint_ttl_s` (commands are refreshed on every reading while the PMA acts).
         ramp_limited: the ramp limit cut the move towards the schedule.
         deadband_held: the previous setpoint was kept (change below the deadband).
+        discharge_room_kw: how much more the battery could discharge than `battery_p_kw`, kW
+            (0: at its discharge limit, reserve or SoC floor); the EV limiter's second resort.
     """
 
     battery_p_kw: float
@@ -130,6 +132,7 @@ class PmaDecision:
     ttl_s: float = 10.0
     ramp_limited: bool = False
     deadband_held: bool = False
+    discharge_room_kw: float = 0.0
 
 
 @dataclass
@@ -332,6 +335,7 @@ class PeakShavingController:
             ttl_s=ttl_s,
             ramp_limited=ramp_limited,
             deadband_held=deadband_held,
+            discharge_room_kw=max(target + discharge_max, 0.0),
         )
         if on_limit and not (state.last_decision and state.last_decision.on_limit):
             state.kpis.limit_events += 1

@@ -21,6 +21,7 @@ from derbus.errors import SolverError
 from derbus.http import TokenDep, errors
 from derbus.messages import (
     BatteryTelemetry,
+    EvChargerTelemetry,
     KpiReport,
     MeterReading,
     PriceSeries,
@@ -34,6 +35,7 @@ from derbus.service import Context, Service
 from derbus.tariff import PriceBook
 from peak_shaving.api_models import KpisView, Replanning, ScheduleView
 from peak_shaving.controller import PeakShavingController, PmaInputs
+from peak_shaving.ev_limit import EvLimiter
 from peak_shaving.optimizer import (
     STRUCTURAL_FIELDS,
     EmaConfig,
@@ -129,6 +131,8 @@ class PeakShaving:
         self._again: set[str] = set()
         self._failing: dict[str, str] = {}
         self.prices = PriceBook()
+        cfg = service.settings
+        self.ev = EvLimiter(cfg.ev_limit_ttl_s, cfg.ev_deadband_kw, cfg.ev_min_kw, cfg.ev_settle_s)
 
     @property
     def settings(self) -> Settings:
@@ -224,6 +228,28 @@ class PeakShaving:
             ttl_s=round(decision.ttl_s, 3),
             priority=Priority.SITE_OPTIMISER,
         )
+
+    def ev_limits(self, site_id: str, ts: datetime) -> list[tuple[str, SetpointCommand]]:
+        """The `ev_limit_kw` setpoints (charger device, command) after the site's PMA decision.
+
+        The battery goes first: only the import the battery at its limit cannot remove is taken
+        from the EVs (see `peak_shaving.ev_limit`).
+        """
+        decision = self.controller.state(site_id).last_decision
+        if not self.settings.ev_limit or decision is None:
+            return []
+        room = decision.import_cap_kw - decision.pcc_expected_kw + decision.discharge_room_kw
+        ttl = self.settings.ev_limit_ttl_s
+        # issued now on the wall clock: the charger's central system times the TTL on its own
+        # clock, not on the meter's (a simulated or replayed reading may carry another time)
+        sent, out = utcnow(), []
+        for limit in self.ev.decide(site_id, room, ts):
+            command = SetpointCommand(
+                ts=sent, source=NAME, target="ev_limit_kw", value=limit.limit_kw, unit="kW",
+                ttl_s=ttl, priority=Priority.SITE_OPTIMISER,
+            )  # fmt: skip
+            out.append((limit.device_id, command))
+        return out
 
     def update_site_metrics(self, site_id: str) -> dict[str, float]:
         """Refresh the per-site gauges; returns the site's KPIs."""
@@ -442,12 +468,18 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
         command = ps.decide(ctx.site_id, msg)
         if command is not None:
             await ctx.publish(topics.SETPOINT, command, device_id=ps.settings.battery_device_id)
+        for device_id, ev_command in ps.ev_limits(ctx.site_id, msg.ts):
+            await ctx.publish(topics.SETPOINT, ev_command, device_id=device_id)
         ps.metrics.decision_s.observe(asyncio.get_running_loop().time() - started)
         ps.update_site_metrics(ctx.site_id)
 
     @service.on(topics.BATTERY, device_id=settings.battery_device_id)
     async def on_battery(msg: BatteryTelemetry, ctx: Context) -> None:
         ps.site(ctx.site_id).battery = msg
+
+    @service.on(topics.EV_CHARGER)
+    async def on_ev_charger(msg: EvChargerTelemetry, ctx: Context) -> None:
+        ps.ev.on_telemetry(ctx.site_id, ctx.device_id or "", msg)
 
     @service.on(topics.FORECAST)
     async def on_forecast(msg: TimeSeries, ctx: Context) -> None:
@@ -489,6 +521,7 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
                 values["plan_violation_kwh"] = solution.violation_kwh
                 values["plan_solve_ms"] = solution.solve_time_s * 1000
             values["plan_fallback"] = 1.0 if ps.site(site_id).fallback_reason else 0.0
+            values |= ps.ev.kpis(site_id)
             report = KpiReport(
                 ts=now, source=NAME, name="peak_shaving", values=values,
                 period_start=ps.started_at, period_end=now,

@@ -47,6 +47,23 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         default=900.0, gt=0, description="EMA re-solve period, s (also on every new forecast)"
     )
     kpi_interval_s: float = Field(default=60.0, gt=0, description="KPI publish period, s")
+    ev_limit: bool = Field(
+        default=True,
+        description="limit the site's EV chargers (`ev_limit_kw`) when the battery at its limit"
+        " cannot keep the import under the ceiling",
+    )
+    ev_limit_ttl_s: float = Field(
+        default=60.0, gt=0, le=3600, description="life of an EV limit, s (refreshed at half)"
+    )
+    ev_deadband_kw: float = Field(
+        default=0.5, ge=0, description="EV limit changes smaller than this are not made, kW"
+    )
+    ev_settle_s: float = Field(
+        default=10.0, ge=0, description="an EV limit is not changed again sooner than this, s"
+    )
+    ev_min_kw: float = Field(
+        default=1.4, ge=0, description="below this an EV is paused (limit 0), kW (6 A, 1 phase)"
+    )
     site_shard: str | None = Field(
         default=None, pattern=r"^\d+/[1-9]\d*$",
         description="k/N: this replica handles the sites of shard k of N (0 <= k < N; by site "
