@@ -401,15 +401,21 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
         publisher = MqttBus(mqtt)
         await publisher.connect()
 
-        async def publish_paced() -> None:
-            for n in range(0, len(published), 30):
-                await publish_all(publisher, mqtt.root, published[n : n + 30])  # type: ignore[arg-type]
+        async def publish_paced(part: list[Any]) -> None:
+            for n in range(0, len(part), 30):
+                await publish_all(publisher, mqtt.root, part[n : n + 30])
                 await asyncio.sleep(0.02)
 
-        feeding = asyncio.create_task(publish_paced())
+        # the first half, until forwarding is under way; the kill comes as the second half starts
+        # (killing at "300 rows stored" while all 900 were being sent once came after cloud_sync
+        # had stored everything: nothing left to lose)
+        half = len(published) // 2
+        await publish_paced(published[:half])
         await wait_for(
             lambda: count_rows(postgres_url, {site}) >= 300, 30, interval=0.1, message="forwarding"
         )
+        feeding = asyncio.create_task(publish_paced(published[half:]))
+        await asyncio.sleep(0)  # its first messages are on their way
         proc.kill()  # SIGKILL while messages arrive and batches are being forwarded
         proc.wait(10)
         at_kill = count_rows(postgres_url, {site})
