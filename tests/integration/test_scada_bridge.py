@@ -268,14 +268,20 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
         await wait_for(
             lambda: len(bridge_service.state.ha_published) >= 20, 20, message="discovery configs"
         )
-        ha = HomeAssistant(
-            host_bus, settings.ha_discovery_prefix
-        )  # arrives later: retained configs
+        # `ha_published` counts what the bridge handed to its bus, not what the broker holds: a
+        # subscriber attached now can see those configs arrive live (retain 0) rather than
+        # retained. A probe sees every config through the broker first; then HA arrives.
+        probe = HomeAssistant(host_bus, settings.ha_discovery_prefix)
+        await host_bus.subscribe(f"{settings.ha_discovery_prefix}/+/+/+/config", 1, probe._config)
+        await wait_for(
+            lambda: set(bridge_service.state.ha_published) <= set(probe.configs),
+            20,
+            message="every config through the broker",
+        )
+        ha = HomeAssistant(host_bus, settings.ha_discovery_prefix)  # arrives later: retained
         await ha.attach()
         await wait_for(
-            lambda: len(ha.configs) == len(bridge_service.state.ha_published),
-            20,
-            message="all configs",
+            lambda: set(probe.configs) <= set(ha.configs), 20, message="all configs, retained"
         )
         assert ha.retained == set(ha.configs)
         rules = load_rules()
