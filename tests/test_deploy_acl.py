@@ -95,6 +95,15 @@ def test_an_edge_site_writes_its_own_telemetry_and_reads_its_own_commands_only()
     assert all(PLATFORM_SITE not in r.topic for r in acl.edge_rules(ROOT))
 
 
+def test_an_edge_gateway_writes_its_own_status_and_dead_letters_at_its_site_only() -> None:
+    own = (topics.SERVICE_STATUS, topics.DEAD_LETTER)
+    for spec in own:
+        assert mosquitto_pattern_may("site-a", "write", spec.topic("site-a", "meter_gateway", ROOT))
+        for site, device in (("site-b", "meter_gateway"), (PLATFORM_SITE, "meter_gateway"),
+                             ("site-a", "peak_shaving")):  # fmt: skip
+            assert not mosquitto_pattern_may("site-a", "write", spec.topic(site, device, ROOT))
+
+
 def test_edge_password_variables_are_named_after_the_site() -> None:
     assert acl.edge_password_env_var("site-1") == "MQTT_PASSWORD_EDGE_SITE_1"
     assert acl.edge_sites({"MQTT_EDGE_SITES": " site-1, site-2 ,site-1"}) == ["site-1", "site-2"]

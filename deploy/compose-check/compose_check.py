@@ -12,7 +12,9 @@
 4. The stack from the unmodified docker-compose.yml on its own network, with a fresh .env (from
    deploy/env/.env.example, secrets from `derbus acl --generate-missing`, every
    `<NAME>_HOST_PORT` a free port on 127.0.0.1) and a generated override that only skips
-   Grafana and mounts the broker password file from the temporary folder. (Bridge networks and
+   Grafana, mounts the broker password file from the temporary folder and serves one
+   service's API (HTTPS_SERVICE) over HTTPS with a `derbus certs` certificate, so that the
+   images' healthcheck (`python -m derbus.health`) is seen to follow it. (Bridge networks and
    published ports work with `--bridge=none --iptables=false`; host networking is not needed,
    and docker-compose 1.29 refuses `network_mode: host` next to published ports.)
 5. Waits for every healthcheck, then checks: readings reach PostgreSQL, a setpoint over REST is
@@ -65,6 +67,8 @@ STANDIN_DIRS = {"python": "python", "eclipse-mosquitto": "mosquitto", "postgres"
                 "influxdb": "influxdb"}  # fmt: skip
 # each service's API prefix (its settings' env_prefix) and extra ports
 PREFIX_RE = re.compile(r"^([A-Z]+_)API_PORT$")
+HTTPS_SERVICE = "feature_engineering"
+"""Served over HTTPS in the check (no other service calls its API)."""
 
 
 def log(msg: str) -> None:
@@ -341,6 +345,8 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     api_ports: dict[str, int] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    https: dict[str, Path] = field(default_factory=dict)
+    """Services whose API serves HTTPS, with the CA that signed its certificate."""
 
     def compose(self, engine: Engine, *args: str, timeout: float = 300,
                 check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
@@ -392,9 +398,21 @@ def make_stack(compose: dict[str, Any], workdir: Path) -> Stack:
     with env_file.open("a") as handle:
         handle.write("# compose-check: free loopback host ports\n" + "\n".join(lines) + "\n")
     stack.env = {k: v or "" for k, v in dotenv_values(env_file).items()}
+    certs = workdir / "certs"
+    run([str(REPO / ".venv/bin/derbus"), "certs", "--out-dir", str(certs)], 120)
+    (certs / "server.key").chmod(0o644)  # read by the container's own user; a temporary folder
+    prefix = next(m.group(1) for k in compose["services"][HTTPS_SERVICE]["environment"]
+                  if (m := PREFIX_RE.match(k)))  # fmt: skip
+    stack.https[HTTPS_SERVICE] = certs / "ca.crt"
     override: dict[str, Any] = {"services": {
         "mosquitto": {"volumes": [{"type": "bind", "source": str(broker_dir / "passwd"),
                                    "target": "/mosquitto/config/passwd", "read_only": True}]},
+        HTTPS_SERVICE: {
+            "volumes": [{"type": "bind", "source": str(certs), "target": "/certs",
+                         "read_only": True}],
+            "environment": {f"{prefix}API_TLS_CERT_FILE": "/certs/server.crt",
+                            f"{prefix}API_TLS_KEY_FILE": "/certs/server.key"},
+        },
         **{name: {"profiles": ["skipped-by-compose-check"]} for name in SKIPPED},
     }}  # fmt: skip
     stack.override.write_text(yaml.safe_dump(override, sort_keys=False))
@@ -440,14 +458,20 @@ def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: fl
 
 
 def check_readyz(stack: Stack) -> str:
+    import ssl
+
     for name, port in stack.api_ports.items():
+        ca = stack.https.get(name)
+        url = f"{'https' if ca else 'http'}://127.0.0.1:{port}/readyz"
+        context = ssl.create_default_context(cafile=str(ca)) if ca else None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as rsp:
+            with urllib.request.urlopen(url, timeout=5, context=context) as rsp:  # noqa: S310
                 if rsp.status != 200:
                     raise CheckError(f"{name} /readyz answered {rsp.status}")
         except urllib.error.URLError as err:
-            raise CheckError(f"{name} /readyz: {err}") from err
-    return f"/readyz 200 on all {len(stack.api_ports)} services"
+            raise CheckError(f"{name} {url}: {err}") from err
+    https = ", ".join(f"{n} over HTTPS (certificate verified)" for n in stack.https)
+    return f"/readyz 200 on all {len(stack.api_ports)} services ({https})"
 
 
 def check_anonymous_refused(stack: Stack) -> str:

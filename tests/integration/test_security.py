@@ -673,6 +673,52 @@ async def test_a_site_publishes_its_own_telemetry_and_reads_only_its_own_command
         await site_a.close()
 
 
+async def test_an_edge_gateway_on_its_sites_credentials_reports_its_status_at_its_site(
+    secured_broker: SecuredBroker, clients: dict[str, MqttBus]
+) -> None:
+    """`MQTT_STATUS_SITE=<site>`: status, dead letters and the last will of a gateway logged in
+    as its site pass the ACL at that site's level; another site's or the platform's do not."""
+    root = secured_broker.root
+    seen = Inbox()
+    await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+    mqtt = secured_broker.settings("site-a").model_copy(update={"status_site": "site-a"})
+    bus = MqttBus(mqtt)
+    service = Service("meter_gateway", EchoSettings(mqtt=mqtt), bus)
+    await service.start()
+    status_topic = topics.SERVICE_STATUS.topic("site-a", "meter_gateway", root)
+
+    def states() -> list[str]:
+        return [
+            topics.SERVICE_STATUS.model.model_validate_json(m.payload).state
+            for m in seen.messages
+            if m.topic == status_topic
+        ]
+
+    try:
+        await wait_for(lambda: "online" in states(), 10, message="the edge gateway's status")
+        raw = RawMessage(topics.METER.topic("site-a", "pcc", root), b"{not json", 1, False)
+        await service.dead_letter(raw, topics.METER, "not JSON")
+        letter = topics.DEAD_LETTER.topic("site-a", "meter_gateway", root)
+        await wait_for(lambda: letter in seen.topics(), 10, message="its dead letter")
+        forged = [
+            topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "meter_gateway", root),
+            topics.SERVICE_STATUS.topic("site-b", "meter_gateway", root),
+            topics.SERVICE_STATUS.topic("site-a", "peak_shaving", root),
+            topics.DEAD_LETTER.topic(topics.PLATFORM_SITE, "meter_gateway", root),
+        ]
+        offline = service.status().model_copy(update={"state": "offline"}).to_json_bytes()
+        for topic in forged:
+            await bus.publish(topic, offline, qos=1)
+        marker = topics.METER.topic("site-a", "pcc", root)
+        await bus.publish(marker, meter(2.0), qos=1)  # after the forged ones, on one connection
+        await wait_for(lambda: marker in seen.topics(), 10, message="site-a's reading")
+        assert not set(forged) & set(seen.topics())
+        await bus.abort()  # a crash: the broker publishes the will with site-a's rights
+        await wait_for(lambda: states()[-1] == "offline", 15, message="the last will at site-a")
+    finally:
+        await service.stop()
+
+
 def test_derbus_acl_writes_edge_site_passwords_and_a_private_env_file(tmp_path: Path) -> None:
     """The documented flow: a copied (0644) .env.example, then `derbus acl --generate-missing`."""
     from typer.testing import CliRunner

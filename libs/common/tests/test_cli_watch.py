@@ -49,11 +49,17 @@ def test_watch_state_folds_messages_per_site() -> None:
     assert state.sites["s1"].pv_kw == 4.0
     assert state.sites["s2"].soc_pct == 61.5
     assert state.services["ps"].state == "degraded"
+    # an edge gateway on site credentials reports at its site: a service, not a site view
+    state.update(raw(topics.SERVICE_STATUS, "s3", "meter_gateway",
+                     ServiceStatus(ts=T0, source="gw", service="meter_gateway", state="online")))  # fmt: skip
+    assert state.services["meter_gateway@s3"].state == "online"
+    assert "meter_gateway" not in state.services
+    assert "s3" not in state.sites
     state.update(raw(topics.FEEDER_STATE, "ieee123", "feeder", FeederState(
         ts=T0, source="sim", feeder_id="ieee123", step=48, v_pu={"b1": [1.01, None, 1.06]},
         pv_available_kw={"pv1": 10.0}, pv_output_kw={"pv1": 7.0})))  # fmt: skip
     assert state.invalid == 1
-    assert state.messages == 6
+    assert state.messages == 7
     assert "ieee123" not in state.sites, "a feeder is shown as a feeder, not as a site"
     assert state.feeders["ieee123"].step == 48
     from rich.console import Console

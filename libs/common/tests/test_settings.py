@@ -45,3 +45,12 @@ def test_exit_with_status_2(
         load_settings_or_exit(EchoSettings)
     assert info.value.code == 2
     assert "ECHO_LIMIT_KW" in capsys.readouterr().err
+
+
+def test_status_site_is_a_topic_level_named_when_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(EchoSettings).mqtt.status_site == "platform"
+    monkeypatch.setenv("MQTT_STATUS_SITE", "site-7")
+    assert load_settings(EchoSettings).mqtt.status_site == "site-7"
+    monkeypatch.setenv("MQTT_STATUS_SITE", "site/7")
+    with pytest.raises(ConfigError, match=r"status_site \(MQTT_STATUS_SITE\).*topic level"):
+        load_settings(EchoSettings)

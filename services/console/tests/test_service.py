@@ -106,6 +106,17 @@ async def test_service_status_and_dead_letters_make_rows(
     assert rows["peak_shaving"]["state"] == "degraded"
     assert rows["peak_shaving"]["reason"] == "ema: infeasible"
     assert rows["peak_shaving"]["dead_letters"] == 1
+    # an edge gateway on its site's credentials reports at its site: listed apart per site
+    edge = status.model_copy(update={"service": "meter_gateway", "state": "online", "reason": None})
+    await publish(console, topics.SERVICE_STATUS, edge, "site-a", "meter_gateway")
+    await publish(console, topics.SERVICE_STATUS, edge.model_copy(update={"state": "offline"}),
+                  "site-b", "meter_gateway")  # fmt: skip
+    console.state.on_dead_letter("meter_gateway", "site-b")
+    rows = {r["service"]: r for r in console.state.service_rows()}
+    assert rows["meter_gateway@site-a"]["state"] == "online"
+    assert rows["meter_gateway@site-b"]["state"] == "offline"
+    assert rows["meter_gateway@site-b"]["dead_letters"] == 1
+    assert rows["meter_gateway@site-a"]["dead_letters"] == 0
 
 
 async def test_setpoint_form_needs_the_token_and_publishes_on_the_bus(

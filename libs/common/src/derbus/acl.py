@@ -10,7 +10,8 @@ it reads everything under the root and writes the specs listing `"scada"` (setpo
 
 Edge devices at a site log in with per-site credentials: the user name is the site id, and the
 `pattern` lines (Mosquitto substitutes `%u` with the user name) let it write only its own site's
-telemetry, acknowledgements and device status, and read only its own site's commands: what a
+telemetry, acknowledgements, device status and its own service status and dead letters (at its
+site's level: `MQTT_STATUS_SITE=<site>`), and read only its own site's commands: what a
 `meter_gateway` publishes and reads, narrowed to `{root}/<site>/…`. Adding a site is adding a
 password (`MQTT_EDGE_SITES` in .env, then `derbus acl`); the ACL itself does not change. Pattern
 lines apply to every user, so a site id may not be a service or broker user name (refused).
@@ -186,13 +187,16 @@ def edge_rules(
     root: str = topics.DEFAULT_ROOT,
     catalogue: Iterable[TopicSpec[Any]] = topics.CATALOGUE,
 ) -> list[AclRule]:
-    """The `pattern` lines of per-site edge credentials (`%u` = the site id)."""
+    """The `pattern` lines of per-site edge credentials (`%u` = the site id).
+
+    What the gateway may do on every site, narrowed to the site's own id; its own status, last
+    will and dead letters (platform level for a platform service) move to the site's level too:
+    an edge gateway sets `MQTT_STATUS_SITE` to its site id.
+    """
     out = []
     for rule in user_rules(EDGE_TEMPLATE, root, catalogue):
         parts = rule.topic.split("/")
         site_level = len(root.split("/"))
-        if parts[site_level] != "+":
-            continue  # the gateway's own platform status: not a site's
         parts[site_level] = "%u"
         out.append(AclRule(rule.access, "/".join(parts)))
     return out

@@ -238,6 +238,14 @@ class Service(Generic[S, St]):
         """The topic root this service runs under."""
         return self.settings.mqtt.root
 
+    @property
+    def status_site(self) -> str:
+        """The site level of this service's status, will and dead letters (`MQTT_STATUS_SITE`).
+
+        `platform` for a platform service; an edge gateway logged in as its site uses that site.
+        """
+        return self.settings.mqtt.status_site
+
     def on(
         self,
         spec: TopicSpec[M],
@@ -401,7 +409,7 @@ class Service(Generic[S, St]):
     async def _publish_status(self) -> None:
         if self._health.started:
             await self.publish(
-                topics.SERVICE_STATUS, self.status(), site_id=PLATFORM_SITE, device_id=self.name
+                topics.SERVICE_STATUS, self.status(), site_id=self.status_site, device_id=self.name
             )
 
     # --- running -------------------------------------------------------------------------------
@@ -409,7 +417,7 @@ class Service(Generic[S, St]):
         """Connect the bus, run start-up hooks, subscribe handlers, start periodic tasks."""
         self.bus.set_will(
             Will(
-                topics.SERVICE_STATUS.topic(PLATFORM_SITE, self.name, self.root),
+                topics.SERVICE_STATUS.topic(self.status_site, self.name, self.root),
                 self._will(1),
                 qos=1,
                 retain=True,
@@ -447,7 +455,7 @@ class Service(Generic[S, St]):
         if self._health.started and self.bus.connected:
             offline = self._status("offline", "stopped")
             await self.publish(
-                topics.SERVICE_STATUS, offline, site_id=PLATFORM_SITE, device_id=self.name
+                topics.SERVICE_STATUS, offline, site_id=self.status_site, device_id=self.name
             )
         self._health.started = False
         self.metrics.bus_connected.set(0)
@@ -600,7 +608,9 @@ class Service(Generic[S, St]):
             payload=raw.payload.decode("utf-8", errors="replace")[:65536], error=error[:4000],
             service=self.name,
         )  # fmt: skip
-        await self.publish(topics.DEAD_LETTER, letter, site_id=PLATFORM_SITE, device_id=self.name)
+        await self.publish(
+            topics.DEAD_LETTER, letter, site_id=self.status_site, device_id=self.name
+        )
 
     # --- configuration -------------------------------------------------------------------------
     async def update_config(self, patch: dict[str, Any]) -> S:

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from derbus.errors import ConfigError
-from derbus.topics import DEFAULT_ROOT, validate_id
+from derbus.topics import DEFAULT_ROOT, PLATFORM_SITE, validate_id
 
 
 class MqttSettings(BaseSettings):
@@ -83,6 +83,12 @@ class MqttSettings(BaseSettings):
     root: str = Field(
         default=DEFAULT_ROOT, description="topic root (see derbus.topics.DEFAULT_ROOT)"
     )
+    status_site: str = Field(
+        default=PLATFORM_SITE,
+        description="site level of the service's own status, last will and dead letters: "
+        f"`{PLATFORM_SITE}`, or the site id for an edge gateway that logs in with its site's "
+        "credentials (MQTT_USERNAME = site id; the ACL lets a site write only under its own id)",
+    )
     connect_retries: int = Field(default=10, ge=0, description="connect attempts at start-up")
     reconnect_min_delay_s: float = Field(default=0.2, gt=0, description="first reconnect backoff")
     reconnect_max_delay_s: float = Field(default=10.0, gt=0, description="longest backoff")
@@ -93,6 +99,11 @@ class MqttSettings(BaseSettings):
         if not value or value.endswith("/") or any(c in value for c in "+#"):
             raise ValueError("topic root must be non-empty, without trailing / or wildcards")
         return value
+
+    @field_validator("status_site")
+    @classmethod
+    def _status_site(cls, value: str) -> str:
+        return validate_id("status site", value)
 
     @field_validator("brokers")
     @classmethod

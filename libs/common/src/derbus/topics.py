@@ -39,6 +39,16 @@ DEFAULT_ROOT = "der/v1"
 PLATFORM_SITE = "platform"
 """The site id used for platform-wide topics (service status, dead letters)."""
 
+
+def service_label(service: str, site_id: str = PLATFORM_SITE) -> str:
+    """How a service is named where statuses are listed.
+
+    The service name for a platform service, `service@site` for one that reports at a site's
+    level (an edge gateway on its site's credentials), so that two sites' gateways stay apart.
+    """
+    return service if site_id == PLATFORM_SITE else f"{service}@{site_id}"
+
+
 Category = Literal["telemetry", "forecast", "schedule", "control", "grid", "status"]
 CATEGORIES: tuple[str, ...] = ("telemetry", "forecast", "schedule", "control", "grid", "status")
 
@@ -371,7 +381,8 @@ SERVICE_STATUS = TopicSpec(
     ServiceStatus,
     1,
     True,
-    "Service status online/degraded/offline (site level = platform, device level = service)",
+    "Service status online/degraded/offline (site level = platform, or the site of an edge "
+    "gateway on site credentials; device level = service)",
     publishers=("*",),
     subscribers=("scada", "cloud_sync", "console", "scada_bridge"),
 )
@@ -382,7 +393,8 @@ DEAD_LETTER = TopicSpec(
     DeadLetter,
     1,
     False,
-    "A payload a service could not decode or validate (device level = service), with the reason",
+    "A payload a service could not decode or validate (device level = service, site level as "
+    "its status), with the reason",
     publishers=("*",),
     subscribers=("scada", "cloud_sync", "console"),
 )

@@ -21,6 +21,7 @@ from derbus import topics
 from derbus.bus.base import Bus, RawMessage
 from derbus.messages import (
     BatteryTelemetry,
+    DeadLetter,
     FeederState,
     JobPlan,
     KpiReport,
@@ -133,12 +134,13 @@ class WatchState:
             self.invalid += 1
             return
         if isinstance(message, ServiceStatus):
-            known = self.services.get(message.service)
+            name = topics.service_label(message.service, ids.site_id)
+            known = self.services.get(name)
             if known is None or message.order_key() >= known.order_key():
-                self.services[message.service] = message  # newest by (incarnation, seq), not ts
+                self.services[name] = message  # newest by (incarnation, seq), not ts
             return
-        if ids.site_id == topics.PLATFORM_SITE:
-            return  # platform KPIs and dead letters are not a site
+        if ids.site_id == topics.PLATFORM_SITE or isinstance(message, DeadLetter):
+            return  # platform KPIs and dead letters (also an edge gateway's) are not a site
         if spec.category == "grid" or isinstance(message, FeederState):
             # a feeder (its state, the coordinator's limits, the area exchange): never a site
             view = self.feeder_views.setdefault(ids.site_id, FeederView())

@@ -89,13 +89,13 @@ def build_service(settings: Settings, bus: Bus) -> Service[Settings, ConsoleStat
     def on_ack(msg: SetpointAck, ctx: Context) -> None:
         state.on_ack(ctx.site_id, ctx.device_id or "", msg)
 
-    @service.on(topics.SERVICE_STATUS, site_id=topics.PLATFORM_SITE)
+    @service.on(topics.SERVICE_STATUS)
     def on_status(msg: ServiceStatus, ctx: Context) -> None:
-        state.on_status(msg)
+        state.on_status(msg, ctx.site_id)
 
-    @service.on(topics.DEAD_LETTER, site_id=topics.PLATFORM_SITE)
+    @service.on(topics.DEAD_LETTER)
     def on_dead_letter(msg: DeadLetter, ctx: Context) -> None:
-        state.on_dead_letter(msg.service)
+        state.on_dead_letter(msg.service, ctx.site_id)
 
     @service.on(topics.FEEDER_STATE)
     def on_feeder(msg: FeederState, ctx: Context) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from console.settings import Settings
 from console.views import feeder_colours
+from derbus import topics
 from derbus.messages import (
     BatteryTelemetry,
     FeederState,
@@ -218,14 +219,18 @@ class ConsoleState:
         self.pending.site_log.setdefault(site_id, []).append(entry)
 
     # --- platform --------------------------------------------------------------------------
-    def on_status(self, msg: ServiceStatus) -> None:
-        """A service's retained status (online / degraded with the reason / offline)."""
-        self.services[msg.service] = msg
+    def on_status(self, msg: ServiceStatus, site_id: str = topics.PLATFORM_SITE) -> None:
+        """A service's retained status (online / degraded with the reason / offline).
+
+        An edge gateway reporting at its site's level is listed as `service@site`.
+        """
+        self.services[topics.service_label(msg.service, site_id)] = msg
         self.pending.services = True
 
-    def on_dead_letter(self, service: str) -> None:
+    def on_dead_letter(self, service: str, site_id: str = topics.PLATFORM_SITE) -> None:
         """A payload some service could not read."""
-        self.dead_letters[service] = self.dead_letters.get(service, 0) + 1
+        name = topics.service_label(service, site_id)
+        self.dead_letters[name] = self.dead_letters.get(name, 0) + 1
         self.pending.services = True
 
     def set_api(self, name: str, up: bool, invalid_total: float | None) -> None:
