@@ -28,7 +28,7 @@ from derbus.messages import (
 )
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
-from peak_shaving.service import PeakShaving, build_service
+from peak_shaving.service import PeakShaving, build_service, bus_client_name
 from peak_shaving.settings import Settings
 
 ROOT = "pstest"
@@ -442,6 +442,19 @@ def test_site_shard_splits_the_sites_and_a_bad_shard_stops_start_up_naming_the_f
     for bad in ("3/3", "1/0", "x"):
         with pytest.raises(ValidationError, match="site_shard"):
             Settings(site_shard=bad)
+
+
+def test_shard_replicas_get_their_own_client_ids_and_an_unsharded_service_keeps_its_own() -> None:
+    mqtt = MqttSettings(root="der/v1")
+    ids = [
+        mqtt.derived_client_id(bus_client_name(Settings(mqtt=mqtt, site_shard=shard)), "site-1")
+        for shard in (None, "0/2", "1/2")
+    ]
+    assert ids == [
+        "der_v1.peak_shaving.site-1.0",  # unchanged: an existing deployment keeps its session
+        "der_v1.peak_shaving.shard-0-of-2.site-1.0",
+        "der_v1.peak_shaving.shard-1-of-2.site-1.0",
+    ]
 
 
 async def test_a_dead_ema_worker_is_a_solver_failure_and_replaced() -> None:

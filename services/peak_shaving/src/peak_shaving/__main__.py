@@ -11,7 +11,7 @@ from derbus.bus import make_bus
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit, redacted
 from peak_shaving.optimizer import EmaInputs, ScheduleOptimizer
-from peak_shaving.service import build_service
+from peak_shaving.service import build_service, bus_client_name
 from peak_shaving.settings import Settings
 
 app = typer.Typer(help="derbus peak shaving: PCC limits (PMA) and battery schedule (EMA).")
@@ -45,9 +45,8 @@ def run(
         api_port=api_port,
     )
     settings = load_settings_or_exit(Settings, **overrides)
-    serve(
-        build_service(settings, make_bus(settings.mqtt, "peak_shaving", site_id=settings.site.id))
-    )
+    bus = make_bus(settings.mqtt, bus_client_name(settings), site_id=settings.site.id)
+    serve(build_service(settings, bus))
 
 
 @app.command("check-config")

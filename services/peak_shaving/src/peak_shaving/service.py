@@ -449,6 +449,19 @@ def _grid(
     return np.asarray(series.on_grid(start, step_s, n, outside="daily", quantile=quantile))
 
 
+def bus_client_name(settings: Settings) -> str:
+    """The service part of this instance's MQTT client id (`make_bus`'s `service`).
+
+    `peak_shaving`, and for a replica with `site_shard` k/N `peak_shaving.shard-k-of-N`: replicas
+    that differ only in `PS_SITE_SHARD` must not share a client id, or the broker disconnects each
+    for the other, over and over (seen on Mosquitto: ~200 reconnects a second, neither ready).
+    """
+    if not settings.site_shard:
+        return NAME
+    index, count = settings.site_shard.split("/")
+    return f"{NAME}.shard-{index}-of-{count}"
+
+
 def build_service(settings: Settings, bus: Bus) -> Service[Settings]:
     """The peak_shaving service on a bus (MqttBus in production, InMemoryBus in tests).
 
