@@ -41,15 +41,13 @@ PRIVATE_IMPORT_EXCEPTIONS = {
 # (file relative to the repository, builder function): dict state being replaced elsewhere;
 # drop an entry once its fix has landed
 UNTYPED_STATE_EXCEPTIONS = {
-    # helper "forecast" (feature_engineering, forecaster)
-    ("services/feature_engineering/src/feature_engineering/service.py", "build_service"),
+    # helper "forecast" (forecaster)
     ("services/forecaster/src/forecaster/service.py", "build_service"),
     # helper "peak" (peak_shaving)
     ("services/peak_shaving/src/peak_shaving/service.py", "build_service"),
 }
 # files indexing a dict state: the builders above and their tests
 STATE_SUBSCRIPT_EXCEPTIONS = {path for path, _ in UNTYPED_STATE_EXCEPTIONS} | {
-    "services/feature_engineering/tests/test_service.py",
     "services/forecaster/tests/test_coldstart.py",
     "services/peak_shaving/tests/test_service.py",
     "tests/integration/test_ocpp_peak_shaving.py",  # peak_shaving's state is still a dict
