@@ -37,15 +37,9 @@ PRIVATE_IMPORT_EXCEPTIONS: set[tuple[str, str]] = set()
 
 # (file relative to the repository, builder function): dict state being replaced elsewhere;
 # drop an entry once its fix has landed
-UNTYPED_STATE_EXCEPTIONS = {
-    # helper "peak" (peak_shaving)
-    ("services/peak_shaving/src/peak_shaving/service.py", "build_service"),
-}
+UNTYPED_STATE_EXCEPTIONS: set[tuple[str, str]] = set()
 # files indexing a dict state: the builders above and their tests
-STATE_SUBSCRIPT_EXCEPTIONS = {path for path, _ in UNTYPED_STATE_EXCEPTIONS} | {
-    "services/peak_shaving/tests/test_service.py",
-    "tests/integration/test_ocpp_peak_shaving.py",  # peak_shaving's state is still a dict
-}
+STATE_SUBSCRIPT_EXCEPTIONS = {path for path, _ in UNTYPED_STATE_EXCEPTIONS}
 
 
 @functools.cache
@@ -241,7 +235,6 @@ MAX_BUILDER_LINES = 100
 """A builder wires (handlers of a line or two, routes, tasks); the logic lives in its state."""
 LONG_BUILDER_EXCEPTIONS = {
     # being moved into their state objects by their helpers (forecast, peak, voltage)
-    ("services/peak_shaving/src/peak_shaving/service.py", "build_service"),
     ("services/voltage_coordinator/src/voltage_coordinator/service.py", "build_service"),
 }
 
