@@ -33,27 +33,13 @@ CODE = [
 
 # (file relative to the repository, imported name): being removed elsewhere; drop an entry once
 # its fix has landed
-PRIVATE_IMPORT_EXCEPTIONS = {
-    # issue 17 (forecaster, helper "forecast"): the residual offsets become a public function
-    ("services/forecaster/src/forecaster/evaluation.py", "_residual_offsets"),
-}
+PRIVATE_IMPORT_EXCEPTIONS: set[tuple[str, str]] = set()
 
 # (file relative to the repository, builder function): dict state being replaced elsewhere;
 # drop an entry once its fix has landed
-UNTYPED_STATE_EXCEPTIONS = {
-    # helper "forecast" (feature_engineering, forecaster)
-    ("services/feature_engineering/src/feature_engineering/service.py", "build_service"),
-    ("services/forecaster/src/forecaster/service.py", "build_service"),
-    # helper "peak" (peak_shaving)
-    ("services/peak_shaving/src/peak_shaving/service.py", "build_service"),
-}
+UNTYPED_STATE_EXCEPTIONS: set[tuple[str, str]] = set()
 # files indexing a dict state: the builders above and their tests
-STATE_SUBSCRIPT_EXCEPTIONS = {path for path, _ in UNTYPED_STATE_EXCEPTIONS} | {
-    "services/feature_engineering/tests/test_service.py",
-    "services/forecaster/tests/test_coldstart.py",
-    "services/peak_shaving/tests/test_service.py",
-    "tests/integration/test_ocpp_peak_shaving.py",  # peak_shaving's state is still a dict
-}
+STATE_SUBSCRIPT_EXCEPTIONS = {path for path, _ in UNTYPED_STATE_EXCEPTIONS}
 
 
 @functools.cache
@@ -249,8 +235,6 @@ MAX_BUILDER_LINES = 100
 """A builder wires (handlers of a line or two, routes, tasks); the logic lives in its state."""
 LONG_BUILDER_EXCEPTIONS = {
     # being moved into their state objects by their helpers (forecast, peak, voltage)
-    ("services/forecaster/src/forecaster/service.py", "build_service"),
-    ("services/peak_shaving/src/peak_shaving/service.py", "build_service"),
     ("services/voltage_coordinator/src/voltage_coordinator/service.py", "build_service"),
 }
 

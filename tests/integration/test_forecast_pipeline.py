@@ -16,8 +16,8 @@ from derbus.messages import TimeSeries
 from derbus.settings import DatabaseSettings, MqttSettings, SiteSettings
 from derbus.testing import BusRecorder, wait_for
 from feature_engineering.pipeline import FeatureStore
-from feature_engineering.service import run_pass
 from feature_engineering.settings import Settings as FeSettings
+from feature_engineering.state import run_pass
 from feature_engineering.synthetic import reading_rows, synthetic_frame
 from forecaster.service import build_service
 from forecaster.settings import Settings as ForecastSettings

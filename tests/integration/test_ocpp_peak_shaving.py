@@ -209,7 +209,7 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         assert min(settled) >= expected - 0.6, values
         assert min(values) >= peak_shaving.settings.ev_min_kw, values
         # operators see it in the KPIs
-        ps = peak_shaving.state["peak_shaving"]
+        ps = peak_shaving.state
         assert ps.ev.kpis(SITE)["ev_limited"] == 1.0
     finally:
         for service in reversed(services):

@@ -13,8 +13,8 @@ from derbus import features as fx
 from derbus.settings import DatabaseSettings, SiteSettings
 from derbus.tariff import Tariff
 from feature_engineering.pipeline import FeatureStore, PassWindow, plan_pass
-from feature_engineering.service import run_pass
 from feature_engineering.settings import Settings
+from feature_engineering.state import run_pass
 from feature_engineering.synthetic import reading_rows, synthetic_frame
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)

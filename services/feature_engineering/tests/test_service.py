@@ -35,7 +35,7 @@ def test_service_computes_at_start_and_on_demand(tmp_path: Path) -> None:
     with TestClient(make_app(service)) as client:
         assert client.get("/readyz").status_code == 200
         deadline = 200
-        while service.state.get("last_pass") is None and deadline:
+        while service.state.last_pass is None and deadline:
             client.get("/healthz")  # lets the start-up pass run (bounded)
             deadline -= 1
         status = client.get("/features/status").json()

@@ -202,7 +202,7 @@ def test_service_is_degraded_only_with_nothing_measured(tmp_path: Path) -> None:
     with TestClient(make_app(service)) as client:
         assert client.get("/forecast/s9/load").status_code == 404  # outside the lookback
         health = client.get("/healthz").json()
-    assert service.state["server"].issue_interval_s() == settings.cold_start.retry_s
+    assert service.state.issue_interval_s() == settings.cold_start.retry_s
     assert health["status"] == "online"  # no site known at all: nothing to be degraded about
     assert not [m for m in bus.published if topics.FORECAST.matches(m.topic, "t/cold")]
 

@@ -28,8 +28,9 @@ from derbus.messages import (
 )
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
-from peak_shaving.service import PeakShaving, build_service, bus_client_name
+from peak_shaving.service import build_service, bus_client_name
 from peak_shaving.settings import Settings
+from peak_shaving.state import PeakShaving
 
 ROOT = "pstest"
 SITE = "site-1"
@@ -119,7 +120,7 @@ async def rig() -> AsyncIterator[Rig]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://ps") as http:
-            yield Rig(service.state["peak_shaving"], probe, http, setpoints, schedules, kpis)
+            yield Rig(service.state, probe, http, setpoints, schedules, kpis)
     await probe.close()
 
 
@@ -204,7 +205,7 @@ async def test_solver_failure_keeps_the_last_schedule_and_falls_back_to_limits(
     def broken(*args: Any) -> None:
         raise SolverError("ECOS returned status infeasible")
 
-    monkeypatch.setattr("peak_shaving.service.solve_plan", broken)
+    monkeypatch.setattr("peak_shaving.state.solve_plan", broken)
     await rig.ps.replan(SITE)
     await rig.probe.drain()
     degraded = rig.schedules.values[-1]
@@ -229,7 +230,7 @@ async def test_solver_failure_keeps_the_last_schedule_and_falls_back_to_limits(
 
 async def test_ema_plans_on_the_high_load_and_low_pv_quantiles() -> None:
     service = build_service(settings(), InMemoryBus())
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     plan = ps.site(SITE)
     plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
     load = forecast([30.0] * 96)
@@ -247,7 +248,7 @@ async def test_ema_plans_on_the_high_load_and_low_pv_quantiles() -> None:
 
 async def test_shifted_fallback_drops_elapsed_steps() -> None:
     service = build_service(settings(), InMemoryBus())
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     plan = ps.site(SITE)
     plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
     plan.forecasts["load"] = forecast([30.0] * 96)
@@ -325,7 +326,7 @@ async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
     await probe.publish(spec.topic(SITE, "battery", ROOT), old.to_json_bytes(), retain=True)
     service = build_service(settings(), InMemoryBus(broker))
     await service.start()
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     await wait_for(lambda: ps.site(SITE).schedule is not None, 5, message="retained schedule")
     assert ps.site(SITE).schedule_valid
     await service.stop()
@@ -334,7 +335,7 @@ async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
 
 async def test_ema_keeps_the_upper_quantile_excess_in_reserve() -> None:
     service = build_service(settings(reserve_load_quantile="p90"), InMemoryBus())
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     plan = ps.site(SITE)
     plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
     load = forecast([30.0] * 96)
@@ -358,7 +359,7 @@ async def test_ema_keeps_the_upper_quantile_excess_in_reserve() -> None:
 async def test_the_ema_solves_in_its_own_process() -> None:
     # ema_workers=1: the plan is made in a worker process, never in the service's interpreter
     service = build_service(settings(ema_workers=1, demand_charge=True), InMemoryBus())
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     app = make_app(service)
     async with app.router.lifespan_context(app):
         plan = ps.site(SITE)
@@ -382,7 +383,7 @@ async def test_the_ema_solves_in_its_own_process() -> None:
 async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_stale() -> None:
     broker = InMemoryBroker()
     service = build_service(settings(energy_cost=True), InMemoryBus(broker))
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     probe = InMemoryBus(broker)
     await probe.connect()
     schedules: BusRecorder[TimeSeries] = BusRecorder(topics.BATTERY_SCHEDULE, ROOT)
@@ -459,7 +460,7 @@ def test_shard_replicas_get_their_own_client_ids_and_an_unsharded_service_keeps_
 
 async def test_a_dead_ema_worker_is_a_solver_failure_and_replaced() -> None:
     service = build_service(settings(ema_workers=1), InMemoryBus())
-    ps: PeakShaving = service.state["peak_shaving"]
+    ps: PeakShaving = service.state
     app = make_app(service)
     async with app.router.lifespan_context(app):
         plan = ps.site(SITE)

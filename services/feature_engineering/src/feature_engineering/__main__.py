@@ -19,8 +19,9 @@ from derbus.runner import serve
 from derbus.settings import load_settings_or_exit
 from derbus.storage import guarded
 from feature_engineering.pipeline import FeatureStore
-from feature_engineering.service import build_service, run_pass, summary
+from feature_engineering.service import build_service
 from feature_engineering.settings import Settings
+from feature_engineering.state import run_pass, summary
 
 cli = typer.Typer(add_completion=False, help="derbus feature_engineering: readings -> features")
 

@@ -21,17 +21,17 @@ from derbus.messages import utcnow
 from derbus.runner import serve
 from derbus.settings import load_settings_or_exit
 from derbus.storage import guarded
-from forecaster.catalogue import TARGETS
-from forecaster.registry import Registry
-from forecaster.service import (
+from forecaster.batch import (
     accuracy_status,
-    build_service,
     outcome_json,
     registry_status,
     site_ids,
     train_all,
     train_config,
 )
+from forecaster.catalogue import TARGETS
+from forecaster.registry import Registry
+from forecaster.service import build_service
 from forecaster.settings import Settings
 from forecaster.store import ForecastStore
 

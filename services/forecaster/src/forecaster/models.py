@@ -50,7 +50,11 @@ def _bands(p50: np.ndarray, offsets: tuple[float, float]) -> pd.DataFrame:
     return pd.DataFrame({"p10": p50 + offsets[0], "p50": p50, "p90": p50 + offsets[1]})
 
 
-def _residual_offsets(residuals: np.ndarray) -> tuple[float, float]:
+def residual_offsets(residuals: np.ndarray) -> tuple[float, float]:
+    """The P10 and P90 offsets (kW) of a point forecast's residuals (actual - point, kW).
+
+    Non-finite residuals are ignored; without any, the band is empty: (0.0, 0.0).
+    """
     residuals = residuals[np.isfinite(residuals)]
     if len(residuals) == 0:
         return 0.0, 0.0
@@ -74,7 +78,7 @@ class LagModel:
 
     def fit(self, x: pd.DataFrame, y: pd.Series) -> LagModel:
         x, y = _valid(x, y)
-        self.offsets = _residual_offsets(y.to_numpy(dtype=float) - self._point(x))
+        self.offsets = residual_offsets(y.to_numpy(dtype=float) - self._point(x))
         return self
 
     def predict(self, x: pd.DataFrame) -> pd.DataFrame:
