@@ -95,6 +95,22 @@ def test_service_is_ready_without_a_database_or_data(tmp_path: Path) -> None:
         assert client.get("/models").json() == {"models": []}
 
 
+def test_a_new_issue_interval_from_put_config_holds_from_the_next_issue(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, train_at_start=False, issue_interval_s=900,
+                        api_token="tok")  # fmt: skip
+    service = build_service(settings, InMemoryBus())
+    with TestClient(make_app(service)) as client:
+        retry = settings.cold_start.retry_s
+        assert service.state.issue_interval_s() == min(900, retry)  # nothing issued yet
+        changed = client.put("/config", json={"issue_interval_s": 1800},
+                             headers={"Authorization": "Bearer tok"})  # fmt: skip
+        assert changed.status_code == 200, changed.text
+        assert service.state.settings.issue_interval_s == 1800
+        assert service.state.issue_interval_s() == min(1800, retry)
+        service.state.latest[("s1", "load")] = object()  # type: ignore[assignment]
+        assert service.state.issue_interval_s() == 1800  # what the periodic task waits
+
+
 def test_accuracy_of_issued_forecasts_over_rest(
     tmp_path: Path, load_series: Callable[..., pd.Series], pv_series: Callable[..., pd.Series]
 ) -> None:

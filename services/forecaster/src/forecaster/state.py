@@ -59,9 +59,6 @@ class Forecaster:
         now: Callable[[], datetime],
     ) -> None:
         self.service = service
-        self.settings = service.settings
-        """The settings the service was built with: serving reads these; `PUT /config` replaces
-        `service.settings`, which training, the retrain interval and the routes read."""
         self.store = store
         self.registry = registry
         self.now = now
@@ -104,6 +101,12 @@ class Forecaster:
         if not self._weather:
             self._weather.append(weather_provider(self.settings))
         return self._weather[0]
+
+    @property
+    def settings(self) -> Settings:
+        """The service's current settings (`PUT /config` replaces them: a new issue interval
+        holds from the next issue on)."""
+        return self.service.settings
 
     def sites(self, now: datetime) -> list[str]:
         """The sites to forecast: those of the feature table and those with recent readings."""
