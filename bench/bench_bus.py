@@ -44,9 +44,16 @@ OnMessage = Callable[[bytes], None]
 
 def payload() -> bytes:
     return MeterReading(
-        ts=utcnow(), source="bench", p_kw=12.345, q_kvar=1.2, v_l1_v=230.1, v_l2_v=229.8,
-        v_l3_v=231.0, e_import_kwh=1234.5, e_export_kwh=12.0,
-    ).to_json_bytes()  # fmt: skip
+        ts=utcnow(),
+        source="bench",
+        p_kw=12.345,
+        q_kvar=1.2,
+        v_l1_v=230.1,
+        v_l2_v=229.8,
+        v_l3_v=231.0,
+        e_import_kwh=1234.5,
+        e_export_kwh=12.0,
+    ).to_json_bytes()
 
 
 class Client:

@@ -37,10 +37,24 @@ async def one_run(timeout_s: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="chain-bench-") as run_root:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "derbus.cli", "up", "--repo", str(REPO), "--free-ports",
-             "--no-watch", "--run-root", run_root, "--mqtt-port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "derbus.cli",
+                "up",
+                "--repo",
+                str(REPO),
+                "--free-ports",
+                "--no-watch",
+                "--run-root",
+                run_root,
+                "--mqtt-port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         state = WatchState(root=topics.DEFAULT_ROOT)
         seen: dict[str, float] = {}
 

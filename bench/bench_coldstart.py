@@ -48,16 +48,18 @@ def issues(span: tuple[str, str], step_days: int) -> list[pd.Timestamp]:
     return sorted(t.tz_convert("UTC") for t in out)
 
 
-def run(series: pd.Series, solar: bool, span: tuple[str, str], step_days: int,
-        clear: pd.Series) -> pd.DataFrame:  # fmt: skip
+def run(
+    series: pd.Series, solar: bool, span: tuple[str, str], step_days: int, clear: pd.Series
+) -> pd.DataFrame:
     """Rows of (hours, actual, p50, reference) for every issue and forecast interval."""
     rows = []
     for issue in issues(span, step_days):
         times = day_ahead_times(issue)
         actual = series.reindex(times)
         for hours in HOURS:
-            measured = series[(series.index >= issue - timedelta(hours=hours))
-                              & (series.index < issue)]  # fmt: skip
+            measured = series[
+                (series.index >= issue - timedelta(hours=hours)) & (series.index < issue)
+            ]
             if solar:
                 scale = coldstart.pv_scale(measured, measured.iloc[:0], clear, None)
                 if scale is None:  # no daylight in the window: the nameplate case, not scored
@@ -72,11 +74,16 @@ def run(series: pd.Series, solar: bool, span: tuple[str, str], step_days: int,
                 frame = load
                 reference = np.full(len(times), float(measured.mean()))
                 keep = np.ones(len(times), dtype=bool)
-            rows.append(pd.DataFrame({
-                "hours": hours, "actual": actual.to_numpy()[keep],
-                **{q: frame[q].to_numpy()[keep] for q in ("p10", "p50", "p90")},
-                "reference": np.asarray(reference)[keep],
-            }))  # fmt: skip
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "hours": hours,
+                        "actual": actual.to_numpy()[keep],
+                        **{q: frame[q].to_numpy()[keep] for q in ("p10", "p50", "p90")},
+                        "reference": np.asarray(reference)[keep],
+                    }
+                )
+            )
     return pd.concat(rows, ignore_index=True).dropna()
 
 
@@ -90,8 +97,12 @@ def score(rows: pd.DataFrame) -> dict[str, float]:
     mae = float((rows["actual"] - rows["p50"]).abs().mean())
     ref = float((rows["actual"] - rows["reference"]).abs().mean())
     inside = (rows["actual"] >= rows["p10"] - 1e-9) & (rows["actual"] <= rows["p90"] + 1e-9)
-    return {"nmae": mae / float(rows["actual"].mean()), "ratio": mae / ref,
-            "coverage": float(inside.mean()), "n": float(len(rows))}  # fmt: skip
+    return {
+        "nmae": mae / float(rows["actual"].mean()),
+        "ratio": mae / ref,
+        "coverage": float(inside.mean()),
+        "n": float(len(rows)),
+    }
 
 
 def main() -> None:
@@ -109,22 +120,32 @@ def main() -> None:
     cover = {n: score(r)["coverage"] for n, r in (("load", cal_load), ("pv", cal_pv))}
     lit = cal_pv[cal_pv["p90"] > 1e-6]
     pv_p90 = float((lit["actual"] / lit["p90"]).quantile(0.9)) * coldstart.BANDS["pv"].p90
-    print(f"actual/P50 quantiles 10 % / 90 % on {CAL[0]}..{CAL[1]} (h0-a, pv1 daylight): load"
-          f" {load_lo:.2f} / {load_hi:.2f}; PV {pv_lo:.2f} / {pv_hi:.2f}; PV actual / clear-sky"
-          f" output at 90 %: {pv_p90:.2f}")  # fmt: skip
-    print(f"shipped (coldstart.BANDS): load {coldstart.BANDS['load']}, pv {coldstart.BANDS['pv']}"
-          f" (PV P90: the clear-sky output); 80 % band coverage on that span: load"
-          f" {cover['load']:.1%}, PV {cover['pv']:.1%}")  # fmt: skip
+    print(
+        f"actual/P50 quantiles 10 % / 90 % on {CAL[0]}..{CAL[1]} (h0-a, pv1 daylight): load"
+        f" {load_lo:.2f} / {load_hi:.2f}; PV {pv_lo:.2f} / {pv_hi:.2f}; PV actual / clear-sky"
+        f" output at 90 %: {pv_p90:.2f}"
+    )
+    print(
+        f"shipped (coldstart.BANDS): load {coldstart.BANDS['load']}, pv {coldstart.BANDS['pv']}"
+        f" (PV P90: the clear-sky output); 80 % band coverage on that span: load"
+        f" {cover['load']:.1%}, PV {cover['pv']:.1%}"
+    )
     print(f"\nscored on {TEST[0]}..{TEST[1]} with the shipped bands")
     print(f"{'series':8s} {'hours':>5s} {'nMAE':>7s} {'MAE/ref':>8s} {'cover80':>8s} {'n':>7s}")
-    for name, column, solar in (("h0-a", "h0-a_load_pu", False), ("h0-b", "h0-b_load_pu", False),
-                                ("g1-a", "g1-a_load_pu", False), ("pv1", "pv1_pv_pu", True),
-                                ("pv3", "pv3_pv_pu", True)):  # fmt: skip
+    for name, column, solar in (
+        ("h0-a", "h0-a_load_pu", False),
+        ("h0-b", "h0-b_load_pu", False),
+        ("g1-a", "g1-a_load_pu", False),
+        ("pv1", "pv1_pv_pu", True),
+        ("pv3", "pv3_pv_pu", True),
+    ):
         rows = run(kw[column], solar, TEST, args.step_days, clear)
         for hours in HOURS:
             s = score(rows[rows["hours"] == hours])
-            print(f"{name:8s} {hours:5d} {s['nmae']:7.1%} {s['ratio']:8.2f} {s['coverage']:8.1%}"
-                  f" {int(s['n']):7d}")  # fmt: skip
+            print(
+                f"{name:8s} {hours:5d} {s['nmae']:7.1%} {s['ratio']:8.2f} {s['coverage']:8.1%}"
+                f" {int(s['n']):7d}"
+            )
     print(
         f"\nreference: load = measured mean held flat; PV = clear-sky output (index 1)."
         f" {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.1f}"

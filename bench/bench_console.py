@@ -58,21 +58,36 @@ def pct(values: list[float], q: float) -> float:
 
 def start_console(mqtt_port: int, api_port: int, data_dir: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
-    env.update({
-        "MQTT_PORT": str(mqtt_port), "CONSOLE_API_PORT": str(api_port),
-        "CONSOLE_DATA_DIR": data_dir, "CONSOLE_API_TOKEN": "bench",
-        "CONSOLE_SERVICE_URLS": "{}", "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "MQTT_PORT": str(mqtt_port),
+            "CONSOLE_API_PORT": str(api_port),
+            "CONSOLE_DATA_DIR": data_dir,
+            "CONSOLE_API_TOKEN": "bench",
+            "CONSOLE_SERVICE_URLS": "{}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     log = Path(data_dir) / "console.log"
-    return subprocess.Popen([sys.executable, "-m", "console"], env=env, cwd=REPO,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "console"],
+        env=env,
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def browser() -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(arg)
     driver_path = shutil.which("chromedriver") or "chromedriver"
     return webdriver.Chrome(options=options, service=ChromeService(executable_path=driver_path))
@@ -158,14 +173,20 @@ def main() -> None:
     raw_ms = [1000 * (t - sent[key]) for key, t in raw.items() if key in sent]
     span = wall1 - wall0
     expected = len(sites) * args.seconds
-    print(f"console bench: {len(sites)} sites x 1 Hz for {args.seconds} s, load avg "
-          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")  # fmt: skip
+    print(
+        f"console bench: {len(sites)} sites x 1 Hz for {args.seconds} s, load avg "
+        f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+    )
     print(f"{'path':38s} {'values':>7s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s}")
-    for name, values in (("bus -> value on the page (console)", page_ms),
-                         ("bus -> bare paho subscriber (raw)", raw_ms)):  # fmt: skip
+    for name, values in (
+        ("bus -> value on the page (console)", page_ms),
+        ("bus -> bare paho subscriber (raw)", raw_ms),
+    ):
         if values:
-            print(f"{name:38s} {len(values):7d} {statistics.median(values):8.1f} "
-                  f"{pct(values, 0.99):8.1f} {max(values):8.1f}")  # fmt: skip
+            print(
+                f"{name:38s} {len(values):7d} {statistics.median(values):8.1f} "
+                f"{pct(values, 0.99):8.1f} {max(values):8.1f}"
+            )
     print(
         f"values shown on the page: {len(page_ms)} of {expected} sent "
         f"({100 * len(page_ms) / expected:.1f} %; a value replaced within one push is not shown)"

@@ -47,18 +47,24 @@ def run(sites: int, shards: int, seconds: float, warmup_s: float) -> tuple[float
     base = free_port()
     ports = [base + k for k in range(shards)] if shards > 1 else [base]
     env = service_env(
-        "EDGE_", broker.host, broker.port, f"bench/shards-{os.getpid()}",
-        EDGE_API_PORT=str(base), EDGE_LOG_LEVEL="WARNING",
-    )  # fmt: skip
+        "EDGE_",
+        broker.host,
+        broker.port,
+        f"bench/shards-{os.getpid()}",
+        EDGE_API_PORT=str(base),
+        EDGE_LOG_LEVEL="WARNING",
+    )
     args = ["--sites", str(sites), "--interval", "1"]
     if shards > 1:
         args += ["--shards", str(shards)]
     log = Path(tempfile.mkdtemp(prefix="derbus-shards-")) / "edge.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_simulator", *args], env=env, stdout=out,
+            [sys.executable, "-m", "edge_simulator", *args],
+            env=env,
+            stdout=out,
             stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + 180
         while (first := steps(ports)) is None or min(first) < 1:

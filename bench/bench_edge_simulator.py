@@ -56,9 +56,12 @@ def with_payloads(n_sites: int, steps: int) -> float:
 
 
 async def service_publish(
-    n_sites: int, steps: int, bus: Bus | None = None, mqtt: MqttSettings | None = None,
+    n_sites: int,
+    steps: int,
+    bus: Bus | None = None,
+    mqtt: MqttSettings | None = None,
     devices: str | None = None,
-) -> float:  # fmt: skip
+) -> float:
     clock_now = [T0]
     extra = {"devices": devices} if devices else {}
     service = build_service(
@@ -121,9 +124,15 @@ def main() -> None:
     steps = 20 if args.quick else 120
     console = Console()
     table = Table(title="edge_simulator: site-steps per second (one Python process)")
-    for col in ("sites", "physics", "physics + payloads", "service, InMemoryBus",
-                "service, Mosquitto, 8 devices", "service, Mosquitto, 4 devices",
-                "1 Hz real time (Mosquitto, 8 / 4 devices)?"):  # fmt: skip
+    for col in (
+        "sites",
+        "physics",
+        "physics + payloads",
+        "service, InMemoryBus",
+        "service, Mosquitto, 8 devices",
+        "service, Mosquitto, 4 devices",
+        "1 Hz real time (Mosquitto, 8 / 4 devices)?",
+    ):
         table.add_column(col, justify="right")
     for n in (1, 100, 1000) if not args.quick else (1, 1000):
         p = physics(n, steps)
@@ -135,8 +144,9 @@ def main() -> None:
         q8 = asyncio.run(over_mosquitto(n, mq_steps, None))
         q4 = asyncio.run(over_mosquitto(n, mq_steps, "pcc,pv,battery,load"))
         verdict = f"{'yes' if q8 >= n else 'no'} / {'yes' if q4 >= n else 'no'}"
-        table.add_row(str(n), f"{p:,.0f}", f"{m:,.0f}", f"{s:,.0f}", f"{q8:,.0f}", f"{q4:,.0f}",
-                      verdict)  # fmt: skip
+        table.add_row(
+            str(n), f"{p:,.0f}", f"{m:,.0f}", f"{s:,.0f}", f"{q8:,.0f}", f"{q4:,.0f}", verdict
+        )
     console.print(table)
     days = 30 if args.quick else 365
     wall, records = year_backfill(days)

@@ -104,9 +104,13 @@ async def crash(part: ServiceProcess, down_s: float) -> float:
 
 def mqtt(broker: MosquittoServer, root: str) -> MqttSettings:
     return MqttSettings(
-        host=broker.host, port=broker.port, root=root, reconnect_min_delay_s=0.1,
-        reconnect_max_delay_s=0.5, keepalive_s=5,
-    )  # fmt: skip
+        host=broker.host,
+        port=broker.port,
+        root=root,
+        reconnect_min_delay_s=0.1,
+        reconnect_max_delay_s=0.5,
+        keepalive_s=5,
+    )
 
 
 class Scada:
@@ -143,9 +147,13 @@ class Scada:
     async def run(self, every_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
             command = SetpointCommand(
-                ts=self.clock(), source="scada", target="battery_p_kw",
-                value=-1.0 - self.sent % 3, unit="kW", ttl_s=self.ttl_s,
-            )  # fmt: skip
+                ts=self.clock(),
+                source="scada",
+                target="battery_p_kw",
+                value=-1.0 - self.sent % 3,
+                unit="kW",
+                ttl_s=self.ttl_s,
+            )
             site = self.sites[self.sent % len(self.sites)]
             key = command.setpoint_id.encode()
             self.outcomes.sent(key, self.ttl_s)
@@ -180,9 +188,12 @@ async def scenario(
         if await until(sync.ready, 60) is None:
             raise RuntimeError(f"cloud_sync not ready: {sync.log.read_text()[-2000:]}")
         edge_settings = EdgeSettings(
-            mqtt=mqtt(broker, root), sites=args.sites, interval_s=args.interval, api_port=0,
+            mqtt=mqtt(broker, root),
+            sites=args.sites,
+            interval_s=args.interval,
+            api_port=0,
             start_time=datetime(2026, 6, 22, 10, tzinfo=UTC) + timedelta(days=day),
-        )  # fmt: skip
+        )
         edge = build_edge(edge_settings, make_bus(edge_settings.mqtt, "edge_simulator"))
         await edge.start()
         sim = edge.state
@@ -246,8 +257,11 @@ async def scenario(
         result.resent = scada.resent
         result.readings_sent = len(readings)
         result.readings_stored = len(readings & stored_rows(pg_url, sites))
-        for key, attr in (("readings_missed", "gaps_missed"), ("readings_repaired",
-                          "gaps_repaired"), ("readings_lost", "gaps_lost")):  # fmt: skip
+        for key, attr in (
+            ("readings_missed", "gaps_missed"),
+            ("readings_repaired", "gaps_repaired"),
+            ("readings_lost", "gaps_lost"),
+        ):
             setattr(result, attr, gaps_now.get(key, 0.0) + gaps_before.get(key, 0.0))
     finally:
         if edge is not None:
@@ -277,11 +291,19 @@ async def edge_scenario(name: str, args: argparse.Namespace, pg_url: str) -> Res
     api_port = free_port()
     edge = ServiceProcess(
         "edge_simulator",
-        service_env("EDGE_", broker.host, broker.port, root, EDGE_SITES=str(args.sites),
-                    EDGE_INTERVAL_S=str(args.interval), EDGE_API_PORT=str(api_port),
-                    EDGE_LOG_LEVEL="WARNING"),
-        work / "edge.log", api_port,
-    )  # fmt: skip
+        service_env(
+            "EDGE_",
+            broker.host,
+            broker.port,
+            root,
+            EDGE_SITES=str(args.sites),
+            EDGE_INTERVAL_S=str(args.interval),
+            EDGE_API_PORT=str(api_port),
+            EDGE_LOG_LEVEL="WARNING",
+        ),
+        work / "edge.log",
+        api_port,
+    )
     scada_bus: Bus | None = None
     sites = [f"site-{i + 1:04d}" for i in range(args.sites)]
     try:

@@ -93,17 +93,20 @@ def group_rows(name: str, r: BacktestResult) -> list[str]:
 def model_rows(name: str, r: BacktestResult) -> list[str]:
     rows = []
     for model, m in sorted(r.overall.items(), key=lambda kv: kv[1]["mae"]):
-        rows.append(f"| {name} | {model} | {m['mae']:.3f} | {pct(m['skill'])} "
-                    f"| {m.get('pinball', float('nan')):.4f} "
-                    f"| {m.get('pinball_band', float('nan')):.4f} | {cov(m, r.solar)} |")  # fmt: skip
+        rows.append(
+            f"| {name} | {model} | {m['mae']:.3f} | {pct(m['skill'])} "
+            f"| {m.get('pinball', float('nan')):.4f} "
+            f"| {m.get('pinball_band', float('nan')):.4f} | {cov(m, r.solar)} |"
+        )
     return rows
 
 
 def timing(y: pd.Series, target_name: str, served: str, max_iter: int, sites: int) -> tuple:
     """Training on the whole year; one forecast for `sites` sites (one model, their histories)."""
     target = TARGETS[target_name]
-    config = TrainConfig(models=MODELS, test_fraction=0.25, folds=1, max_iter=max_iter,
-                         threads=1, min_train_days=14)  # fmt: skip
+    config = TrainConfig(
+        models=MODELS, test_fraction=0.25, folds=1, max_iter=max_iter, threads=1, min_train_days=14
+    )
     began, cpu = time.perf_counter(), time.process_time()
     model = fit_final(y, SITE, target, served, config)
     train_s, train_cpu = time.perf_counter() - began, time.process_time() - cpu
@@ -155,8 +158,10 @@ def main() -> None:
         fraction = 1 / 3
     else:
         fraction = 0.25
-    print(f"SimBench 2016, span {args.span}: last {fraction:.0%} held out, {args.folds} folds, "
-          f"an issue every {args.issue_every * 15} min, max_iter {args.max_iter}, models {models}")  # fmt: skip
+    print(
+        f"SimBench 2016, span {args.span}: last {fraction:.0%} held out, {args.folds} folds, "
+        f"an issue every {args.issue_every * 15} min, max_iter {args.max_iter}, models {models}"
+    )
     results: dict[str, tuple[BacktestResult, float]] = {}
     if args.timing_only:
         print_timing(profiles, {n: args.model for n in names}, args)
@@ -165,9 +170,16 @@ def main() -> None:
         target_name, column, scale = SERIES[name]
         y = pd.Series(profiles[column].to_numpy(dtype=float) * scale, index=profiles.index)
         began = time.perf_counter()
-        r = backtest(y, SITE, TARGETS[target_name], models, test_fraction=fraction,
-                     folds=args.folds, max_iter=args.max_iter,
-                     issue_every=args.issue_every)  # fmt: skip
+        r = backtest(
+            y,
+            SITE,
+            TARGETS[target_name],
+            models,
+            test_fraction=fraction,
+            folds=args.folds,
+            max_iter=args.max_iter,
+            issue_every=args.issue_every,
+        )
         results[name] = (r, time.perf_counter() - began)
         print(f"{name}: done in {results[name][1]:.0f} s", flush=True)
     table(
@@ -193,16 +205,21 @@ def main() -> None:
 
 def print_timing(profiles: pd.DataFrame, served: dict[str, str], args: argparse.Namespace) -> None:
     print()
-    print(f"| series | served | training s (one year), wall / CPU | one forecast for "
-          f"{args.sites} sites s, wall / CPU | bare predict of the same rows s, wall / CPU "
-          f"| ratio (CPU) |")  # fmt: skip
+    print(
+        f"| series | served | training s (one year), wall / CPU | one forecast for "
+        f"{args.sites} sites s, wall / CPU | bare predict of the same rows s, wall / CPU "
+        f"| ratio (CPU) |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for name, model in served.items():
         target_name, column, scale = SERIES[name]
         y = pd.Series(profiles[column].to_numpy(dtype=float) * scale, index=profiles.index)
         t_w, t_c, b_w, b_c, r_w, r_c = timing(y, target_name, model, args.max_iter, args.sites)
-        print(f"| {name} | {model} | {t_w:.1f} / {t_c:.1f} | {b_w:.1f} / {b_c:.1f} "
-              f"| {r_w:.2f} / {r_c:.2f} | {b_c / r_c:.0f} |", flush=True)  # fmt: skip
+        print(
+            f"| {name} | {model} | {t_w:.1f} / {t_c:.1f} | {b_w:.1f} / {b_c:.1f} "
+            f"| {r_w:.2f} / {r_c:.2f} | {b_c / r_c:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -85,10 +85,18 @@ class RuleResult:
 
 
 def run_net_balancing(
-    rule: Rule | None, *, period_s: int = 3600, pv_kwp: float = 6.0, load_peak_kw: float = 3.0,
-    cycle_s: int = 10, seed: int = 1, ttc_target_wh: float = 0.0, ttc_margin_wh: float = 10.0,
-    surplus_tau_s: float = 60.0, min_on_off_s: float = 0.0,
-) -> RuleResult:  # fmt: skip
+    rule: Rule | None,
+    *,
+    period_s: int = 3600,
+    pv_kwp: float = 6.0,
+    load_peak_kw: float = 3.0,
+    cycle_s: int = 10,
+    seed: int = 1,
+    ttc_target_wh: float = 0.0,
+    ttc_margin_wh: float = 10.0,
+    surplus_tau_s: float = 60.0,
+    min_on_off_s: float = 0.0,
+) -> RuleResult:
     """Replay the day; rule None = loads never switched (reference)."""
     prof = load_day(DAY, ("h0-a_load_pu", "pv1_pv_pu"))
     base = interpolate([v * load_peak_kw for v in prof["h0-a_load_pu"]], 900, cycle_s)
@@ -115,9 +123,14 @@ def run_net_balancing(
             min_off_s=min_on_off_s,
         ),
     ]
-    ctl = NetBalanceController(loads, rule=rule or "hysteresis", min_on_time_rule_s=600,
-                               ttc_target_wh=ttc_target_wh, ttc_margin_wh=ttc_margin_wh,
-                               surplus_tau_s=surplus_tau_s)  # fmt: skip
+    ctl = NetBalanceController(
+        loads,
+        rule=rule or "hysteresis",
+        min_on_time_rule_s=600,
+        ttc_target_wh=ttc_target_wh,
+        ttc_margin_wh=ttc_margin_wh,
+        surplus_tau_s=surplus_tau_s,
+    )
     integ = BalanceIntegrator(period_s, TZ, max_gap_s=3 * cycle_s)
     t0 = datetime.fromisoformat(DAY).replace(tzinfo=UTC)
     day = DayKpis(t0.date())
@@ -143,11 +156,14 @@ def run_net_balancing(
     for totals in closed:
         day.add_period(totals)
     return RuleResult(
-        name=rule or "no control", efficiency=day.efficiency or 0.0,
-        exported_wh=day.exported_wh, imported_wh=day.imported_wh,
+        name=rule or "no control",
+        efficiency=day.efficiency or 0.0,
+        exported_wh=day.exported_wh,
+        imported_wh=day.imported_wh,
         switchings=sum(day.switchings.values()),
-        hours_on={k: v / 3600 for k, v in day.on_s.items()}, gross_import_wh=gross_import,
-    )  # fmt: skip
+        hours_on={k: v / 3600 for k, v in day.on_s.items()},
+        gross_import_wh=gross_import,
+    )
 
 
 def part1(quick: bool) -> list[str]:
@@ -160,8 +176,11 @@ def part1(quick: bool) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     cases: list[tuple[Rule | None, int]] = [
-        (None, 3600), ("hysteresis", 3600), ("min_on_time", 3600), ("time_to_consume", 3600),
-    ]  # fmt: skip
+        (None, 3600),
+        ("hysteresis", 3600),
+        ("min_on_time", 3600),
+        ("time_to_consume", 3600),
+    ]
     if not quick:
         cases += [("hysteresis", 900), ("time_to_consume", 900)]
     for rule, period in cases:
@@ -222,10 +241,17 @@ def neighbourhood(n_houses: int, n_jobs: int, seed: int = 7) -> Problem:
     tariff = Tariff(timezone=TZ)
     prices = tuple(tariff.price_at(t0 + timedelta(minutes=15 * k)) for k in range(96))
     return Problem(
-        start=t0, step_s=900, n_steps=96, houses=tuple(houses), jobs=tuple(jobs),
-        price_per_kwh=prices, shared_pv=True, neighbourhood_limit_kw=12.0 * n_houses / 2,
-        cost_weight=1.0, peak_weight_per_kw=0.05,
-    )  # fmt: skip
+        start=t0,
+        step_s=900,
+        n_steps=96,
+        houses=tuple(houses),
+        jobs=tuple(jobs),
+        price_per_kwh=prices,
+        shared_pv=True,
+        neighbourhood_limit_kw=12.0 * n_houses / 2,
+        cost_weight=1.0,
+        peak_weight_per_kw=0.05,
+    )
 
 
 def part2(quick: bool) -> list[str]:
@@ -259,8 +285,10 @@ def part2(quick: bool) -> list[str]:
             if sched.method == "milp":
                 label = f"MILP ({gaps.pop(0)}: {sched.status})"
             else:
-                label = {"earliest": "start as early as allowed",
-                         "greedy": "greedy (FCFS, most PV)"}[sched.method]  # fmt: skip
+                label = {
+                    "earliest": "start as early as allowed",
+                    "greedy": "greedy (FCFS, most PV)",
+                }[sched.method]
             lines.append(
                 f"| {label} | {ev.pv_share:.1%} | {ev.grid_import_kwh:.1f} | {ev.cost:.2f} "
                 f"| {ev.peak_kw:.1f} | {ev.par:.2f} | {max(wall, sched.solve_time_s):.3f} |"

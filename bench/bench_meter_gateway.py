@@ -45,13 +45,30 @@ def _run_own_server(port: int, units: int) -> None:
     from meter_gateway.devsim import DeviceServer, sunspec_image
 
     image = sunspec_image(
-        [(1, {"Mn": "bench"}), (103, {"W": 3000, "W_SF": 0}), (123, {}),
-         (802, {"W": -800, "W_SF": 0, "SoC": 555, "SoC_SF": -1}),
-         (124, {"WChaMax": 5000, "WChaMax_SF": 0, "ChaState": 555, "ChaState_SF": -1}),
-         (203, {"W": 1200, "W_SF": 0, "PhVphA": 2300, "PhVphB": 2310, "PhVphC": 2290,
-                "V_SF": -1, "Hz": 5000, "Hz_SF": -2, "TotWhImp": 1000, "TotWhExp": 10,
-                "TotWh_SF": 0})]
-    )  # fmt: skip
+        [
+            (1, {"Mn": "bench"}),
+            (103, {"W": 3000, "W_SF": 0}),
+            (123, {}),
+            (802, {"W": -800, "W_SF": 0, "SoC": 555, "SoC_SF": -1}),
+            (124, {"WChaMax": 5000, "WChaMax_SF": 0, "ChaState": 555, "ChaState_SF": -1}),
+            (
+                203,
+                {
+                    "W": 1200,
+                    "W_SF": 0,
+                    "PhVphA": 2300,
+                    "PhVphB": 2310,
+                    "PhVphC": 2290,
+                    "V_SF": -1,
+                    "Hz": 5000,
+                    "Hz_SF": -2,
+                    "TotWhImp": 1000,
+                    "TotWhExp": 10,
+                    "TotWh_SF": 0,
+                },
+            ),
+        ]
+    )
 
     async def main() -> None:
         server = DeviceServer({u: {40000: list(image)} for u in range(1, units + 1)}, port=port)
@@ -63,11 +80,20 @@ def _run_own_server(port: int, units: int) -> None:
 
 def _devices(port: int, n_sites: int, kinds: tuple[str, ...], interval_s: float) -> list[Any]:
     devices = [
-        {"id": kind, "site_id": f"site-{unit:04d}", "kind": kind, "unit_id": unit,
-         "connection": {"type": "tcp", "host": "127.0.0.1", "port": port}, "sunspec": "auto",
-         "sunspec_base": 40000, "poll_interval_s": interval_s, "timeout_s": 2.0}
-        for unit in range(1, n_sites + 1) for kind in kinds
-    ]  # fmt: skip
+        {
+            "id": kind,
+            "site_id": f"site-{unit:04d}",
+            "kind": kind,
+            "unit_id": unit,
+            "connection": {"type": "tcp", "host": "127.0.0.1", "port": port},
+            "sunspec": "auto",
+            "sunspec_base": 40000,
+            "poll_interval_s": interval_s,
+            "timeout_s": 2.0,
+        }
+        for unit in range(1, n_sites + 1)
+        for kind in kinds
+    ]
     return resolve(parse_config({"devices": devices}), "site-1")
 
 
@@ -93,8 +119,12 @@ async def _measure(
             if time.monotonic() > deadline:
                 raise RuntimeError("devices not all discovered within 120 s")
             await asyncio.sleep(0.1)
-        names = ("gateway_registers_read_total", "gateway_read_requests_total",
-                 "gateway_readings_published_total", "gateway_poll_failures_total")  # fmt: skip
+        names = (
+            "gateway_registers_read_total",
+            "gateway_read_requests_total",
+            "gateway_readings_published_total",
+            "gateway_poll_failures_total",
+        )
         before = {n: _total(service, n) for n in names}
         cpu0, t0 = time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
@@ -153,12 +183,16 @@ def main() -> None:
             proc.kill()
             proc.join(5)
     print(f"\nmeter_gateway: Modbus TCP SunSpec polling, {seconds:g} s windows\n")
-    print(f"{'server':10} {'devices':>7} {'kinds':18} {'poll s':>6} {'registers/s':>12} "
-          f"{'requests/s':>10} {'readings/s':>10} {'failures':>8} {'gw CPU %':>8}")  # fmt: skip
+    print(
+        f"{'server':10} {'devices':>7} {'kinds':18} {'poll s':>6} {'registers/s':>12} "
+        f"{'requests/s':>10} {'readings/s':>10} {'failures':>8} {'gw CPU %':>8}"
+    )
     for target, n, label, interval, r in rows:
-        print(f"{target:10} {n:7d} {label:18} {interval:6g} {r['registers_s']:12.0f} "
-              f"{r['requests_s']:10.0f} {r['readings_s']:10.0f} {r['failures']:8.0f} "
-              f"{r['cpu_pct']:8.0f}")  # fmt: skip
+        print(
+            f"{target:10} {n:7d} {label:18} {interval:6g} {r['registers_s']:12.0f} "
+            f"{r['requests_s']:10.0f} {r['readings_s']:10.0f} {r['failures']:8.0f} "
+            f"{r['cpu_pct']:8.0f}"
+        )
 
 
 if __name__ == "__main__":

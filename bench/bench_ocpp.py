@@ -76,18 +76,34 @@ async def reference_server(port: int, count: int, every_s: float, version: str) 
         await asyncio.sleep(1.0)  # the station booted and started its transaction (ack'ed)
         for i in range(count):
             limit = 2000 + 100 * (i % 50)
-            schedule = {"charging_rate_unit": "W",
-                        "charging_schedule_period": [{"start_period": 0, "limit": limit}]}  # fmt: skip
+            schedule = {
+                "charging_rate_unit": "W",
+                "charging_schedule_period": [{"start_period": 0, "limit": limit}],
+            }
             if version == "1.6":
-                req: Any = call16.SetChargingProfile(connector_id=1, cs_charging_profiles={
-                    "charging_profile_id": 1, "stack_level": 1, "transaction_id": 1,
-                    "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
-                    "charging_schedule": schedule})  # fmt: skip
+                req: Any = call16.SetChargingProfile(
+                    connector_id=1,
+                    cs_charging_profiles={
+                        "charging_profile_id": 1,
+                        "stack_level": 1,
+                        "transaction_id": 1,
+                        "charging_profile_purpose": "TxProfile",
+                        "charging_profile_kind": "Relative",
+                        "charging_schedule": schedule,
+                    },
+                )
             else:
-                req = call201.SetChargingProfile(evse_id=1, charging_profile={
-                    "id": 1, "stack_level": 1, "transaction_id": "ref-tx",
-                    "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
-                    "charging_schedule": [{"id": 1, **schedule}]})  # fmt: skip
+                req = call201.SetChargingProfile(
+                    evse_id=1,
+                    charging_profile={
+                        "id": 1,
+                        "stack_level": 1,
+                        "transaction_id": "ref-tx",
+                        "charging_profile_purpose": "TxProfile",
+                        "charging_profile_kind": "Relative",
+                        "charging_schedule": [{"id": 1, **schedule}],
+                    },
+                )
             t0 = time.time()
             out["sent"].append(t0)
             await cp.call(req)
@@ -131,14 +147,26 @@ async def main(args: argparse.Namespace) -> None:
         for i in range(args.chargers)
     }
     env = dict(os.environ)
-    env.update({
-        "MQTT_PORT": str(mqtt_port), "EV_API_PORT": str(api_port), "EV_OCPP_PORT": str(ocpp_port),
-        "EV_DATA_DIR": str(tmp), "EV_STATIONS": json.dumps(stations), "EV_LOG_LEVEL": "WARNING",
-        "EV_REPLAN_S": "3600", "PYTHONUNBUFFERED": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "MQTT_PORT": str(mqtt_port),
+            "EV_API_PORT": str(api_port),
+            "EV_OCPP_PORT": str(ocpp_port),
+            "EV_DATA_DIR": str(tmp),
+            "EV_STATIONS": json.dumps(stations),
+            "EV_LOG_LEVEL": "WARNING",
+            "EV_REPLAN_S": "3600",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     log = (tmp / "ev_charging.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "ev_charging"], env=env, cwd=REPO,
-                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ev_charging"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     ref = None
     points: list[SimChargePoint] = []
     bus = MqttBus(MqttSettings(port=mqtt_port))
@@ -152,8 +180,13 @@ async def main(args: argparse.Namespace) -> None:
                 break
             except OSError:
                 await asyncio.sleep(0.2)
-        sim = OcppSimSettings(url=url, version=args.version, meter_interval_s=args.meter_s,
-                              id_token="any", plug_in=True)  # noqa: S106  # fmt: skip
+        sim = OcppSimSettings(
+            url=url,
+            version=args.version,
+            meter_interval_s=args.meter_s,
+            id_token="any",  # noqa: S106
+            plug_in=True,
+        )
         points = [SimChargePoint(sid, url, args.version, sim) for sid in stations]
         t_connect = time.monotonic()
         await connect_all(points)
@@ -163,14 +196,29 @@ async def main(args: argparse.Namespace) -> None:
         await bus.connect()
 
         # the reference station and the bare server (its own process)
-        ref_sim = OcppSimSettings(url=f"ws://127.0.0.1:{ref_port}", version=args.version,
-                                  meter_interval_s=3600, plug_in=False)  # fmt: skip
+        ref_sim = OcppSimSettings(
+            url=f"ws://127.0.0.1:{ref_port}",
+            version=args.version,
+            meter_interval_s=3600,
+            plug_in=False,
+        )
         n_cmds = int(args.seconds / args.every_s)
         ref = subprocess.Popen(
-            [sys.executable, __file__, "--reference-server", str(ref_port), "--count", str(n_cmds),
-             "--every-s", str(args.every_s), "--version", args.version],
-            stdout=subprocess.PIPE, cwd=REPO,
-        )  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--reference-server",
+                str(ref_port),
+                "--count",
+                str(n_cmds),
+                "--every-s",
+                str(args.every_s),
+                "--version",
+                args.version,
+            ],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+        )
         ref_point = ReferenceStation("ref", ref_sim.url or "", args.version, ref_sim)
         for _ in range(100):
             try:
@@ -189,15 +237,21 @@ async def main(args: argparse.Namespace) -> None:
             p = points[(i * 7) % len(points)]
             value = round(3.0 + (i % 8) * 0.5, 1)
             cmd = SetpointCommand(
-                ts=datetime.now(UTC), source="bench", target="ev_limit_kw", value=value, unit="kW",
-                ttl_s=600, priority=Priority.SITE_OPTIMISER,
-            )  # fmt: skip
+                ts=datetime.now(UTC),
+                source="bench",
+                target="ev_limit_kw",
+                value=value,
+                unit="kW",
+                ttl_s=600,
+                priority=Priority.SITE_OPTIMISER,
+            )
             t0 = time.time()
             sent.setdefault(p.station_id, []).append((t0, value))
             await bus.publish(
                 topics.SETPOINT.topic(stations[p.station_id]["site_id"], f"{p.station_id}-1"),
-                cmd.to_json_bytes(), qos=1,
-            )  # fmt: skip
+                cmd.to_json_bytes(),
+                qos=1,
+            )
             await asyncio.sleep(args.every_s)
         await asyncio.sleep(1.0)
         c1, m1, w1 = proc.cpu_times(), me.cpu_times(), time.monotonic()
@@ -223,9 +277,11 @@ async def main(args: argparse.Namespace) -> None:
         ]
         load = os.getloadavg()
         print()
-        print(f"OCPP {args.version}, {args.chargers} chargers, MeterValues every {args.meter_s:g} s, "
-              f"window {wall:.0f} s, {n_cmds} setpoints (1 per {args.every_s:g} s); "
-              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")  # fmt: skip
+        print(
+            f"OCPP {args.version}, {args.chargers} chargers, MeterValues every {args.meter_s:g} s, "
+            f"window {wall:.0f} s, {n_cmds} setpoints (1 per {args.every_s:g} s); "
+            f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        )
         print()
         print("| process | CPU % of one core |")
         print("| --- | --- |")
@@ -238,9 +294,11 @@ async def main(args: argparse.Namespace) -> None:
         print(row("raw: bare ocpp call sent → SetChargingProfile at the charger", ref_lat))
         print(row("raw: bare ocpp call round trip (CallResult back)", reference["rtt_ms"]))
         if lat and ref_lat:
-            print(f"\nratio p50 {statistics.median(lat) / statistics.median(ref_lat):.1f}x, "
-                  f"p99 {pct(lat, 0.99) / pct(ref_lat, 0.99):.1f}x the bare call; "
-                  f"{missing} setpoints without a matching profile")  # fmt: skip
+            print(
+                f"\nratio p50 {statistics.median(lat) / statistics.median(ref_lat):.1f}x, "
+                f"p99 {pct(lat, 0.99) / pct(ref_lat, 0.99):.1f}x the bare call; "
+                f"{missing} setpoints without a matching profile"
+            )
         await ref_point.close()
     finally:
         for p in points:

@@ -60,9 +60,13 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "data" / "profiles" / "simbench_2016_15min.csv"
 SOLVERS = ("ECOS", "CLARABEL", "HIGHS")
 COMMERCIAL_BATTERY: dict[str, float] = {
-    "battery_capacity_kwh": 100.0, "battery_max_charge_kw": 50.0, "battery_max_discharge_kw": 50.0,
-    "charge_efficiency": 0.95, "discharge_efficiency": 0.95, "soc_min_pct": 5.0,
-}  # fmt: skip
+    "battery_capacity_kwh": 100.0,
+    "battery_max_charge_kw": 50.0,
+    "battery_max_discharge_kw": 50.0,
+    "charge_efficiency": 0.95,
+    "discharge_efficiency": 0.95,
+    "soc_min_pct": 5.0,
+}
 """The battery of the solve and latency rows (the service's old defaults; now the demo home's)."""
 
 
@@ -90,10 +94,15 @@ def bench_solve(quick: bool) -> str:
         repeats = (5 if quick else 20) if steps == 96 else (2 if quick else 5)
         for solver in SOLVERS:
             cfg = EmaConfig(
-                horizon_steps=steps, solver=solver, import_limit_kw=70.0, export_limit_kw=-20.0,
-                energy_cost=True, demand_charge=True, solver_time_limit_s=120.0,
+                horizon_steps=steps,
+                solver=solver,
+                import_limit_kw=70.0,
+                export_limit_kw=-20.0,
+                energy_cost=True,
+                demand_charge=True,
+                solver_time_limit_s=120.0,
                 **COMMERCIAL_BATTERY,
-            )  # fmt: skip
+            )
             start = datetime(2016, 6, 1, tzinfo=UTC)
             t0 = time.perf_counter()
             opt = ScheduleOptimizer(cfg)
@@ -110,19 +119,40 @@ def bench_solve(quick: bool) -> str:
                 elapsed, sched = _timed_solve(opt, data, when, prior)
                 warm.append(elapsed)
                 inner.append(opt.problem.solver_stats.solve_time or float("nan"))
-            rows.append([
-                steps, solver, f"{build_s * 1000:.0f}", f"{first_s * 1000:.1f}",
-                f"{statistics.median(warm) * 1000:.1f}",
-                f"{statistics.median(inner) * 1000:.1f}", f"{max(warm) * 1000:.1f}", len(warm),
-                sched.status, f"{sched.objective:.2f}",
-            ])  # fmt: skip
-            print(f"  solve {steps} {solver}: first {first_s * 1000:.1f} ms, warm median "
-                  f"{statistics.median(warm) * 1000:.1f} ms", file=sys.stderr)  # fmt: skip
+            rows.append(
+                [
+                    steps,
+                    solver,
+                    f"{build_s * 1000:.0f}",
+                    f"{first_s * 1000:.1f}",
+                    f"{statistics.median(warm) * 1000:.1f}",
+                    f"{statistics.median(inner) * 1000:.1f}",
+                    f"{max(warm) * 1000:.1f}",
+                    len(warm),
+                    sched.status,
+                    f"{sched.objective:.2f}",
+                ]
+            )
+            print(
+                f"  solve {steps} {solver}: first {first_s * 1000:.1f} ms, warm median "
+                f"{statistics.median(warm) * 1000:.1f} ms",
+                file=sys.stderr,
+            )
     return table(
-        ["steps", "solver", "build ms", "first solve ms", "warm median ms", "of it in the solver ms", "warm max ms",
-         "re-solves", "status", "objective (last)"],
+        [
+            "steps",
+            "solver",
+            "build ms",
+            "first solve ms",
+            "warm median ms",
+            "of it in the solver ms",
+            "warm max ms",
+            "re-solves",
+            "status",
+            "objective (last)",
+        ],
         rows,
-    )  # fmt: skip
+    )
 
 
 def bench_fleet(quick: bool) -> str:
@@ -140,14 +170,25 @@ def bench_fleet(quick: bool) -> str:
     df = profiles()
     net_all = (df["g1-a_load_pu"] * 100 - df["pv1_pv_pu"] * 50).to_numpy()
     start = datetime(2016, 6, 1, tzinfo=UTC)
-    cfg = EmaConfig(horizon_steps=96, import_limit_kw=70.0, export_limit_kw=-20.0,
-                    energy_cost=True, demand_charge=True, **COMMERCIAL_BATTERY)  # fmt: skip
+    cfg = EmaConfig(
+        horizon_steps=96,
+        import_limit_kw=70.0,
+        export_limit_kw=-20.0,
+        energy_cost=True,
+        demand_charge=True,
+        **COMMERCIAL_BATTERY,
+    )
     one_pass = ScheduleOptimizer(cfg.model_copy(update={"soft_targets_second_pass": False}))
     warm, bare = [], []
     for k in range(20 if quick else 100):
         data = net_all[16_000 + 7 * k : 16_000 + 7 * k + 96]
-        inputs = EmaInputs(start=start + timedelta(minutes=15 * k), net_load_kw=data,
-                           soc_kwh=30.0 + k % 40, prior_kw=np.zeros(96), peak_floor_kw=40.0)  # fmt: skip
+        inputs = EmaInputs(
+            start=start + timedelta(minutes=15 * k),
+            net_load_kw=data,
+            soc_kwh=30.0 + k % 40,
+            prior_kw=np.zeros(96),
+            peak_floor_kw=40.0,
+        )
         one_pass.solve(inputs)  # sets the parameters
         t = time.perf_counter()
         one_pass.problem.solve(solver="ECOS")  # type: ignore[no-untyped-call]
@@ -159,10 +200,20 @@ def bench_fleet(quick: bool) -> str:
         ecos.solve(lp["c"], g, lp["h"], dims, a, lp["b"], verbose=False)
         bare.append(time.perf_counter() - t)
     warm_ms, bare_ms = statistics.median(warm) * 1000, statistics.median(bare) * 1000
-    rows = [["96-step re-solve (one pass), cvxpy warm", f"{warm_ms:.2f}",
-             f"{np.percentile(warm, 99) * 1000:.2f}", f"{warm_ms / bare_ms:.2f}x"],
-            ["same LP, bare ecos.solve", f"{bare_ms:.2f}",
-             f"{np.percentile(bare, 99) * 1000:.2f}", "1.00x"]]  # fmt: skip
+    rows = [
+        [
+            "96-step re-solve (one pass), cvxpy warm",
+            f"{warm_ms:.2f}",
+            f"{np.percentile(warm, 99) * 1000:.2f}",
+            f"{warm_ms / bare_ms:.2f}x",
+        ],
+        [
+            "same LP, bare ecos.solve",
+            f"{bare_ms:.2f}",
+            f"{np.percentile(bare, 99) * 1000:.2f}",
+            "1.00x",
+        ],
+    ]
     sites = 100 if quick else 1000
     fleet = []
     levels = SCENARIO_LEVELS
@@ -170,20 +221,44 @@ def bench_fleet(quick: bool) -> str:
     joint = ScheduleOptimizer(cfg, [w for _, w in levels])
     for label, plan in (
         ("single trace, two passes", lambda i, inp: single.solve(inp)),
-        ("3 scenarios (two-stage LP), two passes", lambda i, inp: plan_with_scenarios(
-            joint, inp, quantile_scenarios({"p10": inp.net_load_kw * 0.8,
-                                            "p50": inp.net_load_kw,
-                                            "p90": inp.net_load_kw * 1.2}, None, levels))),
-    ):  # fmt: skip
+        (
+            "3 scenarios (two-stage LP), two passes",
+            lambda i, inp: plan_with_scenarios(
+                joint,
+                inp,
+                quantile_scenarios(
+                    {
+                        "p10": inp.net_load_kw * 0.8,
+                        "p50": inp.net_load_kw,
+                        "p90": inp.net_load_kw * 1.2,
+                    },
+                    None,
+                    levels,
+                ),
+            ),
+        ),
+    ):
         began, cpu = time.perf_counter(), time.process_time()
         for i in range(sites):
             data = net_all[(37 * i) % 30_000 : (37 * i) % 30_000 + 96]
-            inp = EmaInputs(start=start, net_load_kw=data, soc_kwh=20.0 + i % 60,
-                            prior_kw=np.zeros(96), peak_floor_kw=30.0 + i % 30)  # fmt: skip
+            inp = EmaInputs(
+                start=start,
+                net_load_kw=data,
+                soc_kwh=20.0 + i % 60,
+                prior_kw=np.zeros(96),
+                peak_floor_kw=30.0 + i % 30,
+            )
             plan(i, inp)
         total, cpu = time.perf_counter() - began, time.process_time() - cpu
-        fleet.append([f"{sites} sites, {label}", f"{total:.1f}", f"{cpu:.1f}",
-                      f"{cpu / sites * 1000:.1f}", f"{cpu / 900 * 100:.1f} %"])  # fmt: skip
+        fleet.append(
+            [
+                f"{sites} sites, {label}",
+                f"{total:.1f}",
+                f"{cpu:.1f}",
+                f"{cpu / sites * 1000:.1f}",
+                f"{cpu / 900 * 100:.1f} %",
+            ]
+        )
         print(f"  fleet {label}: {total:.1f} s", file=sys.stderr, flush=True)
     return (
         table(["solve", "median ms", "p99 ms", "ratio to bare"], rows)
@@ -205,11 +280,21 @@ def bench_fleet(quick: bool) -> str:
 def _forecast(now: datetime, quantity: str, base: np.ndarray) -> TimeSeries:
     start = datetime.fromtimestamp(int(now.timestamp()) // 900 * 900, tz=UTC)
     return TimeSeries(
-        ts=now, source="bench", kind="forecast", quantity=quantity, unit="kW", issue_time=now,
-        start=start, step_s=900, values=[float(v) for v in base],
-        quantiles={"p10": [float(v) for v in 0.8 * base], "p50": [float(v) for v in base],
-                   "p90": [float(v) for v in 1.2 * base]},
-    )  # fmt: skip
+        ts=now,
+        source="bench",
+        kind="forecast",
+        quantity=quantity,
+        unit="kW",
+        issue_time=now,
+        start=start,
+        step_s=900,
+        values=[float(v) for v in base],
+        quantiles={
+            "p10": [float(v) for v in 0.8 * base],
+            "p50": [float(v) for v in base],
+            "p90": [float(v) for v in 1.2 * base],
+        },
+    )
 
 
 async def _latency(
@@ -218,14 +303,22 @@ async def _latency(
     root = f"bench/{uuid.uuid4().hex[:8]}"
     api_port = free_port()
     env = os.environ | {
-        "MQTT_HOST": host, "MQTT_PORT": str(port), "MQTT_ROOT": root,
-        "PS_API_PORT": str(api_port), "PS_DATA_DIR": tempfile.mkdtemp(), "PS_LOG_LEVEL": "WARNING",
-        "PS_IMPORT_LIMIT_KW": "50", "PS_KPI_INTERVAL_S": "3600",
+        "MQTT_HOST": host,
+        "MQTT_PORT": str(port),
+        "MQTT_ROOT": root,
+        "PS_API_PORT": str(api_port),
+        "PS_DATA_DIR": tempfile.mkdtemp(),
+        "PS_LOG_LEVEL": "WARNING",
+        "PS_IMPORT_LIMIT_KW": "50",
+        "PS_KPI_INTERVAL_S": "3600",
         **{f"PS_{k.upper()}": str(v) for k, v in COMMERCIAL_BATTERY.items()},
-    }  # fmt: skip
+    }
     if replan_s is not None:  # the EMA re-plans every site every replan_s during the run
-        env |= {"PS_PLAN_INTERVAL_S": str(replan_s), "PS_DEMAND_CHARGE": "true",
-                "PS_ENERGY_COST": "true"}  # fmt: skip
+        env |= {
+            "PS_PLAN_INTERVAL_S": str(replan_s),
+            "PS_DEMAND_CHARGE": "true",
+            "PS_ENERGY_COST": "true",
+        }
     proc = subprocess.Popen([sys.executable, "-m", "peak_shaving"], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -274,12 +367,17 @@ async def _latency(
             pv = 15 * np.clip(np.sin((hours - 6) / 12 * np.pi), 0, None)
             for site in site_ids:
                 battery = BatteryTelemetry(ts=now, source="bench", p_kw=0.0, soc_pct=50.0)
-                await client.publish(topics.BATTERY.topic(site, "battery", root),
-                                     battery.to_json_bytes())  # fmt: skip
-                for device, quantity, base in (("load", "load_p_kw", load),
-                                               ("pv", "pv_generation_kw", pv)):  # fmt: skip
-                    await client.publish(topics.FORECAST.topic(site, device, root),
-                                         _forecast(now, quantity, base).to_json_bytes())  # fmt: skip
+                await client.publish(
+                    topics.BATTERY.topic(site, "battery", root), battery.to_json_bytes()
+                )
+                for device, quantity, base in (
+                    ("load", "load_p_kw", load),
+                    ("pv", "pv_generation_kw", pv),
+                ):
+                    await client.publish(
+                        topics.FORECAST.topic(site, device, root),
+                        _forecast(now, quantity, base).to_json_bytes(),
+                    )
         sent = 0
         began = time.monotonic()
         began_wall = datetime.now(UTC)
@@ -293,8 +391,9 @@ async def _latency(
                     await asyncio.sleep(pause)
                 now = datetime.now(UTC)
                 battery = BatteryTelemetry(ts=now, source="bench", p_kw=0.0, soc_pct=50.0)
-                await client.publish(topics.BATTERY.topic(site, "battery", root),
-                                     battery.to_json_bytes())  # fmt: skip
+                await client.publish(
+                    topics.BATTERY.topic(site, "battery", root), battery.to_json_bytes()
+                )
                 reading = MeterReading(ts=now, source="bench", p_kw=float(45 + 15 * rng.random()))
                 await client.publish(topics.METER.topic(site, "pcc", root), reading.to_json_bytes())
                 sent += 1
@@ -322,15 +421,29 @@ async def _latency(
         own = [x * 1000 for x, t in zip(latencies, at, strict=True) if 10 * w <= t < 10 * w + 10]
         hop = [x * 1000 for x, t in zip(echoes, echo_at, strict=True) if 10 * w <= t < 10 * w + 10]
         if own and hop:
-            windows.append([10 * w, len(own), *np.percentile(own, [50, 99]), max(own),
-                            *np.percentile(hop, [50, 99]), max(hop)])  # fmt: skip
+            windows.append(
+                [
+                    10 * w,
+                    len(own),
+                    *np.percentile(own, [50, 99]),
+                    max(own),
+                    *np.percentile(hop, [50, 99]),
+                    max(hop),
+                ]
+            )
     return {
-        "echo_p50": echo[0], "echo_p99": echo[1],
-        "sent": sent, "received": len(ms), "p50": q[0], "p90": q[1], "p99": q[2],
-        "max": ms[-1] if ms else float("nan"), "decision_mean_ms": decision * 1000,
+        "echo_p50": echo[0],
+        "echo_p99": echo[1],
+        "sent": sent,
+        "received": len(ms),
+        "p50": q[0],
+        "p90": q[1],
+        "p99": q[2],
+        "max": ms[-1] if ms else float("nan"),
+        "decision_mean_ms": decision * 1000,
         "ema_solves": _counter(metrics, 'peak_shaving_ema_solves_total{outcome="ok"}'),
         "windows": windows,
-    }  # fmt: skip
+    }
 
 
 def _counter(metrics: str, name: str) -> float:
@@ -371,17 +484,40 @@ def bench_latency(quick: bool, system_broker: bool = False, replan_s: float | No
         else "no EMA re-planning"
     )
     overall = table(
-        ["p50 ms", "p90 ms", "p99 ms", "max ms", "PMA handler mean ms (service /metrics)",
-         "1-hop echo p50 / p99 ms", "p99 / echo p99"],
-        [[f"{r['p50']:.2f}", f"{r['p90']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.2f}",
-          f"{r['decision_mean_ms']:.3f}", f"{r['echo_p50']:.2f} / {r['echo_p99']:.2f}",
-          f"{r['p99'] / r['echo_p99']:.2f}x"]],
-    )  # fmt: skip
+        [
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "PMA handler mean ms (service /metrics)",
+            "1-hop echo p50 / p99 ms",
+            "p99 / echo p99",
+        ],
+        [
+            [
+                f"{r['p50']:.2f}",
+                f"{r['p90']:.2f}",
+                f"{r['p99']:.2f}",
+                f"{r['max']:.2f}",
+                f"{r['decision_mean_ms']:.3f}",
+                f"{r['echo_p50']:.2f} / {r['echo_p99']:.2f}",
+                f"{r['p99'] / r['echo_p99']:.2f}x",
+            ]
+        ],
+    )
     per_window = table(
-        ["window s", "setpoints", "p50 ms", "p99 ms", "max ms", "echo p50 ms", "echo p99 ms",
-         "echo max ms"],
+        [
+            "window s",
+            "setpoints",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "echo p50 ms",
+            "echo p99 ms",
+            "echo max ms",
+        ],
         [[f"{w[0]}-{w[0] + 10}", w[1], *(f"{x:.2f}" for x in w[2:])] for w in r["windows"]],
-    )  # fmt: skip
+    )
     return (
         f"broker: {origin}; 100 sites x 1 Hz, {r['sent']} readings, {r['received']} setpoints;"
         f" {ema}\n\n{overall}\n\nper 10-second window:\n\n{per_window}"
@@ -441,9 +577,13 @@ def month_span(year: int, month: int, tz: str) -> tuple[pd.Timestamp, pd.Timesta
 
 
 def actual_series(
-    df: pd.DataFrame, cols: tuple[str, str], start: pd.Timestamp, end: pd.Timestamp, site: Site,
+    df: pd.DataFrame,
+    cols: tuple[str, str],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    site: Site,
     seed: int,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Load and PV at `step_s`: the 15-minute profile interpolated, with AR(1) noise."""
     profile = df.loc[start - pd.Timedelta(hours=1) : end + pd.Timedelta(hours=1), list(cols)]
     # 15-min values are averages: place them at their interval middles, interpolate in between
@@ -477,9 +617,12 @@ class ForecastSpec:
 
 
 def forecaster_quantiles(
-    series_kw: pd.Series, target_name: str, start: pd.Timestamp, end: pd.Timestamp,
+    series_kw: pd.Series,
+    target_name: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
     spec: ForecastSpec,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """P10/P50/P90 of the forecaster for every 15-minute interval of [start, end + 1 day).
 
     Trained once at `start` on the `history_days` before it, with the model the forecaster's
@@ -504,16 +647,25 @@ def forecaster_quantiles(
             return pd.read_csv(cached, index_col=0, parse_dates=[0])
     target = TARGETS[target_name]
     site = fx.SiteContext(
-        timezone=spec.tz, country=spec.country, latitude=spec.latitude,
-        longitude=spec.longitude, tariff=Tariff(timezone=spec.tz),
-    )  # fmt: skip
+        timezone=spec.tz,
+        country=spec.country,
+        latitude=spec.latitude,
+        longitude=spec.longitude,
+        tariff=Tariff(timezone=spec.tz),
+    )
     history = series_kw.loc[start - pd.Timedelta(days=spec.history_days) : start]
     history = history[history.index < start]
     if target.solar:
         model = fallback_model(history, site, target)
     else:
-        config = TrainConfig(models=("gbm_quantile",), test_fraction=0.25, folds=2,
-                             max_iter=spec.max_iter, threads=1, min_train_days=7)  # fmt: skip
+        config = TrainConfig(
+            models=("gbm_quantile",),
+            test_fraction=0.25,
+            folds=2,
+            max_iter=spec.max_iter,
+            threads=1,
+            min_train_days=7,
+        )
         model = fit_final(history, site, target, "gbm_quantile", config)
     times = pd.date_range(start, end + pd.Timedelta(days=1), freq="15min", inclusive="left")
     known = series_kw[series_kw.index < times[-1]]
@@ -527,13 +679,20 @@ def forecaster_quantiles(
 
 def ema_config(site: Site, steps: int, tariff: Tariff) -> EmaConfig:
     return EmaConfig(
-        horizon_steps=steps, import_limit_kw=site.import_cap_kw,
-        export_limit_kw=site.export_limit_kw, battery_capacity_kwh=site.capacity_kwh,
-        battery_max_charge_kw=site.power_kw, battery_max_discharge_kw=site.power_kw,
-        charge_efficiency=site.efficiency, discharge_efficiency=site.efficiency,
-        energy_cost=True, demand_charge=True, solver_time_limit_s=300.0, tariff=tariff,
+        horizon_steps=steps,
+        import_limit_kw=site.import_cap_kw,
+        export_limit_kw=site.export_limit_kw,
+        battery_capacity_kwh=site.capacity_kwh,
+        battery_max_charge_kw=site.power_kw,
+        battery_max_discharge_kw=site.power_kw,
+        charge_efficiency=site.efficiency,
+        discharge_efficiency=site.efficiency,
+        energy_cost=True,
+        demand_charge=True,
+        solver_time_limit_s=300.0,
+        tariff=tariff,
         soc_min_pct=5.0,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -565,10 +724,13 @@ def figures(o: Outcome, site: Site, tariff: Tariff) -> dict[str, float]:
     energy = float(np.sum(imp * step_price - exp * tariff.feed_in_per_kwh) * dt_h)
     demand = peak15 * tariff.demand_charge_per_kw
     return {
-        "peak_kw": peak15, "energy_cost": energy, "demand_charge": demand,
-        "bill": energy + demand, "violation_kwh": float(over.sum() * dt_h),
+        "peak_kw": peak15,
+        "energy_cost": energy,
+        "demand_charge": demand,
+        "bill": energy + demand,
+        "violation_kwh": float(over.sum() * dt_h),
         "throughput_kwh": float(np.sum(np.abs(o.battery_kw)) * dt_h),
-    }  # fmt: skip
+    }
 
 
 class BatteryModel:
@@ -591,20 +753,30 @@ class BatteryModel:
 
 
 def closed_loop_ema(
-    actual: pd.DataFrame, site: Site, tariff: Tariff, tz: str, load_q: pd.DataFrame,
-    pv_q: pd.DataFrame, replan_s: int, levels: tuple[tuple[float, float], ...],
+    actual: pd.DataFrame,
+    site: Site,
+    tariff: Tariff,
+    tz: str,
+    load_q: pd.DataFrame,
+    pv_q: pd.DataFrame,
+    replan_s: int,
+    levels: tuple[tuple[float, float], ...],
     bias_decay: float = BIAS_DECAY_STEPS,
     overshoot: float = OVERSHOOT,
-) -> Outcome:  # fmt: skip
+) -> Outcome:
     """PMA every `step_s`, EMA (scenarios from the forecaster's quantiles) every `replan_s`."""
     pma = PeakShavingController(
         PmaConfig(
-            import_limit_kw=site.import_cap_kw, export_limit_kw=site.export_limit_kw,
-            battery_capacity_kwh=site.capacity_kwh, battery_max_charge_kw=site.power_kw,
-            battery_max_discharge_kw=site.power_kw, max_gap_s=max(60.0, 2 * site.step_s),
-            billing_timezone=tz, soc_min_pct=5.0,
+            import_limit_kw=site.import_cap_kw,
+            export_limit_kw=site.export_limit_kw,
+            battery_capacity_kwh=site.capacity_kwh,
+            battery_max_charge_kw=site.power_kw,
+            battery_max_discharge_kw=site.power_kw,
+            max_gap_s=max(60.0, 2 * site.step_s),
+            billing_timezone=tz,
+            soc_min_pct=5.0,
         )
-    )  # fmt: skip
+    )
     optimizer = ScheduleOptimizer(ema_config(site, 96, tariff), [w for _, w in levels])
     battery = BatteryModel(site)
     site_kw = (actual["load_kw"] - actual["pv_kw"]).to_numpy()
@@ -634,15 +806,23 @@ def closed_loop_ema(
                 bias = measured - (load_cols["p50"][i - 1] - pv_cols["p50"][i - 1])
             scenarios = quantile_scenarios(
                 {q: v[i : i + 96] for q, v in load_cols.items()},
-                {q: v[i : i + 96] for q, v in pv_cols.items()}, levels, bias, bias_decay,
-            )  # fmt: skip
+                {q: v[i : i + 96] for q, v in pv_cols.items()},
+                levels,
+                bias,
+                bias_decay,
+            )
             sched = plan_with_scenarios(
                 optimizer,
-                EmaInputs(start=start.to_pydatetime(), net_load_kw=scenarios[0].net_load_kw,
-                          soc_kwh=battery.soc_kwh, prior_kw=prior,
-                          peak_floor_kw=pma.month_peak_kw("s")),
-                scenarios, overshoot,
-            )  # fmt: skip
+                EmaInputs(
+                    start=start.to_pydatetime(),
+                    net_load_kw=scenarios[0].net_load_kw,
+                    soc_kwh=battery.soc_kwh,
+                    prior_kw=prior,
+                    peak_floor_kw=pma.month_peak_kw("s"),
+                ),
+                scenarios,
+                overshoot,
+            )
             schedule, schedule_start = sched.battery_p_kw, start
             threshold = sched.demand_threshold_kw
             solve_ms.append(sched.solve_time_s * 1000)
@@ -651,11 +831,17 @@ def closed_loop_ema(
             schedule_kw = float(schedule[int((ts - schedule_start).total_seconds() // 900)])
         when = ts.to_pydatetime()
         decision = pma.step(
-            PmaInputs(site_id="s", ts=when, pcc_p_kw=site_kw[k] + previous_b,
-                      battery_p_kw=previous_b, battery_ts=when,
-                      soc_pct=100 * battery.soc_kwh / site.capacity_kwh,
-                      schedule_p_kw=schedule_kw, plan_peak_kw=threshold)
-        )  # fmt: skip
+            PmaInputs(
+                site_id="s",
+                ts=when,
+                pcc_p_kw=site_kw[k] + previous_b,
+                battery_p_kw=previous_b,
+                battery_ts=when,
+                soc_pct=100 * battery.soc_kwh / site.capacity_kwh,
+                schedule_p_kw=schedule_kw,
+                plan_peak_kw=threshold,
+            )
+        )
         # an idle PMA sends nothing: the last command holds until its TTL ends, then 0 kW
         if decision.command:
             command_kw = decision.battery_p_kw
@@ -666,9 +852,14 @@ def closed_loop_ema(
         batt[k], pcc[k] = b, site_kw[k] + b
         previous_b = b
     return Outcome(
-        "derbus (PMA + EMA, scenarios)", pcc, batt, site.step_s, actual.index, len(solve_ms),
+        "derbus (PMA + EMA, scenarios)",
+        pcc,
+        batt,
+        site.step_s,
+        actual.index,
+        len(solve_ms),
         statistics.mean(solve_ms) if solve_ms else 0.0,
-    )  # fmt: skip
+    )
 
 
 def rule_run(net_kw: np.ndarray, threshold_kw: float, site: Site, step_s: int) -> np.ndarray:
@@ -711,12 +902,17 @@ def perfect_foresight(actual: pd.DataFrame, site: Site, tariff: Tariff) -> tuple
     optimizer = ScheduleOptimizer(cfg)
     t = time.perf_counter()
     sched = optimizer.solve(
-        EmaInputs(start=quarter.index[0].to_pydatetime(), net_load_kw=net,
-                  soc_kwh=0.5 * site.capacity_kwh, prior_kw=np.zeros(len(net)))
-    )  # fmt: skip
+        EmaInputs(
+            start=quarter.index[0].to_pydatetime(),
+            net_load_kw=net,
+            soc_kwh=0.5 * site.capacity_kwh,
+            prior_kw=np.zeros(len(net)),
+        )
+    )
     elapsed = time.perf_counter() - t
-    return Outcome("perfect foresight", sched.pcc_kw, sched.battery_p_kw, 900,
-                   quarter.index), elapsed  # fmt: skip
+    return Outcome(
+        "perfect foresight", sched.pcc_kw, sched.battery_p_kw, 900, quarter.index
+    ), elapsed
 
 
 def share(none: float, got: float, best: float) -> float | None:
@@ -758,10 +954,16 @@ def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dic
     load_q = forecaster_quantiles(load_kw, "load", start, month_end, a.spec)
     pv_q = forecaster_quantiles(pv_kw, "pv", start, month_end, a.spec)
     forecast_s = time.perf_counter() - began
-    none = Outcome("no battery", (actual["load_kw"] - actual["pv_kw"]).to_numpy(),
-                   np.zeros(len(actual)), site.step_s, actual.index)  # fmt: skip
-    ema = closed_loop_ema(actual, site, tariff, tz, load_q, pv_q, a.replan_s, a.levels,
-                          a.bias_decay, a.overshoot)  # fmt: skip
+    none = Outcome(
+        "no battery",
+        (actual["load_kw"] - actual["pv_kw"]).to_numpy(),
+        np.zeros(len(actual)),
+        site.step_s,
+        actual.index,
+    )
+    ema = closed_loop_ema(
+        actual, site, tariff, tz, load_q, pv_q, a.replan_s, a.levels, a.bias_decay, a.overshoot
+    )
     # the rule's threshold from the previous month's 15-minute profile
     prev_start = (start.tz_convert(tz) - pd.offsets.MonthBegin(1)).tz_convert("UTC")
     prev = df.loc[prev_start : start - pd.Timedelta(minutes=15)]
@@ -769,24 +971,39 @@ def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dic
     threshold = rule_threshold(prev_net, site, tariff, prev.index)
     net = none.pcc_kw
     rule_b = rule_run(net, threshold, site, site.step_s)
-    rule = Outcome("rule (threshold from last month)", net + rule_b, rule_b, site.step_s,
-                   actual.index, note=f"{threshold:g} kW")  # fmt: skip
+    rule = Outcome(
+        "rule (threshold from last month)",
+        net + rule_b,
+        rule_b,
+        site.step_s,
+        actual.index,
+        note=f"{threshold:g} kW",
+    )
     optimum, pf_s = perfect_foresight(actual, site, tariff)
     runs = {"none": none, "derbus": ema, "rule": rule, "perfect": optimum}
     figs = {k: figures(o, site, tariff) for k, o in runs.items()}
     out: dict[str, Any] = {
-        "profiles": str(a.profiles), "load_col": a.load_col, "pv_col": a.pv_col,
-        "month": f"{year}-{month:02d}", "days": round((end - start) / pd.Timedelta(days=1), 3),
-        "import_limit_kw": site.import_limit_kw, "rule_threshold_kw": threshold,
-        "ema_solves": ema.ema_solves, "ema_mean_ms": round(ema.ema_mean_ms, 2),
-        "perfect_foresight_s": round(pf_s, 2), "forecast_s": round(forecast_s, 1),
-        "elapsed_s": round(time.perf_counter() - began, 1), "runs": figs,
-    }  # fmt: skip
+        "profiles": str(a.profiles),
+        "load_col": a.load_col,
+        "pv_col": a.pv_col,
+        "month": f"{year}-{month:02d}",
+        "days": round((end - start) / pd.Timedelta(days=1), 3),
+        "import_limit_kw": site.import_limit_kw,
+        "rule_threshold_kw": threshold,
+        "ema_solves": ema.ema_solves,
+        "ema_mean_ms": round(ema.ema_mean_ms, 2),
+        "perfect_foresight_s": round(pf_s, 2),
+        "forecast_s": round(forecast_s, 1),
+        "elapsed_s": round(time.perf_counter() - began, 1),
+        "runs": figs,
+    }
     for run in ("derbus", "rule"):
-        out[f"{run}_share_peak"] = share(figs["none"]["peak_kw"], figs[run]["peak_kw"],
-                                         figs["perfect"]["peak_kw"])  # fmt: skip
-        out[f"{run}_share_bill"] = share(figs["none"]["bill"], figs[run]["bill"],
-                                         figs["perfect"]["bill"])  # fmt: skip
+        out[f"{run}_share_peak"] = share(
+            figs["none"]["peak_kw"], figs[run]["peak_kw"], figs["perfect"]["peak_kw"]
+        )
+        out[f"{run}_share_bill"] = share(
+            figs["none"]["bill"], figs[run]["bill"], figs["perfect"]["bill"]
+        )
     return out
 
 
@@ -798,40 +1015,66 @@ def value_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for r in records:
         f = r["runs"]
-        for run, label in (("none", "no battery"), ("derbus", "derbus"),
-                           ("rule", f"rule ({r['rule_threshold_kw']:g} kW)"),
-                           ("perfect", "perfect foresight")):  # fmt: skip
+        for run, label in (
+            ("none", "no battery"),
+            ("derbus", "derbus"),
+            ("rule", f"rule ({r['rule_threshold_kw']:g} kW)"),
+            ("perfect", "perfect foresight"),
+        ):
             x = f[run]
-            rows.append([
-                r["month"], label, f"{x['peak_kw']:.1f}", f"{x['energy_cost']:.0f}",
-                f"{x['demand_charge']:.0f}", f"{x['bill']:.0f}", f"{x['violation_kwh']:.2f}",
-                f"{x['throughput_kwh']:.0f}",
-                _pct(r.get(f"{run}_share_peak")) if run in ("derbus", "rule") else "",
-                _pct(r.get(f"{run}_share_bill")) if run in ("derbus", "rule") else "",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    r["month"],
+                    label,
+                    f"{x['peak_kw']:.1f}",
+                    f"{x['energy_cost']:.0f}",
+                    f"{x['demand_charge']:.0f}",
+                    f"{x['bill']:.0f}",
+                    f"{x['violation_kwh']:.2f}",
+                    f"{x['throughput_kwh']:.0f}",
+                    _pct(r.get(f"{run}_share_peak")) if run in ("derbus", "rule") else "",
+                    _pct(r.get(f"{run}_share_bill")) if run in ("derbus", "rule") else "",
+                ]
+            )
     return table(
-        ["month", "run", "billed peak kW", "energy cost", "demand charge", "bill",
-         "violation kWh", "throughput kWh", "share of peak reduction", "share of bill reduction"],
+        [
+            "month",
+            "run",
+            "billed peak kW",
+            "energy cost",
+            "demand charge",
+            "bill",
+            "violation kWh",
+            "throughput kWh",
+            "share of peak reduction",
+            "share of bill reduction",
+        ],
         rows,
-    )  # fmt: skip
+    )
 
 
 def goal_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's goals over the months: median and lowest share, months worse than none."""
     shares = [r["derbus_share_bill"] for r in records if r["derbus_share_bill"] is not None]
-    worse = [r["month"] for r in records
-             if r["runs"]["derbus"]["bill"] > r["runs"]["none"]["bill"] + 1e-6
-             or r["runs"]["derbus"]["peak_kw"] > r["runs"]["none"]["peak_kw"] + 1e-6]  # fmt: skip
-    more_violation = [r["month"] for r in records
-                      if r["runs"]["derbus"]["violation_kwh"]
-                      > r["runs"]["perfect"]["violation_kwh"] + 1e-3]  # fmt: skip
+    worse = [
+        r["month"]
+        for r in records
+        if r["runs"]["derbus"]["bill"] > r["runs"]["none"]["bill"] + 1e-6
+        or r["runs"]["derbus"]["peak_kw"] > r["runs"]["none"]["peak_kw"] + 1e-6
+    ]
+    more_violation = [
+        r["month"]
+        for r in records
+        if r["runs"]["derbus"]["violation_kwh"] > r["runs"]["perfect"]["violation_kwh"] + 1e-3
+    ]
     rule = [r["rule_share_bill"] for r in records if r["rule_share_bill"] is not None]
     return {
         "median_share_bill": statistics.median(shares) if shares else None,
         "min_share_bill": min(shares) if shares else None,
-        "months_worse_than_none": worse, "months_more_violation_than_pf": more_violation,
+        "months_worse_than_none": worse,
+        "months_more_violation_than_pf": more_violation,
         "rule_median_share_bill": statistics.median(rule) if rule else None,
-    }  # fmt: skip
+    }
 
 
 def bench_value(a: ValueArgs, json_out: Path | None) -> str:
@@ -845,9 +1088,13 @@ def bench_value(a: ValueArgs, json_out: Path | None) -> str:
     for month in a.months:
         record = evaluate_month(df, year, month, a)
         records.append(record)
-        print(f"  value {a.load_col}/{a.pv_col} {record['month']}: derbus "
-              f"{_pct(record['derbus_share_bill'])} of the bill reduction, "
-              f"{record['elapsed_s']:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"  value {a.load_col}/{a.pv_col} {record['month']}: derbus "
+            f"{_pct(record['derbus_share_bill'])} of the bill reduction, "
+            f"{record['elapsed_s']:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         if json_out is not None:
             json_out.write_text(json.dumps({"records": records}, indent=1))
     summary = goal_summary(records)
@@ -890,36 +1137,69 @@ def goal_table(paths: list[Path]) -> str:
         for r in records:
             f = r["runs"]
             limit = "none" if r["import_limit_kw"] is None else f"{r['import_limit_kw']:g}"
-            rows.append([
-                r["load_col"], r["pv_col"], limit, r["month"],
-                " / ".join(f"{f[k]['peak_kw']:.1f}" for k in ("none", "derbus", "rule", "perfect")),
-                " / ".join(f"{f[k]['bill']:.0f}" for k in ("none", "derbus", "rule", "perfect")),
-                _pct(r["derbus_share_peak"]), _pct(r["derbus_share_bill"]),
-                _pct(r["rule_share_bill"]),
-                f"{f['derbus']['violation_kwh']:.2f} / {f['perfect']['violation_kwh']:.2f}",
-            ])  # fmt: skip
+            rows.append(
+                [
+                    r["load_col"],
+                    r["pv_col"],
+                    limit,
+                    r["month"],
+                    " / ".join(
+                        f"{f[k]['peak_kw']:.1f}" for k in ("none", "derbus", "rule", "perfect")
+                    ),
+                    " / ".join(
+                        f"{f[k]['bill']:.0f}" for k in ("none", "derbus", "rule", "perfect")
+                    ),
+                    _pct(r["derbus_share_peak"]),
+                    _pct(r["derbus_share_bill"]),
+                    _pct(r["rule_share_bill"]),
+                    f"{f['derbus']['violation_kwh']:.2f} / {f['perfect']['violation_kwh']:.2f}",
+                ]
+            )
         g = goal_summary(records)
-        sums.append([
-            records[0]["load_col"], records[0]["pv_col"],
-            "none" if records[0]["import_limit_kw"] is None else f"{records[0]['import_limit_kw']:g}",
-            len(records), _pct(g["median_share_bill"]), _pct(g["min_share_bill"]),
-            ", ".join(g["months_worse_than_none"]) or "none",
-            ", ".join(g["months_more_violation_than_pf"]) or "none",
-            _pct(g["rule_median_share_bill"]),
-        ])  # fmt: skip
+        sums.append(
+            [
+                records[0]["load_col"],
+                records[0]["pv_col"],
+                "none"
+                if records[0]["import_limit_kw"] is None
+                else f"{records[0]['import_limit_kw']:g}",
+                len(records),
+                _pct(g["median_share_bill"]),
+                _pct(g["min_share_bill"]),
+                ", ".join(g["months_worse_than_none"]) or "none",
+                ", ".join(g["months_more_violation_than_pf"]) or "none",
+                _pct(g["rule_median_share_bill"]),
+            ]
+        )
     months = table(
-        ["load", "PV", "import limit kW", "month", "billed peak kW: none / derbus / rule / PF",
-         "bill: none / derbus / rule / PF", "derbus share of peak reduction",
-         "derbus share of bill reduction", "rule share of bill reduction",
-         "violation kWh derbus / PF"],
+        [
+            "load",
+            "PV",
+            "import limit kW",
+            "month",
+            "billed peak kW: none / derbus / rule / PF",
+            "bill: none / derbus / rule / PF",
+            "derbus share of peak reduction",
+            "derbus share of bill reduction",
+            "rule share of bill reduction",
+            "violation kWh derbus / PF",
+        ],
         rows,
-    )  # fmt: skip
+    )
     goals = table(
-        ["load", "PV", "import limit kW", "months", "median share of bill reduction (goal >= 85 %)",
-         "lowest (goal >= 60 %)", "months worse than no battery (goal: none)",
-         "months with more violation than PF (goal: none)", "rule-based median"],
+        [
+            "load",
+            "PV",
+            "import limit kW",
+            "months",
+            "median share of bill reduction (goal >= 85 %)",
+            "lowest (goal >= 60 %)",
+            "months worse than no battery (goal: none)",
+            "months with more violation than PF (goal: none)",
+            "rule-based median",
+        ],
         sums,
-    )  # fmt: skip
+    )
     return goals + "\n\n" + months
 
 
@@ -943,8 +1223,12 @@ def main() -> None:
     parser.add_argument(
         "--system-broker", action="store_true", help="latency on 127.0.0.1:1883 if one runs"
     )
-    parser.add_argument("--latency-replan-s", type=float, default=10.0,
-                        help="EMA re-plan period during the latency run (0: none)")  # fmt: skip
+    parser.add_argument(
+        "--latency-replan-s",
+        type=float,
+        default=10.0,
+        help="EMA re-plan period during the latency run (0: none)",
+    )
     value = parser.add_argument_group("value (any CSV of 15-minute per-unit profiles)")
     value.add_argument("--profiles", type=Path, default=PROFILES, help="CSV: time + columns")
     value.add_argument("--load-col", default="g1-a_load_pu", help="load column (per unit)")
@@ -960,20 +1244,35 @@ def main() -> None:
     value.add_argument("--history-days", type=int, default=90, help="forecaster training days")
     value.add_argument("--max-iter", type=int, default=200, help="forecaster boosting rounds")
     value.add_argument("--cache", type=Path, default=None, help="forecast cache folder")
-    value.add_argument("--bias-decay", type=float, default=0.0,
-                       help="steps the measured forecast error fades over (0: not used)")  # fmt: skip
-    value.add_argument("--overshoot", type=float, default=OVERSHOOT,
-                       help="target decision: kW over a scenario's need per kW held below it")  # fmt: skip
-    parser.add_argument("--goal-table", type=Path, nargs="+", default=None,
-                        help="print the goal table of --json files and exit")  # fmt: skip
+    value.add_argument(
+        "--bias-decay",
+        type=float,
+        default=0.0,
+        help="steps the measured forecast error fades over (0: not used)",
+    )
+    value.add_argument(
+        "--overshoot",
+        type=float,
+        default=OVERSHOOT,
+        help="target decision: kW over a scenario's need per kW held below it",
+    )
+    parser.add_argument(
+        "--goal-table",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the goal table of --json files and exit",
+    )
     args = parser.parse_args()
     if 900 % args.step_s:
         parser.error("--step-s must divide 900 (the 15-minute billing interval)")
     if args.step_s > 60:
-        print("note: the PMA's 15-minute window needs readings well inside it; at steps above"
-              " 60 s the reading that opens an interval also closes the last one with its own"
-              " power, so the demand threshold is held loosely (use for plumbing checks only)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "note: the PMA's 15-minute window needs readings well inside it; at steps above"
+            " 60 s the reading that opens an interval also closes the last one with its own"
+            " power, so the demand threshold is held loosely (use for plumbing checks only)",
+            file=sys.stderr,
+        )
     if args.goal_table:
         print(goal_table(args.goal_table))
         return
@@ -981,8 +1280,10 @@ def main() -> None:
         args.section = "value"  # --profiles alone means the value evaluation
     # a SIGTERM unwinds like Ctrl-C, so the service process of the latency run is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    print(f"load average at start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
-          f"(1/5/15 min) on {os.cpu_count()} CPUs\n")  # fmt: skip
+    print(
+        f"load average at start: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        f"(1/5/15 min) on {os.cpu_count()} CPUs\n"
+    )
     if args.section in ("solve", "all"):
         print("### EMA solve time\n")
         print(bench_solve(args.quick), "\n", flush=True)
@@ -998,13 +1299,24 @@ def main() -> None:
         site = Site(step_s=args.step_s)
         if args.no_import_limit:
             site.import_limit_kw = None
-        spec = ForecastSpec(tz=args.tz, history_days=args.history_days, max_iter=args.max_iter,
-                            cache=args.cache)  # fmt: skip
+        spec = ForecastSpec(
+            tz=args.tz, history_days=args.history_days, max_iter=args.max_iter, cache=args.cache
+        )
         months = args.months if not args.quick else args.months[:1]
         days = args.days if args.days is not None else (7.0 if args.quick else None)
-        a = ValueArgs(args.profiles, args.load_col, args.pv_col, months, args.year, site, spec,
-                      args.replan_s, days, bias_decay=args.bias_decay,
-                      overshoot=args.overshoot)  # fmt: skip
+        a = ValueArgs(
+            args.profiles,
+            args.load_col,
+            args.pv_col,
+            months,
+            args.year,
+            site,
+            spec,
+            args.replan_s,
+            days,
+            bias_decay=args.bias_decay,
+            overshoot=args.overshoot,
+        )
         print(bench_value(a, args.json), "\n", flush=True)
     print(f"load average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

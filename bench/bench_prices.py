@@ -90,8 +90,9 @@ def bill(pcc_kw: np.ndarray, price: np.ndarray, tariff: Tariff, battery_kw: np.n
     imp, exp = np.maximum(pcc_kw, 0), np.maximum(-pcc_kw, 0)
     energy = float(np.sum(imp * price - exp * tariff.feed_in_per_kwh) * dt_h)
     peak = float(pcc_kw.max())
-    return Bill(energy, peak * tariff.demand_charge_per_kw, peak,
-                float(np.abs(battery_kw).sum() * dt_h))  # fmt: skip
+    return Bill(
+        energy, peak * tariff.demand_charge_per_kw, peak, float(np.abs(battery_kw).sum() * dt_h)
+    )
 
 
 def rolling_plan(
@@ -117,13 +118,17 @@ def rolling_plan(
         window = slice(k, k + HORIZON)
         plan = optimizer.solve(
             EmaInputs(
-                start=index[k].to_pydatetime(), net_load_kw=padded_net[window], soc_kwh=soc,
-                prior_kw=prior, peak_floor_kw=month_peak,
+                start=index[k].to_pydatetime(),
+                net_load_kw=padded_net[window],
+                soc_kwh=soc,
+                prior_kw=prior,
+                peak_floor_kw=month_peak,
                 price_per_kwh=None if padded_price is None else padded_price[window],
-                export_per_kwh=None if padded_price is None
+                export_per_kwh=None
+                if padded_price is None
                 else np.full(HORIZON, tariff.feed_in_per_kwh),
             )
-        )  # fmt: skip
+        )
         solve_ms.append(plan.solve_time_s * 1000)
         done = min(REPLAN, n - k)
         battery[k : k + done] = plan.battery_p_kw[:done]
@@ -138,12 +143,21 @@ def run(months: list[int], loads: list[str]) -> str:
     site = Site()
     tariff = Tariff()
     cfg = EmaConfig(
-        horizon_steps=HORIZON, step_s=STEP_S, import_limit_kw=1e4, export_limit_kw=-1e4,
-        battery_capacity_kwh=site.capacity_kwh, battery_max_charge_kw=site.power_kw,
-        battery_max_discharge_kw=site.power_kw, charge_efficiency=site.efficiency,
-        discharge_efficiency=site.efficiency, energy_cost=True, demand_charge=True,
-        reserve_pct=5.0, end_soc_pct=50.0, tariff=tariff,
-    )  # fmt: skip
+        horizon_steps=HORIZON,
+        step_s=STEP_S,
+        import_limit_kw=1e4,
+        export_limit_kw=-1e4,
+        battery_capacity_kwh=site.capacity_kwh,
+        battery_max_charge_kw=site.power_kw,
+        battery_max_discharge_kw=site.power_kw,
+        charge_efficiency=site.efficiency,
+        discharge_efficiency=site.efficiency,
+        energy_cost=True,
+        demand_charge=True,
+        reserve_pct=5.0,
+        end_soc_pct=50.0,
+        tariff=tariff,
+    )
     optimizer = ScheduleOptimizer(cfg)
     rows: list[list[str]] = []
     solve_ms: list[float] = []
@@ -154,8 +168,10 @@ def run(months: list[int], loads: list[str]) -> str:
             index = df.loc[
                 start : start + pd.offsets.MonthBegin(1) - pd.Timedelta(minutes=15)
             ].index
-            net = (df.loc[index, f"{load}_load_pu"] * site.load_peak_kw
-                   - df.loc[index, "pv1_pv_pu"] * site.pv_kwp).to_numpy()  # fmt: skip
+            net = (
+                df.loc[index, f"{load}_load_pu"] * site.load_peak_kw
+                - df.loc[index, "pv1_pv_pu"] * site.pv_kwp
+            ).to_numpy()
             tou = tou_prices(tariff, index)
             da = day_ahead_stand_in(df, tou, index)
             zero = np.zeros(len(net))
@@ -165,16 +181,38 @@ def run(months: list[int], loads: list[str]) -> str:
                 with_battery = bill(net + battery, price, tariff, battery)
                 saving = none.total - with_battery.total
                 savings[name].append(saving)
-                rows.append([
-                    load, start.strftime("%b"), name, f"{price.mean():.4f}",
-                    f"{none.energy:.0f}", f"{none.demand:.0f}", f"{none.total:.0f}",
-                    f"{with_battery.energy:.0f}", f"{with_battery.demand:.0f}",
-                    f"{with_battery.total:.0f}", f"{saving:.0f}",
-                    f"{100 * saving / none.total:.1f} %", f"{with_battery.throughput_kwh:.0f}",
-                ])  # fmt: skip
-    headers = ["load", "month", "prices", "mean price/kWh", "no battery: energy", "demand",
-               "bill", "battery: energy", "demand", "bill", "saving", "saving %",
-               "throughput kWh"]  # fmt: skip
+                rows.append(
+                    [
+                        load,
+                        start.strftime("%b"),
+                        name,
+                        f"{price.mean():.4f}",
+                        f"{none.energy:.0f}",
+                        f"{none.demand:.0f}",
+                        f"{none.total:.0f}",
+                        f"{with_battery.energy:.0f}",
+                        f"{with_battery.demand:.0f}",
+                        f"{with_battery.total:.0f}",
+                        f"{saving:.0f}",
+                        f"{100 * saving / none.total:.1f} %",
+                        f"{with_battery.throughput_kwh:.0f}",
+                    ]
+                )
+    headers = [
+        "load",
+        "month",
+        "prices",
+        "mean price/kWh",
+        "no battery: energy",
+        "demand",
+        "bill",
+        "battery: energy",
+        "demand",
+        "bill",
+        "saving",
+        "saving %",
+        "throughput kWh",
+    ]
     ms = sorted(solve_ms)
     summary = (
         f"\nsaving with the battery, sum over the rows: ToU {sum(savings['ToU']):.0f}, "

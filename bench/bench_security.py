@@ -23,8 +23,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from derbus import acl, topics
 from derbus.testing import MosquittoServer
 
-PAYLOAD = (b'{"ts": "2026-06-01T12:00:00Z", "source": "edge_simulator", "p_kw": 3.217, '
-           b'"q_kvar": 0.41, "v_l1_v": 231.2, "v_l2_v": 230.8, "v_l3_v": 232.0, "f_hz": 50.01}')  # fmt: skip
+PAYLOAD = (
+    b'{"ts": "2026-06-01T12:00:00Z", "source": "edge_simulator", "p_kw": 3.217, '
+    b'"q_kvar": 0.41, "v_l1_v": 231.2, "v_l2_v": 230.8, "v_l3_v": 232.0, "f_hz": 50.01}'
+)
 
 
 def client(port: int, user: str | None, password: str | None) -> mqtt.Client:
@@ -101,11 +103,15 @@ def main() -> None:
     ).start()
     plain = MosquittoServer().start()
     try:
-        print(f"{n} x {len(PAYLOAD)}-byte messages, QoS 1, one publisher -> one subscriber, "
-              f"{runs} run(s); median of runs")  # fmt: skip
+        print(
+            f"{n} x {len(PAYLOAD)}-byte messages, QoS 1, one publisher -> one subscriber, "
+            f"{runs} run(s); median of runs"
+        )
         print(f"{'broker':34s} {'msg/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'connect ms':>11s}")
-        for label, server, c in (("anonymous, no ACL", plain, None),
-                                 ("passwords + generated ACL", secured, creds)):  # fmt: skip
+        for label, server, c in (
+            ("anonymous, no ACL", plain, None),
+            ("passwords + generated ACL", secured, creds),
+        ):
             results = [run(server.port, n, c) for _ in range(runs)]
             rate = statistics.median(r[0] for r in results)
             p50 = statistics.median(r[1] for r in results)

@@ -52,9 +52,13 @@ print(json.dumps(out))
 def run(src: Path) -> dict[str, list[float]]:
     env = {**os.environ, "PYTHONPATH": str(src)}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-c", CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
         check=True,
-    )  # fmt: skip
+    )
     result: dict[str, list[float]] = json.loads(done.stdout.splitlines()[-1])
     return result
 
@@ -78,10 +82,16 @@ def main() -> None:
         for name in ("before", "after"):
             loads.append(os.getloadavg()[0])
             runs[name].append(run(getattr(args, name)))
-    table = Table(title=f"edge_simulator A/B, {args.rounds} interleaved rounds "
-                  f"(load average {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores)")  # fmt: skip
-    for col in ("tree", "step 1 site p50 / p99 / max, ms", "step 1,000 sites p50 / p99 / max, ms",
-                "30-day backfill s (median of rounds)"):  # fmt: skip
+    table = Table(
+        title=f"edge_simulator A/B, {args.rounds} interleaved rounds "
+        f"(load average {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores)"
+    )
+    for col in (
+        "tree",
+        "step 1 site p50 / p99 / max, ms",
+        "step 1,000 sites p50 / p99 / max, ms",
+        "30-day backfill s (median of rounds)",
+    ):
         table.add_column(col, justify="right")
     medians = {}
     for name, rounds in runs.items():

@@ -64,13 +64,19 @@ def feeders(names: list[str]) -> dict[str, Feeder]:
     }
 
 
-def state_of(feeder: Feeder, step: int, ac: AcResult, avail: dict[str, float],
-             out: dict[str, float]) -> FeederState:  # fmt: skip
+def state_of(
+    feeder: Feeder, step: int, ac: AcResult, avail: dict[str, float], out: dict[str, float]
+) -> FeederState:
     return FeederState(
-        ts=T0 + timedelta(seconds=feeder.profiles.interval_s * step), source="bench",
-        feeder_id=feeder.feeder_id, step=step, v_pu=ac.by_bus(), pv_available_kw=avail,
-        pv_output_kw=out, load_p_kw=feeder.total_load_kw * feeder.profiles.load[step],
-    )  # fmt: skip
+        ts=T0 + timedelta(seconds=feeder.profiles.interval_s * step),
+        source="bench",
+        feeder_id=feeder.feeder_id,
+        step=step,
+        v_pu=ac.by_bus(),
+        pv_available_kw=avail,
+        pv_output_kw=out,
+        load_p_kw=feeder.total_load_kw * feeder.profiles.load[step],
+    )
 
 
 def bisect_reference(
@@ -156,9 +162,13 @@ def run_rule(
         lowest = min(lowest, min(after.v_pu.values()))
         over_loop += after.max_pu > LIMIT
         e_cut += (sum(avail.values()) - sum(out.values())) * hours
-        for key, value in (("h", step * hours), ("v_none", free.max_pu), ("v_after", after.max_pu),
-                           ("avail", sum(avail.values())),
-                           ("cut", sum(avail.values()) - sum(out.values()))):  # fmt: skip
+        for key, value in (
+            ("h", step * hours),
+            ("v_none", free.max_pu),
+            ("v_after", after.max_pu),
+            ("avail", sum(avail.values())),
+            ("cut", sum(avail.values()) - sum(out.values())),
+        ):
             series[key].append(value)
         if free.max_pu <= LIMIT:
             continue  # nothing to curtail: the cold start and the reference curtail nothing
@@ -172,14 +182,22 @@ def run_rule(
             e_ref += ref.curtailment.curtailed_kw * hours
     scale = (feeder.steps / len(steps)) if steps else 1.0
     return {
-        "over_none": over_none, "over_loop": over_loop, "over_cold": over_cold,
+        "over_none": over_none,
+        "over_loop": over_loop,
+        "over_cold": over_cold,
         "over_first": over_first,
-        "e_cut": e_cut * scale, "e_ref": e_ref * scale, "rounds": sorted(rounds),
-        "bias_max": max(bias_rounds), "unsettled": unsettled, "worst": worst,
+        "e_cut": e_cut * scale,
+        "e_ref": e_ref * scale,
+        "rounds": sorted(rounds),
+        "bias_max": max(bias_rounds),
+        "unsettled": unsettled,
+        "worst": worst,
         "lowest": lowest,
-        "p50": statistics.median(times), "p99": pct(times, 0.99), "max": max(times),
+        "p50": statistics.median(times),
+        "p99": pct(times, 0.99),
+        "max": max(times),
         "series": series,
-    }  # fmt: skip
+    }
 
 
 def bare_lp_s(feeder: Feeder, fairness: str, group_by: str, step: int) -> float:
@@ -223,12 +241,18 @@ async def broker_rounds(rules: list[tuple[str, ...]], decisions: int) -> None:
     try:
         mqtt = MqttSettings(host=server.host, port=server.port, root="bench")
         for fairness, group_by in rules:
-            base = {"mqtt": mqtt.model_dump(), "api_port": 0, "data_dir": tempfile.mkdtemp(),
-                    "fairness": fairness, "group_by": group_by}  # fmt: skip
+            base = {
+                "mqtt": mqtt.model_dump(),
+                "api_port": 0,
+                "data_dir": tempfile.mkdtemp(),
+                "fairness": fairness,
+                "group_by": group_by,
+            }
             sim = build_feeder_sim(
                 Settings(**base, sim_start_step=peak, sim_hold_step=True, sim_interval_s=0.5),
-                MqttBus(mqtt), feeder,
-            )  # fmt: skip
+                MqttBus(mqtt),
+                feeder,
+            )
             vc_settings = Settings(**base, mode="agents", solve_interval_s=0.2, round_timeout_s=30)
             vc = build_service(vc_settings, MqttBus(mqtt), feeder)
             agents = [
@@ -284,13 +308,17 @@ def main() -> None:
         "--cycles", type=int, default=1, help="closed-loop decisions per step (re-solves)"
     )
     parser.add_argument(
-        "--original-plant", action="store_true",
+        "--original-plant",
+        action="store_true",
         help="OpenDSS feeders: the original model is the feeder (the coordinator keeps the import)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--broker", type=int, default=0, metavar="N",
+        "--broker",
+        type=int,
+        default=0,
+        metavar="N",
         help="only the agents mode on a real Mosquitto, N decisions per rule",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     rules = [tuple(r.split("/")) for r in args.rules.split(",")]
     if args.broker:
@@ -339,7 +367,7 @@ def main() -> None:
                 f"{r['rounds']} | {r['bias_max']} ({r['unsettled']} unsettled) | "
                 f"{1000 * r['p50']:.0f} / {1000 * r['p99']:.0f} / {1000 * r['max']:.0f} | "  # type: ignore[operator]
                 f"{1000 * lp:.0f} | {r['p50'] / lp:.1f} |"  # type: ignore[operator]
-            )  # fmt: skip
+            )
             print(
                 f"<!-- {name} {fairness}/{group_by}: {time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f} -->"
             )
@@ -350,8 +378,16 @@ def main() -> None:
                 suffix = "_original" if plant else ""
                 path = args.plot_dir / f"voltage_coordinator_{name}{suffix}.png"
                 d = r["series"]
-                plot_day(d["h"], d["v_none"], d["v_after"], d["avail"], d["cut"], LIMIT, path,  # type: ignore[index]
-                         f"{name}, {fairness} / {group_by}")  # fmt: skip
+                plot_day(
+                    d["h"],
+                    d["v_none"],
+                    d["v_after"],
+                    d["avail"],
+                    d["cut"],
+                    LIMIT,
+                    path,  # type: ignore[index]
+                    f"{name}, {fairness} / {group_by}",
+                )
                 print(f"plot: {path}")
         ac.close()
     print(f"\nload average at end: {os.getloadavg()}")

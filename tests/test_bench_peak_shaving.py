@@ -22,27 +22,52 @@ def fixture_csv(path: Path) -> Path:
     workday = (times.day_of_week < 5).astype(float)
     load = 0.3 + 0.5 * workday * np.exp(-(((hour - 11) / 3) ** 2)) + 0.05 * rng.random(len(times))
     pv = np.clip(np.sin((hour - 8) / 8 * np.pi), 0, None) * (0.6 + 0.4 * rng.random(len(times)))
-    frame = pd.DataFrame({"time": times.strftime("%Y-%m-%dT%H:%M:%S"),
-                          "site_load_pu": load / load.max(), "roof_pv_pu": pv})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "time": times.strftime("%Y-%m-%dT%H:%M:%S"),
+            "site_load_pu": load / load.max(),
+            "roof_pv_pu": pv,
+        }
+    )
     frame.to_csv(path, index=False)
     return path
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=240,
+        [sys.executable, str(BENCH), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def test_value_bench_runs_on_any_profile_csv(tmp_path: Path) -> None:
     csv = fixture_csv(tmp_path / "site.csv")
     out = tmp_path / "value.json"
     done = run(
-        "--profiles", str(csv), "--load-col", "site_load_pu", "--pv-col", "roof_pv_pu",
-        "--months", "2", "--days", "1", "--step-s", "900", "--replan-s", "3600",
-        "--history-days", "21", "--max-iter", "10", "--json", str(out),
-    )  # fmt: skip
+        "--profiles",
+        str(csv),
+        "--load-col",
+        "site_load_pu",
+        "--pv-col",
+        "roof_pv_pu",
+        "--months",
+        "2",
+        "--days",
+        "1",
+        "--step-s",
+        "900",
+        "--replan-s",
+        "3600",
+        "--history-days",
+        "21",
+        "--max-iter",
+        "10",
+        "--json",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "share of bill reduction" in done.stdout
     body = json.loads(out.read_text())
@@ -70,10 +95,28 @@ def test_value_bench_without_import_limit_and_with_a_wrong_column(tmp_path: Path
     csv = fixture_csv(tmp_path / "site.csv")
     out = tmp_path / "value.json"
     done = run(
-        "--profiles", str(csv), "--load-col", "site_load_pu", "--pv-col", "roof_pv_pu",
-        "--months", "2", "--days", "0.5", "--step-s", "900", "--replan-s", "3600",
-        "--history-days", "21", "--max-iter", "10", "--no-import-limit", "--json", str(out),
-    )  # fmt: skip
+        "--profiles",
+        str(csv),
+        "--load-col",
+        "site_load_pu",
+        "--pv-col",
+        "roof_pv_pu",
+        "--months",
+        "2",
+        "--days",
+        "0.5",
+        "--step-s",
+        "900",
+        "--replan-s",
+        "3600",
+        "--history-days",
+        "21",
+        "--max-iter",
+        "10",
+        "--no-import-limit",
+        "--json",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = json.loads(out.read_text())["records"]
     assert record["import_limit_kw"] is None

@@ -99,8 +99,11 @@ def test_an_edge_gateway_writes_its_own_status_and_dead_letters_at_its_site_only
     own = (topics.SERVICE_STATUS, topics.DEAD_LETTER)
     for spec in own:
         assert mosquitto_pattern_may("site-a", "write", spec.topic("site-a", "meter_gateway", ROOT))
-        for site, device in (("site-b", "meter_gateway"), (PLATFORM_SITE, "meter_gateway"),
-                             ("site-a", "peak_shaving")):  # fmt: skip
+        for site, device in (
+            ("site-b", "meter_gateway"),
+            (PLATFORM_SITE, "meter_gateway"),
+            ("site-a", "peak_shaving"),
+        ):
             assert not mosquitto_pattern_may("site-a", "write", spec.topic(site, device, ROOT))
 
 
@@ -229,10 +232,12 @@ def _module_identity(tree: ast.Module, default: str) -> str:
     constants = {
         target.id: node.value.value
         for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
         and isinstance(node.value.value, str)
-        for target in node.targets if isinstance(target, ast.Name)
-    }  # fmt: skip
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Call)
@@ -298,9 +303,10 @@ def _built_service(service: str, tmp_path: Path, **extra: Any) -> Any:
     module = importlib.import_module(f"{service}.service")
     settings_module = importlib.import_module(f"{service}.settings")
     settings_cls = next(
-        c for _, c in inspect.getmembers(settings_module, inspect.isclass)
+        c
+        for _, c in inspect.getmembers(settings_module, inspect.isclass)
         if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
-    )  # fmt: skip
+    )
     settings = settings_cls(data_dir=tmp_path)
     return module.build_service(settings, InMemoryBus(), **extra)
 
@@ -368,12 +374,16 @@ def test_catalogue_publishers_and_subscribers_are_exactly_what_the_code_declares
         if acl.EVERY_SERVICE in spec.publishers:
             code_pub -= set(SERVICES)
         code_sub = {u for u, keys in subscribed.items() if spec.key in keys}
-        for what, listed, code in (("publishers", spec.publishers, code_pub),
-                                   ("subscribers", spec.subscribers, code_sub)):  # fmt: skip
+        for what, listed, code in (
+            ("publishers", spec.publishers, code_pub),
+            ("subscribers", spec.subscribers, code_sub),
+        ):
             unused, missing = set(listed) - external - code, code - set(listed)
             if unused or missing:
-                drift.append(f"{spec.key} {what}: listed, unused {sorted(unused)}; "
-                             f"used, unlisted {sorted(missing)}")  # fmt: skip
+                drift.append(
+                    f"{spec.key} {what}: listed, unused {sorted(unused)}; "
+                    f"used, unlisted {sorted(missing)}"
+                )
     assert not drift, "catalogue drift (fix derbus.topics, then `make -s topics`):\n" + "\n".join(
         drift
     )
@@ -437,18 +447,22 @@ def test_the_scada_bridge_speaks_sparkplug_and_home_assistant_under_the_acl() ->
     s = BridgeSettings()
     group, node = s.group_id, s.edge_node_id
     published = [
-        sp.topic(group, "NBIRTH", node), sp.topic(group, "NDEATH", node),
-        sp.topic(group, "DBIRTH", node, "site-1"), sp.topic(group, "DDATA", node, "site-1"),
+        sp.topic(group, "NBIRTH", node),
+        sp.topic(group, "NDEATH", node),
+        sp.topic(group, "DBIRTH", node, "site-1"),
+        sp.topic(group, "DDATA", node, "site-1"),
         sp.topic(group, "DDEATH", node, "site-1"),
         ha.discovery_topic(s.ha_discovery_prefix, "sensor", "site-1", "pv_power"),
         ha.discovery_topic(s.ha_discovery_prefix, "number", "site-1", "battery_setpoint"),
         ha.setpoint_state_topic(s.ha_command_prefix, "site-1", "battery"),
-    ]  # fmt: skip
+    ]
     commands = [
-        sp.topic(group, "NCMD", node), sp.topic(group, "DCMD", node, "site-1"),
+        sp.topic(group, "NCMD", node),
+        sp.topic(group, "DCMD", node, "site-1"),
         ha.setpoint_command_topic(s.ha_command_prefix, "site-1", "battery"),
-        ha.birth_topic(s.ha_discovery_prefix), sp.state_topic("ignition"),
-    ]  # fmt: skip
+        ha.birth_topic(s.ha_discovery_prefix),
+        sp.state_topic("ignition"),
+    ]
     for topic in published:
         assert may(bridge, "write", topic), topic
         assert may(scada, "read", topic), topic

@@ -140,8 +140,12 @@ def test_service_state_persists_in_a_named_volume(name: str) -> None:
 
 
 def test_broker_and_database_data_persist() -> None:
-    for name, target in (("mosquitto", "/mosquitto/data"), ("influxdb", "/var/lib/influxdb2"),
-                         ("postgres", "/var/lib/postgresql/data"), ("grafana", "/var/lib/grafana")):  # fmt: skip
+    for name, target in (
+        ("mosquitto", "/mosquitto/data"),
+        ("influxdb", "/var/lib/influxdb2"),
+        ("postgres", "/var/lib/postgresql/data"),
+        ("grafana", "/var/lib/grafana"),
+    ):
         assert _mounts(name).get(target) in COMPOSE["volumes"], f"{name} {target}"
     assert _mounts("cloud_sync")["/data"] == "sync-outbox"
     assert _mounts("forecaster")["/data"] == "forecaster-models"
@@ -280,8 +284,10 @@ def test_shipped_broker_config_requires_login_and_the_generated_acl() -> None:
     assert "allow_anonymous false" in lines
     assert "allow_anonymous true" not in lines
     mounted = {target for target in _mounts("mosquitto")}
-    for key, path in (("password_file", "/mosquitto/config/passwd"),
-                      ("acl_file", "/mosquitto/config/acl")):  # fmt: skip
+    for key, path in (
+        ("password_file", "/mosquitto/config/passwd"),
+        ("acl_file", "/mosquitto/config/acl"),
+    ):
         assert f"{key} {path}" in lines
         assert path in mounted
 
@@ -297,9 +303,12 @@ def test_shipped_broker_config_sets_queue_limits_and_nodelay() -> None:
 
 def test_shipped_broker_config_offers_a_tls_listener() -> None:
     text = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
-    for line in ("#listener 8883", "#cafile /mosquitto/config/certs/ca.crt",
-                 "#certfile /mosquitto/config/certs/server.crt",
-                 "#keyfile /mosquitto/config/certs/server.key"):  # fmt: skip
+    for line in (
+        "#listener 8883",
+        "#cafile /mosquitto/config/certs/ca.crt",
+        "#certfile /mosquitto/config/certs/server.crt",
+        "#keyfile /mosquitto/config/certs/server.key",
+    ):
         assert line in text
 
 
@@ -432,10 +441,22 @@ def _image_packages(name: str) -> set[str]:
     # as the Makefile finds it: `uv` on PATH, else the uv module of the system python
     uv = [shutil.which("uv")] if shutil.which("uv") else ["python3", "-m", "uv"]
     out = subprocess.run(
-        [*uv, "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-workspace",
-         "--package", pyproject(name)["project"]["name"]],
-        cwd=REPO, capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+        [
+            *uv,
+            "export",
+            "--frozen",
+            "--no-dev",
+            "--no-hashes",
+            "--no-emit-workspace",
+            "--package",
+            pyproject(name)["project"]["name"],
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
     return {
         re.split(r"[=<>\[; ]", line, maxsplit=1)[0].lower()
         for line in out.splitlines()

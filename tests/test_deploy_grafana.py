@@ -61,8 +61,14 @@ def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 def test_there_are_the_six_dashboards() -> None:
     titles = {load(p)["title"] for p in DASHBOARDS}
-    for part in ("site overview", "peak shaving", "forecasts vs actuals", "load manager",
-                 "feeder voltages", "platform health"):  # fmt: skip
+    for part in (
+        "site overview",
+        "peak shaving",
+        "forecasts vs actuals",
+        "load manager",
+        "feeder voltages",
+        "platform health",
+    ):
         assert any(part in t for t in titles), f"no dashboard about {part}: {titles}"
 
 

@@ -18,26 +18,55 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 
 
 def test_the_platform_services_exist() -> None:
-    assert sorted(
-        [
-            "edge_simulator", "meter_gateway", "cloud_sync", "feature_engineering",
-            "forecaster", "peak_shaving", "load_manager", "voltage_coordinator", "console", "scada_bridge", "ev_charging",
-        ]
-    ) == SERVICES  # fmt: skip
+    assert (
+        sorted(
+            [
+                "edge_simulator",
+                "meter_gateway",
+                "cloud_sync",
+                "feature_engineering",
+                "forecaster",
+                "peak_shaving",
+                "load_manager",
+                "voltage_coordinator",
+                "console",
+                "scada_bridge",
+                "ev_charging",
+            ]
+        )
+        == SERVICES
+    )
 
 
 def test_repository_layout() -> None:
-    for path in ("docker-compose.yml", "Makefile", "README.md", "pyproject.toml", "uv.lock",
-                 "libs/common", "deploy", "tests/integration", "bench", "BENCHMARKS.md",
-                 ".ci/run", "docs/topics.md"):  # fmt: skip
+    for path in (
+        "docker-compose.yml",
+        "Makefile",
+        "README.md",
+        "pyproject.toml",
+        "uv.lock",
+        "libs/common",
+        "deploy",
+        "tests/integration",
+        "bench",
+        "BENCHMARKS.md",
+        ".ci/run",
+        "docs/topics.md",
+    ):
         assert (REPO / path).exists(), f"missing {path}"
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_is_complete(name: str) -> None:
     root = REPO / "services" / name
-    for part in ("pyproject.toml", "Dockerfile", "README.md", f"src/{name}/__main__.py",
-                 f"src/{name}/settings.py", f"src/{name}/service.py"):  # fmt: skip
+    for part in (
+        "pyproject.toml",
+        "Dockerfile",
+        "README.md",
+        f"src/{name}/__main__.py",
+        f"src/{name}/settings.py",
+        f"src/{name}/service.py",
+    ):
         assert (root / part).exists(), f"services/{name} lacks {part}"
     assert list((root / "tests").glob("test_*.py")), f"services/{name}/tests has no tests"
 
@@ -58,9 +87,12 @@ def test_env_prefix_matches_settings(name: str) -> None:
     ]
     module = importlib.import_module(f"{name}.settings")
     classes = [
-        c for _, c in inspect.getmembers(module, inspect.isclass)
-        if issubclass(c, ServiceSettings) and c is not ServiceSettings and c.__module__ == module.__name__
-    ]  # fmt: skip
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, ServiceSettings)
+        and c is not ServiceSettings
+        and c.__module__ == module.__name__
+    ]
     assert classes, f"{name}.settings defines no ServiceSettings subclass"
     for cls in classes:
         assert cls.model_config.get("env_prefix") == meta["env_prefix"], cls

@@ -25,11 +25,15 @@ SRC_ROOTS = sorted([*REPO.glob("libs/*/src"), *REPO.glob("services/*/src")])
 CODE = [
     path
     for pattern in (
-        "libs/*/src/**/*.py", "libs/*/tests/**/*.py", "services/*/src/**/*.py",
-        "services/*/tests/**/*.py", "tests/**/*.py", "bench/**/*.py",
+        "libs/*/src/**/*.py",
+        "libs/*/tests/**/*.py",
+        "services/*/src/**/*.py",
+        "services/*/tests/**/*.py",
+        "tests/**/*.py",
+        "bench/**/*.py",
     )
     for path in sorted(REPO.glob(pattern))
-]  # fmt: skip
+]
 
 # (file relative to the repository, imported name): being removed elsewhere; drop an entry once
 # its fix has landed

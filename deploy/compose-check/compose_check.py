@@ -63,8 +63,12 @@ INFRA = ("mosquitto", "postgres", "influxdb")
 SKIPPED = {
     "grafana": "Grafana skipped: it cannot be installed here (no registry, no Debian package)"
 }
-STANDIN_DIRS = {"python": "python", "eclipse-mosquitto": "mosquitto", "postgres": "postgres",
-                "influxdb": "influxdb"}  # fmt: skip
+STANDIN_DIRS = {
+    "python": "python",
+    "eclipse-mosquitto": "mosquitto",
+    "postgres": "postgres",
+    "influxdb": "influxdb",
+}
 # each service's API prefix (its settings' env_prefix) and extra ports
 PREFIX_RE = re.compile(r"^([A-Z]+_)API_PORT$")
 HTTPS_SERVICE = "feature_engineering"
@@ -79,11 +83,17 @@ class CheckError(RuntimeError):
     """A step of the check failed (the message says which and why)."""
 
 
-def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
-        quiet: bool = False, check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def run(
+    cmd: list[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    quiet: bool = False,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              check=False)  # fmt: skip
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
     except subprocess.TimeoutExpired as err:
         raise CheckError(f"timed out after {timeout:.0f} s: {' '.join(cmd[:4])} …") from err
     if check and proc.returncode != 0:
@@ -131,11 +141,16 @@ def buildkit_client() -> str:
     for client in dict.fromkeys([shutil.which("docker") or "docker", "/usr/bin/docker"]):
         if not Path(client).exists() and shutil.which(client) is None:
             continue
-        if subprocess.run([client, "buildx", "version"], capture_output=True,
-                          check=False).returncode == 0:  # fmt: skip
+        if (
+            subprocess.run(
+                [client, "buildx", "version"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ):
             return client
-        version = subprocess.run([client, "--version"], capture_output=True, text=True,
-                                 check=False).stdout  # fmt: skip
+        version = subprocess.run(
+            [client, "--version"], capture_output=True, text=True, check=False
+        ).stdout
         m = re.search(r"version (\d+)\.", version)
         if m and int(m.group(1)) < 23:
             return client
@@ -145,8 +160,14 @@ def buildkit_client() -> str:
 def engine_answers(env: dict[str, str]) -> bool:
     if shutil.which("docker") is None:
         raise CheckError("no docker client: apt-get install docker.io")
-    probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env,
-                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    probe = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return probe.returncode == 0
 
 
@@ -174,9 +195,22 @@ def start_engine() -> Engine:
         engine.proc = None
         _adopted.append(pid)
         return engine
-    cmd = [dockerd, "--storage-driver", STORAGE, "--bridge=none", "--iptables=false",
-           "--ip-masq=false", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-           "--pidfile", str(root / "docker.pid"), "-H", env["DOCKER_HOST"]]  # fmt: skip
+    cmd = [
+        dockerd,
+        "--storage-driver",
+        STORAGE,
+        "--bridge=none",
+        "--iptables=false",
+        "--ip-masq=false",
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+        "--pidfile",
+        str(root / "docker.pid"),
+        "-H",
+        env["DOCKER_HOST"],
+    ]
     logfile = (root / "dockerd.log").open("ab")
     proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT)
     log(f"started a private dockerd (pid {proc.pid}, data root {root / 'data'})")
@@ -215,11 +249,23 @@ def debian_base(engine: Engine) -> None:
         deb.unlink()
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     imp = subprocess.run(
-        ["docker", "import", "-c", 'CMD ["bash"]', "-c",
-         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "-",
-         DEBIAN_BASE],
-        stdin=tar.stdout, env=engine.env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            "docker",
+            "import",
+            "-c",
+            'CMD ["bash"]',
+            "-c",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "-",
+            DEBIAN_BASE,
+        ],
+        stdin=tar.stdout,
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     tar.wait(timeout=60)
     if imp.returncode != 0:
         raise CheckError(f"docker import of the bookworm root filesystem failed: {imp.stderr}")
@@ -230,14 +276,39 @@ def uv_standin(engine: Engine, tag: str, workdir: Path) -> None:
     wheels = workdir / "uv-wheel"
     wheels.mkdir(parents=True, exist_ok=True)
     spec = f"uv=={version}.*" if version.count(".") < 2 else f"uv=={version}"
-    pip = next((p for p in (sys.executable, shutil.which("python3") or "python3")
-                if subprocess.run([p, "-m", "pip", "--version"], capture_output=True,
-                                  check=False).returncode == 0), None)  # fmt: skip
+    pip = next(
+        (
+            p
+            for p in (sys.executable, shutil.which("python3") or "python3")
+            if subprocess.run(
+                [p, "-m", "pip", "--version"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ),
+        None,
+    )
     if pip is None:
         raise CheckError("pip is needed to fetch the uv wheel: apt-get install python3-pip")
-    run([pip, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary",
-         ":all:", "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11", "-d",
-         str(wheels), spec], 600)  # fmt: skip
+    run(
+        [
+            pip,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--python-version",
+            "3.11",
+            "-d",
+            str(wheels),
+            spec,
+        ],
+        600,
+    )
     wheel = sorted(wheels.glob("uv-*.whl"))[-1]
     ctx = workdir / "uv-context"
     shutil.rmtree(ctx, ignore_errors=True)
@@ -297,8 +368,9 @@ def base_images(engine: Engine, workdir: Path, rebuild: bool) -> list[str]:
         engine.build("-q", "-t", tag, str(ctx), timeout=1500)
         log(f"{tag}: built in {time.monotonic() - started:.0f} s")
     for tag in base_tags():
-        label = engine.docker("image", "inspect", "--format",
-                              '{{index .Config.Labels "org.derbus.standin"}}', tag).strip()  # fmt: skip
+        label = engine.docker(
+            "image", "inspect", "--format", '{{index .Config.Labels "org.derbus.standin"}}', tag
+        ).strip()
         notes.append(f"{tag}: {label if label and label != '<no value>' else 'the real image'}")
     return notes
 
@@ -325,8 +397,9 @@ def build_services(engine: Engine, compose: dict[str, Any], rows: dict[str, Row]
         dockerfile = svc["build"]["dockerfile"]
         log(f"building {image} from {dockerfile}")
         started = time.monotonic()
-        output = engine.build("-f", str(REPO / dockerfile), "-t", image,
-                              str(REPO / svc["build"].get("context", ".")))  # fmt: skip
+        output = engine.build(
+            "-f", str(REPO / dockerfile), "-t", image, str(REPO / svc["build"].get("context", "."))
+        )
         (WORK / f"build-{name}.log").write_text(output)
         rows[name] = Row(name, image, build_s=time.monotonic() - started)
         size = int(engine.docker("image", "inspect", "--format", "{{.Size}}", image).strip())
@@ -348,17 +421,36 @@ class Stack:
     https: dict[str, Path] = field(default_factory=dict)
     """Services whose API serves HTTPS, with the CA that signed its certificate."""
 
-    def compose(self, engine: Engine, *args: str, timeout: float = 300,
-                check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def compose(
+        self, engine: Engine, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         cmd = compose_command()
-        return run([*cmd, "-p", self.project, "--env-file", str(self.env_file), "-f",
-                    str(REPO / "docker-compose.yml"), "-f", str(self.override), *args],
-                   timeout, env=engine.env, check=check)  # fmt: skip
+        return run(
+            [
+                *cmd,
+                "-p",
+                self.project,
+                "--env-file",
+                str(self.env_file),
+                "-f",
+                str(REPO / "docker-compose.yml"),
+                "-f",
+                str(self.override),
+                *args,
+            ],
+            timeout,
+            env=engine.env,
+            check=check,
+        )
 
 
 def compose_command() -> list[str]:
-    if subprocess.run(["docker", "compose", "version"], capture_output=True,
-                      check=False).returncode == 0:  # fmt: skip
+    if (
+        subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -376,8 +468,18 @@ def make_stack(compose: dict[str, Any], workdir: Path) -> Stack:
     env_file = workdir / ".env"
     shutil.copy(REPO / "deploy/env/.env.example", env_file)
     broker_dir = workdir / "mosquitto"
-    run([str(REPO / ".venv/bin/derbus"), "acl", "--env-file", str(env_file), "--out-dir",
-         str(broker_dir), "--generate-missing"], 120)  # fmt: skip
+    run(
+        [
+            str(REPO / ".venv/bin/derbus"),
+            "acl",
+            "--env-file",
+            str(env_file),
+            "--out-dir",
+            str(broker_dir),
+            "--generate-missing",
+        ],
+        120,
+    )
     (broker_dir / "passwd").chmod(0o644)  # the broker container reads it as its own user
     stack = Stack(f"derbuscheck{uuid.uuid4().hex[:6]}", env_file, workdir / "override.yml")
     # every published port of the compose file is `${<NAME>_HOST_PORT:-N}:N`: a free port on
@@ -401,32 +503,60 @@ def make_stack(compose: dict[str, Any], workdir: Path) -> Stack:
     certs = workdir / "certs"
     run([str(REPO / ".venv/bin/derbus"), "certs", "--out-dir", str(certs)], 120)
     (certs / "server.key").chmod(0o644)  # read by the container's own user; a temporary folder
-    prefix = next(m.group(1) for k in compose["services"][HTTPS_SERVICE]["environment"]
-                  if (m := PREFIX_RE.match(k)))  # fmt: skip
+    prefix = next(
+        m.group(1)
+        for k in compose["services"][HTTPS_SERVICE]["environment"]
+        if (m := PREFIX_RE.match(k))
+    )
     stack.https[HTTPS_SERVICE] = certs / "ca.crt"
-    override: dict[str, Any] = {"services": {
-        "mosquitto": {"volumes": [{"type": "bind", "source": str(broker_dir / "passwd"),
-                                   "target": "/mosquitto/config/passwd", "read_only": True}]},
-        HTTPS_SERVICE: {
-            "volumes": [{"type": "bind", "source": str(certs), "target": "/certs",
-                         "read_only": True}],
-            "environment": {f"{prefix}API_TLS_CERT_FILE": "/certs/server.crt",
-                            f"{prefix}API_TLS_KEY_FILE": "/certs/server.key"},
-        },
-        **{name: {"profiles": ["skipped-by-compose-check"]} for name in SKIPPED},
-    }}  # fmt: skip
+    override: dict[str, Any] = {
+        "services": {
+            "mosquitto": {
+                "volumes": [
+                    {
+                        "type": "bind",
+                        "source": str(broker_dir / "passwd"),
+                        "target": "/mosquitto/config/passwd",
+                        "read_only": True,
+                    }
+                ]
+            },
+            HTTPS_SERVICE: {
+                "volumes": [
+                    {"type": "bind", "source": str(certs), "target": "/certs", "read_only": True}
+                ],
+                "environment": {
+                    f"{prefix}API_TLS_CERT_FILE": "/certs/server.crt",
+                    f"{prefix}API_TLS_KEY_FILE": "/certs/server.key",
+                },
+            },
+            **{name: {"profiles": ["skipped-by-compose-check"]} for name in SKIPPED},
+        }
+    }
     stack.override.write_text(yaml.safe_dump(override, sort_keys=False))
     return stack
 
 
 def container_ids(engine: Engine, stack: Stack) -> dict[str, str]:
-    out = engine.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={stack.project}",
-                        "--format", '{{.ID}} {{.Label "com.docker.compose.service"}}')  # fmt: skip
+    out = engine.docker(
+        "ps",
+        "-a",
+        "--filter",
+        f"label=com.docker.compose.project={stack.project}",
+        "--format",
+        '{{.ID}} {{.Label "com.docker.compose.service"}}',
+    )
     return dict(reversed(line.split()) for line in out.splitlines() if line.strip())  # type: ignore[misc]
 
 
-def wait_healthy(engine: Engine, stack: Stack, rows: dict[str, Row], started: float,
-                 timeout_s: float, up: subprocess.Popen[str]) -> None:  # fmt: skip
+def wait_healthy(
+    engine: Engine,
+    stack: Stack,
+    rows: dict[str, Row],
+    started: float,
+    timeout_s: float,
+    up: subprocess.Popen[str],
+) -> None:
     deadline = time.monotonic() + timeout_s
     pending: set[str] = set()
     while time.monotonic() < deadline:
@@ -485,8 +615,10 @@ def check_readings(stack: Stack, timeout_s: float) -> str:
     import psycopg
 
     env = stack.env
-    dsn = (f"host=127.0.0.1 port={stack.ports['postgres:5432']} user={env['POSTGRES_USER']} "
-           f"password={env['POSTGRES_PASSWORD']} dbname={env['POSTGRES_DB']}")  # fmt: skip
+    dsn = (
+        f"host=127.0.0.1 port={stack.ports['postgres:5432']} user={env['POSTGRES_USER']} "
+        f"password={env['POSTGRES_PASSWORD']} dbname={env['POSTGRES_DB']}"
+    )
     deadline = time.monotonic() + timeout_s
     count = 0
     while time.monotonic() < deadline:
@@ -515,13 +647,19 @@ def check_setpoint(stack: Stack, timeout_s: float) -> str:
     try:
         client.subscribe(f"{root}/{site}/control/battery/ack", qos=1)
         setpoint_id = f"compose-check-{uuid.uuid4().hex[:8]}"
-        body = json.dumps({"target": "battery_p_kw", "value": 1.5, "ttl_s": 120,
-                           "setpoint_id": setpoint_id}).encode()  # fmt: skip
+        body = json.dumps(
+            {"target": "battery_p_kw", "value": 1.5, "ttl_s": 120, "setpoint_id": setpoint_id}
+        ).encode()
         port = stack.api_ports["edge_simulator"]
         req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/devices/battery/setpoints?site_id={site}", data=body,
-            method="POST", headers={"Content-Type": "application/json",
-                                    "Authorization": f"Bearer {env['API_TOKEN']}"})  # fmt: skip
+            f"http://127.0.0.1:{port}/devices/battery/setpoints?site_id={site}",
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {env['API_TOKEN']}",
+            },
+        )
         deadline = time.monotonic() + timeout_s
         status = None
         while time.monotonic() < deadline and status is None:  # subscribed before the POST
@@ -608,11 +746,25 @@ def main() -> int:
             # `up -d` itself waits for the healthchecks `depends_on` names: poll meanwhile, so
             # first-ready is when each container turned healthy, not when `up` returned
             up = subprocess.Popen(
-                [*compose_command(), "-p", stack.project, "--env-file", str(stack.env_file),
-                 "-f", str(REPO / "docker-compose.yml"), "-f", str(stack.override), "up", "-d",
-                 "--no-build"], env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                [
+                    *compose_command(),
+                    "-p",
+                    stack.project,
+                    "--env-file",
+                    str(stack.env_file),
+                    "-f",
+                    str(REPO / "docker-compose.yml"),
+                    "-f",
+                    str(stack.override),
+                    "up",
+                    "-d",
+                    "--no-build",
+                ],
+                env=engine.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
-            )  # fmt: skip
+            )
             wait_healthy(engine, stack, rows, up_at, args.health_timeout, up)
             out, _ = up.communicate(timeout=600)
             if up.returncode != 0:
@@ -634,15 +786,17 @@ def main() -> int:
             log(f"FAILED: {err}")
         finally:
             if stack is not None:
-                logs = stack.compose(engine, "logs", "--no-color", "--tail", "30", check=False,
-                                     timeout=120)  # fmt: skip
+                logs = stack.compose(
+                    engine, "logs", "--no-color", "--tail", "30", check=False, timeout=120
+                )
                 (WORK / "last-run-logs.txt").write_text(logs.stdout + logs.stderr)
                 if failures:
                     log(f"container logs (last 30 lines each): {WORK / 'last-run-logs.txt'}")
                 if not args.keep:
                     log("docker compose down -v (containers, network, volumes)")
-                    stack.compose(engine, "down", "-v", "--remove-orphans", check=False,
-                                  timeout=300)  # fmt: skip
+                    stack.compose(
+                        engine, "down", "-v", "--remove-orphans", check=False, timeout=300
+                    )
             if not args.keep:
                 engine.stop()
                 for pid in _adopted:

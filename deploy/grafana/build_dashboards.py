@@ -172,12 +172,15 @@ class Layout:
             panel.line_width(0).fill_opacity(70)
         if kind in ("timeseries", "state-timeline"):
             panel.legend(
-                common_b.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
-                .placement(common.LegendPlacement.BOTTOM).show_legend(True)
+                common_b.VizLegendOptions()
+                .display_mode(common.LegendDisplayMode.LIST)
+                .placement(common.LegendPlacement.BOTTOM)
+                .show_legend(True)
             ).tooltip(
-                common_b.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
+                common_b.VizTooltipOptions()
+                .mode(common.TooltipDisplayMode.MULTI)
                 .sort(common.SortOrder.NONE)
-            )  # fmt: skip
+            )
         elif kind == "table":
             panel.show_header(True)
         elif kind == "bargauge":
@@ -208,9 +211,16 @@ class Layout:
                 common_b.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
             )
         if mappings:
-            panel.mappings([dash.ValueMap(options={
-                value: dash.ValueMappingResult(text=text, color=color)
-                for value, (text, color) in mappings.items()})])  # fmt: skip
+            panel.mappings(
+                [
+                    dash.ValueMap(
+                        options={
+                            value: dash.ValueMappingResult(text=text, color=color)
+                            for value, (text, color) in mappings.items()
+                        }
+                    )
+                ]
+            )
         self.next_id += 1
         return panel
 
@@ -223,10 +233,16 @@ def fill_between(upper: str, lower: str) -> list[Override]:
     """Overrides that shade the band between two named series."""
     no_line = dash.DynamicConfigValue(id_val="custom.lineWidth", value=0)
     return [
-        (upper, [dash.DynamicConfigValue(id_val="custom.fillBelowTo", value=lower), no_line,
-                 _fixed("blue")]),
+        (
+            upper,
+            [
+                dash.DynamicConfigValue(id_val="custom.fillBelowTo", value=lower),
+                no_line,
+                _fixed("blue"),
+            ],
+        ),
         (lower, [no_line, _fixed("blue")]),
-    ]  # fmt: skip
+    ]
 
 
 def dashed(name: str, color: str) -> Override:
@@ -249,17 +265,24 @@ def tag_variable(name: str, label: str, tag: str, measurement: str) -> dash_b.Qu
         f' predicate: (r) => r._measurement == "{measurement}", start: -30d)'
     )
     return (
-        dash_b.QueryVariable(name).label(label).datasource(DATASOURCE).query(query)
-        .refresh(dash.VariableRefresh.ON_DASHBOARD_LOAD).sort(dash.VariableSort.ALPHABETICAL_ASC)
-        .include_all(False).multi(False)
-    )  # fmt: skip
+        dash_b.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(dash.VariableRefresh.ON_DASHBOARD_LOAD)
+        .sort(dash.VariableSort.ALPHABETICAL_ASC)
+        .include_all(False)
+        .multi(False)
+    )
 
 
 def textbox(name: str, label: str, value: str) -> dash_b.TextBoxVariable:
     return (
-        dash_b.TextBoxVariable(name).label(label).default_value(value)
+        dash_b.TextBoxVariable(name)
+        .label(label)
+        .default_value(value)
         .current(dash.VariableOption(text=value, value=value))
-    )  # fmt: skip
+    )
 
 
 SITE_VAR = tag_variable("site", "Site", "site_id", "meter")
@@ -276,9 +299,15 @@ def dashboard(
 ) -> dict[str, Any]:
     """The dashboard, built and validated by the SDK's model, as JSON data."""
     board = (
-        dash_b.Dashboard(title).uid(uid).description(description).tags(["derbus"])
-        .timezone("browser").readonly().refresh("30s").time(time_from, time_to)
-    )  # fmt: skip
+        dash_b.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["derbus"])
+        .timezone("browser")
+        .readonly()
+        .refresh("30s")
+        .time(time_from, time_to)
+    )
     for variable in variables:
         board.with_variable(variable)
     for panel in panels:

@@ -60,41 +60,81 @@ async def test_one_node_killed_mid_run_loses_no_reading_and_no_setpoint(
     nats_cluster: NatsCluster, postgres_url: str, topic_root: str, tmp_path: Path
 ) -> None:
     mqtt = MqttSettings(
-        brokers=nats_cluster.brokers, protocol="3.1.1", root=topic_root, keepalive_s=5,
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0,
-    )  # fmt: skip
+        brokers=nats_cluster.brokers,
+        protocol="3.1.1",
+        root=topic_root,
+        keepalive_s=5,
+        reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=1.0,
+    )
     first = nats_cluster.nodes[0]
     sync = SyncProcess(
-        first.endpoint.split(":")[0], first.mqtt_port, topic_root, postgres_url,
+        first.endpoint.split(":")[0],
+        first.mqtt_port,
+        topic_root,
+        postgres_url,
         tmp_path / "sync",
         extra_env={"MQTT_BROKERS": nats_cluster.brokers, "MQTT_PROTOCOL": "3.1.1"},
-    )  # fmt: skip
+    )
     sync.start()
     config = SimConfig.model_validate(
         {
-            "home_load": {"base_load_kw": 20.0, "base_noise": 0.0, "hvac_max_kw": 0.0,
-                          "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0},
+            "home_load": {
+                "base_load_kw": 20.0,
+                "base_noise": 0.0,
+                "hvac_max_kw": 0.0,
+                "appliance_kw": 0.0,
+                "lighting_kw": 0.0,
+                "cooking_kw": 0.0,
+            },
             "ev": {"enabled": False},
-            "battery": {"capacity_kwh": 100.0, "max_charge_kw": 50.0, "max_discharge_kw": 50.0,
-                        "initial_soc_pct": 60.0, "self_consumption": False},
+            "battery": {
+                "capacity_kwh": 100.0,
+                "max_charge_kw": 50.0,
+                "max_discharge_kw": 50.0,
+                "initial_soc_pct": 60.0,
+                "self_consumption": False,
+            },
         }
-    )  # fmt: skip
+    )
     edge = build_edge(
-        EdgeSettings(mqtt=mqtt, api_port=0, sites=2, interval_s=0.25,
-                     start_time=datetime(2026, 1, 12, 19, tzinfo=UTC)),
-        make_bus(mqtt, "edge_simulator"), config=config,
-    )  # fmt: skip
+        EdgeSettings(
+            mqtt=mqtt,
+            api_port=0,
+            sites=2,
+            interval_s=0.25,
+            start_time=datetime(2026, 1, 12, 19, tzinfo=UTC),
+        ),
+        make_bus(mqtt, "edge_simulator"),
+        config=config,
+    )
     peak_shaving = build_peak_shaving(
-        PsSettings(mqtt=mqtt, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
-                   margin_kw=0.5, kpi_interval_s=5),
+        PsSettings(
+            mqtt=mqtt,
+            api_port=0,
+            import_limit_kw=LIMIT_KW,
+            export_limit_kw=-10.0,
+            margin_kw=0.5,
+            kpi_interval_s=5,
+        ),
         make_bus(mqtt, "peak_shaving"),
-    )  # fmt: skip
+    )
     commands: list[str] = []
     acked: set[str] = set()
-    spy(peak_shaving.bus, lambda t, p: commands.append(SetpointCommand.from_json_bytes(p).setpoint_id)
-        if t.endswith("/set") else None)  # fmt: skip
-    spy(edge.bus, lambda t, p: acked.add(SetpointAck.from_json_bytes(p).setpoint_id)
-        if t.endswith("/ack") else None)  # fmt: skip
+    spy(
+        peak_shaving.bus,
+        lambda t, p: (
+            commands.append(SetpointCommand.from_json_bytes(p).setpoint_id)
+            if t.endswith("/set")
+            else None
+        ),
+    )
+    spy(
+        edge.bus,
+        lambda t, p: (
+            acked.add(SetpointAck.from_json_bytes(p).setpoint_id) if t.endswith("/ack") else None
+        ),
+    )
     try:
         await wait_for(sync.ready, 60, interval=0.2, message="cloud_sync /readyz")
         async with started(edge, peak_shaving):
@@ -104,25 +144,34 @@ async def test_one_node_killed_mid_run_loses_no_reading_and_no_setpoint(
             nats_cluster.kill_node(node)
             before = (len(commands), sim.steps)
             await wait_for(
-                lambda: all(s.bus.connected and s.bus.stats.endpoint != node.endpoint
-                            for s in (edge, peak_shaving)), 60, message="failed over",
-            )  # fmt: skip
+                lambda: all(
+                    s.bus.connected and s.bus.stats.endpoint != node.endpoint
+                    for s in (edge, peak_shaving)
+                ),
+                60,
+                message="failed over",
+            )
             await wait_for(
-                lambda: len(commands) > before[0] + 2 and sim.steps > before[1] + 8, 60,
+                lambda: len(commands) > before[0] + 2 and sim.steps > before[1] + 8,
+                60,
                 message="setpoints and readings after the failover",
-            )  # fmt: skip
+            )
             await edge.update_config({"interval_s": 86_400.0})  # no more steps
             await wait_for(lambda: edge.bus.stats.queued == 0, 30, message="all sent")
             sent = sent_rows(edge)
             sites = list(sim.fleet.ids)
             await wait_for(
-                lambda: set(commands) <= acked, 60, interval=0.2,
+                lambda: set(commands) <= acked,
+                60,
+                interval=0.2,
                 message="every setpoint peak_shaving sent acknowledged by the simulator",
-            )  # fmt: skip
+            )
             await wait_for(
-                lambda: sent <= stored_rows(postgres_url, sites), 60, interval=0.5,
+                lambda: sent <= stored_rows(postgres_url, sites),
+                60,
+                interval=0.5,
                 message="every reading the simulator sent stored",
-            )  # fmt: skip
+            )
             assert sync.gaps().get("readings_lost", 0) == 0
     finally:
         sync.stop()

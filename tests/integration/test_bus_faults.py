@@ -39,9 +39,13 @@ async def cloud_sync(
     """cloud_sync as its own process (so it can be stalled with SIGSTOP), ready."""
     # repair, not its time-outs, is under test: a generous budget (the machine may be loaded)
     sync = SyncProcess(
-        broker.host, broker.port, root, postgres_url, tmp_path / "sync",
+        broker.host,
+        broker.port,
+        root,
+        postgres_url,
+        tmp_path / "sync",
         extra_env={"SYNC_GAP_RETRY_S": "2", "SYNC_GAP_MAX_ATTEMPTS": "30"},
-    )  # fmt: skip
+    )
     sync.start()
     try:
         await wait_for(sync.ready, 30, interval=0.2, message="cloud_sync /readyz")
@@ -54,11 +58,19 @@ async def cloud_sync(
 async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any, Any]]:
     """The simulator in-process: 3 sites, a step every 0.1 s, everything it sends kept."""
     settings = EdgeSettings(
-        mqtt=MqttSettings(host=broker.host, port=broker.port, root=root,
-                          reconnect_min_delay_s=0.1, reconnect_max_delay_s=0.5),
-        sites=3, interval_s=0.1, speed=60.0, api_port=0,
+        mqtt=MqttSettings(
+            host=broker.host,
+            port=broker.port,
+            root=root,
+            reconnect_min_delay_s=0.1,
+            reconnect_max_delay_s=0.5,
+        ),
+        sites=3,
+        interval_s=0.1,
+        speed=60.0,
+        api_port=0,
         start_time=datetime(2026, 6, 22, 10, tzinfo=UTC),
-    )  # fmt: skip
+    )
     service = build_edge(settings, make_bus(settings.mqtt, "edge_simulator"))
     await service.start()
     try:
@@ -122,10 +134,16 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
     broker = MosquittoServer()
     broker.start()
     scada = make_bus(
-        MqttSettings(host=broker.host, port=broker.port, root=topic_root,
-                     reconnect_min_delay_s=0.1, reconnect_max_delay_s=0.5),
-        "scada", client_id=f"scada-{uuid.uuid4().hex[:8]}",
-    )  # fmt: skip
+        MqttSettings(
+            host=broker.host,
+            port=broker.port,
+            root=topic_root,
+            reconnect_min_delay_s=0.1,
+            reconnect_max_delay_s=0.5,
+        ),
+        "scada",
+        client_id=f"scada-{uuid.uuid4().hex[:8]}",
+    )
     outcomes = Outcomes()
     acks: list[SetpointAck] = []
 
@@ -149,9 +167,13 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
                 for _ in range(n):
                     site = sites[len(sent) % len(sites)]
                     command = SetpointCommand(
-                        ts=sim.clock(), source="scada", target="battery_p_kw",
-                        value=-1.0 - len(sent) % 3, unit="kW", ttl_s=600,
-                    )  # fmt: skip
+                        ts=sim.clock(),
+                        source="scada",
+                        target="battery_p_kw",
+                        value=-1.0 - len(sent) % 3,
+                        unit="kW",
+                        ttl_s=600,
+                    )
                     topic = topics.SETPOINT.topic(site, "battery", topic_root)
                     outcomes.sent(command.setpoint_id.encode(), 20.0)  # wall seconds to answer
                     await scada.publish(topic, command.to_json_bytes(), qos=1)
@@ -192,10 +214,16 @@ async def test_cloud_sync_replicas_split_the_readings_none_stored_twice_or_misse
     broker = MosquittoServer()
     broker.start()
     replicas = [
-        SyncProcess(broker.host, broker.port, topic_root, postgres_url, tmp_path / f"sync{i}",
-                    extra_env={"SYNC_SHARED_GROUP": "cloud_sync"})
+        SyncProcess(
+            broker.host,
+            broker.port,
+            topic_root,
+            postgres_url,
+            tmp_path / f"sync{i}",
+            extra_env={"SYNC_SHARED_GROUP": "cloud_sync"},
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     try:
         for replica in replicas:
             replica.start()
@@ -210,9 +238,11 @@ async def test_cloud_sync_replicas_split_the_readings_none_stored_twice_or_misse
             sent = sent_rows(sim_service)
             sites = list(sim.fleet.ids)
             await wait_for(
-                lambda: stored_rows(postgres_url, sites) == sent, 60, interval=0.5,
+                lambda: stored_rows(postgres_url, sites) == sent,
+                60,
+                interval=0.5,
                 message="every reading stored",
-            )  # fmt: skip
+            )
         taken = [int((r.backlog() or {})["rows_in_total"]) for r in replicas]
         assert all(n > 0 for n in taken), f"a replica took nothing: {taken}"
         assert sum(taken) == len(sent), f"readings taken twice: {taken} for {len(sent)}"

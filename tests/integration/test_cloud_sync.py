@@ -89,15 +89,41 @@ def site_messages(site: str, start: datetime, count: int) -> Published:
         ts = start + timedelta(minutes=i)
         k = float(i)
         out += [
-            (topics.METER, site, "pcc",
-             MeterReading(ts=ts, source="it", p_kw=1.5 + k, q_kvar=0.1 * k, v_l1_v=230.0 + k / 10)),
-            (topics.PV, site, "pv",
-             PvTelemetry(ts=ts, source="it", generation_kw=2.0 + k / 4, irradiance_w_m2=500.0 + k)),
-            (topics.BATTERY, site, "battery",
-             BatteryTelemetry(ts=ts, source="it", p_kw=-1.0 + k / 8, soc_pct=40.0 + k)),
-            (topics.LOAD, site, "load", LoadTelemetry(ts=ts, source="it", p_kw=0.5 + k, kind="total")),
-            (topics.PRICE, site, "grid", PriceTelemetry(ts=ts, source="it", price_per_kwh=0.1 + k / 100)),
-        ]  # fmt: skip
+            (
+                topics.METER,
+                site,
+                "pcc",
+                MeterReading(
+                    ts=ts, source="it", p_kw=1.5 + k, q_kvar=0.1 * k, v_l1_v=230.0 + k / 10
+                ),
+            ),
+            (
+                topics.PV,
+                site,
+                "pv",
+                PvTelemetry(
+                    ts=ts, source="it", generation_kw=2.0 + k / 4, irradiance_w_m2=500.0 + k
+                ),
+            ),
+            (
+                topics.BATTERY,
+                site,
+                "battery",
+                BatteryTelemetry(ts=ts, source="it", p_kw=-1.0 + k / 8, soc_pct=40.0 + k),
+            ),
+            (
+                topics.LOAD,
+                site,
+                "load",
+                LoadTelemetry(ts=ts, source="it", p_kw=0.5 + k, kind="total"),
+            ),
+            (
+                topics.PRICE,
+                site,
+                "grid",
+                PriceTelemetry(ts=ts, source="it", price_per_kwh=0.1 + k / 100),
+            ),
+        ]
     return out
 
 
@@ -142,9 +168,11 @@ async def running(
 
 
 async def test_readings_reach_postgres_and_victoria_metrics_with_their_values(
-    tmp_path: Path, mqtt_settings: MqttSettings, postgres_url: str,
+    tmp_path: Path,
+    mqtt_settings: MqttSettings,
+    postgres_url: str,
     victoria_metrics: VictoriaMetricsServer,
-) -> None:  # fmt: skip
+) -> None:
     run = uuid.uuid4().hex[:8]
     sites = {f"it-{run}-a", f"it-{run}-b"}
     now = datetime.now(UTC).replace(microsecond=0)
@@ -158,29 +186,39 @@ async def test_readings_reach_postgres_and_victoria_metrics_with_their_values(
     )
     expected = expected_rows(published)
     settings = sync_settings(
-        tmp_path, mqtt_settings, postgres_url, influxdb_url=victoria_metrics.url,
-        influxdb_token="test-token", influx_flush_interval_ms=100,
-    )  # fmt: skip
+        tmp_path,
+        mqtt_settings,
+        postgres_url,
+        influxdb_url=victoria_metrics.url,
+        influxdb_token="test-token",
+        influx_flush_interval_ms=100,
+    )
     async with running(settings) as (service, publisher):
         kpis: BusRecorder[KpiReport] = BusRecorder(topics.KPI, mqtt_settings.root)
         await kpis.attach(publisher, site_id=topics.PLATFORM_SITE, device_id="cloud_sync")
         await publish_all(publisher, mqtt_settings.root, published)
         await wait_for(
-            lambda: count_rows(postgres_url, sites) >= len(expected), 20,
-            interval=0.1, message=f"{len(expected)} rows in PostgreSQL",
-        )  # fmt: skip
+            lambda: count_rows(postgres_url, sites) >= len(expected),
+            20,
+            interval=0.1,
+            message=f"{len(expected)} rows in PostgreSQL",
+        )
         rows = stored_rows(postgres_url, sites)
         assert len(rows) == len(expected)
         assert set(rows) == expected
 
         # InfluxDB write path: every field of every point, read back from VictoriaMetrics
         points = {
-            (f"{p.measurement}_{name}", p.tags["site_id"], p.tags["device_id"],
-             int(p.time.timestamp() * 1000)): value
+            (
+                f"{p.measurement}_{name}",
+                p.tags["site_id"],
+                p.tags["device_id"],
+                int(p.time.timestamp() * 1000),
+            ): value
             for spec, site, device, msg in published
             for p in influx_points(spec, TopicIds(site, device), msg)
             for name, value in p.fields.items()
-        }  # fmt: skip
+        }
         selector = '{site_id=~"it-' + run + '-.*"}'
 
         def exported() -> dict[tuple[str, str, str, int], float]:
@@ -213,9 +251,10 @@ async def test_readings_reach_postgres_and_victoria_metrics_with_their_values(
 
         # backlog reported on the status topic and /metrics
         await wait_for(
-            lambda: any(k.values["rows_out_total"] >= len(expected) for k in kpis.values), 10,
+            lambda: any(k.values["rows_out_total"] >= len(expected) for k in kpis.values),
+            10,
             message="backlog KPI",
-        )  # fmt: skip
+        )
         app = make_app(service, manage_lifecycle=False)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
@@ -243,9 +282,11 @@ async def test_malformed_telemetry_is_dead_lettered_and_counted_while_the_rest_f
         await publish_all(pub, mqtt_settings.root, good[5:])
         expected = expected_rows(good)
         await wait_for(
-            lambda: count_rows(postgres_url, {site}) >= len(expected), 20,
-            interval=0.1, message="the valid readings in PostgreSQL",
-        )  # fmt: skip
+            lambda: count_rows(postgres_url, {site}) >= len(expected),
+            20,
+            interval=0.1,
+            message="the valid readings in PostgreSQL",
+        )
         assert set(stored_rows(postgres_url, {site})) == expected
         await letters.wait(2)
         assert {d.original_topic for d in letters.values} == {bad_topic}
@@ -269,8 +310,12 @@ async def every_surface(
     status = CliRunner().invoke(
         cli, ["--data-dir", str(service.settings.data_dir), "--status"], catch_exceptions=False
     )
-    return {"healthz": health, "backlog": backlog, "kpi": kpis.values[-1].values if kpis.values else {},
-            "status": status.output}  # fmt: skip
+    return {
+        "healthz": health,
+        "backlog": backlog,
+        "kpi": kpis.values[-1].values if kpis.values else {},
+        "status": status.output,
+    }
 
 
 async def test_postgres_outage_loses_and_doubles_nothing(
@@ -297,13 +342,14 @@ async def test_postgres_outage_loses_and_doubles_nothing(
         await publish_all(pub, mqtt_settings.root, during[:15])
         await wait_for(
             lambda: "cloud_db" in (service.status().reason or ""), 20, message="degraded: cloud_db"
-        )  # fmt: skip
+        )
         await publish_all(pub, mqtt_settings.root, during[15:])  # intake goes on meanwhile
         outage = expected_rows(during)
         await wait_for(
-            lambda: forwarder.outbox.pending_rows == len(outage), 20,
+            lambda: forwarder.outbox.pending_rows == len(outage),
+            20,
             message="every outage row in the outbox",
-        )  # fmt: skip
+        )
         assert forwarder.last_error is not None
 
         # every status surface says the same during the outage: degraded, because of cloud_db
@@ -349,11 +395,18 @@ def sync_process_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "INFLUXDB_", "MQTT_"))}
     env.pop("SUPABASE_URL", None)
     env.update(
-        MQTT_HOST=restartable_broker.host, MQTT_PORT=str(restartable_broker.port), MQTT_ROOT=topic_root,
-        SYNC_CLIENT_ID=f"cloud-sync-kill-{uuid.uuid4().hex[:8]}", SYNC_DATA_DIR=str(tmp_path / "sync"),
-        SYNC_API_PORT=str(free_port()), DATABASE_URL=postgres_url, SYNC_BATCH_SIZE="40",
-        SYNC_INTERVAL_SECONDS="0.05", SYNC_KPI_INTERVAL_S="60", SYNC_LOG_LEVEL="WARNING",
-    )  # fmt: skip
+        MQTT_HOST=restartable_broker.host,
+        MQTT_PORT=str(restartable_broker.port),
+        MQTT_ROOT=topic_root,
+        SYNC_CLIENT_ID=f"cloud-sync-kill-{uuid.uuid4().hex[:8]}",
+        SYNC_DATA_DIR=str(tmp_path / "sync"),
+        SYNC_API_PORT=str(free_port()),
+        DATABASE_URL=postgres_url,
+        SYNC_BATCH_SIZE="40",
+        SYNC_INTERVAL_SECONDS="0.05",
+        SYNC_KPI_INTERVAL_S="60",
+        SYNC_LOG_LEVEL="WARNING",
+    )
     return env
 
 
@@ -385,11 +438,20 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
     site = f"it-{uuid.uuid4().hex[:8]}"
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=12)
     published = [
-        (topics.METER, site, "pcc",
-         MeterReading(ts=start + timedelta(seconds=i), source="it", p_kw=i / 10, q_kvar=-i / 100,
-                      v_l1_v=220 + i / 1000))
+        (
+            topics.METER,
+            site,
+            "pcc",
+            MeterReading(
+                ts=start + timedelta(seconds=i),
+                source="it",
+                p_kw=i / 10,
+                q_kvar=-i / 100,
+                v_l1_v=220 + i / 1000,
+            ),
+        )
         for i in range(900)
-    ]  # fmt: skip
+    ]
     expected = expected_rows(published)  # type: ignore[arg-type]
     log = tmp_path / "cloud_sync.log"
     proc = start_sync(env, log)
@@ -425,9 +487,11 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
         proc = start_sync(env, log)
         await wait_ready(env, proc, log)
         await wait_for(
-            lambda: count_rows(postgres_url, {site}) >= len(expected), 40,
-            interval=0.1, message=f"{len(expected)} rows after the restart",
-        )  # fmt: skip
+            lambda: count_rows(postgres_url, {site}) >= len(expected),
+            40,
+            interval=0.1,
+            message=f"{len(expected)} rows after the restart",
+        )
         async with httpx.AsyncClient() as http:
             port = env["SYNC_API_PORT"]
 
@@ -447,9 +511,11 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
 
 
 async def test_edge_simulator_readings_reach_both_stores(
-    tmp_path: Path, mqtt_settings: MqttSettings, postgres_url: str,
+    tmp_path: Path,
+    mqtt_settings: MqttSettings,
+    postgres_url: str,
     victoria_metrics: VictoriaMetricsServer,
-) -> None:  # fmt: skip
+) -> None:
     from edge_simulator.service import SimClock
     from edge_simulator.service import build_service as build_simulator
     from edge_simulator.settings import Settings as SimSettings
@@ -457,9 +523,13 @@ async def test_edge_simulator_readings_reach_both_stores(
     root = mqtt_settings.root
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     settings = sync_settings(
-        tmp_path, mqtt_settings, postgres_url, influxdb_url=victoria_metrics.url,
-        influxdb_token="test-token", influx_flush_interval_ms=100,
-    )  # fmt: skip
+        tmp_path,
+        mqtt_settings,
+        postgres_url,
+        influxdb_url=victoria_metrics.url,
+        influxdb_token="test-token",
+        influx_flush_interval_ms=100,
+    )
     async with running(settings) as (_, probe):
         recorders = [BusRecorder(spec, root) for spec in topics.TELEMETRY]
         for rec in recorders:
@@ -486,9 +556,11 @@ async def test_edge_simulator_readings_reach_both_stores(
         # The probe and cloud_sync receive the simulator's last messages independently: wait until
         # both have them all, then every stored row must be exactly one published reading.
         await wait_for(
-            lambda: set(stored_rows(postgres_url, sites)) == expected_rows(published_now()), 20,
-            interval=0.2, message="every simulated reading in PostgreSQL, nothing else",
-        )  # fmt: skip
+            lambda: set(stored_rows(postgres_url, sites)) == expected_rows(published_now()),
+            20,
+            interval=0.2,
+            message="every simulated reading in PostgreSQL, nothing else",
+        )
         published = published_now()
         expected = expected_rows(published)
         rows = stored_rows(postgres_url, sites)

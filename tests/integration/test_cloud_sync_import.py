@@ -98,10 +98,21 @@ def test_simulator_history_imported_twice_is_stored_once(tmp_path: Path, postgre
     history = tmp_path / "history.jsonl"
     run(
         edge_simulator,
-        ["--historical", "--sites", "2", "--interval", "300", "--start", "2025-06-30",
-         "--end", "2025-07-02", "--output", str(history)],
+        [
+            "--historical",
+            "--sites",
+            "2",
+            "--interval",
+            "300",
+            "--start",
+            "2025-06-30",
+            "--end",
+            "2025-07-02",
+            "--output",
+            str(history),
+        ],
         env,
-    )  # fmt: skip
+    )
     expected = expected_from_jsonl(history)
     sites = sorted({k[0] for k in expected})
     assert len(sites) == 2
@@ -133,8 +144,18 @@ def test_profile_csv_imported_twice_is_stored_once(tmp_path: Path, postgres_url:
     for text in lines:  # the repeated wall-clock hour of October is kept once
         instants.add(datetime.fromisoformat(text.split(",")[0]).replace(tzinfo=zone))
     expected = len(instants) * len(columns)
-    args = ["--database-url", postgres_url, "import", str(profile), "--site-id", "simbench-1",
-            "--device-id", "profile", "--timezone", "Europe/Berlin"]  # fmt: skip
+    args = [
+        "--database-url",
+        postgres_url,
+        "import",
+        str(profile),
+        "--site-id",
+        "simbench-1",
+        "--device-id",
+        "profile",
+        "--timezone",
+        "Europe/Berlin",
+    ]
     out = run(cloud_sync, args, env)
     assert f"= {expected:,} readings, {expected:,} new" in out
     assert "4 rows of a repeated wall-clock hour" in out

@@ -55,8 +55,12 @@ def _get_json(url: str) -> Any:
 @pytest.fixture(scope="module")
 def platform() -> Iterator[Platform]:
     """The platform as `make run` starts it, on free ports, the console with a known token."""
-    env = {"CONSOLE_API_TOKEN": TOKEN, "CONSOLE_HISTORY_STEP_S": "1", "CONSOLE_REST_INTERVAL_S": "1",
-           "VC_SOLVE_INTERVAL_S": "2"}  # fmt: skip
+    env = {
+        "CONSOLE_API_TOKEN": TOKEN,
+        "CONSOLE_HISTORY_STEP_S": "1",
+        "CONSOLE_REST_INTERVAL_S": "1",
+        "VC_SOLVE_INTERVAL_S": "2",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -96,13 +100,21 @@ async def _publish_forecasts(platform: Platform) -> None:
     try:
         for target, values in (("load", load), ("pv", pv)):
             series = TimeSeries(
-                ts=now, source="test-forecaster", kind="forecast", quantity=f"{target}_p_kw",
-                issue_time=now, start=start, step_s=900, values=[round(v, 3) for v in values],
-                quantiles={"p10": [round(0.8 * v, 3) for v in values],
-                           "p50": [round(v, 3) for v in values],
-                           "p90": [round(1.25 * v, 3) for v in values]},
+                ts=now,
+                source="test-forecaster",
+                kind="forecast",
+                quantity=f"{target}_p_kw",
+                issue_time=now,
+                start=start,
+                step_s=900,
+                values=[round(v, 3) for v in values],
+                quantiles={
+                    "p10": [round(0.8 * v, 3) for v in values],
+                    "p50": [round(v, 3) for v in values],
+                    "p90": [round(1.25 * v, 3) for v in values],
+                },
                 model="test",
-            )  # fmt: skip
+            )
             spec = topics.FORECAST
             await bus.publish(spec.topic(SITE, target), series.to_json_bytes(), 1, True)
     finally:
@@ -114,12 +126,19 @@ def browser() -> Iterator[WebDriver]:
     """Headless Debian chromium through its chromedriver (installed by the Makefile)."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_path:
-        pytest.fail("chromium and chromium-driver are required (make deps installs them)",
-                    pytrace=False)  # fmt: skip
+        pytest.fail(
+            "chromium and chromium-driver are required (make deps installs them)", pytrace=False
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000", "--lang=en"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+        "--lang=en",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=driver_path))
@@ -150,9 +169,10 @@ def errors_in_console(driver: WebDriver, allowed: str | None = None) -> list[str
     """SEVERE browser-console entries since the last call (`allowed` matches expected ones)."""
     logs = driver.get_log("browser")
     return [
-        e["message"] for e in logs
+        e["message"]
+        for e in logs
         if e["level"] == "SEVERE" and not (allowed and re.search(allowed, e["message"]))
-    ]  # fmt: skip
+    ]
 
 
 def serious_violations(driver: WebDriver) -> list[str]:
@@ -164,8 +184,9 @@ def serious_violations(driver: WebDriver) -> list[str]:
     )
     return [
         f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes'][:3]]}"
-        for v in result if v["impact"] in ("serious", "critical")
-    ]  # fmt: skip
+        for v in result
+        if v["impact"] in ("serious", "critical")
+    ]
 
 
 def check_page(driver: WebDriver, name: str, allowed: str | None = None) -> None:
@@ -191,14 +212,23 @@ def number(value: str) -> float | None:
 def test_fleet_shows_the_site_and_services_live(console: str, browser: WebDriver) -> None:
     browser.get(f"{console}/fleet")
     cell = f"#site-{SITE} [data-k=ts]"
-    first = until(browser, "a reading on the fleet page",
-                  lambda d: d.find_element(By.CSS_SELECTOR, cell).text.strip("—") or None)  # fmt: skip
-    until(browser, "the reading time to change live",
-          lambda d: d.find_element(By.CSS_SELECTOR, cell).text not in ("", "—", first))  # fmt: skip
+    first = until(
+        browser,
+        "a reading on the fleet page",
+        lambda d: d.find_element(By.CSS_SELECTOR, cell).text.strip("—") or None,
+    )
+    until(
+        browser,
+        "the reading time to change live",
+        lambda d: d.find_element(By.CSS_SELECTOR, cell).text not in ("", "—", first),
+    )
     pcc = browser.find_element(By.CSS_SELECTOR, f"#site-{SITE} [data-k=pcc_kw]").text
     assert number(pcc) is not None, pcc
-    until(browser, "peak_shaving online in the services table",
-          lambda d: "online" in d.find_element(By.ID, "svc-peak_shaving").text)  # fmt: skip
+    until(
+        browser,
+        "peak_shaving online in the services table",
+        lambda d: "online" in d.find_element(By.ID, "svc-peak_shaving").text,
+    )
     assert "edge_simulator" in browser.find_element(By.ID, "services-table").text
     check_page(browser, "fleet")
 
@@ -212,13 +242,23 @@ def test_site_page_charts_live_and_a_setpoint_gets_its_ack(
     until(
         browser, "the live chart", lambda d: d.find_elements(By.CSS_SELECTOR, "#live-chart canvas")
     )
-    until(browser, "the forecast chart with its bands",
-          lambda d: d.find_elements(By.CSS_SELECTOR, "#forecast-chart canvas"))  # fmt: skip
+    until(
+        browser,
+        "the forecast chart with its bands",
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#forecast-chart canvas"),
+    )
     assert "P90" in browser.find_element(By.ID, "forecast-chart").text
-    until(browser, "the battery schedule from peak_shaving",
-          lambda d: d.find_elements(By.CSS_SELECTOR, "#schedule-chart canvas"), 90)  # fmt: skip
-    until(browser, "the import limit from peak_shaving's config",
-          lambda d: number(text(d, "import-limit")) is not None)  # fmt: skip
+    until(
+        browser,
+        "the battery schedule from peak_shaving",
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#schedule-chart canvas"),
+        90,
+    )
+    until(
+        browser,
+        "the import limit from peak_shaving's config",
+        lambda d: number(text(d, "import-limit")) is not None,
+    )
 
     # a wrong token is refused next to the token field, nothing is sent
     form = browser.find_element(By.ID, "setpoint-form")
@@ -237,14 +277,23 @@ def test_site_page_charts_live_and_a_setpoint_gets_its_ack(
     token.clear()
     token.send_keys(TOKEN)
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    span = until(browser, "the sent setpoint",
-                 lambda d: (d.find_elements(By.CSS_SELECTOR, "#setpoint-result .ack") or [None])[0])  # fmt: skip
+    span = until(
+        browser,
+        "the sent setpoint",
+        lambda d: (d.find_elements(By.CSS_SELECTOR, "#setpoint-result .ack") or [None])[0],
+    )
     setpoint_id = span.get_attribute("data-setpoint")
-    ack = until(browser, "its ack to arrive",
-                lambda d: (t := text(d, f"ack-{setpoint_id}")) != "waiting…" and t)  # fmt: skip
+    ack = until(
+        browser,
+        "its ack to arrive",
+        lambda d: (t := text(d, f"ack-{setpoint_id}")) != "waiting…" and t,
+    )
     assert ack.split()[0] in ("accepted", "queued", "rejected", "superseded"), ack
-    until(browser, "the ack in the log",
-          lambda d: setpoint_id[:12] in d.find_element(By.ID, "log-body").text)  # fmt: skip
+    until(
+        browser,
+        "the ack in the log",
+        lambda d: setpoint_id[:12] in d.find_element(By.ID, "log-body").text,
+    )
     check_page(browser, "site", allowed=r"status of 403")
 
 
@@ -288,8 +337,9 @@ def test_a_two_house_neighbourhood_runs_twice(console: str, browser: WebDriver) 
 
     # invalid input is shown next to its field
     latest = browser.find_element(By.ID, "f-jobs-1-latest_start")
-    browser.execute_script("arguments[0].value = arguments[1]", latest,
-                           latest.get_attribute("value")[:11] + "03:00")  # fmt: skip
+    browser.execute_script(
+        "arguments[0].value = arguments[1]", latest, latest.get_attribute("value")[:11] + "03:00"
+    )
     click("button[value=check]")
     error = text(browser, "err-jobs-1-latest_start")
     assert "before the earliest" in error
@@ -297,8 +347,9 @@ def test_a_two_house_neighbourhood_runs_twice(console: str, browser: WebDriver) 
         browser.find_element(By.ID, "f-jobs-1-latest_start").get_attribute("aria-invalid") == "true"
     )
     latest = browser.find_element(By.ID, "f-jobs-1-latest_start")
-    browser.execute_script("arguments[0].value = arguments[1]", latest,
-                           latest.get_attribute("value")[:11] + "18:00")  # fmt: skip
+    browser.execute_script(
+        "arguments[0].value = arguments[1]", latest, latest.get_attribute("value")[:11] + "18:00"
+    )
 
     runs = browser.find_element(By.ID, "f-runs")
     runs.clear()
@@ -306,8 +357,10 @@ def test_a_two_house_neighbourhood_runs_twice(console: str, browser: WebDriver) 
     Select(browser.find_element(By.ID, "f-algorithm")).select_by_value("milp")
     click("#run-button")
     table = until(browser, "the results", lambda d: d.find_elements(By.ID, "results-table"), 120)[0]
-    households = [r.find_element(By.TAG_NAME, "th").text
-                  for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]  # fmt: skip
+    households = [
+        r.find_element(By.TAG_NAME, "th").text
+        for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
     assert households == ["house-1", "house-2", "neighbourhood"]
     runs_rows = browser.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
     assert len(runs_rows) == 2
@@ -319,8 +372,11 @@ def test_a_two_house_neighbourhood_runs_twice(console: str, browser: WebDriver) 
     starts = browser.find_elements(By.CSS_SELECTOR, "#starts-table tbody tr")
     energy = [sum(float(c.text) for c in r.find_elements(By.TAG_NAME, "td")[-2:]) for r in starts]
     assert energy == [pytest.approx(6.3 * 0.25, abs=0.011)] * 2  # the default profile, kWh
-    until(browser, "one household's table",
-          lambda d: "house-1 in every run" in d.find_element(By.ID, "house-results").text)  # fmt: skip
+    until(
+        browser,
+        "one household's table",
+        lambda d: "house-1 in every run" in d.find_element(By.ID, "house-results").text,
+    )
     link = browser.find_element(By.PARTIAL_LINK_TEXT, "Download CSV").get_attribute("href")
     with urllib.request.urlopen(link, timeout=10) as response:  # noqa: S310 - our console
         csv_text = response.read().decode()
@@ -365,8 +421,11 @@ def _stale(element: Any) -> bool:
 
 def test_feeder_is_drawn_with_live_voltages(console: str, browser: WebDriver) -> None:
     browser.get(f"{console}/feeder")
-    first = until(browser, "a feeder step", lambda d: number(text(d, "feeder-step")) is not None
-                  and text(d, "feeder-step"))  # fmt: skip
+    first = until(
+        browser,
+        "a feeder step",
+        lambda d: number(text(d, "feeder-step")) is not None and text(d, "feeder-step"),
+    )
     until(browser, "the next feeder step", lambda d: text(d, "feeder-step") != first)
     circles = browser.find_elements(By.CSS_SELECTOR, "svg.feeder circle[id^=before-]")
     assert len(circles) == 129

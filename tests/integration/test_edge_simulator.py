@@ -59,9 +59,14 @@ async def test_battery_setpoint_over_mqtt_changes_the_next_readings(
     root = mqtt_settings.root
     recs: dict[str, BusRecorder[Any]] = {
         k: BusRecorder(spec, root)
-        for k, spec in (("bat", topics.BATTERY), ("meter", topics.METER), ("pv", topics.PV),
-                        ("load", topics.LOAD), ("ack", topics.SETPOINT_ACK))
-    }  # fmt: skip
+        for k, spec in (
+            ("bat", topics.BATTERY),
+            ("meter", topics.METER),
+            ("pv", topics.PV),
+            ("load", topics.LOAD),
+            ("ack", topics.SETPOINT_ACK),
+        )
+    }
     for r in recs.values():
         await r.attach(probe)
     service = await run_service(mqtt_settings, interval_s=0.3)
@@ -70,9 +75,14 @@ async def test_battery_setpoint_over_mqtt_changes_the_next_readings(
         before: BatteryTelemetry = recs["bat"].values[-1]
         assert before.p_kw <= 0  # self-consumption: no PV at night, the battery covers load
         cmd = SetpointCommand(
-            ts=service.state.clock(), source="scada", target="battery_p_kw",
-            value=2.0, unit="kW", ttl_s=600, priority=Priority.GRID_OPERATOR,
-        )  # fmt: skip
+            ts=service.state.clock(),
+            source="scada",
+            target="battery_p_kw",
+            value=2.0,
+            unit="kW",
+            ttl_s=600,
+            priority=Priority.GRID_OPERATOR,
+        )
         n_before = len(recs["bat"].values)
         await probe.publish(
             topics.SETPOINT.topic("site-1", "battery", root), cmd.to_json_bytes(), qos=1
@@ -166,10 +176,13 @@ async def test_modbus_sunspec_read_and_setpoint_write(
         await wait_for(lambda: any(a.status == "accepted" for a in acks.values), 10, message="ack")
         assert acks.messages[0][0] == topics.SETPOINT_ACK.topic("site-0002", "battery", root)
         await wait_for(
-            lambda: any(t.split("/")[-4] == "site-0002" and b.p_kw == pytest.approx(1.5)
-                        for t, b in bats.messages),
-            10, message="battery telemetry at +1.5 kW",
-        )  # fmt: skip
+            lambda: any(
+                t.split("/")[-4] == "site-0002" and b.p_kw == pytest.approx(1.5)
+                for t, b in bats.messages
+            ),
+            10,
+            message="battery telemetry at +1.5 kW",
+        )
         w = await client.read_holding_registers(
             layout.point(802, "W").address, count=1, device_id=unit
         )
@@ -197,14 +210,30 @@ async def test_a_fleet_sharded_over_processes_publishes_every_site_once_per_step
     await meter.attach(probe)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "MQTT_"))}
     env.update(
-        MQTT_HOST=mqtt_settings.host, MQTT_PORT=str(mqtt_settings.port),
-        MQTT_ROOT=mqtt_settings.root, EDGE_API_PORT="0", EDGE_DEVICES="pcc",
-    )  # fmt: skip
+        MQTT_HOST=mqtt_settings.host,
+        MQTT_PORT=str(mqtt_settings.port),
+        MQTT_ROOT=mqtt_settings.root,
+        EDGE_API_PORT="0",
+        EDGE_DEVICES="pcc",
+    )
     parent = subprocess.Popen(
-        [sys.executable, "-m", "edge_simulator", "--shards", "2", "--sites", "3", "--interval",
-         "0.5", "--start", "2026-01-12T19:00:00Z"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edge_simulator",
+            "--shards",
+            "2",
+            "--sites",
+            "3",
+            "--interval",
+            "0.5",
+            "--start",
+            "2026-01-12T19:00:00Z",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
 
         def sites_seen() -> dict[str, list[int]]:
@@ -215,8 +244,10 @@ async def test_a_fleet_sharded_over_processes_publishes_every_site_once_per_step
 
         await wait_for(
             lambda: len(sites_seen()) == 3 and all(len(s) >= 3 for s in sites_seen().values()),
-            60, interval=0.1, message="three readings of each of the 3 sites",
-        )  # fmt: skip
+            60,
+            interval=0.1,
+            message="three readings of each of the 3 sites",
+        )
         seen = sites_seen()
         assert sorted(seen) == ["site-0001", "site-0002", "site-0003"]
         for seqs in seen.values():  # each site's stream once per step, from its own shard

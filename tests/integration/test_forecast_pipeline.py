@@ -25,8 +25,9 @@ from forecaster.store import ForecastStore
 
 pytestmark = pytest.mark.integration
 
-SITE = SiteSettings(id="fc-site", timezone="Europe/Berlin", country="DE", latitude=52.5,
-                    longitude=13.4)  # fmt: skip
+SITE = SiteSettings(
+    id="fc-site", timezone="Europe/Berlin", country="DE", latitude=52.5, longitude=13.4
+)
 DAYS = 35
 # a fixed instant: what the models learn must not depend on the day the suite runs
 NOW = datetime(2026, 6, 10, 6, 7, tzinfo=UTC)
@@ -55,10 +56,16 @@ async def test_readings_to_features_to_model_to_forecast(
 
     # the forecaster trains at start-up, then publishes the trained model's forecasts
     settings = ForecastSettings(
-        data_dir=tmp_path, database=database, site=SITE, mqtt=mqtt_settings, max_iter=30,
-        backtest_folds=1, models=["linear", "gbm_quantile"], min_train_days=14,
+        data_dir=tmp_path,
+        database=database,
+        site=SITE,
+        mqtt=mqtt_settings,
+        max_iter=30,
+        backtest_folds=1,
+        models=["linear", "gbm_quantile"],
+        min_train_days=14,
         model_dir=tmp_path / "models",
-    )  # fmt: skip
+    )
     listener = MqttBus(mqtt_settings)
     await listener.connect()
     forecasts: BusRecorder[TimeSeries] = BusRecorder(topics.FORECAST, mqtt_settings.root)

@@ -56,16 +56,24 @@ def simulated_site(tmp_path: Path, mqtt_settings: MqttSettings) -> Service[Any, 
             "solar": {"capacity_kw": 8.0},
             "battery": {"self_consumption": False},
             "ev": {"enabled": False},
-            "switchable": [{"name": "water_heater", "p_kw": 1.5, "on_hours": []},
-                           {"name": "heat_pump", "p_kw": 2.0, "on_hours": []}],
-            "replay": {"file": str(DATA), "load_column": "h0-a_load_pu",
-                       "pv_column": "pv1_pv_pu", "load_peak_kw": 3.0},
+            "switchable": [
+                {"name": "water_heater", "p_kw": 1.5, "on_hours": []},
+                {"name": "heat_pump", "p_kw": 2.0, "on_hours": []},
+            ],
+            "replay": {
+                "file": str(DATA),
+                "load_column": "h0-a_load_pu",
+                "pv_column": "pv1_pv_pu",
+                "load_peak_kw": 3.0,
+            },
         }
-    )  # fmt: skip
+    )
     settings = EdgeSettings(
-        mqtt=mqtt_settings, data_dir=tmp_path / "edge", interval_s=0.5,
+        mqtt=mqtt_settings,
+        data_dir=tmp_path / "edge",
+        interval_s=0.5,
         start_time=datetime(2016, 6, 9, 10, 0, tzinfo=UTC),  # 12:00 in Madrid
-    )  # fmt: skip
+    )
     return build_edge(settings, MqttBus(mqtt_settings), config=config)
 
 
@@ -75,9 +83,13 @@ async def test_pv_surplus_on_the_simulated_site_switches_a_load_on_within_one_cy
     edge = simulated_site(tmp_path, mqtt_settings)
     sim_clock = edge.state.clock
     settings = Settings(
-        mqtt=mqtt_settings, data_dir=tmp_path / "lm", cycle_s=1.0, setpoint_ttl_s=30.0,
-        refresh_margin_s=5.0, jobs_enabled=False,
-    )  # fmt: skip
+        mqtt=mqtt_settings,
+        data_dir=tmp_path / "lm",
+        cycle_s=1.0,
+        setpoint_ttl_s=30.0,
+        refresh_margin_s=5.0,
+        jobs_enabled=False,
+    )
     service = build_service(settings, MqttBus(mqtt_settings), clock=sim_clock)
     probe = MqttBus(mqtt_settings)
     await probe.connect()
@@ -106,8 +118,9 @@ async def test_pv_surplus_on_the_simulated_site_switches_a_load_on_within_one_cy
         assert on_at_cycle[0] <= cycles_when_seen + 1, "switched on in the first cycle after it"
         await wait_for(
             lambda: any(a.status == "accepted" and a.applied_value == 1.0 for a in acks.values),
-            15, message="the simulator accepts load1 on",
-        )  # fmt: skip
+            15,
+            message="the simulator accepts load1 on",
+        )
         await wait_for(lambda: any(r.on for r in relays.values), 15, message="relay on")
         assert next(r for r in relays.values if r.on).p_kw == pytest.approx(1.5)
     finally:
@@ -120,9 +133,13 @@ async def test_pv_surplus_from_bare_meter_readings_switches_both_loads(
     mqtt_settings: MqttSettings, tmp_path: Path
 ) -> None:
     settings = Settings(
-        mqtt=mqtt_settings, data_dir=tmp_path, cycle_s=1.0, setpoint_ttl_s=30.0,
-        refresh_margin_s=5.0, jobs_enabled=False,
-    )  # fmt: skip
+        mqtt=mqtt_settings,
+        data_dir=tmp_path,
+        cycle_s=1.0,
+        setpoint_ttl_s=30.0,
+        refresh_margin_s=5.0,
+        jobs_enabled=False,
+    )
     service = build_service(settings, MqttBus(mqtt_settings))
     probe = MqttBus(mqtt_settings)
     await probe.connect()
@@ -140,9 +157,10 @@ async def test_pv_surplus_from_bare_meter_readings_switches_both_loads(
         await wait_for(lambda: lm.net.controller.states["load2"].on, 10, message="load2 on")
         # the controller decided; the two commands reach the probe through the broker
         await wait_for(
-            lambda: len([c for c in setpoints.values if c.value == 1.0]) >= 2, 10,
+            lambda: len([c for c in setpoints.values if c.value == 1.0]) >= 2,
+            10,
             message="4 kW of surplus runs 1.5 kW and 2 kW: two on commands",
-        )  # fmt: skip
+        )
         on = [c for c in setpoints.values if c.value == 1.0]
         devices = {
             topics.SETPOINT.parse(t, mqtt_settings.root).device_id  # type: ignore[union-attr]
@@ -178,9 +196,15 @@ async def test_job_submitted_over_rest_starts_at_its_planned_time(
 ) -> None:
     step_s = 2  # an accelerated plan: 2-second steps, a 2-minute horizon
     settings = Settings(
-        mqtt=mqtt_settings, data_dir=tmp_path, api_token="tok", net_balancing_enabled=False,
-        plan_step_s=step_s, plan_horizon_steps=60, dispatch_interval_s=0.1, api_port=free_port(),
-    )  # fmt: skip
+        mqtt=mqtt_settings,
+        data_dir=tmp_path,
+        api_token="tok",
+        net_balancing_enabled=False,
+        plan_step_s=step_s,
+        plan_horizon_steps=60,
+        dispatch_interval_s=0.1,
+        api_port=free_port(),
+    )
     service = build_service(settings, MqttBus(mqtt_settings))
     probe = MqttBus(mqtt_settings)
     await probe.connect()
@@ -198,17 +222,22 @@ async def test_job_submitted_over_rest_starts_at_its_planned_time(
             forecast = pv_spike(utcnow(), step_s, at_step=6)
             grid_start = forecast.start
             await probe.publish(
-                topics.FORECAST.topic(SITE, "pv", mqtt_settings.root), forecast.to_json_bytes(),
-                qos=1, retain=True,
-            )  # fmt: skip
+                topics.FORECAST.topic(SITE, "pv", mqtt_settings.root),
+                forecast.to_json_bytes(),
+                qos=1,
+                retain=True,
+            )
             pv_step = step_start(forecast, 6)
             lm = service.state
             await wait_for(lambda: (SITE, "pv") in lm.jobs.forecasts, 10, message="forecast in")
             body: dict[str, Any] = {
-                "job_id": "dw-1", "device_id": "dishwasher", "profile_kw": [2.0],
-                "step_s": step_s, "earliest_start": utcnow().isoformat(),
+                "job_id": "dw-1",
+                "device_id": "dishwasher",
+                "profile_kw": [2.0],
+                "step_s": step_s,
+                "earliest_start": utcnow().isoformat(),
                 "latest_start": (grid_start + timedelta(seconds=40)).isoformat(),
-            }  # fmt: skip
+            }
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 refused = await client.post("/jobs", json=body)
                 assert refused.status_code == 401

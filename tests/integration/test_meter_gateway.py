@@ -32,7 +32,7 @@ SUNSPEC_MODELS = [
     (1, {"Mn": "derbus", "Md": "it"}),
     (103, {"W": 3250, "W_SF": 0, "WH": 98765, "WH_SF": 0}),
     (123, {"WMaxLimPct": 1000, "WMaxLimPct_SF": -1, "WMaxLim_Ena": 0, "WMaxLimPct_RvrtTms": 0}),
-]  # fmt: skip
+]
 
 CUSTOM_MAP = [
     *words(-1840, DataType.INT32),  # 0: p_kw in W, int32

@@ -35,17 +35,31 @@ START = datetime(2026, 6, 21, 10, 0, tzinfo=UTC)  # a summer morning: PV produce
 
 def devices(port: int) -> dict[str, Any]:
     conn = {"type": "tcp", "host": "127.0.0.1", "port": port}
-    common = {"connection": conn, "unit_id": 1, "sunspec": "auto", "site_id": "gw-1",
-              "poll_interval_s": 0.2, "timeout_s": 1.0}  # fmt: skip
+    common = {
+        "connection": conn,
+        "unit_id": 1,
+        "sunspec": "auto",
+        "site_id": "gw-1",
+        "poll_interval_s": 0.2,
+        "timeout_s": 1.0,
+    }
     return {
         "devices": [
             {"id": "pcc", "kind": "meter", **common},
-            {"id": "pv", "kind": "pv", **common,
-             "controls": [{"target": "pv_limit_pct", "min": 0, "max": 100}]},
-            {"id": "battery", "kind": "battery", **common,
-             "controls": [{"target": "battery_p_kw", "min": -5, "max": 5}]},
+            {
+                "id": "pv",
+                "kind": "pv",
+                **common,
+                "controls": [{"target": "pv_limit_pct", "min": 0, "max": 100}],
+            },
+            {
+                "id": "battery",
+                "kind": "battery",
+                **common,
+                "controls": [{"target": "battery_p_kw", "min": -5, "max": 5}],
+            },
         ]
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -68,9 +82,13 @@ async def test_gateway_reads_the_simulator_and_its_setpoints_reach_it(
     await probe.connect()
     recs: dict[str, BusRecorder[Any]] = {
         k: BusRecorder(spec, root)
-        for k, spec in (("meter", topics.METER), ("pv", topics.PV), ("bat", topics.BATTERY),
-                        ("ack", topics.SETPOINT_ACK))
-    }  # fmt: skip
+        for k, spec in (
+            ("meter", topics.METER),
+            ("pv", topics.PV),
+            ("bat", topics.BATTERY),
+            ("ack", topics.SETPOINT_ACK),
+        )
+    }
     for rec in recs.values():
         await rec.attach(probe)
     port = simulator.state.modbus_port
@@ -110,10 +128,13 @@ async def test_gateway_reads_the_simulator_and_its_setpoints_reach_it(
         assert (ack.setpoint_id, ack.status) == (cmd.setpoint_id, "accepted")
         # the simulator took the Modbus write as its own setpoint and acknowledged it
         await wait_for(
-            lambda: any(a.status == "accepted" and a.applied_value == pytest.approx(1.0)
-                        for a in of("ack", "site-1")),
-            10, message="simulator ack of the Modbus write",
-        )  # fmt: skip
+            lambda: any(
+                a.status == "accepted" and a.applied_value == pytest.approx(1.0)
+                for a in of("ack", "site-1")
+            ),
+            10,
+            message="simulator ack of the Modbus write",
+        )
         await wait_for(
             lambda: any(a.status == "expired" for a in of("ack", "gw-1")), 10, message="expiry"
         )

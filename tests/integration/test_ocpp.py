@@ -49,9 +49,13 @@ def version(request: pytest.FixtureRequest) -> Version:
 @pytest.fixture
 async def csms(mqtt_settings: MqttSettings) -> AsyncIterator[Service[Settings, EvCharging]]:
     settings = Settings(
-        mqtt=mqtt_settings, api_port=0, ocpp_port=0, expire_check_s=0.05, replan_s=3600,
+        mqtt=mqtt_settings,
+        api_port=0,
+        ocpp_port=0,
+        expire_check_s=0.05,
+        replan_s=3600,
         stations={STATION: StationConfig(site_id=SITE, max_kw=11.0, id_tokens=(TAG,))},
-    )  # fmt: skip
+    )
     service = build_service(settings, MqttBus(mqtt_settings))
     await service.start()
     try:
@@ -75,8 +79,15 @@ def url(service: Service[Settings, EvCharging]) -> str:
 def charge_point(
     service: Service[Settings, EvCharging], version: Version, station: str = STATION
 ) -> SimChargePoint:
-    sim = OcppSimSettings(url=url(service), version=version, meter_interval_s=0.5, plug_in=False,
-                          id_token=TAG, max_kw=11.0, ev_max_kw=11.0)  # fmt: skip
+    sim = OcppSimSettings(
+        url=url(service),
+        version=version,
+        meter_interval_s=0.5,
+        plug_in=False,
+        id_token=TAG,
+        max_kw=11.0,
+        ev_max_kw=11.0,
+    )
     return SimChargePoint(station, url(service), version, sim)
 
 
@@ -86,15 +97,23 @@ def latest(rec: BusRecorder[EvChargerTelemetry]) -> EvChargerTelemetry | None:
 
 def setpoint(sid: str, value_kw: float, ttl_s: float) -> bytes:
     return SetpointCommand(
-        ts=datetime.now(UTC), source="scada", setpoint_id=sid, target="ev_limit_kw",
-        value=value_kw, unit="kW", ttl_s=ttl_s, priority=Priority.GRID_OPERATOR,
-    ).to_json_bytes()  # fmt: skip
+        ts=datetime.now(UTC),
+        source="scada",
+        setpoint_id=sid,
+        target="ev_limit_kw",
+        value=value_kw,
+        unit="kW",
+        ttl_s=ttl_s,
+        priority=Priority.GRID_OPERATOR,
+    ).to_json_bytes()
 
 
 async def test_charger_follows_setpoint_and_reverts_after_ttl(
-    csms: Service[Settings, EvCharging], observer: MqttBus, mqtt_settings: MqttSettings,
+    csms: Service[Settings, EvCharging],
+    observer: MqttBus,
+    mqtt_settings: MqttSettings,
     version: Version,
-) -> None:  # fmt: skip
+) -> None:
     root = mqtt_settings.root
     telemetry: BusRecorder[EvChargerTelemetry] = BusRecorder(topics.EV_CHARGER, root)
     acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, root)
@@ -112,10 +131,14 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         # a vehicle plugs in: transaction, full power in MeterValues → bus telemetry
         assert await cp.plug_in(TAG, soc_pct=20.0)
         await wait_for(
-            lambda: (t := latest(telemetry)) is not None and t.transaction_id is not None
-            and t.p_kw > 10.9 and t.status == "Charging",
+            lambda: (
+                (t := latest(telemetry)) is not None
+                and t.transaction_id is not None
+                and t.p_kw > 10.9
+                and t.status == "Charging"
+            ),
             message="charging at 11 kW on the bus",
-        )  # fmt: skip
+        )
         reading = latest(telemetry)
         assert reading is not None
         assert reading.protocol == version
@@ -136,10 +159,13 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         assert cp.profiles[-1].limit_kw == 4.0
         assert cp.ev.limit_kw == 4.0
         await wait_for(
-            lambda: (t := latest(telemetry)) is not None and abs(t.p_kw - 4.0) < 1e-6
-            and t.limit_kw == 4.0,
+            lambda: (
+                (t := latest(telemetry)) is not None
+                and abs(t.p_kw - 4.0) < 1e-6
+                and t.limit_kw == 4.0
+            ),
             message="MeterValues show 4 kW",
-        )  # fmt: skip
+        )
 
         # a short one replaces it; when its TTL lapses the profile is cleared: full power again
         await observer.publish(
@@ -148,9 +174,13 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         # TTL 4 s: with 1 s the command, the station's answer and the ack together took longer
         # than its life once (load ~23), and no `accepted` came
         await wait_for(
-            lambda: [a.status for a in acks.values if a.setpoint_id == "lim-2"] == ["accepted", "expired"],
-            20, message="lim-2 accepted then expired",
-        )  # fmt: skip
+            lambda: (
+                [a.status for a in acks.values if a.setpoint_id == "lim-2"]
+                == ["accepted", "expired"]
+            ),
+            20,
+            message="lim-2 accepted then expired",
+        )
         assert [a.status for a in acks.values if a.setpoint_id == "lim-1"] == [
             "accepted",
             "superseded",
@@ -160,7 +190,7 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         await wait_for(
             lambda: (t := latest(telemetry)) is not None and t.p_kw > 10.9 and t.limit_kw is None,
             message="back at 11 kW without a limit",
-        )  # fmt: skip
+        )
         assert cp.ev.limit_kw is None
 
         # the vehicle leaves: the session ends with its energy on the bus
@@ -176,9 +206,11 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
 
 
 async def test_setpoint_while_idle_applies_at_transaction_start(
-    csms: Service[Settings, EvCharging], observer: MqttBus, mqtt_settings: MqttSettings,
+    csms: Service[Settings, EvCharging],
+    observer: MqttBus,
+    mqtt_settings: MqttSettings,
     version: Version,
-) -> None:  # fmt: skip
+) -> None:
     root = mqtt_settings.root
     acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, root)
     await acks.attach(observer)
@@ -250,8 +282,13 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
         assert codes[:3] == ["FormationViolation", "FormationViolation", "ProtocolError"]
     else:
         assert codes[:3] == ["RpcFrameworkError", "RpcFrameworkError", "MessageTypeNotSupported"]
-    assert codes[3] in ("FormationViolation", "FormatViolation", "TypeConstraintViolation",
-                        "OccurenceConstraintViolation", "OccurrenceConstraintViolation")  # fmt: skip
+    assert codes[3] in (
+        "FormationViolation",
+        "FormatViolation",
+        "TypeConstraintViolation",
+        "OccurenceConstraintViolation",
+        "OccurrenceConstraintViolation",
+    )
     assert sum(csms.state.frames_rejected.values()) == 4
     registry = csms.metrics.registry
     counted = sum(
@@ -276,9 +313,12 @@ async def test_simulator_sites_as_charge_points(
     telemetry: BusRecorder[EvChargerTelemetry] = BusRecorder(topics.EV_CHARGER, root)
     await telemetry.attach(observer)
     sim_settings = SimSettings(
-        mqtt=mqtt_settings, api_port=0, interval_s=3600, sites=2,
+        mqtt=mqtt_settings,
+        api_port=0,
+        interval_s=3600,
+        sites=2,
         ocpp=OcppSimSettings(url=url(csms), version=version, meter_interval_s=0.5),
-    )  # fmt: skip
+    )
     simulator = build_simulator(sim_settings, MqttBus(mqtt_settings), clock=ManualClock(START))
     await simulator.start()
     try:

@@ -75,12 +75,15 @@ async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
 def central_system(mqtt_settings: MqttSettings, ocpp_port: int) -> Service[Any, Any]:
     return build_ev_charging(
         EvSettings(
-            mqtt=mqtt_settings, api_port=0, ocpp_port=ocpp_port, expire_check_s=0.05,
+            mqtt=mqtt_settings,
+            api_port=0,
+            ocpp_port=ocpp_port,
+            expire_check_s=0.05,
             replan_s=3600,
             stations={STATION: StationConfig(site_id=SITE, max_kw=EV_KW, id_tokens=(TAG,))},
         ),
         MqttBus(mqtt_settings),
-    )  # fmt: skip
+    )
 
 
 async def test_the_simulators_station_connects_once_the_central_system_is_up(
@@ -107,8 +110,9 @@ async def test_the_simulators_station_connects_once_the_central_system_is_up(
         await csms.start()
         await wait_for(
             lambda: bool(ev.values) and ev.values[-1].online and ev.values[-1].p_kw > 0,
-            20, message="the simulator's station connected and charging",
-        )  # fmt: skip
+            20,
+            message="the simulator's station connected and charging",
+        )
     finally:
         for service in reversed(services):
             await service.stop()
@@ -135,9 +139,13 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         services.append(csms)
         await csms.start()
         ocpp = OcppSimSettings(
-            url=f"ws://127.0.0.1:{csms.state.csms.port}", version=version, id_token=TAG,
-            meter_interval_s=0.5, max_kw=EV_KW, ev_max_kw=EV_KW,
-        )  # fmt: skip
+            url=f"ws://127.0.0.1:{csms.state.csms.port}",
+            version=version,
+            id_token=TAG,
+            meter_interval_s=0.5,
+            max_kw=EV_KW,
+            ev_max_kw=EV_KW,
+        )
         simulator = build_simulator(
             SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=0.5, ocpp=ocpp),
             MqttBus(mqtt_settings),
@@ -149,23 +157,35 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
 
         # the vehicle charges at full power, and the PCC carries it: above the limit
         await wait_for(
-            lambda: bool(ev.values) and ev.values[-1].p_kw > EV_KW - 0.1
-            and ev.values[-1].status == "Charging",
-            20, message="the simulator's EV charging at 11 kW over OCPP",
-        )  # fmt: skip
+            lambda: (
+                bool(ev.values)
+                and ev.values[-1].p_kw > EV_KW - 0.1
+                and ev.values[-1].status == "Charging"
+            ),
+            20,
+            message="the simulator's EV charging at 11 kW over OCPP",
+        )
         await wait_for(
             lambda: bool(meter.values) and meter.values[-1].p_kw > LOAD_KW + EV_KW - 0.5,
-            20, message="the PCC reading carrying the EV",
-        )  # fmt: skip
+            20,
+            message="the PCC reading carrying the EV",
+        )
 
         peak_shaving = build_peak_shaving(
             PsSettings(
-                mqtt=mqtt_settings, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
-                margin_kw=MARGIN_KW, battery_capacity_kwh=50.0, battery_max_charge_kw=BATTERY_KW,
-                battery_max_discharge_kw=BATTERY_KW, ev_settle_s=2.0, ev_limit_ttl_s=60.0,
+                mqtt=mqtt_settings,
+                api_port=0,
+                import_limit_kw=LIMIT_KW,
+                export_limit_kw=-10.0,
+                margin_kw=MARGIN_KW,
+                battery_capacity_kwh=50.0,
+                battery_max_charge_kw=BATTERY_KW,
+                battery_max_discharge_kw=BATTERY_KW,
+                ev_settle_s=2.0,
+                ev_limit_ttl_s=60.0,
             ),
             MqttBus(mqtt_settings),
-        )  # fmt: skip
+        )
         services.append(peak_shaving)
         await peak_shaving.start()
 
@@ -176,8 +196,9 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         expected = LIMIT_KW - MARGIN_KW - LOAD_KW + BATTERY_KW  # 5.5 kW
         await wait_for(
             lambda: any(s.value == pytest.approx(expected, abs=0.3) for s in ev_setpoints.values),
-            30, message="the EV limit at the excess the battery cannot take",
-        )  # fmt: skip
+            30,
+            message="the EV limit at the excess the battery cannot take",
+        )
         first = next(s for s in ev_setpoints.values if s.value == pytest.approx(expected, abs=0.3))
         assert first.source == "peak_shaving"
         assert first.target == "ev_limit_kw"
@@ -187,16 +208,19 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
 
         # ev_charging accepted it after the station took the TxProfile; the charger follows
         await wait_for(
-            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values), 15,
+            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values),
+            15,
             message="ack of the EV limit",
-        )  # fmt: skip
+        )
         ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
         assert ack.status == "accepted", ack
         await wait_for(
-            lambda: (t := ev.values[-1]).limit_kw == first.value
-            and abs(t.p_kw - first.value) < 1e-6,
-            15, message="MeterValues show the limited power",
-        )  # fmt: skip
+            lambda: (
+                (t := ev.values[-1]).limit_kw == first.value and abs(t.p_kw - first.value) < 1e-6
+            ),
+            15,
+            message="MeterValues show the limited power",
+        )
 
         # and the site is back inside its import limit
         seen = len(meter.values)
@@ -230,23 +254,36 @@ async def test_the_job_scheduler_holds_the_ev_until_its_planned_start(
     services.append(csms)
     await csms.start()
     url = f"ws://127.0.0.1:{csms.state.csms.port}"
-    sim = OcppSimSettings(url=url, version=version, id_token=TAG, meter_interval_s=0.5,
-                          plug_in=False, max_kw=EV_KW, ev_max_kw=EV_KW)  # fmt: skip
+    sim = OcppSimSettings(
+        url=url,
+        version=version,
+        id_token=TAG,
+        meter_interval_s=0.5,
+        plug_in=False,
+        max_kw=EV_KW,
+        ev_max_kw=EV_KW,
+    )
     cp = SimChargePoint(STATION, url, version, sim)
     try:
         lm_settings = LmSettings(
-            mqtt=mqtt_settings, data_dir=tmp_path, net_balancing_enabled=False,
-            plan_step_s=step_s, plan_horizon_steps=60, dispatch_interval_s=0.1, api_port=0,
-        )  # fmt: skip
+            mqtt=mqtt_settings,
+            data_dir=tmp_path,
+            net_balancing_enabled=False,
+            plan_step_s=step_s,
+            plan_horizon_steps=60,
+            dispatch_interval_s=0.1,
+            api_port=0,
+        )
         load_manager = build_load_manager(lm_settings, MqttBus(mqtt_settings))
         services.append(load_manager)
         await load_manager.start()
         await cp.connect()
         assert await cp.plug_in(TAG)
         await wait_for(
-            lambda: bool(ev.values) and ev.values[-1].p_kw > EV_KW - 0.1, 20,
+            lambda: bool(ev.values) and ev.values[-1].p_kw > EV_KW - 0.1,
+            20,
             message="charging at 11 kW",
-        )  # fmt: skip
+        )
         jobs = load_manager.state.jobs
         await wait_for(lambda: (SITE, CHARGER) in jobs.ev_chargers, 10, message="charger learnt")
 
@@ -258,10 +295,16 @@ async def test_the_job_scheduler_holds_the_ev_until_its_planned_start(
         )
         await wait_for(lambda: (SITE, "pv") in jobs.forecasts, 10, message="forecast in")
         job = JobRequest(
-            ts=utcnow(), source="scada", job_id="ev-1", house_id=SITE, device_id=CHARGER,
-            earliest_start=utcnow(), latest_start=grid_start + timedelta(seconds=40),
-            profile_kw=[4.0], step_s=step_s,
-        )  # fmt: skip
+            ts=utcnow(),
+            source="scada",
+            job_id="ev-1",
+            house_id=SITE,
+            device_id=CHARGER,
+            earliest_start=utcnow(),
+            latest_start=grid_start + timedelta(seconds=40),
+            profile_kw=[4.0],
+            step_s=step_s,
+        )
         await probe.publish(topics.JOB_REQUEST.topic(SITE, CHARGER, root), job.to_json_bytes())
 
         # held at 0 kW until the planned start: the charger follows, MeterValues show it
@@ -271,9 +314,10 @@ async def test_the_job_scheduler_holds_the_ev_until_its_planned_start(
         planned = jobs.book.entries["ev-1"].planned_start
         assert planned == step_start(forecast, 6), "placed on the PV step"
         await wait_for(
-            lambda: ev.values[-1].p_kw == 0.0 and ev.values[-1].limit_kw == 0.0, 15,
+            lambda: ev.values[-1].p_kw == 0.0 and ev.values[-1].limit_kw == 0.0,
+            15,
             message="held at 0 kW",
-        )  # fmt: skip
+        )
         assert hold.ts < planned
         assert hold.ttl_s <= (planned - hold.ts).total_seconds() + 1e-6  # lapses by the start
         # at the planned start: the job's power for its duration

@@ -91,15 +91,24 @@ async def test_csv_and_http_prices_published_then_marked_stale(
     )
     clock = [T0]
     settings = Settings(
-        mqtt=mqtt_settings, api_port=0, ocpp_port=0,
+        mqtt=mqtt_settings,
+        api_port=0,
+        ocpp_port=0,
         price_sources=[
-            PriceSourceConfig(zone="NL", sites=("site-a", "site-b"), kind="http",
-                              url=price_server.url, json_path="result.rows",  # type: ignore[arg-type]
-                              import_field="price", export_field=None, price_scale=0.001,
-                              valid_for_s=7200),
+            PriceSourceConfig(
+                zone="NL",
+                sites=("site-a", "site-b"),
+                kind="http",
+                url=price_server.url,
+                json_path="result.rows",  # type: ignore[arg-type]
+                import_field="price",
+                export_field=None,
+                price_scale=0.001,
+                valid_for_s=7200,
+            ),
             PriceSourceConfig(zone="site-c", sites=("site-c",), kind="csv", path=csv),
         ],
-    )  # fmt: skip
+    )
     service = build_service(settings, MqttBus(mqtt_settings), clock=lambda: clock[0])
     observer = MqttBus(mqtt_settings)
     await observer.connect()
@@ -163,24 +172,44 @@ async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
     prices[2] = prices[3] = 0.01  # half an hour, 30-60 min from now, far cheaper than any tariff
     prices[40:44] = [0.95] * 4
     csv = tmp_path / "prices.csv"
-    csv.write_text("start,import_per_kwh\n" + "".join(
-        f"{(start + timedelta(minutes=15 * i)).isoformat()},{p}\n" for i, p in enumerate(prices)
-    ))  # fmt: skip
+    csv.write_text(
+        "start,import_per_kwh\n"
+        + "".join(
+            f"{(start + timedelta(minutes=15 * i)).isoformat()},{p}\n" for i, p in enumerate(prices)
+        )
+    )
     ev = build_service(
-        Settings(mqtt=mqtt_settings, api_port=0, ocpp_port=0, price_sources=[
-            PriceSourceConfig(zone="site-1", sites=("site-1",), kind="csv", path=csv,
-                              refresh_s=1.0, valid_for_s=86_400)]),
+        Settings(
+            mqtt=mqtt_settings,
+            api_port=0,
+            ocpp_port=0,
+            price_sources=[
+                PriceSourceConfig(
+                    zone="site-1",
+                    sites=("site-1",),
+                    kind="csv",
+                    path=csv,
+                    refresh_s=1.0,
+                    valid_for_s=86_400,
+                )
+            ],
+        ),
         MqttBus(mqtt_settings),
-    )  # fmt: skip
+    )
     ps = build_peak_shaving(
         PeakShavingSettings(mqtt=mqtt_settings, api_port=0, energy_cost=True),
         MqttBus(mqtt_settings),
     )
     lm = build_load_manager(
-        LoadManagerSettings(mqtt=mqtt_settings, api_port=0, data_dir=tmp_path / "lm",
-                            dispatch_interval_s=60.0, house_limit_kw=100.0),
+        LoadManagerSettings(
+            mqtt=mqtt_settings,
+            api_port=0,
+            data_dir=tmp_path / "lm",
+            dispatch_interval_s=60.0,
+            house_limit_kw=100.0,
+        ),
         MqttBus(mqtt_settings),
-    )  # fmt: skip
+    )
     observer = MqttBus(mqtt_settings)
     await observer.connect()
     schedules: BusRecorder[TimeSeries] = BusRecorder(topics.BATTERY_SCHEDULE, mqtt_settings.root)
@@ -192,13 +221,29 @@ async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
             await service.start()
             started.append(service)
         battery = BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0)
-        load = TimeSeries(ts=now, source="t", kind="forecast", quantity="load_p_kw",
-                          issue_time=now, start=start, step_s=900, values=[30.0] * 96)  # fmt: skip
-        job = JobRequest(ts=now, source="scada", job_id="ev1", house_id="site-1", device_id="ev",
-                         earliest_start=start, latest_start=start + timedelta(hours=3),
-                         profile_kw=[7.0, 7.0])  # fmt: skip
-        await observer.publish(topics.BATTERY.topic("site-1", "battery", root),
-                               battery.to_json_bytes())  # fmt: skip
+        load = TimeSeries(
+            ts=now,
+            source="t",
+            kind="forecast",
+            quantity="load_p_kw",
+            issue_time=now,
+            start=start,
+            step_s=900,
+            values=[30.0] * 96,
+        )
+        job = JobRequest(
+            ts=now,
+            source="scada",
+            job_id="ev1",
+            house_id="site-1",
+            device_id="ev",
+            earliest_start=start,
+            latest_start=start + timedelta(hours=3),
+            profile_kw=[7.0, 7.0],
+        )
+        await observer.publish(
+            topics.BATTERY.topic("site-1", "battery", root), battery.to_json_bytes()
+        )
         await observer.publish(topics.FORECAST.topic("site-1", "load", root), load.to_json_bytes())
         await observer.publish(topics.JOB_REQUEST.topic("site-1", "ev", root), job.to_json_bytes())
 

@@ -72,9 +72,10 @@ def _build(name: str, settings: ServiceSettings, bus: Bus) -> Service[Any, Any]:
 def _settings_class(name: str) -> type[ServiceSettings]:
     module = importlib.import_module(f"{name}.settings")
     return next(
-        c for _, c in inspect.getmembers(module, inspect.isclass)
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
         if issubclass(c, ServiceSettings) and c.__module__ == module.__name__
-    )  # fmt: skip
+    )
 
 
 @contextmanager
@@ -82,9 +83,14 @@ def _served(service: Service[Any, Any]) -> Iterator[str]:
     """The service's app under uvicorn on a free 127.0.0.1 port (its lifespan starts it)."""
     port = free_port()
     config = uvicorn.Config(
-        make_app(service), host="127.0.0.1", port=port, lifespan="on", log_level="warning",
-        access_log=False, log_config=None,
-    )  # fmt: skip
+        make_app(service),
+        host="127.0.0.1",
+        port=port,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{service.name}", daemon=True)
     thread.start()
@@ -167,8 +173,9 @@ def _run(name: str, url: str, token: str | None) -> tuple[int, list[str], set[tu
             cases += len(event.recorder.cases)
             answers.update(
                 (event.recorder.label, i.response.status_code)
-                for i in event.recorder.interactions.values() if i.response is not None
-            )  # fmt: skip
+                for i in event.recorder.interactions.values()
+                if i.response is not None
+            )
             for checks in event.recorder.checks.values():
                 for check in checks:
                     if check.status == Status.FAILURE and check.failure_info is not None:

@@ -64,10 +64,16 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         assert all(r.p_kw > LIMIT_KW + 5 for r in meter.values), meter.values
 
         ps_settings = PsSettings(
-            mqtt=mqtt_settings, api_port=0, import_limit_kw=LIMIT_KW, export_limit_kw=-10.0,
-            margin_kw=0.5, kpi_interval_s=0.5, battery_capacity_kwh=100.0,
-            battery_max_charge_kw=50.0, battery_max_discharge_kw=50.0,  # steady_site's battery
-        )  # fmt: skip
+            mqtt=mqtt_settings,
+            api_port=0,
+            import_limit_kw=LIMIT_KW,
+            export_limit_kw=-10.0,
+            margin_kw=0.5,
+            kpi_interval_s=0.5,
+            battery_capacity_kwh=100.0,
+            battery_max_charge_kw=50.0,
+            battery_max_discharge_kw=50.0,  # steady_site's battery
+        )
         peak_shaving = build_peak_shaving(ps_settings, MqttBus(mqtt_settings))
         services.append(peak_shaving)
         await peak_shaving.start()
@@ -77,9 +83,10 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         assert first.priority == "site_optimiser"
         assert first.value == pytest.approx(LIMIT_KW - 0.5 - BASE_LOAD_KW, abs=0.5)
         await wait_for(
-            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values), 10,
+            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values),
+            10,
             message="the simulator's ack of the first setpoint",
-        )  # fmt: skip
+        )
         ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
         assert ack.status == "accepted", ack
 
@@ -98,9 +105,10 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
 
         # operators see the time on limit (KPIs on the bus)
         await wait_for(
-            lambda: any(k.values.get("time_on_limit_s", 0) > 0 for k in kpis.values), 10,
+            lambda: any(k.values.get("time_on_limit_s", 0) > 0 for k in kpis.values),
+            10,
             message="a KPI report with time on limit",
-        )  # fmt: skip
+        )
         assert kpis.values[-1].values["unfixed_violation_kwh"] == 0.0
 
         # the PMA answers readings with setpoints, yet the simulator re-steps the site at most

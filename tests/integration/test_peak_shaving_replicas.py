@@ -58,14 +58,22 @@ def replica(k: int, mqtt: MqttSettings, tmp_path: Path) -> ServiceProcess:
     alone must give it its own MQTT client id (see `peak_shaving.service.bus_client_name`)."""
     api_port = free_port()
     env = service_env(
-        "PS_", mqtt.host, mqtt.port, mqtt.root,
-        PS_SITE_SHARD=f"{k}/{SHARDS}", PS_API_PORT=str(api_port),
-        PS_DATA_DIR=str(tmp_path / f"ps{k}"), PS_IMPORT_LIMIT_KW=str(LIMIT_KW),
-        PS_EXPORT_LIMIT_KW="-10", PS_MARGIN_KW="0.5", PS_SETPOINT_TTL_S=str(TTL_TAG_S[k]),
-        PS_BATTERY_CAPACITY_KWH="100", PS_BATTERY_MAX_CHARGE_KW="50",
+        "PS_",
+        mqtt.host,
+        mqtt.port,
+        mqtt.root,
+        PS_SITE_SHARD=f"{k}/{SHARDS}",
+        PS_API_PORT=str(api_port),
+        PS_DATA_DIR=str(tmp_path / f"ps{k}"),
+        PS_IMPORT_LIMIT_KW=str(LIMIT_KW),
+        PS_EXPORT_LIMIT_KW="-10",
+        PS_MARGIN_KW="0.5",
+        PS_SETPOINT_TTL_S=str(TTL_TAG_S[k]),
+        PS_BATTERY_CAPACITY_KWH="100",
+        PS_BATTERY_MAX_CHARGE_KW="50",
         PS_BATTERY_MAX_DISCHARGE_KW="50",  # steady_site's battery
         PS_EMA_WORKERS="0",  # no forecasts here, so no EMA solve: no solver process per replica
-    )  # fmt: skip
+    )
     return ServiceProcess("peak_shaving", env, tmp_path / f"ps{k}.log", api_port)
 
 
@@ -121,9 +129,10 @@ async def _replicas_split_the_sites(
 
     def commands(site_id: str, after: datetime | None = None) -> list[SetpointCommand]:
         return [
-            m for t, m in setpoints.messages
+            m
+            for t, m in setpoints.messages
             if site_of(t) == site_id and (after is None or m.ts > after)
-        ]  # fmt: skip
+        ]
 
     def readings(site_id: str, after: datetime) -> list[float]:
         return [m.p_kw for t, m in meter.messages if site_of(t) == site_id and m.ts > after]
@@ -134,8 +143,9 @@ async def _replicas_split_the_sites(
 
     def senders(site_id: str) -> set[int | float]:
         """Replicas (by TTL tag) that sent the site's setpoints; the TTL itself if unknown."""
-        return {TTL_TAG_S.index(c.ttl_s) if c.ttl_s in TTL_TAG_S else c.ttl_s
-                for c in commands(site_id)}  # fmt: skip
+        return {
+            TTL_TAG_S.index(c.ttl_s) if c.ttl_s in TTL_TAG_S else c.ttl_s for c in commands(site_id)
+        }
 
     clock = SimClock(START, speed=1.0)
     simulator = build_simulator(
@@ -165,9 +175,10 @@ async def _replicas_split_the_sites(
 
         # 1. every site shaved, each by the replica its CRC-32 names and never by the other
         await wait_for(
-            lambda: all(len(commands(s)) >= 4 for s in sites), 30,
+            lambda: all(len(commands(s)) >= 4 for s in sites),
+            30,
             message="four battery setpoints for every site",
-        )  # fmt: skip
+        )
         assert {s: senders(s) for s in sites} == {s: {owner(s)} for s in sites}
         answered = [(site_of(t), m.ts) for t, m in setpoints.messages]
         assert len(answered) == len(set(answered)), "a reading answered twice"
@@ -175,9 +186,10 @@ async def _replicas_split_the_sites(
         for k, replica_ in enumerate(replicas):
             assert {s for s in sites if holds(replica_, s)} == set(mine[k]), f"replica {k}"
         await wait_for(
-            lambda: all(latest_under_limit(s, t0) for s in sites), 15,
+            lambda: all(latest_under_limit(s, t0) for s in sites),
+            15,
             message="every site's PCC under the limit",
-        )  # fmt: skip
+        )
 
         # 2. replica 0 dies: the survivor keeps its own sites and leaves replica 0's alone
         dead, survivor = replicas
@@ -210,15 +222,20 @@ async def _replicas_split_the_sites(
             return len(commands(site_id, back)) >= 3 and latest_under_limit(site_id, back)
 
         await wait_for(
-            lambda: all(taken_back(s) for s in mine[0]), 20,
+            lambda: all(taken_back(s) for s in mine[0]),
+            20,
             message="replica 0's sites shaved again",
-        )  # fmt: skip
+        )
         assert {s: senders(s) for s in sites} == {s: {owner(s)} for s in sites}
         assert {s for s in sites if holds(dead, s)} == set(mine[0])
         # its session kept the readings of its time away (QoS 1); it answers them on restart,
         # too late (expired before the process existed): the battery refuses each as stale
-        late = {c.setpoint_id for s in mine[0] for c in commands(s, killed)
-                if c.ts + timedelta(seconds=c.ttl_s) < restarted}  # fmt: skip
+        late = {
+            c.setpoint_id
+            for s in mine[0]
+            for c in commands(s, killed)
+            if c.ts + timedelta(seconds=c.ttl_s) < restarted
+        }
 
         def refusals() -> dict[str, SetpointAck]:
             return {a.setpoint_id: a for a in acks.values if a.setpoint_id in late}

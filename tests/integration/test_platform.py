@@ -79,8 +79,20 @@ class Launched:
     def __init__(self, run_root: Path, *args: str, tty: bool = False, ignore_sigint: bool = False):
         self.run_root = run_root
         self.mqtt_port = free_port()
-        argv = [sys.executable, "-m", "derbus.cli", "up", "--repo", str(REPO), "--free-ports",
-                "--run-root", str(run_root), "--mqtt-port", str(self.mqtt_port), *args]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "derbus.cli",
+            "up",
+            "--repo",
+            str(REPO),
+            "--free-ports",
+            "--run-root",
+            str(run_root),
+            "--mqtt-port",
+            str(self.mqtt_port),
+            *args,
+        ]
         self.output = bytearray()
         self._lock = threading.Lock()
         if tty:
@@ -97,10 +109,14 @@ class Launched:
 
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL if not tty else stdout, stdout=stdout,
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=prepare,
+            argv,
+            stdin=subprocess.DEVNULL if not tty else stdout,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=prepare,
             env={**os.environ, "COLUMNS": "200"},
-        )  # fmt: skip
+        )
         os.close(stdout)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -161,8 +177,11 @@ async def test_make_run_shows_the_whole_chain_and_restarts_a_killed_service(
         await wait_for(lambda: "broker_url" in platform.state(), 30, 0.2, "platform.json")
         url = subprocess.run(
             [sys.executable, "-m", "derbus.cli", "broker-url", "--run-root", str(tmp_path)],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
         assert url == f"mqtt://127.0.0.1:{platform.mqtt_port}"
         # the platform's own broker: nothing else publishes there, so the default root is ours
         watch = WatchState(root=topics.DEFAULT_ROOT)
@@ -234,8 +253,15 @@ async def test_make_run_shows_the_whole_chain_and_restarts_a_killed_service(
 async def test_derbus_up_stops_on_a_signal_with_or_without_a_terminal(
     tmp_path: Path, tty: bool, sig: signal.Signals, ignore_sigint: bool
 ) -> None:
-    platform = Launched(tmp_path, "--only", "edge_simulator", "--interval", "1", tty=tty,
-                        ignore_sigint=ignore_sigint)  # fmt: skip
+    platform = Launched(
+        tmp_path,
+        "--only",
+        "edge_simulator",
+        "--interval",
+        "1",
+        tty=tty,
+        ignore_sigint=ignore_sigint,
+    )
     try:
         # under a pipe the plain summary, in a terminal the live table, shows the site
         shown = "site site-1: PCC" if not tty else "sites (1)"

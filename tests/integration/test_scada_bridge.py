@@ -49,8 +49,13 @@ def sim_clock() -> ManualClock:
 async def simulator(
     mqtt_settings: MqttSettings, sim_clock: ManualClock
 ) -> AsyncIterator[Service[SimSettings]]:
-    settings = SimSettings(mqtt=mqtt_settings, api_port=0, interval_s=3600, modbus_port=free_port(),
-                           modbus_host="127.0.0.1")  # fmt: skip
+    settings = SimSettings(
+        mqtt=mqtt_settings,
+        api_port=0,
+        interval_s=3600,
+        modbus_port=free_port(),
+        modbus_host="127.0.0.1",
+    )
     service = build_simulator(settings, MqttBus(mqtt_settings), clock=sim_clock)
     await service.start()
     try:
@@ -61,10 +66,16 @@ async def simulator(
 
 def bridge_settings(mqtt: MqttSettings, tmp_path: Path, tag: str) -> Settings:
     return Settings(
-        mqtt=mqtt, api_port=0, data_dir=tmp_path, group_id=f"g{tag}", edge_node_id=NODE,
-        ha_discovery_prefix=f"ha{tag}", ha_command_prefix=f"hacmd{tag}", link_check_s=0.1,
+        mqtt=mqtt,
+        api_port=0,
+        data_dir=tmp_path,
+        group_id=f"g{tag}",
+        edge_node_id=NODE,
+        ha_discovery_prefix=f"ha{tag}",
+        ha_command_prefix=f"hacmd{tag}",
+        link_check_s=0.1,
         stale_after_s=3000,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -93,28 +104,42 @@ def check_seq(host: SparkplugHost) -> None:
 
 
 async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_its_dcmd(
-    simulator: Service[SimSettings], host_bus: MqttBus, mqtt_settings: MqttSettings,
-    sim_clock: ManualClock, tmp_path: Path,
-) -> None:  # fmt: skip
+    simulator: Service[SimSettings],
+    host_bus: MqttBus,
+    mqtt_settings: MqttSettings,
+    sim_clock: ManualClock,
+    tmp_path: Path,
+) -> None:
     tag = uuid.uuid4().hex[:8]
     settings = bridge_settings(mqtt_settings, tmp_path, tag)
     host = SparkplugHost(settings.group_id)
     await host.attach(host_bus)
-    bridge_service = build_bridge(settings, MqttBus(mqtt_settings),
-                                  make_link=lambda: MqttBus(link_settings(settings)), clock=sim_clock)  # fmt: skip
+    bridge_service = build_bridge(
+        settings,
+        MqttBus(mqtt_settings),
+        make_link=lambda: MqttBus(link_settings(settings)),
+        clock=sim_clock,
+    )
     await bridge_service.start()
     bridge: Bridge = bridge_service.state
     step = simulator.state.step
     try:
         await step()
-        expected = {"battery/p_kw", "battery/soc_pct", "pv/generation_kw", "pcc/p_kw",
-                    "grid/price_per_kwh", "battery/setpoint/battery_p_kw"}  # fmt: skip
+        expected = {
+            "battery/p_kw",
+            "battery/soc_pct",
+            "pv/generation_kw",
+            "pcc/p_kw",
+            "grid/price_per_kwh",
+            "battery/setpoint/battery_p_kw",
+        }
         # a site is born with the metrics it has so far, and born again when new ones arrive
         # (the price may come after the first DBIRTH): wait for the birth with all of them
         await wait_for(
-            lambda: any(expected <= set(b.metrics()) for b in host.of("DBIRTH", "site-1")), 20,
+            lambda: any(expected <= set(b.metrics()) for b in host.of("DBIRTH", "site-1")),
+            20,
             message="NBIRTH + a DBIRTH with every metric of the step",
-        )  # fmt: skip
+        )
         (nbirth,) = host.of("NBIRTH")
         assert (nbirth.qos, nbirth.retain, nbirth.seq) == (0, False, 0)
         bd_seq = nbirth.value("bdSeq")
@@ -123,8 +148,13 @@ async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_i
         assert nbirth.payload.timestamp > 0
         dbirth = next(b for b in host.of("DBIRTH", "site-1") if expected <= set(b.metrics()))
         birth = dbirth.metrics()
-        for name, unit in (("battery/p_kw", "kW"), ("battery/soc_pct", "%"), ("pv/generation_kw", "kW"),
-                           ("pcc/p_kw", "kW"), ("grid/price_per_kwh", "EUR/kWh")):  # fmt: skip
+        for name, unit in (
+            ("battery/p_kw", "kW"),
+            ("battery/soc_pct", "%"),
+            ("pv/generation_kw", "kW"),
+            ("pcc/p_kw", "kW"),
+            ("grid/price_per_kwh", "EUR/kWh"),
+        ):
             metric = birth[name]
             assert metric.datatype == 10, name  # Double, in the birth only
             assert dict(
@@ -172,16 +202,20 @@ async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_i
             message="battery at 1.5 kW",
         )
         await wait_for(
-            lambda: any(r.value("battery/p_kw") == pytest.approx(1.5) for r in host.of("DDATA", "site-1")), 20,
+            lambda: any(
+                r.value("battery/p_kw") == pytest.approx(1.5) for r in host.of("DDATA", "site-1")
+            ),
+            20,
             message="battery/p_kw 1.5 in DDATA",
-        )  # fmt: skip
+        )
 
         # a DCMD to a metric that is not writable is refused, visibly
         await host.write(NODE, "site-1", "battery/soc_pct", 99.0)
         await wait_for(
-            lambda: any(r.value("bridge/last_command_error") for r in host.of("DDATA", "site-1")), 20,
+            lambda: any(r.value("bridge/last_command_error") for r in host.of("DDATA", "site-1")),
+            20,
             message="refusal",
-        )  # fmt: skip
+        )
 
         # the site goes quiet: DDEATH; it reports again: DBIRTH
         sim_clock.advance(3001)
@@ -189,9 +223,10 @@ async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_i
         dead_at = len(host.received)
         await step()
         await wait_for(
-            lambda: any(r.message_type == "DBIRTH" for r in host.received[dead_at:]), 20,
+            lambda: any(r.message_type == "DBIRTH" for r in host.received[dead_at:]),
+            20,
             message="DBIRTH after DDEATH",
-        )  # fmt: skip
+        )
 
         # the connection dies: the broker publishes the NDEATH will; a new session, bdSeq + 1
         link = bridge.link
@@ -253,9 +288,12 @@ class HomeAssistant:
 
 
 async def test_home_assistant_discovers_every_site_entity_follows_states_and_sets_the_battery(
-    simulator: Service[SimSettings], host_bus: MqttBus, mqtt_settings: MqttSettings,
-    sim_clock: ManualClock, tmp_path: Path,
-) -> None:  # fmt: skip
+    simulator: Service[SimSettings],
+    host_bus: MqttBus,
+    mqtt_settings: MqttSettings,
+    sim_clock: ManualClock,
+    tmp_path: Path,
+) -> None:
     tag = uuid.uuid4().hex[:8]
     settings = bridge_settings(mqtt_settings, tmp_path, tag).model_copy(
         update={"sparkplug_enabled": False}
@@ -290,8 +328,15 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
         by_id = {c["unique_id"]: c for c in ha.configs.values()}
         devices = {json.dumps(c["device"]["identifiers"]) for c in ha.configs.values()}
         assert devices == {'["derbus_site-1"]'}  # one HA device for the site
-        for wanted in ("pv_generation_kw", "battery_soc_pct", "battery_p_kw", "pcc_p_kw", "load_p_kw",
-                       "ev_p_kw", "battery_setpoint"):  # fmt: skip
+        for wanted in (
+            "pv_generation_kw",
+            "battery_soc_pct",
+            "battery_p_kw",
+            "pcc_p_kw",
+            "load_p_kw",
+            "ev_p_kw",
+            "battery_setpoint",
+        ):
             assert f"derbus_site-1_{wanted}" in by_id, wanted
         for config in ha.configs.values():
             await ha.follow(config["state_topic"])

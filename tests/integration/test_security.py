@@ -118,16 +118,27 @@ class Inbox:
 
 def setpoint(value_kw: float = 2.0) -> bytes:
     return SetpointCommand(
-        ts=datetime.now(UTC), source="test", target="battery_p_kw", value=value_kw, unit="kW",
-        ttl_s=60, priority=Priority.SITE_OPTIMISER,
-    ).to_json_bytes()  # fmt: skip
+        ts=datetime.now(UTC),
+        source="test",
+        target="battery_p_kw",
+        value=value_kw,
+        unit="kW",
+        ttl_s=60,
+        priority=Priority.SITE_OPTIMISER,
+    ).to_json_bytes()
 
 
 def schedule() -> bytes:
     return TimeSeries(
-        ts=T0, source="test", kind="schedule", quantity="battery_p_kw", issue_time=T0, start=T0,
-        step_s=900, values=[1.0, 0.0],
-    ).to_json_bytes()  # fmt: skip
+        ts=T0,
+        source="test",
+        kind="schedule",
+        quantity="battery_p_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=[1.0, 0.0],
+    ).to_json_bytes()
 
 
 def meter(p_kw: float) -> bytes:
@@ -269,12 +280,27 @@ def test_the_compose_healthcheck_user_reads_the_broker_uptime(
     secured_broker: SecuredBroker,
 ) -> None:
     server = secured_broker.server
-    cmd = ["mosquitto_sub", "-h", server.host, "-p", str(server.port), "-u", "healthcheck",
-           "-t", "$SYS/broker/uptime", "-C", "1", "-W", "5"]  # fmt: skip
+    cmd = [
+        "mosquitto_sub",
+        "-h",
+        server.host,
+        "-p",
+        str(server.port),
+        "-u",
+        "healthcheck",
+        "-t",
+        "$SYS/broker/uptime",
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ]
     ok = subprocess.run(
-        [*cmd, "-P", secured_broker.passwords["healthcheck"]], capture_output=True,
-        timeout=15, check=False,
-    )  # fmt: skip
+        [*cmd, "-P", secured_broker.passwords["healthcheck"]],
+        capture_output=True,
+        timeout=15,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
     assert b"seconds" in ok.stdout
     refused = subprocess.run([*cmd, "-P", "wrong"], capture_output=True, timeout=15, check=False)
@@ -305,15 +331,24 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     (config_dir / "mosquitto.conf").write_text(text)
     binary = find_binary("mosquitto")
     assert binary, "mosquitto is required (make deps)"
-    proc = subprocess.Popen([binary, "-c", str(config_dir / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [binary, "-c", str(config_dir / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_port("127.0.0.1", port, 10.0, "mosquitto with the shipped config", proc)
         base = MqttSettings(host="127.0.0.1", port=port, root=root, connect_retries=0)
 
         def login(user: str) -> MqttSettings:
-            return MqttSettings(host="127.0.0.1", port=port, root=root, connect_retries=0,
-                                username=user, password=passwords[user])  # fmt: skip
+            return MqttSettings(
+                host="127.0.0.1",
+                port=port,
+                root=root,
+                connect_retries=0,
+                username=user,
+                password=passwords[user],
+            )
 
         with pytest.raises(BusError, match="refused"):
             await MqttBus(base).connect()
@@ -362,9 +397,12 @@ def _tls_listener(conf: Path, port: int, ca: Path, cert: Path, key: Path) -> str
             break
         block.append(line[1:])
     text = "\n".join(block) + "\n"
-    for old, new in (("8883", f"{port} 127.0.0.1"), ("/mosquitto/config/certs/ca.crt", str(ca)),
-                     ("/mosquitto/config/certs/server.crt", str(cert)),
-                     ("/mosquitto/config/certs/server.key", str(key))):  # fmt: skip
+    for old, new in (
+        ("8883", f"{port} 127.0.0.1"),
+        ("/mosquitto/config/certs/ca.crt", str(ca)),
+        ("/mosquitto/config/certs/server.crt", str(cert)),
+        ("/mosquitto/config/certs/server.key", str(key)),
+    ):
         assert old in text, f"the shipped TLS listener lacks {old}"
         text = text.replace(old, new)
     return text
@@ -384,9 +422,15 @@ async def test_the_tls_listener_option_accepts_service_credentials(tmp_path: Pat
     )
     try:
         settings = MqttSettings(
-            host="127.0.0.1", port=tls_port, root=root, tls=True, ca_file=str(ca),
-            username="scada", password=passwords["scada"], connect_retries=0,
-        )  # fmt: skip
+            host="127.0.0.1",
+            port=tls_port,
+            root=root,
+            tls=True,
+            ca_file=str(ca),
+            username="scada",
+            password=passwords["scada"],
+            connect_retries=0,
+        )
         bus = MqttBus(settings)
         await bus.connect()
         inbox = Inbox()
@@ -424,8 +468,14 @@ def echo_client() -> Iterator[TestClient]:
 
 
 def _setpoint_json() -> dict[str, Any]:
-    return {"ts": datetime.now(UTC).isoformat(), "source": "scada", "target": "battery_p_kw",
-            "value": 1.0, "unit": "kW", "ttl_s": 60}  # fmt: skip
+    return {
+        "ts": datetime.now(UTC).isoformat(),
+        "source": "scada",
+        "target": "battery_p_kw",
+        "value": 1.0,
+        "unit": "kW",
+        "ttl_s": 60,
+    }
 
 
 def test_setpoint_needs_the_bearer_token(echo_client: TestClient) -> None:
@@ -500,9 +550,10 @@ def _build(name: str, tmp_path: Path) -> Service[Any, Any]:
     module = importlib.import_module(f"{name}.service")
     settings_module = importlib.import_module(f"{name}.settings")
     cls = next(
-        c for _, c in inspect.getmembers(settings_module, inspect.isclass)
+        c
+        for _, c in inspect.getmembers(settings_module, inspect.isclass)
         if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
-    )  # fmt: skip
+    )
     settings = cls(
         data_dir=tmp_path, api_token=TOKEN, mqtt=MqttSettings(username=name, password=BROKER_PW)
     )
@@ -519,9 +570,10 @@ def test_every_state_changing_route_of_a_service_needs_the_token(
     app = make_app(service, manage_lifecycle=False)
     routes = [
         (method, route.path)
-        for route in app.routes if isinstance(route, APIRoute)
+        for route in app.routes
+        if isinstance(route, APIRoute)
         for method in route.methods - {"GET", "HEAD", "OPTIONS"}
-    ]  # fmt: skip
+    ]
     assert ("PUT", "/config") in routes
     with TestClient(app) as client:
         for method, path in routes:
@@ -554,9 +606,10 @@ async def test_each_service_runs_under_its_own_user_and_acl(
     module = importlib.import_module(f"{name}.service")
     settings_module = importlib.import_module(f"{name}.settings")
     cls = next(
-        c for _, c in inspect.getmembers(settings_module, inspect.isclass)
+        c
+        for _, c in inspect.getmembers(settings_module, inspect.isclass)
         if issubclass(c, ServiceSettings) and c.__module__ == settings_module.__name__
-    )  # fmt: skip
+    )
     settings = cls(data_dir=tmp_path, mqtt=secured_broker.settings(name))
     service: Service[Any, Any] = module.build_service(settings, MqttBus(settings.mqtt))
     status = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, name, root)
@@ -729,9 +782,10 @@ def test_derbus_acl_writes_edge_site_passwords_and_a_private_env_file(tmp_path: 
     env_file.write_text((REPO / "deploy/env/.env.example").read_text() + "MQTT_EDGE_SITES=site-a\n")
     env_file.chmod(0o644)
     result = CliRunner().invoke(
-        app, ["acl", "--env-file", str(env_file), "--out-dir", str(tmp_path), "--generate-missing"],
+        app,
+        ["acl", "--env-file", str(env_file), "--out-dir", str(tmp_path), "--generate-missing"],
         env={"MQTT_EDGE_SITES": None},
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     assert env_file.stat().st_mode & 0o777 == 0o600
     assert "MQTT_PASSWORD_EDGE_SITE_A" in result.output
@@ -755,8 +809,10 @@ async def test_client_certificates_from_derbus_certs_log_in_as_their_user(tmp_pa
     acl.write_password_file(tmp_path / "passwd", {"healthcheck": acl.new_secret()})
     tls_port = free_port()
     listener = _tls_listener(REPO / "deploy/mosquitto/mosquitto.conf", tls_port, ca, cert, key)
-    for off, on in (("require_certificate false", "require_certificate true"),
-                    ("use_identity_as_username false", "use_identity_as_username true")):  # fmt: skip
+    for off, on in (
+        ("require_certificate false", "require_certificate true"),
+        ("use_identity_as_username false", "use_identity_as_username true"),
+    ):
         assert off in listener, f"the shipped TLS listener lacks `{off}`"
         listener = listener.replace(off, on)
     server = _start_broker(
@@ -764,14 +820,20 @@ async def test_client_certificates_from_derbus_certs_log_in_as_their_user(tmp_pa
         "mosquitto with TLS could not start",
     )
     try:
-        base = MqttSettings(host="127.0.0.1", port=tls_port, root=root, tls=True,
-                            ca_file=str(ca), connect_retries=0)  # fmt: skip
+        base = MqttSettings(
+            host="127.0.0.1", port=tls_port, root=root, tls=True, ca_file=str(ca), connect_retries=0
+        )
         with pytest.raises(BusError):  # no client certificate: the handshake fails
             await MqttBus(base).connect()
         for client in ("paho", "gmqtt"):
-            settings = base.model_copy(update={
-                "cert_file": str(tmp_path / "scada.crt"), "key_file": str(tmp_path / "scada.key"),
-                "client": client, "client_id": f"scada-{client}"})  # fmt: skip
+            settings = base.model_copy(
+                update={
+                    "cert_file": str(tmp_path / "scada.crt"),
+                    "key_file": str(tmp_path / "scada.key"),
+                    "client": client,
+                    "client_id": f"scada-{client}",
+                }
+            )
             bus = make_bus(settings, "scada")
             await bus.connect()
             inbox = Inbox()
@@ -805,9 +867,14 @@ async def test_a_service_api_serves_https_with_the_derbus_certs_certificate(
     settings = EchoSettings(api_port=port, api_tls_cert_file=cert, api_tls_key_file=key)
     service = build_echo(settings, InMemoryBus())
     config = uvicorn.Config(
-        make_app(service), host="127.0.0.1", port=port, log_config=None, lifespan="on",
-        ssl_certfile=settings.api_tls_cert_file, ssl_keyfile=settings.api_tls_key_file,
-    )  # fmt: skip
+        make_app(service),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        ssl_certfile=settings.api_tls_cert_file,
+        ssl_keyfile=settings.api_tls_key_file,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -820,8 +887,9 @@ async def test_a_service_api_serves_https_with_the_derbus_certs_certificate(
         with pytest.raises((OSError, http.client.HTTPException)):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5,
-                                   context=ssl.create_default_context())  # fmt: skip
+            urllib.request.urlopen(
+                f"https://127.0.0.1:{port}/healthz", timeout=5, context=ssl.create_default_context()
+            )
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -865,8 +933,9 @@ async def test_the_scada_bridge_births_and_discovery_reach_the_scada_through_the
         reading = topics.METER.topic("site-1", "pcc", secured_broker.root)
         await clients["edge_simulator"].publish(reading, meter(1.5), qos=1)
         await wait_for(
-            lambda: any(t.endswith("/config") for t in seen.topics()), 15,
+            lambda: any(t.endswith("/config") for t in seen.topics()),
+            15,
             message="a Home Assistant discovery config",
-        )  # fmt: skip
+        )
     finally:
         await bridge.stop()

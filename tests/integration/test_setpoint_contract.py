@@ -47,15 +47,25 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
 
 
 def payload(
-    clock: ManualClock, sid: str, value: float, priority: str, ttl_s: float,
+    clock: ManualClock,
+    sid: str,
+    value: float,
+    priority: str,
+    ttl_s: float,
     change: dict[str, Any] | None = None,
-) -> bytes:  # fmt: skip
+) -> bytes:
     """A command as a SCADA writes it; `change` alters fields (None drops one)."""
     body: dict[str, Any] = {
-        "ts": clock().isoformat().replace("+00:00", "Z"), "source": "scada", "setpoint_id": sid,
-        "target": "battery_p_kw", "value": value, "unit": "kW", "ttl_s": ttl_s,
-        "priority": priority, **(change or {}),
-    }  # fmt: skip
+        "ts": clock().isoformat().replace("+00:00", "Z"),
+        "source": "scada",
+        "setpoint_id": sid,
+        "target": "battery_p_kw",
+        "value": value,
+        "unit": "kW",
+        "ttl_s": ttl_s,
+        "priority": priority,
+        **(change or {}),
+    }
     return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
 
 
@@ -114,9 +124,12 @@ async def simulator(
     mqtt_settings: MqttSettings, sim_clock: ManualClock
 ) -> AsyncIterator[Service[SimSettings]]:
     settings = SimSettings(
-        mqtt=mqtt_settings, api_port=0, interval_s=3600, modbus_port=free_port(),
+        mqtt=mqtt_settings,
+        api_port=0,
+        interval_s=3600,
+        modbus_port=free_port(),
         modbus_host="127.0.0.1",
-    )  # fmt: skip
+    )
     service = build_simulator(settings, MqttBus(mqtt_settings), clock=sim_clock)
     await service.start()
     try:
@@ -182,8 +195,10 @@ async def test_edge_simulator_answers_every_command(
     await scada.send(site, "battery", payload(clock, "man-1", 2.0, "manual", 600))
     (queued,) = await scada.expect("man-1", site, "queued")
     assert (queued.active_setpoint_id, queued.active_priority, queued.applied_value) == (
-        "grid-1", "grid_operator", -3.0,
-    )  # fmt: skip
+        "grid-1",
+        "grid_operator",
+        -3.0,
+    )
     assert "grid-1" in (queued.reason or "")
     # a newer queued one of the same priority supersedes it
     await scada.send(site, "battery", payload(clock, "man-2", 1.0, "manual", 600))
@@ -221,11 +236,21 @@ async def test_meter_gateway_answers_every_command_over_modbus(
 ) -> None:
     clock, site = ManualClock(START), "gw-1"
     conn = {"type": "tcp", "host": "127.0.0.1", "port": simulator.state.modbus_port}
-    config = {"devices": [{
-        "id": "battery", "kind": "battery", "connection": conn, "unit_id": 1, "sunspec": "auto",
-        "site_id": site, "poll_interval_s": 0.2, "timeout_s": 1.0,
-        "controls": [{"target": "battery_p_kw", "min": -5, "max": 5}],
-    }]}  # fmt: skip
+    config = {
+        "devices": [
+            {
+                "id": "battery",
+                "kind": "battery",
+                "connection": conn,
+                "unit_id": 1,
+                "sunspec": "auto",
+                "site_id": site,
+                "poll_interval_s": 0.2,
+                "timeout_s": 1.0,
+                "controls": [{"target": "battery_p_kw", "min": -5, "max": 5}],
+            }
+        ]
+    }
     readings: BusRecorder[BatteryTelemetry] = BusRecorder(topics.BATTERY, mqtt_settings.root)
     await readings.attach(scada.bus, site_id=site)
     gateway = build_gateway(
@@ -263,9 +288,12 @@ async def test_meter_gateway_answers_every_command_over_modbus(
 
         await wait_for(followed, 15, 0.2, "the simulator at the queued setpoint")
         await wait_for(
-            lambda: bool(readings.values) and readings.values[-1].p_kw == pytest.approx(1.5, abs=0.01),
-            15, message="the gateway reading the simulator's battery at the queued setpoint",
-        )  # fmt: skip
+            lambda: (
+                bool(readings.values) and readings.values[-1].p_kw == pytest.approx(1.5, abs=0.01)
+            ),
+            15,
+            message="the gateway reading the simulator's battery at the queued setpoint",
+        )
         await scada.send(site, "battery", payload(clock, "grid-2", -2.0, "grid_operator", 60))
         await scada.expect("grid-2", site, "accepted")
         displaced = (await scada.expect("man-2", site, "queued", "accepted", "superseded"))[-1]

@@ -52,9 +52,7 @@ async def test_agents_on_the_broker_remove_the_over_voltage(
         "fairness": fairness,
         "group_by": group_by,
     }
-    sim_settings = Settings(
-        **base, sim_start_step=58, sim_hold_step=True, sim_interval_s=0.5
-    )  # fmt: skip
+    sim_settings = Settings(**base, sim_start_step=58, sim_hold_step=True, sim_interval_s=0.5)
     vc_settings = Settings(**base, mode="agents", solve_interval_s=0.3, round_timeout_s=15)
     sim = build_feeder_sim(sim_settings, MqttBus(mqtt_settings), feeder)
     coordinator = build_service(vc_settings, MqttBus(mqtt_settings), feeder)

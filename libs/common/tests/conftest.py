@@ -76,9 +76,15 @@ class MqttHarness:
 
     def settings(self) -> MqttSettings:
         return MqttSettings(
-            host=self.server.host, port=self.server.port, root=self.root, connect_retries=3,
-            reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0, keepalive_s=5, will_delay_s=0,
-        )  # fmt: skip
+            host=self.server.host,
+            port=self.server.port,
+            root=self.root,
+            connect_retries=3,
+            reconnect_min_delay_s=0.2,
+            reconnect_max_delay_s=1.0,
+            keepalive_s=5,
+            will_delay_s=0,
+        )
 
     def client(
         self,

@@ -32,9 +32,14 @@ def make(kind: str, cluster: NatsCluster, root: str, client_id: str, first: int)
     """A bus on the cluster whose endpoint list starts at node `first`."""
     nodes = cluster.nodes[first:] + cluster.nodes[:first]
     settings = MqttSettings(
-        brokers=",".join(n.endpoint for n in nodes), protocol="3.1.1", root=root,
-        connect_retries=5, reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0, keepalive_s=5,
-    )  # fmt: skip
+        brokers=",".join(n.endpoint for n in nodes),
+        protocol="3.1.1",
+        root=root,
+        connect_retries=5,
+        reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=1.0,
+        keepalive_s=5,
+    )
     if kind == "gmqtt":
         return GmqttBus(settings, client_id=client_id)
     return MqttBus(settings, client_id=client_id)
@@ -62,9 +67,10 @@ async def test_failover_when_the_node_of_both_clients_is_killed(
     for payload in sent[10:20]:
         await pub.publish(topic, payload, qos=1)  # queued by the bus until it has failed over
     await wait_for(
-        lambda: all(b.connected and b.stats.endpoint != node.endpoint for b in (sub, pub)), 60,
+        lambda: all(b.connected and b.stats.endpoint != node.endpoint for b in (sub, pub)),
+        60,
         message="both failed over to another node",
-    )  # fmt: skip
+    )
     for payload in sent[20:]:
         await pub.publish(topic, payload, qos=1)
     await wait_for(lambda: set(inbox.payloads) == set(sent), 60, message="every message, none lost")
@@ -110,8 +116,14 @@ def test_a_node_that_cannot_bind_fails_the_start_at_once_with_its_reason() -> No
         cluster = NatsCluster()
         for i in range(3):
             cluster.nodes.append(
-                NatsNode(f"n{i + 1}", free_port(), free_port(), free_port(), cluster.base_dir / f"n{i + 1}")
-            )  # fmt: skip
+                NatsNode(
+                    f"n{i + 1}",
+                    free_port(),
+                    free_port(),
+                    free_port(),
+                    cluster.base_dir / f"n{i + 1}",
+                )
+            )
         cluster.nodes[1].client_port = taken.getsockname()[1]
         try:
             with pytest.raises(

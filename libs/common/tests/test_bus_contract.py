@@ -218,9 +218,13 @@ async def test_message_expiry_delivers_the_live_command_and_drops_the_stale_one(
     topic = topics.SETPOINT.topic("s1", "bat", harness.root)
     for payload, ttl_s, correlation in ((b"stale", 1, b"c-1"), (b"live", 600, b"c-2")):
         await sender.publish(
-            topic, payload, qos=1, expiry_s=ttl_s, response_topic=reply_to,
+            topic,
+            payload,
+            qos=1,
+            expiry_s=ttl_s,
+            response_topic=reply_to,
             correlation_data=correlation,
-        )  # fmt: skip
+        )
         outcomes.sent(correlation, ttl_s)
     await wait_for(lambda: sender.stats.queued == 0, 15, message="the broker took both")
     await harness.let_time_pass(2.5)

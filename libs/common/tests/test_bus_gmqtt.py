@@ -15,9 +15,13 @@ async def test_subscribe_survives_a_broker_restart_before_its_suback(
 ) -> None:
     """A SUBSCRIBE lost with its connection is answered on the next one: subscribe returns."""
     settings = MqttSettings(
-        host=restartable_broker.host, port=restartable_broker.port, root=topic_root,
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0, keepalive_s=5,
-    )  # fmt: skip
+        host=restartable_broker.host,
+        port=restartable_broker.port,
+        root=topic_root,
+        reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=1.0,
+        keepalive_s=5,
+    )
     bus = GmqttBus(settings, client_id=f"sub-{topic_root[-8:]}")
     await bus.connect()
     got: list[bytes] = []

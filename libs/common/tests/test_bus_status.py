@@ -62,9 +62,15 @@ class Statuses:
 
 def settings_for(server: MosquittoServer, root: str, client: str) -> MqttSettings:
     return MqttSettings(
-        host=server.host, port=server.port, root=root, client=client,  # type: ignore[arg-type]
-        reconnect_min_delay_s=0.2, reconnect_max_delay_s=1.0, keepalive_s=5, will_delay_s=0,
-    )  # fmt: skip
+        host=server.host,
+        port=server.port,
+        root=root,
+        client=client,  # type: ignore[arg-type]
+        reconnect_min_delay_s=0.2,
+        reconnect_max_delay_s=1.0,
+        keepalive_s=5,
+        will_delay_s=0,
+    )
 
 
 @pytest.mark.parametrize("client", ["gmqtt", "paho"])
@@ -131,9 +137,10 @@ async def test_status_after_a_broker_restart_orders_after_the_previous_will(
     # Mosquitto may publish the lost connection's will after its restart; the service's own
     # status of the new connection comes after it and orders after it.
     await wait_for(
-        lambda: bool(retained.items) and retained.items[-1].state == "online", 15,
+        lambda: bool(retained.items) and retained.items[-1].state == "online",
+        15,
         message="online retained again",
-    )  # fmt: skip
+    )
     newest = retained.items[-1]
     assert newest.seq is not None
     assert newest.seq >> 32 == 2  # numbered on the second connection

@@ -42,22 +42,47 @@ def test_watch_state_folds_messages_per_site() -> None:
             BatteryTelemetry(ts=T0, source="x", p_kw=1.0, soc_pct=61.5),
         )
     )
-    state.update(raw(topics.SERVICE_STATUS, "platform", "ps",
-                     ServiceStatus(ts=T0, source="ps", service="ps", state="degraded", reason="solver")))  # fmt: skip
+    state.update(
+        raw(
+            topics.SERVICE_STATUS,
+            "platform",
+            "ps",
+            ServiceStatus(ts=T0, source="ps", service="ps", state="degraded", reason="solver"),
+        )
+    )
     state.update(RawMessage(topics.METER.topic("s1", "pcc", ROOT), b"garbage"))
     assert state.sites["s1"].pcc_kw == -2.5
     assert state.sites["s1"].pv_kw == 4.0
     assert state.sites["s2"].soc_pct == 61.5
     assert state.services["ps"].state == "degraded"
     # an edge gateway on site credentials reports at its site: a service, not a site view
-    state.update(raw(topics.SERVICE_STATUS, "s3", "meter_gateway",
-                     ServiceStatus(ts=T0, source="gw", service="meter_gateway", state="online")))  # fmt: skip
+    state.update(
+        raw(
+            topics.SERVICE_STATUS,
+            "s3",
+            "meter_gateway",
+            ServiceStatus(ts=T0, source="gw", service="meter_gateway", state="online"),
+        )
+    )
     assert state.services["meter_gateway@s3"].state == "online"
     assert "meter_gateway" not in state.services
     assert "s3" not in state.sites
-    state.update(raw(topics.FEEDER_STATE, "ieee123", "feeder", FeederState(
-        ts=T0, source="sim", feeder_id="ieee123", step=48, v_pu={"b1": [1.01, None, 1.06]},
-        pv_available_kw={"pv1": 10.0}, pv_output_kw={"pv1": 7.0})))  # fmt: skip
+    state.update(
+        raw(
+            topics.FEEDER_STATE,
+            "ieee123",
+            "feeder",
+            FeederState(
+                ts=T0,
+                source="sim",
+                feeder_id="ieee123",
+                step=48,
+                v_pu={"b1": [1.01, None, 1.06]},
+                pv_available_kw={"pv1": 10.0},
+                pv_output_kw={"pv1": 7.0},
+            ),
+        )
+    )
     assert state.invalid == 1
     assert state.messages == 7
     assert "ieee123" not in state.sites, "a feeder is shown as a feeder, not as a site"
@@ -77,9 +102,22 @@ def test_a_feeder_never_shows_as_a_site_even_when_its_kpis_come_first() -> None:
     state = WatchState(root=ROOT)
     kpi = KpiReport(ts=T0, source="vc", name="voltage_coordinator", values={"curtailed_kw": 3.0})
     state.update(raw(topics.KPI, "ieee123", "voltage_coordinator", kpi))
-    state.update(raw(topics.FEEDER_STATE, "ieee123", "feeder", FeederState(
-        ts=T0, source="sim", feeder_id="ieee123", step=3, v_pu={"b1": [1.02, None, None]},
-        pv_available_kw={"pv1": 10.0}, pv_output_kw={"pv1": 7.0})))  # fmt: skip
+    state.update(
+        raw(
+            topics.FEEDER_STATE,
+            "ieee123",
+            "feeder",
+            FeederState(
+                ts=T0,
+                source="sim",
+                feeder_id="ieee123",
+                step=3,
+                v_pu={"b1": [1.02, None, None]},
+                pv_available_kw={"pv1": 10.0},
+                pv_output_kw={"pv1": 7.0},
+            ),
+        )
+    )
     state.update(raw(topics.KPI, "ieee123", "voltage_coordinator", kpi))
     assert state.shown_sites() == {}
     assert state.feeder_views["ieee123"].kpis == {"curtailed_kw": 3.0}
@@ -92,18 +130,44 @@ def test_the_summary_follows_a_site_along_the_chain() -> None:
     from derbus.messages import JobPlan, SetpointAck, SetpointCommand, TimeSeries
 
     state = WatchState(root=ROOT)
-    state.update(raw(topics.METER, "s1", "pcc", MeterReading(ts=T0, source="meter_gateway", p_kw=3.0)))  # fmt: skip
+    state.update(
+        raw(topics.METER, "s1", "pcc", MeterReading(ts=T0, source="meter_gateway", p_kw=3.0))
+    )
     bands = {"p10": [0.5], "p50": [1.0], "p90": [2.0]}
-    forecast = TimeSeries(ts=T0, source="forecaster", kind="forecast", quantity="load_p_kw",
-                          issue_time=T0, start=T0, step_s=900, values=[1.0], quantiles=bands,
-                          model="cold_start")  # fmt: skip
+    forecast = TimeSeries(
+        ts=T0,
+        source="forecaster",
+        kind="forecast",
+        quantity="load_p_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=[1.0],
+        quantiles=bands,
+        model="cold_start",
+    )
     state.update(raw(topics.FORECAST, "s1", "load", forecast))
-    schedule = TimeSeries(ts=T0, source="peak_shaving", kind="schedule", quantity="battery_p_kw",
-                          issue_time=T0, start=T0, step_s=900, values=[-1.5],
-                          meta={"plan_status": "ok"})  # fmt: skip
+    schedule = TimeSeries(
+        ts=T0,
+        source="peak_shaving",
+        kind="schedule",
+        quantity="battery_p_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=[-1.5],
+        meta={"plan_status": "ok"},
+    )
     state.update(raw(topics.BATTERY_SCHEDULE, "s1", "battery", schedule))
-    first = SetpointCommand(ts=T0, source="peak_shaving", setpoint_id="a", target="battery_p_kw",
-                            value=-1.5, unit="kW", ttl_s=3)  # fmt: skip
+    first = SetpointCommand(
+        ts=T0,
+        source="peak_shaving",
+        setpoint_id="a",
+        target="battery_p_kw",
+        value=-1.5,
+        unit="kW",
+        ttl_s=3,
+    )
     state.update(raw(topics.SETPOINT, "s1", "battery", first))
     summary = state.summary(T0)
     assert "PCC 3.00 kW (via meter_gateway)" in summary
@@ -116,8 +180,15 @@ def test_the_summary_follows_a_site_along_the_chain() -> None:
     replaced = ack.model_copy(update={"status": "superseded", "reason": "replaced by b"})
     state.update(raw(topics.SETPOINT_ACK, "s1", "battery", replaced))  # the end of its life
     assert "setpoint: -1.50 kW from peak_shaving: accepted" in state.summary(T0)
-    plan = JobPlan(ts=T0, source="load_manager", plan_id="p", jobs=[], horizon_start=T0,
-                   step_s=900, solve_status="optimal")  # fmt: skip
+    plan = JobPlan(
+        ts=T0,
+        source="load_manager",
+        plan_id="p",
+        jobs=[],
+        horizon_start=T0,
+        step_s=900,
+        solve_status="optimal",
+    )
     state.update(raw(topics.JOB_PLAN, "s1", "jobs", plan))
     assert "load manager: 0 jobs optimal" in state.summary(T0)
     assert state.sites["s1"].schedule is not None

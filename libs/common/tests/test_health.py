@@ -28,10 +28,14 @@ def api(tls: tuple[Path, Path] | None = None, started: bool = True) -> Iterator[
     port = free_port()
     service = build_echo(EchoSettings(api_port=port), InMemoryBus())
     config = uvicorn.Config(
-        make_app(service, manage_lifecycle=started), host="127.0.0.1", port=port,
-        log_config=None, lifespan="on",
-        ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
-    )  # fmt: skip
+        make_app(service, manage_lifecycle=started),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -92,8 +96,11 @@ def test_an_https_api_is_probed_over_https_when_the_service_has_a_certificate(
         # as the image runs it: a process with the service's environment
         done = subprocess.run(
             [sys.executable, "-m", "derbus.health", str(port)],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -79,9 +79,12 @@ def test_a_restart_waits_past_the_will_delay() -> None:
 
 def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path) -> None:
     child = launcher.Child(
-        "quitter", [sys.executable, "-c", "import sys; sys.exit(3)"], {}, tmp_path / "q.log",
+        "quitter",
+        [sys.executable, "-c", "import sys; sys.exit(3)"],
+        {},
+        tmp_path / "q.log",
         tmp_path,
-    )  # fmt: skip
+    )
     platform = launcher.Platform(tmp_path, tmp_path, tmp_path, 1883, {"quitter": child}, {})
     child.start()
     assert child.proc is not None
@@ -105,9 +108,13 @@ def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path
 
 def test_supervise_forgets_old_failures_after_a_stable_run(tmp_path: Path) -> None:
     child = launcher.Child(
-        "quitter", [sys.executable, "-c", "pass"], {}, tmp_path / "q.log", tmp_path,
+        "quitter",
+        [sys.executable, "-c", "pass"],
+        {},
+        tmp_path / "q.log",
+        tmp_path,
         failures_in_a_row=4,
-    )  # fmt: skip
+    )
     platform = launcher.Platform(tmp_path, tmp_path, tmp_path, 1883, {"quitter": child}, {})
     child.start()
     assert child.proc is not None

@@ -63,9 +63,14 @@ def test_sign_convention_load_referenced() -> None:
 
 def test_setpoint_contract_fields_and_unit_check() -> None:
     cmd = SetpointCommand(
-        ts=T0, source="ps", target="battery_p_kw", value=-3.0, unit="kW", ttl_s=30,
+        ts=T0,
+        source="ps",
+        target="battery_p_kw",
+        value=-3.0,
+        unit="kW",
+        ttl_s=30,
         priority=Priority.SITE_OPTIMISER,
-    )  # fmt: skip
+    )
     assert cmd.setpoint_id
     assert cmd.expires_at == T0 + timedelta(seconds=30)
     with pytest.raises(ValidationError, match="does not match"):
@@ -92,25 +97,46 @@ def test_ack_statuses() -> None:
 
 def test_time_series_lookup_and_quantile_length() -> None:
     ts = TimeSeries(
-        ts=T0, source="f", kind="forecast", quantity="load_p_kw", issue_time=T0, start=T0,
-        step_s=900, values=[1.0, 2.0, 3.0], quantiles={"p10": [0.5, 1.5, 2.5]},
-    )  # fmt: skip
+        ts=T0,
+        source="f",
+        kind="forecast",
+        quantity="load_p_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=[1.0, 2.0, 3.0],
+        quantiles={"p10": [0.5, 1.5, 2.5]},
+    )
     assert ts.value_at(T0 + timedelta(minutes=20)) == 2.0
     assert ts.value_at(T0 - timedelta(seconds=1)) is None
     assert ts.value_at(T0 + timedelta(minutes=45)) is None
     assert ts.times()[2] == T0 + timedelta(minutes=30)
     with pytest.raises(ValidationError, match="quantile p90"):
         TimeSeries(
-            ts=T0, source="f", kind="forecast", quantity="q", issue_time=T0, start=T0, step_s=900,
-            values=[1.0, 2.0], quantiles={"p90": [1.0]},
-        )  # fmt: skip
+            ts=T0,
+            source="f",
+            kind="forecast",
+            quantity="q",
+            issue_time=T0,
+            start=T0,
+            step_s=900,
+            values=[1.0, 2.0],
+            quantiles={"p90": [1.0]},
+        )
 
 
 def _series(values: list[float], step_s: int = 900, **quantiles: list[float]) -> TimeSeries:
     return TimeSeries(
-        ts=T0, source="f", kind="forecast", quantity="load_p_kw", issue_time=T0, start=T0,
-        step_s=step_s, values=values, quantiles=quantiles or None,
-    )  # fmt: skip
+        ts=T0,
+        source="f",
+        kind="forecast",
+        quantity="load_p_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=step_s,
+        values=values,
+        quantiles=quantiles or None,
+    )
 
 
 def test_on_grid_point_takes_the_interval_containing_each_start() -> None:

@@ -99,9 +99,15 @@ async def rig() -> AsyncIterator[Rig]:
 
 def command(sid: str, value: float = 1.0, prio: Priority = Priority.MANUAL) -> bytes:
     return SetpointCommand(
-        ts=T0, source="scada", setpoint_id=sid, target="battery_p_kw", value=value, unit="kW",
-        ttl_s=60, priority=prio,
-    ).to_json_bytes()  # fmt: skip
+        ts=T0,
+        source="scada",
+        setpoint_id=sid,
+        target="battery_p_kw",
+        value=value,
+        unit="kW",
+        ttl_s=60,
+        priority=prio,
+    ).to_json_bytes()
 
 
 BAD_UNIT = command("ops-1").replace(b'"unit":"kW"', b'"unit":"W"')
@@ -209,21 +215,28 @@ def test_rest_answers_with_the_ack_and_its_http_status() -> None:
         url += "?site_id=site-1"
         ok = client.post(url, json={**body, "setpoint_id": "g1"}, headers=auth)
         assert (ok.status_code, ok.json()["status"], ok.json()["setpoint_id"]) == (
-            200, "accepted", "g1",
-        )  # fmt: skip
+            200,
+            "accepted",
+            "g1",
+        )
         assert ok.json()["ts"] == "2026-06-01T12:00:00Z", "stamped with the receiver's clock"
         low = client.post(url, json={**body, "value": 1.0, "priority": "manual"}, headers=auth)
         assert low.status_code == 202
         assert low.json()["status"] == "queued"
         assert (low.json()["active_setpoint_id"], low.json()["active_priority"]) == (
-            "g1", "grid_operator",
-        )  # fmt: skip
+            "g1",
+            "grid_operator",
+        )
         out = client.post(url, json={**body, "value": 50}, headers=auth)
         assert out.status_code == 422
         assert out.json()["status"] == "rejected"
         assert "outside the allowed range" in out.json()["reason"]
-        for bad, field in ((("unit", "W"), "unit"), (("ttl_s", 0), "ttl_s"),
-                           (("ttl_s", 999_999), "ttl_s"), (("value", "x"), "value")):  # fmt: skip
+        for bad, field in (
+            (("unit", "W"), "unit"),
+            (("ttl_s", 0), "ttl_s"),
+            (("ttl_s", 999_999), "ttl_s"),
+            (("value", "x"), "value"),
+        ):
             refused = client.post(url, json={**body, bad[0]: bad[1]}, headers=auth)
             assert refused.status_code == 422, bad
             assert refused.json()["detail"][0]["loc"] == ["body", field]

@@ -54,9 +54,15 @@ def run(arbiter: SetpointArbiter, steps: list[Step]) -> None:
         now = T0 + timedelta(seconds=t_s)
         if isinstance(action, Submit):
             cmd = SetpointCommand(
-                ts=now, source="t", setpoint_id=action.sid, target="battery_p_kw",
-                value=action.value, unit="kW", ttl_s=action.ttl_s, priority=action.priority,
-            )  # fmt: skip
+                ts=now,
+                source="t",
+                setpoint_id=action.sid,
+                target="battery_p_kw",
+                value=action.value,
+                unit="kW",
+                ttl_s=action.ttl_s,
+                priority=action.priority,
+            )
             acks = arbiter.submit(cmd, now)
         elif isinstance(action, Expire):
             acks = arbiter.expire(now)
@@ -95,7 +101,12 @@ CYCLES: dict[str, list[Step]] = {
     ],
     "a higher one displaces the lower one in force: superseded, never resumed": [
         (0, Submit("man", M, 1.0, 120), [("man", "accepted", "man")], 1.0),
-        (1, Submit("grid", G, -3.0, 30), [("grid", "accepted", "grid"), ("man", "superseded", "grid")], -3.0),
+        (
+            1,
+            Submit("grid", G, -3.0, 30),
+            [("grid", "accepted", "grid"), ("man", "superseded", "grid")],
+            -3.0,
+        ),
         (31, Expire(), [("grid", "expired", None)], None),
         (121, Expire(), [], None),
     ],
@@ -106,19 +117,37 @@ CYCLES: dict[str, list[Step]] = {
     "a higher one ends the lower in force and the lower queued alike": [
         (0, Submit("grid", G, -1.0, 60), [("grid", "accepted", "grid")], -1.0),
         (1, Submit("man", M, 1.0, 60), [("man", "queued", "grid")], -1.0),
-        (2, Submit("safe", X, 0.0, 60),
-         [("safe", "accepted", "safe"), ("grid", "superseded", "safe"), ("man", "superseded", "safe")], 0.0),
+        (
+            2,
+            Submit("safe", X, 0.0, 60),
+            [
+                ("safe", "accepted", "safe"),
+                ("grid", "superseded", "safe"),
+                ("man", "superseded", "safe"),
+            ],
+            0.0,
+        ),
     ],
     "a newer queued one of the same priority supersedes the older queued one": [
         (0, Submit("grid", G, -1.0, 60), [("grid", "accepted", "grid")], -1.0),
         (1, Submit("opt1", S, 1.0, 60), [("opt1", "queued", "grid")], -1.0),
-        (2, Submit("opt2", S, 2.0, 60), [("opt2", "queued", "grid"), ("opt1", "superseded", "grid")], -1.0),
+        (
+            2,
+            Submit("opt2", S, 2.0, 60),
+            [("opt2", "queued", "grid"), ("opt1", "superseded", "grid")],
+            -1.0,
+        ),
         (60, Expire(), [("grid", "expired", "opt2"), ("opt2", "accepted", "opt2")], 2.0),
     ],
     "a lower one between two: queued behind the highest, the one below it superseded": [
         (0, Submit("safe", X, 0.0, 60), [("safe", "accepted", "safe")], 0.0),
         (1, Submit("man", M, 1.0, 60), [("man", "queued", "safe")], 0.0),
-        (2, Submit("opt", S, 2.0, 60), [("opt", "queued", "safe"), ("man", "superseded", "safe")], 0.0),
+        (
+            2,
+            Submit("opt", S, 2.0, 60),
+            [("opt", "queued", "safe"), ("man", "superseded", "safe")],
+            0.0,
+        ),
     ],
     "a refresh (same id) extends the ttl and supersedes nothing": [
         (0, Submit("x", M, 1.0, 10), [("x", "accepted", "x")], 1.0),
@@ -143,7 +172,7 @@ CYCLES: dict[str, list[Step]] = {
         (11, Submit("man", M, 1.0, 60), [("man", "accepted", "man")], 1.0),
         (11, Expire(), [("grid", "expired", "man")], 1.0),
     ],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("steps", CYCLES.values(), ids=CYCLES.keys())
@@ -157,8 +186,16 @@ def test_every_valid_command_gets_one_first_and_one_final_ack() -> None:
     for k, sid in enumerate(["a", "b", "c", "d", "e", "f"]):
         prio = [M, G, S, X, M, S][k]
         now = T0 + timedelta(seconds=k)
-        cmd = SetpointCommand(ts=now, source="t", setpoint_id=sid, target="battery_p_kw",
-                              value=k - 2.5, unit="kW", ttl_s=10 + 7 * k, priority=prio)  # fmt: skip
+        cmd = SetpointCommand(
+            ts=now,
+            source="t",
+            setpoint_id=sid,
+            target="battery_p_kw",
+            value=k - 2.5,
+            unit="kW",
+            ttl_s=10 + 7 * k,
+            priority=prio,
+        )
         for ack in a.submit(cmd, now):
             firsts.setdefault(ack.setpoint_id, []).append(ack.status)
     for ack in a.expire(T0 + timedelta(hours=1)):
@@ -174,9 +211,16 @@ def test_every_valid_command_gets_one_first_and_one_final_ack() -> None:
 
 def _cmd(value: float, **kw: object) -> SetpointCommand:
     return SetpointCommand.model_validate(
-        {"ts": T0, "source": "t", "target": "battery_p_kw", "value": value, "unit": "kW",
-         "ttl_s": 60, **kw}
-    )  # fmt: skip
+        {
+            "ts": T0,
+            "source": "t",
+            "target": "battery_p_kw",
+            "value": value,
+            "unit": "kW",
+            "ttl_s": 60,
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -185,10 +229,13 @@ def _cmd(value: float, **kw: object) -> SetpointCommand:
         (_cmd(9.0), T0, "value 9 outside the allowed range [-5, 5]"),
         (_cmd(1.0, ttl_s=10), T0 + timedelta(seconds=11), "stale: expired at 2026-06-01T12:00:10Z"),
         (_cmd(1.0, ts=T0 + timedelta(minutes=5)), T0, "timestamp is in the future"),
-        (SetpointCommand(ts=T0, source="t", target="pv_limit_kw", value=1, unit="kW", ttl_s=5), T0,
-         "target pv_limit_kw not supported (supported: battery_p_kw)"),
+        (
+            SetpointCommand(ts=T0, source="t", target="pv_limit_kw", value=1, unit="kW", ttl_s=5),
+            T0,
+            "target pv_limit_kw not supported (supported: battery_p_kw)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_rejections_name_the_reason_and_change_nothing(
     cmd: SetpointCommand, now: datetime, reason: str
 ) -> None:
@@ -248,9 +295,13 @@ GOOD = (
         ((b'"priority": "manual"', b'"priority": "boss"'), "priority", "Input should be"),
         ((b'"ts": "2026-06-01T12:00:00Z"', b'"ts": "2026-06-01T12:00:00"'), "ts", "timezone-aware"),
         ((b'"source": "scada"', b'"source": "scada", "colour": "red"'), "colour", "Extra inputs"),
-        ((b'"setpoint_id": "ops-1"', b'"setpoint_id": 42, "ttl_s": -1'), "setpoint_id", "valid string"),
+        (
+            (b'"setpoint_id": "ops-1"', b'"setpoint_id": 42, "ttl_s": -1'),
+            "setpoint_id",
+            "valid string",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_invalid_command_with_an_id_is_rejected_naming_the_field(
     change: tuple[bytes, bytes], field: str, reason: str
 ) -> None:

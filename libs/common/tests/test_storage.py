@@ -35,15 +35,46 @@ def test_every_point_matches_the_schema() -> None:
     schema = influx_schema()
     messages = [
         (topics.METER, IDS, MeterReading(ts=T0, source="x", p_kw=1.0, v_l1_v=231.0)),
-        (topics.BATTERY, TopicIds("s1", "battery"), BatteryTelemetry(ts=T0, source="x", p_kw=-1, soc_pct=50)),
-        (topics.SERVICE_STATUS, TopicIds("platform", "ps"), ServiceStatus(ts=T0, source="ps", service="ps", state="degraded")),
-        (topics.FEEDER_STATE, TopicIds("f", "ieee123"), FeederState(
-            ts=T0, source="sim", feeder_id="ieee123", step=0, v_pu={"b1": [1.01, None, 1.02]},
-            pv_available_kw={"pv1": 10.0}, pv_output_kw={"pv1": 7.0})),
-        (topics.FORECAST, TopicIds("s1", "load"), TimeSeries(
-            ts=T0, source="f", kind="forecast", quantity="load_p_kw", issue_time=T0, start=T0 + timedelta(hours=1),
-            step_s=900, values=[1.0, 2.0], quantiles={"p10": [0.5, 1.5], "p90": [1.5, 2.5]}, model="gbr")),
-    ]  # fmt: skip
+        (
+            topics.BATTERY,
+            TopicIds("s1", "battery"),
+            BatteryTelemetry(ts=T0, source="x", p_kw=-1, soc_pct=50),
+        ),
+        (
+            topics.SERVICE_STATUS,
+            TopicIds("platform", "ps"),
+            ServiceStatus(ts=T0, source="ps", service="ps", state="degraded"),
+        ),
+        (
+            topics.FEEDER_STATE,
+            TopicIds("f", "ieee123"),
+            FeederState(
+                ts=T0,
+                source="sim",
+                feeder_id="ieee123",
+                step=0,
+                v_pu={"b1": [1.01, None, 1.02]},
+                pv_available_kw={"pv1": 10.0},
+                pv_output_kw={"pv1": 7.0},
+            ),
+        ),
+        (
+            topics.FORECAST,
+            TopicIds("s1", "load"),
+            TimeSeries(
+                ts=T0,
+                source="f",
+                kind="forecast",
+                quantity="load_p_kw",
+                issue_time=T0,
+                start=T0 + timedelta(hours=1),
+                step_s=900,
+                values=[1.0, 2.0],
+                quantiles={"p10": [0.5, 1.5], "p90": [1.5, 2.5]},
+                model="gbr",
+            ),
+        ),
+    ]
     seen = set()
     for spec, ids, msg in messages:
         for point in influx_points(spec, ids, msg):
@@ -55,8 +86,16 @@ def test_every_point_matches_the_schema() -> None:
 
 
 def test_forecast_points_are_at_future_times_with_horizon() -> None:
-    series = TimeSeries(ts=T0, source="f", kind="forecast", quantity="pv_generation_kw", issue_time=T0,
-                        start=T0, step_s=900, values=[0.0, 3.0])  # fmt: skip
+    series = TimeSeries(
+        ts=T0,
+        source="f",
+        kind="forecast",
+        quantity="pv_generation_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=[0.0, 3.0],
+    )
     points = influx_points(topics.FORECAST, TopicIds("s1", "pv"), series)
     assert [p.time for p in points] == [T0, T0 + timedelta(minutes=15)]
     assert points[1].fields["horizon_h"] == 0.25

@@ -44,11 +44,19 @@ T0 = datetime(2027, 1, 12, 0, 0, tzinfo=UTC)  # a Tuesday
 
 def _series(issue: datetime, prices: list[float], *, stale: bool = False) -> PriceSeries:
     return PriceSeries(
-        ts=issue, source="test", zone="site-1", origin="csv", issue_time=issue, start=T0,
-        step_s=3600, import_per_kwh=prices, export_per_kwh=[p / 2 for p in prices],
-        valid_until=T0 + timedelta(hours=6), stale=stale,
+        ts=issue,
+        source="test",
+        zone="site-1",
+        origin="csv",
+        issue_time=issue,
+        start=T0,
+        step_s=3600,
+        import_per_kwh=prices,
+        export_per_kwh=[p / 2 for p in prices],
+        valid_until=T0 + timedelta(hours=6),
+        stale=stale,
         stale_reason="source down" if stale else None,
-    )  # fmt: skip
+    )
 
 
 def test_price_book_uses_a_fresh_series_and_the_tariff_past_its_end() -> None:

@@ -60,12 +60,19 @@ def test_rate_meter_counts_events_in_the_window_only() -> None:
 
 def snapshot(**changes: object) -> BacklogSnapshot:
     base: dict[str, object] = {
-        "pending_rows": 1234, "capacity_rows": 10_000, "oldest_age_s": 42.5,
-        "rows_in_total": 5000, "rows_out_total": 3766, "rows_in_per_s": 12.5,
-        "rows_out_per_s": 8.0, "last_success": NOW - timedelta(seconds=30),
+        "pending_rows": 1234,
+        "capacity_rows": 10_000,
+        "oldest_age_s": 42.5,
+        "rows_in_total": 5000,
+        "rows_out_total": 3766,
+        "rows_in_per_s": 12.5,
+        "rows_out_per_s": 8.0,
+        "last_success": NOW - timedelta(seconds=30),
         "last_error": "write to x failed: connection refused",
-        "last_error_at": NOW - timedelta(seconds=5), "fill": "ok", "refused_messages_total": 0,
-    }  # fmt: skip
+        "last_error_at": NOW - timedelta(seconds=5),
+        "fill": "ok",
+        "refused_messages_total": 0,
+    }
     base.update(changes)
     return BacklogSnapshot(**base)  # type: ignore[arg-type]
 

@@ -63,10 +63,17 @@ def test_supabase_needs_url_and_key_together(monkeypatch: pytest.MonkeyPatch) ->
 
 def cli(tmp_path: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(
-        app, [*args, "--data-dir", str(tmp_path), "--database-url", f"sqlite:///{tmp_path / 'c.db'}"]
+        app,
+        [*args, "--data-dir", str(tmp_path), "--database-url", f"sqlite:///{tmp_path / 'c.db'}"]
         if args and args[0] != "migrate"
-        else ["--data-dir", str(tmp_path), "--database-url", f"sqlite:///{tmp_path / 'c.db'}", *args],
-    )  # fmt: skip
+        else [
+            "--data-dir",
+            str(tmp_path),
+            "--database-url",
+            f"sqlite:///{tmp_path / 'c.db'}",
+            *args,
+        ],
+    )
     return result.exit_code, result.output
 
 

@@ -30,11 +30,18 @@ def test_sqlite_migration_is_idempotent_and_creates_the_shared_table(tmp_path: P
     assert store.migrate() == []
     inspector = sa.inspect(store.engine)
     assert [c["name"] for c in inspector.get_columns("readings")] == [
-        "time", "site_id", "device_id", "metric", "value",
-    ]  # fmt: skip
+        "time",
+        "site_id",
+        "device_id",
+        "metric",
+        "value",
+    ]
     assert inspector.get_pk_constraint("readings")["constrained_columns"] == [
-        "time", "site_id", "device_id", "metric",
-    ]  # fmt: skip
+        "time",
+        "site_id",
+        "device_id",
+        "metric",
+    ]
     assert "readings_series_idx" in {i["name"] for i in inspector.get_indexes("readings")}
 
 
@@ -86,9 +93,11 @@ def test_open_store_prefers_database_url_then_supabase_then_sqlite(tmp_path: Pat
         open_store(rest, tmp_path, migrations_dir=None, connect_timeout_s=1), SupabaseCloudStore
     )
     embedded = open_store(
-        DatabaseSettings(database_url=None, supabase_url=None, supabase_key=None), tmp_path,
-        migrations_dir=None, connect_timeout_s=1,
-    )  # fmt: skip
+        DatabaseSettings(database_url=None, supabase_url=None, supabase_key=None),
+        tmp_path,
+        migrations_dir=None,
+        connect_timeout_s=1,
+    )
     assert isinstance(embedded, SqlCloudStore)
     assert embedded.description.endswith("cloud.db")
 
@@ -123,11 +132,21 @@ def test_supabase_rest_upsert_request_shape() -> None:
     assert "return=minimal" in prefer
     assert req.headers["apikey"] == "service-key"
     assert json.loads(req.content) == [
-        {"time": "2026-06-01T12:00:00.500000Z", "site_id": "site-1", "device_id": "pcc",
-         "metric": "meter.p_kw", "value": 2.5},
-        {"time": "2026-06-01T12:00:00.500000Z", "site_id": "site-1", "device_id": "pv",
-         "metric": "pv.generation_kw", "value": 3.0},
-    ]  # fmt: skip
+        {
+            "time": "2026-06-01T12:00:00.500000Z",
+            "site_id": "site-1",
+            "device_id": "pcc",
+            "metric": "meter.p_kw",
+            "value": 2.5,
+        },
+        {
+            "time": "2026-06-01T12:00:00.500000Z",
+            "site_id": "site-1",
+            "device_id": "pv",
+            "metric": "pv.generation_kw",
+            "value": 3.0,
+        },
+    ]
 
 
 def test_supabase_errors_become_storage_errors() -> None:

@@ -23,9 +23,11 @@ FAST = RetryPolicy(attempts=3, initial_delay_s=0.001, max_delay_s=0.002)
 
 def forwarder(outbox: Outbox, store: object, batch: int = 4) -> Forwarder:
     return Forwarder(
-        outbox, store,  # type: ignore[arg-type]
-        batch_size=lambda: batch, retry=FAST,
-    )  # fmt: skip
+        outbox,
+        store,  # type: ignore[arg-type]
+        batch_size=lambda: batch,
+        retry=FAST,
+    )
 
 
 def stored(store: SqlCloudStore) -> list[tuple[object, ...]]:
@@ -139,9 +141,11 @@ def test_stop_interrupts_a_retry_wait(
     box = Outbox(tmp_path / "o.db")
     box.append(ReadingBatch.from_rows(make_rows(1)), 1.0)
     fw = Forwarder(
-        box, FlakyStore(failures=100),  # type: ignore[arg-type]
-        batch_size=lambda: 10, retry=RetryPolicy(attempts=50, initial_delay_s=5, max_delay_s=5),
-    )  # fmt: skip
+        box,
+        FlakyStore(failures=100),  # type: ignore[arg-type]
+        batch_size=lambda: 10,
+        retry=RetryPolicy(attempts=50, initial_delay_s=5, max_delay_s=5),
+    )
     fw._stop.set()  # as if stop() was called while the pass runs
     result = fw.drain()
     assert result.rows == 0

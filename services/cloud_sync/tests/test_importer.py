@@ -23,21 +23,52 @@ T0 = datetime(2025, 3, 1, tzinfo=UTC)
 def record(site: str, when: datetime, k: float) -> dict[str, Any]:
     """A `--historical` line as the edge simulator writes it (edge_simulator.output.record)."""
     return {
-        "timestamp": when.isoformat().replace("+00:00", "Z"), "device_id": site,
-        "solar": {"generation_kw": 1.0 + k, "available_kw": 1.5 + k, "limit_kw": None,
-                  "irradiance_w_m2": 500.0, "clear_sky_w_m2": 800.0, "cloud_cover": 0.1,
-                  "cell_temp_c": 20.5, "energy_kwh": 10.0 + k},
-        "battery": {"power_kw": -2.0, "soc_pct": 50.0 + k, "soh_pct": 99.0, "capacity_kwh": 10.0,
-                    "max_charge_kw": 5.0, "max_discharge_kw": 5.0, "voltage_v": 400.0,
-                    "temp_c": 21.0, "cycles": 0.5},
-        "home_load": {"total_kw": 3.0, "base_kw": 0.3, "hvac_kw": 2.0, "appliances_kw": 0.0,
-                      "lighting_kw": 0.1, "cooking_kw": 0.0, "ev_kw": 7.0 if k > 1 else 0.0,
-                      "ev_plugged": True, "ev_energy_needed_kwh": 3.0, "load1_kw": 0.5,
-                      "load2_kw": 0.0, "outdoor_temp_c": 8.0},
-        "grid_price": {"price_per_kwh": 0.2, "feed_in_per_kwh": 0.05, "tou_period": "peak",
-                       "demand_charge_per_kw": 8.0, "carbon_g_per_kwh": 250.0},
+        "timestamp": when.isoformat().replace("+00:00", "Z"),
+        "device_id": site,
+        "solar": {
+            "generation_kw": 1.0 + k,
+            "available_kw": 1.5 + k,
+            "limit_kw": None,
+            "irradiance_w_m2": 500.0,
+            "clear_sky_w_m2": 800.0,
+            "cloud_cover": 0.1,
+            "cell_temp_c": 20.5,
+            "energy_kwh": 10.0 + k,
+        },
+        "battery": {
+            "power_kw": -2.0,
+            "soc_pct": 50.0 + k,
+            "soh_pct": 99.0,
+            "capacity_kwh": 10.0,
+            "max_charge_kw": 5.0,
+            "max_discharge_kw": 5.0,
+            "voltage_v": 400.0,
+            "temp_c": 21.0,
+            "cycles": 0.5,
+        },
+        "home_load": {
+            "total_kw": 3.0,
+            "base_kw": 0.3,
+            "hvac_kw": 2.0,
+            "appliances_kw": 0.0,
+            "lighting_kw": 0.1,
+            "cooking_kw": 0.0,
+            "ev_kw": 7.0 if k > 1 else 0.0,
+            "ev_plugged": True,
+            "ev_energy_needed_kwh": 3.0,
+            "load1_kw": 0.5,
+            "load2_kw": 0.0,
+            "outdoor_temp_c": 8.0,
+        },
+        "grid_price": {
+            "price_per_kwh": 0.2,
+            "feed_in_per_kwh": 0.05,
+            "tou_period": "peak",
+            "demand_charge_per_kw": 8.0,
+            "carbon_g_per_kwh": 250.0,
+        },
         "net_grid_flow_kw": 4.0 - k,
-    }  # fmt: skip
+    }
 
 
 def sqlite_store(tmp_path: Path) -> SqlCloudStore:
@@ -62,8 +93,11 @@ def test_every_mapped_metric_is_a_stored_field_of_its_telemetry_kind() -> None:
 
 def test_historical_jsonl_becomes_the_readings_of_live_telemetry_once(tmp_path: Path) -> None:
     path = tmp_path / "history.jsonl"
-    lines = [json.dumps(record(f"site-{s}", T0 + timedelta(minutes=5 * i), float(i)))
-             for i in range(3) for s in (1, 2)]  # fmt: skip
+    lines = [
+        json.dumps(record(f"site-{s}", T0 + timedelta(minutes=5 * i), float(i)))
+        for i in range(3)
+        for s in (1, 2)
+    ]
     path.write_text("\n".join(lines) + "\n")
     store = sqlite_store(tmp_path)
     first = import_file(store, path)
@@ -102,8 +136,18 @@ def test_profile_csv_in_local_time_with_the_repeated_dst_hour_kept_once(tmp_path
     path = tmp_path / "profiles.csv"
     rows = ["time,h0-a_load_pu,pv1_pv_pu"]
     # Europe/Berlin, 2016-10-30: 02:00-02:45 happen twice; the second pass is dropped
-    for wall in ("01:45", "02:00", "02:15", "02:30", "02:45", "02:00", "02:15", "02:30", "02:45",
-                 "03:00"):  # fmt: skip
+    for wall in (
+        "01:45",
+        "02:00",
+        "02:15",
+        "02:30",
+        "02:45",
+        "02:00",
+        "02:15",
+        "02:30",
+        "02:45",
+        "03:00",
+    ):
         rows.append(f"2016-10-30T{wall}:00,0.5,")
     path.write_text("\n".join(rows) + "\n")
     store = sqlite_store(tmp_path)
@@ -111,9 +155,9 @@ def test_profile_csv_in_local_time_with_the_repeated_dst_hour_kept_once(tmp_path
     assert (result.records, result.repeated, result.readings) == (6, 4, 6)  # empty PV cells: none
     got = stored(store)
     first = datetime(2016, 10, 29, 23, 45, tzinfo=UTC)  # 01:45 CEST
-    assert sorted(t for (_, _, _, t) in got) == [first + timedelta(minutes=15 * i) for i in range(5)] + [
-        datetime(2016, 10, 30, 2, 0, tzinfo=UTC)
-    ]  # 02:00-02:45 CEST, then 03:00 CET  # fmt: skip
+    assert sorted(t for (_, _, _, t) in got) == [
+        first + timedelta(minutes=15 * i) for i in range(5)
+    ] + [datetime(2016, 10, 30, 2, 0, tzinfo=UTC)]  # 02:00-02:45 CEST, then 03:00 CET
     assert set(got) >= {("site-9", "profile", "h0-a_load_pu", first)}
     import_file(store, path, site_id="site-9", timezone="Europe/Berlin")
     assert stored(store) == got

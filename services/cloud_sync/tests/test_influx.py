@@ -48,8 +48,11 @@ def test_lines_go_out_gzip_in_batches_with_the_token() -> None:
     sink = sink_with(handler, batch_points=3, flush_interval_ms=10_000)
     sink.write_lines([f"m v={i} {i}" for i in range(7)])
     sink.close()
-    assert bodies == [["m v=0 0", "m v=1 1", "m v=2 2"], ["m v=3 3", "m v=4 4", "m v=5 5"],
-                      ["m v=6 6"]]  # fmt: skip
+    assert bodies == [
+        ["m v=0 0", "m v=1 1", "m v=2 2"],
+        ["m v=3 3", "m v=4 4", "m v=5 5"],
+        ["m v=6 6"],
+    ]
     assert (sink.points_written, sink.points_failed, sink.last_error) == (7, 0, None)
 
 
@@ -74,8 +77,7 @@ async def test_an_unreachable_influxdb_never_holds_more_than_the_bound() -> None
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    sink = sink_with(handler, batch_points=2, flush_interval_ms=10, max_buffer_points=4,
-                     attempts=1)  # fmt: skip
+    sink = sink_with(handler, batch_points=2, flush_interval_ms=10, max_buffer_points=4, attempts=1)
     sink.write_lines([f"m v={i} {i}" for i in range(10)])
     await wait_for(lambda: sink.points_failed == 10, 10, message="all counted as failed")
     assert sink.points_written == 0

@@ -118,10 +118,17 @@ def test_peek_joins_small_segments_up_to_the_batch_size(
 def test_a_reading_costs_a_few_bytes_not_a_row_of_names(tmp_path: Path) -> None:
     # 100 messages of 8 devices x 3 fields at one site: names repeat, times repeat per message
     rows = [
-        ReadingRow(datetime(2026, 6, 1, 12, 0, s, tzinfo=UTC), "site-0042", f"device-{d}",
-                   f"meter.field_{f}", 1000.0 + s + d / 10 + f / 100)
-        for s in range(50) for d in range(8) for f in range(3)
-    ]  # fmt: skip
+        ReadingRow(
+            datetime(2026, 6, 1, 12, 0, s, tzinfo=UTC),
+            "site-0042",
+            f"device-{d}",
+            f"meter.field_{f}",
+            1000.0 + s + d / 10 + f / 100,
+        )
+        for s in range(50)
+        for d in range(8)
+        for f in range(3)
+    ]
     box = Outbox(tmp_path / "o.db")
     box.append(ReadingBatch.from_rows(rows), 1.0)
     per_reading = box.stored_bytes() / len(rows)

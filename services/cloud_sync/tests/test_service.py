@@ -113,10 +113,17 @@ async def test_every_telemetry_kind_reaches_the_cloud_and_influx(
 async def test_forecasts_kpis_and_statuses_go_to_influx_only(settings: Settings, sink: Any) -> None:
     service, pub = await started(settings, sink)
     forecast = TimeSeries(
-        ts=T0, source="forecaster", kind="forecast", quantity="load_p_kw", issue_time=T0,
-        start=T0, step_s=900, values=[1.0, 2.0], quantiles={"p10": [0.5, 1.0], "p90": [2.0, 3.0]},
+        ts=T0,
+        source="forecaster",
+        kind="forecast",
+        quantity="load_p_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=[1.0, 2.0],
+        quantiles={"p10": [0.5, 1.0], "p90": [2.0, 3.0]},
         model="gbr",
-    )  # fmt: skip
+    )
     await pub.publish(topics.FORECAST.topic("site-1", "load", ROOT), forecast.to_json_bytes())
     kpi = KpiReport(ts=T0, source="peak_shaving", name="shaving", values={"peak_kw": 4.5})
     await pub.publish(topics.KPI.topic("site-1", "peak_shaving", ROOT), kpi.to_json_bytes())
@@ -148,8 +155,9 @@ async def test_malformed_telemetry_is_dead_lettered_counted_and_the_rest_flows(
     assert invalid == 2
     await service.run_task("forward")
     assert cloud_rows(service) == {
-        ("site-1", "pcc", "meter.p_kw"): 3.0, ("site-1", "pcc", "meter.q_kvar"): 0.0,
-    }  # fmt: skip
+        ("site-1", "pcc", "meter.p_kw"): 3.0,
+        ("site-1", "pcc", "meter.q_kvar"): 0.0,
+    }
     await service.stop()
 
 

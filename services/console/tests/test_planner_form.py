@@ -11,18 +11,32 @@ from console import planner
 
 def form() -> dict[str, str]:
     return {
-        "name": "street", "start": "2026-06-01T00:00", "hours": "24", "shared_pv": "on",
-        "neighbourhood_limit_kw": "", "token": "x", "algorithm": "milp", "runs": "2",
-        "houses-0-house_id": "h1", "houses-0-connection_limit_kw": "9.2",
-        "houses-0-pv_kw": "0, 1.5, 2", "houses-0-base_kw": "0.3",
-        "houses-0-devices-0-device_id": "wm", "houses-0-devices-0-type": "washing_machine",
+        "name": "street",
+        "start": "2026-06-01T00:00",
+        "hours": "24",
+        "shared_pv": "on",
+        "neighbourhood_limit_kw": "",
+        "token": "x",
+        "algorithm": "milp",
+        "runs": "2",
+        "houses-0-house_id": "h1",
+        "houses-0-connection_limit_kw": "9.2",
+        "houses-0-pv_kw": "0, 1.5, 2",
+        "houses-0-base_kw": "0.3",
+        "houses-0-devices-0-device_id": "wm",
+        "houses-0-devices-0-type": "washing_machine",
         "houses-0-devices-0-profile_kw": "2 2 0.5",
-        "houses-1-house_id": "h2", "houses-1-connection_limit_kw": "5", "houses-1-pv_kw": "",
+        "houses-1-house_id": "h2",
+        "houses-1-connection_limit_kw": "5",
+        "houses-1-pv_kw": "",
         "houses-1-base_kw": "",
-        "jobs-0-job_id": "j1", "jobs-0-house_id": "h1", "jobs-0-device_id": "wm",
-        "jobs-0-earliest_start": "2026-06-01T06:00", "jobs-0-latest_start": "2026-06-01T18:00",
+        "jobs-0-job_id": "j1",
+        "jobs-0-house_id": "h1",
+        "jobs-0-device_id": "wm",
+        "jobs-0-earliest_start": "2026-06-01T06:00",
+        "jobs-0-latest_start": "2026-06-01T18:00",
         "jobs-0-profile_kw": "",
-    }  # fmt: skip
+    }
 
 
 def test_form_becomes_a_scenario() -> None:
@@ -41,8 +55,13 @@ def test_form_becomes_a_scenario() -> None:
     assert scenario["hours"] == 24
     assert scenario["houses"][0]["connection_limit_kw"] == 9.2
     assert scenario["houses"][1]["connection_limit_kw"] == 5
-    assert planner.run_fields(form()) == {"algorithm": "milp", "runs": 2, "seed": "",
-                                          "pv_variation_pct": "", "window_jitter_steps": ""}  # fmt: skip
+    assert planner.run_fields(form()) == {
+        "algorithm": "milp",
+        "runs": 2,
+        "seed": "",
+        "pv_variation_pct": "",
+        "window_jitter_steps": "",
+    }
     fields = planner.scenario_to_fields(scenario)
     assert fields["houses"][0]["pv_kw"] == "0, 1.5, 2"
     assert fields["jobs"][0]["earliest_start"] == "2026-06-01T06:00"
@@ -68,9 +87,12 @@ def test_add_and_remove() -> None:
     assert scenario["houses"][-1]["house_id"] == "house-3"
     planner.add_job(scenario, 2)
     assert scenario["jobs"][-1] == {
-        "job_id": "job-2", "house_id": "house-3", "device_id": "washing_machine",
-        "earliest_start": "2026-06-01T06:00:00Z", "latest_start": "2026-06-01T18:00:00Z",
-    }  # fmt: skip
+        "job_id": "job-2",
+        "house_id": "house-3",
+        "device_id": "washing_machine",
+        "earliest_start": "2026-06-01T06:00:00Z",
+        "latest_start": "2026-06-01T18:00:00Z",
+    }
     planner.add_device(scenario, 1)
     assert scenario["houses"][1]["devices"][0]["device_id"] == "device-1"
     planner.remove(scenario, "houses-0-devices-0")
@@ -91,9 +113,12 @@ def test_errors_land_on_the_nearest_field() -> None:
     ]
     errors = planner.field_errors(detail, known, strip=("scenario",))
     assert errors == {
-        "jobs-0-latest_start": "before the earliest", "houses-0-pv_kw": "must be >= 0",
-        "houses-1": "bad house", "runs": "at most 50", "form": "?",
-    }  # fmt: skip
+        "jobs-0-latest_start": "before the earliest",
+        "houses-0-pv_kw": "must be >= 0",
+        "houses-1": "bad house",
+        "runs": "at most 50",
+        "form": "?",
+    }
 
 
 def test_saved_scenarios_need_a_plain_name(tmp_path: Path) -> None:
@@ -105,14 +130,35 @@ def test_saved_scenarios_need_a_plain_name(tmp_path: Path) -> None:
 
 
 def test_results_csv_has_a_row_per_run_and_household() -> None:
-    results = {"runs": [
-        {"run": 1, "seed": 4, "status": "optimal", "jobs": [{}],
-         "households": [{"house_id": "h1", "jobs": 1, "pv_share": 0.5, "import_kwh": 3.0,
-                         "peak_kw": 2.0, "par": 1.5, "cost": 0.6}],
-         "neighbourhood": {"pv_share": 0.5, "import_kwh": 3.0, "peak_kw": 2.0, "par": 1.5,
-                           "cost": 0.6}},
-        {"run": 2, "seed": 5, "status": "failed", "households": [], "jobs": []},
-    ]}  # fmt: skip
+    results = {
+        "runs": [
+            {
+                "run": 1,
+                "seed": 4,
+                "status": "optimal",
+                "jobs": [{}],
+                "households": [
+                    {
+                        "house_id": "h1",
+                        "jobs": 1,
+                        "pv_share": 0.5,
+                        "import_kwh": 3.0,
+                        "peak_kw": 2.0,
+                        "par": 1.5,
+                        "cost": 0.6,
+                    }
+                ],
+                "neighbourhood": {
+                    "pv_share": 0.5,
+                    "import_kwh": 3.0,
+                    "peak_kw": 2.0,
+                    "par": 1.5,
+                    "cost": 0.6,
+                },
+            },
+            {"run": 2, "seed": 5, "status": "failed", "households": [], "jobs": []},
+        ]
+    }
     lines = planner.results_csv(results).splitlines()
     assert lines == [
         "run,seed,status,household,jobs,pv_share,import_kwh,peak_kw,par,cost",

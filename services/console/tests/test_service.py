@@ -32,8 +32,12 @@ TOKEN = "secret-token"
 
 @pytest.fixture
 async def console(tmp_path: Path) -> AsyncIterator[Service[Settings, ConsoleState]]:
-    settings = Settings(data_dir=tmp_path, api_token=TOKEN, history_step_s=10,  # type: ignore[arg-type]
-                        service_urls={"peak_shaving": "http://127.0.0.1:9"})  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path,
+        api_token=TOKEN,
+        history_step_s=10,  # type: ignore[arg-type]
+        service_urls={"peak_shaving": "http://127.0.0.1:9"},
+    )
     service = build_service(settings, InMemoryBus())
     # the tests flush themselves: the service's own push every 0.1 s would race them (it once
     # sent the readings before the test's flush, under load)
@@ -71,7 +75,13 @@ async def test_readings_fold_into_the_site_and_are_pushed_once_per_flush(
             console, topics.METER, MeterReading(ts=ts, source="t", p_kw=2.0 + k), "s1", "pcc"
         )
     await publish(console, topics.PV, PvTelemetry(ts=T0, source="t", generation_kw=4.0), "s1", "pv")
-    await publish(console, topics.BATTERY, BatteryTelemetry(ts=T0, source="t", p_kw=-1.0, soc_pct=55.0), "s1", "battery")  # fmt: skip
+    await publish(
+        console,
+        topics.BATTERY,
+        BatteryTelemetry(ts=T0, source="t", p_kw=-1.0, soc_pct=55.0),
+        "s1",
+        "battery",
+    )
     assert state.flush() == 2
     assert state.flush() == 0  # nothing new
     event = json.loads(fleet.get_nowait())
@@ -87,7 +97,13 @@ async def test_slow_page_keeps_the_newest_events(console: Service[Settings, Cons
     state = console.state
     queue = state.listen(FLEET)
     for k in range(100):
-        await publish(console, topics.METER, MeterReading(ts=T0 + timedelta(seconds=k), source="t", p_kw=float(k)), "s1", "pcc")  # fmt: skip
+        await publish(
+            console,
+            topics.METER,
+            MeterReading(ts=T0 + timedelta(seconds=k), source="t", p_kw=float(k)),
+            "s1",
+            "pcc",
+        )
         state.flush()
     events = [json.loads(queue.get_nowait()) for _ in range(queue.qsize())]
     assert len(events) == 64
@@ -109,8 +125,13 @@ async def test_service_status_and_dead_letters_make_rows(
     # an edge gateway on its site's credentials reports at its site: listed apart per site
     edge = status.model_copy(update={"service": "meter_gateway", "state": "online", "reason": None})
     await publish(console, topics.SERVICE_STATUS, edge, "site-a", "meter_gateway")
-    await publish(console, topics.SERVICE_STATUS, edge.model_copy(update={"state": "offline"}),
-                  "site-b", "meter_gateway")  # fmt: skip
+    await publish(
+        console,
+        topics.SERVICE_STATUS,
+        edge.model_copy(update={"state": "offline"}),
+        "site-b",
+        "meter_gateway",
+    )
     console.state.on_dead_letter("meter_gateway", "site-b")
     rows = {r["service"]: r for r in console.state.service_rows()}
     assert rows["meter_gateway@site-a"]["state"] == "online"
@@ -129,8 +150,13 @@ async def test_setpoint_form_needs_the_token_and_publishes_on_the_bus(
         sent.append(message)
 
     await console.bus.subscribe(topics.SETPOINT.filter(root=console.root), 1, record)
-    form = {"target": "battery_p_kw", "device_id": "battery", "value": "2.5", "ttl_s": "60",
-            "priority": "manual"}  # fmt: skip
+    form = {
+        "target": "battery_p_kw",
+        "device_id": "battery",
+        "value": "2.5",
+        "ttl_s": "60",
+        "priority": "manual",
+    }
     async with client(console) as http:
         missing = await http.post("/sites/s1/setpoints", data=form)
         assert missing.status_code == 401

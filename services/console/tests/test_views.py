@@ -11,13 +11,25 @@ from derbus.messages import TimeSeries
 from derbus.tariff import Tariff
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
-FLAT = Tariff(windows=[], prices_per_kwh={"off_peak": 0.2, "shoulder": 0.2, "peak": 0.2},
-              feed_in_per_kwh=0.05, demand_charge_per_kw=10.0)  # fmt: skip
+FLAT = Tariff(
+    windows=[],
+    prices_per_kwh={"off_peak": 0.2, "shoulder": 0.2, "peak": 0.2},
+    feed_in_per_kwh=0.05,
+    demand_charge_per_kw=10.0,
+)
 
 
 def series(values: list[float], kind: str = "forecast", start: datetime = T0) -> TimeSeries:
-    return TimeSeries(ts=start, source="t", kind=kind, quantity="p_kw",  # type: ignore[arg-type]
-                      issue_time=start, start=start, step_s=900, values=values)  # fmt: skip
+    return TimeSeries(
+        ts=start,
+        source="t",
+        kind=kind,
+        quantity="p_kw",  # type: ignore[arg-type]
+        issue_time=start,
+        start=start,
+        step_s=900,
+        values=values,
+    )
 
 
 def test_mean_over_a_span_weights_by_time() -> None:
@@ -33,16 +45,25 @@ def test_each_hour_gets_its_action_and_the_bill_is_counted_by_hand() -> None:
     pv = series([0.0] * 4 + [3.0] * 4 + [0.0] * 88)  # hour 1: 3 kW of PV
     battery = [2.0] * 4 + [1.0] * 4 + [-1.0] * 4 + [-0.5] * 4 + [0.0] * 80
     load_2 = series([1.0] * 12 + [0.0] * 4 + [1.0] * 80)  # hour 3: no load
-    got = decide(start=T0 + timedelta(minutes=7), load=load_2, pv=pv,
-                 schedule=series(battery, "schedule"), tariff=FLAT, month_peak_kw=2.5)  # fmt: skip
+    got = decide(
+        start=T0 + timedelta(minutes=7),
+        load=load_2,
+        pv=pv,
+        schedule=series(battery, "schedule"),
+        tariff=FLAT,
+        month_peak_kw=2.5,
+    )
     assert got is not None
     assert got.start == T0
     hours = got.hours
     assert len(hours) == 24
     # hour 0: load 1, charge 2 -> buy 3 from the grid; hour 1: PV 3 - load 1 = -2, charge 1 -> -1
     assert [(h.net_load_kw, h.battery_kw, h.grid_kw) for h in hours[:4]] == [
-        (1.0, 2.0, 3.0), (-2.0, 1.0, -1.0), (1.0, -1.0, 0.0), (0.0, -0.5, -0.5),
-    ]  # fmt: skip
+        (1.0, 2.0, 3.0),
+        (-2.0, 1.0, -1.0),
+        (1.0, -1.0, 0.0),
+        (0.0, -0.5, -0.5),
+    ]
     assert [h.action for h in hours[:5]] == ["store", "store", "use stored", "sell", "buy"]
     assert "store 2.0 kWh in the battery from the grid at 0.20/kWh" in hours[0].words
     assert "from PV surplus" in hours[1].words
@@ -61,8 +82,14 @@ def test_no_forecast_no_decisions_and_no_plan_is_all_hold_or_buy() -> None:
     assert (
         decide(start=T0, load=None, pv=None, schedule=None, tariff=FLAT, month_peak_kw=None) is None
     )
-    got = decide(start=T0, load=series([0.0] * 4 + [1.0] * 92), pv=None, schedule=None,
-                 tariff=FLAT, month_peak_kw=None)  # fmt: skip
+    got = decide(
+        start=T0,
+        load=series([0.0] * 4 + [1.0] * 92),
+        pv=None,
+        schedule=None,
+        tariff=FLAT,
+        month_peak_kw=None,
+    )
     assert got is not None
     assert got.hours[0].action == "hold"
     assert got.hours[1].action == "buy"
@@ -82,9 +109,16 @@ def test_series_columns_carry_the_band() -> None:
 
 @pytest.mark.parametrize(
     ("v_pu", "colour"),
-    [(None, "#9e9e9e"), (0.9, "#1565c0"), (0.95, "#4285f4"), (1.0, "#2e7d32"), (1.05, "#ef6c00"),
-     (1.06, "#c62828"), (float("nan"), "#9e9e9e")],
-)  # fmt: skip
+    [
+        (None, "#9e9e9e"),
+        (0.9, "#1565c0"),
+        (0.95, "#4285f4"),
+        (1.0, "#2e7d32"),
+        (1.05, "#ef6c00"),
+        (1.06, "#c62828"),
+        (float("nan"), "#9e9e9e"),
+    ],
+)
 def test_voltage_colours(v_pu: float | None, colour: str) -> None:
     assert voltage_colour(v_pu) == colour
 

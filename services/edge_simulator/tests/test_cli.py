@@ -19,8 +19,15 @@ def test_once_prints_one_nested_record_per_site() -> None:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["device_id"] for r in records] == ["site-0001", "site-0002", "site-0003"]
     for r in records:
-        assert set(r) == {"timestamp", "device_id", "solar", "battery", "home_load",
-                          "grid_price", "net_grid_flow_kw"}  # fmt: skip
+        assert set(r) == {
+            "timestamp",
+            "device_id",
+            "solar",
+            "battery",
+            "home_load",
+            "grid_price",
+            "net_grid_flow_kw",
+        }
         assert r["timestamp"] == "2026-03-02T12:00:00Z"
     again = runner.invoke(app, ["--once", "--sites", "3", "--seed", "5", *START])
     assert again.stdout == result.stdout  # reproducible from the seed
@@ -30,8 +37,19 @@ def test_once_prints_one_nested_record_per_site() -> None:
 
 def test_historical_writes_jsonl(tmp_path: Path) -> None:
     out = tmp_path / "h.jsonl"
-    args = ["--historical", "--start", "2026-01-05", "--end", "2026-01-06", "--interval", "900",
-            "--output", str(out), "--sites", "2"]  # fmt: skip
+    args = [
+        "--historical",
+        "--start",
+        "2026-01-05",
+        "--end",
+        "2026-01-06",
+        "--interval",
+        "900",
+        "--output",
+        str(out),
+        "--sites",
+        "2",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()

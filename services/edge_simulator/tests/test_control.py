@@ -15,8 +15,15 @@ from edge_simulator.testing import T0, make_fleet
 
 def cmd(target: str, value: float, ttl_s: float = 60, **kw: Any) -> SetpointCommand:
     unit = {"battery_p_kw": "kW", "pv_limit_kw": "kW", "pv_limit_pct": "%", "load_on": "bool"}
-    return SetpointCommand(ts=kw.pop("ts", T0), source="t", target=target, value=value,  # type: ignore[arg-type]
-                           unit=unit[target], ttl_s=ttl_s, **kw)  # fmt: skip
+    return SetpointCommand(
+        ts=kw.pop("ts", T0),
+        source="t",
+        target=target,
+        value=value,  # type: ignore[arg-type]
+        unit=unit[target],
+        ttl_s=ttl_s,
+        **kw,
+    )
 
 
 def test_apply_then_expire_reverts_to_default() -> None:
@@ -48,9 +55,15 @@ def test_priority_wins_and_lower_waits() -> None:
 
 @pytest.mark.parametrize(
     ("device", "target", "value"),
-    [("battery", "battery_p_kw", 5.5), ("battery", "battery_p_kw", -6.0), ("pv", "pv_limit_kw", 6.0),
-     ("pv", "pv_limit_pct", 120.0), ("load1", "load_on", 2.0), ("ev", "battery_p_kw", 1.0)],
-)  # fmt: skip
+    [
+        ("battery", "battery_p_kw", 5.5),
+        ("battery", "battery_p_kw", -6.0),
+        ("pv", "pv_limit_kw", 6.0),
+        ("pv", "pv_limit_pct", 120.0),
+        ("load1", "load_on", 2.0),
+        ("ev", "battery_p_kw", 1.0),
+    ],
+)
 def test_rejections_name_the_reason(device: str, target: str, value: float) -> None:
     controls = Controls(make_fleet())
     (ack,) = controls.submit(0, device, cmd(target, value), T0)

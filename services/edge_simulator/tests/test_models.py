@@ -41,8 +41,9 @@ def test_pv_shape_over_a_day_and_bounds() -> None:
 
 
 def test_inverter_clips_at_capacity() -> None:
-    config = SimConfig.model_validate({"solar": {"capacity_kw": 1.0, "cloud_mean": 0.0,
-                                                  "cloud_volatility": 0.0}})  # fmt: skip
+    config = SimConfig.model_validate(
+        {"solar": {"capacity_kw": 1.0, "cloud_mean": 0.0, "cloud_volatility": 0.0}}
+    )
     gen = [r.pv_generation_kw[0] for r in day(make_fleet(config))]
     assert max(gen) == pytest.approx(1.0)
 

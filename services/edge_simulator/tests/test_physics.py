@@ -26,9 +26,11 @@ def test_ev_session_runs_from_arrival_to_the_next_morning() -> None:
     midnight = 1_000_000.0
     today = (np.array([midnight + 18 * 3600.0]), np.array([0.0]), np.array([1.0]), np.array([7.0]))
     night_before = (
-        np.array([midnight - 6 * 3600.0]), np.array([midnight + 7 * 3600.0]), np.array([1.0]),
+        np.array([midnight - 6 * 3600.0]),
+        np.array([midnight + 7 * 3600.0]),
+        np.array([1.0]),
         np.array([4.0]),
-    )  # fmt: skip
+    )
     at = [midnight + h * 3600.0 for h in (6.0, 12.0, 19.0)]
     got = [physics.ev_sessions(100.0, t, today, night_before) for t in at]
     assert [(s.tolist(), e.tolist()) for s, e in got] == [
@@ -47,8 +49,9 @@ def test_instant_reads_local_time_and_the_tariff() -> None:
         datetime(2026, 6, 22, 1, 0, tzinfo=UTC), tz, config, 41.4, tariff, start
     )
     assert (night.hour, night.night, night.lighting_use) == (3.0, 1.0, 0.05)
-    evening = physics.instant(datetime(2026, 6, 22, 18, 30, tzinfo=UTC), tz, config, 41.4, tariff,
-                              start)  # fmt: skip
+    evening = physics.instant(
+        datetime(2026, 6, 22, 18, 30, tzinfo=UTC), tz, config, 41.4, tariff, start
+    )
     assert (evening.hour, evening.night, evening.lighting_use) == (20.5, 0.0, 1.0)
     assert evening.day == night.day
     assert evening.counter - night.counter == 17.5 * 3600 * 1000

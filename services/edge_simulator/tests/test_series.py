@@ -41,9 +41,8 @@ def test_bulk_equals_step_by_step(name: str) -> None:
         reference = np.stack([getattr(r, field) for r in steps])
         np.testing.assert_allclose(values, reference, rtol=1e-9, atol=1e-9, err_msg=field)
     assert [r.tou_period for r in steps] == [
-        ("off_peak", "shoulder", "peak")[int(p)]
-        for part in parts for p in part["tou_period_index"]
-    ]  # fmt: skip
+        ("off_peak", "shoulder", "peak")[int(p)] for part in parts for p in part["tou_period_index"]
+    ]
     np.testing.assert_allclose(bulk.energy_kwh, stepped.energy_kwh, rtol=1e-9)
     assert cols["ev_kw"].max() > 0 or name == "no taper, no EV"
     assert cols["battery_p_kw"].min() < 0 < cols["battery_p_kw"].max() or "no self" in name

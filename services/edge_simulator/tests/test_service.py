@@ -49,9 +49,14 @@ async def started(clock: Any, **kw: Any) -> tuple[Any, InMemoryBus, dict[str, Bu
 
 def command(value: float, ttl_s: float, clock: Any, **kw: Any) -> bytes:
     return SetpointCommand(
-        ts=clock(), source="test", target=kw.pop("target", "battery_p_kw"), value=value,
-        unit=kw.pop("unit", "kW"), ttl_s=ttl_s, **kw,
-    ).to_json_bytes()  # fmt: skip
+        ts=clock(),
+        source="test",
+        target=kw.pop("target", "battery_p_kw"),
+        value=value,
+        unit=kw.pop("unit", "kW"),
+        ttl_s=ttl_s,
+        **kw,
+    ).to_json_bytes()
 
 
 async def test_publishes_every_device_of_the_contract(clock: Any) -> None:

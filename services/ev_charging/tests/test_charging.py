@@ -69,9 +69,13 @@ async def world(
 ) -> AsyncIterator[tuple[Service[Settings, EvCharging], InMemoryBus]]:
     broker = InMemoryBroker()
     settings = Settings(
-        api_port=0, ocpp_port=0, default_mode="now", plan_step_s=3600, default_dwell_h=4,
+        api_port=0,
+        ocpp_port=0,
+        default_mode="now",
+        plan_step_s=3600,
+        default_dwell_h=4,
         stations={"cp": StationConfig(site_id=SITE, max_kw=11, min_kw=1.4, id_tokens=("OK",))},
-    )  # fmt: skip
+    )
     service = build_service(settings, InMemoryBus(broker), clock=clock)
     probe = InMemoryBus(broker)
     await service.bus.connect()
@@ -82,9 +86,15 @@ async def world(
 
 def command(sid: str, value: float, ttl_s: float, now: datetime) -> SetpointCommand:
     return SetpointCommand(
-        ts=now, source="t", setpoint_id=sid, target="ev_limit_kw", value=value, unit="kW",
-        ttl_s=ttl_s, priority=Priority.SITE_OPTIMISER,
-    )  # fmt: skip
+        ts=now,
+        source="t",
+        setpoint_id=sid,
+        target="ev_limit_kw",
+        value=value,
+        unit="kW",
+        ttl_s=ttl_s,
+        priority=Priority.SITE_OPTIMISER,
+    )
 
 
 async def test_setpoint_during_transaction_waits_for_the_station(
@@ -182,9 +192,16 @@ async def test_price_series_is_used_until_stale(
 ) -> None:
     state = world[0].state
     series = PriceSeries(
-        ts=T0, source="p", zone="ES", origin="csv", issue_time=T0, start=T0, step_s=3600,
-        import_per_kwh=[0.5, 0.6], valid_until=T0 + timedelta(hours=1),
-    )  # fmt: skip
+        ts=T0,
+        source="p",
+        zone="ES",
+        origin="csv",
+        issue_time=T0,
+        start=T0,
+        step_s=3600,
+        import_per_kwh=[0.5, 0.6],
+        valid_until=T0 + timedelta(hours=1),
+    )
     state.on_price_series(SITE, series)
     assert state.import_price(SITE, T0 + timedelta(minutes=70)) == 0.6
     assert state.price_status(SITE) == "series"
@@ -202,8 +219,10 @@ async def test_rest_session_need_and_stations(
     await state.start_transaction("cp", 1, "OK", 0.0)
     app = make_app(service, manage_lifecycle=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        r = await c.put("/sessions/cp-1", json={"energy_need_kwh": 30, "mode": "minpv",
-                                               "departure": "2026-06-22T16:00:00Z"})  # fmt: skip
+        r = await c.put(
+            "/sessions/cp-1",
+            json={"energy_need_kwh": 30, "mode": "minpv", "departure": "2026-06-22T16:00:00Z"},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["mode"] == "minpv"

@@ -25,14 +25,24 @@ NOW = datetime(2026, 6, 21, 10, 0, 0, 250_000, tzinfo=UTC)
 
 def test_meter_values_16_in_w_and_wh() -> None:
     sample = parse_meter_values(
-        [{"timestamp": "2026-06-21T10:00:00Z", "sampled_value": [
-            {"value": "7400.0", "measurand": "Power.Active.Import", "unit": "W"},
-            {"value": "12345.6"},  # the default measurand: the energy register, Wh
-            {"value": "230.1", "measurand": "Voltage", "unit": "V"},
-            {"value": "3.1", "measurand": "Power.Active.Import", "unit": "kW", "phase": "L1"},
-            {"value": "55", "measurand": "SoC", "unit": "Percent"},
-        ]}]
-    )  # fmt: skip
+        [
+            {
+                "timestamp": "2026-06-21T10:00:00Z",
+                "sampled_value": [
+                    {"value": "7400.0", "measurand": "Power.Active.Import", "unit": "W"},
+                    {"value": "12345.6"},  # the default measurand: the energy register, Wh
+                    {"value": "230.1", "measurand": "Voltage", "unit": "V"},
+                    {
+                        "value": "3.1",
+                        "measurand": "Power.Active.Import",
+                        "unit": "kW",
+                        "phase": "L1",
+                    },
+                    {"value": "55", "measurand": "SoC", "unit": "Percent"},
+                ],
+            }
+        ]
+    )
     assert sample.p_kw == pytest.approx(7.4)
     assert sample.e_kwh == pytest.approx(12.3456)
     assert sample.soc_pct == 55
@@ -41,15 +51,30 @@ def test_meter_values_16_in_w_and_wh() -> None:
 
 def test_meter_values_201_with_multiplier_and_bad_values_skipped() -> None:
     sample = parse_meter_values(
-        [{"timestamp": "2026-06-21T10:00:00Z", "sampled_value": [
-            {"value": 7.4, "measurand": "Power.Active.Import",
-             "unit_of_measure": {"unit": "W", "multiplier": 3}},
-            {"value": 12.5, "measurand": "Energy.Active.Import.Register",
-             "unit_of_measure": {"unit": "kWh"}},
-            {"value": "lots", "measurand": "SoC"},
-            {"value": 1.0, "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "VA"}},
-        ]}]
-    )  # fmt: skip
+        [
+            {
+                "timestamp": "2026-06-21T10:00:00Z",
+                "sampled_value": [
+                    {
+                        "value": 7.4,
+                        "measurand": "Power.Active.Import",
+                        "unit_of_measure": {"unit": "W", "multiplier": 3},
+                    },
+                    {
+                        "value": 12.5,
+                        "measurand": "Energy.Active.Import.Register",
+                        "unit_of_measure": {"unit": "kWh"},
+                    },
+                    {"value": "lots", "measurand": "SoC"},
+                    {
+                        "value": 1.0,
+                        "measurand": "Power.Active.Import",
+                        "unit_of_measure": {"unit": "VA"},
+                    },
+                ],
+            }
+        ]
+    )
     assert sample.p_kw == pytest.approx(7.4)
     assert sample.e_kwh == pytest.approx(12.5)
     assert sample.soc_pct is None

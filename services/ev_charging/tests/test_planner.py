@@ -9,14 +9,26 @@ from ev_charging.planner import PlanInput, SessionMeter, headroom_kw, plan_sessi
 
 
 def case(
-    mode: ChargingMode, net: list[float], price: list[float], need: float,
-    depart: int | None = None, limit: float | None = None, max_kw: float = 11.0,
+    mode: ChargingMode,
+    net: list[float],
+    price: list[float],
+    need: float,
+    depart: int | None = None,
+    limit: float | None = None,
+    max_kw: float = 11.0,
     min_kw: float = 1.4,
-) -> PlanInput:  # fmt: skip
+) -> PlanInput:
     return PlanInput(
-        step_s=3600, net_base_kw=net, price_per_kwh=price, energy_need_kwh=need,
-        departure_steps=depart, max_kw=max_kw, min_kw=min_kw, import_limit_kw=limit, mode=mode,
-    )  # fmt: skip
+        step_s=3600,
+        net_base_kw=net,
+        price_per_kwh=price,
+        energy_need_kwh=need,
+        departure_steps=depart,
+        max_kw=max_kw,
+        min_kw=min_kw,
+        import_limit_kw=limit,
+        mode=mode,
+    )
 
 
 def test_pv_mode_takes_the_surplus_then_tops_up_in_the_cheapest_hour() -> None:

@@ -57,23 +57,36 @@ def test_csv_prices_scaled_with_a_demand_window() -> None:
         ("when,price\n", "lacks the column 'start'"),
         ("start,import_per_kwh\n2026-06-22T00:00:00,1\n2026-06-22T00:15:00,1\n", "no time zone"),
         ("start,import_per_kwh\n2026-06-22T00:00:00Z,1\n2026-06-22T00:15:00Z,x\n", "not a number"),
-        ("start,import_per_kwh\n2026-06-22T00:00:00Z,1\n2026-06-22T00:15:00Z,1\n"
-         "2026-06-22T01:00:00Z,1\n", "breaks the 900 s step"),
+        (
+            "start,import_per_kwh\n2026-06-22T00:00:00Z,1\n2026-06-22T00:15:00Z,1\n"
+            "2026-06-22T01:00:00Z,1\n",
+            "breaks the 900 s step",
+        ),
         ("start,import_per_kwh\n2026-06-22T00:00:00Z,1\n", "at least two intervals"),
     ],
-)  # fmt: skip
+)
 def test_bad_csv_is_refused_with_the_reason(text: str, reason: str) -> None:
     with pytest.raises(PriceSourceError, match=reason):
         to_series(parse_csv(text, cfg()), cfg(), T0)
 
 
 def test_json_at_a_path_with_own_field_names() -> None:
-    data = {"data": {"prices": [
-        {"t": "2026-06-22T00:00:00+02:00", "buy": 210.0, "sell": 80.0},
-        {"t": "2026-06-22T01:00:00+02:00", "buy": 190.0, "sell": 70.0},
-    ]}}  # fmt: skip
-    source = cfg("http", json_path="data.prices", start_field="t", import_field="buy",
-                 export_field="sell", price_scale=0.001)  # fmt: skip
+    data = {
+        "data": {
+            "prices": [
+                {"t": "2026-06-22T00:00:00+02:00", "buy": 210.0, "sell": 80.0},
+                {"t": "2026-06-22T01:00:00+02:00", "buy": 190.0, "sell": 70.0},
+            ]
+        }
+    }
+    source = cfg(
+        "http",
+        json_path="data.prices",
+        start_field="t",
+        import_field="buy",
+        export_field="sell",
+        price_scale=0.001,
+    )
     series = to_series(parse_json(data, source), source, T0)
     assert series.start == datetime(2026, 6, 21, 22, 0, tzinfo=UTC)
     assert series.step_s == 3600

@@ -79,10 +79,13 @@ def test_calendar_in_local_time() -> None:
 def test_holidays_are_judged_on_the_local_date() -> None:
     # German Unity Day, 3 October: 22:00 UTC on 2 October is already 00:00 on 3 October in Berlin.
     cal = fx.calendar_features(
-        pd.DatetimeIndex(["2016-10-02 21:45", "2016-10-02 22:00", "2016-10-03 21:45",
-                          "2016-10-03 22:00"], tz="UTC"),
-        "Europe/Berlin", "DE",
-    )  # fmt: skip
+        pd.DatetimeIndex(
+            ["2016-10-02 21:45", "2016-10-02 22:00", "2016-10-03 21:45", "2016-10-03 22:00"],
+            tz="UTC",
+        ),
+        "Europe/Berlin",
+        "DE",
+    )
     assert cal["is_holiday"].tolist() == [False, True, True, False]
     # Spain's national day, 12 October, with the site in Madrid; not a holiday in Germany.
     when = pd.DatetimeIndex(["2026-10-12 10:00"], tz="UTC")

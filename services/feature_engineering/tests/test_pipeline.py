@@ -49,9 +49,13 @@ def test_plan_pass(
 
 def settings_for(tmp_path: Path, **extra: object) -> Settings:
     return Settings(
-        data_dir=tmp_path, site=SiteSettings(timezone="Europe/Berlin", country="DE"),
-        database=DatabaseSettings(), lookback_days=30, batch_size=300, **extra,
-    )  # fmt: skip
+        data_dir=tmp_path,
+        site=SiteSettings(timezone="Europe/Berlin", country="DE"),
+        database=DatabaseSettings(),
+        lookback_days=30,
+        batch_size=300,
+        **extra,
+    )
 
 
 def insert(store: FeatureStore, frame: pd.DataFrame, site_id: str) -> None:
@@ -62,9 +66,11 @@ def insert(store: FeatureStore, frame: pd.DataFrame, site_id: str) -> None:
 
 def feature_rows(store: FeatureStore, site_id: str) -> pd.DataFrame:
     with store.engine.connect() as conn:
-        got = conn.execute(
-            sa.select(store.features).where(store.features.c.site_id == site_id)
-        ).mappings().all()  # fmt: skip
+        got = (
+            conn.execute(sa.select(store.features).where(store.features.c.site_id == site_id))
+            .mappings()
+            .all()
+        )
     return pd.DataFrame(got)
 
 

@@ -22,9 +22,11 @@ T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 def test_service_computes_at_start_and_on_demand(tmp_path: Path) -> None:
     settings = Settings(
-        data_dir=tmp_path, api_token="tok", site=SiteSettings(timezone="Europe/Berlin"),
+        data_dir=tmp_path,
+        api_token="tok",
+        site=SiteSettings(timezone="Europe/Berlin"),
         interval_s=3600,
-    )  # fmt: skip
+    )
     store = FeatureStore(settings.database.sqlalchemy_url(tmp_path))
     store.ensure_schema()
     site = fx.SiteContext("Europe/Berlin", "DE", 52.5, 13.4, Tariff())
@@ -43,8 +45,14 @@ def test_service_computes_at_start_and_on_demand(tmp_path: Path) -> None:
         assert status["sites"][0]["rows"] == 2 * 96 - 1
         assert client.post("/features/run").status_code == 401
         run = client.post("/features/run", headers={"Authorization": "Bearer tok"}).json()
-        assert run["sites"] == [{"site_id": "s1", "rows": 4, "start": run["sites"][0]["start"],
-                                 "end": run["sites"][0]["end"]}]  # fmt: skip
+        assert run["sites"] == [
+            {
+                "site_id": "s1",
+                "rows": 4,
+                "start": run["sites"][0]["start"],
+                "end": run["sites"][0]["end"],
+            }
+        ]
         columns = client.get("/features/columns").json()
         assert {c["availability"] for c in columns} == {"known_ahead", "lagged", "observed"}
         metrics = client.get("/metrics").text

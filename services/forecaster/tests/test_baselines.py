@@ -80,10 +80,15 @@ def m(mae: float, band: float) -> dict[str, float]:
 
 
 def test_the_point_is_chosen_by_mae_and_the_band_by_pinball() -> None:
-    result = _result({
-        "seasonal_naive_day": m(1.0, 0.5), "seasonal_naive_week": m(1.2, 0.6),
-        "persistence": m(2.0, 1.0), "linear": m(0.7, 0.20), "gbm": m(0.6, 0.30),
-    })  # fmt: skip
+    result = _result(
+        {
+            "seasonal_naive_day": m(1.0, 0.5),
+            "seasonal_naive_week": m(1.2, 0.6),
+            "persistence": m(2.0, 1.0),
+            "linear": m(0.7, 0.20),
+            "gbm": m(0.6, 0.30),
+        }
+    )
     assert result.best_point() == "gbm"
     assert result.best_band() == "linear"
     assert result.best_learned() == "gbm+linear"
@@ -97,8 +102,9 @@ def test_the_point_is_chosen_by_mae_and_the_band_by_pinball() -> None:
 
 @pytest.mark.parametrize(("week", "promoted"), [(0.55, False), (0.65, True)])
 def test_promotion_needs_the_better_seasonal_naive_beaten(week: float, promoted: bool) -> None:
-    result = _result({"seasonal_naive_day": m(1.0, 0.5), "seasonal_naive_week": m(week, 0.3),
-                      "gbm": m(0.6, 0.3)})  # fmt: skip
+    result = _result(
+        {"seasonal_naive_day": m(1.0, 0.5), "seasonal_naive_week": m(week, 0.3), "gbm": m(0.6, 0.3)}
+    )
     got, reason = result.decision("gbm")
     assert got is promoted
     assert "seasonal_naive_week" in reason

@@ -145,18 +145,22 @@ def write_readings(url: str, rows: Iterable[tuple[datetime, str, str, float]]) -
     with engine.begin() as conn:
         conn.execute(
             table.insert(),
-            [{"time": t, "site_id": "s9", "device_id": d, "metric": m, "value": v}
-             for t, d, m, v in rows],
-        )  # fmt: skip
+            [
+                {"time": t, "site_id": "s9", "device_id": d, "metric": m, "value": v}
+                for t, d, m, v in rows
+            ],
+        )
     engine.dispose()
 
 
 def cold_settings(tmp_path: Path, **cold: object) -> Settings:
     return Settings(
-        data_dir=tmp_path, site=SiteSettings(timezone="Europe/Berlin", country="DE"),
-        mqtt=MqttSettings(root="t/cold"), train_at_start=False,
+        data_dir=tmp_path,
+        site=SiteSettings(timezone="Europe/Berlin", country="DE"),
+        mqtt=MqttSettings(root="t/cold"),
+        train_at_start=False,
         cold_start=coldstart.ColdStartSettings(**cold),  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 def test_service_publishes_cold_start_forecasts_from_minutes_of_readings(tmp_path: Path) -> None:
@@ -195,8 +199,10 @@ def test_service_publishes_cold_start_forecasts_from_minutes_of_readings(tmp_pat
 
 def test_service_is_degraded_only_with_nothing_measured(tmp_path: Path) -> None:
     settings = cold_settings(tmp_path)
-    write_readings(settings.database.sqlalchemy_url(tmp_path),
-                   [(NOW - timedelta(days=3), "load", "load.p_kw", 1.0)])  # fmt: skip
+    write_readings(
+        settings.database.sqlalchemy_url(tmp_path),
+        [(NOW - timedelta(days=3), "load", "load.p_kw", 1.0)],
+    )
     bus = InMemoryBus()
     service = build_service(settings, bus, now=lambda: NOW)
     with TestClient(make_app(service)) as client:
@@ -209,8 +215,10 @@ def test_service_is_degraded_only_with_nothing_measured(tmp_path: Path) -> None:
 
 def test_cold_start_can_be_switched_off(tmp_path: Path) -> None:
     settings = cold_settings(tmp_path, enabled=False)
-    write_readings(settings.database.sqlalchemy_url(tmp_path),
-                   [(NOW - timedelta(minutes=5), "load", "load.p_kw", 1.0)])  # fmt: skip
+    write_readings(
+        settings.database.sqlalchemy_url(tmp_path),
+        [(NOW - timedelta(minutes=5), "load", "load.p_kw", 1.0)],
+    )
     service = build_service(settings, InMemoryBus(), now=lambda: NOW)
     with TestClient(make_app(service)) as client:
         assert client.get("/forecast/s9/load").status_code == 404

@@ -30,9 +30,11 @@ def test_lags_on_a_counting_series(site: fx.SiteContext) -> None:
 
 @pytest.mark.parametrize("target", ["load", "pv"])
 def test_no_leakage_for_every_horizon(
-    target: str, site: fx.SiteContext, load_series: Callable[..., pd.Series],
+    target: str,
+    site: fx.SiteContext,
+    load_series: Callable[..., pd.Series],
     pv_series: Callable[..., pd.Series],
-) -> None:  # fmt: skip
+) -> None:
     y = (load_series if target == "load" else pv_series)(days=40)
     issue = y.index[35 * 96 + 50]  # an issue in the middle of a day
     times = day_ahead_times(issue)

@@ -25,10 +25,15 @@ from forecaster.store import ForecastStore
 def fill_features(store: ForecastStore, site_id: str, load: pd.Series, pv: pd.Series) -> None:
     store.ensure_schema()
     rows = [
-        {"time": t.to_pydatetime(), "site_id": site_id, "load_kw": float(load[t]),
-         "pv_kw": float(pv.get(t, 0.0)), "computed_at": datetime.now(UTC)}
+        {
+            "time": t.to_pydatetime(),
+            "site_id": site_id,
+            "load_kw": float(load[t]),
+            "pv_kw": float(pv.get(t, 0.0)),
+            "computed_at": datetime.now(UTC),
+        }
         for t in load.index
-    ]  # fmt: skip
+    ]
     with store.engine.begin() as conn:
         conn.execute(store.features.insert(), rows)
 
@@ -40,10 +45,15 @@ def test_service_publishes_trains_and_answers(
     pv = pv_series(start="2026-04-06", days=30)
     end = load.index[-1] + fx.STEP
     settings = Settings(
-        data_dir=tmp_path, api_token="tok", site=SiteSettings(timezone="Europe/Berlin"),
-        mqtt=MqttSettings(root="t/fc"), max_iter=30, backtest_folds=1, train_at_start=False,
+        data_dir=tmp_path,
+        api_token="tok",
+        site=SiteSettings(timezone="Europe/Berlin"),
+        mqtt=MqttSettings(root="t/fc"),
+        max_iter=30,
+        backtest_folds=1,
+        train_at_start=False,
         models=["linear"],
-    )  # fmt: skip
+    )
     store = ForecastStore(settings.database.sqlalchemy_url(tmp_path))
     fill_features(store, "s1", load, pv)
     bus = InMemoryBus()
@@ -96,14 +106,16 @@ def test_service_is_ready_without_a_database_or_data(tmp_path: Path) -> None:
 
 
 def test_a_new_issue_interval_from_put_config_holds_from_the_next_issue(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, train_at_start=False, issue_interval_s=900,
-                        api_token="tok")  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path, train_at_start=False, issue_interval_s=900, api_token="tok"
+    )
     service = build_service(settings, InMemoryBus())
     with TestClient(make_app(service)) as client:
         retry = settings.cold_start.retry_s
         assert service.state.issue_interval_s() == min(900, retry)  # nothing issued yet
-        changed = client.put("/config", json={"issue_interval_s": 1800},
-                             headers={"Authorization": "Bearer tok"})  # fmt: skip
+        changed = client.put(
+            "/config", json={"issue_interval_s": 1800}, headers={"Authorization": "Bearer tok"}
+        )
         assert changed.status_code == 200, changed.text
         assert service.state.settings.issue_interval_s == 1800
         assert service.state.issue_interval_s() == min(1800, retry)
@@ -117,8 +129,12 @@ def test_accuracy_of_issued_forecasts_over_rest(
     load = load_series(start="2026-04-06", days=9)
     pv = pv_series(start="2026-04-06", days=9)
     end = load.index[-1] + fx.STEP
-    settings = Settings(data_dir=tmp_path, site=SiteSettings(timezone="Europe/Berlin"),
-                        train_at_start=False, issue_interval_s=86_400)  # fmt: skip
+    settings = Settings(
+        data_dir=tmp_path,
+        site=SiteSettings(timezone="Europe/Berlin"),
+        train_at_start=False,
+        issue_interval_s=86_400,
+    )
     store = ForecastStore(settings.database.sqlalchemy_url(tmp_path))
     fill_features(store, "s1", load, pv)
     day = load.index[-96:]  # the last day, forecast a day earlier: 0.5 kW too high, band ±1 kW
@@ -139,8 +155,9 @@ def test_accuracy_of_issued_forecasts_over_rest(
         assert body["mae_seasonal_naive_day"] == pytest.approx(by_day)
         assert body["mae_seasonal_naive_week"] == pytest.approx(by_week)
         better = min(by_day, by_week)
-        assert body["reference"] == ("seasonal_naive_day" if by_day <= by_week else
-                                     "seasonal_naive_week")  # fmt: skip
+        assert body["reference"] == (
+            "seasonal_naive_day" if by_day <= by_week else "seasonal_naive_week"
+        )
         assert body["skill"] == pytest.approx(1 - 0.5 / better)
         assert client.get("/forecast/s1/pv/accuracy").json()["n"] == 0  # none issued
         assert client.get("/forecast/s1/wind/accuracy").status_code == 404
@@ -188,9 +205,13 @@ def test_evaluate_reports_skill_against_the_better_seasonal_naive(
     store = ForecastStore(Settings(data_dir=tmp_path).database.sqlalchemy_url(tmp_path))
     fill_features(store, "s1", load, pv_series(days=1))
     store.dispose()
-    env = {"FORECAST_DATA_DIR": str(tmp_path), "FORECAST_TARGETS": '["load"]',
-           "FORECAST_MODELS": '["linear"]', "FORECAST_BACKTEST_FOLDS": "1",
-           "FORECAST_BACKTEST_ISSUE_EVERY": "8"}  # fmt: skip
+    env = {
+        "FORECAST_DATA_DIR": str(tmp_path),
+        "FORECAST_TARGETS": '["load"]',
+        "FORECAST_MODELS": '["linear"]',
+        "FORECAST_BACKTEST_FOLDS": "1",
+        "FORECAST_BACKTEST_ISSUE_EVERY": "8",
+    }
     result = CliRunner().invoke(cli, ["--evaluate", "--json"], env=env)
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.stdout.strip().splitlines()[-1])["evaluated"]

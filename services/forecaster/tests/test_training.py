@@ -17,8 +17,14 @@ from forecaster.registry import Registry
 from forecaster.training import TrainConfig, train_target
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
-CONFIG = TrainConfig(models=("linear", "gbm_quantile"), test_fraction=0.25, folds=2, max_iter=40,
-                     threads=1, min_train_days=14)  # fmt: skip
+CONFIG = TrainConfig(
+    models=("linear", "gbm_quantile"),
+    test_fraction=0.25,
+    folds=2,
+    max_iter=40,
+    threads=1,
+    min_train_days=14,
+)
 
 
 def test_fold_origins_are_day_aligned_and_time_ordered() -> None:
@@ -77,9 +83,11 @@ def test_a_model_that_does_not_beat_seasonal_naive_is_kept_but_not_promoted(
     assert [v.name for v in registry.versions("s1", "load")] == ["v0001"]
 
 
-def test_too_little_history_trains_nothing(tmp_path: Path, site: fx.SiteContext,
-                                          load_series: Callable[..., pd.Series]) -> None:  # fmt: skip
-    outcome = train_target(load_series(days=5), "s1", site, TARGETS["load"], Registry(tmp_path),
-                           CONFIG, NOW)  # fmt: skip
+def test_too_little_history_trains_nothing(
+    tmp_path: Path, site: fx.SiteContext, load_series: Callable[..., pd.Series]
+) -> None:
+    outcome = train_target(
+        load_series(days=5), "s1", site, TARGETS["load"], Registry(tmp_path), CONFIG, NOW
+    )
     assert outcome.version is None
     assert "not enough history" in outcome.reason

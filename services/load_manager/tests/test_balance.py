@@ -109,8 +109,9 @@ def test_pv_generation_is_integrated_for_the_efficiency() -> None:
 
 
 def test_period_figures_and_day_kpis() -> None:
-    surplus = PeriodTotals(T0, T0, balance_wh=40, export_wh=500, import_wh=460, pv_wh=2000,
-                           has_pv=True)  # fmt: skip
+    surplus = PeriodTotals(
+        T0, T0, balance_wh=40, export_wh=500, import_wh=460, pv_wh=2000, has_pv=True
+    )
     debt = PeriodTotals(T0, T0, balance_wh=-30, export_wh=100, import_wh=130)
     assert period_figures(surplus)["efficiency"] == pytest.approx(0.98)  # (2000 - 40) / 2000
     figures = period_figures(debt)  # no PV telemetry: produced = gross export

@@ -67,23 +67,27 @@ def test_min_on_time_holds_then_drops_below_threshold() -> None:
 
 def test_time_to_consume_projects_the_end_of_period() -> None:
     loads = [LoadConfig(device_id="load1", rated_kw=2.0)]
-    ctl = NetBalanceController(loads, rule="time_to_consume", ttc_target_wh=0, ttc_margin_wh=10,
-                               surplus_tau_s=0)  # fmt: skip
-    run(ctl, [
-        # 0 Wh, 1 kW surplus, 1 h left: with 2 kW on it would end at -1000 Wh -> stays off
-        (0, 0, -1.0, (False,)),
-        # 30 min in, 500 Wh banked, 1 kW surplus: 500 + (1-2)*0.5 h = 0 >= 0 -> on
-        (1800, 500, -1.0, (True,)),
-        # on, PCC imports 1 kW, 45 min in, B = 250: without it 250 + 1*0.25 h > 0 -> keep
-        (2700, 250, 1.0, (True,)),
-        # a cloud: PCC imports 2.5 kW with it on (0.5 kW without), 15 min left, B = 200:
-        # without it 200 - 0.5*0.25 h = 75 Wh > -10 -> keep (the period still ends above)
-        (2710, 200, 2.5, (True,)),
-        # the cloud thickens: 1.5 kW import without it: 200 - 1.5*0.25 h = -175 <= -10 -> off
-        (2720, 200, 3.5, (False,)),
-        # the sun is back, 3 kW surplus, 10 min left: 200 + (3-2)*1/6 h > 0 -> on
-        (3000, 200, -3.0, (True,)),
-    ])  # fmt: skip
+    ctl = NetBalanceController(
+        loads, rule="time_to_consume", ttc_target_wh=0, ttc_margin_wh=10, surplus_tau_s=0
+    )
+    run(
+        ctl,
+        [
+            # 0 Wh, 1 kW surplus, 1 h left: with 2 kW on it would end at -1000 Wh -> stays off
+            (0, 0, -1.0, (False,)),
+            # 30 min in, 500 Wh banked, 1 kW surplus: 500 + (1-2)*0.5 h = 0 >= 0 -> on
+            (1800, 500, -1.0, (True,)),
+            # on, PCC imports 1 kW, 45 min in, B = 250: without it 250 + 1*0.25 h > 0 -> keep
+            (2700, 250, 1.0, (True,)),
+            # a cloud: PCC imports 2.5 kW with it on (0.5 kW without), 15 min left, B = 200:
+            # without it 200 - 0.5*0.25 h = 75 Wh > -10 -> keep (the period still ends above)
+            (2710, 200, 2.5, (True,)),
+            # the cloud thickens: 1.5 kW import without it: 200 - 1.5*0.25 h = -175 <= -10 -> off
+            (2720, 200, 3.5, (False,)),
+            # the sun is back, 3 kW surplus, 10 min left: 200 + (3-2)*1/6 h > 0 -> on
+            (3000, 200, -3.0, (True,)),
+        ],
+    )
 
 
 def test_time_to_consume_runs_first_then_pays_back_in_a_new_period() -> None:
@@ -135,8 +139,9 @@ def test_priority_gets_the_surplus_first_and_each_load_uses_its_share() -> None:
 
 @pytest.mark.parametrize("rule", ["hysteresis", "min_on_time", "time_to_consume"])
 def test_min_on_and_min_off_times_hold_in_every_rule(rule: Rule) -> None:
-    loads = [LoadConfig(device_id="l", rated_kw=1.0, on_wh=100, off_wh=-10, min_on_s=300,
-                        min_off_s=300)]  # fmt: skip
+    loads = [
+        LoadConfig(device_id="l", rated_kw=1.0, on_wh=100, off_wh=-10, min_on_s=300, min_off_s=300)
+    ]
     ctl = NetBalanceController(loads, rule=rule, min_on_time_rule_s=0)
     run(ctl, [
         (0, 500, -3.0, (True,)),            # all rules: big surplus and balance -> on
@@ -179,5 +184,9 @@ def test_watchdog_refresh_before_ttl_and_on_change() -> None:
         if out:
             sent.append((t, out))
     # on at 0, refreshed at 40 and 80 (60 s TTL - 20 s margin), off at 100 (change)
-    assert sent == [(0, [("load1", True)]), (40, [("load1", True)]), (80, [("load1", True)]),
-                    (100, [("load1", False)])]  # fmt: skip
+    assert sent == [
+        (0, [("load1", True)]),
+        (40, [("load1", True)]),
+        (80, [("load1", True)]),
+        (100, [("load1", False)]),
+    ]

@@ -40,8 +40,10 @@ def test_example_jobs_csv_and_xml() -> None:
 def test_cumulative_profile_to_power() -> None:
     # 0 -> 250 Wh in 15 min (1 kW), flat 15 min, +500 Wh in the next 15 min (2 kW)
     assert profile_from_cumulative([(0, 0), (900, 250), (1800, 250), (2700, 750)], 900) == [
-        pytest.approx(1.0), pytest.approx(0.0), pytest.approx(2.0)
-    ]  # fmt: skip
+        pytest.approx(1.0),
+        pytest.approx(0.0),
+        pytest.approx(2.0),
+    ]
     assert resample_profile([1.0, 3.0], 900, 1800) == [pytest.approx(2.0)]
     assert resample_profile([2.0], 1800, 900) == [pytest.approx(2.0), pytest.approx(2.0)]
 
@@ -58,18 +60,34 @@ GOOD_PROFILE = "time_s,cumulative_wh\n0,0\n900,100\n"
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
-        ("hood.xml", "<neighbourhood>\n<house id='a'>\n</neighbourhood>\n", r"hood.xml:3: malformed XML"),
-        ("hood.xml", "<neighbourhood>\n  <house>\n  </house>\n</neighbourhood>\n",
-         r"hood.xml:2: <house> lacks the attribute 'id'"),
-        ("hood.xml", "<neighbourhood>\n<house id='a'/>\n<house id='a'/>\n</neighbourhood>",
-         r"hood.xml:3: duplicate house id 'a'"),
-        ("hood.xml", "<neighbourhood>\n<house id='a' connection_limit_kw='lots'/>\n</neighbourhood>",
-         r"hood.xml:2: connection_limit_kw='lots' is not a number"),
-        ("hood.xml", "<neighbourhood>\n<house id='a'>\n<device id='x'/>\n</house>\n</neighbourhood>",
-         r"hood.xml:3: <device> lacks the attribute 'type'"),
+        (
+            "hood.xml",
+            "<neighbourhood>\n<house id='a'>\n</neighbourhood>\n",
+            r"hood.xml:3: malformed XML",
+        ),
+        (
+            "hood.xml",
+            "<neighbourhood>\n  <house>\n  </house>\n</neighbourhood>\n",
+            r"hood.xml:2: <house> lacks the attribute 'id'",
+        ),
+        (
+            "hood.xml",
+            "<neighbourhood>\n<house id='a'/>\n<house id='a'/>\n</neighbourhood>",
+            r"hood.xml:3: duplicate house id 'a'",
+        ),
+        (
+            "hood.xml",
+            "<neighbourhood>\n<house id='a' connection_limit_kw='lots'/>\n</neighbourhood>",
+            r"hood.xml:2: connection_limit_kw='lots' is not a number",
+        ),
+        (
+            "hood.xml",
+            "<neighbourhood>\n<house id='a'>\n<device id='x'/>\n</house>\n</neighbourhood>",
+            r"hood.xml:3: <device> lacks the attribute 'type'",
+        ),
         ("hood.xml", "<houses/>", r"hood.xml:1: root element must be <neighbourhood>"),
     ],
-)  # fmt: skip
+)
 def test_malformed_neighbourhood_names_the_line(
     tmp_path: Path, name: str, text: str, message: str
 ) -> None:
@@ -84,20 +102,30 @@ HEADER = "house,device,job_id,est,lst,profile\n"
     ("text", "message"),
     [
         ("house,device,id\n", r"jobs.csv:1: header must be"),
-        (HEADER + "h,d,j1,2026-06-01T06:00:00Z,2026-06-01T08:00:00Z,p.csv\nh,d,j2,xx,yy,p.csv\n",
-         r"jobs.csv:3: Invalid isoformat string: 'xx'"),
-        (HEADER + "h,d,j1,2026-06-01T06:00:00,2026-06-01T08:00:00Z,p.csv\n",
-         r"jobs.csv:2: time '2026-06-01T06:00:00' has no zone"),
-        (HEADER + "h,d,j1,2026-06-01T06:00:00Z,2026-06-01T08:00:00Z\n",
-         r"jobs.csv:2: expected 6 columns, got 5"),
-        (HEADER + "h,d,j1,2026-06-01T08:00:00Z,2026-06-01T06:00:00Z,p.csv\n",
-         r"jobs.csv:2: .*latest_start is before earliest_start"),
-        (HEADER + "h,d,j1,1780300800,1780300900,p.csv\n\nh,d,j1,1780300800,1780300900,p.csv\n",
-         r"jobs.csv:4: duplicate job_id 'j1'"),
+        (
+            HEADER + "h,d,j1,2026-06-01T06:00:00Z,2026-06-01T08:00:00Z,p.csv\nh,d,j2,xx,yy,p.csv\n",
+            r"jobs.csv:3: Invalid isoformat string: 'xx'",
+        ),
+        (
+            HEADER + "h,d,j1,2026-06-01T06:00:00,2026-06-01T08:00:00Z,p.csv\n",
+            r"jobs.csv:2: time '2026-06-01T06:00:00' has no zone",
+        ),
+        (
+            HEADER + "h,d,j1,2026-06-01T06:00:00Z,2026-06-01T08:00:00Z\n",
+            r"jobs.csv:2: expected 6 columns, got 5",
+        ),
+        (
+            HEADER + "h,d,j1,2026-06-01T08:00:00Z,2026-06-01T06:00:00Z,p.csv\n",
+            r"jobs.csv:2: .*latest_start is before earliest_start",
+        ),
+        (
+            HEADER + "h,d,j1,1780300800,1780300900,p.csv\n\nh,d,j1,1780300800,1780300900,p.csv\n",
+            r"jobs.csv:4: duplicate job_id 'j1'",
+        ),
         (HEADER + "h,d,j1,1780300800,1780300900,missing.csv\n", r"missing.csv: cannot read"),
         (HEADER + "h,,j1,1780300800,1780300900,p.csv\n", r"jobs.csv:2: empty device"),
     ],
-)  # fmt: skip
+)
 def test_malformed_jobs_csv_names_the_line(tmp_path: Path, text: str, message: str) -> None:
     write(tmp_path, "p.csv", GOOD_PROFILE)
     with pytest.raises(ConfigError, match=message):
@@ -120,7 +148,7 @@ def test_malformed_jobs_xml_names_the_line(tmp_path: Path) -> None:
         ("time_s,cumulative_wh\n0,0\n900,abc\n", r"p.csv:3: not a number"),
         ("time_s,cumulative_wh\n0,0\n", r"needs at least two points"),
     ],
-)  # fmt: skip
+)
 def test_malformed_profile_names_the_line(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_profile(write(tmp_path, "p.csv", text), 900)

@@ -32,16 +32,25 @@ def two_houses(**changes: Any) -> dict[str, Any]:
         "name": "two-houses",
         "start": "2026-06-01T00:00:00Z",
         "houses": [
-            {"house_id": h, "pv_kw": PV_NOON, "base_kw": [0.2] * 24,
-             "devices": [{"device_id": "wm", "profile_kw": [2.0, 2.0, 2.0, 2.0]}]}
+            {
+                "house_id": h,
+                "pv_kw": PV_NOON,
+                "base_kw": [0.2] * 24,
+                "devices": [{"device_id": "wm", "profile_kw": [2.0, 2.0, 2.0, 2.0]}],
+            }
             for h in ("house-a", "house-b")
         ],
         "jobs": [
-            {"job_id": f"job-{h}", "house_id": h, "device_id": "wm",
-             "earliest_start": "2026-06-01T06:00:00Z", "latest_start": "2026-06-01T18:00:00Z"}
+            {
+                "job_id": f"job-{h}",
+                "house_id": h,
+                "device_id": "wm",
+                "earliest_start": "2026-06-01T06:00:00Z",
+                "latest_start": "2026-06-01T18:00:00Z",
+            }
             for h in ("house-a", "house-b")
         ],
-    }  # fmt: skip
+    }
     scenario.update(changes)
     return scenario
 
@@ -56,8 +65,13 @@ def client(tmp_path: Path) -> TestClient:
 
 
 def test_milp_puts_both_jobs_under_the_pv(client: TestClient) -> None:
-    body = {"scenario": two_houses(), "algorithm": "milp", "runs": 1, "pv_variation_pct": 0,
-            "window_jitter_steps": 0}  # fmt: skip
+    body = {
+        "scenario": two_houses(),
+        "algorithm": "milp",
+        "runs": 1,
+        "pv_variation_pct": 0,
+        "window_jitter_steps": 0,
+    }
     result = client.post("/planner/simulate", json=body).json()
     (run,) = result["runs"]
     assert run["status"] in ("optimal", "ok", "time_limit")
@@ -72,8 +86,13 @@ def test_milp_puts_both_jobs_under_the_pv(client: TestClient) -> None:
 
 
 def test_earliest_starts_at_six_and_buys_from_the_grid(client: TestClient) -> None:
-    body = {"scenario": two_houses(), "algorithm": "earliest", "runs": 1,
-            "pv_variation_pct": 0, "window_jitter_steps": 0}  # fmt: skip
+    body = {
+        "scenario": two_houses(),
+        "algorithm": "earliest",
+        "runs": 1,
+        "pv_variation_pct": 0,
+        "window_jitter_steps": 0,
+    }
     (run,) = client.post("/planner/simulate", json=body).json()["runs"]
     assert [j["start"][11:16] for j in run["jobs"]] == ["06:00", "06:00"]
     # 06:00-07:00 has no PV: the job's 2 kWh come from the grid
@@ -99,8 +118,12 @@ def test_runs_are_seeded_and_differ_from_each_other() -> None:
     assert len(set(imports)) > 1, imports  # the variation changes the outcome
     assert [r["seed"] for r in first["runs"]] == [7, 8, 9]
     summary = first["summary"]["households"]["house-a"]["import_kwh"]
-    house_a = [h["import_kwh"] for r in first["runs"] for h in r["households"]
-               if h["house_id"] == "house-a"]  # fmt: skip
+    house_a = [
+        h["import_kwh"]
+        for r in first["runs"]
+        for h in r["households"]
+        if h["house_id"] == "house-a"
+    ]
     assert summary["min"] == min(house_a)
     assert summary["max"] == max(house_a)
 
@@ -162,8 +185,11 @@ def test_import_of_the_cossmic_examples(client: TestClient) -> None:
 def test_import_error_names_the_file_and_line(client: TestClient) -> None:
     jobs = (EXAMPLES / "jobs.csv").read_text().replace("2026-06-01T07:00:00Z", "yesterday")
     profiles = {f"profiles/{p.name}": p.read_text() for p in (EXAMPLES / "profiles").iterdir()}
-    body = {"neighbourhood_xml": (EXAMPLES / "neighbourhood.xml").read_text(),
-            "jobs_text": jobs, "profiles": profiles}  # fmt: skip
+    body = {
+        "neighbourhood_xml": (EXAMPLES / "neighbourhood.xml").read_text(),
+        "jobs_text": jobs,
+        "profiles": profiles,
+    }
     response = client.post("/planner/import", json=body)
     assert response.status_code == 422
     (error,) = response.json()["detail"]
@@ -173,7 +199,10 @@ def test_import_error_names_the_file_and_line(client: TestClient) -> None:
     (error,) = client.post("/planner/import", json=broken).json()["detail"]
     assert error["loc"] == ["body", "neighbourhood_xml"]
     assert "malformed XML" in error["msg"]
-    escape = {**body, "jobs_text": (EXAMPLES / "jobs.csv").read_text(),
-              "profiles": {"../../etc/x.csv": "time_s,cumulative_wh\n0,0\n60,1\n"}}  # fmt: skip
+    escape = {
+        **body,
+        "jobs_text": (EXAMPLES / "jobs.csv").read_text(),
+        "profiles": {"../../etc/x.csv": "time_s,cumulative_wh\n0,0\n60,1\n"},
+    }
     (error,) = client.post("/planner/import", json=escape).json()["detail"]
     assert error["loc"] == ["body", "profiles"]

@@ -10,8 +10,17 @@ T0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 
 
 def forecast(quantity: str, values: list[float], **quantiles: list[float]) -> TimeSeries:
-    return TimeSeries(ts=T0, source="t", kind="forecast", quantity=quantity, issue_time=T0,
-                      start=T0, step_s=900, values=values, quantiles=quantiles)  # fmt: skip
+    return TimeSeries(
+        ts=T0,
+        source="t",
+        kind="forecast",
+        quantity=quantity,
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=values,
+        quantiles=quantiles,
+    )
 
 
 def test_problem_plans_on_the_configured_quantiles_mean_per_step() -> None:
@@ -22,10 +31,20 @@ def test_problem_plans_on_the_configured_quantiles_mean_per_step() -> None:
 
     def problem(load_q: str | None, pv_q: str | None) -> tuple[tuple[float, ...], ...]:
         p = build_problem(
-            now=T0, step_s=1800, n_steps=3, houses=[HouseConfig(house_id="h1")], book=JobBook({}),
-            forecasts=forecasts, tariff=Tariff(), shared_pv=True, neighbourhood_limit_kw=None,
-            cost_weight=1.0, peak_weight_per_kw=0.0, load_quantile=load_q, pv_quantile=pv_q,
-        )  # fmt: skip
+            now=T0,
+            step_s=1800,
+            n_steps=3,
+            houses=[HouseConfig(house_id="h1")],
+            book=JobBook({}),
+            forecasts=forecasts,
+            tariff=Tariff(),
+            shared_pv=True,
+            neighbourhood_limit_kw=None,
+            cost_weight=1.0,
+            peak_weight_per_kw=0.0,
+            load_quantile=load_q,
+            pv_quantile=pv_q,
+        )
         return p.houses[0].base_kw, p.houses[0].pv_kw
 
     assert problem(None, None) == ((1.5, 1.5, 0.0), (4.0, 2.0, 0.0))

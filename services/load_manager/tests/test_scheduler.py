@@ -21,8 +21,9 @@ T0 = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 
 
-def job(job_id: str, est_h: float, lst_h: float, profile: tuple[float, ...], house: str = "h1"
-        ) -> JobInput:  # fmt: skip
+def job(
+    job_id: str, est_h: float, lst_h: float, profile: tuple[float, ...], house: str = "h1"
+) -> JobInput:
     return JobInput(job_id, house, "dev", T0 + est_h * H, T0 + lst_h * H, profile)
 
 
@@ -96,8 +97,15 @@ def test_profile_shape_is_matched_to_the_pv_shape() -> None:
 
 
 def test_cost_moves_grid_energy_to_the_cheap_hour() -> None:
-    p = Problem(T0, 3600, 3, (HouseInput("h1", 9.2, (0, 0, 0), (0, 0, 0)),),
-                (job("a", 0, 2, (1.0,)),), (0.3, 0.1, 0.2), cost_weight=1.0)  # fmt: skip
+    p = Problem(
+        T0,
+        3600,
+        3,
+        (HouseInput("h1", 9.2, (0, 0, 0), (0, 0, 0)),),
+        (job("a", 0, 2, (1.0,)),),
+        (0.3, 0.1, 0.2),
+        cost_weight=1.0,
+    )
     s = schedule_milp(p)
     assert starts(s) == {"a": 1}
     assert s.objective == pytest.approx(1.0 * (1 + 0.1))
@@ -133,8 +141,10 @@ def test_base_load_uses_pv_first() -> None:
 
 
 def test_window_outside_the_horizon_is_unschedulable() -> None:
-    p = problem((job("a", 0, 3, (1.0,)), job("late", 10, 12, (1.0,)),
-                 job("long", 0, 3, (1.0,) * 5)), pv=(0, 0, 0, 0))  # fmt: skip
+    p = problem(
+        (job("a", 0, 3, (1.0,)), job("late", 10, 12, (1.0,)), job("long", 0, 3, (1.0,) * 5)),
+        pv=(0, 0, 0, 0),
+    )
     s = schedule_milp(p)
     assert set(s.unschedulable) == {"late", "long"}
     assert set(s.placements) == {"a"}

@@ -72,9 +72,10 @@ class Rig:
 
     def load_commands(self, device: str) -> list[float]:
         return [
-            m.value for t, m in self.setpoints.messages
+            m.value
+            for t, m in self.setpoints.messages
             if topics.SETPOINT.parse(t, self.root).device_id == device  # type: ignore[union-attr]
-        ]  # fmt: skip
+        ]
 
 
 @pytest.fixture
@@ -194,8 +195,16 @@ async def test_metrics_and_balance_endpoints(rig: Rig) -> None:
 
 
 def pv_forecast(rig: Rig, values: list[float], site: str = "site-1") -> tuple[str, bytes]:
-    series = TimeSeries(ts=T0, source="t", kind="forecast", quantity="pv_generation_kw",
-                        issue_time=T0, start=T0, step_s=900, values=values)  # fmt: skip
+    series = TimeSeries(
+        ts=T0,
+        source="t",
+        kind="forecast",
+        quantity="pv_generation_kw",
+        issue_time=T0,
+        start=T0,
+        step_s=900,
+        values=values,
+    )
     return topics.FORECAST.topic(site, "pv", rig.root), series.to_json_bytes()
 
 
@@ -203,9 +212,14 @@ async def test_job_over_rest_is_planned_on_pv_and_started_at_its_time(rig: Rig) 
     # 3 kW of PV forecast in the third quarter-hour only (10:30-10:45)
     await rig.pub.publish(*pv_forecast(rig, [0, 0, 3, 0] + [0] * 92))
     await rig.pub.drain()
-    body = {"job_id": "wm", "device_id": "washing_machine",
-            "earliest_start": "2026-06-01T10:00:00Z", "deadline": "2026-06-01T12:00:00Z",
-            "profile_kw": [2.0], "step_s": 900}  # fmt: skip
+    body = {
+        "job_id": "wm",
+        "device_id": "washing_machine",
+        "earliest_start": "2026-06-01T10:00:00Z",
+        "deadline": "2026-06-01T12:00:00Z",
+        "profile_kw": [2.0],
+        "step_s": 900,
+    }
     async with await client_for(rig) as client:
         assert (await client.post("/jobs", json=body)).status_code == 401
         created = await client.post("/jobs", json=body, headers=AUTH)
@@ -240,17 +254,23 @@ async def test_job_over_rest_is_planned_on_pv_and_started_at_its_time(rig: Rig) 
 
 async def test_job_validation_and_cancel(rig: Rig) -> None:
     async with await client_for(rig) as client:
-        bad = await client.post("/jobs", json={"device_id": "x", "profile_kw": [1.0]},
-                                headers=AUTH)  # fmt: skip
+        bad = await client.post("/jobs", json={"device_id": "x", "profile_kw": [1.0]}, headers=AUTH)
         assert bad.status_code == 422
         assert "latest_start and deadline" in bad.text
-        other = {"device_id": "x", "house_id": "elsewhere", "latest_start": "2026-06-01T12:00:00Z",
-                 "profile_kw": [1.0]}  # fmt: skip
+        other = {
+            "device_id": "x",
+            "house_id": "elsewhere",
+            "latest_start": "2026-06-01T12:00:00Z",
+            "profile_kw": [1.0],
+        }
         unknown = await client.post("/jobs", json=other, headers=AUTH)
         assert unknown.status_code == 422
         assert "elsewhere" in unknown.text
-        cumulative = {"device_id": "dw", "latest_start": "2026-06-01T12:00:00Z",
-                      "profile_cumulative_wh": [[0, 0], [900, 500], [1800, 600]]}  # fmt: skip
+        cumulative = {
+            "device_id": "dw",
+            "latest_start": "2026-06-01T12:00:00Z",
+            "profile_cumulative_wh": [[0, 0], [900, 500], [1800, 600]],
+        }
         made = (await client.post("/jobs", json=cumulative, headers=AUTH)).json()
         assert made["energy_kwh"] == pytest.approx(0.6)
         assert made["status"] == "planned"
@@ -259,9 +279,16 @@ async def test_job_validation_and_cancel(rig: Rig) -> None:
 
 
 async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
-    req = JobRequest(ts=T0, source="scada", job_id="ev1", house_id="site-1", device_id="ev",
-                     earliest_start=T0, latest_start=T0 + timedelta(hours=2),
-                     profile_kw=[7.0, 7.0])  # fmt: skip
+    req = JobRequest(
+        ts=T0,
+        source="scada",
+        job_id="ev1",
+        house_id="site-1",
+        device_id="ev",
+        earliest_start=T0,
+        latest_start=T0 + timedelta(hours=2),
+        profile_kw=[7.0, 7.0],
+    )
     await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
     await rig.pub.drain()
     entry = rig.service.state.jobs.book.entries["ev1"]
@@ -277,16 +304,28 @@ async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
 
 def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
     env = {"LM_SETTLEMENT_PERIOD_S": "1000", "LM_DATA_DIR": str(tmp_path), "PATH": ""}
-    done = subprocess.run([sys.executable, "-m", "load_manager"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "load_manager"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "settlement_period_s" in done.stderr
     assert "LM_SETTLEMENT_PERIOD_S" in done.stderr
     bad_file = tmp_path / "hood.xml"
     bad_file.write_text("<neighbourhood>\n<house/>\n</neighbourhood>\n")
     env2 = {"LM_NEIGHBOURHOOD_FILE": str(bad_file), "LM_DATA_DIR": str(tmp_path), "PATH": ""}
-    done = subprocess.run([sys.executable, "-m", "load_manager"], env=env2, capture_output=True,
-                          text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "load_manager"],
+        env=env2,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "hood.xml:2" in done.stderr
 
@@ -298,16 +337,31 @@ async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_sta
         dear = [0.40] * 16
         dear[2] = dear[3] = 0.01  # 10:30-11:00 UTC: far cheaper than the tariff at 12:00
         series = PriceSeries(
-            ts=issued, source="prices", zone="site-1", origin="http", issue_time=issued,
-            start=T0, step_s=900, import_per_kwh=dear, valid_until=T0 + timedelta(hours=4),
-            stale=stale, stale_reason="source down" if stale else None,
-        )  # fmt: skip
+            ts=issued,
+            source="prices",
+            zone="site-1",
+            origin="http",
+            issue_time=issued,
+            start=T0,
+            step_s=900,
+            import_per_kwh=dear,
+            valid_until=T0 + timedelta(hours=4),
+            stale=stale,
+            stale_reason="source down" if stale else None,
+        )
         return series.to_json_bytes()
 
     price_topic = topics.PRICE_SERIES.topic("site-1", "grid", rig.root)
-    req = JobRequest(ts=T0, source="scada", job_id="ev1", house_id="site-1", device_id="ev",
-                     earliest_start=T0, latest_start=T0 + timedelta(hours=2),
-                     profile_kw=[7.0, 7.0])  # fmt: skip
+    req = JobRequest(
+        ts=T0,
+        source="scada",
+        job_id="ev1",
+        house_id="site-1",
+        device_id="ev",
+        earliest_start=T0,
+        latest_start=T0 + timedelta(hours=2),
+        profile_kw=[7.0, 7.0],
+    )
     await rig.pub.publish(price_topic, prices(T0, stale=False))
     await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
     await rig.pub.drain()

@@ -94,40 +94,74 @@ devices:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (_device("", "[{field: p_kw, address: 0, type: int24}]"),
-         "device 'meter-a' field registers.0.type"),
-        (_device("", "[{field: p_kw, address: 70000}]"), "device 'meter-a' field registers.0.address"),
-        (_device("", "[{field: p_kw, address: 0, colour: red}]"),
-         "device 'meter-a' field registers.0.colour: Extra inputs are not permitted"),
-        (_device("", "[{field: power, address: 0}]"), "registers[0].field: 'power' is not a meter field"),
-        (_device("", "[{field: p_kw, address: 0, unit: V}]"), "registers[0].unit: cannot convert V"),
+        (
+            _device("", "[{field: p_kw, address: 0, type: int24}]"),
+            "device 'meter-a' field registers.0.type",
+        ),
+        (
+            _device("", "[{field: p_kw, address: 70000}]"),
+            "device 'meter-a' field registers.0.address",
+        ),
+        (
+            _device("", "[{field: p_kw, address: 0, colour: red}]"),
+            "device 'meter-a' field registers.0.colour: Extra inputs are not permitted",
+        ),
+        (
+            _device("", "[{field: power, address: 0}]"),
+            "registers[0].field: 'power' is not a meter field",
+        ),
+        (
+            _device("", "[{field: p_kw, address: 0, unit: V}]"),
+            "registers[0].unit: cannot convert V",
+        ),
         (_device("", "[{field: p_kw, address: 0, unit: furlong}]"), "unknown unit 'furlong'"),
         (_device("", "[{field: p_kw, address: 0, type: string}]"), "type string needs `length`"),
         (_device("", "[{field: p_kw, address: 0, min: 5, max: 1}]"), "min must not exceed max"),
-        (_device("", "[{field: q_kvar, address: 0, unit: var}]"),
-         "device 'meter-a' field registers: no register feeds the required p_kw"),
+        (
+            _device("", "[{field: q_kvar, address: 0, unit: var}]"),
+            "device 'meter-a' field registers: no register feeds the required p_kw",
+        ),
         (_device("    unit_id: 300"), "device 'meter-a' field unit_id"),
         (_device("    poll_interval_s: 0"), "device 'meter-a' field poll_interval_s"),
-        (_device("    controls: [{target: battery_p_kw, min: -1, max: 1}]"),
-         "controls[0].target: battery_p_kw is not a meter target"),
-        ("devices:\n  - {id: x, kind: heater, connection: {type: tcp, host: h}, sunspec: auto}",
-         "device 'x' field kind"),
-        ("devices:\n  - {id: x, kind: pv, connection: {type: udp, host: h}, sunspec: auto}",
-         "device 'x' field connection"),
-        ("devices:\n  - {id: x, kind: pv, connection: {type: rtu, port: /dev/x, baudrate: 1234}, sunspec: auto}",
-         "baudrate 1234"),
-        ("devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}}",
-         "needs `registers`, `map` or `sunspec: auto`"),
-        ("devices:\n  - {id: a/b, kind: pv, connection: {type: tcp, host: h}, sunspec: auto}",
-         "field id: "),
-        ("devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}, map: nowhere}",
-         "device 'x' field map"),
-        ("devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}, map: generic_three_phase_meter}",
-         "is for meter, not pv"),
-        ("devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}, sunspec: auto}\n"
-         "  - {id: x, kind: pv, connection: {type: tcp, host: h}, sunspec: auto}", "declared twice"),
+        (
+            _device("    controls: [{target: battery_p_kw, min: -1, max: 1}]"),
+            "controls[0].target: battery_p_kw is not a meter target",
+        ),
+        (
+            "devices:\n  - {id: x, kind: heater, connection: {type: tcp, host: h}, sunspec: auto}",
+            "device 'x' field kind",
+        ),
+        (
+            "devices:\n  - {id: x, kind: pv, connection: {type: udp, host: h}, sunspec: auto}",
+            "device 'x' field connection",
+        ),
+        (
+            "devices:\n  - {id: x, kind: pv, connection: {type: rtu, port: /dev/x, baudrate: 1234}, sunspec: auto}",
+            "baudrate 1234",
+        ),
+        (
+            "devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}}",
+            "needs `registers`, `map` or `sunspec: auto`",
+        ),
+        (
+            "devices:\n  - {id: a/b, kind: pv, connection: {type: tcp, host: h}, sunspec: auto}",
+            "field id: ",
+        ),
+        (
+            "devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}, map: nowhere}",
+            "device 'x' field map",
+        ),
+        (
+            "devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}, map: generic_three_phase_meter}",
+            "is for meter, not pv",
+        ),
+        (
+            "devices:\n  - {id: x, kind: pv, connection: {type: tcp, host: h}, sunspec: auto}\n"
+            "  - {id: x, kind: pv, connection: {type: tcp, host: h}, sunspec: auto}",
+            "declared twice",
+        ),
     ],
-)  # fmt: skip
+)
 def test_invalid_yaml_names_device_and_field(text: str, expected: str) -> None:
     assert expected in _error(text)
 

@@ -31,21 +31,29 @@ def at(seconds: float) -> datetime:
         (None, ControlState(2.0, at(0)), 5, 10, "revert"),
         (None, ControlState(None, at(0)), 5, 10, None),  # already reverted
     ],
-)  # fmt: skip
+)
 def test_decide(
-    desired: float | None, state: ControlState, now_s: float, refresh_s: float | None,
+    desired: float | None,
+    state: ControlState,
+    now_s: float,
+    refresh_s: float | None,
     expected: str | None,
-) -> None:  # fmt: skip
+) -> None:
     assert decide(desired, state, at(now_s), refresh_s) == expected
 
 
 def test_register_control_writes_watchdog_value_enable_and_reverts() -> None:
     spec = ControlSpec.model_validate(
-        {"target": "battery_p_kw", "min": -5, "max": 5, "revert_value": 0,
-         "write": {"address": 100, "type": "int32", "unit": "W"},
-         "enable": {"address": 102, "on": 1, "off": 0},
-         "reversion": {"address": 103, "seconds": 20}}
-    )  # fmt: skip
+        {
+            "target": "battery_p_kw",
+            "min": -5,
+            "max": 5,
+            "revert_value": 0,
+            "write": {"address": 100, "type": "int32", "unit": "W"},
+            "enable": {"address": 102, "on": 1, "off": 0},
+            "reversion": {"address": 103, "seconds": 20},
+        }
+    )
     plan = RegisterControl(spec)
     assert plan.refresh_s == 10
     assert plan.limits.check(6) is not None
@@ -60,9 +68,14 @@ def test_register_control_writes_watchdog_value_enable_and_reverts() -> None:
 
 def test_register_control_refuses_a_value_the_register_cannot_hold() -> None:
     spec = ControlSpec.model_validate(
-        {"target": "pv_limit_kw", "min": 0, "max": 1000, "revert_value": 0,
-         "write": {"address": 1, "type": "uint16", "unit": "W"}}
-    )  # fmt: skip
+        {
+            "target": "pv_limit_kw",
+            "min": 0,
+            "max": 1000,
+            "revert_value": 0,
+            "write": {"address": 1, "type": "uint16", "unit": "W"},
+        }
+    )
     with pytest.raises(SetpointRejectedError, match="does not fit"):
         RegisterControl(spec).writes(100.0)  # 100 000 W > uint16
 
@@ -103,10 +116,13 @@ def test_storage_control_charge_discharge_zero_and_revert() -> None:
 
 def test_pv_limit_control_pct_and_kw() -> None:
     pct = PvLimitControl(
-        ControlSpec.model_validate({"target": "pv_limit_pct", "min": 0, "max": 100,
-                                    "reversion": {"seconds": 4}}),
-        M123, pct_sf=0, wmax_w=None,
-    )  # fmt: skip
+        ControlSpec.model_validate(
+            {"target": "pv_limit_pct", "min": 0, "max": 100, "reversion": {"seconds": 4}}
+        ),
+        M123,
+        pct_sf=0,
+        wmax_w=None,
+    )
     assert pct.refresh_s == 2
     assert pct.writes(40) == [
         Write(reg(M123, "WMaxLimPct_RvrtTms"), (4,)),

@@ -16,15 +16,31 @@ T0 = datetime(2026, 6, 1, tzinfo=UTC)
     [
         # poll outcomes (True = ok) → (transition, state, consecutive failures) after each
         (3, [True], [("ok", "ok", 0)]),
-        (3, [False, False, False, False],
-         [(None, "unknown", 1), (None, "unknown", 2), ("stale", "stale", 3), (None, "stale", 4)]),
-        (2, [True, False, True, False, False, True, True],
-         [("ok", "ok", 0), (None, "ok", 1), (None, "ok", 0), (None, "ok", 1),
-          ("stale", "stale", 2), ("ok", "ok", 0), (None, "ok", 0)]),
-        (1, [True, False, False, True],
-         [("ok", "ok", 0), ("stale", "stale", 1), (None, "stale", 2), ("ok", "ok", 0)]),
+        (
+            3,
+            [False, False, False, False],
+            [(None, "unknown", 1), (None, "unknown", 2), ("stale", "stale", 3), (None, "stale", 4)],
+        ),
+        (
+            2,
+            [True, False, True, False, False, True, True],
+            [
+                ("ok", "ok", 0),
+                (None, "ok", 1),
+                (None, "ok", 0),
+                (None, "ok", 1),
+                ("stale", "stale", 2),
+                ("ok", "ok", 0),
+                (None, "ok", 0),
+            ],
+        ),
+        (
+            1,
+            [True, False, False, True],
+            [("ok", "ok", 0), ("stale", "stale", 1), (None, "stale", 2), ("ok", "ok", 0)],
+        ),
     ],
-)  # fmt: skip
+)
 def test_stale_and_recover(
     stale_after: int, polls: list[bool], expected: list[tuple[str | None, str, int]]
 ) -> None:
@@ -47,8 +63,15 @@ def test_failure_keeps_the_reason_and_success_clears_it() -> None:
 
 @pytest.mark.parametrize(
     ("interval", "failures", "cap", "expected"),
-    [(1.0, 0, 30, 1.0), (1.0, 1, 30, 1.0), (1.0, 2, 30, 2.0), (1.0, 3, 30, 4.0),
-     (1.0, 10, 30, 30.0), (60.0, 3, 30, 60.0), (0.2, 500, 1.0, 1.0)],
-)  # fmt: skip
+    [
+        (1.0, 0, 30, 1.0),
+        (1.0, 1, 30, 1.0),
+        (1.0, 2, 30, 2.0),
+        (1.0, 3, 30, 4.0),
+        (1.0, 10, 30, 30.0),
+        (60.0, 3, 30, 60.0),
+        (0.2, 500, 1.0, 1.0),
+    ],
+)
 def test_backoff(interval: float, failures: int, cap: float, expected: float) -> None:
     assert next_poll_delay_s(interval, failures, cap) == pytest.approx(expected)

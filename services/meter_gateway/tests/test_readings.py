@@ -28,13 +28,16 @@ def point(**kw: object) -> ReadPoint:
         ({"type": "int16", "unit": "W"}, [0xFC18], -1.0),  # -1000 W
         ({"type": "int32", "unit": "W", "scale": 10}, encode(1234, DataType.INT32), 12.34),
         ({"type": "uint16", "scale": 0.01}, [250], 2.5),  # default unit: the field's (kW)
-        ({"type": "float32", "unit": "kW", "word_order": "little"},
-         encode(3.5, DataType.FLOAT32, "little"), 3.5),
+        (
+            {"type": "float32", "unit": "kW", "word_order": "little"},
+            encode(3.5, DataType.FLOAT32, "little"),
+            3.5,
+        ),
         # scale-factor register (SunSpec style): 1234 * 10**-1 W = 0.1234 kW
         ({"type": "int16", "unit": "W", "scale_factor_register": 1}, [1234, 0xFFFF], 0.1234),
         ({"type": "uint16", "unit": "W", "scale_factor_register": 1}, [5, 3], 5.0),
     ],
-)  # fmt: skip
+)
 def test_scale_units_and_scale_factor(
     kw: dict[str, object], registers: list[int], expected: float
 ) -> None:
@@ -52,7 +55,7 @@ def test_scale_units_and_scale_factor(
         ({"type": "int16", "unit": "W", "min": 0}, [0xFFFF], "out_of_range"),
         ({"type": "int16", "scale_factor_register": 1}, [1, 50], "invalid"),
     ],
-)  # fmt: skip
+)
 def test_bad_values_are_dropped_with_a_reason(
     kw: dict[str, object], registers: list[int], reason: str
 ) -> None:

@@ -81,9 +81,16 @@ def test_decode_checks_the_register_count() -> None:
 
 @pytest.mark.parametrize(
     ("src", "dst", "factor"),
-    [("W", "kW", 0.001), ("kW", "kW", 1.0), ("Wh", "kWh", 0.001), ("MWh", "kWh", 1000.0),
-     ("var", "kvar", 0.001), ("kV", "V", 1000.0), ("%", "%", 1.0)],
-)  # fmt: skip
+    [
+        ("W", "kW", 0.001),
+        ("kW", "kW", 1.0),
+        ("Wh", "kWh", 0.001),
+        ("MWh", "kWh", 1000.0),
+        ("var", "kvar", 0.001),
+        ("kV", "V", 1000.0),
+        ("%", "%", 1.0),
+    ],
+)
 def test_unit_factor(src: str, dst: str, factor: float) -> None:
     assert unit_factor(src, dst) == pytest.approx(factor)
 
@@ -97,10 +104,19 @@ def test_unit_factor_refuses_other_dimensions_and_unknown_units() -> None:
 
 @pytest.mark.parametrize(
     ("field", "unit"),
-    [("p_kw", "kW"), ("q_kvar", "kvar"), ("e_import_kwh", "kWh"), ("soc_pct", "%"),
-     ("v_l1_v", "V"), ("f_hz", "Hz"), ("temp_c", "C"), ("irradiance_w_m2", "W/m2"),
-     ("on", "bool"), ("cycles", "1")],
-)  # fmt: skip
+    [
+        ("p_kw", "kW"),
+        ("q_kvar", "kvar"),
+        ("e_import_kwh", "kWh"),
+        ("soc_pct", "%"),
+        ("v_l1_v", "V"),
+        ("f_hz", "Hz"),
+        ("temp_c", "C"),
+        ("irradiance_w_m2", "W/m2"),
+        ("on", "bool"),
+        ("cycles", "1"),
+    ],
+)
 def test_field_unit_from_the_name(field: str, unit: str) -> None:
     assert field_unit(field) == unit
 
@@ -122,12 +138,21 @@ H, IN = "holding", "input"
         ([Span(H, 10, 1), Span(H, 0, 1), Span(H, 10, 1)], 125, 10, [ReadBlock(H, 0, 11)]),
         # the request size limit splits
         ([Span(H, 0, 2), Span(H, 100, 30)], 125, 200, [ReadBlock(H, 0, 2), ReadBlock(H, 100, 30)]),
-        ([Span(H, i, 1) for i in range(250)], 125, 0, [ReadBlock(H, 0, 125), ReadBlock(H, 125, 125)]),
+        (
+            [Span(H, i, 1) for i in range(250)],
+            125,
+            0,
+            [ReadBlock(H, 0, 125), ReadBlock(H, 125, 125)],
+        ),
         # holding and input registers are never mixed
-        ([Span(IN, 0, 2), Span(H, 0, 2), Span(IN, 2, 2)], 125, 0,
-         [ReadBlock(H, 0, 2), ReadBlock(IN, 0, 4)]),
+        (
+            [Span(IN, 0, 2), Span(H, 0, 2), Span(IN, 2, 2)],
+            125,
+            0,
+            [ReadBlock(H, 0, 2), ReadBlock(IN, 0, 4)],
+        ),
     ],
-)  # fmt: skip
+)
 def test_plan_reads_groups_into_fewest_requests(
     spans: list[Span], max_registers: int, max_gap: int, expected: list[ReadBlock]
 ) -> None:

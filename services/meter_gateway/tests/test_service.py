@@ -213,10 +213,16 @@ async def test_setpoint_written_read_back_acked_refreshed_and_reverted(
     assert rig.acks.values[-1].status == "expired"
     assert link.registers[2][200] == 0
     assert link.registers[2][201] == 0
-    assert rig.sample(
-        "gateway_setpoint_writes_total", device="site-1/battery", target="battery_p_kw",
-        action="revert", result="ok",
-    ) == 1  # fmt: skip
+    assert (
+        rig.sample(
+            "gateway_setpoint_writes_total",
+            device="site-1/battery",
+            target="battery_p_kw",
+            action="revert",
+            result="ok",
+        )
+        == 1
+    )
 
 
 async def test_out_of_range_and_unsupported_setpoints_are_rejected(
@@ -287,8 +293,10 @@ async def test_a_lower_priority_is_queued_and_takes_over_when_the_higher_ends(
     assert regs[200] == encode(-3000, DataType.INT16)[0]  # the queued one is not written
     ack = queued.result()
     assert (ack.status, ack.active_setpoint_id, ack.applied_value) == (
-        "queued", high.setpoint_id, -3.0,
-    )  # fmt: skip
+        "queued",
+        high.setpoint_id,
+        -3.0,
+    )
     assert ack.active_priority == Priority.GRID_OPERATOR
     clock.advance(5)
     await runner.control_step()
@@ -390,19 +398,44 @@ def test_rest_devices_and_setpoints(links: dict[str, MemoryLink]) -> None:
 
 async def test_sunspec_device_discovers_polls_and_takes_setpoints(clock: Any) -> None:
     image = sunspec_image(
-        [(1, {"Mn": "x"}), (103, {"W": 3000, "W_SF": 0}),
-         (124, {"WChaMax": 4000, "WChaMax_SF": 0, "ChaState": 80, "ChaState_SF": 0,
-                "InOutWRte_SF": 0, "StorCtl_Mod": 0, "InWRte": 0, "OutWRte": 0,
-                "InOutWRte_RvrtTms": 0}),
-         (123, {"WMaxLimPct": 100, "WMaxLimPct_SF": 0, "WMaxLim_Ena": 0, "WMaxLimPct_RvrtTms": 0})]
-    )  # fmt: skip
+        [
+            (1, {"Mn": "x"}),
+            (103, {"W": 3000, "W_SF": 0}),
+            (
+                124,
+                {
+                    "WChaMax": 4000,
+                    "WChaMax_SF": 0,
+                    "ChaState": 80,
+                    "ChaState_SF": 0,
+                    "InOutWRte_SF": 0,
+                    "StorCtl_Mod": 0,
+                    "InWRte": 0,
+                    "OutWRte": 0,
+                    "InOutWRte_RvrtTms": 0,
+                },
+            ),
+            (
+                123,
+                {"WMaxLimPct": 100, "WMaxLimPct_SF": 0, "WMaxLim_Ena": 0, "WMaxLimPct_RvrtTms": 0},
+            ),
+        ]
+    )
     link = MemoryLink({})
     link.load(1, 40000, image)
     cfg = parse_config(
-        {"devices": [{"id": "pv", "kind": "pv", "connection": {"type": "tcp", "host": "h"},
-                      "sunspec": "auto", "controls": [{"target": "pv_limit_pct", "min": 0,
-                                                       "max": 100}]}]}
-    )  # fmt: skip
+        {
+            "devices": [
+                {
+                    "id": "pv",
+                    "kind": "pv",
+                    "connection": {"type": "tcp", "host": "h"},
+                    "sunspec": "auto",
+                    "controls": [{"target": "pv_limit_pct", "min": 0, "max": 100}],
+                }
+            ]
+        }
+    )
     service = build_service(Settings(), InMemoryBus(), resolve(cfg, "site-1"), lambda d: link)
     await service.bus.connect()
     runner: DeviceRunner = service.state.runners[("site-1", "pv")]
@@ -411,8 +444,9 @@ async def test_sunspec_device_discovers_polls_and_takes_setpoints(clock: Any) ->
     assert runner.last_reading is not None
     assert runner.last_reading.generation_kw == 3.0
     assert [m.model_id for m in runner.models] == [1, 103, 124, 123]
-    runner.submit(SetpointCommand(ts=clock(), source="t", target="pv_limit_pct", value=30,
-                                  unit="%", ttl_s=10))  # fmt: skip
+    runner.submit(
+        SetpointCommand(ts=clock(), source="t", target="pv_limit_pct", value=30, unit="%", ttl_s=10)
+    )
     await runner.control_step()
     m123 = next(m for m in runner.models if m.model_id == 123)
     offset = {n: m123.address + p.offset for n, p in model_points(123).items()}

@@ -14,17 +14,40 @@ from meter_gateway.sunspec import discover, model_points, read_model, read_point
 MODELS = [
     (1, {"Mn": "derbus", "Md": "test"}),
     (103, {"W": 4200, "W_SF": 0, "WH": 123456, "WH_SF": 0, "TmpCab": 415, "Tmp_SF": -1}),
-    (203, {"W": -1500, "W_SF": 0, "PhVphA": 2305, "PhVphB": 2310, "PhVphC": 2298, "V_SF": -1,
-           "Hz": 5001, "Hz_SF": -2, "TotWhImp": 5000, "TotWhExp": 2000, "TotWh_SF": 3}),
+    (
+        203,
+        {
+            "W": -1500,
+            "W_SF": 0,
+            "PhVphA": 2305,
+            "PhVphB": 2310,
+            "PhVphC": 2298,
+            "V_SF": -1,
+            "Hz": 5001,
+            "Hz_SF": -2,
+            "TotWhImp": 5000,
+            "TotWhExp": 2000,
+            "TotWh_SF": 3,
+        },
+    ),
     (124, {"WChaMax": 5000, "WChaMax_SF": 0, "ChaState": 64, "ChaState_SF": 0}),
-]  # fmt: skip
+]
 
 
 def device(kind: str, controls: str = "[]") -> object:
     cfg = parse_config(
-        {"devices": [{"id": "d", "kind": kind, "connection": {"type": "tcp", "host": "h"},
-                      "sunspec": "auto", "controls": __import__("yaml").safe_load(controls)}]}
-    )  # fmt: skip
+        {
+            "devices": [
+                {
+                    "id": "d",
+                    "kind": kind,
+                    "connection": {"type": "tcp", "host": "h"},
+                    "sunspec": "auto",
+                    "controls": __import__("yaml").safe_load(controls),
+                }
+            ]
+        }
+    )
     return resolve(cfg, "site-1")[0]
 
 
@@ -53,10 +76,20 @@ async def test_meter_and_pv_fields_from_the_models() -> None:
     link.load(1, 40000, sunspec_image(MODELS))
     _, models = await discover(link, 1)
     for kind, expected in [
-        ("meter", {"p_kw": -1.5, "v_l1_v": 230.5, "v_l2_v": 231.0, "v_l3_v": 229.8, "f_hz": 50.01,
-                   "e_import_kwh": 5000.0, "e_export_kwh": 2000.0}),
+        (
+            "meter",
+            {
+                "p_kw": -1.5,
+                "v_l1_v": 230.5,
+                "v_l2_v": 231.0,
+                "v_l3_v": 229.8,
+                "f_hz": 50.01,
+                "e_import_kwh": 5000.0,
+                "e_export_kwh": 2000.0,
+            },
+        ),
         ("pv", {"generation_kw": 4.2, "e_total_kwh": 123.456, "temp_c": 41.5}),
-    ]:  # fmt: skip
+    ]:
         dev = device(kind)
         points = read_points(dev, models)  # type: ignore[arg-type]
         blocks = plan_reads([s for p in points for s in p.spans()])

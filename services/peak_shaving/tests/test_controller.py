@@ -35,38 +35,87 @@ def reading(
     """A PCC reading with a battery reading of the same instant."""
     ts = T0 + timedelta(seconds=t_s)
     return PmaInputs(
-        site_id="s1", ts=ts, pcc_p_kw=pcc, battery_p_kw=battery, battery_ts=ts, soc_pct=soc,
+        site_id="s1",
+        ts=ts,
+        pcc_p_kw=pcc,
+        battery_p_kw=battery,
+        battery_ts=ts,
+        soc_pct=soc,
         **extra,
-    )  # fmt: skip
+    )
 
 
 # One cycle from a fresh controller: (case, inputs, expected setpoint kW, mode, violation kW)
 SINGLE_CYCLE = [
     ("import violation: discharge to limit - margin", reading(0, 80), -30.5, "import_limit", 0),
-    ("import violation, battery already discharging", reading(0, 60, -10), -20.5,
-     "import_limit", 0),
-    ("export violation: charge to export limit + margin", reading(0, -40), 10.5,
-     "export_limit", 0),
+    (
+        "import violation, battery already discharging",
+        reading(0, 60, -10),
+        -20.5,
+        "import_limit",
+        0,
+    ),
+    ("export violation: charge to export limit + margin", reading(0, -40), 10.5, "export_limit", 0),
     ("in limits: follow the schedule", reading(0, 20, schedule_p_kw=10.0), 10.0, "schedule", 0),
-    ("schedule clipped so the PCC stays under the import limit",
-     reading(0, 45, schedule_p_kw=10.0), 4.5, "import_limit", 0),
-    ("schedule discharge clipped at the export limit",
-     reading(0, -20, schedule_p_kw=-20.0), -9.5, "export_limit", 0),
+    (
+        "schedule clipped so the PCC stays under the import limit",
+        reading(0, 45, schedule_p_kw=10.0),
+        4.5,
+        "import_limit",
+        0,
+    ),
+    (
+        "schedule discharge clipped at the export limit",
+        reading(0, -20, schedule_p_kw=-20.0),
+        -9.5,
+        "export_limit",
+        0,
+    ),
     ("no schedule, in limits: idle", reading(0, 20), 0.0, "idle", 0),
-    ("SoC at max: cannot absorb export, violation reported", reading(0, -40, soc=95), 0.0,
-     "export_limit", 10.0),
-    ("SoC at min: cannot shave import, violation reported", reading(0, 80, soc=5), 0.0,
-     "import_limit", 30.0),
+    (
+        "SoC at max: cannot absorb export, violation reported",
+        reading(0, -40, soc=95),
+        0.0,
+        "export_limit",
+        10.0,
+    ),
+    (
+        "SoC at min: cannot shave import, violation reported",
+        reading(0, 80, soc=5),
+        0.0,
+        "import_limit",
+        30.0,
+    ),
     ("discharge rating caps the shave", reading(0, 120), -50.0, "import_limit", 20.0),
-    ("battery-reported discharge limit caps the shave", reading(0, 80, max_discharge_kw=20.0),
-     -20.0, "import_limit", 10.0),
-    ("below the reserve the schedule may not discharge", reading(0, 20, soc=15,
-     schedule_p_kw=-10.0), 0.0, "schedule", 0),
-    ("below the reserve the limit still discharges", reading(0, 80, soc=15), -30.5,
-     "import_limit", 0),
-    ("schedule above the charge rating is clipped", reading(0, -10, schedule_p_kw=70.0), 50.0,
-     "schedule", 0),
-]  # fmt: skip
+    (
+        "battery-reported discharge limit caps the shave",
+        reading(0, 80, max_discharge_kw=20.0),
+        -20.0,
+        "import_limit",
+        10.0,
+    ),
+    (
+        "below the reserve the schedule may not discharge",
+        reading(0, 20, soc=15, schedule_p_kw=-10.0),
+        0.0,
+        "schedule",
+        0,
+    ),
+    (
+        "below the reserve the limit still discharges",
+        reading(0, 80, soc=15),
+        -30.5,
+        "import_limit",
+        0,
+    ),
+    (
+        "schedule above the charge rating is clipped",
+        reading(0, -10, schedule_p_kw=70.0),
+        50.0,
+        "schedule",
+        0,
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -201,9 +250,13 @@ def test_stale_battery_reading_uses_the_last_setpoint() -> None:
     ctl = controller()
     ctl.step(reading(0, 80))
     stale = PmaInputs(
-        site_id="s1", ts=T0 + timedelta(seconds=1), pcc_p_kw=49.5, battery_p_kw=0.0,
-        battery_ts=T0, soc_pct=50.0,
-    )  # fmt: skip
+        site_id="s1",
+        ts=T0 + timedelta(seconds=1),
+        pcc_p_kw=49.5,
+        battery_p_kw=0.0,
+        battery_ts=T0,
+        soc_pct=50.0,
+    )
     d = ctl.step(stale)
     assert d.site_p_kw == pytest.approx(80.0)
     assert d.battery_p_kw == pytest.approx(-30.5)
@@ -246,9 +299,13 @@ def test_battery_read_just_before_the_meter_is_not_stale() -> None:
     ctl.step(reading(0, 80))  # setpoint -30.5 at t=0
     ts = T0 + timedelta(seconds=1)
     polled = PmaInputs(
-        site_id="s1", ts=ts, pcc_p_kw=60.0, battery_p_kw=-20.0,
-        battery_ts=ts - timedelta(milliseconds=20), soc_pct=50.0,
-    )  # fmt: skip
+        site_id="s1",
+        ts=ts,
+        pcc_p_kw=60.0,
+        battery_p_kw=-20.0,
+        battery_ts=ts - timedelta(milliseconds=20),
+        soc_pct=50.0,
+    )
     d = ctl.step(polled)
     assert d.site_p_kw == pytest.approx(80.0)  # the battery only managed -20 kW
     assert d.battery_p_kw == pytest.approx(-30.5)
@@ -259,9 +316,14 @@ def test_stale_estimate_respects_what_the_battery_can_do() -> None:
     ctl = controller()
     ctl.step(reading(0, 80))
     stale = PmaInputs(
-        site_id="s1", ts=T0 + timedelta(seconds=1), pcc_p_kw=70.0, battery_p_kw=0.0,
-        battery_ts=T0, soc_pct=50.0, max_discharge_kw=10.0,
-    )  # fmt: skip
+        site_id="s1",
+        ts=T0 + timedelta(seconds=1),
+        pcc_p_kw=70.0,
+        battery_p_kw=0.0,
+        battery_ts=T0,
+        soc_pct=50.0,
+        max_discharge_kw=10.0,
+    )
     d = ctl.step(stale)
     assert d.site_p_kw == pytest.approx(80.0)
     assert d.battery_p_kw == pytest.approx(-10.0)

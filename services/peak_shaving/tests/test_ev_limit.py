@@ -15,10 +15,18 @@ T0 = datetime(2026, 6, 21, 18, 0, tzinfo=UTC)
 
 def ev(p_kw: float, limit_kw: float | None = None, max_kw: float = 11.0) -> EvChargerTelemetry:
     return EvChargerTelemetry(
-        ts=T0, source="ev_charging", p_kw=p_kw, status="Charging", station_id="cp",
-        connector_id=1, protocol="1.6", online=True, limit_kw=limit_kw, max_kw=max_kw,
+        ts=T0,
+        source="ev_charging",
+        p_kw=p_kw,
+        status="Charging",
+        station_id="cp",
+        connector_id=1,
+        protocol="1.6",
+        online=True,
+        limit_kw=limit_kw,
+        max_kw=max_kw,
         transaction_id="1",
-    )  # fmt: skip
+    )
 
 
 def limiter() -> EvLimiter:
@@ -67,16 +75,18 @@ def test_below_the_minimum_current_the_ev_pauses_and_an_ended_session_is_forgott
 
 def test_the_controller_says_how_much_the_battery_could_still_discharge() -> None:
     pma = PeakShavingController(
-        PmaConfig(import_limit_kw=12.0, export_limit_kw=-10.0, margin_kw=0.5,
-                  battery_max_discharge_kw=2.0)
-    )  # fmt: skip
+        PmaConfig(
+            import_limit_kw=12.0, export_limit_kw=-10.0, margin_kw=0.5, battery_max_discharge_kw=2.0
+        )
+    )
     over = pma.step(PmaInputs("s", T0, pcc_p_kw=19.0, battery_p_kw=0.0, soc_pct=50.0))
     assert over.battery_p_kw == -2.0
     assert over.discharge_room_kw == 0.0
     room = over.import_cap_kw - over.pcc_expected_kw + over.discharge_room_kw
     assert room == pytest.approx(-5.5)  # what the EVs must give up
-    under = pma.step(PmaInputs("s", T0 + timedelta(seconds=1), pcc_p_kw=11.0, battery_p_kw=-1.0,
-                               soc_pct=50.0))  # fmt: skip
+    under = pma.step(
+        PmaInputs("s", T0 + timedelta(seconds=1), pcc_p_kw=11.0, battery_p_kw=-1.0, soc_pct=50.0)
+    )
     assert under.discharge_room_kw == pytest.approx(2.0 + under.battery_p_kw)
 
 

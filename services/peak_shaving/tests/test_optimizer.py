@@ -29,12 +29,22 @@ START = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday, 00:00 UTC
 
 def optimizer(steps: int = 2, **changes: Any) -> ScheduleOptimizer:
     base: dict[str, Any] = {
-        "horizon_steps": steps, "step_s": 3600, "import_limit_kw": 10.0,
-        "export_limit_kw": -10.0, "battery_capacity_kwh": 10.0, "battery_max_charge_kw": 5.0,
-        "battery_max_discharge_kw": 5.0, "charge_efficiency": 1.0, "discharge_efficiency": 1.0,
-        "soc_min_pct": 0.0, "soc_max_pct": 100.0, "reserve_pct": 0.0, "end_soc_pct": 0.0,
-        "wear_cost_per_kwh": 0.0, "change_penalty_per_kwh": 0.1,
-    }  # fmt: skip
+        "horizon_steps": steps,
+        "step_s": 3600,
+        "import_limit_kw": 10.0,
+        "export_limit_kw": -10.0,
+        "battery_capacity_kwh": 10.0,
+        "battery_max_charge_kw": 5.0,
+        "battery_max_discharge_kw": 5.0,
+        "charge_efficiency": 1.0,
+        "discharge_efficiency": 1.0,
+        "soc_min_pct": 0.0,
+        "soc_max_pct": 100.0,
+        "reserve_pct": 0.0,
+        "end_soc_pct": 0.0,
+        "wear_cost_per_kwh": 0.0,
+        "change_penalty_per_kwh": 0.1,
+    }
     return ScheduleOptimizer(EmaConfig(**(base | changes)))
 
 
@@ -42,9 +52,12 @@ def inputs(
     net: list[float], soc_kwh: float, prior: list[float] | None = None, **kw: Any
 ) -> EmaInputs:
     return EmaInputs(
-        start=START, net_load_kw=np.array(net), soc_kwh=soc_kwh,
-        prior_kw=np.array(prior if prior is not None else [0.0] * len(net)), **kw,
-    )  # fmt: skip
+        start=START,
+        net_load_kw=np.array(net),
+        soc_kwh=soc_kwh,
+        prior_kw=np.array(prior if prior is not None else [0.0] * len(net)),
+        **kw,
+    )
 
 
 def approx(values: Any, expected: list[float]) -> None:
@@ -126,9 +139,14 @@ def test_time_of_use_energy_cost() -> None:
 def test_demand_charge_flattens_the_peak_above_the_month_peak() -> None:
     tariff = Tariff(demand_charge_per_kw=10.0)
     opt = optimizer(
-        import_limit_kw=20.0, demand_charge=True, tariff=tariff, end_soc_pct=50.0,
-        end_soc_penalty_per_kwh=20.0, wear_cost_per_kwh=0.01, change_penalty_per_kwh=0.02,
-    )  # fmt: skip
+        import_limit_kw=20.0,
+        demand_charge=True,
+        tariff=tariff,
+        end_soc_pct=50.0,
+        end_soc_penalty_per_kwh=20.0,
+        wear_cost_per_kwh=0.01,
+        change_penalty_per_kwh=0.02,
+    )
     # 8 then 12 kW. The end-SoC penalty (20 per kWh) is scaled to 4.5 (the peak-floor rule:
     # 1 kW more peak over the 2 h stores 2 kWh, worth at most 0.9 x 10): a kWh short at the
     # end (4.5) is cheaper than a kW of peak (10), so all 5 kWh go into the peak: 7.5 kW.
@@ -153,9 +171,13 @@ def test_a_soft_target_never_raises_the_month_peak_when_the_demand_charge_outwei
     # (2 kWh per kW of peak x 4.5 = 0.9 x 10), so 3 x 4.5 = 13.5 < 15: the peak stays at 10.
     tariff = Tariff(demand_charge_per_kw=10.0)
     opt = optimizer(
-        import_limit_kw=20.0, demand_charge=True, tariff=tariff, end_soc_pct=50.0,
-        end_soc_penalty_per_kwh=20.0, change_penalty_per_kwh=0.0,
-    )  # fmt: skip
+        import_limit_kw=20.0,
+        demand_charge=True,
+        tariff=tariff,
+        end_soc_pct=50.0,
+        end_soc_penalty_per_kwh=20.0,
+        change_penalty_per_kwh=0.0,
+    )
     s = opt.solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))
     approx(s.pcc_kw, [10, 10])
     approx(s.soc_kwh, [0, 1, 2])
@@ -164,24 +186,33 @@ def test_a_soft_target_never_raises_the_month_peak_when_the_demand_charge_outwei
     assert s.terms["end_soc"] == pytest.approx(3 * 20, abs=1e-3)
     # the same soft weight without a demand charge (no billed peak to protect): filled
     free = optimizer(
-        import_limit_kw=20.0, end_soc_pct=50.0, end_soc_penalty_per_kwh=20.0,
-        change_penalty_per_kwh=0.0, wear_cost_per_kwh=0.01,
-    ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))  # fmt: skip
+        import_limit_kw=20.0,
+        end_soc_pct=50.0,
+        end_soc_penalty_per_kwh=20.0,
+        change_penalty_per_kwh=0.0,
+        wear_cost_per_kwh=0.01,
+    ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))
     assert free.soc_kwh[-1] == pytest.approx(5, abs=1e-4)
     assert free.pcc_kw.max() >= 11.5 - 1e-4
     # the reserve is held to the same rule
     reserve = optimizer(
-        import_limit_kw=20.0, demand_charge=True, tariff=tariff, reserve_pct=50.0,
-        reserve_penalty_per_kwh_h=10.0, change_penalty_per_kwh=0.0,
-    ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))  # fmt: skip
+        import_limit_kw=20.0,
+        demand_charge=True,
+        tariff=tariff,
+        reserve_pct=50.0,
+        reserve_penalty_per_kwh_h=10.0,
+        change_penalty_per_kwh=0.0,
+    ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))
     approx(reserve.pcc_kw, [10, 10])
 
 
 def test_soft_target_weights_scale_only_with_a_demand_charge() -> None:
     cfg = EmaConfig(
-        horizon_steps=96, end_soc_penalty_per_kwh=5.0, reserve_penalty_per_kwh_h=10.0,
+        horizon_steps=96,
+        end_soc_penalty_per_kwh=5.0,
+        reserve_penalty_per_kwh_h=10.0,
         charge_efficiency=0.95,
-    )  # fmt: skip
+    )
     assert soft_target_weights(cfg, 0.0) == (5.0, 10.0)
     end, reserve = soft_target_weights(cfg, 8.0)
     # 24 h x 0.95 = 22.8 kWh per kW of peak, each kWh worth 5 + 10 x 24 = 245: 5586 vs 7.2
@@ -193,9 +224,13 @@ def test_soft_target_weights_scale_only_with_a_demand_charge() -> None:
 def test_a_whole_31_day_month_fits_one_horizon() -> None:
     steps = 31 * 96
     cfg = EmaConfig(
-        horizon_steps=steps, import_limit_kw=10.0, export_limit_kw=-10.0,
-        battery_capacity_kwh=100.0, battery_max_charge_kw=50.0, battery_max_discharge_kw=50.0,
-    )  # fmt: skip
+        horizon_steps=steps,
+        import_limit_kw=10.0,
+        export_limit_kw=-10.0,
+        battery_capacity_kwh=100.0,
+        battery_max_charge_kw=50.0,
+        battery_max_discharge_kw=50.0,
+    )
     opt = ScheduleOptimizer(cfg)
     net = np.full(steps, 5.0)
     net[-1] = 12.0  # the last quarter hour of the 31st day
@@ -326,10 +361,11 @@ def test_two_stage_plan_shares_the_first_step_and_hedges_it() -> None:
     # now is missing there). Target 7.5 as before: 0.8 x 7.5 + 0.2 x 20 = 10 < 15.5.
     weights = (0.2, 0.6, 0.2)
     opt = ScheduleOptimizer(
-        optimizer(import_limit_kw=50.0, demand_charge=True,
-                  tariff=Tariff(demand_charge_per_kw=10.0)).config,
+        optimizer(
+            import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
+        ).config,
         weights,
-    )  # fmt: skip
+    )
     nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 20.0])]
     scenarios = [Scenario(w, net) for w, net in zip(weights, nets, strict=True)]
     plan = plan_with_scenarios(opt, inputs([0, 0], soc_kwh=5), scenarios)

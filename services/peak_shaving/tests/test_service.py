@@ -93,23 +93,37 @@ def slots(schedule: TimeSeries, start: datetime, first: int, end: int) -> list[f
 def forecast(values: list[float], quantity: str = "load_p_kw") -> TimeSeries:
     now = utcnow()
     return TimeSeries(
-        ts=now, source="forecaster", kind="forecast", quantity=quantity, issue_time=now,
-        start=interval_start(now), step_s=900, values=values,
-    )  # fmt: skip
+        ts=now,
+        source="forecaster",
+        kind="forecast",
+        quantity=quantity,
+        issue_time=now,
+        start=interval_start(now),
+        step_s=900,
+        values=values,
+    )
 
 
 COMMERCIAL_BATTERY: dict[str, Any] = {
-    "battery_capacity_kwh": 100.0, "battery_max_charge_kw": 50.0, "battery_max_discharge_kw": 50.0,
-    "charge_efficiency": 0.95, "discharge_efficiency": 0.95, "soc_min_pct": 5.0,
-}  # fmt: skip
+    "battery_capacity_kwh": 100.0,
+    "battery_max_charge_kw": 50.0,
+    "battery_max_discharge_kw": 50.0,
+    "charge_efficiency": 0.95,
+    "discharge_efficiency": 0.95,
+    "soc_min_pct": 5.0,
+}
 """The battery these tests' numbers were worked out for (the defaults are the demo home's)."""
 
 
 def settings(**changes: Any) -> Settings:
     base: dict[str, Any] = {
-        "mqtt": MqttSettings(root=ROOT), "import_limit_kw": 50.0, "export_limit_kw": -30.0,
-        "api_token": "tok", "horizon_steps": 96, "ema_workers": 0,
-    }  # fmt: skip
+        "mqtt": MqttSettings(root=ROOT),
+        "import_limit_kw": 50.0,
+        "export_limit_kw": -30.0,
+        "api_token": "tok",
+        "horizon_steps": 96,
+        "ema_workers": 0,
+    }
     return Settings(**(COMMERCIAL_BATTERY | base | changes))
 
 
@@ -266,9 +280,15 @@ async def test_shifted_fallback_drops_elapsed_steps() -> None:
     plan.forecasts["load"] = forecast([30.0] * 96)
     start = interval_start(utcnow()) - timedelta(minutes=30)
     plan.schedule = TimeSeries(
-        ts=start, source="peak_shaving", kind="schedule", quantity="battery_p_kw", issue_time=start,
-        start=start, step_s=900, values=[float(i) for i in range(96)],
-    )  # fmt: skip
+        ts=start,
+        source="peak_shaving",
+        kind="schedule",
+        quantity="battery_p_kw",
+        issue_time=start,
+        start=start,
+        step_s=900,
+        values=[float(i) for i in range(96)],
+    )
     inputs = ps.ema_inputs(SITE, utcnow())
     assert inputs is not None
     assert inputs.prior_kw[:3].tolist() == [2.0, 3.0, 4.0]
@@ -331,9 +351,16 @@ async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
     await probe.connect()
     now = utcnow()
     old = TimeSeries(
-        ts=now, source="peak_shaving", kind="schedule", quantity="battery_p_kw", issue_time=now,
-        start=interval_start(now), step_s=900, values=[-7.0] * 96, meta={"plan_status": "ok"},
-    )  # fmt: skip
+        ts=now,
+        source="peak_shaving",
+        kind="schedule",
+        quantity="battery_p_kw",
+        issue_time=now,
+        start=interval_start(now),
+        step_s=900,
+        values=[-7.0] * 96,
+        meta={"plan_status": "ok"},
+    )
     spec = topics.BATTERY_SCHEDULE
     await probe.publish(spec.topic(SITE, "battery", ROOT), old.to_json_bytes(), retain=True)
     service = build_service(settings(), InMemoryBus(broker))
@@ -410,18 +437,27 @@ async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_s
 
         def series(issued: datetime, *, stale: bool) -> PriceSeries:
             return PriceSeries(
-                ts=issued, source="prices", zone=SITE, origin="csv", issue_time=issued,
-                start=start, step_s=900, import_per_kwh=prices, export_per_kwh=[0.0] * 96,
-                valid_until=now + timedelta(days=1), stale=stale,
+                ts=issued,
+                source="prices",
+                zone=SITE,
+                origin="csv",
+                issue_time=issued,
+                start=start,
+                step_s=900,
+                import_per_kwh=prices,
+                export_per_kwh=[0.0] * 96,
+                valid_until=now + timedelta(days=1),
+                stale=stale,
                 stale_reason="source down" if stale else None,
-            )  # fmt: skip
+            )
 
         async def send(spec: Any, message: Any, device: str) -> None:
             await probe.publish(spec.topic(SITE, device, ROOT), message.to_json_bytes())
             await probe.drain()
 
-        await send(topics.BATTERY, BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0),
-                   "battery")  # fmt: skip
+        await send(
+            topics.BATTERY, BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0), "battery"
+        )
         await send(topics.FORECAST, forecast([30.0] * 96), "load")
         await ps.idle()
         await send(topics.PRICE_SERIES, series(now, stale=False), "grid")

@@ -68,8 +68,14 @@ class World:
         await self.device.drain()
 
     async def battery(self, site: str = "site-1", p_kw: float = 1.0, soc: float = 50.0) -> None:
-        msg = BatteryTelemetry(ts=self.clock(), source="edge_simulator", p_kw=p_kw, soc_pct=soc,
-                               max_charge_kw=5.0, max_discharge_kw=5.0)  # fmt: skip
+        msg = BatteryTelemetry(
+            ts=self.clock(),
+            source="edge_simulator",
+            p_kw=p_kw,
+            soc_pct=soc,
+            max_charge_kw=5.0,
+            max_discharge_kw=5.0,
+        )
         await self.send(topics.BATTERY, site, "battery", msg)
 
     async def command(
@@ -93,9 +99,14 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     broker = InMemoryBroker()
     clock = ManualClock(T0)
     settings = Settings(
-        api_port=0, data_dir=tmp_path, group_id="g", edge_node_id="node", link_check_s=0.02,
-        stale_after_s=60, sparkplug_setpoint_ttl_s=120,
-    )  # fmt: skip
+        api_port=0,
+        data_dir=tmp_path,
+        group_id="g",
+        edge_node_id="node",
+        link_check_s=0.02,
+        stale_after_s=60,
+        sparkplug_setpoint_ttl_s=120,
+    )
     service = build_service(
         settings, InMemoryBus(broker), make_link=lambda: InMemoryBus(broker), clock=clock
     )
@@ -176,15 +187,25 @@ async def test_dcmd_becomes_a_setpoint_with_configured_ttl_and_priority_and_the_
         "grid_operator",
         T0,
     )
-    ack = SetpointAck(ts=world.clock(), source="edge_simulator", setpoint_id=cmd.setpoint_id,
-                      status="accepted", applied_value=-2.5, target="battery_p_kw")  # fmt: skip
+    ack = SetpointAck(
+        ts=world.clock(),
+        source="edge_simulator",
+        setpoint_id=cmd.setpoint_id,
+        status="accepted",
+        applied_value=-2.5,
+        target="battery_p_kw",
+    )
     await world.send(topics.SETPOINT_ACK, "site-1", "battery", ack)
     await wait_for(
         lambda: any(
-            k == "DDATA" and metrics(p).get("battery/setpoint/status", pb.Payload.Metric()).string_value == "accepted"
+            k == "DDATA"
+            and metrics(p).get("battery/setpoint/status", pb.Payload.Metric()).string_value
+            == "accepted"
             for k, p in world.spb
-        ), 5, message="accepted in DDATA",
-    )  # fmt: skip
+        ),
+        5,
+        message="accepted in DDATA",
+    )
     values = {n: m for _, p in world.spb for n, m in metrics(p).items()}
     assert values["battery/setpoint/applied_value"].double_value == -2.5
     assert values["battery/setpoint/setpoint_id"].string_value == cmd.setpoint_id
@@ -299,8 +320,14 @@ async def test_ha_configs_follow_home_assistant_rules_and_the_number_sends_a_set
 
 def test_the_rule_checker_catches_broken_configs() -> None:
     rules = load_rules()
-    good = {"state_topic": "a/b", "unique_id": "u", "device": {"identifiers": ["d"]},
-            "device_class": "power", "state_class": "measurement", "unit_of_measurement": "kW"}  # fmt: skip
+    good = {
+        "state_topic": "a/b",
+        "unique_id": "u",
+        "device": {"identifiers": ["d"]},
+        "device_class": "power",
+        "state_class": "measurement",
+        "unit_of_measurement": "kW",
+    }
     topic = "homeassistant/sensor/node/obj/config"
     assert check_discovery(topic, good, rules) == []
     cases = {

@@ -35,8 +35,12 @@ def test_topics_follow_the_namespace() -> None:
 
 def test_units_are_read_from_the_names() -> None:
     assert [unit_of(n) for n in ("p_kw", "e_import_kwh", "q_kvar", "soc_pct", "v_l1_v")] == [
-        "kW", "kWh", "kvar", "%", "V",
-    ]  # fmt: skip
+        "kW",
+        "kWh",
+        "kvar",
+        "%",
+        "V",
+    ]
     assert unit_of("price_per_kwh", "CHF") == "CHF/kWh"
     assert unit_of("carbon_g_per_kwh") == "g/kWh"
     assert unit_of("irradiance_w_m2") == "W/m²"
@@ -113,10 +117,18 @@ def test_an_independent_decoder_reads_what_the_bridge_encodes() -> None:
 
 def test_generated_code_is_what_protoc_makes_of_the_shipped_proto(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{SRC / 'proto'}", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", str(SRC / "proto" / "sparkplug_b.proto")],
-        capture_output=True, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{SRC / 'proto'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            str(SRC / "proto" / "sparkplug_b.proto"),
+        ],
+        capture_output=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("sparkplug_b_pb2.py", "sparkplug_b_pb2.pyi"):
         assert (tmp_path / name).read_text() == (SRC / name).read_text(), (

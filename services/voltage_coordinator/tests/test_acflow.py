@@ -84,8 +84,11 @@ def test_engine_survives_environment_changes_in_new_threads() -> None:
     # regression fails this test instead of killing the suite.
     done = subprocess.run(
         [sys.executable, "-c", ENGINE_IN_FRESH_THREADS],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert 0.9 < float(done.stdout.strip()) < 1.1
 

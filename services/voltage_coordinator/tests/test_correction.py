@@ -36,10 +36,15 @@ def cold(ieee123: Feeder, ac: AcFlow) -> FeederState:
     avail = {pv.id: pv.rating_kw * ieee123.profiles.pv[step] for pv in ieee123.pvs}
     measured = ac.solve(load, avail)
     return FeederState(
-        ts=datetime(2026, 6, 1, 12, 0, tzinfo=UTC), source="test", feeder_id="ieee123",
-        step=step, v_pu=measured.by_bus(), pv_available_kw=avail, pv_output_kw=avail,
+        ts=datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
+        source="test",
+        feeder_id="ieee123",
+        step=step,
+        v_pu=measured.by_bus(),
+        pv_available_kw=avail,
+        pv_output_kw=avail,
         load_p_kw=ieee123.total_load_kw * load,
-    )  # fmt: skip
+    )
 
 
 def _after(feeder: Feeder, ac: AcFlow, state: FeederState, limits_kw: dict[str, float]) -> float:
@@ -111,9 +116,13 @@ class _TwoFixedPoints:
         low = inputs.v_bias_pu is None or float(np.max(inputs.v_bias_pu)) < 1e-3
         cut, v_lin = (10.0, self.v_low) if low else (20.0, 1.04 - 0.005)
         return Curtailment(
-            {"pv1": cut / 100}, {"pv1": 100.0 - cut}, {"pv1": 100.0}, cut,
-            np.full(self.n, v_lin), 0.0,
-        )  # fmt: skip
+            {"pv1": cut / 100},
+            {"pv1": 100.0 - cut},
+            {"pv1": 100.0},
+            cut,
+            np.full(self.n, v_lin),
+            0.0,
+        )
 
     def solve(self, load_mult: float, pv_output_kw: Mapping[str, float]) -> AcResult:
         v = self.v_low if pv_output_kw["pv1"] > 85.0 else 1.04

@@ -137,9 +137,11 @@ def test_consensus_step_residuals_and_penalty_adaptation() -> None:
 def test_near_limit_keeps_only_what_can_reach_a_limit() -> None:
     # v = 1.1 - 0.2 c1 reaches 1.05; v = 1.0 - 0.01 c1 never reaches 1.05 nor 0.9
     near = near_limit(
-        np.array([1.1, 1.0]), np.array([[-0.2, 0.0], [-0.01, 0.0]]),
-        np.array([1.05, 1.05]), np.array([0.9, 0.9]),
-    )  # fmt: skip
+        np.array([1.1, 1.0]),
+        np.array([[-0.2, 0.0], [-0.01, 0.0]]),
+        np.array([1.05, 1.05]),
+        np.array([0.9, 0.9]),
+    )
     assert near.tolist() == [True, False]
 
 

@@ -181,10 +181,15 @@ def test_coordinator_keeps_an_imported_feeder_in_the_band_from_a_cold_start(
         measured = plant.solve(load, avail)
         assert measured.max_pu > 1.05  # the study's high-PV peak
         state = FeederState(
-            ts=datetime(2026, 6, 1, 12, 0, tzinfo=UTC), source="test", feeder_id=feeder.feeder_id,
-            step=step, v_pu=measured.by_bus(), pv_available_kw=avail, pv_output_kw=avail,
+            ts=datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
+            source="test",
+            feeder_id=feeder.feeder_id,
+            step=step,
+            v_pu=measured.by_bus(),
+            pv_available_kw=avail,
+            pv_output_kw=avail,
             load_p_kw=feeder.total_load_kw * load,
-        )  # fmt: skip
+        )
         settings = Settings(mode="distributed", fairness="none", residual_gain=gain)
         decision = Coordinator(feeder, settings, model=ac).decide(state)
         after = plant.solve(load, {p: min(a, decision.limits_kw[p]) for p, a in avail.items()})

@@ -15,9 +15,11 @@ DATA = Path(__file__).resolve().parents[3] / "data" / "ieee123"
 @pytest.fixture(scope="module")
 def converted() -> Feeder:
     return convert_dec(
-        DATA / "bus_info_ieee123_pri.json", DATA / "branch_sw_xfmr_ieee123_pri.json",
-        DATA / "loadshape_15min.csv", DATA / "pvshape_15min.csv",
-    )  # fmt: skip
+        DATA / "bus_info_ieee123_pri.json",
+        DATA / "branch_sw_xfmr_ieee123_pri.json",
+        DATA / "loadshape_15min.csv",
+        DATA / "pvshape_15min.csv",
+    )
 
 
 def test_counts_pv_and_load(converted: Feeder) -> None:

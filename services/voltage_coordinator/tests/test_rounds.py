@@ -13,9 +13,14 @@ from voltage_coordinator.rounds import Outcome, Round
 from voltage_coordinator.sweep import Rows
 
 STATE = FeederState(
-    ts=datetime(2026, 6, 1, 12, 0, tzinfo=UTC), source="test", feeder_id="duo", step=7,
-    v_pu={}, pv_available_kw={}, pv_output_kw={},
-)  # fmt: skip
+    ts=datetime(2026, 6, 1, 12, 0, tzinfo=UTC),
+    source="test",
+    feeder_id="duo",
+    step=7,
+    v_pu={},
+    pv_available_kw={},
+    pv_output_kw={},
+)
 
 
 def _rows(node: int, v0: float) -> dict[str, float]:
@@ -27,8 +32,10 @@ def _rows(node: int, v0: float) -> dict[str, float]:
 def test_round_collects_every_area_then_is_solved() -> None:
     rnd = Round.start(STATE, 100.0, ["g"], ["A", "B"], round_id="r1")
     assert rnd.start_values(3) == {
-        "state_ts_s": STATE.ts.timestamp(), "state_step": 7.0, "rule": 3.0,
-    }  # fmt: skip
+        "state_ts_s": STATE.ts.timestamp(),
+        "state_step": 7.0,
+        "rule": 3.0,
+    }
     assert rnd.offer("A", "r0", _rows(0, 1.1), True) is Outcome.IGNORED  # an older round
     assert rnd.offer("A", "r1", {"p0:x:a": 1.0}, False) is Outcome.IGNORED  # a sweep value
     assert rnd.offer("Z", "r1", _rows(0, 1.1), True) is Outcome.IGNORED  # not an area of it

@@ -28,10 +28,13 @@ def test_limits_cap_outputs_until_the_ttl_lapses(sim: FeederSimulation) -> None:
     assert state.pv_output_kw == pytest.approx(state.pv_available_kw)
     v_before = max(v for vs in state.v_pu.values() for v in vs if v is not None)
     batch = PvCurtailmentSet(
-        ts=T0, source="t", feeder_id="ieee123", ttl_s=60,
+        ts=T0,
+        source="t",
+        feeder_id="ieee123",
+        ttl_s=60,
         limits_kw={pid: 0.2 * kw for pid, kw in state.pv_available_kw.items()},
         priority=Priority.GRID_OPERATOR,
-    )  # fmt: skip
+    )
     ack = sim.apply(batch, T0)
     assert ack.status == "accepted"
     curtailed = sim.solve(T0 + timedelta(seconds=1))

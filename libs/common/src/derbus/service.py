@@ -366,18 +366,28 @@ class Service(Generic[S, St]):
             self._connection, self._status_n = connection, 0
         self._status_n += 1
         return ServiceStatus(
-            ts=utcnow(), source=self.name, service=self.name, state=state, reason=reason,
-            version=self.version, incarnation=self.incarnation,
+            ts=utcnow(),
+            source=self.name,
+            service=self.name,
+            state=state,
+            reason=reason,
+            version=self.version,
+            incarnation=self.incarnation,
             seq=(connection << 32) | self._status_n,
-        )  # fmt: skip
+        )
 
     def _will(self, connection: int) -> bytes:
         """The last will of the n-th bus connection, built as that connection is made."""
         return ServiceStatus(
-            ts=utcnow(), source=self.name, service=self.name, state="offline",
-            reason="connection lost (last will)", version=self.version,
-            incarnation=self.incarnation, seq=(connection << 32) | WILL_SEQ_LOW,
-        ).to_json_bytes()  # fmt: skip
+            ts=utcnow(),
+            source=self.name,
+            service=self.name,
+            state="offline",
+            reason="connection lost (last will)",
+            version=self.version,
+            incarnation=self.incarnation,
+            seq=(connection << 32) | WILL_SEQ_LOW,
+        ).to_json_bytes()
 
     async def _on_bus_connect(self, connection: int) -> None:
         """After a reconnect, say we are back (numbered after the previous connection's will).
@@ -478,9 +488,14 @@ class Service(Generic[S, St]):
             reply_to = topics.SETPOINT_ACK.topic(site_id, device_id, root=self.root)
             correlation = message.setpoint_id.encode()
         await self.bus.publish(
-            topic, message.to_json_bytes(), qos=spec.qos, retain=spec.retain, expiry_s=expiry_s,
-            response_topic=reply_to, correlation_data=correlation,
-        )  # fmt: skip
+            topic,
+            message.to_json_bytes(),
+            qos=spec.qos,
+            retain=spec.retain,
+            expiry_s=expiry_s,
+            response_topic=reply_to,
+            correlation_data=correlation,
+        )
         self.metrics.messages_out.labels(topic=spec.key).inc()
         self.published_specs.add(spec.key)
 
@@ -604,10 +619,13 @@ class Service(Generic[S, St]):
         self.metrics.messages_invalid.labels(topic=key).inc()
         log.warning("invalid payload on %s: %s", raw.topic, error)
         letter = DeadLetter(
-            ts=utcnow(), source=self.name, original_topic=raw.topic,
-            payload=raw.payload.decode("utf-8", errors="replace")[:65536], error=error[:4000],
+            ts=utcnow(),
+            source=self.name,
+            original_topic=raw.topic,
+            payload=raw.payload.decode("utf-8", errors="replace")[:65536],
+            error=error[:4000],
             service=self.name,
-        )  # fmt: skip
+        )
         await self.publish(
             topics.DEAD_LETTER, letter, site_id=self.status_site, device_id=self.name
         )

@@ -423,12 +423,29 @@ KPI = TopicSpec(
 )
 
 CATALOGUE: tuple[TopicSpec[Message], ...] = (  # type: ignore[assignment]
-    METER, PV, BATTERY, LOAD, PRICE, EV_CHARGER,
-    FORECAST, BATTERY_SCHEDULE, PRICE_SERIES, EV_SESSION, JOB_PLAN,
-    SETPOINT, SETPOINT_ACK, JOB_REQUEST, REPLAY_REQUEST,
-    FEEDER_STATE, PV_CURTAILMENT, AREA_EXCHANGE,
-    SERVICE_STATUS, DEAD_LETTER, DEVICE_STATUS, KPI,
-)  # fmt: skip
+    METER,
+    PV,
+    BATTERY,
+    LOAD,
+    PRICE,
+    EV_CHARGER,
+    FORECAST,
+    BATTERY_SCHEDULE,
+    PRICE_SERIES,
+    EV_SESSION,
+    JOB_PLAN,
+    SETPOINT,
+    SETPOINT_ACK,
+    JOB_REQUEST,
+    REPLAY_REQUEST,
+    FEEDER_STATE,
+    PV_CURTAILMENT,
+    AREA_EXCHANGE,
+    SERVICE_STATUS,
+    DEAD_LETTER,
+    DEVICE_STATUS,
+    KPI,
+)
 
 TELEMETRY: tuple[TopicSpec[Message], ...] = tuple(s for s in CATALOGUE if s.category == "telemetry")
 

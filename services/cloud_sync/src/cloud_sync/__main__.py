@@ -78,10 +78,16 @@ def main_command(
 ) -> None:
     """Run cloud_sync (subscribe, outbox, forward every --interval s) unless told otherwise."""
     overrides = _overrides(
-        interval_seconds=interval, batch_size=batch_size, database_url=database_url,
-        influxdb_url=influxdb_url, influxdb_token=influxdb_token, influxdb_org=influxdb_org,
-        influxdb_bucket=influxdb_bucket, data_dir=data_dir, api_port=api_port,
-    )  # fmt: skip
+        interval_seconds=interval,
+        batch_size=batch_size,
+        database_url=database_url,
+        influxdb_url=influxdb_url,
+        influxdb_token=influxdb_token,
+        influxdb_org=influxdb_org,
+        influxdb_bucket=influxdb_bucket,
+        data_dir=data_dir,
+        api_port=api_port,
+    )
     ctx.obj = overrides
     if ctx.invoked_subcommand is not None:
         return
@@ -149,14 +155,22 @@ def import_command(
         store = open_cloud_store(settings)
         store.migrate()
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TimeRemainingColumn(), transient=False,
-        ) as bar:  # fmt: skip
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        ) as bar:
             task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
             result = import_file(
-                store, file, file_format=fmt, site_id=site_id, device_id=device_id,  # type: ignore[arg-type]
-                timezone=timezone, on_progress=lambda done: bar.update(task, completed=done),
-            )  # fmt: skip
+                store,
+                file,
+                file_format=fmt,  # type: ignore[arg-type]
+                site_id=site_id,
+                device_id=device_id,
+                timezone=timezone,
+                on_progress=lambda done: bar.update(task, completed=done),
+            )
         store.close()
     except (ConfigError, StorageError) as err:
         typer.echo(f"error: {err}", err=True)

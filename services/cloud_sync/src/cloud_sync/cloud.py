@@ -91,9 +91,16 @@ _PG_EPOCH_US = 946_684_800_000_000
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _COPY_RECORD = np.dtype(
-    [("n", ">i2"), ("k_len", ">i4"), ("k", ">i4"), ("t_len", ">i4"), ("t", ">i8"),
-     ("v_len", ">i4"), ("v", ">f8")]
-)  # fmt: skip
+    [
+        ("n", ">i2"),
+        ("k_len", ">i4"),
+        ("k", ">i4"),
+        ("t_len", ">i4"),
+        ("t", ">i8"),
+        ("v_len", ">i4"),
+        ("v", ">f8"),
+    ]
+)
 _STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS sync_keys"
     " (k int4 PRIMARY KEY, site_id text, device_id text, metric text) ON COMMIT DELETE ROWS;"
@@ -407,10 +414,15 @@ class SupabaseCloudStore:
         rows = batch.rows()
         for first in range(0, len(rows), self.request_rows):
             body = [
-                {"time": format_utc(r.time), "site_id": r.site_id, "device_id": r.device_id,
-                 "metric": r.metric, "value": r.value}
+                {
+                    "time": format_utc(r.time),
+                    "site_id": r.site_id,
+                    "device_id": r.device_id,
+                    "metric": r.metric,
+                    "value": r.value,
+                }
                 for r in rows[first : first + self.request_rows]
-            ]  # fmt: skip
+            ]
             try:
                 self.client.table(READINGS_TABLE).upsert(
                     body,
@@ -438,9 +450,10 @@ def open_store(
     """The target the settings name: DATABASE_URL, else Supabase REST, else SQLite in data_dir."""
     if database.database_url is None and database.supabase_url and database.supabase_key:
         return SupabaseCloudStore(
-            database.supabase_url, database.supabase_key.get_secret_value(),
+            database.supabase_url,
+            database.supabase_key.get_secret_value(),
             request_rows=request_rows,
-        )  # fmt: skip
+        )
     return SqlCloudStore(
         database.sqlalchemy_url(data_dir),
         migrations_dir=migrations_dir,

@@ -153,8 +153,11 @@ class GapTracker:
             if stream.attempts >= self.max_attempts:
                 log.warning(
                     "%s/%s: %d readings lost (not sent again after %d requests)",
-                    site_id, device_id, len(stream.missing), stream.attempts,
-                )  # fmt: skip
+                    site_id,
+                    device_id,
+                    len(stream.missing),
+                    stream.attempts,
+                )
                 self.lost += len(stream.missing)
                 if len(stream.given_up) + len(stream.missing) <= self.max_missing:
                     stream.given_up |= stream.missing  # counted back if they still come

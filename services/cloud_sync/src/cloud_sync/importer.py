@@ -184,9 +184,12 @@ def _chunks(stream: IO[bytes], chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
 
 
 def historical_batches(
-    stream: IO[bytes], result: ImportResult, *, chunk_bytes: int = 8 << 20,
+    stream: IO[bytes],
+    result: ImportResult,
+    *,
+    chunk_bytes: int = 8 << 20,
     on_progress: Progress | None = None,
-) -> Iterator[ReadingBatch]:  # fmt: skip
+) -> Iterator[ReadingBatch]:
     """The readings of a `--historical` JSONL stream, one batch per chunk of lines."""
     decoder = msgspec.json.Decoder(HistoricalRecord)
     line_no = 0
@@ -265,9 +268,15 @@ def historical_batch(records: list[HistoricalRecord]) -> ReadingBatch:
 
 
 def profile_batches(
-    stream: IO[bytes], result: ImportResult, *, site_id: str, device_id: str, timezone: str,
-    chunk_records: int = 50_000, on_progress: Progress | None = None,
-) -> Iterator[ReadingBatch]:  # fmt: skip
+    stream: IO[bytes],
+    result: ImportResult,
+    *,
+    site_id: str,
+    device_id: str,
+    timezone: str,
+    chunk_records: int = 50_000,
+    on_progress: Progress | None = None,
+) -> Iterator[ReadingBatch]:
     """The readings of a CSV in the layout of `data/profiles` (see the module doc)."""
     zone = ZoneInfo(timezone)
     text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
@@ -333,10 +342,15 @@ def detect_format(path: Path) -> FileFormat:
 
 
 def import_file(
-    store: CloudStore, path: Path, *, file_format: FileFormat | None = None,
-    site_id: str | None = None, device_id: str = "profile", timezone: str = "UTC",
+    store: CloudStore,
+    path: Path,
+    *,
+    file_format: FileFormat | None = None,
+    site_id: str | None = None,
+    device_id: str = "profile",
+    timezone: str = "UTC",
     on_progress: Progress | None = None,
-) -> ImportResult:  # fmt: skip
+) -> ImportResult:
     """Import a history file into the store (idempotent: the store ignores stored readings).
 
     Args:
@@ -367,9 +381,13 @@ def import_file(
             except (KeyError, ValueError) as err:
                 raise ConfigError(f"timezone: unknown zone {timezone!r}", ("timezone",)) from err
             batches = profile_batches(
-                stream, result, site_id=site_id, device_id=device_id, timezone=timezone,
+                stream,
+                result,
+                site_id=site_id,
+                device_id=device_id,
+                timezone=timezone,
                 on_progress=on_progress,
-            )  # fmt: skip
+            )
         else:
             batches = historical_batches(stream, result, on_progress=on_progress)
         for batch in batches:

@@ -133,9 +133,13 @@ class Intake:
         return decoded
 
     async def receive(
-        self, spec: TopicSpec[Any], site_id: str, device_id: str, payload: bytes,
+        self,
+        spec: TopicSpec[Any],
+        site_id: str,
+        device_id: str,
+        payload: bytes,
         defer_ack: Callable[[], Ack],
-    ) -> str | None:  # fmt: skip
+    ) -> str | None:
         """Take one message; returns why it is refused (to dead-letter), None when taken.
 
         Its acknowledgement is taken over (`defer_ack`) and given once its readings are on disk.
@@ -226,9 +230,11 @@ class Intake:
     def reason(self) -> str | None:
         """Why the outbox side is degraded (None when it is fine)."""
         return outbox_reason(
-            self.write_error, self.fill_state(), self.limits().outbox_max_rows,
+            self.write_error,
+            self.fill_state(),
+            self.limits().outbox_max_rows,
             self.limits().outbox_warn_pct,
-        )  # fmt: skip
+        )
 
     async def report(self) -> None:
         """Say the outbox's health (once per change)."""

@@ -55,52 +55,84 @@ class BacklogCollector(Collector):
             ("outbox_readings", "Readings pending in the outbox", s.pending_rows),
             ("outbox_capacity_readings", "Outbox capacity, readings", s.capacity_rows),
             ("outbox_fill_ratio", "Outbox fill level (0-1)", s.fill_pct / 100.0),
-            ("outbox_size_bytes", "Outbox file size on disk (with its WAL)",
-             _file_bytes(self.sync.outbox.path)),
-            ("outbox_oldest_age_seconds", "Age of the oldest pending reading (0 when empty)",
-             s.oldest_age_s or 0.0),
-            ("outbox_full", "1 while the outbox is full and intake is paused",
-             1.0 if s.fill == "full" else 0.0),
-            ("readings_in_per_second", "Readings appended per second (10 s window)",
-             s.rows_in_per_s),
-            ("readings_out_per_second", "Readings forwarded per second (10 s window)",
-             s.rows_out_per_s),
-            ("last_success_timestamp_seconds", "Last successful forwarding pass (0 = never)",
-             s.last_success.timestamp() if s.last_success else 0.0),
-            ("last_error_timestamp_seconds", "Last forwarding error (0 = never)",
-             s.last_error_at.timestamp() if s.last_error_at else 0.0),
-            ("buffered_messages", "Messages received, not yet committed nor acknowledged",
-             self.sync.intake.buffered),
-        ]  # fmt: skip
+            (
+                "outbox_size_bytes",
+                "Outbox file size on disk (with its WAL)",
+                _file_bytes(self.sync.outbox.path),
+            ),
+            (
+                "outbox_oldest_age_seconds",
+                "Age of the oldest pending reading (0 when empty)",
+                s.oldest_age_s or 0.0,
+            ),
+            (
+                "outbox_full",
+                "1 while the outbox is full and intake is paused",
+                1.0 if s.fill == "full" else 0.0,
+            ),
+            (
+                "readings_in_per_second",
+                "Readings appended per second (10 s window)",
+                s.rows_in_per_s,
+            ),
+            (
+                "readings_out_per_second",
+                "Readings forwarded per second (10 s window)",
+                s.rows_out_per_s,
+            ),
+            (
+                "last_success_timestamp_seconds",
+                "Last successful forwarding pass (0 = never)",
+                s.last_success.timestamp() if s.last_success else 0.0,
+            ),
+            (
+                "last_error_timestamp_seconds",
+                "Last forwarding error (0 = never)",
+                s.last_error_at.timestamp() if s.last_error_at else 0.0,
+            ),
+            (
+                "buffered_messages",
+                "Messages received, not yet committed nor acknowledged",
+                self.sync.intake.buffered,
+            ),
+        ]
         for name, doc, value in gauges:
             yield GaugeMetricFamily(PREFIX + name, doc, value=float(value))
         failing = GaugeMetricFamily(
-            PREFIX + "failing", "1 while this part is degraded (same reasons as /healthz)",
+            PREFIX + "failing",
+            "1 while this part is degraded (same reasons as /healthz)",
             labels=["part"],
-        )  # fmt: skip
+        )
         for key in HEALTH_KEYS:
             failing.add_metric([key], 1.0 if key in s.reasons else 0.0)
         yield failing
         counters: list[tuple[str, str, float]] = [
             ("readings_in", "Readings appended to the outbox", s.rows_in_total),
             ("readings_out", "Readings stored in the cloud database", s.rows_out_total),
-            ("messages_refused", "Messages held back because the outbox was full",
-             s.refused_messages_total),
-        ]  # fmt: skip
+            (
+                "messages_refused",
+                "Messages held back because the outbox was full",
+                s.refused_messages_total,
+            ),
+        ]
         sink = self.sync.sink
         if sink is not None:
             counters += [
                 ("influx_points_written", "Points written to InfluxDB", sink.points_written),
-                ("influx_points_failed", "Points InfluxDB refused or dropped after retries",
-                 sink.points_failed),
-            ]  # fmt: skip
+                (
+                    "influx_points_failed",
+                    "Points InfluxDB refused or dropped after retries",
+                    sink.points_failed,
+                ),
+            ]
         for name, doc, value in counters:
             yield CounterMetricFamily(PREFIX + name, doc, value=float(value))
         gaps = self.sync.gaps
         yield GaugeMetricFamily(
-            PREFIX + "readings_missing", "Readings missing now (seq gaps asked again)",
+            PREFIX + "readings_missing",
+            "Readings missing now (seq gaps asked again)",
             value=float(gaps.missing),
-        )  # fmt: skip
+        )
         for name, doc, value in [
             ("seq_gaps", "Sequence jumps seen in telemetry streams", gaps.gaps),
             ("readings_missed", "Readings found missing (seq gaps), all told", gaps.missed),
@@ -189,8 +221,9 @@ def build_service(
 
     @service.every(lambda: service.settings.kpi_interval_s)
     async def report(ctx: Context) -> None:
-        await ctx.publish(topics.KPI, await sync.report(), site_id=PLATFORM_SITE,
-                          device_id=SERVICE_NAME)  # fmt: skip
+        await ctx.publish(
+            topics.KPI, await sync.report(), site_id=PLATFORM_SITE, device_id=SERVICE_NAME
+        )
 
     service.on_shutdown(sync.close)
     router = APIRouter(tags=["cloud_sync"])

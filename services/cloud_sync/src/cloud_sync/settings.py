@@ -55,13 +55,17 @@ class Settings(ServiceSettings):
         default=5.0, gt=0, le=86_400, description="seconds between forwarding passes"
     )
     intake_batch_messages: int = Field(
-        default=500, ge=1, le=100_000,
+        default=500,
+        ge=1,
+        le=100_000,
         description="messages committed to the outbox together (then acknowledged together)",
-    )  # fmt: skip
+    )
     intake_batch_ms: float = Field(
-        default=50.0, ge=0, le=10_000,
+        default=50.0,
+        ge=0,
+        le=10_000,
         description="longest wait of a received message before its outbox commit, ms",
-    )  # fmt: skip
+    )
     outbox_max_rows: int = Field(
         default=10_000_000, ge=1, description="outbox capacity, readings; when full, intake stops"
     )
@@ -97,20 +101,26 @@ class Settings(ServiceSettings):
         "topic on one member, e.g. EMQX hash_topic)",
     )
     gap_retry_s: float = Field(
-        default=2.0, gt=0, le=3600,
+        default=2.0,
+        gt=0,
+        le=3600,
         description="seconds between requests for a stream's missing readings (seq gaps)",
-    )  # fmt: skip
+    )
     gap_max_attempts: int = Field(
-        default=5, ge=1, le=1000,
+        default=5,
+        ge=1,
+        le=1000,
         description="replay requests without a repair before missing readings count as lost",
-    )  # fmt: skip
+    )
     kpi_interval_s: float = Field(
         default=10.0, gt=0, le=3600, description="seconds between backlog KPI publications"
     )
     partition_months_ahead: int = Field(
-        default=1, ge=0, le=24,
+        default=1,
+        ge=0,
+        le=24,
         description="monthly PostgreSQL partitions created ahead of the current month",
-    )  # fmt: skip
+    )
     migrate_on_start: bool = Field(
         default=True, description="apply the cloud database migrations at start-up"
     )

@@ -161,9 +161,11 @@ class CloudSync:
         s = self.settings
         if s is not self._limits_of:
             self._limits = IntakeLimits(
-                s.intake_batch_messages, s.intake_batch_ms / 1000.0, s.outbox_max_rows,
+                s.intake_batch_messages,
+                s.intake_batch_ms / 1000.0,
+                s.outbox_max_rows,
                 s.outbox_warn_pct,
-            )  # fmt: skip
+            )
             self._limits_of = s
         return self._limits
 

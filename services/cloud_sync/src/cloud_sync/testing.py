@@ -39,16 +39,27 @@ class SyncProcess(ServiceProcess):
     """
 
     def __init__(
-        self, host: str, port: int, root: str, database_url: str, data_dir: Path,
+        self,
+        host: str,
+        port: int,
+        root: str,
+        database_url: str,
+        data_dir: Path,
         extra_env: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         api_port = free_port()
         settings = {
-            "SYNC_CLIENT_ID": f"sync-{uuid.uuid4().hex[:8]}", "SYNC_DATA_DIR": str(data_dir),
-            "SYNC_API_PORT": str(api_port), "DATABASE_URL": database_url,
-            "SYNC_BATCH_SIZE": "500", "SYNC_INTERVAL_SECONDS": "0.2", "SYNC_KPI_INTERVAL_S": "60",
-            "SYNC_GAP_RETRY_S": "1", "SYNC_LOG_LEVEL": "WARNING", **(extra_env or {}),
-        }  # fmt: skip
+            "SYNC_CLIENT_ID": f"sync-{uuid.uuid4().hex[:8]}",
+            "SYNC_DATA_DIR": str(data_dir),
+            "SYNC_API_PORT": str(api_port),
+            "DATABASE_URL": database_url,
+            "SYNC_BATCH_SIZE": "500",
+            "SYNC_INTERVAL_SECONDS": "0.2",
+            "SYNC_KPI_INTERVAL_S": "60",
+            "SYNC_GAP_RETRY_S": "1",
+            "SYNC_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
         env = service_env("SYNC_", host, port, root, **settings)
         env.pop("SUPABASE_URL", None)
         super().__init__("cloud_sync", env, data_dir / "cloud_sync.log", api_port)

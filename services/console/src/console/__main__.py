@@ -54,8 +54,10 @@ def run(
         return
     vendor = Path(str(resources.files("console") / "static" / "vendor"))
     if not (vendor / "htmx.min.js").is_file():
-        typer.echo(f"error: the browser assets are missing in {vendor}: run `make console-assets`",
-                   err=True)  # fmt: skip
+        typer.echo(
+            f"error: the browser assets are missing in {vendor}: run `make console-assets`",
+            err=True,
+        )
         raise typer.Exit(2)
     settings = ensure_token(load_settings_or_exit(Settings, **given(api_port=api_port)))
     serve(build_service(settings, make_bus(settings.mqtt, "console", site_id=settings.site.id)))

@@ -22,8 +22,17 @@ from derbus.topics import validate_id
 
 LIST_FIELDS = ("pv_kw", "base_kw", "profile_kw")
 RUN_FIELDS = ("algorithm", "runs", "seed", "pv_variation_pct", "window_jitter_steps")
-NUMBER_FIELDS = ("hours", "step_s", "neighbourhood_limit_kw", "connection_limit_kw",
-                 "profile_step_s", "runs", "seed", "pv_variation_pct", "window_jitter_steps")  # fmt: skip
+NUMBER_FIELDS = (
+    "hours",
+    "step_s",
+    "neighbourhood_limit_kw",
+    "connection_limit_kw",
+    "profile_step_s",
+    "runs",
+    "seed",
+    "pv_variation_pct",
+    "window_jitter_steps",
+)
 """Form fields sent as JSON numbers when they read as one (the load manager takes JSON types
 strictly); anything else is sent as typed, for the load manager to name what is wrong."""
 
@@ -94,8 +103,15 @@ def form_to_scenario(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
     tree: dict[str, Any] = {}
     for name, raw in form.items():
         parts = name.split("-")
-        if parts[0] not in ("name", "start", "hours", "neighbourhood_limit_kw", "shared_pv",
-                            "houses", "jobs"):  # fmt: skip
+        if parts[0] not in (
+            "name",
+            "start",
+            "hours",
+            "neighbourhood_limit_kw",
+            "shared_pv",
+            "houses",
+            "jobs",
+        ):
             continue
         value: Any = raw
         if parts[-1] in LIST_FIELDS:
@@ -142,31 +158,51 @@ def scenario_to_fields(scenario: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "house_id": h.get("house_id", ""),
                 "connection_limit_kw": h.get("connection_limit_kw", 9.2),
-                "pv_kw": _list_text(h.get("pv_kw")) if isinstance(h.get("pv_kw"), list) else h.get("pv_kw", ""),
-                "base_kw": _list_text(h.get("base_kw")) if isinstance(h.get("base_kw"), list) else h.get("base_kw", ""),
+                "pv_kw": _list_text(h.get("pv_kw"))
+                if isinstance(h.get("pv_kw"), list)
+                else h.get("pv_kw", ""),
+                "base_kw": _list_text(h.get("base_kw"))
+                if isinstance(h.get("base_kw"), list)
+                else h.get("base_kw", ""),
                 "devices": [
-                    {"device_id": d.get("device_id", ""), "type": d.get("type", "appliance"),
-                     "profile_kw": _list_text(d.get("profile_kw")) if isinstance(d.get("profile_kw"), list) else d.get("profile_kw", "")}
+                    {
+                        "device_id": d.get("device_id", ""),
+                        "type": d.get("type", "appliance"),
+                        "profile_kw": _list_text(d.get("profile_kw"))
+                        if isinstance(d.get("profile_kw"), list)
+                        else d.get("profile_kw", ""),
+                    }
                     for d in h.get("devices", [])
                 ],
             }
             for h in scenario.get("houses", [])
         ],
         "jobs": [
-            {"job_id": j.get("job_id", ""), "house_id": j.get("house_id", ""),
-             "device_id": j.get("device_id", ""),
-             "earliest_start": _local(str(j.get("earliest_start", ""))),
-             "latest_start": _local(str(j.get("latest_start", ""))),
-             "profile_kw": _list_text(j.get("profile_kw")) if isinstance(j.get("profile_kw"), list) else ""}
+            {
+                "job_id": j.get("job_id", ""),
+                "house_id": j.get("house_id", ""),
+                "device_id": j.get("device_id", ""),
+                "earliest_start": _local(str(j.get("earliest_start", ""))),
+                "latest_start": _local(str(j.get("latest_start", ""))),
+                "profile_kw": _list_text(j.get("profile_kw"))
+                if isinstance(j.get("profile_kw"), list)
+                else "",
+            }
             for j in scenario.get("jobs", [])
         ],
-    }  # fmt: skip
+    }
 
 
 def new_scenario(start: str) -> dict[str, Any]:
     """An empty neighbourhood starting at `start` (ISO UTC, from the page's date field)."""
-    return {"name": "my-street", "start": start, "hours": 24, "shared_pv": True, "houses": [],
-            "jobs": []}  # fmt: skip
+    return {
+        "name": "my-street",
+        "start": start,
+        "hours": 24,
+        "shared_pv": True,
+        "houses": [],
+        "jobs": [],
+    }
 
 
 def add_house(scenario: dict[str, Any]) -> None:
@@ -195,8 +231,13 @@ def add_house(scenario: dict[str, Any]) -> None:
 def add_device(scenario: dict[str, Any], house: int) -> None:
     """Append a device (dishwasher profile) to a house."""
     devices = scenario["houses"][house]["devices"]
-    devices.append({"device_id": f"device-{len(devices) + 1}", "type": "dishwasher",
-                    "profile_kw": [1.8, 1.8, 0.2, 0.2, 1.5]})  # fmt: skip
+    devices.append(
+        {
+            "device_id": f"device-{len(devices) + 1}",
+            "type": "dishwasher",
+            "profile_kw": [1.8, 1.8, 0.2, 0.2, 1.5],
+        }
+    )
 
 
 def add_job(scenario: dict[str, Any], house: int) -> None:
@@ -296,6 +337,7 @@ def results_csv(results: dict[str, Any]) -> str:
             writer.writerow([*head, house["house_id"], house["jobs"], *(house[c] for c in cols)])
         if "neighbourhood" in run:
             nb = run["neighbourhood"]
-            writer.writerow([*head, "(neighbourhood)", len(run.get("jobs", [])),
-                             *(nb[c] for c in cols)])  # fmt: skip
+            writer.writerow(
+                [*head, "(neighbourhood)", len(run.get("jobs", [])), *(nb[c] for c in cols)]
+            )
     return out.getvalue()

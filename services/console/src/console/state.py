@@ -74,11 +74,14 @@ class SiteView:
     def values(self) -> dict[str, Any]:
         """The latest values (kW, %, price per kWh) and their reading time."""
         return {
-            "pcc_kw": _round(self.pcc_kw), "pv_kw": _round(self.pv_kw),
-            "load_kw": _round(self.load_kw), "battery_kw": _round(self.battery_kw),
-            "soc_pct": _round(self.soc_pct, 1), "price_per_kwh": _round(self.price_per_kwh, 4),
+            "pcc_kw": _round(self.pcc_kw),
+            "pv_kw": _round(self.pv_kw),
+            "load_kw": _round(self.load_kw),
+            "battery_kw": _round(self.battery_kw),
+            "soc_pct": _round(self.soc_pct, 1),
+            "price_per_kwh": _round(self.price_per_kwh, 4),
             "ts": format_utc(self.ts) if self.ts else None,
-        }  # fmt: skip
+        }
 
     @property
     def month_peak_kw(self) -> float | None:
@@ -198,20 +201,31 @@ class ConsoleState:
     def on_setpoint(self, site_id: str, device_id: str, msg: SetpointCommand) -> None:
         """A setpoint seen on the bus (ours or any other sender's)."""
         entry = {
-            "kind": "set", "ts": format_utc(msg.ts), "device_id": device_id,
-            "setpoint_id": msg.setpoint_id, "target": msg.target, "value": msg.value,
-            "unit": msg.unit, "ttl_s": msg.ttl_s, "priority": msg.priority.value,
+            "kind": "set",
+            "ts": format_utc(msg.ts),
+            "device_id": device_id,
+            "setpoint_id": msg.setpoint_id,
+            "target": msg.target,
+            "value": msg.value,
+            "unit": msg.unit,
+            "ttl_s": msg.ttl_s,
+            "priority": msg.priority.value,
             "source": msg.source,
-        }  # fmt: skip
+        }
         self._log(site_id, entry)
 
     def on_ack(self, site_id: str, device_id: str, msg: SetpointAck) -> None:
         """A device's answer to a setpoint."""
         entry = {
-            "kind": "ack", "ts": format_utc(msg.ts), "device_id": device_id,
-            "setpoint_id": msg.setpoint_id, "status": msg.status, "reason": msg.reason,
-            "applied_value": msg.applied_value, "source": msg.source,
-        }  # fmt: skip
+            "kind": "ack",
+            "ts": format_utc(msg.ts),
+            "device_id": device_id,
+            "setpoint_id": msg.setpoint_id,
+            "status": msg.status,
+            "reason": msg.reason,
+            "applied_value": msg.applied_value,
+            "source": msg.source,
+        }
         self._log(site_id, entry)
 
     def _log(self, site_id: str, entry: dict[str, Any]) -> None:

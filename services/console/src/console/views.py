@@ -90,8 +90,14 @@ def _action(battery_kw: float, grid_kw: float) -> Action:
     return "hold"
 
 
-def _words(h_start: datetime, action: Action, battery_kw: float, grid_kw: float, price: float,
-           net_kw: float) -> str:  # fmt: skip
+def _words(
+    h_start: datetime,
+    action: Action,
+    battery_kw: float,
+    grid_kw: float,
+    price: float,
+    net_kw: float,
+) -> str:
     at = h_start.strftime("%H:%M")
     if action == "store":
         source = "PV surplus" if net_kw < 0 else f"the grid at {price:.2f}/kWh"
@@ -100,15 +106,22 @@ def _words(h_start: datetime, action: Action, battery_kw: float, grid_kw: float,
         extra = f", {-battery_kw:.1f} kWh of it from the battery" if battery_kw < -EPS_KW else ""
         return f"{at}: sell {-grid_kw:.1f} kWh to the grid{extra}."
     if action == "use stored":
-        return (f"{at}: use {-battery_kw:.1f} kWh from the battery instead of buying at "
-                f"{price:.2f}/kWh; buy {max(grid_kw, 0):.1f} kWh.")  # fmt: skip
+        return (
+            f"{at}: use {-battery_kw:.1f} kWh from the battery instead of buying at "
+            f"{price:.2f}/kWh; buy {max(grid_kw, 0):.1f} kWh."
+        )
     if action == "buy":
         return f"{at}: buy {grid_kw:.1f} kWh at {price:.2f}/kWh; the battery holds its charge."
     return f"{at}: hold — the site is balanced and the battery idle."
 
 
-def _bill(grid_15: list[float], price_15: list[float], feed_in: float, month_peak_kw: float,
-          demand_charge: float) -> tuple[float, float]:  # fmt: skip
+def _bill(
+    grid_15: list[float],
+    price_15: list[float],
+    feed_in: float,
+    month_peak_kw: float,
+    demand_charge: float,
+) -> tuple[float, float]:
     """Energy cost over the quarter hours and the added demand charge (a new month peak)."""
     energy = sum(
         (p * max(g, 0.0) - feed_in * max(-g, 0.0)) * 0.25
@@ -154,10 +167,12 @@ def decide(
     price_15 = [tariff.price_at(t) for t in quarters]
     grid_15 = [n + b for n, b in zip(net_15, bat_15, strict=True)]
     peak = month_peak_kw or 0.0
-    energy_with, demand_with = _bill(grid_15, price_15, tariff.feed_in_per_kwh, peak,
-                                     tariff.demand_charge_per_kw)  # fmt: skip
-    energy_without, demand_without = _bill(net_15, price_15, tariff.feed_in_per_kwh, peak,
-                                           tariff.demand_charge_per_kw)  # fmt: skip
+    energy_with, demand_with = _bill(
+        grid_15, price_15, tariff.feed_in_per_kwh, peak, tariff.demand_charge_per_kw
+    )
+    energy_without, demand_without = _bill(
+        net_15, price_15, tariff.feed_in_per_kwh, peak, tariff.demand_charge_per_kw
+    )
     hours = []
     for h in range(24):
         span = slice(4 * h, 4 * h + 4)
@@ -178,12 +193,16 @@ def decide(
         )
     with_battery, without = energy_with + demand_with, energy_without + demand_without
     return Decisions(
-        start=t0, hours=hours, bill_with_battery=round(with_battery, 2),
-        bill_without_battery=round(without, 2), energy_with_battery=round(energy_with, 2),
-        energy_without_battery=round(energy_without, 2), demand_with_battery=round(demand_with, 2),
+        start=t0,
+        hours=hours,
+        bill_with_battery=round(with_battery, 2),
+        bill_without_battery=round(without, 2),
+        energy_with_battery=round(energy_with, 2),
+        energy_without_battery=round(energy_without, 2),
+        demand_with_battery=round(demand_with, 2),
         demand_without_battery=round(demand_without, 2),
         summary=_summary(hours, with_battery, without, schedule is not None),
-    )  # fmt: skip
+    )
 
 
 def _summary(hours: list[Hour], with_battery: float, without: float, planned: bool) -> list[str]:
@@ -250,8 +269,12 @@ def voltage_colour(v_pu: float | None, low: float = V_LOW_PU, high: float = V_HI
         return "#c62828"
     if v_pu < low:
         return "#1565c0"
-    stops = [(low, (0x42, 0x85, 0xF4)), (1.0, (0x2E, 0x7D, 0x32)),
-             (1.0 + 0.6 * (high - 1.0), (0xF9, 0xA8, 0x25)), (high, (0xEF, 0x6C, 0x00))]  # fmt: skip
+    stops = [
+        (low, (0x42, 0x85, 0xF4)),
+        (1.0, (0x2E, 0x7D, 0x32)),
+        (1.0 + 0.6 * (high - 1.0), (0xF9, 0xA8, 0x25)),
+        (high, (0xEF, 0x6C, 0x00)),
+    ]
     for (xa, ca), (xb, cb) in itertools.pairwise(stops):
         if v_pu <= xb:
             f = (v_pu - xa) / (xb - xa)
@@ -285,11 +308,13 @@ class FeederDrawing:
             return None
         data = json.loads(ref.read_text())
         return cls(
-            feeder_id=data["feeder_id"], attribution=data["attribution"],
+            feeder_id=data["feeder_id"],
+            attribution=data["attribution"],
             xy={k: (float(v[0]), float(v[1])) for k, v in data["xy"].items()},
             branches=[(a, b, bool(o)) for a, b, o in data["branches"]],
-            pv_bus=dict(data["pv_bus"]), pv_kw={k: float(v) for k, v in data["pv_kw"].items()},
-        )  # fmt: skip
+            pv_bus=dict(data["pv_bus"]),
+            pv_kw={k: float(v) for k, v in data["pv_kw"].items()},
+        )
 
     def svg(self, width: float = 900.0, height: float = 620.0, pad: float = 20.0) -> dict[str, Any]:
         """Screen geometry: bus circles and branch lines scaled into a width x height box."""
@@ -307,11 +332,15 @@ class FeederDrawing:
             )
 
         return {
-            "width": width, "height": height,
+            "width": width,
+            "height": height,
             "buses": {b: at(b) for b in self.xy},
-            "lines": [(at(a), at(b), opened) for a, b, opened in self.branches
-                      if a in self.xy and b in self.xy],
-        }  # fmt: skip
+            "lines": [
+                (at(a), at(b), opened)
+                for a, b, opened in self.branches
+                if a in self.xy and b in self.xy
+            ],
+        }
 
 
 def pv_by_bus(drawing: FeederDrawing, per_pv: dict[str, float]) -> dict[str, float]:

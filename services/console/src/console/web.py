@@ -40,11 +40,20 @@ NAME = "console"
 KEEPALIVE_S = 15.0
 CLOSE = "\x00close"
 """Put on a page's queue when the console stops: its stream ends."""
-DEFAULT_DEVICE = {"battery_p_kw": "battery", "pv_limit_kw": "pv", "pv_limit_pct": "pv",
-                  "load_on": "load1", "load_p_kw": "load1"}  # fmt: skip
-PAGES = (("fleet", "Fleet", "/fleet"), ("site", "Site", "/site"),
-         ("decisions", "Decisions", "/decisions"), ("planner", "Neighbourhood planner", "/planner"),
-         ("feeder", "Feeder", "/feeder"))  # fmt: skip
+DEFAULT_DEVICE = {
+    "battery_p_kw": "battery",
+    "pv_limit_kw": "pv",
+    "pv_limit_pct": "pv",
+    "load_on": "load1",
+    "load_p_kw": "load1",
+}
+PAGES = (
+    ("fleet", "Fleet", "/fleet"),
+    ("site", "Site", "/site"),
+    ("decisions", "Decisions", "/decisions"),
+    ("planner", "Neighbourhood planner", "/planner"),
+    ("feeder", "Feeder", "/feeder"),
+)
 
 
 def token_problem(
@@ -133,14 +142,23 @@ class Pages:
         }
 
     def setpoint_form(self, site_id: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        defaults = {"target": "battery_p_kw", "device_id": "battery", "value": "", "ttl_s": "60",
-                    "priority": "manual"}  # fmt: skip
+        defaults = {
+            "target": "battery_p_kw",
+            "device_id": "battery",
+            "value": "",
+            "ttl_s": "60",
+            "priority": "manual",
+        }
         return self.fragment(
-            "_setpoint_form.html", status_code=status_code, site_id=site_id,
-            targets=list(SETPOINT_UNITS), priorities=[p.value for p in Priority],
-            form={**defaults, **context.pop("form", {})}, errors=context.pop("errors", {}),
+            "_setpoint_form.html",
+            status_code=status_code,
+            site_id=site_id,
+            targets=list(SETPOINT_UNITS),
+            priorities=[p.value for p in Priority],
+            form={**defaults, **context.pop("form", {})},
+            errors=context.pop("errors", {}),
             **context,
-        )  # fmt: skip
+        )
 
     async def send_setpoint(self, site_id: str, form: dict[str, str]) -> HTMLResponse:
         """Validate and publish (token checked before); the form with the sent id or the errors."""
@@ -153,11 +171,14 @@ class Pages:
         target = form.get("target", "")
         try:
             command = SetpointCommand(
-                ts=utcnow(), source=NAME, target=target,  # type: ignore[arg-type]
+                ts=utcnow(),
+                source=NAME,
+                target=target,  # type: ignore[arg-type]
                 value=form.get("value", ""),  # type: ignore[arg-type]
-                unit=SETPOINT_UNITS.get(target, "?"), ttl_s=form.get("ttl_s", ""),  # type: ignore[arg-type]
+                unit=SETPOINT_UNITS.get(target, "?"),
+                ttl_s=form.get("ttl_s", ""),  # type: ignore[arg-type]
                 priority=form.get("priority", ""),  # type: ignore[arg-type]
-            )  # fmt: skip
+            )
         except ValidationError as err:
             for e in err.errors():
                 field = str(e["loc"][0]) if e["loc"] else "value"
@@ -181,9 +202,13 @@ class Pages:
         result = None
         if now is not None:
             result = decide(
-                start=now, load=load, pv=view.forecasts.get("pv"), schedule=view.schedule,
-                tariff=self.service.settings.tariff, month_peak_kw=view.month_peak_kw,
-            )  # fmt: skip
+                start=now,
+                load=load,
+                pv=view.forecasts.get("pv"),
+                schedule=view.schedule,
+                tariff=self.service.settings.tariff,
+                month_peak_kw=view.month_peak_kw,
+            )
         chart = None
         if result is not None:
             chart = {
@@ -194,9 +219,13 @@ class Pages:
                 "grid": [h.grid_kw for h in result.hours],
             }
         return self.render(
-            "decisions.html", "decisions", site_id=site_id, result=result, chart=chart,
+            "decisions.html",
+            "decisions",
+            site_id=site_id,
+            result=result,
+            chart=chart,
             tariff=self.service.settings.tariff,
-        )  # fmt: skip
+        )
 
     # --- feeder ----------------------------------------------------------------------------
     def feeder(self) -> HTMLResponse:
@@ -217,17 +246,34 @@ class Pages:
             limit = pv_by_bus(self.drawing, limits_kw)
             rated = pv_by_bus(self.drawing, self.drawing.pv_kw)
             for bus in sorted(rated, key=lambda b: (len(b), b)):
-                pv_rows.append({"bus": bus, "rated_kw": rated[bus], "available_kw": available.get(bus),
-                                "output_kw": output.get(bus), "limit_kw": limit.get(bus),
-                                "v_before": measured.get(bus), "v_after": after.get(bus)})  # fmt: skip
+                pv_rows.append(
+                    {
+                        "bus": bus,
+                        "rated_kw": rated[bus],
+                        "available_kw": available.get(bus),
+                        "output_kw": output.get(bus),
+                        "limit_kw": limit.get(bus),
+                        "v_before": measured.get(bus),
+                        "v_after": after.get(bus),
+                    }
+                )
         return self.render(
-            "feeder.html", "feeder", feeder_id=fid, drawing=self.drawing,
+            "feeder.html",
+            "feeder",
+            feeder_id=fid,
+            drawing=self.drawing,
             geometry=self.drawing.svg() if self.drawing else None,
-            before=feeder_colours(measured), after=feeder_colours(after),
-            v_before=measured, v_after=after, state=state, voltages=voltages,
-            setpoints=setpoints, pv_rows=pv_rows, curtailment=curtail,
+            before=feeder_colours(measured),
+            after=feeder_colours(after),
+            v_before=measured,
+            v_after=after,
+            state=state,
+            voltages=voltages,
+            setpoints=setpoints,
+            pv_rows=pv_rows,
+            curtailment=curtail,
             v_max_pu=voltages.get("v_max_pu", 1.05),
-        )  # fmt: skip
+        )
 
     # --- planner ---------------------------------------------------------------------------
     @property
@@ -241,17 +287,27 @@ class Pages:
     def planner(
         self, scenario: dict[str, Any], status_code: int = 200, **context: Any
     ) -> HTMLResponse:
-        run = {"algorithm": "milp", "runs": "2", "seed": "1", "pv_variation_pct": "20",
-               "window_jitter_steps": "1"}  # fmt: skip
+        run = {
+            "algorithm": "milp",
+            "runs": "2",
+            "seed": "1",
+            "pv_variation_pct": "20",
+            "window_jitter_steps": "1",
+        }
         run.update(context.pop("run", {}))
         ctx = dict(
-            s=planner.scenario_to_fields(scenario), errors=context.pop("errors", {}),
+            s=planner.scenario_to_fields(scenario),
+            errors=context.pop("errors", {}),
             token=context.pop("token", ""),
-            saved=planner.saved_names(self.scenario_dir), run=run,
-            algorithms=(("milp", "MILP (optimal)"), ("greedy", "greedy"),
-                        ("earliest", "earliest start")),
+            saved=planner.saved_names(self.scenario_dir),
+            run=run,
+            algorithms=(
+                ("milp", "MILP (optimal)"),
+                ("greedy", "greedy"),
+                ("earliest", "earliest start"),
+            ),
             **context,
-        )  # fmt: skip
+        )
         if context.get("fragment"):
             return self.fragment("_planner_editor.html", status_code=status_code, **ctx)
         return self.render("planner.html", "planner", status_code=status_code, **ctx)
@@ -273,37 +329,38 @@ class Pages:
         elif kind == "remove":
             planner.remove(scenario, arg)
         if kind not in ("check", "save", "run") or errors:
-            return render(scenario, 422 if errors else 200, errors=errors, run=run,
-                                fragment=True)  # fmt: skip
+            return render(scenario, 422 if errors else 200, errors=errors, run=run, fragment=True)
         try:
             if kind == "run":
                 body = {"scenario": scenario, **run}
                 results = await self.apis.request(
-                    "POST", "load_manager", "/planner/simulate", body,
+                    "POST",
+                    "load_manager",
+                    "/planner/simulate",
+                    body,
                     self.service.settings.planner_timeout_s,
-                )  # fmt: skip
+                )
                 rid = uuid.uuid4().hex[:12]
                 self.results_dir.mkdir(parents=True, exist_ok=True)
                 (self.results_dir / f"{rid}.json").write_text(json.dumps(results))
-                return render(scenario, run=run, results=results, rid=rid,
-                                    fragment=True)  # fmt: skip
+                return render(scenario, run=run, results=results, rid=rid, fragment=True)
             await self.apis.request("POST", "load_manager", "/planner/check", scenario)
             if kind == "save":
                 try:
                     planner.save(self.scenario_dir, str(scenario.get("name", "")), scenario)
                 except ValueError as err:
-                    return render(scenario, 422, errors={"name": str(err)}, run=run,
-                                        fragment=True)  # fmt: skip
-                return render(scenario, run=run, notice=f"saved as {scenario['name']}",
-                                    fragment=True)  # fmt: skip
-            return render(scenario, run=run, notice="the neighbourhood is valid",
-                                fragment=True)  # fmt: skip
+                    return render(scenario, 422, errors={"name": str(err)}, run=run, fragment=True)
+                return render(
+                    scenario, run=run, notice=f"saved as {scenario['name']}", fragment=True
+                )
+            return render(scenario, run=run, notice="the neighbourhood is valid", fragment=True)
         except UpstreamError as err:
             if err.status == 422:
                 errors = planner.field_errors(err.detail, known, strip=("scenario",))
                 run_errors = {k: v for k, v in errors.items() if k in planner.RUN_FIELDS}
-                return render(scenario, 422, errors={**errors, **run_errors}, run=run,
-                                    fragment=True)  # fmt: skip
+                return render(
+                    scenario, 422, errors={**errors, **run_errors}, run=run, fragment=True
+                )
             return render(scenario, 502, errors={"form": str(err)}, run=run, fragment=True)
 
     async def planner_import(self, files: dict[str, list[UploadFile]]) -> HTMLResponse:
@@ -315,8 +372,12 @@ class Pages:
         hood = [f for f in files.get("neighbourhood", []) if f.filename]
         jobs = [f for f in files.get("jobs", []) if f.filename]
         if not hood:
-            return self.planner(planner.new_scenario(""), 422, fragment=True,
-                                errors={"neighbourhood": "choose a neighbourhood XML file"})  # fmt: skip
+            return self.planner(
+                planner.new_scenario(""),
+                422,
+                fragment=True,
+                errors={"neighbourhood": "choose a neighbourhood XML file"},
+            )
         body: dict[str, Any] = {"neighbourhood_xml": await text(hood[0])}
         if jobs:
             body["jobs_text"] = await text(jobs[0])
@@ -336,14 +397,19 @@ class Pages:
         try:
             scenario = await self.apis.request("POST", "load_manager", "/planner/import", body)
         except UpstreamError as err:
-            mapping = {"neighbourhood_xml": "neighbourhood", "jobs_text": "jobs",
-                       "profiles": "profiles", "pv": "pv"}  # fmt: skip
+            mapping = {
+                "neighbourhood_xml": "neighbourhood",
+                "jobs_text": "jobs",
+                "profiles": "profiles",
+                "pv": "pv",
+            }
             detail = (
                 err.detail if isinstance(err.detail, list) else [{"loc": ["form"], "msg": str(err)}]
             )
             errors = {mapping.get(str(d["loc"][-1]), "form"): str(d["msg"]) for d in detail}
-            return self.planner(planner.new_scenario(""), 422 if err.status else 502,
-                                errors=errors, fragment=True)  # fmt: skip
+            return self.planner(
+                planner.new_scenario(""), 422 if err.status else 502, errors=errors, fragment=True
+            )
         return self.planner(scenario, notice=f"imported {scenario['name']}", fragment=True)
 
     def results(self, rid: str) -> dict[str, Any]:
@@ -387,9 +453,10 @@ def close_streams(state: ConsoleState) -> None:
 def _stream(state: ConsoleState, channel: str, first: dict[str, Any] | None = None) -> Response:
     body = _events(state, channel, json.dumps(first) if first is not None else None)
     return StreamingResponse(
-        body, media_type="text/event-stream",
+        body,
+        media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )  # fmt: skip
+    )
 
 
 EVENTS = content("text/event-stream", "server-sent events, each `data:` a JSON object")
@@ -423,9 +490,16 @@ def router(pages: Pages) -> APIRouter:
         if view is None:
             raise HTTPException(status_code=404, detail=f"no site {site_id} seen on the bus")
         form = bytes(pages.setpoint_form(site_id).body).decode()
-        return pages.render("site.html", "site", site_id=site_id, v=view.values(),
-                            log=list(view.log)[:30], form=form, limits=pages.limits(),
-                            month_peak_kw=view.month_peak_kw)  # fmt: skip
+        return pages.render(
+            "site.html",
+            "site",
+            site_id=site_id,
+            v=view.values(),
+            log=list(view.log)[:30],
+            form=form,
+            limits=pages.limits(),
+            month_peak_kw=view.month_peak_kw,
+        )
 
     @r.get("/api/sites/{site_id}/history", response_model=History, responses=errors(404))
     def history(site_id: str) -> dict[str, Any]:
@@ -487,8 +561,13 @@ def router(pages: Pages) -> APIRouter:
         refused = token_problem(pages.service.settings, request, form)
         if refused is not None:
             scenario, _ = planner.form_to_scenario(form)
-            return pages.planner(scenario, refused[0], errors={"token": refused[1]},
-                                 fragment=True, token=form.get("token", ""))  # fmt: skip
+            return pages.planner(
+                scenario,
+                refused[0],
+                errors={"token": refused[1]},
+                fragment=True,
+                token=form.get("token", ""),
+            )
         return await pages.planner_action(form)
 
     @r.post("/planner/import", response_class=HTMLResponse, include_in_schema=False)
@@ -498,8 +577,12 @@ def router(pages: Pages) -> APIRouter:
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         refused = token_problem(pages.service.settings, request, fields)
         if refused is not None:
-            return pages.planner(planner.new_scenario(""), refused[0], fragment=True,
-                                 errors={"import_token": refused[1]})  # fmt: skip
+            return pages.planner(
+                planner.new_scenario(""),
+                refused[0],
+                fragment=True,
+                errors={"import_token": refused[1]},
+            )
         files: dict[str, list[UploadFile]] = {}
         for key, value in form.multi_items():
             if not isinstance(value, str):
@@ -507,24 +590,36 @@ def router(pages: Pages) -> APIRouter:
         return await pages.planner_import(files)
 
     @r.get(
-        "/planner/results/{rid}.json", response_class=Response,
-        responses={200: content("application/json", "the simulation's results (a download)"),
-                   **errors(404)},
-    )  # fmt: skip
+        "/planner/results/{rid}.json",
+        response_class=Response,
+        responses={
+            200: content("application/json", "the simulation's results (a download)"),
+            **errors(404),
+        },
+    )
     def results_json(rid: str) -> Response:
         """Download a simulation's results (JSON)."""
-        return Response(json.dumps(pages.results(rid), indent=1), media_type="application/json",
-                        headers={"Content-Disposition": f'attachment; filename="planner-{rid}.json"'})  # fmt: skip
+        return Response(
+            json.dumps(pages.results(rid), indent=1),
+            media_type="application/json",
+            headers={"Content-Disposition": f'attachment; filename="planner-{rid}.json"'},
+        )
 
     @r.get(
-        "/planner/results/{rid}.csv", response_class=Response,
-        responses={200: content("text/csv", "a row per run and household (a download)"),
-                   **errors(404)},
-    )  # fmt: skip
+        "/planner/results/{rid}.csv",
+        response_class=Response,
+        responses={
+            200: content("text/csv", "a row per run and household (a download)"),
+            **errors(404),
+        },
+    )
     def results_csv(rid: str) -> Response:
         """Download a simulation's results (CSV: a row per run and household)."""
-        return Response(planner.results_csv(pages.results(rid)), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="planner-{rid}.csv"'})  # fmt: skip
+        return Response(
+            planner.results_csv(pages.results(rid)),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="planner-{rid}.csv"'},
+        )
 
     @r.get("/planner/results/{rid}/house", response_class=HTMLResponse, include_in_schema=False)
     def results_house(rid: str, house_id: str) -> HTMLResponse:

@@ -98,8 +98,15 @@ def cli(
     influxdb_token: Annotated[str | None, typer.Option("--influxdb-token")] = None,
     influxdb_org: Annotated[str | None, typer.Option("--influxdb-org")] = None,
     influxdb_bucket: Annotated[str | None, typer.Option("--influxdb-bucket")] = None,
-    shards: Annotated[int | None, typer.Option("--shards", help="run the fleet as N processes, each a shard of the sites (0 = one per core)", min=0)] = None,
-) -> None:  # fmt: skip
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            help="run the fleet as N processes, each a shard of the sites (0 = one per core)",
+            min=0,
+        ),
+    ] = None,
+) -> None:
     """Run the simulator. Without a mode it runs continuously (1 site, 1 s) with its API."""
     modes = [once, continuous, scheduled, historical, generate_config]
     if sum(modes) > 1:
@@ -212,10 +219,12 @@ def _run_shards(settings: Settings, shards: int) -> None:
     for k in range(n):
         count = base + (1 if k < extra else 0)
         env = {
-            **os.environ, "EDGE_SITES": str(count), "EDGE_FIRST_SITE": str(first),
+            **os.environ,
+            "EDGE_SITES": str(count),
+            "EDGE_FIRST_SITE": str(first),
             "MQTT_REPLICA": f"shard{k}",
             "EDGE_API_PORT": str(settings.api_port + k if settings.api_port else 0),
-        }  # fmt: skip
+        }
         if fixed_id:
             env["MQTT_CLIENT_ID"] = f"{fixed_id}-shard{k}"
         procs.append(subprocess.Popen([sys.executable, "-m", "edge_simulator", *argv], env=env))

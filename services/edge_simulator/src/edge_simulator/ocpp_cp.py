@@ -418,10 +418,22 @@ class SimChargePoint:
             ]
         else:
             values = [
-                {"value": round(p_w, 1), "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"}},
-                {"value": round(e_wh, 1), "measurand": "Energy.Active.Import.Register", "unit_of_measure": {"unit": "Wh"}},
-                {"value": round(soc, 1), "measurand": "SoC", "unit_of_measure": {"unit": "Percent"}},
-            ]  # fmt: skip
+                {
+                    "value": round(p_w, 1),
+                    "measurand": "Power.Active.Import",
+                    "unit_of_measure": {"unit": "W"},
+                },
+                {
+                    "value": round(e_wh, 1),
+                    "measurand": "Energy.Active.Import.Register",
+                    "unit_of_measure": {"unit": "Wh"},
+                },
+                {
+                    "value": round(soc, 1),
+                    "measurand": "SoC",
+                    "unit_of_measure": {"unit": "Percent"},
+                },
+            ]
         return [{"timestamp": format_utc(self.now()), "sampled_value": values}]
 
     async def _transaction_event(

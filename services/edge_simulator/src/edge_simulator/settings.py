@@ -41,10 +41,11 @@ class Settings(ServiceSettings):
     sites: int = Field(default=1, ge=1, le=100_000, description="number of simulated sites")
     seed: int = Field(default=42, ge=0, description="run seed; site i depends on (seed, i) only")
     first_site: int | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="this process simulates a shard of a larger fleet: the index of its first "
         "site (ids site-<first+1>…, the same sites as in the whole fleet); none = not a shard",
-    )  # fmt: skip
+    )
     config_file: Path | None = Field(
         default=None, description="YAML/JSON model configuration (unknown fields refused)"
     )

@@ -22,17 +22,23 @@ def steady_site(load_kw: float, battery_kw: float, capacity_kwh: float) -> SimCo
     return SimConfig.model_validate(
         {
             "home_load": {
-                "base_load_kw": load_kw, "base_noise": 0.0, "hvac_max_kw": 0.0,
-                "appliance_kw": 0.0, "lighting_kw": 0.0, "cooking_kw": 0.0,
+                "base_load_kw": load_kw,
+                "base_noise": 0.0,
+                "hvac_max_kw": 0.0,
+                "appliance_kw": 0.0,
+                "lighting_kw": 0.0,
+                "cooking_kw": 0.0,
             },
             "ev": {"enabled": False},
             "battery": {
-                "capacity_kwh": capacity_kwh, "max_charge_kw": battery_kw,
-                "max_discharge_kw": battery_kw, "initial_soc_pct": 60.0,
+                "capacity_kwh": capacity_kwh,
+                "max_charge_kw": battery_kw,
+                "max_discharge_kw": battery_kw,
+                "initial_soc_pct": 60.0,
                 "self_consumption": False,
             },
         }
-    )  # fmt: skip
+    )
 
 
 @dataclass

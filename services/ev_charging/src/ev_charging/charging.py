@@ -393,11 +393,15 @@ class EvCharging:
             conn.e_total_kwh = meter_start_kwh
         mode = conn.config.mode or self.settings.default_mode
         conn.session = SessionState(
-            session_id=f"{conn.device_id}-{tx}-{next(self._session_ids)}", started=now, mode=mode,
+            session_id=f"{conn.device_id}-{tx}-{next(self._session_ids)}",
+            started=now,
+            mode=mode,
             departure=now + timedelta(hours=self.settings.default_dwell_h),
-            energy_need_kwh=self.settings.default_energy_need_kwh, need_source="default",
-            last_e_kwh=meter_start_kwh, last_ts=now,
-        )  # fmt: skip
+            energy_need_kwh=self.settings.default_energy_need_kwh,
+            need_source="default",
+            last_e_kwh=meter_start_kwh,
+            last_ts=now,
+        )
         self.replan(conn, now)
         await self.publish_connector(conn)
         await self.publish_session(conn)
@@ -747,50 +751,73 @@ class EvCharging:
         if conn.e_total_kwh is not None and conn.e_start_kwh is not None:
             session_kwh = max(0.0, conn.e_total_kwh - conn.e_start_kwh)
         return EvChargerTelemetry(
-            ts=self.now(), source=NAME, p_kw=conn.p_kw if online else 0.0,
-            status=conn.status if online else "Offline", station_id=conn.station_id,
-            connector_id=conn.connector_id, protocol=station.version or "1.6", online=online,
-            limit_kw=conn.limit_kw, max_kw=conn.config.max_kw, e_session_kwh=session_kwh,
-            e_total_kwh=conn.e_total_kwh, soc_pct=conn.soc_pct,
+            ts=self.now(),
+            source=NAME,
+            p_kw=conn.p_kw if online else 0.0,
+            status=conn.status if online else "Offline",
+            station_id=conn.station_id,
+            connector_id=conn.connector_id,
+            protocol=station.version or "1.6",
+            online=online,
+            limit_kw=conn.limit_kw,
+            max_kw=conn.config.max_kw,
+            e_session_kwh=session_kwh,
+            e_total_kwh=conn.e_total_kwh,
+            soc_pct=conn.soc_pct,
             transaction_id=conn.transaction_id,
-        )  # fmt: skip
+        )
 
     async def publish_connector(self, conn: Connector) -> None:
         """Publish a connector's telemetry."""
         await self.service.publish(
-            topics.EV_CHARGER, self.telemetry(conn), site_id=conn.config.site_id,
+            topics.EV_CHARGER,
+            self.telemetry(conn),
+            site_id=conn.config.site_id,
             device_id=conn.device_id,
-        )  # fmt: skip
+        )
 
     def session_message(self, conn: Connector, session: SessionState) -> EvSession:
         """The bus message of a session (plan and measured KPIs)."""
         m = session.meter
         plan = session.plan
         kpis = EvSessionKpis(
-            energy_kwh=m.energy_kwh, pv_kwh=m.pv_kwh, grid_kwh=m.grid_kwh,
-            pv_share_pct=m.pv_share_pct, cost=m.cost,
+            energy_kwh=m.energy_kwh,
+            pv_kwh=m.pv_kwh,
+            grid_kwh=m.grid_kwh,
+            pv_share_pct=m.pv_share_pct,
+            cost=m.cost,
             mean_price_per_kwh=m.cost / m.grid_kwh if m.grid_kwh > 0 else None,
-        )  # fmt: skip
+        )
         return EvSession(
-            ts=self.now(), source=NAME, session_id=session.session_id,
-            station_id=conn.station_id, connector_id=conn.connector_id, mode=session.mode,
-            started=session.started, ended=session.ended, departure=session.departure,
+            ts=self.now(),
+            source=NAME,
+            session_id=session.session_id,
+            station_id=conn.station_id,
+            connector_id=conn.connector_id,
+            mode=session.mode,
+            started=session.started,
+            ended=session.ended,
+            departure=session.departure,
             energy_need_kwh=session.energy_need_kwh,
             need_source=session.need_source,  # type: ignore[arg-type]
-            plan_start=session.plan_start, plan_step_s=self.settings.plan_step_s,
+            plan_start=session.plan_start,
+            plan_step_s=self.settings.plan_step_s,
             plan_kw=[round(p, 3) for p in plan.p_kw] if plan else [],
             planned_kwh=plan.planned_kwh if plan else None,
-            plan_meets_need=plan.meets_need if plan else None, kpis=kpis,
-        )  # fmt: skip
+            plan_meets_need=plan.meets_need if plan else None,
+            kpis=kpis,
+        )
 
     async def publish_session(self, conn: Connector) -> None:
         """Publish a connector's session."""
         if conn.session is None:
             return
         await self.service.publish(
-            topics.EV_SESSION, self.session_message(conn, conn.session),
-            site_id=conn.config.site_id, device_id=conn.device_id,
-        )  # fmt: skip
+            topics.EV_SESSION,
+            self.session_message(conn, conn.session),
+            site_id=conn.config.site_id,
+            device_id=conn.device_id,
+        )
 
     def sessions(self) -> list[EvSession]:
         """Running sessions, then recently ended ones."""

@@ -163,9 +163,10 @@ class Csms16(_Routing, ChargePoint16):  # type: ignore[misc]
     def on_boot(self, charge_point_vendor: str, charge_point_model: str, **_: Any) -> Any:
         self.state.on_boot(self.id, charge_point_vendor, charge_point_model)
         return result16.BootNotification(
-            current_time=format_utc(self.state.now()), interval=self.state.settings.heartbeat_s,
+            current_time=format_utc(self.state.now()),
+            interval=self.state.settings.heartbeat_s,
             status="Accepted",
-        )  # fmt: skip
+        )
 
     @on("Heartbeat")
     def on_heartbeat(self, **_: Any) -> Any:
@@ -214,9 +215,12 @@ class Csms16(_Routing, ChargePoint16):  # type: ignore[misc]
 
 
 _CHARGING_STATE = {
-    "Charging": "Charging", "SuspendedEV": "SuspendedEV", "SuspendedEVSE": "SuspendedEVSE",
-    "EVConnected": "Preparing", "Idle": "Preparing",
-}  # fmt: skip
+    "Charging": "Charging",
+    "SuspendedEV": "SuspendedEV",
+    "SuspendedEVSE": "SuspendedEVSE",
+    "EVConnected": "Preparing",
+    "Idle": "Preparing",
+}
 """2.0.1 chargingState → connector status (2.0.1 StatusNotification only says Occupied)."""
 
 
@@ -251,9 +255,10 @@ class Csms201(_Routing, ChargePoint201):  # type: ignore[misc]
             self.id, str(charging_station.get("vendor_name")), str(charging_station.get("model"))
         )
         return result201.BootNotification(
-            current_time=format_utc(self.state.now()), interval=self.state.settings.heartbeat_s,
+            current_time=format_utc(self.state.now()),
+            interval=self.state.settings.heartbeat_s,
             status="Accepted",
-        )  # fmt: skip
+        )
 
     @on("Heartbeat")
     def on_heartbeat(self, **_: Any) -> Any:
@@ -375,10 +380,16 @@ class CentralSystem:
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: a free port); returns the port."""
         self.server = await serve(
-            self._handler, host, port, subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
-            process_request=self._process_request, select_subprotocol=self._select,
-            max_size=self.state.settings.max_frame_bytes, ping_interval=30, ping_timeout=30,
-        )  # fmt: skip
+            self._handler,
+            host,
+            port,
+            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            process_request=self._process_request,
+            select_subprotocol=self._select,
+            max_size=self.state.settings.max_frame_bytes,
+            ping_interval=30,
+            ping_timeout=30,
+        )
         sock = next(iter(self.server.sockets))
         self.port = int(sock.getsockname()[1])
         log.info("OCPP central system on ws://%s:%d/<station id>", host, self.port)

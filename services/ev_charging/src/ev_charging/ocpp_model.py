@@ -14,9 +14,19 @@ replaces the previous one and a ClearChargingProfile names it)."""
 PROFILE_STACK_LEVEL = 1
 
 _STATUSES: frozenset[str] = frozenset(
-    ("Available", "Preparing", "Charging", "SuspendedEV", "SuspendedEVSE", "Finishing",
-     "Reserved", "Unavailable", "Faulted", "Occupied")
-)  # fmt: skip
+    (
+        "Available",
+        "Preparing",
+        "Charging",
+        "SuspendedEV",
+        "SuspendedEVSE",
+        "Finishing",
+        "Reserved",
+        "Unavailable",
+        "Faulted",
+        "Occupied",
+    )
+)
 
 _POWER_UNITS = {"W": 1e-3, "kW": 1.0}
 _ENERGY_UNITS = {"Wh": 1e-3, "kWh": 1.0}

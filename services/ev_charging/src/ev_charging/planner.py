@@ -139,9 +139,12 @@ def plan_session(inp: PlanInput) -> Plan:
         pv += from_pv * hours
         cost += (p[t] - from_pv) * hours * inp.price_per_kwh[t]
     return Plan(
-        p_kw=p, planned_kwh=energy, pv_kwh=pv, cost=cost,
+        p_kw=p,
+        planned_kwh=energy,
+        pv_kwh=pv,
+        cost=cost,
         meets_need=energy >= inp.energy_need_kwh - 1e-6,
-    )  # fmt: skip
+    )
 
 
 @dataclass

@@ -175,11 +175,19 @@ def to_series(intervals: Intervals, cfg: PriceSourceConfig, now: datetime) -> Pr
     end = intervals.starts[-1] + timedelta(seconds=step)
     valid_until = min(now + timedelta(seconds=cfg.valid_for_s), end)
     return PriceSeries(
-        ts=now, source=SOURCE, zone=cfg.zone, currency=cfg.currency, origin=cfg.kind,
-        issue_time=now, start=intervals.starts[0], step_s=step,
-        import_per_kwh=intervals.import_per_kwh, export_per_kwh=intervals.export_per_kwh,
-        demand_windows=intervals.demand_windows, valid_until=valid_until,
-    )  # fmt: skip
+        ts=now,
+        source=SOURCE,
+        zone=cfg.zone,
+        currency=cfg.currency,
+        origin=cfg.kind,
+        issue_time=now,
+        start=intervals.starts[0],
+        step_s=step,
+        import_per_kwh=intervals.import_per_kwh,
+        export_per_kwh=intervals.export_per_kwh,
+        demand_windows=intervals.demand_windows,
+        valid_until=valid_until,
+    )
 
 
 def marked_stale(series: PriceSeries, now: datetime, reason: str) -> PriceSeries:

@@ -116,9 +116,11 @@ def build_service(
     def get_ocpp() -> OcppInfo:
         """Where stations connect, how many are connected, what was refused or answered CallError."""
         return OcppInfo(
-            url=f"ws://{settings.ocpp_host}:{csms.port}", stations_connected=state.connected(),
-            frames_rejected=dict(state.frames_rejected), connections_refused=dict(state.refused),
-        )  # fmt: skip
+            url=f"ws://{settings.ocpp_host}:{csms.port}",
+            stations_connected=state.connected(),
+            frames_rejected=dict(state.frames_rejected),
+            connections_refused=dict(state.refused),
+        )
 
     @router.get("/stations", response_model=list[StationInfo])
     def get_stations() -> list[StationInfo]:
@@ -160,7 +162,12 @@ def station_info(state: EvCharging, station_id: str) -> StationInfo:
     """A station for `GET /stations`."""
     s = state.stations[station_id]
     return StationInfo(
-        station_id=station_id, site_id=s.config.site_id, connected=s.link is not None,
-        booted=s.booted, protocol=s.version, vendor=s.vendor, model=s.model,
+        station_id=station_id,
+        site_id=s.config.site_id,
+        connected=s.link is not None,
+        booted=s.booted,
+        protocol=s.version,
+        vendor=s.vendor,
+        model=s.model,
         connectors=[state.telemetry(c) for c in s.connectors.values()],
-    )  # fmt: skip
+    )

@@ -99,10 +99,14 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EV_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
-            "default_mode", "default_energy_need_kwh", "default_dwell_h", "site_import_limit_kw",
-            "accept_unknown", "replan_s",
+            "default_mode",
+            "default_energy_need_kwh",
+            "default_dwell_h",
+            "site_import_limit_kw",
+            "accept_unknown",
+            "replan_s",
         }
-    )  # fmt: skip
+    )
 
     api_port: int = Field(default=8110, ge=0, le=65535, description="API port (0 = any free)")
 

@@ -28,8 +28,15 @@ cli = typer.Typer(add_completion=False, help="derbus feature_engineering: readin
 
 def _print_status(rows: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="feature table")
-    for col in ("site_id", "rows", "first", "last", "load_missing_rows", "load_filled_rows",
-                "behind_readings_s"):  # fmt: skip
+    for col in (
+        "site_id",
+        "rows",
+        "first",
+        "last",
+        "load_missing_rows",
+        "load_filled_rows",
+        "behind_readings_s",
+    ):
         table.add_column(col)
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
@@ -83,9 +90,13 @@ def _one_shot(settings: Settings, *, once: bool, as_json: bool) -> int:
         guarded(store.ensure_schema)
         if once:
             with Progress(
-                TextColumn("features"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=console, disable=as_json or not console.is_terminal,
-            ) as bar:  # fmt: skip
+                TextColumn("features"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                disable=as_json or not console.is_terminal,
+            ) as bar:
                 task = bar.add_task("features", total=None)
                 results = guarded(
                     run_pass, store, settings, utcnow(), lambda n: bar.advance(task, n)

@@ -130,8 +130,11 @@ def _records(frame: pd.DataFrame, site_id: str, computed_at: datetime) -> list[d
     records = []
     columns = list(frame.columns)
     for when, row in zip(frame.index, frame.itertuples(index=False, name=None), strict=True):
-        record: dict[str, Any] = {"time": when.to_pydatetime(), "site_id": site_id,
-                                  "computed_at": computed_at}  # fmt: skip
+        record: dict[str, Any] = {
+            "time": when.to_pydatetime(),
+            "site_id": site_id,
+            "computed_at": computed_at,
+        }
         for name, value in zip(columns, row, strict=True):
             record[name] = _sql_value(kinds[name], value)
         records.append(record)
@@ -254,10 +257,13 @@ class FeatureStore:
         """Per site: rows, first and last interval, missing and filled load rows, lag behind readings."""
         f = self.features.c
         query = sa.select(
-            f.site_id, sa.func.count(), sa.func.min(f.time), sa.func.max(f.time),
+            f.site_id,
+            sa.func.count(),
+            sa.func.min(f.time),
+            sa.func.max(f.time),
             sa.func.sum(sa.case((f.load_kw.is_(None), 1), else_=0)),
             sa.func.sum(sa.case((f.load_kw_filled.is_(True), 1), else_=0)),
-        ).group_by(f.site_id)  # fmt: skip
+        ).group_by(f.site_id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         out = []
@@ -265,11 +271,17 @@ class FeatureStore:
             bounds = self.readings_bounds(site_id)
             last_utc = as_utc(last)
             behind = (floor_step(bounds[1]) - fx.STEP - last_utc).total_seconds() if bounds else 0.0
-            out.append({
-                "site_id": site_id, "rows": int(count), "first": as_utc(first).isoformat(),
-                "last": last_utc.isoformat(), "load_missing_rows": int(missing or 0),
-                "load_filled_rows": int(filled or 0), "behind_readings_s": max(0.0, behind),
-            })  # fmt: skip
+            out.append(
+                {
+                    "site_id": site_id,
+                    "rows": int(count),
+                    "first": as_utc(first).isoformat(),
+                    "last": last_utc.isoformat(),
+                    "load_missing_rows": int(missing or 0),
+                    "load_filled_rows": int(filled or 0),
+                    "behind_readings_s": max(0.0, behind),
+                }
+            )
         return out
 
 
@@ -298,9 +310,12 @@ def run_site(
     if bounds is None:
         return SitePassResult(site_id, None, 0)
     window = plan_pass(
-        bounds[0], bounds[1], store.last_feature_time(site_id),
-        lookback=options.lookback, recompute_steps=options.recompute_steps,
-    )  # fmt: skip
+        bounds[0],
+        bounds[1],
+        store.last_feature_time(site_id),
+        lookback=options.lookback,
+        recompute_steps=options.recompute_steps,
+    )
     if window is None:
         return SitePassResult(site_id, None, 0)
     history = history_needed(options.long_window_steps)
@@ -309,10 +324,14 @@ def run_site(
         history_start = batch.start - history
         samples = store.samples(site_id, history_start, batch.end)
         frame = compute_batch(
-            samples, batch, history_start, site, max_fill_steps=options.max_fill_steps,
+            samples,
+            batch,
+            history_start,
+            site,
+            max_fill_steps=options.max_fill_steps,
             short_window_steps=options.short_window_steps,
             long_window_steps=options.long_window_steps,
-        )  # fmt: skip
+        )
         rows += store.upsert(site_id, frame, now)
         if progress is not None:
             progress(batch.intervals)

@@ -72,9 +72,13 @@ def _router(fe: FeatureEngineering) -> APIRouter:
     def get_columns() -> list[dict[str, str]]:
         """The documented columns of the feature table with their availability."""
         return [
-            {"name": c.name, "kind": c.kind, "availability": c.availability,
-             "description": c.description}
+            {
+                "name": c.name,
+                "kind": c.kind,
+                "availability": c.availability,
+                "description": c.description,
+            }
             for c in fx.FEATURE_COLUMNS
-        ]  # fmt: skip
+        ]
 
     return router

@@ -21,10 +21,12 @@ def pass_options(settings: Settings) -> PassOptions:
     """The pass knobs from the settings."""
     return PassOptions(
         lookback=timedelta(days=settings.lookback_days),
-        recompute_steps=settings.recompute_steps, batch_size=settings.batch_size,
-        max_fill_steps=settings.max_fill_steps, short_window_steps=settings.short_window_steps,
+        recompute_steps=settings.recompute_steps,
+        batch_size=settings.batch_size,
+        max_fill_steps=settings.max_fill_steps,
+        short_window_steps=settings.short_window_steps,
         long_window_steps=settings.long_window_steps,
-    )  # fmt: skip
+    )
 
 
 def run_pass(
@@ -73,18 +75,22 @@ class FeatureEngineering:
         self._lock = asyncio.Lock()
         registry = service.metrics.registry
         self.rows_total = Counter(
-            "derbus_features_rows_upserted_total", "Feature rows upserted", ["site_id"],
+            "derbus_features_rows_upserted_total",
+            "Feature rows upserted",
+            ["site_id"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.behind = Gauge(
             "derbus_features_behind_readings_seconds",
             "How far the feature table lags the latest complete interval of readings",
-            ["site_id"], registry=registry,
-        )  # fmt: skip
-        self.last_pass_ts = Gauge(
-            "derbus_features_last_pass_timestamp_seconds", "End of the last successful pass",
+            ["site_id"],
             registry=registry,
-        )  # fmt: skip
+        )
+        self.last_pass_ts = Gauge(
+            "derbus_features_last_pass_timestamp_seconds",
+            "End of the last successful pass",
+            registry=registry,
+        )
 
     async def prepare(self) -> None:
         """Create the data directory and the schema (at start-up); degraded when it fails."""

@@ -38,10 +38,16 @@ def synthetic_frame(
     temp = 12 + 8 * np.sin(2 * np.pi * (hour - 9) / 24) + rng.normal(0, 0.5, n)
     price = [site.tariff.price_at(t.to_pydatetime()) for t in index]
     return pd.DataFrame(
-        {"load_kw": load, "pv_kw": pv, "pcc_kw": load - pv, "irradiance_w_m2": irradiance,
-         "temp_c": temp, "price_per_kwh": price},
+        {
+            "load_kw": load,
+            "pv_kw": pv,
+            "pcc_kw": load - pv,
+            "irradiance_w_m2": irradiance,
+            "temp_c": temp,
+            "price_per_kwh": price,
+        },
         index=index,
-    )  # fmt: skip
+    )
 
 
 def reading_rows(frame: pd.DataFrame, site_id: str) -> list[ReadingRow]:

@@ -92,9 +92,12 @@ def _one_shot(
     try:
         guarded(store.ensure_schema)
         with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-            console=console, disable=not console.is_terminal,
-        ) as bar:  # fmt: skip
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
             task = bar.add_task("forecaster", total=None)
 
             def progress(label: str) -> None:
@@ -117,15 +120,20 @@ def _one_shot(
         print(json.dumps(out, default=str))
         return 0
     for o in out.get("trained", []):
-        console.print(f"{o['site_id']}/{o['target']}: {o['version']} {o['model']} "
-                      f"promoted={o['promoted']} ({o['reason']})")  # fmt: skip
+        console.print(
+            f"{o['site_id']}/{o['target']}: {o['version']} {o['model']} "
+            f"promoted={o['promoted']} ({o['reason']})"
+        )
     for e in out.get("evaluated", []):
         title = f"{e['site_id']}/{e['target']} backtest, skill vs {e['reference']} ({e['report']})"
         _table(title, e["rows"], console)
     _table("model registry", out["models"], console)
     if "issued_accuracy" in out:
-        _table(f"issued forecasts, last {settings.accuracy_days:g} days", out["issued_accuracy"],
-               console)  # fmt: skip
+        _table(
+            f"issued forecasts, last {settings.accuracy_days:g} days",
+            out["issued_accuracy"],
+            console,
+        )
     return 0
 
 
@@ -153,15 +161,38 @@ def _evaluate(
             best = result.best_learned()
             folder = registry.folder(site_id, name) / "evaluation"
             report = write_report(
-                folder, result, site_id=site_id, model=best,
-                promoted=result.beats_seasonal_naive(best), reason="evaluation only",
-                training={"start": history.index[0], "end": history.index[-1], "rows": len(history)},
-            )  # fmt: skip
-            keep = ("model", "mae", "skill", "skill_persistence", "pinball", "coverage_80",
-                    "coverage_80_daylight", "width_80")  # fmt: skip
+                folder,
+                result,
+                site_id=site_id,
+                model=best,
+                promoted=result.beats_seasonal_naive(best),
+                reason="evaluation only",
+                training={
+                    "start": history.index[0],
+                    "end": history.index[-1],
+                    "rows": len(history),
+                },
+            )
+            keep = (
+                "model",
+                "mae",
+                "skill",
+                "skill_persistence",
+                "pinball",
+                "coverage_80",
+                "coverage_80_daylight",
+                "width_80",
+            )
             rows = [{k: r[k] for k in keep if k in r} for r in summary_rows(result)]
-            done.append({"site_id": site_id, "target": name, "report": str(report),
-                         "reference": result.reference, "rows": rows})  # fmt: skip
+            done.append(
+                {
+                    "site_id": site_id,
+                    "target": name,
+                    "report": str(report),
+                    "reference": result.reference,
+                    "rows": rows,
+                }
+            )
     return done
 
 

@@ -32,10 +32,14 @@ def train_config(settings: Settings) -> TrainConfig:
     from forecaster.training import TrainConfig
 
     return TrainConfig(
-        models=tuple(settings.models), test_fraction=settings.test_size,
-        folds=settings.backtest_folds, max_iter=settings.max_iter, threads=settings.fit_threads,
-        min_train_days=settings.min_train_days, issue_every=settings.backtest_issue_every,
-    )  # fmt: skip
+        models=tuple(settings.models),
+        test_fraction=settings.test_size,
+        folds=settings.backtest_folds,
+        max_iter=settings.max_iter,
+        threads=settings.fit_threads,
+        min_train_days=settings.min_train_days,
+        issue_every=settings.backtest_issue_every,
+    )
 
 
 def site_ids(settings: Settings, store: ForecastStore, more: list[str] | None = None) -> list[str]:
@@ -69,10 +73,18 @@ def train_all(
             weather = weather_frame(provider, history.index)
             outcomes.append(
                 train_target(
-                    history, site_id, site, target, registry, train_config(settings), now,
-                    progress, weather, provider.name if provider else None,
+                    history,
+                    site_id,
+                    site,
+                    target,
+                    registry,
+                    train_config(settings),
+                    now,
+                    progress,
+                    weather,
+                    provider.name if provider else None,
                 )
-            )  # fmt: skip
+            )
     return outcomes
 
 
@@ -112,21 +124,33 @@ def accuracy_status(
     for site_id in site_ids(settings, store):
         for name in settings.targets:
             scores = issued_accuracy(store, site_id, TARGETS[name], since)
-            rows.append({"site_id": site_id, "target": name, "since": since.isoformat(),
-                         "forecasts": int(scores.get("forecasts", 0)),
-                         "n": int(scores.get("n", 0)), "mae_kw": scores.get("mae"),
-                         "coverage_80": scores.get("coverage_80"),
-                         "coverage_80_daylight": scores.get("coverage_80_daylight")})  # fmt: skip
+            rows.append(
+                {
+                    "site_id": site_id,
+                    "target": name,
+                    "since": since.isoformat(),
+                    "forecasts": int(scores.get("forecasts", 0)),
+                    "n": int(scores.get("n", 0)),
+                    "mae_kw": scores.get("mae"),
+                    "coverage_80": scores.get("coverage_80"),
+                    "coverage_80_daylight": scores.get("coverage_80_daylight"),
+                }
+            )
     return rows
 
 
 def outcome_json(o: TrainOutcome) -> dict[str, Any]:
     """A training outcome as JSON."""
     return {
-        "site_id": o.site_id, "target": o.target, "version": o.version, "model": o.model,
-        "promoted": o.promoted, "reason": o.reason,
-        "metrics": o.metrics.get(o.model or "", {}), "report": str(o.report) if o.report else None,
-    }  # fmt: skip
+        "site_id": o.site_id,
+        "target": o.target,
+        "version": o.version,
+        "model": o.model,
+        "promoted": o.promoted,
+        "reason": o.reason,
+        "metrics": o.metrics.get(o.model or "", {}),
+        "report": str(o.report) if o.report else None,
+    }
 
 
 def registry_status(registry: Registry) -> list[dict[str, Any]]:
@@ -137,13 +161,19 @@ def registry_status(registry: Registry) -> list[dict[str, Any]]:
         for v in registry.versions(site_id, target):
             metrics = v.meta.get("backtest", {}).get("metrics", {})
             best = metrics.get(v.meta.get("model", ""), {})
-            rows.append({
-                "site_id": site_id, "target": target, "version": v.name,
-                "model": v.meta.get("model"), "trained_at": v.meta.get("trained_at"),
-                "training_window": v.meta.get("training_window"),
-                "mae_kw": best.get("mae"), "skill": best.get("skill"),
-                "coverage_80": best.get("coverage_80"),
-                "coverage_80_daylight": best.get("coverage_80_daylight"),
-                "served": promoted is not None and promoted.name == v.name,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "site_id": site_id,
+                    "target": target,
+                    "version": v.name,
+                    "model": v.meta.get("model"),
+                    "trained_at": v.meta.get("trained_at"),
+                    "training_window": v.meta.get("training_window"),
+                    "mae_kw": best.get("mae"),
+                    "skill": best.get("skill"),
+                    "coverage_80": best.get("coverage_80"),
+                    "coverage_80_daylight": best.get("coverage_80_daylight"),
+                    "served": promoted is not None and promoted.name == v.name,
+                }
+            )
     return rows

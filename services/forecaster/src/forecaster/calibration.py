@@ -184,8 +184,10 @@ class Calibration:
             sel = usable[:, cols]
             if sel.sum() < 20:
                 continue
-            pooled = (np.quantile(lo_score[:, cols][sel], 0.1),
-                      np.quantile(hi_score[:, cols][sel], 0.9))  # fmt: skip
+            pooled = (
+                np.quantile(lo_score[:, cols][sel], 0.1),
+                np.quantile(hi_score[:, cols][sel], 0.9),
+            )
             for level in range(n_levels):
                 part = sel & (levels[:, cols] == level)
                 enough = part.sum() >= 50

@@ -110,10 +110,15 @@ class Readings:
         r = self.table.c
         query = (
             sa.select(r.time, r.value)
-            .where(r.site_id == site_id, r.device_id == source.device_id,
-                   r.metric == source.metric, r.time >= as_utc(start), r.time <= as_utc(end))
+            .where(
+                r.site_id == site_id,
+                r.device_id == source.device_id,
+                r.metric == source.metric,
+                r.time >= as_utc(start),
+                r.time <= as_utc(end),
+            )
             .order_by(r.time)
-        )  # fmt: skip
+        )
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(query).all()
@@ -130,11 +135,14 @@ class Readings:
         wanted = [s for s in fx.SOURCES if s.column in ("load_kw", "pv_kw")]
         query = (
             sa.select(r.site_id)
-            .where(r.time >= as_utc(since),
-                   sa.or_(*[sa.and_(r.device_id == s.device_id, r.metric == s.metric)
-                            for s in wanted]))
+            .where(
+                r.time >= as_utc(since),
+                sa.or_(
+                    *[sa.and_(r.device_id == s.device_id, r.metric == s.metric) for s in wanted]
+                ),
+            )
             .distinct()
-        )  # fmt: skip
+        )
         try:
             with self.engine.connect() as conn:
                 return sorted(conn.execute(query).scalars().all())
@@ -226,9 +234,11 @@ class PvScale:
 
 
 def pv_scale(
-    pv_kw: pd.Series, irradiance_w_m2: pd.Series, clear_ghi_w_m2: pd.Series,
+    pv_kw: pd.Series,
+    irradiance_w_m2: pd.Series,
+    clear_ghi_w_m2: pd.Series,
     pv_peak_kw: float | None,
-) -> PvScale | None:  # fmt: skip
+) -> PvScale | None:
     """The array factor and recent clear-sky index from daylight measurements (or the nameplate).
 
     Args:
@@ -245,8 +255,9 @@ def pv_scale(
     if day.empty:
         if pv_peak_kw is None:
             return None
-        return PvScale(pv_peak_kw * PV_PERFORMANCE_RATIO / 1000.0, DEFAULT_CLEAR_SKY_INDEX,
-                       "nameplate")  # fmt: skip
+        return PvScale(
+            pv_peak_kw * PV_PERFORMANCE_RATIO / 1000.0, DEFAULT_CLEAR_SKY_INDEX, "nameplate"
+        )
     recent = day[day.index > day.index[-1] - RECENT_DAYLIGHT]
     irr = irradiance_w_m2.reindex(day.index)
     with_irr = irr.notna() & (irr > fx.MIN_CLEAR_GHI_W_M2)
@@ -307,8 +318,11 @@ class ColdStartForecast:
 
     def meta(self) -> dict[str, object]:
         """What the published forecast's `meta` says about it."""
-        return {"cold_start": True, "cold_start_basis": self.basis,
-                "cold_start_measured_intervals": self.measured_intervals}  # fmt: skip
+        return {
+            "cold_start": True,
+            "cold_start_basis": self.basis,
+            "cold_start_measured_intervals": self.measured_intervals,
+        }
 
 
 class ColdStart:
@@ -325,9 +339,14 @@ class ColdStart:
         return self.readings.sites(now - timedelta(hours=self.settings.lookback_h))
 
     def forecast(
-        self, site_id: str, target: Target, history: pd.Series, issue_time: datetime,
-        now: datetime, site: fx.SiteContext,
-    ) -> ColdStartForecast | None:  # fmt: skip
+        self,
+        site_id: str,
+        target: Target,
+        history: pd.Series,
+        issue_time: datetime,
+        now: datetime,
+        site: fx.SiteContext,
+    ) -> ColdStartForecast | None:
         """The day ahead of `issue_time` for a site with little history; None with nothing."""
         from forecaster.design import DAY, day_ahead_times
 
@@ -344,22 +363,32 @@ class ColdStart:
             frame = load_forecast(values, times, site)
             if frame is None:
                 return None
-            log.info("%s/%s: cold start on %d measured intervals (standard load profile)",
-                     site_id, target.name, len(values))  # fmt: skip
+            log.info(
+                "%s/%s: cold start on %d measured intervals (standard load profile)",
+                site_id,
+                target.name,
+                len(values),
+            )
             return ColdStartForecast(frame, len(values), "standard_profile")
         irr_raw = self.readings.samples(
             site_id, "irradiance_w_m2", self._raw_start(known, start), now
         )
-        irradiance = measured(pd.Series(dtype=float, index=pd.DatetimeIndex([], tz="UTC")),
-                              irr_raw, now)  # fmt: skip
+        irradiance = measured(
+            pd.Series(dtype=float, index=pd.DatetimeIndex([], tz="UTC")), irr_raw, now
+        )
         if values.empty and self.settings.pv_peak_kw is None:
             return None
         clear = fx.solar_features(values.index, site.latitude, site.longitude)
         scale = pv_scale(values, irradiance, clear["clearsky_ghi_w_m2"], self.settings.pv_peak_kw)
         if scale is None:
             return None
-        log.info("%s/%s: cold start on %d measured intervals (%s)", site_id, target.name,
-                 len(values), scale.basis)  # fmt: skip
+        log.info(
+            "%s/%s: cold start on %d measured intervals (%s)",
+            site_id,
+            target.name,
+            len(values),
+            scale.basis,
+        )
         return ColdStartForecast(pv_forecast(scale, times, site), len(values), scale.basis)
 
     @staticmethod

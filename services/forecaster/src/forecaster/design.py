@@ -19,19 +19,43 @@ WEEK = fx.STEPS_PER_WEEK
 
 
 CALENDAR = (
-    "hour_of_day", "day_of_week", "is_weekend", "is_holiday", "hour_sin", "hour_cos",
-    "dow_sin", "dow_cos", "doy_sin", "doy_cos", "tou_code", "clearsky_ghi_w_m2",
+    "hour_of_day",
+    "day_of_week",
+    "is_weekend",
+    "is_holiday",
+    "hour_sin",
+    "hour_cos",
+    "dow_sin",
+    "dow_cos",
+    "doy_sin",
+    "doy_cos",
+    "tou_code",
+    "clearsky_ghi_w_m2",
     "solar_elevation_deg",
-)  # fmt: skip
-LAGS = ("y_lag_96", "y_lag_192", "y_lag_672", "y_mean_1d", "y_mean_7d", "y_std_1d",
-        "y_tod_mean_7d", "y_tod_std_7d", "y_tow_mean_4w")  # fmt: skip
+)
+LAGS = (
+    "y_lag_96",
+    "y_lag_192",
+    "y_lag_672",
+    "y_mean_1d",
+    "y_mean_7d",
+    "y_std_1d",
+    "y_tod_mean_7d",
+    "y_tod_std_7d",
+    "y_tow_mean_4w",
+)
 DAY_KIND = ("day_kind", "y_same_kind_lag", "y_same_kind_mean_3")
 """Day kind (workday, Saturday, Sunday/holiday) and the load of the latest days of that kind."""
 SAME_KIND_DAYS = 14
 NIGHT_ELEVATION_DEG = -8.0
 """Below this sun elevation PV is taken as zero: models neither train on nor predict it."""
-SOLAR = ("clear_ratio_1d", "clear_ratio_3d", "smart_persistence_1d", "smart_persistence_3d",
-         "clear_persistence")  # fmt: skip
+SOLAR = (
+    "clear_ratio_1d",
+    "clear_ratio_3d",
+    "smart_persistence_1d",
+    "smart_persistence_3d",
+    "clear_persistence",
+)
 
 
 WEATHER = ("weather_temperature_c", "weather_cloud_cover")
@@ -49,9 +73,12 @@ def feature_names(target: Target, weather: bool = False) -> list[str]:
 
 
 def design_matrix(
-    history: pd.Series, times: pd.DatetimeIndex, site: fx.SiteContext, target: Target,
+    history: pd.Series,
+    times: pd.DatetimeIndex,
+    site: fx.SiteContext,
+    target: Target,
     weather: pd.DataFrame | None = None,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """Features of the target intervals `times` from the target's history.
 
     Args:

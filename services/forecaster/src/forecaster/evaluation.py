@@ -48,9 +48,15 @@ def metrics(
     p = pred[list(QUANTILE_KEYS)].to_numpy(dtype=float)
     ok = np.isfinite(y) & np.isfinite(p).all(axis=1)
     y, p = y[ok], p[ok]
-    out = {"n": 0.0, "mae": float("nan"), "rmse": float("nan"), "nmae": float("nan"),
-           "pinball": float("nan"), "coverage_80": float("nan"),
-           "width_80": float("nan")}  # fmt: skip
+    out = {
+        "n": 0.0,
+        "mae": float("nan"),
+        "rmse": float("nan"),
+        "nmae": float("nan"),
+        "pinball": float("nan"),
+        "coverage_80": float("nan"),
+        "width_80": float("nan"),
+    }
     if daylight is not None:
         out |= {"n_daylight": 0.0, "coverage_80_daylight": float("nan")}
     if len(y) == 0:
@@ -122,8 +128,20 @@ class StepScores:
     horizon: int = HORIZON
     sums: dict[str, np.ndarray] = field(default_factory=dict)
 
-    KEYS = ("n", "abs", "sq", "absy", "pin10", "pin50", "pin90", "inside", "width",
-            "n_day", "inside_day", "width_day")  # fmt: skip
+    KEYS = (
+        "n",
+        "abs",
+        "sq",
+        "absy",
+        "pin10",
+        "pin50",
+        "pin90",
+        "inside",
+        "width",
+        "n_day",
+        "inside_day",
+        "width_day",
+    )
 
     def add(self, y: np.ndarray, p: np.ndarray, day: np.ndarray) -> None:
         """Add issued forecasts p (issues, steps, 3) against actuals y (issues, steps)."""
@@ -134,9 +152,17 @@ class StepScores:
         inside = ok & (yy >= pp[..., 0]) & (yy <= pp[..., 2])
         width = pp[..., 2] - pp[..., 0]
         dd = ok & day
-        parts = {"n": ok, "abs": np.abs(err), "sq": err**2, "absy": np.abs(yy),
-                 "inside": inside, "width": width, "n_day": dd, "inside_day": inside & dd,
-                 "width_day": np.where(dd, width, 0.0)}  # fmt: skip
+        parts = {
+            "n": ok,
+            "abs": np.abs(err),
+            "sq": err**2,
+            "absy": np.abs(yy),
+            "inside": inside,
+            "width": width,
+            "n_day": dd,
+            "inside_day": inside & dd,
+            "width_day": np.where(dd, width, 0.0),
+        }
         for key, q in zip(("pin10", "pin50", "pin90"), QUANTILES, strict=True):
             diff = yy - pp[..., QUANTILES.index(q)]
             parts[key] = np.maximum(q * diff, (q - 1) * diff)
@@ -150,29 +176,50 @@ class StepScores:
         n = s.get("n", 0.0)
         nan = float("nan")
         if n == 0:
-            return {"n": 0.0, "mae": nan, "rmse": nan, "nmae": nan, "pinball": nan,
-                    "coverage_80": nan, "width_80": nan}  # fmt: skip
+            return {
+                "n": 0.0,
+                "mae": nan,
+                "rmse": nan,
+                "nmae": nan,
+                "pinball": nan,
+                "coverage_80": nan,
+                "width_80": nan,
+            }
         out = {
-            "n": n, "mae": s["abs"] / n, "rmse": float(np.sqrt(s["sq"] / n)),
+            "n": n,
+            "mae": s["abs"] / n,
+            "rmse": float(np.sqrt(s["sq"] / n)),
             "nmae": s["abs"] / s["absy"] if s["absy"] > 0 else nan,
             "pinball": (s["pin10"] + s["pin50"] + s["pin90"]) / 3 / n,
             "pinball_band": (s["pin10"] + s["pin90"]) / 2 / n,
-            "pin10": s["pin10"] / n, "pin50": s["pin50"] / n, "pin90": s["pin90"] / n,
-            "coverage_80": s["inside"] / n, "width_80": s["width"] / n,
-        }  # fmt: skip
+            "pin10": s["pin10"] / n,
+            "pin50": s["pin50"] / n,
+            "pin90": s["pin90"] / n,
+            "coverage_80": s["inside"] / n,
+            "width_80": s["width"] / n,
+        }
         if solar:
             nd = s["n_day"]
-            out |= {"n_daylight": nd,
-                    "coverage_80_daylight": s["inside_day"] / nd if nd else nan,
-                    "width_80_daylight": s["width_day"] / nd if nd else nan}  # fmt: skip
+            out |= {
+                "n_daylight": nd,
+                "coverage_80_daylight": s["inside_day"] / nd if nd else nan,
+                "width_80_daylight": s["width_day"] / nd if nd else nan,
+            }
         return out
 
 
 def compose(point: dict[str, float], band: dict[str, float]) -> dict[str, float]:
     """Metrics of P50 from one model with P10 / P90 from another (same intervals)."""
     out = dict(point)
-    for key in ("coverage_80", "width_80", "coverage_80_daylight", "width_80_daylight",
-                "pin10", "pin90", "pinball_band"):  # fmt: skip
+    for key in (
+        "coverage_80",
+        "width_80",
+        "coverage_80_daylight",
+        "width_80_daylight",
+        "pin10",
+        "pin90",
+        "pinball_band",
+    ):
         if key in band:
             out[key] = band[key]
     if "pin10" in out:
@@ -368,8 +415,9 @@ def backtest(
                 frame["step"] = np.arange(int(valid.sum()))
                 rows.append(frame)
     predictions = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    result = BacktestResult(target.name, target.solar, predictions, fit_seconds=fit_seconds,
-                            issue_every=issue_every)  # fmt: skip
+    result = BacktestResult(
+        target.name, target.solar, predictions, fit_seconds=fit_seconds, issue_every=issue_every
+    )
     result.folds = [(s.isoformat(), e.isoformat()) for s, e in zip(starts, ends, strict=True)]
     solar = target.solar
     for name, scores in dense.items():

@@ -133,9 +133,10 @@ def _ridge() -> Any:
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(
-        SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
         RidgeCV(alphas=np.logspace(-3, 3, 13)),
-    )  # fmt: skip
+    )
 
 
 def _hgb(loss: str = "squared_error", quantile: float | None = None, max_iter: int = 300) -> Any:
@@ -146,10 +147,16 @@ def _hgb(loss: str = "squared_error", quantile: float | None = None, max_iter: i
     def make() -> Any:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
-        kwargs: dict[str, Any] = {"loss": loss, "max_iter": max_iter, "learning_rate": 0.05,
-                                  "max_leaf_nodes": 15, "min_samples_leaf": 100,
-                                  "l2_regularization": 1.0, "random_state": 0,
-                                  "early_stopping": False}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "loss": loss,
+            "max_iter": max_iter,
+            "learning_rate": 0.05,
+            "max_leaf_nodes": 15,
+            "min_samples_leaf": 100,
+            "l2_regularization": 1.0,
+            "random_state": 0,
+            "early_stopping": False,
+        }
         if quantile is not None:
             kwargs["quantile"] = quantile
         return HistGradientBoostingRegressor(**kwargs)
@@ -279,9 +286,14 @@ class Forecaster:
 
 
 def fit_forecaster(
-    name: str, x: pd.DataFrame, y: pd.Series, target: Target, max_iter: int = 300,
-    threads: int = 1, update: bool = True,
-) -> Forecaster:  # fmt: skip
+    name: str,
+    x: pd.DataFrame,
+    y: pd.Series,
+    target: Target,
+    max_iter: int = 300,
+    threads: int = 1,
+    update: bool = True,
+) -> Forecaster:
     """Fit `name` on a contiguous training window (the design rows of every interval).
 
     The model is first fitted on the window without its last CALIBRATION_FRACTION, which it
@@ -298,7 +310,8 @@ def fit_forecaster(
         probe = make_model(name, max_iter, threads).fit(x[early], y[early])
         tail = x.iloc[cut:]
         base = finish(pd.DataFrame(probe.predict(tail)).set_axis(tail.index), tail, target)
-        calibration = Calibration.fit(base.to_numpy(dtype=float), actual[cut:], tail,
-                                      target.solar, update=update)  # fmt: skip
+        calibration = Calibration.fit(
+            base.to_numpy(dtype=float), actual[cut:], tail, target.solar, update=update
+        )
     model = make_model(name, max_iter, threads).fit(x[rows], y[rows])
     return Forecaster(name, target, model, calibration)

@@ -107,6 +107,8 @@ class Registry:
             return []
         return sorted(
             (site.name, target.name)
-            for site in self.root.iterdir() if site.is_dir()
-            for target in site.iterdir() if target.is_dir()
-        )  # fmt: skip
+            for site in self.root.iterdir()
+            if site.is_dir()
+            for target in site.iterdir()
+            if target.is_dir()
+        )

@@ -31,8 +31,9 @@ def plot(result: BacktestResult, model: str, path: Path, days: int = 7) -> Path:
     end = frame["time"].max()
     frame = frame[frame["time"] > end - pd.Timedelta(days=days)]
     fig, ax = plt.subplots(figsize=(11, 3.8), dpi=100)
-    ax.fill_between(frame["time"], frame["p10"], frame["p90"], color="tab:blue", alpha=0.25,
-                    label="P10-P90")  # fmt: skip
+    ax.fill_between(
+        frame["time"], frame["p10"], frame["p90"], color="tab:blue", alpha=0.25, label="P10-P90"
+    )
     ax.plot(frame["time"], frame["p50"], color="tab:blue", linewidth=1.2, label=f"{model} P50")
     ax.plot(frame["time"], frame["actual"], color="black", linewidth=0.9, label="actual")
     ax.set_ylabel("kW")
@@ -47,9 +48,14 @@ def plot(result: BacktestResult, model: str, path: Path, days: int = 7) -> Path:
 
 
 def markdown(
-    result: BacktestResult, *, site_id: str, model: str, promoted: bool, reason: str,
+    result: BacktestResult,
+    *,
+    site_id: str,
+    model: str,
+    promoted: bool,
+    reason: str,
     training: dict[str, Any],
-) -> str:  # fmt: skip
+) -> str:
     """The report text."""
     every = result.issue_every * 15
     ref = result.reference
@@ -86,19 +92,27 @@ def markdown(
             f"| {_fmt(row.get('coverage_80_daylight', '–'))} | {_fmt(row['width_80'])} "
             f"| {_fmt(result.day_ahead.get(m, {}).get('skill', float('nan')))} | {int(row['n'])} |"
         )
-    lines += ["", f"## {model} by horizon group", "",
-              f"| horizon | MAE kW | skill vs {ref} | skill vs persistence of the last 15 min "
-              f"| 80 % {day}coverage | 80 % width kW | pinball |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        f"## {model} by horizon group",
+        "",
+        f"| horizon | MAE kW | skill vs {ref} | skill vs persistence of the last 15 min "
+        f"| 80 % {day}coverage | 80 % width kW | pinball |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for group, values in result.by_group.get(model, {}).items():
         lines.append(
             f"| {group} | {_fmt(values['mae'])} | {_fmt(values['skill'])} "
             f"| {_fmt(values['skill_last_15min'])} | {_fmt(values.get(cov, float('nan')))} "
             f"| {_fmt(values['width_80'])} | {_fmt(values['pinball'])} |"
         )
-    lines += ["", f"## {model} by hour ahead", "",
-              "| horizon h | MAE kW | nMAE | skill | 80 % coverage | 80 % coverage, daylight "
-              "| pinball |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines += [
+        "",
+        f"## {model} by hour ahead",
+        "",
+        "| horizon h | MAE kW | nMAE | skill | 80 % coverage | 80 % coverage, daylight | pinball |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in result.by_horizon_h.get(model, []):
         lines.append(
             f"| {int(row['horizon_h'])}-{int(row['horizon_h']) + 1} | {_fmt(row['mae'])} "
@@ -110,9 +124,15 @@ def markdown(
 
 
 def write_report(
-    folder: Path, result: BacktestResult, *, site_id: str, model: str, promoted: bool,
-    reason: str, training: dict[str, Any],
-) -> Path:  # fmt: skip
+    folder: Path,
+    result: BacktestResult,
+    *,
+    site_id: str,
+    model: str,
+    promoted: bool,
+    reason: str,
+    training: dict[str, Any],
+) -> Path:
     """Write `report.md` and `backtest.png` into a folder (the model's version folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     plot(result, model, folder / PLOT)

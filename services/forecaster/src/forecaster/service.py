@@ -96,9 +96,10 @@ def _router(service: Service[Settings, Forecaster], fc: Forecaster) -> APIRouter
         return body
 
     @router.get(
-        "/forecast/{site_id}/{target}/accuracy", response_model=Accuracy,
+        "/forecast/{site_id}/{target}/accuracy",
+        response_model=Accuracy,
         responses=errors(404, 503),
-    )  # fmt: skip
+    )
     async def get_accuracy(
         site_id: str,
         target: str,
@@ -119,8 +120,13 @@ def _router(service: Service[Settings, Forecaster], fc: Forecaster) -> APIRouter
         if "reference_is_week" in scores:
             week = scores.pop("reference_is_week") > 0
             reference = "seasonal_naive_week" if week else "seasonal_naive_day"
-        return {"site_id": site_id, "target": target, "since": since.isoformat(),
-                "reference": reference, **scores}  # fmt: skip
+        return {
+            "site_id": site_id,
+            "target": target,
+            "since": since.isoformat(),
+            "reference": reference,
+            **scores,
+        }
 
     @router.post("/train", response_model=Trained, responses=errors(503))
     async def post_train(_auth: TokenDep) -> dict[str, Any]:

@@ -37,14 +37,25 @@ class Issued:
     def message(self, ts: datetime, source: str = "forecaster") -> TimeSeries:
         """The topics.FORECAST payload."""
         return TimeSeries(
-            ts=ts, source=source, kind="forecast", quantity=self.target.quantity, unit="kW",
-            issue_time=self.issue_time, start=self.frame.index[0].to_pydatetime(),
-            step_s=fx.STEP_S, values=[float(v) for v in self.frame["p50"]],
+            ts=ts,
+            source=source,
+            kind="forecast",
+            quantity=self.target.quantity,
+            unit="kW",
+            issue_time=self.issue_time,
+            start=self.frame.index[0].to_pydatetime(),
+            step_s=fx.STEP_S,
+            values=[float(v) for v in self.frame["p50"]],
             quantiles={k: [float(v) for v in self.frame[k]] for k in ("p10", "p50", "p90")},
             model=self.model if self.version is None else f"{self.model}@{self.version}",
-            meta={"site_id": self.site_id, "target": self.target.name, "version": self.version,
-                  "horizon_steps": len(self.frame)} | self.meta,
-        )  # fmt: skip
+            meta={
+                "site_id": self.site_id,
+                "target": self.target.name,
+                "version": self.version,
+                "horizon_steps": len(self.frame),
+            }
+            | self.meta,
+        )
 
 
 def issue_time_of(now: datetime) -> pd.Timestamp:
@@ -60,9 +71,13 @@ def fallback_model(history: pd.Series, site: fx.SiteContext, target: Target) -> 
 
 
 def forecast(
-    model: Model, history: pd.Series, issue_time: pd.Timestamp, site: fx.SiteContext,
-    target: Target, weather: WeatherProvider | None = None,
-) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+    model: Model,
+    history: pd.Series,
+    issue_time: pd.Timestamp,
+    site: fx.SiteContext,
+    target: Target,
+    weather: WeatherProvider | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
     """P10/P50/P90 for the 96 intervals from `issue_time`, from history before it only.
 
     A trained `Forecaster` also reads the last hour before the issue time (intraday update)
@@ -82,8 +97,9 @@ def forecast(
                     frame = weather.frame(span)
                     inputs.append(f"weather:{weather.name}")
                 except WeatherError as err:
-                    log.warning("weather %s unavailable, forecasting without: %s",
-                                weather.name, err)  # fmt: skip
+                    log.warning(
+                        "weather %s unavailable, forecasting without: %s", weather.name, err
+                    )
         x = design_matrix(known, span, site, target, frame)
         y = known.reindex(span).to_numpy(dtype=float)
         issued = model.issue(x, y, np.array([RESIDUAL_LAGS]))[0]

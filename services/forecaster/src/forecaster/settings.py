@@ -67,9 +67,11 @@ class Settings(ServiceSettings):
     )
     max_iter: int = Field(default=200, ge=10, le=2000, description="boosting iterations")
     accuracy_days: float = Field(
-        default=7.0, gt=0, le=366,
+        default=7.0,
+        gt=0,
+        le=366,
         description="days of issued forecasts scored by /forecast/{site}/{target}/accuracy and --status",
-    )  # fmt: skip
+    )
     cold_start: ColdStartSettings = Field(
         default_factory=ColdStartSettings,
         description="forecasts for sites with little history (FORECAST_COLD_START_*)",

@@ -76,17 +76,23 @@ class Forecaster:
         self._site: fx.SiteContext | None = None
         registry_ = service.metrics.registry
         self.published = Counter(
-            "derbus_forecasts_published_total", "Forecasts published", ["target"],
+            "derbus_forecasts_published_total",
+            "Forecasts published",
+            ["target"],
             registry=registry_,
-        )  # fmt: skip
+        )
         self.trained = Counter(
-            "derbus_forecaster_trainings_total", "Trainings by outcome", ["target", "promoted"],
+            "derbus_forecaster_trainings_total",
+            "Trainings by outcome",
+            ["target", "promoted"],
             registry=registry_,
-        )  # fmt: skip
+        )
         self.backtest_mae = Gauge(
-            "derbus_forecaster_backtest_mae_kw", "Backtest MAE of the latest trained model",
-            ["site_id", "target"], registry=registry_,
-        )  # fmt: skip
+            "derbus_forecaster_backtest_mae_kw",
+            "Backtest MAE of the latest trained model",
+            ["site_id", "target"],
+            registry=registry_,
+        )
 
     # --- serving (blocking parts run off the event loop) ---------------------------------------
     def site_context(self) -> fx.SiteContext:
@@ -156,8 +162,14 @@ class Forecaster:
         meta: dict[str, Any] = {}
         if history.iloc[-fx.STEPS_PER_WEEK :].notna().sum() < fx.STEPS_PER_DAY:
             # less than a day of values in the last week: the cold start (forecaster.coldstart)
-            cold = self.cold_start.forecast(site_id, target, history, issue_time.to_pydatetime(),
-                                            now, fx.SiteContext.of(self.settings.site))  # fmt: skip
+            cold = self.cold_start.forecast(
+                site_id,
+                target,
+                history,
+                issue_time.to_pydatetime(),
+                now,
+                fx.SiteContext.of(self.settings.site),
+            )
             if cold is None:
                 return None  # nothing measured at all: nothing to stand on
             frame, name, version, meta = cold.frame, coldstart.MODEL_NAME, None, cold.meta()
@@ -166,8 +178,9 @@ class Forecaster:
             site = self.site_context()
             frame, inputs = forecast(model, history, issue_time, site, target, self.weather)
             meta = {"inputs": inputs}
-        self.store.save_issued(site_id, target_name, issue_time.to_pydatetime(), frame, name,
-                               version)  # fmt: skip
+        self.store.save_issued(
+            site_id, target_name, issue_time.to_pydatetime(), frame, name, version
+        )
         issued = Issued(site_id, target, issue_time.to_pydatetime(), frame, name, version, meta)
         self.latest[(site_id, target_name)] = issued
         return issued
@@ -193,9 +206,11 @@ class Forecaster:
         )
         if issued is not None:
             await self.service.publish(
-                topics.FORECAST, issued.message(self.now()), site_id=issued.site_id,
+                topics.FORECAST,
+                issued.message(self.now()),
+                site_id=issued.site_id,
                 device_id=issued.target.name,
-            )  # fmt: skip
+            )
             self.published.labels(target=issued.target.name).inc()
         return issued
 
@@ -237,9 +252,14 @@ class Forecaster:
         async with self._train_lock:
             await service.run_blocking(self.load_modules)
             outcomes: list[TrainOutcome] = await service.run_blocking(
-                guarded, train_all, service.settings, self.store, self.registry, self.now(),
+                guarded,
+                train_all,
+                service.settings,
+                self.store,
+                self.registry,
+                self.now(),
                 only_missing,
-            )  # fmt: skip
+            )
         for o in outcomes:
             self.trained.labels(target=o.target, promoted=str(o.promoted).lower()).inc()
             mae = o.metrics.get(o.model or "", {}).get("mae")

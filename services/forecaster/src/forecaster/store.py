@@ -90,16 +90,29 @@ class ForecastStore:
         return None if first is None else (as_utc(first), as_utc(last))
 
     def save_issued(
-        self, site_id: str, target: str, issue_time: datetime, frame: pd.DataFrame, model: str,
+        self,
+        site_id: str,
+        target: str,
+        issue_time: datetime,
+        frame: pd.DataFrame,
+        model: str,
         version: str | None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Store an issued forecast (frame indexed by interval start, columns p10/p50/p90)."""
         rows = [
-            {"site_id": site_id, "target": target, "issue_time": as_utc(issue_time),
-             "time": t.to_pydatetime(), "p10": float(r.p10), "p50": float(r.p50),
-             "p90": float(r.p90), "model": model, "version": version}
+            {
+                "site_id": site_id,
+                "target": target,
+                "issue_time": as_utc(issue_time),
+                "time": t.to_pydatetime(),
+                "p10": float(r.p10),
+                "p50": float(r.p50),
+                "p90": float(r.p90),
+                "model": model,
+                "version": version,
+            }
             for t, r in frame.iterrows()
-        ]  # fmt: skip
+        ]
         insert: Any = (
             postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         )
@@ -132,9 +145,13 @@ class ForecastStore:
         query = (
             sa.select(i.issue_time, i.p10, i.p50, i.p90, f[column], f.solar_elevation_deg, i.time)
             .join(self.features, sa.and_(f.site_id == i.site_id, f.time == i.time))
-            .where(i.site_id == site_id, i.target == target, i.issue_time >= as_utc(since),
-                   f[column].is_not(None))
-        )  # fmt: skip
+            .where(
+                i.site_id == site_id,
+                i.target == target,
+                i.issue_time >= as_utc(since),
+                f[column].is_not(None),
+            )
+        )
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         frame = pd.DataFrame(
@@ -161,8 +178,12 @@ class ForecastStore:
         from forecaster.evaluation import reference_of
 
         times = pd.DatetimeIndex([as_utc(r[6]) for r in rows]).tz_convert("UTC")
-        history = self.history(site_id, column, (times.min() - pd.Timedelta(days=7)).to_pydatetime(),
-                               (times.max() + fx.STEP).to_pydatetime())  # fmt: skip
+        history = self.history(
+            site_id,
+            column,
+            (times.min() - pd.Timedelta(days=7)).to_pydatetime(),
+            (times.max() + fx.STEP).to_pydatetime(),
+        )
         day = history.reindex(times - pd.Timedelta(days=1)).to_numpy(dtype=float)
         week = history.reindex(times - pd.Timedelta(days=7)).to_numpy(dtype=float)
         actual, p50 = frame["actual"].to_numpy(), frame["p50"].to_numpy()
@@ -177,9 +198,10 @@ class ForecastStore:
         mae = float(np.mean(np.abs(actual[ok] - p50[ok])))
         ref_mae = overall[ref]["mae"]
         return {
-            "n_naive": float(ok.sum()), "mae_on_naive_rows": mae,
+            "n_naive": float(ok.sum()),
+            "mae_on_naive_rows": mae,
             "mae_seasonal_naive_day": overall["seasonal_naive_day"]["mae"],
             "mae_seasonal_naive_week": overall["seasonal_naive_week"]["mae"],
             "skill": 1 - mae / ref_mae if ref_mae > 0 else float("nan"),
             "reference_is_week": float(ref == "seasonal_naive_week"),
-        }  # fmt: skip
+        }

@@ -64,9 +64,13 @@ def enough_history(history: pd.Series, min_days: float) -> bool:
 
 
 def fit_final(
-    history: pd.Series, site: fx.SiteContext, target: Target, name: str, config: TrainConfig,
+    history: pd.Series,
+    site: fx.SiteContext,
+    target: Target,
+    name: str,
+    config: TrainConfig,
     weather: pd.DataFrame | None = None,
-) -> Forecaster:  # fmt: skip
+) -> Forecaster:
     """Fit `point` or `point+band` on the history (with its intraday update and calibration)."""
     x = design_matrix(history, history.index, site, target, weather)
     point, _, band = name.partition("+")
@@ -85,15 +89,27 @@ def usable_weather(weather: pd.DataFrame | None, index: pd.DatetimeIndex) -> pd.
 
 
 def evaluate(
-    history: pd.Series, site: fx.SiteContext, target: Target, config: TrainConfig,
-    progress: Callable[[str], None] | None = None, weather: pd.DataFrame | None = None,
-) -> BacktestResult:  # fmt: skip
+    history: pd.Series,
+    site: fx.SiteContext,
+    target: Target,
+    config: TrainConfig,
+    progress: Callable[[str], None] | None = None,
+    weather: pd.DataFrame | None = None,
+) -> BacktestResult:
     """The rolling-origin backtest of every configured model and the baselines."""
     return backtest(
-        history, site, target, config.models, weather=weather, test_fraction=config.test_fraction,
-        folds=config.folds, max_iter=config.max_iter, threads=config.threads,
-        issue_every=config.issue_every, progress=progress,
-    )  # fmt: skip
+        history,
+        site,
+        target,
+        config.models,
+        weather=weather,
+        test_fraction=config.test_fraction,
+        folds=config.folds,
+        max_iter=config.max_iter,
+        threads=config.threads,
+        issue_every=config.issue_every,
+        progress=progress,
+    )
 
 
 def train_target(
@@ -116,10 +132,15 @@ def train_target(
     history = history.loc[history.first_valid_index() :] if history.notna().any() else history
     if not enough_history(history, config.min_train_days):
         return TrainOutcome(
-            site_id, target.name, None, None, False,
+            site_id,
+            target.name,
+            None,
+            None,
+            False,
             f"not enough history ({history.notna().sum() / fx.STEPS_PER_DAY:.1f} of "
-            f"{config.min_train_days:g} days)", {},
-        )  # fmt: skip
+            f"{config.min_train_days:g} days)",
+            {},
+        )
     began = time.perf_counter()
     weather = usable_weather(weather, history.index)
     inputs = ["history", "calendar", "clear_sky"] + (
@@ -138,27 +159,56 @@ def train_target(
         "rows": int(history.notna().sum()),
     }
     meta: dict[str, Any] = {
-        "site_id": site_id, "target": target.name, "quantity": target.quantity, "model": best,
-        "features": feature_names(target, weather is not None), "inputs": inputs,
+        "site_id": site_id,
+        "target": target.name,
+        "quantity": target.quantity,
+        "model": best,
+        "features": feature_names(target, weather is not None),
+        "inputs": inputs,
         "training_window": training,
-        "trained_at": now.isoformat(), "backtest": {
-            "folds": result.folds, "test_fraction": config.test_fraction,
-            "metrics": result.overall, "by_horizon_h": result.by_horizon_h.get(best, []),
-            "by_group": result.by_group, "day_ahead": result.day_ahead,
-            "reference": result.reference, "issue_every": result.issue_every,
+        "trained_at": now.isoformat(),
+        "backtest": {
+            "folds": result.folds,
+            "test_fraction": config.test_fraction,
+            "metrics": result.overall,
+            "by_horizon_h": result.by_horizon_h.get(best, []),
+            "by_group": result.by_group,
+            "day_ahead": result.day_ahead,
+            "reference": result.reference,
+            "issue_every": result.issue_every,
             "fit_seconds": result.fit_seconds,
         },
-        "promoted": promoted, "reason": reason, "train_seconds": fit_seconds,
-        "choice": {"point": best.partition("+")[0], "point_metric": "mae",
-                   "band": best.partition("+")[2] or best, "band_metric": "pinball of P10/P90"},
-    }  # fmt: skip
+        "promoted": promoted,
+        "reason": reason,
+        "train_seconds": fit_seconds,
+        "choice": {
+            "point": best.partition("+")[0],
+            "point_metric": "mae",
+            "band": best.partition("+")[2] or best,
+            "band_metric": "pinball of P10/P90",
+        },
+    }
     path = registry.new_version(site_id, target.name)
     version = registry.save(path, model, meta)
-    report = write_report(path, result, site_id=site_id, model=best, promoted=promoted,
-                          reason=reason, training=training)  # fmt: skip
+    report = write_report(
+        path,
+        result,
+        site_id=site_id,
+        model=best,
+        promoted=promoted,
+        reason=reason,
+        training=training,
+    )
     if promoted:
         registry.promote(site_id, target.name, version.name)
     return TrainOutcome(
-        site_id, target.name, version.name, best, promoted, reason, result.overall, report,
+        site_id,
+        target.name,
+        version.name,
+        best,
+        promoted,
+        reason,
+        result.overall,
+        report,
         fit_seconds,
-    )  # fmt: skip
+    )

@@ -65,10 +65,12 @@ class SimulatorWeather:
         seasonal = self.seasonal_amplitude_c * np.cos(2 * math.pi * (doy - 200) / 365.25)
         daily = self.daily_amplitude_c * np.cos(2 * math.pi * (solar_hour - 15.0) / 24.0)
         return pd.DataFrame(
-            {"temperature_c": self.annual_mean_c + seasonal + daily,
-             "cloud_cover": np.full(len(times), self.cloud_mean)},
+            {
+                "temperature_c": self.annual_mean_c + seasonal + daily,
+                "cloud_cover": np.full(len(times), self.cloud_mean),
+            },
             index=times,
-        )  # fmt: skip
+        )
 
 
 def parse_open_meteo(body: dict[str, Any]) -> pd.DataFrame:
@@ -104,9 +106,14 @@ class OpenMeteoWeather:
     name: str = "open-meteo"
 
     def url(self) -> str:
-        query = {"latitude": self.latitude, "longitude": self.longitude,
-                 "hourly": "temperature_2m,cloud_cover", "forecast_days": 3,
-                 "past_days": 1, "timezone": "GMT"}  # fmt: skip
+        query = {
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "hourly": "temperature_2m,cloud_cover",
+            "forecast_days": 3,
+            "past_days": 1,
+            "timezone": "GMT",
+        }
         return f"{OPEN_METEO_URL}?{urlencode(query)}"
 
     def read(self) -> dict[str, Any]:

@@ -218,9 +218,11 @@ class JobPlanning:
                 continue
             self._held[entry.request.job_id] = now
             await self.service.publish(
-                topics.SETPOINT, _ev_limit(now, 0.0, max(ttl, 1.0)),
-                site_id=entry.request.house_id, device_id=entry.request.device_id,
-            )  # fmt: skip
+                topics.SETPOINT,
+                _ev_limit(now, 0.0, max(ttl, 1.0)),
+                site_id=entry.request.house_id,
+                device_id=entry.request.device_id,
+            )
 
     async def cycle(self) -> None:
         """Start the jobs due now, then re-plan when something changed or the plan is old."""
@@ -261,6 +263,11 @@ EV_HOLD_TTL_S = 300.0
 
 def _ev_limit(now: datetime, value_kw: float, ttl_s: float) -> SetpointCommand:
     return SetpointCommand(
-        ts=now, source=NAME, target="ev_limit_kw", value=round(value_kw, 3), unit="kW",
-        ttl_s=min(ttl_s, 86_400), priority=Priority.SITE_OPTIMISER,
-    )  # fmt: skip
+        ts=now,
+        source=NAME,
+        target="ev_limit_kw",
+        value=round(value_kw, 3),
+        unit="kW",
+        ttl_s=min(ttl_s, 86_400),
+        priority=Priority.SITE_OPTIMISER,
+    )

@@ -168,10 +168,16 @@ class JobSubmission(BaseModel):
     """A job as submitted over REST: window by latest start or deadline, profile in kW or Wh."""
 
     # the schema says "exactly one of" as the validator does; the four may be left out, not null
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": [
-        {"oneOf": [{"required": ["latest_start"]}, {"required": ["deadline"]}]},
-        {"oneOf": [{"required": ["profile_kw"]}, {"required": ["profile_cumulative_wh"]}]},
-    ]})  # fmt: skip
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "allOf": [
+                {"oneOf": [{"required": ["latest_start"]}, {"required": ["deadline"]}]},
+                {"oneOf": [{"required": ["profile_kw"]}, {"required": ["profile_cumulative_wh"]}]},
+            ]
+        },
+    )
 
     job_id: str | None = Field(default=None, max_length=100, description="generated when absent")
     house_id: str | None = Field(default=None, description="defaults to the service's site")

@@ -15,9 +15,15 @@ def pv_spike(now: datetime, step_s: int, at_step: int, kw: float = 5.0, n: int =
     values = [0.0] * n
     values[at_step] = kw
     return TimeSeries(
-        ts=start, source="forecaster", kind="forecast", quantity="pv_generation_kw",
-        issue_time=start, start=start, step_s=step_s, values=values,
-    )  # fmt: skip
+        ts=start,
+        source="forecaster",
+        kind="forecast",
+        quantity="pv_generation_kw",
+        issue_time=start,
+        start=start,
+        step_s=step_s,
+        values=values,
+    )
 
 
 def step_start(series: TimeSeries, step: int) -> datetime:

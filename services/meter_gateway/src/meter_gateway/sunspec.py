@@ -84,17 +84,43 @@ def model_name(model_id: int) -> str:
 
 
 _TYPES: dict[str, DataType] = {
-    "int16": DataType.INT16, "sunssf": DataType.INT16, "uint16": DataType.UINT16,
-    "count": DataType.UINT16, "acc16": DataType.UINT16, "enum16": DataType.UINT16,
-    "bitfield16": DataType.UINT16, "pad": DataType.UINT16, "int32": DataType.INT32,
-    "uint32": DataType.UINT32, "acc32": DataType.UINT32, "enum32": DataType.UINT32,
-    "bitfield32": DataType.UINT32, "ipaddr": DataType.UINT32, "int64": DataType.INT64,
-    "uint64": DataType.UINT64, "acc64": DataType.UINT64, "float32": DataType.FLOAT32,
-    "float64": DataType.FLOAT64, "string": DataType.STRING,
-}  # fmt: skip
+    "int16": DataType.INT16,
+    "sunssf": DataType.INT16,
+    "uint16": DataType.UINT16,
+    "count": DataType.UINT16,
+    "acc16": DataType.UINT16,
+    "enum16": DataType.UINT16,
+    "bitfield16": DataType.UINT16,
+    "pad": DataType.UINT16,
+    "int32": DataType.INT32,
+    "uint32": DataType.UINT32,
+    "acc32": DataType.UINT32,
+    "enum32": DataType.UINT32,
+    "bitfield32": DataType.UINT32,
+    "ipaddr": DataType.UINT32,
+    "int64": DataType.INT64,
+    "uint64": DataType.UINT64,
+    "acc64": DataType.UINT64,
+    "float32": DataType.FLOAT32,
+    "float64": DataType.FLOAT64,
+    "string": DataType.STRING,
+}
 
-_UNITS = {"W": "W", "Wh": "Wh", "V": "V", "Hz": "Hz", "var": "var", "VA": "VA", "A": "A",
-          "C": "C", "Pct": "%", "AH": "Ah", "Ah": "Ah", "VAh": "1", "varh": "1"}  # fmt: skip
+_UNITS = {
+    "W": "W",
+    "Wh": "Wh",
+    "V": "V",
+    "Hz": "Hz",
+    "var": "var",
+    "VA": "VA",
+    "A": "A",
+    "C": "C",
+    "Pct": "%",
+    "AH": "Ah",
+    "Ah": "Ah",
+    "VAh": "1",
+    "varh": "1",
+}
 
 
 def sunspec_unit(units: str | None) -> str:

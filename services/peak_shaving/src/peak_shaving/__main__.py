@@ -76,9 +76,13 @@ def solve_demo(
     optimizer = ScheduleOptimizer(settings)
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     schedule = optimizer.solve(
-        EmaInputs(start=start, net_load_kw=net, soc_kwh=0.5 * settings.battery_capacity_kwh,
-                  prior_kw=np.zeros(steps))
-    )  # fmt: skip
+        EmaInputs(
+            start=start,
+            net_load_kw=net,
+            soc_kwh=0.5 * settings.battery_capacity_kwh,
+            prior_kw=np.zeros(steps),
+        )
+    )
     typer.echo(json.dumps(schedule.meta(), indent=2))
 
 

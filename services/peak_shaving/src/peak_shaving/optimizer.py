@@ -432,10 +432,13 @@ class ScheduleOptimizer:
 
     def _peaks(self, nets: list[FloatArray], floor: float) -> list[float]:
         return [
-            max(float(np.max(net + np.asarray(v["ch"].value) - np.asarray(v["dis"].value))),
-                floor, 0.0)
+            max(
+                float(np.max(net + np.asarray(v["ch"].value) - np.asarray(v["dis"].value))),
+                floor,
+                0.0,
+            )
             for net, v in zip(nets, self.scenario_vars, strict=True)
-        ]  # fmt: skip
+        ]
 
     def scenario_schedule(
         self, base: Schedule, inputs: EmaInputs, net: FloatArray, k: int
@@ -447,9 +450,14 @@ class ScheduleOptimizer:
         return replace(out, scenario_peaks_kw=base.scenario_peaks_kw)
 
     def _schedule(
-        self, inputs: EmaInputs, net: FloatArray, pick: int, status: str, elapsed_s: float,
+        self,
+        inputs: EmaInputs,
+        net: FloatArray,
+        pick: int,
+        status: str,
+        elapsed_s: float,
         name: str,
-    ) -> Schedule:  # fmt: skip
+    ) -> Schedule:
         cfg = self.config
         v = self.scenario_vars[pick]
         ch = np.maximum(np.asarray(v["ch"].value, dtype=float), 0.0)
@@ -590,8 +598,11 @@ def quantile_trace(
     Raises:
         ValueError: no usable quantile.
     """
-    known = sorted((_KEY_LEVELS[k], np.asarray(v, dtype=float)) for k, v in quantiles.items()
-                   if k in _KEY_LEVELS)  # fmt: skip
+    known = sorted(
+        (_KEY_LEVELS[k], np.asarray(v, dtype=float))
+        for k, v in quantiles.items()
+        if k in _KEY_LEVELS
+    )
     if not known:
         raise ValueError("no p10/p50/p90 quantile to build a scenario from")
     levels = [lv for lv, _ in known]
@@ -715,9 +726,14 @@ def plan_with_scenarios(
 
 
 STRUCTURAL_FIELDS = (
-    "horizon_steps", "step_s", "charge_efficiency", "discharge_efficiency",
-    "violation_penalty_per_kwh", "change_penalty_per_kwh", "wear_cost_per_kwh",
-)  # fmt: skip
+    "horizon_steps",
+    "step_s",
+    "charge_efficiency",
+    "discharge_efficiency",
+    "violation_penalty_per_kwh",
+    "change_penalty_per_kwh",
+    "wear_cost_per_kwh",
+)
 """EmaConfig fields compiled into the problem: a change builds a new one."""
 _COMPILED: dict[tuple[Any, ...], ScheduleOptimizer] = {}
 

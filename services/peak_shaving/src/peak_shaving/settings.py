@@ -65,10 +65,11 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         default=1.4, ge=0, description="below this an EV is paused (limit 0), kW (6 A, 1 phase)"
     )
     site_shard: str | None = Field(
-        default=None, pattern=r"^\d+/[1-9]\d*$",
+        default=None,
+        pattern=r"^\d+/[1-9]\d*$",
         description="k/N: this replica handles the sites of shard k of N (0 <= k < N; by site "
         "id), the other replicas the rest; none = every site",
-    )  # fmt: skip
+    )
     load_forecast_quantile: str | None = Field(
         default="p90",
         description="load forecast quantile the EMA plans on (peak shaving plans on the high"

@@ -77,39 +77,53 @@ class _Metrics:
             registry=registry,
         )
         self.time_on_limit = Gauge(
-            "peak_shaving_time_on_limit_seconds", "Time a limit was binding", ["site"],
+            "peak_shaving_time_on_limit_seconds",
+            "Time a limit was binding",
+            ["site"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.limit_events = Gauge(
-            "peak_shaving_limit_events", "Times the PMA went onto a limit", ["site"],
+            "peak_shaving_limit_events",
+            "Times the PMA went onto a limit",
+            ["site"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.unfixed_s = Gauge(
             "peak_shaving_unfixed_violation_seconds",
-            "Time the PCC stayed beyond a hard limit with the battery at its limit", ["site"],
+            "Time the PCC stayed beyond a hard limit with the battery at its limit",
+            ["site"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.unfixed_kwh = Gauge(
             "peak_shaving_unfixed_violation_kwh",
-            "Energy beyond a hard limit the battery could not remove", ["site"],
+            "Energy beyond a hard limit the battery could not remove",
+            ["site"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.month_peak = Gauge(
-            "peak_shaving_month_peak_kw", "Highest 15-minute average import this month", ["site"],
+            "peak_shaving_month_peak_kw",
+            "Highest 15-minute average import this month",
+            ["site"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.solves = Counter(
-            "peak_shaving_ema_solves_total", "EMA solves by outcome", ["outcome"],
+            "peak_shaving_ema_solves_total",
+            "EMA solves by outcome",
+            ["outcome"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.solve_s = Histogram(
-            "peak_shaving_ema_solve_seconds", "EMA solve wall time",
-            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0), registry=registry,
-        )  # fmt: skip
-        self.acks = Counter(
-            "peak_shaving_setpoint_acks_total", "Battery setpoint acknowledgements", ["status"],
+            "peak_shaving_ema_solve_seconds",
+            "EMA solve wall time",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
             registry=registry,
-        )  # fmt: skip
+        )
+        self.acks = Counter(
+            "peak_shaving_setpoint_acks_total",
+            "Battery setpoint acknowledgements",
+            ["status"],
+            registry=registry,
+        )
 
 
 class PeakShaving:
@@ -259,9 +273,14 @@ class PeakShaving:
         sent, out = utcnow(), []
         for limit in self.ev.decide(site_id, room, ts):
             command = SetpointCommand(
-                ts=sent, source=NAME, target="ev_limit_kw", value=limit.limit_kw, unit="kW",
-                ttl_s=ttl, priority=Priority.SITE_OPTIMISER,
-            )  # fmt: skip
+                ts=sent,
+                source=NAME,
+                target="ev_limit_kw",
+                value=limit.limit_kw,
+                unit="kW",
+                ttl_s=ttl,
+                priority=Priority.SITE_OPTIMISER,
+            )
             out.append((limit.device_id, command))
         return out
 
@@ -318,9 +337,13 @@ class PeakShaving:
             values["plan_fallback"] = 1.0 if self.site(site_id).fallback_reason else 0.0
             values |= self.ev.kpis(site_id)
             report = KpiReport(
-                ts=now, source=NAME, name="peak_shaving", values=values,
-                period_start=self.started_at, period_end=now,
-            )  # fmt: skip
+                ts=now,
+                source=NAME,
+                name="peak_shaving",
+                values=values,
+                period_start=self.started_at,
+                period_end=now,
+            )
             yield site_id, report
 
     # --- EMA ---------------------------------------------------------------------------------
@@ -454,9 +477,11 @@ class PeakShaving:
         plan.schedule = self._series(inputs.start, solution.battery_p_kw.tolist(), now, meta)
         plan.schedule_valid, plan.last_solution, plan.fallback_reason = True, solution, None
         await self.service.publish(
-            topics.BATTERY_SCHEDULE, plan.schedule, site_id=site_id,
+            topics.BATTERY_SCHEDULE,
+            plan.schedule,
+            site_id=site_id,
             device_id=self.settings.battery_device_id,
-        )  # fmt: skip
+        )
         if self._failing.pop(site_id, None) is not None:
             await self._report_failures()
 
@@ -474,9 +499,11 @@ class PeakShaving:
             meta["shifted_from"] = plan.schedule.start.isoformat()
         plan.schedule = self._series(inputs.start, values, now, meta)
         await self.service.publish(
-            topics.BATTERY_SCHEDULE, plan.schedule, site_id=site_id,
+            topics.BATTERY_SCHEDULE,
+            plan.schedule,
+            site_id=site_id,
             device_id=self.settings.battery_device_id,
-        )  # fmt: skip
+        )
 
     def on_prices(self, site_id: str, series: PriceSeries) -> None:
         """A site's new price series: re-plan on it (an older one than held is ignored)."""
@@ -508,10 +535,18 @@ class PeakShaving:
         self, start: datetime, values: list[float], now: datetime, meta: dict[str, Any]
     ) -> TimeSeries:
         return TimeSeries(
-            ts=now, source=NAME, kind="schedule", quantity="battery_p_kw", unit="kW",
-            issue_time=now, start=start, step_s=self.settings.step_s,
-            values=[round(v, 4) for v in values], model="peak_shaving.ema", meta=meta,
-        )  # fmt: skip
+            ts=now,
+            source=NAME,
+            kind="schedule",
+            quantity="battery_p_kw",
+            unit="kW",
+            issue_time=now,
+            start=start,
+            step_s=self.settings.step_s,
+            values=[round(v, 4) for v in values],
+            model="peak_shaving.ema",
+            meta=meta,
+        )
 
     def apply_config(self, old: Settings, new: Settings) -> None:
         """Hand new settings to the controller; the EMA gets them with each solve (a worker

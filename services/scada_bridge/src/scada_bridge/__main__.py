@@ -23,9 +23,15 @@ def link_settings(settings: Settings) -> MqttSettings:
     bdSeq in its will, as soon as it sees the connection gone) and each attempt is one try.
     """
     return settings.mqtt.model_copy(
-        update={"client_id": None, "connect_retries": 0, "reconnect_min_delay_s": 3600.0,
-                "reconnect_max_delay_s": 3600.0, "protocol": "3.1.1", "client": "paho"}
-    )  # fmt: skip
+        update={
+            "client_id": None,
+            "connect_retries": 0,
+            "reconnect_min_delay_s": 3600.0,
+            "reconnect_max_delay_s": 3600.0,
+            "protocol": "3.1.1",
+            "client": "paho",
+        }
+    )
 
 
 @app.callback(invoke_without_command=True)

@@ -128,21 +128,27 @@ class _Metrics:
     def __init__(self, service: Service[Settings, Bridge]) -> None:
         registry = service.metrics.registry
         self.sparkplug_out = Counter(
-            "scada_bridge_sparkplug_messages_total", "Sparkplug messages published",
-            ["type"], registry=registry,
-        )  # fmt: skip
+            "scada_bridge_sparkplug_messages_total",
+            "Sparkplug messages published",
+            ["type"],
+            registry=registry,
+        )
         self.commands = Counter(
-            "scada_bridge_commands_total", "Commands received by origin and outcome",
-            ["origin", "outcome"], registry=registry,
-        )  # fmt: skip
+            "scada_bridge_commands_total",
+            "Commands received by origin and outcome",
+            ["origin", "outcome"],
+            registry=registry,
+        )
         self.bd_seq = Gauge(
-            "scada_bridge_sparkplug_bdseq", "bdSeq of the current Sparkplug session",
+            "scada_bridge_sparkplug_bdseq",
+            "bdSeq of the current Sparkplug session",
             registry=registry,
-        )  # fmt: skip
+        )
         self.ha_configs = Gauge(
-            "scada_bridge_ha_configs", "Home Assistant discovery configs published",
+            "scada_bridge_ha_configs",
+            "Home Assistant discovery configs published",
             registry=registry,
-        )  # fmt: skip
+        )
 
 
 class Bridge:
@@ -260,9 +266,15 @@ class Bridge:
         site = self.site(site_id)
         try:
             cmd = SetpointCommand(
-                ts=self.clock(), source=NAME, setpoint_id=new_setpoint_id(), target=target,
-                value=value, unit=SETPOINT_UNITS[target], ttl_s=ttl_s, priority=priority,
-            )  # fmt: skip
+                ts=self.clock(),
+                source=NAME,
+                setpoint_id=new_setpoint_id(),
+                target=target,
+                value=value,
+                unit=SETPOINT_UNITS[target],
+                ttl_s=ttl_s,
+                priority=priority,
+            )
         except ValidationError as err:
             self.metrics.commands.labels(origin=origin, outcome="rejected").inc()
             reason = describe_problems(err)
@@ -277,9 +289,13 @@ class Bridge:
         await self.service.publish(topics.SETPOINT, cmd, site_id=site_id, device_id=device_id)
         base = f"{device_id}/setpoint"
         changes = site.changed(
-            {f"{base}/{target}": value, f"{base}/status": "sent", f"{base}/reason": None,
-             f"{base}/setpoint_id": cmd.setpoint_id}
-        )  # fmt: skip
+            {
+                f"{base}/{target}": value,
+                f"{base}/status": "sent",
+                f"{base}/reason": None,
+                f"{base}/setpoint_id": cmd.setpoint_id,
+            }
+        )
         await self.publish_site(site, changes)
         return cmd
 
@@ -318,9 +334,10 @@ class Bridge:
                 spb.topic(cfg.group_id, "NCMD", cfg.edge_node_id), 0, self.on_node_command
             )
             await link.subscribe(
-                spb.device_command_filter(cfg.group_id, cfg.edge_node_id), 0,
+                spb.device_command_filter(cfg.group_id, cfg.edge_node_id),
+                0,
                 self.on_device_command,
-            )  # fmt: skip
+            )
         except BusError as err:
             await link.close()
             await self.service.set_degraded("sparkplug", f"cannot connect: {err}")
@@ -346,8 +363,10 @@ class Bridge:
             cfg = self.settings
             await link.publish(
                 spb.topic(cfg.group_id, "NDEATH", cfg.edge_node_id),
-                spb.death_payload(session.bd_seq, self.clock()), qos=1, retain=False,
-            )  # fmt: skip
+                spb.death_payload(session.bd_seq, self.clock()),
+                qos=1,
+                retain=False,
+            )
             self.metrics.sparkplug_out.labels(type="NDEATH").inc()
         await link.close()
 
@@ -385,8 +404,9 @@ class Bridge:
         metrics = self.node_metrics()
         await self._send(
             spb.topic(cfg.group_id, "NBIRTH", cfg.edge_node_id),
-            session.node_birth(now, metrics), "NBIRTH",
-        )  # fmt: skip
+            session.node_birth(now, metrics),
+            "NBIRTH",
+        )
         self.node_born_names = frozenset(d.name for d, _ in metrics)
         for site in self.sites.values():
             site.born_names = None
@@ -402,8 +422,9 @@ class Bridge:
         metrics = [(d, site.values.get(n)) for n, d in site.defs.items()]
         await self._send(
             spb.topic(cfg.group_id, "DBIRTH", cfg.edge_node_id, site.site_id),
-            session.message(self.clock(), metrics, birth=True), "DBIRTH",
-        )  # fmt: skip
+            session.message(self.clock(), metrics, birth=True),
+            "DBIRTH",
+        )
         site.born_names = frozenset(site.defs)
 
     async def publish_site(self, site: SiteModel, changes: dict[str, MetricValue]) -> None:
@@ -418,8 +439,9 @@ class Bridge:
         metrics = [(site.defs[n], v) for n, v in changes.items()]
         await self._send(
             spb.topic(cfg.group_id, "DDATA", cfg.edge_node_id, site.site_id),
-            session.message(self.clock(), metrics, birth=False), "DDATA",
-        )  # fmt: skip
+            session.message(self.clock(), metrics, birth=False),
+            "DDATA",
+        )
 
     async def publish_node(self, states: dict[str, str]) -> None:
         """Service states as NDATA; a service not in the NBIRTH yet means a rebirth."""
@@ -434,8 +456,9 @@ class Bridge:
         metrics = [(_service_metric(s), v) for s, v in states.items()]
         await self._send(
             spb.topic(cfg.group_id, "NDATA", cfg.edge_node_id),
-            session.message(self.clock(), metrics, birth=False), "NDATA",
-        )  # fmt: skip
+            session.message(self.clock(), metrics, birth=False),
+            "NDATA",
+        )
 
     async def check_stale(self) -> None:
         """DDEATH for every born site whose telemetry stopped (data STALE for hosts)."""
@@ -447,8 +470,9 @@ class Bridge:
             if site.born_names is not None and not self._alive(site, now):
                 await self._send(
                     spb.topic(cfg.group_id, "DDEATH", cfg.edge_node_id, site.site_id),
-                    session.message(now, [], birth=False), "DDEATH",
-                )  # fmt: skip
+                    session.message(now, [], birth=False),
+                    "DDEATH",
+                )
                 site.born_names = None
 
     def _alive(self, site: SiteModel, now: datetime) -> bool:
@@ -544,13 +568,15 @@ class Bridge:
                     out.append(entity)
             if key == topics.BATTERY.key:
                 out += ha.setpoint_entities(
-                    device, device_id,
+                    device,
+                    device_id,
                     ha.setpoint_command_topic(cfg.ha_command_prefix, site.site_id, device_id),
                     ha.setpoint_state_topic(cfg.ha_command_prefix, site.site_id, device_id),
-                    site.limits_kw.get(device_id, (-cfg.ha_battery_limit_kw,
-                                                   cfg.ha_battery_limit_kw)),
+                    site.limits_kw.get(
+                        device_id, (-cfg.ha_battery_limit_kw, cfg.ha_battery_limit_kw)
+                    ),
                     [own, *avail],
-                )  # fmt: skip
+                )
         for name, d in site.defs.items():
             if not name.startswith("kpi/"):
                 continue

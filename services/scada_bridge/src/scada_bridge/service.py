@@ -102,11 +102,14 @@ def build_service(
         """The Sparkplug session: bdSeq, last seq, sites with a DBIRTH in force."""
         session = bridge.session
         return SparkplugInfo(
-            enabled=bridge.make_link is not None, connected=bridge.link_up(),
-            group_id=bridge.settings.group_id, edge_node_id=bridge.settings.edge_node_id,
-            bd_seq=session.bd_seq if session else None, seq=session.seq if session else None,
+            enabled=bridge.make_link is not None,
+            connected=bridge.link_up(),
+            group_id=bridge.settings.group_id,
+            edge_node_id=bridge.settings.edge_node_id,
+            bd_seq=session.bd_seq if session else None,
+            seq=session.seq if session else None,
             born_sites=sorted(s.site_id for s in bridge.sites.values() if s.born_names),
-        )  # fmt: skip
+        )
 
     @router.post("/sparkplug/rebirth", response_model=Rebirth)
     async def post_rebirth(_auth: TokenDep) -> Rebirth:

@@ -220,12 +220,18 @@ class EdgeNodeSession:
         payload = pb.Payload(timestamp=ts_ms, seq=0)
         bd = payload.metrics.add()
         bd.name, bd.timestamp, bd.datatype, bd.long_value = (
-            BDSEQ, ts_ms, DataType.UINT64, self.bd_seq,
-        )  # fmt: skip
+            BDSEQ,
+            ts_ms,
+            DataType.UINT64,
+            self.bd_seq,
+        )
         rebirth = payload.metrics.add()
         rebirth.name, rebirth.timestamp, rebirth.datatype, rebirth.boolean_value = (
-            REBIRTH, ts_ms, DataType.BOOLEAN, False,
-        )  # fmt: skip
+            REBIRTH,
+            ts_ms,
+            DataType.BOOLEAN,
+            False,
+        )
         for d, value in metrics:
             add_metric(payload, d, value, ts_ms, birth=True)
         return bytes(payload.SerializeToString())

@@ -33,10 +33,17 @@ def compile_payload_class(proto: Path = PROTO) -> type[PbMessage]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "sparkplug.desc"
         result = subprocess.run(
-            [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto.parent}",
-             f"--descriptor_set_out={out}", str(proto)],
-            capture_output=True, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{proto.parent}",
+                f"--descriptor_set_out={out}",
+                str(proto),
+            ],
+            capture_output=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"protoc failed: {result.stderr.decode(errors='replace')}")
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
@@ -95,16 +102,23 @@ class SparkplugHost:
         payload = self.payload_class()
         payload.ParseFromString(raw.payload)
         self.received.append(
-            Received(raw.topic, parts[2], parts[4] if len(parts) > 4 else None, raw.qos,
-                     raw.retain, payload)
-        )  # fmt: skip
+            Received(
+                raw.topic,
+                parts[2],
+                parts[4] if len(parts) > 4 else None,
+                raw.qos,
+                raw.retain,
+                payload,
+            )
+        )
 
     def of(self, message_type: str, device_id: str | None = None) -> list[Received]:
         """Messages of one type (and device)."""
         return [
-            r for r in self.received
+            r
+            for r in self.received
             if r.message_type == message_type and (device_id is None or r.device_id == device_id)
-        ]  # fmt: skip
+        ]
 
     def command(self, metrics: dict[str, tuple[int, str, Any]]) -> bytes:
         """A command payload: name → (datatype, value field, value), timestamped now."""
@@ -162,9 +176,10 @@ def check_discovery(
         problems += [f"origin needs {k}" for k in rules["origin_required"] if not origin.get(k)]
     for item in config.get("availability", []):
         problems += [
-            f"availability item needs {k}" for k in rules["availability_item_required"]
+            f"availability item needs {k}"
+            for k in rules["availability_item_required"]
             if not item.get(k)
-        ]  # fmt: skip
+        ]
     mode = config.get("availability_mode")
     if mode is not None and mode not in rules["availability_modes"]:
         problems.append(f"availability_mode {mode!r}")

@@ -50,9 +50,11 @@ def feeder_sim(
     from voltage_coordinator.sim_service import build_feeder_sim
 
     settings = _settings(
-        api_port=api_port, sim_interval_s=interval_s, sim_start_step=start_step,
+        api_port=api_port,
+        sim_interval_s=interval_s,
+        sim_start_step=start_step,
         sim_hold_step=hold or None,
-    )  # fmt: skip
+    )
     serve(build_feeder_sim(settings, make_bus(settings.mqtt, "feeder_sim")))
 
 
@@ -94,9 +96,16 @@ def convert(
 
     areas = dict(a.split("=", 1) for a in area) if area else None
     feeder = convert_dec(
-        bus_info, branch_info, load_shape, pv_shape, feeder_id=feeder_id, source_bus=source_bus,
-        source_v_pu=source_v_pu, normally_open=open_switch or ("sw7", "sw8"), areas=areas,
-    )  # fmt: skip
+        bus_info,
+        branch_info,
+        load_shape,
+        pv_shape,
+        feeder_id=feeder_id,
+        source_bus=source_bus,
+        source_v_pu=source_v_pu,
+        normally_open=open_switch or ("sw7", "sw8"),
+        areas=areas,
+    )
     output.write_text(feeder.to_json() + "\n")
     typer.echo(
         f"wrote {output}: {len(feeder.buses)} buses, {len(feeder.branches)} branches "
@@ -160,12 +169,17 @@ def import_dss_command(
             typer.echo(f"import-dss: {err}", err=True)
             raise typer.Exit(2) from err
     study = Study(
-        load_scale=load_scale, pv_share=pv_share, source_pu=source_pu,
+        load_scale=load_scale,
+        pv_share=pv_share,
+        source_pu=source_pu,
         pv_kw={k: float(v) for k, v in (item.split("=", 1) for item in pv or [])},
         load_profile=read_shape(load_shape) if load_shape else load_day,
-        pv_profile=read_shape(pv_shape) if pv_shape else pv_day, interval_s=interval_s,
-        areas=read_areas(areas) if areas else None, area_count=area_count, feeder_id=feeder_id,
-    )  # fmt: skip
+        pv_profile=read_shape(pv_shape) if pv_shape else pv_day,
+        interval_s=interval_s,
+        areas=read_areas(areas) if areas else None,
+        area_count=area_count,
+        feeder_id=feeder_id,
+    )
     try:
         feeder = import_dss(master, study, command or ())
     except ConfigError as err:
@@ -205,12 +219,17 @@ def plot(
     finally:
         ac.close()
     plot_profiles(
-        solver.tree.nodes, before.vector(solver.tree), after.vector(solver.tree), avail,
-        fixed.curtailment.limit_kw, settings.v_max_pu, output,
+        solver.tree.nodes,
+        before.vector(solver.tree),
+        after.vector(solver.tree),
+        avail,
+        fixed.curtailment.limit_kw,
+        settings.v_max_pu,
+        output,
         f"{feeder.feeder_id} step {step}: no control max {before.max_pu:.4f} pu, "
         f"coordinated max {after.max_pu:.4f} pu, curtailed {fixed.curtailment.curtailed_kw:.0f} kW",
         after_label="AC after",
-    )  # fmt: skip
+    )
     typer.echo(f"wrote {output}")
 
 

@@ -250,8 +250,13 @@ class AreaProblem:
         g = np.clip(np.asarray(self.g.value, dtype=float), 0.0, 1.0)
         return {gid: float(g[i]) for i, gid in enumerate(self.group_ids)}
 
-    def initial_values(self, flow_v2: FloatArray, flow_p: FloatArray, flow_q: FloatArray,
-                       full_index: Mapping[tuple[str, int], int]) -> dict[str, float]:  # fmt: skip
+    def initial_values(
+        self,
+        flow_v2: FloatArray,
+        flow_p: FloatArray,
+        flow_q: FloatArray,
+        full_index: Mapping[tuple[str, int], int],
+    ) -> dict[str, float]:
         """Scaled boundary values from a full-feeder linear flow (a cold start)."""
         out: dict[str, float] = {}
         for key in self.keys:
@@ -283,9 +288,10 @@ def group_totals_mw(
 def compile_tree_nodes(feeder: Feeder) -> list[tuple[str, int]]:
     """Node order of the full compiled tree (cached on the feeder's graph order)."""
     return [
-        (bus, PHASES.index(p)) for bus in nx.topological_sort(feeder.graph)
+        (bus, PHASES.index(p))
+        for bus in nx.topological_sort(feeder.graph)
         for p in feeder.bus[bus].phases
-    ]  # fmt: skip
+    ]
 
 
 @dataclass
@@ -464,18 +470,30 @@ class DistributedSolver:
         self.last = state
         result = self.assemble(inputs, state, time.perf_counter() - started)
         report = AdmmReport(
-            state.iteration, state.converged, state.r_primal, state.r_dual, state.rho,
-            time.perf_counter() - started, max_area, list(state.history),
-        )  # fmt: skip
+            state.iteration,
+            state.converged,
+            state.r_primal,
+            state.r_dual,
+            state.rho,
+            time.perf_counter() - started,
+            max_area,
+            list(state.history),
+        )
         return result, report
 
     def assemble(self, inputs: StepInputs, state: ConsensusState, elapsed: float) -> Curtailment:
         """The feeder's curtailment from the agents' last solves and the consensus fractions."""
         return assemble_curtailment(
-            self.feeder, self.tree, inputs, self.groups,
-            {aid: a.fractions() for aid, a in self.agents.items()}, state.z,
-            self.options.fraction_scale, elapsed, state.iteration,
-        )  # fmt: skip
+            self.feeder,
+            self.tree,
+            inputs,
+            self.groups,
+            {aid: a.fractions() for aid, a in self.agents.items()},
+            state.z,
+            self.options.fraction_scale,
+            elapsed,
+            state.iteration,
+        )
 
 
 def assemble_curtailment(

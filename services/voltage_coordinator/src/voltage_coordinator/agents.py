@@ -100,9 +100,14 @@ def build_area_agent(
 
     async def send(rnd: _AgentRound, iteration: int, values: Boundary, done: bool) -> None:
         msg = AreaExchange(
-            ts=utcnow(), source=f"{NAME}:{area_id}", area_id=area_id, round_id=rnd.round_id,
-            iteration=iteration, values=values, converged=done,
-        )  # fmt: skip
+            ts=utcnow(),
+            source=f"{NAME}:{area_id}",
+            area_id=area_id,
+            round_id=rnd.round_id,
+            iteration=iteration,
+            values=values,
+            converged=done,
+        )
         await service.publish(topics.AREA_EXCHANGE, msg, site_id=fid, device_id=area_id)
 
     async def progress(rnd: _AgentRound) -> None:

@@ -185,9 +185,13 @@ class Coordinator:
         with the residual bound still holds for it."""
         s = self.settings
         other = settle(
-            solve, model, self.feeder, self.tree, replace(inputs, v_bias_pu=np.zeros(self.tree.size)),
+            solve,
+            model,
+            self.feeder,
+            self.tree,
+            replace(inputs, v_bias_pu=np.zeros(self.tree.size)),
             v_max_pu=s.v_max_pu,
-        )  # fmt: skip
+        )
         if (
             not other.converged
             or other.curtailment.curtailed_kw >= settled.curtailment.curtailed_kw
@@ -210,13 +214,24 @@ class Coordinator:
     ) -> Decision:
         s = self.settings
         settled = settle(
-            solve, self.model, self.feeder, self.tree, inputs,
-            residual_gain=s.residual_gain, v_max_pu=s.v_max_pu,
-        )  # fmt: skip
+            solve,
+            self.model,
+            self.feeder,
+            self.tree,
+            inputs,
+            residual_gain=s.residual_gain,
+            v_max_pu=s.v_max_pu,
+        )
         if s.fairness == "equal_kw" and self.model is not None:
             settled = self._lower_fixed_point(settled, solve, inputs, self.model)
         cut = settled.curtailment
         return Decision(
-            state.step, inputs, cut, limits_to_send(self.feeder, cut), method,
-            settled.predicted_pu, settled.bias_pu, settled.converged,
-        )  # fmt: skip
+            state.step,
+            inputs,
+            cut,
+            limits_to_send(self.feeder, cut),
+            method,
+            settled.predicted_pu,
+            settled.bias_pu,
+            settled.converged,
+        )

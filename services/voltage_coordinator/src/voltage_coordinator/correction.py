@@ -172,6 +172,9 @@ def inputs_from_state(feeder: Feeder, tree: Tree, state: FeederState) -> StepInp
         if phases is not None and len(phases) > k and phases[k] is not None:
             measured[i] = float(phases[k])  # type: ignore[arg-type]
     return StepInputs(
-        load_mult, dict(state.pv_available_kw), bias_from(tree, measured, v_lin),
-        dict(state.pv_output_kw), measured,
-    )  # fmt: skip
+        load_mult,
+        dict(state.pv_available_kw),
+        bias_from(tree, measured, v_lin),
+        dict(state.pv_output_kw),
+        measured,
+    )

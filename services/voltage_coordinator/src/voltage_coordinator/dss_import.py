@@ -38,8 +38,15 @@ if TYPE_CHECKING:
     from voltage_coordinator.acflow import AcResult
 
 REPRESENTED = {
-    "vsource", "line", "transformer", "regcontrol", "capcontrol", "load", "capacitor", "pvsystem",
-}  # fmt: skip
+    "vsource",
+    "line",
+    "transformer",
+    "regcontrol",
+    "capcontrol",
+    "load",
+    "capacitor",
+    "pvsystem",
+}
 """Circuit element classes the feeder format represents (controls: their state as solved)."""
 IGNORED = {"energymeter", "monitor", "fuse", "recloser", "relay", "swtcontrol", "sensor"}
 """Measurement and protection elements: no effect on the steady-state power flow."""

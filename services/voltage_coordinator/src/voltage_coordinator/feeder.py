@@ -321,11 +321,12 @@ def convert_dec(
         pv_kw = {ph: info["pv"][phase_index(ph)][0] / 1000 for ph in phases}
         buses.append(
             Bus(
-                name=name, phases=phases,
+                name=name,
+                phases=phases,
                 load_kw={k: v for k, v in load_kw.items() if v},
                 load_kvar={k: v for k, v in load_kvar.items() if v},
             )
-        )  # fmt: skip
+        )
         if any(pv_kw.values()):
             pvs.append(Pv(id=f"pv{name}", bus=name, kw={k: v for k, v in pv_kw.items() if v}))
     bus_phases = {b.name: set(b.phases) for b in buses}
@@ -348,11 +349,17 @@ def convert_dec(
         x = [[z[i][j][1] if i in keep and j in keep else 0.0 for j in range(3)] for i in range(3)]
         branches.append(
             Branch(
-                name=name, kind=kind, from_bus=fr, to_bus=to, phases=phases, r_ohm=r, x_ohm=x,
+                name=name,
+                kind=kind,
+                from_bus=fr,
+                to_bus=to,
+                phases=phases,
+                r_ohm=r,
+                x_ohm=x,
                 normally_open=name in open_set,
                 tap=dict.fromkeys(phases, 1.0) if kind == "regulator" else {},
             )
-        )  # fmt: skip
+        )
     feeder = Feeder(
         feeder_id=feeder_id,
         attribution=attribution,

@@ -175,12 +175,23 @@ def compile_tree(
         for ph, kw in pv.kw.items():
             share[idx[(pv.bus, phase_index(ph))], j] = kw / pv.rating_kw
     return Tree(
-        buses=order, nodes=nodes, parent=parent, tap2=tap2, child=child, parent_map=parent_map,
-        cp=cp, cq=cq, root_nodes=[idx[(root_bus, phase_index(p))] for p in feeder.bus[root_bus].phases],
-        load_mw=load_mw, load_mvar=load_mvar, shunt_mvar=shunt_mvar, pv_ids=[pv.id for pv in pvs], pv_share=share,
+        buses=order,
+        nodes=nodes,
+        parent=parent,
+        tap2=tap2,
+        child=child,
+        parent_map=parent_map,
+        cp=cp,
+        cq=cq,
+        root_nodes=[idx[(root_bus, phase_index(p))] for p in feeder.bus[root_bus].phases],
+        load_mw=load_mw,
+        load_mvar=load_mvar,
+        shunt_mvar=shunt_mvar,
+        pv_ids=[pv.id for pv in pvs],
+        pv_share=share,
         pv_rating_mw=np.array([pv.rating_kw / 1000 for pv in pvs]),
         ghost_nodes=[i for i, (b, _) in enumerate(nodes) if b in set(ghosts)],
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,16 @@ def area_setpoints(
         area = owner[pv.bus]
         doc = out.setdefault(
             area,
-            {"feeder_id": feeder.feeder_id, "area_id": area, "ts": ts, "step": decision.step,
-             "method": decision.method, "rule": rule, "pvs": {}},
-        )  # fmt: skip
+            {
+                "feeder_id": feeder.feeder_id,
+                "area_id": area,
+                "ts": ts,
+                "step": decision.step,
+                "method": decision.method,
+                "rule": rule,
+                "pvs": {},
+            },
+        )
         doc["pvs"][pv.id] = {
             "bus": pv.bus,
             "available_kw": round(cut.available_kw.get(pv.id, 0.0), 4),

@@ -67,10 +67,16 @@ def plot_decision(
         [(before.v_pu.get(bus) or [None, None, None])[k] or np.nan for bus, k in tree.nodes]
     )
     plot_profiles(
-        tree.nodes, measured, decision.predicted_pu, decision.curtailment.available_kw, decision.limits_kw,
-        1.05, out, f"{feeder.feeder_id} step {decision.step}: {decision.method}",
+        tree.nodes,
+        measured,
+        decision.predicted_pu,
+        decision.curtailment.available_kw,
+        decision.limits_kw,
+        1.05,
+        out,
+        f"{feeder.feeder_id} step {decision.step}: {decision.method}",
         after_label="predicted",
-    )  # fmt: skip
+    )
 
 
 def plot_day(

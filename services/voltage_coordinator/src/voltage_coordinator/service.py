@@ -152,9 +152,13 @@ def build_service(
         rnd = st.start_round(state, time.monotonic())
         rule = RULE_CODES[(service.settings.fairness, service.settings.group_by)]
         start = AreaExchange(
-            ts=utcnow(), source=NAME, area_id=COORDINATOR_DEVICE, round_id=rnd.round_id,
-            iteration=0, values=rnd.start_values(rule),
-        )  # fmt: skip
+            ts=utcnow(),
+            source=NAME,
+            area_id=COORDINATOR_DEVICE,
+            round_id=rnd.round_id,
+            iteration=0,
+            values=rnd.start_values(rule),
+        )
         await service.publish(
             topics.AREA_EXCHANGE, start, site_id=fid, device_id=COORDINATOR_DEVICE
         )
@@ -180,14 +184,20 @@ def build_service(
 
     async def _publish(decision: Decision, state: FeederState) -> None:
         msg = PvCurtailmentSet(
-            ts=utcnow(), source=NAME, feeder_id=fid, limits_kw=decision.limits_kw,
-            ttl_s=service.settings.setpoint_ttl_s, priority=Priority.GRID_OPERATOR,
-        )  # fmt: skip
+            ts=utcnow(),
+            source=NAME,
+            feeder_id=fid,
+            limits_kw=decision.limits_kw,
+            ttl_s=service.settings.setpoint_ttl_s,
+            priority=Priority.GRID_OPERATOR,
+        )
         await service.publish(topics.PV_CURTAILMENT, msg, site_id=fid, device_id=COORDINATOR_DEVICE)
         st.published_decision(decision, state, msg)
         cut = decision.curtailment
         kpi = KpiReport(
-            ts=msg.ts, source=NAME, name="pv_curtailment",
+            ts=msg.ts,
+            source=NAME,
+            name="pv_curtailment",
             values={
                 "curtailed_kw": round(cut.curtailed_kw, 4),
                 "available_kw": round(sum(cut.available_kw.values()), 4),
@@ -198,7 +208,7 @@ def build_service(
                 "iterations": float(cut.iterations),
                 "passes": float(cut.passes),
             },
-        )  # fmt: skip
+        )
         await service.publish(topics.KPI, kpi, site_id=fid, device_id=NAME)
         if service.settings.write_setpoint_files:
             rule = f"{service.settings.fairness}/{service.settings.group_by}"
@@ -215,13 +225,22 @@ def build_service(
             return {"feeder_id": fid, "published": False}
         cut = d.curtailment
         return {
-            "feeder_id": fid, "published": True, "setpoint_id": msg.setpoint_id,
-            "ts": msg.ts.isoformat(), "ttl_s": msg.ttl_s, "priority": msg.priority.value,
-            "step": d.step, "method": d.method, "limits_kw": d.limits_kw,
-            "fraction": cut.fraction, "group_fraction": cut.group_fraction,
-            "curtailed_kw": cut.curtailed_kw, "iterations": cut.iterations, "passes": cut.passes,
+            "feeder_id": fid,
+            "published": True,
+            "setpoint_id": msg.setpoint_id,
+            "ts": msg.ts.isoformat(),
+            "ttl_s": msg.ttl_s,
+            "priority": msg.priority.value,
+            "step": d.step,
+            "method": d.method,
+            "limits_kw": d.limits_kw,
+            "fraction": cut.fraction,
+            "group_fraction": cut.group_fraction,
+            "curtailed_kw": cut.curtailed_kw,
+            "iterations": cut.iterations,
+            "passes": cut.passes,
             "solve_s": cut.solve_s,
-        }  # fmt: skip
+        }
 
     @router.get("/voltages", response_model=Voltages, response_model_exclude_none=True)
     def get_voltages() -> dict[str, Any]:
@@ -230,13 +249,17 @@ def build_service(
         out: dict[str, Any] = {"feeder_id": fid, "v_max_pu": service.settings.v_max_pu}
         if latest is not None:
             out.update(
-                step=latest.step, ts=latest.ts.isoformat(), measured_pu=latest.v_pu,
+                step=latest.step,
+                ts=latest.ts.isoformat(),
+                measured_pu=latest.v_pu,
                 measured_max_pu=_max_v(latest),
                 nodes_above=sum(
-                    1 for vs in latest.v_pu.values() for v in vs
+                    1
+                    for vs in latest.v_pu.values()
+                    for v in vs
                     if v is not None and v > service.settings.v_max_pu
                 ),
-            )  # fmt: skip
+            )
         if st.decision is not None:
             predicted = st.decision.predicted_pu
             by_bus: dict[str, list[float | None]] = {}
@@ -246,9 +269,10 @@ def build_service(
         return out
 
     @router.get(
-        "/plot.png", response_class=Response,
+        "/plot.png",
+        response_class=Response,
         responses={200: content("image/png", "the profiles and curtailment"), **errors(404)},
-    )  # fmt: skip
+    )
     def get_plot() -> Response:
         """PNG: voltage profile before/after the last decision and the curtailment per PV."""
         if st.decision is None or st.before is None:

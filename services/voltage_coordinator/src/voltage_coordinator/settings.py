@@ -21,9 +21,17 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="VC_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
-        {"solve_interval_s", "fairness", "group_by", "margin_pu", "v_max_pu", "setpoint_ttl_s",
-         "mode", "distributed_method"}
-    )  # fmt: skip
+        {
+            "solve_interval_s",
+            "fairness",
+            "group_by",
+            "margin_pu",
+            "v_max_pu",
+            "setpoint_ttl_s",
+            "mode",
+            "distributed_method",
+        }
+    )
 
     api_port: int = Field(default=8108, ge=0, le=65535, description="API port (0 = any free)")
     feeder_file: Path | None = Field(
@@ -116,6 +124,8 @@ class Settings(ServiceSettings):
     def admm(self) -> AdmmOptions:
         """ADMM options from the settings."""
         return AdmmOptions(
-            rho=self.admm_rho, max_iterations=self.admm_max_iterations,
-            eps_abs=self.admm_eps_abs, eps_rel=self.admm_eps_rel,
-        )  # fmt: skip
+            rho=self.admm_rho,
+            max_iterations=self.admm_max_iterations,
+            eps_abs=self.admm_eps_abs,
+            eps_rel=self.admm_eps_rel,
+        )

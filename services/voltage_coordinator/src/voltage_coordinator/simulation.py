@@ -63,18 +63,26 @@ class FeederSimulation:
                 refused.append(f"{pid}: unknown PV")
                 continue
             cmd = SetpointCommand(
-                ts=batch.ts, source=batch.source, setpoint_id=f"{batch.setpoint_id}:{pid}",
-                target="pv_limit_kw", value=limit, unit="kW", ttl_s=batch.ttl_s,
+                ts=batch.ts,
+                source=batch.source,
+                setpoint_id=f"{batch.setpoint_id}:{pid}",
+                target="pv_limit_kw",
+                value=limit,
+                unit="kW",
+                ttl_s=batch.ttl_s,
                 priority=batch.priority,
-            )  # fmt: skip
+            )
             ack = arbiter.submit(cmd, now)[0]
             if ack.status == "rejected":
                 refused.append(f"{pid}: {ack.reason}")
         return SetpointAck(
-            ts=now, source=SOURCE, setpoint_id=batch.setpoint_id,
+            ts=now,
+            source=SOURCE,
+            setpoint_id=batch.setpoint_id,
             status="rejected" if refused else "accepted",
-            reason="; ".join(refused)[:2000] or None, target="pv_limit_kw",
-        )  # fmt: skip
+            reason="; ".join(refused)[:2000] or None,
+            target="pv_limit_kw",
+        )
 
     def expire(self, now: datetime) -> int:
         """Drop lapsed limits (the PVs revert to uncurtailed); returns how many lapsed."""
@@ -94,11 +102,15 @@ class FeederSimulation:
         load_mult = self.feeder.profiles.load[self.step_index]
         self.last = self.ac.solve(load_mult, outputs)
         return FeederState(
-            ts=now, source=SOURCE, feeder_id=self.feeder.feeder_id, step=self.step_index,
-            v_pu=self.last.by_bus(), pv_available_kw=self.available_kw(),
+            ts=now,
+            source=SOURCE,
+            feeder_id=self.feeder.feeder_id,
+            step=self.step_index,
+            v_pu=self.last.by_bus(),
+            pv_available_kw=self.available_kw(),
             pv_output_kw={k: round(v, 6) for k, v in outputs.items()},
             load_p_kw=round(self.feeder.total_load_kw * load_mult, 6),
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
         """Release the AC power flow (waits for a solve in flight; see `AcFlow.close`)."""

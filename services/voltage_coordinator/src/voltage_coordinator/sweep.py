@@ -441,15 +441,25 @@ class RowSolver:
             frac, passes = equal_kw_fractions(rows, avail, self._member, v2max, v2min)
             per_pv = {pid: float(f) for pid, f in zip(t.pv_ids, frac, strict=True)}
             result = group_curtailment(
-                self.feeder, t, inputs, {p: p for p in t.pv_ids}, per_pv,
-                elapsed + time.perf_counter() - started, 3,
-            )  # fmt: skip
+                self.feeder,
+                t,
+                inputs,
+                {p: p for p in t.pv_ids},
+                per_pv,
+                elapsed + time.perf_counter() - started,
+                3,
+            )
             return replace(result, passes=passes)
         fractions = solve_fractions(rows, self.row_group_ids, v2max, v2min)
         return group_curtailment(
-            self.feeder, t, inputs, self.groups, fractions,
-            elapsed + time.perf_counter() - started, 3,
-        )  # fmt: skip
+            self.feeder,
+            t,
+            inputs,
+            self.groups,
+            fractions,
+            elapsed + time.perf_counter() - started,
+            3,
+        )
 
 
 class SweepSolver:

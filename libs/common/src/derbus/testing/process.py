@@ -34,9 +34,11 @@ class ServiceProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=self.env, stdout=out,
+                [sys.executable, "-m", self.module],
+                env=self.env,
+                stdout=out,
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
 
     def get(self, path: str) -> dict[str, Any] | None:
         """GET a JSON document of its API (None while it does not answer).
@@ -101,8 +103,11 @@ def service_env(prefix: str, host: str, port: int, root: str, **settings: str) -
 
     env = {k: v for k, v in os.environ.items() if not k.startswith((prefix, "MQTT_", "INFLUXDB_"))}
     env.update(
-        MQTT_HOST=host, MQTT_PORT=str(port), MQTT_ROOT=root, MQTT_RECONNECT_MIN_DELAY_S="0.1",
+        MQTT_HOST=host,
+        MQTT_PORT=str(port),
+        MQTT_ROOT=root,
+        MQTT_RECONNECT_MIN_DELAY_S="0.1",
         MQTT_RECONNECT_MAX_DELAY_S="0.5",
-    )  # fmt: skip
+    )
     env.update(settings)
     return env
