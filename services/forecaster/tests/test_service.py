@@ -105,6 +105,32 @@ def test_service_is_ready_without_a_database_or_data(tmp_path: Path) -> None:
         assert client.get("/models").json() == {"models": []}
 
 
+def test_a_store_locked_at_start_up_gets_its_tables_at_the_next_issue(tmp_path: Path) -> None:
+    """A first `make run` backfills history into the embedded store while the services start:
+    the forecaster's schema creation can meet a locked SQLite file. It must try again, not stay
+    degraded for ever ("no such table: forecasts_issued", seen under make test-dates)."""
+    import sqlite3
+    import time
+
+    import sqlalchemy as sa
+
+    settings = Settings(data_dir=tmp_path, train_at_start=False, issue_interval_s=1.0)
+    locker = sqlite3.connect(tmp_path / "cloud.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # what a long write by another service holds
+    service = build_service(settings, InMemoryBus())
+    with TestClient(make_app(service)):
+        assert "database" in service.degraded_reasons  # start-up met the lock (~5 s timeout)
+        locker.execute("ROLLBACK")
+        locker.close()
+        deadline = time.monotonic() + 30
+        while "database" in service.degraded_reasons and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "database" not in service.degraded_reasons, service.degraded_reasons
+    assert sa.inspect(sa.create_engine(settings.database.sqlalchemy_url(tmp_path))).has_table(
+        "forecasts_issued"
+    )
+
+
 def test_a_new_issue_interval_from_put_config_holds_from_the_next_issue(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path, train_at_start=False, issue_interval_s=900, api_token="tok"

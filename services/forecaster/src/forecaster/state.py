@@ -65,6 +65,9 @@ class Forecaster:
         self.models: dict[tuple[str, str], tuple[str, Model]] = {}
         self.latest: dict[tuple[str, str], Issued] = {}
         self.trained_at_start = False
+        self.schema_ready = False
+        """Whether the tables exist: a failed creation at start-up (a store still locked by a
+        first start's backfill, a database not up yet) is tried again before every issue."""
         """Whether the first `retrain` tick (the start-up training) has run."""
         self._importing = threading.Lock()
         self._train_lock = asyncio.Lock()
@@ -194,6 +197,8 @@ class Forecaster:
             await self.service.run_blocking(guarded, self.store.ensure_schema)
         except StorageError as err:
             await self.service.set_degraded("database", str(err))
+        else:
+            self.schema_ready = True
 
     async def issue_and_publish(self, site_id: str, target: str) -> Issued | None:
         """Issue a site's forecast of a target now and publish it (None without history).
@@ -226,6 +231,9 @@ class Forecaster:
         service = self.service
         async with self._issue_lock:
             try:
+                if not self.schema_ready:
+                    await service.run_blocking(guarded, self.store.ensure_schema)
+                    self.schema_ready = True
                 sites = await service.run_blocking(guarded, self.sites, self.now())
                 count = 0
                 for site_id in sites:
