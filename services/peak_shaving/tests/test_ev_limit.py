@@ -63,6 +63,21 @@ def test_excess_is_taken_from_the_evs_by_rating_then_released() -> None:
     assert lim.decide("s", 0.5, T0 + timedelta(seconds=33)) == []
 
 
+def test_a_power_reading_that_lags_the_limit_does_not_release_it() -> None:
+    """ev_charging reports the limit once the station took the profile, the power with the next
+    MeterValues: in between the charger shows limit 5.5 at 11 kW while the PCC already shows the
+    lower draw (no room left). That is no room to release (seen under load: 5.5 / 11 chatter)."""
+    lim = limiter()
+    lim.on_telemetry("s", "a", ev(11.0))
+    assert lim.decide("s", -5.5, T0) == [EvLimit("a", 5.5)]
+    lim.on_telemetry("s", "a", ev(11.0, limit_kw=5.5))  # the limit taken, the power not yet
+    assert lim.decide("s", 0.0, T0 + timedelta(seconds=6)) == []
+    assert lim.limits("s") == {"a": 5.5}
+    # real room (the site's load fell by 6 kW): released
+    lim.on_telemetry("s", "a", ev(5.5, limit_kw=5.5))
+    assert lim.decide("s", 6.0, T0 + timedelta(seconds=12)) == [EvLimit("a", 11.0, release=True)]
+
+
 def test_below_the_minimum_current_the_ev_pauses_and_an_ended_session_is_forgotten() -> None:
     lim = limiter()
     lim.on_telemetry("s", "a", ev(2.0))

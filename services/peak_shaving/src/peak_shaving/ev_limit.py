@@ -106,7 +106,13 @@ class EvLimiter:
             return []
         rating = {d: t.max_kw or max(t.p_kw, t.limit_kw or 0.0) for d, t in now_charging.items()}
         total_rating = sum(rating.values())
-        allowed = max(sum(t.p_kw for t in now_charging.values()) + room_kw, 0.0)
+        # a charger draws at most the limit it reports: its power can lag its limit (the
+        # station's MeterValues come after it took the profile) while the PCC already shows the
+        # lower draw, and the lagging power would read as room enough to release the limit
+        drawn = sum(
+            t.p_kw if t.limit_kw is None else min(t.p_kw, t.limit_kw) for t in now_charging.values()
+        )
+        allowed = max(drawn + room_kw, 0.0)
         out: list[EvLimit] = []
         if allowed >= total_rating - _EPS_KW:  # enough room for all: release
             for device in list(site.sent):
