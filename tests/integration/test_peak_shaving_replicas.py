@@ -214,6 +214,11 @@ async def _replicas_split_the_sites(
 
         # 3. replica 0 again (same settings, so the same client id and session): its sites back
         restarted = clock()
+        # a new API port: the old one was free for ~20 s, and another process on the machine may
+        # have bound it (make test-dates beside a CI run: "address already in use" on restart);
+        # the shard, and so the client id and session, stay the same
+        dead.api_port = free_port()
+        dead.env["PS_API_PORT"] = str(dead.api_port)
         dead.start()
         await until_ready(dead, f"restarted peak_shaving replica 0/{SHARDS}")
         back = clock()
