@@ -158,12 +158,14 @@ async def test_agents_faults_fall_back_on_the_latest_state_and_rejoin(
             return st.decision is not None and st.decision.method == "agents"
 
         await wait_for(by_agents, timeout=30, message="a decision by the agents")
-        # killed: area3's agent goes away
+        # killed: area3's agent goes away. Counted from here: a first round can already have
+        # timed out while the agents subscribed (seen under make test-dates beside a CI run)
+        fallbacks, solves = st.fallbacks, st.solves
         await agents["area3"].stop()
         started.remove(agents["area3"])
-        await wait_for(lambda: st.fallbacks >= 1, timeout=30, message="the round abandoned")
+        await wait_for(lambda: st.fallbacks > fallbacks, timeout=30, message="the round abandoned")
         assert "area3" in coordinator.degraded_reasons["agents"]
-        await wait_for(lambda: st.solves >= 2 and st.decision.method == "centralised", 30)
+        await wait_for(lambda: st.solves > solves and st.decision.method == "centralised", 30)
         assert st.abandoned is not None
         assert st.before is not None
         assert st.before.ts > st.abandoned.state.ts  # the latest state, not the round's
