@@ -22,14 +22,13 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from derbus import health
 from derbus.errors import ConfigError
 from derbus.jsonfile import write_json
 from derbus.settings import MqttSettings
@@ -536,12 +535,8 @@ def wait_until_ready(port: int, child: Child, timeout_s: float) -> bool:
 
 
 def ready(port: int) -> bool:
-    """Whether a service API on localhost:port answers /readyz with 200."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    """Whether a service API on localhost:port answers /readyz with 200 (plain HTTP)."""
+    return health.probe(port, {"DERBUS_HEALTH_SCHEME": "http"}, timeout_s=1.0) == ""
 
 
 def readiness(platform: Platform) -> dict[str, bool]:

@@ -194,10 +194,18 @@ class Forecaster:
         if self.settings.database.database_url is None:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            await self.service.run_blocking(guarded, self.store.ensure_schema)
+            await self.ensure_schema()
         except StorageError as err:
             await self.service.set_degraded("database", str(err))
-        else:
+
+    async def ensure_schema(self) -> None:
+        """Create the tables unless that already worked once.
+
+        Raises:
+            StorageError: the database failed.
+        """
+        if not self.schema_ready:
+            await self.service.run_blocking(guarded, self.store.ensure_schema)
             self.schema_ready = True
 
     async def issue_and_publish(self, site_id: str, target: str) -> Issued | None:
@@ -231,9 +239,7 @@ class Forecaster:
         service = self.service
         async with self._issue_lock:
             try:
-                if not self.schema_ready:
-                    await service.run_blocking(guarded, self.store.ensure_schema)
-                    self.schema_ready = True
+                await self.ensure_schema()
                 sites = await service.run_blocking(guarded, self.sites, self.now())
                 count = 0
                 for site_id in sites:
