@@ -85,9 +85,11 @@ def slots(schedule: TimeSeries, start: datetime, first: int, end: int) -> list[f
     A plan begins at the quarter hour it is made in: one slot after `start` when the test
     straddles a quarter hour (the integration test of prices failed on that once in CI).
     """
-    shift = round((schedule.start - start).total_seconds() / schedule.step_s)
-    assert shift in (0, 1), (schedule.start, start)
-    return schedule.values[first - shift : end - shift]
+    assert timedelta(0) <= schedule.start - start <= timedelta(seconds=schedule.step_s), (
+        schedule.start,
+        start,
+    )
+    return schedule.on_grid(start, schedule.step_s, end)[first:end]
 
 
 def forecast(values: list[float], quantity: str = "load_p_kw") -> TimeSeries:
