@@ -78,6 +78,21 @@ def test_a_power_reading_that_lags_the_limit_does_not_release_it() -> None:
     assert lim.decide("s", 6.0, T0 + timedelta(seconds=12)) == [EvLimit("a", 11.0, release=True)]
 
 
+def test_a_limit_the_pcc_shows_before_the_charger_reports_it_is_not_released_at_once() -> None:
+    """The station took the profile and draws less (the PCC shows it: no excess left) while
+    ev_charging still reports the charger as before, without our limit and at 11 kW. Read as
+    11 kW drawn with room 0 that is room for the full rating (seen under faketime with OCPP
+    2.0.1: 5.5 -> 11 kW within 70 ms, again and again); a release waits for `settle_s`."""
+    lim = limiter()
+    lim.on_telemetry("s", "a", ev(11.0))
+    assert lim.decide("s", -5.5, T0) == [EvLimit("a", 5.5)]
+    assert lim.decide("s", 0.0, T0 + timedelta(milliseconds=70)) == []
+    assert lim.limits("s") == {"a": 5.5}
+    lim.on_telemetry("s", "a", ev(5.5, limit_kw=5.5))
+    assert lim.decide("s", 0.0, T0 + timedelta(seconds=6)) == []  # settled, no room: kept
+    assert lim.decide("s", 6.0, T0 + timedelta(seconds=7)) == [EvLimit("a", 11.0, release=True)]
+
+
 def test_below_the_minimum_current_the_ev_pauses_and_an_ended_session_is_forgotten() -> None:
     lim = limiter()
     lim.on_telemetry("s", "a", ev(2.0))

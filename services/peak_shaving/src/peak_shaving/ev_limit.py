@@ -6,7 +6,7 @@ charging EVs (learnt from `telemetry.ev_charger`) get an `ev_limit_kw` setpoint:
 may draw what they draw now minus the excess, shared in proportion to their ratings. While
 limited, the room left (ceiling - expected PCC + what the battery could still discharge) raises
 the limits again; once they reach the ratings the limits are released (a last setpoint at the
-rating, then none: nothing lingers). A limit lives `ttl_s` and is refreshed at half of it, so a
+rating, then none: nothing lingers; not sooner than `settle_s` after the last change). A limit lives `ttl_s` and is refreshed at half of it, so a
 PMA that stops leaves the chargers at full power within one TTL. One change per charger is in
 flight at a time: the next waits until the charger reports the limit it was sent and `settle_s`
 have passed (PCC readings may lag the charger's own; chargers take seconds to follow). When the
@@ -37,7 +37,8 @@ class EvLimit:
 @dataclass
 class _Sent:
     limit_kw: float
-    ts: datetime
+    ts: datetime  # sent (a refresh too)
+    changed: datetime  # the limit last changed
 
 
 @dataclass
@@ -115,6 +116,11 @@ class EvLimiter:
         allowed = max(drawn + room_kw, 0.0)
         out: list[EvLimit] = []
         if allowed >= total_rating - _EPS_KW:  # enough room for all: release
+            # once every limit has settled: the PCC can show a limit taken before the charger's
+            # telemetry shows it at all (no limit, the old power), which reads as room enough
+            settle = timedelta(seconds=self.settle_s)
+            if any(ts - s.changed < settle for s in site.sent.values()):
+                return []
             for device in list(site.sent):
                 out.append(EvLimit(device, rating[device], release=True))
                 del site.sent[device]
@@ -125,7 +131,7 @@ class EvLimiter:
             limit = round(share if share >= self.min_kw else 0.0, 2)
             last = site.sent.get(device)
             if last is not None:
-                waited = ts - last.ts >= timedelta(seconds=self.settle_s)
+                waited = ts - last.changed >= timedelta(seconds=self.settle_s)
                 reported = t.limit_kw is not None and abs(t.limit_kw - last.limit_kw) < _EPS_KW
                 # another optimiser's setpoint of the same priority replaced ours with a higher one
                 overridden = t.limit_kw is not None and t.limit_kw > last.limit_kw + _EPS_KW
@@ -135,7 +141,8 @@ class EvLimiter:
                     continue
                 if due and small:
                     limit = last.limit_kw
-            site.sent[device] = _Sent(limit, ts)
+            same = last is not None and abs(limit - last.limit_kw) < _EPS_KW
+            site.sent[device] = _Sent(limit, ts, last.changed if last and same else ts)
             out.append(EvLimit(device, limit))
         site.commands += len(out)
         return out
