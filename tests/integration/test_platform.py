@@ -53,19 +53,37 @@ async def test_embedded_amqtt_broker_carries_retained_qos1(
 ) -> None:
     settings = MqttSettings(port=amqtt_port, root=topic_root, protocol="3.1.1")  # amqtt: no MQTT 5
     pub, sub = MqttBus(settings), MqttBus(settings)
-    await pub.connect()
     topic = topics.METER.topic("s1", "pcc", topic_root)
-    await pub.publish(topic, b"retained", qos=1, retain=True)
-    await sub.connect()
+    echoed: list[RawMessage] = []
     got: list[RawMessage] = []
+
+    async def echo(message: RawMessage) -> None:
+        echoed.append(message)
 
     async def record(message: RawMessage) -> None:
         got.append(message)
 
+    await pub.connect()
+    await pub.subscribe(topic, 1, echo)
+    await pub.publish(topic, b"retained", qos=1, retain=True)
+    # the broker has stored and broadcast it once the publisher hears it back: amqtt queues the
+    # broadcast before it stores the retained copy, so a subscription made in between would get
+    # both (QoS 1 allows the duplicate; make test-dates 2027-10-31 beside a CI run saw it once)
+    await wait_for(lambda: bool(echoed), 10, message="the publisher's own retained message")
+    await sub.connect()
     await sub.subscribe(topics.METER.filter(root=topic_root), 1, record)
-    await wait_for(lambda: [m.payload for m in got] == [b"retained"], 10)
+    await wait_for(lambda: bool(got), 10, message="the retained message on subscribe")
     await pub.publish(topic, b"live", qos=1)
-    await wait_for(lambda: [m.payload for m in got] == [b"retained", b"live"], 10)
+    await wait_for(lambda: got[-1].payload == b"live", 10, message="the live message")
+    # amqtt 0.12 can send a retained message twice: once for the subscription, once more (QoS 0)
+    # when its connect handler, still running, replays retained messages to the session's
+    # subscriptions (seen every time when the subscription follows the connect at once, and
+    # once under make test-dates). QoS 1 is at least once, so a duplicate is within the contract;
+    # the order, the retain flags and that nothing else arrives are what this checks
+    distinct = [k for i, k in enumerate(got) if i == 0 or k.payload != got[i - 1].payload]
+    assert [(m.payload, m.retain) for m in distinct] == [(b"retained", True), (b"live", False)]
+    assert got[-1].qos == 1
+    assert len(got) <= 3, got
     await pub.close()
     await sub.close()
 
