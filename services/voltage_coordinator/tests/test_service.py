@@ -19,9 +19,10 @@ from derbus.settings import load_settings
 from derbus.testing import BusRecorder, wait_for
 from voltage_coordinator.agents import build_area_agent
 from voltage_coordinator.feeder import Feeder
-from voltage_coordinator.service import build_service, setpoint_dir
+from voltage_coordinator.service import build_service
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sim_service import build_feeder_sim
+from voltage_coordinator.state import setpoint_dir
 
 
 @pytest.mark.parametrize("mode", ["centralised", "distributed"])
