@@ -19,14 +19,12 @@ from derbus.messages import AreaExchange, FeederState, utcnow
 from derbus.service import Context, Service
 from voltage_coordinator.admm import area_specs
 from voltage_coordinator.correction import inputs_from_state
-from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.feeder import COORDINATOR_DEVICE, FEEDER_DEVICE, Feeder
 from voltage_coordinator.network import compile_tree
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sweep import RULES, Boundary, SweepAgent, group_order
 
 NAME = "voltage_area"
-COORDINATOR = "coordinator"
-FEEDER_DEVICE = "feeder"
 _KEEP_STATES = 16
 
 
@@ -140,7 +138,7 @@ def build_area_agent(
 
     @service.on(topics.AREA_EXCHANGE, site_id=fid)
     async def on_exchange(msg: AreaExchange, ctx: Context) -> None:
-        if msg.area_id == COORDINATOR:
+        if msg.area_id == COORDINATOR_DEVICE:
             rule = int(msg.values.get("rule", 0))
             if rule not in RULES:
                 await service.set_degraded("round", f"unknown fairness rule code {rule}")

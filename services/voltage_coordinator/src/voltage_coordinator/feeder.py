@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from derbus.errors import ConfigError
 
+FEEDER_DEVICE = "feeder"
+"""The device level of a feeder's own topics (its state, its acks)."""
+COORDINATOR_DEVICE = "coordinator"
+"""The device level and area id under which the coordinator publishes."""
 PHASES: tuple[str, ...] = ("a", "b", "c")
 Phase = Literal["a", "b", "c"]
 FORMAT = "derbus-feeder/1"

@@ -12,9 +12,9 @@ from derbus.http import content, errors
 from derbus.messages import AreaExchange, FeederState
 from derbus.service import Context, Service
 from voltage_coordinator.api_models import SentLimits, Voltages
-from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.feeder import FEEDER_DEVICE, Feeder
 from voltage_coordinator.settings import Settings
-from voltage_coordinator.state import FEEDER_DEVICE, NAME, CoordinatorState
+from voltage_coordinator.state import NAME, CoordinatorState
 
 
 def build_service(

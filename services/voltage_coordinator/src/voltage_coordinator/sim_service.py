@@ -8,12 +8,11 @@ from derbus import topics
 from derbus.bus.base import Bus
 from derbus.messages import PvCurtailmentSet, utcnow
 from derbus.service import Context, Service
-from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.feeder import FEEDER_DEVICE, Feeder
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.simulation import FeederSimulation
 
 NAME = "feeder_sim"
-FEEDER_DEVICE = "feeder"
 
 
 def build_feeder_sim(

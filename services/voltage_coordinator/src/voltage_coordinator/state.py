@@ -16,15 +16,13 @@ from derbus.messages import AreaExchange, FeederState, KpiReport, PvCurtailmentS
 from derbus.messages.control import Priority
 from derbus.service import Service
 from voltage_coordinator.coordinator import Coordinator, Decision
-from voltage_coordinator.feeder import Feeder
+from voltage_coordinator.feeder import COORDINATOR_DEVICE, Feeder
 from voltage_coordinator.outputs import area_setpoints, write_area_files
 from voltage_coordinator.rounds import Outcome, Round
 from voltage_coordinator.settings import Settings
 from voltage_coordinator.sweep import RULE_CODES
 
 NAME = "voltage_coordinator"
-COORDINATOR_DEVICE = "coordinator"
-FEEDER_DEVICE = "feeder"
 
 
 def setpoint_dir(settings: Settings, feeder_id: str) -> Path:
