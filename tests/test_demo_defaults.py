@@ -15,7 +15,7 @@ from peak_shaving.settings import Settings as PeakShavingSettings
 
 
 def ps_default(name: str) -> Any:
-    """peak_shaving's default of a setting (as declared: no PS_* environment applies)."""
+    """peak_shaving's default of a setting (as declared: no PEAK_SHAVING_* environment applies)."""
     return PeakShavingSettings.model_fields[name].default
 
 

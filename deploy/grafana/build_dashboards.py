@@ -333,7 +333,7 @@ def site_overview() -> dict[str, Any]:
             unit="kwatt",
             w=24,
             description="Power at the point of common coupling, + import / − export, with the "
-            "peak-shaving limits (dashboard variables: set them to PS_ limits).",
+            "peak-shaving limits (dashboard variables: set them to PEAK_SHAVING_ limits).",
             overrides=[dashed("import_limit_kw", "red"), dashed("export_limit_kw", "orange")],
         ),
         lay.panel(

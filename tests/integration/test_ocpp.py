@@ -301,7 +301,7 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
 async def test_simulator_sites_as_charge_points(
     mqtt_settings: MqttSettings, observer: MqttBus, version: Version
 ) -> None:
-    """The edge simulator with `EDGE_OCPP_URL`: one station per site, vehicles charging."""
+    """The edge simulator with `EDGE_SIMULATOR_OCPP_URL`: one station per site, vehicles charging."""
     root = mqtt_settings.root
     stations = {
         f"sim-site-{i:04d}": StationConfig(site_id=f"site-{i:04d}", id_tokens=("SIM-TAG",))

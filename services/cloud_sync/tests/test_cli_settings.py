@@ -22,10 +22,10 @@ def test_unprefixed_and_prefixed_environment_names(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("INFLUXDB_URL", "http://influx:8086")
     monkeypatch.setenv("INFLUXDB_TOKEN", "tok")
     monkeypatch.setenv("INFLUXDB_ORG", "plain-org")
-    monkeypatch.setenv("SYNC_INFLUXDB_ORG", "sync-org")
+    monkeypatch.setenv("CLOUD_SYNC_INFLUXDB_ORG", "sync-org")
     monkeypatch.setenv("INFLUXDB_BUCKET", "b1")
-    monkeypatch.setenv("SYNC_BATCH_SIZE", "250")
-    monkeypatch.setenv("SYNC_INTERVAL_SECONDS", "2.5")
+    monkeypatch.setenv("CLOUD_SYNC_BATCH_SIZE", "250")
+    monkeypatch.setenv("CLOUD_SYNC_INTERVAL_SECONDS", "2.5")
     monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db:5432/derbus")
     s = Settings()
     assert s.influxdb.url == "http://influx:8086"

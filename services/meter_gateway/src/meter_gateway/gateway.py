@@ -56,7 +56,7 @@ class Gateway:
     async def start(self) -> None:
         """Start each device's poll task (and control task when it has controls)."""
         if not self.runners:
-            log.warning("no devices configured (set GATEWAY_DEVICES_FILE)")
+            log.warning("no devices configured (set METER_GATEWAY_DEVICES_FILE)")
         for runner in self.runners.values():
             self.tasks.append(
                 asyncio.create_task(runner.run_polling(), name=f"poll:{runner.label}")
