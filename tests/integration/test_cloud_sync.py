@@ -138,7 +138,7 @@ def sync_settings(tmp_path: Path, mqtt: MqttSettings, db_url: str, **extra: Any)
         "database": DatabaseSettings(database_url=db_url),
         "mqtt": mqtt,
         "client_id": f"cloud-sync-it-{uuid.uuid4().hex[:8]}",
-        "interval_seconds": 0.2,
+        "interval_s": 0.2,
         "batch_size": 50,
         "kpi_interval_s": 0.5,
         "retry_attempts": 2,
@@ -407,7 +407,7 @@ def sync_process_env(
         CLOUD_SYNC_API_PORT=str(free_port()),
         DATABASE_URL=postgres_url,
         CLOUD_SYNC_BATCH_SIZE="40",
-        CLOUD_SYNC_INTERVAL_SECONDS="0.05",
+        CLOUD_SYNC_INTERVAL_S="0.05",
         CLOUD_SYNC_KPI_INTERVAL_S="60",
         CLOUD_SYNC_LOG_LEVEL="WARNING",
     )

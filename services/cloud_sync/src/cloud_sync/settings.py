@@ -20,11 +20,11 @@ class Settings(ServiceSettings):
     then the plain `INFLUXDB_*` variables.
     """
 
-    model_config = SettingsConfigDict(env_prefix="CLOUD_SYNC_", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="CLOUD_SYNC_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "batch_size",
-            "interval_seconds",
+            "interval_s",
             "outbox_max_rows",
             "outbox_warn_pct",
             "kpi_interval_s",
@@ -51,7 +51,7 @@ class Settings(ServiceSettings):
     batch_size: int = Field(
         default=5000, ge=1, le=100_000, description="readings per batch sent to the cloud database"
     )
-    interval_seconds: float = Field(
+    interval_s: float = Field(
         default=5.0, gt=0, le=86_400, description="seconds between forwarding passes"
     )
     intake_batch_messages: int = Field(

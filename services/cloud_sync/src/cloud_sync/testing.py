@@ -54,7 +54,7 @@ class SyncProcess(ServiceProcess):
             "CLOUD_SYNC_API_PORT": str(api_port),
             "DATABASE_URL": database_url,
             "CLOUD_SYNC_BATCH_SIZE": "500",
-            "CLOUD_SYNC_INTERVAL_SECONDS": "0.2",
+            "CLOUD_SYNC_INTERVAL_S": "0.2",
             "CLOUD_SYNC_KPI_INTERVAL_S": "60",
             "CLOUD_SYNC_GAP_RETRY_S": "1",
             "CLOUD_SYNC_LOG_LEVEL": "WARNING",
