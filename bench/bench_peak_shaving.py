@@ -412,7 +412,7 @@ async def _latency(
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    decision = _histogram_mean(metrics, "peak_shaving_decision_seconds")
+    decision = _histogram_mean(metrics, "derbus_peak_shaving_decision_seconds")
     ms = sorted(x * 1000 for x in latencies)
     q = np.percentile(ms, [50, 90, 99]) if ms else [float("nan")] * 3
     echo = np.percentile([x * 1000 for x in echoes], [50, 99]) if echoes else [float("nan")] * 2
@@ -441,7 +441,7 @@ async def _latency(
         "p99": q[2],
         "max": ms[-1] if ms else float("nan"),
         "decision_mean_ms": decision * 1000,
-        "ema_solves": _counter(metrics, 'peak_shaving_ema_solves_total{outcome="ok"}'),
+        "ema_solves": _counter(metrics, 'derbus_peak_shaving_ema_solves_total{outcome="ok"}'),
         "windows": windows,
     }
 

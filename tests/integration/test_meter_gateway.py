@@ -199,7 +199,7 @@ async def test_killed_device_goes_stale_and_recovers_without_restart(gateway: Ga
     await gateway.server.stop()
     await wait_for(lambda: gateway.states("pcc")[-1:] == ["stale"], 10, message="pcc stale")
     stale = gateway.service.metrics.registry.get_sample_value(
-        "gateway_device_stale", {"device": "site-it/pcc"}
+        "derbus_meter_gateway_device_stale", {"device": "site-it/pcc"}
     )
     assert stale == 1
     await gateway.server.start()

@@ -292,7 +292,7 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
     assert sum(csms.state.frames_rejected.values()) == 4
     registry = csms.metrics.registry
     counted = sum(
-        registry.get_sample_value("derbus_ocpp_frames_rejected_total", {"code": c}) or 0.0
+        registry.get_sample_value("derbus_ev_charging_frames_rejected_total", {"code": c}) or 0.0
         for c in set(codes)
     )
     assert counted == 4

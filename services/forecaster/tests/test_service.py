@@ -82,7 +82,7 @@ def test_service_publishes_trains_and_answers(
         assert min(pv_body["quantiles"]["p10"]) >= 0
         models = client.get("/models").json()["models"]
         assert {(m["target"], m["version"]) for m in models} >= {("load", "v0001")}
-        assert "derbus_forecasts_published_total" in client.get("/metrics").text
+        assert "derbus_forecaster_forecasts_published_total" in client.get("/metrics").text
 
     forecasts = [m for m in bus.published if topics.FORECAST.matches(m.topic, "t/fc")]
     assert {m.topic for m in forecasts} == {

@@ -185,9 +185,9 @@ async def test_metrics_and_balance_endpoints(rig: Rig) -> None:
     await rig.cycle()
     async with await client_for(rig) as client:
         metrics = (await client.get("/metrics")).text
-        assert 'lm_load_on{device="load1"} 1.0' in metrics
-        assert "lm_period_balance_wh" in metrics
-        assert 'lm_day_kpi{kpi="switchings"} 1.0' in metrics
+        assert 'derbus_load_manager_load_on{device="load1"} 1.0' in metrics
+        assert "derbus_load_manager_period_balance_wh" in metrics
+        assert 'derbus_load_manager_day_kpi{kpi="switchings"} 1.0' in metrics
         balance = (await client.get("/balance")).json()
         assert balance["rule"] == "time_to_consume"
         assert balance["loads"]["load1"]["on"] is True

@@ -153,12 +153,12 @@ class Simulator:
         self.device_index = {d.device_id: k for k, d in enumerate(self.devices)}
         registry = service.metrics.registry
         self.replayed = Counter(
-            "derbus_edge_replayed_readings_total",
+            "derbus_edge_simulator_replayed_readings_total",
             "Readings published again on a replay request",
             registry=registry,
         )
         self.replay_missed = Counter(
-            "derbus_edge_replay_missed_readings_total",
+            "derbus_edge_simulator_replay_missed_readings_total",
             "Readings asked for again that had left the buffer (lost for good)",
             registry=registry,
         )
