@@ -19,7 +19,7 @@ from typing import Any
 
 from derbus.bus import InMemoryBus
 from derbus.testing import free_port, port_open
-from meter_gateway.config import parse_config, resolve
+from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.service import build_service
 from meter_gateway.settings import Settings
 

@@ -8,8 +8,8 @@ import pytest
 
 from derbus.launcher import demo_stations
 from derbus.settings import SiteSettings
-from edge_simulator.config import BatteryConfig
 from edge_simulator.ocpp_cp import OcppSimSettings
+from edge_simulator.sim_config import BatteryConfig
 from ev_charging.settings import Settings as EvSettings
 from peak_shaving.settings import Settings as PeakShavingSettings
 

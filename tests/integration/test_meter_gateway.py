@@ -20,7 +20,7 @@ from derbus.messages import (
 )
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
-from meter_gateway.config import parse_config, resolve
+from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.devsim import DeviceServer, sunspec_addresses, sunspec_image, words
 from meter_gateway.registers import DataType
 from meter_gateway.service import build_service

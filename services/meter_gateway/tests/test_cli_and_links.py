@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from derbus.errors import ConfigError
 from meter_gateway.__main__ import app
-from meter_gateway.config import SerialConnection, TcpConnection, load_map
+from meter_gateway.device_map import SerialConnection, TcpConnection, load_map
 from meter_gateway.devsim import MemoryLink, sunspec_image, words
 from meter_gateway.link import LinkPool, make_client
 from meter_gateway.registers import DataType

@@ -21,8 +21,8 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.testing import BusRecorder, wait_for
-from meter_gateway.config import ResolvedDevice, parse_config, resolve
 from meter_gateway.device import DeviceRunner
+from meter_gateway.device_map import ResolvedDevice, parse_config, resolve
 from meter_gateway.devsim import MemoryLink, sunspec_image
 from meter_gateway.registers import DataType, encode
 from meter_gateway.service import build_service

@@ -14,10 +14,10 @@ from derbus.bus import make_bus
 from derbus.errors import ConfigError
 from derbus.runner import serve
 from derbus.settings import InfluxSettings, load_settings_or_exit
-from edge_simulator.config import SimConfig, dump_sim_config
 from edge_simulator.output import StepView
 from edge_simulator.service import build_service
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig, dump_sim_config
 from edge_simulator.simulator import SERVICE_NAME, build_fleet, resolve_config
 
 app = typer.Typer(add_completion=False, help="Simulated DER sites on the bus and over Modbus TCP.")

@@ -18,7 +18,7 @@ ALL_DEVICES: tuple[str, ...] = ("pcc", "pv", "battery", "load", "ev", "load1", "
 
 
 class Settings(ServiceSettings):
-    """Edge simulator settings. Physical models come from `config_file` (see config.py)."""
+    """Edge simulator settings. Physical models come from `config_file` (see sim_config.py)."""
 
     model_config = SettingsConfigDict(env_prefix="EDGE_SIMULATOR_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(

@@ -24,13 +24,13 @@ from derbus import topics
 from derbus.errors import StorageError
 from derbus.service import Service
 from derbus.topics import TopicIds
-from edge_simulator.config import SimConfig, load_sim_config
 from edge_simulator.control import AckOut, Controls
 from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
 from edge_simulator.resend import SentBuffer
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig, load_sim_config
 from edge_simulator.wire import DEVICES, encode_step
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from derbus.bus import make_bus
 from derbus.errors import ConfigError, DeviceError
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit
-from meter_gateway.config import load_devices, load_map
+from meter_gateway.device_map import load_devices, load_map
 from meter_gateway.scan import parse_target, scan_registers, scan_sunspec, tcp_link
 from meter_gateway.service import build_service
 from meter_gateway.settings import Settings

@@ -31,8 +31,8 @@ from derbus.service import Service
 from derbus.setpoint_receiver import done
 from derbus.setpoints import SetpointArbiter, TargetLimits
 from meter_gateway import sunspec
-from meter_gateway.config import ResolvedDevice
 from meter_gateway.control import ControlPlan, ControlState, RegisterControl, Write, decide
+from meter_gateway.device_map import ResolvedDevice
 from meter_gateway.health import DeviceHealth, next_poll_delay_s
 from meter_gateway.link import ModbusLink
 from meter_gateway.readings import ReadPoint, build_telemetry, decode_points

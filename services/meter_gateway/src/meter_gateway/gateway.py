@@ -8,8 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from meter_gateway.config import ResolvedDevice
 from meter_gateway.device import DeviceRunner, GatewayMetrics
+from meter_gateway.device_map import ResolvedDevice
 from meter_gateway.link import LinkPool, ModbusLink
 from meter_gateway.settings import Settings
 
