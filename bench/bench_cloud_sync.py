@@ -230,7 +230,7 @@ async def end_to_end(
         database=DatabaseSettings(database_url=db_url),
         mqtt=mqtt,
         client_id=f"bench-{uuid.uuid4().hex[:6]}",
-        interval_seconds=0.2 if forward_during else 3600,
+        interval_s=0.2 if forward_during else 3600,
         batch_size=20_000,
         kpi_interval_s=3600,
         log_level="WARNING",

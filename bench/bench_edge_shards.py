@@ -47,12 +47,12 @@ def run(sites: int, shards: int, seconds: float, warmup_s: float) -> tuple[float
     base = free_port()
     ports = [base + k for k in range(shards)] if shards > 1 else [base]
     env = service_env(
-        "EDGE_",
+        "EDGE_SIMULATOR_",
         broker.host,
         broker.port,
         f"bench/shards-{os.getpid()}",
-        EDGE_API_PORT=str(base),
-        EDGE_LOG_LEVEL="WARNING",
+        EDGE_SIMULATOR_API_PORT=str(base),
+        EDGE_SIMULATOR_LOG_LEVEL="WARNING",
     )
     args = ["--sites", str(sites), "--interval", "1"]
     if shards > 1:

@@ -27,11 +27,11 @@ from derbus.bus.base import Bus
 from derbus.bus.mqtt import MqttBus
 from derbus.settings import MqttSettings
 from derbus.testing import MosquittoServer
-from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Fleet, Location
 from edge_simulator.historical import backfill
 from edge_simulator.service import build_service
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.wire import encode_step
 
 T0 = datetime(2026, 6, 22, 6, 0, tzinfo=UTC)

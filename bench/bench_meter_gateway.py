@@ -19,7 +19,7 @@ from typing import Any
 
 from derbus.bus import InMemoryBus
 from derbus.testing import free_port, port_open
-from meter_gateway.config import parse_config, resolve
+from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.service import build_service
 from meter_gateway.settings import Settings
 
@@ -120,10 +120,10 @@ async def _measure(
                 raise RuntimeError("devices not all discovered within 120 s")
             await asyncio.sleep(0.1)
         names = (
-            "gateway_registers_read_total",
-            "gateway_read_requests_total",
-            "gateway_readings_published_total",
-            "gateway_poll_failures_total",
+            "derbus_meter_gateway_registers_read_total",
+            "derbus_meter_gateway_read_requests_total",
+            "derbus_meter_gateway_readings_published_total",
+            "derbus_meter_gateway_poll_failures_total",
         )
         before = {n: _total(service, n) for n in names}
         cpu0, t0 = time.process_time(), time.monotonic()
@@ -135,10 +135,11 @@ async def _measure(
     dt = t1 - t0
     rate = {n: (after[n] - before[n]) / dt for n in names}
     return {
-        "registers_s": rate["gateway_registers_read_total"],
-        "requests_s": rate["gateway_read_requests_total"],
-        "readings_s": rate["gateway_readings_published_total"],
-        "failures": after["gateway_poll_failures_total"] - before["gateway_poll_failures_total"],
+        "registers_s": rate["derbus_meter_gateway_registers_read_total"],
+        "requests_s": rate["derbus_meter_gateway_read_requests_total"],
+        "readings_s": rate["derbus_meter_gateway_readings_published_total"],
+        "failures": after["derbus_meter_gateway_poll_failures_total"]
+        - before["derbus_meter_gateway_poll_failures_total"],
         "cpu_pct": 100 * (cpu1 - cpu0) / dt,
     }
 

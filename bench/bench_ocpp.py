@@ -150,12 +150,12 @@ async def main(args: argparse.Namespace) -> None:
     env.update(
         {
             "MQTT_PORT": str(mqtt_port),
-            "EV_API_PORT": str(api_port),
-            "EV_OCPP_PORT": str(ocpp_port),
-            "EV_DATA_DIR": str(tmp),
-            "EV_STATIONS": json.dumps(stations),
-            "EV_LOG_LEVEL": "WARNING",
-            "EV_REPLAN_S": "3600",
+            "EV_CHARGING_API_PORT": str(api_port),
+            "EV_CHARGING_OCPP_PORT": str(ocpp_port),
+            "EV_CHARGING_DATA_DIR": str(tmp),
+            "EV_CHARGING_STATIONS": json.dumps(stations),
+            "EV_CHARGING_LOG_LEVEL": "WARNING",
+            "EV_CHARGING_REPLAN_S": "3600",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -306,18 +306,18 @@ async def _latency(
         "MQTT_HOST": host,
         "MQTT_PORT": str(port),
         "MQTT_ROOT": root,
-        "PS_API_PORT": str(api_port),
-        "PS_DATA_DIR": tempfile.mkdtemp(),
-        "PS_LOG_LEVEL": "WARNING",
-        "PS_IMPORT_LIMIT_KW": "50",
-        "PS_KPI_INTERVAL_S": "3600",
-        **{f"PS_{k.upper()}": str(v) for k, v in COMMERCIAL_BATTERY.items()},
+        "PEAK_SHAVING_API_PORT": str(api_port),
+        "PEAK_SHAVING_DATA_DIR": tempfile.mkdtemp(),
+        "PEAK_SHAVING_LOG_LEVEL": "WARNING",
+        "PEAK_SHAVING_IMPORT_LIMIT_KW": "50",
+        "PEAK_SHAVING_KPI_INTERVAL_S": "3600",
+        **{f"PEAK_SHAVING_{k.upper()}": str(v) for k, v in COMMERCIAL_BATTERY.items()},
     }
     if replan_s is not None:  # the EMA re-plans every site every replan_s during the run
         env |= {
-            "PS_PLAN_INTERVAL_S": str(replan_s),
-            "PS_DEMAND_CHARGE": "true",
-            "PS_ENERGY_COST": "true",
+            "PEAK_SHAVING_PLAN_INTERVAL_S": str(replan_s),
+            "PEAK_SHAVING_DEMAND_CHARGE": "true",
+            "PEAK_SHAVING_ENERGY_COST": "true",
         }
     proc = subprocess.Popen([sys.executable, "-m", "peak_shaving"], env=env)
     try:
@@ -412,7 +412,7 @@ async def _latency(
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-    decision = _histogram_mean(metrics, "peak_shaving_decision_seconds")
+    decision = _histogram_mean(metrics, "derbus_peak_shaving_decision_seconds")
     ms = sorted(x * 1000 for x in latencies)
     q = np.percentile(ms, [50, 90, 99]) if ms else [float("nan")] * 3
     echo = np.percentile([x * 1000 for x in echoes], [50, 99]) if echoes else [float("nan")] * 2
@@ -441,7 +441,7 @@ async def _latency(
         "p99": q[2],
         "max": ms[-1] if ms else float("nan"),
         "decision_mean_ms": decision * 1000,
-        "ema_solves": _counter(metrics, 'peak_shaving_ema_solves_total{outcome="ok"}'),
+        "ema_solves": _counter(metrics, 'derbus_peak_shaving_ema_solves_total{outcome="ok"}'),
         "windows": windows,
     }
 

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 CHILD = r"""
 import io, json, time
 from datetime import UTC, datetime, timedelta
-from edge_simulator.config import SimConfig
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.fleet import Fleet, Location
 from edge_simulator.historical import backfill
 from edge_simulator.settings import Settings

@@ -138,7 +138,7 @@ def run_rule(
         if free.max_pu > LIMIT:
             over_none += 1
         # closed loop: measured under the previous step's limits, decide, apply; with cycles > 1
-        # re-solve on the fresh measurement (the service does every VC_SOLVE_INTERVAL_S) until
+        # re-solve on the fresh measurement (the service does every VOLTAGE_COORDINATOR_SOLVE_INTERVAL_S) until
         # the decision stops moving
         held = {p: min(a, live.get(p, a)) for p, a in avail.items()}
         measured = plant.solve(load, held)

@@ -8,14 +8,14 @@ import pytest
 
 from derbus.launcher import demo_stations
 from derbus.settings import SiteSettings
-from edge_simulator.config import BatteryConfig
 from edge_simulator.ocpp_cp import OcppSimSettings
+from edge_simulator.sim_config import BatteryConfig
 from ev_charging.settings import Settings as EvSettings
 from peak_shaving.settings import Settings as PeakShavingSettings
 
 
 def ps_default(name: str) -> Any:
-    """peak_shaving's default of a setting (as declared: no PS_* environment applies)."""
+    """peak_shaving's default of a setting (as declared: no PEAK_SHAVING_* environment applies)."""
     return PeakShavingSettings.model_fields[name].default
 
 

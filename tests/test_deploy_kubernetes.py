@@ -169,7 +169,7 @@ def test_every_container_has_requests_and_limits() -> None:
 
 # compose mounts deploy/gateway from the repository; in Kubernetes the devices file is the
 # site's own ConfigMap (deploy/kubernetes/README.md), so the gateway runs on its default until then
-K8S_ONLY_ELSEWHERE = {"meter_gateway": {"GATEWAY_DEVICES_FILE"}}
+K8S_ONLY_ELSEWHERE = {"meter_gateway": {"METER_GATEWAY_DEVICES_FILE"}}
 
 
 def _k8s_env_names(name: str) -> set[str]:

@@ -333,7 +333,7 @@ def site_overview() -> dict[str, Any]:
             unit="kwatt",
             w=24,
             description="Power at the point of common coupling, + import / − export, with the "
-            "peak-shaving limits (dashboard variables: set them to PS_ limits).",
+            "peak-shaving limits (dashboard variables: set them to PEAK_SHAVING_ limits).",
             overrides=[dashed("import_limit_kw", "red"), dashed("export_limit_kw", "orange")],
         ),
         lay.panel(
@@ -415,7 +415,7 @@ def site_overview() -> dict[str, Any]:
     )
 
 
-PS_KPI_RE = "^(time_on_limit_s|limit_events|unfixed_violation_s|unfixed_violation_kwh|month_peak_kw|plan_fallback)$"
+PEAK_SHAVING_KPI_RE = "^(time_on_limit_s|limit_events|unfixed_violation_s|unfixed_violation_kwh|month_peak_kw|plan_fallback)$"
 
 
 def peak_shaving() -> dict[str, Any]:
@@ -442,7 +442,7 @@ def peak_shaving() -> dict[str, Any]:
         ),
         lay.panel(
             "Limit KPIs",
-            [base("kpi", ps_kpi, field_re=PS_KPI_RE) + "\n  |> last()\n" + by_field()],
+            [base("kpi", ps_kpi, field_re=PEAK_SHAVING_KPI_RE) + "\n  |> last()\n" + by_field()],
             kind="stat",
             w=24,
             h=5,
@@ -601,7 +601,9 @@ def forecasts() -> dict[str, Any]:
     )
 
 
-LM_KPI_RE = "^(balance_wh|period_balance_wh|produced_wh|exported_wh|imported_wh|efficiency)$"
+LOAD_MANAGER_KPI_RE = (
+    "^(balance_wh|period_balance_wh|produced_wh|exported_wh|imported_wh|efficiency)$"
+)
 
 
 def load_manager() -> dict[str, Any]:
@@ -610,7 +612,7 @@ def load_manager() -> dict[str, Any]:
     panels = [
         lay.panel(
             "Net balance KPIs",
-            [base("kpi", lm, field_re=LM_KPI_RE) + "\n  |> last()\n" + by_field()],
+            [base("kpi", lm, field_re=LOAD_MANAGER_KPI_RE) + "\n  |> last()\n" + by_field()],
             kind="stat",
             w=24,
             h=5,
@@ -766,7 +768,7 @@ def feeder() -> dict[str, Any]:
     )
 
 
-SYNC_KPI_RE = "^(pending_rows|oldest_age_s|fill_pct|rows_in_per_s|rows_out_per_s)$"
+CLOUD_SYNC_KPI_RE = "^(pending_rows|oldest_age_s|fill_pct|rows_in_per_s|rows_out_per_s)$"
 
 
 def platform_health() -> dict[str, Any]:
@@ -833,7 +835,7 @@ def platform_health() -> dict[str, Any]:
         lay.panel(
             "Cloud sync figures",
             [
-                base("kpi", 'r.device_id == "cloud_sync"', field_re=SYNC_KPI_RE)
+                base("kpi", 'r.device_id == "cloud_sync"', field_re=CLOUD_SYNC_KPI_RE)
                 + "\n  |> last()\n"
                 + by_field()
             ],

@@ -22,9 +22,9 @@ from derbus.messages import SetpointAck, SetpointCommand
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import NatsCluster, wait_for
-from edge_simulator.config import SimConfig
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.testing import sent_rows
 from peak_shaving.service import build_service as build_peak_shaving
 from peak_shaving.settings import Settings as PsSettings

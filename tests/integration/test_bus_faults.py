@@ -44,7 +44,7 @@ async def cloud_sync(
         root,
         postgres_url,
         tmp_path / "sync",
-        extra_env={"SYNC_GAP_RETRY_S": "2", "SYNC_GAP_MAX_ATTEMPTS": "30"},
+        extra_env={"CLOUD_SYNC_GAP_RETRY_S": "2", "CLOUD_SYNC_GAP_MAX_ATTEMPTS": "30"},
     )
     sync.start()
     try:
@@ -220,7 +220,7 @@ async def test_cloud_sync_replicas_split_the_readings_none_stored_twice_or_misse
             topic_root,
             postgres_url,
             tmp_path / f"sync{i}",
-            extra_env={"SYNC_SHARED_GROUP": "cloud_sync"},
+            extra_env={"CLOUD_SYNC_SHARED_GROUP": "cloud_sync"},
         )
         for i in range(2)
     ]

@@ -138,7 +138,7 @@ def sync_settings(tmp_path: Path, mqtt: MqttSettings, db_url: str, **extra: Any)
         "database": DatabaseSettings(database_url=db_url),
         "mqtt": mqtt,
         "client_id": f"cloud-sync-it-{uuid.uuid4().hex[:8]}",
-        "interval_seconds": 0.2,
+        "interval_s": 0.2,
         "batch_size": 50,
         "kpi_interval_s": 0.5,
         "retry_attempts": 2,
@@ -392,20 +392,24 @@ async def test_postgres_outage_loses_and_doubles_nothing(
 def sync_process_env(
     tmp_path: Path, restartable_broker: MosquittoServer, postgres_url: str, topic_root: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "INFLUXDB_", "MQTT_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLOUD_SYNC_", "INFLUXDB_", "MQTT_"))
+    }
     env.pop("SUPABASE_URL", None)
     env.update(
         MQTT_HOST=restartable_broker.host,
         MQTT_PORT=str(restartable_broker.port),
         MQTT_ROOT=topic_root,
-        SYNC_CLIENT_ID=f"cloud-sync-kill-{uuid.uuid4().hex[:8]}",
-        SYNC_DATA_DIR=str(tmp_path / "sync"),
-        SYNC_API_PORT=str(free_port()),
+        CLOUD_SYNC_CLIENT_ID=f"cloud-sync-kill-{uuid.uuid4().hex[:8]}",
+        CLOUD_SYNC_DATA_DIR=str(tmp_path / "sync"),
+        CLOUD_SYNC_API_PORT=str(free_port()),
         DATABASE_URL=postgres_url,
-        SYNC_BATCH_SIZE="40",
-        SYNC_INTERVAL_SECONDS="0.05",
-        SYNC_KPI_INTERVAL_S="60",
-        SYNC_LOG_LEVEL="WARNING",
+        CLOUD_SYNC_BATCH_SIZE="40",
+        CLOUD_SYNC_INTERVAL_S="0.05",
+        CLOUD_SYNC_KPI_INTERVAL_S="60",
+        CLOUD_SYNC_LOG_LEVEL="WARNING",
     )
     return env
 
@@ -418,7 +422,7 @@ def start_sync(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def wait_ready(env: dict[str, str], proc: subprocess.Popen[bytes], log: Path) -> None:
-    url = f"http://127.0.0.1:{env['SYNC_API_PORT']}/readyz"
+    url = f"http://127.0.0.1:{env['CLOUD_SYNC_API_PORT']}/readyz"
 
     async def ready() -> bool:
         assert proc.poll() is None, f"cloud_sync exited: {log.read_text()[-2000:]}"
@@ -493,7 +497,7 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
             message=f"{len(expected)} rows after the restart",
         )
         async with httpx.AsyncClient() as http:
-            port = env["SYNC_API_PORT"]
+            port = env["CLOUD_SYNC_API_PORT"]
 
             async def drained() -> bool:
                 backlog = (await http.get(f"http://127.0.0.1:{port}/backlog")).json()

@@ -62,9 +62,9 @@ def run(command: typer.Typer, args: list[str], env: dict[str, str]) -> str:
 
 def environment(tmp_path: Path) -> dict[str, str | None]:
     env: dict[str, str | None] = {
-        k: None for k in os.environ if k.startswith(("SYNC_", "EDGE_", "MQTT_"))
+        k: None for k in os.environ if k.startswith(("CLOUD_SYNC_", "EDGE_SIMULATOR_", "MQTT_"))
     }
-    env.update(DATABASE_URL=None, SUPABASE_URL=None, SYNC_DATA_DIR=str(tmp_path / "sync"))
+    env.update(DATABASE_URL=None, SUPABASE_URL=None, CLOUD_SYNC_DATA_DIR=str(tmp_path / "sync"))
     return env
 
 

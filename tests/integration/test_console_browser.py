@@ -59,7 +59,7 @@ def platform() -> Iterator[Platform]:
         "CONSOLE_API_TOKEN": TOKEN,
         "CONSOLE_HISTORY_STEP_S": "1",
         "CONSOLE_REST_INTERVAL_S": "1",
-        "VC_SOLVE_INTERVAL_S": "2",
+        "VOLTAGE_COORDINATOR_SOLVE_INTERVAL_S": "2",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

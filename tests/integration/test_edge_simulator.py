@@ -208,13 +208,13 @@ async def test_a_fleet_sharded_over_processes_publishes_every_site_once_per_step
     """`--shards 2` over 3 sites: two processes, sites 1 and 2..3, one session each."""
     meter: BusRecorder[MeterReading] = BusRecorder(topics.METER, mqtt_settings.root)
     await meter.attach(probe)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "MQTT_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_SIMULATOR_", "MQTT_"))}
     env.update(
         MQTT_HOST=mqtt_settings.host,
         MQTT_PORT=str(mqtt_settings.port),
         MQTT_ROOT=mqtt_settings.root,
-        EDGE_API_PORT="0",
-        EDGE_DEVICES="pcc",
+        EDGE_SIMULATOR_API_PORT="0",
+        EDGE_SIMULATOR_DEVICES="pcc",
     )
     parent = subprocess.Popen(
         [

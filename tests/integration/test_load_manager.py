@@ -28,9 +28,9 @@ from derbus.messages import (
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, free_port, wait_for
-from edge_simulator.config import SimConfig
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
+from edge_simulator.sim_config import SimConfig
 from load_manager.service import build_service
 from load_manager.settings import Settings
 from load_manager.testing import pv_spike, step_start

@@ -20,7 +20,7 @@ from derbus.messages import (
 )
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
-from meter_gateway.config import parse_config, resolve
+from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.devsim import DeviceServer, sunspec_addresses, sunspec_image, words
 from meter_gateway.registers import DataType
 from meter_gateway.service import build_service
@@ -199,7 +199,7 @@ async def test_killed_device_goes_stale_and_recovers_without_restart(gateway: Ga
     await gateway.server.stop()
     await wait_for(lambda: gateway.states("pcc")[-1:] == ["stale"], 10, message="pcc stale")
     stale = gateway.service.metrics.registry.get_sample_value(
-        "gateway_device_stale", {"device": "site-it/pcc"}
+        "derbus_meter_gateway_device_stale", {"device": "site-it/pcc"}
     )
     assert stale == 1
     await gateway.server.start()

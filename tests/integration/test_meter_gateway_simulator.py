@@ -24,7 +24,7 @@ from derbus.testing import BusRecorder, free_port, wait_for
 from edge_simulator.service import SimClock
 from edge_simulator.service import build_service as build_simulator
 from edge_simulator.settings import Settings as SimSettings
-from meter_gateway.config import parse_config, resolve
+from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.service import build_service
 from meter_gateway.settings import Settings
 

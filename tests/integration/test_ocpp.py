@@ -292,7 +292,7 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
     assert sum(csms.state.frames_rejected.values()) == 4
     registry = csms.metrics.registry
     counted = sum(
-        registry.get_sample_value("derbus_ocpp_frames_rejected_total", {"code": c}) or 0.0
+        registry.get_sample_value("derbus_ev_charging_frames_rejected_total", {"code": c}) or 0.0
         for c in set(codes)
     )
     assert counted == 4
@@ -301,7 +301,7 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
 async def test_simulator_sites_as_charge_points(
     mqtt_settings: MqttSettings, observer: MqttBus, version: Version
 ) -> None:
-    """The edge simulator with `EDGE_OCPP_URL`: one station per site, vehicles charging."""
+    """The edge simulator with `EDGE_SIMULATOR_OCPP_URL`: one station per site, vehicles charging."""
     root = mqtt_settings.root
     stations = {
         f"sim-site-{i:04d}": StationConfig(site_id=f"site-{i:04d}", id_tokens=("SIM-TAG",))

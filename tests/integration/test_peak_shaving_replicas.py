@@ -1,9 +1,9 @@
-"""peak_shaving as two replicas (`PS_SITE_SHARD=0/2`, `1/2`): real processes on a real broker.
+"""peak_shaving as two replicas (`PEAK_SHAVING_SITE_SHARD=0/2`, `1/2`): real processes on a real broker.
 
 The edge simulator (in-process) runs six sites each drawing ~20 kW against a 10 kW import limit,
 so every site needs its battery discharged. The replicas are `python -m peak_shaving` processes
 configured as a deployment would be, and are told apart on the wire by one setting: a
-`PS_SETPOINT_TTL_S` below 2 s is the TTL of every battery command the replica sends, whatever
+`PEAK_SHAVING_SETPOINT_TTL_S` below 2 s is the TTL of every battery command the replica sends, whatever
 the reading interval (the PMA gives a command max(3 reading intervals, 2 s), at most that). So
 each setpoint names its sender, and each replica's `/kpis` says which sites it holds state for.
 
@@ -44,7 +44,7 @@ LIMIT_KW = 10.0
 BASE_LOAD_KW = 20.0
 INTERVAL_S = 0.5
 TTL_TAG_S = (1.9, 1.7)
-"""Replica k's `PS_SETPOINT_TTL_S`: below the PMA's 2 s floor, so every command it sends has it."""
+"""Replica k's `PEAK_SHAVING_SETPOINT_TTL_S`: below the PMA's 2 s floor, so every command it sends has it."""
 START_TIMEOUT_S = 45.0
 
 
@@ -58,21 +58,21 @@ def replica(k: int, mqtt: MqttSettings, tmp_path: Path) -> ServiceProcess:
     alone must give it its own MQTT client id (see `peak_shaving.service.bus_client_name`)."""
     api_port = free_port()
     env = service_env(
-        "PS_",
+        "PEAK_SHAVING_",
         mqtt.host,
         mqtt.port,
         mqtt.root,
-        PS_SITE_SHARD=f"{k}/{SHARDS}",
-        PS_API_PORT=str(api_port),
-        PS_DATA_DIR=str(tmp_path / f"ps{k}"),
-        PS_IMPORT_LIMIT_KW=str(LIMIT_KW),
-        PS_EXPORT_LIMIT_KW="-10",
-        PS_MARGIN_KW="0.5",
-        PS_SETPOINT_TTL_S=str(TTL_TAG_S[k]),
-        PS_BATTERY_CAPACITY_KWH="100",
-        PS_BATTERY_MAX_CHARGE_KW="50",
-        PS_BATTERY_MAX_DISCHARGE_KW="50",  # steady_site's battery
-        PS_EMA_WORKERS="0",  # no forecasts here, so no EMA solve: no solver process per replica
+        PEAK_SHAVING_SITE_SHARD=f"{k}/{SHARDS}",
+        PEAK_SHAVING_API_PORT=str(api_port),
+        PEAK_SHAVING_DATA_DIR=str(tmp_path / f"ps{k}"),
+        PEAK_SHAVING_IMPORT_LIMIT_KW=str(LIMIT_KW),
+        PEAK_SHAVING_EXPORT_LIMIT_KW="-10",
+        PEAK_SHAVING_MARGIN_KW="0.5",
+        PEAK_SHAVING_SETPOINT_TTL_S=str(TTL_TAG_S[k]),
+        PEAK_SHAVING_BATTERY_CAPACITY_KWH="100",
+        PEAK_SHAVING_BATTERY_MAX_CHARGE_KW="50",
+        PEAK_SHAVING_BATTERY_MAX_DISCHARGE_KW="50",  # steady_site's battery
+        PEAK_SHAVING_EMA_WORKERS="0",  # no forecasts here, so no EMA solve: no solver process per replica
     )
     return ServiceProcess("peak_shaving", env, tmp_path / f"ps{k}.log", api_port)
 
@@ -218,7 +218,7 @@ async def _replicas_split_the_sites(
         # have bound it (make test-dates beside a CI run: "address already in use" on restart);
         # the shard, and so the client id and session, stay the same
         dead.api_port = free_port()
-        dead.env["PS_API_PORT"] = str(dead.api_port)
+        dead.env["PEAK_SHAVING_API_PORT"] = str(dead.api_port)
         dead.start()
         await until_ready(dead, f"restarted peak_shaving replica 0/{SHARDS}")
         back = clock()

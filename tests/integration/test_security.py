@@ -35,7 +35,7 @@ from derbus.topics import TopicSpec
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-EDGE_SITES = ("site-a", "site-b")  # per-site edge credentials (user name = site id)
+EDGE_SITE_USERS = ("site-a", "site-b")  # per-site edge credentials (user name = site id)
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
@@ -75,7 +75,7 @@ def _start_broker(extra_conf: str, what: str) -> MosquittoServer:
 @pytest.fixture
 def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
     root = f"dertest/{uuid.uuid4().hex[:12]}"
-    passwords = {user: acl.new_secret() for user in [*acl.broker_users(), *EDGE_SITES]}
+    passwords = {user: acl.new_secret() for user in [*acl.broker_users(), *EDGE_SITE_USERS]}
     acl_file = tmp_path / "acl"
     acl_file.write_text(acl.acl_text(root))
     passwd = tmp_path / "passwd"
@@ -668,7 +668,7 @@ async def test_each_forbidden_publish_is_dropped_by_the_broker(
         # it arrives, the broker has handled (and dropped) the forbidden one.
         marker = (
             topics.METER.topic(user, "pcc", root)
-            if user in EDGE_SITES
+            if user in EDGE_SITE_USERS
             else topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, user, root)
         )
         if user == "scada":

@@ -59,12 +59,12 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_the_scheme_follows_the_api_certificate_setting() -> None:
     assert health.scheme({}) == "http"
-    assert health.scheme({"PS_API_TLS_CERT_FILE": ""}) == "http"
-    assert health.scheme({"PS_API_TLS_CERT_FILE": "/certs/server.crt"}) == "https"
-    assert health.scheme({"GATEWAY_API_TLS_CERT_FILE": "/c.crt"}) == "https"
-    assert health.scheme({"PS_API_TLS_CERT_FILE": "/c.crt", "DERBUS_HEALTH_SCHEME": "http"}) == (
-        "http"
-    )
+    assert health.scheme({"PEAK_SHAVING_API_TLS_CERT_FILE": ""}) == "http"
+    assert health.scheme({"PEAK_SHAVING_API_TLS_CERT_FILE": "/certs/server.crt"}) == "https"
+    assert health.scheme({"METER_GATEWAY_API_TLS_CERT_FILE": "/c.crt"}) == "https"
+    assert health.scheme(
+        {"PEAK_SHAVING_API_TLS_CERT_FILE": "/c.crt", "DERBUS_HEALTH_SCHEME": "http"}
+    ) == ("http")
     assert health.scheme({"DERBUS_HEALTH_SCHEME": "HTTPS"}) == "https"
     with pytest.raises(ValueError, match="DERBUS_HEALTH_SCHEME"):
         health.scheme({"DERBUS_HEALTH_SCHEME": "ftp"})
@@ -88,7 +88,10 @@ def test_an_api_that_is_not_ready_yet_is_unhealthy() -> None:
 def test_an_https_api_is_probed_over_https_when_the_service_has_a_certificate(
     certs: tuple[Path, Path],
 ) -> None:
-    env = {"LM_API_TLS_CERT_FILE": str(certs[0]), "LM_API_TLS_KEY_FILE": str(certs[1])}
+    env = {
+        "LOAD_MANAGER_API_TLS_CERT_FILE": str(certs[0]),
+        "LOAD_MANAGER_API_TLS_KEY_FILE": str(certs[1]),
+    }
     with api(tls=certs) as port:
         # the plain-HTTP probe the images used before: an HTTPS API looks dead to it
         assert health.probe(port, {"DERBUS_HEALTH_SCHEME": "http"}) != ""

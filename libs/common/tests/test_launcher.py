@@ -127,8 +127,8 @@ def test_supervise_forgets_old_failures_after_a_stable_run(tmp_path: Path) -> No
 def test_make_run_gives_the_gateway_the_simulators_modbus_port(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[3]
     env = launcher.run_defaults(repo, tmp_path, 41234)
-    assert env["edge_simulator"]["EDGE_MODBUS_PORT"] == "41234"
-    devices = Path(env["meter_gateway"]["GATEWAY_DEVICES_FILE"]).read_text()
+    assert env["edge_simulator"]["EDGE_SIMULATOR_MODBUS_PORT"] == "41234"
+    devices = Path(env["meter_gateway"]["METER_GATEWAY_DEVICES_FILE"]).read_text()
     assert "port: 41234" in devices
     assert "port: 5020" not in devices
     assert devices.count("host: 127.0.0.1") == 3
@@ -137,17 +137,19 @@ def test_make_run_gives_the_gateway_the_simulators_modbus_port(tmp_path: Path) -
 def test_make_run_connects_the_simulators_charge_point_to_ev_charging(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[3]
     env = launcher.run_defaults(repo, tmp_path, 41234, ocpp_port=49001, environ={})
-    assert env["edge_simulator"]["EDGE_OCPP_URL"] == "ws://127.0.0.1:49001"
-    stations = json.loads(env["ev_charging"]["EV_STATIONS"])
+    assert env["edge_simulator"]["EDGE_SIMULATOR_OCPP_URL"] == "ws://127.0.0.1:49001"
+    stations = json.loads(env["ev_charging"]["EV_CHARGING_STATIONS"])
     assert stations == {"sim-site-1": {"site_id": "site-1", "id_tokens": ["SIM-TAG"]}}
-    custom = {"SITE_ID": "home", "EDGE_OCPP_ID_TOKEN": "MINE"}
+    custom = {"SITE_ID": "home", "EDGE_SIMULATOR_OCPP_ID_TOKEN": "MINE"}
     assert launcher.demo_stations(custom) == {
         "sim-home": {"site_id": "home", "id_tokens": ["MINE"]}
     }
     # without ev_charging, or for a fleet, no charge points
     assert (
-        "EDGE_OCPP_URL"
+        "EDGE_SIMULATOR_OCPP_URL"
         not in launcher.run_defaults(repo, tmp_path, 1, environ={})["edge_simulator"]
     )
-    fleet = launcher.run_defaults(repo, tmp_path, 1, ocpp_port=2, environ={"EDGE_SITES": "10"})
-    assert "EDGE_OCPP_URL" not in fleet["edge_simulator"]
+    fleet = launcher.run_defaults(
+        repo, tmp_path, 1, ocpp_port=2, environ={"EDGE_SIMULATOR_SITES": "10"}
+    )
+    assert "EDGE_SIMULATOR_OCPP_URL" not in fleet["edge_simulator"]

@@ -79,6 +79,6 @@ def settings(tmp_path: Path) -> Settings:
         retry_attempts=2,
         retry_initial_delay_s=0.01,
         retry_max_delay_s=0.02,
-        interval_seconds=3600,
+        interval_s=3600,
         kpi_interval_s=3600,
     )

@@ -22,10 +22,10 @@ def test_unprefixed_and_prefixed_environment_names(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("INFLUXDB_URL", "http://influx:8086")
     monkeypatch.setenv("INFLUXDB_TOKEN", "tok")
     monkeypatch.setenv("INFLUXDB_ORG", "plain-org")
-    monkeypatch.setenv("SYNC_INFLUXDB_ORG", "sync-org")
+    monkeypatch.setenv("CLOUD_SYNC_INFLUXDB_ORG", "sync-org")
     monkeypatch.setenv("INFLUXDB_BUCKET", "b1")
-    monkeypatch.setenv("SYNC_BATCH_SIZE", "250")
-    monkeypatch.setenv("SYNC_INTERVAL_SECONDS", "2.5")
+    monkeypatch.setenv("CLOUD_SYNC_BATCH_SIZE", "250")
+    monkeypatch.setenv("CLOUD_SYNC_INTERVAL_S", "2.5")
     monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db:5432/derbus")
     s = Settings()
     assert s.influxdb.url == "http://influx:8086"
@@ -33,7 +33,7 @@ def test_unprefixed_and_prefixed_environment_names(monkeypatch: pytest.MonkeyPat
     assert s.influxdb.token.get_secret_value() == "tok"
     assert s.influxdb.org == "sync-org"  # the prefixed name wins
     assert s.influxdb.bucket == "b1"
-    assert (s.batch_size, s.interval_seconds) == (250, 2.5)
+    assert (s.batch_size, s.interval_s) == (250, 2.5)
     assert s.database.sqlalchemy_url(s.data_dir) == "postgresql+psycopg://u:p@db:5432/derbus"
     assert s.api_port == 8103
 
@@ -42,7 +42,7 @@ def test_unprefixed_and_prefixed_environment_names(monkeypatch: pytest.MonkeyPat
     ("overrides", "named"),
     [
         ({"batch_size": 0}, "batch_size"),
-        ({"interval_seconds": -1}, "interval_seconds"),
+        ({"interval_s": -1}, "interval_s"),
         ({"influxdb_url": "http://x:8086"}, "INFLUXDB_TOKEN"),
         ({"retry_initial_delay_s": 20, "retry_max_delay_s": 1}, "retry_initial_delay_s"),
         ({"shared_group": "a/b"}, "shared_group"),

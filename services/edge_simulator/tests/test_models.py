@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from edge_simulator.config import BatteryConfig, SimConfig
 from edge_simulator.fleet import Fleet, Location, Overrides, StepResult, run
+from edge_simulator.sim_config import BatteryConfig, SimConfig
 from edge_simulator.sky import SkyModel
 from edge_simulator.testing import T0, make_fleet
 

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from edge_simulator import physics
-from edge_simulator.config import SimConfig
+from edge_simulator.sim_config import SimConfig
 
 
 def test_ou_step_is_the_same_on_floats_and_arrays() -> None:

@@ -9,11 +9,11 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Fleet, Location
 from edge_simulator.historical import backfill
 from edge_simulator.series import run_series, step_times
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.testing import T0, make_fleet
 
 CONFIGS = {

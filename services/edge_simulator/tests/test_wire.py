@@ -7,10 +7,10 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Overrides, run
 from edge_simulator.output import StepView
 from edge_simulator.settings import ALL_DEVICES
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.testing import T0, make_fleet
 from edge_simulator.wire import DEVICE_IDS, DEVICES, encode_step
 

@@ -56,7 +56,7 @@ def test_service_computes_at_start_and_on_demand(tmp_path: Path) -> None:
         columns = client.get("/features/columns").json()
         assert {c["availability"] for c in columns} == {"known_ahead", "lagged", "observed"}
         metrics = client.get("/metrics").text
-        assert 'derbus_features_rows_upserted_total{site_id="s1"}' in metrics
+        assert 'derbus_feature_engineering_rows_upserted_total{site_id="s1"}' in metrics
 
 
 def test_service_is_ready_on_an_empty_embedded_database(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_service_publishes_trains_and_answers(
         assert min(pv_body["quantiles"]["p10"]) >= 0
         models = client.get("/models").json()["models"]
         assert {(m["target"], m["version"]) for m in models} >= {("load", "v0001")}
-        assert "derbus_forecasts_published_total" in client.get("/metrics").text
+        assert "derbus_forecaster_forecasts_published_total" in client.get("/metrics").text
 
     forecasts = [m for m in bus.published if topics.FORECAST.matches(m.topic, "t/fc")]
     assert {m.topic for m in forecasts} == {
@@ -207,7 +207,7 @@ def test_status_prints_the_accuracy_of_issued_forecasts(
     frame = pd.DataFrame({"p10": p50 - 1.0, "p50": p50, "p90": p50 + 1.0}, index=day)
     store.save_issued("s1", "load", day[0].to_pydatetime(), frame, "test", None)
     store.dispose()
-    env = {"FORECAST_DATA_DIR": str(tmp_path), "FORECAST_TARGETS": '["load"]'}
+    env = {"FORECASTER_DATA_DIR": str(tmp_path), "FORECASTER_TARGETS": '["load"]'}
     result = CliRunner().invoke(cli, ["--status", "--json"], env=env)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout.strip().splitlines()[-1])["issued_accuracy"]
@@ -232,11 +232,11 @@ def test_evaluate_reports_skill_against_the_better_seasonal_naive(
     fill_features(store, "s1", load, pv_series(days=1))
     store.dispose()
     env = {
-        "FORECAST_DATA_DIR": str(tmp_path),
-        "FORECAST_TARGETS": '["load"]',
-        "FORECAST_MODELS": '["linear"]',
-        "FORECAST_BACKTEST_FOLDS": "1",
-        "FORECAST_BACKTEST_ISSUE_EVERY": "8",
+        "FORECASTER_DATA_DIR": str(tmp_path),
+        "FORECASTER_TARGETS": '["load"]',
+        "FORECASTER_MODELS": '["linear"]',
+        "FORECASTER_BACKTEST_FOLDS": "1",
+        "FORECASTER_BACKTEST_ISSUE_EVERY": "8",
     }
     result = CliRunner().invoke(cli, ["--evaluate", "--json"], env=env)
     assert result.exit_code == 0, result.output

@@ -185,9 +185,9 @@ async def test_metrics_and_balance_endpoints(rig: Rig) -> None:
     await rig.cycle()
     async with await client_for(rig) as client:
         metrics = (await client.get("/metrics")).text
-        assert 'lm_load_on{device="load1"} 1.0' in metrics
-        assert "lm_period_balance_wh" in metrics
-        assert 'lm_day_kpi{kpi="switchings"} 1.0' in metrics
+        assert 'derbus_load_manager_load_on{device="load1"} 1.0' in metrics
+        assert "derbus_load_manager_period_balance_wh" in metrics
+        assert 'derbus_load_manager_day_kpi{kpi="switchings"} 1.0' in metrics
         balance = (await client.get("/balance")).json()
         assert balance["rule"] == "time_to_consume"
         assert balance["loads"]["load1"]["on"] is True
@@ -303,7 +303,11 @@ async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
 
 
 def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
-    env = {"LM_SETTLEMENT_PERIOD_S": "1000", "LM_DATA_DIR": str(tmp_path), "PATH": ""}
+    env = {
+        "LOAD_MANAGER_SETTLEMENT_PERIOD_S": "1000",
+        "LOAD_MANAGER_DATA_DIR": str(tmp_path),
+        "PATH": "",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "load_manager"],
         env=env,
@@ -314,10 +318,14 @@ def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
     )
     assert done.returncode == 2
     assert "settlement_period_s" in done.stderr
-    assert "LM_SETTLEMENT_PERIOD_S" in done.stderr
+    assert "LOAD_MANAGER_SETTLEMENT_PERIOD_S" in done.stderr
     bad_file = tmp_path / "hood.xml"
     bad_file.write_text("<neighbourhood>\n<house/>\n</neighbourhood>\n")
-    env2 = {"LM_NEIGHBOURHOOD_FILE": str(bad_file), "LM_DATA_DIR": str(tmp_path), "PATH": ""}
+    env2 = {
+        "LOAD_MANAGER_NEIGHBOURHOOD_FILE": str(bad_file),
+        "LOAD_MANAGER_DATA_DIR": str(tmp_path),
+        "PATH": "",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "load_manager"],
         env=env2,

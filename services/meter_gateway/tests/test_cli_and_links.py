@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from derbus.errors import ConfigError
 from meter_gateway.__main__ import app
-from meter_gateway.config import SerialConnection, TcpConnection, load_map
+from meter_gateway.device_map import SerialConnection, TcpConnection, load_map
 from meter_gateway.devsim import MemoryLink, sunspec_image, words
 from meter_gateway.link import LinkPool, make_client
 from meter_gateway.registers import DataType
@@ -63,7 +63,7 @@ def test_bad_devices_file_stops_start_up_naming_device_and_field(
         "devices:\n  - {id: pcc, kind: meter, connection: {type: tcp, host: h},"
         " registers: [{field: p_kw, address: 0, type: int24}]}\n"
     )
-    monkeypatch.setenv("GATEWAY_DEVICES_FILE", str(path))
+    monkeypatch.setenv("METER_GATEWAY_DEVICES_FILE", str(path))
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 2
     assert "device 'pcc' field registers.0.type" in result.output

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from derbus.errors import SetpointRejectedError
-from meter_gateway.config import ControlSpec
 from meter_gateway.control import ControlState, RegisterControl, Write, decide
+from meter_gateway.device_map import ControlSpec
 from meter_gateway.registers import encode
 from meter_gateway.sunspec import PvLimitControl, StorageControl, SunSpecModel, model_points
 

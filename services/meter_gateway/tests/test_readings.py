@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from derbus.messages import BatteryTelemetry, LoadTelemetry, MeterReading, PvTelemetry
-from meter_gateway.config import RegisterPoint
+from meter_gateway.device_map import RegisterPoint
 from meter_gateway.readings import ReadPoint, build_telemetry, decode_point, decode_points
 from meter_gateway.registers import DataType, ReadBlock, encode
 

@@ -21,8 +21,8 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.testing import BusRecorder, wait_for
-from meter_gateway.config import ResolvedDevice, parse_config, resolve
 from meter_gateway.device import DeviceRunner
+from meter_gateway.device_map import ResolvedDevice, parse_config, resolve
 from meter_gateway.devsim import MemoryLink, sunspec_image
 from meter_gateway.registers import DataType, encode
 from meter_gateway.service import build_service
@@ -124,8 +124,10 @@ async def test_a_poll_publishes_values_in_the_fields_units(rig: Rig) -> None:
     assert rig.battery.values[0].p_kw == pytest.approx(1.5)
     assert rig.battery.values[0].soc_pct == 55
     assert [s.state for s in rig.status.values] == ["ok", "ok"]
-    assert rig.sample("gateway_registers_read_total", device="site-1/pcc") == 5
-    assert rig.sample("gateway_read_requests_total", device="site-1/pcc") == 1  # grouped
+    assert rig.sample("derbus_meter_gateway_registers_read_total", device="site-1/pcc") == 5
+    assert (
+        rig.sample("derbus_meter_gateway_read_requests_total", device="site-1/pcc") == 1
+    )  # grouped
 
 
 async def test_implausible_and_nan_values_are_dropped_and_counted(
@@ -138,13 +140,19 @@ async def test_implausible_and_nan_values_are_dropped_and_counted(
     assert rig.meter.values == []  # p_kw is required: no reading at all
     assert (
         rig.sample(
-            "gateway_values_dropped_total", device="site-1/pcc", field="p_kw", reason="out_of_range"
+            "derbus_meter_gateway_values_dropped_total",
+            device="site-1/pcc",
+            field="p_kw",
+            reason="out_of_range",
         )
         == 1
     )
     assert (
         rig.sample(
-            "gateway_values_dropped_total", device="site-1/pcc", field="f_hz", reason="not_finite"
+            "derbus_meter_gateway_values_dropped_total",
+            device="site-1/pcc",
+            field="f_hz",
+            reason="not_finite",
         )
         == 1
     )
@@ -169,13 +177,13 @@ async def test_failing_device_goes_stale_then_recovers(
     assert rig.status.values[-1].state == "stale"
     assert rig.status.values[-1].reason == "connection refused"
     assert rig.status.values[-1].consecutive_failures == 2
-    assert rig.sample("gateway_device_stale", device="site-1/pcc") == 1
+    assert rig.sample("derbus_meter_gateway_device_stale", device="site-1/pcc") == 1
     links["pcc"].fail = None
     assert await runner.poll_once()
     await rig.drain()
     assert [s.state for s in rig.status.values] == ["ok", "stale", "ok"]
-    assert rig.sample("gateway_device_stale", device="site-1/pcc") == 0
-    assert rig.sample("gateway_poll_failures_total", device="site-1/pcc") == 2
+    assert rig.sample("derbus_meter_gateway_device_stale", device="site-1/pcc") == 0
+    assert rig.sample("derbus_meter_gateway_poll_failures_total", device="site-1/pcc") == 2
 
 
 def command(value: float, ttl_s: float, clock: Any, **kw: Any) -> SetpointCommand:
@@ -215,7 +223,7 @@ async def test_setpoint_written_read_back_acked_refreshed_and_reverted(
     assert link.registers[2][201] == 0
     assert (
         rig.sample(
-            "gateway_setpoint_writes_total",
+            "derbus_meter_gateway_setpoint_writes_total",
             device="site-1/battery",
             target="battery_p_kw",
             action="revert",

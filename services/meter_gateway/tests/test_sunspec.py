@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from derbus.errors import DeviceError
-from meter_gateway.config import load_sunspec_map, parse_config, resolve
+from meter_gateway.device_map import load_sunspec_map, parse_config, resolve
 from meter_gateway.devsim import MemoryLink, sunspec_addresses, sunspec_image
 from meter_gateway.readings import decode_points
 from meter_gateway.registers import plan_reads

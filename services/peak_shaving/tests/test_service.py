@@ -337,8 +337,8 @@ async def test_kpis_on_the_bus_and_metrics(rig: Rig) -> None:
     assert report.values["unfixed_violation_s"] == pytest.approx(1.0)
     assert report.values["unfixed_violation_kwh"] == pytest.approx(30 / 3600)
     metrics = (await rig.http.get("/metrics")).text
-    assert 'peak_shaving_unfixed_violation_seconds{site="site-1"} 1.0' in metrics
-    assert "peak_shaving_decision_seconds_count 3.0" in metrics
+    assert 'derbus_peak_shaving_unfixed_violation_seconds{site="site-1"} 1.0' in metrics
+    assert "derbus_peak_shaving_decision_seconds_count 3.0" in metrics
     assert (await rig.http.get("/kpis")).json()["values"]["limit_events"] == 1
 
 

@@ -75,7 +75,7 @@ class AclRule:
 # (births, data and its death will under `spBv1.0/`; NCMD/DCMD and host STATE read there) and
 # publishes Home Assistant discovery (retained configs under `homeassistant/`, HA's `status`
 # read) with its number entities' command and state topics under `derbus_ha/` (the defaults of
-# BRIDGE_HA_DISCOVERY_PREFIX and BRIDGE_HA_COMMAND_PREFIX). The SCADA user stands for the host
+# SCADA_BRIDGE_HA_DISCOVERY_PREFIX and SCADA_BRIDGE_HA_COMMAND_PREFIX). The SCADA user stands for the host
 # side: a Sparkplug host application or Home Assistant reads those and writes the commands and
 # HA's status, but cannot forge the edge node's births and data.
 EXTERNAL_RULES: dict[str, tuple[AclRule, ...]] = {

@@ -386,17 +386,17 @@ def gateway_devices(repo: Path, run_dir: Path, modbus_port: int) -> Path:
 
 
 def demo_stations(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """ev_charging's `EV_STATIONS` for the simulator's charge point of the demo site.
+    """ev_charging's `EV_CHARGING_STATIONS` for the simulator's charge point of the demo site.
 
-    The simulator names its station `EDGE_OCPP_STATION_PREFIX` + site id and shows
-    `EDGE_OCPP_ID_TOKEN`; the demo is one site (`SITE_ID`). A fleet (`EDGE_SITES` > 1) gets no
-    stations here: configure `EV_STATIONS` for it.
+    The simulator names its station `EDGE_SIMULATOR_OCPP_STATION_PREFIX` + site id and shows
+    `EDGE_SIMULATOR_OCPP_ID_TOKEN`; the demo is one site (`SITE_ID`). A fleet (`EDGE_SIMULATOR_SITES` > 1) gets no
+    stations here: configure `EV_CHARGING_STATIONS` for it.
     """
-    if environ.get("EDGE_SITES", "1") != "1" or environ.get("EDGE_FIRST_SITE"):
+    if environ.get("EDGE_SIMULATOR_SITES", "1") != "1" or environ.get("EDGE_SIMULATOR_FIRST_SITE"):
         return {}
     site = environ.get("SITE_ID", "site-1")
-    station = environ.get("EDGE_OCPP_STATION_PREFIX", "sim-") + site
-    token = environ.get("EDGE_OCPP_ID_TOKEN", "SIM-TAG")
+    station = environ.get("EDGE_SIMULATOR_OCPP_STATION_PREFIX", "sim-") + site
+    token = environ.get("EDGE_SIMULATOR_OCPP_ID_TOKEN", "SIM-TAG")
     return {station: {"site_id": site, "id_tokens": [token]}}
 
 
@@ -413,14 +413,16 @@ def run_defaults(
     ev_charging accepts the demo site's station.
     """
     defaults = {
-        "edge_simulator": {"EDGE_MODBUS_PORT": str(modbus_port)},
-        "meter_gateway": {"GATEWAY_DEVICES_FILE": str(gateway_devices(repo, run_dir, modbus_port))},
-        "forecaster": {"FORECAST_COLD_START_PV_PEAK_KW": str(DEMO_PV_PEAK_KW)},
+        "edge_simulator": {"EDGE_SIMULATOR_MODBUS_PORT": str(modbus_port)},
+        "meter_gateway": {
+            "METER_GATEWAY_DEVICES_FILE": str(gateway_devices(repo, run_dir, modbus_port))
+        },
+        "forecaster": {"FORECASTER_COLD_START_PV_PEAK_KW": str(DEMO_PV_PEAK_KW)},
     }
     stations = demo_stations(environ)
     if ocpp_port is not None and stations:
-        defaults["edge_simulator"]["EDGE_OCPP_URL"] = f"ws://127.0.0.1:{ocpp_port}"
-        defaults["ev_charging"] = {"EV_STATIONS": json.dumps(stations)}
+        defaults["edge_simulator"]["EDGE_SIMULATOR_OCPP_URL"] = f"ws://127.0.0.1:{ocpp_port}"
+        defaults["ev_charging"] = {"EV_CHARGING_STATIONS": json.dumps(stations)}
     return defaults
 
 
@@ -453,7 +455,7 @@ def up(
     choice = choose_port(mqtt_port, DEFAULT_MQTT_PORT, "MQTT", "`make run MQTT_PORT=<port>`")
     if choice.note:
         say(choice.note)
-    modbus = choose_port(None, DEFAULT_MODBUS_PORT, "Modbus", "EDGE_MODBUS_PORT")
+    modbus = choose_port(None, DEFAULT_MODBUS_PORT, "Modbus", "EDGE_SIMULATOR_MODBUS_PORT")
     modbus_port = free_port() if free_ports else modbus.port
     broker, kind = broker_child(run_dir, choice.port)
     broker.start()

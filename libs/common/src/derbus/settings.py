@@ -188,7 +188,7 @@ class DatabaseSettings(BaseSettings):
 class InfluxSettings(BaseSettings):
     """InfluxDB 2 connection (`INFLUXDB_URL`, `_TOKEN`, `_ORG`, `_BUCKET`): cloud_sync, edge_simulator.
 
-    Services that let their own prefix win build it with `InfluxSettings.from_env("SYNC_")`.
+    Services that let their own prefix win build it with `InfluxSettings.from_env("CLOUD_SYNC_")`.
     """
 
     model_config = SettingsConfigDict(env_prefix="INFLUXDB_", extra="ignore")

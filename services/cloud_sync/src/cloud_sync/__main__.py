@@ -78,7 +78,7 @@ def main_command(
 ) -> None:
     """Run cloud_sync (subscribe, outbox, forward every --interval s) unless told otherwise."""
     overrides = _overrides(
-        interval_seconds=interval,
+        interval_s=interval,
         batch_size=batch_size,
         database_url=database_url,
         influxdb_url=influxdb_url,

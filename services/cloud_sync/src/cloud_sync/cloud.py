@@ -212,7 +212,7 @@ class SqlCloudStore:
         folder = self.migrations_dir or default_migrations_dir()
         if folder is None:
             raise ConfigError(
-                "migrations_dir (SYNC_MIGRATIONS_DIR): deploy/postgres not found; set it",
+                "migrations_dir (CLOUD_SYNC_MIGRATIONS_DIR): deploy/postgres not found; set it",
                 ("migrations_dir",),
             )
         applied: list[str] = []

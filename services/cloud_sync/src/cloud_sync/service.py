@@ -203,7 +203,7 @@ def build_service(
         for spec in INFLUX_ONLY:
             service.on(spec, shared_group=settings.shared_group)(influx_handler(sync, spec))
 
-    @service.every(lambda: service.settings.interval_seconds, run_at_start=True)
+    @service.every(lambda: service.settings.interval_s, run_at_start=True)
     async def forward(ctx: Context) -> None:
         await sync.forward()
 

@@ -1,4 +1,4 @@
-"""Settings of cloud_sync (`SYNC_*`, plus `INFLUXDB_*`, `DATABASE_URL`, `SUPABASE_*`)."""
+"""Settings of cloud_sync (`CLOUD_SYNC_*`, plus `INFLUXDB_*`, `DATABASE_URL`, `SUPABASE_*`)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ _INFLUX_KEYS = ("url", "token", "org", "bucket")
 class Settings(ServiceSettings):
     """cloud_sync: telemetry into InfluxDB and, through a durable outbox, into the cloud database.
 
-    The InfluxDB connection (`derbus.settings.InfluxSettings`) takes `SYNC_INFLUXDB_*` first,
+    The InfluxDB connection (`derbus.settings.InfluxSettings`) takes `CLOUD_SYNC_INFLUXDB_*` first,
     then the plain `INFLUXDB_*` variables.
     """
 
-    model_config = SettingsConfigDict(env_prefix="SYNC_", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="CLOUD_SYNC_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "batch_size",
-            "interval_seconds",
+            "interval_s",
             "outbox_max_rows",
             "outbox_warn_pct",
             "kpi_interval_s",
@@ -39,8 +39,8 @@ class Settings(ServiceSettings):
         description="cloud database: DATABASE_URL, else SUPABASE_URL + SUPABASE_KEY, else SQLite",
     )
     influxdb: InfluxSettings = Field(
-        default_factory=lambda: InfluxSettings.from_env("SYNC_"),
-        description="INFLUXDB_URL/_TOKEN/_ORG/_BUCKET (SYNC_INFLUXDB_* first); no URL = no writes",
+        default_factory=lambda: InfluxSettings.from_env("CLOUD_SYNC_"),
+        description="INFLUXDB_URL/_TOKEN/_ORG/_BUCKET (CLOUD_SYNC_INFLUXDB_* first); no URL = no writes",
     )
     influx_batch_points: int = Field(
         default=5000, ge=1, le=100_000, description="points per InfluxDB write request"
@@ -51,7 +51,7 @@ class Settings(ServiceSettings):
     batch_size: int = Field(
         default=5000, ge=1, le=100_000, description="readings per batch sent to the cloud database"
     )
-    interval_seconds: float = Field(
+    interval_s: float = Field(
         default=5.0, gt=0, le=86_400, description="seconds between forwarding passes"
     )
     intake_batch_messages: int = Field(
@@ -137,7 +137,7 @@ class Settings(ServiceSettings):
             return data
         flat = {k: data.pop(f"influxdb_{k}") for k in _INFLUX_KEYS if f"influxdb_{k}" in data}
         if flat:
-            base = data.get("influxdb") or InfluxSettings.from_env("SYNC_")
+            base = data.get("influxdb") or InfluxSettings.from_env("CLOUD_SYNC_")
             current = base if isinstance(base, dict) else base.model_dump()
             data["influxdb"] = InfluxSettings.model_validate({**current, **flat})
         return data

@@ -35,7 +35,7 @@ class SyncProcess(ServiceProcess):
     """`python -m cloud_sync` on broker `host:port` and `database_url`, files in `data_dir`.
 
     Args:
-        extra_env: more settings (`SYNC_*`, `MQTT_*`), e.g. `SYNC_SHARED_GROUP` for a replica.
+        extra_env: more settings (`CLOUD_SYNC_*`, `MQTT_*`), e.g. `CLOUD_SYNC_SHARED_GROUP` for a replica.
     """
 
     def __init__(
@@ -49,18 +49,18 @@ class SyncProcess(ServiceProcess):
     ) -> None:
         api_port = free_port()
         settings = {
-            "SYNC_CLIENT_ID": f"sync-{uuid.uuid4().hex[:8]}",
-            "SYNC_DATA_DIR": str(data_dir),
-            "SYNC_API_PORT": str(api_port),
+            "CLOUD_SYNC_CLIENT_ID": f"sync-{uuid.uuid4().hex[:8]}",
+            "CLOUD_SYNC_DATA_DIR": str(data_dir),
+            "CLOUD_SYNC_API_PORT": str(api_port),
             "DATABASE_URL": database_url,
-            "SYNC_BATCH_SIZE": "500",
-            "SYNC_INTERVAL_SECONDS": "0.2",
-            "SYNC_KPI_INTERVAL_S": "60",
-            "SYNC_GAP_RETRY_S": "1",
-            "SYNC_LOG_LEVEL": "WARNING",
+            "CLOUD_SYNC_BATCH_SIZE": "500",
+            "CLOUD_SYNC_INTERVAL_S": "0.2",
+            "CLOUD_SYNC_KPI_INTERVAL_S": "60",
+            "CLOUD_SYNC_GAP_RETRY_S": "1",
+            "CLOUD_SYNC_LOG_LEVEL": "WARNING",
             **(extra_env or {}),
         }
-        env = service_env("SYNC_", host, port, root, **settings)
+        env = service_env("CLOUD_SYNC_", host, port, root, **settings)
         env.pop("SUPABASE_URL", None)
         super().__init__("cloud_sync", env, data_dir / "cloud_sync.log", api_port)
 

@@ -14,10 +14,10 @@ from derbus.bus import make_bus
 from derbus.errors import ConfigError
 from derbus.runner import serve
 from derbus.settings import InfluxSettings, load_settings_or_exit
-from edge_simulator.config import SimConfig, dump_sim_config
 from edge_simulator.output import StepView
 from edge_simulator.service import build_service
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig, dump_sim_config
 from edge_simulator.simulator import SERVICE_NAME, build_fleet, resolve_config
 
 app = typer.Typer(add_completion=False, help="Simulated DER sites on the bus and over Modbus TCP.")
@@ -198,7 +198,7 @@ def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
 
 def _run_shards(settings: Settings, shards: int) -> None:
     """Run the fleet as `shards` processes of `python -m edge_simulator`, each simulating its
-    slice of the sites (`EDGE_FIRST_SITE`, `EDGE_SITES`) with its own MQTT session
+    slice of the sites (`EDGE_SIMULATOR_FIRST_SITE`, `EDGE_SIMULATOR_SITES`) with its own MQTT session
     (`MQTT_REPLICA`) and API port; stops them on SIGTERM/SIGINT, exits with the worst status.
 
     Each shard's bus applies back-pressure on its own (`MQTT_MAX_QUEUED`): a shard publishing
@@ -220,10 +220,10 @@ def _run_shards(settings: Settings, shards: int) -> None:
         count = base + (1 if k < extra else 0)
         env = {
             **os.environ,
-            "EDGE_SITES": str(count),
-            "EDGE_FIRST_SITE": str(first),
+            "EDGE_SIMULATOR_SITES": str(count),
+            "EDGE_SIMULATOR_FIRST_SITE": str(first),
             "MQTT_REPLICA": f"shard{k}",
-            "EDGE_API_PORT": str(settings.api_port + k if settings.api_port else 0),
+            "EDGE_SIMULATOR_API_PORT": str(settings.api_port + k if settings.api_port else 0),
         }
         if fixed_id:
             env["MQTT_CLIENT_ID"] = f"{fixed_id}-shard{k}"

@@ -20,7 +20,6 @@ import numpy as np
 
 from derbus.messages import TouPeriod
 from edge_simulator import noise, physics
-from edge_simulator.config import SimConfig
 from edge_simulator.noise import FloatArray
 from edge_simulator.physics import (
     N_BASE,
@@ -42,6 +41,7 @@ from edge_simulator.physics import (
     U_APP_START,
 )
 from edge_simulator.replay import Profile
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.sky import SkyModel
 
 

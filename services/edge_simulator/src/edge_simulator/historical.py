@@ -14,11 +14,11 @@ from typing import IO, Any
 
 from derbus.messages import format_utc
 from derbus.topics import TopicIds
-from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Fleet
 from edge_simulator.output import StepView, record
 from edge_simulator.series import run_series, step_times
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.simulator import SERVICE_NAME, build_fleet
 
 _INFLUX_BATCH = 5000

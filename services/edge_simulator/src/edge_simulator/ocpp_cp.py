@@ -8,7 +8,7 @@ once when its charging rate changes. It takes SetChargingProfile (an Absolute Tx
 A, with an optional duration after which it reverts by itself) and ClearChargingProfile.
 
 `OcppChargePoints` runs one per simulated site (station id `<prefix><site id>`); the edge
-simulator starts it when `EDGE_OCPP_URL` is set.
+simulator starts it when `EDGE_SIMULATOR_OCPP_URL` is set.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def on(action: str) -> Callable[[F], F]:
 
 
 class OcppSimSettings(BaseSettings):
-    """The simulator's charge points (`EDGE_OCPP_*`); off unless `url` is set."""
+    """The simulator's charge points (`EDGE_SIMULATOR_OCPP_*`); off unless `url` is set."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGE_OCPP_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDGE_SIMULATOR_OCPP_", extra="ignore")
 
     url: str | None = Field(
         default=None, description="central system URL (ws://host:port); unset = no charge points"

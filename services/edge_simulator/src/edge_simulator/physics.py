@@ -19,14 +19,14 @@ import numpy as np
 
 from derbus.messages import TouPeriod
 from derbus.tariff import Tariff
-from edge_simulator.config import (
+from edge_simulator.noise import FloatArray
+from edge_simulator.sim_config import (
     BatteryConfig,
     HomeLoadConfig,
     PriceConfig,
     SimConfig,
     SolarConfig,
 )
-from edge_simulator.noise import FloatArray
 
 # --- noise streams ---------------------------------------------------------------------------
 # One stream per random quantity, so adding one never shifts the others. Per step one block of

@@ -14,9 +14,9 @@ from derbus.messages import ReplayRequest
 from derbus.service import Context, Service
 from derbus.setpoint_receiver import serve_setpoints
 from edge_simulator.api_models import SiteRecord, Sites
-from edge_simulator.config import SimConfig
 from edge_simulator.control import CONTROLLABLE, SimSetpoints
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.simulator import (
     SERVICE_NAME,
     Clock,

@@ -1,4 +1,4 @@
-"""Settings of the edge simulator (`EDGE_*`), plus the InfluxDB connection (`INFLUXDB_*`)."""
+"""Settings of the edge simulator (`EDGE_SIMULATOR_*`), plus the InfluxDB connection (`INFLUXDB_*`)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ ALL_DEVICES: tuple[str, ...] = ("pcc", "pv", "battery", "load", "ev", "load1", "
 
 
 class Settings(ServiceSettings):
-    """Edge simulator settings. Physical models come from `config_file` (see config.py)."""
+    """Edge simulator settings. Physical models come from `config_file` (see sim_config.py)."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGE_")
+    model_config = SettingsConfigDict(env_prefix="EDGE_SIMULATOR_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {"interval_s", "publish_on_setpoint", "enable_influxdb"}
     )
@@ -83,7 +83,7 @@ class Settings(ServiceSettings):
     enable_influxdb: bool = Field(default=False, description="also write readings to InfluxDB")
     ocpp: OcppSimSettings = Field(
         default_factory=OcppSimSettings,
-        description="OCPP charge points, one per site (EDGE_OCPP_*; off unless a URL is set)",
+        description="OCPP charge points, one per site (EDGE_SIMULATOR_OCPP_*; off unless a URL is set)",
     )
     influxdb: InfluxSettings = Field(
         default_factory=InfluxSettings, description="INFLUXDB_URL/_TOKEN/_ORG/_BUCKET"

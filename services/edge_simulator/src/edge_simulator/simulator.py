@@ -24,13 +24,13 @@ from derbus import topics
 from derbus.errors import StorageError
 from derbus.service import Service
 from derbus.topics import TopicIds
-from edge_simulator.config import SimConfig, load_sim_config
 from edge_simulator.control import AckOut, Controls
 from edge_simulator.fleet import Fleet, Location, StepResult
 from edge_simulator.output import StepView
 from edge_simulator.replay import load_profile
 from edge_simulator.resend import SentBuffer
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig, load_sim_config
 from edge_simulator.wire import DEVICES, encode_step
 
 log = logging.getLogger(__name__)
@@ -153,12 +153,12 @@ class Simulator:
         self.device_index = {d.device_id: k for k, d in enumerate(self.devices)}
         registry = service.metrics.registry
         self.replayed = Counter(
-            "derbus_edge_replayed_readings_total",
+            "derbus_edge_simulator_replayed_readings_total",
             "Readings published again on a replay request",
             registry=registry,
         )
         self.replay_missed = Counter(
-            "derbus_edge_replay_missed_readings_total",
+            "derbus_edge_simulator_replay_missed_readings_total",
             "Readings asked for again that had left the buffer (lost for good)",
             registry=registry,
         )

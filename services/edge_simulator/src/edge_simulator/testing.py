@@ -8,8 +8,8 @@ from typing import Any
 
 from derbus.storage import reading_rows
 from derbus.topics import TopicIds
-from edge_simulator.config import SimConfig
 from edge_simulator.fleet import Fleet, Location
+from edge_simulator.sim_config import SimConfig
 from edge_simulator.wire import DEVICES
 
 T0 = datetime(2026, 6, 22, 0, 0, tzinfo=UTC)

@@ -21,15 +21,15 @@ app = typer.Typer(help="derbus EV charging: OCPP central system, smart charging,
 def run(
     ctx: typer.Context,
     ocpp_port: Annotated[
-        int | None, typer.Option(help="OCPP WebSocket port (EV_OCPP_PORT)")
+        int | None, typer.Option(help="OCPP WebSocket port (EV_CHARGING_OCPP_PORT)")
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="API port (EV_API_PORT)")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (EV_CHARGING_API_PORT)")] = None,
 ) -> None:
     """Run the service (the default command): API, OCPP central system, price sources."""
     if ctx.invoked_subcommand is not None:
         return
     settings = load_settings_or_exit(Settings, **given(ocpp_port=ocpp_port, api_port=api_port))
-    # the ocpp library logs every frame at INFO: only with EV_LOG_LEVEL=DEBUG
+    # the ocpp library logs every frame at INFO: only with EV_CHARGING_LOG_LEVEL=DEBUG
     if settings.log_level != "DEBUG":
         logging.getLogger("ocpp").setLevel(logging.WARNING)
     serve(build_service(settings, make_bus(settings.mqtt, "ev_charging", site_id=settings.site.id)))

@@ -149,25 +149,25 @@ class OcppMetrics:
     def __init__(self, service: Service[Any, Any]) -> None:
         registry = service.metrics.registry
         self.frames_rejected = Counter(
-            "derbus_ocpp_frames_rejected_total",
+            "derbus_ev_charging_frames_rejected_total",
             "OCPP frames answered with a CallError (malformed, invalid payload, unknown action)",
             ["code"],
             registry=registry,
         )
         self.calls = Counter(
-            "derbus_ocpp_calls_total", "OCPP calls received", ["action"], registry=registry
+            "derbus_ev_charging_calls_total", "OCPP calls received", ["action"], registry=registry
         )
         self.refused = Counter(
-            "derbus_ocpp_connections_refused_total",
+            "derbus_ev_charging_connections_refused_total",
             "WebSocket connections refused (unknown station, protocol)",
             ["reason"],
             registry=registry,
         )
         self.connected = Gauge(
-            "derbus_ocpp_stations_connected", "Stations connected now", registry=registry
+            "derbus_ev_charging_stations_connected", "Stations connected now", registry=registry
         )
         self.profiles = Counter(
-            "derbus_ocpp_profiles_total",
+            "derbus_ev_charging_profiles_total",
             "Charging profile calls sent, by answer",
             ["call", "status"],
             registry=registry,

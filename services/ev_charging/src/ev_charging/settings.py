@@ -1,4 +1,4 @@
-"""Settings of the ev_charging service (`EV_*`): OCPP central system, smart charging, prices."""
+"""Settings of the ev_charging service (`EV_CHARGING_*`): OCPP central system, smart charging, prices."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class PriceSourceConfig(BaseModel):
 class Settings(ServiceSettings):
     """Everything ev_charging reads at start-up; limits and defaults change live."""
 
-    model_config = SettingsConfigDict(env_prefix="EV_")
+    model_config = SettingsConfigDict(env_prefix="EV_CHARGING_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "default_mode",

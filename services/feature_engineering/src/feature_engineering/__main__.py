@@ -50,7 +50,8 @@ def run(
         bool, typer.Option("--continuous", help="serve, computing every --interval seconds")
     ] = False,
     interval: Annotated[
-        float | None, typer.Option("--interval", help="seconds between passes (FE_INTERVAL_S)")
+        float | None,
+        typer.Option("--interval", help="seconds between passes (FEATURE_ENGINEERING_INTERVAL_S)"),
     ] = None,
     status: Annotated[
         bool, typer.Option("--status", help="print the table status and exit")

@@ -1,4 +1,4 @@
-"""Settings of feature_engineering (`FE_*`, plus the cloud database's `DATABASE_URL`)."""
+"""Settings of feature_engineering (`FEATURE_ENGINEERING_*`, plus the cloud database's `DATABASE_URL`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from derbus.topics import validate_id
 class Settings(ServiceSettings):
     """feature_engineering: cloud readings to the 15-minute `features` table, incrementally."""
 
-    model_config = SettingsConfigDict(env_prefix="FE_")
+    model_config = SettingsConfigDict(env_prefix="FEATURE_ENGINEERING_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {"interval_s", "batch_size", "recompute_steps", "max_fill_steps"}
     )
@@ -25,7 +25,8 @@ class Settings(ServiceSettings):
         description="cloud database: DATABASE_URL (Postgres / Supabase) else SQLite in data_dir",
     )
     site_id: str | None = Field(
-        default=None, description="only this site (FE_SITE_ID); unset = every site in readings"
+        default=None,
+        description="only this site (FEATURE_ENGINEERING_SITE_ID); unset = every site in readings",
     )
     batch_size: int = Field(
         default=2000, ge=96, le=100_000, description="intervals computed and upserted per batch"

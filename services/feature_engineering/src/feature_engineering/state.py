@@ -75,19 +75,19 @@ class FeatureEngineering:
         self._lock = asyncio.Lock()
         registry = service.metrics.registry
         self.rows_total = Counter(
-            "derbus_features_rows_upserted_total",
+            "derbus_feature_engineering_rows_upserted_total",
             "Feature rows upserted",
             ["site_id"],
             registry=registry,
         )
         self.behind = Gauge(
-            "derbus_features_behind_readings_seconds",
+            "derbus_feature_engineering_behind_readings_seconds",
             "How far the feature table lags the latest complete interval of readings",
             ["site_id"],
             registry=registry,
         )
         self.last_pass_ts = Gauge(
-            "derbus_features_last_pass_timestamp_seconds",
+            "derbus_feature_engineering_last_pass_timestamp_seconds",
             "End of the last successful pass",
             registry=registry,
         )

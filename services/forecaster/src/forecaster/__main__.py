@@ -58,7 +58,7 @@ def run(
     ] = False,
     status: Annotated[bool, typer.Option("--status", help="print the registry and exit")] = False,
     model_dir: Annotated[
-        Path | None, typer.Option("--model-dir", help="model registry (FORECAST_MODEL_DIR)")
+        Path | None, typer.Option("--model-dir", help="model registry (FORECASTER_MODEL_DIR)")
     ] = None,
     site_id: Annotated[str | None, typer.Option("--site-id", help="only this site")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,

@@ -89,7 +89,7 @@ def train_all(
 
 
 def weather_provider(settings: Settings) -> WeatherProvider | None:
-    """The configured weather source (FORECAST_WEATHER_SOURCE)."""
+    """The configured weather source (FORECASTER_WEATHER_SOURCE)."""
     from forecaster.weather import provider_of
 
     return provider_of(settings.weather_source, settings.site.latitude, settings.site.longitude)

@@ -11,7 +11,7 @@ of values in the last week, the forecaster issues a *cold-start* forecast, marke
 * **PV**: pvlib's Ineichen clear-sky GHI times an array factor (kW per W/m²) measured from
   daylight readings (PV power over measured irradiance, else over clear-sky GHI), times the
   recently measured clear-sky index; before any daylight reading, a configured nameplate
-  (`FORECAST_COLD_START_PV_PEAK_KW`) with a performance ratio stands in for the array factor.
+  (`FORECASTER_COLD_START_PV_PEAK_KW`) with a performance ratio stands in for the array factor.
   The sun being down is known ahead, so night intervals are 0.
 
 Measurements are the feature-table history the forecaster already has, extended by the raw
@@ -73,9 +73,9 @@ columns by `bench/bench_coldstart.py` (figures in BENCHMARKS.md)."""
 
 
 class ColdStartSettings(BaseSettings):
-    """How the forecaster forecasts a site with little history (`FORECAST_COLD_START_*`)."""
+    """How the forecaster forecasts a site with little history (`FORECASTER_COLD_START_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="FORECAST_COLD_START_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FORECASTER_COLD_START_", extra="ignore")
 
     enabled: bool = Field(default=True, description="issue cold-start forecasts at all")
     lookback_h: float = Field(

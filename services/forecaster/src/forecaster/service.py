@@ -105,7 +105,7 @@ def _router(service: Service[Settings, Forecaster], fc: Forecaster) -> APIRouter
         target: str,
         days: Annotated[float | None, Query(gt=0, le=3660, description="window, days")] = None,
     ) -> dict[str, Any]:
-        """How the forecasts issued over the last `days` (default FORECAST_ACCURACY_DAYS) did."""
+        """How the forecasts issued over the last `days` (default FORECASTER_ACCURACY_DAYS) did."""
         if target not in TARGETS:
             raise HTTPException(status_code=404, detail=f"unknown target {target!r}")
         window_d = days if days is not None and days > 0 else service.settings.accuracy_days

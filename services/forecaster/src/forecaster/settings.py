@@ -1,4 +1,4 @@
-"""Settings of the forecaster (`FORECAST_*`, plus the cloud database's `DATABASE_URL`)."""
+"""Settings of the forecaster (`FORECASTER_*`, plus the cloud database's `DATABASE_URL`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from forecaster.coldstart import ColdStartSettings
 class Settings(ServiceSettings):
     """forecaster: trains, evaluates and serves day-ahead load and PV forecasts per site."""
 
-    model_config = SettingsConfigDict(env_prefix="FORECAST_")
+    model_config = SettingsConfigDict(env_prefix="FORECASTER_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {"issue_interval_s", "retrain_interval_h", "test_size", "backtest_folds"}
     )
@@ -29,7 +29,7 @@ class Settings(ServiceSettings):
     )
     model_dir: Path | None = Field(
         default=None,
-        description="model registry folder (FORECAST_MODEL_DIR); unset = <data_dir>/models",
+        description="model registry folder (FORECASTER_MODEL_DIR); unset = <data_dir>/models",
     )
     test_size: float = Field(
         default=0.25, gt=0, lt=0.9, description="share of the history held out for the backtest"
@@ -74,7 +74,7 @@ class Settings(ServiceSettings):
     )
     cold_start: ColdStartSettings = Field(
         default_factory=ColdStartSettings,
-        description="forecasts for sites with little history (FORECAST_COLD_START_*)",
+        description="forecasts for sites with little history (FORECASTER_COLD_START_*)",
     )
     fit_threads: int = Field(
         default=1, ge=1, le=64, description="threads per model fit (1 avoids oversubscription)"

@@ -79,7 +79,7 @@ class Forecaster:
         self._site: fx.SiteContext | None = None
         registry_ = service.metrics.registry
         self.published = Counter(
-            "derbus_forecasts_published_total",
+            "derbus_forecaster_forecasts_published_total",
             "Forecasts published",
             ["target"],
             registry=registry_,

@@ -50,7 +50,7 @@ class WeatherProvider(Protocol):
 
 @dataclass
 class SimulatorWeather:
-    """The edge simulator's weather as known ahead (its defaults; see edge_simulator.config)."""
+    """The edge simulator's weather as known ahead (its defaults; see edge_simulator.sim_config)."""
 
     longitude: float = 0.0
     annual_mean_c: float = 16.0

@@ -24,18 +24,19 @@ app = typer.Typer(help="derbus load manager: settlement-period net balancing and
 def run(
     ctx: typer.Context,
     rule: Annotated[
-        str | None, typer.Option(help="hysteresis, min_on_time or time_to_consume (LM_RULE)")
+        str | None,
+        typer.Option(help="hysteresis, min_on_time or time_to_consume (LOAD_MANAGER_RULE)"),
     ] = None,
     settlement_period_s: Annotated[
-        int | None, typer.Option(help="settlement period, s (LM_SETTLEMENT_PERIOD_S)")
+        int | None, typer.Option(help="settlement period, s (LOAD_MANAGER_SETTLEMENT_PERIOD_S)")
     ] = None,
     neighbourhood_file: Annotated[
-        Path | None, typer.Option(help="neighbourhood XML (LM_NEIGHBOURHOOD_FILE)")
+        Path | None, typer.Option(help="neighbourhood XML (LOAD_MANAGER_NEIGHBOURHOOD_FILE)")
     ] = None,
     jobs_file: Annotated[
-        Path | None, typer.Option(help="jobs CSV or XML to import (LM_JOBS_FILE)")
+        Path | None, typer.Option(help="jobs CSV or XML to import (LOAD_MANAGER_JOBS_FILE)")
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="API port (LM_API_PORT)")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (LOAD_MANAGER_API_PORT)")] = None,
 ) -> None:
     """Run the service (the default command): net balancing every cycle, jobs planned and started."""
     if ctx.invoked_subcommand is not None:

@@ -83,12 +83,16 @@ class JobPlanning:
         self.last_plan_at: datetime | None = None
         self.lock = asyncio.Lock()
         reg = service.metrics.registry
-        self.jobs_gauge = Gauge("lm_jobs", "Deferrable jobs by status", ["status"], registry=reg)
+        self.jobs_gauge = Gauge(
+            "derbus_load_manager_jobs", "Deferrable jobs by status", ["status"], registry=reg
+        )
         self.solve_gauge = Gauge(
-            "lm_plan_solve_seconds", "Last scheduling solve time", registry=reg
+            "derbus_load_manager_plan_solve_seconds", "Last scheduling solve time", registry=reg
         )
         self.pv_share_gauge = Gauge(
-            "lm_plan_pv_share", "Share of planned job energy from PV", registry=reg
+            "derbus_load_manager_plan_pv_share_ratio",
+            "Share of planned job energy from PV",
+            registry=reg,
         )
 
     # --- persistence ---------------------------------------------------------------------------

@@ -68,15 +68,18 @@ class NetBalancing:
         self.last_period: dict[str, Any] | None = None
         reg = service.metrics.registry
         self.balance_gauge = Gauge(
-            "lm_period_balance_wh",
+            "derbus_load_manager_period_balance_wh",
             "Settlement-period balance so far, Wh (+ surplus exported / - debt imported)",
             registry=reg,
         )
         self.load_gauge = Gauge(
-            "lm_load_on", "1 when the load is commanded on", ["device"], registry=reg
+            "derbus_load_manager_load_on",
+            "1 when the load is commanded on",
+            ["device"],
+            registry=reg,
         )
         self.day_gauge = Gauge(
-            "lm_day_kpi",
+            "derbus_load_manager_day_kpi",
             "Today's net-balancing KPIs (efficiency ratio, Wh, counts, h)",
             ["kpi"],
             registry=reg,

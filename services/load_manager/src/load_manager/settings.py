@@ -1,4 +1,4 @@
-"""Settings of the load manager (`LM_*`): net-balancing loads and rule, job scheduler, files."""
+"""Settings of the load manager (`LOAD_MANAGER_*`): net-balancing loads and rule, job scheduler, files."""
 
 from __future__ import annotations
 
@@ -83,9 +83,9 @@ class HouseConfig(BaseModel):
 
 
 class Settings(ServiceSettings):
-    """Load manager settings (`LM_*`; nested values such as `LM_LOADS` are JSON)."""
+    """Load manager settings (`LOAD_MANAGER_*`; nested values such as `LOAD_MANAGER_LOADS` are JSON)."""
 
-    model_config = SettingsConfigDict(env_prefix="LM_", env_nested_delimiter="__")
+    model_config = SettingsConfigDict(env_prefix="LOAD_MANAGER_", env_nested_delimiter="__")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "rule",

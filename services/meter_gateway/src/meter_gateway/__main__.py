@@ -13,7 +13,7 @@ from derbus.bus import make_bus
 from derbus.errors import ConfigError, DeviceError
 from derbus.runner import serve
 from derbus.settings import given, load_settings_or_exit
-from meter_gateway.config import load_devices, load_map
+from meter_gateway.device_map import load_devices, load_map
 from meter_gateway.scan import parse_target, scan_registers, scan_sunspec, tcp_link
 from meter_gateway.service import build_service
 from meter_gateway.settings import Settings
@@ -30,9 +30,9 @@ def _fail(message: str) -> None:
 def run(
     ctx: typer.Context,
     devices_file: Annotated[
-        Path | None, typer.Option(help="devices YAML (GATEWAY_DEVICES_FILE)")
+        Path | None, typer.Option(help="devices YAML (METER_GATEWAY_DEVICES_FILE)")
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="API port (GATEWAY_API_PORT)")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (METER_GATEWAY_API_PORT)")] = None,
 ) -> None:
     """Run the service (the default command): poll the devices, publish, write setpoints."""
     if ctx.invoked_subcommand is not None:
@@ -54,7 +54,7 @@ def check_config() -> None:
     """Validate the settings and the devices file; print the devices."""
     settings = load_settings_or_exit(Settings)
     if settings.devices_file is None:
-        typer.echo("no devices file (GATEWAY_DEVICES_FILE)")
+        typer.echo("no devices file (METER_GATEWAY_DEVICES_FILE)")
         return
     try:
         devices = load_devices(settings.devices_file, settings.site.id)

@@ -10,7 +10,7 @@ from derbus.errors import SetpointRejectedError
 from derbus.messages import SetpointTarget
 from derbus.messages.control import SETPOINT_UNITS
 from derbus.setpoints import TargetLimits
-from meter_gateway.config import ControlSpec
+from meter_gateway.device_map import ControlSpec
 from meter_gateway.registers import DataType, encode, unit_factor
 
 

@@ -31,8 +31,8 @@ from derbus.service import Service
 from derbus.setpoint_receiver import done
 from derbus.setpoints import SetpointArbiter, TargetLimits
 from meter_gateway import sunspec
-from meter_gateway.config import ResolvedDevice
 from meter_gateway.control import ControlPlan, ControlState, RegisterControl, Write, decide
+from meter_gateway.device_map import ResolvedDevice
 from meter_gateway.health import DeviceHealth, next_poll_delay_s
 from meter_gateway.link import ModbusLink
 from meter_gateway.readings import ReadPoint, build_telemetry, decode_points
@@ -57,28 +57,43 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.stale = Gauge(
-            "gateway_device_stale", "1 while a device is stale", ["device"], registry=registry
+            "derbus_meter_gateway_device_stale",
+            "1 while a device is stale",
+            ["device"],
+            registry=registry,
         )
         self.registers_read = Counter(
-            "gateway_registers_read_total", "Registers read", ["device"], registry=registry
+            "derbus_meter_gateway_registers_read_total",
+            "Registers read",
+            ["device"],
+            registry=registry,
         )
         self.requests = Counter(
-            "gateway_read_requests_total", "Modbus read requests", ["device"], registry=registry
+            "derbus_meter_gateway_read_requests_total",
+            "Modbus read requests",
+            ["device"],
+            registry=registry,
         )
         self.poll_failures = Counter(
-            "gateway_poll_failures_total", "Failed polls", ["device"], registry=registry
+            "derbus_meter_gateway_poll_failures_total",
+            "Failed polls",
+            ["device"],
+            registry=registry,
         )
         self.readings = Counter(
-            "gateway_readings_published_total", "Readings published", ["device"], registry=registry
+            "derbus_meter_gateway_readings_published_total",
+            "Readings published",
+            ["device"],
+            registry=registry,
         )
         self.dropped = Counter(
-            "gateway_values_dropped_total",
+            "derbus_meter_gateway_values_dropped_total",
             "Decoded values not published (NaN/inf, out of plausible range, refused)",
             ["device", "field", "reason"],
             registry=registry,
         )
         self.setpoint_writes = Counter(
-            "gateway_setpoint_writes_total",
+            "derbus_meter_gateway_setpoint_writes_total",
             "Control writes (value, refresh, revert) by result",
             ["device", "target", "action", "result"],
             registry=registry,

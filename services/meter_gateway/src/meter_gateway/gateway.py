@@ -8,8 +8,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from meter_gateway.config import ResolvedDevice
 from meter_gateway.device import DeviceRunner, GatewayMetrics
+from meter_gateway.device_map import ResolvedDevice
 from meter_gateway.link import LinkPool, ModbusLink
 from meter_gateway.settings import Settings
 
@@ -56,7 +56,7 @@ class Gateway:
     async def start(self) -> None:
         """Start each device's poll task (and control task when it has controls)."""
         if not self.runners:
-            log.warning("no devices configured (set GATEWAY_DEVICES_FILE)")
+            log.warning("no devices configured (set METER_GATEWAY_DEVICES_FILE)")
         for runner in self.runners.values():
             self.tasks.append(
                 asyncio.create_task(runner.run_polling(), name=f"poll:{runner.label}")

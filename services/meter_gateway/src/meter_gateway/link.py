@@ -10,7 +10,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from derbus.errors import DeviceError
-from meter_gateway.config import SerialConnection, TcpConnection
+from meter_gateway.device_map import SerialConnection, TcpConnection
 from meter_gateway.registers import Function
 
 _EXCEPTION_NAMES = {

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from derbus.messages import Telemetry
-from meter_gateway.config import KIND_MODELS, RegisterPoint, required_fields
+from meter_gateway.device_map import KIND_MODELS, RegisterPoint, required_fields
 from meter_gateway.registers import DataType, ReadBlock, Span, decode, field_unit, unit_factor
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from derbus.errors import ConfigError, DeviceError
 from meter_gateway import sunspec
-from meter_gateway.config import RegisterPoint, TcpConnection
+from meter_gateway.device_map import RegisterPoint, TcpConnection
 from meter_gateway.link import ModbusLink, PymodbusLink
 from meter_gateway.readings import ReadPoint, decode_point
 from meter_gateway.registers import ReadBlock, decode, field_unit

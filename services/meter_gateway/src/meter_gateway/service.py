@@ -15,8 +15,8 @@ from derbus.messages import utcnow
 from derbus.service import Service
 from derbus.setpoint_receiver import serve_setpoints
 from meter_gateway.api_models import DeviceView
-from meter_gateway.config import ResolvedDevice, load_devices
 from meter_gateway.device import SOURCE, SPECS, DeviceRunner, GatewaySetpoints
+from meter_gateway.device_map import ResolvedDevice, load_devices
 from meter_gateway.gateway import Gateway, LinkFactory
 from meter_gateway.settings import Settings
 

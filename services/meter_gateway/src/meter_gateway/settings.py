@@ -1,4 +1,4 @@
-"""Settings of the meter gateway (`GATEWAY_*`)."""
+"""Settings of the meter gateway (`METER_GATEWAY_*`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from derbus.settings import ServiceSettings
 class Settings(ServiceSettings):
     """Meter gateway settings; per-device polling, timeouts and stale thresholds are in the YAML."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+    model_config = SettingsConfigDict(env_prefix="METER_GATEWAY_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {"retry_backoff_max_s", "control_tick_s", "log_level"}
     )

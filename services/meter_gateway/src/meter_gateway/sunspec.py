@@ -13,8 +13,8 @@ from sunspec2.device import get_model_def
 
 from derbus.errors import DeviceError, SetpointRejectedError
 from derbus.messages import SetpointTarget
-from meter_gateway.config import RegisterPoint, ResolvedDevice, required_fields
 from meter_gateway.control import ControlPlan, DeclaredControl, Write
+from meter_gateway.device_map import RegisterPoint, ResolvedDevice, required_fields
 from meter_gateway.link import ModbusLink
 from meter_gateway.readings import ReadPoint
 from meter_gateway.registers import DataType, encode, field_unit, unit_factor

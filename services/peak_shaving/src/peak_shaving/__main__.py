@@ -21,18 +21,20 @@ app = typer.Typer(help="derbus peak shaving: PCC limits (PMA) and battery schedu
 def run(
     ctx: typer.Context,
     import_limit_kw: Annotated[
-        float | None, typer.Option(help="PCC import limit, kW (PS_IMPORT_LIMIT_KW)")
+        float | None, typer.Option(help="PCC import limit, kW (PEAK_SHAVING_IMPORT_LIMIT_KW)")
     ] = None,
     export_limit_kw: Annotated[
-        float | None, typer.Option(help="PCC export limit, kW, negative (PS_EXPORT_LIMIT_KW)")
+        float | None,
+        typer.Option(help="PCC export limit, kW, negative (PEAK_SHAVING_EXPORT_LIMIT_KW)"),
     ] = None,
     demand_target_kw: Annotated[
-        float | None, typer.Option(help="15-minute demand target, kW (PS_DEMAND_TARGET_KW)")
+        float | None,
+        typer.Option(help="15-minute demand target, kW (PEAK_SHAVING_DEMAND_TARGET_KW)"),
     ] = None,
     solver: Annotated[
-        str | None, typer.Option(help="EMA solver: ECOS, CLARABEL or HIGHS (PS_SOLVER)")
+        str | None, typer.Option(help="EMA solver: ECOS, CLARABEL or HIGHS (PEAK_SHAVING_SOLVER)")
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="API port (PS_API_PORT)")] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (PEAK_SHAVING_API_PORT)")] = None,
 ) -> None:
     """Run the service (the default command): API, PMA on every PCC reading, EMA every 15 min."""
     if ctx.invoked_subcommand is not None:

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import Field, field_validator
 
-from peak_shaving.config import SiteConfig
+from peak_shaving.site_config import SiteConfig
 
 Mode = Literal["import_limit", "export_limit", "demand", "schedule", "idle"]
 _EPS_KW = 1e-9

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from derbus.errors import SolverError
 from derbus.tariff import Tariff
-from peak_shaving.config import SiteConfig
+from peak_shaving.site_config import SiteConfig
 
 SolverName = Literal["ECOS", "CLARABEL", "HIGHS"]
 FloatArray = NDArray[np.float64]

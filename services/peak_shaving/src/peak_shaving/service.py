@@ -28,7 +28,7 @@ def bus_client_name(settings: Settings) -> str:
     """The service part of this instance's MQTT client id (`make_bus`'s `service`).
 
     `peak_shaving`, and for a replica with `site_shard` k/N `peak_shaving.shard-k-of-N`: replicas
-    that differ only in `PS_SITE_SHARD` must not share a client id, or the broker disconnects each
+    that differ only in `PEAK_SHAVING_SITE_SHARD` must not share a client id, or the broker disconnects each
     for the other, over and over (seen on Mosquitto: ~200 reconnects a second, neither ready).
     """
     if not settings.site_shard:

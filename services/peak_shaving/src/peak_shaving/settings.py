@@ -1,4 +1,4 @@
-"""Settings of the peak_shaving service (`PS_*`): the PMA and EMA configuration plus wiring."""
+"""Settings of the peak_shaving service (`PEAK_SHAVING_*`): the PMA and EMA configuration plus wiring."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
     pure modules; the cross-field checks there name the offending field.
     """
 
-    model_config = SettingsConfigDict(env_prefix="PS_")
+    model_config = SettingsConfigDict(env_prefix="PEAK_SHAVING_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "import_limit_kw",

@@ -71,55 +71,55 @@ class _Metrics:
     def __init__(self, service: Service[Settings, Any]) -> None:
         registry = service.metrics.registry
         self.decision_s = Histogram(
-            "peak_shaving_decision_seconds",
+            "derbus_peak_shaving_decision_seconds",
             "PMA decision time, reading handled → setpoint handed to the bus",
             buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05),
             registry=registry,
         )
         self.time_on_limit = Gauge(
-            "peak_shaving_time_on_limit_seconds",
+            "derbus_peak_shaving_time_on_limit_seconds",
             "Time a limit was binding",
             ["site"],
             registry=registry,
         )
         self.limit_events = Gauge(
-            "peak_shaving_limit_events",
+            "derbus_peak_shaving_limit_events",
             "Times the PMA went onto a limit",
             ["site"],
             registry=registry,
         )
         self.unfixed_s = Gauge(
-            "peak_shaving_unfixed_violation_seconds",
+            "derbus_peak_shaving_unfixed_violation_seconds",
             "Time the PCC stayed beyond a hard limit with the battery at its limit",
             ["site"],
             registry=registry,
         )
         self.unfixed_kwh = Gauge(
-            "peak_shaving_unfixed_violation_kwh",
+            "derbus_peak_shaving_unfixed_violation_kwh",
             "Energy beyond a hard limit the battery could not remove",
             ["site"],
             registry=registry,
         )
         self.month_peak = Gauge(
-            "peak_shaving_month_peak_kw",
+            "derbus_peak_shaving_month_peak_kw",
             "Highest 15-minute average import this month",
             ["site"],
             registry=registry,
         )
         self.solves = Counter(
-            "peak_shaving_ema_solves_total",
+            "derbus_peak_shaving_ema_solves_total",
             "EMA solves by outcome",
             ["outcome"],
             registry=registry,
         )
         self.solve_s = Histogram(
-            "peak_shaving_ema_solve_seconds",
+            "derbus_peak_shaving_ema_solve_seconds",
             "EMA solve wall time",
             buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
             registry=registry,
         )
         self.acks = Counter(
-            "peak_shaving_setpoint_acks_total",
+            "derbus_peak_shaving_setpoint_acks_total",
             "Battery setpoint acknowledgements",
             ["status"],
             registry=registry,

@@ -37,11 +37,13 @@ def link_settings(settings: Settings) -> MqttSettings:
 @app.callback(invoke_without_command=True)
 def run(
     ctx: typer.Context,
-    group_id: Annotated[str | None, typer.Option(help="Sparkplug group (BRIDGE_GROUP_ID)")] = None,
-    edge_node_id: Annotated[
-        str | None, typer.Option(help="Sparkplug edge node id (BRIDGE_EDGE_NODE_ID)")
+    group_id: Annotated[
+        str | None, typer.Option(help="Sparkplug group (SCADA_BRIDGE_GROUP_ID)")
     ] = None,
-    api_port: Annotated[int | None, typer.Option(help="API port (BRIDGE_API_PORT)")] = None,
+    edge_node_id: Annotated[
+        str | None, typer.Option(help="Sparkplug edge node id (SCADA_BRIDGE_EDGE_NODE_ID)")
+    ] = None,
+    api_port: Annotated[int | None, typer.Option(help="API port (SCADA_BRIDGE_API_PORT)")] = None,
 ) -> None:
     """Run the bridge (the default command): API, Sparkplug edge node, HA discovery."""
     if ctx.invoked_subcommand is not None:

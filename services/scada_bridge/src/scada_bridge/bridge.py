@@ -128,24 +128,24 @@ class _Metrics:
     def __init__(self, service: Service[Settings, Bridge]) -> None:
         registry = service.metrics.registry
         self.sparkplug_out = Counter(
-            "scada_bridge_sparkplug_messages_total",
+            "derbus_scada_bridge_sparkplug_messages_total",
             "Sparkplug messages published",
             ["type"],
             registry=registry,
         )
         self.commands = Counter(
-            "scada_bridge_commands_total",
+            "derbus_scada_bridge_commands_total",
             "Commands received by origin and outcome",
             ["origin", "outcome"],
             registry=registry,
         )
         self.bd_seq = Gauge(
-            "scada_bridge_sparkplug_bdseq",
+            "derbus_scada_bridge_sparkplug_bdseq",
             "bdSeq of the current Sparkplug session",
             registry=registry,
         )
         self.ha_configs = Gauge(
-            "scada_bridge_ha_configs",
+            "derbus_scada_bridge_ha_configs",
             "Home Assistant discovery configs published",
             registry=registry,
         )

@@ -1,4 +1,4 @@
-"""Settings of the scada_bridge service (`BRIDGE_*`): Sparkplug B edge node and HA discovery."""
+"""Settings of the scada_bridge service (`SCADA_BRIDGE_*`): Sparkplug B edge node and HA discovery."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Settings(ServiceSettings):
     `/`, `+`, `#` (Sparkplug 3.0, tck-id-topic-structure-namespace-valid-*).
     """
 
-    model_config = SettingsConfigDict(env_prefix="BRIDGE_")
+    model_config = SettingsConfigDict(env_prefix="SCADA_BRIDGE_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "sparkplug_setpoint_ttl_s",

@@ -30,7 +30,7 @@ def run(
     mode: Annotated[str | None, typer.Option(help="centralised | distributed | agents")] = None,
     api_port: Annotated[int | None, typer.Option(help="API port")] = None,
 ) -> None:
-    """With no command: run the coordinator service (settings from VC_* and MQTT_*)."""
+    """With no command: run the coordinator service (settings from VOLTAGE_COORDINATOR_* and MQTT_*)."""
     if ctx.invoked_subcommand is not None:
         return
     from voltage_coordinator.service import build_service
@@ -63,7 +63,7 @@ def area_agent(
     area: Annotated[str, typer.Option(help="area id, e.g. area1")],
     api_port: Annotated[int, typer.Option(help="API port of this agent (0 = any)")] = 0,
 ) -> None:
-    """Run one area agent (for `VC_MODE=agents`) as its own service on the broker."""
+    """Run one area agent (for `VOLTAGE_COORDINATOR_MODE=agents`) as its own service on the broker."""
     from voltage_coordinator.agents import build_area_agent
 
     settings = _settings(api_port=api_port)

@@ -1,4 +1,4 @@
-"""Settings of the voltage coordinator, its area agents and its feeder simulation (`VC_*`)."""
+"""Settings of the voltage coordinator, its area agents and its feeder simulation (`VOLTAGE_COORDINATOR_*`)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ Mode = Literal["centralised", "distributed", "agents"]
 
 
 class Settings(ServiceSettings):
-    """The coordinator (`VC_*`); the area agents and the feeder simulation read the same group."""
+    """The coordinator (`VOLTAGE_COORDINATOR_*`); the area agents and the feeder simulation read the same group."""
 
-    model_config = SettingsConfigDict(env_prefix="VC_")
+    model_config = SettingsConfigDict(env_prefix="VOLTAGE_COORDINATOR_")
     mutable_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "solve_interval_s",

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from derbus.errors import ConfigError
-from meter_gateway.config import (
+from meter_gateway.device_map import (
     SHIPPED_MAPS,
     load_devices,
     load_map,

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 
 from derbus.errors import ConfigError
 from derbus.tariff import Tariff
-from edge_simulator.config import SimConfig, dump_sim_config, load_sim_config
 from edge_simulator.fleet import StepResult, run
 from edge_simulator.service import build_fleet
 from edge_simulator.settings import Settings
+from edge_simulator.sim_config import SimConfig, dump_sim_config, load_sim_config
 from edge_simulator.sky import SkyModel
 from edge_simulator.testing import T0
 
