@@ -453,6 +453,19 @@ def bench_outbox(work: Path, total: int) -> None:
 
 
 # --- the staging reference ---------------------------------------------------------------------------
+def copy_rows(batch: ReadingBatch) -> list[tuple[Any, ...]]:
+    """The batch as `(time, site_id, device_id, metric, value)` tuples for a binary COPY."""
+    return [
+        (from_epoch_us(t), *batch.keys[k], v)
+        for k, t, v in zip(
+            batch.key_idx.tolist(),
+            batch.time_us.tolist(),
+            batch.value.tolist(),
+            strict=True,
+        )
+    ]
+
+
 def staging_reference(url: str, batches: Iterator[ReadingBatch], batch_rows: int) -> float:
     """Readings/s of a bare psycopg binary COPY of full rows into a temporary table + one
     INSERT … ON CONFLICT DO NOTHING per batch (the issue's reference), same rows, same batches."""
@@ -475,15 +488,7 @@ def staging_reference(url: str, batches: Iterator[ReadingBatch], batch_rows: int
             for m in batch.months() - months:
                 store.prepare(datetime(m[0], m[1], 1, tzinfo=UTC))
                 months.add(m)
-            rows = [
-                (from_epoch_us(t), *batch.keys[k], v)
-                for k, t, v in zip(
-                    batch.key_idx.tolist(),
-                    batch.time_us.tolist(),
-                    batch.value.tolist(),
-                    strict=True,
-                )
-            ]
+            rows = copy_rows(batch)
             t0 = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy("COPY ref_stage FROM STDIN (FORMAT BINARY)") as cp:
@@ -517,15 +522,7 @@ def bare_copy_reference(url: str, batches: Iterator[ReadingBatch]) -> float:
     total = 0
     with psycopg.connect(url) as conn:
         for batch in batches:
-            rows = [
-                (from_epoch_us(t), *batch.keys[k], v)
-                for k, t, v in zip(
-                    batch.key_idx.tolist(),
-                    batch.time_us.tolist(),
-                    batch.value.tolist(),
-                    strict=True,
-                )
-            ]
+            rows = copy_rows(batch)
             t0 = time.perf_counter()
             with (
                 conn.transaction(),

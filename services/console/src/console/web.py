@@ -462,6 +462,15 @@ def _stream(state: ConsoleState, channel: str, first: dict[str, Any] | None = No
 EVENTS = content("text/event-stream", "server-sent events, each `data:` a JSON object")
 
 
+def _download(body: str, media_type: str, filename: str) -> Response:
+    """`body` as a file download named `filename`."""
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
 def router(pages: Pages) -> APIRouter:
     """The console's routes."""
     r = APIRouter(tags=["console"])
@@ -599,10 +608,8 @@ def router(pages: Pages) -> APIRouter:
     )
     def results_json(rid: str) -> Response:
         """Download a simulation's results (JSON)."""
-        return Response(
-            json.dumps(pages.results(rid), indent=1),
-            media_type="application/json",
-            headers={"Content-Disposition": f'attachment; filename="planner-{rid}.json"'},
+        return _download(
+            json.dumps(pages.results(rid), indent=1), "application/json", f"planner-{rid}.json"
         )
 
     @r.get(
@@ -615,11 +622,7 @@ def router(pages: Pages) -> APIRouter:
     )
     def results_csv(rid: str) -> Response:
         """Download a simulation's results (CSV: a row per run and household)."""
-        return Response(
-            planner.results_csv(pages.results(rid)),
-            media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="planner-{rid}.csv"'},
-        )
+        return _download(planner.results_csv(pages.results(rid)), "text/csv", f"planner-{rid}.csv")
 
     @r.get("/planner/results/{rid}/house", response_class=HTMLResponse, include_in_schema=False)
     def results_house(rid: str, house_id: str) -> HTMLResponse:

@@ -6,27 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from derbus.messages import ConnectorStatus, OcppVersion, format_utc
+from derbus.messages import OCPP_CONNECTOR_STATUSES, ConnectorStatus, OcppVersion, format_utc
 
 PROFILE_ID_BASE = 7000
 """Our TxProfile ids are `PROFILE_ID_BASE + connector` (one per connector, so a new limit
 replaces the previous one and a ClearChargingProfile names it)."""
 PROFILE_STACK_LEVEL = 1
 
-_STATUSES: frozenset[str] = frozenset(
-    (
-        "Available",
-        "Preparing",
-        "Charging",
-        "SuspendedEV",
-        "SuspendedEVSE",
-        "Finishing",
-        "Reserved",
-        "Unavailable",
-        "Faulted",
-        "Occupied",
-    )
-)
 
 _POWER_UNITS = {"W": 1e-3, "kW": 1.0}
 _ENERGY_UNITS = {"Wh": 1e-3, "kWh": 1.0}
@@ -51,7 +37,7 @@ class MeterSample:
 
 def connector_status(value: str) -> ConnectorStatus:
     """An OCPP status string as ours (an unknown one counts as `Faulted`)."""
-    return value if value in _STATUSES else "Faulted"  # type: ignore[return-value]
+    return value if value in OCPP_CONNECTOR_STATUSES else "Faulted"  # type: ignore[return-value]
 
 
 def _scaled(

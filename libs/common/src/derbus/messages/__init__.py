@@ -34,6 +34,7 @@ from derbus.messages.control import (
     new_setpoint_id,
 )
 from derbus.messages.ev import (
+    OCPP_CONNECTOR_STATUSES,
     ChargingMode,
     ConnectorStatus,
     EvChargerTelemetry,
@@ -72,6 +73,7 @@ def pcc_power_kw(load_p_kw: float, pv_generation_kw: float, battery_p_kw: float)
 
 __all__ = [
     "ACK_STATUSES",
+    "OCPP_CONNECTOR_STATUSES",
     "SETPOINT_TARGETS",
     "SETPOINT_UNITS",
     "AckStatus",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,9 @@ ConnectorStatus = Literal[
 ]
 """OCPP connector status (1.6 ChargePointStatus ∪ 2.0.1 ConnectorStatus), `Offline` when the
 station's WebSocket is down."""
+
+OCPP_CONNECTOR_STATUSES: frozenset[str] = frozenset(get_args(ConnectorStatus)) - {"Offline"}
+"""The statuses a station can report (`Offline` is ours, never on the wire)."""
 
 OcppVersion = Literal["1.6", "2.0.1"]
 
