@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from harness import PROFILES, Site, profiles
 from tables import table
 
 from derbus import topics
@@ -56,8 +57,6 @@ from peak_shaving.optimizer import (
     quantile_scenarios,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILES = REPO / "data" / "profiles" / "simbench_2016_15min.csv"
 SOLVERS = ("ECOS", "CLARABEL", "HIGHS")
 COMMERCIAL_BATTERY: dict[str, float] = {
     "battery_capacity_kwh": 100.0,
@@ -68,13 +67,6 @@ COMMERCIAL_BATTERY: dict[str, float] = {
     "soc_min_pct": 5.0,
 }
 """The battery of the solve and latency rows (the service's old defaults; now the demo home's)."""
-
-
-def profiles() -> pd.DataFrame:
-    """The SimBench profiles, indexed by UTC time (the file's naive times taken as UTC)."""
-    df = pd.read_csv(PROFILES, parse_dates=["time"], index_col="time")
-    df.index = df.index.tz_localize("UTC")
-    return df[~df.index.duplicated(keep="first")]
 
 
 # --- EMA solve time ---------------------------------------------------------------------------
@@ -525,26 +517,6 @@ def bench_latency(quick: bool, system_broker: bool = False, replan_s: float | No
 
 
 # --- closed-loop value on any CSV of 15-minute per-unit profiles ---------------------------------
-@dataclass
-class Site:
-    """The evaluated site (the issue's value harness): per-unit profiles scaled to it."""
-
-    load_peak_kw: float = 100.0
-    pv_kwp: float = 50.0
-    capacity_kwh: float = 100.0
-    power_kw: float = 50.0
-    efficiency: float = 0.95
-    import_limit_kw: float | None = 75.0
-    export_limit_kw: float = -20.0
-    step_s: int = 60
-    noise_pct: float = 4.0
-
-    @property
-    def import_cap_kw(self) -> float:
-        """The import limit the controllers get (`--no-import-limit`: far above any load)."""
-        return self.import_limit_kw if self.import_limit_kw is not None else 10 * self.load_peak_kw
-
-
 def load_profiles(path: Path, tz: str) -> pd.DataFrame:
     """A profile CSV (`time` + per-unit columns, 15-minute steps) on a gap-free UTC grid.
 

@@ -22,40 +22,20 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import Site, profiles
 from tables import table
 
 from derbus.tariff import Tariff
 from peak_shaving.optimizer import EmaConfig, EmaInputs, ScheduleOptimizer
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILES = REPO / "data" / "profiles" / "simbench_2016_15min.csv"
 LOADS = ("h0-a_load_pu", "h0-b_load_pu", "g1-a_load_pu")
 PVS = ("pv1_pv_pu", "pv3_pv_pu")
 STEP_S = 900
 HORIZON = 96
 REPLAN = 4  # steps between re-plans (1 h)
-
-
-@dataclass(frozen=True)
-class Site:
-    """The value harness's site: 100 kW annual load peak, 50 kWp PV, 100 kWh / 50 kW battery."""
-
-    load_peak_kw: float = 100.0
-    pv_kwp: float = 50.0
-    capacity_kwh: float = 100.0
-    power_kw: float = 50.0
-    efficiency: float = 0.95
-
-
-def profiles() -> pd.DataFrame:
-    """The SimBench profiles, indexed by UTC time (the file's naive times taken as UTC)."""
-    df = pd.read_csv(PROFILES, parse_dates=["time"], index_col="time")
-    df.index = df.index.tz_localize("UTC")
-    return df[~df.index.duplicated(keep="first")]
 
 
 def day_ahead_stand_in(df: pd.DataFrame, tou: np.ndarray, month: pd.DatetimeIndex) -> np.ndarray:
