@@ -75,6 +75,11 @@ def by_field() -> str:
     return '  |> keep(columns: ["_time", "_value", "_field"])'
 
 
+def last_by_field(query: str) -> str:
+    """`query` thinned to the last value per window, its series named by their field only."""
+    return query + "\n" + mean_window(fn="last") + "\n" + by_field()
+
+
 def constant_line(name: str, variable: str, measurement: str, where: str, field: str) -> str:
     """A horizontal line at a dashboard variable's value, on the timestamps of a real series."""
     return (
@@ -389,13 +394,7 @@ def site_overview() -> dict[str, Any]:
         ),
         lay.panel(
             "Grid price",
-            [
-                base("price", SITE_FILTER, ("price_per_kwh", "feed_in_per_kwh"))
-                + "\n"
-                + mean_window(fn="last")
-                + "\n"
-                + by_field()
-            ],
+            [last_by_field(base("price", SITE_FILTER, ("price_per_kwh", "feed_in_per_kwh")))],
             unit="currencyEUR",
             w=12,
             step_after=True,
@@ -475,13 +474,7 @@ def peak_shaving() -> dict[str, Any]:
         ),
         lay.panel(
             "Time on limit (cumulative)",
-            [
-                base("kpi", ps_kpi, field_re="^time_on_limit_s$")
-                + "\n"
-                + mean_window(fn="last")
-                + "\n"
-                + by_field()
-            ],
+            [last_by_field(base("kpi", ps_kpi, field_re="^time_on_limit_s$"))],
             unit="s",
             w=12,
         ),
@@ -622,25 +615,13 @@ def load_manager() -> dict[str, Any]:
         ),
         lay.panel(
             "Self-consumption efficiency",
-            [
-                base("kpi", lm, field_re="^efficiency$")
-                + "\n"
-                + mean_window(fn="last")
-                + "\n"
-                + by_field()
-            ],
+            [last_by_field(base("kpi", lm, field_re="^efficiency$"))],
             unit="percentunit",
             w=12,
         ),
         lay.panel(
             "Period balance",
-            [
-                base("kpi", lm, field_re="^(period_balance_wh|balance_wh)$")
-                + "\n"
-                + mean_window(fn="last")
-                + "\n"
-                + by_field()
-            ],
+            [last_by_field(base("kpi", lm, field_re="^(period_balance_wh|balance_wh)$"))],
             unit="watth",
             w=12,
         ),
@@ -823,11 +804,13 @@ def platform_health() -> dict[str, Any]:
         lay.panel(
             "Cloud sync backlog",
             [
-                base("kpi", 'r.device_id == "cloud_sync"', field_re="^(pending_rows|oldest_age_s)$")
-                + "\n"
-                + mean_window(fn="last")
-                + "\n"
-                + by_field()
+                last_by_field(
+                    base(
+                        "kpi",
+                        'r.device_id == "cloud_sync"',
+                        field_re="^(pending_rows|oldest_age_s)$",
+                    )
+                )
             ],
             w=12,
             description="Rows waiting in the outbox and the age of the oldest one (s).",
