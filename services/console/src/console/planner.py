@@ -205,15 +205,20 @@ def new_scenario(start: str) -> dict[str, Any]:
     }
 
 
+def _free_id(items: list[dict[str, Any]], key: str, prefix: str) -> str:
+    """`<prefix>-<n>` for the first n from len(items) + 1 that no item's `key` holds."""
+    taken = {item.get(key) for item in items}
+    n = len(items) + 1
+    while f"{prefix}-{n}" in taken:
+        n += 1
+    return f"{prefix}-{n}"
+
+
 def add_house(scenario: dict[str, Any]) -> None:
     """Append a house with a default PV prediction, base load and one washing machine."""
-    taken = {h.get("house_id") for h in scenario["houses"]}
-    n = len(scenario["houses"]) + 1
-    while f"house-{n}" in taken:
-        n += 1
     scenario["houses"].append(
         {
-            "house_id": f"house-{n}",
+            "house_id": _free_id(scenario["houses"], "house_id", "house"),
             "connection_limit_kw": 9.2,
             "pv_kw": list(PV_DEFAULT_KW),
             "base_kw": list(BASE_DEFAULT_KW),
@@ -245,13 +250,9 @@ def add_job(scenario: dict[str, Any], house: int) -> None:
     h = scenario["houses"][house]
     device = h["devices"][0]["device_id"] if h["devices"] else ""
     day = str(scenario.get("start", ""))[:10]
-    taken = {j.get("job_id") for j in scenario["jobs"]}
-    n = len(scenario["jobs"]) + 1
-    while f"job-{n}" in taken:
-        n += 1
     scenario["jobs"].append(
         {
-            "job_id": f"job-{n}",
+            "job_id": _free_id(scenario["jobs"], "job_id", "job"),
             "house_id": h["house_id"],
             "device_id": device,
             "earliest_start": f"{day}T06:00:00Z",
