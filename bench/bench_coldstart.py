@@ -18,28 +18,20 @@ import argparse
 import os
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import local_profiles
 
 from derbus import features as fx
 from derbus.tariff import Tariff
 from forecaster import coldstart
 from forecaster.design import day_ahead_times
 
-PROFILES = Path(__file__).resolve().parents[1] / "data" / "profiles" / "simbench_2016_15min.csv"
 SITE = fx.SiteContext("Europe/Berlin", "DE", 51.0, 10.0, Tariff(timezone="Europe/Berlin"))
 HOURS = (1, 6, 24)
 CAL = ("2016-01-08", "2016-07-01")
 TEST = ("2016-07-01", "2016-12-30")
-
-
-def load_profiles() -> pd.DataFrame:
-    frame = pd.read_csv(PROFILES, parse_dates=["time"])
-    local = pd.DatetimeIndex(frame.pop("time")).tz_localize("Europe/Berlin", ambiguous="infer")
-    frame.index = local.tz_convert("UTC")
-    return frame
 
 
 def issues(span: tuple[str, str], step_days: int) -> list[pd.Timestamp]:
@@ -110,7 +102,7 @@ def main() -> None:
     parser.add_argument("--step-days", type=int, default=3, help="days between issue days")
     args = parser.parse_args()
     started = time.perf_counter()
-    frame = load_profiles()
+    frame = local_profiles()
     clear = fx.solar_features(frame.index, SITE.latitude, SITE.longitude)["clearsky_ghi_w_m2"]
     kw = {c: frame[c] * 5.0 for c in frame.columns}
     cal_load = run(kw["h0-a_load_pu"], False, CAL, args.step_days, clear)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from harness import local_profiles
 
 from derbus import features as fx
 from derbus.tariff import Tariff
@@ -34,7 +34,6 @@ from forecaster.evaluation import BacktestResult, backtest
 from forecaster.serving import forecast
 from forecaster.training import TrainConfig, fit_final
 
-PROFILES = Path(__file__).resolve().parents[1] / "data" / "profiles" / "simbench_2016_15min.csv"
 SITE = fx.SiteContext("Europe/Berlin", "DE", 51.0, 10.0, Tariff(timezone="Europe/Berlin"))
 SERIES = {  # site: (target, column, kW per unit)
     "h0-a": ("load", "h0-a_load_pu", 5.0),
@@ -45,13 +44,6 @@ SERIES = {  # site: (target, column, kW per unit)
 }
 MODELS = ("linear", "gbm", "gbm_median")
 QUICK_MODELS = ("linear", "gbm_median")
-
-
-def load_profiles() -> pd.DataFrame:
-    frame = pd.read_csv(PROFILES, parse_dates=["time"])
-    local = pd.DatetimeIndex(frame.pop("time")).tz_localize("Europe/Berlin", ambiguous="infer")
-    frame.index = local.tz_convert("UTC")
-    return frame
 
 
 def pct(v: float) -> str:
@@ -151,7 +143,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="learned models compared")
     args = parser.parse_args()
     models = tuple(args.models.split(","))
-    profiles = load_profiles()
+    profiles = local_profiles()
     names = args.series.split(",")
     if args.span == "validation":
         profiles = profiles[profiles.index < pd.Timestamp("2016-10-01", tz="UTC")]

@@ -18,6 +18,14 @@ def profiles() -> pd.DataFrame:
     return df[~df.index.duplicated(keep="first")]
 
 
+def local_profiles() -> pd.DataFrame:
+    """The SimBench profiles with their naive times read as Europe/Berlin wall-clock, UTC-indexed."""
+    frame = pd.read_csv(PROFILES, parse_dates=["time"])
+    local = pd.DatetimeIndex(frame.pop("time")).tz_localize("Europe/Berlin", ambiguous="infer")
+    frame.index = local.tz_convert("UTC")
+    return frame
+
+
 @dataclass
 class Site:
     """The evaluated site (the issue's value harness): per-unit profiles scaled to it.
