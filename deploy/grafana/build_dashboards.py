@@ -75,6 +75,11 @@ def by_field() -> str:
     return '  |> keep(columns: ["_time", "_value", "_field"])'
 
 
+def mean_named(query: str, name: str) -> str:
+    """`query` as one series of window means, shown as exactly `name`."""
+    return query + "\n" + mean_window() + "\n" + named(name)
+
+
 def last_by_field(query: str) -> str:
     """`query` thinned to the last value per window, its series named by their field only."""
     return query + "\n" + mean_window(fn="last") + "\n" + by_field()
@@ -331,7 +336,7 @@ def site_overview() -> dict[str, Any]:
         lay.panel(
             "PCC power and limits",
             [
-                base("meter", pcc, ("p_kw",)) + "\n" + mean_window() + "\n" + named("pcc_p_kw"),
+                mean_named(base("meter", pcc, ("p_kw",)), "pcc_p_kw"),
                 constant_line("import_limit_kw", "import_limit_kw", "meter", pcc, "p_kw"),
                 constant_line("export_limit_kw", "export_limit_kw", "meter", pcc, "p_kw"),
             ],
@@ -368,26 +373,14 @@ def site_overview() -> dict[str, Any]:
         ),
         lay.panel(
             "Battery power",
-            [
-                base("battery", SITE_FILTER, ("p_kw",))
-                + "\n"
-                + mean_window()
-                + "\n"
-                + named("battery_p_kw")
-            ],
+            [mean_named(base("battery", SITE_FILTER, ("p_kw",)), "battery_p_kw")],
             unit="kwatt",
             w=8,
             description="+ charging / − discharging.",
         ),
         lay.panel(
             "Battery state of charge",
-            [
-                base("battery", SITE_FILTER, ("soc_pct",))
-                + "\n"
-                + mean_window()
-                + "\n"
-                + named("soc_pct")
-            ],
+            [mean_named(base("battery", SITE_FILTER, ("soc_pct",)), "soc_pct")],
             unit="percent",
             w=12,
             fill_opacity=20,
@@ -459,11 +452,7 @@ def peak_shaving() -> dict[str, Any]:
                 )
                 + "\n"
                 + named("schedule_kw"),
-                base("battery", SITE_FILTER, ("p_kw",))
-                + "\n"
-                + mean_window()
-                + "\n"
-                + named("actual_kw"),
+                mean_named(base("battery", SITE_FILTER, ("p_kw",)), "actual_kw"),
             ],
             unit="kwatt",
             w=24,
@@ -480,13 +469,7 @@ def peak_shaving() -> dict[str, Any]:
         ),
         lay.panel(
             "State of charge",
-            [
-                base("battery", SITE_FILTER, ("soc_pct",))
-                + "\n"
-                + mean_window()
-                + "\n"
-                + named("soc_pct")
-            ],
+            [mean_named(base("battery", SITE_FILTER, ("soc_pct",)), "soc_pct")],
             unit="percent",
             w=12,
         ),
@@ -646,11 +629,7 @@ def load_manager() -> dict[str, Any]:
                 + "\n"
                 + mean_window()
                 + '\n  |> keep(columns: ["_time", "_value", "device_id"])',
-                base("pv", SITE_FILTER, ("generation_kw",))
-                + "\n"
-                + mean_window()
-                + "\n"
-                + named("pv_kw"),
+                mean_named(base("pv", SITE_FILTER, ("generation_kw",)), "pv_kw"),
             ],
             unit="kwatt",
             w=24,
