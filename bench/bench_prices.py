@@ -134,7 +134,7 @@ def run(months: list[int], loads: list[str]) -> str:
         discharge_efficiency=site.efficiency,
         energy_cost=True,
         demand_charge=True,
-        reserve_pct=5.0,
+        reserve_pct=10.0,  # = soc_min_pct: no reserve above the floor (5 % did that before the check)
         end_soc_pct=50.0,
         tariff=tariff,
     )
