@@ -24,8 +24,7 @@ from derbus.settings import MqttSettings
 from derbus.testing import NatsCluster, wait_for
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
-from edge_simulator.sim_config import SimConfig
-from edge_simulator.testing import sent_rows
+from edge_simulator.testing import sent_rows, steady_site
 from peak_shaving.service import build_service as build_peak_shaving
 from peak_shaving.settings import Settings as PsSettings
 
@@ -77,26 +76,7 @@ async def test_one_node_killed_mid_run_loses_no_reading_and_no_setpoint(
         extra_env={"MQTT_BROKERS": nats_cluster.brokers, "MQTT_PROTOCOL": "3.1.1"},
     )
     sync.start()
-    config = SimConfig.model_validate(
-        {
-            "home_load": {
-                "base_load_kw": 20.0,
-                "base_noise": 0.0,
-                "hvac_max_kw": 0.0,
-                "appliance_kw": 0.0,
-                "lighting_kw": 0.0,
-                "cooking_kw": 0.0,
-            },
-            "ev": {"enabled": False},
-            "battery": {
-                "capacity_kwh": 100.0,
-                "max_charge_kw": 50.0,
-                "max_discharge_kw": 50.0,
-                "initial_soc_pct": 60.0,
-                "self_consumption": False,
-            },
-        }
-    )
+    config = steady_site(20.0, 50.0, capacity_kwh=100.0)
     edge = build_edge(
         EdgeSettings(
             mqtt=mqtt,

@@ -24,10 +24,10 @@ from derbus.bus import MqttBus
 from derbus.bus.base import RawMessage
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import free_port, wait_for
-from edge_simulator.service import build_service as build_simulator
+from derbus.testing import wait_for
 from edge_simulator.settings import Settings as SimSettings
-from edge_simulator.testing import ManualClock
+from edge_simulator.simulator import Simulator
+from edge_simulator.testing import ManualClock, running_simulator
 from scada_bridge.__main__ import link_settings
 from scada_bridge.bridge import Bridge
 from scada_bridge.service import build_service as build_bridge
@@ -48,20 +48,9 @@ def sim_clock() -> ManualClock:
 @pytest.fixture
 async def simulator(
     mqtt_settings: MqttSettings, sim_clock: ManualClock
-) -> AsyncIterator[Service[SimSettings]]:
-    settings = SimSettings(
-        mqtt=mqtt_settings,
-        api_port=0,
-        interval_s=3600,
-        modbus_port=free_port(),
-        modbus_host="127.0.0.1",
-    )
-    service = build_simulator(settings, MqttBus(mqtt_settings), clock=sim_clock)
-    await service.start()
-    try:
+) -> AsyncIterator[Service[SimSettings, Simulator]]:
+    async with running_simulator(mqtt_settings, sim_clock) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 def bridge_settings(mqtt: MqttSettings, tmp_path: Path, tag: str) -> Settings:

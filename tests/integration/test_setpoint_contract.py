@@ -24,10 +24,10 @@ from derbus.bus import MqttBus
 from derbus.messages import BatteryTelemetry, DeadLetter, SetpointAck
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, free_port, wait_for
-from edge_simulator.service import build_service as build_simulator
+from derbus.testing import BusRecorder, wait_for
 from edge_simulator.settings import Settings as SimSettings
-from edge_simulator.testing import ManualClock
+from edge_simulator.simulator import Simulator
+from edge_simulator.testing import ManualClock, running_simulator
 from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.service import build_service as build_gateway
 from meter_gateway.settings import Settings as GatewaySettings
@@ -122,20 +122,9 @@ def sim_clock() -> ManualClock:
 @pytest.fixture
 async def simulator(
     mqtt_settings: MqttSettings, sim_clock: ManualClock
-) -> AsyncIterator[Service[SimSettings]]:
-    settings = SimSettings(
-        mqtt=mqtt_settings,
-        api_port=0,
-        interval_s=3600,
-        modbus_port=free_port(),
-        modbus_host="127.0.0.1",
-    )
-    service = build_simulator(settings, MqttBus(mqtt_settings), clock=sim_clock)
-    await service.start()
-    try:
+) -> AsyncIterator[Service[SimSettings, Simulator]]:
+    async with running_simulator(mqtt_settings, sim_clock) as service:
         yield service
-    finally:
-        await service.stop()
 
 
 def invalid_count(service: Service[Any]) -> float:

@@ -1,15 +1,25 @@
-"""Test helpers for the simulator and its users: a manual clock and a small fleet factory."""
+"""Test helpers for the simulator and its users: a manual clock, a small fleet factory and a
+running simulator service on a broker."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from derbus.bus.mqtt import MqttBus
+from derbus.service import Service
+from derbus.settings import MqttSettings
 from derbus.storage import reading_rows
+from derbus.testing import free_port
 from derbus.topics import TopicIds
 from edge_simulator.fleet import Fleet, Location
+from edge_simulator.service import build_service
+from edge_simulator.settings import Settings
 from edge_simulator.sim_config import SimConfig
+from edge_simulator.simulator import Simulator
 from edge_simulator.wire import DEVICES
 
 T0 = datetime(2026, 6, 22, 0, 0, tzinfo=UTC)
@@ -53,6 +63,23 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         """Move the clock forward."""
         self.now += timedelta(seconds=seconds)
+
+
+@contextlib.asynccontextmanager
+async def running_simulator(
+    mqtt: MqttSettings, clock: ManualClock
+) -> AsyncIterator[Service[Settings, Simulator]]:
+    """The simulator service on `mqtt`'s broker, stepped only by hand (hourly interval), its
+    Modbus server on a free loopback port; stopped on exit."""
+    settings = Settings(
+        mqtt=mqtt, api_port=0, interval_s=3600, modbus_port=free_port(), modbus_host="127.0.0.1"
+    )
+    service = build_service(settings, MqttBus(mqtt), clock=clock)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
 
 
 def make_fleet(
