@@ -6,12 +6,13 @@ charging EVs (learnt from `telemetry.ev_charger`) get an `ev_limit_kw` setpoint:
 may draw what they draw now minus the excess, shared in proportion to their ratings. While
 limited, the room left (ceiling - expected PCC + what the battery could still discharge) raises
 the limits again; once they reach the ratings the limits are released (a last setpoint at the
-rating, then none: nothing lingers; not sooner than `settle_s` after the last change). A limit lives `ttl_s` and is refreshed at half of it, so a
-PMA that stops leaves the chargers at full power within one TTL. One change per charger is in
-flight at a time: the next waits until the charger reports the limit it was sent and `settle_s`
-have passed (PCC readings may lag the charger's own; chargers take seconds to follow). When the
-charger reports a higher limit than ours (another optimiser's setpoint of the same priority
-replaced it), ours is sent again once `settle_s` have passed.
+rating, then none: nothing lingers; not sooner than `settle_s` after the last change). A limit
+lives `ttl_s` and is refreshed at half of it, so a PMA that stops leaves the chargers at full
+power within one TTL. One change per charger is in flight at a time: the next waits until the
+charger reports the limit it was sent and `settle_s` have passed (PCC readings may lag the
+charger's own; chargers take seconds to follow). When the charger reports a higher limit than
+ours (another optimiser's setpoint of the same priority replaced it), ours is sent again once
+`settle_s` have passed.
 Below `min_kw` (the lowest current a charger can hold, IEC 61851: 6 A) a charger is paused (0).
 """
 
@@ -64,7 +65,7 @@ class EvLimiter:
 
     def __init__(self, ttl_s: float, deadband_kw: float, min_kw: float, settle_s: float) -> None:
         self.ttl_s, self.deadband_kw, self.min_kw = ttl_s, deadband_kw, min_kw
-        self.settle_s = settle_s
+        self.settle = timedelta(seconds=settle_s)
         self._sites: dict[str, _Site] = {}
 
     def on_telemetry(self, site_id: str, device_id: str, msg: EvChargerTelemetry) -> None:
@@ -118,8 +119,7 @@ class EvLimiter:
         if allowed >= total_rating - _EPS_KW:  # enough room for all: release
             # once every limit has settled: the PCC can show a limit taken before the charger's
             # telemetry shows it at all (no limit, the old power), which reads as room enough
-            settle = timedelta(seconds=self.settle_s)
-            if any(ts - s.changed < settle for s in site.sent.values()):
+            if any(ts - s.changed < self.settle for s in site.sent.values()):
                 return []
             for device in list(site.sent):
                 out.append(EvLimit(device, rating[device], release=True))
@@ -131,7 +131,7 @@ class EvLimiter:
             limit = round(share if share >= self.min_kw else 0.0, 2)
             last = site.sent.get(device)
             if last is not None:
-                waited = ts - last.changed >= timedelta(seconds=self.settle_s)
+                waited = ts - last.changed >= self.settle
                 reported = t.limit_kw is not None and abs(t.limit_kw - last.limit_kw) < _EPS_KW
                 # another optimiser's setpoint of the same priority replaced ours with a higher one
                 overridden = t.limit_kw is not None and t.limit_kw > last.limit_kw + _EPS_KW
