@@ -9,7 +9,7 @@ CONSOLE := services/console
 CONSOLE_VENDOR := $(CONSOLE)/src/console/static/vendor
 export UV_LINK_MODE := copy
 
-.PHONY: compose-check console-assets console-docs help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl proto bench clean
+.PHONY: compose-check console-assets console-docs help run test test-dates faketime deps system-deps venv lint format typecheck unit integration topics acl dockerfiles proto bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -62,6 +62,9 @@ topics: venv  ## write docs/topics.md, docs/asyncapi.yaml and the broker ACL fro
 	@$(UV) run --frozen --no-sync derbus acl --acl-only
 
 acl: topics  ## same as `make topics` (the ACL follows the catalogue)
+
+dockerfiles: venv  ## render every services/*/Dockerfile from deploy/docker/service.Dockerfile.in
+	@$(UV) run --frozen --no-sync python deploy/docker/render.py
 
 proto: venv  ## regenerate the Sparkplug B classes from services/scada_bridge/src/scada_bridge/proto
 	@cd services/scada_bridge/src/scada_bridge && ../../../../.venv/bin/python -m grpc_tools.protoc \
