@@ -1,7 +1,8 @@
-"""The Energy Management Application: a battery schedule LP over the outlook, built once in cvxpy.
+"""The Energy Management Application: a battery schedule LP over the outlook, built once.
 
 Signs are load-referenced: net load (load - PV) and PCC power > 0 import; battery > 0 charges.
-The problem is compiled once with cvxpy Parameters (DPP), so a re-solve only updates data. PCC
+The constraint matrices are built once (sparse); a re-solve fills the objective and the
+right-hand sides and calls the solver (ECOS, Clarabel or HiGHS) on the cached matrices. PCC
 limits are soft (a large penalty per kWh beyond them), so a plan always exists and the residual
 violation is reported instead of the problem becoming infeasible.
 """
@@ -26,7 +27,7 @@ from peak_shaving.site_config import SiteConfig
 
 SolverName = Literal["ECOS", "CLARABEL", "HIGHS"]
 FloatArray = NDArray[np.float64]
-_OK_STATUSES = {"optimal", "optimal_inaccurate"}  # cvxpy.OPTIMAL, cvxpy.OPTIMAL_INACCURATE
+_OK_STATUSES = {"optimal", "optimal_inaccurate"}
 MAX_HORIZON_STEPS = 31 * 288
 """Longest outlook: a 31-day month at 5-minute steps (a whole month of 15-minute steps fits)."""
 
@@ -186,12 +187,44 @@ def tariff_prices(
     return price, feed
 
 
+_BLOCKS = ("ch", "dis", "g_imp", "g_exp", "v_imp", "v_exp", "up", "down", "reserve_short")
+"""The non-negative per-step variables of a scenario, in their order in the variable vector."""
+
+
+@dataclass(frozen=True)
+class LinearProgram:
+    """The EMA's LP in the solvers' standard form: minimise `c @ x` subject to `a @ x == b`
+    and `g @ x <= h`. `g` and `a` are fixed when the problem is built; `c`, `b`, `h` carry the
+    data of a solve (what `ScheduleOptimizer.lp` returns after setting them)."""
+
+    c: FloatArray
+    g: Any  # scipy.sparse.csc_matrix
+    h: FloatArray
+    a: Any  # scipy.sparse.csc_matrix
+    b: FloatArray
+
+    def solve_ecos(self, **options: Any) -> dict[str, Any]:
+        """ECOS on this LP, nothing around it (the reference the benchmark compares with)."""
+        import ecos
+
+        dims = {"l": int(self.h.shape[0]), "q": [], "e": 0}
+        solution: dict[str, Any] = ecos.solve(
+            self.c, self.g, self.h, dims, self.a, self.b, verbose=False, **options
+        )
+        return solution
+
+
 class ScheduleOptimizer:
-    """The EMA's linear program, compiled once; `solve` only updates its Parameters.
+    """The EMA's linear program, built once as sparse matrices; `solve` only updates its data.
 
     Variables per step: charge and discharge power (>= 0), PCC import and export (>= 0), the
     violation beyond each limit (>= 0), the change from the prior schedule split into its
-    non-negative parts; the SoC at each boundary; the horizon peak; the end-SoC shortfall.
+    non-negative parts, the energy short of the reserve (>= 0); the SoC at each boundary; the
+    horizon peak; the end-SoC shortfall. Every constraint's coefficients are fixed by the
+    configuration (horizon, step, efficiencies); the data of a solve (net load, prior schedule,
+    SoC, bounds, limits, prices, weights of the soft targets, peak floor and caps) only enters
+    the objective vector and the right-hand sides, so a re-solve builds three vectors and calls
+    the solver on the cached matrices (ECOS, Clarabel or HiGHS, each through its own API).
 
     With several scenario weights it is a two-stage scenario LP: one such set of variables per
     net-load scenario, the first step's charge and discharge shared by all (what is done now
@@ -206,7 +239,7 @@ class ScheduleOptimizer:
     """
 
     def __init__(self, config: EmaConfig, weights: Sequence[float] = (1.0,)) -> None:
-        import cvxpy as cp  # ~2 s to import: only where a problem is built, not at start-up
+        import scipy.sparse as sp
 
         if not weights or any(w <= 0 for w in weights):
             raise SolverError("scenario weights must be positive")
@@ -218,94 +251,174 @@ class ScheduleOptimizer:
         total = float(sum(weights))
         self.weights = tuple(float(w) / total for w in weights)
         count = len(self.weights)
+        # one scenario's variables: the nine per-step blocks, soc (n + 1), peak, end shortfall
+        at = {name: k * n for k, name in enumerate(_BLOCKS)}
+        at["soc"], at["peak"], at["end_short"] = 9 * n, 10 * n + 1, 10 * n + 2
+        size = 10 * n + 3
+        self._at, self._size, self._n = at, size, n
+        steps = np.arange(n)
 
-        self.p_nets = [cp.Parameter(n, name=f"net_load_kw_{s}") for s in range(count)]
-        self.p_net = self.p_nets[0]
-        self.p_prior = cp.Parameter(n, name="prior_kw")
-        self.p_price = cp.Parameter(n, nonneg=True, name="price_per_kwh")
-        self.p_feed = cp.Parameter(n, name="feed_in_per_kwh")
-        self.p_soc0 = cp.Parameter(name="soc0_kwh")
-        self.p_e_lo = cp.Parameter(name="e_min_kwh")
-        self.p_e_hi = cp.Parameter(name="e_max_kwh")
-        self.p_e_reserve = cp.Parameter(n, name="e_reserve_kwh")
-        self.p_e_end = cp.Parameter(name="e_end_kwh")
-        self.p_ch_max = cp.Parameter(nonneg=True, name="charge_max_kw")
-        self.p_dis_max = cp.Parameter(nonneg=True, name="discharge_max_kw")
-        self.p_imp = cp.Parameter(name="import_cap_kw")
-        self.p_exp = cp.Parameter(name="export_floor_kw")
-        self.p_demand = cp.Parameter(nonneg=True, name="demand_charge_per_kw")
-        self.p_peak_floor = cp.Parameter(name="peak_floor_kw")
-        self.p_peak_caps = [cp.Parameter(name=f"peak_cap_kw_{s}") for s in range(count)]
-        self.p_end_w = cp.Parameter(nonneg=True, name="end_soc_penalty_per_kwh")
-        self.p_reserve_w = cp.Parameter(nonneg=True, name="reserve_penalty_per_kwh_h")
+        eq: list[tuple[Any, Any, Any]] = []  # (rows, columns, values), row numbers local
+        ineq: list[tuple[Any, Any, Any]] = []
 
-        self.scenario_vars: list[dict[str, Any]] = []
-        constraints: list[Any] = []
-        terms: dict[str, Any] = {k: cp.Constant(0.0) for k in TERMS}
-        for s, weight in enumerate(self.weights):
-            v = {
-                "ch": cp.Variable(n, nonneg=True, name=f"charge_kw_{s}"),
-                "dis": cp.Variable(n, nonneg=True, name=f"discharge_kw_{s}"),
-                "g_imp": cp.Variable(n, nonneg=True, name=f"import_kw_{s}"),
-                "g_exp": cp.Variable(n, nonneg=True, name=f"export_kw_{s}"),
-                "v_imp": cp.Variable(n, nonneg=True, name=f"import_violation_kw_{s}"),
-                "v_exp": cp.Variable(n, nonneg=True, name=f"export_violation_kw_{s}"),
-                "up": cp.Variable(n, nonneg=True, name=f"change_up_kw_{s}"),
-                "down": cp.Variable(n, nonneg=True, name=f"change_down_kw_{s}"),
-                "reserve_short": cp.Variable(n, nonneg=True, name=f"reserve_short_kwh_{s}"),
-                "soc": cp.Variable(n + 1, name=f"soc_kwh_{s}"),
-                "peak": cp.Variable(name=f"peak_kw_{s}"),
-                "end_short": cp.Variable(nonneg=True, name=f"end_short_kwh_{s}"),
-            }
-            self.scenario_vars.append(v)
-            ch, dis, soc = v["ch"], v["dis"], v["soc"]
-            battery = ch - dis
-            constraints += [
-                soc[0] == self.p_soc0,
-                soc[1:] == soc[:-1] + (eta_c * ch - dis / eta_d) * dt_h,
-                soc[1:] >= self.p_e_lo,
-                soc[1:] <= self.p_e_hi,
-                soc[1:] + v["reserve_short"] >= self.p_e_reserve,
-                soc[n] + v["end_short"] >= self.p_e_end,
-                ch <= self.p_ch_max,
-                dis <= self.p_dis_max,
-                v["g_imp"] - v["g_exp"] == self.p_nets[s] + battery,
-                v["g_imp"] - v["v_imp"] <= self.p_imp,
-                v["g_exp"] - v["v_exp"] <= -self.p_exp,
-                battery - self.p_prior == v["up"] - v["down"],
-                v["peak"] >= v["g_imp"],
-                v["peak"] >= self.p_peak_floor,
-                v["peak"] <= self.p_peak_caps[s],
-            ]
-            if s > 0:  # non-anticipativity: the first step is one decision for every scenario
-                first = self.scenario_vars[0]
-                constraints += [ch[0] == first["ch"][0], dis[0] == first["dis"][0]]
-            scenario_terms = {
-                "violation": config.violation_penalty_per_kwh
-                * dt_h
-                * (v["v_imp"] + v["v_exp"]).sum(),
-                "change": config.change_penalty_per_kwh * dt_h * (v["up"] + v["down"]).sum(),
-                "energy": dt_h * (self.p_price @ v["g_imp"] - self.p_feed @ v["g_exp"]),
-                "demand": self.p_demand * v["peak"],
-                "wear": config.wear_cost_per_kwh * dt_h * (ch + dis).sum(),
-                "end_soc": self.p_end_w * v["end_short"],
-                "reserve": self.p_reserve_w * dt_h * v["reserve_short"].sum(),
-            }
-            for k, expr in scenario_terms.items():
-                terms[k] = terms[k] + weight * expr
-        first = self.scenario_vars[0]
-        self.ch, self.dis, self.soc, self.peak = (
-            first["ch"],
-            first["dis"],
-            first["soc"],
-            first["peak"],
-        )
-        self._terms = terms
-        objective = cp.Minimize(sum(self._terms.values(), start=cp.Constant(0.0)))
-        self.problem = cp.Problem(objective, constraints)
-        if not self.problem.is_dpp():
-            raise SolverError("the EMA problem is not DPP: re-solves would recompile")
+        def block(
+            rows: list[tuple[Any, Any, Any]], first: int, terms: list[tuple[Any, float]]
+        ) -> None:
+            """Rows `first`, `first + 1`, ...: row t gets `value` in column `cols[t]`, for each
+            (cols, value) of `terms`."""
+            for cols, value in terms:
+                at_cols = np.asarray(cols)
+                rows.append(
+                    (first + np.arange(at_cols.size), at_cols, np.full(at_cols.size, value))
+                )
+
+        eq_rows = ineq_rows = 0
+        for s in range(count):
+            o = s * size
+            ch, dis = o + at["ch"] + steps, o + at["dis"] + steps
+            g_imp, g_exp = o + at["g_imp"] + steps, o + at["g_exp"] + steps
+            soc = o + at["soc"] + np.arange(n + 1)
+            peak, end_short = o + at["peak"], o + at["end_short"]
+            r = eq_rows
+            # soc[0] = soc0; soc[t+1] - soc[t] - eta_c dt ch + dt / eta_d dis = 0;
+            # g_imp - g_exp - ch + dis = net; ch - dis - up + down = prior
+            block(eq, r, [([soc[0]], 1.0)])
+            block(eq, r + 1, [(soc[1:], 1.0), (soc[:-1], -1.0), (ch, -eta_c * dt_h)])
+            block(eq, r + 1, [(dis, dt_h / eta_d)])
+            block(eq, r + 1 + n, [(g_imp, 1.0), (g_exp, -1.0), (ch, -1.0), (dis, 1.0)])
+            up, down = o + at["up"] + steps, o + at["down"] + steps
+            block(eq, r + 1 + 2 * n, [(ch, 1.0), (dis, -1.0), (up, -1.0), (down, 1.0)])
+            eq_rows += 3 * n + 1
+            r = ineq_rows
+            nonneg = o + np.concatenate([np.arange(9 * n), [at["end_short"]]])
+            block(ineq, r, [(nonneg, -1.0)])
+            r += 9 * n + 1
+            reserve_short = o + at["reserve_short"] + steps
+            v_imp, v_exp = o + at["v_imp"] + steps, o + at["v_exp"] + steps
+            block(ineq, r, [(soc[1:], -1.0)])  # soc >= e_lo
+            block(ineq, r + n, [(soc[1:], 1.0)])  # soc <= e_hi
+            block(ineq, r + 2 * n, [(soc[1:], -1.0), (reserve_short, -1.0)])  # reserve
+            block(ineq, r + 3 * n, [([soc[n]], -1.0), ([end_short], -1.0)])  # end SoC
+            r += 3 * n + 1
+            block(ineq, r, [(ch, 1.0)])  # ch <= ch_max
+            block(ineq, r + n, [(dis, 1.0)])  # dis <= dis_max
+            block(ineq, r + 2 * n, [(g_imp, 1.0), (v_imp, -1.0)])  # import cap
+            block(ineq, r + 3 * n, [(g_exp, 1.0), (v_exp, -1.0)])  # export floor
+            block(ineq, r + 4 * n, [(g_imp, 1.0), (np.full(n, peak), -1.0)])  # peak >= import
+            block(ineq, r + 5 * n, [([peak], -1.0)])  # peak >= floor
+            block(ineq, r + 5 * n + 1, [([peak], 1.0)])  # peak <= cap
+            ineq_rows = r + 5 * n + 2
+        for s in range(1, count):  # non-anticipativity: the first step is one decision for all
+            for name in ("ch", "dis"):
+                block(eq, eq_rows, [([s * size + at[name]], 1.0), ([at[name]], -1.0)])
+                eq_rows += 1
+        nv = count * size
+
+        def matrix(parts: list[tuple[Any, Any, Any]], m: int) -> Any:
+            rows, cols, vals = (np.concatenate(p) for p in zip(*parts, strict=True))
+            return sp.csc_matrix((vals, (rows, cols)), shape=(m, nv))
+
+        self._a, self._g = matrix(eq, eq_rows), matrix(ineq, ineq_rows)
+        self._b, self._h = np.zeros(eq_rows), np.zeros(ineq_rows)
+        self._c = np.zeros(nv)
+        self._term_costs = np.zeros((len(TERMS), nv))
+        self._x: FloatArray = np.zeros(nv)
+        self._import_cap = 0.0
+        self._prices: tuple[Tariff, datetime, FloatArray, FloatArray] | None = None
         self.solves = 0
+
+    # --- the data of a solve --------------------------------------------------------------
+
+    def _set_rhs(
+        self,
+        nets: list[FloatArray],
+        prior: FloatArray,
+        soc0: float,
+        e_bounds: tuple[float, float, FloatArray, float],
+        power_max: tuple[float, float],
+        imp: float,
+        floor: float,
+    ) -> None:
+        """Fill `b` and `h` (the caps on the peaks are set by `_set_caps`)."""
+        n = self._n
+        e_lo, e_hi, e_reserve, e_end = e_bounds
+        eq_size, ineq_size = 3 * n + 1, 17 * n + 4
+        for s, net in enumerate(nets):
+            self._b[s * eq_size : (s + 1) * eq_size] = np.concatenate(
+                ([soc0], np.zeros(n), net, prior)
+            )
+            self._h[s * ineq_size : (s + 1) * ineq_size] = np.concatenate(
+                (
+                    np.zeros(9 * n + 1),
+                    np.full(n, -e_lo),
+                    np.full(n, e_hi),
+                    -e_reserve,
+                    [-e_end],
+                    np.full(n, power_max[0]),
+                    np.full(n, power_max[1]),
+                    np.full(n, imp),
+                    np.full(n, -self.config.export_limit_kw),
+                    np.zeros(n),
+                    [-floor, 0.0],
+                )
+            )
+
+    def _set_caps(self, caps: Sequence[float]) -> None:
+        """Hold each scenario's peak at or below its cap (the last inequality of its block)."""
+        ineq_size = 17 * self._n + 4
+        for s, cap in enumerate(caps):
+            self._h[(s + 1) * ineq_size - 1] = cap
+
+    def _set_costs(
+        self, price: FloatArray, feed: FloatArray, demand: float, soft: tuple[float, float]
+    ) -> None:
+        """The objective, term by term: `_term_costs[k] @ x` is term `TERMS[k]`."""
+        cfg, n, at, dt = self.config, self._n, self._at, self._dt_h
+        end_w, reserve_w = soft
+        per_var = {
+            "violation": (("v_imp", cfg.violation_penalty_per_kwh * dt), ("v_exp", None)),
+            "change": (("up", cfg.change_penalty_per_kwh * dt), ("down", None)),
+            "energy": (("g_imp", dt * price), ("g_exp", -dt * feed)),
+            "demand": (("peak", demand),),
+            "wear": (("ch", cfg.wear_cost_per_kwh * dt), ("dis", None)),
+            "end_soc": (("end_short", end_w),),
+            "reserve": (("reserve_short", reserve_w * dt),),
+        }
+        costs = self._term_costs
+        costs[:] = 0.0
+        for k, term in enumerate(TERMS):
+            value: Any = 0.0
+            for var, given in per_var[term]:
+                value = value if given is None else given  # None: the same as the one before
+                width = 1 if var in ("peak", "end_short") else n
+                for s, weight in enumerate(self.weights):
+                    first = s * self._size + at[var]
+                    costs[k, first : first + width] = weight * value
+        np.sum(costs, axis=0, out=self._c)
+
+    def _tariff_prices(self, start: datetime) -> tuple[FloatArray, FloatArray]:
+        """`tariff_prices` for this outlook, kept for the next solve of the same start and
+        tariff (the second pass, the sites of a fleet re-planned at one time)."""
+        cfg = self.config
+        known = self._prices
+        if known is not None and known[0] is cfg.tariff and known[1] == start:
+            return known[2], known[3]
+        price, feed = tariff_prices(cfg.tariff, start, cfg.horizon_steps, cfg.step_s)
+        self._prices = (cfg.tariff, start, price, feed)
+        return price, feed
+
+    def lp(self) -> LinearProgram:
+        """The LP with the data of the last solve (or zeros before the first)."""
+        return LinearProgram(self._c, self._g, self._h, self._a, self._b)
+
+    def value(self, name: str, scenario: int = 0) -> FloatArray:
+        """A variable of the last solve (`ch`, `dis`, `soc`, ... as in the class docstring)."""
+        first = scenario * self._size + self._at[name]
+        width = {"soc": self._n + 1, "peak": 1, "end_short": 1}.get(name, self._n)
+        out: FloatArray = self._x[first : first + width]
+        return out
+
+    # --- solving --------------------------------------------------------------------------
 
     def solve(
         self,
@@ -350,30 +463,22 @@ class ScheduleOptimizer:
         cap = cfg.battery_capacity_kwh
         soc0 = inputs.soc_kwh
         # Bounds widened to include the present SoC, so a battery outside them is not infeasible.
-        self.p_soc0.value = soc0
-        self.p_e_lo.value = min(cfg.soc_min_pct / 100 * cap, soc0)
-        self.p_e_hi.value = max(cfg.soc_max_pct / 100 * cap, soc0)
+        e_lo = min(cfg.soc_min_pct / 100 * cap, soc0)
+        e_hi = max(cfg.soc_max_pct / 100 * cap, soc0)
         reserve = np.full(n, cfg.reserve_pct / 100 * cap)
         if inputs.reserve_kwh is not None:
             asked = np.asarray(inputs.reserve_kwh, dtype=float)
             if asked.shape != (n,) or not np.isfinite(asked).all():
                 raise SolverError(f"reserve_kwh must hold {n} finite values")
             reserve = np.maximum(reserve, asked)
-        self.p_e_reserve.value = np.minimum(reserve, cfg.soc_max_pct / 100 * cap)
-        reserve_asked = bool(np.max(self.p_e_reserve.value) > 0)
-        self.p_e_end.value = cfg.end_soc_pct / 100 * cap
-        self.p_ch_max.value = cfg.battery_max_charge_kw
-        self.p_dis_max.value = cfg.battery_max_discharge_kw
+        reserve = np.minimum(reserve, cfg.soc_max_pct / 100 * cap)
+        reserve_asked = bool(np.max(reserve) > 0)
         import_cap = cfg.import_limit_kw
         if cfg.demand_target_kw is not None:
             import_cap = min(import_cap, max(cfg.demand_target_kw, inputs.peak_floor_kw))
-        self.p_imp.value = import_cap
-        self.p_exp.value = cfg.export_limit_kw
-        for param, net in zip(self.p_nets, nets, strict=True):
-            param.value = net
-        self.p_prior.value = prior
+        self._import_cap = import_cap
         if cfg.energy_cost and inputs.price_per_kwh is not None:
-            # the LP's price parameters are non-negative: a negative price counts as free energy
+            # negative prices count as free energy (the LP keeps its prices non-negative)
             price = np.maximum(np.asarray(inputs.price_per_kwh, dtype=float), 0.0)
             exported = inputs.export_per_kwh
             feed = np.minimum(np.zeros(n) if exported is None else np.asarray(exported), price)
@@ -381,29 +486,35 @@ class ScheduleOptimizer:
             if price.shape != (n,) or feed.shape != (n,) or not np.isfinite(price).all():
                 raise SolverError(f"price_per_kwh and export_per_kwh must hold {n} finite values")
         elif cfg.energy_cost:
-            price, feed = tariff_prices(cfg.tariff, inputs.start, n, cfg.step_s)
+            price, feed = self._tariff_prices(inputs.start)
         else:
             price, feed = np.zeros(n), np.zeros(n)
-        self.p_price.value, self.p_feed.value = price, feed
         demand = cfg.tariff.demand_charge_per_kw if cfg.demand_charge else 0.0
-        self.p_demand.value = demand
         scaled = soft_target_weights(cfg, demand, reserve_asked)
-        self.p_end_w.value, self.p_reserve_w.value = scaled
-        self.p_peak_floor.value = max(inputs.peak_floor_kw, 0.0)
+        self._set_rhs(
+            nets,
+            prior,
+            soc0,
+            (e_lo, e_hi, reserve, cfg.end_soc_pct / 100 * cap),
+            (cfg.battery_max_charge_kw, cfg.battery_max_discharge_kw),
+            import_cap,
+            max(inputs.peak_floor_kw, 0.0),
+        )
+        self._set_costs(price, feed, demand, scaled)
         # no cap in the first pass: above any import the plan can make (keeps the LP scaled)
         loose = max(inputs.peak_floor_kw, max(float(net.max()) for net in nets)) + 1.0
-        for cap_param in self.p_peak_caps:
-            cap_param.value = loose + cfg.battery_max_charge_kw
+        self._set_caps([loose + cfg.battery_max_charge_kw] * len(nets))
 
         status, elapsed = self._run(name)
         peaks = self._peaks(nets, inputs.peak_floor_kw)
         full = (cfg.end_soc_penalty_per_kwh, cfg.reserve_penalty_per_kwh_h)
-        if cfg.soft_targets_second_pass and scaled != full:
+        if cfg.soft_targets_second_pass and scaled != full and self._soft_short():
             # Second pass: the soft targets at their full weight, every scenario's peak held at
             # what the first pass decided: they may keep energy from arbitrage, never buy peak.
-            for cap_param, peak in zip(self.p_peak_caps, peaks, strict=True):
-                cap_param.value = peak + PEAK_CAP_TOLERANCE_KW
-            self.p_end_w.value, self.p_reserve_w.value = full
+            # Skipped when the first pass left no shortfall: its plan is then optimal for the
+            # second (feasible there, and no plan the tighter caps allow costs less).
+            self._set_caps([peak + PEAK_CAP_TOLERANCE_KW for peak in peaks])
+            self._set_costs(price, feed, demand, full)
             status, more = self._run(name)
             elapsed += more
             peaks = self._peaks(nets, inputs.peak_floor_kw)
@@ -414,30 +525,32 @@ class ScheduleOptimizer:
         )
 
     def _run(self, name: str) -> tuple[str, float]:
-        import cvxpy as cp  # already imported by __init__: a dictionary look-up
-
+        """Call the solver on the current data; the solution in `self._x`."""
         started = time.perf_counter()
         try:
-            self.problem.solve(
-                solver=name, **_solver_options(name, self.config.solver_time_limit_s)
-            )  # type: ignore[no-untyped-call]
-        except cp.error.SolverError as err:
+            status, x = _SOLVERS[name](self.lp(), self.config.solver_time_limit_s)
+        except (ValueError, ArithmeticError, RuntimeError) as err:
             raise SolverError(f"{name} failed: {err}") from err
         elapsed = time.perf_counter() - started
         self.solves += 1
-        status = str(self.problem.status)
-        if status not in _OK_STATUSES or self.ch.value is None or self.dis.value is None:
+        if status not in _OK_STATUSES or x is None or not np.isfinite(x).all():
             raise SolverError(f"{name} returned status {status}")
+        self._x = x
         return status, elapsed
+
+    def _soft_short(self) -> bool:
+        """Whether the last solve planned any energy short of the end-SoC or reserve target."""
+        short = sum(
+            float(self.value(name, s).sum())
+            for s in range(len(self.weights))
+            for name in ("end_short", "reserve_short")
+        )
+        return short > SOFT_SHORT_TOLERANCE_KWH
 
     def _peaks(self, nets: list[FloatArray], floor: float) -> list[float]:
         return [
-            max(
-                float(np.max(net + np.asarray(v["ch"].value) - np.asarray(v["dis"].value))),
-                floor,
-                0.0,
-            )
-            for net, v in zip(nets, self.scenario_vars, strict=True)
+            max(float(np.max(net + self.value("ch", s) - self.value("dis", s))), floor, 0.0)
+            for s, net in enumerate(nets)
         ]
 
     def scenario_schedule(
@@ -459,32 +572,90 @@ class ScheduleOptimizer:
         name: str,
     ) -> Schedule:
         cfg = self.config
-        v = self.scenario_vars[pick]
-        ch = np.maximum(np.asarray(v["ch"].value, dtype=float), 0.0)
-        dis = np.maximum(np.asarray(v["dis"].value, dtype=float), 0.0)
+        ch = np.maximum(self.value("ch", pick), 0.0)
+        dis = np.maximum(self.value("dis", pick), 0.0)
         battery = ch - dis
         pcc = net + battery
-        import_cap = float(self.p_imp.value)  # type: ignore[arg-type]
         violation = np.maximum.reduce(
-            [pcc - import_cap, cfg.export_limit_kw - pcc, np.zeros_like(pcc)]
+            [pcc - self._import_cap, cfg.export_limit_kw - pcc, np.zeros_like(pcc)]
         )
         violation[violation < 1e-6] = 0.0
-        terms = {k: float(expr.value) for k, expr in self._terms.items()}
+        terms = dict(zip(TERMS, (self._term_costs @ self._x).tolist(), strict=True))
         return Schedule(
             start=inputs.start,
             step_s=cfg.step_s,
             battery_p_kw=battery,
             charge_kw=ch,
             discharge_kw=dis,
-            soc_kwh=np.asarray(v["soc"].value, dtype=float),
+            soc_kwh=self.value("soc", pick).copy(),
             pcc_kw=pcc,
             violation_kw=violation,
             status=status,
-            objective=float(self.problem.value),
+            objective=float(self._c @ self._x),
             terms=terms,
             solve_time_s=elapsed_s,
             solver=name,
         )
+
+
+def _ecos(lp: LinearProgram, time_limit_s: float) -> tuple[str, FloatArray | None]:
+    del time_limit_s  # ECOS has none: an iteration cap instead
+    solution = lp.solve_ecos(max_iters=500)
+    flag = solution["info"]["exitFlag"]
+    status = {0: "optimal", 10: "optimal_inaccurate"}.get(flag, f"ecos exit flag {flag}")
+    return status, np.asarray(solution["x"], dtype=float)
+
+
+def _clarabel(lp: LinearProgram, time_limit_s: float) -> tuple[str, FloatArray | None]:
+    import clarabel
+    import scipy.sparse as sp
+
+    settings = clarabel.DefaultSettings()
+    settings.verbose = False
+    settings.time_limit = time_limit_s
+    nv = lp.c.shape[0]
+    solver = clarabel.DefaultSolver(
+        sp.csc_matrix((nv, nv)),
+        lp.c,
+        sp.vstack([lp.a, lp.g]).tocsc(),
+        np.concatenate([lp.b, lp.h]),
+        [clarabel.ZeroConeT(lp.b.shape[0]), clarabel.NonnegativeConeT(lp.h.shape[0])],
+        settings,
+    )
+    solution = solver.solve()
+    status = {"Solved": "optimal", "AlmostSolved": "optimal_inaccurate"}.get(
+        str(solution.status), f"clarabel {solution.status}"
+    )
+    return status, np.asarray(solution.x, dtype=float)
+
+
+def _highs(lp: LinearProgram, time_limit_s: float) -> tuple[str, FloatArray | None]:
+    import highspy
+    import scipy.sparse as sp
+
+    matrix = sp.vstack([lp.a, lp.g]).tocsc()
+    model = highspy.HighsLp()
+    model.num_col_, model.num_row_ = matrix.shape[1], matrix.shape[0]
+    model.col_cost_ = lp.c
+    model.col_lower_ = np.full(matrix.shape[1], -highspy.kHighsInf)
+    model.col_upper_ = np.full(matrix.shape[1], highspy.kHighsInf)
+    model.row_lower_ = np.concatenate([lp.b, np.full(lp.h.shape[0], -highspy.kHighsInf)])
+    model.row_upper_ = np.concatenate([lp.b, lp.h])
+    model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    model.a_matrix_.start_ = matrix.indptr
+    model.a_matrix_.index_ = matrix.indices
+    model.a_matrix_.value_ = matrix.data
+    highs = highspy.Highs()  # type: ignore[no-untyped-call]
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("time_limit", time_limit_s)
+    highs.passModel(model)
+    highs.run()
+    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return f"highs {highs.modelStatusToString(highs.getModelStatus())}", None
+    return "optimal", np.asarray(highs.getSolution().col_value, dtype=float)
+
+
+_SOLVERS = {"ECOS": _ecos, "CLARABEL": _clarabel, "HIGHS": _highs}
 
 
 TERMS = ("violation", "change", "energy", "demand", "wear", "end_soc", "reserve")
@@ -492,6 +663,8 @@ TERMS = ("violation", "change", "energy", "demand", "wear", "end_soc", "reserve"
 
 
 PEAK_CAP_TOLERANCE_KW = 1e-6
+SOFT_SHORT_TOLERANCE_KWH = 1e-6
+"""Below this, summed over the outlook, a soft target counts as met (no second pass)."""
 PEAK_FLOOR_SHARE = 0.9
 """Soft SoC targets may be worth at most this share of the demand charge per kW of peak."""
 
@@ -764,6 +937,6 @@ def solve_plan(
 
 
 def warm(config: EmaConfig, weights: Sequence[float] = (1.0,)) -> int:
-    """Build the compiled problem in this process (cvxpy imported); returns the process id."""
+    """Build the compiled problem in this process (solvers imported); returns the process id."""
     compiled(config, weights)
     return os.getpid()
