@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,7 @@ from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import wait_for
 from edge_simulator.settings import Settings as SimSettings
-from edge_simulator.simulator import Simulator
-from edge_simulator.testing import ManualClock, running_simulator
+from edge_simulator.testing import ManualClock
 from scada_bridge.__main__ import link_settings
 from scada_bridge.bridge import Bridge
 from scada_bridge.service import build_service as build_bridge
@@ -36,24 +34,13 @@ from scada_bridge.testing import SparkplugHost, check_discovery, load_rules
 
 pytestmark = pytest.mark.integration
 
-START = datetime(2026, 6, 21, 10, 0, tzinfo=UTC)
 NODE = "derbus-bridge"
 
 
-@pytest.fixture
-def sim_clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-async def simulator(
-    mqtt_settings: MqttSettings, sim_clock: ManualClock
-) -> AsyncIterator[Service[SimSettings, Simulator]]:
-    async with running_simulator(mqtt_settings, sim_clock) as service:
-        yield service
-
-
-def bridge_settings(mqtt: MqttSettings, tmp_path: Path, tag: str) -> Settings:
+def bridge_settings(mqtt: MqttSettings, tmp_path: Path, **changes: Any) -> Settings:
+    """The bridge on the test's broker, its Sparkplug group and Home Assistant prefixes the
+    test's own."""
+    tag = uuid.uuid4().hex[:8]
     return Settings(
         mqtt=mqtt,
         api_port=0,
@@ -64,6 +51,7 @@ def bridge_settings(mqtt: MqttSettings, tmp_path: Path, tag: str) -> Settings:
         ha_command_prefix=f"hacmd{tag}",
         link_check_s=0.1,
         stale_after_s=3000,
+        **changes,
     )
 
 
@@ -99,8 +87,7 @@ async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_i
     sim_clock: ManualClock,
     tmp_path: Path,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    settings = bridge_settings(mqtt_settings, tmp_path, tag)
+    settings = bridge_settings(mqtt_settings, tmp_path)
     host = SparkplugHost(settings.group_id)
     await host.attach(host_bus)
     bridge_service = build_bridge(
@@ -283,10 +270,7 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
     sim_clock: ManualClock,
     tmp_path: Path,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    settings = bridge_settings(mqtt_settings, tmp_path, tag).model_copy(
-        update={"sparkplug_enabled": False}
-    )
+    settings = bridge_settings(mqtt_settings, tmp_path, sparkplug_enabled=False)
     bridge_service = build_bridge(settings, MqttBus(mqtt_settings), clock=sim_clock)
     await bridge_service.start()
     step = simulator.state.step
