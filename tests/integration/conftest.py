@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from derbus.bus import MqttBus
 from derbus.service import Service
 from derbus.settings import MqttSettings
 from edge_simulator.settings import Settings as SimSettings
@@ -31,3 +32,12 @@ async def simulator(
     """The edge simulator on the test's broker and topic root, stepped by hand on `sim_clock`."""
     async with running_simulator(mqtt_settings, sim_clock) as service:
         yield service
+
+
+@pytest.fixture
+async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
+    """A connected client on the test's broker: the outside party that records and publishes."""
+    bus = MqttBus(mqtt_settings)
+    await bus.connect()
+    yield bus
+    await bus.close()

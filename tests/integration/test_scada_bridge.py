@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +54,6 @@ def bridge_settings(mqtt: MqttSettings, tmp_path: Path, **changes: Any) -> Setti
     )
 
 
-@pytest.fixture
-async def host_bus(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
-    bus = MqttBus(mqtt_settings)
-    await bus.connect()
-    yield bus
-    await bus.close()
-
-
 def check_seq(host: SparkplugHost) -> None:
     """Every message after an NBIRTH carries the previous seq + 1 (mod 256); NDEATH none."""
     previous: int | None = None
@@ -82,14 +73,14 @@ def check_seq(host: SparkplugHost) -> None:
 
 async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_its_dcmd(
     simulator: Service[SimSettings],
-    host_bus: MqttBus,
+    probe: MqttBus,
     mqtt_settings: MqttSettings,
     sim_clock: ManualClock,
     tmp_path: Path,
 ) -> None:
     settings = bridge_settings(mqtt_settings, tmp_path)
     host = SparkplugHost(settings.group_id)
-    await host.attach(host_bus)
+    await host.attach(probe)
     bridge_service = build_bridge(
         settings,
         MqttBus(mqtt_settings),
@@ -265,7 +256,7 @@ class HomeAssistant:
 
 async def test_home_assistant_discovers_every_site_entity_follows_states_and_sets_the_battery(
     simulator: Service[SimSettings],
-    host_bus: MqttBus,
+    probe: MqttBus,
     mqtt_settings: MqttSettings,
     sim_clock: ManualClock,
     tmp_path: Path,
@@ -281,18 +272,19 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
         )
         # `ha_published` counts what the bridge handed to its bus, not what the broker holds: a
         # subscriber attached now can see those configs arrive live (retain 0) rather than
-        # retained. A probe sees every config through the broker first; then HA arrives.
-        probe = HomeAssistant(host_bus, settings.ha_discovery_prefix)
-        await host_bus.subscribe(f"{settings.ha_discovery_prefix}/+/+/+/config", 1, probe._config)
+        # retained. An early subscriber sees every config through the broker first; then HA
+        # arrives.
+        early = HomeAssistant(probe, settings.ha_discovery_prefix)
+        await probe.subscribe(f"{settings.ha_discovery_prefix}/+/+/+/config", 1, early._config)
         await wait_for(
-            lambda: set(bridge_service.state.ha_published) <= set(probe.configs),
+            lambda: set(bridge_service.state.ha_published) <= set(early.configs),
             20,
             message="every config through the broker",
         )
-        ha = HomeAssistant(host_bus, settings.ha_discovery_prefix)  # arrives later: retained
+        ha = HomeAssistant(probe, settings.ha_discovery_prefix)  # arrives later: retained
         await ha.attach()
         await wait_for(
-            lambda: set(probe.configs) <= set(ha.configs), 20, message="all configs, retained"
+            lambda: set(early.configs) <= set(ha.configs), 20, message="all configs, retained"
         )
         assert ha.retained == set(ha.configs)
         rules = load_rules()
@@ -332,7 +324,7 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
 
         # HA sets the battery: number → setpoint of the contract → the simulator follows
         number = by_id["derbus_site-1_battery_setpoint"]
-        await host_bus.publish(number["command_topic"], b"-1.25", qos=1)
+        await probe.publish(number["command_topic"], b"-1.25", qos=1)
         await wait_for(
             lambda: (
                 number["state_topic"] in ha.last
