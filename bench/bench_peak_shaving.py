@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,29 @@ COMMERCIAL_BATTERY: dict[str, float] = {
     "soc_min_pct": 5.0,
 }
 """The battery of the solve and latency rows (the service's old defaults; now the demo home's)."""
+
+
+@dataclass
+class Delays:
+    """Messages of one kind received here, each with its delay: arrival − its own timestamp."""
+
+    model: type[SetpointCommand] | type[MeterReading]
+    began_wall: datetime
+    delay_s: list[float] = field(default_factory=list)
+    at_s: list[float] = field(default_factory=list)
+    """When each was stamped, s since `began_wall`."""
+
+    async def __call__(self, message: RawMessage) -> None:
+        received = datetime.now(UTC)
+        ts = self.model.model_validate_json(message.payload).ts
+        self.delay_s.append((received - ts).total_seconds())
+        self.at_s.append((ts - self.began_wall).total_seconds())
+
+    def window_ms(self, from_s: float, to_s: float) -> list[float]:
+        """The delays in ms of the messages stamped in [from_s, to_s)."""
+        return [
+            x * 1000 for x, t in zip(self.delay_s, self.at_s, strict=True) if from_s <= t < to_s
+        ]
 
 
 # --- EMA solve time ---------------------------------------------------------------------------
@@ -322,28 +345,12 @@ async def _latency(
         settings = MqttSettings(host=host, port=port, root=root)
         client = MqttBus(settings)
         await client.connect()
-        latencies: list[float] = []
-        at: list[float] = []  # when each reading was sent, s since the start
-        began_wall = datetime.now(UTC)
-
-        async def on_setpoint(message: RawMessage) -> None:
-            received = datetime.now(UTC)
-            cmd = SetpointCommand.model_validate_json(message.payload)
-            latencies.append((received - cmd.ts).total_seconds())
-            at.append((cmd.ts - began_wall).total_seconds())
-
-        await client.subscribe(topics.SETPOINT.filter(root=root), 1, on_setpoint)
-        echoes: list[float] = []
-        echo_at: list[float] = []
-
-        async def on_meter(message: RawMessage) -> None:
-            received = datetime.now(UTC)
-            reading = MeterReading.model_validate_json(message.payload)
-            echoes.append((received - reading.ts).total_seconds())
-            echo_at.append((reading.ts - began_wall).total_seconds())
-
+        # a setpoint carries the timestamp of the reading it answers
+        setpoints = Delays(SetpointCommand, datetime.now(UTC))
+        await client.subscribe(topics.SETPOINT.filter(root=root), 1, setpoints)
         # baseline: the same readings coming back to this process (one broker hop)
-        await client.subscribe(topics.METER.filter(root=root), 1, on_meter)
+        echoes = Delays(MeterReading, setpoints.began_wall)
+        await client.subscribe(topics.METER.filter(root=root), 1, echoes)
         rng = np.random.default_rng(1)
         site_ids = [f"site-{i + 1:04d}" for i in range(sites)]
         if replan_s is not None:  # forecasts with quantiles: every site gets a scenario plan
@@ -366,7 +373,7 @@ async def _latency(
                     )
         sent = 0
         began = time.monotonic()
-        began_wall = datetime.now(UTC)
+        setpoints.began_wall = echoes.began_wall = datetime.now(UTC)
         while time.monotonic() - began < duration_s:
             second = time.monotonic()
             for i, site in enumerate(site_ids):
@@ -387,7 +394,7 @@ async def _latency(
             if rest > 0:
                 await asyncio.sleep(rest)
         drain_deadline = time.monotonic() + 5
-        while len(latencies) < sent and time.monotonic() < drain_deadline:
+        while len(setpoints.delay_s) < sent and time.monotonic() < drain_deadline:
             await asyncio.sleep(0.05)
         with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=5) as r:
             metrics = r.read().decode()
@@ -399,13 +406,14 @@ async def _latency(
         except subprocess.TimeoutExpired:
             proc.kill()
     decision = _histogram_mean(metrics, "derbus_peak_shaving_decision_seconds")
-    ms = sorted(x * 1000 for x in latencies)
+    ms = sorted(x * 1000 for x in setpoints.delay_s)
     q = np.percentile(ms, [50, 90, 99]) if ms else [float("nan")] * 3
-    echo = np.percentile([x * 1000 for x in echoes], [50, 99]) if echoes else [float("nan")] * 2
+    echo_ms = [x * 1000 for x in echoes.delay_s]
+    echo = np.percentile(echo_ms, [50, 99]) if echo_ms else [float("nan")] * 2
     windows = []
     for w in range(int(duration_s // 10)):
-        own = [x * 1000 for x, t in zip(latencies, at, strict=True) if 10 * w <= t < 10 * w + 10]
-        hop = [x * 1000 for x, t in zip(echoes, echo_at, strict=True) if 10 * w <= t < 10 * w + 10]
+        own = setpoints.window_ms(10 * w, 10 * w + 10)
+        hop = echoes.window_ms(10 * w, 10 * w + 10)
         if own and hop:
             windows.append(
                 [
@@ -648,11 +656,7 @@ def ema_config(site: Site, steps: int, tariff: Tariff) -> EmaConfig:
         horizon_steps=steps,
         import_limit_kw=site.import_cap_kw,
         export_limit_kw=site.export_limit_kw,
-        battery_capacity_kwh=site.capacity_kwh,
-        battery_max_charge_kw=site.power_kw,
-        battery_max_discharge_kw=site.power_kw,
-        charge_efficiency=site.efficiency,
-        discharge_efficiency=site.efficiency,
+        **site.ema_battery(),
         energy_cost=True,
         demand_charge=True,
         solver_time_limit_s=300.0,

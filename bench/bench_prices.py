@@ -127,11 +127,7 @@ def run(months: list[int], loads: list[str]) -> str:
         step_s=STEP_S,
         import_limit_kw=1e4,
         export_limit_kw=-1e4,
-        battery_capacity_kwh=site.capacity_kwh,
-        battery_max_charge_kw=site.power_kw,
-        battery_max_discharge_kw=site.power_kw,
-        charge_efficiency=site.efficiency,
-        discharge_efficiency=site.efficiency,
+        **site.ema_battery(),
         energy_cost=True,
         demand_charge=True,
         reserve_pct=10.0,  # = soc_min_pct: no reserve above the floor (5 % did that before the check)

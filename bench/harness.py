@@ -43,6 +43,16 @@ class Site:
     step_s: int = 60
     noise_pct: float = 4.0
 
+    def ema_battery(self) -> dict[str, float]:
+        """The battery as the EMA optimiser's config fields (`EmaConfig` keyword arguments)."""
+        return {
+            "battery_capacity_kwh": self.capacity_kwh,
+            "battery_max_charge_kw": self.power_kw,
+            "battery_max_discharge_kw": self.power_kw,
+            "charge_efficiency": self.efficiency,
+            "discharge_efficiency": self.efficiency,
+        }
+
     @property
     def import_cap_kw(self) -> float:
         """The import limit the controllers get (`--no-import-limit`: far above any load)."""

@@ -43,10 +43,9 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_value_bench_runs_on_any_profile_csv(tmp_path: Path) -> None:
-    csv = fixture_csv(tmp_path / "site.csv")
-    out = tmp_path / "value.json"
-    done = run(
+def run_value(csv: Path, out: Path, days: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The value section on the fixture's two months, `days` of each, written to `out`."""
+    return run(
         "--profiles",
         str(csv),
         "--load-col",
@@ -56,7 +55,7 @@ def test_value_bench_runs_on_any_profile_csv(tmp_path: Path) -> None:
         "--months",
         "2",
         "--days",
-        "1",
+        days,
         "--step-s",
         "900",
         "--replan-s",
@@ -65,9 +64,16 @@ def test_value_bench_runs_on_any_profile_csv(tmp_path: Path) -> None:
         "21",
         "--max-iter",
         "10",
+        *extra,
         "--json",
         str(out),
     )
+
+
+def test_value_bench_runs_on_any_profile_csv(tmp_path: Path) -> None:
+    csv = fixture_csv(tmp_path / "site.csv")
+    out = tmp_path / "value.json"
+    done = run_value(csv, out, "1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "share of bill reduction" in done.stdout
     body = json.loads(out.read_text())
@@ -94,29 +100,7 @@ def test_value_bench_runs_on_any_profile_csv(tmp_path: Path) -> None:
 def test_value_bench_without_import_limit_and_with_a_wrong_column(tmp_path: Path) -> None:
     csv = fixture_csv(tmp_path / "site.csv")
     out = tmp_path / "value.json"
-    done = run(
-        "--profiles",
-        str(csv),
-        "--load-col",
-        "site_load_pu",
-        "--pv-col",
-        "roof_pv_pu",
-        "--months",
-        "2",
-        "--days",
-        "0.5",
-        "--step-s",
-        "900",
-        "--replan-s",
-        "3600",
-        "--history-days",
-        "21",
-        "--max-iter",
-        "10",
-        "--no-import-limit",
-        "--json",
-        str(out),
-    )
+    done = run_value(csv, out, "0.5", "--no-import-limit")
     assert done.returncode == 0, done.stderr[-3000:]
     (record,) = json.loads(out.read_text())["records"]
     assert record["import_limit_kw"] is None

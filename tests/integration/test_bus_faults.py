@@ -79,50 +79,77 @@ async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any,
         await service.stop()
 
 
+@contextlib.asynccontextmanager
+async def forgetful_broker_run(
+    postgres_url: str, root: str, tmp_path: Path
+) -> AsyncIterator[tuple[MosquittoServer, SyncProcess, Service[Any, Any]]]:
+    """A broker without persistence (a restart forgets every session and what was queued for
+    it), cloud_sync and the edge on it, 10 steps in."""
+    broker = MosquittoServer(extra_conf="persistence false\n")
+    broker.start()
+    try:
+        async with (
+            cloud_sync(broker, postgres_url, root, tmp_path) as sync,
+            edge(broker, root) as sim_service,
+        ):
+            await wait_for(lambda: sim_service.state.steps >= 10, 30, message="10 steps")
+            yield broker, sync, sim_service
+    finally:
+        broker.cleanup()
+
+
+async def restart_unheard(broker: MosquittoServer, sim_service: Service[Any, Any]) -> int:
+    """The broker killed and started again with all state gone; the edge reconnects and
+    publishes 10 steps that reach nobody (cloud_sync has no session on the new broker).
+
+    Returns the edge's step count when it was back on the broker."""
+    sim = sim_service.state
+    broker.kill()
+    broker.start()
+    await wait_for(lambda: sim_service.bus.connected, 30, message="the edge is back")
+    restarted_at = sim.steps
+    await wait_for(lambda: sim.steps >= restarted_at + 10, 30, message="10 steps unheard")
+    await wait_for(lambda: sim_service.bus.stats.queued == 0, 30, message="all taken")
+    return restarted_at
+
+
+async def repaired_gaps(
+    sync: SyncProcess, postgres_url: str, sim_service: Service[Any, Any]
+) -> dict[str, Any]:
+    """cloud_sync's gap figures once every reading the edge sent so far is stored and no gap is
+    still open."""
+    sent = sent_rows(sim_service)  # it goes on publishing: later readings not awaited
+    sites = list(sim_service.state.fleet.ids)
+
+    def repaired() -> bool:
+        gaps = sync.gaps()
+        return gaps.get("readings_missing") == 0 and sent <= stored_rows(postgres_url, sites)
+
+    await wait_for(repaired, 60, interval=0.5, message="every reading sent is stored")
+    return sync.gaps()
+
+
 async def test_broker_without_persistence_killed_mid_run_every_reading_is_stored(
     postgres_url: str, topic_root: str, tmp_path: Path
 ) -> None:
     """cloud_sync stalls (SIGSTOP); the broker dies with no persistence, forgetting its session
     and what was queued for it, and what the edge publishes after the restart reaches nobody
     until cloud_sync is back; cloud_sync finds the gaps and the edge sends them again."""
-    broker = MosquittoServer(extra_conf="persistence false\n")
-    broker.start()
-    try:
-        async with (
-            cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
-            edge(broker, topic_root) as sim_service,
-        ):
-            sim = sim_service.state
-            await wait_for(lambda: sim.steps >= 10, 30, message="10 steps")
-            sync.pause()
-            stalled_at = sim.steps
-            await wait_for(lambda: sim.steps >= stalled_at + 4, 30, message="steps while stalled")
-            broker.kill()  # all state gone: cloud_sync's session and what was queued for it
-            broker.start()
-            # cloud_sync, still stalled, has no session on the new broker: what the edge
-            # publishes now reaches nobody (what was sent before may sit in its socket buffer)
-            await wait_for(lambda: sim_service.bus.connected, 30, message="the edge is back")
-            restarted_at = sim.steps
-            await wait_for(lambda: sim.steps >= restarted_at + 10, 30, message="10 steps unheard")
-            await wait_for(lambda: sim_service.bus.stats.queued == 0, 30, message="all taken")
-            sync.resume()
-            await wait_for(lambda: sim.steps >= restarted_at + 30, 30, message="20 more steps")
-            sent = sent_rows(sim_service)  # it goes on publishing: later readings not awaited
-            sites = list(sim.fleet.ids)
-
-            def repaired() -> bool:
-                gaps = sync.gaps()
-                return gaps.get("readings_missing") == 0 and sent <= stored_rows(
-                    postgres_url, sites
-                )
-
-            await wait_for(repaired, 60, interval=0.5, message="every reading sent is stored")
-            gaps = sync.gaps()
-            assert gaps["readings_missed"] > 0, f"the broker lost nothing (proves nothing): {gaps}"
-            assert gaps["readings_repaired"] == gaps["readings_missed"], gaps
-            assert gaps["readings_lost"] == 0, gaps
-    finally:
-        broker.cleanup()
+    async with forgetful_broker_run(postgres_url, topic_root, tmp_path) as run:
+        broker, sync, sim_service = run
+        sim = sim_service.state
+        sync.pause()
+        stalled_at = sim.steps
+        await wait_for(lambda: sim.steps >= stalled_at + 4, 30, message="steps while stalled")
+        # cloud_sync, still stalled, has no session on the new broker: what the edge publishes
+        # now reaches nobody (what was sent before may sit in its socket buffer)
+        restarted_at = await restart_unheard(broker, sim_service)
+        sync.resume()
+        await wait_for(lambda: sim.steps >= restarted_at + 30, 30, message="20 more steps")
+        gaps = await repaired_gaps(sync, postgres_url, sim_service)
+        assert gaps["readings_missed"] > 0, f"the broker lost nothing (proves nothing): {gaps}"
+        assert gaps["readings_repaired"] == gaps["readings_missed"], gaps
+        assert gaps["readings_lost"] == 0, gaps
 
 
 async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_stored(
@@ -259,38 +286,15 @@ async def test_cloud_sync_restarted_after_the_broker_forgot_it_still_finds_the_g
     """cloud_sync stops (its streams' numbers saved in its outbox); the broker restarts without
     persistence, so what the edge publishes meanwhile reaches nobody; the new cloud_sync sees
     the jump past the saved numbers and gets it all again."""
-    broker = MosquittoServer(extra_conf="persistence false\n")
-    broker.start()
-    try:
-        async with (
-            cloud_sync(broker, postgres_url, topic_root, tmp_path) as sync,
-            edge(broker, topic_root) as sim_service,
-        ):
-            sim = sim_service.state
-            await wait_for(lambda: sim.steps >= 10, 30, message="10 steps")
-            sync.stop()
-            broker.kill()
-            broker.start()
-            await wait_for(lambda: sim_service.bus.connected, 30, message="the edge is back")
-            away_at = sim.steps
-            await wait_for(lambda: sim.steps >= away_at + 10, 30, message="10 steps unheard")
-            await wait_for(lambda: sim_service.bus.stats.queued == 0, 30, message="all taken")
-            sync.start()
-            await wait_for(sync.ready, 30, interval=0.2, message="cloud_sync back")
-            back_at = sim.steps
-            await wait_for(lambda: sim.steps >= back_at + 10, 30, message="10 more steps")
-            sent = sent_rows(sim_service)
-            sites = list(sim.fleet.ids)
-
-            def repaired() -> bool:
-                gaps = sync.gaps()
-                return gaps.get("readings_missing") == 0 and sent <= stored_rows(
-                    postgres_url, sites
-                )
-
-            await wait_for(repaired, 60, interval=0.5, message="every reading sent is stored")
-            gaps = sync.gaps()
-            assert gaps["readings_missed"] > 0, "nothing was missed: the test proves nothing"
-            assert gaps["readings_lost"] == 0
-    finally:
-        broker.cleanup()
+    async with forgetful_broker_run(postgres_url, topic_root, tmp_path) as run:
+        broker, sync, sim_service = run
+        sim = sim_service.state
+        sync.stop()
+        await restart_unheard(broker, sim_service)
+        sync.start()
+        await wait_for(sync.ready, 30, interval=0.2, message="cloud_sync back")
+        back_at = sim.steps
+        await wait_for(lambda: sim.steps >= back_at + 10, 30, message="10 more steps")
+        gaps = await repaired_gaps(sync, postgres_url, sim_service)
+        assert gaps["readings_missed"] > 0, "nothing was missed: the test proves nothing"
+        assert gaps["readings_lost"] == 0

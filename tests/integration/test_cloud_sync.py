@@ -150,6 +150,24 @@ def sync_settings(tmp_path: Path, mqtt: MqttSettings, db_url: str, **extra: Any)
     return Settings(**values)
 
 
+@pytest.fixture
+def both_stores(
+    tmp_path: Path,
+    mqtt_settings: MqttSettings,
+    postgres_url: str,
+    victoria_metrics: VictoriaMetricsServer,
+) -> Settings:
+    """cloud_sync's settings for PostgreSQL and VictoriaMetrics (InfluxDB line protocol)."""
+    return sync_settings(
+        tmp_path,
+        mqtt_settings,
+        postgres_url,
+        influxdb_url=victoria_metrics.url,
+        influxdb_token="test-token",
+        influx_flush_interval_ms=100,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings,
@@ -168,7 +186,7 @@ async def running(
 
 
 async def test_readings_reach_postgres_and_victoria_metrics_with_their_values(
-    tmp_path: Path,
+    both_stores: Settings,
     mqtt_settings: MqttSettings,
     postgres_url: str,
     victoria_metrics: VictoriaMetricsServer,
@@ -185,15 +203,7 @@ async def test_readings_reach_postgres_and_victoria_metrics_with_their_values(
         (topics.METER, f"it-{run}-a", "pcc", MeterReading(ts=old, source="it", p_kw=7.25))
     )
     expected = expected_rows(published)
-    settings = sync_settings(
-        tmp_path,
-        mqtt_settings,
-        postgres_url,
-        influxdb_url=victoria_metrics.url,
-        influxdb_token="test-token",
-        influx_flush_interval_ms=100,
-    )
-    async with running(settings) as (service, publisher):
+    async with running(both_stores) as (service, publisher):
         kpis: BusRecorder[KpiReport] = BusRecorder(topics.KPI, mqtt_settings.root)
         await kpis.attach(publisher, site_id=topics.PLATFORM_SITE, device_id="cloud_sync")
         await publish_all(publisher, mqtt_settings.root, published)
@@ -515,7 +525,7 @@ async def test_sigkill_mid_batch_then_restart_loses_and_doubles_nothing(
 
 
 async def test_edge_simulator_readings_reach_both_stores(
-    tmp_path: Path,
+    both_stores: Settings,
     mqtt_settings: MqttSettings,
     postgres_url: str,
     victoria_metrics: VictoriaMetricsServer,
@@ -526,15 +536,7 @@ async def test_edge_simulator_readings_reach_both_stores(
 
     root = mqtt_settings.root
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    settings = sync_settings(
-        tmp_path,
-        mqtt_settings,
-        postgres_url,
-        influxdb_url=victoria_metrics.url,
-        influxdb_token="test-token",
-        influx_flush_interval_ms=100,
-    )
-    async with running(settings) as (_, probe):
+    async with running(both_stores) as (_, probe):
         recorders = [BusRecorder(spec, root) for spec in topics.TELEMETRY]
         for rec in recorders:
             await rec.attach(probe)

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,14 +35,6 @@ from edge_simulator.sunspec import build_layout
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 1, 12, 19, 0, tzinfo=UTC)  # a winter evening: no PV, the EV may charge
-
-
-@pytest.fixture
-async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
-    bus = MqttBus(mqtt_settings)
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 async def run_service(mqtt_settings: MqttSettings, **kw: Any) -> Service[Settings]:

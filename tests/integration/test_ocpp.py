@@ -64,14 +64,6 @@ async def csms(mqtt_settings: MqttSettings) -> AsyncIterator[Service[Settings, E
         await service.stop()
 
 
-@pytest.fixture
-async def observer(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
-    bus = MqttBus(mqtt_settings)
-    await bus.connect()
-    yield bus
-    await bus.close()
-
-
 def url(service: Service[Settings, EvCharging]) -> str:
     return f"ws://127.0.0.1:{service.state.csms.port}"
 
@@ -110,7 +102,7 @@ def setpoint(sid: str, value_kw: float, ttl_s: float) -> bytes:
 
 async def test_charger_follows_setpoint_and_reverts_after_ttl(
     csms: Service[Settings, EvCharging],
-    observer: MqttBus,
+    probe: MqttBus,
     mqtt_settings: MqttSettings,
     version: Version,
 ) -> None:
@@ -119,7 +111,7 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
     acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, root)
     sessions: BusRecorder[EvSession] = BusRecorder(topics.EV_SESSION, root)
     for rec in (telemetry, acks, sessions):
-        await rec.attach(observer)  # type: ignore[attr-defined]
+        await rec.attach(probe)  # type: ignore[attr-defined]
     cp = charge_point(csms, version)
     await cp.connect()
     try:
@@ -147,9 +139,7 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         assert reading.soc_pct is not None
 
         # a grid-operator limit: TxProfile → the charger follows → ack after the station accepted
-        await observer.publish(
-            topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-1", 4.0, 60)
-        )
+        await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-1", 4.0, 60))
         await wait_for(lambda: any(a.setpoint_id == "lim-1" for a in acks.values), message="ack")
         first = next(a for a in acks.values if a.setpoint_id == "lim-1")
         assert first.status == "accepted"
@@ -168,9 +158,7 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
         )
 
         # a short one replaces it; when its TTL lapses the profile is cleared: full power again
-        await observer.publish(
-            topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-2", 2.5, 4.0)
-        )
+        await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-2", 2.5, 4.0))
         # TTL 4 s: with 1 s the command, the station's answer and the ack together took longer
         # than its life once (load ~23), and no `accepted` came
         await wait_for(
@@ -207,24 +195,24 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
 
 async def test_setpoint_while_idle_applies_at_transaction_start(
     csms: Service[Settings, EvCharging],
-    observer: MqttBus,
+    probe: MqttBus,
     mqtt_settings: MqttSettings,
     version: Version,
 ) -> None:
     root = mqtt_settings.root
     acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, root)
-    await acks.attach(observer)
+    await acks.attach(probe)
     cp = charge_point(csms, version)
     await cp.connect()
     try:
-        await observer.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("idle", 6.0, 60))
+        await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("idle", 6.0, 60))
         await wait_for(lambda: bool(acks.values), message="ack")
         assert acks.values[0].status == "accepted"
         assert cp.profiles == []  # no transaction yet: nothing to send
         assert await cp.plug_in(TAG)
         await wait_for(lambda: cp.ev.limit_kw == 6.0, message="profile at start")
         # out of the connector's range: rejected, the station keeps its limit
-        await observer.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("big", 50.0, 60))
+        await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("big", 50.0, 60))
         await wait_for(lambda: any(a.setpoint_id == "big" for a in acks.values), message="ack")
         big = next(a for a in acks.values if a.setpoint_id == "big")
         assert big.status == "rejected"
@@ -299,7 +287,7 @@ async def test_malformed_frames_get_call_errors_and_are_counted(
 
 
 async def test_simulator_sites_as_charge_points(
-    mqtt_settings: MqttSettings, observer: MqttBus, version: Version
+    mqtt_settings: MqttSettings, probe: MqttBus, version: Version
 ) -> None:
     """The edge simulator with `EDGE_SIMULATOR_OCPP_URL`: one station per site, vehicles charging."""
     root = mqtt_settings.root
@@ -311,7 +299,7 @@ async def test_simulator_sites_as_charge_points(
     csms = build_service(cs_settings, MqttBus(mqtt_settings))
     await csms.start()
     telemetry: BusRecorder[EvChargerTelemetry] = BusRecorder(topics.EV_CHARGER, root)
-    await telemetry.attach(observer)
+    await telemetry.attach(probe)
     sim_settings = SimSettings(
         mqtt=mqtt_settings,
         api_port=0,

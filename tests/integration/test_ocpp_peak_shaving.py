@@ -14,7 +14,6 @@ at the job's power.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,14 +61,6 @@ LOAD_KW, EV_KW, BATTERY_KW, LIMIT_KW, MARGIN_KW = 8.0, 11.0, 2.0, 12.0, 0.5
 @pytest.fixture(params=["1.6", "2.0.1"])
 def version(request: pytest.FixtureRequest) -> Version:
     return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
-    bus = MqttBus(mqtt_settings)
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 def central_system(mqtt_settings: MqttSettings, ocpp_port: int) -> Service[Any, Any]:

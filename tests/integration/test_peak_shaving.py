@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,14 +26,6 @@ START = datetime(2026, 1, 12, 19, 0, tzinfo=UTC)  # a winter evening: no PV
 SITE = "site-1"
 LIMIT_KW = 10.0
 BASE_LOAD_KW = 20.0
-
-
-@pytest.fixture
-async def probe(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
-    bus = MqttBus(mqtt_settings)
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 async def test_import_peak_is_shaved_to_the_limit_within_two_readings(

@@ -100,20 +100,10 @@ def holds(proc: ServiceProcess, site_id: str) -> bool:
 
 
 async def test_two_replicas_split_the_sites_by_crc32_and_a_killed_one_takes_its_sites_back(
-    mqtt_settings: MqttSettings, tmp_path: Path
-) -> None:
-    probe = MqttBus(mqtt_settings)  # what a SCADA subscribed to the fleet sees
-    await probe.connect()
-    try:
-        await _replicas_split_the_sites(mqtt_settings, probe, tmp_path)
-    finally:
-        await probe.close()
-
-
-async def _replicas_split_the_sites(
     mqtt_settings: MqttSettings, probe: MqttBus, tmp_path: Path
 ) -> None:
-    """The test's body, on a connected `probe` (setpoints, readings and acks of every site)."""
+    """`probe` is what a SCADA subscribed to the fleet sees: setpoints, readings and acks of
+    every site."""
     root = mqtt_settings.root
     setpoints: BusRecorder[SetpointCommand] = BusRecorder(topics.SETPOINT, root)
     meter: BusRecorder[MeterReading] = BusRecorder(topics.METER, root)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,7 @@ from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import wait_for
 from edge_simulator.settings import Settings as SimSettings
-from edge_simulator.simulator import Simulator
-from edge_simulator.testing import ManualClock, running_simulator
+from edge_simulator.testing import ManualClock
 from scada_bridge.__main__ import link_settings
 from scada_bridge.bridge import Bridge
 from scada_bridge.service import build_service as build_bridge
@@ -36,24 +33,13 @@ from scada_bridge.testing import SparkplugHost, check_discovery, load_rules
 
 pytestmark = pytest.mark.integration
 
-START = datetime(2026, 6, 21, 10, 0, tzinfo=UTC)
 NODE = "derbus-bridge"
 
 
-@pytest.fixture
-def sim_clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-async def simulator(
-    mqtt_settings: MqttSettings, sim_clock: ManualClock
-) -> AsyncIterator[Service[SimSettings, Simulator]]:
-    async with running_simulator(mqtt_settings, sim_clock) as service:
-        yield service
-
-
-def bridge_settings(mqtt: MqttSettings, tmp_path: Path, tag: str) -> Settings:
+def bridge_settings(mqtt: MqttSettings, tmp_path: Path, **changes: Any) -> Settings:
+    """The bridge on the test's broker, its Sparkplug group and Home Assistant prefixes the
+    test's own."""
+    tag = uuid.uuid4().hex[:8]
     return Settings(
         mqtt=mqtt,
         api_port=0,
@@ -64,15 +50,8 @@ def bridge_settings(mqtt: MqttSettings, tmp_path: Path, tag: str) -> Settings:
         ha_command_prefix=f"hacmd{tag}",
         link_check_s=0.1,
         stale_after_s=3000,
+        **changes,
     )
-
-
-@pytest.fixture
-async def host_bus(mqtt_settings: MqttSettings) -> AsyncIterator[MqttBus]:
-    bus = MqttBus(mqtt_settings)
-    await bus.connect()
-    yield bus
-    await bus.close()
 
 
 def check_seq(host: SparkplugHost) -> None:
@@ -94,15 +73,14 @@ def check_seq(host: SparkplugHost) -> None:
 
 async def test_a_sparkplug_host_sees_births_data_deaths_and_the_battery_follow_its_dcmd(
     simulator: Service[SimSettings],
-    host_bus: MqttBus,
+    probe: MqttBus,
     mqtt_settings: MqttSettings,
     sim_clock: ManualClock,
     tmp_path: Path,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    settings = bridge_settings(mqtt_settings, tmp_path, tag)
+    settings = bridge_settings(mqtt_settings, tmp_path)
     host = SparkplugHost(settings.group_id)
-    await host.attach(host_bus)
+    await host.attach(probe)
     bridge_service = build_bridge(
         settings,
         MqttBus(mqtt_settings),
@@ -278,15 +256,12 @@ class HomeAssistant:
 
 async def test_home_assistant_discovers_every_site_entity_follows_states_and_sets_the_battery(
     simulator: Service[SimSettings],
-    host_bus: MqttBus,
+    probe: MqttBus,
     mqtt_settings: MqttSettings,
     sim_clock: ManualClock,
     tmp_path: Path,
 ) -> None:
-    tag = uuid.uuid4().hex[:8]
-    settings = bridge_settings(mqtt_settings, tmp_path, tag).model_copy(
-        update={"sparkplug_enabled": False}
-    )
+    settings = bridge_settings(mqtt_settings, tmp_path, sparkplug_enabled=False)
     bridge_service = build_bridge(settings, MqttBus(mqtt_settings), clock=sim_clock)
     await bridge_service.start()
     step = simulator.state.step
@@ -297,18 +272,19 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
         )
         # `ha_published` counts what the bridge handed to its bus, not what the broker holds: a
         # subscriber attached now can see those configs arrive live (retain 0) rather than
-        # retained. A probe sees every config through the broker first; then HA arrives.
-        probe = HomeAssistant(host_bus, settings.ha_discovery_prefix)
-        await host_bus.subscribe(f"{settings.ha_discovery_prefix}/+/+/+/config", 1, probe._config)
+        # retained. An early subscriber sees every config through the broker first; then HA
+        # arrives.
+        early = HomeAssistant(probe, settings.ha_discovery_prefix)
+        await probe.subscribe(f"{settings.ha_discovery_prefix}/+/+/+/config", 1, early._config)
         await wait_for(
-            lambda: set(bridge_service.state.ha_published) <= set(probe.configs),
+            lambda: set(bridge_service.state.ha_published) <= set(early.configs),
             20,
             message="every config through the broker",
         )
-        ha = HomeAssistant(host_bus, settings.ha_discovery_prefix)  # arrives later: retained
+        ha = HomeAssistant(probe, settings.ha_discovery_prefix)  # arrives later: retained
         await ha.attach()
         await wait_for(
-            lambda: set(probe.configs) <= set(ha.configs), 20, message="all configs, retained"
+            lambda: set(early.configs) <= set(ha.configs), 20, message="all configs, retained"
         )
         assert ha.retained == set(ha.configs)
         rules = load_rules()
@@ -348,7 +324,7 @@ async def test_home_assistant_discovers_every_site_entity_follows_states_and_set
 
         # HA sets the battery: number → setpoint of the contract → the simulator follows
         number = by_id["derbus_site-1_battery_setpoint"]
-        await host_bus.publish(number["command_topic"], b"-1.25", qos=1)
+        await probe.publish(number["command_topic"], b"-1.25", qos=1)
         await wait_for(
             lambda: (
                 number["state_topic"] in ha.last

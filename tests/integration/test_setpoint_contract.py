@@ -26,8 +26,7 @@ from derbus.service import Service
 from derbus.settings import MqttSettings
 from derbus.testing import BusRecorder, wait_for
 from edge_simulator.settings import Settings as SimSettings
-from edge_simulator.simulator import Simulator
-from edge_simulator.testing import ManualClock, running_simulator
+from edge_simulator.testing import ManualClock
 from meter_gateway.device_map import parse_config, resolve
 from meter_gateway.service import build_service as build_gateway
 from meter_gateway.settings import Settings as GatewaySettings
@@ -112,19 +111,6 @@ async def scada(mqtt_settings: MqttSettings) -> AsyncIterator[Scada]:
     await client.attach()
     yield client
     await bus.close()
-
-
-@pytest.fixture
-def sim_clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-async def simulator(
-    mqtt_settings: MqttSettings, sim_clock: ManualClock
-) -> AsyncIterator[Service[SimSettings, Simulator]]:
-    async with running_simulator(mqtt_settings, sim_clock) as service:
-        yield service
 
 
 def invalid_count(service: Service[Any]) -> float:
