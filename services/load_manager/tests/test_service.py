@@ -302,12 +302,26 @@ async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
     assert rig.plans.values[-1].jobs[0].job_id == "ev1"
 
 
-def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
-    env = {
-        "LOAD_MANAGER_SETTLEMENT_PERIOD_S": "1000",
-        "LOAD_MANAGER_DATA_DIR": str(tmp_path),
-        "PATH": "",
-    }
+@pytest.mark.parametrize(
+    ("env", "hood_xml", "named"),
+    [
+        (
+            {"LOAD_MANAGER_SETTLEMENT_PERIOD_S": "1000"},
+            None,
+            ["settlement_period_s", "LOAD_MANAGER_SETTLEMENT_PERIOD_S"],
+        ),
+        ({}, "<neighbourhood>\n<house/>\n</neighbourhood>\n", ["hood.xml:2"]),
+    ],
+    ids=["setting", "neighbourhood-file"],
+)
+def test_invalid_config_exits_naming_the_field(
+    tmp_path: Any, env: dict[str, str], hood_xml: str | None, named: list[str]
+) -> None:
+    env = {**env, "LOAD_MANAGER_DATA_DIR": str(tmp_path), "PATH": ""}
+    if hood_xml is not None:
+        bad_file = tmp_path / "hood.xml"
+        bad_file.write_text(hood_xml)
+        env["LOAD_MANAGER_NEIGHBOURHOOD_FILE"] = str(bad_file)
     done = subprocess.run(
         [sys.executable, "-m", "load_manager"],
         env=env,
@@ -317,25 +331,8 @@ def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "settlement_period_s" in done.stderr
-    assert "LOAD_MANAGER_SETTLEMENT_PERIOD_S" in done.stderr
-    bad_file = tmp_path / "hood.xml"
-    bad_file.write_text("<neighbourhood>\n<house/>\n</neighbourhood>\n")
-    env2 = {
-        "LOAD_MANAGER_NEIGHBOURHOOD_FILE": str(bad_file),
-        "LOAD_MANAGER_DATA_DIR": str(tmp_path),
-        "PATH": "",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "load_manager"],
-        env=env2,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "hood.xml:2" in done.stderr
+    for text in named:
+        assert text in done.stderr
 
 
 async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_stale(
