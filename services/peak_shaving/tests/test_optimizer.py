@@ -53,6 +53,16 @@ def demand_charged(**changes: Any) -> ScheduleOptimizer:
     return optimizer(demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0), **changes)
 
 
+def peak_hour_tariff(hour: int) -> Tariff:
+    """0.10 per kWh, but 0.50 in one peak hour every day from `hour` (UTC); no feed-in."""
+    return Tariff(
+        timezone="UTC",
+        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
+        windows=[TouWindow(period="peak", start_hour=hour, end_hour=hour + 1, weekdays_only=False)],
+        feed_in_per_kwh=0.0,
+    )
+
+
 SOFT_END_TARGET: dict[str, Any] = {"end_soc_pct": 50.0, "end_soc_penalty_per_kwh": 20.0}
 """An end-SoC target of 5 kWh, 20 per kWh short."""
 
@@ -130,12 +140,7 @@ def test_end_soc_target_is_applied() -> None:
 
 def test_time_of_use_energy_cost() -> None:
     # 0.10 then 0.50 per kWh: store 5 kWh cheap, use it at the peak.
-    tariff = Tariff(
-        timezone="UTC",
-        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
-        windows=[TouWindow(period="peak", start_hour=1, end_hour=2, weekdays_only=False)],
-        feed_in_per_kwh=0.0,
-    )
+    tariff = peak_hour_tariff(1)
     opt = optimizer(
         energy_cost=True, tariff=tariff, wear_cost_per_kwh=0.01, change_penalty_per_kwh=0.02
     )
@@ -281,12 +286,7 @@ def test_uncertainty_reserve_is_the_energy_the_later_excess_needs() -> None:
 def test_per_step_reserve_stops_arbitrage_below_it() -> None:
     # 0.50 then 0.10 per kWh, 5 kWh stored: without a reserve it uses all 5 kWh in the
     # first hour; with 3 kWh asked after each step it spends only 2 kWh
-    tariff = Tariff(
-        timezone="UTC",
-        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
-        windows=[TouWindow(period="peak", start_hour=0, end_hour=1, weekdays_only=False)],
-        feed_in_per_kwh=0.0,
-    )
+    tariff = peak_hour_tariff(0)
     opt = optimizer(energy_cost=True, tariff=tariff, change_penalty_per_kwh=0.0)
     approx(opt.solve(inputs([5, 5], soc_kwh=5)).soc_kwh, [5, 0, 0])
     s = opt.solve(inputs([5, 5], soc_kwh=5, reserve_kwh=np.array([3.0, 3.0])))
