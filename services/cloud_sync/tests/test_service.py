@@ -33,6 +33,7 @@ from derbus.testing import BusRecorder, wait_for
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ROOT = "test/v1"
+PCC = topics.METER.topic("site-1", "pcc", ROOT)
 
 
 async def started(
@@ -54,6 +55,13 @@ async def settle(service: Service[Settings, CloudSync], pub: InMemoryBus) -> Non
     """Deliver everything published, then commit the group-commit buffer now (no timer wait)."""
     await pub.drain()
     await service.state.intake.flush()
+
+
+async def publish_readings(pub: InMemoryBus, minutes: range | list[int]) -> None:
+    """Publish a 1 kW reading of site-1's PCC meter at each of these minutes past T0."""
+    for minute in minutes:
+        msg = MeterReading(ts=T0.replace(minute=minute), source="t", p_kw=1.0)
+        await pub.publish(PCC, msg.to_json_bytes())
 
 
 def meter_points(sink: Any) -> list[Any]:
@@ -205,18 +213,12 @@ async def test_group_commit_acks_only_after_the_batch_is_committed(
         append(batch, received_at)
 
     outbox.append = recording_append
-    topic = topics.METER.topic("site-1", "pcc", ROOT)
-    for i in range(2):
-        await pub.publish(
-            topic, MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0).to_json_bytes()
-        )
+    await publish_readings(pub, range(2))
     await pub.drain()
     assert len(bus.unacknowledged) == 2  # buffered: neither durable nor acknowledged
     assert outbox.pending_rows == 0
     assert meter_points(sink) == []  # InfluxDB gets them after the commit too
-    await pub.publish(
-        topic, MeterReading(ts=T0.replace(minute=2), source="t", p_kw=1.0).to_json_bytes()
-    )
+    await publish_readings(pub, [2])
     await pub.drain()  # the third message fills the batch: one transaction, then three acks
     assert unacked_at_commit == [3]
     assert outbox.pending_rows == 6
@@ -229,8 +231,7 @@ async def test_group_commit_flushes_after_the_time_limit(settings: Settings, sin
     service, pub = await started(settings.model_copy(update={"intake_batch_ms": 1.0}), sink)
     bus = service.bus
     assert isinstance(bus, InMemoryBus)
-    msg = MeterReading(ts=T0, source="t", p_kw=1.0)
-    await pub.publish(topics.METER.topic("site-1", "pcc", ROOT), msg.to_json_bytes())
+    await publish_readings(pub, [0])
     await pub.drain()
     await wait_for(lambda: service.state.outbox.pending_rows == 2, 5, message="timer commit")
     await wait_for(lambda: bus.unacknowledged == [], 5, message="acked after the commit")
@@ -250,18 +251,14 @@ async def test_a_failing_outbox_commit_acks_nothing_and_degrades(
         raise StorageError("outbox append failed: disk I/O error")
 
     outbox.append = broken
-    topic = topics.METER.topic("site-1", "pcc", ROOT)
-    for i in range(3):
-        await pub.publish(
-            topic, MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0).to_json_bytes()
-        )
+    await publish_readings(pub, range(3))
     await pub.drain()
     await wait_for(
         lambda: "cannot write the outbox" in (service.status().reason or ""), 5, message="degraded"
     )
     # the three readings wait unacknowledged (so may cloud_sync's own `degraded` status, which
     # it archives too: whether it is in by now depends on scheduling)
-    assert [m.topic for m in bus.unacknowledged].count(topic) == 3
+    assert [m.topic for m in bus.unacknowledged].count(PCC) == 3
     assert outbox.pending_rows == 0
     assert meter_points(sink) == []
     outbox.append = append  # the disk is back: the retry commits, then acknowledges
@@ -275,11 +272,7 @@ async def test_warns_at_the_configured_fill_level(settings: Settings, sink: Any)
     service, pub = await started(
         settings.model_copy(update={"outbox_max_rows": 10, "outbox_warn_pct": 50.0}), sink
     )
-    topic = topics.METER.topic("site-1", "pcc", ROOT)
-    for i in range(3):
-        await pub.publish(
-            topic, MeterReading(ts=T0.replace(minute=i), source="t", p_kw=1.0).to_json_bytes()
-        )
+    await publish_readings(pub, range(3))
     await settle(service, pub)
     assert "above 50 %" in (service.status().reason or "")
     await service.stop()

@@ -194,6 +194,21 @@ async def test_metrics_and_balance_endpoints(rig: Rig) -> None:
         assert (await client.get("/kpis")).json()["today"]["switchings"] == {"load1": 1, "load2": 0}
 
 
+async def publish_ev_job(rig: Rig) -> None:
+    """Request a 2-hour 7 kW EV job at site-1 that may start from T0 to 2 hours later."""
+    req = JobRequest(
+        ts=T0,
+        source="scada",
+        job_id="ev1",
+        house_id="site-1",
+        device_id="ev",
+        earliest_start=T0,
+        latest_start=T0 + timedelta(hours=2),
+        profile_kw=[7.0, 7.0],
+    )
+    await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
+
+
 def pv_forecast(rig: Rig, values: list[float], site: str = "site-1") -> tuple[str, bytes]:
     series = TimeSeries(
         ts=T0,
@@ -279,17 +294,7 @@ async def test_job_validation_and_cancel(rig: Rig) -> None:
 
 
 async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
-    req = JobRequest(
-        ts=T0,
-        source="scada",
-        job_id="ev1",
-        house_id="site-1",
-        device_id="ev",
-        earliest_start=T0,
-        latest_start=T0 + timedelta(hours=2),
-        profile_kw=[7.0, 7.0],
-    )
-    await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
+    await publish_ev_job(rig)
     await rig.pub.drain()
     entry = rig.service.state.jobs.book.entries["ev1"]
     assert entry.status == "pending", "booked at once, planned by the job cycle"
@@ -302,12 +307,26 @@ async def test_job_request_on_the_bus_is_planned(rig: Rig) -> None:
     assert rig.plans.values[-1].jobs[0].job_id == "ev1"
 
 
-def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
-    env = {
-        "LOAD_MANAGER_SETTLEMENT_PERIOD_S": "1000",
-        "LOAD_MANAGER_DATA_DIR": str(tmp_path),
-        "PATH": "",
-    }
+@pytest.mark.parametrize(
+    ("env", "hood_xml", "named"),
+    [
+        (
+            {"LOAD_MANAGER_SETTLEMENT_PERIOD_S": "1000"},
+            None,
+            ["settlement_period_s", "LOAD_MANAGER_SETTLEMENT_PERIOD_S"],
+        ),
+        ({}, "<neighbourhood>\n<house/>\n</neighbourhood>\n", ["hood.xml:2"]),
+    ],
+    ids=["setting", "neighbourhood-file"],
+)
+def test_invalid_config_exits_naming_the_field(
+    tmp_path: Any, env: dict[str, str], hood_xml: str | None, named: list[str]
+) -> None:
+    env = {**env, "LOAD_MANAGER_DATA_DIR": str(tmp_path), "PATH": ""}
+    if hood_xml is not None:
+        bad_file = tmp_path / "hood.xml"
+        bad_file.write_text(hood_xml)
+        env["LOAD_MANAGER_NEIGHBOURHOOD_FILE"] = str(bad_file)
     done = subprocess.run(
         [sys.executable, "-m", "load_manager"],
         env=env,
@@ -317,25 +336,8 @@ def test_invalid_config_exits_naming_the_field(tmp_path: Any) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "settlement_period_s" in done.stderr
-    assert "LOAD_MANAGER_SETTLEMENT_PERIOD_S" in done.stderr
-    bad_file = tmp_path / "hood.xml"
-    bad_file.write_text("<neighbourhood>\n<house/>\n</neighbourhood>\n")
-    env2 = {
-        "LOAD_MANAGER_NEIGHBOURHOOD_FILE": str(bad_file),
-        "LOAD_MANAGER_DATA_DIR": str(tmp_path),
-        "PATH": "",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "load_manager"],
-        env=env2,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "hood.xml:2" in done.stderr
+    for text in named:
+        assert text in done.stderr
 
 
 async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_stale(
@@ -360,18 +362,8 @@ async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_sta
         return series.to_json_bytes()
 
     price_topic = topics.PRICE_SERIES.topic("site-1", "grid", rig.root)
-    req = JobRequest(
-        ts=T0,
-        source="scada",
-        job_id="ev1",
-        house_id="site-1",
-        device_id="ev",
-        earliest_start=T0,
-        latest_start=T0 + timedelta(hours=2),
-        profile_kw=[7.0, 7.0],
-    )
     await rig.pub.publish(price_topic, prices(T0, stale=False))
-    await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
+    await publish_ev_job(rig)
     await rig.pub.drain()
     await rig.service.run_task("job_cycle")
     await rig.pub.drain()

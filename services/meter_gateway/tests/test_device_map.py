@@ -166,29 +166,29 @@ def test_invalid_yaml_names_device_and_field(text: str, expected: str) -> None:
     assert expected in _error(text)
 
 
-def test_control_without_write_register_is_refused_for_register_maps() -> None:
-    text = """
+REGISTER_MAPPED_BATTERY = """
 devices:
   - id: bat
     kind: battery
     connection: {type: tcp, host: h}
     registers: [{field: p_kw, address: 0}, {field: soc_pct, address: 1}]
-    controls: [{target: battery_p_kw, min: -1, max: 1}]
+    controls: [{target: battery_p_kw, min: -1, max: 1%s}]
 """
-    assert "controls[0].write: required without SunSpec" in _error(text)
 
 
-def test_write_control_needs_revert_value_and_compatible_unit() -> None:
-    base = """
-devices:
-  - id: bat
-    kind: battery
-    connection: {type: tcp, host: h}
-    registers: [{field: p_kw, address: 0}, {field: soc_pct, address: 1}]
-    controls: [{target: battery_p_kw, min: -1, max: 1, write: {address: 9, unit: %s}%s}]
-"""
-    assert "revert_value: required" in _error(base % ("W", ""))
-    assert "write.unit: cannot convert V" in _error(base % ("V", ", revert_value: 0"))
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        ("", "controls[0].write: required without SunSpec"),
+        (", write: {address: 9, unit: W}", "revert_value: required"),
+        (", write: {address: 9, unit: V}, revert_value: 0", "write.unit: cannot convert V"),
+    ],
+    ids=["no-write-register", "no-revert-value", "unit-not-power"],
+)
+def test_a_control_of_a_register_map_needs_a_write_register_revert_value_and_power_unit(
+    control: str, expected: str
+) -> None:
+    assert expected in _error(REGISTER_MAPPED_BATTERY % control)
 
 
 def test_missing_file_and_broken_yaml(tmp_path: Path) -> None:

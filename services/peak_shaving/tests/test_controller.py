@@ -244,24 +244,6 @@ def test_month_peak_resets_with_the_month() -> None:
     assert ctl.month_peak_kw("s1") == pytest.approx(0.0)
 
 
-def test_stale_battery_reading_uses_the_last_setpoint() -> None:
-    # The meter reading of a cycle arrives before the battery reading of the same cycle: the
-    # battery reading in hand still shows 0 kW although the -30.5 kW setpoint applies.
-    ctl = controller()
-    ctl.step(reading(0, 80))
-    stale = PmaInputs(
-        site_id="s1",
-        ts=T0 + timedelta(seconds=1),
-        pcc_p_kw=49.5,
-        battery_p_kw=0.0,
-        battery_ts=T0,
-        soc_pct=50.0,
-    )
-    d = ctl.step(stale)
-    assert d.site_p_kw == pytest.approx(80.0)
-    assert d.battery_p_kw == pytest.approx(-30.5)
-
-
 def test_kpis_time_on_limit_and_unfixed_violation() -> None:
     ctl = controller()
     run(
@@ -292,42 +274,57 @@ def test_sites_are_independent() -> None:
     assert ctl.kpis("s2")["limit_events"] == 0
 
 
-def test_battery_read_just_before_the_meter_is_not_stale() -> None:
-    # A gateway polls the battery 20 ms before the meter, a second after the last setpoint:
-    # that reading already shows what the battery does, so it is used as it is.
+@pytest.mark.parametrize(
+    (
+        "pcc_p_kw",
+        "battery_p_kw",
+        "battery_age_s",
+        "max_discharge_kw",
+        "setpoint_kw",
+        "violation_kw",
+    ),
+    [
+        # The meter reading of a cycle arrives before the battery reading of the same cycle: the
+        # battery reading in hand still shows 0 kW although the -30.5 kW setpoint applies.
+        pytest.param(49.5, 0.0, 1.0, None, -30.5, None, id="stale-reading-uses-the-last-setpoint"),
+        # Not stale: a gateway polls the battery 20 ms before the meter, a second after the setpoint:
+        # that reading already shows what the battery does (it only managed -20 kW), so it is
+        # used as it is.
+        pytest.param(
+            60.0, -20.0, 0.02, None, -30.5, None, id="read-just-before-the-meter-not-stale"
+        ),
+        # The last setpoint asked -30.5 kW but the battery now reports a 10 kW discharge limit.
+        pytest.param(
+            70.0, 0.0, 1.0, 10.0, -10.0, 20.0, id="stale-estimate-within-the-battery-limit"
+        ),
+    ],
+)
+def test_a_stale_battery_reading_gives_way_to_the_last_setpoint(
+    pcc_p_kw: float,
+    battery_p_kw: float,
+    battery_age_s: float,
+    max_discharge_kw: float | None,
+    setpoint_kw: float,
+    violation_kw: float | None,
+) -> None:
     ctl = controller()
     ctl.step(reading(0, 80))  # setpoint -30.5 at t=0
     ts = T0 + timedelta(seconds=1)
-    polled = PmaInputs(
-        site_id="s1",
-        ts=ts,
-        pcc_p_kw=60.0,
-        battery_p_kw=-20.0,
-        battery_ts=ts - timedelta(milliseconds=20),
-        soc_pct=50.0,
+    d = ctl.step(
+        PmaInputs(
+            site_id="s1",
+            ts=ts,
+            pcc_p_kw=pcc_p_kw,
+            battery_p_kw=battery_p_kw,
+            battery_ts=ts - timedelta(seconds=battery_age_s),
+            soc_pct=50.0,
+            max_discharge_kw=max_discharge_kw,
+        )
     )
-    d = ctl.step(polled)
-    assert d.site_p_kw == pytest.approx(80.0)  # the battery only managed -20 kW
-    assert d.battery_p_kw == pytest.approx(-30.5)
-
-
-def test_stale_estimate_respects_what_the_battery_can_do() -> None:
-    # the last setpoint asked -30.5 kW but the battery now reports a 10 kW discharge limit
-    ctl = controller()
-    ctl.step(reading(0, 80))
-    stale = PmaInputs(
-        site_id="s1",
-        ts=T0 + timedelta(seconds=1),
-        pcc_p_kw=70.0,
-        battery_p_kw=0.0,
-        battery_ts=T0,
-        soc_pct=50.0,
-        max_discharge_kw=10.0,
-    )
-    d = ctl.step(stale)
     assert d.site_p_kw == pytest.approx(80.0)
-    assert d.battery_p_kw == pytest.approx(-10.0)
-    assert d.violation_kw == pytest.approx(20.0)
+    assert d.battery_p_kw == pytest.approx(setpoint_kw)
+    if violation_kw is not None:
+        assert d.violation_kw == pytest.approx(violation_kw)
 
 
 def test_demand_window_holds_the_planned_peak() -> None:

@@ -48,6 +48,25 @@ def optimizer(steps: int = 2, **changes: Any) -> ScheduleOptimizer:
     return ScheduleOptimizer(EmaConfig(**(base | changes)))
 
 
+def demand_charged(**changes: Any) -> ScheduleOptimizer:
+    """`optimizer` with the demand charge on: 10 per kW of the month's peak."""
+    return optimizer(demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0), **changes)
+
+
+def peak_hour_tariff(hour: int) -> Tariff:
+    """0.10 per kWh, but 0.50 in one peak hour every day from `hour` (UTC); no feed-in."""
+    return Tariff(
+        timezone="UTC",
+        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
+        windows=[TouWindow(period="peak", start_hour=hour, end_hour=hour + 1, weekdays_only=False)],
+        feed_in_per_kwh=0.0,
+    )
+
+
+SOFT_END_TARGET: dict[str, Any] = {"end_soc_pct": 50.0, "end_soc_penalty_per_kwh": 20.0}
+"""An end-SoC target of 5 kWh, 20 per kWh short."""
+
+
 def inputs(
     net: list[float], soc_kwh: float, prior: list[float] | None = None, **kw: Any
 ) -> EmaInputs:
@@ -121,12 +140,7 @@ def test_end_soc_target_is_applied() -> None:
 
 def test_time_of_use_energy_cost() -> None:
     # 0.10 then 0.50 per kWh: store 5 kWh cheap, use it at the peak.
-    tariff = Tariff(
-        timezone="UTC",
-        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
-        windows=[TouWindow(period="peak", start_hour=1, end_hour=2, weekdays_only=False)],
-        feed_in_per_kwh=0.0,
-    )
+    tariff = peak_hour_tariff(1)
     opt = optimizer(
         energy_cost=True, tariff=tariff, wear_cost_per_kwh=0.01, change_penalty_per_kwh=0.02
     )
@@ -137,15 +151,8 @@ def test_time_of_use_energy_cost() -> None:
 
 
 def test_demand_charge_flattens_the_peak_above_the_month_peak() -> None:
-    tariff = Tariff(demand_charge_per_kw=10.0)
-    opt = optimizer(
-        import_limit_kw=20.0,
-        demand_charge=True,
-        tariff=tariff,
-        end_soc_pct=50.0,
-        end_soc_penalty_per_kwh=20.0,
-        wear_cost_per_kwh=0.01,
-        change_penalty_per_kwh=0.02,
+    opt = demand_charged(
+        import_limit_kw=20.0, **SOFT_END_TARGET, wear_cost_per_kwh=0.01, change_penalty_per_kwh=0.02
     )
     # 8 then 12 kW. The end-SoC penalty (20 per kWh) is scaled to 4.5 (the peak-floor rule:
     # 1 kW more peak over the 2 h stores 2 kWh, worth at most 0.9 x 10): a kWh short at the
@@ -169,15 +176,7 @@ def test_a_soft_target_never_raises_the_month_peak_when_the_demand_charge_outwei
     # Filling the other 3 kWh needs 1.5 kW more peak (11.5 kW): 15 of demand charge for 3 kWh.
     # At 20 per kWh (60) that plan would win; the rule scales the soft weight to 4.5 per kWh
     # (2 kWh per kW of peak x 4.5 = 0.9 x 10), so 3 x 4.5 = 13.5 < 15: the peak stays at 10.
-    tariff = Tariff(demand_charge_per_kw=10.0)
-    opt = optimizer(
-        import_limit_kw=20.0,
-        demand_charge=True,
-        tariff=tariff,
-        end_soc_pct=50.0,
-        end_soc_penalty_per_kwh=20.0,
-        change_penalty_per_kwh=0.0,
-    )
+    opt = demand_charged(import_limit_kw=20.0, **SOFT_END_TARGET, change_penalty_per_kwh=0.0)
     s = opt.solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))
     approx(s.pcc_kw, [10, 10])
     approx(s.soc_kwh, [0, 1, 2])
@@ -186,19 +185,13 @@ def test_a_soft_target_never_raises_the_month_peak_when_the_demand_charge_outwei
     assert s.terms["end_soc"] == pytest.approx(3 * 20, abs=1e-3)
     # the same soft weight without a demand charge (no billed peak to protect): filled
     free = optimizer(
-        import_limit_kw=20.0,
-        end_soc_pct=50.0,
-        end_soc_penalty_per_kwh=20.0,
-        change_penalty_per_kwh=0.0,
-        wear_cost_per_kwh=0.01,
+        import_limit_kw=20.0, **SOFT_END_TARGET, change_penalty_per_kwh=0.0, wear_cost_per_kwh=0.01
     ).solve(inputs([9, 9], soc_kwh=0, peak_floor_kw=10.0))
     assert free.soc_kwh[-1] == pytest.approx(5, abs=1e-4)
     assert free.pcc_kw.max() >= 11.5 - 1e-4
     # the reserve is held to the same rule
-    reserve = optimizer(
+    reserve = demand_charged(
         import_limit_kw=20.0,
-        demand_charge=True,
-        tariff=tariff,
         reserve_pct=50.0,
         reserve_penalty_per_kwh_h=10.0,
         change_penalty_per_kwh=0.0,
@@ -323,12 +316,7 @@ def test_uncertainty_reserve_is_the_energy_the_later_excess_needs() -> None:
 def test_per_step_reserve_stops_arbitrage_below_it() -> None:
     # 0.50 then 0.10 per kWh, 5 kWh stored: without a reserve it uses all 5 kWh in the
     # first hour; with 3 kWh asked after each step it spends only 2 kWh
-    tariff = Tariff(
-        timezone="UTC",
-        prices_per_kwh={"off_peak": 0.1, "shoulder": 0.2, "peak": 0.5},
-        windows=[TouWindow(period="peak", start_hour=0, end_hour=1, weekdays_only=False)],
-        feed_in_per_kwh=0.0,
-    )
+    tariff = peak_hour_tariff(0)
     opt = optimizer(energy_cost=True, tariff=tariff, change_penalty_per_kwh=0.0)
     approx(opt.solve(inputs([5, 5], soc_kwh=5)).soc_kwh, [5, 0, 0])
     s = opt.solve(inputs([5, 5], soc_kwh=5, reserve_kwh=np.array([3.0, 3.0])))
@@ -343,9 +331,7 @@ def test_scenario_target_weighs_a_high_case_by_its_probability() -> None:
     # 15 kW (5 kW is all the battery gives in the second hour); without the battery 10/12/20.
     # A target of 7.5 fails only in the high case (billed 20): 0.8 x 7.5 + 0.2 x 20 = 10,
     # against 0.2 x 6.5 + 0.6 x 12 + 0.2 x 20 = 12.5 for 6.5 and 15 for 15: 7.5 it is.
-    opt = optimizer(
-        import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
-    )
+    opt = demand_charged(import_limit_kw=50.0)
     base = inputs([0, 0], soc_kwh=5)
     low, mid, high = np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 20.0])
     plan = plan_with_scenarios(
@@ -390,12 +376,7 @@ def test_two_stage_plan_shares_the_first_step_and_hedges_it() -> None:
     # per kW, beyond it rises: x = 0.5. Needs: low 7.5, mid 7.5, high 15.5 (the 0.5 kWh spent
     # now is missing there). Target 7.5 as before: 0.8 x 7.5 + 0.2 x 20 = 10 < 15.5.
     weights = (0.2, 0.6, 0.2)
-    opt = ScheduleOptimizer(
-        optimizer(
-            import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
-        ).config,
-        weights,
-    )
+    opt = ScheduleOptimizer(demand_charged(import_limit_kw=50.0).config, weights)
     nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 20.0])]
     scenarios = [Scenario(w, net) for w, net in zip(weights, nets, strict=True)]
     plan = plan_with_scenarios(opt, inputs([0, 0], soc_kwh=5), scenarios)
@@ -414,9 +395,7 @@ def test_overshoot_sets_how_far_a_likely_high_case_lifts_the_target() -> None:
     # Failing outright (overshoot large): 7.5 bills 0.55 x 7.5 + 0.45 x 16 = 11.325 > 11: 11.
     # Overshoot 1 (each kW held below the need comes back above it): 7.5 bills
     # 0.55 x 7.5 + 0.45 x (11 + 3.5) = 10.65 < 11 (6.5 bills 11.45): 7.5.
-    opt = optimizer(
-        import_limit_kw=50.0, demand_charge=True, tariff=Tariff(demand_charge_per_kw=10.0)
-    )
+    opt = demand_charged(import_limit_kw=50.0)
     nets = [np.array([8.0, 10.0]), np.array([8.0, 12.0]), np.array([8.0, 16.0])]
     scenarios = [Scenario(w, n) for w, n in zip((0.1, 0.45, 0.45), nets, strict=True)]
     base = inputs([0, 0], soc_kwh=5)

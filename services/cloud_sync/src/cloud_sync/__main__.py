@@ -19,7 +19,7 @@ from derbus.errors import ConfigError, StorageError
 from derbus.logging import configure_logging
 from derbus.messages import utcnow
 from derbus.runner import serve
-from derbus.settings import DatabaseSettings, load_settings_or_exit
+from derbus.settings import DatabaseSettings, given, load_settings_or_exit
 
 app = typer.Typer(
     help="Telemetry into InfluxDB and, through a durable outbox, into Supabase/Postgres.",
@@ -29,14 +29,9 @@ app = typer.Typer(
 
 def _overrides(**options: Any) -> dict[str, Any]:
     """CLI options as settings overrides (only those given)."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key == "database_url":
-            out["database"] = DatabaseSettings(database_url=value)
-        else:
-            out[key] = value
+    out = given(**options)
+    if "database_url" in out:
+        out["database"] = DatabaseSettings(database_url=out.pop("database_url"))
     return out
 
 

@@ -200,35 +200,37 @@ class ConsoleState:
 
     def on_setpoint(self, site_id: str, device_id: str, msg: SetpointCommand) -> None:
         """A setpoint seen on the bus (ours or any other sender's)."""
-        entry = {
-            "kind": "set",
-            "ts": format_utc(msg.ts),
-            "device_id": device_id,
-            "setpoint_id": msg.setpoint_id,
+        fields = {
             "target": msg.target,
             "value": msg.value,
             "unit": msg.unit,
             "ttl_s": msg.ttl_s,
             "priority": msg.priority.value,
-            "source": msg.source,
         }
-        self._log(site_id, entry)
+        self._log(site_id, "set", device_id, msg, fields)
 
     def on_ack(self, site_id: str, device_id: str, msg: SetpointAck) -> None:
         """A device's answer to a setpoint."""
+        fields = {"status": msg.status, "reason": msg.reason, "applied_value": msg.applied_value}
+        self._log(site_id, "ack", device_id, msg, fields)
+
+    def _log(
+        self,
+        site_id: str,
+        kind: str,
+        device_id: str,
+        msg: SetpointCommand | SetpointAck,
+        fields: dict[str, Any],
+    ) -> None:
+        """Add a setpoint or an ack to the site's log: when, which device and setpoint, from whom."""
         entry = {
-            "kind": "ack",
+            "kind": kind,
             "ts": format_utc(msg.ts),
             "device_id": device_id,
             "setpoint_id": msg.setpoint_id,
-            "status": msg.status,
-            "reason": msg.reason,
-            "applied_value": msg.applied_value,
+            **fields,
             "source": msg.source,
         }
-        self._log(site_id, entry)
-
-    def _log(self, site_id: str, entry: dict[str, Any]) -> None:
         self.site(site_id).log.appendleft(entry)
         self.pending.site_log.setdefault(site_id, []).append(entry)
 

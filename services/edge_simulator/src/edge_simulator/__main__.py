@@ -13,7 +13,7 @@ import typer
 from derbus.bus import make_bus
 from derbus.errors import ConfigError
 from derbus.runner import serve
-from derbus.settings import InfluxSettings, load_settings_or_exit
+from derbus.settings import InfluxSettings, given, load_settings_or_exit
 from edge_simulator.output import StepView
 from edge_simulator.service import build_service
 from edge_simulator.settings import Settings
@@ -118,21 +118,18 @@ def cli(
         dump_sim_config(SimConfig(), config)
         typer.echo(f"wrote {config}")
         return
-    overrides: dict[str, Any] = {}
-    for key, value in (
-        ("interval_s", interval),
-        ("seed", seed),
-        ("sites", sites),
-        ("speed", speed),
-        ("config_file", config),
-        ("replay_file", replay),
-        ("replay_load_column", replay_load_column),
-        ("replay_pv_column", replay_pv_column),
-        ("modbus_port", modbus_port),
-        ("devices", devices),
-    ):
-        if value is not None:
-            overrides[key] = value
+    overrides = given(
+        interval_s=interval,
+        seed=seed,
+        sites=sites,
+        speed=speed,
+        config_file=config,
+        replay_file=replay,
+        replay_load_column=replay_load_column,
+        replay_pv_column=replay_pv_column,
+        modbus_port=modbus_port,
+        devices=devices,
+    )
     if scheduled:
         overrides["align_to_clock"] = True
     if start is not None and not historical:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pymodbus.constants import ExcCodes
@@ -246,7 +245,7 @@ class UnitHandler:
             registers[:] = self.image.registers[: len(registers)]
             self.image.registers = registers
 
-    async def __call__(
+    async def action(
         self,
         function_code: int,
         start_address: int,
@@ -255,7 +254,11 @@ class UnitHandler:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        """pymodbus SimDevice action (see pymodbus.simulator.SimDevice.action)."""
+        """pymodbus SimDevice action (see pymodbus.simulator.SimDevice.action).
+
+        pymodbus checks `inspect.iscoroutinefunction(action)`: this bound coroutine method
+        passes (a callable object would not).
+        """
         self._bind(start_address, registers)
         if set_values is None:
             if self.sim.view is not None and self.filled_step != self.sim.steps:
@@ -329,7 +332,7 @@ async def start_modbus(sim: Simulator) -> tuple[ModbusTcpServer, int]:
                 simdata=[
                     SimData(layout.base, values=list(image.registers), datatype=DataType.REGISTERS)
                 ],
-                action=partial(_dispatch, handler),
+                action=handler.action,
             )
         )
     server = ModbusTcpServer(devices, address=(settings.modbus_host, settings.modbus_port or 0))
@@ -338,17 +341,3 @@ async def start_modbus(sim: Simulator) -> tuple[ModbusTcpServer, int]:
     port = int(transport.sockets[0].getsockname()[1] if transport else settings.modbus_port or 0)
     log.info("SunSpec Modbus TCP on %s:%s, units 1..%d", settings.modbus_host, port, len(devices))
     return server, port
-
-
-async def _dispatch(
-    handler: UnitHandler,
-    function_code: int,
-    start_address: int,
-    address: int,
-    count: int,
-    registers: list[int],
-    set_values: list[int] | list[bool] | None,
-) -> ExcCodes | None:
-    # pymodbus checks `inspect.iscoroutinefunction(action)`: a partial of a coroutine function
-    # passes, a callable object does not.
-    return await handler(function_code, start_address, address, count, registers, set_values)

@@ -5,31 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
-from derbus import topics
-from derbus.messages import (
-    BatteryTelemetry,
-    LoadTelemetry,
-    Message,
-    MeterReading,
-    PriceTelemetry,
-    PvTelemetry,
-    format_utc,
-)
+import numpy as np
+
+from derbus.messages import Message, format_utc
 from derbus.topics import TopicSpec
 from edge_simulator.fleet import StepResult
-
-M = TypeVar("M", bound=Message)
-
-DEVICE_PCC = "pcc"
-DEVICE_PV = "pv"
-DEVICE_BATTERY = "battery"
-DEVICE_LOAD = "load"
-DEVICE_EV = "ev"
-DEVICE_LOAD1 = "load1"
-DEVICE_LOAD2 = "load2"
-DEVICE_GRID = "grid"
+from edge_simulator.wire import DEVICES, Bools, Device, device_fields
 
 
 def _r(value: float, digits: int = 4) -> float:
@@ -127,6 +110,7 @@ class StepView:
     def __init__(self, result: StepResult) -> None:
         self.result = result
         self._lists: dict[str, list[float]] = {}
+        self._devices: list[tuple[Device, dict[str, list[Any]], dict[str, Any]]] | None = None
 
     def __getitem__(self, name: str) -> list[float]:
         got = self._lists.get(name)
@@ -151,127 +135,38 @@ class StepView:
     def messages(self, i: int, source: str, validate: bool = False) -> list[Outgoing]:
         """The telemetry messages of site `i` with their device ids (the bus contract).
 
+        The fields are `wire.device_fields` of every device in `wire.DEVICES` (NaN is None).
         The physics only produces valid values (finite, in range: the unit tests validate every
         message of whole simulated days), so by default the models are built without
         re-validation (`model_construct`), which is what lets 1,000 sites run at 1 Hz.
         """
-        g = self.__getitem__
-
-        def make(model: type[M], **values: Any) -> M:
-            return model(**values) if validate else cast(M, model.model_construct(**values))
-
+        if self._devices is None:
+            self._devices = [(d, *_site_columns(self.result, d.device_id)) for d in DEVICES]
         ts = self.result.ts
-        pv_limit = g("pv_limit_kw")[i]
-        return [
-            Outgoing(
-                topics.METER,
-                DEVICE_PCC,
-                make(
-                    MeterReading,
-                    ts=ts,
-                    source=source,
-                    p_kw=g("pcc_p_kw")[i],
-                    q_kvar=g("pcc_q_kvar")[i],
-                    v_l1_v=max(g("pcc_voltage_v")[i], 0.0),
-                    f_hz=g("pcc_frequency_hz")[i],
-                    e_import_kwh=g("import_kwh")[i],
-                    e_export_kwh=g("export_kwh")[i],
-                ),
-            ),
-            Outgoing(
-                topics.PV,
-                DEVICE_PV,
-                make(
-                    PvTelemetry,
-                    ts=ts,
-                    source=source,
-                    generation_kw=g("pv_generation_kw")[i],
-                    available_kw=g("pv_available_kw")[i],
-                    limit_kw=None if math.isnan(pv_limit) else pv_limit,
-                    e_total_kwh=g("pv_energy_kwh")[i],
-                    irradiance_w_m2=g("irradiance_w_m2")[i],
-                    temp_c=g("cell_temp_c")[i],
-                ),
-            ),
-            Outgoing(
-                topics.BATTERY,
-                DEVICE_BATTERY,
-                make(
-                    BatteryTelemetry,
-                    ts=ts,
-                    source=source,
-                    p_kw=g("battery_p_kw")[i],
-                    soc_pct=min(max(g("battery_soc_pct")[i], 0.0), 100.0),
-                    capacity_kwh=g("battery_capacity_kwh")[i],
-                    soh_pct=g("battery_soh_pct")[i],
-                    max_charge_kw=g("battery_max_charge_kw")[i],
-                    max_discharge_kw=g("battery_max_discharge_kw")[i],
-                    voltage_v=g("battery_voltage_v")[i],
-                    temp_c=g("battery_temp_c")[i],
-                    cycles=g("battery_cycles")[i],
-                ),
-            ),
-            Outgoing(
-                topics.LOAD,
-                DEVICE_LOAD,
-                make(
-                    LoadTelemetry,
-                    ts=ts,
-                    source=source,
-                    p_kw=g("load_total_kw")[i],
-                    kind="total",
-                    e_total_kwh=g("load_energy_kwh")[i],
-                ),
-            ),
-            Outgoing(
-                topics.LOAD,
-                DEVICE_EV,
-                make(
-                    LoadTelemetry,
-                    ts=ts,
-                    source=source,
-                    p_kw=g("ev_kw")[i],
-                    kind="ev",
-                    on=g("ev_kw")[i] > 0,
-                    e_total_kwh=g("ev_energy_kwh")[i],
-                ),
-            ),
-            Outgoing(
-                topics.LOAD,
-                DEVICE_LOAD1,
-                make(
-                    LoadTelemetry,
-                    ts=ts,
-                    source=source,
-                    p_kw=g("load1_kw")[i],
-                    kind="switchable",
-                    on=g("load1_on")[i] >= 0.5,
-                ),
-            ),
-            Outgoing(
-                topics.LOAD,
-                DEVICE_LOAD2,
-                make(
-                    LoadTelemetry,
-                    ts=ts,
-                    source=source,
-                    p_kw=g("load2_kw")[i],
-                    kind="switchable",
-                    on=g("load2_on")[i] >= 0.5,
-                ),
-            ),
-            Outgoing(
-                topics.PRICE,
-                DEVICE_GRID,
-                make(
-                    PriceTelemetry,
-                    ts=ts,
-                    source=source,
-                    price_per_kwh=g("price_per_kwh")[i],
-                    feed_in_per_kwh=self.result.feed_in_per_kwh,
-                    tou_period=self.result.tou_period,
-                    demand_charge_per_kw=self.result.demand_charge_per_kw,
-                    carbon_g_per_kwh=g("carbon_g_per_kwh")[i],
-                ),
-            ),
-        ]
+        out = []
+        for device, columns, constants in self._devices:
+            model = device.spec.model
+            values = {name: column[i] for name, column in columns.items()}
+            if validate:
+                message = model(ts=ts, source=source, **constants, **values)
+            else:
+                message = model.model_construct(ts=ts, source=source, **constants, **values)
+            out.append(Outgoing(device.spec, device.device_id, message))
+        return out
+
+
+def _site_columns(r: StepResult, device_id: str) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """A device's fields as per-site Python lists (NaN as None) and step constants."""
+    columns: dict[str, list[Any]] = {}
+    constants: dict[str, Any] = {}
+    for name, value in device_fields(r, device_id).items():
+        if isinstance(value, Bools):
+            columns[name] = value.values.tolist()
+        elif isinstance(value, np.ndarray):
+            listed = value.tolist()
+            columns[name] = (
+                [None if v != v else v for v in listed] if np.isnan(value).any() else listed
+            )
+        else:
+            constants[name] = value
+    return columns, constants

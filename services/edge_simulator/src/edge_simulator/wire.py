@@ -49,15 +49,19 @@ DEVICES: tuple[Device, ...] = (
 DEVICE_IDS: tuple[str, ...] = tuple(d.device_id for d in DEVICES)
 
 
-class _Bools:
+class Bools:
     """A per-site boolean column (JSON `true`/`false`)."""
 
     def __init__(self, values: Any) -> None:
         self.values = np.asarray(values, dtype=bool)
 
 
-def _fields(r: StepResult, device_id: str) -> dict[str, Any]:
-    """The model fields of a device's message: per-site arrays, `_Bools` or step constants."""
+def device_fields(r: StepResult, device_id: str) -> dict[str, Any]:
+    """The model fields of a device's message: per-site arrays, `Bools` or step constants.
+
+    The one mapping of a step to the bus contract: `encode` makes the payloads from it and
+    `output.StepView.messages` the models.
+    """
     if device_id == "pcc":
         return {
             "p_kw": r.pcc_p_kw,
@@ -94,12 +98,12 @@ def _fields(r: StepResult, device_id: str) -> dict[str, Any]:
         return {
             "p_kw": r.ev_kw,
             "kind": "ev",
-            "on": _Bools(r.ev_kw > 0),
+            "on": Bools(r.ev_kw > 0),
             "e_total_kwh": r.ev_energy_kwh,
         }
     if device_id in ("load1", "load2"):
         p_kw, on = (r.load1_kw, r.load1_on) if device_id == "load1" else (r.load2_kw, r.load2_on)
-        return {"p_kw": p_kw, "kind": "switchable", "on": _Bools(on >= 0.5)}
+        return {"p_kw": p_kw, "kind": "switchable", "on": Bools(on >= 0.5)}
     if device_id == "grid":
         return {
             "price_per_kwh": r.price_per_kwh,
@@ -149,7 +153,7 @@ def encode(
     Raises:
         ValueError: a value is infinite (NaN is `null`, allowed only where the model allows it).
     """
-    values = _fields(result, device_id)
+    values = device_fields(result, device_id)
     index = None if sites is None else np.asarray(sites, dtype=np.intp)
     parts: list[str] = []
     columns: list[list[Any]] = []
@@ -170,7 +174,7 @@ def encode(
             parts.append(f"{key}:{_constant(default)}")
             continue
         value = values[name]
-        if isinstance(value, _Bools):
+        if isinstance(value, Bools):
             flags = value.values if index is None else value.values[index]
             parts.append(f"{key}:%s")
             columns.append(np.where(flags, "true", "false").tolist())

@@ -16,7 +16,7 @@ from derbus.errors import DerbusError
 from derbus.logging import configure_logging
 from derbus.messages import utcnow
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import given, load_settings_or_exit
 from derbus.storage import guarded
 from feature_engineering.pipeline import FeatureStore
 from feature_engineering.service import build_service
@@ -63,14 +63,9 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """With no option: run the service (API + periodic passes) on embedded defaults."""
-    overrides: dict[str, Any] = {}
-    if interval is not None:
-        overrides["interval_s"] = interval
-    if lookback_days is not None:
-        overrides["lookback_days"] = lookback_days
-    if site_id is not None:
-        overrides["site_id"] = site_id
-    settings = load_settings_or_exit(Settings, **overrides)
+    settings = load_settings_or_exit(
+        Settings, **given(interval_s=interval, lookback_days=lookback_days, site_id=site_id)
+    )
     if once or status:
         configure_logging(settings.log_level, "feature_engineering")
         sys.exit(_one_shot(settings, once=once, as_json=as_json))

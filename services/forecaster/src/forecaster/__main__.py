@@ -19,7 +19,7 @@ from derbus.errors import DerbusError
 from derbus.logging import configure_logging
 from derbus.messages import utcnow
 from derbus.runner import serve
-from derbus.settings import load_settings_or_exit
+from derbus.settings import given, load_settings_or_exit
 from derbus.storage import guarded
 from forecaster.batch import (
     accuracy_status,
@@ -64,12 +64,9 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """With no option: run the service (API, forecasts every 15 min, scheduled retraining)."""
-    overrides: dict[str, Any] = {}
-    if model_dir is not None:
-        overrides["model_dir"] = model_dir
-    if site_id is not None:
-        overrides["site_ids"] = [site_id]
-    settings = load_settings_or_exit(Settings, **overrides)
+    settings = load_settings_or_exit(
+        Settings, **given(model_dir=model_dir, site_ids=None if site_id is None else [site_id])
+    )
     if train or evaluate_ or status:
         configure_logging(settings.log_level, "forecaster")
         sys.exit(

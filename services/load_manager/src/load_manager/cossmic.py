@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +79,27 @@ def _need(element: _Element, path: Path, name: str) -> str:
     return value
 
 
+def _children(parent: _Element, path: Path, tag: str) -> Iterator[_Element]:
+    """The children of `parent`, each of which must be a <tag>."""
+    for element in parent.children:
+        if element.tag != tag:
+            raise ConfigError(
+                f"{path}:{element.line}: unexpected <{element.tag}> (expected <{tag}>)"
+            )
+        yield element
+
+
+def _children_by_id(parent: _Element, path: Path, tag: str) -> Iterator[tuple[_Element, str]]:
+    """The <tag> children of `parent` with their `id`s, which must be there and unique."""
+    seen: set[str] = set()
+    for element in _children(parent, path, tag):
+        element_id = _need(element, path, "id")
+        if element_id in seen:
+            raise ConfigError(f"{path}:{element.line}: duplicate {tag} id {element_id!r}")
+        seen.add(element_id)
+        yield element, element_id
+
+
 def _float(element: _Element, path: Path, name: str) -> float | None:
     raw = element.attrs.get(name)
     if raw is None:
@@ -108,22 +130,11 @@ def load_neighbourhood(path: Path) -> Neighbourhood:
             f"{path}:{root.line}: root element must be <neighbourhood>, not <{root.tag}>"
         )
     houses: list[HouseConfig] = []
-    seen: set[str] = set()
-    for el in root.children:
-        if el.tag != "house":
-            raise ConfigError(f"{path}:{el.line}: unexpected <{el.tag}> (expected <house>)")
-        house_id = _need(el, path, "id")
-        if house_id in seen:
-            raise ConfigError(f"{path}:{el.line}: duplicate house id {house_id!r}")
-        seen.add(house_id)
-        devices: dict[str, str] = {}
-        for dev in el.children:
-            if dev.tag != "device":
-                raise ConfigError(f"{path}:{dev.line}: unexpected <{dev.tag}> (expected <device>)")
-            device_id = _need(dev, path, "id")
-            if device_id in devices:
-                raise ConfigError(f"{path}:{dev.line}: duplicate device id {device_id!r}")
-            devices[device_id] = _need(dev, path, "type")
+    for el, house_id in _children_by_id(root, path, "house"):
+        devices = {
+            device_id: _need(dev, path, "type")
+            for dev, device_id in _children_by_id(el, path, "device")
+        }
         limit = _float(el, path, "connection_limit_kw")
         try:
             houses.append(
@@ -242,9 +253,7 @@ def load_jobs(
         root = _parse_xml(path)
         if root.tag != "jobs":
             raise ConfigError(f"{path}:{root.line}: root element must be <jobs>, not <{root.tag}>")
-        for el in root.children:
-            if el.tag != "job":
-                raise ConfigError(f"{path}:{el.line}: unexpected <{el.tag}> (expected <job>)")
+        for el in _children(root, path, "job"):
             rows.append(
                 (
                     f"{path}:{el.line}",

@@ -33,7 +33,7 @@ from derbus.http import errors
 from derbus.messages import UtcDatetime
 from derbus.service import Service
 from derbus.tariff import Tariff
-from derbus.topics import ID_PATTERN, validate_id
+from derbus.topics import ID_PATTERN
 from load_manager.api_models import Checked, Simulation
 from load_manager.cossmic import load_jobs, load_neighbourhood, load_profile
 from load_manager.planning import LaxTime
@@ -58,6 +58,8 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 """REST bodies take the JSON types their schema says (no `false` for 0; times as text)."""
 
 Kw = Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)]
+Id = Annotated[str, Field(min_length=1, max_length=100, pattern=ID_PATTERN)]
+"""An id that can stand as one topic level (`ID_PATTERN` is `derbus.topics.validate_id`)."""
 
 
 class PlannerDevice(BaseModel):
@@ -65,15 +67,10 @@ class PlannerDevice(BaseModel):
 
     model_config = STRICT
 
-    device_id: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
+    device_id: Id
     type: str = Field(default="appliance", min_length=1, max_length=100)
     profile_kw: list[Kw] = Field(min_length=1, max_length=2_000)
     profile_step_s: int = Field(default=900, gt=0, le=86_400)
-
-    @field_validator("device_id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id("device_id", value)
 
 
 class PlannerHouse(BaseModel):
@@ -81,16 +78,11 @@ class PlannerHouse(BaseModel):
 
     model_config = STRICT
 
-    house_id: str = Field(min_length=1, max_length=100, pattern=ID_PATTERN)
+    house_id: Id
     connection_limit_kw: float = Field(default=9.2, gt=0, le=10_000, allow_inf_nan=False)
     pv_kw: list[Kw] = Field(default_factory=list, max_length=24 * 14)
     base_kw: list[Kw] = Field(default_factory=list, max_length=24 * 14)
     devices: list[PlannerDevice] = Field(default_factory=list)
-
-    @field_validator("house_id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id("house_id", value)
 
 
 class PlannerJob(BaseModel):
