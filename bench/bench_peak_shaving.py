@@ -229,6 +229,7 @@ def bench_fleet(quick: bool) -> str:
     single = ScheduleOptimizer(cfg)
     joint = ScheduleOptimizer(cfg, [w for _, w in levels])
     for label, plan in (
+        ("single trace, one pass", lambda i, inp: one_pass.solve(inp)),
         ("single trace, two passes", lambda i, inp: single.solve(inp)),
         (
             "3 scenarios (two-stage LP), two passes",
