@@ -27,6 +27,7 @@ from derbus.testing.servers import (
     PostgresServer,
     create_database,
     drop_database,
+    mqtt_test_settings,
     port_open,
     postgres_accepts,
 )
@@ -143,14 +144,7 @@ def topic_root() -> str:
 @pytest.fixture
 def mqtt_settings(mqtt_broker: BrokerInfo, topic_root: str) -> MqttSettings:
     """Broker settings pointing at the test broker under this test's topic root."""
-    return MqttSettings(
-        host=mqtt_broker.host,
-        port=mqtt_broker.port,
-        root=topic_root,
-        connect_retries=3,
-        reconnect_min_delay_s=0.2,
-        reconnect_max_delay_s=1.0,
-    )
+    return mqtt_test_settings(mqtt_broker.host, mqtt_broker.port, topic_root)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from derbus.settings import MqttSettings
 
 MOSQUITTO_CONF = """\
 # derbus broker: explicit queue limits (the default 1000 silently drops bursts); sessions and
@@ -206,6 +209,19 @@ class MosquittoServer:
         """Stop and remove the data directory."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def mqtt_test_settings(host: str, port: int, root: str, **fields: Any) -> MqttSettings:
+    """Settings for a test broker under `root`: 3 connect retries, a 0.2-1 s reconnect backoff.
+
+    `fields` set any other setting, or override those three.
+    """
+    quick: dict[str, Any] = {
+        "connect_retries": 3,
+        "reconnect_min_delay_s": 0.2,
+        "reconnect_max_delay_s": 1.0,
+    }
+    return MqttSettings(host=host, port=port, root=root, **(quick | fields))
 
 
 def _pg_bin_dir() -> Path | None:
