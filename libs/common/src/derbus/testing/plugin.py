@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 from urllib.parse import urlparse
 
 import pytest
@@ -63,6 +64,27 @@ def _unavailable(what: str, reason: str) -> None:
     )
 
 
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def cleanup(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _running(server: S, what: str) -> Iterator[S]:
+    """`server` started for a fixture and cleaned up after it; a failed start fails the test."""
+    try:
+        server.start()
+    except ComponentUnavailableError as err:
+        server.cleanup()
+        _unavailable(what, str(err))
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture(scope="session")
 def mqtt_broker() -> Iterator[BrokerInfo]:
     """A real MQTT broker for the test session."""
@@ -109,30 +131,13 @@ def _broker_from_container() -> Iterator[BrokerInfo]:  # pragma: no cover - need
 @pytest.fixture
 def restartable_broker() -> Iterator[MosquittoServer]:
     """A Mosquitto of this test's own, which the test may stop, kill and restart."""
-    server = MosquittoServer()
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        _unavailable("a restartable mosquitto", str(err))
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(MosquittoServer(), "a restartable mosquitto")
 
 
 @pytest.fixture
 def nats_cluster() -> Iterator[NatsCluster]:
     """A 3-node NATS JetStream cluster serving MQTT 3.1.1, of this test's own (nodes killable)."""
-    cluster = NatsCluster()
-    try:
-        cluster.start()
-    except ComponentUnavailableError as err:
-        cluster.cleanup()
-        _unavailable("a NATS cluster (nats-server)", str(err))
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _running(NatsCluster(), "a NATS cluster (nats-server)")
 
 
 @pytest.fixture
@@ -185,28 +190,10 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def restartable_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster of this test's own, which the test may stop and start."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        server.cleanup()
-        _unavailable("a restartable PostgreSQL", str(err))
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(PostgresServer(), "a restartable PostgreSQL")
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics() -> Iterator[VictoriaMetricsServer]:
     """A real VictoriaMetrics (InfluxDB v2 write API at `.url`, read back with `.export`)."""
-    server = VictoriaMetricsServer()
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        server.cleanup()
-        _unavailable("VictoriaMetrics (the InfluxDB write-path server)", str(err))
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(VictoriaMetricsServer(), "VictoriaMetrics (the InfluxDB write-path server)")

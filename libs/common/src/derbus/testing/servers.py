@@ -117,6 +117,20 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
     return None
 
 
+def require_binary(name: str) -> str:
+    """Where executable `name` is; ComponentUnavailableError saying how to install it if nowhere.
+
+    The Debian package has the executable's name (mosquitto, nats-server, victoria-metrics).
+    """
+    binary = find_binary(name)
+    if binary is None:
+        raise ComponentUnavailableError(
+            f"{name} is not installed (the Makefile installs it: `make deps` / "
+            f"apt-get install {name})"
+        )
+    return binary
+
+
 def wait_port(
     host: str, port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None
 ) -> None:
@@ -170,11 +184,7 @@ class MosquittoServer:
 
     def start(self) -> MosquittoServer:
         """Start the broker (raises ComponentUnavailableError with the reason)."""
-        binary = find_binary("mosquitto")
-        if binary is None:
-            raise ComponentUnavailableError(
-                "mosquitto is not installed (the Makefile installs it: `make deps` / apt-get install mosquitto)"
-            )
+        binary = require_binary("mosquitto")
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(
             mosquitto_conf(self.port, self.data_dir, self.allow_anonymous) + self.extra_conf
@@ -436,12 +446,7 @@ class NatsCluster:
 
     def start(self) -> NatsCluster:
         """Start every node and wait until each accepts MQTT connections."""
-        binary = find_binary("nats-server")
-        if binary is None:
-            raise ComponentUnavailableError(
-                "nats-server is not installed (the Makefile installs it: `make deps` / "
-                "apt-get install nats-server)"
-            )
+        require_binary("nats-server")  # before any node: the error says how to install it
         if not self.nodes:
             for i in range(self.size):
                 self.nodes.append(
@@ -496,8 +501,7 @@ class NatsCluster:
 
     def start_node(self, node: NatsNode, wait: bool = True) -> None:
         """(Re)start one node on its ports and folder."""
-        binary = find_binary("nats-server")
-        assert binary is not None
+        binary = require_binary("nats-server")
         routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
         node.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.base_dir / f"{node.name}.conf"
