@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import pytest
 
 from derbus.bus import Bus, GmqttBus, InMemoryBroker, InMemoryBus, MqttBus
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer
+from derbus.testing import MosquittoServer, mqtt_test_settings
 
 
-class Harness(Protocol):
+class Harness(abc.ABC):
+    """A broker the contract runs on, and the clients of one bus implementation on it."""
+
     root: str
     name: str
 
@@ -26,15 +28,26 @@ class Harness(Protocol):
         client_id: str | None = None,
         manual_ack: bool = False,
         max_queued: int | None = None,
-    ) -> Bus: ...
+    ) -> Bus:
+        """A new client; `persistent` without a `client_id` gets a session id of its own."""
+        if persistent and client_id is None:
+            client_id = f"derbus-test-{uuid.uuid4().hex[:8]}"
+        return self.bus(client_id, manual_ack, max_queued)
+
+    @abc.abstractmethod
+    def bus(self, client_id: str | None, manual_ack: bool, max_queued: int | None) -> Bus: ...
+    @abc.abstractmethod
     def stop_broker(self) -> None: ...
+    @abc.abstractmethod
     def start_broker(self) -> None: ...
+    @abc.abstractmethod
     async def let_time_pass(self, seconds: float) -> None: ...
+    @abc.abstractmethod
     def clock(self) -> float: ...
 
 
 @dataclass
-class MemoryHarness:
+class MemoryHarness(Harness):
     root: str
     name: str = "memory"
     now_s: float = 0.0
@@ -43,15 +56,7 @@ class MemoryHarness:
     def __post_init__(self) -> None:
         self.broker.clock = lambda: self.now_s
 
-    def client(
-        self,
-        persistent: bool = False,
-        client_id: str | None = None,
-        manual_ack: bool = False,
-        max_queued: int | None = None,
-    ) -> Bus:
-        if persistent and client_id is None:
-            client_id = f"derbus-test-{uuid.uuid4().hex[:8]}"
+    def bus(self, client_id: str | None, manual_ack: bool, max_queued: int | None) -> Bus:
         return InMemoryBus(self.broker, client_id=client_id, max_queued=max_queued or 1_000_000)
 
     def stop_broker(self) -> None:
@@ -69,37 +74,19 @@ class MemoryHarness:
 
 
 @dataclass
-class MqttHarness:
+class MqttHarness(Harness):
     root: str
     server: MosquittoServer
     name: str = "paho"
 
     def settings(self) -> MqttSettings:
-        return MqttSettings(
-            host=self.server.host,
-            port=self.server.port,
-            root=self.root,
-            connect_retries=3,
-            reconnect_min_delay_s=0.2,
-            reconnect_max_delay_s=1.0,
-            keepalive_s=5,
-            will_delay_s=0,
+        return mqtt_test_settings(
+            self.server.host, self.server.port, self.root, keepalive_s=5, will_delay_s=0
         )
 
-    def client(
-        self,
-        persistent: bool = False,
-        client_id: str | None = None,
-        manual_ack: bool = False,
-        max_queued: int | None = None,
-    ) -> Bus:
-        if persistent and client_id is None:
-            client_id = f"derbus-test-{uuid.uuid4().hex[:8]}"
-        if self.name == "gmqtt":
-            return GmqttBus(
-                self.settings(), client_id=client_id, manual_ack=manual_ack, max_queued=max_queued
-            )
-        return MqttBus(
+    def bus(self, client_id: str | None, manual_ack: bool, max_queued: int | None) -> Bus:
+        bus_class = GmqttBus if self.name == "gmqtt" else MqttBus
+        return bus_class(
             self.settings(), client_id=client_id, manual_ack=manual_ack, max_queued=max_queued
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from typing import Any as Harness
 from typing import Any as MqttHarness
@@ -27,6 +28,28 @@ class Inbox:
 
     def topics(self) -> set[str]:
         return {m.topic for m in self.items}
+
+
+async def client_with_will(
+    harness: Harness,
+    name: str,
+    retain: bool,
+    persistent: bool = False,
+    build: Callable[[int], bytes] | None = None,
+) -> tuple[Bus, Inbox, Bus, str]:
+    """Client `name` connected with a will (`offline`) on its status topic, and a watcher there.
+
+    Returns the watcher, the watcher's inbox, the client and the will topic.
+    """
+    watcher = harness.client()
+    await watcher.connect()
+    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, name, harness.root)
+    inbox = Inbox()
+    await watcher.subscribe(will_topic, 1, inbox)
+    client = harness.client(persistent=persistent)
+    client.set_will(Will(will_topic, b"offline", qos=1, retain=retain, build=build))
+    await client.connect()
+    return watcher, inbox, client, will_topic
 
 
 async def test_wildcard_delivery(harness: Harness) -> None:
@@ -66,28 +89,14 @@ async def test_retained_message_reaches_a_later_subscriber(harness: Harness) -> 
 
 
 async def test_last_will_on_unclean_disconnect(harness: Harness) -> None:
-    watcher = harness.client()
-    await watcher.connect()
-    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "victim", harness.root)
-    inbox = Inbox()
-    await watcher.subscribe(will_topic, 1, inbox)
-    victim = harness.client()
-    victim.set_will(Will(will_topic, b"offline", qos=1, retain=True))
-    await victim.connect()
+    watcher, inbox, victim, _ = await client_with_will(harness, "victim", retain=True)
     await victim.abort()  # type: ignore[attr-defined]
     await wait_for(lambda: b"offline" in inbox.payloads(), 15, message="last will")
     await watcher.close()
 
 
 async def test_clean_close_sends_no_will(harness: Harness) -> None:
-    watcher = harness.client()
-    await watcher.connect()
-    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "polite", harness.root)
-    inbox = Inbox()
-    await watcher.subscribe(will_topic, 1, inbox)
-    polite = harness.client()
-    polite.set_will(Will(will_topic, b"offline", qos=1, retain=False))
-    await polite.connect()
+    watcher, inbox, polite, will_topic = await client_with_will(harness, "polite", retain=False)
     await polite.publish(will_topic, b"bye", qos=1)
     await polite.close()
     await wait_for(lambda: b"bye" in inbox.payloads(), 10)
@@ -309,16 +318,9 @@ async def test_shared_subscription_splits_the_messages(harness: Harness) -> None
 
 async def test_will_is_built_for_each_connection(harness: Harness) -> None:
     """The will sent after a crash is the one built when the lost connection was made."""
-    watcher = harness.client()
-    await watcher.connect()
-    will_topic = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "victim", harness.root)
-    inbox = Inbox()
-    await watcher.subscribe(will_topic, 1, inbox)
-    victim = harness.client(persistent=True)
-    victim.set_will(
-        Will(will_topic, b"", qos=1, retain=False, build=lambda n: f"offline-{n}".encode())
+    watcher, inbox, victim, _ = await client_with_will(
+        harness, "victim", retain=False, persistent=True, build=lambda n: f"offline-{n}".encode()
     )
-    await victim.connect()
     harness.stop_broker()
     await wait_for(lambda: not victim.connected, 15, message="victim to notice the outage")
     harness.start_broker()

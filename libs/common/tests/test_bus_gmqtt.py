@@ -6,22 +6,15 @@ import asyncio
 
 from derbus import topics
 from derbus.bus import GmqttBus, RawMessage
-from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, wait_for
+from derbus.testing import MosquittoServer, mqtt_test_settings, wait_for
 
 
 async def test_subscribe_survives_a_broker_restart_before_its_suback(
     restartable_broker: MosquittoServer, topic_root: str
 ) -> None:
     """A SUBSCRIBE lost with its connection is answered on the next one: subscribe returns."""
-    settings = MqttSettings(
-        host=restartable_broker.host,
-        port=restartable_broker.port,
-        root=topic_root,
-        reconnect_min_delay_s=0.2,
-        reconnect_max_delay_s=1.0,
-        keepalive_s=5,
-    )
+    broker = restartable_broker
+    settings = mqtt_test_settings(broker.host, broker.port, topic_root, keepalive_s=5)
     bus = GmqttBus(settings, client_id=f"sub-{topic_root[-8:]}")
     await bus.connect()
     got: list[bytes] = []

@@ -14,6 +14,7 @@ from derbus.messages import (
     PvTelemetry,
     ServiceStatus,
 )
+from derbus.testing import time_series
 from derbus.watch import WatchState
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -22,6 +23,20 @@ ROOT = "w/t"
 
 def raw(spec: topics.TopicSpec, site: str, device: str, message: object) -> RawMessage:  # type: ignore[type-arg]
     return RawMessage(spec.topic(site, device, ROOT), message.to_json_bytes())  # type: ignore[attr-defined]
+
+
+def feeder(step: int, v_b1_pu: list[float | None]) -> RawMessage:
+    """Feeder ieee123's state at `step`: bus b1's phase voltages, PV 7 of 10 kW."""
+    state = FeederState(
+        ts=T0,
+        source="sim",
+        feeder_id="ieee123",
+        step=step,
+        v_pu={"b1": v_b1_pu},
+        pv_available_kw={"pv1": 10.0},
+        pv_output_kw={"pv1": 7.0},
+    )
+    return raw(topics.FEEDER_STATE, "ieee123", "feeder", state)
 
 
 def test_topics_markdown_is_the_catalogue() -> None:
@@ -67,22 +82,7 @@ def test_watch_state_folds_messages_per_site() -> None:
     assert state.services["meter_gateway@s3"].state == "online"
     assert "meter_gateway" not in state.services
     assert "s3" not in state.sites
-    state.update(
-        raw(
-            topics.FEEDER_STATE,
-            "ieee123",
-            "feeder",
-            FeederState(
-                ts=T0,
-                source="sim",
-                feeder_id="ieee123",
-                step=48,
-                v_pu={"b1": [1.01, None, 1.06]},
-                pv_available_kw={"pv1": 10.0},
-                pv_output_kw={"pv1": 7.0},
-            ),
-        )
-    )
+    state.update(feeder(48, [1.01, None, 1.06]))
     assert state.invalid == 1
     assert state.messages == 7
     assert "ieee123" not in state.sites, "a feeder is shown as a feeder, not as a site"
@@ -102,22 +102,7 @@ def test_a_feeder_never_shows_as_a_site_even_when_its_kpis_come_first() -> None:
     state = WatchState(root=ROOT)
     kpi = KpiReport(ts=T0, source="vc", name="voltage_coordinator", values={"curtailed_kw": 3.0})
     state.update(raw(topics.KPI, "ieee123", "voltage_coordinator", kpi))
-    state.update(
-        raw(
-            topics.FEEDER_STATE,
-            "ieee123",
-            "feeder",
-            FeederState(
-                ts=T0,
-                source="sim",
-                feeder_id="ieee123",
-                step=3,
-                v_pu={"b1": [1.02, None, None]},
-                pv_available_kw={"pv1": 10.0},
-                pv_output_kw={"pv1": 7.0},
-            ),
-        )
-    )
+    state.update(feeder(3, [1.02, None, None]))
     state.update(raw(topics.KPI, "ieee123", "voltage_coordinator", kpi))
     assert state.shown_sites() == {}
     assert state.feeder_views["ieee123"].kpis == {"curtailed_kw": 3.0}
@@ -127,35 +112,21 @@ def test_a_feeder_never_shows_as_a_site_even_when_its_kpis_come_first() -> None:
 
 
 def test_the_summary_follows_a_site_along_the_chain() -> None:
-    from derbus.messages import JobPlan, SetpointAck, SetpointCommand, TimeSeries
+    from derbus.messages import JobPlan, SetpointAck, SetpointCommand
 
     state = WatchState(root=ROOT)
     state.update(
         raw(topics.METER, "s1", "pcc", MeterReading(ts=T0, source="meter_gateway", p_kw=3.0))
     )
     bands = {"p10": [0.5], "p50": [1.0], "p90": [2.0]}
-    forecast = TimeSeries(
-        ts=T0,
-        source="forecaster",
-        kind="forecast",
-        quantity="load_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[1.0],
-        quantiles=bands,
-        model="cold_start",
-    )
+    forecast = time_series([1.0], T0, source="forecaster", quantiles=bands, model="cold_start")
     state.update(raw(topics.FORECAST, "s1", "load", forecast))
-    schedule = TimeSeries(
-        ts=T0,
-        source="peak_shaving",
+    schedule = time_series(
+        [-1.5],
+        T0,
         kind="schedule",
         quantity="battery_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[-1.5],
+        source="peak_shaving",
         meta={"plan_status": "ok"},
     )
     state.update(raw(topics.BATTERY_SCHEDULE, "s1", "battery", schedule))

@@ -77,18 +77,27 @@ def test_a_restart_waits_past_the_will_delay() -> None:
     assert launcher.restart_floor_s(no_delay) == launcher.RESTART_MIN_S
 
 
-def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path) -> None:
+def quitter(tmp_path: Path, code: str, failures_in_a_row: int = 0) -> launcher.Platform:
+    """A platform supervising one child `quitter` (Python running `code`), run to its end."""
     child = launcher.Child(
         "quitter",
-        [sys.executable, "-c", "import sys; sys.exit(3)"],
+        [sys.executable, "-c", code],
         {},
         tmp_path / "q.log",
         tmp_path,
+        failures_in_a_row=failures_in_a_row,
     )
     platform = launcher.Platform(tmp_path, tmp_path, tmp_path, 1883, {"quitter": child}, {})
     child.start()
     assert child.proc is not None
     child.proc.wait(30)
+    return platform
+
+
+def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path) -> None:
+    platform = quitter(tmp_path, "import sys; sys.exit(3)")
+    child = platform.children["quitter"]
+    assert child.proc is not None
     t0 = child.started_at + 1.0  # ran 1 s: an early failure
     events = platform.supervise(now=t0)
     assert len(events) == 1
@@ -107,18 +116,8 @@ def test_supervise_reports_an_exit_and_restarts_after_the_backoff(tmp_path: Path
 
 
 def test_supervise_forgets_old_failures_after_a_stable_run(tmp_path: Path) -> None:
-    child = launcher.Child(
-        "quitter",
-        [sys.executable, "-c", "pass"],
-        {},
-        tmp_path / "q.log",
-        tmp_path,
-        failures_in_a_row=4,
-    )
-    platform = launcher.Platform(tmp_path, tmp_path, tmp_path, 1883, {"quitter": child}, {})
-    child.start()
-    assert child.proc is not None
-    child.proc.wait(30)
+    platform = quitter(tmp_path, "pass", failures_in_a_row=4)
+    child = platform.children["quitter"]
     events = platform.supervise(now=child.started_at + launcher.STABLE_AFTER_S + 1)
     assert "restarting in 1 s" in events[0]
     platform.stop()

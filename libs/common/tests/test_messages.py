@@ -15,6 +15,7 @@ from derbus.messages import (
     TimeSeries,
     pcc_power_kw,
 )
+from derbus.testing import time_series
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -95,48 +96,18 @@ def test_ack_statuses() -> None:
         SetpointAck(ts=T0, source="sim", setpoint_id="x", status="maybe")  # type: ignore[arg-type]
 
 
+def _series(values: list[float], step_s: int = 900, **quantiles: list[float]) -> TimeSeries:
+    return time_series(values, T0, source="f", step_s=step_s, quantiles=quantiles or None)
+
+
 def test_time_series_lookup_and_quantile_length() -> None:
-    ts = TimeSeries(
-        ts=T0,
-        source="f",
-        kind="forecast",
-        quantity="load_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[1.0, 2.0, 3.0],
-        quantiles={"p10": [0.5, 1.5, 2.5]},
-    )
+    ts = _series([1.0, 2.0, 3.0], p10=[0.5, 1.5, 2.5])
     assert ts.value_at(T0 + timedelta(minutes=20)) == 2.0
     assert ts.value_at(T0 - timedelta(seconds=1)) is None
     assert ts.value_at(T0 + timedelta(minutes=45)) is None
     assert ts.times()[2] == T0 + timedelta(minutes=30)
     with pytest.raises(ValidationError, match="quantile p90"):
-        TimeSeries(
-            ts=T0,
-            source="f",
-            kind="forecast",
-            quantity="q",
-            issue_time=T0,
-            start=T0,
-            step_s=900,
-            values=[1.0, 2.0],
-            quantiles={"p90": [1.0]},
-        )
-
-
-def _series(values: list[float], step_s: int = 900, **quantiles: list[float]) -> TimeSeries:
-    return TimeSeries(
-        ts=T0,
-        source="f",
-        kind="forecast",
-        quantity="load_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=step_s,
-        values=values,
-        quantiles=quantiles or None,
-    )
+        _series([1.0, 2.0], p90=[1.0])
 
 
 def test_on_grid_point_takes_the_interval_containing_each_start() -> None:

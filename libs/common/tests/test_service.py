@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from derbus import topics
-from derbus.bus import InMemoryBus
+from derbus.bus import Bus, InMemoryBus
 from derbus.errors import ConfigError
 from derbus.messages import DeadLetter, MeterReading, ServiceStatus
 from derbus.service import Context, Service
 from derbus.settings import ServiceSettings
 from derbus.testing import BusRecorder, wait_for
-from derbus.testing.example import EchoSettings, build_echo
+from derbus.testing.example import Echo, EchoSettings, build_echo
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -23,63 +25,65 @@ def reading(p_kw: float) -> bytes:
     return MeterReading(ts=T0, source="t", p_kw=p_kw).to_json_bytes()
 
 
-async def test_handler_receives_validated_model_and_ids(harness: Any) -> None:
+@contextlib.asynccontextmanager
+async def echo_with_publisher(
+    harness: Any,
+) -> AsyncIterator[tuple[Service[EchoSettings, Echo], Bus]]:
+    """The echo service started on the harness's bus and a connected publisher, stopped after."""
     service = build_echo(EchoSettings(mqtt={"root": harness.root}), harness.client())
     await service.start()
     pub = harness.client()
     await pub.connect()
-    await pub.publish(topics.METER.topic("s9", "pcc", harness.root), reading(7.5))
-    await wait_for(lambda: service.state.over == [("s9", "pcc", 7.5)], 10)
-    await service.stop()
-    await pub.close()
+    try:
+        yield service, pub
+    finally:
+        await service.stop()
+        await pub.close()
+
+
+async def test_handler_receives_validated_model_and_ids(harness: Any) -> None:
+    async with echo_with_publisher(harness) as (service, pub):
+        await pub.publish(topics.METER.topic("s9", "pcc", harness.root), reading(7.5))
+        await wait_for(lambda: service.state.over == [("s9", "pcc", 7.5)], 10)
 
 
 async def test_malformed_payload_is_dead_lettered_and_consumption_continues(harness: Any) -> None:
-    service = build_echo(EchoSettings(mqtt={"root": harness.root}), harness.client())
-    await service.start()
-    pub = harness.client()
-    await pub.connect()
-    letters: BusRecorder[DeadLetter] = BusRecorder(topics.DEAD_LETTER, harness.root)
-    await letters.attach(pub)
-    topic = topics.METER.topic("s1", "pcc", harness.root)
-    await pub.publish(topic, b"{not json")
-    await pub.publish(topic, b'{"ts": "2026-06-01T12:00:00", "source": "x", "p_kw": 1}')  # naive ts
-    await pub.publish(topic, reading(9.0))
-    await wait_for(lambda: len(service.state.over) == 1, 10)
-    got = await letters.wait(2)
-    assert {d.original_topic for d in got} == {topic}
-    assert any("timezone-aware" in d.error for d in got)
-    assert got[0].payload == "{not json"
-    invalid = service.metrics.registry.get_sample_value(
-        "derbus_messages_invalid_total", {"topic": "telemetry.meter"}
-    )
-    assert invalid == 2
-    await service.stop()
-    await pub.close()
+    async with echo_with_publisher(harness) as (service, pub):
+        letters: BusRecorder[DeadLetter] = BusRecorder(topics.DEAD_LETTER, harness.root)
+        await letters.attach(pub)
+        topic = topics.METER.topic("s1", "pcc", harness.root)
+        await pub.publish(topic, b"{not json")
+        naive_ts = b'{"ts": "2026-06-01T12:00:00", "source": "x", "p_kw": 1}'
+        await pub.publish(topic, naive_ts)
+        await pub.publish(topic, reading(9.0))
+        await wait_for(lambda: len(service.state.over) == 1, 10)
+        got = await letters.wait(2)
+        assert {d.original_topic for d in got} == {topic}
+        assert any("timezone-aware" in d.error for d in got)
+        assert got[0].payload == "{not json"
+        invalid = service.metrics.registry.get_sample_value(
+            "derbus_messages_invalid_total", {"topic": "telemetry.meter"}
+        )
+        assert invalid == 2
 
 
 async def test_handler_exception_degrades_then_recovers(harness: Any) -> None:
-    service = build_echo(EchoSettings(mqtt={"root": harness.root}), harness.client())
-    await service.start()
-    pub = harness.client()
-    await pub.connect()
-    statuses: BusRecorder[ServiceStatus] = BusRecorder(topics.SERVICE_STATUS, harness.root)
-    await statuses.attach(pub)
-    topic = topics.METER.topic("s1", "pcc", harness.root)
-    await pub.publish(topic, reading(13))
-    await wait_for(lambda: any(s.state == "degraded" for s in statuses.values), 10)
-    assert "unlucky reading" in (service.status().reason or "")
-    await pub.publish(topic, reading(6))
-    await wait_for(lambda: service.state.over == [("s1", "pcc", 6.0)], 10)
-    await wait_for(lambda: statuses.values[-1].state == "online", 10)
-    assert (
-        service.metrics.registry.get_sample_value(
-            "derbus_handler_errors_total", {"handler": "on_meter"}
+    async with echo_with_publisher(harness) as (service, pub):
+        statuses: BusRecorder[ServiceStatus] = BusRecorder(topics.SERVICE_STATUS, harness.root)
+        await statuses.attach(pub)
+        topic = topics.METER.topic("s1", "pcc", harness.root)
+        await pub.publish(topic, reading(13))
+        await wait_for(lambda: any(s.state == "degraded" for s in statuses.values), 10)
+        assert "unlucky reading" in (service.status().reason or "")
+        await pub.publish(topic, reading(6))
+        await wait_for(lambda: service.state.over == [("s1", "pcc", 6.0)], 10)
+        await wait_for(lambda: statuses.values[-1].state == "online", 10)
+        assert (
+            service.metrics.registry.get_sample_value(
+                "derbus_handler_errors_total", {"handler": "on_meter"}
+            )
+            == 1
         )
-        == 1
-    )
-    await service.stop()
-    await pub.close()
 
 
 async def test_periodic_task_runs_and_failure_degrades(harness: Any) -> None:

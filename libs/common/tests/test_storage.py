@@ -9,9 +9,9 @@ from derbus.messages import (
     LoadTelemetry,
     MeterReading,
     ServiceStatus,
-    TimeSeries,
 )
 from derbus.storage import influx_points, influx_schema, reading_rows
+from derbus.testing import time_series
 from derbus.topics import TopicIds
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -61,15 +61,10 @@ def test_every_point_matches_the_schema() -> None:
         (
             topics.FORECAST,
             TopicIds("s1", "load"),
-            TimeSeries(
-                ts=T0,
-                source="f",
-                kind="forecast",
-                quantity="load_p_kw",
+            time_series(
+                [1.0, 2.0],
+                T0 + timedelta(hours=1),
                 issue_time=T0,
-                start=T0 + timedelta(hours=1),
-                step_s=900,
-                values=[1.0, 2.0],
                 quantiles={"p10": [0.5, 1.5], "p90": [1.5, 2.5]},
                 model="gbr",
             ),
@@ -86,16 +81,7 @@ def test_every_point_matches_the_schema() -> None:
 
 
 def test_forecast_points_are_at_future_times_with_horizon() -> None:
-    series = TimeSeries(
-        ts=T0,
-        source="f",
-        kind="forecast",
-        quantity="pv_generation_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[0.0, 3.0],
-    )
+    series = time_series([0.0, 3.0], T0, quantity="pv_generation_kw")
     points = influx_points(topics.FORECAST, TopicIds("s1", "pv"), series)
     assert [p.time for p in points] == [T0, T0 + timedelta(minutes=15)]
     assert points[1].fields["horizon_h"] == 0.25

@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from derbus.errors import ConfigError
-from derbus.topics import DEFAULT_ROOT, PLATFORM_SITE, validate_id
+from derbus.topics import DEFAULT_ROOT, PLATFORM_SITE, topic_level
 
 
 class MqttSettings(BaseSettings):
@@ -83,7 +83,7 @@ class MqttSettings(BaseSettings):
     root: str = Field(
         default=DEFAULT_ROOT, description="topic root (see derbus.topics.DEFAULT_ROOT)"
     )
-    status_site: str = Field(
+    status_site: Annotated[str, topic_level("status site")] = Field(
         default=PLATFORM_SITE,
         description="site level of the service's own status, last will and dead letters: "
         f"`{PLATFORM_SITE}`, or the site id for an edge gateway that logs in with its site's "
@@ -99,11 +99,6 @@ class MqttSettings(BaseSettings):
         if not value or value.endswith("/") or any(c in value for c in "+#"):
             raise ValueError("topic root must be non-empty, without trailing / or wildcards")
         return value
-
-    @field_validator("status_site")
-    @classmethod
-    def _status_site(cls, value: str) -> str:
-        return validate_id("status site", value)
 
     @field_validator("brokers")
     @classmethod
@@ -138,16 +133,13 @@ class SiteSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SITE_", extra="ignore")
 
-    id: str = Field(default="site-1", description="site id (a topic level)")
+    id: Annotated[str, topic_level("site id")] = Field(
+        default="site-1", description="site id (a topic level)"
+    )
     latitude: float = Field(default=41.39, ge=-90, le=90, description="degrees north")
     longitude: float = Field(default=2.17, ge=-180, le=180, description="degrees east")
     timezone: str = Field(default="Europe/Madrid", description="IANA time zone for tariffs")
     country: str = Field(default="ES", min_length=2, max_length=2, description="ISO country code")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id("site id", value)
 
     @field_validator("timezone")
     @classmethod

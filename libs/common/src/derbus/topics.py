@@ -7,8 +7,11 @@ topics through the `TopicSpec` entries below.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
+
+from pydantic import AfterValidator
 
 from derbus.messages import (
     AreaExchange,
@@ -64,6 +67,15 @@ def validate_id(kind: str, value: str) -> str:
     if not value or any(ch in value for ch in _FORBIDDEN_IN_ID):
         raise ValueError(f"{kind} {value!r} cannot be a topic level (empty, or has / + # or NUL)")
     return value
+
+
+def topic_level(kind: str) -> AfterValidator:
+    """A pydantic check that a str field can stand as one topic level (see `validate_id`).
+
+    Use as `site_id: Annotated[str, topic_level("site id")] = Field(...)`; `kind` names the
+    value in the error.
+    """
+    return AfterValidator(functools.partial(validate_id, kind))
 
 
 @dataclass(frozen=True)

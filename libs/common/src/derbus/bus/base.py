@@ -1,4 +1,4 @@
-"""The `Bus` protocol every transport implements, and the pieces both implementations share."""
+"""The `Bus` protocol every transport implements, and the pieces the implementations share."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from paho.mqtt.client import topic_matches_sub
+
+from derbus.errors import BusError
+from derbus.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +400,136 @@ async def _logged(listener: ConnectListener, connection: int) -> None:
         await listener(connection)
     except Exception:  # a listener's failure must not take the bus down
         log.exception("connect listener failed (connection %d)", connection)
+
+
+class BusCore:
+    """What every bus client keeps alike: dispatcher, connect listeners, last will and counters.
+
+    A subclass says how many QoS>0 publishes are `outstanding` (what `stats.queued` reports).
+    """
+
+    def __init__(self, queue_limit: int) -> None:
+        self._dispatcher = Dispatcher()
+        self._hooks = ConnectHooks()
+        self._stats = BusStats(queue_limit=queue_limit)
+        self._will: Will | None = None
+
+    @property
+    def outstanding(self) -> int:
+        """QoS>0 publishes not yet acknowledged by the broker, including those held while down."""
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> BusStats:
+        """See `Bus.stats`."""
+        self._stats.queued = self.outstanding
+        return self._stats
+
+    @property
+    def reconnects(self) -> int:
+        """Connections after the first one."""
+        return self._stats.reconnects
+
+    def set_will(self, will: Will) -> None:
+        """See `Bus.set_will`."""
+        self._will = will
+
+    def add_connect_listener(self, listener: ConnectListener) -> None:
+        """See `Bus.add_connect_listener`."""
+        self._hooks.add(listener)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """See `Bus.drain`."""
+        await self._dispatcher.join(timeout_s)
+
+    def defer_ack(self) -> Ack:
+        """See `Bus.defer_ack`."""
+        return self._dispatcher.defer_ack()
+
+    async def _stop_delivering(self) -> None:
+        """Cancel the connect listeners still running, then stop the dispatcher."""
+        await self._hooks.stop()
+        await self._dispatcher.stop()
+
+
+class BrokerBusCore(BusCore):
+    """What the two clients of a real broker share: identity, session, endpoints, connect rounds.
+
+    Args:
+        settings: broker connection settings (`endpoints()`, protocol, session, queue bound).
+        client_id: overrides `settings.client_id`. With an id and `persistent_session` the
+            broker keeps the session (subscriptions, queued QoS 1 messages) across reconnects,
+            restarts of this process and broker restarts; without one the session is clean.
+        manual_ack: acknowledge QoS 1 deliveries only after the handlers ran (or when the
+            callable of `defer_ack` is invoked).
+        max_queued: overrides `settings.max_queued`.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str | None,
+        manual_ack: bool,
+        max_queued: int | None,
+    ) -> None:
+        super().__init__(max_queued or settings.max_queued)
+        self.settings = settings
+        self.client_id = client_id or settings.client_id or ""
+        self._persistent = bool(self.client_id) and settings.persistent_session
+        self._v5 = settings.protocol == "5"
+        self._manual_ack = manual_ack
+        self._endpoints = settings.endpoints()
+        self._endpoint_index = 0
+        self._generation = 0  # connections so far: an ack never crosses into a later connection
+        self._acked: set[str] = set()  # filters the broker acknowledged on this connection
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _start_delivering(self) -> None:
+        """Bind the bus to the running event loop and start the dispatcher (`connect` first)."""
+        self._loop = asyncio.get_running_loop()
+        self._dispatcher.start()
+
+    def _endpoint_names(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self._endpoints)
+
+    def _next_endpoint(self) -> tuple[str, int]:
+        """Move on to the next endpoint of the cluster (the first after the last) and return it."""
+        self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
+        return self._endpoints[self._endpoint_index]
+
+    def _count_connection(self) -> int:
+        """Record a successful connection to the current endpoint; its number (1, 2, …)."""
+        self._generation += 1
+        self._stats.connections += 1
+        host, port = self._endpoints[self._endpoint_index]
+        self._stats.endpoint = f"{host}:{port}"
+        return self._stats.connections
+
+    async def _connect_rounds(self, attempt: Callable[[], Awaitable[str | None]]) -> None:
+        """Try every endpoint in turn, `connect_retries + 1` rounds with backoff between them.
+
+        `attempt` tries the current endpoint: None when connected, else why not. When no
+        attempt succeeds the dispatcher is stopped and BusError raised.
+        """
+        s = self.settings
+        delay = s.reconnect_min_delay_s
+        errors: list[str] = []
+        for round_ in range(s.connect_retries + 1):
+            for _ in range(len(self._endpoints)):
+                error = await attempt()
+                if error is None:
+                    return
+                errors.append(error)
+                self._next_endpoint()
+            log.warning("MQTT connect failed (round %d): %s", round_ + 1, errors[-1])
+            if round_ < s.connect_retries:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, s.reconnect_max_delay_s)
+        await self._dispatcher.stop()
+        raise BusError(
+            f"cannot connect to MQTT broker {self._endpoint_names()} after "
+            f"{s.connect_retries + 1} rounds: {errors[-1] if errors else 'no endpoint'}"
+        )
 
 
 def subscription_id(topic_filter: str) -> int:

@@ -28,18 +28,7 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.storage import PersistentStorage
 
-from derbus.bus.base import (
-    Ack,
-    BusStats,
-    ConnectHooks,
-    ConnectListener,
-    Dispatcher,
-    MessageCallback,
-    RawMessage,
-    Will,
-    subscription_id,
-    targets,
-)
+from derbus.bus.base import BrokerBusCore, MessageCallback, RawMessage, subscription_id, targets
 from derbus.errors import BusError
 from derbus.settings import MqttSettings
 
@@ -106,18 +95,8 @@ class _Client(gmqtt.Client):  # type: ignore[misc]
         self.derbus_bus._connection_lost()
 
 
-class GmqttBus:
-    """A bus on a real MQTT broker (or a cluster of them), on gmqtt.
-
-    Args:
-        settings: broker connection settings (`endpoints()`, protocol, session, queue bound).
-        client_id: overrides `settings.client_id`. With an id and `persistent_session` the
-            broker keeps the session (subscriptions, queued QoS 1 messages) across reconnects,
-            restarts of this process and broker restarts; without one the session is clean.
-        manual_ack: acknowledge QoS 1 deliveries only after the handlers ran (or when the
-            callable of `defer_ack` is invoked).
-        max_queued: overrides `settings.max_queued`.
-    """
+class GmqttBus(BrokerBusCore):
+    """A bus on a real MQTT broker (or a cluster of them), on gmqtt (arguments: `BrokerBusCore`)."""
 
     def __init__(
         self,
@@ -126,19 +105,10 @@ class GmqttBus:
         manual_ack: bool = False,
         max_queued: int | None = None,
     ) -> None:
-        self.settings = settings
-        self.client_id = client_id or settings.client_id or ""
-        self._persistent = bool(self.client_id) and settings.persistent_session
-        self._v5 = settings.protocol == "5"
-        self._manual_ack = manual_ack
+        super().__init__(settings, client_id, manual_ack, max_queued)
         gmqtt_log = logging.getLogger("gmqtt")
         if gmqtt_log.level == logging.NOTSET:
             gmqtt_log.setLevel(logging.WARNING)  # it logs every SUBSCRIBE and connection at INFO
-        self._endpoints = settings.endpoints()
-        self._endpoint_index = 0
-        self._dispatcher = Dispatcher()
-        self._hooks = ConnectHooks()
-        self._stats = BusStats(queue_limit=max_queued or settings.max_queued)
         self._client: _Client | None = None
         self._storage = _Storage(self._on_acked)
         self._pending: collections.deque[gmqtt.Message] = collections.deque()
@@ -147,18 +117,14 @@ class GmqttBus:
         self._waiting = False  # a publish waits for space (back-pressure)
         self._subs: dict[str, gmqtt.Subscription] = {}
         self._sub_ids: dict[int, frozenset[str]] = {}  # MQTT 5 subscription identifier → filter
-        self._acked: set[str] = set()
         self._suback_waiters: dict[int, tuple[str, asyncio.Future[None]]] = {}
         self._resubscribed: dict[str, asyncio.Future[None]] = {}  # SUBACK of the latest connection
         self._connect_waiters: list[asyncio.Future[None]] = []
-        self._will: Will | None = None
         self._up = False
         self._closing = False
-        self._generation = 0
         self._reconnector: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._cork: _Corked | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- state --------------------------------------------------------------------------------
     @property
@@ -166,24 +132,9 @@ class GmqttBus:
         return self._up and all(f in self._acked for f in self._subs)
 
     @property
-    def stats(self) -> BusStats:
-        self._stats.queued = self.outstanding
-        return self._stats
-
-    @property
-    def reconnects(self) -> int:
-        return self._stats.reconnects
-
-    @property
     def outstanding(self) -> int:
         """QoS>0 messages published and not yet acknowledged, including those not sent yet."""
         return len(self._storage) + len(self._pending)
-
-    def set_will(self, will: Will) -> None:
-        self._will = will
-
-    def add_connect_listener(self, listener: ConnectListener) -> None:
-        self._hooks.add(listener)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def _make_client(self) -> _Client:
@@ -217,33 +168,11 @@ class GmqttBus:
         return client
 
     async def connect(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._start_delivering()
         self._closing = False
-        self._dispatcher.start()
         if self._client is None:
             self._client = self._make_client()
-        s = self.settings
-        delay = s.reconnect_min_delay_s
-        errors: list[str] = []
-        for attempt in range(s.connect_retries + 1):
-            for _ in range(len(self._endpoints)):
-                error = await self._attempt()
-                if error is None:
-                    return
-                errors.append(error)
-                self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
-            log.warning("MQTT connect failed (round %d): %s", attempt + 1, errors[-1])
-            if attempt < s.connect_retries:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, s.reconnect_max_delay_s)
-        await self._dispatcher.stop()
-        raise BusError(
-            f"cannot connect to MQTT broker {self._endpoint_names()} after "
-            f"{s.connect_retries + 1} rounds: {errors[-1] if errors else 'no endpoint'}"
-        )
-
-    def _endpoint_names(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self._endpoints)
+        await self._connect_rounds(self._attempt)
 
     async def _attempt(self) -> str | None:
         """One connection attempt to the current endpoint: None when accepted, else why not.
@@ -351,7 +280,7 @@ class GmqttBus:
             while not self._closing:
                 # fail over: the endpoint that was lost is tried last
                 for _ in range(len(self._endpoints)):
-                    self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
+                    self._next_endpoint()
                     try:
                         if await self._attempt() is None:
                             return
@@ -384,8 +313,7 @@ class GmqttBus:
             with contextlib.suppress(OSError, ConnectionError):
                 await connection.close()
         self._up = False
-        await self._hooks.stop()
-        await self._dispatcher.stop()
+        await self._stop_delivering()
         await asyncio.sleep(0)  # let gmqtt's connection-lost callbacks finish before the loop ends
 
     async def abort(self) -> None:
@@ -396,21 +324,21 @@ class GmqttBus:
             client._is_active = False
             client._connection._transport.abort()
         self._up = False
-        await self._hooks.stop()
-        await self._dispatcher.stop()
+        await self._stop_delivering()
         await asyncio.sleep(0)
 
     # --- gmqtt callbacks (event loop) ----------------------------------------------------------
     def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
-        self._generation += 1
         self._up = True
-        self._stats.connections += 1
-        host, port = self._endpoints[self._endpoint_index]
-        self._stats.endpoint = f"{host}:{port}"
+        connection = self._count_connection()
         receive_max = client._package_handler.id_generator._max
         self._window = max(1, min(self._stats.queue_limit, receive_max - 2))
-        if self._stats.connections > 1:
-            log.info("MQTT reconnected to %s; re-subscribing %d filters", host, len(self._subs))
+        if connection > 1:
+            log.info(
+                "MQTT reconnected to %s; re-subscribing %d filters",
+                self._stats.endpoint,
+                len(self._subs),
+            )
         for topic_filter, sub in self._subs.items():
             fut = self._send_subscribe(topic_filter, sub)
             if fut is not None:
@@ -419,7 +347,7 @@ class GmqttBus:
         loop = asyncio.get_running_loop()
         # after gmqtt's replay of the messages in flight (scheduled before this callback)
         loop.call_soon(self._flush)
-        self._hooks.fire(self._stats.connections)
+        self._hooks.fire(connection)
 
     def _on_subscribe(self, client: Any, mid: int, qos: tuple[int, ...], properties: Any) -> None:
         waiter = self._suback_waiters.pop(mid, None)
@@ -582,12 +510,6 @@ class GmqttBus:
             client.publish(message)
         else:
             self._pending.append(message)
-
-    async def drain(self, timeout_s: float = 5.0) -> None:
-        await self._dispatcher.join(timeout_s)
-
-    def defer_ack(self) -> Ack:
-        return self._dispatcher.defer_ack()
 
 
 def _raw(topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> RawMessage:

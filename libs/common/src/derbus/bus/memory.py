@@ -8,17 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from derbus.bus.base import (
-    Ack,
-    BusStats,
-    ConnectHooks,
-    ConnectListener,
-    Dispatcher,
-    MessageCallback,
-    RawMessage,
-    Will,
-    filter_matches,
-)
+from derbus.bus.base import Ack, BusCore, MessageCallback, RawMessage, filter_matches
 from derbus.errors import BusNotConnectedError
 
 
@@ -149,7 +139,7 @@ def _with_expiry(message: RawMessage, expiry_s: int | None) -> RawMessage:
     )
 
 
-class InMemoryBus:
+class InMemoryBus(BusCore):
     """A bus client on an `InMemoryBroker` (its own unless one is given).
 
     Args:
@@ -164,17 +154,14 @@ class InMemoryBus:
         client_id: str | None = None,
         max_queued: int = 1_000_000,
     ) -> None:
+        super().__init__(max_queued)
         self.broker = broker if broker is not None else InMemoryBroker()
         self.client_id = client_id or None
-        self._dispatcher = Dispatcher()
-        self._hooks = ConnectHooks()
         self._filters: list[str] = []
         self._connected = False
         self._transport_up = False
-        self._will: Will | None = None
         self._outbox: list[tuple[RawMessage, int | None]] = []
         self.published: list[RawMessage] = []
-        self._stats = BusStats(queue_limit=max_queued)
         self._space = asyncio.Event()
         self._unacked: dict[int, RawMessage] = {}
         self._delivery_ids = itertools.count()
@@ -184,24 +171,14 @@ class InMemoryBus:
         return self._connected and self._transport_up
 
     @property
-    def stats(self) -> BusStats:
-        self._stats.queued = len(self._outbox)
-        return self._stats
-
-    @property
-    def reconnects(self) -> int:
-        return self._stats.reconnects
+    def outstanding(self) -> int:
+        """QoS>0 publishes held while the broker is down."""
+        return len(self._outbox)
 
     @property
     def unacknowledged(self) -> list[RawMessage]:
         """QoS>0 deliveries not acknowledged yet (handlers still running, or a deferred ack)."""
         return list(self._unacked.values())
-
-    def defer_ack(self) -> Ack:
-        return self._dispatcher.defer_ack()
-
-    def add_connect_listener(self, listener: ConnectListener) -> None:
-        self._hooks.add(listener)
 
     def _tracked(self, message: RawMessage) -> Ack | None:
         """Record a QoS>0 delivery as unacknowledged; the returned callable acknowledges it."""
@@ -214,9 +191,6 @@ class InMemoryBus:
             self._unacked.pop(key, None)
 
         return ack
-
-    def set_will(self, will: Will) -> None:
-        self._will = will
 
     async def connect(self) -> None:
         self._dispatcher.start()
@@ -254,14 +228,12 @@ class InMemoryBus:
 
     async def close(self) -> None:
         self._disconnect()
-        await self._hooks.stop()
-        await self._dispatcher.stop()
+        await self._stop_delivering()
 
     async def abort(self) -> None:
         """Vanish without a clean disconnect: the broker publishes the last will."""
         self._disconnect()
-        await self._hooks.stop()
-        await self._dispatcher.stop()
+        await self._stop_delivering()
         if self._will is not None:
             will = self._will
             payload = will.payload_for(max(1, self._stats.connections))

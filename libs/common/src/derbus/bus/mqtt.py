@@ -27,35 +27,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from derbus.bus.base import (
-    Ack,
-    BusStats,
-    ConnectHooks,
-    ConnectListener,
-    Dispatcher,
-    MessageCallback,
-    RawMessage,
-    Will,
-    subscription_id,
-    targets,
-)
+from derbus.bus.base import BrokerBusCore, MessageCallback, RawMessage, subscription_id, targets
 from derbus.errors import BusError
 from derbus.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
 
-class MqttBus:
-    """A bus on a real MQTT broker.
+class MqttBus(BrokerBusCore):
+    """A bus on a real MQTT broker (or a cluster of them), on paho.
 
-    Args:
-        settings: broker connection settings.
-        client_id: overrides `settings.client_id`; a fixed id (with `persistent_session`) keeps
-            the session (and QoS 1 messages queued for it) across reconnects and broker restarts.
-        manual_ack: acknowledge QoS 1 deliveries only after the handlers ran.
-        max_queued: overrides `settings.max_queued`: QoS>0 messages published but not yet
-            acknowledged by the broker (or queued while disconnected) above which `publish`
-            waits: back-pressure instead of paho's hard "queue full" error at 65,535 in flight.
+    Args: those of `BrokerBusCore`, and
+        max_queued: also bounds what paho would otherwise refuse with a hard "queue full" error
+            at 65,535 in flight: `publish` waits instead (back-pressure).
         max_inflight: paho's in-flight window; 0 (no window) unless measuring the old setting.
     """
 
@@ -68,30 +52,17 @@ class MqttBus:
         max_inflight: int = 0,
         max_outstanding: int | None = None,
     ) -> None:
-        self.settings = settings
-        self.client_id = client_id or settings.client_id or ""
-        self._persistent = bool(self.client_id) and settings.persistent_session
-        self._v5 = settings.protocol == "5"
-        self._endpoints = settings.endpoints()
-        self._endpoint_index = 0
+        super().__init__(settings, client_id, manual_ack, max_queued or max_outstanding)
         self._max_inflight = max_inflight
-        self._hooks = ConnectHooks()
-        self._stats = BusStats(queue_limit=max_queued or max_outstanding or settings.max_queued)
-        self._manual_ack = manual_ack
-        self._dispatcher = Dispatcher()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[str, int] = {}
         self._sub_ids: dict[str, int] = {}  # MQTT 5 subscription identifier of each filter
         self._id_filters: dict[int, frozenset[str]] = {}
         self._pending_subacks: dict[int, asyncio.Future[None]] = {}
-        self._acked: set[str] = set()
         self._lock = threading.Lock()
         self._transport_up = False
         self._connack: asyncio.Event | None = None
-        self._will: Will | None = None
         self._refused: str | None = None
         self._client: mqtt.Client | None = None
-        self._generation = 0  # connections so far: an ack never crosses into a later connection
         self._in_flight: collections.deque[mqtt.MQTTMessageInfo] = collections.deque()
 
     # --- state --------------------------------------------------------------------------------
@@ -99,21 +70,6 @@ class MqttBus:
     def connected(self) -> bool:
         with self._lock:
             return self._transport_up and all(f in self._acked for f in self._subs)
-
-    def set_will(self, will: Will) -> None:
-        self._will = will
-
-    @property
-    def stats(self) -> BusStats:
-        self._stats.queued = self.outstanding
-        return self._stats
-
-    @property
-    def reconnects(self) -> int:
-        return self._stats.reconnects
-
-    def add_connect_listener(self, listener: ConnectListener) -> None:
-        self._hooks.add(listener)
 
     def _set_will(self, client: mqtt.Client, connection: int) -> None:
         will = self._will
@@ -164,43 +120,12 @@ class MqttBus:
         return client
 
     async def connect(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._start_delivering()
         self._connack = asyncio.Event()
         self._refused = None
-        self._dispatcher.start()
         self._client = client = self._make_client()
+        await self._connect_rounds(functools.partial(self._attempt, client))
         s = self.settings
-        delay = s.reconnect_min_delay_s
-        last_error: Exception | None = None
-        connected = False
-        for attempt in range(s.connect_retries + 1):
-            for _ in range(len(self._endpoints)):
-                host, port = self._endpoints[self._endpoint_index]
-                try:
-                    await asyncio.to_thread(self._connect_to, client, host, port)
-                    connected = True
-                    break
-                except (OSError, ssl.SSLError) as err:
-                    last_error = err
-                    log.warning(
-                        "MQTT connect to %s:%s failed (attempt %d): %s",
-                        host,
-                        port,
-                        attempt + 1,
-                        err,
-                    )
-                    self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
-            if connected:
-                break
-            if attempt < s.connect_retries:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, s.reconnect_max_delay_s)
-        else:
-            await self._dispatcher.stop()
-            raise BusError(
-                f"cannot connect to MQTT broker {self._endpoint_names()} after "
-                f"{s.connect_retries + 1} attempts: {last_error}"
-            ) from last_error
         client.loop_start()
         try:
             await asyncio.wait_for(self._connack.wait(), timeout=max(5.0, s.keepalive_s))
@@ -219,8 +144,14 @@ class MqttBus:
                 f"{s.username!r}: {self._refused}"
             )
 
-    def _endpoint_names(self) -> str:
-        return ",".join(f"{h}:{p}" for h, p in self._endpoints)
+    async def _attempt(self, client: mqtt.Client) -> str | None:
+        """One connection attempt to the current endpoint: None when it is made, else why not."""
+        host, port = self._endpoints[self._endpoint_index]
+        try:
+            await asyncio.to_thread(self._connect_to, client, host, port)
+        except (OSError, ssl.SSLError) as err:
+            return f"{host}:{port}: {err}"
+        return None
 
     def _connect_to(self, client: mqtt.Client, host: str, port: int) -> None:
         s = self.settings
@@ -237,8 +168,7 @@ class MqttBus:
         """Point paho's own reconnect at the next endpoint (network thread, socket closed)."""
         if len(self._endpoints) < 2:
             return
-        self._endpoint_index = (self._endpoint_index + 1) % len(self._endpoints)
-        host, port = self._endpoints[self._endpoint_index]
+        host, port = self._next_endpoint()
         # paho's `host` setter refuses while its state says "connection lost", which is exactly
         # when its own reconnect is about to use `_host`/`_port`: set those.
         client._host, client._port = host, port
@@ -251,8 +181,7 @@ class MqttBus:
             await _stop_network_thread(client, thread)
         with self._lock:
             self._transport_up = False
-        await self._hooks.stop()
-        await self._dispatcher.stop()
+        await self._stop_delivering()
 
     async def abort(self) -> None:
         """Drop the connection without DISCONNECT, as a crash would: the broker sends the will."""
@@ -271,8 +200,7 @@ class MqttBus:
                 sock.close()
         with self._lock:
             self._transport_up = False
-        await self._hooks.stop()
-        await self._dispatcher.stop()
+        await self._stop_delivering()
 
     # --- pub/sub ------------------------------------------------------------------------------
     async def subscribe(self, topic_filter: str, qos: int, callback: MessageCallback) -> None:
@@ -359,12 +287,6 @@ class MqttBus:
             in_flight.popleft()
         return len(in_flight)
 
-    async def drain(self, timeout_s: float = 5.0) -> None:
-        await self._dispatcher.join(timeout_s)
-
-    def defer_ack(self) -> Ack:
-        return self._dispatcher.defer_ack()
-
     # --- paho callbacks (network thread) -------------------------------------------------------
     def _call(self, fn: Any, *args: Any) -> None:
         loop = self._loop
@@ -391,16 +313,14 @@ class MqttBus:
                 self._call(connack.set)
             return
         with self._lock:
-            self._generation += 1
             self._transport_up = True
             self._acked.clear()
             subs = dict(self._subs)
-            self._stats.connections += 1
-            connection = self._stats.connections
-            host, port = self._endpoints[self._endpoint_index]
-            self._stats.endpoint = f"{host}:{port}"
+            connection = self._count_connection()
         if connection > 1:
-            log.info("MQTT reconnected to %s:%s; re-subscribing %d filters", host, port, len(subs))
+            log.info(
+                "MQTT reconnected to %s; re-subscribing %d filters", self._stats.endpoint, len(subs)
+            )
         self._set_will(client, connection + 1)  # sent with the next CONNECT
         for topic_filter, qos in subs.items():
             self._call(self._resubscribe, topic_filter, qos)

@@ -1,11 +1,13 @@
 """Test support: real brokers and databases as fixtures, condition waits, bus recorders."""
 
+from derbus.testing.builders import time_series
 from derbus.testing.servers import (
     ComponentUnavailableError,
     MosquittoServer,
     NatsCluster,
     PostgresServer,
     free_port,
+    mqtt_test_settings,
     port_open,
 )
 from derbus.testing.wait import BusRecorder, wait_for, wait_until
@@ -17,7 +19,9 @@ __all__ = [
     "NatsCluster",
     "PostgresServer",
     "free_port",
+    "mqtt_test_settings",
     "port_open",
+    "time_series",
     "wait_for",
     "wait_until",
 ]

@@ -15,6 +15,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 from urllib.parse import urlparse
 
 import pytest
@@ -27,6 +28,7 @@ from derbus.testing.servers import (
     PostgresServer,
     create_database,
     drop_database,
+    mqtt_test_settings,
     port_open,
     postgres_accepts,
 )
@@ -60,6 +62,27 @@ def _unavailable(what: str, reason: str) -> None:
     pytest.fail(
         f"{what} is required by this test and could not be had{ci}: {reason}", pytrace=False
     )
+
+
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def cleanup(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def _running(server: S, what: str) -> Iterator[S]:
+    """`server` started for a fixture and cleaned up after it; a failed start fails the test."""
+    try:
+        server.start()
+    except ComponentUnavailableError as err:
+        server.cleanup()
+        _unavailable(what, str(err))
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -108,30 +131,13 @@ def _broker_from_container() -> Iterator[BrokerInfo]:  # pragma: no cover - need
 @pytest.fixture
 def restartable_broker() -> Iterator[MosquittoServer]:
     """A Mosquitto of this test's own, which the test may stop, kill and restart."""
-    server = MosquittoServer()
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        _unavailable("a restartable mosquitto", str(err))
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(MosquittoServer(), "a restartable mosquitto")
 
 
 @pytest.fixture
 def nats_cluster() -> Iterator[NatsCluster]:
     """A 3-node NATS JetStream cluster serving MQTT 3.1.1, of this test's own (nodes killable)."""
-    cluster = NatsCluster()
-    try:
-        cluster.start()
-    except ComponentUnavailableError as err:
-        cluster.cleanup()
-        _unavailable("a NATS cluster (nats-server)", str(err))
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _running(NatsCluster(), "a NATS cluster (nats-server)")
 
 
 @pytest.fixture
@@ -143,14 +149,7 @@ def topic_root() -> str:
 @pytest.fixture
 def mqtt_settings(mqtt_broker: BrokerInfo, topic_root: str) -> MqttSettings:
     """Broker settings pointing at the test broker under this test's topic root."""
-    return MqttSettings(
-        host=mqtt_broker.host,
-        port=mqtt_broker.port,
-        root=topic_root,
-        connect_retries=3,
-        reconnect_min_delay_s=0.2,
-        reconnect_max_delay_s=1.0,
-    )
+    return mqtt_test_settings(mqtt_broker.host, mqtt_broker.port, topic_root)
 
 
 @pytest.fixture(scope="session")
@@ -191,28 +190,10 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def restartable_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster of this test's own, which the test may stop and start."""
-    server = PostgresServer()
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        server.cleanup()
-        _unavailable("a restartable PostgreSQL", str(err))
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(PostgresServer(), "a restartable PostgreSQL")
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics() -> Iterator[VictoriaMetricsServer]:
     """A real VictoriaMetrics (InfluxDB v2 write API at `.url`, read back with `.export`)."""
-    server = VictoriaMetricsServer()
-    try:
-        server.start()
-    except ComponentUnavailableError as err:
-        server.cleanup()
-        _unavailable("VictoriaMetrics (the InfluxDB write-path server)", str(err))
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _running(VictoriaMetricsServer(), "VictoriaMetrics (the InfluxDB write-path server)")

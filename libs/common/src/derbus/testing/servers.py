@@ -15,6 +15,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from derbus.settings import MqttSettings
 
 MOSQUITTO_CONF = """\
 # derbus broker: explicit queue limits (the default 1000 silently drops bursts); sessions and
@@ -114,6 +117,20 @@ def find_binary(name: str, extra_dirs: tuple[str, ...] = ()) -> str | None:
     return None
 
 
+def require_binary(name: str) -> str:
+    """Where executable `name` is; ComponentUnavailableError saying how to install it if nowhere.
+
+    The Debian package has the executable's name (mosquitto, nats-server, victoria-metrics).
+    """
+    binary = find_binary(name)
+    if binary is None:
+        raise ComponentUnavailableError(
+            f"{name} is not installed (the Makefile installs it: `make deps` / "
+            f"apt-get install {name})"
+        )
+    return binary
+
+
 def wait_port(
     host: str, port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None
 ) -> None:
@@ -167,11 +184,7 @@ class MosquittoServer:
 
     def start(self) -> MosquittoServer:
         """Start the broker (raises ComponentUnavailableError with the reason)."""
-        binary = find_binary("mosquitto")
-        if binary is None:
-            raise ComponentUnavailableError(
-                "mosquitto is not installed (the Makefile installs it: `make deps` / apt-get install mosquitto)"
-            )
+        binary = require_binary("mosquitto")
         conf = self.data_dir / "mosquitto.conf"
         conf.write_text(
             mosquitto_conf(self.port, self.data_dir, self.allow_anonymous) + self.extra_conf
@@ -206,6 +219,19 @@ class MosquittoServer:
         """Stop and remove the data directory."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def mqtt_test_settings(host: str, port: int, root: str, **fields: Any) -> MqttSettings:
+    """Settings for a test broker under `root`: 3 connect retries, a 0.2-1 s reconnect backoff.
+
+    `fields` set any other setting, or override those three.
+    """
+    quick: dict[str, Any] = {
+        "connect_retries": 3,
+        "reconnect_min_delay_s": 0.2,
+        "reconnect_max_delay_s": 1.0,
+    }
+    return MqttSettings(host=host, port=port, root=root, **(quick | fields))
 
 
 def _pg_bin_dir() -> Path | None:
@@ -420,12 +446,7 @@ class NatsCluster:
 
     def start(self) -> NatsCluster:
         """Start every node and wait until each accepts MQTT connections."""
-        binary = find_binary("nats-server")
-        if binary is None:
-            raise ComponentUnavailableError(
-                "nats-server is not installed (the Makefile installs it: `make deps` / "
-                "apt-get install nats-server)"
-            )
+        require_binary("nats-server")  # before any node: the error says how to install it
         if not self.nodes:
             for i in range(self.size):
                 self.nodes.append(
@@ -480,8 +501,7 @@ class NatsCluster:
 
     def start_node(self, node: NatsNode, wait: bool = True) -> None:
         """(Re)start one node on its ports and folder."""
-        binary = find_binary("nats-server")
-        assert binary is not None
+        binary = require_binary("nats-server")
         routes = ", ".join(f"nats-route://127.0.0.1:{n.cluster_port}" for n in self.nodes)
         node.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.base_dir / f"{node.name}.conf"

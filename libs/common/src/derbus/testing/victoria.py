@@ -17,13 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from derbus.testing.servers import (
-    ComponentUnavailableError,
-    find_binary,
-    free_port,
-    stop_process,
-    wait_port,
-)
+from derbus.testing.servers import free_port, require_binary, stop_process, wait_port
 
 
 @dataclass
@@ -42,12 +36,7 @@ class VictoriaMetricsServer:
 
     def start(self) -> VictoriaMetricsServer:
         """Start the server (raises ComponentUnavailableError with the reason)."""
-        binary = find_binary("victoria-metrics")
-        if binary is None:
-            raise ComponentUnavailableError(
-                "victoria-metrics is not installed (the Makefile installs it: `make deps` / "
-                "apt-get install victoria-metrics)"
-            )
+        binary = require_binary("victoria-metrics")
         log = (self.data_dir / "victoria-metrics.log").open("wb")
         self.proc = subprocess.Popen(
             [
