@@ -294,7 +294,7 @@ def test_solver_failure_raises_solver_error(monkeypatch: pytest.MonkeyPatch) -> 
     def broken(*args: Any, **kwargs: Any) -> float:
         raise ArithmeticError("numerical trouble")
 
-    monkeypatch.setitem(optimizer_module._SOLVERS, "ECOS", broken)
+    monkeypatch.setitem(optimizer_module.SOLVERS, "ECOS", broken)
     with pytest.raises(SolverError, match="numerical trouble"):
         opt.solve(inputs([14, 6], soc_kwh=5))
 

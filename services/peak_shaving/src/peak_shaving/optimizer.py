@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -528,7 +528,7 @@ class ScheduleOptimizer:
         """Call the solver on the current data; the solution in `self._x`."""
         started = time.perf_counter()
         try:
-            status, x = _SOLVERS[name](self.lp(), self.config.solver_time_limit_s)
+            status, x = SOLVERS[name](self.lp(), self.config.solver_time_limit_s)
         except (ValueError, ArithmeticError, RuntimeError) as err:
             raise SolverError(f"{name} failed: {err}") from err
         elapsed = time.perf_counter() - started
@@ -655,7 +655,9 @@ def _highs(lp: LinearProgram, time_limit_s: float) -> tuple[str, FloatArray | No
     return "optimal", np.asarray(highs.getSolution().col_value, dtype=float)
 
 
-_SOLVERS = {"ECOS": _ecos, "CLARABEL": _clarabel, "HIGHS": _highs}
+SolverCall = Callable[[LinearProgram, float], tuple[str, FloatArray | None]]
+SOLVERS: dict[str, SolverCall] = {"ECOS": _ecos, "CLARABEL": _clarabel, "HIGHS": _highs}
+"""Each solver's adapter: (the LP, time limit s) -> (status, solution or None)."""
 
 
 TERMS = ("violation", "change", "energy", "demand", "wear", "end_soc", "reserve")
