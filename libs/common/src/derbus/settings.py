@@ -6,12 +6,14 @@ with the offending field named when a value is invalid.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import typer
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -320,3 +322,15 @@ def load_settings_or_exit(cls: type[S], **overrides: Any) -> S:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+def add_check_config(app: typer.Typer, cls: type[BaseSettings]) -> None:
+    """Give a service's command line `check-config`: its settings validated and printed as JSON.
+
+    An invalid setting exits with status 2 naming the field, as `load_settings_or_exit` does.
+    """
+
+    @app.command("check-config")
+    def check_config() -> None:
+        """Validate the settings from the environment and print them (secrets redacted)."""
+        typer.echo(json.dumps(redacted(load_settings_or_exit(cls)), indent=2))
