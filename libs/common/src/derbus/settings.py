@@ -204,6 +204,10 @@ class InfluxSettings(BaseSettings):
         return plain.model_copy(update={k: getattr(prefixed, k) for k in prefixed.model_fields_set})
 
 
+ApiPort = Annotated[int, Field(ge=0, le=65535, description="API port (0 = any free)")]
+"""The type of `api_port`: a service sets only its default, `api_port: ApiPort = 8103`."""
+
+
 class ServiceSettings(BaseSettings):
     """Base of every service's settings. Subclasses set `env_prefix` and add their fields.
 
@@ -214,7 +218,7 @@ class ServiceSettings(BaseSettings):
     mutable_fields: ClassVar[frozenset[str]] = frozenset()
 
     api_host: str = Field(default="127.0.0.1", description="API listen address")
-    api_port: int = Field(default=8100, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8100
     api_token: SecretStr | None = Field(
         default=None, description="bearer token required by state-changing REST calls"
     )

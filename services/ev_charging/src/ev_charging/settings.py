@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, mod
 from pydantic_settings import SettingsConfigDict
 
 from derbus.messages import ChargingMode, OcppVersion
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.tariff import Tariff
 from derbus.topics import topic_level, validate_id
 
@@ -105,7 +105,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8110, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8110
 
     # --- OCPP central system -------------------------------------------------------------------
     ocpp_host: str = Field(default="127.0.0.1", description="OCPP WebSocket listen address")

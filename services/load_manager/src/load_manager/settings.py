@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.tariff import Tariff
 from derbus.topics import topic_level
 
@@ -90,7 +90,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8107, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8107
 
     # --- net balancing -------------------------------------------------------------------------
     net_balancing_enabled: bool = Field(default=True, description="run the net-balancing loop")

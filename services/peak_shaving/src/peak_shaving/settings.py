@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.topics import topic_level
 from peak_shaving.controller import PmaConfig
 from peak_shaving.optimizer import SCENARIO_LEVELS, EmaConfig
@@ -40,7 +40,7 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         }
     )
 
-    api_port: int = Field(default=8106, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8106
     meter_device_id: Annotated[str, topic_level("device id")] = Field(
         default="pcc", description="device id of the PCC meter"
     )

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from derbus.messages import Priority
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.topics import topic_level
 
 SparkplugId = Annotated[str, topic_level("Sparkplug id")]
@@ -33,7 +33,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8109, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8109
 
     # --- Sparkplug B -----------------------------------------------------------------------
     sparkplug_enabled: bool = Field(default=True, description="run the Sparkplug B edge node")
