@@ -6,12 +6,14 @@ with the offending field named when a value is invalid.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import typer
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -202,6 +204,10 @@ class InfluxSettings(BaseSettings):
         return plain.model_copy(update={k: getattr(prefixed, k) for k in prefixed.model_fields_set})
 
 
+ApiPort = Annotated[int, Field(ge=0, le=65535, description="API port (0 = any free)")]
+"""The type of `api_port`: a service sets only its default, `api_port: ApiPort = 8103`."""
+
+
 class ServiceSettings(BaseSettings):
     """Base of every service's settings. Subclasses set `env_prefix` and add their fields.
 
@@ -212,7 +218,7 @@ class ServiceSettings(BaseSettings):
     mutable_fields: ClassVar[frozenset[str]] = frozenset()
 
     api_host: str = Field(default="127.0.0.1", description="API listen address")
-    api_port: int = Field(default=8100, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8100
     api_token: SecretStr | None = Field(
         default=None, description="bearer token required by state-changing REST calls"
     )
@@ -320,3 +326,15 @@ def load_settings_or_exit(cls: type[S], **overrides: Any) -> S:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+
+
+def add_check_config(app: typer.Typer, cls: type[BaseSettings]) -> None:
+    """Give a service's command line `check-config`: its settings validated and printed as JSON.
+
+    An invalid setting exits with status 2 naming the field, as `load_settings_or_exit` does.
+    """
+
+    @app.command("check-config")
+    def check_config() -> None:
+        """Validate the settings from the environment and print them (secrets redacted)."""
+        typer.echo(json.dumps(redacted(load_settings_or_exit(cls)), indent=2))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import DatabaseSettings, InfluxSettings, ServiceSettings
+from derbus.settings import ApiPort, DatabaseSettings, InfluxSettings, ServiceSettings
 
 _INFLUX_KEYS = ("url", "token", "org", "bucket")
 
@@ -33,7 +33,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8103, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8103
     database: DatabaseSettings = Field(
         default_factory=DatabaseSettings,
         description="cloud database: DATABASE_URL, else SUPABASE_URL + SUPABASE_KEY, else SQLite",

@@ -17,7 +17,7 @@ from console.settings import Settings
 from derbus.acl import new_secret
 from derbus.bus import make_bus
 from derbus.runner import serve
-from derbus.settings import given, load_settings_or_exit, redacted
+from derbus.settings import add_check_config, given, load_settings_or_exit
 
 app = typer.Typer(help="derbus console: the platform in a browser.")
 log = logging.getLogger("console")
@@ -63,10 +63,7 @@ def run(
     serve(build_service(settings, make_bus(settings.mqtt, "console", site_id=settings.site.id)))
 
 
-@app.command("check-config")
-def check_config() -> None:
-    """Validate the settings from the environment and print them (secrets redacted)."""
-    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
+add_check_config(app, Settings)
 
 
 @app.command("feeder-drawing")

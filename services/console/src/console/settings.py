@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.tariff import Tariff
 
 DEFAULT_SERVICE_URLS: dict[str, str] = {
@@ -31,7 +31,7 @@ class Settings(ServiceSettings):
         {"push_interval_s", "rest_interval_s", "history_step_s"}
     )
 
-    api_port: int = Field(default=8100, ge=0, le=65535, description="API and pages port")
+    api_port: ApiPort = Field(default=8100, description="API and pages port")
     service_urls: dict[str, str] = Field(  # type: ignore[pydantic-alias]
         default_factory=lambda: dict(DEFAULT_SERVICE_URLS),
         validation_alias=AliasChoices("CONSOLE_SERVICE_URLS", "DERBUS_SERVICE_URLS"),

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from derbus.messages import Priority
-from derbus.settings import InfluxSettings, ServiceSettings
+from derbus.settings import ApiPort, InfluxSettings, ServiceSettings
 from edge_simulator.ocpp_cp import OcppSimSettings
 
 ALL_DEVICES: tuple[str, ...] = ("pcc", "pv", "battery", "load", "ev", "load1", "load2", "grid")
@@ -25,7 +25,7 @@ class Settings(ServiceSettings):
         {"interval_s", "publish_on_setpoint", "enable_influxdb"}
     )
 
-    api_port: int = Field(default=8101, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8101
     interval_s: float = Field(
         default=1.0, gt=0, le=86_400, description="wall-clock seconds between published steps"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated
 
@@ -10,7 +9,7 @@ import typer
 
 from derbus.bus import make_bus
 from derbus.runner import serve
-from derbus.settings import given, load_settings_or_exit, redacted
+from derbus.settings import add_check_config, given, load_settings_or_exit
 from ev_charging.service import build_service
 from ev_charging.settings import Settings
 
@@ -35,10 +34,7 @@ def run(
     serve(build_service(settings, make_bus(settings.mqtt, "ev_charging", site_id=settings.site.id)))
 
 
-@app.command("check-config")
-def check_config() -> None:
-    """Validate the settings from the environment and print them (secrets redacted)."""
-    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
+add_check_config(app, Settings)
 
 
 def main() -> None:

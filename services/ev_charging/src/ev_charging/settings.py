@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from derbus.messages import ChargingMode, OcppVersion
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.tariff import Tariff
-from derbus.topics import validate_id
+from derbus.topics import topic_level, validate_id
 
 IdTokenPolicy = Literal["allow_list", "accept_any"]
 """How a station's id tokens are judged: only the listed ones, or any (free vending)."""
@@ -22,7 +22,9 @@ class StationConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    site_id: str = Field(description="the derbus site the station belongs to")
+    site_id: Annotated[str, topic_level("site_id")] = Field(
+        description="the derbus site the station belongs to"
+    )
     connectors: int = Field(default=1, ge=1, le=16, description="connectors (1.6) / EVSEs (2.0.1)")
     max_kw: float = Field(default=11.0, gt=0, le=1000, description="rating of each connector, kW")
     min_kw: float = Field(
@@ -36,11 +38,6 @@ class StationConfig(BaseModel):
     )
     id_tokens: tuple[str, ...] = Field(default=(), description="accepted id tokens (RFID, app)")
     mode: ChargingMode | None = Field(default=None, description="default mode (None: service's)")
-
-    @field_validator("site_id")
-    @classmethod
-    def _site(cls, value: str) -> str:
-        return validate_id("site_id", value)
 
     @model_validator(mode="after")
     def _policy(self) -> Self:
@@ -108,7 +105,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8110, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8110
 
     # --- OCPP central system -------------------------------------------------------------------
     ocpp_host: str = Field(default="127.0.0.1", description="OCPP WebSocket listen address")
@@ -121,7 +118,9 @@ class Settings(ServiceSettings):
     accept_unknown: bool = Field(
         default=False, description="accept stations not in `stations` (on `unknown_site_id`)"
     )
-    unknown_site_id: str = Field(default="site-0", description="site of accepted unknown stations")
+    unknown_site_id: Annotated[str, topic_level("site_id")] = Field(
+        default="site-0", description="site of accepted unknown stations"
+    )
     unknown_id_token_policy: IdTokenPolicy = Field(
         default="allow_list", description="id-token policy of accepted unknown stations"
     )
@@ -170,8 +169,3 @@ class Settings(ServiceSettings):
         for station_id in value:
             validate_id("station id", station_id)
         return value
-
-    @field_validator("unknown_site_id")
-    @classmethod
-    def _unknown_site(cls, value: str) -> str:
-        return validate_id("site_id", value)

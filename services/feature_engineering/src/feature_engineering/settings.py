@@ -7,7 +7,7 @@ from typing import ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import DatabaseSettings, ServiceSettings
+from derbus.settings import ApiPort, DatabaseSettings, ServiceSettings
 from derbus.topics import validate_id
 
 
@@ -19,7 +19,7 @@ class Settings(ServiceSettings):
         {"interval_s", "batch_size", "recompute_steps", "max_fill_steps"}
     )
 
-    api_port: int = Field(default=8104, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8104
     database: DatabaseSettings = Field(
         default_factory=DatabaseSettings,
         description="cloud database: DATABASE_URL (Postgres / Supabase) else SQLite in data_dir",

@@ -8,7 +8,7 @@ from typing import ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import DatabaseSettings, ServiceSettings
+from derbus.settings import ApiPort, DatabaseSettings, ServiceSettings
 from derbus.topics import validate_id
 from forecaster.catalogue import KNOWN_MODELS, LEARNED, TARGETS
 from forecaster.coldstart import ColdStartSettings
@@ -22,7 +22,7 @@ class Settings(ServiceSettings):
         {"issue_interval_s", "retrain_interval_h", "test_size", "backtest_folds"}
     )
 
-    api_port: int = Field(default=8105, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8105
     database: DatabaseSettings = Field(
         default_factory=DatabaseSettings,
         description="cloud database with the feature table: DATABASE_URL, else SQLite in data_dir",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ import typer
 from derbus.bus import make_bus
 from derbus.errors import ConfigError
 from derbus.runner import serve
-from derbus.settings import given, load_settings_or_exit, redacted
+from derbus.settings import add_check_config, given, load_settings_or_exit
 from load_manager.cossmic import load_jobs, load_neighbourhood
 from load_manager.service import build_service
 from load_manager.settings import Settings
@@ -59,10 +58,7 @@ def run(
     serve(service)
 
 
-@app.command("check-config")
-def check_config() -> None:
-    """Validate the settings from the environment and print them (secrets redacted)."""
-    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
+add_check_config(app, Settings)
 
 
 @app.command("check-files")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from derbus.tariff import Tariff
-from derbus.topics import validate_id
+from derbus.topics import topic_level
 
 Rule = Literal["hysteresis", "min_on_time", "time_to_consume"]
 """Net-balancing rule: thresholds with a dead band, one threshold plus a minimum on-time, or
@@ -26,7 +26,9 @@ class LoadConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    device_id: str = Field(description="device id of the load (topic level), e.g. load1")
+    device_id: Annotated[str, topic_level("device_id")] = Field(
+        description="device id of the load (topic level), e.g. load1"
+    )
     rated_kw: float = Field(gt=0, le=1000, description="power drawn when on, kW")
     priority: int = Field(default=1, ge=1, description="1 = served first with surplus")
     on_wh: float = Field(default=100.0, description="hysteresis/min-on: switch on at balance >=")
@@ -37,11 +39,6 @@ class LoadConfig(BaseModel):
         default_factory=lambda: list(range(24)),
         description="local hours (0-23) in which the load may be on",
     )
-
-    @field_validator("device_id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id("device_id", value)
 
     @field_validator("allowed_hours")
     @classmethod
@@ -70,16 +67,11 @@ class HouseConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    house_id: str
+    house_id: Annotated[str, topic_level("house_id")]
     connection_limit_kw: float = Field(default=9.2, gt=0, description="max import at the meter")
     devices: dict[str, str] = Field(
         default_factory=dict, description="device id -> type (washing_machine, ev, …)"
     )
-
-    @field_validator("house_id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id("house_id", value)
 
 
 class Settings(ServiceSettings):
@@ -98,7 +90,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8107, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8107
 
     # --- net balancing -------------------------------------------------------------------------
     net_balancing_enabled: bool = Field(default=True, description="run the net-balancing loop")
@@ -110,8 +102,12 @@ class Settings(ServiceSettings):
     loads: list[LoadConfig] = Field(
         default_factory=_field_loads, description="switchable loads (JSON list)"
     )
-    meter_device_id: str = Field(default="pcc", description="device id of the PCC meter")
-    pv_device_id: str = Field(default="pv", description="device id of the PV inverter")
+    meter_device_id: Annotated[str, topic_level("device_id")] = Field(
+        default="pcc", description="device id of the PCC meter"
+    )
+    pv_device_id: Annotated[str, topic_level("device_id")] = Field(
+        default="pv", description="device id of the PV inverter"
+    )
     min_on_time_rule_s: float = Field(
         default=600.0, ge=0, description="min_on_time rule: minimum on-time after switching on, s"
     )
@@ -191,11 +187,6 @@ class Settings(ServiceSettings):
         if value < 60 or 86_400 % value:
             raise ValueError("settlement_period_s must be >= 60 and divide a day (3600, 900, …)")
         return value
-
-    @field_validator("meter_device_id", "pv_device_id")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        return validate_id("device_id", value)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

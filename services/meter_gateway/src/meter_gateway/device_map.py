@@ -20,7 +20,7 @@ from derbus.messages import (
 )
 from derbus.messages.control import SETPOINT_UNITS
 from derbus.messages.telemetry import LoadKind
-from derbus.topics import validate_id
+from derbus.topics import topic_level
 from meter_gateway.registers import (
     MAX_READ_REGISTERS,
     DataType,
@@ -269,8 +269,10 @@ class DeviceDefaults(_Strict):
 class DeviceConfig(_Strict):
     """One device as declared in the YAML."""
 
-    id: str = Field(description="device id: the topic's device level")
-    site_id: str | None = Field(default=None, description="site (default: SITE_ID)")
+    id: Annotated[str, topic_level("id")] = Field(description="device id: the topic's device level")
+    site_id: Annotated[str, topic_level("id")] | None = Field(
+        default=None, description="site (default: SITE_ID)"
+    )
     kind: DeviceKind
     load_kind: LoadKind = Field(default="total", description="for kind load")
     connection: Connection
@@ -286,11 +288,6 @@ class DeviceConfig(_Strict):
     sunspec_base: int | None = Field(default=None, ge=0, le=65535, description="skip the scan")
     sunspec_map: str = Field(default="sunspec_inverter_storage", description="SunSpec field map")
     controls: list[ControlSpec] = Field(default_factory=list)
-
-    @field_validator("id", "site_id")
-    @classmethod
-    def _topic_level(cls, value: str | None) -> str | None:
-        return None if value is None else validate_id("id", value)
 
     @model_validator(mode="after")
     def _check(self) -> DeviceConfig:

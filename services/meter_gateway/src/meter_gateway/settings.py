@@ -8,7 +8,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 
 
 class Settings(ServiceSettings):
@@ -19,7 +19,7 @@ class Settings(ServiceSettings):
         {"retry_backoff_max_s", "control_tick_s", "log_level"}
     )
 
-    api_port: int = Field(default=8102, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8102
     devices_file: Path | None = Field(
         default=None,
         description="devices YAML (connections, register maps, SunSpec, controls); none: no devices",

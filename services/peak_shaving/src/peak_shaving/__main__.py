@@ -9,7 +9,7 @@ import typer
 
 from derbus.bus import make_bus
 from derbus.runner import serve
-from derbus.settings import given, load_settings_or_exit, redacted
+from derbus.settings import add_check_config, given, load_settings_or_exit
 from peak_shaving.optimizer import EmaInputs, ScheduleOptimizer
 from peak_shaving.service import build_service, bus_client_name
 from peak_shaving.settings import Settings
@@ -51,10 +51,7 @@ def run(
     serve(build_service(settings, bus))
 
 
-@app.command("check-config")
-def check_config() -> None:
-    """Validate the settings from the environment and print them (secrets redacted)."""
-    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
+add_check_config(app, Settings)
 
 
 @app.command("solve-demo")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
-from derbus.topics import validate_id
+from derbus.settings import ApiPort, ServiceSettings
+from derbus.topics import topic_level
 from peak_shaving.controller import PmaConfig
 from peak_shaving.optimizer import SCENARIO_LEVELS, EmaConfig
 
@@ -40,9 +40,13 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
         }
     )
 
-    api_port: int = Field(default=8106, ge=0, le=65535, description="API port (0 = any free)")
-    meter_device_id: str = Field(default="pcc", description="device id of the PCC meter")
-    battery_device_id: str = Field(default="battery", description="device id of the battery")
+    api_port: ApiPort = 8106
+    meter_device_id: Annotated[str, topic_level("device id")] = Field(
+        default="pcc", description="device id of the PCC meter"
+    )
+    battery_device_id: Annotated[str, topic_level("device id")] = Field(
+        default="battery", description="device id of the battery"
+    )
     plan_interval_s: float = Field(
         default=900.0, gt=0, description="EMA re-solve period, s (also on every new forecast)"
     )
@@ -115,8 +119,3 @@ class Settings(ServiceSettings, PmaConfig, EmaConfig):
             if index >= count:
                 raise ValueError(f"shard {index} of {count}: k must be below N")
         return value
-
-    @field_validator("meter_device_id", "battery_device_id")
-    @classmethod
-    def _device_id(cls, value: str) -> str:
-        return validate_id("device id", value)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from derbus.bus import MqttBus, make_bus
 from derbus.runner import serve
-from derbus.settings import MqttSettings, given, load_settings_or_exit, redacted
+from derbus.settings import MqttSettings, add_check_config, given, load_settings_or_exit
 from scada_bridge.service import build_service
 from scada_bridge.settings import Settings
 
@@ -60,10 +59,7 @@ def run(
     )
 
 
-@app.command("check-config")
-def check_config() -> None:
-    """Validate the settings from the environment and print them (secrets redacted)."""
-    typer.echo(json.dumps(redacted(load_settings_or_exit(Settings)), indent=2))
+add_check_config(app, Settings)
 
 
 def main() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from derbus.messages import Priority
-from derbus.settings import ServiceSettings
-from derbus.topics import validate_id
+from derbus.settings import ApiPort, ServiceSettings
+from derbus.topics import topic_level
+
+SparkplugId = Annotated[str, topic_level("Sparkplug id")]
+"""An id that stands as a Sparkplug topic level."""
 
 
 class Settings(ServiceSettings):
@@ -30,15 +33,17 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8109, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8109
 
     # --- Sparkplug B -----------------------------------------------------------------------
     sparkplug_enabled: bool = Field(default=True, description="run the Sparkplug B edge node")
-    group_id: str = Field(default="derbus", description="Sparkplug group id (a topic level)")
-    edge_node_id: str = Field(
+    group_id: SparkplugId = Field(
+        default="derbus", description="Sparkplug group id (a topic level)"
+    )
+    edge_node_id: SparkplugId = Field(
         default="derbus-bridge", description="Sparkplug edge node id; each site is a device of it"
     )
-    primary_host_id: str | None = Field(
+    primary_host_id: SparkplugId | None = Field(
         default=None,
         description="Sparkplug primary host id: births wait for its STATE online when set",
     )
@@ -81,11 +86,6 @@ class Settings(ServiceSettings):
     currency: str = Field(
         default="EUR", min_length=3, max_length=3, description="ISO 4217 code of the prices"
     )
-
-    @field_validator("group_id", "edge_node_id", "primary_host_id")
-    @classmethod
-    def _topic_level(cls, value: str | None) -> str | None:
-        return None if value is None else validate_id("Sparkplug id", value)
 
     @field_validator("ha_discovery_prefix", "ha_command_prefix")
     @classmethod

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from derbus.settings import ServiceSettings
+from derbus.settings import ApiPort, ServiceSettings
 from voltage_coordinator.admm import AdmmOptions
 from voltage_coordinator.feeder import Feeder, bundled_feeder
 from voltage_coordinator.optimizer import Limits
@@ -33,7 +33,7 @@ class Settings(ServiceSettings):
         }
     )
 
-    api_port: int = Field(default=8108, ge=0, le=65535, description="API port (0 = any free)")
+    api_port: ApiPort = 8108
     feeder_file: Path | None = Field(
         default=None,
         description="feeder JSON (derbus-feeder/1) or an OpenDSS master file (.dss, imported as "
