@@ -49,7 +49,7 @@ from derbus.bus import Bus, Outcomes, RawMessage, make_bus
 from derbus.messages import SetpointAck, SetpointCommand, utcnow
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, PostgresServer, free_port
+from derbus.testing import MosquittoServer, PostgresServer, free_port, mqtt_test_settings
 from derbus.testing.process import ServiceProcess, service_env
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
@@ -103,10 +103,10 @@ async def crash(part: ServiceProcess, down_s: float) -> float:
 
 
 def mqtt(broker: MosquittoServer, root: str) -> MqttSettings:
-    return MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        root=root,
+    return mqtt_test_settings(
+        broker.host,
+        broker.port,
+        root,
         reconnect_min_delay_s=0.1,
         reconnect_max_delay_s=0.5,
         keepalive_s=5,

@@ -140,8 +140,7 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
 
         # a grid-operator limit: TxProfile → the charger follows → ack after the station accepted
         await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-1", 4.0, 60))
-        await wait_for(lambda: any(a.setpoint_id == "lim-1" for a in acks.values), message="ack")
-        first = next(a for a in acks.values if a.setpoint_id == "lim-1")
+        first = await acks.first(lambda a: a.setpoint_id == "lim-1", message="ack")
         assert first.status == "accepted"
         assert first.applied_value == 4.0
         assert cp.profiles
@@ -213,8 +212,7 @@ async def test_setpoint_while_idle_applies_at_transaction_start(
         await wait_for(lambda: cp.ev.limit_kw == 6.0, message="profile at start")
         # out of the connector's range: rejected, the station keeps its limit
         await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("big", 50.0, 60))
-        await wait_for(lambda: any(a.setpoint_id == "big" for a in acks.values), message="ack")
-        big = next(a for a in acks.values if a.setpoint_id == "big")
+        big = await acks.first(lambda a: a.setpoint_id == "big", message="ack")
         assert big.status == "rejected"
         assert "outside the allowed range" in (big.reason or "")
         assert cp.ev.limit_kw == 6.0

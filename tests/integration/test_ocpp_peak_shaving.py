@@ -198,12 +198,9 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         assert any(s.value == pytest.approx(-BATTERY_KW) for s in battery_setpoints.values)
 
         # ev_charging accepted it after the station took the TxProfile; the charger follows
-        await wait_for(
-            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values),
-            15,
-            message="ack of the EV limit",
+        ack = await acks.first(
+            lambda a: a.setpoint_id == first.setpoint_id, 15, message="ack of the EV limit"
         )
-        ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
         assert ack.status == "accepted", ack
         await wait_for(
             lambda: (

@@ -21,7 +21,7 @@ from derbus import topics
 from derbus.bus import MqttBus
 from derbus.messages import BatteryTelemetry, JobRequest, PriceSeries, TimeSeries, utcnow
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, time_series, wait_for
 from ev_charging.service import build_service
 from ev_charging.settings import PriceSourceConfig, Settings
 from load_manager.service import build_service as build_load_manager
@@ -221,16 +221,7 @@ async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
             await service.start()
             started.append(service)
         battery = BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0)
-        load = TimeSeries(
-            ts=now,
-            source="t",
-            kind="forecast",
-            quantity="load_p_kw",
-            issue_time=now,
-            start=start,
-            step_s=900,
-            values=[30.0] * 96,
-        )
+        load = time_series([30.0] * 96, start, issue_time=now, source="t")
         job = JobRequest(
             ts=now,
             source="scada",

@@ -73,12 +73,11 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         assert first.source == "peak_shaving"
         assert first.priority == "site_optimiser"
         assert first.value == pytest.approx(LIMIT_KW - 0.5 - BASE_LOAD_KW, abs=0.5)
-        await wait_for(
-            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values),
+        ack = await acks.first(
+            lambda a: a.setpoint_id == first.setpoint_id,
             10,
             message="the simulator's ack of the first setpoint",
         )
-        ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
         assert ack.status == "accepted", ack
 
         # the reading the PMA answered, and the readings after it

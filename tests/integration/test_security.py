@@ -24,11 +24,17 @@ from derbus.bus.base import RawMessage
 from derbus.bus.mqtt import MqttBus
 from derbus.errors import BusError
 from derbus.http import TokenDep, make_app
-from derbus.messages import MeterReading, SetpointCommand, TimeSeries
+from derbus.messages import MeterReading, SetpointCommand
 from derbus.messages.control import Priority
 from derbus.service import Service
 from derbus.settings import DatabaseSettings, MqttSettings, ServiceSettings
-from derbus.testing import ComponentUnavailableError, MosquittoServer, free_port, wait_for
+from derbus.testing import (
+    ComponentUnavailableError,
+    MosquittoServer,
+    free_port,
+    time_series,
+    wait_for,
+)
 from derbus.testing.example import EchoSettings, build_echo
 from derbus.topics import TopicSpec
 
@@ -129,16 +135,7 @@ def setpoint(value_kw: float = 2.0) -> bytes:
 
 
 def schedule() -> bytes:
-    return TimeSeries(
-        ts=T0,
-        source="test",
-        kind="schedule",
-        quantity="battery_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[1.0, 0.0],
-    ).to_json_bytes()
+    return time_series([1.0, 0.0], T0, kind="schedule", quantity="battery_p_kw").to_json_bytes()
 
 
 def meter(p_kw: float) -> bytes:
@@ -319,7 +316,7 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     """deploy/mosquitto/mosquitto.conf as shipped, only its container paths and port moved."""
     import getpass
 
-    from derbus.testing.servers import find_binary, stop_process, wait_port
+    from derbus.testing.servers import require_binary, stop_process, wait_port
 
     root = topics.DEFAULT_ROOT
     passwords = {u: acl.new_secret() for u in acl.broker_users()}
@@ -337,10 +334,8 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     )
     text += f"user {getpass.getuser()}\n"  # the container runs as `mosquitto`; here as ourselves
     (config_dir / "mosquitto.conf").write_text(text)
-    binary = find_binary("mosquitto")
-    assert binary, "mosquitto is required (make deps)"
     proc = subprocess.Popen(
-        [binary, "-c", str(config_dir / "mosquitto.conf")],
+        [require_binary("mosquitto"), "-c", str(config_dir / "mosquitto.conf")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

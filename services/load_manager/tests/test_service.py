@@ -19,13 +19,11 @@ from derbus.messages import (
     JobRequest,
     KpiReport,
     MeterReading,
-    PriceSeries,
     PvTelemetry,
     SetpointCommand,
-    TimeSeries,
 )
 from derbus.service import Service
-from derbus.testing import BusRecorder
+from derbus.testing import BusRecorder, price_series, time_series
 from load_manager.manager import LoadManager
 from load_manager.service import build_service
 from load_manager.settings import Settings
@@ -210,16 +208,7 @@ async def publish_ev_job(rig: Rig) -> None:
 
 
 def pv_forecast(rig: Rig, values: list[float], site: str = "site-1") -> tuple[str, bytes]:
-    series = TimeSeries(
-        ts=T0,
-        source="t",
-        kind="forecast",
-        quantity="pv_generation_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=values,
-    )
+    series = time_series(values, T0, source="t", quantity="pv_generation_kw")
     return topics.FORECAST.topic(site, "pv", rig.root), series.to_json_bytes()
 
 
@@ -346,18 +335,14 @@ async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_sta
     def prices(issued: datetime, *, stale: bool) -> bytes:
         dear = [0.40] * 16
         dear[2] = dear[3] = 0.01  # 10:30-11:00 UTC: far cheaper than the tariff at 12:00
-        series = PriceSeries(
-            ts=issued,
-            source="prices",
-            zone="site-1",
-            origin="http",
-            issue_time=issued,
-            start=T0,
+        series = price_series(
+            dear,
+            T0,
             step_s=900,
-            import_per_kwh=dear,
-            valid_until=T0 + timedelta(hours=4),
+            issue_time=issued,
             stale=stale,
-            stale_reason="source down" if stale else None,
+            origin="http",
+            source="prices",
         )
         return series.to_json_bytes()
 

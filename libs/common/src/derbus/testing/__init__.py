@@ -1,6 +1,6 @@
 """Test support: real brokers and databases as fixtures, condition waits, bus recorders."""
 
-from derbus.testing.builders import time_series
+from derbus.testing.builders import price_series, time_series
 from derbus.testing.servers import (
     ComponentUnavailableError,
     MosquittoServer,
@@ -21,6 +21,7 @@ __all__ = [
     "free_port",
     "mqtt_test_settings",
     "port_open",
+    "price_series",
     "time_series",
     "wait_for",
     "wait_until",

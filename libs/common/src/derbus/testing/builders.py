@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from derbus.messages import TimeSeries
+from derbus.messages import PriceOrigin, PriceSeries, TimeSeries
 
 
 def time_series(
@@ -34,5 +34,42 @@ def time_series(
         start=start,
         step_s=step_s,
         values=values,
+        **fields,
+    )
+
+
+def price_series(
+    import_per_kwh: list[float],
+    start: datetime,
+    *,
+    step_s: int = 3600,
+    valid_until: datetime | None = None,
+    issue_time: datetime | None = None,
+    stale: bool = False,
+    zone: str = "site-1",
+    origin: PriceOrigin = "csv",
+    source: str = "test",
+    **fields: Any,
+) -> PriceSeries:
+    """Import prices (per kWh) every `step_s` seconds from `start`.
+
+    It is issued (and stamped) at `issue_time`, by default `start`, and valid until
+    `valid_until`, by default the end of the series; a `stale` series says "source down".
+    `fields` sets the others (`export_per_kwh`, `currency`, `demand_windows`).
+    """
+    issued = start if issue_time is None else issue_time
+    end = start + timedelta(seconds=step_s * len(import_per_kwh))
+    return PriceSeries(
+        ts=issued,
+        source=source,
+        zone=zone,
+        origin=origin,
+        issue_time=issued,
+        start=start,
+        step_s=step_s,
+        import_per_kwh=import_per_kwh,
+        valid_until=end if valid_until is None else valid_until,
+        stale=stale,
+        stale_reason="source down" if stale else None,
         **fields,
     )
