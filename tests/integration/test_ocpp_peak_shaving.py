@@ -24,7 +24,6 @@ from derbus import topics
 from derbus.bus import MqttBus
 from derbus.messages import (
     EvChargerTelemetry,
-    JobRequest,
     MeterReading,
     SetpointAck,
     SetpointCommand,
@@ -32,7 +31,7 @@ from derbus.messages import (
 )
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, job_request, wait_for
 from derbus.testing.servers import free_port
 from edge_simulator.ocpp_cp import OcppSimSettings, SimChargePoint, Version
 from edge_simulator.service import SimClock
@@ -282,15 +281,13 @@ async def test_the_job_scheduler_holds_the_ev_until_its_planned_start(
             topics.FORECAST.topic(SITE, "pv", root), forecast.to_json_bytes(), qos=1, retain=True
         )
         await wait_for(lambda: (SITE, "pv") in jobs.forecasts, 10, message="forecast in")
-        job = JobRequest(
-            ts=utcnow(),
-            source="scada",
+        job = job_request(
+            [4.0],
+            utcnow(),
+            grid_start + timedelta(seconds=40),
             job_id="ev-1",
             house_id=SITE,
             device_id=CHARGER,
-            earliest_start=utcnow(),
-            latest_start=grid_start + timedelta(seconds=40),
-            profile_kw=[4.0],
             step_s=step_s,
         )
         await probe.publish(topics.JOB_REQUEST.topic(SITE, CHARGER, root), job.to_json_bytes())

@@ -19,9 +19,9 @@ import pytest
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import BatteryTelemetry, JobRequest, PriceSeries, TimeSeries, utcnow
+from derbus.messages import BatteryTelemetry, PriceSeries, TimeSeries, utcnow
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, time_series, wait_for
+from derbus.testing import BusRecorder, job_request, time_series, wait_for
 from ev_charging.service import build_service
 from ev_charging.settings import PriceSourceConfig, Settings
 from load_manager.service import build_service as build_load_manager
@@ -222,16 +222,7 @@ async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
             started.append(service)
         battery = BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0)
         load = time_series([30.0] * 96, start, issue_time=now, source="t")
-        job = JobRequest(
-            ts=now,
-            source="scada",
-            job_id="ev1",
-            house_id="site-1",
-            device_id="ev",
-            earliest_start=start,
-            latest_start=start + timedelta(hours=3),
-            profile_kw=[7.0, 7.0],
-        )
+        job = job_request([7.0, 7.0], start, start + timedelta(hours=3), ts=now)
         await observer.publish(
             topics.BATTERY.topic("site-1", "battery", root), battery.to_json_bytes()
         )

@@ -16,14 +16,13 @@ from derbus.bus import InMemoryBroker, InMemoryBus
 from derbus.http import make_app
 from derbus.messages import (
     JobPlan,
-    JobRequest,
     KpiReport,
     MeterReading,
     PvTelemetry,
     SetpointCommand,
 )
 from derbus.service import Service
-from derbus.testing import BusRecorder, price_series, time_series
+from derbus.testing import BusRecorder, job_request, price_series, time_series
 from load_manager.manager import LoadManager
 from load_manager.service import build_service
 from load_manager.settings import Settings
@@ -194,16 +193,7 @@ async def test_metrics_and_balance_endpoints(rig: Rig) -> None:
 
 async def publish_ev_job(rig: Rig) -> None:
     """Request a 2-hour 7 kW EV job at site-1 that may start from T0 to 2 hours later."""
-    req = JobRequest(
-        ts=T0,
-        source="scada",
-        job_id="ev1",
-        house_id="site-1",
-        device_id="ev",
-        earliest_start=T0,
-        latest_start=T0 + timedelta(hours=2),
-        profile_kw=[7.0, 7.0],
-    )
+    req = job_request([7.0, 7.0], T0, T0 + timedelta(hours=2))
     await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
 
 

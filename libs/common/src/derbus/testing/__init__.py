@@ -1,6 +1,6 @@
 """Test support: real brokers and databases as fixtures, condition waits, bus recorders."""
 
-from derbus.testing.builders import price_series, time_series
+from derbus.testing.builders import job_request, price_series, time_series
 from derbus.testing.servers import (
     ComponentUnavailableError,
     MosquittoServer,
@@ -19,6 +19,7 @@ __all__ = [
     "NatsCluster",
     "PostgresServer",
     "free_port",
+    "job_request",
     "mqtt_test_settings",
     "port_open",
     "price_series",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from derbus.messages import PriceOrigin, PriceSeries, TimeSeries
+from derbus.messages import JobRequest, PriceOrigin, PriceSeries, TimeSeries
 
 
 def time_series(
@@ -71,5 +71,34 @@ def price_series(
         valid_until=end if valid_until is None else valid_until,
         stale=stale,
         stale_reason="source down" if stale else None,
+        **fields,
+    )
+
+
+def job_request(
+    profile_kw: list[float],
+    earliest_start: datetime,
+    latest_start: datetime,
+    *,
+    job_id: str = "ev1",
+    house_id: str = "site-1",
+    device_id: str = "ev",
+    source: str = "scada",
+    ts: datetime | None = None,
+    **fields: Any,
+) -> JobRequest:
+    """A job drawing `profile_kw` (one value a step) that may start in the given window.
+
+    It is stamped at `ts`, by default `earliest_start`; `fields` sets `step_s`.
+    """
+    return JobRequest(
+        ts=earliest_start if ts is None else ts,
+        source=source,
+        job_id=job_id,
+        house_id=house_id,
+        device_id=device_id,
+        earliest_start=earliest_start,
+        latest_start=latest_start,
+        profile_kw=profile_kw,
         **fields,
     )
