@@ -21,10 +21,10 @@ import pytest
 from cloud_sync.testing import SyncProcess, stored_rows
 from derbus import topics
 from derbus.bus import Outcomes, RawMessage, make_bus
-from derbus.messages import SetpointAck, SetpointCommand
+from derbus.messages import SetpointAck
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, mqtt_test_settings, wait_for
+from derbus.testing import MosquittoServer, mqtt_test_settings, setpoint_command, wait_for
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
 from edge_simulator.testing import sent_rows
@@ -188,13 +188,8 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
             async def send(n: int) -> None:
                 for _ in range(n):
                     site = sites[len(sent) % len(sites)]
-                    command = SetpointCommand(
-                        ts=sim.clock(),
-                        source="scada",
-                        target="battery_p_kw",
-                        value=-1.0 - len(sent) % 3,
-                        unit="kW",
-                        ttl_s=600,
+                    command = setpoint_command(
+                        -1.0 - len(sent) % 3, sim.clock(), ttl_s=600, source="scada"
                     )
                     topic = topics.SETPOINT.topic(site, "battery", topic_root)
                     outcomes.sent(command.setpoint_id.encode(), 20.0)  # wall seconds to answer

@@ -20,10 +20,10 @@ from websockets.exceptions import InvalidStatus
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import EvChargerTelemetry, EvSession, Priority, SetpointAck, SetpointCommand
+from derbus.messages import EvChargerTelemetry, EvSession, Priority, SetpointAck
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, setpoint_command, wait_for
 from edge_simulator.ocpp_cp import OcppSimSettings, SimChargePoint, Version
 from edge_simulator.service import build_service as build_simulator
 from edge_simulator.settings import Settings as SimSettings
@@ -88,14 +88,13 @@ def latest(rec: BusRecorder[EvChargerTelemetry]) -> EvChargerTelemetry | None:
 
 
 def setpoint(sid: str, value_kw: float, ttl_s: float) -> bytes:
-    return SetpointCommand(
-        ts=datetime.now(UTC),
+    return setpoint_command(
+        value_kw,
+        datetime.now(UTC),
+        target="ev_limit_kw",
+        ttl_s=ttl_s,
         source="scada",
         setpoint_id=sid,
-        target="ev_limit_kw",
-        value=value_kw,
-        unit="kW",
-        ttl_s=ttl_s,
         priority=Priority.GRID_OPERATOR,
     ).to_json_bytes()
 

@@ -32,6 +32,7 @@ from derbus.testing import (
     ComponentUnavailableError,
     MosquittoServer,
     free_port,
+    setpoint_command,
     time_series,
     wait_for,
 )
@@ -130,14 +131,8 @@ class Inbox:
 
 
 def setpoint(value_kw: float = 2.0) -> bytes:
-    return SetpointCommand(
-        ts=datetime.now(UTC),
-        source="test",
-        target="battery_p_kw",
-        value=value_kw,
-        unit="kW",
-        ttl_s=60,
-        priority=Priority.SITE_OPTIMISER,
+    return setpoint_command(
+        value_kw, datetime.now(UTC), priority=Priority.SITE_OPTIMISER
     ).to_json_bytes()
 
 

@@ -20,7 +20,7 @@ from derbus.messages import (
     SetpointCommand,
 )
 from derbus.service import Service
-from derbus.testing import BusRecorder, price_series, wait_for
+from derbus.testing import BusRecorder, price_series, setpoint_command, wait_for
 from edge_simulator.testing import ManualClock
 from ev_charging.charging import EvCharging
 from ev_charging.ocpp_model import MeterSample
@@ -84,14 +84,13 @@ async def world(
 
 
 def command(sid: str, value: float, ttl_s: float, now: datetime) -> SetpointCommand:
-    return SetpointCommand(
-        ts=now,
+    return setpoint_command(
+        value,
+        now,
+        target="ev_limit_kw",
+        ttl_s=ttl_s,
         source="t",
         setpoint_id=sid,
-        target="ev_limit_kw",
-        value=value,
-        unit="kW",
-        ttl_s=ttl_s,
         priority=Priority.SITE_OPTIMISER,
     )
 

@@ -1,6 +1,6 @@
 """Test support: real brokers and databases as fixtures, condition waits, bus recorders."""
 
-from derbus.testing.builders import job_request, price_series, time_series
+from derbus.testing.builders import job_request, price_series, setpoint_command, time_series
 from derbus.testing.servers import (
     ComponentUnavailableError,
     MosquittoServer,
@@ -23,6 +23,7 @@ __all__ = [
     "mqtt_test_settings",
     "port_open",
     "price_series",
+    "setpoint_command",
     "time_series",
     "wait_for",
     "wait_until",

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from derbus.messages import JobRequest, PriceOrigin, PriceSeries, TimeSeries
+from derbus.messages import (
+    SETPOINT_UNITS,
+    JobRequest,
+    PriceOrigin,
+    PriceSeries,
+    SetpointCommand,
+    SetpointTarget,
+    TimeSeries,
+)
 
 
 def time_series(
@@ -100,5 +108,31 @@ def job_request(
         earliest_start=earliest_start,
         latest_start=latest_start,
         profile_kw=profile_kw,
+        **fields,
+    )
+
+
+def setpoint_command(
+    value: float,
+    ts: datetime,
+    *,
+    target: SetpointTarget = "battery_p_kw",
+    ttl_s: float = 60,
+    unit: str | None = None,
+    source: str = "test",
+    **fields: Any,
+) -> SetpointCommand:
+    """A command setting `target` to `value` for `ttl_s` seconds from `ts`.
+
+    `value` is in `unit`, by default the target's (kW, % or bool); `fields` sets the others
+    (`setpoint_id`, `priority`: without one the command is `manual`).
+    """
+    return SetpointCommand(
+        ts=ts,
+        source=source,
+        target=target,
+        value=value,
+        unit=SETPOINT_UNITS[target] if unit is None else unit,
+        ttl_s=ttl_s,
         **fields,
     )
