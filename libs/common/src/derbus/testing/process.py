@@ -15,6 +15,27 @@ import httpx
 from derbus.testing.servers import free_port
 
 
+def up_command(repo: Path, run_root: Path | str, mqtt_port: int, *args: str) -> list[str]:
+    """The command line of `derbus up` from checkout `repo`, its files under `run_root`.
+
+    Every part on a free port but the broker, on `mqtt_port`; `args` are further options.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "derbus.cli",
+        "up",
+        "--repo",
+        str(repo),
+        "--free-ports",
+        "--run-root",
+        str(run_root),
+        "--mqtt-port",
+        str(mqtt_port),
+        *args,
+    ]
+
+
 def modules_loaded_by(
     module: str, candidates: tuple[str, ...], timeout_s: float = 240
 ) -> list[str]:
