@@ -10,6 +10,7 @@ from derbus.testing.servers import (
     mqtt_test_settings,
     port_open,
 )
+from derbus.testing.stack import ServiceStack
 from derbus.testing.wait import BusRecorder, wait_for, wait_until
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "MosquittoServer",
     "NatsCluster",
     "PostgresServer",
+    "ServiceStack",
     "free_port",
     "job_request",
     "mqtt_test_settings",
