@@ -16,7 +16,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from derbus import topics
 from derbus.bus import MqttBus, RawMessage
 from derbus.settings import MqttSettings
 from derbus.testing import free_port
+from derbus.testing.process import up_command
 from derbus.testing.servers import port_open
 from derbus.watch import WatchState
 
@@ -37,20 +37,7 @@ async def one_run(timeout_s: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="chain-bench-") as run_root:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "derbus.cli",
-                "up",
-                "--repo",
-                str(REPO),
-                "--free-ports",
-                "--no-watch",
-                "--run-root",
-                run_root,
-                "--mqtt-port",
-                str(port),
-            ],
+            up_command(REPO, run_root, port, "--no-watch"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

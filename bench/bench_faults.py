@@ -46,10 +46,16 @@ from typing import Any
 from cloud_sync.testing import SyncProcess, stored_rows
 from derbus import topics
 from derbus.bus import Bus, Outcomes, RawMessage, make_bus
-from derbus.messages import SetpointAck, SetpointCommand, utcnow
+from derbus.messages import SetpointAck, utcnow
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, PostgresServer, free_port
+from derbus.testing import (
+    MosquittoServer,
+    PostgresServer,
+    free_port,
+    mqtt_test_settings,
+    setpoint_command,
+)
 from derbus.testing.process import ServiceProcess, service_env
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
@@ -103,10 +109,10 @@ async def crash(part: ServiceProcess, down_s: float) -> float:
 
 
 def mqtt(broker: MosquittoServer, root: str) -> MqttSettings:
-    return MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        root=root,
+    return mqtt_test_settings(
+        broker.host,
+        broker.port,
+        root,
         reconnect_min_delay_s=0.1,
         reconnect_max_delay_s=0.5,
         keepalive_s=5,
@@ -146,13 +152,8 @@ class Scada:
 
     async def run(self, every_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            command = SetpointCommand(
-                ts=self.clock(),
-                source="scada",
-                target="battery_p_kw",
-                value=-1.0 - self.sent % 3,
-                unit="kW",
-                ttl_s=self.ttl_s,
+            command = setpoint_command(
+                -1.0 - self.sent % 3, self.clock(), ttl_s=self.ttl_s, source="scada"
             )
             site = self.sites[self.sent % len(self.sites)]
             key = command.setpoint_id.encode()

@@ -35,9 +35,9 @@ import psutil
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import Priority, SetpointCommand
+from derbus.messages import Priority
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, free_port
+from derbus.testing import MosquittoServer, free_port, setpoint_command
 from edge_simulator.ocpp_cp import OcppSimSettings, SimChargePoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,13 +236,12 @@ async def main(args: argparse.Namespace) -> None:
         for i in range(n_cmds):
             p = points[(i * 7) % len(points)]
             value = round(3.0 + (i % 8) * 0.5, 1)
-            cmd = SetpointCommand(
-                ts=datetime.now(UTC),
-                source="bench",
+            cmd = setpoint_command(
+                value,
+                datetime.now(UTC),
                 target="ev_limit_kw",
-                value=value,
-                unit="kW",
                 ttl_s=600,
+                source="bench",
                 priority=Priority.SITE_OPTIMISER,
             )
             t0 = time.time()

@@ -8,8 +8,7 @@ simulator, every reading the simulator sent stored in PostgreSQL by cloud_sync.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ import pytest
 from cloud_sync.testing import SyncProcess, stored_rows
 from derbus.bus import Bus, make_bus
 from derbus.messages import SetpointAck, SetpointCommand
-from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import NatsCluster, wait_for
+from derbus.testing import NatsCluster, ServiceStack, wait_for
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
 from edge_simulator.testing import sent_rows, steady_site
@@ -42,17 +40,6 @@ def spy(bus: Bus, seen: Callable[[str, bytes], None]) -> None:
         await publish(topic, payload, *args, **kw)
 
     bus.publish = publish_and_note  # type: ignore[method-assign]
-
-
-@contextlib.asynccontextmanager
-async def started(*services: Service[Any, Any]) -> AsyncIterator[None]:
-    for service in services:
-        await service.start()
-    try:
-        yield
-    finally:
-        for service in reversed(services):
-            await service.stop()
 
 
 async def test_one_node_killed_mid_run_loses_no_reading_and_no_setpoint(
@@ -117,7 +104,7 @@ async def test_one_node_killed_mid_run_loses_no_reading_and_no_setpoint(
     )
     try:
         await wait_for(sync.ready, 60, interval=0.2, message="cloud_sync /readyz")
-        async with started(edge, peak_shaving):
+        async with ServiceStack(edge, peak_shaving):
             sim = edge.state
             await wait_for(lambda: len(commands) >= 2, 60, message="peak_shaving commands")
             node = nats_cluster.node_at(edge.bus.stats.endpoint)

@@ -21,15 +21,22 @@ import pytest
 from cloud_sync.testing import SyncProcess, stored_rows
 from derbus import topics
 from derbus.bus import Outcomes, RawMessage, make_bus
-from derbus.messages import SetpointAck, SetpointCommand
+from derbus.messages import SetpointAck
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import MosquittoServer, wait_for
+from derbus.testing import MosquittoServer, mqtt_test_settings, setpoint_command, wait_for
 from edge_simulator.service import build_service as build_edge
 from edge_simulator.settings import Settings as EdgeSettings
 from edge_simulator.testing import sent_rows
 
 pytestmark = pytest.mark.integration
+
+
+def quick_reconnect(broker: MosquittoServer, root: str) -> MqttSettings:
+    """The test broker under `root`, reconnecting after 0.1-0.5 s (these tests kill it)."""
+    return mqtt_test_settings(
+        broker.host, broker.port, root, reconnect_min_delay_s=0.1, reconnect_max_delay_s=0.5
+    )
 
 
 @contextlib.asynccontextmanager
@@ -58,13 +65,7 @@ async def cloud_sync(
 async def edge(broker: MosquittoServer, root: str) -> AsyncIterator[Service[Any, Any]]:
     """The simulator in-process: 3 sites, a step every 0.1 s, everything it sends kept."""
     settings = EdgeSettings(
-        mqtt=MqttSettings(
-            host=broker.host,
-            port=broker.port,
-            root=root,
-            reconnect_min_delay_s=0.1,
-            reconnect_max_delay_s=0.5,
-        ),
+        mqtt=quick_reconnect(broker, root),
         sites=3,
         interval_s=0.1,
         speed=60.0,
@@ -161,13 +162,7 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
     broker = MosquittoServer()
     broker.start()
     scada = make_bus(
-        MqttSettings(
-            host=broker.host,
-            port=broker.port,
-            root=topic_root,
-            reconnect_min_delay_s=0.1,
-            reconnect_max_delay_s=0.5,
-        ),
+        quick_reconnect(broker, topic_root),
         "scada",
         client_id=f"scada-{uuid.uuid4().hex[:8]}",
     )
@@ -193,13 +188,8 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
             async def send(n: int) -> None:
                 for _ in range(n):
                     site = sites[len(sent) % len(sites)]
-                    command = SetpointCommand(
-                        ts=sim.clock(),
-                        source="scada",
-                        target="battery_p_kw",
-                        value=-1.0 - len(sent) % 3,
-                        unit="kW",
-                        ttl_s=600,
+                    command = setpoint_command(
+                        -1.0 - len(sent) % 3, sim.clock(), ttl_s=600, source="scada"
                     )
                     topic = topics.SETPOINT.topic(site, "battery", topic_root)
                     outcomes.sent(command.setpoint_id.encode(), 20.0)  # wall seconds to answer

@@ -23,11 +23,10 @@ from derbus.messages import (
     Priority,
     PvTelemetry,
     SetpointAck,
-    SetpointCommand,
 )
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, free_port, wait_for
+from derbus.testing import BusRecorder, free_port, setpoint_command, wait_for
 from edge_simulator.service import SimClock, build_service
 from edge_simulator.settings import Settings
 from edge_simulator.sunspec import build_layout
@@ -65,13 +64,11 @@ async def test_battery_setpoint_over_mqtt_changes_the_next_readings(
         await recs["bat"].wait(2)
         before: BatteryTelemetry = recs["bat"].values[-1]
         assert before.p_kw <= 0  # self-consumption: no PV at night, the battery covers load
-        cmd = SetpointCommand(
-            ts=service.state.clock(),
-            source="scada",
-            target="battery_p_kw",
-            value=2.0,
-            unit="kW",
+        cmd = setpoint_command(
+            2.0,
+            service.state.clock(),
             ttl_s=600,
+            source="scada",
             priority=Priority.GRID_OPERATOR,
         )
         n_before = len(recs["bat"].values)

@@ -185,13 +185,8 @@ async def test_setpoint_is_written_read_back_acked_and_reverted_after_ttl(gatewa
     assert (await gateway.server.get(2, m123 + 5, 5))[0] == 400
     assert (await gateway.server.get(2, m123 + 9, 1)) == [1]
     rejected = await gateway.send("battery", target="battery_p_kw", value=9, unit="kW", ttl_s=5)
-    await wait_for(
-        lambda: any(a.setpoint_id == rejected.setpoint_id for a in gateway.acks.values), 5
-    )
-    assert (
-        next(a for a in gateway.acks.values if a.setpoint_id == rejected.setpoint_id).status
-        == "rejected"
-    )
+    ack = await gateway.acks.first(lambda a: a.setpoint_id == rejected.setpoint_id, 5)
+    assert ack.status == "rejected"
 
 
 async def test_killed_device_goes_stale_and_recovers_without_restart(gateway: Gateway) -> None:

@@ -20,10 +20,10 @@ from websockets.exceptions import InvalidStatus
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import EvChargerTelemetry, EvSession, Priority, SetpointAck, SetpointCommand
+from derbus.messages import EvChargerTelemetry, EvSession, Priority, SetpointAck
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, setpoint_command, wait_for
 from edge_simulator.ocpp_cp import OcppSimSettings, SimChargePoint, Version
 from edge_simulator.service import build_service as build_simulator
 from edge_simulator.settings import Settings as SimSettings
@@ -88,14 +88,13 @@ def latest(rec: BusRecorder[EvChargerTelemetry]) -> EvChargerTelemetry | None:
 
 
 def setpoint(sid: str, value_kw: float, ttl_s: float) -> bytes:
-    return SetpointCommand(
-        ts=datetime.now(UTC),
+    return setpoint_command(
+        value_kw,
+        datetime.now(UTC),
+        target="ev_limit_kw",
+        ttl_s=ttl_s,
         source="scada",
         setpoint_id=sid,
-        target="ev_limit_kw",
-        value=value_kw,
-        unit="kW",
-        ttl_s=ttl_s,
         priority=Priority.GRID_OPERATOR,
     ).to_json_bytes()
 
@@ -140,8 +139,7 @@ async def test_charger_follows_setpoint_and_reverts_after_ttl(
 
         # a grid-operator limit: TxProfile → the charger follows → ack after the station accepted
         await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("lim-1", 4.0, 60))
-        await wait_for(lambda: any(a.setpoint_id == "lim-1" for a in acks.values), message="ack")
-        first = next(a for a in acks.values if a.setpoint_id == "lim-1")
+        first = await acks.first(lambda a: a.setpoint_id == "lim-1", message="ack")
         assert first.status == "accepted"
         assert first.applied_value == 4.0
         assert cp.profiles
@@ -213,8 +211,7 @@ async def test_setpoint_while_idle_applies_at_transaction_start(
         await wait_for(lambda: cp.ev.limit_kw == 6.0, message="profile at start")
         # out of the connector's range: rejected, the station keeps its limit
         await probe.publish(topics.SETPOINT.topic(SITE, DEVICE, root), setpoint("big", 50.0, 60))
-        await wait_for(lambda: any(a.setpoint_id == "big" for a in acks.values), message="ack")
-        big = next(a for a in acks.values if a.setpoint_id == "big")
+        big = await acks.first(lambda a: a.setpoint_id == "big", message="ack")
         assert big.status == "rejected"
         assert "outside the allowed range" in (big.reason or "")
         assert cp.ev.limit_kw == 6.0

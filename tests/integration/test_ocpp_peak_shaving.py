@@ -24,7 +24,6 @@ from derbus import topics
 from derbus.bus import MqttBus
 from derbus.messages import (
     EvChargerTelemetry,
-    JobRequest,
     MeterReading,
     SetpointAck,
     SetpointCommand,
@@ -32,7 +31,7 @@ from derbus.messages import (
 )
 from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, ServiceStack, job_request, wait_for
 from derbus.testing.servers import free_port
 from edge_simulator.ocpp_cp import OcppSimSettings, SimChargePoint, Version
 from edge_simulator.service import SimClock
@@ -92,21 +91,15 @@ async def test_the_simulators_station_connects_once_the_central_system_is_up(
         clock=SimClock(START, speed=1.0),
         config=steady_site(LOAD_KW, BATTERY_KW, capacity_kwh=50.0),
     )
-    services: list[Service[Any, Any]] = [simulator]
-    try:
-        await simulator.start()  # nobody listens on `port` yet
+    async with ServiceStack() as services:
+        await services.start(simulator)  # nobody listens on `port` yet
         assert ev.values == []
-        csms = central_system(mqtt_settings, ocpp_port=port)
-        services.append(csms)
-        await csms.start()
+        await services.start(central_system(mqtt_settings, ocpp_port=port))
         await wait_for(
             lambda: bool(ev.values) and ev.values[-1].online and ev.values[-1].p_kw > 0,
             20,
             message="the simulator's station connected and charging",
         )
-    finally:
-        for service in reversed(services):
-            await service.stop()
 
 
 async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
@@ -124,11 +117,8 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
     await battery_setpoints.attach(probe, SITE, "battery")
     await acks.attach(probe, SITE, CHARGER)
 
-    services: list[Service[Any, Any]] = []
-    try:
-        csms = central_system(mqtt_settings, ocpp_port=0)
-        services.append(csms)
-        await csms.start()
+    async with ServiceStack() as services:
+        csms = await services.start(central_system(mqtt_settings, ocpp_port=0))
         ocpp = OcppSimSettings(
             url=f"ws://127.0.0.1:{csms.state.csms.port}",
             version=version,
@@ -143,8 +133,7 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
             clock=SimClock(START, speed=1.0),
             config=steady_site(LOAD_KW, BATTERY_KW, capacity_kwh=50.0),
         )
-        services.append(simulator)
-        await simulator.start()
+        await services.start(simulator)
 
         # the vehicle charges at full power, and the PCC carries it: above the limit
         await wait_for(
@@ -177,8 +166,7 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
             ),
             MqttBus(mqtt_settings),
         )
-        services.append(peak_shaving)
-        await peak_shaving.start()
+        await services.start(peak_shaving)
 
         # the battery goes first (at its limit), then the EV gets the rest of the excess. The
         # first limit may be lower: a PCC reading from before the battery's discharge can meet
@@ -198,12 +186,9 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         assert any(s.value == pytest.approx(-BATTERY_KW) for s in battery_setpoints.values)
 
         # ev_charging accepted it after the station took the TxProfile; the charger follows
-        await wait_for(
-            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values),
-            15,
-            message="ack of the EV limit",
+        ack = await acks.first(
+            lambda a: a.setpoint_id == first.setpoint_id, 15, message="ack of the EV limit"
         )
-        ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
         assert ack.status == "accepted", ack
         await wait_for(
             lambda: (
@@ -226,9 +211,6 @@ async def test_peak_shaving_limits_the_ev_and_the_charger_follows(
         # operators see it in the KPIs
         ps = peak_shaving.state
         assert ps.ev.kpis(SITE)["ev_limited"] == 1.0
-    finally:
-        for service in reversed(services):
-            await service.stop()
 
 
 async def test_the_job_scheduler_holds_the_ev_until_its_planned_start(
@@ -240,87 +222,87 @@ async def test_the_job_scheduler_holds_the_ev_until_its_planned_start(
     await ev.attach(probe, SITE, CHARGER)
     await commands.attach(probe, SITE, CHARGER)
     step_s = 2  # an accelerated plan: 2-second steps, a 2-minute horizon
-    services: list[Service[Any, Any]] = []
-    csms = central_system(mqtt_settings, ocpp_port=0)
-    services.append(csms)
-    await csms.start()
-    url = f"ws://127.0.0.1:{csms.state.csms.port}"
-    sim = OcppSimSettings(
-        url=url,
-        version=version,
-        id_token=TAG,
-        meter_interval_s=0.5,
-        plug_in=False,
-        max_kw=EV_KW,
-        ev_max_kw=EV_KW,
-    )
-    cp = SimChargePoint(STATION, url, version, sim)
-    try:
-        lm_settings = LmSettings(
-            mqtt=mqtt_settings,
-            data_dir=tmp_path,
-            net_balancing_enabled=False,
-            plan_step_s=step_s,
-            plan_horizon_steps=60,
-            dispatch_interval_s=0.1,
-            api_port=0,
+    async with ServiceStack() as services:
+        csms = await services.start(central_system(mqtt_settings, ocpp_port=0))
+        url = f"ws://127.0.0.1:{csms.state.csms.port}"
+        sim = OcppSimSettings(
+            url=url,
+            version=version,
+            id_token=TAG,
+            meter_interval_s=0.5,
+            plug_in=False,
+            max_kw=EV_KW,
+            ev_max_kw=EV_KW,
         )
-        load_manager = build_load_manager(lm_settings, MqttBus(mqtt_settings))
-        services.append(load_manager)
-        await load_manager.start()
-        await cp.connect()
-        assert await cp.plug_in(TAG)
-        await wait_for(
-            lambda: bool(ev.values) and ev.values[-1].p_kw > EV_KW - 0.1,
-            20,
-            message="charging at 11 kW",
-        )
-        jobs = load_manager.state.jobs
-        await wait_for(lambda: (SITE, CHARGER) in jobs.ev_chargers, 10, message="charger learnt")
+        cp = SimChargePoint(STATION, url, version, sim)
+        try:
+            lm_settings = LmSettings(
+                mqtt=mqtt_settings,
+                data_dir=tmp_path,
+                net_balancing_enabled=False,
+                plan_step_s=step_s,
+                plan_horizon_steps=60,
+                dispatch_interval_s=0.1,
+                api_port=0,
+            )
+            load_manager = build_load_manager(lm_settings, MqttBus(mqtt_settings))
+            await services.start(load_manager)
+            await cp.connect()
+            assert await cp.plug_in(TAG)
+            await wait_for(
+                lambda: bool(ev.values) and ev.values[-1].p_kw > EV_KW - 0.1,
+                20,
+                message="charging at 11 kW",
+            )
+            jobs = load_manager.state.jobs
+            await wait_for(
+                lambda: (SITE, CHARGER) in jobs.ev_chargers, 10, message="charger learnt"
+            )
 
-        # PV only in the step 12 s ahead: the session is planned there
-        forecast = pv_spike(utcnow(), step_s, at_step=6)
-        grid_start = forecast.start
-        await probe.publish(
-            topics.FORECAST.topic(SITE, "pv", root), forecast.to_json_bytes(), qos=1, retain=True
-        )
-        await wait_for(lambda: (SITE, "pv") in jobs.forecasts, 10, message="forecast in")
-        job = JobRequest(
-            ts=utcnow(),
-            source="scada",
-            job_id="ev-1",
-            house_id=SITE,
-            device_id=CHARGER,
-            earliest_start=utcnow(),
-            latest_start=grid_start + timedelta(seconds=40),
-            profile_kw=[4.0],
-            step_s=step_s,
-        )
-        await probe.publish(topics.JOB_REQUEST.topic(SITE, CHARGER, root), job.to_json_bytes())
+            # PV only in the step 12 s ahead: the session is planned there
+            forecast = pv_spike(utcnow(), step_s, at_step=6)
+            grid_start = forecast.start
+            await probe.publish(
+                topics.FORECAST.topic(SITE, "pv", root),
+                forecast.to_json_bytes(),
+                qos=1,
+                retain=True,
+            )
+            await wait_for(lambda: (SITE, "pv") in jobs.forecasts, 10, message="forecast in")
+            job = job_request(
+                [4.0],
+                utcnow(),
+                grid_start + timedelta(seconds=40),
+                job_id="ev-1",
+                house_id=SITE,
+                device_id=CHARGER,
+                step_s=step_s,
+            )
+            await probe.publish(topics.JOB_REQUEST.topic(SITE, CHARGER, root), job.to_json_bytes())
 
-        # held at 0 kW until the planned start: the charger follows, MeterValues show it
-        await wait_for(lambda: bool(commands.values), 15, message="the hold")
-        hold = commands.values[0]
-        assert (hold.source, hold.target, hold.value) == ("load_manager", "ev_limit_kw", 0.0)
-        planned = jobs.book.entries["ev-1"].planned_start
-        assert planned == step_start(forecast, 6), "placed on the PV step"
-        await wait_for(
-            lambda: ev.values[-1].p_kw == 0.0 and ev.values[-1].limit_kw == 0.0,
-            15,
-            message="held at 0 kW",
-        )
-        assert hold.ts < planned
-        assert hold.ttl_s <= (planned - hold.ts).total_seconds() + 1e-6  # lapses by the start
-        # at the planned start: the job's power for its duration
-        await wait_for(
-            lambda: any(c.value == 4.0 for c in commands.values), 30, message="the start"
-        )
-        start = next(c for c in commands.values if c.value == 4.0)
-        assert start.ts >= planned
-        assert start.ttl_s == step_s
-        await wait_for(lambda: abs(ev.values[-1].p_kw - 4.0) < 1e-6, 15, message="charging at 4 kW")
-    finally:
-        await probe.publish(topics.FORECAST.topic(SITE, "pv", root), b"", retain=True)
-        await cp.close()
-        for service in reversed(services):
-            await service.stop()
+            # held at 0 kW until the planned start: the charger follows, MeterValues show it
+            await wait_for(lambda: bool(commands.values), 15, message="the hold")
+            hold = commands.values[0]
+            assert (hold.source, hold.target, hold.value) == ("load_manager", "ev_limit_kw", 0.0)
+            planned = jobs.book.entries["ev-1"].planned_start
+            assert planned == step_start(forecast, 6), "placed on the PV step"
+            await wait_for(
+                lambda: ev.values[-1].p_kw == 0.0 and ev.values[-1].limit_kw == 0.0,
+                15,
+                message="held at 0 kW",
+            )
+            assert hold.ts < planned
+            assert hold.ttl_s <= (planned - hold.ts).total_seconds() + 1e-6  # lapses by the start
+            # at the planned start: the job's power for its duration
+            await wait_for(
+                lambda: any(c.value == 4.0 for c in commands.values), 30, message="the start"
+            )
+            start = next(c for c in commands.values if c.value == 4.0)
+            assert start.ts >= planned
+            assert start.ttl_s == step_s
+            await wait_for(
+                lambda: abs(ev.values[-1].p_kw - 4.0) < 1e-6, 15, message="charging at 4 kW"
+            )
+        finally:
+            await probe.publish(topics.FORECAST.topic(SITE, "pv", root), b"", retain=True)
+            await cp.close()

@@ -13,15 +13,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from derbus import topics
 from derbus.bus import MqttBus
-from derbus.messages import BatteryTelemetry, JobRequest, PriceSeries, TimeSeries, utcnow
+from derbus.messages import BatteryTelemetry, PriceSeries, TimeSeries, utcnow
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, ServiceStack, job_request, time_series, wait_for
 from ev_charging.service import build_service
 from ev_charging.settings import PriceSourceConfig, Settings
 from load_manager.service import build_service as build_load_manager
@@ -215,62 +214,45 @@ async def test_peak_shaving_and_load_manager_replan_on_prices_then_fall_back(
     schedules: BusRecorder[TimeSeries] = BusRecorder(topics.BATTERY_SCHEDULE, mqtt_settings.root)
     await schedules.attach(observer)
     root = mqtt_settings.root
-    started: list[Any] = []
     try:
-        for service in (ps, lm, ev):
-            await service.start()
-            started.append(service)
-        battery = BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0)
-        load = TimeSeries(
-            ts=now,
-            source="t",
-            kind="forecast",
-            quantity="load_p_kw",
-            issue_time=now,
-            start=start,
-            step_s=900,
-            values=[30.0] * 96,
-        )
-        job = JobRequest(
-            ts=now,
-            source="scada",
-            job_id="ev1",
-            house_id="site-1",
-            device_id="ev",
-            earliest_start=start,
-            latest_start=start + timedelta(hours=3),
-            profile_kw=[7.0, 7.0],
-        )
-        await observer.publish(
-            topics.BATTERY.topic("site-1", "battery", root), battery.to_json_bytes()
-        )
-        await observer.publish(topics.FORECAST.topic("site-1", "load", root), load.to_json_bytes())
-        await observer.publish(topics.JOB_REQUEST.topic("site-1", "ev", root), job.to_json_bytes())
+        async with ServiceStack(ps, lm, ev):
+            battery = BatteryTelemetry(ts=now, source="t", p_kw=0.0, soc_pct=20.0)
+            load = time_series([30.0] * 96, start, issue_time=now, source="t")
+            job = job_request([7.0, 7.0], start, start + timedelta(hours=3), ts=now)
+            await observer.publish(
+                topics.BATTERY.topic("site-1", "battery", root), battery.to_json_bytes()
+            )
+            await observer.publish(
+                topics.FORECAST.topic("site-1", "load", root), load.to_json_bytes()
+            )
+            await observer.publish(
+                topics.JOB_REQUEST.topic("site-1", "ev", root), job.to_json_bytes()
+            )
 
-        def planned_on(prices_status: str) -> bool:
-            return any(s.meta.get("prices", "").startswith(prices_status) for s in schedules.values)
+            def planned_on(prices_status: str) -> bool:
+                return any(
+                    s.meta.get("prices", "").startswith(prices_status) for s in schedules.values
+                )
 
-        await wait_for(lambda: planned_on("series"), 30, message="an EMA plan on the series")
-        plan = next(s for s in schedules.values if s.meta.get("prices") == "series")
-        # the plan starts at the quarter hour it is made in: one later than `start` when the test
-        # straddles a quarter hour (CI run at 99330ec: 14:29:58 → a plan from 14:30)
-        assert timedelta(0) <= plan.start - start <= timedelta(minutes=15), plan.start
-        on_prices = plan.on_grid(start, 900, 44)  # the plan on the price series' quarter hours
-        assert min(on_prices[2:4]) > 1.0  # charges in the cheap half hour
-        assert max(on_prices[40:44]) < -1.0  # discharges when dear
-        await wait_for(lambda: "site-1" in lm.state.jobs.prices.series, message="LM prices")
-        await lm.run_task("job_cycle")
-        entry = lm.state.jobs.book.entries["ev1"]
-        assert entry.planned_start == start + timedelta(minutes=30)
+            await wait_for(lambda: planned_on("series"), 30, message="an EMA plan on the series")
+            plan = next(s for s in schedules.values if s.meta.get("prices") == "series")
+            # the plan starts at the quarter hour it is made in: one later than `start` when the test
+            # straddles a quarter hour (CI run at 99330ec: 14:29:58 → a plan from 14:30)
+            assert timedelta(0) <= plan.start - start <= timedelta(minutes=15), plan.start
+            on_prices = plan.on_grid(start, 900, 44)  # the plan on the price series' quarter hours
+            assert min(on_prices[2:4]) > 1.0  # charges in the cheap half hour
+            assert max(on_prices[40:44]) < -1.0  # discharges when dear
+            await wait_for(lambda: "site-1" in lm.state.jobs.prices.series, message="LM prices")
+            await lm.run_task("job_cycle")
+            entry = lm.state.jobs.book.entries["ev1"]
+            assert entry.planned_start == start + timedelta(minutes=30)
 
-        # the CSV disappears: ev_charging's next read republishes the series marked stale
-        csv.unlink()
-        await wait_for(lambda: planned_on("tariff (series stale"), 30, message="tariff plan")
-        await ps.run_task("replan_all")
-        assert "planned on the configured tariff" in (ps.status().reason or "")
-        await lm.run_task("job_cycle")
-        assert "configured tariff (series stale" in (lm.status().reason or "")
+            # the CSV disappears: ev_charging's next read republishes the series marked stale
+            csv.unlink()
+            await wait_for(lambda: planned_on("tariff (series stale"), 30, message="tariff plan")
+            await ps.run_task("replan_all")
+            assert "planned on the configured tariff" in (ps.status().reason or "")
+            await lm.run_task("job_cycle")
+            assert "configured tariff (series stale" in (lm.status().reason or "")
     finally:
-        for service in reversed(started):
-            await service.stop()
         await observer.close()

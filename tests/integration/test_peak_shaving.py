@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from derbus import topics
 from derbus.bus import MqttBus
 from derbus.messages import KpiReport, MeterReading, SetpointAck, SetpointCommand
-from derbus.service import Service
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, ServiceStack, wait_for
 from edge_simulator.service import SimClock
 from edge_simulator.service import build_service as build_simulator
 from edge_simulator.settings import Settings as SimSettings
@@ -47,9 +45,7 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         clock=SimClock(START, speed=1.0),
         config=steady_site(BASE_LOAD_KW, battery_kw=50.0, capacity_kwh=100.0),
     )
-    services: list[Service[Any, Any]] = [simulator]
-    await simulator.start()
-    try:
+    async with ServiceStack(simulator) as services:
         # the peak, before any controller runs
         await meter.wait(2)
         assert all(r.p_kw > LIMIT_KW + 5 for r in meter.values), meter.values
@@ -66,19 +62,17 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
             battery_max_discharge_kw=50.0,  # steady_site's battery
         )
         peak_shaving = build_peak_shaving(ps_settings, MqttBus(mqtt_settings))
-        services.append(peak_shaving)
-        await peak_shaving.start()
+        await services.start(peak_shaving)
 
         first = (await setpoints.wait(1, timeout=15))[0]
         assert first.source == "peak_shaving"
         assert first.priority == "site_optimiser"
         assert first.value == pytest.approx(LIMIT_KW - 0.5 - BASE_LOAD_KW, abs=0.5)
-        await wait_for(
-            lambda: any(a.setpoint_id == first.setpoint_id for a in acks.values),
+        ack = await acks.first(
+            lambda a: a.setpoint_id == first.setpoint_id,
             10,
             message="the simulator's ack of the first setpoint",
         )
-        ack = next(a for a in acks.values if a.setpoint_id == first.setpoint_id)
         assert ack.status == "accepted", ack
 
         # the reading the PMA answered, and the readings after it
@@ -107,6 +101,3 @@ async def test_import_peak_is_shaved_to_the_limit_within_two_readings(
         sim = simulator.state
         assert sim.immediate_steps >= 1  # the first setpoint was stepped at once
         assert sim.immediate_steps <= sim.steps - sim.immediate_steps
-    finally:
-        for service in reversed(services):
-            await service.stop()

@@ -24,6 +24,7 @@ from derbus.launcher import PLATFORM_FILE, discover_services
 from derbus.messages import ServiceStatus
 from derbus.settings import MqttSettings
 from derbus.testing import free_port, wait_for
+from derbus.testing.process import up_command
 from derbus.testing.servers import wait_port
 from derbus.watch import WatchState
 
@@ -97,20 +98,7 @@ class Launched:
     def __init__(self, run_root: Path, *args: str, tty: bool = False, ignore_sigint: bool = False):
         self.run_root = run_root
         self.mqtt_port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "derbus.cli",
-            "up",
-            "--repo",
-            str(REPO),
-            "--free-ports",
-            "--run-root",
-            str(run_root),
-            "--mqtt-port",
-            str(self.mqtt_port),
-            *args,
-        ]
+        argv = up_command(REPO, run_root, self.mqtt_port, *args)
         self.output = bytearray()
         self._lock = threading.Lock()
         if tty:

@@ -20,15 +20,22 @@ from fastapi.testclient import TestClient
 
 from derbus import acl, topics
 from derbus.bus import InMemoryBus, make_bus
-from derbus.bus.base import RawMessage
+from derbus.bus.base import Bus, RawMessage
 from derbus.bus.mqtt import MqttBus
 from derbus.errors import BusError
 from derbus.http import TokenDep, make_app
-from derbus.messages import MeterReading, SetpointCommand, TimeSeries
+from derbus.messages import MeterReading, SetpointCommand
 from derbus.messages.control import Priority
 from derbus.service import Service
 from derbus.settings import DatabaseSettings, MqttSettings, ServiceSettings
-from derbus.testing import ComponentUnavailableError, MosquittoServer, free_port, wait_for
+from derbus.testing import (
+    ComponentUnavailableError,
+    MosquittoServer,
+    free_port,
+    setpoint_command,
+    time_series,
+    wait_for,
+)
 from derbus.testing.example import EchoSettings, build_echo
 from derbus.topics import TopicSpec
 
@@ -109,6 +116,13 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[RawMessage] = []
 
+    @classmethod
+    async def on(cls, bus: Bus, topic_filter: str) -> Inbox:
+        """A new inbox of what `bus` receives on `topic_filter` (QoS 1), once subscribed."""
+        inbox = cls()
+        await bus.subscribe(topic_filter, 1, inbox)
+        return inbox
+
     async def __call__(self, message: RawMessage) -> None:
         self.messages.append(message)
 
@@ -117,28 +131,13 @@ class Inbox:
 
 
 def setpoint(value_kw: float = 2.0) -> bytes:
-    return SetpointCommand(
-        ts=datetime.now(UTC),
-        source="test",
-        target="battery_p_kw",
-        value=value_kw,
-        unit="kW",
-        ttl_s=60,
-        priority=Priority.SITE_OPTIMISER,
+    return setpoint_command(
+        value_kw, datetime.now(UTC), priority=Priority.SITE_OPTIMISER
     ).to_json_bytes()
 
 
 def schedule() -> bytes:
-    return TimeSeries(
-        ts=T0,
-        source="test",
-        kind="schedule",
-        quantity="battery_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[1.0, 0.0],
-    ).to_json_bytes()
+    return time_series([1.0, 0.0], T0, kind="schedule", quantity="battery_p_kw").to_json_bytes()
 
 
 def meter(p_kw: float) -> bytes:
@@ -193,8 +192,7 @@ async def test_a_service_publishes_its_own_topics_but_not_another_services_setpo
     secured_broker: SecuredBroker, clients: dict[str, MqttBus]
 ) -> None:
     root = secured_broker.root
-    seen = Inbox()
-    await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+    seen = await Inbox.on(clients["scada"], topics.all_topics_filter(root))
     forbidden = topics.SETPOINT.topic("site-1", "battery", root)
     allowed = topics.FORECAST.topic("site-1", "load", root)
     # forecaster may not command a battery
@@ -210,8 +208,7 @@ async def test_a_service_cannot_impersonate_another_services_status(
     secured_broker: SecuredBroker, clients: dict[str, MqttBus]
 ) -> None:
     root = secured_broker.root
-    seen = Inbox()
-    await clients["scada"].subscribe(topics.SERVICE_STATUS.filter(root=root), 1, seen)
+    seen = await Inbox.on(clients["scada"], topics.SERVICE_STATUS.filter(root=root))
     theirs = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "peak_shaving", root)
     mine = topics.SERVICE_STATUS.topic(topics.PLATFORM_SITE, "load_manager", root)
     await assert_dropped(
@@ -228,8 +225,7 @@ async def test_a_service_reads_only_what_it_subscribes(
     # the broker just never delivers.
     await clients["cloud_sync"].subscribe(topics.SETPOINT.filter(root=root), 1, cloud)
     await clients["cloud_sync"].subscribe(topics.BATTERY_SCHEDULE.filter(root=root), 1, cloud)
-    edge = Inbox()
-    await clients["edge_simulator"].subscribe(topics.SETPOINT.filter(root=root), 1, edge)
+    edge = await Inbox.on(clients["edge_simulator"], topics.SETPOINT.filter(root=root))
     set_topic = topics.SETPOINT.topic("site-1", "battery", root)
     schedule_topic = topics.BATTERY_SCHEDULE.topic("site-1", "battery", root)
     await clients["peak_shaving"].publish(set_topic, setpoint(), qos=1)
@@ -243,12 +239,9 @@ async def test_scada_reads_everything_commands_devices_but_cannot_forge_telemetr
     secured_broker: SecuredBroker, clients: dict[str, MqttBus]
 ) -> None:
     root = secured_broker.root
-    edge = Inbox()
-    await clients["edge_simulator"].subscribe(topics.SETPOINT.filter(root=root), 1, edge)
-    seen = Inbox()
-    await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
-    peak = Inbox()
-    await clients["peak_shaving"].subscribe(topics.METER.filter(root=root), 1, peak)
+    edge = await Inbox.on(clients["edge_simulator"], topics.SETPOINT.filter(root=root))
+    seen = await Inbox.on(clients["scada"], topics.all_topics_filter(root))
+    peak = await Inbox.on(clients["peak_shaving"], topics.METER.filter(root=root))
     forged = topics.METER.topic("site-1", "pcc", root)
     command = topics.SETPOINT.topic("site-1", "battery", root)
     await clients["scada"].publish(forged, meter(99.0), qos=1)
@@ -264,8 +257,7 @@ async def test_a_service_status_and_last_will_pass_the_acl(
     secured_broker: SecuredBroker, clients: dict[str, MqttBus]
 ) -> None:
     root = secured_broker.root
-    seen = Inbox()
-    await clients["scada"].subscribe(topics.SERVICE_STATUS.filter(root=root), 1, seen)
+    seen = await Inbox.on(clients["scada"], topics.SERVICE_STATUS.filter(root=root))
     settings = EchoSettings(mqtt=secured_broker.settings("peak_shaving"))
     bus = MqttBus(settings.mqtt)
     service = Service("peak_shaving", settings, bus)
@@ -319,7 +311,7 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     """deploy/mosquitto/mosquitto.conf as shipped, only its container paths and port moved."""
     import getpass
 
-    from derbus.testing.servers import find_binary, stop_process, wait_port
+    from derbus.testing.servers import require_binary, stop_process, wait_port
 
     root = topics.DEFAULT_ROOT
     passwords = {u: acl.new_secret() for u in acl.broker_users()}
@@ -337,10 +329,8 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
     )
     text += f"user {getpass.getuser()}\n"  # the container runs as `mosquitto`; here as ourselves
     (config_dir / "mosquitto.conf").write_text(text)
-    binary = find_binary("mosquitto")
-    assert binary, "mosquitto is required (make deps)"
     proc = subprocess.Popen(
-        [binary, "-c", str(config_dir / "mosquitto.conf")],
+        [require_binary("mosquitto"), "-c", str(config_dir / "mosquitto.conf")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -362,8 +352,7 @@ async def test_the_shipped_broker_config_starts_with_auth_and_the_acl(tmp_path: 
             await MqttBus(base).connect()
         scada = MqttBus(login("scada"))
         await scada.connect()
-        seen = Inbox()
-        await scada.subscribe(topics.all_topics_filter(root), 1, seen)
+        seen = await Inbox.on(scada, topics.all_topics_filter(root))
         gateway = MqttBus(login("meter_gateway"))
         await gateway.connect()
         forbidden = topics.PRICE.topic("site-1", "grid", root)  # only the simulator prices
@@ -441,8 +430,7 @@ async def test_the_tls_listener_option_accepts_service_credentials(tmp_path: Pat
         )
         bus = MqttBus(settings)
         await bus.connect()
-        inbox = Inbox()
-        await bus.subscribe(topics.SETPOINT.filter(root=root), 1, inbox)
+        inbox = await Inbox.on(bus, topics.SETPOINT.filter(root=root))
         topic = topics.SETPOINT.topic("site-1", "battery", root)
         await bus.publish(topic, setpoint(), qos=1)
         await wait_for(lambda: topic in inbox.topics(), 10, message="a setpoint over TLS")
@@ -609,8 +597,7 @@ async def test_each_service_runs_under_its_own_user_and_acl(
     root = secured_broker.root
     scada = secured_broker.bus("scada")
     await scada.connect()
-    seen = Inbox()
-    await scada.subscribe(topics.all_topics_filter(root), 1, seen)
+    seen = await Inbox.on(scada, topics.all_topics_filter(root))
     module = importlib.import_module(f"{name}.service")
     settings_module = importlib.import_module(f"{name}.settings")
     cls = next(
@@ -669,8 +656,7 @@ async def test_each_forbidden_publish_is_dropped_by_the_broker(
     await scada.connect()
     await client.connect()
     try:
-        seen = Inbox()
-        await scada.subscribe(topics.all_topics_filter(root), 1, seen)
+        seen = await Inbox.on(scada, topics.all_topics_filter(root))
         forbidden = spec.topic(site, device, root)
         # A publish this user may make, sent after the forbidden one on the same connection: once
         # it arrives, the broker has handled (and dropped) the forbidden one.
@@ -694,8 +680,7 @@ async def test_a_controller_publishes_its_own_kpi(
     secured_broker: SecuredBroker, clients: dict[str, MqttBus]
 ) -> None:
     root = secured_broker.root
-    seen = Inbox()
-    await clients["scada"].subscribe(topics.KPI.filter(root=root), 1, seen)
+    seen = await Inbox.on(clients["scada"], topics.KPI.filter(root=root))
     for name in ("cloud_sync", "peak_shaving", "load_manager", "voltage_coordinator"):
         site = topics.PLATFORM_SITE if name == "cloud_sync" else "site-1"
         topic = topics.KPI.topic(site, name, root)
@@ -710,10 +695,9 @@ async def test_a_site_publishes_its_own_telemetry_and_reads_only_its_own_command
     site_a = secured_broker.bus("site-a")
     await site_a.connect()
     try:
-        seen, commands = Inbox(), Inbox()
-        await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+        seen = await Inbox.on(clients["scada"], topics.all_topics_filter(root))
         # every site's commands asked for; only site-a's may be delivered
-        await site_a.subscribe(topics.SETPOINT.filter(root=root), 1, commands)
+        commands = await Inbox.on(site_a, topics.SETPOINT.filter(root=root))
         own = [
             topics.METER.topic("site-a", "pcc", root),
             topics.BATTERY.topic("site-a", "battery", root),
@@ -740,8 +724,7 @@ async def test_an_edge_gateway_on_its_sites_credentials_reports_its_status_at_it
     """`MQTT_STATUS_SITE=<site>`: status, dead letters and the last will of a gateway logged in
     as its site pass the ACL at that site's level; another site's or the platform's do not."""
     root = secured_broker.root
-    seen = Inbox()
-    await clients["scada"].subscribe(topics.all_topics_filter(root), 1, seen)
+    seen = await Inbox.on(clients["scada"], topics.all_topics_filter(root))
     mqtt = secured_broker.settings("site-a").model_copy(update={"status_site": "site-a"})
     bus = MqttBus(mqtt)
     service = Service("meter_gateway", EchoSettings(mqtt=mqtt), bus)
@@ -844,8 +827,7 @@ async def test_client_certificates_from_derbus_certs_log_in_as_their_user(tmp_pa
             )
             bus = make_bus(settings, "scada")
             await bus.connect()
-            inbox = Inbox()
-            await bus.subscribe(topics.SETPOINT.filter(root=root), 1, inbox)
+            inbox = await Inbox.on(bus, topics.SETPOINT.filter(root=root))
             topic = topics.SETPOINT.topic("site-1", client, root)
             await bus.publish(topic, setpoint(), qos=1)  # scada's right, by its certificate
             await wait_for(lambda t=topic, i=inbox: t in i.topics(), 10, message=f"{client} mTLS")
@@ -928,8 +910,7 @@ async def test_the_scada_bridge_births_and_discovery_reach_the_scada_through_the
     settings = BridgeSettings(
         data_dir=tmp_path, mqtt=secured_broker.settings("scada_bridge"), link_check_s=0.1
     )
-    seen = Inbox()
-    await clients["scada"].subscribe("spBv1.0/#", 1, seen)
+    seen = await Inbox.on(clients["scada"], "spBv1.0/#")
     await clients["scada"].subscribe(f"{settings.ha_discovery_prefix}/#", 1, seen)
     bridge = build_bridge(
         settings, MqttBus(settings.mqtt), make_link=lambda: MqttBus(link_settings(settings))

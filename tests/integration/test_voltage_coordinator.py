@@ -14,7 +14,7 @@ from derbus import topics
 from derbus.bus import MqttBus
 from derbus.messages import FeederState, PvCurtailmentSet, SetpointAck
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, ServiceStack, wait_for
 from voltage_coordinator.agents import build_area_agent
 from voltage_coordinator.feeder import bundled_feeder
 from voltage_coordinator.optimizer import CentralisedSolver
@@ -66,54 +66,54 @@ async def test_agents_on_the_broker_remove_the_over_voltage(
     acks: BusRecorder[SetpointAck] = BusRecorder(topics.SETPOINT_ACK, mqtt_settings.root)
     for rec in (states, limits, acks):
         await rec.attach(probe, site_id="ieee123")
-    started = [*agents, coordinator, sim]
     try:
-        for svc in started:
-            await svc.start()
-        await states.wait(1, timeout=20)
-        assert _v_max(states.values[0]) > 1.07  # the peak step without control
+        async with ServiceStack(*agents, coordinator, sim):
+            await states.wait(1, timeout=20)
+            assert _v_max(states.values[0]) > 1.07  # the peak step without control
 
-        def fixed() -> bool:
-            return any(
-                _v_max(s) <= 1.05 and s.pv_output_kw != s.pv_available_kw for s in states.values
+            def fixed() -> bool:
+                return any(
+                    _v_max(s) <= 1.05 and s.pv_output_kw != s.pv_available_kw for s in states.values
+                )
+
+            await wait_for(fixed, timeout=45, message="a feeder state inside 1.05 pu")
+            assert (
+                1 <= len(limits.values) <= MAX_CYCLES
+            )  # removed within a bounded number of cycles
+            sent = limits.values[0]
+            assert sent.priority.value == "grid_operator"
+            assert sent.ttl_s == vc_settings.setpoint_ttl_s
+            assert limits.messages[0][0] == topics.PV_CURTAILMENT.topic(
+                "ieee123", "coordinator", mqtt_settings.root
             )
-
-        await wait_for(fixed, timeout=45, message="a feeder state inside 1.05 pu")
-        assert 1 <= len(limits.values) <= MAX_CYCLES  # removed within a bounded number of cycles
-        sent = limits.values[0]
-        assert sent.priority.value == "grid_operator"
-        assert sent.ttl_s == vc_settings.setpoint_ttl_s
-        assert limits.messages[0][0] == topics.PV_CURTAILMENT.topic(
-            "ieee123", "coordinator", mqtt_settings.root
-        )
-        avail = states.values[0].pv_available_kw
-        owner = feeder.area_of()
-        per_group: dict[str, set[float]] = {}
-        for pv in feeder.pvs:
-            group = {"feeder": feeder.feeder_id, "area": owner[pv.bus]}[group_by]
-            if fairness == "none":
-                group = pv.id
-            if fairness != "equal_kw":
-                per_group.setdefault(group, set()).add(
-                    round(1 - sent.limits_kw[pv.id] / avail[pv.id], 4)
-                )
-            elif sent.limits_kw[pv.id] > 1e-3:  # one common kW (the water-filling curtails
-                # some PVs fully, as the centralised solver does)
-                per_group.setdefault(group, set()).add(
-                    round(avail[pv.id] - sent.limits_kw[pv.id], 2)
-                )
-        assert all(len(f) == 1 for f in per_group.values())  # one fair fraction / kW per group
-        decision = coordinator.state.decision
-        reference = CentralisedSolver(feeder, fairness, group_by, vc_settings.limits())  # type: ignore[arg-type]
-        optimum = reference.solve(replace(decision.inputs, v_bias_pu=decision.bias_pu)).curtailed_kw
-        assert decision.curtailment.curtailed_kw == pytest.approx(optimum, rel=1e-3)
-        await acks.wait(1)
-        assert acks.values[0].status == "accepted"
-        assert coordinator.state.decision.method == "agents"
-        assert all(a.state.rounds_done >= 1 for a in agents)
+            avail = states.values[0].pv_available_kw
+            owner = feeder.area_of()
+            per_group: dict[str, set[float]] = {}
+            for pv in feeder.pvs:
+                group = {"feeder": feeder.feeder_id, "area": owner[pv.bus]}[group_by]
+                if fairness == "none":
+                    group = pv.id
+                if fairness != "equal_kw":
+                    per_group.setdefault(group, set()).add(
+                        round(1 - sent.limits_kw[pv.id] / avail[pv.id], 4)
+                    )
+                elif sent.limits_kw[pv.id] > 1e-3:  # one common kW (the water-filling curtails
+                    # some PVs fully, as the centralised solver does)
+                    per_group.setdefault(group, set()).add(
+                        round(avail[pv.id] - sent.limits_kw[pv.id], 2)
+                    )
+            assert all(len(f) == 1 for f in per_group.values())  # one fair fraction / kW per group
+            decision = coordinator.state.decision
+            reference = CentralisedSolver(feeder, fairness, group_by, vc_settings.limits())  # type: ignore[arg-type]
+            optimum = reference.solve(
+                replace(decision.inputs, v_bias_pu=decision.bias_pu)
+            ).curtailed_kw
+            assert decision.curtailment.curtailed_kw == pytest.approx(optimum, rel=1e-3)
+            await acks.wait(1)
+            assert acks.values[0].status == "accepted"
+            assert coordinator.state.decision.method == "agents"
+            assert all(a.state.rounds_done >= 1 for a in agents)
     finally:
-        for svc in reversed(started):
-            await svc.stop()
         await probe.close()
 
 

@@ -14,7 +14,7 @@ from derbus.messages import (
     PvTelemetry,
     ServiceStatus,
 )
-from derbus.testing import time_series
+from derbus.testing import setpoint_command, time_series
 from derbus.watch import WatchState
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -112,7 +112,7 @@ def test_a_feeder_never_shows_as_a_site_even_when_its_kpis_come_first() -> None:
 
 
 def test_the_summary_follows_a_site_along_the_chain() -> None:
-    from derbus.messages import JobPlan, SetpointAck, SetpointCommand
+    from derbus.messages import JobPlan, SetpointAck
 
     state = WatchState(root=ROOT)
     state.update(
@@ -130,15 +130,7 @@ def test_the_summary_follows_a_site_along_the_chain() -> None:
         meta={"plan_status": "ok"},
     )
     state.update(raw(topics.BATTERY_SCHEDULE, "s1", "battery", schedule))
-    first = SetpointCommand(
-        ts=T0,
-        source="peak_shaving",
-        setpoint_id="a",
-        target="battery_p_kw",
-        value=-1.5,
-        unit="kW",
-        ttl_s=3,
-    )
+    first = setpoint_command(-1.5, T0, ttl_s=3, source="peak_shaving", setpoint_id="a")
     state.update(raw(topics.SETPOINT, "s1", "battery", first))
     summary = state.summary(T0)
     assert "PCC 3.00 kW (via meter_gateway)" in summary

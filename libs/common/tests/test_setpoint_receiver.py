@@ -18,7 +18,7 @@ from derbus.service import Service
 from derbus.setpoint_receiver import done, serve_setpoints
 from derbus.setpoints import SetpointArbiter, TargetLimits
 from derbus.settings import ServiceSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, setpoint_command, wait_for
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ROOT = "test/receiver"
@@ -98,15 +98,8 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 def command(sid: str, value: float = 1.0, prio: Priority = Priority.MANUAL) -> bytes:
-    return SetpointCommand(
-        ts=T0,
-        source="scada",
-        setpoint_id=sid,
-        target="battery_p_kw",
-        value=value,
-        unit="kW",
-        ttl_s=60,
-        priority=prio,
+    return setpoint_command(
+        value, T0, source="scada", setpoint_id=sid, priority=prio
     ).to_json_bytes()
 
 

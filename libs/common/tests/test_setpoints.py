@@ -15,6 +15,7 @@ from derbus.setpoints import (
     invalid_command_ack,
     unknown_device_ack,
 )
+from derbus.testing import setpoint_command
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 M, S, G, X = Priority.MANUAL, Priority.SITE_OPTIMISER, Priority.GRID_OPERATOR, Priority.SAFETY
@@ -53,14 +54,12 @@ def run(arbiter: SetpointArbiter, steps: list[Step]) -> None:
     for k, (t_s, action, expected, value) in enumerate(steps):
         now = T0 + timedelta(seconds=t_s)
         if isinstance(action, Submit):
-            cmd = SetpointCommand(
-                ts=now,
+            cmd = setpoint_command(
+                action.value,
+                now,
+                ttl_s=action.ttl_s,
                 source="t",
                 setpoint_id=action.sid,
-                target="battery_p_kw",
-                value=action.value,
-                unit="kW",
-                ttl_s=action.ttl_s,
                 priority=action.priority,
             )
             acks = arbiter.submit(cmd, now)
@@ -186,15 +185,8 @@ def test_every_valid_command_gets_one_first_and_one_final_ack() -> None:
     for k, sid in enumerate(["a", "b", "c", "d", "e", "f"]):
         prio = [M, G, S, X, M, S][k]
         now = T0 + timedelta(seconds=k)
-        cmd = SetpointCommand(
-            ts=now,
-            source="t",
-            setpoint_id=sid,
-            target="battery_p_kw",
-            value=k - 2.5,
-            unit="kW",
-            ttl_s=10 + 7 * k,
-            priority=prio,
+        cmd = setpoint_command(
+            k - 2.5, now, ttl_s=10 + 7 * k, source="t", setpoint_id=sid, priority=prio
         )
         for ack in a.submit(cmd, now):
             firsts.setdefault(ack.setpoint_id, []).append(ack.status)

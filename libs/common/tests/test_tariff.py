@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from derbus.messages import PriceSeries
 from derbus.tariff import PriceBook, Tariff, TouWindow
+from derbus.testing import price_series
 
 
 def test_peak_is_judged_in_local_time() -> None:
@@ -43,19 +44,13 @@ T0 = datetime(2027, 1, 12, 0, 0, tzinfo=UTC)  # a Tuesday
 
 
 def _series(issue: datetime, prices: list[float], *, stale: bool = False) -> PriceSeries:
-    return PriceSeries(
-        ts=issue,
-        source="test",
-        zone="site-1",
-        origin="csv",
+    return price_series(
+        prices,
+        T0,
         issue_time=issue,
-        start=T0,
-        step_s=3600,
-        import_per_kwh=prices,
-        export_per_kwh=[p / 2 for p in prices],
         valid_until=T0 + timedelta(hours=6),
         stale=stale,
-        stale_reason="source down" if stale else None,
+        export_per_kwh=[p / 2 for p in prices],
     )
 
 

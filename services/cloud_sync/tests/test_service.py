@@ -26,10 +26,9 @@ from derbus.messages import (
     PriceTelemetry,
     PvTelemetry,
     ServiceStatus,
-    TimeSeries,
 )
 from derbus.service import Service
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, time_series, wait_for
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 ROOT = "test/v1"
@@ -120,15 +119,10 @@ async def test_every_telemetry_kind_reaches_the_cloud_and_influx(
 
 async def test_forecasts_kpis_and_statuses_go_to_influx_only(settings: Settings, sink: Any) -> None:
     service, pub = await started(settings, sink)
-    forecast = TimeSeries(
-        ts=T0,
+    forecast = time_series(
+        [1.0, 2.0],
+        T0,
         source="forecaster",
-        kind="forecast",
-        quantity="load_p_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=[1.0, 2.0],
         quantiles={"p10": [0.5, 1.0], "p90": [2.0, 3.0]},
         model="gbr",
     )

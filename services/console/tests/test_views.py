@@ -9,6 +9,7 @@ import pytest
 from console.views import FeederDrawing, decide, series_columns, series_mean, voltage_colour
 from derbus.messages import TimeSeries
 from derbus.tariff import Tariff
+from derbus.testing import time_series
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC)
 FLAT = Tariff(
@@ -20,16 +21,7 @@ FLAT = Tariff(
 
 
 def series(values: list[float], kind: str = "forecast", start: datetime = T0) -> TimeSeries:
-    return TimeSeries(
-        ts=start,
-        source="t",
-        kind=kind,
-        quantity="p_kw",  # type: ignore[arg-type]
-        issue_time=start,
-        start=start,
-        step_s=900,
-        values=values,
-    )
+    return time_series(values, start, kind=kind, quantity="p_kw", source="t")  # type: ignore[arg-type]
 
 
 def test_mean_over_a_span_weights_by_time() -> None:

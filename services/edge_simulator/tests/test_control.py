@@ -8,22 +8,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from derbus.messages import Priority, SetpointCommand
+from derbus.messages import Priority, SetpointCommand, SetpointTarget
+from derbus.testing import setpoint_command
 from edge_simulator.control import Controls
 from edge_simulator.testing import T0, make_fleet
 
 
-def cmd(target: str, value: float, ttl_s: float = 60, **kw: Any) -> SetpointCommand:
-    unit = {"battery_p_kw": "kW", "pv_limit_kw": "kW", "pv_limit_pct": "%", "load_on": "bool"}
-    return SetpointCommand(
-        ts=kw.pop("ts", T0),
-        source="t",
-        target=target,
-        value=value,  # type: ignore[arg-type]
-        unit=unit[target],
-        ttl_s=ttl_s,
-        **kw,
-    )
+def cmd(target: SetpointTarget, value: float, ttl_s: float = 60, **kw: Any) -> SetpointCommand:
+    return setpoint_command(value, kw.pop("ts", T0), target=target, ttl_s=ttl_s, source="t", **kw)
 
 
 def test_apply_then_expire_reverts_to_default() -> None:

@@ -15,9 +15,8 @@ from derbus.messages import (
     Priority,
     ReplayRequest,
     SetpointAck,
-    SetpointCommand,
 )
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, setpoint_command, wait_for
 from edge_simulator.resend import SentBuffer
 from edge_simulator.service import build_service
 from edge_simulator.settings import Settings
@@ -48,15 +47,7 @@ async def started(clock: Any, **kw: Any) -> tuple[Any, InMemoryBus, dict[str, Bu
 
 
 def command(value: float, ttl_s: float, clock: Any, **kw: Any) -> bytes:
-    return SetpointCommand(
-        ts=clock(),
-        source="test",
-        target=kw.pop("target", "battery_p_kw"),
-        value=value,
-        unit=kw.pop("unit", "kW"),
-        ttl_s=ttl_s,
-        **kw,
-    ).to_json_bytes()
+    return setpoint_command(value, clock(), ttl_s=ttl_s, **kw).to_json_bytes()
 
 
 async def test_publishes_every_device_of_the_contract(clock: Any) -> None:

@@ -15,13 +15,12 @@ from derbus.http import make_app
 from derbus.messages import (
     MeterReading,
     OcppVersion,
-    PriceSeries,
     Priority,
     SetpointAck,
     SetpointCommand,
 )
 from derbus.service import Service
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, price_series, setpoint_command, wait_for
 from edge_simulator.testing import ManualClock
 from ev_charging.charging import EvCharging
 from ev_charging.ocpp_model import MeterSample
@@ -85,14 +84,13 @@ async def world(
 
 
 def command(sid: str, value: float, ttl_s: float, now: datetime) -> SetpointCommand:
-    return SetpointCommand(
-        ts=now,
+    return setpoint_command(
+        value,
+        now,
+        target="ev_limit_kw",
+        ttl_s=ttl_s,
         source="t",
         setpoint_id=sid,
-        target="ev_limit_kw",
-        value=value,
-        unit="kW",
-        ttl_s=ttl_s,
         priority=Priority.SITE_OPTIMISER,
     )
 
@@ -191,16 +189,8 @@ async def test_price_series_is_used_until_stale(
     world: tuple[Service[Settings, EvCharging], InMemoryBus], clock: ManualClock
 ) -> None:
     state = world[0].state
-    series = PriceSeries(
-        ts=T0,
-        source="p",
-        zone="ES",
-        origin="csv",
-        issue_time=T0,
-        start=T0,
-        step_s=3600,
-        import_per_kwh=[0.5, 0.6],
-        valid_until=T0 + timedelta(hours=1),
+    series = price_series(
+        [0.5, 0.6], T0, valid_until=T0 + timedelta(hours=1), zone="ES", source="p"
     )
     state.on_price_series(SITE, series)
     assert state.import_price(SITE, T0 + timedelta(minutes=70)) == 0.6

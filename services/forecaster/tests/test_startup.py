@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from derbus.testing.process import modules_loaded_by
 
 HEAVY = ("pandas", "numpy", "sklearn", "matplotlib", "pvlib", "holidays", "joblib", "scipy")
 
 
 def test_importing_the_service_loads_no_modelling_library() -> None:
-    code = (
-        "import sys, forecaster.__main__; "
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert out.stdout.strip() == ""
+    assert modules_loaded_by("forecaster.__main__", HEAVY) == []

@@ -2,6 +2,7 @@ from datetime import UTC, datetime
 
 from derbus.messages import TimeSeries
 from derbus.tariff import Tariff
+from derbus.testing import time_series
 from load_manager.jobs import JobBook
 from load_manager.planning import build_problem
 from load_manager.settings import HouseConfig
@@ -10,17 +11,7 @@ T0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
 
 
 def forecast(quantity: str, values: list[float], **quantiles: list[float]) -> TimeSeries:
-    return TimeSeries(
-        ts=T0,
-        source="t",
-        kind="forecast",
-        quantity=quantity,
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=values,
-        quantiles=quantiles,
-    )
+    return time_series(values, T0, source="t", quantity=quantity, quantiles=quantiles)
 
 
 def test_problem_plans_on_the_configured_quantiles_mean_per_step() -> None:

@@ -16,16 +16,13 @@ from derbus.bus import InMemoryBroker, InMemoryBus
 from derbus.http import make_app
 from derbus.messages import (
     JobPlan,
-    JobRequest,
     KpiReport,
     MeterReading,
-    PriceSeries,
     PvTelemetry,
     SetpointCommand,
-    TimeSeries,
 )
 from derbus.service import Service
-from derbus.testing import BusRecorder
+from derbus.testing import BusRecorder, job_request, price_series, time_series
 from load_manager.manager import LoadManager
 from load_manager.service import build_service
 from load_manager.settings import Settings
@@ -196,30 +193,12 @@ async def test_metrics_and_balance_endpoints(rig: Rig) -> None:
 
 async def publish_ev_job(rig: Rig) -> None:
     """Request a 2-hour 7 kW EV job at site-1 that may start from T0 to 2 hours later."""
-    req = JobRequest(
-        ts=T0,
-        source="scada",
-        job_id="ev1",
-        house_id="site-1",
-        device_id="ev",
-        earliest_start=T0,
-        latest_start=T0 + timedelta(hours=2),
-        profile_kw=[7.0, 7.0],
-    )
+    req = job_request([7.0, 7.0], T0, T0 + timedelta(hours=2))
     await rig.pub.publish(topics.JOB_REQUEST.topic("site-1", "ev", rig.root), req.to_json_bytes())
 
 
 def pv_forecast(rig: Rig, values: list[float], site: str = "site-1") -> tuple[str, bytes]:
-    series = TimeSeries(
-        ts=T0,
-        source="t",
-        kind="forecast",
-        quantity="pv_generation_kw",
-        issue_time=T0,
-        start=T0,
-        step_s=900,
-        values=values,
-    )
+    series = time_series(values, T0, source="t", quantity="pv_generation_kw")
     return topics.FORECAST.topic(site, "pv", rig.root), series.to_json_bytes()
 
 
@@ -346,18 +325,14 @@ async def test_jobs_replanned_on_a_price_series_and_on_the_tariff_when_it_is_sta
     def prices(issued: datetime, *, stale: bool) -> bytes:
         dear = [0.40] * 16
         dear[2] = dear[3] = 0.01  # 10:30-11:00 UTC: far cheaper than the tariff at 12:00
-        series = PriceSeries(
-            ts=issued,
-            source="prices",
-            zone="site-1",
-            origin="http",
-            issue_time=issued,
-            start=T0,
+        series = price_series(
+            dear,
+            T0,
             step_s=900,
-            import_per_kwh=dear,
-            valid_until=T0 + timedelta(hours=4),
+            issue_time=issued,
             stale=stale,
-            stale_reason="source down" if stale else None,
+            origin="http",
+            source="prices",
         )
         return series.to_json_bytes()
 

@@ -27,7 +27,7 @@ from derbus.messages import (
     utcnow,
 )
 from derbus.settings import MqttSettings
-from derbus.testing import BusRecorder, wait_for
+from derbus.testing import BusRecorder, price_series, time_series, wait_for
 from peak_shaving.service import build_service, bus_client_name
 from peak_shaving.settings import Settings
 from peak_shaving.state import PeakShaving
@@ -94,15 +94,8 @@ def slots(schedule: TimeSeries, start: datetime, first: int, end: int) -> list[f
 
 def forecast(values: list[float], quantity: str = "load_p_kw") -> TimeSeries:
     now = utcnow()
-    return TimeSeries(
-        ts=now,
-        source="forecaster",
-        kind="forecast",
-        quantity=quantity,
-        issue_time=now,
-        start=interval_start(now),
-        step_s=900,
-        values=values,
+    return time_series(
+        values, interval_start(now), issue_time=now, source="forecaster", quantity=quantity
     )
 
 
@@ -281,15 +274,12 @@ async def test_shifted_fallback_drops_elapsed_steps() -> None:
     plan.battery = BatteryTelemetry(ts=utcnow(), source="t", p_kw=0, soc_pct=50)
     plan.forecasts["load"] = forecast([30.0] * 96)
     start = interval_start(utcnow()) - timedelta(minutes=30)
-    plan.schedule = TimeSeries(
-        ts=start,
-        source="peak_shaving",
+    plan.schedule = time_series(
+        [float(i) for i in range(96)],
+        start,
         kind="schedule",
         quantity="battery_p_kw",
-        issue_time=start,
-        start=start,
-        step_s=900,
-        values=[float(i) for i in range(96)],
+        source="peak_shaving",
     )
     inputs = ps.ema_inputs(SITE, utcnow())
     assert inputs is not None
@@ -352,15 +342,13 @@ async def test_retained_schedule_is_the_prior_after_a_restart() -> None:
     probe = InMemoryBus(broker)
     await probe.connect()
     now = utcnow()
-    old = TimeSeries(
-        ts=now,
-        source="peak_shaving",
+    old = time_series(
+        [-7.0] * 96,
+        interval_start(now),
+        issue_time=now,
         kind="schedule",
         quantity="battery_p_kw",
-        issue_time=now,
-        start=interval_start(now),
-        step_s=900,
-        values=[-7.0] * 96,
+        source="peak_shaving",
         meta={"plan_status": "ok"},
     )
     spec = topics.BATTERY_SCHEDULE
@@ -438,19 +426,16 @@ async def test_ema_replans_on_a_price_series_and_falls_back_to_the_tariff_when_s
         prices[40:48] = [0.95] * 8  # dear: empty it
 
         def series(issued: datetime, *, stale: bool) -> PriceSeries:
-            return PriceSeries(
-                ts=issued,
-                source="prices",
-                zone=SITE,
-                origin="csv",
-                issue_time=issued,
-                start=start,
+            return price_series(
+                prices,
+                start,
                 step_s=900,
-                import_per_kwh=prices,
-                export_per_kwh=[0.0] * 96,
                 valid_until=now + timedelta(days=1),
+                issue_time=issued,
                 stale=stale,
-                stale_reason="source down" if stale else None,
+                zone=SITE,
+                source="prices",
+                export_per_kwh=[0.0] * 96,
             )
 
         async def send(spec: Any, message: Any, device: str) -> None:

@@ -1,4 +1,4 @@
-"""A service as a process of its own, for fault tests and benches: start, stall, kill, ask."""
+"""A service as a process of its own (start, stall, kill, ask); what a fresh import loads."""
 
 from __future__ import annotations
 
@@ -13,6 +13,41 @@ from typing import Any
 import httpx
 
 from derbus.testing.servers import free_port
+
+
+def up_command(repo: Path, run_root: Path | str, mqtt_port: int, *args: str) -> list[str]:
+    """The command line of `derbus up` from checkout `repo`, its files under `run_root`.
+
+    Every part on a free port but the broker, on `mqtt_port`; `args` are further options.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "derbus.cli",
+        "up",
+        "--repo",
+        str(repo),
+        "--free-ports",
+        "--run-root",
+        str(run_root),
+        "--mqtt-port",
+        str(mqtt_port),
+        *args,
+    ]
+
+
+def modules_loaded_by(
+    module: str, candidates: tuple[str, ...], timeout_s: float = 240
+) -> list[str]:
+    """Which of `candidates` a fresh interpreter has loaded after `import module`.
+
+    A bound, not a timing: a fresh interpreter once took over 60 s under a load of ~25.
+    """
+    code = f"import sys, {module}; print(','.join(m for m in {candidates!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=timeout_s
+    )
+    return [name for name in out.stdout.strip().split(",") if name]
 
 
 @dataclass

@@ -84,3 +84,14 @@ class BusRecorder(Generic[M]):
             lambda: len(self.messages) >= count, timeout, message=f"{count} x {self.spec.key}"
         )
         return self.values
+
+    async def first(
+        self, match: Callable[[M], bool], timeout: float = 10.0, message: str | None = None
+    ) -> M:
+        """Wait until a message `match`es (e.g. the ack of one setpoint id); the first that does."""
+        await wait_for(
+            lambda: any(match(m) for m in self.values),
+            timeout,
+            message=message or f"a matching {self.spec.key}",
+        )
+        return next(m for m in self.values if match(m))
