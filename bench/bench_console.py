@@ -37,6 +37,7 @@ from derbus.launcher import ready
 from derbus.messages import MeterReading, utcnow
 from derbus.settings import MqttSettings
 from derbus.testing import MosquittoServer, free_port, wait_until
+from derbus.testing.process import HEADLESS_CHROMIUM_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 OBSERVER = """
@@ -81,13 +82,7 @@ def start_console(mqtt_port: int, api_port: int, data_dir: str) -> subprocess.Po
 def browser() -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,1000",
-    ):
+    for arg in HEADLESS_CHROMIUM_ARGS:
         options.add_argument(arg)
     driver_path = shutil.which("chromedriver") or "chromedriver"
     return webdriver.Chrome(options=options, service=ChromeService(executable_path=driver_path))

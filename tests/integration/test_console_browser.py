@@ -36,6 +36,7 @@ from derbus.launcher import Platform, up, wait_ready
 from derbus.messages import TimeSeries
 from derbus.settings import MqttSettings
 from derbus.testing import free_port
+from derbus.testing.process import HEADLESS_CHROMIUM_ARGS
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -131,14 +132,7 @@ def browser() -> Iterator[WebDriver]:
         )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1280,1000",
-        "--lang=en",
-    ):
+    for arg in (*HEADLESS_CHROMIUM_ARGS, "--lang=en"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=driver_path))

@@ -14,6 +14,16 @@ import httpx
 
 from derbus.testing.servers import free_port
 
+HEADLESS_CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--window-size=1280,1000",
+)
+"""Command-line switches of Debian's chromium run headless in a container, at one page size
+(the console's browser tests and its benchmark)."""
+
 
 def up_command(repo: Path, run_root: Path | str, mqtt_port: int, *args: str) -> list[str]:
     """The command line of `derbus up` from checkout `repo`, its files under `run_root`.
