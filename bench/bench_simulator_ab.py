@@ -5,7 +5,8 @@ Run: .venv/bin/python bench/bench_simulator_ab.py BEFORE_SRC [AFTER_SRC] [--roun
 Each tree is the `src` folder of an edge_simulator checkout (default AFTER: this repository's);
 every round runs each tree in its own subprocess, alternating, so a load swing hits both.
 Per tree: `Fleet.step` time per step for 1 and 1,000 sites (p50, p99, max over 300 / 60 steps
-after a warm-up) and the wall time of a 30-day one-site 5-minute backfill to JSONL.
+after a warm-up), the bus messages of one step of 1,000 sites (`StepView.messages`, 20 steps)
+and the wall time of a 30-day one-site 5-minute backfill to JSONL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from edge_simulator.sim_config import SimConfig
 from edge_simulator.fleet import Fleet, Location
 from edge_simulator.historical import backfill
+from edge_simulator.output import StepView
 from edge_simulator.settings import Settings
 
 T0 = datetime(2026, 6, 22, 6, 0, tzinfo=UTC)
@@ -41,6 +43,16 @@ for n, steps in ((1, 300), (1000, 60)):
         fleet.step(T0 + timedelta(seconds=2 + k), 1.0)
         times.append(time.perf_counter() - t)
     out[f"step_{n}"] = times
+fleet = Fleet(SimConfig(), Location(), 1000, 42, T0)
+times = []
+for k in range(20):
+    result = fleet.step(T0 + timedelta(seconds=1 + k), 1.0)
+    t = time.perf_counter()
+    view = StepView(result)
+    for i in range(1000):
+        view.messages(i, "site")
+    times.append(time.perf_counter() - t)
+out["messages_1000"] = times
 start = datetime(2025, 1, 1, tzinfo=UTC)
 t = time.perf_counter()
 backfill(Settings(interval_s=300.0), SimConfig(), start, start + timedelta(days=30), io.StringIO())
@@ -90,13 +102,14 @@ def main() -> None:
         "tree",
         "step 1 site p50 / p99 / max, ms",
         "step 1,000 sites p50 / p99 / max, ms",
+        "messages of 1,000 sites p50 / p99 / max, ms",
         "30-day backfill s (median of rounds)",
     ):
         table.add_column(col, justify="right")
     medians = {}
     for name, rounds in runs.items():
         cells = []
-        for key in ("step_1", "step_1000"):
+        for key in ("step_1", "step_1000", "messages_1000"):
             values = [v * 1000 for r in rounds for v in r[key]]
             cells.append(f"{pct(values, 0.5):.2f} / {pct(values, 0.99):.2f} / {max(values):.2f}")
         medians[name] = statistics.median(r["backfill_30d"][0] for r in rounds)
