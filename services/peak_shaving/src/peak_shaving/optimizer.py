@@ -202,6 +202,8 @@ class LinearProgram:
     h: FloatArray
     a: Any  # scipy.sparse.csc_matrix
     b: FloatArray
+    bound_rows: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """Rows of `g` that only say `x[j] >= 0` (a solver with column bounds takes them as such)."""
 
     def solve_ecos(self, **options: Any) -> dict[str, Any]:
         """ECOS on this LP, nothing around it (the reference the benchmark compares with)."""
@@ -273,6 +275,8 @@ class ScheduleOptimizer:
                 )
 
         eq_rows = ineq_rows = 0
+        bound_rows: list[Any] = []
+        bound_cols: list[Any] = []
         for s in range(count):
             o = s * size
             ch, dis = o + at["ch"] + steps, o + at["dis"] + steps
@@ -292,6 +296,8 @@ class ScheduleOptimizer:
             r = ineq_rows
             nonneg = o + np.concatenate([np.arange(9 * n), [at["end_short"]]])
             block(ineq, r, [(nonneg, -1.0)])
+            bound_rows.append(r + np.arange(nonneg.size))
+            bound_cols.append(nonneg)
             r += 9 * n + 1
             reserve_short = o + at["reserve_short"] + steps
             v_imp, v_exp = o + at["v_imp"] + steps, o + at["v_exp"] + steps
@@ -319,6 +325,8 @@ class ScheduleOptimizer:
             return sp.csc_matrix((vals, (rows, cols)), shape=(m, nv))
 
         self._a, self._g = matrix(eq, eq_rows), matrix(ineq, ineq_rows)
+        self._bound_rows = np.concatenate(bound_rows).astype(np.int64)
+        self._bound_cols = np.concatenate(bound_cols).astype(np.int64)
         self._b, self._h = np.zeros(eq_rows), np.zeros(ineq_rows)
         self._c = np.zeros(nv)
         self._term_costs = np.zeros((len(TERMS), nv))
@@ -409,7 +417,7 @@ class ScheduleOptimizer:
 
     def lp(self) -> LinearProgram:
         """The LP with the data of the last solve (or zeros before the first)."""
-        return LinearProgram(self._c, self._g, self._h, self._a, self._b)
+        return LinearProgram(self._c, self._g, self._h, self._a, self._b, self._bound_rows)
 
     def value(self, name: str, scenario: int = 0) -> FloatArray:
         """A variable of the last solve (`ch`, `dis`, `soc`, ... as in the class docstring)."""
@@ -535,6 +543,8 @@ class ScheduleOptimizer:
         self.solves += 1
         if status not in _OK_STATUSES or x is None or not np.isfinite(x).all():
             raise SolverError(f"{name} returned status {status}")
+        # an interior-point solver ends a hair outside x >= 0 (-1e-9): report the bound held
+        x[self._bound_cols] = np.maximum(x[self._bound_cols], 0.0)
         self._x = x
         return status, elapsed
 
@@ -633,14 +643,20 @@ def _highs(lp: LinearProgram, time_limit_s: float) -> tuple[str, FloatArray | No
     import highspy
     import scipy.sparse as sp
 
-    matrix = sp.vstack([lp.a, lp.g]).tocsc()
+    # the rows that only bound a variable below by 0 become column bounds (a smaller model)
+    rows = np.ones(lp.h.shape[0], dtype=bool)
+    rows[lp.bound_rows] = False
+    matrix = sp.vstack([lp.a, lp.g[rows]]).tocsc()
+    inf = highspy.kHighsInf
     model = highspy.HighsLp()
     model.num_col_, model.num_row_ = matrix.shape[1], matrix.shape[0]
     model.col_cost_ = lp.c
-    model.col_lower_ = np.full(matrix.shape[1], -highspy.kHighsInf)
-    model.col_upper_ = np.full(matrix.shape[1], highspy.kHighsInf)
-    model.row_lower_ = np.concatenate([lp.b, np.full(lp.h.shape[0], -highspy.kHighsInf)])
-    model.row_upper_ = np.concatenate([lp.b, lp.h])
+    lower = np.full(matrix.shape[1], -inf)
+    lower[lp.g[lp.bound_rows].tocsr().indices] = 0.0  # one column per bound row
+    model.col_lower_ = lower
+    model.col_upper_ = np.full(matrix.shape[1], inf)
+    model.row_lower_ = np.concatenate([lp.b, np.full(int(rows.sum()), -inf)])
+    model.row_upper_ = np.concatenate([lp.b, lp.h[rows]])
     model.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     model.a_matrix_.start_ = matrix.indptr
     model.a_matrix_.index_ = matrix.indices
