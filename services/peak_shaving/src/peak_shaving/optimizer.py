@@ -314,6 +314,8 @@ class ScheduleOptimizer:
             block(ineq, r + 5 * n, [([peak], -1.0)])  # peak >= floor
             block(ineq, r + 5 * n + 1, [([peak], 1.0)])  # peak <= cap
             ineq_rows = r + 5 * n + 2
+            if s == 0:  # every scenario's block has the same rows: its size, for the data
+                self._eq_size, self._ineq_size = eq_rows, ineq_rows
         for s in range(1, count):  # non-anticipativity: the first step is one decision for all
             for name in ("ch", "dis"):
                 block(eq, eq_rows, [([s * size + at[name]], 1.0), ([at[name]], -1.0)])
@@ -350,7 +352,7 @@ class ScheduleOptimizer:
         """Fill `b` and `h` (the caps on the peaks are set by `_set_caps`)."""
         n = self._n
         e_lo, e_hi, e_reserve, e_end = e_bounds
-        eq_size, ineq_size = 3 * n + 1, 17 * n + 4
+        eq_size, ineq_size = self._eq_size, self._ineq_size
         for s, net in enumerate(nets):
             self._b[s * eq_size : (s + 1) * eq_size] = np.concatenate(
                 ([soc0], np.zeros(n), net, prior)
@@ -373,9 +375,8 @@ class ScheduleOptimizer:
 
     def _set_caps(self, caps: Sequence[float]) -> None:
         """Hold each scenario's peak at or below its cap (the last inequality of its block)."""
-        ineq_size = 17 * self._n + 4
         for s, cap in enumerate(caps):
-            self._h[(s + 1) * ineq_size - 1] = cap
+            self._h[(s + 1) * self._ineq_size - 1] = cap
 
     def _set_costs(
         self, price: FloatArray, feed: FloatArray, demand: float, soft: tuple[float, float]
@@ -383,21 +384,22 @@ class ScheduleOptimizer:
         """The objective, term by term: `_term_costs[k] @ x` is term `TERMS[k]`."""
         cfg, n, at, dt = self.config, self._n, self._at, self._dt_h
         end_w, reserve_w = soft
-        per_var = {
-            "violation": (("v_imp", cfg.violation_penalty_per_kwh * dt), ("v_exp", None)),
-            "change": (("up", cfg.change_penalty_per_kwh * dt), ("down", None)),
+        violation = cfg.violation_penalty_per_kwh * dt
+        change = cfg.change_penalty_per_kwh * dt
+        wear = cfg.wear_cost_per_kwh * dt
+        per_var: dict[str, tuple[tuple[str, Any], ...]] = {
+            "violation": (("v_imp", violation), ("v_exp", violation)),
+            "change": (("up", change), ("down", change)),
             "energy": (("g_imp", dt * price), ("g_exp", -dt * feed)),
             "demand": (("peak", demand),),
-            "wear": (("ch", cfg.wear_cost_per_kwh * dt), ("dis", None)),
+            "wear": (("ch", wear), ("dis", wear)),
             "end_soc": (("end_short", end_w),),
             "reserve": (("reserve_short", reserve_w * dt),),
         }
         costs = self._term_costs
         costs[:] = 0.0
         for k, term in enumerate(TERMS):
-            value: Any = 0.0
-            for var, given in per_var[term]:
-                value = value if given is None else given  # None: the same as the one before
+            for var, value in per_var[term]:
                 width = 1 if var in ("peak", "end_short") else n
                 for s, weight in enumerate(self.weights):
                     first = s * self._size + at[var]
