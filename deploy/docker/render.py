@@ -95,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         stale.append(path.relative_to(REPO))
         if not args.check:
             path.write_text(text)
+            print(f"wrote {stale[-1]}")
     if args.check and stale:
         print("not rendered from deploy/docker/service.Dockerfile.in (run make dockerfiles):")
         print("\n".join(f"  {p}" for p in stale))
         return 1
-    for p in [] if args.check else stale:
-        print(f"wrote {p}")
     return 0
 
 
