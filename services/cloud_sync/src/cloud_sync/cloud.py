@@ -14,7 +14,11 @@ them into `readings`. Monthly partitions are created ahead of the months being w
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import struct
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,7 +28,7 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from cloud_sync.readings import ReadingBatch
+from cloud_sync.readings import ReadingBatch, SeriesKey
 from derbus.errors import ConfigError, StorageError
 from derbus.messages import format_utc
 from derbus.settings import DatabaseSettings
@@ -57,6 +61,15 @@ class CloudStore(Protocol):
 
         Raises:
             StorageError: nothing of the batch may be assumed stored.
+        """
+        ...
+
+    def write_many(self, batches: Iterable[ReadingBatch]) -> int:
+        """Store many batches idempotently (an import); returns the readings newly stored (-1:
+        unknown).
+
+        Raises:
+            StorageError: what went before may be stored (storing again stores it once).
         """
         ...
 
@@ -134,6 +147,88 @@ def copy_binary(
     rec["v_len"] = 8
     rec["v"] = value
     return _COPY_HEADER + rec.tobytes() + _COPY_TRAILER
+
+
+def _stage_months(pg: Any, token: str, batches: Iterable[ReadingBatch]) -> list[tuple[int, int]]:
+    """`COPY` the readings into one unlogged table per UTC month (`import_<token>_yYYYYmMM`, key
+    index, time, value) and their series into `import_<token>_keys` (k, names, and r: the rank of
+    the series in the primary key's order); returns the months, committed."""
+    keys: dict[SeriesKey, int] = {}
+    months: set[tuple[int, int]] = set()
+    with pg.cursor() as cur:
+        for batch in batches:
+            if not len(batch):
+                continue
+            remap = np.array([keys.setdefault(k, len(keys)) for k in batch.keys], np.uint32)
+            key_idx = remap[batch.key_idx]
+            month = batch.time_us.astype("datetime64[us]").astype("datetime64[M]").astype(int)
+            for m in np.unique(month).tolist():
+                ym = (1970 + m // 12, m % 12 + 1)
+                stage = f"import_{token}_y{ym[0]:04d}m{ym[1]:02d}"
+                if ym not in months:
+                    cur.execute(
+                        f"CREATE UNLOGGED TABLE {stage} (k int4, time timestamptz, value float8)"
+                    )
+                    months.add(ym)
+                rows = month == m
+                with cur.copy(f"COPY {stage} (k, time, value) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.write(copy_binary(key_idx[rows], batch.time_us[rows], batch.value[rows]))
+        cur.execute(
+            f"CREATE UNLOGGED TABLE import_{token}_keys (k int4 PRIMARY KEY, site_id text,"
+            " device_id text, metric text, r int4)"
+        )
+        with cur.copy(f"COPY import_{token}_keys (k, site_id, device_id, metric) FROM STDIN") as cp:
+            for key, k in keys.items():
+                cp.write_row((k, *key))
+        # r: a new month's rows are written sorted by (r, time) — an integer sort — so that the
+        # build of its primary key gets them in order
+        cur.execute(
+            f"UPDATE import_{token}_keys i SET r = o.r FROM (SELECT k, row_number() OVER"  # noqa: S608
+            f" (ORDER BY site_id, metric, device_id) AS r FROM import_{token}_keys) o"
+            " WHERE o.k = i.k"
+        )
+    pg.commit()
+    return sorted(months)
+
+
+def _drop_stage(pg: Any, token: str) -> None:
+    """Drop an import's staging tables."""
+    with pg.cursor() as cur:
+        cur.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (f"import_{token}_%",)
+        )
+        for (name,) in cur.fetchall():
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+    pg.commit()
+
+
+def _partition_indexes(cur: Any, part: str) -> list[tuple[str, str]]:
+    """(statement, index name) that give a new table `part` the primary key and the indexes of
+    `readings` (so that attaching it as a partition adopts them instead of building its own)."""
+    cur.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+        " WHERE conrelid = %s::regclass AND contype = 'p'",
+        (READINGS_TABLE,),
+    )
+    out = [
+        (f"ALTER TABLE {part} ADD CONSTRAINT {part}_pkey {row[0]}", f"{part}_pkey")
+        for row in cur.fetchall()
+    ]
+    cur.execute(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index"
+        " WHERE indrelid = %s::regclass AND NOT indisprimary ORDER BY indexrelid",
+        (READINGS_TABLE,),
+    )
+    for i, (definition,) in enumerate(cur.fetchall()):
+        found = _INDEX_DEF.match(definition)
+        if found is None:  # not a plain index: attaching builds it
+            continue
+        name = f"{part}_idx{i}"
+        out.append((f"CREATE {found['unique'] or ''}INDEX {name} ON {part} {found['rest']}", name))
+    return out
+
+
+_INDEX_DEF = re.compile(r"^CREATE (?P<unique>UNIQUE )?INDEX \S+ ON ONLY \S+ (?P<rest>USING .*)$")
 
 
 def month_starts(now: datetime, months_ahead: int) -> set[tuple[int, int]]:
@@ -245,9 +340,8 @@ class SqlCloudStore:
                 " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
             )
             self.metadata.create_all(conn, tables=[self.table])
-            conn.exec_driver_sql(
-                f"CREATE INDEX IF NOT EXISTS readings_series_idx ON {READINGS_TABLE}"
-                " (site_id, metric, device_id, time)"
+            conn.exec_driver_sql(  # the key leads with the series; time-range scans use this
+                f"CREATE INDEX IF NOT EXISTS readings_time_idx ON {READINGS_TABLE} (time)"
             )
             conn.execute(
                 sa.text(f"INSERT OR IGNORE INTO {MIGRATIONS_TABLE} (version) VALUES (:v)"),  # noqa: S608
@@ -326,6 +420,127 @@ class SqlCloudStore:
                     return int(cur.rowcount)
         except psycopg.Error as err:
             raise StorageError(f"write to {self.description} failed: {_short(err)}") from err
+
+    def write_many(self, batches: Iterable[ReadingBatch], *, workers: int = 2) -> int:
+        """Store many batches (`cloud-sync import`); returns the readings newly stored.
+
+        SQLite: batch by batch (`write`). PostgreSQL: every reading is first `COPY`'d into an
+        unlogged table per UTC month (`import_<token>_yYYYYmMM`, dropped at the end), then the
+        months are stored by `workers` connections in parallel, each month in a transaction:
+
+        * a month without a partition yet is **built whole**: its rows (one per key and time)
+          go into a new table without indexes, in the order of the primary key; the primary key
+          and indexes of `readings` are built once on the full table (a sorted build instead of
+          a B-tree insert per row); then, under the lock of `readings_ensure_partition`, rows of
+          that month waiting in `readings_default` are moved in (their values win: they were
+          stored first) and the table is attached as the month's partition (a CHECK constraint spares the attach its scan). If another
+          writer created the partition meanwhile, the rows are merged into it instead.
+        * a month that has a partition is merged as `write` does (`ON CONFLICT DO NOTHING`).
+
+        A failure leaves the months stored before it; importing again stores each reading once.
+        Of a series' reading given twice in the batches, one value is stored.
+        """
+        if self.dialect != "postgresql":
+            return sum(self.write(b) for b in batches)
+        import psycopg
+
+        token = secrets.token_hex(4)
+        try:
+            with self.engine.connect() as conn:
+                pg = conn.connection.driver_connection
+                assert pg is not None
+                try:
+                    months = _stage_months(pg, token, batches)
+                    with ThreadPoolExecutor(max(1, workers)) as pool:
+                        stored = sum(pool.map(lambda ym: self._load_month(token, ym), months))
+                finally:
+                    pg.rollback()
+                    _drop_stage(pg, token)
+        except (psycopg.Error, sa.exc.SQLAlchemyError, OSError) as err:
+            raise StorageError(f"import into {self.description} failed: {_short(err)}") from err
+        return stored
+
+    def _load_month(self, token: str, ym: tuple[int, int]) -> int:
+        part = f"readings_y{ym[0]:04d}m{ym[1]:02d}"
+        stage = f"import_{token}_y{ym[0]:04d}m{ym[1]:02d}"
+        build = f"{stage}_new"
+        lo = f"{ym[0]:04d}-{ym[1]:02d}-01 00:00:00+00"
+        hi_ym = (ym[0] + 1, 1) if ym[1] == 12 else (ym[0], ym[1] + 1)
+        hi = f"{hi_ym[0]:04d}-{hi_ym[1]:02d}-01 00:00:00+00"
+        merge = (
+            f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
+            " SELECT s.time, k.site_id, k.device_id, k.metric, s.value FROM {source} s"
+            f" JOIN import_{token}_keys k ON k.k = s.k"
+            " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
+        )
+        with self.engine.begin() as conn:
+            pg = conn.connection.driver_connection
+            assert pg is not None
+            with pg.cursor() as cur:
+                cur.execute(
+                    "SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '256MB'"
+                )
+                cur.execute("SELECT to_regclass(%s)", (part,))
+                if cur.fetchone()[0] is not None:  # the month exists: merge
+                    cur.execute(merge.format(source=stage))
+                    return int(cur.rowcount)
+                cur.execute(f"CREATE TABLE {build} (LIKE {READINGS_TABLE} INCLUDING DEFAULTS)")
+                cur.execute(
+                    f"INSERT INTO {build} (time, site_id, device_id, metric, value)"  # noqa: S608
+                    " SELECT DISTINCT ON (k.r, s.time) s.time, k.site_id, k.device_id, k.metric,"
+                    f" s.value FROM {stage} s JOIN import_{token}_keys k ON k.k = s.k"
+                    " ORDER BY k.r, s.time"
+                )
+                new = int(cur.rowcount)
+                renames = []
+                for statement, name in _partition_indexes(cur, build):
+                    cur.execute(statement)
+                    renames.append((name, name.replace(build, part, 1)))
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('readings_ensure_partition'))")
+                # pg_class read by a new statement (to_regclass could answer from a cache that
+                # taking an advisory lock does not refresh)
+                cur.execute(
+                    "SELECT count(*) FROM pg_class WHERE relname = %s"
+                    " AND relnamespace = current_schema()::regnamespace",
+                    (part,),
+                )
+                if cur.fetchone()[0]:  # created meanwhile by another writer
+                    cur.execute(
+                        f"INSERT INTO {READINGS_TABLE} SELECT * FROM {build}"  # noqa: S608
+                        " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
+                    )
+                    new = int(cur.rowcount)
+                    cur.execute(f"DROP TABLE {build}")
+                    return new
+                # rows of the month stored before it had a partition: they were first, so their
+                # values stay and the file's readings of the same key and time are not new
+                cur.execute(
+                    "WITH moved AS (DELETE FROM readings_default"  # noqa: S608
+                    " WHERE time >= %s AND time < %s RETURNING *),"
+                    f" known AS (SELECT count(*) AS n FROM moved JOIN {build}"
+                    " USING (site_id, metric, device_id, time)),"
+                    f" put AS (INSERT INTO {build} SELECT * FROM moved"
+                    " ON CONFLICT (time, site_id, device_id, metric)"
+                    " DO UPDATE SET value = EXCLUDED.value RETURNING 1)"
+                    " SELECT (SELECT n FROM known), (SELECT count(*) FROM put)",
+                    (lo, hi),
+                )
+                known, _ = cur.fetchone()
+                new -= int(known)
+                cur.execute(f"ALTER TABLE {build} RENAME TO {part}")
+                for old, name in renames:
+                    cur.execute(f"ALTER INDEX {old} RENAME TO {name}")
+                cur.execute(
+                    f"ALTER TABLE {part} ADD CONSTRAINT {part}_range"
+                    f" CHECK (time >= '{lo}' AND time < '{hi}')"
+                )
+                cur.execute(
+                    f"ALTER TABLE {READINGS_TABLE} ATTACH PARTITION {part}"
+                    f" FOR VALUES FROM ('{lo}') TO ('{hi}')"
+                )
+                cur.execute(f"ALTER TABLE {part} DROP CONSTRAINT {part}_range")
+        self._months_ready.add(ym)
+        return new
 
     def count(self) -> int:
         """Rows in `readings` (tests, `--status`)."""
@@ -432,6 +647,12 @@ class SupabaseCloudStore:
                 ).execute()
             except (APIError, httpx.HTTPError) as err:
                 raise StorageError(f"write to {self.description} failed: {err}") from err
+        return -1
+
+    def write_many(self, batches: Iterable[ReadingBatch]) -> int:
+        """`write` batch by batch (the REST API has no bulk path)."""
+        for batch in batches:
+            self.write(batch)
         return -1
 
     def close(self) -> None:

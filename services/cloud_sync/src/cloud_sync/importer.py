@@ -13,8 +13,9 @@ Two layouts are read:
   column per series, each stored as `metric = <column>` of one `--site-id` / `--device-id`.
 
 The file is read in chunks (`chunk_records`), decoded by msgspec straight into columns, and each
-chunk goes to the store as one `ReadingBatch` (PostgreSQL: binary COPY + one `INSERT … ON CONFLICT
-DO NOTHING`), so importing the same file twice stores every reading once. A line that does not
+chunk goes to the store as one `ReadingBatch` (`CloudStore.write_many`: on PostgreSQL a month
+without a partition is built whole and indexed once, a month with one is merged with `INSERT … ON
+CONFLICT DO NOTHING`), so importing the same file twice stores every reading once. A line that does not
 decode (or names an invalid site) is skipped and counted with its line number; the rest goes in.
 """
 
@@ -390,8 +391,11 @@ def import_file(
             )
         else:
             batches = historical_batches(stream, result, on_progress=on_progress)
-        for batch in batches:
-            stored = store.write(batch)
-            result.readings += len(batch)
-            result.stored = -1 if stored < 0 or result.stored < 0 else result.stored + stored
+        result.stored = store.write_many(_counted(batches, result))
     return result
+
+
+def _counted(batches: Iterator[ReadingBatch], result: ImportResult) -> Iterator[ReadingBatch]:
+    for batch in batches:
+        result.readings += len(batch)
+        yield batch
