@@ -7,8 +7,7 @@
 -- message, metric = <kind>.<field> (e.g. meter.p_kw). Unique on (time, site_id, device_id,
 -- metric): cloud_sync inserts with ON CONFLICT DO NOTHING, so a re-sent batch never doubles a
 -- row. The primary key leads with `time` and is the time index (range scans on time use it);
--- readings_series_idx serves per-series reads (feature engineering, forecaster). Migration 002
--- replaces both by one primary key led by the series and a BRIN index on time.
+-- readings_series_idx serves per-series reads (feature engineering, forecaster).
 --
 -- Declarative partitioning by range on time, one partition per calendar month (UTC), created on
 -- demand by readings_ensure_partition() for the months being written; rows of a month without

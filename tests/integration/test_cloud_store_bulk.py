@@ -2,23 +2,21 @@
 partition is built whole and attached with the indexes a live partition has; a month with one is
 merged; rows waiting in the default partition and duplicates are stored once; a writer that
 creates the partition meanwhile wins; a failed import leaves no staging table; migration 002
-re-keys an existing database without losing a row."""
+makes two writers of the same month both succeed."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 
 import numpy as np
 import psycopg
 import pytest
 
-from cloud_sync.cloud import SqlCloudStore, default_migrations_dir
+from cloud_sync.cloud import SqlCloudStore
 from cloud_sync.readings import ReadingBatch, to_epoch_us
 from derbus.errors import StorageError
 
@@ -92,7 +90,7 @@ def test_a_new_month_is_built_with_the_indexes_of_a_live_partition(
     assert store.write_many([april]) == len(april)
     assert {"readings_y2025m03", "readings_y2025m04"} <= partitions(postgres_url)
     live = index_shapes(postgres_url, "readings_y2025m03")
-    assert len(live) == 2  # the primary key and the BRIN index on time
+    assert len(live) == 2  # the primary key and the per-series index
     assert index_shapes(postgres_url, "readings_y2025m04") == live  # adopted, none built twice
     with psycopg.connect(postgres_url) as conn:
         names = {
@@ -106,7 +104,7 @@ def test_a_new_month_is_built_with_the_indexes_of_a_live_partition(
             " AND device_id = 'meter' AND time >= '2025-04-01' AND time < '2025-04-02'"
         ).fetchall()
     assert all(n.startswith("readings_y2025m04_") for n in names), names
-    assert "readings_y2025m04_pkey" in " ".join(r[0] for r in plan)  # a per-series read uses it
+    assert "readings_y2025m04_series_idx" in " ".join(r[0] for r in plan)  # per-series reads
     assert staging_tables(postgres_url) == []
     assert len(stored(postgres_url)) == 4 * len(KEYS) + len(april)
 
@@ -183,64 +181,6 @@ def test_a_failed_import_leaves_no_staging_table(store: SqlCloudStore, postgres_
         store.write_many([bad])
     assert staging_tables(postgres_url) == []
     assert stored(postgres_url) == {}
-
-
-def test_migration_002_rekeys_an_existing_database_without_losing_a_row(
-    postgres_url: str, tmp_path: Path
-) -> None:
-    folder = default_migrations_dir()
-    assert folder is not None
-    only_001 = tmp_path / "001"
-    only_001.mkdir()
-    shutil.copy(folder / "001_readings.sql", only_001)
-    old = SqlCloudStore(sa_url(postgres_url), migrations_dir=only_001)
-    assert old.migrate() == ["001_readings"]
-    old.close()
-    start = datetime(2025, 9, 30, 20, tzinfo=UTC)
-    rows = batch(start, 48).rows()  # September and October, in partitions as 001 made them
-    with psycopg.connect(postgres_url) as conn:
-        for name, lo, hi in (
-            ("y2025m09", "2025-09-01", "2025-10-01"),
-            ("y2025m10", "2025-10-01", "2025-11-01"),
-        ):
-            conn.execute(
-                f"CREATE TABLE readings_{name} PARTITION OF readings"
-                f" FOR VALUES FROM ('{lo} 00:00+00') TO ('{hi} 00:00+00')"
-            )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO readings VALUES (%s, %s, %s, %s, %s)",
-                [(r.time, r.site_id, r.device_id, r.metric, r.value) for r in rows],
-            )
-    before = stored(postgres_url)
-    assert "readings_series_idx" in {
-        i.split(" ON ")[0].split()[-1] for i in index_shapes_named(postgres_url, "readings")
-    }
-    new = SqlCloudStore(sa_url(postgres_url), migrations_dir=folder)
-    assert new.migrate() == ["002_series_key"]
-    assert new.migrate() == []
-    assert stored(postgres_url) == before
-    with psycopg.connect(postgres_url) as conn:
-        key = conn.execute(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
-            " WHERE conrelid = 'readings'::regclass AND contype = 'p'"
-        ).fetchone()
-    assert key == ('PRIMARY KEY (site_id, metric, device_id, "time")',)
-    for part in ("readings", "readings_y2025m09", "readings_y2025m10"):
-        shapes = index_shapes(postgres_url, part)
-        assert len(shapes) == 2, shapes
-        assert any("USING brin" in s for s in shapes)
-    # the same file again: every reading known under the new key
-    assert new.write_many([batch(start, 48)]) == 0
-    assert new.write(batch(start + timedelta(hours=6), 4)) == 0
-    assert stored(postgres_url) == before
-    new.close()
-
-
-def index_shapes_named(url: str, table: str) -> list[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = %s", (table,))
-        return [r[0] for r in rows]
 
 
 def wait_for_a_waiting_advisory_lock(url: str) -> None:

@@ -66,9 +66,7 @@ def readings_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("device_id", sa.String(100), nullable=False),
         sa.Column("metric", sa.String(100), nullable=False),
         sa.Column("value", sa.Float, nullable=False),
-        # led by the series: per-series reads use it; the column order of the unique key does not
-        # matter to ON CONFLICT (deploy/postgres/002_series_key.sql)
-        sa.PrimaryKeyConstraint("site_id", "metric", "device_id", "time", name="readings_pkey"),
+        sa.PrimaryKeyConstraint("time", "site_id", "device_id", "metric", name="readings_pkey"),
     )
 
 

@@ -152,7 +152,7 @@ def copy_binary(
 def _stage_months(pg: Any, token: str, batches: Iterable[ReadingBatch]) -> list[tuple[int, int]]:
     """`COPY` the readings into one unlogged table per UTC month (`import_<token>_yYYYYmMM`, key
     index, time, value) and their series into `import_<token>_keys` (k, names, and r: the rank of
-    the series in the primary key's order); returns the months, committed."""
+    the series in the order of `readings_series_idx`); returns the months, committed."""
     keys: dict[SeriesKey, int] = {}
     months: set[tuple[int, int]] = set()
     with pg.cursor() as cur:
@@ -181,7 +181,7 @@ def _stage_months(pg: Any, token: str, batches: Iterable[ReadingBatch]) -> list[
             for key, k in keys.items():
                 cp.write_row((k, *key))
         # r: a new month's rows are written sorted by (r, time) — an integer sort — so that the
-        # build of its primary key gets them in order
+        # build of the per-series index (site_id, metric, device_id, time) gets them in order
         cur.execute(
             f"UPDATE import_{token}_keys i SET r = o.r FROM (SELECT k, row_number() OVER"  # noqa: S608
             f" (ORDER BY site_id, metric, device_id) AS r FROM import_{token}_keys) o"
@@ -215,15 +215,16 @@ def _partition_indexes(cur: Any, part: str) -> list[tuple[str, str]]:
         for row in cur.fetchall()
     ]
     cur.execute(
-        "SELECT pg_get_indexdef(indexrelid) FROM pg_index"
-        " WHERE indrelid = %s::regclass AND NOT indisprimary ORDER BY indexrelid",
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = %s::regclass AND NOT i.indisprimary ORDER BY c.relname",
         (READINGS_TABLE,),
     )
-    for i, (definition,) in enumerate(cur.fetchall()):
+    for parent_name, definition in cur.fetchall():
         found = _INDEX_DEF.match(definition)
         if found is None:  # not a plain index: attaching builds it
             continue
-        name = f"{part}_idx{i}"
+        name = f"{part}_{parent_name.removeprefix(READINGS_TABLE + '_')}"  # readings_yYYYYmMM_…
         out.append((f"CREATE {found['unique'] or ''}INDEX {name} ON {part} {found['rest']}", name))
     return out
 
@@ -340,8 +341,9 @@ class SqlCloudStore:
                 " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
             )
             self.metadata.create_all(conn, tables=[self.table])
-            conn.exec_driver_sql(  # the key leads with the series; time-range scans use this
-                f"CREATE INDEX IF NOT EXISTS readings_time_idx ON {READINGS_TABLE} (time)"
+            conn.exec_driver_sql(
+                f"CREATE INDEX IF NOT EXISTS readings_series_idx ON {READINGS_TABLE}"
+                " (site_id, metric, device_id, time)"
             )
             conn.execute(
                 sa.text(f"INSERT OR IGNORE INTO {MIGRATIONS_TABLE} (version) VALUES (:v)"),  # noqa: S608
@@ -429,12 +431,13 @@ class SqlCloudStore:
         months are stored by `workers` connections in parallel, each month in a transaction:
 
         * a month without a partition yet is **built whole**: its rows (one per key and time)
-          go into a new table without indexes, in the order of the primary key; the primary key
-          and indexes of `readings` are built once on the full table (a sorted build instead of
+          go into a new table without indexes, sorted by series and time; the primary key and
+          the indexes of `readings` are built once on the full table (a sorted build instead of
           a B-tree insert per row); then, under the lock of `readings_ensure_partition`, rows of
           that month waiting in `readings_default` are moved in (their values win: they were
-          stored first) and the table is attached as the month's partition (a CHECK constraint spares the attach its scan). If another
-          writer created the partition meanwhile, the rows are merged into it instead.
+          stored first) and the table is attached as the month's partition (a CHECK constraint
+          spares the attach its scan). If another writer created the partition meanwhile, the
+          rows are merged into it instead.
         * a month that has a partition is merged as `write` does (`ON CONFLICT DO NOTHING`).
 
         A failure leaves the months stored before it; importing again stores each reading once.

@@ -1,25 +1,16 @@
--- derbus cloud database, migration 002: one B-tree per partition, led by the series.
+-- derbus cloud database, migration 002: readings_ensure_partition(), which creates a month's
+-- partition, now stated here alone (its first version stood in 001).
 --
--- Before: the primary key (time, site_id, device_id, metric) plus readings_series_idx (site_id,
--- metric, device_id, time): two B-trees of four columns, three of them text, maintained for every
--- row. After: the primary key is (site_id, metric, device_id, time) — the same unique key (ON
--- CONFLICT (time, site_id, device_id, metric) infers it: the column order does not matter) and the
--- per-series index in one — and a BRIN index on time serves time-range scans across series (a
--- few pages per partition: it costs one pass over the rows to build). Every write maintains one
--- B-tree instead of two, and `cloud-sync import` builds a new month's index once, from sorted
--- input (see cloud_sync.cloud.SqlCloudStore.write_many).
+-- The first version checked for the partition with to_regclass() after taking its advisory lock.
+-- to_regclass can answer from a catalog cache that taking an advisory lock does not refresh, so
+-- a second writer creating the same month waited for the first, then failed on "relation already
+-- exists". This version reads pg_class in a new statement after the lock. `cloud-sync import`
+-- takes the same lock before it attaches a month it built (cloud_sync.cloud.SqlCloudStore.
+-- write_many).
 --
--- Idempotent. On an existing database it rebuilds the key of every partition (a one-off, in
--- this migration's transaction).
+-- Idempotent (CREATE OR REPLACE).
 
-ALTER TABLE readings DROP CONSTRAINT IF EXISTS readings_pkey;
-ALTER TABLE readings ADD CONSTRAINT readings_pkey PRIMARY KEY (site_id, metric, device_id, time);
-DROP INDEX IF EXISTS readings_series_idx;
-CREATE INDEX IF NOT EXISTS readings_time_brin ON readings USING brin (time);
-
--- The partition of the month containing `month_start` (UTC): readings_yYYYYmMM. (Its first
--- version, in 001 until this migration, checked with to_regclass after the lock: a second writer
--- creating the same month waited for the first, then failed on "already exists".)
+-- The partition of the month containing `month_start` (UTC): readings_yYYYYmMM.
 CREATE OR REPLACE FUNCTION readings_ensure_partition(month_start timestamptz)
 RETURNS text
 LANGUAGE plpgsql
@@ -53,4 +44,4 @@ BEGIN
 END;
 $$;
 
-INSERT INTO schema_migrations (version) VALUES ('002_series_key') ON CONFLICT DO NOTHING;
+INSERT INTO schema_migrations (version) VALUES ('002_ensure_partition') ON CONFLICT DO NOTHING;
