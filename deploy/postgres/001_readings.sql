@@ -31,7 +31,35 @@ CREATE TABLE IF NOT EXISTS readings_default PARTITION OF readings DEFAULT;
 
 CREATE INDEX IF NOT EXISTS readings_series_idx ON readings (site_id, metric, device_id, time);
 
--- readings_ensure_partition(month_start), which creates a month's partition, is defined in 002
--- (its first version stood here; 002 replaces it, so it is stated once).
+-- The partition of the month containing `month_start` (UTC): readings_yYYYYmMM.
+CREATE OR REPLACE FUNCTION readings_ensure_partition(month_start timestamptz)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    lo   timestamptz := date_trunc('month', month_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    hi   timestamptz := (date_trunc('month', month_start AT TIME ZONE 'UTC') + interval '1 month')
+                        AT TIME ZONE 'UTC';
+    part text := 'readings_y' || to_char(month_start AT TIME ZONE 'UTC', 'YYYY"m"MM');
+BEGIN
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN part;
+    END IF;
+    -- Serialise concurrent creators of partitions (several writers may start together).
+    PERFORM pg_advisory_xact_lock(hashtext('readings_ensure_partition'));
+    IF to_regclass(part) IS NOT NULL THEN
+        RETURN part;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE readings INCLUDING DEFAULTS)', part);
+    -- Rows of this month already in the default partition move into the new one, so that
+    -- attaching it cannot fail on the default partition's constraint.
+    EXECUTE format(
+        'WITH moved AS (DELETE FROM readings_default WHERE time >= %L AND time < %L RETURNING *) '
+        'INSERT INTO %I SELECT * FROM moved', lo, hi, part);
+    EXECUTE format('ALTER TABLE readings ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                   part, lo, hi);
+    RETURN part;
+END;
+$$;
 
 INSERT INTO schema_migrations (version) VALUES ('001_readings') ON CONFLICT DO NOTHING;

@@ -1,5 +1,5 @@
 -- derbus cloud database, migration 002: readings_ensure_partition(), which creates a month's
--- partition, now stated here alone (its first version stood in 001).
+-- partition, replaced (001 keeps its first version: migrations are only ever added to).
 --
 -- The first version checked for the partition with to_regclass() after taking its advisory lock.
 -- to_regclass can answer from a catalog cache that taking an advisory lock does not refresh, so

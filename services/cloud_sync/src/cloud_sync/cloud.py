@@ -192,14 +192,34 @@ def _stage_months(pg: Any, token: str, batches: Iterable[ReadingBatch]) -> list[
 
 
 def _drop_stage(pg: Any, token: str) -> None:
-    """Drop an import's staging tables."""
-    with pg.cursor() as cur:
-        cur.execute(
-            "SELECT tablename FROM pg_tables WHERE tablename LIKE %s", (f"import_{token}_%",)
-        )
-        for (name,) in cur.fetchall():
-            cur.execute(f"DROP TABLE IF EXISTS {name}")
-    pg.commit()
+    """Drop an import's staging tables (a failure is logged: the import's own outcome stands).
+
+    A process killed during an import leaves its `import_<token>_*` tables behind (unlogged:
+    PostgreSQL empties them after a crash); `DROP TABLE` them by hand."""
+    import psycopg
+
+    try:
+        with pg.cursor() as cur:
+            cur.execute(
+                "SELECT tablename FROM pg_tables WHERE tablename LIKE %s",
+                (f"import\\_{token}\\_%",),
+            )
+            for (name,) in cur.fetchall():
+                cur.execute(f"DROP TABLE IF EXISTS {name}")
+        pg.commit()
+    except psycopg.Error as err:
+        log.warning("import: staging tables import_%s_* not dropped: %s", token, _short(err))
+
+
+def _partition_exists(cur: Any, part: str) -> bool:
+    """Whether the table exists, read from pg_class by a new statement (to_regclass may answer
+    from a cache that taking an advisory lock does not refresh)."""
+    cur.execute(
+        "SELECT count(*) FROM pg_class WHERE relname = %s"
+        " AND relnamespace = current_schema()::regnamespace",
+        (part,),
+    )
+    return bool(cur.fetchone()[0])
 
 
 def _partition_indexes(cur: Any, part: str) -> list[tuple[str, str]]:
@@ -211,7 +231,7 @@ def _partition_indexes(cur: Any, part: str) -> list[tuple[str, str]]:
         (READINGS_TABLE,),
     )
     out = [
-        (f"ALTER TABLE {part} ADD CONSTRAINT {part}_pkey {row[0]}", f"{part}_pkey")
+        (f"ALTER TABLE {part} ADD CONSTRAINT {_ident(part + '_pkey')} {row[0]}", f"{part}_pkey")
         for row in cur.fetchall()
     ]
     cur.execute(
@@ -225,8 +245,15 @@ def _partition_indexes(cur: Any, part: str) -> list[tuple[str, str]]:
         if found is None:  # not a plain index: attaching builds it
             continue
         name = f"{part}_{parent_name.removeprefix(READINGS_TABLE + '_')}"  # readings_yYYYYmMM_…
-        out.append((f"CREATE {found['unique'] or ''}INDEX {name} ON {part} {found['rest']}", name))
+        out.append(
+            (f"CREATE {found['unique'] or ''}INDEX {_ident(name)} ON {part} {found['rest']}", name)
+        )
     return out
+
+
+def _ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 _INDEX_DEF = re.compile(r"^CREATE (?P<unique>UNIQUE )?INDEX \S+ ON ONLY \S+ (?P<rest>USING .*)$")
@@ -433,15 +460,19 @@ class SqlCloudStore:
         * a month without a partition yet is **built whole**: its rows (one per key and time)
           go into a new table without indexes, sorted by series and time; the primary key and
           the indexes of `readings` are built once on the full table (a sorted build instead of
-          a B-tree insert per row); then, under the lock of `readings_ensure_partition`, rows of
-          that month waiting in `readings_default` are moved in (their values win: they were
-          stored first) and the table is attached as the month's partition (a CHECK constraint
-          spares the attach its scan). If another writer created the partition meanwhile, the
-          rows are merged into it instead.
-        * a month that has a partition is merged as `write` does (`ON CONFLICT DO NOTHING`).
+          a B-tree insert per row), and its range is checked as a constraint (so ATTACH does not
+          scan it again); then, under the lock of `readings_ensure_partition`, rows of that
+          month waiting in `readings_default` are moved in (their values win: they were stored
+          first) and the table is attached as the month's partition. If another writer created
+          the partition meanwhile, the built table is dropped and the month merged.
+        * a month that has a partition is merged as `write` does (`ON CONFLICT DO NOTHING`), as
+          is every month on PostgreSQL 11 (whose ATTACH locks `readings` exclusively).
 
-        A failure leaves the months stored before it; importing again stores each reading once.
-        Of a series' reading given twice in the batches, one value is stored.
+        A failed month stops the months not begun yet (so does Ctrl-C). A process killed
+        mid-import leaves its unlogged `import_<token>_*` tables (see `_drop_stage`).
+
+        What was stored before a failure stays; importing again stores each reading once. Of a
+        series' reading given twice in the batches, one value is stored.
         """
         if self.dialect != "postgresql":
             return sum(self.write(b) for b in batches)
@@ -452,10 +483,15 @@ class SqlCloudStore:
             with self.engine.connect() as conn:
                 pg = conn.connection.driver_connection
                 assert pg is not None
+                build = pg.info.server_version >= 120000  # ATTACH without an exclusive lock
                 try:
                     months = _stage_months(pg, token, batches)
-                    with ThreadPoolExecutor(max(1, workers)) as pool:
-                        stored = sum(pool.map(lambda ym: self._load_month(token, ym), months))
+                    pool = ThreadPoolExecutor(max(1, workers))
+                    try:
+                        done = [pool.submit(self._load_month, token, ym, build) for ym in months]
+                        stored = sum(f.result() for f in done)
+                    finally:  # a failed month (or Ctrl-C) stops the months not yet begun
+                        pool.shutdown(wait=True, cancel_futures=True)
                 finally:
                     pg.rollback()
                     _drop_stage(pg, token)
@@ -463,30 +499,46 @@ class SqlCloudStore:
             raise StorageError(f"import into {self.description} failed: {_short(err)}") from err
         return stored
 
-    def _load_month(self, token: str, ym: tuple[int, int]) -> int:
-        part = f"readings_y{ym[0]:04d}m{ym[1]:02d}"
+    def _load_month(self, token: str, ym: tuple[int, int], build: bool) -> int:
+        """Store a staged month: built whole when it has no partition (and `build`), else
+        merged; returns the readings newly stored."""
         stage = f"import_{token}_y{ym[0]:04d}m{ym[1]:02d}"
-        build = f"{stage}_new"
-        lo = f"{ym[0]:04d}-{ym[1]:02d}-01 00:00:00+00"
-        hi_ym = (ym[0] + 1, 1) if ym[1] == 12 else (ym[0], ym[1] + 1)
-        hi = f"{hi_ym[0]:04d}-{hi_ym[1]:02d}-01 00:00:00+00"
-        merge = (
-            f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
-            " SELECT s.time, k.site_id, k.device_id, k.metric, s.value FROM {source} s"
-            f" JOIN import_{token}_keys k ON k.k = s.k"
-            " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
-        )
+        if build:
+            new = self._build_month(token, ym, stage)
+            if new is not None:
+                self._months_ready.add(ym)
+                return new
+        self._ensure_partitions({ym})
         with self.engine.begin() as conn:
             pg = conn.connection.driver_connection
             assert pg is not None
             with pg.cursor() as cur:
                 cur.execute(
+                    f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
+                    f" SELECT s.time, k.site_id, k.device_id, k.metric, s.value FROM {stage} s"
+                    f" JOIN import_{token}_keys k ON k.k = s.k"
+                    " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
+                )
+                return int(cur.rowcount)
+
+    def _build_month(self, token: str, ym: tuple[int, int], stage: str) -> int | None:
+        """Build a month without a partition whole and attach it; None (nothing done) when the
+        month has a partition, or another writer created it meanwhile."""
+        part = f"readings_y{ym[0]:04d}m{ym[1]:02d}"
+        build = f"{stage}_new"
+        lo = f"{ym[0]:04d}-{ym[1]:02d}-01 00:00:00+00"
+        hi_ym = (ym[0] + 1, 1) if ym[1] == 12 else (ym[0], ym[1] + 1)
+        hi = f"{hi_ym[0]:04d}-{hi_ym[1]:02d}-01 00:00:00+00"
+        with self.engine.connect() as conn:
+            pg = conn.connection.driver_connection
+            assert pg is not None
+            with pg.cursor() as cur:
+                if _partition_exists(cur, part):
+                    pg.rollback()
+                    return None
+                cur.execute(
                     "SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '256MB'"
                 )
-                cur.execute("SELECT to_regclass(%s)", (part,))
-                if cur.fetchone()[0] is not None:  # the month exists: merge
-                    cur.execute(merge.format(source=stage))
-                    return int(cur.rowcount)
                 cur.execute(f"CREATE TABLE {build} (LIKE {READINGS_TABLE} INCLUDING DEFAULTS)")
                 cur.execute(
                     f"INSERT INTO {build} (time, site_id, device_id, metric, value)"  # noqa: S608
@@ -499,22 +551,18 @@ class SqlCloudStore:
                 for statement, name in _partition_indexes(cur, build):
                     cur.execute(statement)
                     renames.append((name, name.replace(build, part, 1)))
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext('readings_ensure_partition'))")
-                # pg_class read by a new statement (to_regclass could answer from a cache that
-                # taking an advisory lock does not refresh)
+                # the partition's range as a constraint, checked here (a scan of the month,
+                # outside the lock), so that ATTACH does not scan the table again
                 cur.execute(
-                    "SELECT count(*) FROM pg_class WHERE relname = %s"
-                    " AND relnamespace = current_schema()::regnamespace",
-                    (part,),
+                    f"ALTER TABLE {build} ADD CONSTRAINT {build}_range"
+                    f" CHECK (time >= '{lo}' AND time < '{hi}')"
                 )
-                if cur.fetchone()[0]:  # created meanwhile by another writer
-                    cur.execute(
-                        f"INSERT INTO {READINGS_TABLE} SELECT * FROM {build}"  # noqa: S608
-                        " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
-                    )
-                    new = int(cur.rowcount)
-                    cur.execute(f"DROP TABLE {build}")
-                    return new
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('readings_ensure_partition'))")
+                if _partition_exists(cur, part):
+                    # created meanwhile by another writer: drop what was built (rollback) and
+                    # merge without holding everyone's partition lock
+                    pg.rollback()
+                    return None
                 # rows of the month stored before it had a partition: they were first, so their
                 # values stay and the file's readings of the same key and time are not new
                 cur.execute(
@@ -532,17 +580,13 @@ class SqlCloudStore:
                 new -= int(known)
                 cur.execute(f"ALTER TABLE {build} RENAME TO {part}")
                 for old, name in renames:
-                    cur.execute(f"ALTER INDEX {old} RENAME TO {name}")
-                cur.execute(
-                    f"ALTER TABLE {part} ADD CONSTRAINT {part}_range"
-                    f" CHECK (time >= '{lo}' AND time < '{hi}')"
-                )
+                    cur.execute(f"ALTER INDEX {_ident(old)} RENAME TO {_ident(name)}")
                 cur.execute(
                     f"ALTER TABLE {READINGS_TABLE} ATTACH PARTITION {part}"
                     f" FOR VALUES FROM ('{lo}') TO ('{hi}')"
                 )
-                cur.execute(f"ALTER TABLE {part} DROP CONSTRAINT {part}_range")
-        self._months_ready.add(ym)
+                cur.execute(f"ALTER TABLE {part} DROP CONSTRAINT {build}_range")
+            pg.commit()
         return new
 
     def count(self) -> int:
