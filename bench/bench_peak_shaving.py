@@ -8,10 +8,13 @@
   battery reading once per second; latency = setpoint received − reading timestamp (the
   setpoint carries the reading's timestamp), measured in this process.
 * value: closed loop in accelerated time with the pure models (PMA controller + EMA optimiser +
-  a battery model, no MQTT) over a month of the SimBench commercial load (g1-a) scaled to a
-  100 kW annual peak, with PV (pv1) and a battery; forecasts are seasonal-naive (load one week
-  earlier, PV one day earlier; "conservative": the higher load and lower PV of the two). Compared with no battery, the PMA alone (limits only), and the
-  perfect-foresight optimum (the same LP on the actual month).
+  a battery model, no MQTT) over months of a load/PV column pair of a profile CSV (default: the
+  SimBench commercial load g1-a with pv1), the load scaled to a 100 kW annual peak, with PV and a
+  battery; the EMA plans on the forecasts the forecaster service would issue at each re-plan
+  (trained at the month's start as the service trains: backtest, best model promoted if it beats
+  the better seasonal naive, else the naive fallback; issued with its intraday update and
+  calibrated band). Compared with no battery, a threshold rule (threshold from the previous
+  month) and the perfect-foresight optimum (the same LP on the actual month).
 """
 
 from __future__ import annotations
@@ -591,35 +594,65 @@ class ForecastSpec:
     cache: Path | None = None
 
 
-def forecaster_quantiles(
+@dataclass(frozen=True)
+class IssuedForecasts:
+    """Forecasts as the forecaster service issues them: at each issue time, P10/P50/P90 of the
+    96 intervals that follow (`values[j]` was issued at `first + j * every` intervals)."""
+
+    first: pd.Timestamp
+    every: int
+    values: np.ndarray  # (issues, 96, 3): p10, p50, p90
+    model: str
+
+    def at(self, start: pd.Timestamp) -> dict[str, np.ndarray]:
+        """The forecast of the latest issue at or before `start`, from `start` on (96 values,
+        the intervals after the issue's horizon held at its last value)."""
+        steps = int((start - self.first) / pd.Timedelta(minutes=15))
+        j = min(max(steps // self.every, 0), len(self.values) - 1)
+        skip = steps - j * self.every
+        v = self.values[j, skip:]
+        v = np.concatenate([v, np.repeat(v[-1:], 96 - len(v), axis=0)]) if len(v) < 96 else v
+        return {"p10": v[:, 0], "p50": v[:, 1], "p90": v[:, 2]}
+
+
+def served_forecasts(
     series_kw: pd.Series,
     target_name: str,
     start: pd.Timestamp,
     end: pd.Timestamp,
+    every: int,
     spec: ForecastSpec,
-) -> pd.DataFrame:
-    """P10/P50/P90 of the forecaster for every 15-minute interval of [start, end + 1 day).
+) -> IssuedForecasts:
+    """What the forecaster service issues every `every` intervals over [start, end).
 
-    Trained once at `start` on the `history_days` before it, with the model the forecaster's
-    backtest picks for the target on a tuning month (load: `gbm_quantile`, promoted; PV: no
-    learned model beat seasonal naive, so the service serves its fallback, seasonal naive one
-    day back with residual bands). Every feature of an interval is at least one day old, so
-    one design matrix gives, for any issue time T, the 96 values the forecaster issues at T
-    from the model of `start` (`forecaster.design`: an interval t < T + 1 day reads nothing at
-    or after t - 1 day < T).
+    Trained once at `start` as the service trains (`forecaster.training`: the rolling-origin
+    backtest of its default models on the `history_days` before `start`, the best point and band
+    models fitted if they beat the better seasonal naive, else the seasonal-naive fallback it
+    serves), then issued as `forecaster.serving.forecast` issues: a trained model reads the
+    last hour before each issue time (its intraday update) and serves its calibrated band. One
+    design matrix serves every issue time (`forecaster.design`: an interval t reads nothing at
+    or after t - 1 day, so nothing after the issue time of a forecast that covers t).
     """
     from derbus import features as fx
+    from forecaster.batch import train_config
+    from forecaster.calibration import RESIDUAL_LAGS
     from forecaster.catalogue import TARGETS
     from forecaster.design import design_matrix
-    from forecaster.models import finish
+    from forecaster.models import Forecaster, finish
     from forecaster.serving import fallback_model
-    from forecaster.training import TrainConfig, fit_final
+    from forecaster.settings import Settings as ForecasterSettings
+    from forecaster.training import evaluate, fit_final
 
-    key = f"{target_name}-{series_kw.name}-{start:%Y%m%d%H}-{end:%Y%m%d%H}-{spec.history_days}-{spec.max_iter}-{float(series_kw.abs().max()):.3f}"
-    if spec.cache is not None:
-        cached = spec.cache / f"{key}.csv"
-        if cached.exists():
-            return pd.read_csv(cached, index_col=0, parse_dates=[0])
+    key = (
+        f"served-{target_name}-{series_kw.name}-{start:%Y%m%d%H}-{end:%Y%m%d%H}-{every}-"
+        f"{spec.history_days}-{spec.max_iter}-{float(series_kw.abs().max()):.3f}"
+    )
+    cached = spec.cache / f"{key}.npz" if spec.cache is not None else None
+    if cached is not None and cached.exists():
+        z = np.load(cached)
+        return IssuedForecasts(
+            pd.Timestamp(str(z["first"])), int(z["every"]), z["values"], str(z["model"])
+        )
     target = TARGETS[target_name]
     site = fx.SiteContext(
         timezone=spec.tz,
@@ -630,26 +663,44 @@ def forecaster_quantiles(
     )
     history = series_kw.loc[start - pd.Timedelta(days=spec.history_days) : start]
     history = history[history.index < start]
-    if target.solar:
-        model = fallback_model(history, site, target)
+    config = replace(
+        train_config(ForecasterSettings(max_iter=spec.max_iter, fit_threads=1)),
+        min_train_days=7,
+    )
+    result = evaluate(history, site, target, config)
+    best = result.best_learned()
+    promoted, _ = result.decision(best)
+    model = (
+        fit_final(history, site, target, best, config)
+        if promoted
+        else fallback_model(history, site, target)
+    )
+    served = best if promoted else "seasonal_naive_day"
+    issues = pd.date_range(start, end, freq=f"{15 * every}min", inclusive="left")
+    lead = RESIDUAL_LAGS if isinstance(model, Forecaster) else 0
+    span = pd.date_range(
+        issues[0] - lead * pd.Timedelta(minutes=15),
+        issues[-1] + pd.Timedelta(days=1),
+        freq="15min",
+        inclusive="left",
+    )
+    known = series_kw[series_kw.index < span[-1]]
+    x = design_matrix(known, span, site, target)
+    positions = lead + np.arange(len(issues)) * every
+    if isinstance(model, Forecaster):
+        y = known.reindex(span).to_numpy(dtype=float)  # only the hour before an issue is read
+        values = model.issue(x, y, positions)
     else:
-        config = TrainConfig(
-            models=("gbm_quantile",),
-            test_fraction=0.25,
-            folds=2,
-            max_iter=spec.max_iter,
-            threads=1,
-            min_train_days=7,
-        )
-        model = fit_final(history, site, target, "gbm_quantile", config)
-    times = pd.date_range(start, end + pd.Timedelta(days=1), freq="15min", inclusive="left")
-    known = series_kw[series_kw.index < times[-1]]
-    x = design_matrix(known, times, site, target)
-    frame = finish(model.predict(x).set_axis(times), x, target)
-    if spec.cache is not None:
-        spec.cache.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(spec.cache / f"{key}.csv")
-    return frame
+        frame = finish(model.predict(x).set_axis(span), x, target)[["p10", "p50", "p90"]]
+        full = frame.to_numpy()
+        values = np.stack([full[p : p + 96] for p in positions])
+    out = IssuedForecasts(issues[0], every, values, served)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        part = cached.with_suffix(f".{os.getpid()}.npz")  # whole or absent for a second bench
+        np.savez(part, first=str(out.first), every=every, values=values, model=served)
+        part.replace(cached)
+    return out
 
 
 def ema_config(site: Site, steps: int, tariff: Tariff) -> EmaConfig:
@@ -728,8 +779,8 @@ def closed_loop_ema(
     site: Site,
     tariff: Tariff,
     tz: str,
-    load_q: pd.DataFrame,
-    pv_q: pd.DataFrame,
+    load_q: IssuedForecasts,
+    pv_q: IssuedForecasts,
     replan_s: int,
     levels: tuple[tuple[float, float], ...],
     bias_decay: float = BIAS_DECAY_STEPS,
@@ -758,30 +809,24 @@ def closed_loop_ema(
     schedule_start: pd.Timestamp | None = None
     threshold: float | None = None
     solve_ms: list[float] = []
-    load_cols = {k: load_q[k].to_numpy() for k in ("p10", "p50", "p90")}
-    pv_cols = {k: pv_q[k].to_numpy() for k in ("p10", "p50", "p90")}
-    first = load_q.index[0]
     every = max(replan_s // site.step_s, 1)
     per_quarter = 900 // site.step_s
+    planned_net: np.ndarray | None = None  # the P50 net load of the last plan, from its start
     for k, ts in enumerate(actual.index):
         if k % every == 0:
-            i = int((ts.floor("15min") - first) / pd.Timedelta(minutes=15))
             start = ts.floor("15min")
             prior = np.zeros(96)
+            bias = 0.0
             if schedule is not None and schedule_start is not None:
                 shift = int((start - schedule_start) / pd.Timedelta(minutes=15))
                 prior[: 96 - shift] = schedule[shift:]
-            bias = 0.0
-            if k >= per_quarter and bias_decay > 0:  # the last interval's measured error
-                measured = float(np.mean(site_kw[k - per_quarter : k]))
-                bias = measured - (load_cols["p50"][i - 1] - pv_cols["p50"][i - 1])
-            scenarios = quantile_scenarios(
-                {q: v[i : i + 96] for q, v in load_cols.items()},
-                {q: v[i : i + 96] for q, v in pv_cols.items()},
-                levels,
-                bias,
-                bias_decay,
-            )
+                if k >= per_quarter and bias_decay > 0 and planned_net is not None and shift > 0:
+                    # the last interval's measured error against the forecast planned on
+                    measured = float(np.mean(site_kw[k - per_quarter : k]))
+                    bias = measured - float(planned_net[shift - 1])
+            load_now, pv_now = load_q.at(start), pv_q.at(start)
+            planned_net = load_now["p50"] - pv_now["p50"]
+            scenarios = quantile_scenarios(load_now, pv_now, levels, bias, bias_decay)
             sched = plan_with_scenarios(
                 optimizer,
                 EmaInputs(
@@ -922,8 +967,9 @@ def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dic
     load_kw = (df[a.load_col] * site.load_peak_kw).rename(a.load_col)
     pv_kw = (df[a.pv_col] * site.pv_kwp).rename(a.pv_col)
     month_end = month_span(year, month, tz)[1]  # forecasts of the whole month (cached as such)
-    load_q = forecaster_quantiles(load_kw, "load", start, month_end, a.spec)
-    pv_q = forecaster_quantiles(pv_kw, "pv", start, month_end, a.spec)
+    every = max(a.replan_s // 900, 1)  # issued at each re-plan, as the service issues
+    load_q = served_forecasts(load_kw, "load", start, month_end, every, a.spec)
+    pv_q = served_forecasts(pv_kw, "pv", start, month_end, every, a.spec)
     forecast_s = time.perf_counter() - began
     none = Outcome(
         "no battery",
@@ -965,6 +1011,7 @@ def evaluate_month(df: pd.DataFrame, year: int, month: int, a: ValueArgs) -> dic
         "ema_mean_ms": round(ema.ema_mean_ms, 2),
         "perfect_foresight_s": round(pf_s, 2),
         "forecast_s": round(forecast_s, 1),
+        "served_models": {"load": load_q.model, "pv": pv_q.model},
         "elapsed_s": round(time.perf_counter() - began, 1),
         "runs": figs,
     }
