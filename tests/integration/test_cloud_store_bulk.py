@@ -87,7 +87,9 @@ def test_a_new_month_is_built_with_the_indexes_of_a_live_partition(
 ) -> None:
     store.write(batch(datetime(2025, 3, 1, tzinfo=UTC), 4))  # live: readings_ensure_partition
     april = batch(datetime(2025, 4, 1, tzinfo=UTC), 96)
-    assert store.write_many([april]) == len(april)
+    told: list[tuple[int, int]] = []
+    assert store.write_many([april], on_stored=lambda *a: told.append(a)) == len(april)
+    assert told == [(1, 1)]
     assert {"readings_y2025m03", "readings_y2025m04"} <= partitions(postgres_url)
     live = index_shapes(postgres_url, "readings_y2025m03")
     assert len(live) == 2  # the primary key and the per-series index
@@ -123,7 +125,9 @@ def test_existing_months_are_merged_and_duplicates_stored_once(
     # the file: May 31 14:00 .. June 1 13:45, every reading twice; 14:00..14:45 of May is
     # stored live, June 1 00:00 of site-a/pv waits in the default partition
     history = batch(datetime(2025, 5, 31, 14, tzinfo=UTC), 96, value=0.0)
-    new = store.write_many([history, history])
+    told: list[tuple[int, int]] = []
+    new = store.write_many([history, history], on_stored=lambda *a: told.append(a))
+    assert told == [(1, 2), (2, 2)]  # May (merged) and June (built)
     assert new == len(history) - 4 * len(KEYS) - 1
     assert len(stored(postgres_url)) == len(history) + 4 * len(KEYS)  # 13:00..13:45 live only
     rows = stored(postgres_url)

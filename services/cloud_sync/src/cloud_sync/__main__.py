@@ -134,7 +134,7 @@ def import_command(
     ] = "UTC",
 ) -> None:
     """Load a history file into the cloud database (idempotent: run it again, nothing doubles)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     settings = load_settings_or_exit(Settings, **(ctx.obj or {}))
     configure_logging(settings.log_level, "cloud_sync")
@@ -152,11 +152,19 @@ def import_command(
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
-            DownloadColumn(),
+            TextColumn("{task.completed:,.0f} / {task.total:,.0f} {task.fields[unit]}"),
             TimeRemainingColumn(),
             transient=False,
         ) as bar:
-            task = bar.add_task(f"import {file.name}", total=file.stat().st_size)
+            task = bar.add_task(f"read {file.name}", total=file.stat().st_size, unit="bytes")
+            months = None
+
+            def stored(done: int, total: int) -> None:
+                nonlocal months
+                if months is None:
+                    months = bar.add_task("store by month", total=total, unit="months")
+                bar.update(months, completed=done)
+
             result = import_file(
                 store,
                 file,
@@ -165,6 +173,7 @@ def import_command(
                 device_id=device_id,
                 timezone=timezone,
                 on_progress=lambda done: bar.update(task, completed=done),
+                on_stored=stored,
             )
         store.close()
     except (ConfigError, StorageError) as err:

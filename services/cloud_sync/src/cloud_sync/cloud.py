@@ -17,8 +17,8 @@ import logging
 import re
 import secrets
 import struct
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +44,10 @@ MIGRATIONS_TABLE = "schema_migrations"
 SQLITE_MIGRATION = "001_readings"
 
 
+MonthsStored = Callable[[int, int], None]
+"""Told (months stored, months in all) as an import stores month by month."""
+
+
 class CloudStore(Protocol):
     """Where forwarded readings end up."""
 
@@ -64,9 +68,12 @@ class CloudStore(Protocol):
         """
         ...
 
-    def write_many(self, batches: Iterable[ReadingBatch]) -> int:
+    def write_many(
+        self, batches: Iterable[ReadingBatch], *, on_stored: MonthsStored | None = None
+    ) -> int:
         """Store many batches idempotently (an import); returns the readings newly stored (-1:
-        unknown).
+        unknown). `on_stored`: told the months stored so far and their total, where the store
+        stores by month after reading every batch (PostgreSQL).
 
         Raises:
             StorageError: what went before may be stored (storing again stores it once).
@@ -450,7 +457,13 @@ class SqlCloudStore:
         except psycopg.Error as err:
             raise StorageError(f"write to {self.description} failed: {_short(err)}") from err
 
-    def write_many(self, batches: Iterable[ReadingBatch], *, workers: int = 2) -> int:
+    def write_many(
+        self,
+        batches: Iterable[ReadingBatch],
+        *,
+        on_stored: MonthsStored | None = None,
+        workers: int = 2,
+    ) -> int:
         """Store many batches (`cloud-sync import`); returns the readings newly stored.
 
         SQLite: batch by batch (`write`). PostgreSQL: every reading is first `COPY`'d into an
@@ -489,7 +502,11 @@ class SqlCloudStore:
                     pool = ThreadPoolExecutor(max(1, workers))
                     try:
                         done = [pool.submit(self._load_month, token, ym, build) for ym in months]
-                        stored = sum(f.result() for f in done)
+                        stored = 0
+                        for i, future in enumerate(as_completed(done)):
+                            stored += future.result()
+                            if on_stored is not None:
+                                on_stored(i + 1, len(months))
                     finally:  # a failed month (or Ctrl-C) stops the months not yet begun
                         pool.shutdown(wait=True, cancel_futures=True)
                 finally:
@@ -696,7 +713,9 @@ class SupabaseCloudStore:
                 raise StorageError(f"write to {self.description} failed: {err}") from err
         return -1
 
-    def write_many(self, batches: Iterable[ReadingBatch]) -> int:
+    def write_many(
+        self, batches: Iterable[ReadingBatch], *, on_stored: MonthsStored | None = None
+    ) -> int:
         """`write` batch by batch (the REST API has no bulk path)."""
         for batch in batches:
             self.write(batch)

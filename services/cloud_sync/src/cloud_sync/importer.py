@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import numpy as np
 
-from cloud_sync.cloud import CloudStore
+from cloud_sync.cloud import CloudStore, MonthsStored
 from cloud_sync.intake import MAX_ID_LENGTH
 from cloud_sync.readings import ReadingBatch, SeriesKey, to_epoch_us
 from derbus.errors import ConfigError
@@ -351,6 +351,7 @@ def import_file(
     device_id: str = "profile",
     timezone: str = "UTC",
     on_progress: Progress | None = None,
+    on_stored: MonthsStored | None = None,
 ) -> ImportResult:
     """Import a history file into the store (idempotent: the store ignores stored readings).
 
@@ -362,6 +363,8 @@ def import_file(
         device_id: the device of a CSV's readings.
         timezone: the zone of a CSV's naive `time` values (IANA name).
         on_progress: told the bytes read so far.
+        on_stored: told the months stored so far and their total (PostgreSQL stores by month
+            once the file is read).
 
     Raises:
         ConfigError: a CSV without `site_id`, or a bad header, time zone or id.
@@ -391,7 +394,7 @@ def import_file(
             )
         else:
             batches = historical_batches(stream, result, on_progress=on_progress)
-        result.stored = store.write_many(_counted(batches, result))
+        result.stored = store.write_many(_counted(batches, result), on_stored=on_stored)
     return result
 
 
