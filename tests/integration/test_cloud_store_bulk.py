@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -19,6 +18,7 @@ import pytest
 from cloud_sync.cloud import SqlCloudStore
 from cloud_sync.readings import ReadingBatch, to_epoch_us
 from derbus.errors import StorageError
+from derbus.testing import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -188,16 +188,14 @@ def test_a_failed_import_leaves_no_staging_table(store: SqlCloudStore, postgres_
 
 
 def wait_for_a_waiting_advisory_lock(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def waiting() -> bool:
         with psycopg.connect(url) as probe:
-            waiting = probe.execute(
+            row = probe.execute(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
             ).fetchone()
-        if waiting == (1,):
-            return
-        time.sleep(0.05)
-    pytest.fail("nobody waited for the partition lock")
+        return row == (1,)
+
+    wait_until(waiting, 30, 0.05, "a writer waiting for the partition lock")
 
 
 def test_two_writers_creating_the_same_month_both_succeed(
