@@ -127,12 +127,20 @@ _STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS sync_stage"
     " (k int4, time timestamptz, value float8) ON COMMIT DELETE ROWS"
 )
-_MERGE_SQL = (
-    f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
-    " SELECT s.time, k.site_id, k.device_id, k.metric, s.value"
-    " FROM sync_stage s JOIN sync_keys k ON k.k = s.k"
-    " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
-)
+
+
+def merge_sql(stage: str, keys: str) -> str:
+    """Move staged readings (`stage`: k, time, value; `keys`: k and the names) into `readings`,
+    skipping what is stored."""
+    return (
+        f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
+        " SELECT s.time, k.site_id, k.device_id, k.metric, s.value"
+        f" FROM {stage} s JOIN {keys} k ON k.k = s.k"
+        " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
+    )
+
+
+_MERGE_SQL = merge_sql("sync_stage", "sync_keys")
 
 
 def copy_binary(
@@ -530,12 +538,7 @@ class SqlCloudStore:
             pg = conn.connection.driver_connection
             assert pg is not None
             with pg.cursor() as cur:
-                cur.execute(
-                    f"INSERT INTO {READINGS_TABLE} (time, site_id, device_id, metric, value)"  # noqa: S608
-                    f" SELECT s.time, k.site_id, k.device_id, k.metric, s.value FROM {stage} s"
-                    f" JOIN import_{token}_keys k ON k.k = s.k"
-                    " ON CONFLICT (time, site_id, device_id, metric) DO NOTHING"
-                )
+                cur.execute(merge_sql(stage, f"import_{token}_keys"))
                 return int(cur.rowcount)
 
     def _build_month(self, token: str, ym: tuple[int, int], stage: str) -> int | None:
