@@ -197,7 +197,14 @@ async def test_broker_killed_mid_run_every_setpoint_answered_and_every_reading_s
                     sent.append(command.setpoint_id)
                     await asyncio.sleep(0.2)
 
+            subscribed = time.time()
             await send(10)
+            # the SCADA's session on disk before the crash (the broker saves every second): a
+            # session it never saved is gone after the kill, and an acknowledgement published
+            # before the SCADA subscribes again has no subscriber — what this test is not about
+            await wait_for(
+                lambda: broker.saved_since(subscribed), 10, message="the broker saved its sessions"
+            )
             broker.kill()
             await send(5)  # while the broker is down: queued by the bus
             broker.start()

@@ -200,6 +200,16 @@ class MosquittoServer:
         stop_process(self.proc)
         self.proc = None
 
+    def saved_since(self, since: float) -> bool:
+        """Whether the broker wrote its persistence file at or after `since` (`time.time()`).
+
+        Mosquitto saves its sessions every `autosave_interval` (1 s here and in the shipped
+        config): a session younger than the last save does not survive a SIGKILL (measured: lost
+        when killed 1.2 s after the subscription, kept at 2.5 s).
+        """
+        db = self.data_dir / "mosquitto.db"
+        return db.exists() and db.stat().st_mtime >= since
+
     def kill(self) -> None:
         """Kill the broker hard (SIGKILL)."""
         if self.proc is not None and self.proc.poll() is None:
