@@ -28,7 +28,7 @@ import numpy.typing as npt
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from cloud_sync.readings import ReadingBatch, SeriesKey
+from cloud_sync.readings import ReadingBatch, SeriesKey, month_codes, year_month
 from derbus.errors import ConfigError, StorageError
 from derbus.messages import format_utc
 from derbus.settings import DatabaseSettings
@@ -176,10 +176,10 @@ def _stage_months(pg: Any, token: str, batches: Iterable[ReadingBatch]) -> list[
                 continue
             remap = np.array([keys.setdefault(k, len(keys)) for k in batch.keys], np.uint32)
             key_idx = remap[batch.key_idx]
-            month = batch.time_us.astype("datetime64[us]").astype("datetime64[M]").astype(int)
+            month = month_codes(batch.time_us)
             for m in np.unique(month).tolist():
-                ym = (1970 + m // 12, m % 12 + 1)
-                stage = f"import_{token}_y{ym[0]:04d}m{ym[1]:02d}"
+                ym = year_month(m)
+                stage = _stage_name(token, ym)
                 if ym not in months:
                     cur.execute(
                         f"CREATE UNLOGGED TABLE {stage} (k int4, time timestamptz, value float8)"
@@ -204,6 +204,11 @@ def _stage_months(pg: Any, token: str, batches: Iterable[ReadingBatch]) -> list[
         )
     pg.commit()
     return sorted(months)
+
+
+def _stage_name(token: str, ym: tuple[int, int]) -> str:
+    """The staging table of an import's readings of one UTC month."""
+    return f"import_{token}_y{ym[0]:04d}m{ym[1]:02d}"
 
 
 def _drop_stage(pg: Any, token: str) -> None:
@@ -527,7 +532,7 @@ class SqlCloudStore:
     def _load_month(self, token: str, ym: tuple[int, int], build: bool) -> int:
         """Store a staged month: built whole when it has no partition (and `build`), else
         merged; returns the readings newly stored."""
-        stage = f"import_{token}_y{ym[0]:04d}m{ym[1]:02d}"
+        stage = _stage_name(token, ym)
         if build:
             new = self._build_month(token, ym, stage)
             if new is not None:

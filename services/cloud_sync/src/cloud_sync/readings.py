@@ -42,6 +42,16 @@ def from_epoch_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+def month_codes(time_us: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Per reading, its UTC month as months since 1970-01 (see `year_month`)."""
+    return time_us.astype("datetime64[us]").astype("datetime64[M]").astype(np.int64)
+
+
+def year_month(code: int) -> tuple[int, int]:
+    """(year, month) of a `month_codes` value."""
+    return 1970 + code // 12, code % 12 + 1
+
+
 class ReadingBatch:
     """Readings as columns: `keys[key_idx[i]]` measured `value[i]` at `time_us[i]` (µs, UTC).
 
@@ -122,13 +132,7 @@ class ReadingBatch:
 
     def months(self) -> set[tuple[int, int]]:
         """The UTC (year, month) pairs the readings fall in."""
-        if not len(self):
-            return set()
-        months = np.unique(self.time_us.astype("datetime64[us]").astype("datetime64[M]"))
-        out = set()
-        for m in months.astype(int).tolist():  # months since 1970-01
-            out.add((1970 + m // 12, m % 12 + 1))
-        return out
+        return {year_month(m) for m in np.unique(month_codes(self.time_us)).tolist()}
 
     # --- the outbox's form ------------------------------------------------------------------------
     def to_blob(self) -> bytes:
